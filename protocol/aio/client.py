@@ -1,0 +1,108 @@
+"""A Diameter client connection (the simulator's network elements use it).
+
+Theory of operation: ``connect`` opens TCP, runs the capabilities exchange and returns once the
+peer is open. ``request`` stamps and sends a request and returns a future answer (the future is
+the request's context in the sans-IO peer). Requests the server sends us (RAR, ASR) go to
+``on_request``. ``close`` sends DPR and waits for the connection to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+from protocol.capabilities import LocalIdentity, PeerCapabilities, PeerPolicy
+from protocol.disconnect import DisconnectCause
+from protocol.events import AnswerReceived, Event, PeerClosed, PeerOpened, RequestReceived
+from protocol.message import Message
+from protocol.peer import PeerConnection, PeerState, Role
+from protocol.watchdog import DEFAULT_TW_SECONDS
+from protocol.aio.transport import DiameterTransport
+
+
+class RequestFailed(ConnectionError):
+    """The connection closed before the answer came."""
+
+
+ServerRequestHandler = Callable[["DiameterClient", Message], None]
+
+
+def _no_server_requests(client: DiameterClient, message: Message) -> None:
+    pass
+
+
+class DiameterClient:
+    def __init__(self, transport: DiameterTransport, capabilities: PeerCapabilities) -> None:
+        self.transport = transport
+        self.capabilities = capabilities
+        self.on_request: ServerRequestHandler = _no_server_requests
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        identity: LocalIdentity,
+        *,
+        tw_seconds: float = DEFAULT_TW_SECONDS,
+        timeout_seconds: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> DiameterClient:
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[PeerCapabilities] = loop.create_future()
+        holder: list[DiameterClient] = []
+
+        def on_events(transport: DiameterTransport, events: list[Event]) -> None:
+            for event in events:
+                if isinstance(event, PeerOpened):
+                    if not opened.done():
+                        opened.set_result(event.capabilities)
+                elif isinstance(event, AnswerReceived):
+                    future = event.context
+                    if isinstance(future, asyncio.Future) and not future.done():
+                        future.set_result(event.message)
+                elif isinstance(event, RequestReceived):
+                    if holder:
+                        holder[0].on_request(holder[0], event.message)
+                elif isinstance(event, PeerClosed):
+                    if not opened.done():
+                        opened.set_exception(ConnectionError(event.reason))
+                    for context in event.unanswered:
+                        if isinstance(context, asyncio.Future) and not context.done():
+                            context.set_exception(RequestFailed(event.reason))
+
+        def factory() -> DiameterTransport:
+            peer = PeerConnection(
+                Role.CLIENT, identity, PeerPolicy(), loop.time(), tw_seconds=tw_seconds, rng=rng
+            )
+            return DiameterTransport(peer, on_events)
+
+        _, transport = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout_seconds)
+        capabilities = await asyncio.wait_for(opened, timeout_seconds)
+        client = cls(transport, capabilities)
+        holder.append(client)
+        return client
+
+    def send(self, message: Message) -> asyncio.Future[Message]:
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.transport.send_request(message, future)
+        return future
+
+    async def request(self, message: Message, timeout_seconds: float | None = None) -> Message:
+        return await asyncio.wait_for(self.send(message), timeout_seconds)
+
+    def send_answer(self, answer: Message) -> None:
+        self.transport.send_answer(answer)
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport.peer.state is PeerState.OPEN
+
+    async def close(self, timeout_seconds: float = 5.0) -> None:
+        if self.transport.peer.state is PeerState.OPEN:
+            self.transport.disconnect(DisconnectCause.REBOOTING)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.transport.closed), timeout_seconds)
+        except asyncio.TimeoutError:
+            self.transport.abort()
