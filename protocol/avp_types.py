@@ -16,12 +16,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from enum import Enum
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 
 
-class AvpType(str, Enum):
+class AvpType(StrEnum):
     OCTET_STRING = "OctetString"
     INTEGER32 = "Integer32"
     INTEGER64 = "Integer64"
@@ -62,7 +62,7 @@ class AvpValueError(ValueError):
 
 ADDRESS_FAMILY_IPV4 = 1  # IANA "Address Family Numbers"
 ADDRESS_FAMILY_IPV6 = 2
-NTP_EPOCH = datetime(1900, 1, 1, tzinfo=timezone.utc)
+NTP_EPOCH = datetime(1900, 1, 1, tzinfo=UTC)
 # RFC 6733 section 4.3.1: Time wraps in 2036; values with the top bit clear are in NTP era 1
 # (RFC 5905 section 6 / RFC 4330 section 3), which is how we read times after 7 Feb 2036.
 _NTP_ERA_PIVOT = 0x80000000
@@ -194,8 +194,9 @@ def encode_time(value: datetime) -> bytes:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise AvpValueError("Time needs a timezone-aware datetime")
     seconds = int((value - NTP_EPOCH).total_seconds())
-    if not 0 <= seconds < _NTP_ERA_PIVOT + _NTP_ERA_SECONDS:
-        raise AvpValueError(f"{value.isoformat()} is outside the NTP eras 0 and 1")
+    # Decoding reads top-bit-clear values as era 1, so only [1968-01-20, 2104-02-26) round-trips.
+    if not _NTP_ERA_PIVOT <= seconds < _NTP_ERA_PIVOT + _NTP_ERA_SECONDS:
+        raise AvpValueError(f"{value.isoformat()} is outside 1968-01-20 .. 2104-02-26 (RFC 6733 section 4.3.1)")
     return (seconds % _NTP_ERA_SECONDS).to_bytes(4, "big")
 
 

@@ -77,7 +77,9 @@ def _capability_avps(identity: LocalIdentity) -> list[Avp]:
 
 def build_cer(identity: LocalIdentity) -> Message:
     """CER, RFC 6733 section 5.3.1."""
-    return request(CommandCode.CAPABILITIES_EXCHANGE, ApplicationId.DIAMETER_COMMON_MESSAGES, _capability_avps(identity))
+    return request(
+        CommandCode.CAPABILITIES_EXCHANGE, ApplicationId.DIAMETER_COMMON_MESSAGES, _capability_avps(identity)
+    )
 
 
 def build_cea(identity: LocalIdentity, cer: Message, result_code: ResultCode, error_message: str = "") -> Message:
@@ -112,7 +114,9 @@ def evaluate_capabilities(
     if not isinstance(origin_host, str) or not isinstance(origin_realm, str):
         return CapabilitiesVerdict(ResultCode.DIAMETER_MISSING_AVP, None, "no Origin-Host / Origin-Realm")
     if not policy.allows(origin_host, origin_realm):
-        return CapabilitiesVerdict(ResultCode.DIAMETER_UNKNOWN_PEER, None, f"{origin_host} ({origin_realm}) not allowed")
+        return CapabilitiesVerdict(
+            ResultCode.DIAMETER_UNKNOWN_PEER, None, f"{origin_host} ({origin_realm}) not allowed"
+        )
     ours = set(identity.auth_application_ids)
     theirs = advertised_applications(message)
     common = ours if ApplicationId.RELAY in theirs else ours & theirs

@@ -14,6 +14,7 @@ AVP header, the dictionary looked up once per AVP, no per-AVP objects besides th
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from protocol.avp_types import AvpLengthError, AvpValueError
@@ -97,7 +98,7 @@ class FrameReader:
 
 
 class _AvpDecoder:
-    __slots__ = ("definitions", "failures", "count")
+    __slots__ = ("count", "definitions", "failures")
 
     def __init__(self, dictionary: Dictionary) -> None:
         self.definitions = dictionary.avps_by_key
@@ -171,10 +172,14 @@ class _AvpDecoder:
                     value = definition.decode(data)  # type: ignore[assignment]
                 except AvpLengthError as error:
                     value = data
-                    self.fail(ResultCode.DIAMETER_INVALID_AVP_LENGTH, buffer, offset, avp_end, f"{definition.name}: {error}")
+                    self.fail(
+                        ResultCode.DIAMETER_INVALID_AVP_LENGTH, buffer, offset, avp_end, f"{definition.name}: {error}"
+                    )
                 except AvpValueError as error:
                     value = data
-                    self.fail(ResultCode.DIAMETER_INVALID_AVP_VALUE, buffer, offset, avp_end, f"{definition.name}: {error}")
+                    self.fail(
+                        ResultCode.DIAMETER_INVALID_AVP_VALUE, buffer, offset, avp_end, f"{definition.name}: {error}"
+                    )
             if definition is not None and (flags & definition.must_flags) != definition.must_flags:
                 self.fail(
                     ResultCode.DIAMETER_INVALID_AVP_BITS,
@@ -238,10 +243,8 @@ def encode_avp(avp: Avp, dictionary: Dictionary = DEFAULT_DICTIONARY) -> bytes:
     return b"".join(parts)
 
 
-def _encode_avps(
-    avps: list[Avp], definitions: "dict[AvpKey, AvpDefinition] | object", parts: list[bytes]
-) -> None:
-    lookup = definitions.get  # type: ignore[attr-defined]
+def _encode_avps(avps: list[Avp], definitions: Mapping[AvpKey, AvpDefinition], parts: list[bytes]) -> None:
+    lookup = definitions.get
     for item in avps:
         value = item.value
         if isinstance(value, bytes):

@@ -99,17 +99,21 @@ def _check(
         key = item.key
         seen = counts.get(key, 0) + 1
         counts[key] = seen
-        rule = grammar.rule_for(key)
-        if rule is None:
+        matched = grammar.rule_for(key)
+        if matched is None:
             if not grammar.allows_other_avps:
                 failures.append(Failure(ResultCode.DIAMETER_AVP_NOT_ALLOWED, item, f"{owner}: AVP {key} not allowed"))
-        elif rule.maximum is not None and seen > rule.maximum:
+        elif matched.maximum is not None and seen > matched.maximum:
             failures.append(
-                Failure(ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES, item, f"{owner}: {rule.name} more than {rule.maximum}")
+                Failure(
+                    ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES,
+                    item,
+                    f"{owner}: {matched.name} more than {matched.maximum}",
+                )
             )
-        definition = definitions.get(key)
-        if definition is not None and definition.grammar is not None and isinstance(item.value, list):
-            _check(item.value, definition.grammar, dictionary, failures, definition.name)
+        group = definitions.get(key)
+        if group is not None and group.grammar is not None and isinstance(item.value, list):
+            _check(item.value, group.grammar, dictionary, failures, group.name)
     for rule in grammar.rules:
         if counts.get(rule.key, 0) < rule.minimum:
             failures.append(

@@ -32,7 +32,6 @@ from protocol.codec import FrameReader, decode, encode
 from protocol.constants import (
     MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION,
     CommandCode,
-    CommandFlag,
     ResultCode,
     is_protocol_error,
 )
@@ -151,7 +150,7 @@ class PeerConnection:
             self._close(f"protocol violation: unframeable input: {error}")
             return self._take_events()
         for frame in frames:
-            if self.state is PeerState.CLOSED:
+            if self.close_requested:
                 break
             self._receive_frame(frame)
         return self._take_events()
@@ -276,7 +275,7 @@ class PeerConnection:
             return
         action, next_state = transition
         action(self, message)
-        if self.state is not PeerState.CLOSED:  # an action may have closed already
+        if not self.close_requested:  # an action may have closed already
             self.state = next_state
 
     def _take_events(self) -> list[Event]:
@@ -343,7 +342,7 @@ class PeerConnection:
         assert message is not None
         self._send_buffer.append(encode(build_dpa(self.identity, message)))
         cause = message.get("Disconnect-Cause")
-        self._close(f"peer sent DPR (Disconnect-Cause {cause})")
+        self._close(f"peer sent DPR (Disconnect-Cause {cause!r})")
 
     def _send_dpr(self, message: Message | None) -> None:
         dpr = build_dpr(self.identity, getattr(self, "_disconnect_cause", DisconnectCause.REBOOTING))

@@ -16,7 +16,7 @@ from protocol.duplicates import DuplicateKey
 
 
 class IdentifierSource:
-    __slots__ = ("_hop_by_hop", "_end_to_end")
+    __slots__ = ("_end_to_end", "_hop_by_hop")
 
     def __init__(self, now: float, rng: random.Random) -> None:
         self._hop_by_hop = rng.getrandbits(32)

@@ -12,13 +12,13 @@ import asyncio
 import random
 from collections.abc import Callable
 
+from protocol.aio.transport import DiameterTransport
 from protocol.capabilities import LocalIdentity, PeerCapabilities, PeerPolicy
 from protocol.disconnect import DisconnectCause
 from protocol.events import AnswerReceived, Event, PeerClosed, PeerOpened, RequestReceived
 from protocol.message import Message
 from protocol.peer import PeerConnection, PeerState, Role
 from protocol.watchdog import DEFAULT_TW_SECONDS
-from protocol.aio.transport import DiameterTransport
 
 
 class RequestFailed(ConnectionError):
@@ -73,9 +73,7 @@ class DiameterClient:
                             context.set_exception(RequestFailed(event.reason))
 
         def factory() -> DiameterTransport:
-            peer = PeerConnection(
-                Role.CLIENT, identity, PeerPolicy(), loop.time(), tw_seconds=tw_seconds, rng=rng
-            )
+            peer = PeerConnection(Role.CLIENT, identity, PeerPolicy(), loop.time(), tw_seconds=tw_seconds, rng=rng)
             return DiameterTransport(peer, on_events)
 
         _, transport = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout_seconds)
@@ -104,5 +102,5 @@ class DiameterClient:
             self.transport.disconnect(DisconnectCause.REBOOTING)
         try:
             await asyncio.wait_for(asyncio.shield(self.transport.closed), timeout_seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.transport.abort()

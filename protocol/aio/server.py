@@ -14,6 +14,7 @@ import asyncio
 import random
 from collections.abc import Callable
 
+from protocol.aio.transport import DiameterTransport
 from protocol.capabilities import LocalIdentity, PeerPolicy
 from protocol.constants import MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION
 from protocol.disconnect import DisconnectCause
@@ -22,7 +23,6 @@ from protocol.events import Event, RequestReceived
 from protocol.message import Message
 from protocol.peer import PeerConnection, PeerState, Role
 from protocol.watchdog import DEFAULT_TW_SECONDS
-from protocol.aio.transport import DiameterTransport
 
 RequestHandler = Callable[[DiameterTransport, Message], None]
 EventListener = Callable[[DiameterTransport, Event], None]

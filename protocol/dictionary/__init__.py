@@ -153,11 +153,7 @@ def _flags(text: str) -> int:
 
 def _data_files() -> list[tuple[str, bytes]]:
     folder = resources.files(__package__ or "protocol.dictionary")
-    return sorted(
-        (entry.name, entry.read_bytes())
-        for entry in folder.iterdir()
-        if entry.name.endswith(".toml")
-    )
+    return sorted((entry.name, entry.read_bytes()) for entry in folder.iterdir() if entry.name.endswith(".toml"))
 
 
 def load_dictionary(sources: Iterable[tuple[str, bytes]] | None = None) -> Dictionary:

@@ -1,0 +1,1 @@
+"""Redis money engine (issue 3): not built yet."""

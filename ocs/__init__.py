@@ -1,0 +1,1 @@
+"""The online charging server application."""

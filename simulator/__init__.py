@@ -1,0 +1,1 @@
+"""Network simulator (issue 5): not built yet."""

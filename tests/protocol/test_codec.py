@@ -1,0 +1,172 @@
+"""Codec: header and AVP byte layout, decode failures as data, framing and hard limits."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from protocol.codec import FrameReader, decode, encode, encode_avp
+from protocol.constants import MAX_AVP_COUNT, MAX_MESSAGE_LENGTH, MAX_NESTING_DEPTH, ResultCode
+from protocol.errors import InvalidMessageLength, LimitExceeded, UnsupportedVersion
+from protocol.message import Avp, Message, avp, request
+
+
+def header(length: int, flags: int, code: int, application: int, hop: int, end: int) -> bytes:
+    return struct.pack(">IIIII", (1 << 24) | length, (flags << 24) | code, application, hop, end)
+
+
+def raw_avp(code: int, flags: int, payload: bytes, vendor: int | None = None) -> bytes:
+    size = (12 if vendor is not None else 8) + len(payload)
+    head = struct.pack(">II", code, (flags << 24) | size)
+    if vendor is not None:
+        head += struct.pack(">I", vendor)
+    return head + payload + b"\0" * (-size % 4)
+
+
+def frame_of(flags: int, code: int, application: int, body: bytes) -> bytes:
+    return header(20 + len(body), flags, code, application, 0x11223344, 0x55667788) + body
+
+
+def test_header_layout() -> None:
+    message = Message(272, 0xC0, 4, 0x11223344, 0x55667788, [])
+    assert encode(message) == bytes.fromhex("01000014c0000110000000041122334455667788")
+
+
+def test_avp_layout_with_padding() -> None:
+    # Session-Id 263, M bit, 5 bytes of data: length 13, padded to 16 (RFC 6733 section 4.1)
+    assert encode_avp(avp("Session-Id", "abcde")) == bytes.fromhex("000001074000000d") + b"abcde\0\0\0"
+
+
+def test_vendor_avp_layout() -> None:
+    # Quota-Holding-Time 871, vendor 10415, V and M bits, Unsigned32
+    encoded = encode_avp(avp("Quota-Holding-Time", 30))
+    assert encoded == bytes.fromhex("00000367c0000010000028af0000001e")
+
+
+def test_grouped_layout() -> None:
+    encoded = encode_avp(avp("Subscription-Id", [avp("Subscription-Id-Type", 0), avp("Subscription-Id-Data", "4917")]))
+    inner = raw_avp(450, 0x40, b"\0\0\0\0") + raw_avp(444, 0x40, b"4917")
+    assert encoded == raw_avp(443, 0x40, inner)
+
+
+def test_decode_header_fields_and_values() -> None:
+    body = raw_avp(263, 0x40, b"s;1") + raw_avp(415, 0x40, b"\0\0\0\x07")
+    decoded = decode(frame_of(0x80, 272, 4, body))
+    message = decoded.message
+    assert decoded.failures == []
+    assert (message.command_code, message.application_id, message.hop_by_hop, message.end_to_end) == (
+        272,
+        4,
+        0x11223344,
+        0x55667788,
+    )
+    assert message.is_request and not message.is_error and not message.is_retransmission
+    assert message.get("Session-Id") == "s;1"
+    assert message.get("CC-Request-Number") == 7
+
+
+def test_unknown_avps_round_trip_byte_exact() -> None:
+    body = (
+        raw_avp(263, 0x40, b"s;1")
+        + raw_avp(99999, 0x00, b"\x01\x02\x03")  # unknown, no vendor, odd length
+        + raw_avp(5, 0x80, b"xyz", vendor=424242)  # unknown vendor
+    )
+    frame = frame_of(0x80, 272, 4, body)
+    decoded = decode(frame)
+    assert decoded.failures == []
+    assert decoded.message.avps[1] == Avp(99999, 0x00, 0, b"\x01\x02\x03")
+    assert decoded.message.avps[2] == Avp(5, 0x80, 424242, b"xyz")
+    assert encode(decoded.message) == frame
+
+
+def failures_of(body: bytes, flags: int = 0x80) -> list[tuple[ResultCode, int | None]]:
+    decoded = decode(frame_of(flags, 272, 4, body))
+    return [(f.result_code, f.failed_avp.code if f.failed_avp else None) for f in decoded.failures]
+
+
+def test_unknown_avp_with_m_bit_is_5001_with_failed_avp() -> None:
+    assert failures_of(raw_avp(99999, 0x40, b"abcd")) == [(ResultCode.DIAMETER_AVP_UNSUPPORTED, 99999)]
+
+
+def test_wrong_size_value_is_5014() -> None:
+    assert failures_of(raw_avp(415, 0x40, b"\0\0\x01")) == [(ResultCode.DIAMETER_INVALID_AVP_LENGTH, 415)]
+
+
+def test_invalid_utf8_is_5004_and_failed_avp_carries_the_bytes() -> None:
+    decoded = decode(frame_of(0x80, 272, 4, raw_avp(263, 0x40, b"\xff\xfe")))
+    assert [f.result_code for f in decoded.failures] == [ResultCode.DIAMETER_INVALID_AVP_VALUE]
+    assert decoded.failures[0].failed_avp == Avp(263, 0x40, 0, b"\xff\xfe")
+
+
+def test_avp_length_beyond_message_is_5014() -> None:
+    bad = struct.pack(">II", 263, (0x40 << 24) | 200) + b"abcd"
+    assert failures_of(bad) == [(ResultCode.DIAMETER_INVALID_AVP_LENGTH, 263)]
+
+
+def test_avp_length_below_header_is_5014() -> None:
+    bad = struct.pack(">II", 263, (0x40 << 24) | 4) + b"abcd"
+    assert failures_of(bad) == [(ResultCode.DIAMETER_INVALID_AVP_LENGTH, 263)]
+
+
+def test_missing_m_bit_on_mandatory_avp_is_3009() -> None:
+    assert failures_of(raw_avp(415, 0x00, b"\0\0\0\x01")) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 415)]
+
+
+def test_p_bit_is_3009() -> None:
+    assert failures_of(raw_avp(415, 0x60, b"\0\0\0\x01")) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 415)]
+
+
+def test_e_bit_on_request_is_3008() -> None:
+    assert failures_of(raw_avp(263, 0x40, b"s"), flags=0xA0) == [(ResultCode.DIAMETER_INVALID_HDR_BITS, None)]
+
+
+def test_failure_inside_grouped_avp_names_the_inner_avp() -> None:
+    inner = raw_avp(450, 0x40, b"\0\0\0")  # Subscription-Id-Type of 3 bytes
+    assert failures_of(raw_avp(443, 0x40, inner)) == [(ResultCode.DIAMETER_INVALID_AVP_LENGTH, 450)]
+
+
+def test_frame_reader_reassembles_split_input() -> None:
+    one = encode(request(280, 0, [avp("Origin-Host", "a"), avp("Origin-Realm", "b")]))
+    two = encode(request(282, 0, [avp("Origin-Host", "a"), avp("Origin-Realm", "b"), avp("Disconnect-Cause", 0)]))
+    stream = one + two
+    for cut in range(len(stream) + 1):
+        reader = FrameReader()
+        assert reader.feed(stream[:cut]) + reader.feed(stream[cut:]) == [one, two]
+        assert reader.buffered == 0
+
+
+@pytest.mark.parametrize(
+    ("first_word", "error"),
+    [
+        ((2 << 24) | 20, UnsupportedVersion),
+        ((1 << 24) | 16, InvalidMessageLength),  # shorter than a header
+        ((1 << 24) | 22, InvalidMessageLength),  # not a multiple of 4
+        ((1 << 24) | (MAX_MESSAGE_LENGTH + 4), InvalidMessageLength),
+    ],
+)
+def test_frame_reader_refuses_bad_first_word_before_the_body(first_word: int, error: type[Exception]) -> None:
+    reader = FrameReader()
+    with pytest.raises(error):
+        reader.feed(struct.pack(">I", first_word))  # only 4 bytes: judged before any body arrives
+
+
+def test_too_many_avps_exceeds_the_limit() -> None:
+    body = raw_avp(99999, 0, b"") * (MAX_AVP_COUNT + 1)
+    with pytest.raises(LimitExceeded):
+        decode(frame_of(0x80, 272, 4, body))
+
+
+def test_nesting_beyond_the_limit() -> None:
+    inner = raw_avp(450, 0x40, b"\0\0\0\0")
+    for _ in range(MAX_NESTING_DEPTH + 1):
+        inner = raw_avp(443, 0x40, inner)  # Subscription-Id inside Subscription-Id...
+    with pytest.raises(LimitExceeded):
+        decode(frame_of(0x80, 272, 4, inner))
+
+
+def test_nesting_at_the_limit_is_decoded() -> None:
+    inner = raw_avp(450, 0x40, b"\0\0\0\0")
+    for _ in range(MAX_NESTING_DEPTH):
+        inner = raw_avp(443, 0x40, inner)
+    assert decode(frame_of(0x80, 272, 4, inner)).failures == []

@@ -1,0 +1,99 @@
+"""Grammar validation against the command definitions (RFC 6733 sections 3.2, 7.1, 7.5)."""
+
+from __future__ import annotations
+
+from protocol.codec import decode, encode
+from protocol.constants import ResultCode
+from protocol.grammar import validate
+from protocol.message import Avp, Message, avp, request
+
+APPLICATIONS = {0, 4}
+
+
+def ccr(*extra: Avp, drop: str = "") -> Message:
+    avps = [
+        avp("Session-Id", "pgw;1"),
+        avp("Origin-Host", "pgw.test"),
+        avp("Origin-Realm", "test"),
+        avp("Destination-Realm", "ocs.test"),
+        avp("Auth-Application-Id", 4),
+        avp("Service-Context-Id", "32251@3gpp.org"),
+        avp("CC-Request-Type", "INITIAL_REQUEST"),
+        avp("CC-Request-Number", 0),
+        *extra,
+    ]
+    if drop:
+        avps = [a for a in avps if a.key != avp(drop, 0 if drop.startswith("CC-") else "x").key]
+    return request(272, 4, avps, hop_by_hop=1, end_to_end=2)
+
+
+def codes(message: Message) -> list[tuple[ResultCode, int | None]]:
+    # Through the wire and back, as the server sees it.
+    decoded = decode(encode(message))
+    assert decoded.failures == []
+    return [
+        (f.result_code, f.failed_avp.code if f.failed_avp else None) for f in validate(decoded.message, APPLICATIONS)
+    ]
+
+
+def test_valid_ccr_has_no_failures() -> None:
+    mscc = avp("Multiple-Services-Credit-Control", [avp("Requested-Service-Unit", []), avp("Rating-Group", 10)])
+    assert codes(ccr(mscc, avp("Multiple-Services-Indicator", 1))) == []
+
+
+def test_missing_required_avp_is_5005_with_an_example_avp() -> None:
+    message = ccr(drop="CC-Request-Number")
+    failures = validate(decode(encode(message)).message, APPLICATIONS)
+    assert [(f.result_code, f.failed_avp) for f in failures] == [
+        (ResultCode.DIAMETER_MISSING_AVP, Avp(415, 0x40, 0, b"\0\0\0\0"))
+    ]
+
+
+def test_session_id_not_first_is_reported() -> None:
+    message = ccr()
+    message.avps.insert(0, message.avps.pop(2))
+    assert codes(message) == [(ResultCode.DIAMETER_AVP_NOT_ALLOWED, 263)]
+
+
+def test_single_valued_avp_twice_is_5009() -> None:
+    assert codes(ccr(avp("CC-Request-Number", 1))) == [(ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES, 415)]
+
+
+def test_missing_avp_inside_grouped_is_5005() -> None:
+    assert codes(ccr(avp("Subscription-Id", [avp("Subscription-Id-Type", 0)]))) == [
+        (ResultCode.DIAMETER_MISSING_AVP, 444)
+    ]
+
+
+def test_avp_not_allowed_in_closed_grouped_grammar_is_5008() -> None:
+    # Subscription-Id has no *[ AVP ] (RFC 4006 section 8.46)
+    grouped = avp(
+        "Subscription-Id", [avp("Subscription-Id-Type", 0), avp("Subscription-Id-Data", "49"), avp("Rating-Group", 1)]
+    )
+    assert codes(ccr(grouped)) == [(ResultCode.DIAMETER_AVP_NOT_ALLOWED, 432)]
+
+
+def test_unknown_command_is_3001() -> None:
+    message = request(9999, 4, [avp("Origin-Host", "a")])
+    assert [f.result_code for f in validate(message, APPLICATIONS)] == [ResultCode.DIAMETER_COMMAND_UNSUPPORTED]
+
+
+def test_unsupported_application_is_3007() -> None:
+    message = ccr()
+    message.application_id = 16777238  # Gx: not ours
+    assert [f.result_code for f in validate(message, APPLICATIONS)] == [ResultCode.DIAMETER_APPLICATION_UNSUPPORTED]
+
+
+def test_p_bit_on_cer_is_3008() -> None:
+    message = request(257, 0, [avp("Origin-Host", "a")])
+    message.flags |= 0x40
+    assert [f.result_code for f in validate(message, APPLICATIONS)] == [ResultCode.DIAMETER_INVALID_HDR_BITS]
+
+
+def test_error_answers_follow_the_generic_answer_grammar() -> None:
+    answer = Message(
+        272, 0x20, 4, 1, 2, [avp("Origin-Host", "ocs"), avp("Origin-Realm", "r"), avp("Result-Code", 3004)]
+    )
+    assert validate(answer, APPLICATIONS) == []
+    answer.avps.pop()
+    assert [f.result_code for f in validate(answer, APPLICATIONS)] == [ResultCode.DIAMETER_MISSING_AVP]
