@@ -58,6 +58,11 @@ CAPABILITIES_TIMEOUT_SECONDS = 10.0  # ours: how long a new connection may stay 
 DPA_TIMEOUT_SECONDS = 5.0  # ours: how long we wait for DPA before closing anyway
 
 
+_BASE_COMMANDS = frozenset(
+    {CommandCode.CAPABILITIES_EXCHANGE, CommandCode.DEVICE_WATCHDOG, CommandCode.DISCONNECT_PEER}
+)
+
+
 class Role(Enum):
     SERVER = "server"  # accepted the connection; waits for CER (RFC 6733 "responder")
     CLIENT = "client"  # opened the connection; sends CER (RFC 6733 "initiator")
@@ -228,11 +233,16 @@ class PeerConnection:
         if not message.is_request:
             self._receive_answer(message, decoded.failures)
             return
+        code = message.command_code
+        if code not in _BASE_COMMANDS and self.state not in (PeerState.OPEN, PeerState.CLOSING):
+            # RFC 6733 section 5.3: nothing but CER before the capabilities exchange; the
+            # table has no row for it, so the connection closes as a protocol violation.
+            self._apply(PeerInput.APPLICATION_REQUEST, message)
+            return
         failures = decoded.failures or validate(message, self._applications())
         if failures:
             self._reject(message, failures[0])
             return
-        code = message.command_code
         if code == CommandCode.CAPABILITIES_EXCHANGE:
             verdict = evaluate_capabilities(message, self.identity, self.policy)
             self._last_verdict = verdict
@@ -337,6 +347,9 @@ class PeerConnection:
 
     def _take_dwa(self, message: Message | None) -> None:
         pass  # the watchdog already counted it in _receive_frame
+
+    def _ignore(self, message: Message | None) -> None:
+        pass
 
     def _send_dpa_and_close(self, message: Message | None) -> None:
         assert message is not None
@@ -469,5 +482,6 @@ TRANSITIONS: dict[tuple[PeerState, PeerInput], tuple[Action, PeerState]] = {
     (_S.CLOSING, _I.DWA): (PeerConnection._take_dwa, _S.CLOSING),
     # DPRs that crossed: answer and close
     (_S.CLOSING, _I.DPR): (PeerConnection._send_dpa_and_close, _S.CLOSED),
-    (_S.CLOSING, _I.DISCONNECT): (PeerConnection._take_dwa, _S.CLOSING),
+    # A second local Stop while Closing changes nothing.
+    (_S.CLOSING, _I.DISCONNECT): (PeerConnection._ignore, _S.CLOSING),
 }
