@@ -1,0 +1,117 @@
+"""How the store reaches Redis: run a script, run a plain command, close.
+
+Theory of operation: ``BalanceStore`` speaks to Redis only through a ``ScriptCaller``, so the same
+store runs on redis-py (a single Redis or a Redis Cluster, which routes each call by its first
+key) or on the pipelined client of ``balance.pipeline`` (one Redis, the hot path). Both callers
+translate failures the same way, and nothing above them imports redis: a connection problem is
+``BalanceUnavailable`` (the outcome is unknown; every script is idempotent, so a retry is safe),
+an error reply is ``BalanceScriptError`` (the script refused to write). Replies come back as
+``str`` or ``int`` (or lists of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import redis.asyncio as redis_asyncio
+import redis.exceptions as redis_exceptions
+
+from balance.errors import BalanceScriptError, BalanceUnavailable
+from balance.pipeline import PipelinedRedis, RedisErrorReply, RedisReply
+from balance.scripts import Script
+
+Reply = str | int | None | list["Reply"]
+
+
+class ScriptCaller(Protocol):
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply: ...
+
+    async def execute(self, *parts: str) -> Reply: ...
+
+    async def close(self) -> None: ...
+
+
+def _text(reply: RedisReply | object) -> Reply:
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8")
+    if isinstance(reply, list):
+        return [_text(item) for item in reply]
+    if isinstance(reply, dict):  # redis-py's HGETALL: flatten back to RESP's field, value list
+        return [_text(part) for pair in reply.items() for part in pair]
+    if isinstance(reply, (set, frozenset)):  # redis-py's SMEMBERS
+        return sorted(str(_text(member)) for member in reply)
+    if reply is None or isinstance(reply, (str, int)):
+        return reply
+    return str(reply)
+
+
+class RedisPyCaller:
+    """redis-py asyncio: a single Redis or a Redis Cluster (``cluster=True``)."""
+
+    def __init__(self, client: redis_asyncio.Redis | redis_asyncio.RedisCluster) -> None:
+        self.client = client
+
+    @classmethod
+    def from_url(cls, url: str, *, cluster: bool = False) -> RedisPyCaller:
+        if cluster:
+            return cls(redis_asyncio.RedisCluster.from_url(url, decode_responses=True))
+        return cls(redis_asyncio.Redis.from_url(url, decode_responses=True))
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        try:
+            try:
+                reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis_exceptions.NoScriptError:
+                await self._load(script, keys[0])
+                reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError) as error:
+            raise BalanceUnavailable(f"{script.operation}: {error}") from None
+        except redis_exceptions.ResponseError as error:
+            raise BalanceScriptError(f"{script.operation}: {error}") from None
+        return _text(reply)
+
+    async def _load(self, script: Script, first_key: str) -> None:
+        if isinstance(self.client, redis_asyncio.RedisCluster):
+            # SCRIPT LOAD goes to the node that owns the key's slot, where the EVALSHA will run.
+            node = self.client.get_node_from_key(first_key)
+            await self.client.execute_command("SCRIPT", "LOAD", script.source, target_nodes=node)
+        else:
+            await self.client.script_load(script.source)
+
+    async def execute(self, *parts: str) -> Reply:
+        try:
+            return _text(await self.client.execute_command(*parts))
+        except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError) as error:
+            raise BalanceUnavailable(f"{parts[0]}: {error}") from None
+        except redis_exceptions.ResponseError as error:
+            raise BalanceScriptError(f"{parts[0]}: {error}") from None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class PipelinedCaller:
+    """The pipelined client of ``balance.pipeline``: many calls per loop pass on one connection."""
+
+    def __init__(self, client: PipelinedRedis) -> None:
+        self.client = client
+        self._registered: set[str] = set()
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        if script.sha not in self._registered:
+            self.client.register_script(script.source)
+            self._registered.add(script.sha)
+        try:
+            return _text(await self.client.evalsha(script.sha, keys, args))
+        except RedisErrorReply as error:
+            raise BalanceScriptError(f"{script.operation}: {error}") from None
+
+    async def execute(self, *parts: str) -> Reply:
+        try:
+            return _text(await self.client.execute(*parts))
+        except RedisErrorReply as error:
+            raise BalanceScriptError(f"{parts[0]}: {error}") from None
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,12 @@
+"""Errors of the money engine: only infrastructure failures raise; business outcomes are values."""
+
+from __future__ import annotations
+
+
+class BalanceUnavailable(Exception):
+    """Redis cannot be reached or did not answer; the operation's outcome is unknown (3004)."""
+
+
+class BalanceScriptError(Exception):
+    """A script refused to write because an invariant would break, or the key schema is
+    inconsistent (a bug or corrupted data, never a business outcome); nothing was written."""

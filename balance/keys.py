@@ -1,0 +1,66 @@
+"""The Redis key schema: every key the engine uses, documented once, built only here.
+
+Theory of operation: all keys of one customer hierarchy carry the hash tag ``{<root>}``, the
+root account id (a company's id for its children, an individual's own id), so every Lua call
+touches one slot and runs unchanged on Redis Cluster. Scripts get every key in KEYS and build
+none. Field names are short because they are stored once per account and per session.
+
+``{R}:a:<account>`` hash, one per account:
+    cur currency, pay prepaid|postpaid, st status, lim credit limit, par parent id, cap child cap;
+    counters (RULES.md) cr credits, db debits, cm committed, hd held, lh limit held,
+    ub unbilled, pu pool used; per bucket ``q:<id>`` amount and
+    ``m:<id>`` "kind|valid_from|valid_until|priority|service,service".
+``{R}:s:<session>`` hash, one per session:
+    a account id, n last request number applied, r its result (the reply string),
+    x expiry (epoch seconds), c "1" once closed; ``g:<rating group>`` one live reservation.
+    A closed session is a tombstone with a key expiry of TOMBSTONE_SECONDS.
+``{R}:x`` sorted set: open sessions by expiry, member "<account>|<session>".
+``{R}:o`` list: the outbox, usage records (JSON) written with their debit, read and trimmed by
+    the spool writer once they are committed to SQLite.
+``{R}:k`` hash: idempotency keys of top-ups ("t:<id>") and adjustments ("j:<id>").
+``ar:<account>`` string "<root> <parent>": which hierarchy an account belongs to (no hash tag;
+    read once per account and cached by the store).
+``ocs:outbox`` set: roots whose outbox may hold records (the spool writer's work list).
+``ocs:sessions`` sorted set: roots with open sessions, scored by when to look at them next
+    (the session supervisor's work list).
+"""
+
+from __future__ import annotations
+
+import re
+
+TOMBSTONE_SECONDS = 3_600  # how long a closed session answers retransmissions (ours)
+
+OUTBOX_ROOTS = "ocs:outbox"
+SESSION_ROOTS = "ocs:sessions"
+
+# Account ids name Redis keys and zset members ("<account>|<session>"): keep them plain.
+ACCOUNT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+def is_valid_account_id(account_id: str) -> bool:
+    return ACCOUNT_ID_PATTERN.match(account_id) is not None
+
+
+def account_key(root: str, account_id: str) -> str:
+    return f"{{{root}}}:a:{account_id}"
+
+
+def session_key(root: str, session_id: str) -> str:
+    return f"{{{root}}}:s:{session_id}"
+
+
+def expiry_key(root: str) -> str:
+    return f"{{{root}}}:x"
+
+
+def outbox_key(root: str) -> str:
+    return f"{{{root}}}:o"
+
+
+def idempotency_key(root: str) -> str:
+    return f"{{{root}}}:k"
+
+
+def account_root_key(account_id: str) -> str:
+    return f"ar:{account_id}"

@@ -1,0 +1,159 @@
+-- charge.lua: all balance work of one credit-control request, atomically (RULES.md "A charge request").
+--
+-- KEYS: 1 session hash, 2 account hash, 3 parent account hash (the account's own key again when it
+--       has no parent), 4 expiry zset of the hierarchy, 5 outbox list of the hierarchy.
+-- ARGV: 1 account id, 2 session id, 3 request number, 4 now (epoch s), 5 validity (s),
+--       6 terminate 0|1, 7 event 0|1, 8 tombstone lifetime (s), 9 parent id ('' for none),
+--       10 item count, then per item 10 fields: rating group, service, unit (seconds|octets|events),
+--       used units, requested units, release 0|1, price micros, per units, block units, first units.
+-- Returns: "<replayed 0|1> <outcome> <balance micros> <opened 0|1> <records> <items>" followed by
+--       "<rating group> <outcome> <granted> <committed units> <committed micros> <final 0|1>" per item.
+-- Invariants: RULES.md, checked on every account touched before anything is written; a replayed
+--       (session, request number) returns the stored reply and writes nothing.
+
+local session_key, account_key, parent_key, expiry_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local account_id, session_id = ARGV[1], ARGV[2]
+local number, now, validity = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local terminate, event = ARGV[6] == '1', ARGV[7] == '1'
+local tombstone, parent_id, item_count = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+
+local function refused(outcome)
+  return '0 ' .. outcome .. ' 0 0 0 0'
+end
+
+local account = load_account(account_key, account_id)
+if account == nil then return refused('unknown_account') end
+if account.par ~= parent_id then return redis.error_reply('HIERARCHY ' .. account_id .. ' has parent ' .. account.par) end
+
+-- The session's stored state: a, n, r, c, x and one g:<rating group> field per reservation.
+local session = {}
+local stored = redis.call('HGETALL', session_key)
+for i = 1, #stored, 2 do session[stored[i]] = stored[i + 1] end
+local exists = session.n ~= nil
+if exists then
+  local last = tonumber(session.n)
+  if number == last and session.a == account_id then return '1 ' .. session.r end
+  if number < last then return refused('stale_request') end
+  if session.c == '1' or session.a ~= account_id then return refused('unknown_session') end
+elseif number ~= 0 and not event then
+  return refused('unknown_session')
+end
+if (not exists or event) and account.st ~= 'active' then return refused('account_blocked') end
+
+local parent = nil
+if parent_id ~= '' then
+  parent = load_account(parent_key, parent_id)
+  if parent == nil then return redis.error_reply('HIERARCHY parent ' .. parent_id .. ' missing') end
+end
+
+local reservations, removed = {}, {}
+for field, value in pairs(session) do
+  if string.sub(field, 1, 2) == 'g:' then reservations[field] = decode_reservation(value) end
+end
+
+local closing = terminate or event
+local results, records = {}, {}
+local position = 11
+for _ = 1, item_count do
+  local rating_group, service, unit = ARGV[position], ARGV[position + 1], ARGV[position + 2]
+  local used, requested = tonumber(ARGV[position + 3]), tonumber(ARGV[position + 4])
+  local release = ARGV[position + 5] == '1'
+  local tariff = {price = tonumber(ARGV[position + 6]), per = tonumber(ARGV[position + 7]),
+    block = tonumber(ARGV[position + 8]), first = tonumber(ARGV[position + 9])}
+  position = position + 10
+  local field = 'g:' .. rating_group
+  local existing = reservations[field]
+  local outcome, granted, final = 'ok', 0, false
+  local committed_units, committed_micros = 0, 0
+
+  if used > 0 then
+    if event then
+      local direct = reserve(account, parent, service, unit, tariff, used, now)
+      if direct.units < used then
+        outcome = 'insufficient_funds'
+      else
+        committed_units, committed_micros = commit(direct, used, account, parent)
+      end
+      return_reservation(direct, account, parent)
+    else
+      if existing ~= nil then
+        committed_units, committed_micros = commit(existing, used, account, parent)
+      end
+      local excess = used - committed_units
+      if excess > 0 then
+        local direct = reserve(account, parent, service, unit, tariff, excess, now)
+        local units, micros = commit(direct, excess, account, parent)
+        return_reservation(direct, account, parent)
+        committed_units, committed_micros = committed_units + units, committed_micros + micros
+      end
+    end
+  end
+  if existing ~= nil then
+    return_reservation(existing, account, parent)
+    reservations[field] = nil
+    removed[#removed + 1] = field
+  end
+  if requested > 0 and not release and not closing then
+    if account.st ~= 'active' then
+      outcome = 'account_blocked'
+    else
+      local reservation, is_final = reserve(account, parent, service, unit, tariff, requested, now)
+      granted = reservation.units
+      if granted == 0 then
+        outcome = 'insufficient_funds'
+      else
+        if is_final then outcome, final = 'partial', true end
+        reservations[field] = reservation
+      end
+    end
+  end
+  if committed_units > 0 then
+    records[#records + 1] = cjson.encode({
+      id = session_id .. '|' .. number .. '|' .. rating_group, account = account_id, session = session_id,
+      number = number, rating_group = tonumber(rating_group), service = service, unit = unit,
+      units = committed_units, micros = committed_micros, payment = account.pay, at = now})
+  end
+  results[#results + 1] = table.concat({rating_group, outcome, fmt(granted), fmt(committed_units),
+    fmt(committed_micros), final and '1' or '0'}, ' ')
+end
+
+if closing then
+  for field, reservation in pairs(reservations) do
+    return_reservation(reservation, account, parent)
+    reservations[field] = nil
+  end
+end
+
+local problem = check_invariants(account)
+if problem == nil and parent ~= nil then problem = check_invariants(parent) end
+if problem ~= nil then return problem end
+
+-- Every change is known and consistent: write it.
+save_account(account)
+if parent ~= nil then save_account(parent) end
+local opened = (not exists and not closing) and 1 or 0
+local reply = table.concat({'ok', fmt(available(account, parent, now)), opened, #records, #results}, ' ')
+if #results > 0 then reply = reply .. ' ' .. table.concat(results, ' ') end
+local member = account_id .. '|' .. session_id
+if closing then
+  redis.call('DEL', session_key)
+  redis.call('HSET', session_key, 'a', account_id, 'n', number, 'r', reply, 'c', '1')
+  redis.call('EXPIRE', session_key, tombstone)
+  if exists then redis.call('ZREM', expiry_key, member) end
+else
+  local expiry = now + validity
+  local fields = {'a', account_id, 'n', number, 'r', reply, 'x', fmt(expiry)}
+  for field, reservation in pairs(reservations) do
+    fields[#fields + 1] = field
+    fields[#fields + 1] = encode_reservation(reservation)
+  end
+  local gone = {}
+  for _, field in ipairs(removed) do
+    if reservations[field] == nil then gone[#gone + 1] = field end
+  end
+  if #gone > 0 then redis.call('HDEL', session_key, unpack(gone)) end
+  redis.call('HSET', session_key, unpack(fields))
+  redis.call('ZADD', expiry_key, expiry, member)
+end
+if #records > 0 then redis.call('RPUSH', outbox_key, unpack(records)) end
+return '0 ' .. reply

@@ -1,0 +1,52 @@
+-- credit.lua: top-up, adjustment or new bucket, idempotent by its id (RULES.md "top_up",
+-- "adjust", "add_bucket").
+--
+-- KEYS: 1 account hash, 2 idempotency hash of the hierarchy.
+-- ARGV: 1 account id, 2 operation (top_up | adjust | add_bucket), 3 idempotency id ('' for
+--       add_bucket), 4 signed amount (micros, or units for an allowance bucket), 5 bucket kind,
+--       6 services (comma-separated), 7 valid from, 8 valid until, 9 priority.
+-- Returns: "<outcome> <replayed 0|1> <bucket id>".
+-- Invariants: credits - debits = money in buckets + held, checked before writing; a negative
+--       adjustment never takes its bucket below 0; a repeated id changes nothing.
+
+local account_key, idempotency_key = KEYS[1], KEYS[2]
+local account_id, operation, operation_id = ARGV[1], ARGV[2], ARGV[3]
+local amount, kind = tonumber(ARGV[4]), ARGV[5]
+
+local account = load_account(account_key, account_id)
+if account == nil then return 'unknown_account 0 0' end
+local marker = nil
+if operation ~= 'add_bucket' then
+  marker = (operation == 'top_up' and 't:' or 'j:') .. account_id .. ':' .. operation_id
+  local previous = redis.call('HGET', idempotency_key, marker)
+  if previous then return 'ok 1 ' .. previous end
+end
+
+local bucket = nil
+if operation ~= 'add_bucket' then
+  for _, candidate in ipairs(account.buckets) do
+    if candidate.kind == kind then bucket = candidate; break end
+  end
+end
+local meta = nil
+if bucket == nil then
+  local next_id = 1
+  for _, candidate in ipairs(account.buckets) do
+    if candidate.id >= next_id then next_id = candidate.id + 1 end
+  end
+  if amount < 0 then return 'insufficient_funds 0 0' end
+  bucket = {id = next_id, amount = 0, kind = kind}
+  account.by_id[next_id] = bucket
+  account.buckets[#account.buckets + 1] = bucket
+  meta = table.concat({kind, ARGV[7], ARGV[8], ARGV[9], ARGV[6]}, '|')
+end
+if bucket.amount + amount < 0 then return 'insufficient_funds 0 0' end
+set_amount(account, bucket, bucket.amount + amount)
+if kind == 'main' or kind == 'bonus' then add(account, 'cr', amount) end
+
+local problem = check_invariants(account)
+if problem ~= nil then return problem end
+save_account(account)
+if meta ~= nil then redis.call('HSET', account_key, 'm:' .. bucket.id, meta) end
+if marker ~= nil then redis.call('HSET', idempotency_key, marker, bucket.id) end
+return 'ok 0 ' .. bucket.id

@@ -1,0 +1,46 @@
+-- expire.lua: session supervision (RULES.md "expire"): close one session if its expiry has passed,
+-- returning everything its reservations hold.
+--
+-- KEYS: 1 session hash, 2 account hash, 3 parent account hash (own key again when none),
+--       4 expiry zset of the hierarchy.
+-- ARGV: 1 account id, 2 session id, 3 now, 4 tombstone lifetime (s), 5 parent id ('' for none).
+-- Returns: 1 if the session was closed now, else 0 (already closed, gone, or renewed; the zset
+--       entry is removed or re-scored to the session's own expiry).
+-- Invariants: as charge.lua; the last reply stays stored for replay.
+
+local session_key, account_key, parent_key, expiry_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local account_id, session_id, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local tombstone, parent_id = tonumber(ARGV[4]), ARGV[5]
+local member = account_id .. '|' .. session_id
+
+local session = {}
+local stored = redis.call('HGETALL', session_key)
+for i = 1, #stored, 2 do session[stored[i]] = stored[i + 1] end
+if session.n == nil or session.c == '1' or session.a ~= account_id then
+  redis.call('ZREM', expiry_key, member)
+  return 0
+end
+local expiry = tonumber(session.x)
+if expiry > now then
+  redis.call('ZADD', expiry_key, expiry, member)
+  return 0
+end
+
+local account = load_account(account_key, account_id)
+local parent = nil
+if parent_id ~= '' then parent = load_account(parent_key, parent_id) end
+for field, value in pairs(session) do
+  if string.sub(field, 1, 2) == 'g:' then
+    return_reservation(decode_reservation(value), account, parent)
+  end
+end
+local problem = check_invariants(account)
+if problem == nil and parent ~= nil then problem = check_invariants(parent) end
+if problem ~= nil then return problem end
+save_account(account)
+if parent ~= nil then save_account(parent) end
+redis.call('DEL', session_key)
+redis.call('HSET', session_key, 'a', account_id, 'n', session.n, 'r', session.r, 'c', '1')
+redis.call('EXPIRE', session_key, tombstone)
+redis.call('ZREM', expiry_key, member)
+return 1

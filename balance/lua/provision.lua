@@ -1,0 +1,41 @@
+-- provision.lua: create an account with its buckets (RULES.md "provision").
+--
+-- KEYS: 1 account hash, 2 parent account hash (the account's own key again when it has no parent).
+-- ARGV: 1 account id, 2 currency, 3 payment type, 4 status, 5 credit limit micros, 6 parent id
+--       ('' for none), 7 child cap micros, 8 bucket count, then per bucket 7 fields: id, kind,
+--       amount, services (comma-separated), valid from, valid until, priority.
+-- Returns: "<outcome>" (ok | already_exists | invalid).
+-- Invariants: credits = the sum of the monetary buckets; a parent exists, has no parent itself
+--       and has the same currency; bucket ids are unique and >= 1.
+
+local account_key, parent_key = KEYS[1], KEYS[2]
+local account_id, currency, payment, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local limit, parent_id, cap, count = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+
+if redis.call('EXISTS', account_key) == 1 then return 'already_exists' end
+if parent_id ~= '' then
+  local parent = redis.call('HMGET', parent_key, 'cur', 'par')
+  if parent[1] == false or parent[1] ~= currency or (parent[2] or '') ~= '' then return 'invalid' end
+end
+
+local fields = {'cur', currency, 'pay', payment, 'st', status}
+if num(limit) ~= 0 then fields[#fields + 1] = 'lim'; fields[#fields + 1] = limit end
+if parent_id ~= '' then
+  fields[#fields + 1] = 'par'; fields[#fields + 1] = parent_id
+  if num(cap) ~= 0 then fields[#fields + 1] = 'cap'; fields[#fields + 1] = cap end
+end
+local credits, seen = 0, {}
+for i = 0, count - 1 do
+  local base = 9 + i * 7
+  local bucket_id, kind, amount = tonumber(ARGV[base]), ARGV[base + 1], tonumber(ARGV[base + 2])
+  if bucket_id == nil or bucket_id < 1 or seen[bucket_id] or amount == nil or amount < 0 then return 'invalid' end
+  seen[bucket_id] = true
+  if kind == 'main' or kind == 'bonus' then credits = credits + amount end
+  fields[#fields + 1] = 'q:' .. bucket_id
+  fields[#fields + 1] = fmt(amount)
+  fields[#fields + 1] = 'm:' .. bucket_id
+  fields[#fields + 1] = table.concat({kind, ARGV[base + 4], ARGV[base + 5], ARGV[base + 6], ARGV[base + 3]}, '|')
+end
+if credits ~= 0 then fields[#fields + 1] = 'cr'; fields[#fields + 1] = fmt(credits) end
+redis.call('HSET', account_key, unpack(fields))
+return 'ok'

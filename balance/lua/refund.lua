@@ -1,0 +1,52 @@
+-- refund.lua: REFUND_ACCOUNT, a credit to the first main bucket, idempotent by (session id,
+-- request number) like an event charge (RULES.md "refund").
+--
+-- KEYS: 1 session hash, 2 account hash, 3 parent account hash (own key again when none).
+-- ARGV: 1 account id, 2 session id, 3 request number, 4 amount micros, 5 now, 6 tombstone
+--       lifetime (s), 7 parent id ('' for none).
+-- Returns: the charge.lua reply format with no items.
+-- Invariants: as charge.lua.
+
+local session_key, account_key, parent_key = KEYS[1], KEYS[2], KEYS[3]
+local account_id, number, amount = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, tombstone, parent_id = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+
+local account = load_account(account_key, account_id)
+if account == nil then return '0 unknown_account 0 0 0 0' end
+local session = redis.call('HMGET', session_key, 'a', 'n', 'r')
+if session[2] then
+  local last = tonumber(session[2])
+  if number == last and session[1] == account_id then return '1 ' .. session[3] end
+  if number < last then return '0 stale_request 0 0 0 0' end
+  return '0 unknown_session 0 0 0 0'
+end
+if account.st ~= 'active' then return '0 account_blocked 0 0 0 0' end
+local parent = nil
+if parent_id ~= '' then parent = load_account(parent_key, parent_id) end
+
+local bucket = nil
+for _, candidate in ipairs(account.buckets) do
+  if candidate.kind == 'main' then bucket = candidate; break end
+end
+local meta = nil
+if bucket == nil then
+  local next_id = 1
+  for _, candidate in ipairs(account.buckets) do
+    if candidate.id >= next_id then next_id = candidate.id + 1 end
+  end
+  bucket = {id = next_id, amount = 0, kind = 'main', from = 0, ['until'] = 0, priority = 0,
+    services = {}, any_service = true}
+  account.by_id[next_id] = bucket
+  account.buckets[#account.buckets + 1] = bucket
+  meta = 'main|0|0|0|'
+end
+set_amount(account, bucket, bucket.amount + amount)
+add(account, 'cr', amount)
+local problem = check_invariants(account)
+if problem ~= nil then return problem end
+save_account(account)
+if meta ~= nil then redis.call('HSET', account_key, 'm:' .. bucket.id, meta) end
+local reply = 'ok ' .. fmt(available(account, parent, now)) .. ' 0 0 0'
+redis.call('HSET', session_key, 'a', account_id, 'n', number, 'r', reply, 'c', '1')
+redis.call('EXPIRE', session_key, tombstone)
+return '0 ' .. reply

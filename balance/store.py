@@ -1,0 +1,397 @@
+"""The money engine on Redis: each operation of RULES.md as one atomic script call.
+
+Theory of operation: a method checks its input (business refusals come back as ``Outcome``
+values), finds the account's hierarchy (``ar:<account>``, cached: it never changes once
+provisioned), builds every key from ``balance.keys`` and the flat ARGV of the script header, runs
+the script through a ``ScriptCaller``, and turns the reply into the types of ``balance.types``.
+After a charge that opened a session or wrote usage records it marks the hierarchy in the
+supervisor's and the spool writer's work lists; those marks live outside the hierarchy's slot,
+so they are separate commands, and a mark lost in a crash is found again by ``rescan_work``.
+Only infrastructure failures raise (``BalanceUnavailable``, ``BalanceScriptError``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from balance import keys
+from balance.callers import PipelinedCaller, RedisPyCaller, Reply, ScriptCaller
+from balance.errors import BalanceScriptError
+from balance.pipeline import PipelinedRedis
+from balance.scripts import SCRIPTS, Operation
+from balance.types import (
+    Account,
+    AccountStatus,
+    BalanceView,
+    Bucket,
+    BucketKind,
+    ChargeItem,
+    ChargeRequest,
+    ChargeResult,
+    ItemResult,
+    OperationResult,
+    Outcome,
+    PaymentType,
+    Unit,
+    UsageRecord,
+)
+from balance.validation import invalid_account, invalid_bucket, invalid_charge
+
+Hierarchy = tuple[str, str]  # (root, parent id or "")
+
+
+def _text(reply: Reply) -> str:
+    if not isinstance(reply, str):
+        raise BalanceScriptError(f"unexpected reply {reply!r}")
+    return reply
+
+
+def parse_charge_reply(reply: str) -> ChargeResult:
+    """Parse the charge.lua / refund.lua reply (format in charge.lua's header)."""
+    words = reply.split(" ")
+    items: list[ItemResult] = []
+    for index in range(int(words[5])):
+        base = 6 + index * 6
+        items.append(
+            ItemResult(
+                rating_group=int(words[base]),
+                outcome=Outcome(words[base + 1]),
+                granted_units=int(words[base + 2]),
+                committed_units=int(words[base + 3]),
+                committed_micros=int(words[base + 4]),
+                final=words[base + 5] == "1",
+            )
+        )
+    return ChargeResult(
+        outcome=Outcome(words[1]), items=tuple(items), replayed=words[0] == "1", balance_micros=int(words[2])
+    )
+
+
+def _bucket_arguments(bucket: Bucket) -> list[str]:
+    return [
+        str(bucket.bucket_id),
+        bucket.kind.value,
+        str(bucket.amount),
+        ",".join(bucket.services),
+        str(bucket.valid_from),
+        str(bucket.valid_until),
+        str(bucket.priority),
+    ]
+
+
+def _item_arguments(item: ChargeItem) -> list[str]:
+    tariff = item.tariff
+    return [
+        str(item.rating_group),
+        item.service,
+        item.unit.value,
+        str(item.used_units),
+        str(item.requested_units),
+        "1" if item.release else "0",
+        str(tariff.price_micros),
+        str(tariff.per_units),
+        str(tariff.block_units),
+        str(tariff.first_units),
+    ]
+
+
+class BalanceStore:
+    def __init__(self, caller: ScriptCaller, *, admin: ScriptCaller | None = None) -> None:
+        self.caller = caller  # the hot path: charge
+        self.admin = admin or caller  # everything else
+        self._hierarchies: dict[str, Hierarchy] = {}
+
+    @classmethod
+    async def connect(cls, url: str, *, cluster: bool = False, pipelined: bool = False) -> BalanceStore:
+        """``pipelined`` puts charges on ``balance.pipeline`` (single Redis only)."""
+        admin = RedisPyCaller.from_url(url, cluster=cluster)
+        if not pipelined or cluster:
+            return cls(admin)
+        return cls(PipelinedCaller(_pipelined_client(url)), admin=admin)
+
+    async def close(self) -> None:
+        await self.caller.close()
+        if self.admin is not self.caller:
+            await self.admin.close()
+
+    async def flush_all(self) -> None:
+        """Tests only: forget everything."""
+        await self.admin.execute("FLUSHALL")
+        self._hierarchies.clear()
+
+    # -- hierarchy ---------------------------------------------------------------------------
+
+    async def hierarchy(self, account_id: str) -> Hierarchy | None:
+        known = self._hierarchies.get(account_id)
+        if known is not None:
+            return known
+        if not keys.is_valid_account_id(account_id):
+            return None
+        value = await self.admin.execute("GET", keys.account_root_key(account_id))
+        if not isinstance(value, str):
+            return None
+        root, _, parent = value.partition(" ")
+        self._hierarchies[account_id] = (root, parent)
+        return root, parent
+
+    async def root_of(self, account_id: str) -> str:
+        found = await self.hierarchy(account_id)
+        return found[0] if found is not None else account_id
+
+    def _account_keys(self, root: str, account_id: str, parent: str) -> tuple[str, str]:
+        return keys.account_key(root, account_id), keys.account_key(root, parent or account_id)
+
+    # -- provisioning ----------------------------------------------------------------------
+
+    async def provision(self, account: Account) -> OperationResult:
+        if invalid_account(account):
+            return OperationResult(Outcome.INVALID)
+        root = account.parent_id or account.account_id
+        claim = f"{root} {account.parent_id}"
+        lookup = keys.account_root_key(account.account_id)
+        claimed = await self.admin.execute("SET", lookup, claim, "NX")
+        if claimed is None and await self.admin.execute("GET", lookup) != claim:
+            return OperationResult(Outcome.ALREADY_EXISTS)
+        account_key, parent_key = self._account_keys(root, account.account_id, account.parent_id)
+        arguments = [
+            account.account_id,
+            account.currency,
+            account.payment_type.value,
+            account.status.value,
+            str(account.credit_limit_micros),
+            account.parent_id,
+            str(account.child_cap_micros),
+            str(len(account.buckets)),
+        ]
+        for bucket in account.buckets:
+            arguments += _bucket_arguments(bucket)
+        outcome = Outcome(
+            _text(await self.admin.run(SCRIPTS[Operation.PROVISION], [account_key, parent_key], arguments))
+        )
+        if outcome is Outcome.INVALID and claimed is not None:
+            await self.admin.execute("DEL", lookup)
+        return OperationResult(outcome)
+
+    async def update(
+        self,
+        account_id: str,
+        *,
+        status: AccountStatus | None = None,
+        credit_limit_micros: int | None = None,
+        child_cap_micros: int | None = None,
+    ) -> OperationResult:
+        found = await self.hierarchy(account_id)
+        if found is None:
+            return OperationResult(Outcome.UNKNOWN_ACCOUNT)
+        for value in (credit_limit_micros, child_cap_micros):
+            if value is not None and not 0 <= value <= _MAX_AMOUNT:
+                return OperationResult(Outcome.INVALID)
+        arguments = [
+            status.value if status is not None else "",
+            str(credit_limit_micros) if credit_limit_micros is not None else "",
+            str(child_cap_micros) if child_cap_micros is not None else "",
+        ]
+        account_key = keys.account_key(found[0], account_id)
+        reply = _text(await self.admin.run(SCRIPTS[Operation.UPDATE], [account_key], arguments))
+        return OperationResult(Outcome(reply))
+
+    async def top_up(
+        self,
+        account_id: str,
+        top_up_id: str,
+        amount_micros: int,
+        *,
+        kind: BucketKind = BucketKind.MAIN,
+        valid_until: int = 0,
+    ) -> OperationResult:
+        if kind not in (BucketKind.MAIN, BucketKind.BONUS) or not 0 < amount_micros <= _MAX_AMOUNT:
+            return OperationResult(Outcome.INVALID)
+        return await self._credit(
+            account_id, "top_up", top_up_id, amount_micros, Bucket(0, kind, 0, (), 0, valid_until)
+        )
+
+    async def adjust(self, account_id: str, adjustment_id: str, amount_micros: int) -> OperationResult:
+        if not -_MAX_AMOUNT <= amount_micros <= _MAX_AMOUNT:
+            return OperationResult(Outcome.INVALID)
+        return await self._credit(account_id, "adjust", adjustment_id, amount_micros, Bucket(0, BucketKind.MAIN, 0))
+
+    async def add_bucket(self, account_id: str, bucket: Bucket) -> OperationResult:
+        if invalid_bucket(replace(bucket, bucket_id=max(bucket.bucket_id, 1))):
+            return OperationResult(Outcome.INVALID)
+        return await self._credit(account_id, "add_bucket", "", bucket.amount, bucket)
+
+    async def _credit(
+        self, account_id: str, operation: str, operation_id: str, amount: int, bucket: Bucket
+    ) -> OperationResult:
+        found = await self.hierarchy(account_id)
+        if found is None:
+            return OperationResult(Outcome.UNKNOWN_ACCOUNT)
+        root = found[0]
+        arguments = [
+            account_id,
+            operation,
+            operation_id,
+            str(amount),
+            bucket.kind.value,
+            ",".join(bucket.services),
+            str(bucket.valid_from),
+            str(bucket.valid_until),
+            str(bucket.priority),
+        ]
+        script_keys = [keys.account_key(root, account_id), keys.idempotency_key(root)]
+        words = _text(await self.admin.run(SCRIPTS[Operation.CREDIT], script_keys, arguments)).split(" ")
+        return OperationResult(Outcome(words[0]), replayed=words[1] == "1", bucket_id=int(words[2]))
+
+    # -- charging --------------------------------------------------------------------------
+
+    async def charge(self, request: ChargeRequest) -> ChargeResult:
+        found = await self.hierarchy(request.account_id)
+        if found is None:
+            return ChargeResult(Outcome.UNKNOWN_ACCOUNT)
+        if invalid_charge(request):
+            return ChargeResult(Outcome.INVALID)
+        root, parent = found
+        account_key, parent_key = self._account_keys(root, request.account_id, parent)
+        script_keys = [
+            keys.session_key(root, request.session_id),
+            account_key,
+            parent_key,
+            keys.expiry_key(root),
+            keys.outbox_key(root),
+        ]
+        arguments = [
+            request.account_id,
+            request.session_id,
+            str(request.request_number),
+            str(request.now_seconds),
+            str(request.validity_seconds),
+            "1" if request.terminate else "0",
+            "1" if request.event else "0",
+            str(keys.TOMBSTONE_SECONDS),
+            parent,
+            str(len(request.items)),
+        ]
+        for item in request.items:
+            arguments += _item_arguments(item)
+        reply = _text(await self.caller.run(SCRIPTS[Operation.CHARGE], script_keys, arguments))
+        words = reply.split(" ", 6)
+        if words[0] == "0" and words[1] == "ok":
+            if words[3] == "1":
+                expiry = request.now_seconds + request.validity_seconds
+                await self.caller.execute("ZADD", keys.SESSION_ROOTS, "LT", str(expiry), root)
+            if words[4] != "0":
+                await self.caller.execute("SADD", keys.OUTBOX_ROOTS, root)
+        return parse_charge_reply(reply)
+
+    async def refund(
+        self, account_id: str, session_id: str, request_number: int, amount_micros: int, now_seconds: int
+    ) -> ChargeResult:
+        found = await self.hierarchy(account_id)
+        if found is None:
+            return ChargeResult(Outcome.UNKNOWN_ACCOUNT)
+        if not 0 < amount_micros <= _MAX_AMOUNT or request_number < 0:
+            return ChargeResult(Outcome.INVALID)
+        root, parent = found
+        account_key, parent_key = self._account_keys(root, account_id, parent)
+        arguments = [
+            account_id,
+            session_id,
+            str(request_number),
+            str(amount_micros),
+            str(now_seconds),
+            str(keys.TOMBSTONE_SECONDS),
+            parent,
+        ]
+        script_keys = [keys.session_key(root, session_id), account_key, parent_key]
+        return parse_charge_reply(_text(await self.admin.run(SCRIPTS[Operation.REFUND], script_keys, arguments)))
+
+    # -- session supervision -------------------------------------------------------------------
+
+    async def expire(self, root_id: str, now_seconds: int) -> list[str]:
+        """Close the hierarchy's sessions whose expiry has passed; returns their ids, sorted."""
+        members = await self.admin.execute("ZRANGEBYSCORE", keys.expiry_key(root_id), "-inf", str(now_seconds))
+        closed: list[str] = []
+        for member in members if isinstance(members, list) else []:
+            account_id, _, session_id = str(member).partition("|")
+            found = await self.hierarchy(account_id)
+            root, parent = found if found is not None else (root_id, "")
+            account_key, parent_key = self._account_keys(root, account_id, parent)
+            script_keys = [keys.session_key(root, session_id), account_key, parent_key, keys.expiry_key(root)]
+            arguments = [account_id, session_id, str(now_seconds), str(keys.TOMBSTONE_SECONDS), parent]
+            if await self.admin.run(SCRIPTS[Operation.EXPIRE], script_keys, arguments) == 1:
+                closed.append(session_id)
+        return sorted(closed)
+
+    async def expire_due(self, now_seconds: int) -> list[tuple[str, str]]:
+        """The supervisor's pass: every hierarchy due for a look; returns (root, session) closed."""
+        roots = await self.admin.execute("ZRANGEBYSCORE", keys.SESSION_ROOTS, "-inf", str(now_seconds))
+        closed: list[tuple[str, str]] = []
+        for root in roots if isinstance(roots, list) else []:
+            root = str(root)
+            closed += [(root, session_id) for session_id in await self.expire(root, now_seconds)]
+            # Remove, then look again: a session opened meanwhile re-adds the root itself, and one
+            # opened between our look and the removal is caught by the second look.
+            await self.admin.execute("ZREM", keys.SESSION_ROOTS, root)
+            earliest = await self.admin.execute("ZRANGE", keys.expiry_key(root), "0", "0", "WITHSCORES")
+            if isinstance(earliest, list) and len(earliest) == 2:
+                await self.admin.execute("ZADD", keys.SESSION_ROOTS, "LT", str(earliest[1]), root)
+        return closed
+
+    # -- queries ---------------------------------------------------------------------------
+
+    async def balance(self, account_id: str, now_seconds: int) -> BalanceView | None:
+        from balance.views import read_balance  # the read side, kept out of the write path
+
+        found = await self.hierarchy(account_id)
+        if found is None:
+            return None
+        return await read_balance(self.admin, found[0], account_id, found[1], now_seconds)
+
+    async def outbox_roots(self) -> list[str]:
+        members = await self.admin.execute("SMEMBERS", keys.OUTBOX_ROOTS)
+        return sorted(str(member) for member in members) if isinstance(members, list) else []
+
+    async def read_outbox(self, root: str, limit: int = 1_000) -> list[UsageRecord]:
+        """The oldest ``limit`` records of the hierarchy's outbox (left in place until acknowledged)."""
+        entries = await self.admin.execute("LRANGE", keys.outbox_key(root), "0", str(limit - 1))
+        return [_usage_record(str(entry)) for entry in entries] if isinstance(entries, list) else []
+
+    async def acknowledge_outbox(self, root: str, count: int) -> None:
+        """Drop the ``count`` oldest records, once they are safely stored elsewhere."""
+        await self.admin.execute("LTRIM", keys.outbox_key(root), str(count), "-1")
+
+    async def usage_records(self) -> list[UsageRecord]:
+        """Every record still in any outbox (tests and audits), by hierarchy then commit order."""
+        records: list[UsageRecord] = []
+        for root in await self.outbox_roots():
+            records += await self.read_outbox(root, limit=1_000_000)
+        return records
+
+
+_MAX_AMOUNT = 10**15
+
+
+def _usage_record(entry: str) -> UsageRecord:
+    data = json.loads(entry)
+    return UsageRecord(
+        record_id=data["id"],
+        account_id=data["account"],
+        session_id=data["session"],
+        request_number=int(data["number"]),
+        rating_group=int(data["rating_group"]),
+        service=data["service"],
+        unit=Unit(data["unit"]),
+        units=int(data["units"]),
+        micros=int(data["micros"]),
+        payment_type=PaymentType(data["payment"]),
+        at_seconds=int(data["at"]),
+    )
+
+
+def _pipelined_client(url: str) -> PipelinedRedis:
+    if url.startswith("unix://"):
+        return PipelinedRedis(unix_socket_path=url.removeprefix("unix://"))
+    address = url.removeprefix("redis://").split("/", 1)[0]
+    host, _, port = address.rpartition(":")
+    return PipelinedRedis(host=host or "127.0.0.1", port=int(port or 6379))

@@ -1,0 +1,220 @@
+"""The money engine's vocabulary: accounts, buckets, tariffs, charge requests and their outcomes.
+
+Theory of operation: these frozen dataclasses are what callers (ocs/, the tests, the reference
+model) hand to the engine and get back. Money is always an integer number of micro-units
+(1 unit = 1,000,000 micros); service units are integer seconds, octets or events. Business
+outcomes are the ``Outcome`` enum, returned by value; only infrastructure failures raise
+(``balance.errors.BalanceUnavailable``). The rules these values follow are written once, in
+``balance/RULES.md``; both the Redis scripts and ``balance.model`` implement them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+MICROS_PER_UNIT = 1_000_000
+# Redis Lua numbers are IEEE doubles: integers are exact up to 2**53. Every amount the engine
+# stores or computes stays below this bound; callers are refused anything larger.
+MAX_EXACT_INTEGER = 2**53
+MAX_AMOUNT_MICROS = 10**15  # one billion units of currency: far beyond any prepaid balance
+MAX_SERVICE_UNITS = 10**13  # ten terabytes, or 300,000 years of seconds, in one request
+
+
+class PaymentType(StrEnum):
+    PREPAID = "prepaid"
+    POSTPAID = "postpaid"
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"  # e.g. for non-payment: no new reservations, open sessions may finish
+    BARRED = "barred"
+    TERMINATED = "terminated"
+
+
+class BucketKind(StrEnum):
+    MAIN = "main"  # monetary, micros
+    BONUS = "bonus"  # monetary, micros; spent before main
+    SECONDS = "seconds"  # unit allowances, scoped to services
+    OCTETS = "octets"
+    EVENTS = "events"
+
+
+MONETARY_KINDS = frozenset({BucketKind.MAIN, BucketKind.BONUS})
+
+
+class Unit(StrEnum):
+    SECONDS = "seconds"
+    OCTETS = "octets"
+    EVENTS = "events"
+
+
+class Outcome(StrEnum):
+    """Business outcome of one operation or one charge item."""
+
+    OK = "ok"
+    PARTIAL = "partial"  # granted less than requested: the last units the balance affords
+    INSUFFICIENT_FUNDS = "insufficient_funds"  # nothing could be granted (RFC 4006: 4012)
+    UNKNOWN_ACCOUNT = "unknown_account"  # (5030)
+    ACCOUNT_BLOCKED = "account_blocked"  # barred / terminated, or suspended for new usage (4010)
+    UNKNOWN_SESSION = "unknown_session"  # update / termination of a session we never opened (5002)
+    STALE_REQUEST = "stale_request"  # a request number below the last one applied: changes nothing
+    ALREADY_EXISTS = "already_exists"  # provisioning an account id that exists
+    INVALID = "invalid"  # a request the rules refuse (e.g. a child whose parent is missing)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A balance bucket. ``amount`` is micros for MAIN/BONUS, else units of the kind.
+
+    ``services`` scopes unit allowances (empty: every service of that unit); ignored for money.
+    Times are epoch seconds; ``valid_until`` 0 means no end.
+    """
+
+    bucket_id: int
+    kind: BucketKind
+    amount: int
+    services: tuple[str, ...] = ()
+    valid_from: int = 0
+    valid_until: int = 0
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    currency: str = "EUR"
+    payment_type: PaymentType = PaymentType.PREPAID
+    status: AccountStatus = AccountStatus.ACTIVE
+    credit_limit_micros: int = 0  # postpaid only
+    parent_id: str = ""  # company hierarchy: a child draws on its parent's pool
+    child_cap_micros: int = 0  # the most a child may draw from its parent's pool (0: none)
+    buckets: tuple[Bucket, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    """How units become money: rated by ``ocs/`` (zone, time band) before the engine sees it.
+
+    Charged units of a usage U > 0: at least ``first_units``, then rounded up to a multiple of
+    ``block_units`` (60/60: first 60, block 60; 60/1: first 60, block 1; data per MB: 1e6/1e6).
+    Cost: ``price_micros`` per ``per_units`` charged units, rounded up to a whole micro.
+    """
+
+    price_micros: int
+    per_units: int = 1
+    block_units: int = 1
+    first_units: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeItem:
+    """One service of a credit-control request (one MSCC), keyed by rating group.
+
+    ``used_units`` are committed against the reservation of this rating group (what the
+    reservation does not cover is charged directly, if the balance affords it); then the rest
+    of that reservation is returned, and ``requested_units`` (if any) are reserved anew.
+    ``release`` ends the rating group: nothing is reserved and nothing stays held.
+    """
+
+    rating_group: int
+    service: str
+    unit: Unit
+    tariff: Tariff
+    used_units: int = 0
+    requested_units: int = 0
+    release: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    """All balance work of one credit-control request; idempotent by (session_id, request_number).
+
+    ``terminate`` closes the session after the items: every reservation still held is returned.
+    ``event`` marks a one-shot request (RFC 4006 EVENT_REQUEST): no session stays open.
+    """
+
+    account_id: str
+    session_id: str
+    request_number: int
+    items: tuple[ChargeItem, ...]
+    now_seconds: int
+    validity_seconds: int = 900  # how long a reservation is held without news (RFC 4006 Tcc)
+    terminate: bool = False
+    event: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    rating_group: int
+    outcome: Outcome
+    granted_units: int = 0
+    committed_units: int = 0
+    committed_micros: int = 0
+    final: bool = False  # the grant is the last the balance affords (Final-Unit-Indication)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    outcome: Outcome  # command level: OK unless the whole request was refused
+    items: tuple[ItemResult, ...] = ()
+    replayed: bool = False  # this key was applied before; the stored result is returned
+    balance_micros: int = 0  # available money after the request (for Remaining-Balance)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """A CDR, written to the outbox in the same atomic call as its debit."""
+
+    record_id: str  # "<session>|<request number>|<rating group>": unique, so spooling is idempotent
+    account_id: str
+    session_id: str
+    request_number: int
+    rating_group: int
+    service: str
+    unit: Unit
+    units: int
+    micros: int
+    payment_type: PaymentType
+    at_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class OperationResult:
+    outcome: Outcome
+    replayed: bool = False  # the idempotency key was seen before; nothing changed
+    bucket_id: int = 0  # the bucket written (top-up, adjustment, add_bucket)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceView:
+    """An account as it stands: buckets with current amounts and the counters of RULES.md."""
+
+    account: Account
+    credits_micros: int
+    debits_micros: int
+    committed_micros: int
+    held_micros: int  # out of its own monetary buckets, by live reservations
+    limit_held_micros: int  # postpaid: held against its credit limit
+    unbilled_micros: int  # postpaid: committed against its credit limit
+    pool_used_micros: int  # a child: drawn from the parent's pool (committed or held)
+    available_micros: int  # what a new reservation may draw now (RULES.md "balance_micros")
+    reservations: int  # live reservations (session, rating group) of this account
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFinding:
+    account_id: str
+    rule: str
+    detail: str
+
+
+@dataclass(slots=True)
+class AuditReport:
+    accounts: int = 0
+    findings: list[AuditFinding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
