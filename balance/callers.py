@@ -22,6 +22,7 @@ from balance.pipeline import PipelinedRedis, RedisErrorReply, RedisReply
 from balance.scripts import Script
 
 Reply = str | int | None | list["Reply"]
+_POOL_SIZE = 32  # redis-py connections for the off-hot-path work; plenty for admin and tests
 
 
 class ScriptCaller(Protocol):
@@ -40,7 +41,8 @@ def _text(reply: RedisReply | object) -> Reply:
     if isinstance(reply, dict):  # redis-py's HGETALL: flatten back to RESP's field, value list
         return [_text(part) for pair in reply.items() for part in pair]
     if isinstance(reply, (set, frozenset)):  # redis-py's SMEMBERS
-        return sorted(str(_text(member)) for member in reply)
+        members: list[Reply] = sorted(str(_text(member)) for member in reply)
+        return members
     if reply is None or isinstance(reply, (str, int)):
         return reply
     return str(reply)
@@ -56,7 +58,10 @@ class RedisPyCaller:
     def from_url(cls, url: str, *, cluster: bool = False) -> RedisPyCaller:
         if cluster:
             return cls(redis_asyncio.RedisCluster.from_url(url, decode_responses=True))
-        return cls(redis_asyncio.Redis.from_url(url, decode_responses=True))
+        # Callers beyond the pool wait for a connection rather than fail (redis-py 8 raises
+        # "Too many connections" with its default pool).
+        pool = redis_asyncio.BlockingConnectionPool.from_url(url, max_connections=_POOL_SIZE, decode_responses=True)
+        return cls(redis_asyncio.Redis(connection_pool=pool))
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
         try:

@@ -1,0 +1,333 @@
+"""The Redis money engine, operation by operation, on a private real Redis.
+
+Every number here is worked out by hand from RULES.md; the model-based test covers the random
+sequences. Tariffs: voice 0.60 per minute in 60/60 increments, data 0.01 per MB rounded to MB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from balance.audit import audit
+from balance.embedded import EmbeddedRedis
+from balance.errors import BalanceScriptError
+from balance.keys import account_key
+from balance.store import BalanceStore
+from balance.types import (
+    Account,
+    AccountStatus,
+    Bucket,
+    BucketKind,
+    ChargeItem,
+    ChargeRequest,
+    ChargeResult,
+    Outcome,
+    PaymentType,
+    Tariff,
+    Unit,
+)
+
+EUR = 1_000_000
+VOICE = Tariff(price_micros=600_000, per_units=60, block_units=60, first_units=60)
+DATA = Tariff(price_micros=10_000, per_units=1_000_000, block_units=1_000_000, first_units=1_000_000)
+NOW = 1_700_000_000
+
+
+@pytest.fixture(params=["redis-py", "pipelined"])
+async def store(request: pytest.FixtureRequest, embedded_redis: EmbeddedRedis) -> AsyncIterator[BalanceStore]:
+    balance_store = await BalanceStore.connect(embedded_redis.url, pipelined=request.param == "pipelined")
+    await balance_store.flush_all()
+    try:
+        yield balance_store
+    finally:
+        await balance_store.close()
+
+
+def voice(used: int = 0, requested: int = 0, *, rating_group: int = 1, release: bool = False) -> ChargeItem:
+    return ChargeItem(rating_group, "voice", Unit.SECONDS, VOICE, used, requested, release)
+
+
+def data(rating_group: int, used: int = 0, requested: int = 0) -> ChargeItem:
+    return ChargeItem(rating_group, "data", Unit.OCTETS, DATA, used, requested)
+
+
+def ccr(account: str, session: str, number: int, *items: ChargeItem, **options: object) -> ChargeRequest:
+    return ChargeRequest(account, session, number, items, now_seconds=int(str(options.pop("now", NOW))), **options)  # type: ignore[arg-type]
+
+
+async def money(store: BalanceStore, account_id: str) -> int:
+    view = await store.balance(account_id, NOW)
+    assert view is not None
+    return view.available_micros
+
+
+def only(result: ChargeResult) -> tuple[Outcome, int, int, int]:
+    (item,) = result.items
+    return item.outcome, item.granted_units, item.committed_units, item.committed_micros
+
+
+async def assert_audit_clean(store: BalanceStore, *, sessions_ended: bool = True) -> None:
+    usage: dict[str, int] = {}
+    for record in await store.usage_records():
+        usage[record.account_id] = usage.get(record.account_id, 0) + record.micros
+    report = await audit(store, now_seconds=NOW, usage_micros=usage, sessions_ended=sessions_ended)
+    assert report.findings == []
+
+
+# -- provisioning ----------------------------------------------------------------------------
+
+
+async def test_provision_outcomes(store: BalanceStore) -> None:
+    assert (
+        await store.provision(Account("alice", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+    ).outcome is Outcome.OK
+    assert (await store.provision(Account("alice"))).outcome is Outcome.ALREADY_EXISTS
+    assert (await store.provision(Account("orphan", parent_id="nobody"))).outcome is Outcome.INVALID
+    assert (await store.provision(Account("bad id!"))).outcome is Outcome.INVALID
+    assert (
+        await store.provision(Account("dup", buckets=(Bucket(1, BucketKind.MAIN, 1), Bucket(1, BucketKind.MAIN, 1))))
+    ).outcome is Outcome.INVALID
+    assert (await store.provision(Account("acme"))).outcome is Outcome.OK
+    assert (await store.provision(Account("acme-sales", parent_id="acme", child_cap_micros=EUR))).outcome is Outcome.OK
+    # One level only, one currency, and an id belongs to one hierarchy.
+    assert (await store.provision(Account("acme-sales-emea", parent_id="acme-sales"))).outcome is Outcome.INVALID
+    assert (await store.provision(Account("dollar-child", currency="USD", parent_id="acme"))).outcome is Outcome.INVALID
+    assert (await store.provision(Account("alice", parent_id="acme"))).outcome is Outcome.ALREADY_EXISTS
+    view = await store.balance("alice", NOW)
+    assert view is not None and view.credits_micros == 5 * EUR and view.available_micros == 5 * EUR
+
+
+async def test_top_up_adjust_and_buckets_are_idempotent(store: BalanceStore) -> None:
+    await store.provision(Account("alice"))
+    first = await store.top_up("alice", "topup-1", 3 * EUR)
+    again = await store.top_up("alice", "topup-1", 3 * EUR)
+    assert (first.outcome, first.replayed, again.outcome, again.replayed) == (Outcome.OK, False, Outcome.OK, True)
+    assert await money(store, "alice") == 3 * EUR
+    assert (await store.adjust("alice", "fix-1", -4 * EUR)).outcome is Outcome.INSUFFICIENT_FUNDS
+    assert (await store.adjust("alice", "fix-1", -1 * EUR)).outcome is Outcome.OK
+    assert (await store.adjust("alice", "fix-1", -1 * EUR)).replayed
+    added = await store.add_bucket("alice", Bucket(0, BucketKind.BONUS, 2 * EUR))
+    assert added.bucket_id == 2
+    assert await money(store, "alice") == 4 * EUR
+    assert (await store.top_up("nobody", "t", EUR)).outcome is Outcome.UNKNOWN_ACCOUNT
+    await assert_audit_clean(store)
+
+
+# -- two-phase charging -------------------------------------------------------------------------
+
+
+async def test_voice_call_reserve_commit_terminate(store: BalanceStore) -> None:
+    await store.provision(
+        Account("alice", buckets=(Bucket(1, BucketKind.MAIN, 10 * EUR), Bucket(2, BucketKind.SECONDS, 120, ("voice",))))
+    )
+    # 600 s: 120 from the allowance, 480 s = 8 minutes = 4.80 held.
+    assert only(await store.charge(ccr("alice", "call-1", 0, voice(requested=600)))) == (Outcome.OK, 600, 0, 0)
+    assert await money(store, "alice") == 5_200_000
+    # 590 s used: 120 allowance + 470 s charged as 480 s = 4.80; then 6000 s asked, 5.20 affords 8 min.
+    update = await store.charge(ccr("alice", "call-1", 1, voice(used=590, requested=6000)))
+    assert only(update) == (Outcome.PARTIAL, 480, 590, 4_800_000)
+    assert update.items[0].final and update.balance_micros == 400_000
+    # Termination: 100 s used = 2 minutes = 1.20; the rest of the 4.80 held comes back.
+    end = await store.charge(ccr("alice", "call-1", 2, voice(used=100), terminate=True))
+    assert only(end) == (Outcome.OK, 0, 100, 1_200_000)
+    assert await money(store, "alice") == 4 * EUR
+    records = await store.usage_records()
+    assert [(r.record_id, r.units, r.micros) for r in records] == [
+        ("call-1|1|1", 590, 4_800_000),
+        ("call-1|2|1", 100, 1_200_000),
+    ]
+    await assert_audit_clean(store)
+
+
+async def test_balance_runs_out_partial_grant_then_no_credit(store: BalanceStore) -> None:
+    await store.provision(Account("bob", buckets=(Bucket(1, BucketKind.MAIN, EUR),)))
+    # 1.00 affords one minute of 0.60.
+    first = await store.charge(ccr("bob", "call", 0, voice(requested=300)))
+    assert only(first) == (Outcome.PARTIAL, 60, 0, 0) and first.items[0].final
+    second = await store.charge(ccr("bob", "call", 1, voice(used=60, requested=300)))
+    assert only(second) == (Outcome.INSUFFICIENT_FUNDS, 0, 60, 600_000)
+    assert second.balance_micros == 400_000
+    await store.charge(ccr("bob", "call", 2, terminate=True))
+    await assert_audit_clean(store)
+
+
+async def test_replay_stale_and_unknown_session(store: BalanceStore) -> None:
+    await store.provision(Account("carol", buckets=(Bucket(1, BucketKind.MAIN, 10 * EUR),)))
+    initial = await store.charge(ccr("carol", "s", 0, voice(requested=120)))
+    update = ccr("carol", "s", 1, voice(used=60, requested=120))
+    applied = await store.charge(update)
+    balance_after = await money(store, "carol")
+    replayed = await store.charge(update)
+    assert replayed.replayed and replayed.items == applied.items and replayed.balance_micros == applied.balance_micros
+    assert await money(store, "carol") == balance_after
+    assert (await store.charge(ccr("carol", "s", 0, voice(requested=120)))).outcome is Outcome.STALE_REQUEST
+    assert (await store.charge(ccr("carol", "never-opened", 3, voice(used=10)))).outcome is Outcome.UNKNOWN_SESSION
+    await store.charge(ccr("carol", "s", 2, terminate=True))
+    assert (await store.charge(ccr("carol", "s", 3, voice(used=10)))).outcome is Outcome.UNKNOWN_SESSION
+    assert (await store.charge(ccr("nobody", "s", 0, voice(requested=1)))).outcome is Outcome.UNKNOWN_ACCOUNT
+    assert initial.outcome is Outcome.OK
+    await assert_audit_clean(store)
+
+
+async def test_two_rating_groups_with_scoped_allowances(store: BalanceStore) -> None:
+    await store.provision(
+        Account(
+            "dave",
+            buckets=(
+                Bucket(1, BucketKind.MAIN, 1 * EUR),
+                Bucket(2, BucketKind.BONUS, 50_000),
+                Bucket(3, BucketKind.OCTETS, 5_000_000, ("data",), valid_until=NOW + 100, priority=5),
+                Bucket(4, BucketKind.OCTETS, 3_000_000, ("data",), priority=1),
+                Bucket(5, BucketKind.OCTETS, 9_000_000, ("video",)),
+            ),
+        )
+    )
+    result = await store.charge(ccr("dave", "pdp", 0, data(10, requested=7_000_000), data(20, requested=4_000_000)))
+    # RG 10: 5 MB from bucket 3 (expires first), 2 MB from bucket 4. RG 20: 1 MB left in bucket 4,
+    # 3 MB priced 0.03: from the bonus bucket first.
+    assert [(i.rating_group, i.outcome, i.granted_units) for i in result.items] == [
+        (10, Outcome.OK, 7_000_000),
+        (20, Outcome.OK, 4_000_000),
+    ]
+    view = await store.balance("dave", NOW)
+    assert view is not None
+    assert {b.bucket_id: b.amount for b in view.account.buckets} == {1: EUR, 2: 20_000, 3: 0, 4: 0, 5: 9_000_000}
+    assert view.reservations == 2
+    # Used 6.5 MB of RG 10 (all allowance) and 2.5 MB of RG 20: 1 MB allowance + 1.5 MB -> 2 MB = 0.02.
+    end = await store.charge(ccr("dave", "pdp", 1, data(10, used=6_500_000), data(20, used=2_500_000), terminate=True))
+    assert [(i.committed_units, i.committed_micros) for i in end.items] == [(6_500_000, 0), (2_500_000, 20_000)]
+    view = await store.balance("dave", NOW)
+    assert view is not None
+    assert {b.bucket_id: b.amount for b in view.account.buckets} == {1: EUR, 2: 30_000, 3: 0, 4: 500_000, 5: 9_000_000}
+    await assert_audit_clean(store)
+
+
+async def test_event_direct_debit_is_all_or_nothing_and_refund_is_idempotent(store: BalanceStore) -> None:
+    sms = Tariff(price_micros=90_000)
+    await store.provision(Account("erin", buckets=(Bucket(1, BucketKind.MAIN, 200_000),)))
+    item = ChargeItem(0, "sms", Unit.EVENTS, sms, used_units=1)
+    assert only(await store.charge(ccr("erin", "sms-1", 0, item, event=True))) == (Outcome.OK, 0, 1, 90_000)
+    three = ChargeItem(0, "sms", Unit.EVENTS, sms, used_units=3)
+    assert only(await store.charge(ccr("erin", "sms-2", 0, three, event=True)))[0] is Outcome.INSUFFICIENT_FUNDS
+    assert await money(store, "erin") == 110_000
+    refund = await store.refund("erin", "refund-1", 0, 90_000, NOW)
+    assert refund.outcome is Outcome.OK and refund.balance_micros == 200_000
+    assert (await store.refund("erin", "refund-1", 0, 90_000, NOW)).replayed
+    assert await money(store, "erin") == 200_000
+    await assert_audit_clean(store)
+
+
+async def test_suspended_account_commits_usage_but_gets_no_new_quota(store: BalanceStore) -> None:
+    await store.provision(Account("fred", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+    await store.charge(ccr("fred", "call", 0, voice(requested=120)))
+    await store.update("fred", status=AccountStatus.SUSPENDED)
+    update = await store.charge(ccr("fred", "call", 1, voice(used=60, requested=120)))
+    assert only(update) == (Outcome.ACCOUNT_BLOCKED, 0, 60, 600_000)
+    assert (await store.charge(ccr("fred", "call-2", 0, voice(requested=60)))).outcome is Outcome.ACCOUNT_BLOCKED
+    await store.charge(ccr("fred", "call", 2, terminate=True))
+    assert await money(store, "fred") == 4_400_000
+    await assert_audit_clean(store)
+
+
+# -- postpaid and company hierarchies --------------------------------------------------------
+
+
+async def test_postpaid_grants_against_the_credit_limit(store: BalanceStore) -> None:
+    await store.provision(Account("gina", payment_type=PaymentType.POSTPAID, credit_limit_micros=3 * EUR))
+    # 3.00 of credit affords 5 minutes.
+    first = await store.charge(ccr("gina", "call", 0, voice(requested=600)))
+    assert only(first) == (Outcome.PARTIAL, 300, 0, 0)
+    end = await store.charge(ccr("gina", "call", 1, voice(used=150), terminate=True))
+    assert only(end) == (Outcome.OK, 0, 150, 1_800_000)
+    view = await store.balance("gina", NOW)
+    assert view is not None
+    assert (view.unbilled_micros, view.limit_held_micros, view.available_micros) == (1_800_000, 0, 1_200_000)
+    (record,) = await store.usage_records()
+    assert record.payment_type is PaymentType.POSTPAID and record.micros == 1_800_000
+    await assert_audit_clean(store)
+
+
+async def test_child_draws_on_prepaid_parent_within_its_cap(store: BalanceStore) -> None:
+    await store.provision(Account("acme", buckets=(Bucket(1, BucketKind.MAIN, 100 * EUR),)))
+    await store.provision(
+        Account("acme-1", parent_id="acme", child_cap_micros=2 * EUR, buckets=(Bucket(1, BucketKind.MAIN, 600_000),))
+    )
+    # Own 0.60 + cap 2.00 = 2.60: 4 minutes (2.40).
+    grant = await store.charge(ccr("acme-1", "call", 0, voice(requested=3600)))
+    assert only(grant) == (Outcome.PARTIAL, 240, 0, 0)
+    child = await store.balance("acme-1", NOW)
+    parent = await store.balance("acme", NOW)
+    assert child is not None and parent is not None
+    assert (child.held_micros, child.pool_used_micros) == (600_000, 1_800_000)
+    assert (parent.held_micros, parent.available_micros) == (1_800_000, 98_200_000)
+    # 3 minutes used (1.80): 0.60 own, 1.20 from the pool; 0.60 goes back to the pool.
+    end = await store.charge(ccr("acme-1", "call", 1, voice(used=180), terminate=True))
+    assert only(end) == (Outcome.OK, 0, 180, 1_800_000)
+    child = await store.balance("acme-1", NOW)
+    parent = await store.balance("acme", NOW)
+    assert child is not None and parent is not None
+    assert (child.committed_micros, child.debits_micros, child.pool_used_micros) == (1_800_000, 600_000, 1_200_000)
+    assert (parent.committed_micros, parent.debits_micros, parent.available_micros) == (0, 1_200_000, 98_800_000)
+    assert child.available_micros == 800_000  # the cap left
+    await assert_audit_clean(store)
+
+
+async def test_child_of_postpaid_company(store: BalanceStore) -> None:
+    await store.provision(Account("corp", payment_type=PaymentType.POSTPAID, credit_limit_micros=EUR))
+    await store.provision(Account("corp-1", parent_id="corp", child_cap_micros=5 * EUR))
+    # The parent's limit (1.00) binds before the child's cap (5.00): one minute.
+    assert only(await store.charge(ccr("corp-1", "call", 0, voice(requested=600)))) == (Outcome.PARTIAL, 60, 0, 0)
+    await store.charge(ccr("corp-1", "call", 1, voice(used=60), terminate=True))
+    parent = await store.balance("corp", NOW)
+    assert parent is not None and parent.unbilled_micros == 600_000
+    await assert_audit_clean(store)
+
+
+# -- supervision, concurrency, failures ------------------------------------------------------
+
+
+async def test_silent_session_is_expired_and_its_money_returned(store: BalanceStore) -> None:
+    await store.provision(Account("hank", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+    last = ccr("hank", "silent", 0, voice(requested=120), validity_seconds=60)
+    answer = await store.charge(last)
+    assert await money(store, "hank") == 3_800_000
+    assert await store.expire("hank", NOW + 59) == []
+    assert await store.expire_due(NOW + 59) == []
+    assert await store.expire_due(NOW + 60) == [("hank", "silent")]
+    assert await money(store, "hank") == 5 * EUR
+    # The last answer still replays; anything newer finds the session closed.
+    assert (await store.charge(last)).items == answer.items
+    assert (await store.charge(ccr("hank", "silent", 1, voice(used=10)))).outcome is Outcome.UNKNOWN_SESSION
+    await assert_audit_clean(store)
+
+
+async def test_concurrent_sessions_of_one_account_never_overspend(store: BalanceStore) -> None:
+    await store.provision(Account("ivan", buckets=(Bucket(1, BucketKind.MAIN, 30 * EUR),)))
+    sessions = [f"s{index}" for index in range(200)]
+    grants = await asyncio.gather(*(store.charge(ccr("ivan", s, 0, voice(requested=600))) for s in sessions))
+    granted = [result.items[0].granted_units for result in grants]
+    # 30.00 affords 50 minutes: five full 10-minute grants, then nothing.
+    assert sum(granted) == 3000
+    assert await money(store, "ivan") == 0
+    ends = await asyncio.gather(
+        *(
+            store.charge(ccr("ivan", s, 1, voice(used=g), terminate=True))
+            for s, g in zip(sessions, granted, strict=True)
+        )
+    )
+    assert sum(result.items[0].committed_micros for result in ends) == 30 * EUR
+    await assert_audit_clean(store)
+
+
+async def test_a_broken_invariant_writes_nothing(store: BalanceStore, embedded_redis: EmbeddedRedis) -> None:
+    await store.provision(Account("judy", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+    admin = embedded_redis.admin_client()
+    admin.hset(account_key("judy", "judy"), "cr", str(6 * EUR))  # corrupt: credits no longer add up
+    with pytest.raises(BalanceScriptError, match="INVARIANT"):
+        await store.charge(ccr("judy", "s", 0, voice(requested=60)))
+    assert admin.exists("{judy}:s:s") == 0
+    assert admin.hget(account_key("judy", "judy"), "q:1") == b"5000000"
+    admin.close()
