@@ -41,8 +41,7 @@ def _text(reply: RedisReply | object) -> Reply:
     if isinstance(reply, dict):  # redis-py's HGETALL: flatten back to RESP's field, value list
         return [_text(part) for pair in reply.items() for part in pair]
     if isinstance(reply, (set, frozenset)):  # redis-py's SMEMBERS
-        members: list[Reply] = sorted(str(_text(member)) for member in reply)
-        return members
+        return [*sorted(str(_text(member)) for member in reply)]
     if reply is None or isinstance(reply, (str, int)):
         return reply
     return str(reply)
