@@ -20,21 +20,9 @@ from balance.types import MONETARY_KINDS, AuditFinding, AuditReport, BalanceView
 
 
 async def account_ids(store: BalanceStore) -> list[str]:
-    """Every provisioned account id (SCAN over the ``ar:*`` lookups; off the hot path)."""
-    found: set[str] = set()
-    cursor = "0"
+    """Every provisioned account id, from the ``ar:*`` lookups (off the hot path)."""
     prefix = keys.account_root_key("")
-    while True:
-        reply = await store.admin.execute("SCAN", cursor, "MATCH", f"{prefix}*", "COUNT", "1000")
-        if not isinstance(reply, list) or len(reply) != 2:
-            break
-        cursor = str(reply[0])
-        members = reply[1]
-        if isinstance(members, list):
-            found.update(str(name)[len(prefix) :] for name in members)
-        if cursor == "0":
-            break
-    return sorted(found)
+    return [name[len(prefix) :] for name in await store.admin.scan_keys(f"{prefix}*")]
 
 
 def check_account(view: BalanceView, usage_micros: Mapping[str, int] | None, sessions_ended: bool) -> list[str]:

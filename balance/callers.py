@@ -30,6 +30,8 @@ class ScriptCaller(Protocol):
 
     async def execute(self, *parts: str) -> Reply: ...
 
+    async def scan_keys(self, pattern: str) -> list[str]: ...
+
     async def close(self) -> None: ...
 
 
@@ -91,6 +93,13 @@ class RedisPyCaller:
         except redis_exceptions.ResponseError as error:
             raise BalanceScriptError(f"{parts[0]}: {error}") from None
 
+    async def scan_keys(self, pattern: str) -> list[str]:
+        """Every key matching ``pattern``; on a cluster, from every master."""
+        try:
+            return sorted({str(_text(name)) async for name in self.client.scan_iter(match=pattern, count=1_000)})
+        except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError) as error:
+            raise BalanceUnavailable(f"SCAN: {error}") from None
+
     async def close(self) -> None:
         await self.client.aclose()
 
@@ -116,6 +125,18 @@ class PipelinedCaller:
             return _text(await self.client.execute(*parts))
         except RedisErrorReply as error:
             raise BalanceScriptError(f"{parts[0]}: {error}") from None
+
+    async def scan_keys(self, pattern: str) -> list[str]:
+        found: set[str] = set()
+        cursor = "0"
+        while True:
+            reply = await self.execute("SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
+            if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[1], list):
+                raise BalanceScriptError(f"SCAN: unexpected reply {reply!r}")
+            cursor = str(reply[0])
+            found.update(str(name) for name in reply[1])
+            if cursor == "0":
+                return sorted(found)
 
     async def close(self) -> None:
         await self.client.close()
