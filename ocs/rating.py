@@ -1,0 +1,275 @@
+"""Rating: a credit-control request's context -> the ``balance.types.Tariff`` the engine charges.
+
+Theory of operation: ``rate`` is a pure function of a loaded ``TariffBook`` (``ocs.rating_load``),
+a plan name and a ``RatingInput``; it reads no clock, touches no balance and never raises. It
+walks four steps, each a lookup in tables built at load time:
+
+1. Service: the plan's rule for the request's Service-Context-Id (reduced to its
+   ``service-context@domain`` core), then the Service-Identifier if the plan maps it (the
+   finer key, RFC 4006 section 8.28), else the Rating-Group (section 8.29); an absent
+   Rating-Group, or 0 when not listed, takes the context's default service.
+2. Zone (voice, SMS): the called party is normalised to international digits (``tel:`` and
+   ``sip:`` URIs, visual separators, ``+``, the international prefix, the plan's national
+   prefix rule) and the longest prefix of the plan's zone set names the zone; no match, or no
+   number at all, falls to the zone set's default zone.
+3. Band: the moment in the plan's time zone (zoneinfo, so daylight saving is followed); a
+   holiday is rated like a Sunday; the band window covering the local minute, else the
+   plan's default band.
+4. Tariff: ready in the plan for (service, zone, band).
+
+What cannot be rated is a ``RatingFailure`` naming the AVP at fault, so the server can answer
+5031 DIAMETER_RATING_FAILED with that AVP in Failed-AVP (RFC 4006 section 9.1). ``explain``
+adds the cost of N units with the engine's own arithmetic (``balance.tariff``), for
+``ocs rate`` and PRICE_ENQUIRY.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote
+
+from balance.tariff import charged, cost
+from balance.types import MICROS_PER_UNIT, Tariff, Unit
+from ocs.rating_book import UNZONED, ContextRule, Numbering, Plan, ServiceKind, TariffBook, normalise_context_id
+from ocs.rating_load import TariffError, load_book, parse_book
+
+__all__ = [
+    "Quote",
+    "Rated",
+    "RatingFailure",
+    "RatingInput",
+    "TariffBook",
+    "TariffError",
+    "band_at",
+    "explain",
+    "format_money",
+    "load_book",
+    "normalise_number",
+    "parse_book",
+    "rate",
+]
+
+SERVICE_CONTEXT_AVP = "Service-Context-Id"
+RATING_GROUP_AVP = "Rating-Group"
+SERVICE_IDENTIFIER_AVP = "Service-Identifier"
+EVENT_TIMESTAMP_AVP = "Event-Timestamp"
+
+# RFC 3966 section 3 "visual-separator" ("-" / "." / "(" / ")"), plus the spaces and slashes
+# people type; none of them is a digit of the number.
+_VISUAL_SEPARATORS = str.maketrans("", "", " -.()/")
+_DAY_ABBREVIATIONS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_SUNDAY = 6
+_UNIT_WORDS = {Unit.SECONDS: "s", Unit.OCTETS: "octets", Unit.EVENTS: "events"}
+
+
+@dataclass(frozen=True, slots=True)
+class RatingInput:
+    """What rating needs from one credit-control request (one MSCC of it).
+
+    ``called_party``: Called-Party-Address (voice) or Recipient-Address (SMS), as received.
+    ``at``: when the usage happens (Event-Timestamp, or the arrival time); a naive datetime is
+    taken as UTC, as Diameter Time values are (RFC 6733 section 4.3.1).
+    """
+
+    service_context: str
+    rating_group: int | None
+    service_identifier: int | None
+    called_party: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rated:
+    """The rating of one request: the tariff, and the facts that chose it.
+
+    ``explanation`` is built from these facts on demand (the server rates every request and
+    explains only a few); ``local_time`` is the moment in the plan's time zone.
+    """
+
+    plan: str
+    currency: str
+    service: str  # the service name, which scopes unit allowances (balance bucket ``services``)
+    kind: ServiceKind
+    unit: Unit
+    tariff: Tariff
+    zone: str | None  # None for a service not priced by destination (data)
+    band: str
+    destination: str | None  # the normalised called number, when there was one
+    context_id: str  # the service context as the plan knows it (its 3GPP prefix labels dropped)
+    selected_by: str  # "Rating-Group 20", "Service-Identifier 1001", "default service", ...
+    called_party: str | None  # as received
+    matched_prefix: str  # the zone set prefix that chose the zone; "" for the default zone
+    local_time: datetime
+    time_zone: str
+    holiday: bool
+
+    @property
+    def explanation(self) -> str:
+        where = ""
+        if self.zone is not None and self.called_party:
+            matched = f"prefix {self.matched_prefix}" if self.matched_prefix else "no prefix matched"
+            where = f"; to {self.called_party!r} -> {self.destination!r}, {matched} -> zone {self.zone}"
+        elif self.zone is not None:
+            where = f"; no called party -> zone {self.zone}"
+        day = _DAY_ABBREVIATIONS[self.local_time.weekday()]
+        moment = f"{day} {self.local_time:%Y-%m-%d %H:%M} {self.time_zone}{' (holiday)' if self.holiday else ''}"
+        return (
+            f"plan {self.plan}: {self.context_id}, {self.selected_by} -> service {self.service}{where}; "
+            f"{moment} -> band {self.band}; {_price_text(self.kind, self.tariff, self.currency)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RatingFailure:
+    reason: str
+    avp_name: str | None  # the AVP for Failed-AVP; None when the fault is ours (no such plan)
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What ``units`` of the rated service would cost, by ``balance.tariff`` (nothing is charged)."""
+
+    rated: Rated
+    units: int
+    charged_units: int
+    cost_micros: int
+    text: str
+
+
+def normalise_number(raw: str, numbering: Numbering) -> str:
+    """A called party as international digits: ``tel:+49 30 1234`` and ``030 1234`` -> ``49301234``.
+
+    Something that is not a telephone number (``sip:alice@example.com``) comes back as its
+    user part, which matches no prefix and so rates in the default zone.
+    """
+    text = raw.strip()
+    lowered = text[:5].lower()
+    if lowered.startswith(("sip:", "sips:")):
+        # RFC 3261 section 19.1.1: the user part precedes "@"; it may be percent-encoded.
+        text = unquote(text.split(":", 1)[1].split("@", 1)[0])
+    elif lowered.startswith("tel:"):
+        text = text[4:]
+    text = text.split(";", 1)[0].translate(_VISUAL_SEPARATORS)  # RFC 3966: ";phone-context=..."
+    if text.startswith("+"):
+        return text[1:]
+    if text.startswith(numbering.international_prefix):
+        return text[len(numbering.international_prefix) :]
+    if numbering.national_prefix and text.startswith(numbering.national_prefix):
+        return numbering.country_code + text[len(numbering.national_prefix) :]
+    return text
+
+
+def band_at(plan: Plan, at: datetime) -> tuple[str, datetime]:
+    """(band, local time): the plan's band at ``at`` (naive = UTC). Raises OverflowError near year 1/9999."""
+    moment = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    local = moment.astimezone(plan.time_zone)
+    day = _SUNDAY if local.date() in plan.holidays else local.weekday()
+    minute = local.hour * 60 + local.minute
+    for window in plan.windows_by_day[day]:
+        if window.start_minute <= minute < window.end_minute:
+            return window.name, local
+    return plan.default_band, local
+
+
+def _select_service(rule: ContextRule, request: RatingInput) -> tuple[str, str] | RatingFailure:
+    """(service, why) by Service-Identifier, Rating-Group, then the context default."""
+    identifier, group = request.service_identifier, request.rating_group
+    if identifier is not None and identifier in rule.service_identifiers:
+        return rule.service_identifiers[identifier], f"Service-Identifier {identifier}"
+    if group is not None and group in rule.rating_groups:
+        return rule.rating_groups[group], f"Rating-Group {group}"
+    if (group is None or group == 0) and rule.default_service is not None:
+        return rule.default_service, "default service" if group is None else "Rating-Group 0 (default)"
+    if group is not None:
+        return RatingFailure(f"Rating-Group {group} is not rated in {rule.context_id}", RATING_GROUP_AVP)
+    if identifier is not None:
+        reason = f"Service-Identifier {identifier} is not rated in {rule.context_id}"
+        return RatingFailure(reason, SERVICE_IDENTIFIER_AVP)
+    return RatingFailure(f"{rule.context_id} needs a Rating-Group (no default service)", RATING_GROUP_AVP)
+
+
+def rate(book: TariffBook, plan_name: str, request: RatingInput) -> Rated | RatingFailure:
+    """The tariff for ``request`` under ``plan_name``, or why there is none."""
+    plan = book.plans.get(plan_name)
+    if plan is None:
+        return RatingFailure(f"no tariff plan {plan_name!r} in {book.source}", None)
+    context_id = normalise_context_id(request.service_context)
+    rule = plan.contexts.get(context_id)
+    if rule is None:
+        reason = f"plan {plan.name} does not rate service context {request.service_context!r}"
+        return RatingFailure(reason, SERVICE_CONTEXT_AVP)
+    selected = _select_service(rule, request)
+    if isinstance(selected, RatingFailure):
+        return selected
+    service_name, selected_by = selected
+    service = plan.services[service_name]
+    try:
+        band, local = band_at(plan, request.at)
+    except OverflowError:
+        return RatingFailure(f"time {request.at!r} is out of range", EVENT_TIMESTAMP_AVP)
+
+    zone: str | None = None
+    destination: str | None = None
+    prefix = ""
+    if service.zoned and plan.zone_set is not None:  # the loader ensures a zoned service has one
+        if request.called_party:
+            destination = normalise_number(request.called_party, plan.numbering)
+            zone, prefix = plan.zone_set.zone_for(destination)
+        else:
+            zone = plan.zone_set.default_zone
+    return Rated(
+        plan=plan.name,
+        currency=plan.currency,
+        service=service_name,
+        kind=service.kind,
+        unit=service.unit,
+        tariff=service.tariffs[UNZONED if zone is None else zone][band],
+        zone=zone,
+        band=band,
+        destination=destination,
+        context_id=context_id,
+        selected_by=selected_by,
+        called_party=request.called_party,
+        matched_prefix=prefix,
+        local_time=local,
+        time_zone=plan.time_zone.key,
+        holiday=local.date() in plan.holidays,
+    )
+
+
+def explain(book: TariffBook, plan_name: str, request: RatingInput, units: int) -> Quote | RatingFailure:
+    """Rate ``request`` and price ``units`` of it exactly as the balance engine would."""
+    if units < 0:
+        raise ValueError(f"units must be 0 or more, not {units}")
+    rated = rate(book, plan_name, request)
+    if isinstance(rated, RatingFailure):
+        return rated
+    charged_units = charged(units, rated.tariff)
+    cost_micros = cost(units, rated.tariff)
+    word = _UNIT_WORDS[rated.unit]
+    text = (
+        f"{rated.explanation}\n{units} {word} charged as {charged_units} {word}: "
+        f"{format_money(cost_micros)} {rated.currency} ({cost_micros} micros)"
+    )
+    return Quote(rated, units, charged_units, cost_micros, text)
+
+
+def format_money(micros: int) -> str:
+    """Integer micros as a decimal amount with 2 to 6 decimals: 122000 -> "0.122"."""
+    sign = "-" if micros < 0 else ""
+    whole, fraction = divmod(abs(micros), MICROS_PER_UNIT)
+    digits = f"{fraction:06d}".rstrip("0").ljust(2, "0")
+    return f"{sign}{whole}.{digits}"
+
+
+def _price_text(kind: ServiceKind, tariff: Tariff, currency: str) -> str:
+    price = f"{format_money(tariff.price_micros)} {currency}"
+    if kind is ServiceKind.VOICE:
+        return f"{price} per minute, increments {tariff.first_units}/{tariff.block_units}"
+    if kind is ServiceKind.SMS:
+        return f"{price} per message"
+    return (
+        f"{price} per {tariff.per_units} octets, charged per {tariff.block_units} octets "
+        f"(at least {tariff.first_units})"
+    )

@@ -1,0 +1,171 @@
+"""The tariff book: tariff plans as frozen, read-only values, built once by ``ocs.rating_load``.
+
+Theory of operation: a plan answers three questions for ``ocs.rating.rate``. Which service is
+this (service context, then Service-Identifier or Rating-Group)? Which destination zone and time
+band apply (zone set by longest prefix, bands by local time in the plan's time zone)? Which
+``balance.types.Tariff`` does that service charge in that zone and band? Every answer is a
+table lookup here: all parsing, validation and price conversion happened at load time, so a
+``Tariff`` is already built for every (service, zone, band) and rating cannot meet a bad value.
+
+Service contexts are compared by their ``service-context@domain`` core: TS 32.299 clause 7.1.12
+allows "extensions".MNC.MCC."Release". in front of it (``8.32251@3gpp.org``), which names the
+same service specific document, so both the configuration keys and the request's value are
+reduced to the core before they meet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from balance.types import Tariff, Unit
+
+THREE_GPP_DOMAIN = "3gpp.org"
+
+# TS 32.299 clause 7.1.12 (Service-Context-Id): the service specific documents of 3GPP, named by
+# the number of the TS that specifies them, and the unit each one counts.
+PS_CONTEXT = "32251@3gpp.org"  # TS 32.251: PS domain (Gy), octets
+IMS_CONTEXT = "32260@3gpp.org"  # TS 32.260: IMS (Ro), seconds; also used by fixed-line softswitches
+SMS_CONTEXT = "32274@3gpp.org"  # TS 32.274: SMS (Ro), events
+KNOWN_CONTEXT_UNITS: Mapping[str, Unit] = {
+    PS_CONTEXT: Unit.OCTETS,
+    IMS_CONTEXT: Unit.SECONDS,
+    SMS_CONTEXT: Unit.EVENTS,
+}
+
+UNZONED = ""  # the zone key of a service whose price does not depend on a destination (data)
+
+
+class ServiceKind(StrEnum):
+    VOICE = "voice"  # seconds, priced per minute with charging increments, zoned
+    DATA = "data"  # octets, priced per ``per_octets`` (e.g. per MB), rounded to blocks
+    SMS = "sms"  # events, priced per message, zoned
+
+
+UNIT_OF_KIND: Mapping[ServiceKind, Unit] = {
+    ServiceKind.VOICE: Unit.SECONDS,
+    ServiceKind.DATA: Unit.OCTETS,
+    ServiceKind.SMS: Unit.EVENTS,
+}
+
+
+def normalise_context_id(service_context_id: str) -> str:
+    """``"10.262.01.8.32251@3GPP.org"`` -> ``"32251@3gpp.org"``; other domains only lower the domain.
+
+    The 3GPP prefix labels (TS 32.299 clause 7.1.12) are dropped only for ``@3gpp.org``: a
+    private context such as ``prepaid.v2@operator.example`` keeps its dots (RFC 4006 section
+    8.42 lets the allocating domain choose any token).
+    """
+    text = service_context_id.strip()
+    local_part, at_sign, domain = text.rpartition("@")
+    if not at_sign:
+        return text
+    domain = domain.lower()
+    if domain == THREE_GPP_DOMAIN:
+        local_part = local_part.rsplit(".", 1)[-1]
+    return f"{local_part}@{domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRate:
+    """One service of a plan with a ready ``Tariff`` per zone and band.
+
+    ``tariffs[zone][band]``; an unzoned service (data) has the single zone key ``UNZONED``.
+    """
+
+    name: str
+    kind: ServiceKind
+    description: str
+    tariffs: Mapping[str, Mapping[str, Tariff]]
+
+    @property
+    def unit(self) -> Unit:
+        return UNIT_OF_KIND[self.kind]
+
+    @property
+    def zoned(self) -> bool:
+        return self.kind is not ServiceKind.DATA
+
+
+@dataclass(frozen=True, slots=True)
+class ContextRule:
+    """How one service context picks a service: Service-Identifier first, then Rating-Group.
+
+    ``default_service`` is used when Rating-Group is absent or 0 and not listed explicitly.
+    Identifiers are Unsigned32 (RFC 4006 sections 8.28 and 8.29).
+    """
+
+    context_id: str
+    default_service: str | None
+    rating_groups: Mapping[int, str]
+    service_identifiers: Mapping[int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BandWindow:
+    """A time band on some weekdays (0 Monday .. 6 Sunday), minutes of the local day, end exclusive."""
+
+    name: str
+    days: frozenset[int]
+    start_minute: int
+    end_minute: int
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSet:
+    """Destination zones: prefixes of normalised (international, digits only) numbers."""
+
+    name: str
+    default_zone: str
+    zones: tuple[str, ...]
+    prefixes: Mapping[str, str]  # prefix -> zone; a prefix belongs to one zone only
+    longest_prefix: int
+
+    def zone_for(self, number: str) -> tuple[str, str]:
+        """(zone, matched prefix): the longest listed prefix of ``number``, else the default zone."""
+        if number.isascii() and number.isdigit():
+            for length in range(min(len(number), self.longest_prefix), 0, -1):
+                zone = self.prefixes.get(number[:length])
+                if zone is not None:
+                    return zone, number[:length]
+        return self.default_zone, ""
+
+
+@dataclass(frozen=True, slots=True)
+class Numbering:
+    """How dialled numbers become international digits (the plan's home numbering plan).
+
+    ``international_prefix`` is stripped (``0049...`` -> ``49...``); ``national_prefix`` (the
+    trunk prefix, ``0`` in most of Europe) is replaced by ``country_code`` (``030...`` ->
+    ``4930...``). An empty ``national_prefix`` disables the national rule.
+    """
+
+    country_code: str
+    national_prefix: str
+    international_prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    description: str
+    currency: str
+    time_zone: ZoneInfo
+    numbering: Numbering
+    zone_set: ZoneSet | None  # None only when the plan has no zoned service
+    default_band: str  # the band of every moment no window covers
+    band_names: tuple[str, ...]
+    windows_by_day: tuple[tuple[BandWindow, ...], ...]  # index 0 Monday .. 6 Sunday
+    holidays: frozenset[date]  # local dates rated like a Sunday
+    contexts: Mapping[str, ContextRule]  # by normalised service context id
+    services: Mapping[str, ServiceRate]
+
+
+@dataclass(frozen=True, slots=True)
+class TariffBook:
+    source: str  # the file the book was loaded from, for messages
+    plans: Mapping[str, Plan]
+    zone_sets: Mapping[str, ZoneSet]

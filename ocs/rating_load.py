@@ -1,0 +1,495 @@
+"""Load and validate tariff plans (``config/tariffs.toml``) into a frozen ``TariffBook``.
+
+Theory of operation: the TOML document is read once and checked completely before anything is
+built; the first problem raises ``TariffError`` naming the file, the section (``plan X`` or
+``zone set Y``) and the field, so an operator can fix the file without reading this code.
+Every table refuses keys it does not know (a misspelt key must not silently fall back to a
+default). Prices are decimal strings converted to integer micros with integer arithmetic
+only: ``"0.12"`` is 120,000 micros exactly, and a seventh decimal is an error because it
+cannot be represented (1 unit of currency = 1,000,000 micros, balance/RULES.md). Floats are
+refused outright: ``0.1`` in TOML is already inexact.
+
+The file format is documented by example in ``config/tariffs.toml``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from types import MappingProxyType
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from balance.tariff import is_valid
+from balance.types import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, Tariff
+from ocs.rating_book import (
+    KNOWN_CONTEXT_UNITS,
+    UNIT_OF_KIND,
+    UNZONED,
+    BandWindow,
+    ContextRule,
+    Numbering,
+    Plan,
+    ServiceKind,
+    ServiceRate,
+    TariffBook,
+    ZoneSet,
+    normalise_context_id,
+)
+
+MICROS_DECIMALS = 6  # 1 unit = 10**6 micros (balance/types.py MICROS_PER_UNIT)
+SECONDS_PER_MINUTE = 60
+UNSIGNED32_MAX = 2**32 - 1  # Rating-Group, Service-Identifier: Unsigned32 (RFC 4006 8.28, 8.29)
+E164_MAX_DIGITS = 15  # ITU-T E.164: an international number has at most 15 digits
+# ITU-T E.164 dialling procedures (TSB list): "00" is the recommended international prefix, used
+# across Europe; "011" in North America is a plan setting.
+DEFAULT_INTERNATIONAL_PREFIX = "00"
+DEFAULT_PER_OCTETS = 1_000_000  # "per MB" in SI megabytes (the unit mobile tariffs advertise)
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MINUTES_PER_DAY = 24 * 60
+
+_PRICE = re.compile(r"^(\d+)(?:\.(\d+))?$")
+_INCREMENT = re.compile(r"^(\d+)/(\d+)$")
+_CLOCK = re.compile(r"^(\d\d):(\d\d)$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")  # ISO 4217 alphabetic code
+
+_TOP_KEYS = frozenset({"zone_sets", "plans"})
+_ZONE_SET_KEYS = frozenset({"description", "default_zone", "zones"})
+_PLAN_KEYS = frozenset(
+    {
+        "description",
+        "currency",
+        "time_zone",
+        "zone_set",
+        "country_code",
+        "national_prefix",
+        "international_prefix",
+        "default_band",
+        "bands",
+        "holidays",
+        "contexts",
+        "services",
+    }
+)
+_BAND_KEYS = frozenset({"name", "days", "start", "end"})
+_CONTEXT_KEYS = frozenset({"default_service", "rating_groups", "service_identifiers"})
+_SERVICE_KEYS: Mapping[ServiceKind, frozenset[str]] = {
+    ServiceKind.VOICE: frozenset({"kind", "description", "increment", "zone_increments", "price_per_minute"}),
+    ServiceKind.SMS: frozenset({"kind", "description", "price_per_message"}),
+    ServiceKind.DATA: frozenset({"kind", "description", "price", "per_octets", "block_octets", "first_octets"}),
+}
+
+
+class TariffError(ValueError):
+    """A tariff file that cannot be loaded; ``str()`` reads ``file: section: field: problem``."""
+
+    def __init__(self, file: str, section: str, field: str, problem: str) -> None:
+        super().__init__(f"{file}: {section}: {field}: {problem}")
+        self.file = file
+        self.section = section
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """The file and section being read: every error is raised through ``fail``."""
+
+    file: str
+    section: str
+
+    def fail(self, field: str, problem: str) -> TariffError:
+        return TariffError(self.file, self.section, field, problem)
+
+    def table(self, value: object, field: str) -> dict[str, object]:
+        if not isinstance(value, dict):
+            raise self.fail(field, f"must be a table, not {_kind(value)}")
+        return value
+
+    def keys(self, table: Mapping[str, object], field: str, allowed: frozenset[str], required: frozenset[str]) -> None:
+        prefix = f"{field}." if field else ""
+        for key in table:
+            if key not in allowed:
+                raise self.fail(f"{prefix}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        for key in sorted(required - table.keys()):
+            raise self.fail(f"{prefix}{key}", "missing")
+
+    def text(self, value: object, field: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(field, f"must be a string, not {_kind(value)}")
+        return value
+
+    def digits(self, value: object, field: str, *, empty: bool = True) -> str:
+        text = self.text(value, field)
+        if (text or not empty) and not (text.isascii() and text.isdigit()):
+            raise self.fail(field, f"{text!r} must be digits 0-9")
+        return text
+
+    def integer(self, value: object, field: str, minimum: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(field, f"must be an integer, not {_kind(value)}")
+        if value < minimum:
+            raise self.fail(field, f"{value} is below {minimum}")
+        return value
+
+    def price_micros(self, value: object, field: str) -> int:
+        """A decimal string in units of currency -> integer micros, exactly."""
+        if isinstance(value, float | int) and not isinstance(value, bool):
+            raise self.fail(field, f'write the price as a string ("{value}"), so it stays exact')
+        text = self.text(value, field)
+        match = _PRICE.match(text)
+        if match is None:
+            raise self.fail(field, f'{text!r} is not a decimal price such as "0.12"')
+        whole, fraction = match[1], match[2] or ""
+        if len(fraction) > MICROS_DECIMALS:
+            raise self.fail(field, f"{text!r} has {len(fraction)} decimals; at most {MICROS_DECIMALS} (micros)")
+        micros = int(whole) * MICROS_PER_UNIT + int(fraction.ljust(MICROS_DECIMALS, "0"))
+        if micros > MAX_AMOUNT_MICROS:
+            raise self.fail(field, f"{text!r} is above the engine's limit of {MAX_AMOUNT_MICROS} micros")
+        return micros
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def load_book(path: str | Path) -> TariffBook:
+    """Read and validate a tariff file; raises ``TariffError`` on the first problem."""
+    file = str(path)
+    try:
+        content = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise TariffError(file, "(file)", "(file)", f"cannot be read: {error}") from None
+    return parse_book(content, file)
+
+
+def parse_book(content: str, file: str = "<string>") -> TariffBook:
+    """Validate TOML text into a ``TariffBook``; ``file`` names the source in errors."""
+    top = _Where(file, "(top level)")
+    try:
+        document = tomllib.loads(content)
+    except tomllib.TOMLDecodeError as error:
+        raise top.fail("(syntax)", str(error)) from None
+    top.keys(document, "", _TOP_KEYS, frozenset({"plans"}))
+    zone_sets = {
+        name: _zone_set(_Where(file, f"zone set {name}"), name, raw)
+        for name, raw in top.table(document.get("zone_sets", {}), "zone_sets").items()
+    }
+    plans = {
+        name: _plan(_Where(file, f"plan {name}"), name, raw, zone_sets)
+        for name, raw in top.table(document["plans"], "plans").items()
+    }
+    if not plans:
+        raise top.fail("plans", "no plan defined")
+    return TariffBook(file, MappingProxyType(plans), MappingProxyType(zone_sets))
+
+
+def _zone_set(where: _Where, name: str, raw: object) -> ZoneSet:
+    table = where.table(raw, "")
+    where.keys(table, "", _ZONE_SET_KEYS, frozenset({"zones"}))
+    if "default_zone" not in table:
+        raise where.fail("default_zone", "missing: numbers no prefix matches need a zone")
+    zones = where.table(table["zones"], "zones")
+    default_zone = where.text(table["default_zone"], "default_zone")
+    if default_zone not in zones:
+        raise where.fail("default_zone", f"{default_zone!r} is not one of the zones ({', '.join(zones)})")
+    prefixes: dict[str, str] = {}
+    for zone, listed in zones.items():
+        field = f"zones.{zone}"
+        if not isinstance(listed, list):
+            raise where.fail(field, f"must be a list of prefixes, not {_kind(listed)}")
+        for prefix_value in listed:
+            prefix = where.digits(prefix_value, field, empty=False)
+            if len(prefix) > E164_MAX_DIGITS:
+                raise where.fail(field, f"prefix {prefix} is longer than {E164_MAX_DIGITS} digits (E.164)")
+            if prefix in prefixes:
+                raise where.fail(field, f"prefix {prefix} is already in zone {prefixes[prefix]}")
+            prefixes[prefix] = zone
+    longest = max((len(prefix) for prefix in prefixes), default=0)
+    return ZoneSet(name, default_zone, tuple(zones), MappingProxyType(prefixes), longest)
+
+
+def _plan(where: _Where, name: str, raw: object, zone_sets: Mapping[str, ZoneSet]) -> Plan:
+    table = where.table(raw, "")
+    required = frozenset({"currency", "time_zone", "default_band", "contexts", "services"})
+    where.keys(table, "", _PLAN_KEYS, required)
+    currency = where.text(table["currency"], "currency")
+    if not _CURRENCY.match(currency):
+        raise where.fail("currency", f'{currency!r} is not an ISO 4217 code such as "EUR"')
+    zone_set = None
+    if "zone_set" in table:
+        zone_set_name = where.text(table["zone_set"], "zone_set")
+        if zone_set_name not in zone_sets:
+            raise where.fail("zone_set", f"no zone set named {zone_set_name!r}")
+        zone_set = zone_sets[zone_set_name]
+    default_band = where.text(table["default_band"], "default_band")
+    windows = _bands(where, table.get("bands", []))
+    band_names = tuple(dict.fromkeys([default_band, *(window.name for window in windows)]))
+    services = {
+        service_name: _service(where, f"services.{service_name}", service_name, raw_service, zone_set, band_names)
+        for service_name, raw_service in where.table(table["services"], "services").items()
+    }
+    contexts = _contexts(where, where.table(table["contexts"], "contexts"), services)
+    return Plan(
+        name=name,
+        description=where.text(table.get("description", ""), "description"),
+        currency=currency,
+        time_zone=_time_zone(where, table["time_zone"]),
+        numbering=_numbering(where, table),
+        zone_set=zone_set,
+        default_band=default_band,
+        band_names=band_names,
+        windows_by_day=tuple(tuple(window for window in windows if day in window.days) for day in range(7)),
+        holidays=_holidays(where, table.get("holidays", [])),
+        contexts=MappingProxyType(contexts),
+        services=MappingProxyType(services),
+    )
+
+
+def _time_zone(where: _Where, value: object) -> ZoneInfo:
+    name = where.text(value, "time_zone")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise where.fail("time_zone", f'{name!r} is not an IANA time zone such as "Europe/Berlin"') from None
+
+
+def _numbering(where: _Where, table: Mapping[str, object]) -> Numbering:
+    country_code = where.digits(table.get("country_code", ""), "country_code")
+    national_prefix = where.digits(table.get("national_prefix", ""), "national_prefix")
+    international_prefix = where.digits(
+        table.get("international_prefix", DEFAULT_INTERNATIONAL_PREFIX), "international_prefix"
+    )
+    if national_prefix and not country_code:
+        raise where.fail("country_code", "missing: national_prefix is replaced by the country code")
+    if not international_prefix:
+        raise where.fail("international_prefix", "must not be empty")
+    return Numbering(country_code, national_prefix, international_prefix)
+
+
+def _clock_minute(where: _Where, value: object, field: str, *, end: bool) -> int:
+    text = where.text(value, field)
+    match = _CLOCK.match(text)
+    if match is None:
+        raise where.fail(field, f'{text!r} is not a time of day such as "08:00"')
+    hours, minutes = int(match[1]), int(match[2])
+    minute = hours * 60 + minutes
+    if minutes >= 60 or minute > MINUTES_PER_DAY or (minute == MINUTES_PER_DAY and not end):
+        raise where.fail(field, f"{text!r} is not a time of day (00:00 to {'24:00' if end else '23:59'})")
+    return minute
+
+
+def _bands(where: _Where, raw: object) -> tuple[BandWindow, ...]:
+    if not isinstance(raw, list):
+        raise where.fail("bands", f"must be an array of tables ([[...bands]]), not {_kind(raw)}")
+    windows: list[BandWindow] = []
+    for index, raw_window in enumerate(raw):
+        field = f"bands[{index}]"
+        table = where.table(raw_window, field)
+        where.keys(table, field, _BAND_KEYS, _BAND_KEYS)
+        days_value = table["days"]
+        if not isinstance(days_value, list) or not days_value:
+            raise where.fail(f"{field}.days", "must be a non-empty list of day names (mon .. sun)")
+        days: set[int] = set()
+        for day_value in days_value:
+            day = where.text(day_value, f"{field}.days")
+            if day not in DAY_NAMES:
+                raise where.fail(f"{field}.days", f"{day!r} is not one of {', '.join(DAY_NAMES)}")
+            if DAY_NAMES.index(day) in days:
+                raise where.fail(f"{field}.days", f"{day!r} is listed twice")
+            days.add(DAY_NAMES.index(day))
+        start = _clock_minute(where, table["start"], f"{field}.start", end=False)
+        end = _clock_minute(where, table["end"], f"{field}.end", end=True)
+        if start >= end:
+            raise where.fail(f"{field}.end", "must be after start (split a band that crosses midnight in two)")
+        window = BandWindow(where.text(table["name"], f"{field}.name"), frozenset(days), start, end)
+        for other_index, other in enumerate(windows):
+            shared = window.days & other.days
+            if shared and window.start_minute < other.end_minute and other.start_minute < window.end_minute:
+                day_name = DAY_NAMES[min(shared)]
+                raise where.fail(field, f"overlaps bands[{other_index}] ({other.name}) on {day_name}")
+        windows.append(window)
+    return tuple(windows)
+
+
+def _holidays(where: _Where, raw: object) -> frozenset[date]:
+    if not isinstance(raw, list):
+        raise where.fail("holidays", f"must be a list of dates (2026-12-25), not {_kind(raw)}")
+    for value in raw:
+        # TOML local dates load as datetime.date; a datetime (date with a time) is refused.
+        if not isinstance(value, date) or isinstance(value, datetime):
+            raise where.fail("holidays", f"{value!r} is not a date such as 2026-12-25")
+    return frozenset(raw)
+
+
+def _increment(where: _Where, value: object, field: str) -> tuple[int, int]:
+    """Charging increments "first/next" in seconds (e.g. "60/1"): first is a multiple of next."""
+    text = where.text(value, field)
+    match = _INCREMENT.match(text)
+    if match is None:
+        raise where.fail(field, f'{text!r} is not an increment such as "60/1" (first/next seconds)')
+    first, following = int(match[1]), int(match[2])
+    if first < 1 or following < 1:
+        raise where.fail(field, f"{text!r}: both increments must be at least 1 second")
+    if first % following:
+        raise where.fail(field, f"{text!r}: the first increment must be a multiple of the next")
+    return first, following
+
+
+def _banded_prices(where: _Where, value: object, field: str, band_names: tuple[str, ...]) -> dict[str, int]:
+    """A price for every band: one string for all bands, or a table band -> price."""
+    if not isinstance(value, dict):
+        micros = where.price_micros(value, field)
+        return dict.fromkeys(band_names, micros)
+    for band in value:
+        if band not in band_names:
+            raise where.fail(f"{field}.{band}", f"no such band (bands: {', '.join(band_names)})")
+    for band in band_names:
+        if band not in value:
+            raise where.fail(f"{field}.{band}", "missing: a banded price needs every band of the plan")
+    return {band: where.price_micros(value[band], f"{field}.{band}") for band in band_names}
+
+
+def _tariffs(
+    where: _Where, field: str, prices: Mapping[str, int], make: Mapping[str, int]
+) -> MappingProxyType[str, Tariff]:
+    tariffs = {
+        band: Tariff(
+            price_micros=micros,
+            per_units=make["per_units"],
+            block_units=make["block_units"],
+            first_units=make["first_units"],
+        )
+        for band, micros in prices.items()
+    }
+    for tariff in tariffs.values():
+        if not is_valid(tariff):
+            raise where.fail(field, f"{tariff} is outside the engine's limits (balance/types.py)")
+    return MappingProxyType(tariffs)
+
+
+def _zoned_prices(
+    where: _Where, field: str, value: object, zone_set: ZoneSet | None, band_names: tuple[str, ...]
+) -> dict[str, dict[str, int]]:
+    if zone_set is None:
+        raise where.fail(field, "a zoned price needs the plan's zone_set")
+    table = where.table(value, field)
+    for zone in table:
+        if zone not in zone_set.zones:
+            raise where.fail(f"{field}.{zone}", f"not a zone of zone set {zone_set.name}")
+    for zone in zone_set.zones:
+        if zone not in table:
+            raise where.fail(f"{field}.{zone}", "missing: every zone of the zone set needs a price")
+    return {zone: _banded_prices(where, table[zone], f"{field}.{zone}", band_names) for zone in zone_set.zones}
+
+
+def _service(
+    where: _Where, field: str, name: str, raw: object, zone_set: ZoneSet | None, band_names: tuple[str, ...]
+) -> ServiceRate:
+    table = where.table(raw, field)
+    kind_text = where.text(table.get("kind"), f"{field}.kind") if "kind" in table else ""
+    if kind_text not in {kind.value for kind in ServiceKind}:
+        raise where.fail(f"{field}.kind", f"{kind_text!r} must be one of {', '.join(ServiceKind)}")
+    kind = ServiceKind(kind_text)
+    required = {
+        ServiceKind.VOICE: frozenset({"increment", "price_per_minute"}),
+        ServiceKind.SMS: frozenset({"price_per_message"}),
+        ServiceKind.DATA: frozenset({"price", "block_octets"}),
+    }[kind]
+    where.keys(table, field, _SERVICE_KEYS[kind], required)
+    description = where.text(table.get("description", ""), f"{field}.description")
+    tariffs: dict[str, MappingProxyType[str, Tariff]] = {}
+    if kind is ServiceKind.VOICE:
+        first, following = _increment(where, table["increment"], f"{field}.increment")
+        overrides = where.table(table.get("zone_increments", {}), f"{field}.zone_increments")
+        if zone_set is not None:
+            for zone in overrides:
+                if zone not in zone_set.zones:
+                    raise where.fail(f"{field}.zone_increments.{zone}", f"not a zone of zone set {zone_set.name}")
+        prices = _zoned_prices(where, f"{field}.price_per_minute", table["price_per_minute"], zone_set, band_names)
+        for zone, by_band in prices.items():
+            zone_first, zone_following = (
+                _increment(where, overrides[zone], f"{field}.zone_increments.{zone}")
+                if zone in overrides
+                else (first, following)
+            )
+            # Price per minute over 60 seconds: the engine's cost is then exact to the micro.
+            shape = {"per_units": SECONDS_PER_MINUTE, "block_units": zone_following, "first_units": zone_first}
+            tariffs[zone] = _tariffs(where, f"{field}.price_per_minute.{zone}", by_band, shape)
+    elif kind is ServiceKind.SMS:
+        prices = _zoned_prices(where, f"{field}.price_per_message", table["price_per_message"], zone_set, band_names)
+        shape = {"per_units": 1, "block_units": 1, "first_units": 1}
+        for zone, by_band in prices.items():
+            tariffs[zone] = _tariffs(where, f"{field}.price_per_message.{zone}", by_band, shape)
+    else:
+        per_octets = where.integer(table.get("per_octets", DEFAULT_PER_OCTETS), f"{field}.per_octets")
+        block_octets = where.integer(table["block_octets"], f"{field}.block_octets")
+        first_octets = where.integer(table.get("first_octets", block_octets), f"{field}.first_octets")
+        if first_octets % block_octets:
+            raise where.fail(f"{field}.first_octets", f"{first_octets} is not a multiple of block_octets")
+        by_band = _banded_prices(where, table["price"], f"{field}.price", band_names)
+        shape = {"per_units": per_octets, "block_units": block_octets, "first_units": first_octets}
+        tariffs[UNZONED] = _tariffs(where, f"{field}.price", by_band, shape)
+    return ServiceRate(name, kind, description, MappingProxyType(tariffs))
+
+
+def _identifier_map(
+    where: _Where, field: str, value: object, services: Mapping[str, ServiceRate]
+) -> MappingProxyType[int, str]:
+    table = where.table(value, field)
+    mapped: dict[int, str] = {}
+    for key, service in table.items():
+        if not (key.isascii() and key.isdigit()) or int(key) > UNSIGNED32_MAX:
+            raise where.fail(f"{field}.{key}", f"{key!r} is not an Unsigned32 number")
+        if int(key) in mapped:
+            raise where.fail(f"{field}.{key}", f"{int(key)} is listed twice")
+        service_name = where.text(service, f"{field}.{key}")
+        if service_name not in services:
+            raise where.fail(f"{field}.{key}", f"no service named {service_name!r}")
+        mapped[int(key)] = service_name
+    return MappingProxyType(mapped)
+
+
+def _contexts(
+    where: _Where, table: Mapping[str, object], services: Mapping[str, ServiceRate]
+) -> dict[str, ContextRule]:
+    if not table:
+        raise where.fail("contexts", "no service context: the plan could rate nothing")
+    contexts: dict[str, ContextRule] = {}
+    for raw_id, raw in table.items():
+        field = f"contexts.{raw_id}"
+        context_id = normalise_context_id(raw_id)
+        if context_id in contexts:
+            raise where.fail(field, f"the same service context as another entry ({context_id})")
+        rule_table = where.table(raw, field)
+        where.keys(rule_table, field, _CONTEXT_KEYS, frozenset())
+        default_service = None
+        if "default_service" in rule_table:
+            default_service = where.text(rule_table["default_service"], f"{field}.default_service")
+            if default_service not in services:
+                raise where.fail(f"{field}.default_service", f"no service named {default_service!r}")
+        rule = ContextRule(
+            context_id=context_id,
+            default_service=default_service,
+            rating_groups=_identifier_map(
+                where, f"{field}.rating_groups", rule_table.get("rating_groups", {}), services
+            ),
+            service_identifiers=_identifier_map(
+                where, f"{field}.service_identifiers", rule_table.get("service_identifiers", {}), services
+            ),
+        )
+        named = {default_service, *rule.rating_groups.values(), *rule.service_identifiers.values()} - {None}
+        if not named:
+            raise where.fail(field, "selects no service (set default_service or rating_groups)")
+        expected_unit = KNOWN_CONTEXT_UNITS.get(context_id)
+        for service_name in sorted(name for name in named if name is not None):
+            unit = UNIT_OF_KIND[services[service_name].kind]
+            if expected_unit is not None and unit is not expected_unit:
+                raise where.fail(
+                    field, f"service {service_name} counts {unit}, but {context_id} counts {expected_unit}"
+                )
+        contexts[context_id] = rule
+    return contexts
