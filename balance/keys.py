@@ -20,6 +20,9 @@ none. Field names are short because they are stored once per account and per ses
 ``{R}:k`` hash: idempotency keys of top-ups ("t:<id>") and adjustments ("j:<id>").
 ``ar:<account>`` string "<root> <parent>": which hierarchy an account belongs to (no hash tag;
     read once per account and cached by the store).
+``id:<kind>:<value>`` string: the account of a subscriber identity (kind e164, imsi, sip, nai,
+    private: RFC 4006 Subscription-Id-Type), cached by the server.
+``pf:<account>`` hash: the subscriber profile (tariff plan, customer type, name, identities).
 ``ocs:outbox`` set: roots whose outbox may hold records (the spool writer's work list).
 ``ocs:sessions`` sorted set: roots with open sessions, scored by when to look at them next
     (the session supervisor's work list).
@@ -64,3 +67,11 @@ def idempotency_key(root: str) -> str:
 
 def account_root_key(account_id: str) -> str:
     return f"ar:{account_id}"
+
+
+def identity_key(kind: str, value: str) -> str:
+    return f"id:{kind}:{value}"
+
+
+def profile_key(account_id: str) -> str:
+    return f"pf:{account_id}"
