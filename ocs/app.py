@@ -1,61 +1,82 @@
 """The OCS process: ``serve()`` -> ``startup()`` -> run until a signal -> ``shutdown()``.
 
-Theory of operation: for now (issue 2) the server speaks Diameter fully at the base-protocol
-level (capabilities exchange, watchdog, disconnect, validation with Failed-AVP, duplicate
-detection) and answers every valid Credit-Control request with DIAMETER_UNABLE_TO_COMPLY (5012),
-because rating and the balance engine (issues 3 and 4) do not exist yet. Nothing is charged.
+Theory of operation: ``startup`` brings the parts up in dependency order: Redis (the embedded
+redis-server in the data directory when no URL is configured), the balance store and subscriber
+directory, the tariff book, the credit-control handler, the Diameter server, and the background
+tasks (Tcc session supervision). Each CCR runs as a task; the number in progress over all
+connections is bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section
+5.7: the client fails over) instead of queueing. ``shutdown`` reverses it: stop accepting, DPR to
+every peer and let in-flight requests finish (bounded by the shutdown timeout), stop the tasks,
+close Redis. All of it is held in one ``ServerState``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
+from balance.directory import Directory
+from balance.embedded import EmbeddedRedis
+from balance.store import BalanceStore
+from ocs.cca import error_answer
+from ocs.charging import CreditControl
+from ocs.config import Settings
+from ocs.rating import load_book
+from ocs.subscribers import SubscriberCache
 from protocol.aio import DiameterServer, DiameterTransport
-from protocol.capabilities import LocalIdentity
+from protocol.capabilities import LocalIdentity, PeerPolicy
 from protocol.constants import ResultCode
 from protocol.events import Event, PeerClosed, PeerOpened, RequestRejected
-from protocol.message import Message, answer_to, avp
+from protocol.message import Message
 
 log = structlog.get_logger("ocs")
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 3868  # RFC 6733 section 11.4: the IANA port for Diameter over TCP
-    origin_host: str = "ocs.localdomain"
-    origin_realm: str = "localdomain"
-    shutdown_timeout_seconds: float = 5.0
-
-
 @dataclass(slots=True)
 class ServerState:
+    settings: Settings
+    identity: LocalIdentity
+    redis: EmbeddedRedis | None = None
+    store: BalanceStore | None = None
+    directory: Directory | None = None
+    credit_control: CreditControl | None = None
     diameter: DiameterServer | None = None
+    diameter_address: tuple[str, int] | None = None
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def answer_credit_control(transport: DiameterTransport, request: Message) -> None:
-    """Placeholder until issue 4: a well-formed 5012 answer, nothing charged."""
-    identity = transport.peer.identity
-    avps = [
-        avp("Session-Id", request.get("Session-Id") or ""),
-        avp("Result-Code", int(ResultCode.DIAMETER_UNABLE_TO_COMPLY)),
-        *identity.origin_avps(),
-        avp("Error-Message", "credit control is not implemented yet"),
-    ]
-    for name in ("Auth-Application-Id", "CC-Request-Type", "CC-Request-Number"):
-        found = request.find(name)
-        if found is not None:
-            avps.append(found)
-    transport.send_answer(answer_to(request, avps))
+def _respond(state: ServerState, transport: DiameterTransport, message: Message) -> None:
+    """The Diameter server's request handler: start the answer, or refuse at once when full."""
+    handler = state.credit_control
+    if handler is None or len(state.in_flight) >= state.settings.diameter.max_in_flight:
+        transport.send_answer(error_answer(message, state.identity, ResultCode.DIAMETER_TOO_BUSY))
+        return
+    task = asyncio.ensure_future(_answer(handler, transport, message))
+    state.in_flight.add(task)
+    task.add_done_callback(state.in_flight.discard)
 
 
-def log_event(transport: DiameterTransport, event: Event) -> None:
+async def _answer(handler: CreditControl, transport: DiameterTransport, message: Message) -> None:
+    structlog.contextvars.bind_contextvars(
+        session_id=message.get("Session-Id"), request_number=message.get("CC-Request-Number")
+    )
+    try:
+        answer = await handler.answer(message)
+    except Exception:  # a bug must not leave the client waiting for its Tx timer
+        log.exception("credit_control_failed")
+        answer = error_answer(message, handler.identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY)
+    transport.send_answer(answer)
+
+
+def _log_event(transport: DiameterTransport, event: Event) -> None:
     if isinstance(event, PeerOpened):
         log.info("peer_open", peer=event.capabilities.origin_host, address=str(transport.peername))
     elif isinstance(event, PeerClosed):
@@ -64,27 +85,87 @@ def log_event(transport: DiameterTransport, event: Event) -> None:
         log.info("request_rejected", result_code=int(event.failure.result_code), reason=event.failure.reason)
 
 
-async def startup(settings: ServerSettings, state: ServerState) -> tuple[str, int]:
-    identity = LocalIdentity(settings.origin_host, settings.origin_realm, origin_state_id=int(time.time()))
-    state.diameter = DiameterServer(identity, answer_credit_control, on_event=log_event)
-    address = await state.diameter.start(settings.host, settings.port)
-    log.info("listening", host=address[0], port=address[1])
-    return address
+async def _supervise_sessions(state: ServerState) -> None:
+    """Tcc (RFC 4006 section 13): release what silent sessions hold, then close them."""
+    assert state.store is not None
+    interval = state.settings.quota.supervision_interval_seconds
+    while True:
+        try:
+            closed = await state.store.expire_due(int(time.time()))
+            if closed:
+                log.info("sessions_expired", count=len(closed))
+        except Exception:
+            log.exception("supervision_failed")
+        await asyncio.sleep(interval)
 
 
-async def shutdown(settings: ServerSettings, state: ServerState) -> None:
+async def _redis_url(state: ServerState) -> str:
+    settings = state.settings.redis
+    if settings.url:
+        return settings.url
+    directory = Path(settings.data_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state.redis = EmbeddedRedis(directory, port=0)
+    await asyncio.to_thread(state.redis.start)
+    log.info("embedded_redis", url=state.redis.url, directory=str(directory))
+    return state.redis.url
+
+
+async def startup(state: ServerState) -> tuple[str, int]:
+    settings = state.settings
+    url = await _redis_url(state)
+    state.store = await BalanceStore.connect(url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined)
+    state.directory = Directory(state.store.admin)
+    book = load_book(Path(settings.tariffs.path))
+    state.credit_control = CreditControl(settings, state.store, SubscriberCache(state.directory), book, state.identity)
+    policy = PeerPolicy(
+        allowed_hosts=frozenset(settings.diameter.allowed_hosts),
+        allowed_realms=frozenset(settings.diameter.allowed_realms),
+    )
+    state.diameter = DiameterServer(
+        state.identity,
+        lambda transport, message: _respond(state, transport, message),
+        policy=policy,
+        on_event=_log_event,
+        tw_seconds=settings.diameter.watchdog_seconds,
+    )
+    state.diameter_address = await state.diameter.start(settings.diameter.host, settings.diameter.port)
+    state.background.append(asyncio.create_task(_supervise_sessions(state)))
+    log.info("listening", host=state.diameter_address[0], port=state.diameter_address[1])
+    return state.diameter_address
+
+
+async def shutdown(state: ServerState) -> None:
+    timeout = state.settings.shutdown_timeout_seconds
     if state.diameter is not None:
-        await state.diameter.close(settings.shutdown_timeout_seconds)
+        await state.diameter.close(timeout)  # stop accepting, DPR, wait for the peers
+    if state.in_flight:
+        await asyncio.wait(set(state.in_flight), timeout=timeout)
+    for task in state.background:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if state.store is not None:
+        await state.store.close()
+    if state.redis is not None:
+        await asyncio.to_thread(state.redis.stop)
     log.info("stopped")
 
 
-async def serve(settings: ServerSettings) -> None:
-    state = ServerState()
+def new_state(settings: Settings) -> ServerState:
+    identity = LocalIdentity(
+        settings.diameter.origin_host, settings.diameter.origin_realm, origin_state_id=int(time.time())
+    )
+    return ServerState(settings, identity)
+
+
+async def serve(settings: Settings) -> None:
+    state = new_state(settings)
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, state.stop.set)
-    await startup(settings, state)
     try:
+        await startup(state)
         await state.stop.wait()
     finally:
-        await shutdown(settings, state)
+        await shutdown(state)

@@ -1,0 +1,157 @@
+"""Building Credit-Control-Answers (RFC 4006 section 3.2, TS 32.299 clause 6.4).
+
+Theory of operation: the handler decides, per service, a ``ServiceAnswer`` (result code, grant,
+final-unit action); this module lays it out: one Multiple-Services-Credit-Control per service
+when the client sent Multiple-Services-Indicator, otherwise the single-service AVPs at command
+level (RFC 4006 section 5.1.2). Grants carry Validity-Time, the quota threshold of their unit
+(TS 32.299 clauses 7.2.227 Time-, 7.2.241 Volume-, 7.2.229 Unit-Quota-Threshold) and, when they
+are the last units the balance affords, a Final-Unit-Indication (RFC 4006 section 8.34).
+Error answers with a protocol error code set the E bit (RFC 6733 section 7.1.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from balance.types import Unit
+from protocol.capabilities import LocalIdentity
+from protocol.constants import ApplicationId, ResultCode, is_protocol_error
+from protocol.dictionary import DEFAULT_DICTIONARY
+from protocol.message import Avp, Message, answer_to, avp
+
+
+class FinalUnitAction(IntEnum):
+    """Final-Unit-Action, RFC 4006 section 8.35."""
+
+    TERMINATE = 0
+    REDIRECT = 1
+    RESTRICT_ACCESS = 2
+
+
+REDIRECT_ADDRESS_TYPE_URL = 2  # Redirect-Address-Type URL, RFC 4006 section 8.38
+
+
+@dataclass(frozen=True, slots=True)
+class FinalUnit:
+    action: FinalUnitAction
+    redirect_address: str = ""
+    restriction_filter: str = ""
+
+    def to_avp(self) -> Avp:
+        children = [avp("Final-Unit-Action", int(self.action))]
+        if self.action is FinalUnitAction.REDIRECT:
+            children.append(
+                avp(
+                    "Redirect-Server",
+                    [
+                        avp("Redirect-Address-Type", REDIRECT_ADDRESS_TYPE_URL),
+                        avp("Redirect-Server-Address", self.redirect_address),
+                    ],
+                )
+            )
+        elif self.action is FinalUnitAction.RESTRICT_ACCESS:
+            children.append(avp("Restriction-Filter-Rule", self.restriction_filter))
+        return avp("Final-Unit-Indication", children)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAnswer:
+    rating_group: int | None
+    service_identifier: int | None
+    result_code: ResultCode
+    unit: Unit | None = None  # the unit of the grant; None: no Granted-Service-Unit
+    granted_units: int = 0
+    validity_seconds: int = 0
+    threshold_units: int = 0
+    quota_holding_seconds: int = 0
+    final_unit: FinalUnit | None = None
+
+
+_RESULT_CODE = DEFAULT_DICTIONARY.key("Result-Code")
+_GRANT_AVP = {Unit.SECONDS: "CC-Time", Unit.OCTETS: "CC-Total-Octets", Unit.EVENTS: "CC-Service-Specific-Units"}
+_THRESHOLD_AVP = {
+    Unit.SECONDS: "Time-Quota-Threshold",
+    Unit.OCTETS: "Volume-Quota-Threshold",
+    Unit.EVENTS: "Unit-Quota-Threshold",
+}
+
+
+def _service_avps(service: ServiceAnswer) -> list[Avp]:
+    avps: list[Avp] = []
+    if service.unit is not None:
+        avps.append(avp("Granted-Service-Unit", [avp(_GRANT_AVP[service.unit], service.granted_units)]))
+    if service.service_identifier is not None:
+        avps.append(avp("Service-Identifier", service.service_identifier))
+    if service.rating_group is not None:
+        avps.append(avp("Rating-Group", service.rating_group))
+    if service.unit is not None and service.validity_seconds:
+        avps.append(avp("Validity-Time", service.validity_seconds))
+    avps.append(avp("Result-Code", int(service.result_code)))
+    if service.final_unit is not None:
+        avps.append(service.final_unit.to_avp())
+    if service.unit is not None and service.threshold_units and service.final_unit is None:
+        avps.append(avp(_THRESHOLD_AVP[service.unit], service.threshold_units))
+    if service.unit is not None and service.quota_holding_seconds:
+        avps.append(avp("Quota-Holding-Time", service.quota_holding_seconds))
+    return avps
+
+
+def _header_avps(request: Message, identity: LocalIdentity, result_code: ResultCode) -> list[Avp]:
+    session = request.find("Session-Id")
+    avps = [session] if session is not None else []
+    avps += [avp("Result-Code", int(result_code)), *identity.origin_avps()]
+    avps.append(avp("Auth-Application-Id", int(ApplicationId.CREDIT_CONTROL)))
+    for name in ("CC-Request-Type", "CC-Request-Number"):
+        found = request.find(name)
+        if found is not None:
+            avps.append(found)
+    return avps
+
+
+def error_answer(
+    request: Message,
+    identity: LocalIdentity,
+    result_code: ResultCode,
+    *,
+    failed_avp: Avp | None = None,
+    error_message: str = "",
+) -> Message:
+    avps = _header_avps(request, identity, result_code)
+    if error_message:
+        avps.append(avp("Error-Message", error_message[:200]))
+    if failed_avp is not None:
+        avps.append(avp("Failed-AVP", [failed_avp]))
+    return answer_to(request, avps, error=is_protocol_error(result_code))
+
+
+def credit_answer(
+    request: Message,
+    identity: LocalIdentity,
+    result_code: ResultCode,
+    services: Sequence[ServiceAnswer],
+    *,
+    multiple_services: bool,
+    extra: Sequence[Avp] = (),
+) -> Message:
+    avps = _header_avps(request, identity, result_code)
+    if multiple_services:
+        avps += [avp("Multiple-Services-Credit-Control", _service_avps(service)) for service in services]
+    elif services:
+        # Single-service mode: the grant and its companions at command level, no per-service code.
+        single = services[0]
+        avps += [item for item in _service_avps(single) if item.key != _RESULT_CODE]
+    avps += extra
+    return answer_to(request, avps)
+
+
+def command_result(services: Sequence[ServiceAnswer]) -> ResultCode:
+    """The command-level Result-Code: success if any service succeeded (or there is none);
+    when every service failed with the same code, that code (so single-service clients see it)."""
+    codes = {service.result_code for service in services}
+    if not codes or ResultCode.DIAMETER_SUCCESS in codes:
+        return ResultCode.DIAMETER_SUCCESS
+    if len(codes) == 1:
+        return codes.pop()
+    return ResultCode.DIAMETER_SUCCESS

@@ -1,0 +1,75 @@
+"""Fixtures for server tests: the whole OCS on port 0 over a private real Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from balance.directory import Identity, IdentityKind, Subscriber
+from balance.embedded import EmbeddedRedis
+from balance.types import Account, Bucket, BucketKind, PaymentType
+from ocs.app import ServerState, new_state, shutdown, startup
+from ocs.config import DiameterSettings, QuotaSettings, RedisSettings, Settings, TariffSettings
+from protocol.aio import DiameterClient
+from protocol.capabilities import LocalIdentity
+from tests.balance.conftest import embedded_redis
+
+__all__ = ["embedded_redis"]
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT = LocalIdentity("pgw.test", "test")
+
+
+@dataclass
+class RunningServer:
+    state: ServerState
+    port: int
+
+    async def subscriber(
+        self,
+        account_id: str,
+        msisdn: str,
+        *,
+        micros: int = 0,
+        plan: str = "mobile_prepaid",
+        payment_type: PaymentType = PaymentType.PREPAID,
+        credit_limit_micros: int = 0,
+        buckets: tuple[Bucket, ...] = (),
+    ) -> None:
+        assert self.state.store is not None and self.state.directory is not None
+        money = (Bucket(1, BucketKind.MAIN, micros),) if micros else ()
+        account = Account(
+            account_id, payment_type=payment_type, credit_limit_micros=credit_limit_micros, buckets=money + buckets
+        )
+        assert (await self.state.store.provision(account)).outcome.value == "ok"
+        identities = (Identity(IdentityKind.E164, msisdn),)
+        await self.state.directory.register(Subscriber(account_id, plan, "mobile", account_id, identities))
+
+    async def client(self) -> DiameterClient:
+        return await DiameterClient.connect("127.0.0.1", self.port, CLIENT)
+
+
+def test_settings(redis_url: str, **quota: int) -> Settings:
+    return Settings(
+        diameter=DiameterSettings(port=0, origin_host="ocs.test", origin_realm="test"),
+        redis=RedisSettings(url=redis_url),
+        quota=dataclasses.replace(QuotaSettings(supervision_interval_seconds=0.05), **quota),
+        tariffs=TariffSettings(path=str(ROOT / "config" / "tariffs.toml")),
+        shutdown_timeout_seconds=2.0,
+    )
+
+
+@pytest.fixture
+async def server(embedded_redis: EmbeddedRedis) -> AsyncIterator[RunningServer]:
+    state = new_state(test_settings(embedded_redis.url))
+    address = await startup(state)
+    assert state.store is not None
+    await state.store.flush_all()
+    try:
+        yield RunningServer(state, address[1])
+    finally:
+        await shutdown(state)
