@@ -53,7 +53,7 @@ class RunningServer:
         return await DiameterClient.connect("127.0.0.1", self.port, CLIENT)
 
 
-def test_settings(redis_url: str, **quota: int) -> Settings:
+def server_settings(redis_url: str, **quota: int) -> Settings:
     return Settings(
         diameter=DiameterSettings(port=0, origin_host="ocs.test", origin_realm="test"),
         redis=RedisSettings(url=redis_url),
@@ -65,7 +65,7 @@ def test_settings(redis_url: str, **quota: int) -> Settings:
 
 @pytest.fixture
 async def server(embedded_redis: EmbeddedRedis) -> AsyncIterator[RunningServer]:
-    state = new_state(test_settings(embedded_redis.url))
+    state = new_state(server_settings(embedded_redis.url))
     address = await startup(state)
     assert state.store is not None
     await state.store.flush_all()

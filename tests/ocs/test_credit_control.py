@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time as clock
 from datetime import UTC, datetime
 
+from balance.embedded import EmbeddedRedis
+from balance.types import Bucket, BucketKind
+from ocs.app import new_state, shutdown, startup
 from protocol.message import Avp, Message, avp, request
-from tests.ocs.conftest import RunningServer
+from tests.ocs.conftest import RunningServer, server_settings
 
 PEAK = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # a Monday, 10:00 in Berlin: peak
 EUR = 1_000_000
@@ -43,6 +48,11 @@ def call_to(number: str) -> Avp:
         "Service-Information",
         [avp("IMS-Information", [avp("Node-Functionality", "AS"), avp("Called-Party-Address", f"tel:+{number}")])],
     )
+
+
+def sms_to(number: str) -> Avp:
+    recipient = avp("Recipient-Info", [avp("Recipient-Address", [avp("Address-Data", number)])])
+    return avp("Service-Information", [avp("SMS-Information", [recipient])])
 
 
 def mscc(*children: Avp) -> Avp:
@@ -102,4 +112,242 @@ async def test_unknown_subscriber_is_5030(server: RunningServer) -> None:
     assert code(answer) == 5030
     failed = answer.find("Failed-AVP")
     assert failed is not None and failed.children[0].code == 443  # Subscription-Id
+    await client.close()
+
+
+def octets(unit_avp: str, value: int) -> Avp:
+    return avp(unit_avp, [avp("CC-Total-Octets", value)])
+
+
+def events(unit_avp: str, value: int) -> Avp:
+    return avp(unit_avp, [avp("CC-Service-Specific-Units", value)])
+
+
+def services_by_group(answer: Message) -> dict[int, Avp]:
+    found: dict[int, Avp] = {}
+    for service in answer.find_all("Multiple-Services-Credit-Control"):
+        group = service.get("Rating-Group")
+        found[group if isinstance(group, int) else -1] = service
+    return found
+
+
+def granted(service: Avp, unit_avp: str) -> object:
+    grant = service.find("Granted-Service-Unit")
+    return grant.get(unit_avp) if grant is not None else None
+
+
+async def balance_of(server: RunningServer, account_id: str) -> int:
+    assert server.state.store is not None
+    view = await server.state.store.balance(account_id, int(PEAK.timestamp()))
+    assert view is not None
+    return view.available_micros
+
+
+async def test_data_session_with_two_rating_groups_and_an_allowance(server: RunningServer) -> None:
+    allowance = Bucket(2, BucketKind.OCTETS, 5_000_000, ("data",))
+    await server.subscriber("dana", "4915100000002", micros=1 * EUR, buckets=(allowance,))
+    client = await server.client()
+    data = "32251@3gpp.org"
+    multiple = avp("Multiple-Services-Indicator", 1)
+
+    def rg(group: int, *units: Avp) -> Avp:
+        return mscc(avp("Rating-Group", group), *units)
+
+    asked = [rg(10, octets("Requested-Service-Unit", 8_000_000)), rg(20, octets("Requested-Service-Unit", 2_000_000))]
+    initial = await client.request(
+        ccr("pdp-1", "INITIAL_REQUEST", 0, multiple, *asked, msisdn="4915100000002", context=data)
+    )
+    assert code(initial) == 2001
+    services = services_by_group(initial)
+    assert granted(services[10], "CC-Total-Octets") == 8_000_000
+    assert granted(services[20], "CC-Total-Octets") == 2_000_000
+    assert services[10].get("Validity-Time") == 1800 and services[10].get("Volume-Quota-Threshold") == 1_600_000
+    # RG 10 (data, 0.01/MB): 5 MB from the allowance, 3 MB = 0.03 held; RG 20 (video, 0.005/MB): 0.01 held.
+    assert await balance_of(server, "dana") == 960_000
+    used = [rg(10, octets("Used-Service-Unit", 6_000_000)), rg(20, octets("Used-Service-Unit", 1_000_000))]
+    end = await client.request(
+        ccr("pdp-1", "TERMINATION_REQUEST", 1, multiple, *used, msisdn="4915100000002", context=data)
+    )
+    assert code(end) == 2001
+    # 6 MB of RG 10: 5 MB allowance + 1 MB = 0.01; 1 MB of RG 20 = 0.005.
+    assert await balance_of(server, "dana") == 985_000
+    await client.close()
+
+
+async def test_sms_as_direct_debit_event_and_as_ecur(server: RunningServer) -> None:
+    await server.subscriber("sam", "4915100000003", micros=200_000)
+    client = await server.client()
+    sms = "32274@3gpp.org"
+    # IEC: one SMS to a national mobile (0.09), debited at once.
+    event = await client.request(
+        ccr(
+            "sms-1",
+            "EVENT_REQUEST",
+            0,
+            avp("Requested-Action", "DIRECT_DEBITING"),
+            events("Requested-Service-Unit", 1),
+            sms_to("4917612345678"),
+            msisdn="4915100000003",
+            context=sms,
+        )
+    )
+    assert code(event) == 2001
+    assert await balance_of(server, "sam") == 110_000
+    # ECUR: reserve on INITIAL, commit on TERMINATION.
+    initial = await client.request(
+        ccr(
+            "sms-2",
+            "INITIAL_REQUEST",
+            0,
+            events("Requested-Service-Unit", 1),
+            sms_to("4917612345678"),
+            msisdn="4915100000003",
+            context=sms,
+        )
+    )
+    assert code(initial) == 2001 and await balance_of(server, "sam") == 20_000
+    end = await client.request(
+        ccr(
+            "sms-2",
+            "TERMINATION_REQUEST",
+            1,
+            events("Used-Service-Unit", 1),
+            sms_to("4917612345678"),
+            msisdn="4915100000003",
+            context=sms,
+        )
+    )
+    assert code(end) == 2001 and await balance_of(server, "sam") == 20_000
+    # A third SMS is more than 0.02 affords.
+    refused = await client.request(
+        ccr(
+            "sms-3",
+            "EVENT_REQUEST",
+            0,
+            avp("Requested-Action", "DIRECT_DEBITING"),
+            events("Requested-Service-Unit", 1),
+            sms_to("4917612345678"),
+            msisdn="4915100000003",
+            context=sms,
+        )
+    )
+    assert code(refused) == 4012 and await balance_of(server, "sam") == 20_000
+    await client.close()
+
+
+async def test_check_balance_price_enquiry_and_refund(server: RunningServer) -> None:
+    await server.subscriber("pete", "4915100000004", micros=100_000)
+    client = await server.client()
+    callee = call_to("4917612345678")
+
+    def event(session: str, action: str, *extra: Avp) -> Message:
+        return ccr(session, "EVENT_REQUEST", 0, avp("Requested-Action", action), *extra, callee, msisdn="4915100000004")
+
+    enough = await client.request(event("q-1", "CHECK_BALANCE", seconds("Requested-Service-Unit", 60)))
+    assert code(enough) == 2001 and enough.get("Check-Balance-Result") == 0
+    too_much = await client.request(event("q-2", "CHECK_BALANCE", seconds("Requested-Service-Unit", 120)))
+    assert too_much.get("Check-Balance-Result") == 1
+    price = await client.request(event("q-3", "PRICE_ENQUIRY", seconds("Requested-Service-Unit", 90)))
+    cost = price.find("Cost-Information")
+    assert cost is not None and cost.get("Currency-Code") == 978
+    unit_value = cost.find("Unit-Value")
+    assert unit_value is not None and (unit_value.get("Value-Digits"), unit_value.get("Exponent")) == (135_000, -6)
+    assert await balance_of(server, "pete") == 100_000  # asking changes nothing
+    money = avp(
+        "CC-Money", [avp("Unit-Value", [avp("Value-Digits", 25), avp("Exponent", -2)]), avp("Currency-Code", 978)]
+    )
+    refund = event("r-1", "REFUND_ACCOUNT", avp("Requested-Service-Unit", [money]))
+    assert code(await client.request(refund)) == 2001
+    assert code(await client.request(refund)) == 2001  # the same key again: applied once
+    assert await balance_of(server, "pete") == 350_000
+    await client.close()
+
+
+async def test_retransmitted_update_is_charged_once(server: RunningServer) -> None:
+    await server.subscriber("rita", "4915100000005", micros=EUR)
+    client = await server.client()
+    callee = call_to("4917612345678")
+    await client.request(
+        ccr("call-r", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 120), callee, msisdn="4915100000005")
+    )
+    update = ccr(
+        "call-r",
+        "UPDATE_REQUEST",
+        1,
+        seconds("Used-Service-Unit", 120),
+        seconds("Requested-Service-Unit", 120),
+        callee,
+        msisdn="4915100000005",
+    )
+    first = await client.request(update)
+    after_first = await balance_of(server, "rita")
+    # The same request again, flagged as a retransmission, as a client does after failover.
+    update.flags |= 0x10
+    again = await client.request(update)
+    assert code(first) == code(again) == 2001
+    assert await balance_of(server, "rita") == after_first
+    await client.close()
+
+
+async def test_silent_session_is_released_by_tcc(embedded_redis: EmbeddedRedis) -> None:
+    state = new_state(server_settings(embedded_redis.url, validity_seconds=1))
+    address = await startup(state)
+    assert state.store is not None
+    await state.store.flush_all()
+    server = RunningServer(state, address[1])
+    await server.subscriber("tom", "4915100000006", micros=EUR)
+    client = await server.client()
+    now = datetime.fromtimestamp(clock.time(), UTC)
+    request = ccr(
+        "silent-1",
+        "INITIAL_REQUEST",
+        0,
+        seconds("Requested-Service-Unit", 600),
+        call_to("4917612345678"),
+        msisdn="4915100000006",
+    )
+    request.avps = [a for a in request.avps if a.code != 55] + [avp("Event-Timestamp", now)]
+    answer = await client.request(request)
+    assert code(answer) == 2001
+    view = await state.store.balance("tom", int(clock.time()))
+    assert view is not None and view.held_micros > 0
+    # Tcc = 2 x Validity-Time = 2 s; the supervisor looks every 50 ms.
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        view = await state.store.balance("tom", int(clock.time()))
+        if view is not None and view.held_micros == 0:
+            break
+    assert view is not None and view.held_micros == 0 and view.available_micros == EUR and view.reservations == 0
+    await client.close()
+    await shutdown(state)
+
+
+async def test_unknown_rating_group_is_5031_with_failed_avp(server: RunningServer) -> None:
+    await server.subscriber("uma", "4915100000007", micros=EUR)
+    client = await server.client()
+    answer = await client.request(
+        ccr(
+            "pdp-x",
+            "INITIAL_REQUEST",
+            0,
+            avp("Multiple-Services-Indicator", 1),
+            mscc(avp("Rating-Group", 999), octets("Requested-Service-Unit", 1000)),
+            msisdn="4915100000007",
+            context="32251@3gpp.org",
+        )
+    )
+    assert code(answer) == 5031
+    failed = answer.find("Failed-AVP")
+    assert failed is not None and failed.children[0].code == 432 and failed.children[0].value == 999  # Rating-Group
+    await client.close()
+
+
+async def test_missing_mandatory_avp_is_5005_with_failed_avp(server: RunningServer) -> None:
+    client = await server.client()
+    request = ccr("bad-1", "INITIAL_REQUEST", 0)
+    request.avps = [a for a in request.avps if a.code != 415]  # drop CC-Request-Number
+    answer = await client.request(request)
+    assert code(answer) == 5005
+    failed = answer.find("Failed-AVP")
+    assert failed is not None and failed.children[0].code == 415
     await client.close()
