@@ -23,6 +23,29 @@ from balance.scripts import Script
 
 Reply = str | int | None | list["Reply"]
 _POOL_SIZE = 32  # redis-py connections for the off-hot-path work; plenty for admin and tests
+# Commands that change nothing, or whose repetition changes nothing more: one retry on a fresh
+# connection is safe for them when a pooled connection turns out dead (e.g. after a Redis
+# restart). LTRIM, HSET of counters and the like are never retried.
+RETRY_SAFE_COMMANDS = frozenset(
+    {
+        "GET",
+        "HGETALL",
+        "HKEYS",
+        "HMGET",
+        "SMEMBERS",
+        "ZRANGE",
+        "ZRANGEBYSCORE",
+        "LRANGE",
+        "SCAN",
+        "EXISTS",
+        "PING",
+        "SADD",
+        "ZADD",
+        "ZREM",
+        "INFO",
+        "DBSIZE",
+    }
+)
 
 
 class ScriptCaller(Protocol):
@@ -67,15 +90,23 @@ class RedisPyCaller:
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
         try:
             try:
-                reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
-            except redis_exceptions.NoScriptError:
-                await self._load(script, keys[0])
-                reply = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+                reply = await self._evalsha(script, keys, args)
+            except (redis_exceptions.ConnectionError, OSError):
+                if not script.retry_safe:
+                    raise
+                reply = await self._evalsha(script, keys, args)
         except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError) as error:
             raise BalanceUnavailable(f"{script.operation}: {error}") from None
         except redis_exceptions.ResponseError as error:
             raise BalanceScriptError(f"{script.operation}: {error}") from None
         return _text(reply)
+
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis_exceptions.NoScriptError:
+            await self._load(script, keys[0])
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
 
     async def _load(self, script: Script, first_key: str) -> None:
         if isinstance(self.client, redis_asyncio.RedisCluster):
@@ -87,7 +118,12 @@ class RedisPyCaller:
 
     async def execute(self, *parts: str) -> Reply:
         try:
-            return _text(await self.client.execute_command(*parts))
+            try:
+                return _text(await self.client.execute_command(*parts))
+            except (redis_exceptions.ConnectionError, OSError):
+                if parts[0].upper() not in RETRY_SAFE_COMMANDS:
+                    raise
+                return _text(await self.client.execute_command(*parts))
         except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError) as error:
             raise BalanceUnavailable(f"{parts[0]}: {error}") from None
         except redis_exceptions.ResponseError as error:

@@ -25,11 +25,20 @@ class Operation(StrEnum):
     VIEW = "view"
 
 
+# Every operation is idempotent by its key except ``credit`` (add_bucket has no key), so every
+# other script may be sent again when a connection dies with the outcome unknown.
+_NOT_RETRY_SAFE = frozenset({Operation.CREDIT})
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
     operation: Operation
     source: str
     sha: str
+
+    @property
+    def retry_safe(self) -> bool:
+        return self.operation not in _NOT_RETRY_SAFE
 
 
 def _read(name: str) -> str:

@@ -178,7 +178,9 @@ class PeerConnection:
         if self.state is PeerState.CLOSED:
             return
         encoded = encode(answer)
-        if key is not None and self.duplicates is not None:
+        # A protocol error (E bit, RFC 6733 section 7.1.3; 3004 above all) means the request was
+        # not processed: a retransmission must be processed anew, not answered from the cache.
+        if key is not None and self.duplicates is not None and not answer.is_error:
             self.duplicates.remember(key, encoded)
         self._send_buffer.append(encoded)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import time as clock
 from datetime import UTC, datetime
+from pathlib import Path
 
+from balance.audit import audit
 from balance.embedded import EmbeddedRedis
 from balance.types import Bucket, BucketKind
 from ocs.app import new_state, shutdown, startup
@@ -351,3 +353,49 @@ async def test_missing_mandatory_avp_is_5005_with_failed_avp(server: RunningServ
     failed = answer.find("Failed-AVP")
     assert failed is not None and failed.children[0].code == 415
     await client.close()
+
+
+async def test_redis_down_answers_3004_and_resumes_without_drift(tmp_path: Path) -> None:
+    redis_server = EmbeddedRedis(tmp_path / "redis")
+    await asyncio.to_thread(redis_server.start)
+    state = new_state(server_settings(redis_server.url))
+    address = await startup(state)
+    server = RunningServer(state, address[1])
+    try:
+        await server.subscriber("vera", "4915100000008", micros=EUR)
+        client = await server.client()
+        callee = call_to("4917612345678")
+        initial = ccr(
+            "call-v", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 120), callee, msisdn="4915100000008"
+        )
+        assert code(await client.request(initial)) == 2001
+        update = ccr(
+            "call-v",
+            "UPDATE_REQUEST",
+            1,
+            seconds("Used-Service-Unit", 60),
+            seconds("Requested-Service-Unit", 120),
+            callee,
+            msisdn="4915100000008",
+        )
+        await asyncio.to_thread(redis_server.stop)
+        busy = await client.request(update)
+        assert code(busy) == 3004 and busy.is_error
+        await asyncio.to_thread(redis_server.start)  # same port, data back from the AOF
+        # The client retries the same request (RFC 4006 section 5.7): applied once, as if never refused.
+        update.flags |= 0x10
+        assert code(await client.request(update)) == 2001
+        assert code(await client.request(update)) == 2001
+        assert state.store is not None
+        usage = {}
+        for record in await state.store.usage_records():
+            usage[record.account_id] = usage.get(record.account_id, 0) + record.micros
+        assert usage == {"vera": 90_000}  # one minute at 0.09, once
+        report = await audit(state.store, now_seconds=int(PEAK.timestamp()), usage_micros=usage)
+        assert report.findings == []
+        view = await state.store.balance("vera", int(PEAK.timestamp()))
+        assert view is not None and view.available_micros == EUR - 90_000 - 180_000  # minus 2 minutes held
+        await client.close()
+    finally:
+        await shutdown(state)
+        await asyncio.to_thread(redis_server.stop)

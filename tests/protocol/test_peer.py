@@ -324,6 +324,23 @@ def test_retransmission_is_answered_from_the_duplicate_cache_once_answered() -> 
     assert (replayed.end_to_end, replayed.avps) == (original.end_to_end, original.avps)
 
 
+def test_a_protocol_error_answer_is_not_replayed_to_a_retransmission() -> None:
+    cache = DuplicateCache()
+    peer = server(duplicates=cache)
+    peer.receive_data(cer_bytes(), 0.1)
+    peer.data_to_send()
+    (received,) = peer.receive_data(encode(ccr()), 1.0)
+    assert isinstance(received, RequestReceived)
+    busy = answer_to(received.message, [avp("Result-Code", int(ResultCode.DIAMETER_TOO_BUSY))], error=True)
+    peer.send_answer(busy)
+    peer.data_to_send()
+    # 3004 means "not processed": the retry must reach the application again.
+    again = ccr()
+    again.flags |= 0x10
+    (retried,) = peer.receive_data(encode(again), 2.0)
+    assert isinstance(retried, RequestReceived)
+
+
 def test_answer_with_unknown_hop_by_hop_is_discarded() -> None:
     _, c = opened_pair()
     assert c.receive_data(encode(cca_for(ccr())), 1.0) == []
