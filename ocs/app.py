@@ -28,6 +28,8 @@ from ocs.cca import error_answer
 from ocs.charging import CreditControl
 from ocs.config import Settings
 from ocs.rating import load_book
+from ocs.rating_book import TariffBook
+from ocs.sessions import SessionNotifier
 from ocs.subscribers import SubscriberCache
 from protocol.aio import DiameterServer, DiameterTransport
 from protocol.capabilities import LocalIdentity, PeerPolicy
@@ -46,6 +48,8 @@ class ServerState:
     store: BalanceStore | None = None
     directory: Directory | None = None
     credit_control: CreditControl | None = None
+    notifier: SessionNotifier | None = None
+    book: TariffBook | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
@@ -92,6 +96,9 @@ async def _supervise_sessions(state: ServerState) -> None:
     while True:
         try:
             closed = await state.store.expire_due(int(time.time()))
+            for _, session_id in closed:
+                if state.notifier is not None:
+                    state.notifier.forget_session(session_id)
             if closed:
                 log.info("sessions_expired", count=len(closed))
         except Exception:
@@ -116,8 +123,16 @@ async def startup(state: ServerState) -> tuple[str, int]:
     url = await _redis_url(state)
     state.store = await BalanceStore.connect(url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined)
     state.directory = Directory(state.store.admin)
-    book = load_book(Path(settings.tariffs.path))
-    state.credit_control = CreditControl(settings, state.store, SubscriberCache(state.directory), book, state.identity)
+    state.book = load_book(Path(settings.tariffs.path))
+    state.notifier = SessionNotifier(state.identity, lambda: state.diameter.connections if state.diameter else ())
+    state.credit_control = CreditControl(
+        settings,
+        state.store,
+        SubscriberCache(state.directory),
+        state.book,
+        state.identity,
+        observer=state.notifier.observe,
+    )
     policy = PeerPolicy(
         allowed_hosts=frozenset(settings.diameter.allowed_hosts),
         allowed_realms=frozenset(settings.diameter.allowed_realms),

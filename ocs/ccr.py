@@ -92,6 +92,7 @@ class ServiceRequest:
 class CreditRequest:
     session_id: str
     origin_host: str
+    origin_realm: str
     request_type: RequestType
     request_number: int
     service_context: str
@@ -221,6 +222,7 @@ def read_ccr(message: Message) -> CreditRequest | CcrProblem:
     return CreditRequest(
         session_id=str(message.get("Session-Id") or ""),
         origin_host=str(message.get("Origin-Host") or ""),
+        origin_realm=str(message.get("Origin-Realm") or ""),
         request_type=request_type,
         request_number=_int(message, "CC-Request-Number") or 0,
         service_context=str(message.get("Service-Context-Id") or ""),

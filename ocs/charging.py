@@ -32,7 +32,7 @@ from ocs.ccr import (
     request_time,
 )
 from ocs.config import Settings
-from ocs.events import ChargingObserver, FinalUnitGranted, ignore_charging_events
+from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.queries import answer_query
 from ocs.rating import Rated, RatingFailure, RatingInput, rate
 from ocs.rating_book import TariffBook
@@ -206,15 +206,18 @@ class CreditControl:
     ) -> Message:
         answers: list[ServiceAnswer] = []
         status: AccountStatus | None = None
+        if ccr.request_type in (RequestType.INITIAL, RequestType.UPDATE):
+            self.observer(SessionActive(account_id, ccr.session_id, ccr.origin_host, ccr.origin_realm))
         for service, item in zip(services, result.items, strict=True):
             if item.outcome is Outcome.ACCOUNT_BLOCKED and status is None:
                 view = await self.store.balance(account_id, int(self.clock()))
                 status = view.account.status if view is not None else AccountStatus.BARRED
             answers.append(self._service_answer(ccr, service, item, status))
-            if item.final and not result.replayed:
+            if item.final:
                 self.observer(FinalUnitGranted(account_id, ccr.session_id, ccr.origin_host))
         if ccr.request_type is RequestType.TERMINATION:
             answers = []
+            self.observer(SessionEnded(account_id, ccr.session_id))
         return credit_answer(
             message, self.identity, command_result(answers), answers, multiple_services=ccr.multiple_services
         )

@@ -20,7 +20,23 @@ class FinalUnitGranted:
     origin_host: str
 
 
-ChargingEvent = FinalUnitGranted
+@dataclass(frozen=True, slots=True)
+class SessionActive:
+    """A session request was answered; the session is open at ``origin_host``."""
+
+    account_id: str
+    session_id: str
+    origin_host: str
+    origin_realm: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    account_id: str
+    session_id: str
+
+
+ChargingEvent = FinalUnitGranted | SessionActive | SessionEnded
 ChargingObserver = Callable[[ChargingEvent], None]
 
 

@@ -399,3 +399,47 @@ async def test_redis_down_answers_3004_and_resumes_without_drift(tmp_path: Path)
     finally:
         await shutdown(state)
         await asyncio.to_thread(redis_server.stop)
+
+
+async def test_top_up_sends_rar_to_a_session_in_final_unit_state_then_barring_sends_asr(server: RunningServer) -> None:
+    await server.subscriber("will", "4915100000009", micros=90_000)  # one minute at peak
+    client = await server.client()
+    server_requests: list[Message] = []
+    client.on_request = lambda _, message: server_requests.append(message)
+    callee = call_to("4917612345678")
+    initial = await client.request(
+        ccr("call-w", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 300), callee, msisdn="4915100000009")
+    )
+    assert initial.find("Final-Unit-Indication") is not None and initial.find("Granted-Service-Unit") is not None
+    state = server.state
+    assert state.store is not None and state.notifier is not None
+    await state.store.top_up("will", "card-1", 5 * EUR)
+    assert state.notifier.account_topped_up("will") == 1
+    for _ in range(50):
+        if server_requests:
+            break
+        await asyncio.sleep(0.02)
+    (rar,) = server_requests
+    assert rar.command_code == 258 and rar.get("Session-Id") == "call-w" and rar.get("Re-Auth-Request-Type") == 0
+    # The client re-authorises and gets quota from the new balance, without a final unit.
+    update = await client.request(
+        ccr(
+            "call-w",
+            "UPDATE_REQUEST",
+            1,
+            seconds("Used-Service-Unit", 30),
+            seconds("Requested-Service-Unit", 300),
+            callee,
+            msisdn="4915100000009",
+        )
+    )
+    grant = update.find("Granted-Service-Unit")
+    assert code(update) == 2001 and grant is not None and grant.get("CC-Time") == 300
+    assert update.find("Final-Unit-Indication") is None
+    assert state.notifier.account_blocked("will") == 1
+    for _ in range(50):
+        if len(server_requests) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert server_requests[1].command_code == 274 and server_requests[1].get("Session-Id") == "call-w"
+    await client.close()
