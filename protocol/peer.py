@@ -37,7 +37,7 @@ from protocol.constants import (
 )
 from protocol.disconnect import DisconnectCause, build_dpa, build_dpr, build_dwa, build_dwr
 from protocol.duplicates import DuplicateCache
-from protocol.errors import Failure, PeerError, StateError
+from protocol.errors import EncodeError, Failure, PeerError, StateError
 from protocol.events import (
     AnswerReceived,
     DuplicateAnswered,
@@ -50,7 +50,7 @@ from protocol.events import (
     RequestRejected,
 )
 from protocol.grammar import validate
-from protocol.message import Message, answer_to, avp
+from protocol.message import Avp, Message, answer_to, avp
 from protocol.pending import IdentifierSource, IncomingRequests, OutgoingRequests
 from protocol.watchdog import DEFAULT_TW_SECONDS, Watchdog, WatchdogAction, WatchdogInput
 
@@ -408,7 +408,21 @@ class PeerConnection:
         if failure.failed_avp is not None:
             avps.append(avp("Failed-AVP", [failure.failed_avp]))
         answer = answer_to(message, avps, error=is_protocol_error(failure.result_code))
-        self._send_buffer.append(encode(answer))
+        try:
+            encoded = encode(answer)
+        except EncodeError:
+            # The echo of a huge request does not fit our size limit: answer with the offending
+            # AVP's header only (RFC 6733 section 7.5 allows a Failed-AVP without its full data).
+            avps = list(base_answer_avps(self.identity, message, int(failure.result_code)))
+            failed = failure.failed_avp
+            if failed is not None:
+                avps.append(avp("Failed-AVP", [Avp(failed.code, failed.flags, failed.vendor_id, b"")]))
+            try:
+                encoded = encode(answer_to(message, avps, error=is_protocol_error(failure.result_code)))
+            except EncodeError:
+                self._close("an answer to this request cannot be encoded within the size limit")
+                return
+        self._send_buffer.append(encoded)
         self._events.append(RequestRejected(message, failure))
 
     def _watchdog_actions(self, actions: list[WatchdogAction]) -> None:
