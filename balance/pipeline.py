@@ -1,0 +1,352 @@
+"""A tiny pipelined asyncio Redis client for the charging hot path.
+
+Theory of operation: one connection (``asyncio.Protocol``) carries every call. A call packs its
+command with hiredis (``pack_command``), appends it to an outgoing buffer and a FIFO of pending
+futures, and awaits its future. The first call in a loop pass schedules one ``flush`` with
+``call_soon``, so every command issued in that pass leaves in a single ``transport.write``: under
+load hundreds of EVALSHA calls share one syscall and one Redis read. Redis answers the commands of
+one connection in order (RESP, "pipelining"), so each reply parsed by ``hiredis.Reader`` resolves
+the oldest pending future. This is why it is fast: redis-py spends about 100 us of Python per
+call on its connection pool and command machinery; here a call is a pack, two appends and an
+await (the numbers are in bench/redis_client.py and the README).
+
+Rules it keeps:
+
+- A Redis error reply (``-ERR ...``, ``-NOSCRIPT ...``, a script's ``redis.error_reply``) is a
+  ``RedisErrorReply``: the command ran (or was refused) and the connection is fine.
+- An infrastructure failure (cannot connect, connection lost, unparseable stream, too many calls
+  pending, client closed) is ``BalanceUnavailable``, and callers never see redis or hiredis
+  types. When the connection is lost every pending call fails at once: whether Redis applied a
+  command in flight is unknown, which is safe because every charging script is idempotent on
+  (Session-Id, CC-Request-Number) (DESIGN.md "Two-phase charging"). The next call reconnects.
+- EVALSHA of a script registered with ``register_script`` survives a ``SCRIPT FLUSH`` or a Redis
+  restart: on NOSCRIPT the call sends SCRIPT LOAD and the EVALSHA again, back to back on the same
+  connection, so the retry is answered after the load without waiting a round trip in between.
+- The number of pending calls is bounded; over the bound a call fails at once (as the server
+  answers 3004 over its own in-flight limit rather than queueing, DESIGN.md) instead of growing
+  memory while Redis is stalled.
+- A cancelled caller leaves its slot in the FIFO; its reply is read and dropped, so the order of
+  the others is kept. Per-call deadlines are therefore the caller's ``asyncio.timeout``; the
+  client's own deadline is for the connection: calls pending and not one byte from Redis for
+  ``reply_timeout_seconds`` (a hung server, a half-open TCP connection) drops the connection and
+  fails them all. Blocking commands (BLPOP and the like) therefore do not belong on this client.
+
+Everything off the hot path (provisioning, audits, admin) uses redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Final, TypeAlias
+
+import hiredis
+
+from balance.errors import BalanceUnavailable
+
+# Twice the number of calls the server can have in flight at 75k calls/s with a 100 ms Redis
+# stall; each pending call holds one future and one packed command (a few hundred bytes), so the
+# bound keeps a stalled Redis from costing more than a few MB.
+DEFAULT_MAX_PENDING: Final = 16_384
+# A charging answer is due long before the client's Tx timer (RFC 4006 section 13, default
+# 10 s) fires; a connect that takes longer than this is treated as Redis being unavailable.
+DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 2.0
+# redis.conf "busy-reply-threshold" (5000 ms): past it Redis itself reports a script as stuck. A
+# connection with calls pending that hears nothing for this long (a hung server, a half-open TCP
+# connection) is dropped, so its calls fail as BalanceUnavailable (3004) before the client's Tx
+# timer (RFC 4006 section 13, 10 s) fires, instead of waiting for TCP to notice.
+DEFAULT_REPLY_TIMEOUT_SECONDS: Final = 5.0
+# The silence check runs this many times per reply timeout (so it fires within 1.25 timeouts).
+STALL_CHECKS_PER_TIMEOUT: Final = 4
+# How long ``close`` waits for pending replies before cutting the connection.
+DEFAULT_CLOSE_TIMEOUT_SECONDS: Final = 5.0
+
+
+class RedisErrorReply(Exception):
+    """Redis answered this command with an error reply; the connection is still usable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def code(self) -> str:
+        """The error prefix: ``ERR``, ``NOSCRIPT``, ``WRONGTYPE``, or a script's own code."""
+        return self.message.split(" ", 1)[0]
+
+
+# RESP2 as hiredis decodes it: status and bulk strings are bytes, nil is None, an error nested in
+# an array (a script may return one) is a RedisErrorReply value.
+RedisReply: TypeAlias = bytes | int | RedisErrorReply | list["RedisReply"] | None
+CommandPart: TypeAlias = bytes | str | int
+
+# hiredis's stub types the command as a one-element tuple; it takes any number of parts.
+_pack_command: Callable[[tuple[CommandPart, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
+
+
+class _StreamCorrupt(Exception):
+    """hiredis could not parse the stream: the connection cannot be resynchronised."""
+
+
+def _retrieve(future: asyncio.Future[RedisReply]) -> None:
+    # A future whose caller gave up still gets its exception read, so asyncio logs nothing.
+    if not future.cancelled():
+        future.exception()
+
+
+class _Connection(asyncio.Protocol):
+    """One Redis connection: pending futures in command order, writes coalesced per loop pass."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout_seconds: float | None) -> None:
+        self._loop = loop
+        self._reply_timeout_seconds = reply_timeout_seconds
+        self._stall_timer: asyncio.TimerHandle | None = None
+        # Since when we have been waiting with calls pending and no byte from Redis.
+        self._silent_since = loop.time()
+        self._reader = hiredis.Reader(protocolError=_StreamCorrupt, replyError=RedisErrorReply)
+        self._transport: asyncio.Transport | None = None
+        self._outgoing: list[bytes] = []
+        self._flush_scheduled = False
+        self.pending: deque[asyncio.Future[RedisReply]] = deque()
+        self.failure: BalanceUnavailable | None = None
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Each flush is a whole batch; Nagle would only delay it.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm_stall_check()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        pending = self.pending
+        self._silent_since = self._loop.time()
+        reader.feed(data)
+        try:
+            reply = reader.gets()
+            while reply is not False:  # False is hiredis's "need more data"; RESP2 has no booleans
+                future = pending.popleft()
+                if not future.done():
+                    if isinstance(reply, RedisErrorReply):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+                reply = reader.gets()
+        except _StreamCorrupt as error:
+            self.abort(f"unparseable reply from Redis: {error}")
+        except IndexError:
+            self.abort("Redis sent a reply to no command")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_pending(f"connection to Redis lost: {exc}" if exc else "connection to Redis closed")
+        self._transport = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # --- client API -----------------------------------------------------------------------------
+    def send(self, command: bytes) -> asyncio.Future[RedisReply]:
+        future: asyncio.Future[RedisReply] = self._loop.create_future()
+        if not self.pending:
+            self._silent_since = self._loop.time()
+        self.pending.append(future)
+        self._outgoing.append(command)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return future
+
+    def abort(self, reason: str) -> None:
+        """Fail every pending call now and drop the connection without flushing."""
+        self._fail_pending(reason)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # --- internals ------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outgoing = self._outgoing
+        if self._transport is None or self.failure is not None or not outgoing:
+            outgoing.clear()
+            return
+        self._transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+        outgoing.clear()
+
+    def _arm_stall_check(self) -> None:
+        if self._reply_timeout_seconds is not None:
+            interval = self._reply_timeout_seconds / STALL_CHECKS_PER_TIMEOUT
+            self._stall_timer = self._loop.call_later(interval, self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall_timer = None
+        if self.failure is not None or self._reply_timeout_seconds is None:
+            return
+        if self.pending and self._loop.time() - self._silent_since > self._reply_timeout_seconds:
+            self.abort(f"no reply from Redis in {self._reply_timeout_seconds} s")
+            return
+        self._arm_stall_check()
+
+    def _fail_pending(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = BalanceUnavailable(reason)
+        self._outgoing.clear()
+        pending = self.pending
+        while pending:
+            future = pending.popleft()
+            if not future.done():
+                future.set_exception(BalanceUnavailable(reason))
+
+
+class PipelinedRedis:
+    """EVALSHA (and any other command) over one pipelined connection; reconnects on next use."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        unix_socket_path: str | os.PathLike[str] | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+        reply_timeout_seconds: float | None = DEFAULT_REPLY_TIMEOUT_SECONDS,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.unix_socket_path = unix_socket_path
+        self.max_pending = max_pending
+        self.connect_timeout_seconds = connect_timeout_seconds
+        self.reply_timeout_seconds = reply_timeout_seconds
+        self._scripts: dict[str, bytes] = {}
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> PipelinedRedis:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def pending_count(self) -> int:
+        connection = self._connection
+        return len(connection.pending) if connection is not None else 0
+
+    def register_script(self, source: str | bytes) -> str:
+        """Remember a script's source so NOSCRIPT can be repaired; returns its SHA1 for ``evalsha``."""
+        encoded = source.encode() if isinstance(source, str) else source
+        sha = hashlib.sha1(encoded, usedforsecurity=False).hexdigest()
+        self._scripts[sha] = encoded
+        return sha
+
+    async def evalsha(self, sha: str, keys: Sequence[CommandPart], args: Sequence[CommandPart]) -> RedisReply:
+        command = _pack_command((b"EVALSHA", sha, len(keys), *keys, *args))
+        connection = self._connection
+        if connection is None or connection.failure is not None:
+            connection = await self._connect()
+        try:
+            return await self._submit(connection, command)
+        except RedisErrorReply as error:
+            source = self._scripts.get(sha)
+            if source is None or error.code != "NOSCRIPT":
+                raise
+        # The connection may have been replaced while we waited; load and retry on the current one.
+        connection = self._connection
+        if connection is None or connection.failure is not None:
+            connection = await self._connect()
+        load = self._submit(connection, _pack_command((b"SCRIPT", b"LOAD", source)))
+        retry = self._submit(connection, command)
+        try:
+            await load
+        except BaseException:
+            retry.add_done_callback(_retrieve)
+            raise
+        return await retry
+
+    async def execute(self, *parts: CommandPart) -> RedisReply:
+        """Any command, pipelined like ``evalsha`` (for the few non-script calls of the hot path)."""
+        command = _pack_command(parts)
+        connection = self._connection
+        if connection is None or connection.failure is not None:
+            connection = await self._connect()
+        return await self._submit(connection, command)
+
+    async def close(self, timeout_seconds: float = DEFAULT_CLOSE_TIMEOUT_SECONDS) -> None:
+        """Refuse new calls, let pending ones finish (up to the timeout), then close the connection."""
+        self._closed = True
+        connection = self._connection
+        if connection is None:
+            return
+        if connection.pending:
+            await asyncio.wait(list(connection.pending), timeout=timeout_seconds)
+        if connection.pending:
+            connection.abort("Redis client closed before the reply came")
+        else:
+            connection.close()
+        await connection.lost
+
+    # --- internals ------------------------------------------------------------------------------
+    def _submit(self, connection: _Connection, command: bytes) -> asyncio.Future[RedisReply]:
+        if connection.failure is not None:
+            raise BalanceUnavailable(str(connection.failure))
+        if self._closed:
+            raise BalanceUnavailable("Redis client is closed")
+        if len(connection.pending) >= self.max_pending:
+            raise BalanceUnavailable(f"more than {self.max_pending} Redis calls pending")
+        return connection.send(command)
+
+    async def _connect(self) -> _Connection:
+        # Every caller that finds no connection awaits the same attempt, so they all resume in one
+        # loop pass and their commands leave in one batch, in the order they were issued.
+        if self._closed:
+            raise BalanceUnavailable("Redis client is closed")
+        attempt = self._connecting
+        if attempt is None:
+            attempt = asyncio.ensure_future(self._open())
+            attempt.add_done_callback(self._connect_finished)
+            self._connecting = attempt
+        try:
+            return await asyncio.shield(attempt)  # a cancelled caller does not cancel the others' attempt
+        except BalanceUnavailable as error:
+            raise BalanceUnavailable(str(error)) from error.__cause__
+
+    def _connect_finished(self, attempt: asyncio.Future[_Connection]) -> None:
+        self._connecting = None
+        if not attempt.cancelled():
+            attempt.exception()  # read here too, in case every caller was cancelled
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        reply_timeout_seconds = self.reply_timeout_seconds
+
+        def new_connection() -> _Connection:
+            return _Connection(loop, reply_timeout_seconds)
+
+        try:
+            async with asyncio.timeout(self.connect_timeout_seconds):
+                if self.unix_socket_path is not None:
+                    path = os.fspath(self.unix_socket_path)
+                    _, connection = await loop.create_unix_connection(new_connection, path)
+                else:
+                    _, connection = await loop.create_connection(new_connection, self.host, self.port)
+        except (OSError, TimeoutError) as error:
+            where = self.unix_socket_path or f"{self.host}:{self.port}"
+            raise BalanceUnavailable(f"cannot connect to Redis at {where}: {error}") from error
+        if self._closed:  # close() ran while we were connecting: nobody would ever close this one
+            connection.close()
+            raise BalanceUnavailable("Redis client is closed")
+        self._connection = connection
+        return connection

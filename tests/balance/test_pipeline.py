@@ -1,0 +1,296 @@
+"""The pipelined Redis client against a real private redis-server.
+
+Each test starts its own embedded redis-server on a free port (never the machine's 6379) and drives the
+client through the cases the hot path depends on: replies matched to callers in order under heavy
+concurrency, NOSCRIPT repaired, error replies typed apart from failures, a killed server failing
+every pending call and a restarted one serving the next, the pending bound, clean close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from balance.embedded import EmbeddedRedis
+from balance.errors import BalanceUnavailable
+from balance.pipeline import PipelinedRedis, RedisErrorReply, RedisReply
+
+ECHO_AND_COUNT = """
+-- KEYS[1]: counter; ARGV[1]: caller's token. Returns {token, counter after INCR}.
+return {ARGV[1], redis.call('INCR', KEYS[1])}
+"""
+REFUSE = "return redis.error_reply('INSUFFICIENT_FUNDS balance too low')"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _port(server: EmbeddedRedis) -> int:
+    assert server.port is not None
+    return server.port
+
+
+def _kill(server: EmbeddedRedis) -> None:
+    """SIGKILL, as a crash would: no SHUTDOWN, no fsync, sockets reset."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    with pytest.raises(BalanceUnavailable):
+        server.stop()  # reaps the child; it reports the unclean end, which is what we did
+
+
+def _token_and_count(reply: RedisReply) -> tuple[bytes, int]:
+    assert isinstance(reply, list) and len(reply) == 2
+    token, count = reply
+    assert isinstance(token, bytes) and isinstance(count, int)
+    return token, count
+
+
+def _integers(replies: list[RedisReply]) -> list[int]:
+    assert all(isinstance(reply, int) for reply in replies)
+    return [reply for reply in replies if isinstance(reply, int)]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(tmp_path, port=0) as server:
+        yield server
+
+
+async def test_replies_reach_their_callers_in_order_under_10k_concurrent_calls(redis_server: EmbeddedRedis) -> None:
+    async with PipelinedRedis(port=_port(redis_server)) as client:
+        sha = client.register_script(ECHO_AND_COUNT)
+        assert await client.evalsha(sha, ["{a}:counter"], ["warm-up"]) == [b"warm-up", 1]
+
+        replies = await asyncio.gather(
+            *(client.evalsha(sha, ["{a}:counter"], [f"caller-{index}"]) for index in range(10_000))
+        )
+
+        # Each caller got its own token back, and the counter shows Redis ran them in call order.
+        assert replies == [[f"caller-{index}".encode(), index + 2] for index in range(10_000)]
+        assert client.pending_count == 0
+
+
+async def test_first_call_and_script_flush_are_repaired_by_loading_the_script(redis_server: EmbeddedRedis) -> None:
+    async with PipelinedRedis(port=_port(redis_server)) as client:
+        sha = client.register_script(ECHO_AND_COUNT)
+        assert await client.execute("SCRIPT", "EXISTS", sha) == [0]
+        assert await client.evalsha(sha, ["{a}:counter"], ["first"]) == [b"first", 1]
+
+        assert await client.execute("SCRIPT", "FLUSH") == b"OK"
+        assert await client.execute("SCRIPT", "EXISTS", sha) == [0]
+        replies = await asyncio.gather(*(client.evalsha(sha, ["{a}:counter"], [str(index)]) for index in range(500)))
+
+        assert sorted(_token_and_count(reply)[1] for reply in replies) == list(range(2, 502))
+        assert await client.execute("SCRIPT", "EXISTS", sha) == [1]
+
+
+async def test_noscript_for_an_unregistered_sha_is_an_error_reply(redis_server: EmbeddedRedis) -> None:
+    async with PipelinedRedis(port=_port(redis_server)) as client:
+        with pytest.raises(RedisErrorReply) as caught:
+            await client.evalsha("0" * 40, [], [])
+        assert caught.value.code == "NOSCRIPT"
+
+
+async def test_error_replies_are_typed_and_leave_the_connection_working(redis_server: EmbeddedRedis) -> None:
+    async with PipelinedRedis(port=_port(redis_server)) as client:
+        refuse = client.register_script(REFUSE)
+        echo = client.register_script(ECHO_AND_COUNT)
+        assert await client.execute("SET", "{a}:text", "not a number") == b"OK"
+
+        results = await asyncio.gather(
+            client.evalsha(refuse, ["{a}:x"], []),
+            client.evalsha(echo, ["{a}:counter"], ["between"]),
+            client.execute("HINCRBY", "{a}:text", "field", 1),
+            return_exceptions=True,
+        )
+
+        refused, between, wrong_type = results
+        assert isinstance(refused, RedisErrorReply)
+        assert refused.code == "INSUFFICIENT_FUNDS"
+        assert refused.message == "INSUFFICIENT_FUNDS balance too low"
+        assert between == [b"between", 1]
+        assert isinstance(wrong_type, RedisErrorReply)
+        assert not isinstance(wrong_type, BalanceUnavailable)
+        assert wrong_type.code == "WRONGTYPE"
+        assert await client.evalsha(echo, ["{a}:counter"], ["after"]) == [b"after", 2]
+
+
+async def test_killed_server_fails_every_pending_call_and_a_restarted_one_serves_the_next(
+    redis_server: EmbeddedRedis,
+) -> None:
+    async with PipelinedRedis(port=_port(redis_server)) as client:
+        sha = client.register_script(ECHO_AND_COUNT)
+        assert await client.evalsha(sha, ["{a}:counter"], ["before"]) == [b"before", 1]
+
+        # BLPOP holds this connection's later replies back, so every call below is surely in flight.
+        blocked = asyncio.ensure_future(client.execute("BLPOP", "{a}:never", 0))
+        calls = [asyncio.ensure_future(client.evalsha(sha, ["{a}:counter"], [str(index)])) for index in range(1000)]
+        while client.pending_count < 1001:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)  # let the batch reach Redis
+        assert not any(call.done() for call in calls)
+
+        _kill(redis_server)
+        results = await asyncio.gather(blocked, *calls, return_exceptions=True)
+        assert all(isinstance(result, BalanceUnavailable) for result in results)
+        assert client.pending_count == 0
+
+        with pytest.raises(BalanceUnavailable):
+            await client.evalsha(sha, ["{a}:counter"], ["while down"])
+
+        redis_server.start()  # same port; the data comes back from the append-only file, the scripts do not
+        assert await client.execute("SCRIPT", "EXISTS", sha) == [0]
+        token, _ = _token_and_count(await client.evalsha(sha, ["{a}:counter"], ["after restart"]))
+        assert token == b"after restart"
+
+
+async def test_a_hung_server_fails_pending_calls_after_the_reply_timeout(redis_server: EmbeddedRedis) -> None:
+    async with PipelinedRedis(port=_port(redis_server), reply_timeout_seconds=0.3) as client:
+        assert await client.execute("PING") == b"PONG"
+        assert redis_server.pid is not None
+        os.kill(redis_server.pid, signal.SIGSTOP)  # alive and connected, but silent
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(client.execute("INCR", "{a}:counter") for _ in range(50)), return_exceptions=True
+            )
+            waited_seconds = time.monotonic() - started
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+
+        assert all(isinstance(result, BalanceUnavailable) for result in results)
+        assert "no reply" in str(results[0])
+        assert 0.3 <= waited_seconds < 2.0
+        # The calls may have run once Redis woke; the next call is on a new connection and works.
+        assert isinstance(await client.execute("INCR", "{a}:counter"), int)
+
+
+async def test_an_idle_connection_is_not_dropped_by_the_reply_timeout(redis_server: EmbeddedRedis) -> None:
+    async with PipelinedRedis(port=_port(redis_server), reply_timeout_seconds=0.1) as client:
+        assert await client.execute("INCR", "{a}:counter") == 1
+        connection_before = await client.execute("CLIENT", "ID")
+        await asyncio.sleep(0.3)  # idle for longer than the timeout: nothing pending, nothing to time out
+        assert await client.execute("CLIENT", "ID") == connection_before
+        assert await client.execute("INCR", "{a}:counter") == 2
+
+
+async def test_close_during_connect_leaves_no_connection(redis_server: EmbeddedRedis) -> None:
+    client = PipelinedRedis(port=_port(redis_server))
+    call = asyncio.ensure_future(client.execute("PING"))
+    await asyncio.sleep(0)  # the call is connecting
+
+    await client.close()
+
+    with pytest.raises(BalanceUnavailable, match="closed"):
+        await call
+    admin = redis_server.admin_client()
+    try:
+        for _ in range(100):  # the server sees the close a moment after we make it
+            if admin.info("clients")["connected_clients"] == 1:  # the admin client alone
+                break
+            await asyncio.sleep(0.01)
+        assert admin.info("clients")["connected_clients"] == 1
+    finally:
+        admin.close()
+
+
+async def test_calls_over_the_pending_bound_fail_at_once(redis_server: EmbeddedRedis) -> None:
+    async with (
+        PipelinedRedis(port=_port(redis_server), max_pending=10) as client,
+        PipelinedRedis(port=_port(redis_server)) as other,
+    ):
+        blocked = asyncio.ensure_future(client.execute("BLPOP", "{a}:queue", 0))
+        calls = [asyncio.ensure_future(client.execute("INCR", "{a}:counter")) for _ in range(9)]
+        await asyncio.sleep(0.05)
+
+        with pytest.raises(BalanceUnavailable, match="pending"):
+            await client.execute("INCR", "{a}:counter")
+
+        assert await other.execute("RPUSH", "{a}:queue", "wake") == 1
+        assert await blocked == [b"{a}:queue", b"wake"]
+        assert sorted(_integers(await asyncio.gather(*calls))) == list(range(1, 10))
+        assert await client.execute("INCR", "{a}:counter") == 10
+
+
+async def test_a_cancelled_caller_does_not_shift_the_others_replies(redis_server: EmbeddedRedis) -> None:
+    async with PipelinedRedis(port=_port(redis_server)) as client:
+        sha = client.register_script(ECHO_AND_COUNT)
+        await client.evalsha(sha, ["{a}:counter"], ["warm-up"])
+        calls = [asyncio.ensure_future(client.evalsha(sha, ["{a}:counter"], [str(index)])) for index in range(300)]
+        await asyncio.sleep(0)  # every call is queued
+        for call in calls[::3]:
+            call.cancel()
+
+        results = await asyncio.gather(*calls, return_exceptions=True)
+
+        for index, result in enumerate(results):
+            if index % 3 == 0:
+                assert isinstance(result, asyncio.CancelledError)
+            else:
+                assert result == [str(index).encode(), index + 2]
+        assert await client.execute("GET", "{a}:counter") == b"301"
+
+
+async def test_close_lets_pending_calls_finish_then_refuses_new_ones(redis_server: EmbeddedRedis) -> None:
+    client = PipelinedRedis(port=_port(redis_server))
+    assert await client.execute("PING") == b"PONG"
+    calls = [asyncio.ensure_future(client.execute("INCR", "{a}:counter")) for _ in range(100)]
+    await asyncio.sleep(0)
+
+    await client.close()
+
+    assert sorted(_integers(await asyncio.gather(*calls))) == list(range(1, 101))
+    with pytest.raises(BalanceUnavailable, match="closed"):
+        await client.execute("INCR", "{a}:counter")
+
+
+async def test_unix_socket(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path, port=None, unix_socket=True) as server:
+        assert server.unix_socket_path is not None
+        async with PipelinedRedis(unix_socket_path=str(server.unix_socket_path)) as client:
+            sha = client.register_script(ECHO_AND_COUNT)
+            # The first calls meet NOSCRIPT and are retried; every caller still gets its own reply.
+            replies = await asyncio.gather(
+                *(client.evalsha(sha, ["{a}:counter"], [str(index)]) for index in range(100))
+            )
+            pairs = [_token_and_count(reply) for reply in replies]
+            assert [token for token, _ in pairs] == [str(index).encode() for index in range(100)]
+            assert sorted(count for _, count in pairs) == list(range(1, 101))
+
+
+async def test_connect_refused_is_balance_unavailable() -> None:
+    async with PipelinedRedis(port=_free_port(), connect_timeout_seconds=1.0) as client:
+        with pytest.raises(BalanceUnavailable, match="cannot connect"):
+            await client.execute("PING")
+
+
+async def test_an_unparseable_stream_fails_pending_calls() -> None:
+    """A peer that is not Redis (here a real TCP server answering garbage) is an infrastructure failure."""
+
+    async def answer_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"?this is not RESP\r\n")
+        await writer.drain()
+        await reader.read(1024)
+        writer.close()
+
+    server = await asyncio.start_server(answer_garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with PipelinedRedis(port=port) as client:
+            results = await asyncio.gather(client.execute("PING"), client.execute("PING"), return_exceptions=True)
+            assert all(isinstance(result, BalanceUnavailable) for result in results)
+            assert "unparseable" in str(results[0])
+    finally:
+        server.close()
+        await server.wait_closed()
