@@ -27,6 +27,7 @@ from balance.store import BalanceStore
 from ocs.cca import error_answer
 from ocs.charging import CreditControl
 from ocs.config import Settings
+from ocs.logs import configure_logging
 from ocs.rating import load_book
 from ocs.rating_book import TariffBook
 from ocs.sessions import SessionNotifier
@@ -69,8 +70,11 @@ def _respond(state: ServerState, transport: DiameterTransport, message: Message)
 
 
 async def _answer(handler: CreditControl, transport: DiameterTransport, message: Message) -> None:
+    # Each request runs in its own task, so these bindings stay with this request's log lines.
     structlog.contextvars.bind_contextvars(
-        session_id=message.get("Session-Id"), request_number=message.get("CC-Request-Number")
+        session_id=message.get("Session-Id"),
+        request_number=message.get("CC-Request-Number"),
+        peer=message.get("Origin-Host"),
     )
     try:
         answer = await handler.answer(message)
@@ -175,6 +179,7 @@ def new_state(settings: Settings) -> ServerState:
 
 
 async def serve(settings: Settings) -> None:
+    configure_logging()
     state = new_state(settings)
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
