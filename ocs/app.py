@@ -24,10 +24,12 @@ import structlog
 from balance.directory import Directory
 from balance.embedded import EmbeddedRedis
 from balance.store import BalanceStore
+from ocs.api import HttpServer, start_http
 from ocs.cca import error_answer
 from ocs.charging import CreditControl
 from ocs.config import Settings
 from ocs.logs import configure_logging
+from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating import load_book
 from ocs.rating_book import TariffBook
 from ocs.sessions import SessionNotifier
@@ -51,6 +53,8 @@ class ServerState:
     credit_control: CreditControl | None = None
     notifier: SessionNotifier | None = None
     book: TariffBook | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
@@ -58,18 +62,28 @@ class ServerState:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+_REQUEST_TYPES = ("", "INITIAL", "UPDATE", "TERMINATION", "EVENT")  # CC-Request-Type, RFC 4006 section 8.3
+
+
+def _request_type(message: Message) -> str:
+    value = message.get("CC-Request-Type")
+    return _REQUEST_TYPES[value] if isinstance(value, int) and 0 < value < len(_REQUEST_TYPES) else "OTHER"
+
+
 def _respond(state: ServerState, transport: DiameterTransport, message: Message) -> None:
     """The Diameter server's request handler: start the answer, or refuse at once when full."""
     handler = state.credit_control
     if handler is None or len(state.in_flight) >= state.settings.diameter.max_in_flight:
+        state.metrics.request_shed("CCR", _request_type(message))
         transport.send_answer(error_answer(message, state.identity, ResultCode.DIAMETER_TOO_BUSY))
         return
-    task = asyncio.ensure_future(_answer(handler, transport, message))
+    task = asyncio.ensure_future(_answer(state, handler, transport, message))
     state.in_flight.add(task)
     task.add_done_callback(state.in_flight.discard)
 
 
-async def _answer(handler: CreditControl, transport: DiameterTransport, message: Message) -> None:
+async def _answer(state: ServerState, handler: CreditControl, transport: DiameterTransport, message: Message) -> None:
+    started = time.perf_counter()
     # Each request runs in its own task, so these bindings stay with this request's log lines.
     structlog.contextvars.bind_contextvars(
         session_id=message.get("Session-Id"),
@@ -82,6 +96,10 @@ async def _answer(handler: CreditControl, transport: DiameterTransport, message:
         log.exception("credit_control_failed")
         answer = error_answer(message, handler.identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY)
     transport.send_answer(answer)
+    result = answer.get("Result-Code")
+    state.metrics.request_finished(
+        "CCR", _request_type(message), result if isinstance(result, int) else 0, time.perf_counter() - started
+    )
 
 
 def _log_event(transport: DiameterTransport, event: Event) -> None:
@@ -104,6 +122,7 @@ async def _supervise_sessions(state: ServerState) -> None:
                 if state.notifier is not None:
                     state.notifier.forget_session(session_id)
             if closed:
+                state.metrics.sessions_expired_by_tcc(len(closed))
                 log.info("sessions_expired", count=len(closed))
         except Exception:
             log.exception("supervision_failed")
@@ -126,6 +145,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
     settings = state.settings
     url = await _redis_url(state)
     state.store = await BalanceStore.connect(url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined)
+    time_redis_calls(state.store, state.metrics)
     state.directory = Directory(state.store.admin)
     state.book = load_book(Path(settings.tariffs.path))
     state.notifier = SessionNotifier(state.identity, lambda: state.diameter.connections if state.diameter else ())
@@ -136,6 +156,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
         state.book,
         state.identity,
         observer=state.notifier.observe,
+        metrics=state.metrics,
     )
     policy = PeerPolicy(
         allowed_hosts=frozenset(settings.diameter.allowed_hosts),
@@ -150,12 +171,16 @@ async def startup(state: ServerState) -> tuple[str, int]:
     )
     state.diameter_address = await state.diameter.start(settings.diameter.host, settings.diameter.port)
     state.background.append(asyncio.create_task(_supervise_sessions(state)))
+    if settings.http.enabled:
+        state.http = await start_http(state)
     log.info("listening", host=state.diameter_address[0], port=state.diameter_address[1])
     return state.diameter_address
 
 
 async def shutdown(state: ServerState) -> None:
     timeout = state.settings.shutdown_timeout_seconds
+    if state.http is not None:
+        await state.http.close()
     if state.diameter is not None:
         await state.diameter.close(timeout)  # stop accepting, DPR, wait for the peers
     if state.in_flight:

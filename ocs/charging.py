@@ -33,6 +33,7 @@ from ocs.ccr import (
 )
 from ocs.config import Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
+from ocs.metrics import Metrics
 from ocs.queries import answer_query
 from ocs.rating import Rated, RatingFailure, RatingInput, rate
 from ocs.rating_book import TariffBook
@@ -71,8 +72,10 @@ class CreditControl:
         identity: LocalIdentity,
         *,
         observer: ChargingObserver = ignore_charging_events,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.store = store
         self.subscribers = subscribers
@@ -106,6 +109,11 @@ class CreditControl:
         if ccr.request_type is RequestType.EVENT and ccr.requested_action in _QUERIES:
             return await answer_query(self, message, ccr, subscriber.account_id, rated, now)
         result = await self.store.charge(self._charge_request(ccr, subscriber.account_id, rated, now))
+        if result.replayed:
+            self.metrics.duplicate_replayed()
+        committed = sum(item.committed_micros for item in result.items)
+        if committed and not result.replayed:
+            self.metrics.money_committed(rated[0].rated.currency, committed)
         if result.outcome is not Outcome.OK:
             return error_answer(message, self.identity, result_code(result.outcome))
         return await self._credit_answer(message, ccr, subscriber.account_id, rated, result)

@@ -2,40 +2,411 @@
 
 Every command reads the same configuration (``--config``, default ``config/ocs.toml`` when
 present, then ``OCS_*`` environment overrides). Errors are one clear line on stderr and a
-non-zero exit status: 2 for bad usage or configuration.
+non-zero exit status: 2 for bad usage or configuration, 1 for a request the server refused or a
+server that cannot be reached.
+
+Commands that manage subscribers talk to the running server's HTTP API (``ocs.api``) at the
+configured ``[http]`` host and port, or at ``--url``; ``--json`` prints the server's answer as
+it came. Two commands work offline, from files: ``ocs rate`` prices usage with the tariff file
+(``ocs.rating.explain``), and ``ocs cdr export`` reads the usage spool (``ocs.cdr.export``).
+
+    ocs subscriber add ACCOUNT [--plan P] [--type mobile|fixed] [--msisdn N] [--balance 10.00] ...
+    ocs subscriber show|suspend|reactivate|bar|terminate ACCOUNT
+    ocs subscriber load FILE.csv
+    ocs topup ACCOUNT AMOUNT --id ID [--bonus]
+    ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
+    ocs balance ACCOUNT
+    ocs rate --plan P --context 32260@3gpp.org [--rating-group N] [--called N] [--at T] --units N
+    ocs cdr export --since T --until T [--format csv|jsonl] [--account A] [--output FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import sqlite3
 import sys
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import uvloop
 
 from ocs.app import serve
+from ocs.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.config import ConfigError, Settings, load_settings
+from ocs.provisioning import ApiError, money_micros, parse_instant
+from ocs.rating import RatingFailure, RatingInput, TariffError, explain, load_book
+
+USAGE_ERROR = 2  # argparse's own status for bad usage
+REFUSED = 1
+_STATUS_COMMANDS = {"suspend": "suspended", "reactivate": "active", "bar": "barred", "terminate": "terminated"}
+_ALLOWANCE_KINDS = ("seconds", "octets", "events")
+
+Remote = Callable[[ApiClient, argparse.Namespace], Awaitable[ApiAnswer]]
 
 
 def _settings(arguments: argparse.Namespace) -> Settings:
     return load_settings(Path(arguments.config) if arguments.config else None)
 
 
+# -- argument types: a bad value is a usage error (exit 2) before anything is sent -----------
+
+
+def _amount(text: str) -> str:
+    try:
+        money_micros(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text.strip()
+
+
+def _instant(text: str) -> datetime:
+    try:
+        return parse_instant(text, "time")
+    except ApiError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+
+
+def _allowance(text: str) -> dict[str, object]:
+    """``KIND:UNITS[:SERVICE,SERVICE]``, e.g. ``seconds:3000:voice``."""
+    kind, _, rest = text.partition(":")
+    units, _, services = rest.partition(":")
+    if kind not in _ALLOWANCE_KINDS or not units.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected KIND:UNITS[:SERVICE,...], KIND one of seconds/octets/events"
+        )
+    bucket: dict[str, object] = {"kind": kind, "amount": int(units)}
+    if services:
+        bucket["services"] = [service for service in services.split(",") if service]
+    return bucket
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+
+def _client_options() -> argparse.ArgumentParser:
+    """``--url`` and ``--json``, accepted before or after the command (SUPPRESS keeps the earlier one)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--url", default=argparse.SUPPRESS, help="the server's HTTP API (default: from [http])")
+    options.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the raw answer")
+    return options
+
+
+def _subscriber_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    client = _client_options()
+    subscriber = commands.add_parser("subscriber", help="create, show, load and change subscribers")
+    actions = subscriber.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", parents=[client], help="create a subscriber (account and profile)")
+    add.add_argument("account")
+    add.add_argument("--plan", help="tariff plan (default: [tariffs] default_plan)")
+    add.add_argument("--type", dest="customer_type", choices=("mobile", "fixed"), default="mobile")
+    add.add_argument("--name", default="")
+    add.add_argument("--payment", choices=("prepaid", "postpaid"), default="prepaid")
+    add.add_argument("--currency", help="ISO 4217 code (default: the plan's)")
+    add.add_argument("--credit-limit", type=_amount, help="postpaid credit limit, e.g. 50.00")
+    add.add_argument("--parent", help="parent account (company hierarchy)")
+    add.add_argument("--child-cap", type=_amount, help="most this child may draw from the parent's pool")
+    add.add_argument("--balance", type=_amount, help="opening main balance, e.g. 10.00")
+    add.add_argument("--bonus", type=_amount, help="opening bonus balance")
+    add.add_argument("--allowance", type=_allowance, action="append", default=[], help="KIND:UNITS[:SERVICES]")
+    for kind in ("msisdn", "imsi", "sip"):
+        add.add_argument(f"--{kind}", action="append", default=[], help=f"{kind.upper()} (repeatable)")
+    add.set_defaults(remote=_add, printer=_print_subscriber)
+    show = actions.add_parser("show", parents=[client], help="profile and balance")
+    show.add_argument("account")
+    show.set_defaults(remote=_show, printer=_print_subscriber)
+    for action, status in _STATUS_COMMANDS.items():
+        change = actions.add_parser(action, parents=[client], help=f"set the account {status}")
+        change.add_argument("account")
+        change.set_defaults(remote=_status, printer=_print_status, status=status)
+    load = actions.add_parser("load", parents=[client], help="create subscribers from a CSV file")
+    load.add_argument("file", type=Path)
+    load.set_defaults(remote=_load, printer=_print_load)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ocs", description="Online charging server (Diameter Gy/Ro credit control)")
+    parser = argparse.ArgumentParser(
+        prog="ocs", description="Online charging server (Diameter Gy/Ro credit control)", parents=[_client_options()]
+    )
     parser.add_argument("--config", help="TOML configuration file (default: config/ocs.toml if present)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    _subscriber_commands(commands)
+    client = _client_options()
+    top_up = commands.add_parser("topup", parents=[client], help="top up an account (idempotent by --id)")
+    top_up.add_argument("account")
+    top_up.add_argument("amount", type=_amount)
+    top_up.add_argument("--id", required=True, help="top-up id: the same id is applied once")
+    top_up.add_argument("--bonus", action="store_true", help="into the bonus bucket")
+    top_up.add_argument("--valid-until", type=_instant, help="expiry of the bonus (ISO 8601 or epoch)")
+    top_up.set_defaults(remote=_top_up, printer=_print_applied)
+    adjust = commands.add_parser("adjust", parents=[client], help="adjust the main balance (signed amount)")
+    adjust.add_argument("account")
+    adjust.add_argument("amount", type=_amount)
+    adjust.add_argument("--id", required=True, help="adjustment id: the same id is applied once")
+    adjust.add_argument("--reason", default="")
+    adjust.set_defaults(remote=_adjust, printer=_print_applied)
+    balance = commands.add_parser("balance", parents=[client], help="an account's balance")
+    balance.add_argument("account")
+    balance.set_defaults(remote=_balance, printer=_print_balance)
+    rate = commands.add_parser("rate", help="what usage would cost and why (offline, from the tariff file)")
+    rate.add_argument("--plan", help="tariff plan (default: [tariffs] default_plan)")
+    rate.add_argument("--context", required=True, help="Service-Context-Id, e.g. 32260@3gpp.org")
+    rate.add_argument("--rating-group", type=int)
+    rate.add_argument("--service-id", type=int, help="Service-Identifier")
+    rate.add_argument("--called", help="called party (voice) or recipient (SMS)")
+    rate.add_argument("--at", type=_instant, help="when (ISO 8601 or epoch; default now)")
+    rate.add_argument("--units", type=int, required=True, help="seconds, octets or events")
+    rate.add_argument("--tariffs", type=Path, help="tariff file (default: [tariffs] path)")
+    cdr = commands.add_parser("cdr", help="usage records")
+    cdr_actions = cdr.add_subparsers(dest="action", required=True)
+    export = cdr_actions.add_parser("export", help="records of a period from the spool, as CSV or JSON lines")
+    export.add_argument("--since", type=_instant, required=True, help="from (inclusive), ISO 8601 or epoch")
+    export.add_argument("--until", type=_instant, required=True, help="to (exclusive)")
+    export.add_argument("--format", dest="fmt", choices=("csv", "jsonl"), default="csv")
+    export.add_argument("--account")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    export.add_argument("--spool", type=Path, help="spool database (default: [spool] path)")
     return parser
 
 
+# -- requests -------------------------------------------------------------------------------------
+
+
+async def _add(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    body: dict[str, object] = {
+        "account_id": arguments.account,
+        "customer_type": arguments.customer_type,
+        "name": arguments.name,
+        "payment_type": arguments.payment,
+    }
+    optional = {
+        "plan": arguments.plan,
+        "currency": arguments.currency,
+        "credit_limit": arguments.credit_limit,
+        "parent_id": arguments.parent,
+        "child_cap": arguments.child_cap,
+    }
+    body.update({name: value for name, value in optional.items() if value is not None})
+    buckets: list[object] = [
+        {"kind": kind, "amount": amount}
+        for kind, amount in (("main", arguments.balance), ("bonus", arguments.bonus))
+        if amount is not None
+    ]
+    body["buckets"] = buckets + list(arguments.allowance)
+    body["identities"] = [
+        {"kind": kind, "value": value} for kind in ("msisdn", "imsi", "sip") for value in getattr(arguments, kind)
+    ]
+    return await client.create_subscriber(body)
+
+
+async def _show(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    return await client.subscriber(arguments.account)
+
+
+async def _status(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    return await client.set_status(arguments.account, arguments.status)
+
+
+async def _load(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    return await client.load(arguments.file.read_bytes())
+
+
+async def _top_up(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    body: dict[str, object] = {"id": arguments.id, "amount": arguments.amount}
+    if arguments.bonus:
+        body["kind"] = "bonus"
+    if arguments.valid_until is not None:
+        body["valid_until"] = int(arguments.valid_until.timestamp())
+    return await client.top_up(arguments.account, body)
+
+
+async def _adjust(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    body = {"id": arguments.id, "amount": arguments.amount, "reason": arguments.reason}
+    return await client.adjust(arguments.account, body)
+
+
+async def _balance(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    return await client.balance(arguments.account)
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _mapping(value: object) -> Mapping[str, object]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _items(value: object) -> list[Mapping[str, object]]:
+    return [_mapping(item) for item in value] if isinstance(value, list) else []
+
+
+def _balance_lines(view: Mapping[str, object]) -> list[str]:
+    currency = view.get("currency")
+    lines = [
+        f"account   {view.get('account_id')} ({view.get('payment_type')}, {view.get('status')}, {currency})"
+        + (f", child of {view.get('parent_id')}" if view.get("parent_id") else ""),
+        f"available {view.get('available')} {currency}",
+    ]
+    if view.get("payment_type") == "postpaid":
+        lines.append(f"credit    limit {view.get('credit_limit')} {currency}")
+    for bucket in _items(view.get("buckets")):
+        amount = (
+            f"{bucket.get('amount')} {currency}" if bucket.get("kind") in ("main", "bonus") else bucket.get("amount")
+        )
+        services = _items_text(bucket.get("services"))
+        until = bucket.get("valid_until")
+        expiry = f" until {datetime.fromtimestamp(int(str(until)), UTC):%Y-%m-%d %H:%M}Z" if until else ""
+        lines.append(
+            f"bucket    #{bucket.get('bucket_id')} {bucket.get('kind')} {amount}"
+            + (f" [{services}]" if services else "")
+            + expiry
+        )
+    counters = _mapping(view.get("counters"))
+    names = ("credits", "debits", "committed", "held", "unbilled")
+    lines.append("counters  " + ", ".join(f"{name} {counters.get(name)}" for name in names))
+    lines.append(f"reservations {view.get('reservations')}")
+    return lines
+
+
+def _items_text(value: object) -> str:
+    return ",".join(str(item) for item in value) if isinstance(value, list) else ""
+
+
+def _print_subscriber(body: Mapping[str, object]) -> None:
+    profile = body.get("profile")
+    if isinstance(profile, Mapping):
+        identities = ", ".join(f"{item.get('kind')} {item.get('value')}" for item in _items(profile.get("identities")))
+        print(f"profile   plan {profile.get('plan')}, {profile.get('customer_type')}, name {profile.get('name')!r}")
+        print(f"ids       {identities or '(none)'}")
+    else:
+        print("profile   (none)")
+    print("\n".join(_balance_lines(_mapping(body.get("balance")))))
+
+
+def _print_balance(body: Mapping[str, object]) -> None:
+    print("\n".join(_balance_lines(body)))
+
+
+def _print_status(body: Mapping[str, object]) -> None:
+    notified = body.get("notified_sessions")
+    print(f"{body.get('account_id')}: {body.get('previous_status')} -> {body.get('status')}", end="")
+    print(f" ({notified} session(s) notified)" if notified else "")
+
+
+def _print_applied(body: Mapping[str, object]) -> None:
+    view = _mapping(body.get("balance"))
+    what = f"top-up {body.get('top_up_id')}" if "top_up_id" in body else f"adjustment {body.get('adjustment_id')}"
+    done = "already applied, nothing changed" if body.get("replayed") else f"applied {body.get('amount')}"
+    print(f"{body.get('account_id')}: {what} {done}; available {view.get('available')} {view.get('currency')}")
+
+
+def _print_load(body: Mapping[str, object]) -> None:
+    print(f"{body.get('rows')} rows: {body.get('created')} created, {body.get('failed')} failed")
+    for row in _items(body.get("results")):
+        if row.get("error"):
+            print(f"ocs: line {row.get('line')} ({row.get('account_id')}): {row.get('error')}", file=sys.stderr)
+
+
+async def _remote(arguments: argparse.Namespace, settings: Settings) -> int:
+    url = getattr(arguments, "url", None) or base_url(settings.http.host, settings.http.port)
+    remote: Remote = arguments.remote
+    try:
+        async with ApiClient(url) as client:
+            answer = await remote(client, arguments)
+    except ApiUnreachable as error:
+        print(f"ocs: {error}", file=sys.stderr)
+        return REFUSED
+    except OSError as error:  # e.g. the CSV file of ``subscriber load``
+        print(f"ocs: {error}", file=sys.stderr)
+        return REFUSED
+    if not answer.ok:
+        print(f"ocs: {answer.error} (HTTP {answer.status})", file=sys.stderr)
+        return REFUSED
+    if getattr(arguments, "json", False):
+        print(json.dumps(answer.body, indent=2))
+    else:
+        arguments.printer(answer.body)
+    failed = answer.body.get("failed")
+    return REFUSED if isinstance(failed, int) and failed > 0 else 0
+
+
+# -- offline commands ---------------------------------------------------------------------------
+
+
+def _rate(arguments: argparse.Namespace, settings: Settings) -> int:
+    path = arguments.tariffs or Path(settings.tariffs.path)
+    try:
+        book = load_book(path)
+    except (OSError, TariffError) as error:
+        print(f"ocs: tariffs: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    if arguments.units < 0:
+        print("ocs: --units must be 0 or more", file=sys.stderr)
+        return USAGE_ERROR
+    request = RatingInput(
+        arguments.context,
+        arguments.rating_group,
+        arguments.service_id,
+        arguments.called,
+        arguments.at or datetime.now(UTC),
+    )
+    quote = explain(book, arguments.plan or settings.tariffs.default_plan, request, arguments.units)
+    if isinstance(quote, RatingFailure):
+        print(f"ocs: cannot rate: {quote.reason}", file=sys.stderr)
+        return REFUSED
+    print(quote.text)
+    return 0
+
+
+def _cdr_export(arguments: argparse.Namespace, settings: Settings) -> int:
+    from ocs.cdr import export  # the spool reader; only this command needs it
+
+    spool = arguments.spool or Path(settings.spool.path)
+
+    def run(out: TextIO) -> int:
+        return export(
+            spool,
+            since=arguments.since,
+            until=arguments.until,
+            fmt=arguments.fmt,
+            out=out,
+            account_id=arguments.account,
+        )
+
+    try:
+        if arguments.output is None:
+            written = run(sys.stdout)
+        else:
+            with arguments.output.open("w", encoding="utf-8", newline="") as out:
+                written = run(out)
+    except (OSError, ValueError, sqlite3.Error) as error:  # no spool, not a database, unwritable output
+        print(f"ocs: cdr export: {error}", file=sys.stderr)
+        return REFUSED
+    print(
+        f"ocs: {written} record(s) exported" + (f" to {arguments.output}" if arguments.output else ""), file=sys.stderr
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    arguments = _parser().parse_args(argv)
+    try:
+        arguments = _parser().parse_args(argv)
+    except SystemExit as stop:  # argparse has printed the usage line (or the help)
+        return stop.code if isinstance(stop.code, int) else USAGE_ERROR
     try:
         settings = _settings(arguments)
     except ConfigError as error:
         print(f"ocs: configuration: {error}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     if arguments.command == "serve":
         uvloop.run(serve(settings))
-    return 0
+        return 0
+    if arguments.command == "rate":
+        return _rate(arguments, settings)
+    if arguments.command == "cdr":
+        return _cdr_export(arguments, settings)
+    return asyncio.run(_remote(arguments, settings))

@@ -13,7 +13,7 @@ from balance.directory import Identity, IdentityKind, Subscriber
 from balance.embedded import EmbeddedRedis
 from balance.types import Account, Bucket, BucketKind, PaymentType
 from ocs.app import ServerState, new_state, shutdown, startup
-from ocs.config import DiameterSettings, QuotaSettings, RedisSettings, Settings, TariffSettings
+from ocs.config import DiameterSettings, HttpSettings, QuotaSettings, RedisSettings, Settings, TariffSettings
 from protocol.aio import DiameterClient
 from protocol.capabilities import LocalIdentity
 from tests.balance.conftest import embedded_redis
@@ -56,6 +56,7 @@ class RunningServer:
 def server_settings(redis_url: str, **quota: int) -> Settings:
     return Settings(
         diameter=DiameterSettings(port=0, origin_host="ocs.test", origin_realm="test"),
+        http=HttpSettings(port=0),
         redis=RedisSettings(url=redis_url),
         quota=dataclasses.replace(QuotaSettings(supervision_interval_seconds=0.05), **quota),
         tariffs=TariffSettings(path=str(ROOT / "config" / "tariffs.toml")),

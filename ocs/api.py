@@ -1,0 +1,463 @@
+"""The operator's HTTP side: provisioning API (JSON), ``/health`` and ``/metrics`` on one port.
+
+Theory of operation: ``start_http(state)`` serves an aiohttp application on the configured
+``[http]`` host and port (port 0 picks a free one; ``HttpServer.port`` tells which) next to
+the Diameter server of the same process, sharing its store, directory, tariff book and metrics.
+aiohttp was chosen because it is a well-kept asyncio HTTP server and client in one package: it
+runs on the server's own event loop (uvloop) with no thread or second process, and the CLI uses
+its client. Handlers are thin: ``ocs.provisioning`` checks the input and applies it; this
+module turns JSON into calls and results into JSON. One middleware maps every refusal to a JSON
+error ``{"error": <message>, "code": <word>}`` with its 4xx status (400 malformed, 404 unknown
+account, 409 conflict, 422 refused by the rules), 503 when Redis does not answer, and records
+``ocs_http_*`` metrics by route template (never by account).
+
+Money in answers comes twice: ``<name>_micros`` (integer) and ``<name>`` (decimal string).
+
+Endpoints (``{id}`` is an account id):
+
+====== ================================ =====================================================
+GET    /health                          200 ``{"status": "ok"}`` when Redis answers, else 503
+GET    /metrics                         Prometheus text format (OpenMetrics if asked)
+POST   /subscribers                     create: account_id, payment_type (prepaid|postpaid),
+                                        currency, credit_limit, parent_id, child_cap, status,
+                                        buckets [{kind, amount, services, valid_from,
+                                        valid_until, priority}], plan, customer_type
+                                        (mobile|fixed), name, identities [{kind, value}]; 201
+POST   /subscribers/load                CSV body (header line first; columns in
+                                        ``ocs.provisioning.CSV_COLUMNS``): one create per row,
+                                        in order; 200 with a result per row (line numbers)
+GET    /subscribers/{id}                profile and balance
+PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated}
+POST   /subscribers/{id}/topups         {"id", "amount", "kind": main|bonus, "valid_until"};
+                                        idempotent by id: 201 first, 200 ``replayed`` after
+POST   /subscribers/{id}/adjustments    {"id", "amount" (signed), "reason"}; idempotent by id
+POST   /subscribers/{id}/buckets        a bucket as in create; 201 with its ``bucket_id``
+GET    /subscribers/{id}/balance        the balance view alone
+GET    /rate?plan=&context=&units=...   what units would cost and why (also POST with JSON):
+POST   /rate                            plan, context, rating_group, service_identifier,
+                                        called, at, units; balances are not touched
+====== ================================ =====================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from balance.directory import IdentityKind, Subscriber
+from balance.errors import BalanceScriptError, BalanceUnavailable
+from balance.types import MAX_SERVICE_UNITS, MONETARY_KINDS, AccountStatus, BalanceView, Bucket, BucketKind
+from ocs.metrics import Metrics
+from ocs.provisioning import (
+    ApiError,
+    Applied,
+    BadInput,
+    Fields,
+    Provisioning,
+    Unavailable,
+    account_id_of,
+    parse_bucket,
+    parse_new_subscriber,
+    read_csv,
+)
+from ocs.rating import Quote, RatingFailure, RatingInput, explain, format_money, load_book
+from ocs.rating_book import TariffBook
+
+if TYPE_CHECKING:  # ocs.app starts this module's server: no import back at run time
+    from ocs.app import ServerState
+
+log = structlog.get_logger("ocs.api")
+
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a bulk file of some hundred thousand subscribers
+HEALTH_TIMEOUT_SECONDS = 2.0  # well inside a typical probe timeout, so a hung Redis reads as 503
+_IDENTITY_WORDS = {
+    IdentityKind.E164: "msisdn",
+    IdentityKind.IMSI: "imsi",
+    IdentityKind.SIP_URI: "sip",
+    IdentityKind.NAI: "nai",
+    IdentityKind.PRIVATE: "private",
+}
+
+
+@dataclass(slots=True)
+class ApiContext:
+    state: ServerState
+    metrics: Metrics
+    provisioning: Provisioning
+    book: TariffBook
+
+
+CONTEXT = web.AppKey("ocs_api", ApiContext)
+
+
+class HttpServer:
+    """The running HTTP side; ``address`` is where it listens (the real port when 0 was asked)."""
+
+    def __init__(self, runner: web.AppRunner, address: tuple[str, int], metrics: Metrics) -> None:
+        self.runner = runner
+        self.address = address
+        self.metrics = metrics
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    @property
+    def url(self) -> str:
+        host = self.address[0]
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    async def close(self) -> None:
+        """Stop accepting, let requests in progress finish (up to the shutdown timeout), close."""
+        await self.runner.cleanup()
+
+
+def _metrics_of(state: ServerState) -> Metrics:
+    """The server's ``Metrics`` (``ServerState.metrics``) when it keeps one, else a private one."""
+    found = getattr(state, "metrics", None)
+    return found if isinstance(found, Metrics) else Metrics()
+
+
+def build_app(state: ServerState, metrics: Metrics) -> web.Application:
+    if state.store is None or state.directory is None:
+        raise RuntimeError("start_http needs a started server (store and directory)")
+    settings = state.settings
+    book = state.book if state.book is not None else load_book(Path(settings.tariffs.path))
+    cache = state.credit_control.subscribers if state.credit_control is not None else None
+    provisioning = Provisioning(
+        state.store,
+        state.directory,
+        book,
+        default_plan=settings.tariffs.default_plan,
+        forget=cache.forget if cache is not None else lambda identities: None,
+        notifier=state.notifier,
+        metrics=metrics,
+    )
+    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
+    app[CONTEXT] = ApiContext(state, metrics, provisioning, book)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/subscribers", _create)
+    app.router.add_post("/subscribers/load", _load)
+    app.router.add_get("/subscribers/{account_id}", _show)
+    app.router.add_put("/subscribers/{account_id}/status", _status)
+    app.router.add_post("/subscribers/{account_id}/topups", _top_up)
+    app.router.add_post("/subscribers/{account_id}/adjustments", _adjust)
+    app.router.add_post("/subscribers/{account_id}/buckets", _add_bucket)
+    app.router.add_get("/subscribers/{account_id}/balance", _balance)
+    app.router.add_get("/rate", _rate)
+    app.router.add_post("/rate", _rate)
+    return app
+
+
+async def start_http(state: ServerState) -> HttpServer:
+    metrics = _metrics_of(state)
+    metrics.watch(
+        in_flight=lambda: len(state.in_flight),
+        peers=lambda: len(state.diameter.connections) if state.diameter is not None else 0,
+        open_sessions=lambda: state.notifier.open_sessions if state.notifier is not None else 0,
+    )
+    settings = state.settings
+    runner = web.AppRunner(
+        build_app(state, metrics), access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http.host, settings.http.port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    address = runner.addresses[0]
+    bound = (str(address[0]), int(address[1]))
+    log.info("http_listening", host=bound[0], port=bound[1])
+    return HttpServer(runner, bound, metrics)
+
+
+# -- errors and metrics -----------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+@web.middleware
+async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    try:
+        response = await handler(request)
+    except ApiError as error:
+        response = _error(error.status, error.code, error.message)
+    except BalanceUnavailable as error:
+        response = _error(Unavailable.status, Unavailable.code, f"Redis is unavailable: {error}")
+    except web.HTTPException as error:  # aiohttp's own: unknown path 404, method 405, body too large 413
+        response = _error(error.status, "http", error.text or error.reason)
+        if "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+    except BalanceScriptError as error:  # the engine refused to write: a bug or bad data, not input
+        log.error("api_engine_error", path=request.path, error=str(error))
+        response = _error(500, "engine", str(error))
+    except Exception:
+        log.exception("api_failed", path=request.path)
+        response = _error(500, "internal", "internal error; see the server log")
+    request.app[CONTEXT].metrics.http_finished(route, request.method, response.status, time.perf_counter() - started)
+    return response
+
+
+# -- input ------------------------------------------------------------------------------------
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise BadInput(f"{name} is not a number JSON allows")
+
+
+async def _json(request: web.Request) -> Fields:
+    return Fields(await _json_value(request))
+
+
+async def _json_value(request: web.Request) -> object:
+    raw = await request.read()
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise BadInput("the body is not UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise BadInput(f"the body is not JSON: {error}") from None
+    return value
+
+
+def _account(request: web.Request) -> str:
+    return account_id_of(request.match_info["account_id"])
+
+
+def _provisioning(request: web.Request) -> Provisioning:
+    return request.app[CONTEXT].provisioning
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def _money(name: str, micros: int) -> dict[str, object]:
+    return {f"{name}_micros": micros, name: format_money(micros)}
+
+
+def _bucket_json(bucket: Bucket) -> dict[str, object]:
+    amount = _money("amount", bucket.amount) if bucket.kind in MONETARY_KINDS else {"amount": bucket.amount}
+    return {
+        "bucket_id": bucket.bucket_id,
+        "kind": bucket.kind.value,
+        **amount,
+        "services": list(bucket.services),
+        "valid_from": bucket.valid_from,
+        "valid_until": bucket.valid_until,
+        "priority": bucket.priority,
+    }
+
+
+def _view_json(view: BalanceView) -> dict[str, object]:
+    account = view.account
+    return {
+        "account_id": account.account_id,
+        "currency": account.currency,
+        "payment_type": account.payment_type.value,
+        "status": account.status.value,
+        "parent_id": account.parent_id,
+        **_money("available", view.available_micros),
+        **_money("credit_limit", account.credit_limit_micros),
+        **_money("child_cap", account.child_cap_micros),
+        "counters": {
+            **_money("credits", view.credits_micros),
+            **_money("debits", view.debits_micros),
+            **_money("committed", view.committed_micros),
+            **_money("held", view.held_micros),
+            **_money("limit_held", view.limit_held_micros),
+            **_money("unbilled", view.unbilled_micros),
+            **_money("pool_used", view.pool_used_micros),
+        },
+        "reservations": view.reservations,
+        "buckets": [_bucket_json(bucket) for bucket in account.buckets],
+    }
+
+
+def _subscriber_json(profile: Subscriber | None, view: BalanceView) -> dict[str, object]:
+    shown = None
+    if profile is not None:
+        shown = {
+            "plan": profile.plan,
+            "customer_type": profile.customer_type,
+            "name": profile.name,
+            "identities": [
+                {"kind": _IDENTITY_WORDS[identity.kind], "value": identity.value} for identity in profile.identities
+            ],
+        }
+    return {"account_id": view.account.account_id, "profile": shown, "balance": _view_json(view)}
+
+
+def _applied_json(applied: Applied, **extra: object) -> dict[str, object]:
+    return {
+        "account_id": applied.view.account.account_id,
+        **extra,
+        "replayed": applied.result.replayed,
+        "bucket_id": applied.result.bucket_id,
+        "notified_sessions": applied.notified_sessions,
+        "balance": _view_json(applied.view),
+    }
+
+
+def _quote_json(quote: Quote) -> dict[str, object]:
+    rated = quote.rated
+    return {
+        "plan": rated.plan,
+        "service": rated.service,
+        "unit": rated.unit.value,
+        "zone": rated.zone,
+        "band": rated.band,
+        "currency": rated.currency,
+        "selected_by": rated.selected_by,
+        "destination": rated.destination,
+        "local_time": rated.local_time.isoformat(),
+        "units": quote.units,
+        "charged_units": quote.charged_units,
+        **_money("cost", quote.cost_micros),
+        "explanation": rated.explanation,
+        "text": quote.text,
+    }
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+async def _health(request: web.Request) -> web.Response:
+    store = request.app[CONTEXT].state.store
+    assert store is not None
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            await store.admin.execute("PING")
+            if store.caller is not store.admin:  # the charging path has its own connection
+                await store.caller.execute("PING")
+    except (BalanceUnavailable, BalanceScriptError) as error:
+        return web.json_response({"status": "unavailable", "redis": str(error)}, status=503)
+    except TimeoutError:
+        return web.json_response({"status": "unavailable", "redis": "no answer in time"}, status=503)
+    return web.json_response({"status": "ok", "redis": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[CONTEXT].metrics.exposition(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _create(request: web.Request) -> web.Response:
+    provisioning = _provisioning(request)
+    new = parse_new_subscriber(await _json_value(request), default_plan=provisioning.default_plan)
+    view = await provisioning.create(new)
+    return web.json_response(
+        _subscriber_json(new.profile, view), status=201, headers={"Location": f"/subscribers/{view.account.account_id}"}
+    )
+
+
+async def _show(request: web.Request) -> web.Response:
+    profile, view = await _provisioning(request).show(_account(request))
+    return web.json_response(_subscriber_json(profile, view))
+
+
+async def _balance(request: web.Request) -> web.Response:
+    return web.json_response(_view_json(await _provisioning(request).view(_account(request))))
+
+
+async def _status(request: web.Request) -> web.Response:
+    account_id = _account(request)
+    fields = await _json(request)
+    status = AccountStatus(fields.choice("status", [status.value for status in AccountStatus]))
+    fields.done()
+    change = await _provisioning(request).set_status(account_id, status)
+    return web.json_response(
+        {
+            "account_id": account_id,
+            "previous_status": change.previous.value,
+            "status": change.view.account.status.value,
+            "notified_sessions": change.notified_sessions,
+        }
+    )
+
+
+async def _top_up(request: web.Request) -> web.Response:
+    account_id = _account(request)
+    fields = await _json(request)
+    top_up_id = fields.text("id")
+    micros = fields.money("amount")
+    kind = BucketKind(fields.choice("kind", ("main", "bonus"), "main"))
+    valid_until = fields.epoch("valid_until")
+    fields.done()
+    applied = await _provisioning(request).top_up(account_id, top_up_id, micros, kind, valid_until)
+    body = _applied_json(applied, top_up_id=top_up_id, **_money("amount", micros))
+    return web.json_response(body, status=200 if applied.result.replayed else 201)
+
+
+async def _adjust(request: web.Request) -> web.Response:
+    account_id = _account(request)
+    fields = await _json(request)
+    adjustment_id = fields.text("id")
+    micros = fields.money("amount")
+    reason = fields.text("reason", "")
+    fields.done()
+    applied = await _provisioning(request).adjust(account_id, adjustment_id, micros, reason)
+    body = _applied_json(applied, adjustment_id=adjustment_id, **_money("amount", micros))
+    return web.json_response(body, status=200 if applied.result.replayed else 201)
+
+
+async def _add_bucket(request: web.Request) -> web.Response:
+    account_id = _account(request)
+    bucket = parse_bucket(await _json_value(request), "body")
+    applied = await _provisioning(request).add_bucket(account_id, bucket)
+    return web.json_response(_applied_json(applied), status=201)
+
+
+async def _load(request: web.Request) -> web.Response:
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8-sig")  # spreadsheet exports often start with a byte order mark
+    except UnicodeDecodeError as error:
+        raise BadInput(f"the file is not UTF-8 (byte {error.start})") from None
+    results = await _provisioning(request).load(read_csv(text))
+    created = sum(1 for result in results if result.status == 201)
+    rows = [
+        {"line": result.line, "account_id": result.account_id, "status": result.status}
+        | ({"error": result.error} if result.error else {})
+        for result in results
+    ]
+    log.info("subscribers_loaded", rows=len(results), created=created)
+    return web.json_response(
+        {"rows": len(results), "created": created, "failed": len(results) - created, "results": rows}
+    )
+
+
+async def _rate(request: web.Request) -> web.Response:
+    context = request.app[CONTEXT]
+    fields = await _json(request) if request.method == "POST" else Fields(dict(request.query), "query")
+    plan = fields.text("plan", context.provisioning.default_plan)
+    rating_input = RatingInput(
+        service_context=fields.text("context"),
+        rating_group=fields.optional_integer("rating_group", maximum=2**32 - 1),
+        service_identifier=fields.optional_integer("service_identifier", maximum=2**32 - 1),
+        called_party=fields.text("called", "") or None,
+        at=fields.instant("at", datetime.now(UTC)),
+    )
+    units = fields.integer("units", maximum=MAX_SERVICE_UNITS)
+    fields.done()
+    quote = explain(context.book, plan, rating_input, units)
+    if isinstance(quote, RatingFailure):
+        return web.json_response({"error": quote.reason, "code": "rating_failed", "avp": quote.avp_name}, status=422)
+    return web.json_response(_quote_json(quote))

@@ -1,0 +1,317 @@
+"""The usage spool: every committed usage record (CDR), moved from the Redis outboxes to SQLite.
+
+Theory of operation: the money engine writes each usage record into its hierarchy's outbox (a
+Redis list) in the same atomic call as the debit, and marks the hierarchy in ``ocs:outbox``.
+One writer task (``Spool.run``) drains the outboxes: it reads the oldest records of each marked
+hierarchy, inserts them into one SQLite table in one transaction per batch, commits, and only
+then acknowledges (trims) exactly the records it read. So:
+
+- a crash before the commit loses nothing: the records are still in Redis and are read again;
+- a crash after the commit and before the acknowledgement re-reads records already stored;
+  ``record_id`` is the table's primary key and the insert is ``INSERT OR IGNORE``, so each
+  record is stored exactly once whatever the number of retries;
+- a restart reopens the same file; the schema is created only if missing;
+- a cancelled drain (shutdown) lets the batch in progress finish its commit and trims first.
+
+A hierarchy whose outbox is found empty leaves the work list (the next charge with usage puts it
+back), so a drain costs round trips per active hierarchy, not per hierarchy that ever had usage.
+
+The acknowledgement trims the ``count`` oldest entries of a list that producers only append to,
+so it removes exactly what was read, provided nobody else trims the same outbox: there must be
+one writer per Redis (a lock keeps one ``Spool`` from draining twice at once; several
+server processes must not each run a writer against the same Redis).
+
+Durability: the acknowledgement deletes the only other copy of a record, so a commit must survive
+a power loss. In WAL mode SQLite's ``synchronous=NORMAL`` "might roll back" a committed
+transaction after a power loss; ``FULL`` syncs the WAL at every commit (https://sqlite.org/
+pragma.html#pragma_synchronous). Batching makes that one sync per batch, not per record.
+
+Money stays integer micros in the database; amounts in decimal are made on export (ocs/cdr.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import aiosqlite
+import structlog
+
+from balance import keys
+from balance.store import BalanceStore
+from balance.types import UsageRecord
+
+log = structlog.get_logger("ocs.spool")
+
+SCHEMA_VERSION = 1  # PRAGMA user_version: bump with a migration when the table changes
+# Wait this long for a lock held by another connection (an export reading while we write needs
+# none in WAL mode; a checkpoint or a second writer might) before failing the batch.
+BUSY_TIMEOUT_MILLISECONDS = 5_000
+# Outboxes read (or trimmed) at once: one hierarchy's round trip is mostly waiting, and the store's
+# admin pool has 32 connections (balance/callers.py), so 16 leaves room for the rest of the server.
+CONCURRENT_REDIS_CALLS = 16
+CLOSE_WAIT_SECONDS = 5.0  # how long close waits for the batch in progress (its Redis may be gone)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_records (
+    record_id TEXT PRIMARY KEY,          -- "<session>|<request number>|<rating group>"
+    account_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    request_number INTEGER NOT NULL,
+    rating_group INTEGER NOT NULL,
+    service TEXT NOT NULL,
+    unit TEXT NOT NULL,                  -- seconds | octets | events
+    units INTEGER NOT NULL,
+    micros INTEGER NOT NULL,             -- money in micro-units of the account currency
+    payment_type TEXT NOT NULL,          -- prepaid | postpaid
+    at_seconds INTEGER NOT NULL          -- commit time, epoch seconds (UTC)
+);
+CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (at_seconds);
+CREATE INDEX IF NOT EXISTS usage_records_by_account ON usage_records (account_id, at_seconds);
+"""
+
+INSERT = (
+    "INSERT OR IGNORE INTO usage_records (record_id, account_id, session_id, request_number, rating_group,"
+    " service, unit, units, micros, payment_type, at_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+Row = tuple[str, str, str, int, int, str, str, int, int, str, int]
+
+
+def _row(record: UsageRecord) -> Row:
+    return (
+        record.record_id,
+        record.account_id,
+        record.session_id,
+        record.request_number,
+        record.rating_group,
+        record.service,
+        record.unit.value,
+        record.units,
+        record.micros,
+        record.payment_type.value,
+        record.at_seconds,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    """What the metrics report about the writer (``Spool.stats``).
+
+    ``lag_seconds`` bounds the age of any record not yet in the spool: every record committed
+    to Redis before the start of the last drain that emptied every outbox is in the spool. Before
+    the first such drain it counts from when the spool was opened, so a writer that never
+    catches up (Redis down, disk full) shows a growing lag.
+    """
+
+    records_written: int  # new rows committed by this Spool since it was opened
+    duplicates_ignored: int  # records read again after a lost acknowledgement, already stored
+    backlog_records: int  # records the last drain found waiting in the outboxes
+    last_drain_at: float  # epoch seconds when the last successful drain ended (0: none yet)
+    last_drain_seconds: float  # how long it took
+    lag_seconds: float
+
+
+class Spool:
+    """The SQLite spool of usage records; ``open`` it, ``run`` one writer task, ``close`` it."""
+
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+        self._connection = connection
+        self.path = path
+        self._drain_lock = asyncio.Lock()  # two drains at once would trim the same records twice
+        self._batch: asyncio.Future[int] | None = None  # the batch being committed and acknowledged
+        self._opened_at = time.time()
+        self._caught_up_at = 0.0  # start of the last drain that emptied every outbox
+        self._records_written = 0
+        self._duplicates_ignored = 0
+        self._backlog_records = 0
+        self._last_drain_at = 0.0
+        self._last_drain_seconds = 0.0
+
+    @classmethod
+    async def open(cls, path: Path) -> Spool:
+        """Open (or create) the spool file; creating the schema is idempotent."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; each batch says BEGIN and COMMIT itself.
+        connection = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await connection.execute("PRAGMA journal_mode=WAL")  # exports read while we write
+            await connection.execute("PRAGMA synchronous=FULL")  # see the module docstring
+            await connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MILLISECONDS}")
+            await _create_schema(connection)
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(connection, path)
+
+    async def close(self) -> None:
+        """Close the file, once the batch in progress (if any) has finished or timed out."""
+        if self._batch is not None and not self._batch.done():
+            await asyncio.wait({self._batch}, timeout=CLOSE_WAIT_SECONDS)
+        await self._connection.close()
+
+    # -- the writer --------------------------------------------------------------------------
+
+    async def drain_once(self, store: BalanceStore, *, batch_size: int = 500) -> int:
+        """Move every record now in the outboxes into the spool; returns how many were new.
+
+        Each pass reads up to ``batch_size`` records from every hierarchy that still had a full
+        batch; rows are committed (and then acknowledged) whenever ``batch_size`` of them are
+        pending and at the end of each pass, so a hierarchy is never read again before what was
+        read from it is acknowledged. Hierarchies found empty leave the work list.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        async with self._drain_lock:
+            if self._batch is not None and not self._batch.done():
+                await asyncio.wait({self._batch})  # left running by a cancelled drain
+            started = time.time()
+            roots = await store.outbox_roots()
+            stored = read = 0
+            pending: list[tuple[str, list[UsageRecord]]] = []
+            empty: list[str] = []
+            while roots:
+                full: list[str] = []
+                for chunk in _chunks(roots, CONCURRENT_REDIS_CALLS):
+                    reads = await asyncio.gather(*(store.read_outbox(root, batch_size) for root in chunk))
+                    for root, records in zip(chunk, reads, strict=True):
+                        if not records:
+                            empty.append(root)
+                            continue
+                        read += len(records)
+                        pending.append((root, records))
+                        if len(records) == batch_size:
+                            full.append(root)
+                    if sum(len(records) for _, records in pending) >= batch_size:
+                        stored += await self._commit_batch(store, pending)
+                        pending = []
+                stored += await self._commit_batch(store, pending)
+                pending = []
+                roots = full
+            for chunk in _chunks(empty, CONCURRENT_REDIS_CALLS):
+                await asyncio.gather(*(_forget_if_empty(store, root) for root in chunk))
+            finished = time.time()
+            self._caught_up_at = started
+            self._backlog_records = read
+            self._last_drain_at = finished
+            self._last_drain_seconds = finished - started
+            return stored
+
+    async def _commit_batch(self, store: BalanceStore, batch: list[tuple[str, list[UsageRecord]]]) -> int:
+        if not batch:
+            return 0
+        # A batch runs to its end even when the drain is cancelled (at shutdown): an
+        # acknowledgement abandoned in flight could land after the next drain has read the same
+        # records, and two trims of one read would drop records that were never stored. The next
+        # drain (and close) waits for it.
+        self._batch = asyncio.ensure_future(self._store_and_acknowledge(store, batch))
+        return await asyncio.shield(self._batch)
+
+    async def _store_and_acknowledge(self, store: BalanceStore, batch: list[tuple[str, list[UsageRecord]]]) -> int:
+        rows = [_row(record) for _, records in batch for record in records]
+        stored = await self._insert(rows)
+        self._records_written += stored
+        self._duplicates_ignored += len(rows) - stored
+        # Only now, with the rows committed, may Redis forget them. A failure here (Redis gone)
+        # leaves them in the outbox: the next drain reads them again and the insert ignores them.
+        for chunk in _chunks(batch, CONCURRENT_REDIS_CALLS):
+            outcomes = await asyncio.gather(
+                *(store.acknowledge_outbox(root, len(records)) for root, records in chunk), return_exceptions=True
+            )
+            failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
+            if failure is not None:
+                raise failure
+        return stored
+
+    async def _insert(self, rows: list[Row]) -> int:
+        """One transaction: insert the rows not already stored; returns how many were new."""
+        connection = self._connection
+        await connection.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = await connection.executemany(INSERT, rows)
+            # For executemany, rowcount sums the changes of every row; an ignored row changes none.
+            inserted = cursor.rowcount
+            await cursor.close()
+            await connection.execute("COMMIT")
+        except BaseException:
+            # Failed before COMMIT returned: undo, so the rows stay only in Redis. (If the COMMIT
+            # itself went through, ROLLBACK fails harmlessly and the rows are stored; they were
+            # not acknowledged, so the next drain finds them and the insert ignores them.)
+            with contextlib.suppress(sqlite3.Error):
+                await connection.execute("ROLLBACK")
+            raise
+        return inserted
+
+    async def run(self, store: BalanceStore, *, batch_size: int, interval_seconds: float) -> None:
+        """Drain every ``interval_seconds``, for ever; cancel the task to stop.
+
+        A failed drain (Redis or the disk unavailable) is logged and retried at the next tick:
+        nothing was acknowledged that is not committed, so retrying is always safe.
+        """
+        while True:
+            try:
+                await self.drain_once(store, batch_size=batch_size)  # progress: stats() and metrics
+            except Exception:
+                log.exception("spool_drain_failed")
+            await asyncio.sleep(interval_seconds)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def totals_by_account(self) -> dict[str, int]:
+        """The sum of micros per account over every stored record (the audit's usage side)."""
+        async with self._connection.execute(
+            "SELECT account_id, SUM(micros) FROM usage_records GROUP BY account_id"
+        ) as cursor:
+            return {str(account_id): int(total) for account_id, total in await cursor.fetchall()}
+
+    async def count(self) -> int:
+        async with self._connection.execute("SELECT COUNT(*) FROM usage_records") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def stats(self, now: float | None = None) -> SpoolStats:
+        now = time.time() if now is None else now
+        since = self._caught_up_at or self._opened_at
+        return SpoolStats(
+            records_written=self._records_written,
+            duplicates_ignored=self._duplicates_ignored,
+            backlog_records=self._backlog_records,
+            last_drain_at=self._last_drain_at,
+            last_drain_seconds=self._last_drain_seconds,
+            lag_seconds=max(0.0, now - since),
+        )
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+async def _forget_if_empty(store: BalanceStore, root: str) -> None:
+    """Take an empty outbox off the work list, so a drain does not read every hierarchy that ever
+    had usage. A record written meanwhile puts it back: its charge adds the root after writing
+    (balance/store.py), and one written before the removal is seen by the length check after it.
+    (This belongs in BalanceStore next to ``acknowledge_outbox``; it uses only its admin caller.)
+    """
+    await store.admin.execute("SREM", keys.OUTBOX_ROOTS, root)
+    if await store.admin.execute("LLEN", keys.outbox_key(root)) != 0:
+        await store.admin.execute("SADD", keys.OUTBOX_ROOTS, root)
+
+
+async def _create_schema(connection: aiosqlite.Connection) -> None:
+    async with connection.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row is not None else 0
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"spool schema version {version} is newer than this server's {SCHEMA_VERSION}")
+    await connection.executescript(SCHEMA)
+    await connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
