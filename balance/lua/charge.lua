@@ -13,9 +13,9 @@
 
 local session_key, account_key, parent_key, expiry_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local account_id, session_id = ARGV[1], ARGV[2]
-local number, now, validity = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local number, now, validity = ARGV[3] + 0, ARGV[4] + 0, ARGV[5] + 0
 local terminate, event = ARGV[6] == '1', ARGV[7] == '1'
-local tombstone, parent_id, item_count = tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+local parent_id, item_count = ARGV[9], ARGV[10] + 0 -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
 
 local function refused(outcome)
   return '0 ' .. outcome .. ' 0 0 0 0'
@@ -27,11 +27,11 @@ if account.par ~= parent_id then return redis.error_reply('HIERARCHY ' .. accoun
 
 -- The session's stored state: a, n, r, c, x and one g:<rating group> field per reservation.
 local session = {}
-local stored = redis.call('HGETALL', session_key)
+local stored = call('HGETALL', session_key)
 for i = 1, #stored, 2 do session[stored[i]] = stored[i + 1] end
 local exists = session.n ~= nil
 if exists then
-  local last = tonumber(session.n)
+  local last = session.n + 0
   if number == last and session.a == account_id then return '1 ' .. session.r end
   if number < last then return refused('stale_request') end
   if session.c == '1' or session.a ~= account_id then return refused('unknown_session') end
@@ -46,20 +46,22 @@ if parent_id ~= '' then
   if parent == nil then return redis.error_reply('HIERARCHY parent ' .. parent_id .. ' missing') end
 end
 
-local reservations, removed = {}, {}
+-- Reservations are decoded as found ('g:' is 103, 58) and written back only when made anew.
+local reservations, removed, made = {}, {}, {}
 for field, value in pairs(session) do
-  if string.sub(field, 1, 2) == 'g:' then reservations[field] = decode_reservation(value) end
+  if byte(field, 1) == 103 and byte(field, 2) == 58 then reservations[field] = decode_reservation(value) end
 end
 
 local closing = terminate or event
 local results, records = {}, {}
+local session_json = nil -- the session id as a JSON string body, made for the first usage record
 local position = 11
 for _ = 1, item_count do
   local rating_group, service, unit = ARGV[position], ARGV[position + 1], ARGV[position + 2]
-  local used, requested = tonumber(ARGV[position + 3]), tonumber(ARGV[position + 4])
+  local used, requested = ARGV[position + 3] + 0, ARGV[position + 4] + 0
   local release = ARGV[position + 5] == '1'
-  local tariff = {price = tonumber(ARGV[position + 6]), per = tonumber(ARGV[position + 7]),
-    block = tonumber(ARGV[position + 8]), first = tonumber(ARGV[position + 9])}
+  local tariff = {price = ARGV[position + 6] + 0, per = ARGV[position + 7] + 0,
+    block = ARGV[position + 8] + 0, first = ARGV[position + 9] + 0, argument = position + 6}
   position = position + 10
   local field = 'g:' .. rating_group
   local existing = reservations[field]
@@ -68,6 +70,8 @@ for _ = 1, item_count do
 
   if used > 0 then
     if event then
+      -- An event never draws on a session's quota: a reservation of its rating group goes back first.
+      if existing ~= nil then return_reservation(existing, account, parent) end
       local direct = reserve(account, parent, service, unit, tariff, used, now)
       if direct.units < used then
         outcome = 'insufficient_funds'
@@ -104,17 +108,30 @@ for _ = 1, item_count do
       else
         if is_final then outcome, final = 'partial', true end
         reservations[field] = reservation
+        made[#made + 1] = field
       end
     end
   end
   if committed_units > 0 then
-    records[#records + 1] = cjson.encode({
-      id = session_id .. '|' .. number .. '|' .. rating_group, account = account_id, session = session_id,
-      number = number, rating_group = tonumber(rating_group), service = service, unit = unit,
-      units = committed_units, micros = committed_micros, payment = account.pay, at = now})
+    -- The usage record as JSON, written out by hand (cjson costs a table and a number format per
+    -- field). Only the session id can hold characters JSON must escape: the account id, service
+    -- and unit are plain (balance/validation.py), the numbers are decimal integers.
+    if session_json == nil then
+      session_json = session_id
+      if find(session_id, '[%c"\\]') then
+        session_json = string.gsub(session_id, '[%c"\\]', function(c)
+          if c == '"' or c == '\\' then return '\\' .. c end
+          return format('\\u%04x', byte(c))
+        end)
+      end
+    end
+    records[#records + 1] = '{"id":"' .. session_json .. '|' .. ARGV[3] .. '|' .. rating_group .. '","account":"'
+      .. account_id .. '","session":"' .. session_json .. '","number":' .. ARGV[3] .. ',"rating_group":'
+      .. rating_group .. ',"service":"' .. service .. '","unit":"' .. unit .. '","units":' .. fmt(committed_units)
+      .. ',"micros":' .. fmt(committed_micros) .. ',"payment":"' .. account.pay .. '","at":' .. ARGV[4] .. '}'
   end
-  results[#results + 1] = table.concat({rating_group, outcome, fmt(granted), fmt(committed_units),
-    fmt(committed_micros), final and '1' or '0'}, ' ')
+  results[#results + 1] = rating_group .. ' ' .. outcome .. ' ' .. fmt(granted) .. ' ' .. fmt(committed_units)
+    .. ' ' .. fmt(committed_micros) .. (final and ' 1' or ' 0')
 end
 
 if closing then
@@ -131,19 +148,32 @@ if problem ~= nil then return problem end
 -- Every change is known and consistent: write it.
 save_account(account)
 if parent ~= nil then save_account(parent) end
-local opened = (not exists and not closing) and 1 or 0
-local reply = table.concat({'ok', fmt(available(account, parent, now)), opened, #records, #results}, ' ')
-if #results > 0 then reply = reply .. ' ' .. table.concat(results, ' ') end
+local opened = (not exists and not closing) and '1' or '0'
+local reply = 'ok ' .. fmt(available(account, parent, now)) .. ' ' .. opened .. ' ' .. fmt(#records) .. ' '
+  .. fmt(#results)
+if #results > 0 then reply = reply .. ' ' .. concat(results, ' ') end
 local member = account_id .. '|' .. session_id
 if closing then
-  redis.call('DEL', session_key)
-  redis.call('HSET', session_key, 'a', account_id, 'n', number, 'r', reply, 'c', '1')
-  redis.call('EXPIRE', session_key, tombstone)
-  if exists then redis.call('ZREM', expiry_key, member) end
+  call('DEL', session_key)
+  call('HSET', session_key, 'a', account_id, 'n', ARGV[3], 'r', reply, 'c', '1')
+  call('EXPIRE', session_key, ARGV[8])
+  if exists then call('ZREM', expiry_key, member) end
 else
-  local expiry = now + validity
-  local fields = {'a', account_id, 'n', number, 'r', reply, 'x', fmt(expiry)}
-  for field, reservation in pairs(reservations) do
+  local expiry = fmt(now + validity)
+  local fields = {'n', ARGV[3], 'r', reply, 'x', expiry}
+  if not exists then
+    fields[7] = 'a'
+    fields[8] = account_id
+  end
+  -- Reservations no item touched are stored as they were: only new ones are encoded.
+  for _, field in ipairs(made) do
+    local reservation = reservations[field]
+    local tariff = reservation.tariff
+    if tariff.argument then
+      -- The four tariff numbers as the caller sent them (decimal integers): no re-formatting.
+      local at = tariff.argument
+      tariff.text = ARGV[at] .. ' ' .. ARGV[at + 1] .. ' ' .. ARGV[at + 2] .. ' ' .. ARGV[at + 3]
+    end
     fields[#fields + 1] = field
     fields[#fields + 1] = encode_reservation(reservation)
   end
@@ -151,9 +181,9 @@ else
   for _, field in ipairs(removed) do
     if reservations[field] == nil then gone[#gone + 1] = field end
   end
-  if #gone > 0 then redis.call('HDEL', session_key, unpack(gone)) end
-  redis.call('HSET', session_key, unpack(fields))
-  redis.call('ZADD', expiry_key, expiry, member)
+  if #gone > 0 then call('HDEL', session_key, unpack(gone)) end
+  call('HSET', session_key, unpack(fields))
+  call('ZADD', expiry_key, expiry, member)
 end
-if #records > 0 then redis.call('RPUSH', outbox_key, unpack(records)) end
+if #records > 0 then call('RPUSH', outbox_key, unpack(records)) end
 return '0 ' .. reply

@@ -36,8 +36,7 @@ if bucket == nil then
   end
   if amount < 0 then return 'insufficient_funds 0 0' end
   bucket = {id = next_id, amount = 0, kind = kind}
-  account.by_id[next_id] = bucket
-  account.buckets[#account.buckets + 1] = bucket
+  attach_bucket(account, bucket)
   meta = table.concat({kind, ARGV[7], ARGV[8], ARGV[9], ARGV[6]}, '|')
 end
 if bucket.amount + amount < 0 then return 'insufficient_funds 0 0' end

@@ -36,8 +36,7 @@ if bucket == nil then
   end
   bucket = {id = next_id, amount = 0, kind = 'main', from = 0, ['until'] = 0, priority = 0,
     services = {}, any_service = true}
-  account.by_id[next_id] = bucket
-  account.buckets[#account.buckets + 1] = bucket
+  attach_bucket(account, bucket)
   meta = 'main|0|0|0|'
 end
 set_amount(account, bucket, bucket.amount + amount)

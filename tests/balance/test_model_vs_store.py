@@ -1,0 +1,411 @@
+"""Model-based test: the Redis money engine held against the in-memory reference model.
+
+Hypothesis drives random sequences of operations (provisioning a small set of hierarchies, then
+charges: session openings, updates and terminations over several rating groups and unit kinds,
+events, exact retransmissions of earlier requests, stale and unknown request numbers, top-ups,
+adjustments, refunds, new buckets, status / limit / cap changes, time moving on and session
+expiry) against both ``balance.model.ReferenceModel`` and ``balance.store.BalanceStore`` on a
+private real Redis. Every answer must be equal, and after every step every account's balance
+view and the usage records must be equal too. The model asserts RULES.md's invariants after each
+of its operations, so equal views mean the store keeps them as well.
+
+Hypothesis state machines are synchronous: each machine runs the store's coroutines on one
+event loop (``asyncio.Runner``) that the test owns, and connects the store inside that loop.
+The inputs stay inside what both sides accept (the store refuses more tariffs, for example
+first units that are not whole blocks, with ``invalid``; the model does not check those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from balance.embedded import EmbeddedRedis
+from balance.model import ReferenceModel
+from balance.store import BalanceStore
+from balance.types import (
+    Account,
+    AccountStatus,
+    Bucket,
+    BucketKind,
+    ChargeItem,
+    ChargeRequest,
+    ChargeResult,
+    PaymentType,
+    Tariff,
+    Unit,
+    UsageRecord,
+)
+
+Result = TypeVar("Result")
+
+START_SECONDS = 1_700_000_000
+VOICE_60_60 = Tariff(price_micros=60_000, per_units=60, block_units=60, first_units=60)
+VOICE_60_1 = Tariff(price_micros=90_000, per_units=60, block_units=1, first_units=60)
+VOICE_1_1 = Tariff(price_micros=1_000, per_units=60, block_units=1, first_units=1)  # fractions of a micro
+DATA_PER_MEGABYTE = Tariff(price_micros=10_000, per_units=1_000_000, block_units=1_000_000, first_units=1_000_000)
+DATA_PER_KILOBYTE = Tariff(price_micros=30, per_units=1_000, block_units=1_000, first_units=1_000)
+SMS = Tariff(price_micros=50_000)
+FREE = Tariff(price_micros=0)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One rating group as the network sends it; the tariff may change between requests."""
+
+    rating_group: int
+    name: str
+    unit: Unit
+    tariffs: tuple[Tariff, ...]
+    most_units: int
+
+
+SERVICES = (
+    Service(1, "voice", Unit.SECONDS, (VOICE_60_60, VOICE_60_1), 600),
+    Service(2, "voice-roaming", Unit.SECONDS, (VOICE_1_1, VOICE_60_60), 600),
+    Service(3, "data", Unit.OCTETS, (DATA_PER_MEGABYTE, DATA_PER_KILOBYTE), 5_000_000),
+    Service(4, "sms", Unit.EVENTS, (SMS, FREE), 4),
+)
+
+# Hierarchies: a prepaid individual, a postpaid individual, a prepaid company with two
+# branches, a postpaid company with one department.
+PREPAID, POSTPAID, COMPANY, BRANCH, BARE_BRANCH, CORPORATE, DEPARTMENT = (
+    "pre",
+    "post",
+    "co",
+    "co.branch",
+    "co.bare",
+    "corp",
+    "corp.dept",
+)
+ACCOUNTS = (PREPAID, POSTPAID, COMPANY, BRANCH, BARE_BRANCH, CORPORATE, DEPARTMENT)
+ROOTS = (PREPAID, POSTPAID, COMPANY, CORPORATE)
+CHILDREN = (BRANCH, BARE_BRANCH, DEPARTMENT)
+CREDIT_LINES = (POSTPAID, CORPORATE)
+
+# Small amounts run out within a run (partial grants, refusals, short commits); large ones do not.
+money_amounts = st.one_of(st.just(0), st.integers(1, 300_000), st.integers(1, 2_000_000))
+validities = st.integers(1, 900)
+few_units = st.integers(0, 3)
+
+
+@st.composite
+def charge_items(draw: st.DrawFn, *, used: bool, requested: bool) -> tuple[ChargeItem, ...]:
+    """One to three items of distinct rating groups, with zero often among the unit counts."""
+    chosen = draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique_by=lambda s: s.rating_group))
+    items = []
+    for service in chosen:
+        units = st.one_of(st.just(0), st.integers(1, service.most_units))
+        items.append(
+            ChargeItem(
+                rating_group=service.rating_group,
+                service=service.name,
+                unit=service.unit,
+                tariff=draw(st.sampled_from(service.tariffs)),
+                used_units=draw(units) if used else 0,
+                requested_units=draw(units) if requested else 0,
+                release=used and requested and draw(st.integers(0, 4)) == 0,
+            )
+        )
+    return tuple(items)
+
+
+def hierarchies(
+    main: int, bonus: int, allowance_seconds: int, credit_limit: int, company_main: int, caps: tuple[int, int, int]
+) -> list[Account]:
+    """The accounts every run starts with; buckets expire and start within the run's time span."""
+    prepaid_buckets = (
+        Bucket(1, BucketKind.MAIN, main),
+        Bucket(2, BucketKind.BONUS, bonus, valid_until=START_SECONDS + 1_200),
+        Bucket(3, BucketKind.SECONDS, allowance_seconds, ("voice",), valid_until=START_SECONDS + 1_800, priority=1),
+        Bucket(4, BucketKind.SECONDS, 120, valid_from=START_SECONDS + 600),
+        Bucket(5, BucketKind.OCTETS, 3_000_000),
+        Bucket(6, BucketKind.EVENTS, 2, ("sms",), priority=2),
+    )
+    postpaid = PaymentType.POSTPAID
+    return [
+        Account(PREPAID, buckets=prepaid_buckets),
+        Account(
+            POSTPAID,
+            payment_type=postpaid,
+            credit_limit_micros=credit_limit,
+            buckets=(Bucket(1, BucketKind.BONUS, bonus),),
+        ),
+        Account(COMPANY, buckets=(Bucket(1, BucketKind.MAIN, company_main),)),
+        Account(BRANCH, parent_id=COMPANY, child_cap_micros=caps[0], buckets=(Bucket(7, BucketKind.MAIN, 100_000),)),
+        Account(BARE_BRANCH, parent_id=COMPANY, child_cap_micros=caps[1]),
+        Account(CORPORATE, payment_type=postpaid, credit_limit_micros=credit_limit),
+        Account(
+            DEPARTMENT, parent_id=CORPORATE, child_cap_micros=caps[2], buckets=(Bucket(1, BucketKind.SECONDS, 300),)
+        ),
+    ]
+
+
+class ModelVersusStore(RuleBasedStateMachine):
+    sessions = Bundle("sessions")
+
+    def __init__(self, runner: asyncio.Runner, redis_url: str, pipelined: bool) -> None:
+        super().__init__()
+        self.runner = runner
+        self.model = ReferenceModel()
+        self.store = runner.run(self._connect(redis_url, pipelined))
+        self.now = START_SECONDS
+        self.last_numbers: dict[str, tuple[str, int]] = {}  # session id -> (account, last number sent)
+        self.sent: list[ChargeRequest] = []
+        self.refunds: list[tuple[str, str, int, int, int]] = []
+        self.identifiers = 0
+        self.steps = 0
+        self.ended = False
+
+    @staticmethod
+    async def _connect(redis_url: str, pipelined: bool) -> BalanceStore:
+        store = await BalanceStore.connect(redis_url, pipelined=pipelined)
+        await store.flush_all()
+        return store
+
+    def teardown(self) -> None:
+        self.runner.run(self.store.close())
+
+    def _new_id(self, prefix: str) -> str:
+        self.identifiers += 1
+        return f"{prefix}{self.identifiers}"
+
+    def _store(self, call: Callable[[], Coroutine[Any, Any, Result]]) -> Result:
+        return self.runner.run(call())
+
+    def _same(self, operation: str, expected: object, actual: object) -> None:
+        assert actual == expected, f"{operation}: store answered {actual!r}, model {expected!r}"
+
+    def _charge(self, request: ChargeRequest) -> ChargeResult:
+        expected = self.model.charge(request)
+        actual = self._store(lambda: self.store.charge(request))
+        self._same(f"charge {request}", expected, actual)
+        self.sent.append(request)
+        return expected
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    @initialize(
+        main=money_amounts,
+        bonus=money_amounts,
+        allowance_seconds=st.integers(0, 300),
+        credit_limit=money_amounts,
+        company_main=money_amounts,
+        caps=st.tuples(money_amounts, money_amounts, money_amounts),
+    )
+    def provision(
+        self,
+        main: int,
+        bonus: int,
+        allowance_seconds: int,
+        credit_limit: int,
+        company_main: int,
+        caps: tuple[int, int, int],
+    ) -> None:
+        for account in hierarchies(main, bonus, allowance_seconds, credit_limit, company_main, caps):
+            expected = self.model.provision(account)
+            self._same(f"provision {account}", expected, self._store(partial(self.store.provision, account)))
+
+    # -- charging --------------------------------------------------------------------------------
+
+    @rule(
+        target=sessions,
+        account_id=st.sampled_from(ACCOUNTS),
+        items=charge_items(used=False, requested=True),
+        validity=validities,
+    )
+    def open_session(self, account_id: str, items: tuple[ChargeItem, ...], validity: int) -> str:
+        session_id = self._new_id("s")
+        self._charge(ChargeRequest(account_id, session_id, 0, items, self.now, validity))
+        self.last_numbers[session_id] = (account_id, 0)
+        return session_id
+
+    @rule(
+        session_id=sessions,
+        items=charge_items(used=True, requested=True),
+        gap=st.sampled_from((1, 1, 1, 2)),
+        validity=validities,
+        terminate=st.integers(0, 3).map(lambda draw: draw == 0),
+    )
+    def continue_session(
+        self, session_id: str, items: tuple[ChargeItem, ...], gap: int, validity: int, terminate: bool
+    ) -> None:
+        account_id, last = self.last_numbers[session_id]
+        request = ChargeRequest(account_id, session_id, last + gap, items, self.now, validity, terminate=terminate)
+        self._charge(request)
+        self.last_numbers[session_id] = (account_id, last + gap)
+
+    @rule(account_id=st.sampled_from(ACCOUNTS), items=charge_items(used=True, requested=False), number=few_units)
+    def event(self, account_id: str, items: tuple[ChargeItem, ...], number: int) -> None:
+        self._charge(ChargeRequest(account_id, self._new_id("e"), number, items, self.now, 1, event=True))
+
+    @rule(session_id=sessions, items=charge_items(used=True, requested=False))
+    def event_on_a_session(self, session_id: str, items: tuple[ChargeItem, ...]) -> None:
+        account_id, last = self.last_numbers[session_id]
+        self._charge(ChargeRequest(account_id, session_id, last + 1, items, self.now, 1, event=True))
+        self.last_numbers[session_id] = (account_id, last + 1)
+
+    @precondition(lambda self: bool(self.sent))
+    @rule(data=st.data())
+    def send_again(self, data: st.DataObject) -> None:
+        """An exact retransmission of an earlier request: a replay if it was the last, else stale."""
+        self._charge(data.draw(st.sampled_from(self.sent)))
+
+    @rule(session_id=sessions, back=st.integers(1, 2))
+    def stale_request(self, session_id: str, back: int) -> None:
+        """A request number below the last one sent (stale, or a replay if the last was refused)."""
+        account_id, last = self.last_numbers[session_id]
+        self._charge(ChargeRequest(account_id, session_id, max(0, last - back), (), self.now, 60))
+
+    @rule(account_id=st.sampled_from(ACCOUNTS), number=st.integers(1, 3), items=charge_items(used=True, requested=True))
+    def unknown_session(self, account_id: str, number: int, items: tuple[ChargeItem, ...]) -> None:
+        self._charge(ChargeRequest(account_id, self._new_id("u"), number, items, self.now, 60))
+
+    # -- money in --------------------------------------------------------------------------------
+
+    @rule(
+        account_id=st.sampled_from(ACCOUNTS),
+        top_up_id=st.sampled_from(("t1", "t2", "t3")),
+        amount=st.integers(1, 1_000_000),
+        kind=st.sampled_from((BucketKind.MAIN, BucketKind.BONUS)),
+        valid_until=st.sampled_from((0, START_SECONDS + 900, START_SECONDS + 5_000)),
+    )
+    def top_up(self, account_id: str, top_up_id: str, amount: int, kind: BucketKind, valid_until: int) -> None:
+        expected = self.model.top_up(account_id, top_up_id, amount, kind=kind, valid_until=valid_until)
+        actual = self._store(
+            lambda: self.store.top_up(account_id, top_up_id, amount, kind=kind, valid_until=valid_until)
+        )
+        self._same(f"top_up {account_id} {top_up_id} {amount} {kind} {valid_until}", expected, actual)
+
+    @rule(
+        account_id=st.sampled_from(ACCOUNTS),
+        adjustment_id=st.sampled_from(("j1", "j2")),
+        amount=st.integers(-500_000, 500_000).filter(lambda amount: amount != 0),
+    )
+    def adjust(self, account_id: str, adjustment_id: str, amount: int) -> None:
+        expected = self.model.adjust(account_id, adjustment_id, amount)
+        actual = self._store(lambda: self.store.adjust(account_id, adjustment_id, amount))
+        self._same(f"adjust {account_id} {adjustment_id} {amount}", expected, actual)
+
+    @rule(
+        account_id=st.sampled_from(ACCOUNTS),
+        kind=st.sampled_from(tuple(BucketKind)),
+        amount=st.integers(0, 1_000_000),
+        services=st.sampled_from(((), ("voice",), ("sms", "data"))),
+        valid_until=st.sampled_from((0, START_SECONDS + 1_500)),
+        priority=st.integers(-1, 1),
+    )
+    def add_bucket(
+        self, account_id: str, kind: BucketKind, amount: int, services: tuple[str, ...], valid_until: int, priority: int
+    ) -> None:
+        bucket = Bucket(1, kind, amount, services, valid_until=valid_until, priority=priority)
+        expected = self.model.add_bucket(account_id, bucket)
+        self._same(
+            f"add_bucket {account_id} {bucket}",
+            expected,
+            self._store(lambda: self.store.add_bucket(account_id, bucket)),
+        )
+
+    @rule(account_id=st.sampled_from(ACCOUNTS), amount=st.integers(1, 500_000), again=st.integers(0, 2))
+    def refund(self, account_id: str, amount: int, again: int) -> None:
+        """A new refund, or an earlier one sent again (replay) or with the next number."""
+        if again and self.refunds:
+            account_id, session_id, number, amount, now = self.refunds[-1]
+            arguments = (account_id, session_id, number + again - 1, amount, now)
+        else:
+            arguments = (account_id, self._new_id("r"), 0, amount, self.now)
+        expected = self.model.refund(*arguments)
+        self._same(f"refund {arguments}", expected, self._store(lambda: self.store.refund(*arguments)))
+        self.refunds.append(arguments)
+
+    # -- account changes and time ----------------------------------------------------------------
+
+    @rule(
+        account_id=st.sampled_from(ACCOUNTS),
+        status=st.sampled_from((AccountStatus.ACTIVE, AccountStatus.SUSPENDED, AccountStatus.BARRED)),
+        limit=money_amounts,
+        cap=money_amounts,
+        change=st.sampled_from(("status", "limit", "cap")),
+    )
+    def change_account(self, account_id: str, status: AccountStatus, limit: int, cap: int, change: str) -> None:
+        """A new status, credit limit (postpaid) or child cap (children); raised or lowered."""
+        if change == "limit" and account_id in CREDIT_LINES:
+            changes: dict[str, Any] = {"credit_limit_micros": limit}
+        elif change == "cap" and account_id in CHILDREN:
+            changes = {"child_cap_micros": cap}
+        else:
+            changes = {"status": status}
+        expected = self.model.update(account_id, **changes)
+        self._same(
+            f"update {account_id} {changes}", expected, self._store(lambda: self.store.update(account_id, **changes))
+        )
+
+    @rule(seconds=st.sampled_from((0, 1, 30, 299, 300, 600, 901)), root_id=st.sampled_from(ROOTS))
+    def time_passes(self, seconds: int, root_id: str) -> None:
+        """Time moves on and the session supervisor looks at one hierarchy."""
+        self.now += seconds
+        self._expire(root_id)
+
+    def _expire(self, root_id: str) -> None:
+        expected = self.model.expire(root_id, self.now)
+        self._same(
+            f"expire {root_id} at {self.now}", expected, self._store(lambda: self.store.expire(root_id, self.now))
+        )
+
+    @precondition(lambda self: self.steps >= 20 and not self.ended)
+    @rule()
+    def every_session_ends(self) -> None:
+        """Long after the last request every session has expired, and nothing is held any more."""
+        self.ended = True
+        self.now += 100_000
+        for root_id in ROOTS:
+            self._expire(root_id)
+        for account_id in ACCOUNTS:
+            found = self.model.balance(account_id, self.now)
+            assert found is None or (found.held_micros, found.limit_held_micros, found.reservations) == (0, 0, 0)
+
+    # -- after every step ------------------------------------------------------------------------
+
+    @invariant()
+    def same_balances_and_usage_records(self) -> None:
+        self.steps += 1
+        for account_id in ACCOUNTS:
+            expected = self.model.balance(account_id, self.now)
+            actual = self._store(partial(self.store.balance, account_id, self.now))
+            self._same(f"balance {account_id} at {self.now}", expected, actual)
+        self._same("usage records", self._records_by_hierarchy(), self._store(self.store.usage_records))
+
+    def _records_by_hierarchy(self) -> list[UsageRecord]:
+        """The model's records in the store's order: by root account, then commit order."""
+        return sorted(self.model.usage_records(), key=lambda record: self.model.root_of(record.account_id))
+
+
+@pytest.mark.parametrize("caller", ["redis-py", "pipelined"])
+def test_the_redis_engine_behaves_like_the_reference_model(embedded_redis: EmbeddedRedis, caller: str) -> None:
+    """Charges go through either client the store offers (the pipelined one is the server's hot path)."""
+    with asyncio.Runner() as runner:
+        run_state_machine_as_test(
+            lambda: ModelVersusStore(runner, embedded_redis.url, pipelined=caller == "pipelined"),
+            settings=settings(
+                max_examples=50,
+                stateful_step_count=30,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
