@@ -23,6 +23,7 @@ class Operation(StrEnum):
     REFUND = "refund"
     EXPIRE = "expire"
     VIEW = "view"
+    ACK = "ack"
 
 
 # Every operation is idempotent by its key except ``credit`` (add_bucket has no key), so every

@@ -13,6 +13,7 @@ Only infrastructure failures raise (``BalanceUnavailable``, ``BalanceScriptError
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 
 from balance import keys
@@ -357,9 +358,23 @@ class BalanceStore:
         entries = await self.admin.execute("LRANGE", keys.outbox_key(root), "0", str(limit - 1))
         return [_usage_record(str(entry)) for entry in entries] if isinstance(entries, list) else []
 
-    async def acknowledge_outbox(self, root: str, count: int) -> None:
-        """Drop the ``count`` oldest records, once they are safely stored elsewhere."""
-        await self.admin.execute("LTRIM", keys.outbox_key(root), str(count), "-1")
+    async def acknowledge_outbox(self, root: str, records: Sequence[UsageRecord]) -> int:
+        """Drop ``records`` (read from the head of the outbox) once they are stored elsewhere.
+
+        Idempotent (ack.lua trims only through the last of these records), so a retry, or another
+        writer that read the same head, never removes a record that was not stored."""
+        if not records:
+            return 0
+        arguments = [str(len(records)), records[-1].record_id]
+        removed = await self.admin.run(SCRIPTS[Operation.ACK], [keys.outbox_key(root)], arguments)
+        return removed if isinstance(removed, int) else 0
+
+    async def prune_outbox_root(self, root: str) -> None:
+        """Take a hierarchy with an empty outbox off the spool writer's work list; a record that
+        arrives meanwhile puts it back (the second look closes the race)."""
+        await self.admin.execute("SREM", keys.OUTBOX_ROOTS, root)
+        if await self.admin.execute("LLEN", keys.outbox_key(root)) != 0:
+            await self.admin.execute("SADD", keys.OUTBOX_ROOTS, root)
 
     async def usage_records(self) -> list[UsageRecord]:
         """Every record still in any outbox (tests and audits), by hierarchy then commit order."""

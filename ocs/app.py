@@ -33,6 +33,7 @@ from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating import load_book
 from ocs.rating_book import TariffBook
 from ocs.sessions import SessionNotifier
+from ocs.spool import Spool
 from ocs.subscribers import SubscriberCache
 from protocol.aio import DiameterServer, DiameterTransport
 from protocol.capabilities import LocalIdentity, PeerPolicy
@@ -54,6 +55,7 @@ class ServerState:
     notifier: SessionNotifier | None = None
     book: TariffBook | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    spool: Spool | None = None
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
@@ -129,6 +131,20 @@ async def _supervise_sessions(state: ServerState) -> None:
         await asyncio.sleep(interval)
 
 
+async def _write_spool(state: ServerState) -> None:
+    """One writer moves usage records from the outboxes to SQLite, acknowledging after commit."""
+    assert state.store is not None and state.spool is not None
+    settings = state.settings.spool
+    while True:
+        try:
+            stored = await state.spool.drain_once(state.store, batch_size=settings.batch_size)
+            stats = state.spool.stats()
+            state.metrics.spool_progress(stored, stats.backlog_records, stats.lag_seconds)
+        except Exception:
+            log.exception("spool_failed")
+        await asyncio.sleep(settings.interval_seconds)
+
+
 async def _redis_url(state: ServerState) -> str:
     settings = state.settings.redis
     if settings.url:
@@ -170,7 +186,11 @@ async def startup(state: ServerState) -> tuple[str, int]:
         tw_seconds=settings.diameter.watchdog_seconds,
     )
     state.diameter_address = await state.diameter.start(settings.diameter.host, settings.diameter.port)
+    spool_path = Path(settings.spool.path)
+    spool_path.parent.mkdir(parents=True, exist_ok=True)
+    state.spool = await Spool.open(spool_path)
     state.background.append(asyncio.create_task(_supervise_sessions(state)))
+    state.background.append(asyncio.create_task(_write_spool(state)))
     if settings.http.enabled:
         state.http = await start_http(state)
     log.info("listening", host=state.diameter_address[0], port=state.diameter_address[1])
@@ -189,6 +209,11 @@ async def shutdown(state: ServerState) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if state.spool is not None:
+        if state.store is not None:
+            with contextlib.suppress(Exception):  # Redis may be gone; the records wait in the outbox
+                await state.spool.drain_once(state.store, batch_size=state.settings.spool.batch_size)
+        await state.spool.close()
     if state.store is not None:
         await state.store.close()
     if state.redis is not None:

@@ -43,7 +43,6 @@ from typing import TypeVar
 import aiosqlite
 import structlog
 
-from balance import keys
 from balance.store import BalanceStore
 from balance.types import UsageRecord
 
@@ -195,7 +194,7 @@ class Spool:
                 pending = []
                 roots = full
             for chunk in _chunks(empty, CONCURRENT_REDIS_CALLS):
-                await asyncio.gather(*(_forget_if_empty(store, root) for root in chunk))
+                await asyncio.gather(*(store.prune_outbox_root(root) for root in chunk))
             finished = time.time()
             self._caught_up_at = started
             self._backlog_records = read
@@ -222,7 +221,7 @@ class Spool:
         # leaves them in the outbox: the next drain reads them again and the insert ignores them.
         for chunk in _chunks(batch, CONCURRENT_REDIS_CALLS):
             outcomes = await asyncio.gather(
-                *(store.acknowledge_outbox(root, len(records)) for root, records in chunk), return_exceptions=True
+                *(store.acknowledge_outbox(root, records) for root, records in chunk), return_exceptions=True
             )
             failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
             if failure is not None:
@@ -294,17 +293,6 @@ T = TypeVar("T")
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-async def _forget_if_empty(store: BalanceStore, root: str) -> None:
-    """Take an empty outbox off the work list, so a drain does not read every hierarchy that ever
-    had usage. A record written meanwhile puts it back: its charge adds the root after writing
-    (balance/store.py), and one written before the removal is seen by the length check after it.
-    (This belongs in BalanceStore next to ``acknowledge_outbox``; it uses only its admin caller.)
-    """
-    await store.admin.execute("SREM", keys.OUTBOX_ROOTS, root)
-    if await store.admin.execute("LLEN", keys.outbox_key(root)) != 0:
-        await store.admin.execute("SADD", keys.OUTBOX_ROOTS, root)
 
 
 async def _create_schema(connection: aiosqlite.Connection) -> None:

@@ -331,3 +331,14 @@ async def test_a_broken_invariant_writes_nothing(store: BalanceStore, embedded_r
     assert admin.exists("{judy}:s:s") == 0
     assert admin.hget(account_key("judy", "judy"), "q:1") == b"5000000"
     admin.close()
+
+
+async def test_acknowledging_the_outbox_is_idempotent(store: BalanceStore) -> None:
+    await store.provision(Account("kate", buckets=(Bucket(1, BucketKind.MAIN, 10 * EUR),)))
+    for number in range(3):
+        await store.charge(ccr("kate", f"call-{number}", 0, voice(used=60), event=True))
+    first_two = (await store.read_outbox("kate", limit=2))[:2]
+    assert await store.acknowledge_outbox("kate", first_two) == 2
+    # A retried acknowledgement (or a second writer that read the same head) removes nothing more.
+    assert await store.acknowledge_outbox("kate", first_two) == 0
+    assert [record.session_id for record in await store.read_outbox("kate")] == ["call-2"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,15 @@ from balance.directory import Identity, IdentityKind, Subscriber
 from balance.embedded import EmbeddedRedis
 from balance.types import Account, Bucket, BucketKind, PaymentType
 from ocs.app import ServerState, new_state, shutdown, startup
-from ocs.config import DiameterSettings, HttpSettings, QuotaSettings, RedisSettings, Settings, TariffSettings
+from ocs.config import (
+    DiameterSettings,
+    HttpSettings,
+    QuotaSettings,
+    RedisSettings,
+    Settings,
+    SpoolSettings,
+    TariffSettings,
+)
 from protocol.aio import DiameterClient
 from protocol.capabilities import LocalIdentity
 from tests.balance.conftest import embedded_redis
@@ -53,20 +62,21 @@ class RunningServer:
         return await DiameterClient.connect("127.0.0.1", self.port, CLIENT)
 
 
-def server_settings(redis_url: str, **quota: int) -> Settings:
+def server_settings(redis_url: str, spool_path: Path | None = None, **quota: int) -> Settings:
     return Settings(
         diameter=DiameterSettings(port=0, origin_host="ocs.test", origin_realm="test"),
         http=HttpSettings(port=0),
         redis=RedisSettings(url=redis_url),
         quota=dataclasses.replace(QuotaSettings(supervision_interval_seconds=0.05), **quota),
         tariffs=TariffSettings(path=str(ROOT / "config" / "tariffs.toml")),
+        spool=SpoolSettings(path=str(spool_path or Path(tempfile.mkdtemp()) / "spool.sqlite3"), interval_seconds=0.05),
         shutdown_timeout_seconds=2.0,
     )
 
 
 @pytest.fixture
-async def server(embedded_redis: EmbeddedRedis) -> AsyncIterator[RunningServer]:
-    state = new_state(server_settings(embedded_redis.url))
+async def server(embedded_redis: EmbeddedRedis, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    state = new_state(server_settings(embedded_redis.url, tmp_path / "spool.sqlite3"))
     address = await startup(state)
     assert state.store is not None
     await state.store.flush_all()

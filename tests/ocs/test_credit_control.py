@@ -9,7 +9,7 @@ from pathlib import Path
 
 from balance.audit import audit
 from balance.embedded import EmbeddedRedis
-from balance.types import Bucket, BucketKind
+from balance.types import Bucket, BucketKind, PaymentType
 from ocs.app import new_state, shutdown, startup
 from protocol.message import Avp, Message, avp, request
 from tests.ocs.conftest import RunningServer, server_settings
@@ -291,8 +291,8 @@ async def test_retransmitted_update_is_charged_once(server: RunningServer) -> No
     await client.close()
 
 
-async def test_silent_session_is_released_by_tcc(embedded_redis: EmbeddedRedis) -> None:
-    state = new_state(server_settings(embedded_redis.url, validity_seconds=1))
+async def test_silent_session_is_released_by_tcc(embedded_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    state = new_state(server_settings(embedded_redis.url, tmp_path / "spool.sqlite3", validity_seconds=1))
     address = await startup(state)
     assert state.store is not None
     await state.store.flush_all()
@@ -442,4 +442,31 @@ async def test_top_up_sends_rar_to_a_session_in_final_unit_state_then_barring_se
             break
         await asyncio.sleep(0.02)
     assert server_requests[1].command_code == 274 and server_requests[1].get("Session-Id") == "call-w"
+    await client.close()
+
+
+async def test_postpaid_usage_lands_in_the_spool_exactly_once(server: RunningServer) -> None:
+    await server.subscriber(
+        "paul", "4915100000010", plan="mobile_postpaid", payment_type=PaymentType.POSTPAID, credit_limit_micros=50 * EUR
+    )
+    client = await server.client()
+    callee = call_to("4917612345678")
+    initial = ccr(
+        "call-p", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 300), callee, msisdn="4915100000010"
+    )
+    assert code(await client.request(initial)) == 2001
+    end = ccr("call-p", "TERMINATION_REQUEST", 1, seconds("Used-Service-Unit", 125), callee, msisdn="4915100000010")
+    assert code(await client.request(end)) == 2001
+    end.flags |= 0x10
+    assert code(await client.request(end)) == 2001  # a retransmission: no second record
+    state = server.state
+    assert state.spool is not None and state.store is not None
+    for _ in range(100):
+        if await state.spool.count() >= 1 and not await state.store.usage_records():
+            break
+        await asyncio.sleep(0.05)
+    view = await state.store.balance("paul", int(PEAK.timestamp()))
+    assert view is not None and view.unbilled_micros > 0
+    assert await state.spool.count() == 1
+    assert await state.spool.totals_by_account() == {"paul": view.unbilled_micros}
     await client.close()

@@ -16,7 +16,7 @@ import io
 import json
 import random
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -76,10 +76,10 @@ class AcknowledgementLost(BalanceStore):
         super().__init__(store.caller, admin=store.admin)
         self.lost = lost
 
-    async def acknowledge_outbox(self, root: str, count: int) -> None:
+    async def acknowledge_outbox(self, root: str, records: Sequence[UsageRecord]) -> int:
         if root in self.lost:
             raise ConnectionError("crash before the acknowledgement")
-        await super().acknowledge_outbox(root, count)
+        return await super().acknowledge_outbox(root, records)
 
 
 class ChargeAfterEmptyRead(BalanceStore):
