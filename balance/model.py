@@ -241,7 +241,9 @@ class ReferenceModel:
             return _refused(Outcome.STALE_REQUEST)
         elif session.closed:
             return _refused(Outcome.UNKNOWN_SESSION)
-        if (session is None or event) and state.account.status is not AccountStatus.ACTIVE:
+        status = state.account.status
+        closed_for_good = status in (AccountStatus.BARRED, AccountStatus.TERMINATED)
+        if (event and status is not AccountStatus.ACTIVE) or (session is None and closed_for_good):
             return _refused(Outcome.ACCOUNT_BLOCKED)
         if session is None:
             session = Session(account_id, request_number, ChargeResult(Outcome.OK), 0)

@@ -147,10 +147,13 @@ def credit_answer(
 
 
 def command_result(services: Sequence[ServiceAnswer]) -> ResultCode:
-    """The command-level Result-Code: success if any service succeeded (or there is none);
-    when every service failed with the same code, that code (so single-service clients see it)."""
+    """The command-level Result-Code: success if any service succeeded, carries a final-unit
+    action, or there is none; when every service failed with the same code, that code (so
+    single-service clients see it)."""
     codes = {service.result_code for service in services}
-    if not codes or ResultCode.DIAMETER_SUCCESS in codes:
+    # A service answered with a final-unit action (e.g. an immediate redirect to the top-up
+    # portal) is handled, not failed: the client must keep the session to apply the action.
+    if not codes or ResultCode.DIAMETER_SUCCESS in codes or any(service.final_unit for service in services):
         return ResultCode.DIAMETER_SUCCESS
     if len(codes) == 1:
         return codes.pop()

@@ -38,7 +38,8 @@ if exists then
 elseif number ~= 0 and not event then
   return refused('unknown_session')
 end
-if (not exists or event) and account.st ~= 'active' then return refused('account_blocked') end
+local closed_for_good = account.st == 'barred' or account.st == 'terminated'
+if (event and account.st ~= 'active') or (not exists and closed_for_good) then return refused('account_blocked') end
 
 local parent = nil
 if parent_id ~= '' then

@@ -468,15 +468,20 @@ def test_unknown_accounts_and_sessions_are_refused() -> None:
     assert view(model, "a").held_micros == 0
 
 
-def test_an_account_that_is_not_active_opens_nothing_but_may_finish_its_sessions() -> None:
+def test_an_account_that_is_not_active_reserves_nothing_but_may_finish_its_sessions() -> None:
     model = model_with(Account("a", buckets=(money(1, 1_000_000),)))
     model.charge(request("a", "s", 0, voice(requested=60)))
     assert model.update("a", status=AccountStatus.SUSPENDED).outcome is Outcome.OK
-    assert model.charge(request("a", "t", 0, voice(requested=60))) == ChargeResult(Outcome.ACCOUNT_BLOCKED)
+    # Suspended: a new session opens (so the network can redirect) with nothing reserved.
+    opened = model.charge(request("a", "t", 0, voice(requested=60)))
+    assert opened.outcome is Outcome.OK and only_item(opened).outcome is Outcome.ACCOUNT_BLOCKED
     assert model.charge(request("a", "e", 0, sms(1), event=True)) == ChargeResult(Outcome.ACCOUNT_BLOCKED)
     result = model.charge(request("a", "s", 1, voice(used=60, requested=60)))
     assert only_item(result) == ItemResult(1, Outcome.ACCOUNT_BLOCKED, committed_units=60, committed_micros=60_000)
     assert view(model, "a").reservations == 0
+    # Barred: nothing new opens at all.
+    assert model.update("a", status=AccountStatus.BARRED).outcome is Outcome.OK
+    assert model.charge(request("a", "u", 0, voice(requested=60))) == ChargeResult(Outcome.ACCOUNT_BLOCKED)
     assert model.update("nobody", status=AccountStatus.ACTIVE).outcome is Outcome.UNKNOWN_ACCOUNT
 
 

@@ -226,7 +226,12 @@ async def test_suspended_account_commits_usage_but_gets_no_new_quota(store: Bala
     await store.update("fred", status=AccountStatus.SUSPENDED)
     update = await store.charge(ccr("fred", "call", 1, voice(used=60, requested=120)))
     assert only(update) == (Outcome.ACCOUNT_BLOCKED, 0, 60, 600_000)
-    assert (await store.charge(ccr("fred", "call-2", 0, voice(requested=60)))).outcome is Outcome.ACCOUNT_BLOCKED
+    # A suspended account may open a session (to be redirected) but gets nothing reserved.
+    opened = await store.charge(ccr("fred", "call-2", 0, voice(requested=60)))
+    assert opened.outcome is Outcome.OK and only(opened) == (Outcome.ACCOUNT_BLOCKED, 0, 0, 0)
+    await store.charge(ccr("fred", "call-2", 1, terminate=True))
+    await store.update("fred", status=AccountStatus.BARRED)
+    assert (await store.charge(ccr("fred", "call-3", 0, voice(requested=60)))).outcome is Outcome.ACCOUNT_BLOCKED
     await store.charge(ccr("fred", "call", 2, terminate=True))
     assert await money(store, "fred") == 4_400_000
     await assert_audit_clean(store)

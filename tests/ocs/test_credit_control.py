@@ -470,3 +470,32 @@ async def test_postpaid_usage_lands_in_the_spool_exactly_once(server: RunningSer
     assert await state.spool.count() == 1
     assert await state.spool.totals_by_account() == {"paul": view.unbilled_micros}
     await client.close()
+
+
+async def test_a_suspended_subscriber_is_redirected_to_the_top_up_portal_at_once(server: RunningServer) -> None:
+    from balance.types import AccountStatus
+
+    await server.subscriber("xena", "4915100000011", micros=5 * EUR)
+    assert server.state.store is not None
+    await server.state.store.update("xena", status=AccountStatus.SUSPENDED)
+    client = await server.client()
+    answer = await client.request(
+        ccr(
+            "pdp-s",
+            "INITIAL_REQUEST",
+            0,
+            avp("Multiple-Services-Indicator", 1),
+            mscc(avp("Rating-Group", 10), octets("Requested-Service-Unit", 1_000_000)),
+            msisdn="4915100000011",
+            context="32251@3gpp.org",
+        )
+    )
+    assert code(answer) == 2001
+    service = services_by_group(answer)[10]
+    assert service.get("Result-Code") == 4012 and granted(service, "CC-Total-Octets") == 0
+    final_unit = service.find("Final-Unit-Indication")
+    assert final_unit is not None and final_unit.get("Final-Unit-Action") == 1  # REDIRECT
+    redirect = final_unit.find("Redirect-Server")
+    assert redirect is not None and redirect.get("Redirect-Server-Address") == "http://topup.localdomain/"
+    assert await balance_of(server, "xena") == 5 * EUR
+    await client.close()
