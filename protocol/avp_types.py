@@ -74,7 +74,7 @@ _FLOAT32 = struct.Struct(">f")
 _FLOAT64 = struct.Struct(">d")
 
 
-def _fixed_int(size: int, signed: bool) -> tuple[Callable[[bytes], int], Callable[[int], bytes]]:
+def _fixed_int(size: int, signed: bool) -> tuple[Callable[[bytes], int], Callable[[object], bytes]]:
     low = -(1 << (size * 8 - 1)) if signed else 0
     high = (1 << (size * 8 - 1)) - 1 if signed else (1 << (size * 8)) - 1
 
@@ -83,7 +83,7 @@ def _fixed_int(size: int, signed: bool) -> tuple[Callable[[bytes], int], Callabl
             raise AvpLengthError(f"expected {size} bytes, got {len(data)}")
         return int.from_bytes(data, "big", signed=signed)
 
-    def encode(value: int) -> bytes:
+    def encode(value: object) -> bytes:
         if not isinstance(value, int) or not low <= value <= high:
             raise AvpValueError(f"{value!r} is not an integer in [{low}, {high}]")
         return value.to_bytes(size, "big", signed=signed)
@@ -97,14 +97,20 @@ decode_unsigned32, encode_unsigned32 = _fixed_int(4, False)
 decode_unsigned64, encode_unsigned64 = _fixed_int(8, False)
 
 
+def _real(value: object) -> float:
+    if not isinstance(value, (int, float)):
+        raise AvpValueError(f"a Float needs a number, got {type(value).__name__}")
+    return value
+
+
 def decode_float32(data: bytes) -> float:
     if len(data) != 4:
         raise AvpLengthError(f"expected 4 bytes, got {len(data)}")
     return float(_FLOAT32.unpack(data)[0])
 
 
-def encode_float32(value: float) -> bytes:
-    return _FLOAT32.pack(value)
+def encode_float32(value: object) -> bytes:
+    return _FLOAT32.pack(_real(value))
 
 
 def decode_float64(data: bytes) -> float:
@@ -113,15 +119,15 @@ def decode_float64(data: bytes) -> float:
     return float(_FLOAT64.unpack(data)[0])
 
 
-def encode_float64(value: float) -> bytes:
-    return _FLOAT64.pack(value)
+def encode_float64(value: object) -> bytes:
+    return _FLOAT64.pack(_real(value))
 
 
 def decode_octet_string(data: bytes) -> bytes:
     return data
 
 
-def encode_octet_string(value: bytes) -> bytes:
+def encode_octet_string(value: object) -> bytes:
     if not isinstance(value, (bytes, bytearray)):
         raise AvpValueError(f"OctetString needs bytes, got {type(value).__name__}")
     return bytes(value)
@@ -134,7 +140,7 @@ def decode_utf8_string(data: bytes) -> str:
         raise AvpValueError(f"invalid UTF-8: {error.reason}") from None
 
 
-def encode_utf8_string(value: str) -> bytes:
+def encode_utf8_string(value: object) -> bytes:
     if not isinstance(value, str):
         raise AvpValueError(f"UTF8String needs str, got {type(value).__name__}")
     return value.encode("utf-8")
@@ -148,7 +154,7 @@ def decode_ascii_string(data: bytes) -> str:
         raise AvpValueError("not ASCII") from None
 
 
-def encode_ascii_string(value: str) -> bytes:
+def encode_ascii_string(value: object) -> bytes:
     if not isinstance(value, str):
         raise AvpValueError(f"expected str, got {type(value).__name__}")
     try:
@@ -173,7 +179,7 @@ def decode_address(data: bytes) -> AddressValue:
     return OtherAddress(family, body)
 
 
-def encode_address(value: AddressValue) -> bytes:
+def encode_address(value: object) -> bytes:
     if isinstance(value, IPv4Address):
         return ADDRESS_FAMILY_IPV4.to_bytes(2, "big") + value.packed
     if isinstance(value, IPv6Address):
@@ -190,7 +196,7 @@ def decode_time(data: bytes) -> datetime:
     return NTP_EPOCH + timedelta(seconds=seconds)
 
 
-def encode_time(value: datetime) -> bytes:
+def encode_time(value: object) -> bytes:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise AvpValueError("Time needs a timezone-aware datetime")
     seconds = int((value - NTP_EPOCH).total_seconds())
@@ -198,6 +204,22 @@ def encode_time(value: datetime) -> bytes:
     if not _NTP_ERA_PIVOT <= seconds < _NTP_ERA_PIVOT + _NTP_ERA_SECONDS:
         raise AvpValueError(f"{value.isoformat()} is outside 1968-01-20 .. 2104-02-26 (RFC 6733 section 4.3.1)")
     return (seconds % _NTP_ERA_SECONDS).to_bytes(4, "big")
+
+
+# The smallest valid payload of each type, in bytes (0 for the rest: strings and Grouped). RFC 6733
+# section 7.5 and 7.1.5: a Failed-AVP for a missing AVP, or for one whose length cannot be right,
+# carries the AVP's header with a zero-filled payload of this size.
+MINIMUM_PAYLOAD_SIZE: dict[AvpType, int] = {
+    AvpType.INTEGER32: 4,
+    AvpType.UNSIGNED32: 4,
+    AvpType.ENUMERATED: 4,
+    AvpType.TIME: 4,
+    AvpType.FLOAT32: 4,
+    AvpType.INTEGER64: 8,
+    AvpType.UNSIGNED64: 8,
+    AvpType.FLOAT64: 8,
+    AvpType.ADDRESS: 6,  # a 2-byte family and an IPv4 address
+}
 
 
 def _grouped_placeholder(data: bytes) -> bytes:
@@ -226,18 +248,18 @@ DECODERS: dict[AvpType, Decoder] = {
 }
 
 ENCODERS: dict[AvpType, Encoder] = {
-    AvpType.OCTET_STRING: encode_octet_string,  # type: ignore[dict-item]
-    AvpType.INTEGER32: encode_integer32,  # type: ignore[dict-item]
-    AvpType.INTEGER64: encode_integer64,  # type: ignore[dict-item]
-    AvpType.UNSIGNED32: encode_unsigned32,  # type: ignore[dict-item]
-    AvpType.UNSIGNED64: encode_unsigned64,  # type: ignore[dict-item]
-    AvpType.FLOAT32: encode_float32,  # type: ignore[dict-item]
-    AvpType.FLOAT64: encode_float64,  # type: ignore[dict-item]
-    AvpType.ADDRESS: encode_address,  # type: ignore[dict-item]
-    AvpType.TIME: encode_time,  # type: ignore[dict-item]
-    AvpType.UTF8_STRING: encode_utf8_string,  # type: ignore[dict-item]
-    AvpType.DIAMETER_IDENTITY: encode_ascii_string,  # type: ignore[dict-item]
-    AvpType.DIAMETER_URI: encode_ascii_string,  # type: ignore[dict-item]
-    AvpType.ENUMERATED: encode_integer32,  # type: ignore[dict-item]
-    AvpType.IP_FILTER_RULE: encode_ascii_string,  # type: ignore[dict-item]
+    AvpType.OCTET_STRING: encode_octet_string,
+    AvpType.INTEGER32: encode_integer32,
+    AvpType.INTEGER64: encode_integer64,
+    AvpType.UNSIGNED32: encode_unsigned32,
+    AvpType.UNSIGNED64: encode_unsigned64,
+    AvpType.FLOAT32: encode_float32,
+    AvpType.FLOAT64: encode_float64,
+    AvpType.ADDRESS: encode_address,
+    AvpType.TIME: encode_time,
+    AvpType.UTF8_STRING: encode_utf8_string,
+    AvpType.DIAMETER_IDENTITY: encode_ascii_string,
+    AvpType.DIAMETER_URI: encode_ascii_string,
+    AvpType.ENUMERATED: encode_integer32,
+    AvpType.IP_FILTER_RULE: encode_ascii_string,
 }

@@ -4,8 +4,13 @@ Theory of operation: every ``*.toml`` file beside this module describes one appl
 in FORMAT.md). ``load_dictionary`` reads them into read-only tables keyed the way the codec
 looks them up: AVPs by ``(code, vendor_id)`` and by name, commands by code. Grammars are written
 in RFC 6733 section 3.2 notation and parsed here into ``GrammarRule`` tuples resolved to AVP keys.
-A code defined twice, a grammar naming an undefined AVP, or an unknown type is a load error:
-the data files are part of the program and must be consistent.
+A code defined twice, a grammar naming an undefined AVP (or one AVP twice), or an unknown type is
+a load error: the data files are part of the program and must be consistent.
+
+What runs per message is derived here once, at load: name -> key for ``Message.get``, and for
+each grammar a ``QuickCheck`` of key sets that lets ``grammar.validate`` pass a valid message with
+a few set operations per level. Keys there are ``packed_key`` integers (the codec's too), which
+hash for free where a ``(code, vendor_id)`` tuple is hashed again at every lookup.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
+from typing import NamedTuple
 
 from protocol.avp_types import DECODERS, ENCODERS, AvpType, Decoder, Encoder
 from protocol.constants import AvpFlag
+from protocol.errors import EncodeError, UnknownAvpName
 
 AvpKey = tuple[int, int]  # (code, vendor_id)
 ANY_AVP = "AVP"
@@ -35,16 +42,57 @@ class GrammarRule:
     fixed: bool  # "< X >": must appear at this position among the fixed elements
 
 
+def packed_key(code: int, vendor_id: int) -> int:
+    """(code, Vendor-ID) as one integer, both being 32-bit fields (RFC 6733 section 4.1): a
+    vendor-0 AVP's packed key is its code. Integers hash for free; tuples hash on every lookup."""
+    return (vendor_id << 32) | code
+
+
+class QuickCheck(NamedTuple):
+    """A grammar's constraints as sets of packed keys, for the "anything wrong?" test that runs on
+    every message (``protocol.grammar``); read with one tuple unpacking."""
+
+    fixed: list[int]  # "< X >", in order
+    required: frozenset[int]  # minimum >= 1
+    allowed: frozenset[int] | None  # None under "*[ AVP ]"
+    single: frozenset[int]  # maximum 1
+    counted: tuple[tuple[int, int, int | None], ...]  # (key, min, max) of the bounds the sets do not express
+    accepts_empty: bool  # no AVP at all is valid
+
+
 @dataclass(frozen=True, slots=True)
 class Grammar:
+    """A command or Grouped AVP grammar, with lookup tables derived once from its rules."""
+
     rules: tuple[GrammarRule, ...]
     allows_other_avps: bool  # "*[ AVP ]"
+    by_key: Mapping[AvpKey, GrammarRule] = field(init=False, repr=False, compare=False)
+    quick: QuickCheck = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_key: dict[AvpKey, GrammarRule] = {}
+        for rule in self.rules:
+            if rule.key in by_key:
+                raise ValueError(f"grammar names {rule.name} twice")
+            by_key[rule.key] = rule
+        packed = {rule.name: packed_key(*rule.key) for rule in self.rules}
+        quick = QuickCheck(
+            fixed=[packed[rule.name] for rule in self.rules if rule.fixed],
+            required=frozenset(packed[rule.name] for rule in self.rules if rule.minimum >= 1),
+            allowed=None if self.allows_other_avps else frozenset(packed.values()),
+            single=frozenset(packed[rule.name] for rule in self.rules if rule.maximum == 1),
+            counted=tuple(
+                (packed[rule.name], rule.minimum, rule.maximum)
+                for rule in self.rules
+                if rule.minimum > 1 or rule.maximum not in (1, None)
+            ),
+            accepts_empty=all(rule.minimum == 0 for rule in self.rules),
+        )
+        object.__setattr__(self, "by_key", MappingProxyType(by_key))
+        object.__setattr__(self, "quick", quick)
 
     def rule_for(self, key: AvpKey) -> GrammarRule | None:
-        for rule in self.rules:
-            if rule.key == key:
-                return rule
-        return None
+        return self.by_key.get(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +141,33 @@ class Dictionary:
     avps_by_name: Mapping[str, AvpDefinition]
     commands: Mapping[int, CommandDefinition]
     applications: frozenset[int]
+    # Derived once: the lookups that run per message (name -> key for ``Message.get``, and the
+    # Grouped AVPs that carry a grammar, for ``grammar.validate``).
+    keys_by_name: Mapping[str, AvpKey] = field(init=False, repr=False, compare=False)
+    grouped_by_key: Mapping[AvpKey, AvpDefinition] = field(init=False, repr=False, compare=False)
+    grouped_by_packed_key: Mapping[int, AvpDefinition] = field(init=False, repr=False, compare=False)
+    grouped_packed_keys: frozenset[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        keys = {name: definition.key for name, definition in self.avps_by_name.items()}
+        grouped = {key: definition for key, definition in self.avps_by_key.items() if definition.grammar is not None}
+        by_packed_key = {packed_key(*key): definition for key, definition in grouped.items()}
+        object.__setattr__(self, "keys_by_name", MappingProxyType(keys))
+        object.__setattr__(self, "grouped_by_key", MappingProxyType(grouped))
+        object.__setattr__(self, "grouped_by_packed_key", MappingProxyType(by_packed_key))
+        object.__setattr__(self, "grouped_packed_keys", frozenset(by_packed_key))
 
     def avp(self, name: str) -> AvpDefinition:
-        from protocol.errors import UnknownAvpName
-
-        try:
-            return self.avps_by_name[name]
-        except KeyError:
-            raise UnknownAvpName(name) from None
+        definition = self.avps_by_name.get(name)
+        if definition is None:
+            raise UnknownAvpName(name)
+        return definition
 
     def key(self, name: str) -> AvpKey:
-        return self.avp(name).key
+        key = self.keys_by_name.get(name)
+        if key is None:
+            raise UnknownAvpName(name)
+        return key
 
 
 _RULE = re.compile(
@@ -189,6 +253,8 @@ def load_dictionary(sources: Iterable[tuple[str, bytes]] | None = None) -> Dicti
                 continue
             if raw.name not in keys:
                 raise ValueError(f"{owner}: grammar names undefined AVP {raw.name}")
+            if any(rule.name == raw.name for rule in rules):
+                raise ValueError(f"{owner}: grammar names {raw.name} twice")
             rules.append(GrammarRule(raw.name, keys[raw.name], raw.minimum, raw.maximum, raw.fixed))
         return Grammar(tuple(rules), allows_other)
 
@@ -240,8 +306,6 @@ def load_dictionary(sources: Iterable[tuple[str, bytes]] | None = None) -> Dicti
 
 
 def _refuse_grouped(value: object) -> bytes:
-    from protocol.errors import EncodeError
-
     raise EncodeError("Grouped AVPs are encoded from their children by the codec")
 
 

@@ -317,12 +317,13 @@ async def test_status_changes_and_terminated_is_final(api: Api) -> None:
     client = await api.server.client()
     status, body = await api.call("PUT", "/subscribers/alice/status", {"status": "suspended"})
     assert status == 200 and (body["previous_status"], body["status"]) == ("active", "suspended")
-    # Suspended: no new session (RULES.md: a request that would open a session on an account
-    # that is not active is account_blocked, 4010).
+    # Suspended: the session opens with nothing granted and is redirected to the top-up portal
+    # at once (RULES.md check 3; RFC 8506 section 5.6).
     answer = await client.request(
         ccr("s-1", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 60), call_to("4917612345678"))
     )
-    assert code(answer) == 4010
+    final_unit = answer.find("Final-Unit-Indication")
+    assert code(answer) == 2001 and final_unit is not None and final_unit.get("Final-Unit-Action") == 1
     assert (await api.call("PUT", "/subscribers/alice/status", {"status": "active"}))[1]["status"] == "active"
     status, body = await api.call("PUT", "/subscribers/alice/status", {"status": "barred"})
     assert status == 200 and body["status"] == "barred"

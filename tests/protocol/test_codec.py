@@ -8,7 +8,7 @@ import pytest
 
 from protocol.codec import FrameReader, decode, encode, encode_avp
 from protocol.constants import MAX_AVP_COUNT, MAX_MESSAGE_LENGTH, MAX_NESTING_DEPTH, ResultCode
-from protocol.errors import InvalidMessageLength, LimitExceeded, UnsupportedVersion
+from protocol.errors import EncodeError, InvalidMessageLength, LimitExceeded, UnsupportedVersion
 from protocol.message import Avp, Message, avp, request
 
 
@@ -170,3 +170,62 @@ def test_nesting_at_the_limit_is_decoded() -> None:
     for _ in range(MAX_NESTING_DEPTH):
         inner = raw_avp(443, 0x40, inner)
     assert decode(frame_of(0x80, 272, 4, inner)).failures == []
+
+
+def test_undelimitable_avp_is_echoed_as_header_with_minimal_zero_payload() -> None:
+    # RFC 6733 section 7.1.5: for a length past the message, the header and a zero-filled payload
+    # of the type's minimum size (empty for Grouped) are enough, and the bytes that follow are not
+    # the AVP's: echoing them could put any number of AVPs into the answer.
+    tail = raw_avp(263, 0x40, b"s;1") * 3
+    grouped = struct.pack(">II", 456, (0x40 << 24) | 0xFFF0) + tail  # Multiple-Services-Credit-Control
+    unsigned = struct.pack(">II", 415, (0x40 << 24) | 0xFFF0) + tail  # CC-Request-Number
+    vendor = struct.pack(">III", 871, (0xC0 << 24) | 0xFFF0, 10415) + tail  # Quota-Holding-Time
+    for body, expected in [
+        (grouped, Avp(456, 0x40, 0, b"")),
+        (unsigned, Avp(415, 0x40, 0, b"\0\0\0\0")),
+        (vendor, Avp(871, 0xC0, 10415, b"\0\0\0\0")),
+    ]:
+        decoded = decode(frame_of(0x80, 272, 4, body))
+        assert [(f.result_code, f.failed_avp) for f in decoded.failures] == [
+            (ResultCode.DIAMETER_INVALID_AVP_LENGTH, expected)
+        ]
+
+
+def test_value_out_of_range_is_an_encode_error_naming_the_avp() -> None:
+    message = request(272, 4, [avp("Session-Id", "s"), avp("CC-Request-Number", 1 << 32)])
+    with pytest.raises(EncodeError, match="CC-Request-Number"):
+        encode(message)
+    inside = request(272, 4, [avp("Subscription-Id", [avp("Subscription-Id-Type", 1 << 31)])])
+    with pytest.raises(EncodeError, match="Subscription-Id-Type"):
+        encode(inside)
+    with pytest.raises(EncodeError, match="Origin-Host"):
+        encode(request(280, 0, [avp("Origin-Host", "höst")]))  # DiameterIdentity is ASCII
+
+
+def test_int_subclasses_encode_like_ints() -> None:
+    as_enum = encode(request(272, 4, [avp("Result-Code", ResultCode.DIAMETER_SUCCESS)]))
+    assert as_enum == encode(request(272, 4, [avp("Result-Code", 2001)]))
+    assert decode(as_enum).message.get("Result-Code") == 2001
+
+
+def test_v_bit_without_vendor_id_encodes_its_vendor_field() -> None:
+    # RFC 6733 section 4.1: the V bit means a Vendor-ID field is present, and 0 is a valid one.
+    encoded = encode_avp(Avp(415, 0xC0, 0, 7))
+    assert encoded == struct.pack(">IIII", 415, (0xC0 << 24) | 16, 0, 7)
+    # ... and a non-zero Vendor-ID always travels in that field, with the V bit.
+    assert encode_avp(Avp(9, 0x40, 10415, b"\0\0\0\x07")) == struct.pack(">IIII", 9, (0xC0 << 24) | 16, 10415, 7)
+
+
+def test_subclasses_of_bytes_and_list_mean_payload_and_members() -> None:
+    class Payload(bytes):
+        pass
+
+    class Members(list[Avp]):
+        pass
+
+    assert encode_avp(Avp(263, 0x40, 0, Payload(b"abc"))) == encode_avp(Avp(263, 0x40, 0, b"abc"))
+    assert encode_avp(Avp(99999, 0, 0, Payload(b"abc"))) == raw_avp(99999, 0, b"abc")
+    members = [avp("Subscription-Id-Type", 0)]
+    assert encode_avp(Avp(443, 0x40, 0, Members(members))) == encode_avp(Avp(443, 0x40, 0, members))
+    with pytest.raises(EncodeError, match="not in the dictionary"):
+        encode_avp(Avp(99999, 0, 0, 5))

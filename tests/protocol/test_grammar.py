@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import random
+
 from protocol.codec import decode, encode
 from protocol.constants import ResultCode
-from protocol.grammar import validate
-from protocol.message import Avp, Message, avp, request
+from protocol.dictionary import DEFAULT_DICTIONARY
+from protocol.errors import Failure
+from protocol.grammar import _check, _is_clean, validate
+from protocol.message import Avp, Message, answer_to, avp, request
 
 APPLICATIONS = {0, 4}
 
@@ -97,3 +102,59 @@ def test_error_answers_follow_the_generic_answer_grammar() -> None:
     assert validate(answer, APPLICATIONS) == []
     answer.avps.pop()
     assert [f.result_code for f in validate(answer, APPLICATIONS)] == [ResultCode.DIAMETER_MISSING_AVP]
+
+
+def _mutated(message: Message, rng: random.Random) -> Message:
+    """``message`` with one to three AVPs removed, repeated, moved or added at any depth."""
+    mutated = copy.deepcopy(message)
+    definitions = list(DEFAULT_DICTIONARY.avps_by_key.values())
+    for _ in range(rng.randint(1, 3)):
+        levels = [mutated.avps]
+        for level in levels:
+            levels += [item.value for item in level if isinstance(item.value, list)]
+        level = rng.choice(levels)
+        operation = rng.randrange(4)
+        if operation == 0 and level:
+            level.pop(rng.randrange(len(level)))
+        elif operation == 1 and level:
+            level.insert(rng.randrange(len(level) + 1), copy.deepcopy(rng.choice(level)))
+        elif operation == 2 and level:
+            level.insert(rng.randrange(len(level) + 1), level.pop(rng.randrange(len(level))))
+        else:
+            definition = rng.choice(definitions)
+            payload: list[Avp] | bytes = [] if definition.grammar is not None else b"\0\0\0\0"
+            level.insert(rng.randrange(len(level) + 1), Avp(definition.code, 0x40, definition.vendor_id, payload))
+    return mutated
+
+
+def test_quick_check_agrees_with_the_full_walk() -> None:
+    """validate() walks the AVPs only when the set-based check finds something: the two must
+    agree on every message, valid or not (fixed position, required, repeated, not allowed)."""
+    usage = avp("Used-Service-Unit", [avp("CC-Total-Octets", 10), avp("Reporting-Reason", 2)])
+    mscc = avp("Multiple-Services-Credit-Control", [avp("Requested-Service-Unit", []), usage, avp("Rating-Group", 1)])
+    subscription = avp("Subscription-Id", [avp("Subscription-Id-Type", 0), avp("Subscription-Id-Data", "49")])
+    service = avp("Service-Information", [avp("PS-Information", [avp("Called-Station-Id", "internet")])])
+    request_message = ccr(subscription, copy.deepcopy(subscription), mscc, copy.deepcopy(mscc), service)
+    grant = avp("Granted-Service-Unit", [avp("CC-Total-Octets", 100)])
+    answer_avps = [
+        avp("Session-Id", "pgw;1"),
+        avp("Result-Code", 2001),
+        avp("Origin-Host", "o"),
+        avp("Origin-Realm", "r"),
+    ]
+    answer_avps += [avp("Auth-Application-Id", 4), avp("CC-Request-Type", 1), avp("CC-Request-Number", 0)]
+    answer_avps += [avp("Multiple-Services-Credit-Control", [grant, avp("Rating-Group", 1), avp("Result-Code", 2001)])]
+    answer_message = answer_to(request_message, answer_avps)
+    rng = random.Random(6733)
+    verdicts = {True: 0, False: 0}
+    for _ in range(3000):
+        message = _mutated(rng.choice([request_message, answer_message]), rng)
+        command = DEFAULT_DICTIONARY.commands[272]
+        grammar = command.request if message.is_request else command.answer
+        walked: list[Failure] = []
+        _check(message.avps, grammar, DEFAULT_DICTIONARY, walked, command.name)
+        clean = _is_clean(message.avps, grammar, DEFAULT_DICTIONARY)
+        assert clean == (walked == []), (clean, walked)
+        assert validate(message, APPLICATIONS) == walked
+        verdicts[clean] += 1
+    assert min(verdicts.values()) > 500  # both outcomes well represented
