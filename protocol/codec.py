@@ -130,7 +130,10 @@ def _compile(dictionary: Dictionary) -> _Tables:
     for (code, vendor_id), definition in dictionary.avps_by_key.items():
         key = packed_key(code, vendor_id)
         kind = _KINDS.get(definition.type, _CALL)
-        must = definition.must_flags
+        # A missing M bit on an AVP we understand is accepted: RFC 6733 section 4.1 calls such AVPs
+        # informational, and network elements (and python-diameter) leave it off Origin-Host and
+        # friends. Only the V bit is structural (it decides whether a Vendor-ID follows).
+        must = definition.must_flags & _VENDOR_BIT
         decoders[key] = (kind, must, must | _PROTECTED_BIT, definition)
         fixed_format = _FIXED_FORMATS.get(definition.type)
         if fixed_format is None:
@@ -279,8 +282,8 @@ def _fail_flags(
             vendor_id = _WORD.unpack_from(buffer, offset + 8)[0] if flags & _VENDOR_BIT else 0
             reason = f"unknown AVP {code} vendor {vendor_id} with M bit"
             _fail(failures, ResultCode.DIAMETER_AVP_UNSUPPORTED, buffer, offset, end, reason)
-    elif flags & definition.must_flags != definition.must_flags:
-        reason = f"{definition.name}: flags {flags:#04x} lack required {definition.must_flags:#04x}"
+    elif flags & definition.must_flags & _VENDOR_BIT != definition.must_flags & _VENDOR_BIT:
+        reason = f"{definition.name}: flags {flags:#04x} lack the V bit"
         _fail(failures, ResultCode.DIAMETER_INVALID_AVP_BITS, buffer, offset, end, reason)
         return
     if flags & _PROTECTED_BIT:

@@ -51,7 +51,15 @@ def validate(
     command = dictionary.commands.get(message.command_code)
     if command is None:
         return [Failure(ResultCode.DIAMETER_COMMAND_UNSUPPORTED, None, f"command {message.command_code}")]
-    if message.application_id not in applications and message.application_id != ApplicationId.RELAY:
+    # A command defined by an application (Credit-Control: 4) is only valid in that application;
+    # base commands (application 0 in the dictionary) travel in any application we serve.
+    wrong_application = command.application_id != 0 and message.application_id not in (
+        command.application_id,
+        ApplicationId.RELAY,
+    )
+    if wrong_application or (
+        message.application_id not in applications and message.application_id != ApplicationId.RELAY
+    ):
         return [
             Failure(
                 ResultCode.DIAMETER_APPLICATION_UNSUPPORTED,

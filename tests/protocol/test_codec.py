@@ -109,8 +109,9 @@ def test_avp_length_below_header_is_5014() -> None:
     assert failures_of(bad) == [(ResultCode.DIAMETER_INVALID_AVP_LENGTH, 263)]
 
 
-def test_missing_m_bit_on_mandatory_avp_is_3009() -> None:
-    assert failures_of(raw_avp(415, 0x00, b"\0\0\0\x01")) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 415)]
+def test_missing_m_bit_on_a_known_avp_is_accepted() -> None:
+    # RFC 6733 section 4.1: without M the AVP is informational; we understand it, so we use it.
+    assert failures_of(raw_avp(415, 0x00, b"\0\0\0\x01")) == []
 
 
 def test_p_bit_is_3009() -> None:

@@ -89,6 +89,12 @@ def test_unsupported_application_is_3007() -> None:
     assert [f.result_code for f in validate(message, APPLICATIONS)] == [ResultCode.DIAMETER_APPLICATION_UNSUPPORTED]
 
 
+def test_ccr_outside_the_credit_control_application_is_3007() -> None:
+    message = ccr()
+    message.application_id = 0  # served (base), but a CCR belongs to application 4 only
+    assert [f.result_code for f in validate(message, APPLICATIONS)] == [ResultCode.DIAMETER_APPLICATION_UNSUPPORTED]
+
+
 def test_p_bit_on_cer_is_3008() -> None:
     message = request(257, 0, [avp("Origin-Host", "a")])
     message.flags |= 0x40
