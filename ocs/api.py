@@ -54,6 +54,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from balance.audit import audit
 from balance.directory import IdentityKind, Subscriber
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.types import MAX_SERVICE_UNITS, MONETARY_KINDS, AccountStatus, BalanceView, Bucket, BucketKind
@@ -155,6 +156,7 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     app.router.add_post("/subscribers/{account_id}/adjustments", _adjust)
     app.router.add_post("/subscribers/{account_id}/buckets", _add_bucket)
     app.router.add_get("/subscribers/{account_id}/balance", _balance)
+    app.router.add_get("/audit", _audit)
     app.router.add_get("/rate", _rate)
     app.router.add_post("/rate", _rate)
     return app
@@ -352,6 +354,28 @@ async def _health(request: web.Request) -> web.Response:
     except TimeoutError:
         return web.json_response({"status": "unavailable", "redis": "no answer in time"}, status=503)
     return web.json_response({"status": "ok", "redis": "ok"})
+
+
+async def _audit(request: web.Request) -> web.Response:
+    """RULES.md's invariants over every account (balance.audit), with the usage records counted
+    from the spool after a final drain. ``?sessions_ended=true`` also demands that nothing is
+    held any more (the end of a load run). 200 with ``ok`` true or false and the findings."""
+    state = request.app[CONTEXT].state
+    store = state.store
+    assert store is not None
+    sessions_ended = request.query.get("sessions_ended", "false").lower() in ("1", "true", "yes")
+    usage: dict[str, int] | None = None
+    if state.spool is not None:
+        await state.spool.drain_once(store, batch_size=state.settings.spool.batch_size)
+        usage = await state.spool.totals_by_account()
+        for record in await store.usage_records():  # anything that arrived after the drain
+            usage[record.account_id] = usage.get(record.account_id, 0) + record.micros
+    report = await audit(store, now_seconds=int(time.time()), usage_micros=usage, sessions_ended=sessions_ended)
+    findings = [{"account": f.account_id, "rule": f.rule, "detail": f.detail} for f in report.findings]
+    spooled = await state.spool.count() if state.spool is not None else 0
+    return web.json_response(
+        {"ok": report.ok, "accounts": report.accounts, "spool_records": spooled, "findings": findings}
+    )
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -523,3 +523,20 @@ async def test_health_is_200_with_redis_and_503_without(tmp_path: Path) -> None:
             await http.close()
         await shutdown(state)
         await asyncio.to_thread(redis_server.stop)
+
+
+async def test_audit_is_clean_after_a_call_and_names_a_corrupted_account(api: Api) -> None:
+    assert (await api.call("POST", "/subscribers", alice()))[0] == 201
+    client = await api.server.client()
+    callee = call_to("4917612345678")
+    await client.request(ccr("au-1", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 120), callee))
+    await client.request(ccr("au-1", "TERMINATION_REQUEST", 1, seconds("Used-Service-Unit", 61), callee))
+    await client.close()
+    status, body = await api.call("GET", "/audit?sessions_ended=true")
+    assert status == 200 and body["ok"] is True and body["findings"] == [] and body["spool_records"] == 1
+    store = api.server.state.store
+    assert store is not None
+    await store.admin.execute("HINCRBY", "{alice}:a:alice", "cr", "1")  # money from nowhere
+    status, body = await api.call("GET", "/audit")
+    assert status == 200 and body["ok"] is False
+    assert [finding["account"] for finding in body["findings"]] == ["alice"]
