@@ -18,6 +18,8 @@ Endpoints (``{id}`` is an account id):
 ====== ================================ =====================================================
 GET    /health                          200 ``{"status": "ok"}`` when Redis answers, else 503
 GET    /metrics                         Prometheus text format (OpenMetrics if asked)
+GET    /audit[?sessions_ended=true]     the money audit (balance.audit) with the spool's usage
+                                        totals: {"ok", "accounts", "spool_records", "findings"}
 POST   /subscribers                     create: account_id, payment_type (prepaid|postpaid),
                                         currency, credit_limit, parent_id, child_cap, status,
                                         buckets [{kind, amount, services, valid_from,

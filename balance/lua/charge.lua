@@ -6,6 +6,7 @@
 --       6 terminate 0|1, 7 event 0|1, 8 tombstone lifetime (s), 9 parent id ('' for none),
 --       10 item count, then per item 10 fields: rating group, service, unit (seconds|octets|events),
 --       used units, requested units, release 0|1, price micros, per units, block units, first units.
+--       Numbers are decimal integers (balance/store.py); some are copied into what is stored as sent.
 -- Returns: "<replayed 0|1> <outcome> <balance micros> <opened 0|1> <records> <items>" followed by
 --       "<rating group> <outcome> <granted> <committed units> <committed micros> <final 0|1>" per item.
 -- Invariants: RULES.md, checked on every account touched before anything is written; a replayed
@@ -17,29 +18,39 @@ local number, now, validity = ARGV[3] + 0, ARGV[4] + 0, ARGV[5] + 0
 local terminate, event = ARGV[6] == '1', ARGV[7] == '1'
 local parent_id, item_count = ARGV[9], ARGV[10] + 0 -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
 
-local function refused(outcome)
-  return '0 ' .. outcome .. ' 0 0 0 0'
-end
-
 local account = load_account(account_key, account_id)
-if account == nil then return refused('unknown_account') end
+if account == nil then return '0 unknown_account 0 0 0 0' end
 if account.par ~= parent_id then return redis.error_reply('HIERARCHY ' .. account_id .. ' has parent ' .. account.par) end
 
--- The session's stored state: a, n, r, c, x and one g:<rating group> field per reservation.
-local session = {}
+-- The session's stored state: a, n, r, c, x and one g:<rating group> field per reservation,
+-- read straight from the reply (the reservations are decoded once the request is accepted).
 local stored = call('HGETALL', session_key)
-for i = 1, #stored, 2 do session[stored[i]] = stored[i + 1] end
-local exists = session.n ~= nil
+local last, owner, last_reply, closed, stored_reservations = nil, nil, nil, false, nil
+for i = 1, #stored, 2 do
+  local field = stored[i]
+  if field == 'n' then
+    last = stored[i + 1] + 0
+  elseif field == 'a' then
+    owner = stored[i + 1]
+  elseif field == 'r' then
+    last_reply = stored[i + 1]
+  elseif field == 'c' then
+    closed = stored[i + 1] == '1'
+  elseif byte(field, 1) == 103 and byte(field, 2) == 58 then -- 'g:'
+    stored_reservations = stored_reservations or {}
+    stored_reservations[#stored_reservations + 1] = i
+  end
+end
+local exists = last ~= nil
 if exists then
-  local last = session.n + 0
-  if number == last and session.a == account_id then return '1 ' .. session.r end
-  if number < last then return refused('stale_request') end
-  if session.c == '1' or session.a ~= account_id then return refused('unknown_session') end
+  if number == last and owner == account_id then return '1 ' .. last_reply end
+  if number < last then return '0 stale_request 0 0 0 0' end
+  if closed or owner ~= account_id then return '0 unknown_session 0 0 0 0' end
 elseif number ~= 0 and not event then
-  return refused('unknown_session')
+  return '0 unknown_session 0 0 0 0'
 end
 local closed_for_good = account.st == 'barred' or account.st == 'terminated'
-if (event and account.st ~= 'active') or (not exists and closed_for_good) then return refused('account_blocked') end
+if (event and account.st ~= 'active') or (not exists and closed_for_good) then return '0 account_blocked 0 0 0 0' end
 
 local parent = nil
 if parent_id ~= '' then
@@ -47,14 +58,15 @@ if parent_id ~= '' then
   if parent == nil then return redis.error_reply('HIERARCHY parent ' .. parent_id .. ' missing') end
 end
 
--- Reservations are decoded as found ('g:' is 103, 58) and written back only when made anew.
-local reservations, removed, made = {}, {}, {}
-for field, value in pairs(session) do
-  if byte(field, 1) == 103 and byte(field, 2) == 58 then reservations[field] = decode_reservation(value) end
+-- Reservations by field; only those made by this request are encoded and written back.
+local reservations, removed, made = {}, nil, nil
+if stored_reservations ~= nil then
+  for _, i in ipairs(stored_reservations) do reservations[stored[i]] = decode_reservation(stored[i + 1]) end
 end
 
 local closing = terminate or event
-local results, records = {}, {}
+-- The items' answers and usage records, as text: one item (the usual request) makes no table.
+local results, record_count, records = nil, 0, nil
 local session_json = nil -- the session id as a JSON string body, made for the first usage record
 local position = 11
 for _ = 1, item_count do
@@ -62,8 +74,7 @@ for _ = 1, item_count do
   local used, requested = ARGV[position + 3] + 0, ARGV[position + 4] + 0
   local release = ARGV[position + 5] == '1'
   local tariff = {price = ARGV[position + 6] + 0, per = ARGV[position + 7] + 0,
-    block = ARGV[position + 8] + 0, first = ARGV[position + 9] + 0, argument = position + 6}
-  position = position + 10
+    block = ARGV[position + 8] + 0, first = ARGV[position + 9] + 0, text = false}
   local field = 'g:' .. rating_group
   local existing = reservations[field]
   local outcome, granted, final = 'ok', 0, false
@@ -96,8 +107,10 @@ for _ = 1, item_count do
   if existing ~= nil then
     return_reservation(existing, account, parent)
     reservations[field] = nil
+    removed = removed or {}
     removed[#removed + 1] = field
   end
+  local granted_text = '0'
   if requested > 0 and not release and not closing then
     if account.st ~= 'active' then
       outcome = 'account_blocked'
@@ -108,31 +121,38 @@ for _ = 1, item_count do
         outcome = 'insufficient_funds'
       else
         if is_final then outcome, final = 'partial', true end
+        -- The numbers as the caller sent them, where they are the ones to store: no formatting.
+        granted_text = granted == requested and ARGV[position + 4] or fmt(granted)
+        tariff.text = ARGV[position + 6] .. ' ' .. ARGV[position + 7] .. ' ' .. ARGV[position + 8] .. ' '
+          .. ARGV[position + 9]
         reservations[field] = reservation
+        made = made or {}
         made[#made + 1] = field
+        made[#made + 1] = granted_text
       end
     end
   end
+  local units_text = committed_units == used and ARGV[position + 3] or fmt(committed_units)
+  local micros_text = fmt(committed_micros)
   if committed_units > 0 then
     -- The usage record as JSON, written out by hand (cjson costs a table and a number format per
-    -- field). Only the session id can hold characters JSON must escape: the account id, service
-    -- and unit are plain (balance/validation.py), the numbers are decimal integers.
-    if session_json == nil then
-      session_json = session_id
-      if find(session_id, '[%c"\\]') then
-        session_json = string.gsub(session_id, '[%c"\\]', function(c)
-          if c == '"' or c == '\\' then return '\\' .. c end
-          return format('\\u%04x', byte(c))
-        end)
-      end
-    end
-    records[#records + 1] = '{"id":"' .. session_json .. '|' .. ARGV[3] .. '|' .. rating_group .. '","account":"'
+    -- field). Only the session id can hold characters JSON must escape (cjson escapes it); the
+    -- account id, service and unit are plain (balance/validation.py), the numbers are integers.
+    if session_json == nil then session_json = sub(cjson.encode(session_id), 2, -2) end
+    local record = '{"id":"' .. session_json .. '|' .. ARGV[3] .. '|' .. rating_group .. '","account":"'
       .. account_id .. '","session":"' .. session_json .. '","number":' .. ARGV[3] .. ',"rating_group":'
-      .. rating_group .. ',"service":"' .. service .. '","unit":"' .. unit .. '","units":' .. fmt(committed_units)
-      .. ',"micros":' .. fmt(committed_micros) .. ',"payment":"' .. account.pay .. '","at":' .. ARGV[4] .. '}'
+      .. rating_group .. ',"service":"' .. service .. '","unit":"' .. unit .. '","units":' .. units_text
+      .. ',"micros":' .. micros_text .. ',"payment":"' .. account.pay .. '","at":' .. ARGV[4] .. '}'
+    record_count = record_count + 1
+    if record_count == 1 then records = record else
+      if record_count == 2 then records = {records} end
+      records[record_count] = record
+    end
   end
-  results[#results + 1] = rating_group .. ' ' .. outcome .. ' ' .. fmt(granted) .. ' ' .. fmt(committed_units)
-    .. ' ' .. fmt(committed_micros) .. (final and ' 1' or ' 0')
+  local result = rating_group .. ' ' .. outcome .. ' ' .. granted_text .. ' ' .. units_text .. ' ' .. micros_text
+    .. (final and ' 1' or ' 0')
+  results = results and (results .. ' ' .. result) or result
+  position = position + 10
 end
 
 if closing then
@@ -149,10 +169,9 @@ if problem ~= nil then return problem end
 -- Every change is known and consistent: write it.
 save_account(account)
 if parent ~= nil then save_account(parent) end
-local opened = (not exists and not closing) and '1' or '0'
-local reply = 'ok ' .. fmt(available(account, parent, now)) .. ' ' .. opened .. ' ' .. fmt(#records) .. ' '
-  .. fmt(#results)
-if #results > 0 then reply = reply .. ' ' .. concat(results, ' ') end
+local opened = (not exists and not closing) and ' 1 ' or ' 0 '
+local reply = 'ok ' .. fmt(available(account, parent, now)) .. opened .. fmt(record_count) .. ' ' .. fmt(item_count)
+if results ~= nil then reply = reply .. ' ' .. results end
 local member = account_id .. '|' .. session_id
 if closing then
   call('DEL', session_key)
@@ -161,30 +180,33 @@ if closing then
   if exists then call('ZREM', expiry_key, member) end
 else
   local expiry = fmt(now + validity)
-  local fields = {'n', ARGV[3], 'r', reply, 'x', expiry}
+  local fields = {'n', ARGV[3], 'r', reply, 'x', expiry, false, false, false, false}
+  local count = 6
   if not exists then
-    fields[7] = 'a'
-    fields[8] = account_id
+    fields[7], fields[8] = 'a', account_id
+    count = 8
   end
   -- Reservations no item touched are stored as they were: only new ones are encoded.
-  for _, field in ipairs(made) do
-    local reservation = reservations[field]
-    local tariff = reservation.tariff
-    if tariff.argument then
-      -- The four tariff numbers as the caller sent them (decimal integers): no re-formatting.
-      local at = tariff.argument
-      tariff.text = ARGV[at] .. ' ' .. ARGV[at + 1] .. ' ' .. ARGV[at + 2] .. ' ' .. ARGV[at + 3]
+  if made ~= nil then
+    for i = 1, #made, 2 do
+      local field = made[i]
+      fields[count + 1], fields[count + 2] = field, encode_reservation(reservations[field], made[i + 1])
+      count = count + 2
     end
-    fields[#fields + 1] = field
-    fields[#fields + 1] = encode_reservation(reservation)
   end
-  local gone = {}
-  for _, field in ipairs(removed) do
-    if reservations[field] == nil then gone[#gone + 1] = field end
+  if removed ~= nil then
+    local gone = {}
+    for _, field in ipairs(removed) do
+      if reservations[field] == nil then gone[#gone + 1] = field end
+    end
+    if #gone > 0 then call('HDEL', session_key, unpack(gone)) end
   end
-  if #gone > 0 then call('HDEL', session_key, unpack(gone)) end
-  call('HSET', session_key, unpack(fields))
+  call('HSET', session_key, unpack(fields, 1, count))
   call('ZADD', expiry_key, expiry, member)
 end
-if #records > 0 then call('RPUSH', outbox_key, unpack(records)) end
+if record_count == 1 then
+  call('RPUSH', outbox_key, records)
+elseif record_count > 1 then
+  call('RPUSH', outbox_key, unpack(records))
+end
 return '0 ' .. reply

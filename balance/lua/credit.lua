@@ -40,8 +40,8 @@ if bucket == nil then
   meta = table.concat({kind, ARGV[7], ARGV[8], ARGV[9], ARGV[6]}, '|')
 end
 if bucket.amount + amount < 0 then return 'insufficient_funds 0 0' end
-set_amount(account, bucket, bucket.amount + amount)
-if kind == 'main' or kind == 'bonus' then add(account, 'cr', amount) end
+bucket.amount, bucket.dirty = bucket.amount + amount, true
+if kind == 'main' or kind == 'bonus' then account.cr, account.dirty.cr = account.cr + amount, true end
 
 local problem = check_invariants(account)
 if problem ~= nil then return problem end

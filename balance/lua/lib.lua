@@ -6,7 +6,7 @@
 --
 -- Numbers: Redis Lua numbers are doubles; every amount stays below 2^53 (RULES.md), so integer
 -- arithmetic is exact. Integers are written back with fmt() ('%d': Lua 5.1 casts to a 64-bit long,
--- exact below 2^53 and far cheaper than the float formatter), never tostring(), which would
+-- exact below 2^53 and half the cost of the float formatter), never tostring(), which would
 -- print 1e+15. Stored numbers and numeric ARGV are decimal integers written by these scripts or
 -- by balance/store.py, so they are read with `text + 0` (one conversion; tonumber() makes two).
 --
@@ -14,30 +14,27 @@
 -- invariants, and only then writes. Redis does not roll back a script that fails half way, so a
 -- failed assertion must happen before the first write.
 --
--- Cost: this runs inside Redis's single thread on every charge, where each Lua operation (a
--- table, a string, a global lookup) costs a tenth of a microsecond or more, so the hot path is
--- written to do little: library functions are bound to locals once per call, an account's
--- buckets are parsed once and sorted into drawing order once per kind (amounts and validity are
--- checked as they are walked, so the order stays right while amounts change), and a stored
--- reservation keeps its tariff text. bench/balance.py measures it (INFO commandstats).
+-- Cost: this runs in Redis's single thread on every charge, and the whole chunk, these function
+-- definitions included, runs again on every call. What costs there is counted in instructions
+-- (valgrind): each closure made, table made or grown, string made, C function called and
+-- pattern matched costs hundreds to thousands. So the library is a few functions, small helpers
+-- are written out where they are used, tables are made at their final size, a bucket's
+-- metadata is parsed only when it is not the plain main bucket, buckets are sorted into drawing
+-- order only when two share a kind, and numbers already held as text are not formatted again.
+-- bench/balance.py measures the result (INFO commandstats).
 
 local format, byte, sub, find, match, gmatch = string.format, string.byte, string.sub, string.find, string.match,
   string.gmatch
 local floor, ceil = math.floor, math.ceil
-local concat, sort = table.concat, table.sort
 local call, tonumber = redis.call, tonumber
+
+local INFINITY = 1e300
+local NO_SERVICES = {} -- shared by every bucket open to any service; never written
 
 local function fmt(n)
   if n == 0 then return '0' end -- the most common value, without a call to format
   return format('%d', n)
 end
-
-local function num(value)
-  return tonumber(value) or 0
-end
-
-local INFINITY = 1e300
-local NO_SERVICES = {} -- shared by every bucket open to any service; never written
 
 -- ---------------------------------------------------------------------------------------------
 -- tariff arithmetic (RULES.md "Units and arithmetic")
@@ -73,43 +70,20 @@ end
 
 -- ---------------------------------------------------------------------------------------------
 -- accounts
+--
+-- An account is its hash's fields under their own names (counters as numbers), its buckets in
+-- id order, `dirty` (counters changed) and `kinds` (drawing order, see of_kind). A bucket is
+-- {id, text (its id as stored), amount, kind, from, until, priority, services, any_service,
+-- dirty}.
 
-local function parse_meta(bucket, meta)
-  local kind, from, till, priority, services = match(meta, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  bucket.kind = kind
-  -- '0' (no start, no end, no priority) is by far the most common value: no conversion.
-  if from ~= '0' then bucket.from = tonumber(from) or 0 end
-  if till ~= '0' then bucket['until'] = tonumber(till) or 0 end
-  if priority ~= '0' then bucket.priority = tonumber(priority) or 0 end
-  if services == '' then return end
-  if not find(services, ',', 1, true) then
-    bucket.services = {[services] = true}
-    bucket.any_service = false
-    return
-  end
-  for service in gmatch(services, '[^,]+') do
-    if bucket.any_service then
-      bucket.services = {}
-      bucket.any_service = false
-    end
-    bucket.services[service] = true
-  end
-end
-
--- A bucket table with every field it will get, so filling it in never grows it.
-local function new_bucket(bucket_id)
-  return {id = bucket_id, amount = 0, kind = false, from = 0, ['until'] = 0, priority = 0,
-    services = NO_SERVICES, any_service = true, dirty = false}
-end
-
--- Returns the account as a table, or nil if the key does not exist. Fields of the hash other
--- than buckets ('q:<id>' amount, 'm:<id>' metadata) land on the table under their own names.
+-- Returns the account as a table, or nil if the key does not exist.
 local function load_account(key, id)
   local flat = call('HGETALL', key)
   local count = #flat
   if count == 0 then return nil end
-  local buckets, by_id = {}, {}
-  local account = {key = key, id = id, buckets = buckets, by_id = by_id, kinds = {}, dirty = {},
+  local buckets = {}
+  local account = {key = key, id = id, buckets = buckets, kinds = false,
+    dirty = {cr = false, db = false, cm = false, hd = false, lh = false, ub = false, pu = false},
     cr = 0, db = 0, cm = 0, hd = 0, lh = 0, ub = 0, pu = 0, lim = 0, cap = 0,
     pay = false, st = false, par = '', cur = false}
   local in_order, last_id = true, -INFINITY
@@ -117,69 +91,103 @@ local function load_account(key, id)
   for i = 1, count, 2 do
     local field = flat[i]
     local first = byte(field, 1)
-    -- 113 is 'q', 109 'm', 58 ':'.
-    if byte(field, 2) == 58 and (first == 113 or first == 109) then
+    -- 'q:<id>' (113 'q', 58 ':') holds a bucket's amount, 'm:<id>' (109 'm') its metadata.
+    if (first == 113 or first == 109) and byte(field, 2) == 58 then
       local text = sub(field, 3)
       if text ~= bucket_text then
         local bucket_id = text + 0
-        bucket, bucket_text = by_id[bucket_id], text
+        bucket, bucket_text = nil, text
+        for j = 1, #buckets do
+          if buckets[j].id == bucket_id then bucket = buckets[j] end
+        end
         if bucket == nil then
-          bucket = new_bucket(bucket_id)
-          by_id[bucket_id] = bucket
+          bucket = {id = bucket_id, text = text, amount = 0, kind = false, from = 0, ['until'] = 0, priority = 0,
+            services = NO_SERVICES, any_service = true, dirty = false}
           buckets[#buckets + 1] = bucket
           if bucket_id < last_id then in_order = false end
           last_id = bucket_id
         end
       end
-      if first == 113 then bucket.amount = flat[i + 1] + 0 else parse_meta(bucket, flat[i + 1]) end
+      local value = flat[i + 1]
+      if first == 113 then
+        bucket.amount = value + 0
+      elseif value == 'main|0|0|0|' then
+        bucket.kind = 'main' -- the plain main bucket: nothing to parse
+      else
+        -- "kind|valid_from|valid_until|priority|service,service" (balance/keys.py).
+        local kind, from, till, priority, services = match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+        bucket.kind = kind
+        if from ~= '0' then bucket.from = tonumber(from) or 0 end
+        if till ~= '0' then bucket['until'] = tonumber(till) or 0 end
+        if priority ~= '0' then bucket.priority = tonumber(priority) or 0 end
+        if services ~= '' then
+          if not find(services, ',', 1, true) then
+            bucket.services, bucket.any_service = {[services] = true}, false
+          else
+            for service in gmatch(services, '[^,]+') do
+              if bucket.any_service then bucket.services, bucket.any_service = {}, false end
+              bucket.services[service] = true
+            end
+          end
+        end
+      end
     else
       account[field] = flat[i + 1]
     end
   end
-  if not in_order then sort(buckets, function(a, b) return a.id < b.id end) end
+  if not in_order then table.sort(buckets, function(a, b) return a.id < b.id end) end
   account.cr, account.db, account.cm = (account.cr or 0) + 0, (account.db or 0) + 0, (account.cm or 0) + 0
   account.hd, account.lh, account.ub = (account.hd or 0) + 0, (account.lh or 0) + 0, (account.ub or 0) + 0
   account.pu, account.lim, account.cap = (account.pu or 0) + 0, (account.lim or 0) + 0, (account.cap or 0) + 0
   return account
 end
 
--- A bucket created by an operation (top-up, refund): kept in id order like the loaded ones.
+-- A bucket created by an operation (top-up, refund), after the loaded ones (ids only grow).
 local function attach_bucket(account, bucket)
-  account.by_id[bucket.id] = bucket
+  bucket.text = bucket.text or format('%d', bucket.id)
   account.buckets[#account.buckets + 1] = bucket
-  account.kinds = {}
+  account.kinds = false
 end
 
-local function bucket_is_money(bucket)
-  local kind = bucket.kind
-  return kind == 'main' or kind == 'bonus'
+local function bucket_of(account, bucket_id)
+  local buckets = account.buckets
+  for i = 1, #buckets do
+    if buckets[i].id == bucket_id then return buckets[i] end
+  end
 end
 
-local function usable(bucket, now)
-  local till = bucket['until']
-  return bucket.amount > 0 and bucket.from <= now and (till == 0 or now < till)
-end
-
-local function drawing_order(a, b)
-  local ua = a['until'] == 0 and INFINITY or a['until']
-  local ub = b['until'] == 0 and INFINITY or b['until']
-  if ua ~= ub then return ua < ub end
-  if a.priority ~= b.priority then return a.priority < b.priority end
-  return a.id < b.id
-end
-
--- Every bucket of `kind` in drawing order, usable or not (callers check usable() as they walk
--- it: the order does not depend on amounts or on now, so one sort serves the whole call).
+-- The buckets to walk for `kind` in drawing order, usable or not: callers skip other kinds and
+-- unusable buckets as they go (the order depends on neither amounts nor now, so it is worked out
+-- once per call). While no two buckets share a kind, that is the account's own list.
 local function of_kind(account, kind)
-  local list = account.kinds[kind]
+  local kinds = account.kinds
+  if kinds == false then
+    kinds = true
+    local buckets = account.buckets
+    for i = 2, #buckets do
+      for j = 1, i - 1 do
+        if buckets[i].kind == buckets[j].kind then kinds = {} end
+      end
+    end
+    account.kinds = kinds
+  end
+  if kinds == true then return account.buckets end
+  local list = kinds[kind]
   if list == nil then
     list = {}
     local buckets = account.buckets
     for i = 1, #buckets do
       if buckets[i].kind == kind then list[#list + 1] = buckets[i] end
     end
-    if #list > 1 then sort(list, drawing_order) end
-    account.kinds[kind] = list
+    -- RULES.md "Drawing order": valid_until ascending (0 = never, last), priority, bucket id.
+    table.sort(list, function(a, b)
+      local ua = a['until'] == 0 and INFINITY or a['until']
+      local ub = b['until'] == 0 and INFINITY or b['until']
+      if ua ~= ub then return ua < ub end
+      if a.priority ~= b.priority then return a.priority < b.priority end
+      return a.id < b.id
+    end)
+    kinds[kind] = list
   end
   return list
 end
@@ -191,27 +199,18 @@ local function credit_line(account)
   return free
 end
 
-local function set_amount(account, bucket, amount)
-  bucket.amount = amount
-  bucket.dirty = true
-end
-
-local function add(account, counter, amount)
-  account[counter] = account[counter] + amount
-  account.dirty[counter] = true
-end
-
-local function usable_total(list, now)
+-- Usable main and bonus buckets (RULES.md "Accounts and buckets"); a sum needs no order.
+local function money_in_buckets(account, now)
   local total = 0
-  for i = 1, #list do
-    local bucket = list[i]
-    if usable(bucket, now) then total = total + bucket.amount end
+  local buckets = account.buckets
+  for i = 1, #buckets do
+    local bucket = buckets[i]
+    local kind, amount, till = bucket.kind, bucket.amount, bucket['until']
+    if (kind == 'main' or kind == 'bonus') and amount > 0 and bucket.from <= now and (till == 0 or now < till) then
+      total = total + amount
+    end
   end
   return total
-end
-
-local function money_in_buckets(account, now)
-  return usable_total(of_kind(account, 'bonus'), now) + usable_total(of_kind(account, 'main'), now)
 end
 
 local function pool_room(child, parent, now)
@@ -236,7 +235,7 @@ local function check_invariants(account)
     if bucket.amount < 0 then
       return redis.error_reply('INVARIANT ' .. account.id .. ' bucket ' .. bucket.id .. ' below 0')
     end
-    if bucket_is_money(bucket) then money = money + bucket.amount end
+    if bucket.kind == 'main' or bucket.kind == 'bonus' then money = money + bucket.amount end
   end
   if account.hd < 0 then return redis.error_reply('INVARIANT ' .. account.id .. ' hd below 0') end
   if account.lh < 0 then return redis.error_reply('INVARIANT ' .. account.id .. ' lh below 0') end
@@ -250,48 +249,46 @@ end
 
 -- Writes the changed fields of the account (after the invariants held).
 local function save_account(account)
-  local args, n = {}, 0
+  local args, n = {false, false, false, false, false, false, false, false, false, false}, 0
   local buckets = account.buckets
   for i = 1, #buckets do
     local bucket = buckets[i]
     if bucket.dirty then
-      args[n + 1] = 'q:' .. bucket.id
-      args[n + 2] = fmt(bucket.amount)
+      args[n + 1], args[n + 2] = 'q:' .. bucket.text, fmt(bucket.amount)
       n = n + 2
       bucket.dirty = false
     end
   end
-  for field in pairs(account.dirty) do
-    args[n + 1] = field
-    args[n + 2] = fmt(account[field])
-    n = n + 2
+  local dirty = account.dirty
+  for field, changed in pairs(dirty) do
+    if changed then
+      args[n + 1], args[n + 2] = field, fmt(account[field])
+      n = n + 2
+      dirty[field] = false
+    end
   end
-  if n > 0 then call('HSET', account.key, unpack(args)) end
-  account.dirty = {}
+  if n > 0 then call('HSET', account.key, unpack(args, 1, n)) end
 end
 
 -- ---------------------------------------------------------------------------------------------
 -- holds and reservations
 --
--- A hold is {src, id, amount}: src 'u' allowance units of an own bucket, 'c' micros of an own
--- monetary bucket, 'C' the own credit line, 'p' a parent bucket, 'P' the parent credit line.
+-- A hold is {src, id, text, amount}: src 'u' allowance units of an own bucket, 'c' micros of an
+-- own monetary bucket, 'C' the own credit line, 'p' a parent bucket, 'P' the parent credit line;
+-- id (and text, as stored) names the bucket, 0 for a credit line.
 
-local function owner_of(hold, account, parent)
-  if hold.src == 'p' or hold.src == 'P' then return parent end
-  return account
-end
-
--- Holds up to `left` micros from the usable buckets of `list` (in order); returns what is left.
-local function hold_from_buckets(owner, list, src, holds, left, now)
+-- Holds up to `left` micros from the usable `kind` buckets of `owner`; returns what is left.
+local function hold_from_buckets(owner, kind, src, holds, left, now)
+  local list = of_kind(owner, kind)
   for i = 1, #list do
     if left == 0 then return 0 end
     local bucket = list[i]
-    if usable(bucket, now) then
-      local amount = bucket.amount
+    local amount, till = bucket.amount, bucket['until']
+    if bucket.kind == kind and amount > 0 and bucket.from <= now and (till == 0 or now < till) then
       local take = amount < left and amount or left
-      set_amount(owner, bucket, amount - take)
-      add(owner, 'hd', take)
-      holds[#holds + 1] = {src = src, id = bucket.id, amount = take}
+      bucket.amount, bucket.dirty = amount - take, true
+      owner.hd, owner.dirty.hd = owner.hd + take, true
+      holds[#holds + 1] = {src = src, id = bucket.id, text = bucket.text, amount = take}
       left = left - take
     end
   end
@@ -302,101 +299,93 @@ local function hold_from_line(owner, src, holds, left)
   local line = credit_line(owner)
   local take = line < left and line or left
   if take > 0 then
-    add(owner, 'lh', take)
-    holds[#holds + 1] = {src = src, id = 0, amount = take}
+    owner.lh, owner.dirty.lh = owner.lh + take, true
+    holds[#holds + 1] = {src = src, id = 0, text = '0', amount = take}
     left = left - take
   end
   return left
 end
 
--- Takes up to `want` micros from the money sources in drawing order; returns the holds.
-local function hold_money(account, parent, want, now)
-  local holds = {}
-  local left = hold_from_buckets(account, of_kind(account, 'bonus'), 'c', holds, want, now)
-  left = hold_from_buckets(account, of_kind(account, 'main'), 'c', holds, left, now)
+-- Takes up to `want` micros from the money sources in drawing order into `holds`.
+local function hold_money(account, parent, want, now, holds)
+  local left = hold_from_buckets(account, 'bonus', 'c', holds, want, now)
+  left = hold_from_buckets(account, 'main', 'c', holds, left, now)
   left = hold_from_line(account, 'C', holds, left)
   if left > 0 and parent ~= nil then
     local room = pool_room(account, parent, now)
-    local pool_want = math.min(room, left)
-    local pool_left = hold_from_buckets(parent, of_kind(parent, 'bonus'), 'p', holds, pool_want, now)
-    pool_left = hold_from_buckets(parent, of_kind(parent, 'main'), 'p', holds, pool_left, now)
+    local pool_want = room < left and room or left
+    local pool_left = hold_from_buckets(parent, 'bonus', 'p', holds, pool_want, now)
+    pool_left = hold_from_buckets(parent, 'main', 'p', holds, pool_left, now)
     pool_left = hold_from_line(parent, 'P', holds, pool_left)
-    local taken = pool_want - pool_left
-    add(account, 'pu', taken)
+    account.pu, account.dirty.pu = account.pu + (pool_want - pool_left), true
   end
-  return holds
 end
 
--- Takes `amount` out of one hold, releasing it from held / limit held (commit or return).
-local function settle(hold, amount, account, parent)
-  if amount <= 0 then return end
-  local owner = owner_of(hold, account, parent)
-  hold.amount = hold.amount - amount
-  if hold.src == 'u' then
-    return amount
-  elseif hold.src == 'c' or hold.src == 'p' then
-    add(owner, 'hd', -amount)
-  else
-    add(owner, 'lh', -amount)
-  end
-  return amount
-end
-
+-- Commits `amount` (> 0) of one hold: units were taken from their bucket when held; money
+-- leaves the hold for the bucket owner's debits or its unbilled usage.
 local function commit_hold(hold, amount, account, parent)
-  if amount <= 0 then return end
-  local owner = owner_of(hold, account, parent)
-  settle(hold, amount, account, parent)
-  if hold.src == 'c' or hold.src == 'p' then
-    add(owner, 'db', amount)
-  elseif hold.src == 'C' or hold.src == 'P' then
-    add(owner, 'ub', amount)
+  hold.amount = hold.amount - amount
+  local src = hold.src
+  if src == 'u' then return end
+  local owner = (src == 'p' or src == 'P') and parent or account
+  if src == 'c' or src == 'p' then
+    owner.hd, owner.db = owner.hd - amount, owner.db + amount
+    owner.dirty.hd, owner.dirty.db = true, true
+  else
+    owner.lh, owner.ub = owner.lh - amount, owner.ub + amount
+    owner.dirty.lh, owner.dirty.ub = true, true
   end
 end
 
+-- Gives back whatever the hold still has, to its bucket or credit line (and the child's pool).
 local function return_hold(hold, account, parent)
   local amount = hold.amount
   if amount <= 0 then return end
-  local owner = owner_of(hold, account, parent)
-  settle(hold, amount, account, parent)
-  if hold.src ~= 'C' and hold.src ~= 'P' then
-    local bucket = owner.by_id[hold.id]
-    set_amount(owner, bucket, bucket.amount + amount)
+  hold.amount = 0
+  local src = hold.src
+  local owner = (src == 'p' or src == 'P') and parent or account
+  if src == 'C' or src == 'P' then
+    owner.lh, owner.dirty.lh = owner.lh - amount, true
+  else
+    if src ~= 'u' then owner.hd, owner.dirty.hd = owner.hd - amount, true end
+    local bucket = bucket_of(owner, hold.id)
+    bucket.amount, bucket.dirty = bucket.amount + amount, true
   end
-  if hold.src == 'p' or hold.src == 'P' then add(account, 'pu', -amount) end
+  if src == 'p' or src == 'P' then account.pu, account.dirty.pu = account.pu - amount, true end
 end
 
 -- A reservation: {units, allowance, tariff, holds}. Serialised as space-separated fields:
 -- "units allowance price per block first src:id:amount ...". A tariff may carry its four
--- numbers already as that text (`tariff.text`, from ARGV or from the stored reservation).
-local function tariff_text(t)
-  return t.text or concat({fmt(t.price), fmt(t.per), fmt(t.block), fmt(t.first)}, ' ')
-end
-
-local function encode_reservation(r)
-  local parts = {fmt(r.units), fmt(r.allowance), tariff_text(r.tariff)}
+-- numbers already as that text (`tariff.text`). `units_text` is fmt(r.units) if already made.
+local function encode_reservation(r, units_text)
+  local t = r.tariff
+  local text = (units_text or fmt(r.units)) .. ' ' .. fmt(r.allowance) .. ' '
+    .. (t.text or (fmt(t.price) .. ' ' .. fmt(t.per) .. ' ' .. fmt(t.block) .. ' ' .. fmt(t.first)))
   local holds = r.holds
   for i = 1, #holds do
     local hold = holds[i]
-    if hold.amount > 0 then parts[#parts + 1] = hold.src .. ':' .. hold.id .. ':' .. fmt(hold.amount) end
+    if hold.amount > 0 then text = text .. ' ' .. hold.src .. ':' .. hold.text .. ':' .. fmt(hold.amount) end
   end
-  return concat(parts, ' ')
+  return text
 end
 
 -- The general reader: any whitespace, any number syntax tonumber() takes.
 local function decode_reservation_words(text)
   local fields = {}
   for word in gmatch(text, '%S+') do fields[#fields + 1] = word end
-  local r = {units = num(fields[1]), allowance = num(fields[2]), holds = {},
-    tariff = {price = num(fields[3]), per = num(fields[4]), block = num(fields[5]), first = num(fields[6])}}
+  local r = {units = tonumber(fields[1]) or 0, allowance = tonumber(fields[2]) or 0, holds = {},
+    tariff = {price = tonumber(fields[3]) or 0, per = tonumber(fields[4]) or 0, block = tonumber(fields[5]) or 0,
+      first = tonumber(fields[6]) or 0}}
   for i = 7, #fields do
     local src, id, amount = match(fields[i], '^(%a):(%d+):(%d+)$')
-    r.holds[#r.holds + 1] = {src = src, id = tonumber(id), amount = tonumber(amount)}
+    r.holds[#r.holds + 1] = {src = src, id = tonumber(id), text = id, amount = tonumber(amount)}
   end
   return r
 end
 
 local function decode_reservation(text)
   -- What encode_reservation writes, read with one match; anything else takes the general reader.
+  -- The reservation is its own tariff table (one table fewer).
   local units, allowance, tariff, price, per, block, first, rest =
     match(text, '^(%d+) (%d+) ((%d+) (%d+) (%d+) (%d+))(.*)$')
   if units == nil then return decode_reservation_words(text) end
@@ -405,11 +394,13 @@ local function decode_reservation(text)
   while at <= last do
     local _, stop, src, id, amount = find(rest, '^ (%a):(%d+):(%d+)', at)
     if stop == nil then return decode_reservation_words(text) end
-    holds[#holds + 1] = {src = src, id = id + 0, amount = amount + 0}
+    holds[#holds + 1] = {src = src, id = id + 0, text = id, amount = amount + 0}
     at = stop + 1
   end
-  return {units = units + 0, allowance = allowance + 0, holds = holds,
-    tariff = {price = price + 0, per = per + 0, block = block + 0, first = first + 0, text = tariff}}
+  local r = {units = units + 0, allowance = allowance + 0, holds = holds, tariff = false,
+    price = price + 0, per = per + 0, block = block + 0, first = first + 0, text = tariff}
+  r.tariff = r
+  return r
 end
 
 -- RULES.md "Drawing order": reserve `units` (> 0) of `service`/`unit` at tariff `t`.
@@ -423,11 +414,13 @@ local function reserve(account, parent, service, unit, t, units, now)
   for i = 1, #list do
     if allowance == want then break end
     local bucket = list[i]
-    if usable(bucket, now) and (bucket.any_service or bucket.services[service]) then
-      local amount, need = bucket.amount, want - allowance
+    local amount, till = bucket.amount, bucket['until']
+    if bucket.kind == unit and amount > 0 and bucket.from <= now and (till == 0 or now < till)
+        and (bucket.any_service or bucket.services[service]) then
+      local need = want - allowance
       local take = amount < need and amount or need
-      set_amount(account, bucket, amount - take)
-      holds[#holds + 1] = {src = 'u', id = bucket.id, amount = take}
+      bucket.amount, bucket.dirty = amount - take, true
+      holds[#holds + 1] = {src = 'u', id = bucket.id, text = bucket.text, amount = take}
       allowance = allowance + take
     end
   end
@@ -443,10 +436,7 @@ local function reserve(account, parent, service, unit, t, units, now)
       final = true
     end
   end
-  if need > 0 then
-    local money_holds = hold_money(account, parent, need, now)
-    for i = 1, #money_holds do holds[#holds + 1] = money_holds[i] end
-  end
+  if need > 0 then hold_money(account, parent, need, now, holds) end
   local reservation = {units = allowance + money_units, allowance = allowance, tariff = t, holds = holds}
   if reservation.units == 0 then
     for i = 1, #holds do return_hold(holds[i], account, parent) end
@@ -458,33 +448,34 @@ end
 -- Commits up to `used` units against the reservation; returns committed units and micros.
 -- Whatever the reservation still holds afterwards is left in it (the caller returns it).
 local function commit(reservation, used, account, parent)
-  local covered = math.min(used, reservation.units)
+  local covered = used < reservation.units and used or reservation.units
   if covered <= 0 then return 0, 0 end
-  local units_left = math.min(covered, reservation.allowance)
+  local units_left = covered < reservation.allowance and covered or reservation.allowance
   local micros = cost(reservation.tariff, covered - units_left)
   local micros_left = micros
   local holds = reservation.holds
   for i = 1, #holds do
     local hold = holds[i]
+    local amount = hold.amount
     if hold.src == 'u' then
-      local take = math.min(hold.amount, units_left)
-      settle(hold, take, account, parent)
+      local take = amount < units_left and amount or units_left
+      if take > 0 then commit_hold(hold, take, account, parent) end
       units_left = units_left - take
     else
-      local take = math.min(hold.amount, micros_left)
-      commit_hold(hold, take, account, parent)
+      local take = amount < micros_left and amount or micros_left
+      if take > 0 then commit_hold(hold, take, account, parent) end
       micros_left = micros_left - take
     end
   end
   if micros_left ~= 0 or units_left ~= 0 then
     error('INVARIANT commit exceeds holds')
   end
-  add(account, 'cm', micros)
+  account.cm, account.dirty.cm = account.cm + micros, true
   return covered, micros
 end
 
+-- Gives back everything the reservation holds (its holds stay, emptied).
 local function return_reservation(reservation, account, parent)
   local holds = reservation.holds
   for i = 1, #holds do return_hold(holds[i], account, parent) end
-  reservation.holds = {}
 end

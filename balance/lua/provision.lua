@@ -19,10 +19,10 @@ if parent_id ~= '' then
 end
 
 local fields = {'cur', currency, 'pay', payment, 'st', status}
-if num(limit) ~= 0 then fields[#fields + 1] = 'lim'; fields[#fields + 1] = limit end
+if (tonumber(limit) or 0) ~= 0 then fields[#fields + 1] = 'lim'; fields[#fields + 1] = limit end
 if parent_id ~= '' then
   fields[#fields + 1] = 'par'; fields[#fields + 1] = parent_id
-  if num(cap) ~= 0 then fields[#fields + 1] = 'cap'; fields[#fields + 1] = cap end
+  if (tonumber(cap) or 0) ~= 0 then fields[#fields + 1] = 'cap'; fields[#fields + 1] = cap end
 end
 local credits, seen = 0, {}
 for i = 0, count - 1 do

@@ -35,12 +35,12 @@ if bucket == nil then
     if candidate.id >= next_id then next_id = candidate.id + 1 end
   end
   bucket = {id = next_id, amount = 0, kind = 'main', from = 0, ['until'] = 0, priority = 0,
-    services = {}, any_service = true}
+    services = {}, any_service = true, dirty = false}
   attach_bucket(account, bucket)
   meta = 'main|0|0|0|'
 end
-set_amount(account, bucket, bucket.amount + amount)
-add(account, 'cr', amount)
+bucket.amount, bucket.dirty = bucket.amount + amount, true
+account.cr, account.dirty.cr = account.cr + amount, true
 local problem = check_invariants(account)
 if problem ~= nil then return problem end
 save_account(account)
