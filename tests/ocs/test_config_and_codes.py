@@ -1,0 +1,99 @@
+"""The typed configuration (file, environment, refusals) and the outcome -> Result-Code table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from balance.types import Outcome
+from ocs.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result
+from ocs.config import ConfigError, Settings, load_settings
+from ocs.result_codes import RESULT_CODES, result_code
+from protocol.constants import ResultCode
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ocs.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_shipped_file_loads_and_the_environment_overrides_it() -> None:
+    settings = load_settings(
+        ROOT / "config" / "ocs.toml", {"OCS_REDIS_URL": "redis://10.0.0.5:6379/0", "OCS_REDIS_CLUSTER": "true"}
+    )
+    assert settings.redis.url == "redis://10.0.0.5:6379/0" and settings.redis.cluster is True
+    assert settings.diameter.port == 3868 and settings.quota.tcc_seconds == 2 * settings.quota.validity_seconds
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no config/ocs.toml here
+    assert load_settings(None, {}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "environment", "fragment"),
+    [
+        ("[nope]\nx = 1\n", {}, "unknown section or field 'nope'"),
+        ("[quota]\nvalidity = 5\n", {}, "[quota]: unknown field(s) validity"),
+        ("[diameter]\nport = 'x'\n", {}, "diameter].port: 'x' is not a int"),
+        ("[diameter]\nport = 70000\n", {}, "diameter.port is out of range"),
+        ("[final_unit]\naction = 'EXPLODE'\n", {}, "final_unit.action"),
+        ("[quota]\ndefault_seconds = 9000\n", {}, "quota.default_seconds / max_seconds"),
+        ("[diameter]\nwatchdog_seconds = 2\n", {}, "Tw >= 6 s"),
+        ("", {"OCS_BOGUS_FIELD": "1"}, "unknown section in OCS_BOGUS_*"),
+        ("", {"OCS_HTTP_ENABLED": "maybe"}, "'maybe' is not a bool"),
+        ("not toml [", {}, "ocs.toml"),
+    ],
+)
+def test_bad_configuration_is_refused_naming_the_place(
+    tmp_path: Path, text: str, environment: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(write(tmp_path, text), environment)
+    assert fragment in str(refused.value)
+
+
+def test_every_outcome_has_one_result_code() -> None:
+    assert set(RESULT_CODES) == set(Outcome)
+    expected = {
+        Outcome.OK: 2001,
+        Outcome.PARTIAL: 2001,
+        Outcome.INSUFFICIENT_FUNDS: 4012,
+        Outcome.ACCOUNT_BLOCKED: 4010,
+        Outcome.UNKNOWN_ACCOUNT: 5030,
+        Outcome.UNKNOWN_SESSION: 5002,
+        Outcome.STALE_REQUEST: 5012,
+        Outcome.INVALID: 5012,
+        Outcome.ALREADY_EXISTS: 5012,
+    }
+    assert {outcome: int(result_code(outcome)) for outcome in Outcome} == expected
+
+
+def answer(code: ResultCode, final: bool = False) -> ServiceAnswer:
+    final_unit = FinalUnit(FinalUnitAction.REDIRECT, "http://topup/") if final else None
+    return ServiceAnswer(10, None, code, final_unit=final_unit)
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        ([], ResultCode.DIAMETER_SUCCESS),
+        ([ResultCode.DIAMETER_SUCCESS, ResultCode.DIAMETER_CREDIT_LIMIT_REACHED], ResultCode.DIAMETER_SUCCESS),
+        ([ResultCode.DIAMETER_CREDIT_LIMIT_REACHED], ResultCode.DIAMETER_CREDIT_LIMIT_REACHED),
+        ([ResultCode.DIAMETER_CREDIT_LIMIT_REACHED] * 2, ResultCode.DIAMETER_CREDIT_LIMIT_REACHED),
+        (
+            [ResultCode.DIAMETER_CREDIT_LIMIT_REACHED, ResultCode.DIAMETER_END_USER_SERVICE_DENIED],
+            ResultCode.DIAMETER_SUCCESS,
+        ),
+    ],
+)
+def test_command_level_result_code(codes: list[ResultCode], expected: ResultCode) -> None:
+    assert command_result([answer(code) for code in codes]) == expected
+
+
+def test_a_redirected_service_keeps_the_command_successful() -> None:
+    assert command_result([answer(ResultCode.DIAMETER_CREDIT_LIMIT_REACHED, final=True)]) == ResultCode.DIAMETER_SUCCESS
