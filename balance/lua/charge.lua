@@ -36,6 +36,7 @@ for i = 1, #stored, 2 do
     last_reply = stored[i + 1]
   elseif field == 'c' then
     closed = stored[i + 1] == '1'
+  elseif field == 'x' then -- the expiry, written anew below
   elseif byte(field, 1) == 103 and byte(field, 2) == 58 then -- 'g:'
     stored_reservations = stored_reservations or {}
     stored_reservations[#stored_reservations + 1] = i

@@ -35,8 +35,9 @@ if bucket == nil then
     if candidate.id >= next_id then next_id = candidate.id + 1 end
   end
   if amount < 0 then return 'insufficient_funds 0 0' end
-  bucket = {id = next_id, amount = 0, kind = kind}
-  attach_bucket(account, bucket)
+  bucket = {id = next_id, text = format('%d', next_id), amount = 0, kind = kind, dirty = false}
+  account.buckets[#account.buckets + 1] = bucket
+  account.kinds = false -- the drawing order is worked out again with the new bucket
   meta = table.concat({kind, ARGV[7], ARGV[8], ARGV[9], ARGV[6]}, '|')
 end
 if bucket.amount + amount < 0 then return 'insufficient_funds 0 0' end

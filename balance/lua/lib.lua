@@ -56,18 +56,6 @@ local function cost(t, units)
   return q * price + ceil(r * price / per)
 end
 
--- The largest grant (a charged value) that `micros` pays for; nil means unlimited (price 0).
-local function affordable(t, micros)
-  local price = t.price
-  if price == 0 then return nil end
-  local whole = floor(micros / price)
-  local rest = micros - whole * price
-  local units = whole * t.per + floor(rest * t.per / price)
-  units = floor(units / t.block) * t.block
-  if units < t.first then return 0 end
-  return units
-end
-
 -- ---------------------------------------------------------------------------------------------
 -- accounts
 --
@@ -90,7 +78,7 @@ local function load_account(key, id)
   local bucket, bucket_text = nil, nil -- the last bucket seen: its 'q:' and 'm:' fields sit together
   for i = 1, count, 2 do
     local field = flat[i]
-    local first = byte(field, 1)
+    local first = account[field] == nil and byte(field, 1) -- false: a field the table has a place for
     -- 'q:<id>' (113 'q', 58 ':') holds a bucket's amount, 'm:<id>' (109 'm') its metadata.
     if (first == 113 or first == 109) and byte(field, 2) == 58 then
       local text = sub(field, 3)
@@ -140,20 +128,6 @@ local function load_account(key, id)
   account.hd, account.lh, account.ub = (account.hd or 0) + 0, (account.lh or 0) + 0, (account.ub or 0) + 0
   account.pu, account.lim, account.cap = (account.pu or 0) + 0, (account.lim or 0) + 0, (account.cap or 0) + 0
   return account
-end
-
--- A bucket created by an operation (top-up, refund), after the loaded ones (ids only grow).
-local function attach_bucket(account, bucket)
-  bucket.text = bucket.text or format('%d', bucket.id)
-  account.buckets[#account.buckets + 1] = bucket
-  account.kinds = false
-end
-
-local function bucket_of(account, bucket_id)
-  local buckets = account.buckets
-  for i = 1, #buckets do
-    if buckets[i].id == bucket_id then return buckets[i] end
-  end
 end
 
 -- The buckets to walk for `kind` in drawing order, usable or not: callers skip other kinds and
@@ -260,13 +234,15 @@ local function save_account(account)
     end
   end
   local dirty = account.dirty
-  for field, changed in pairs(dirty) do
-    if changed then
-      args[n + 1], args[n + 2] = field, fmt(account[field])
-      n = n + 2
-      dirty[field] = false
-    end
-  end
+  -- The counters one by one: a walk with pairs() costs a C call per field.
+  if dirty.hd then args[n + 1], args[n + 2], n = 'hd', fmt(account.hd), n + 2 end
+  if dirty.db then args[n + 1], args[n + 2], n = 'db', fmt(account.db), n + 2 end
+  if dirty.cm then args[n + 1], args[n + 2], n = 'cm', fmt(account.cm), n + 2 end
+  if dirty.cr then args[n + 1], args[n + 2], n = 'cr', fmt(account.cr), n + 2 end
+  if dirty.lh then args[n + 1], args[n + 2], n = 'lh', fmt(account.lh), n + 2 end
+  if dirty.ub then args[n + 1], args[n + 2], n = 'ub', fmt(account.ub), n + 2 end
+  if dirty.pu then args[n + 1], args[n + 2], n = 'pu', fmt(account.pu), n + 2 end
+  dirty.hd, dirty.db, dirty.cm, dirty.cr, dirty.lh, dirty.ub, dirty.pu = false, false, false, false, false, false, false
   if n > 0 then call('HSET', account.key, unpack(args, 1, n)) end
 end
 
@@ -295,28 +271,29 @@ local function hold_from_buckets(owner, kind, src, holds, left, now)
   return left
 end
 
-local function hold_from_line(owner, src, holds, left)
-  local line = credit_line(owner)
-  local take = line < left and line or left
-  if take > 0 then
-    owner.lh, owner.dirty.lh = owner.lh + take, true
-    holds[#holds + 1] = {src = src, id = 0, text = '0', amount = take}
-    left = left - take
-  end
-  return left
-end
-
 -- Takes up to `want` micros from the money sources in drawing order into `holds`.
 local function hold_money(account, parent, want, now, holds)
   local left = hold_from_buckets(account, 'bonus', 'c', holds, want, now)
   left = hold_from_buckets(account, 'main', 'c', holds, left, now)
-  left = hold_from_line(account, 'C', holds, left)
+  local line = credit_line(account)
+  if line > 0 and left > 0 then
+    local take = line < left and line or left
+    account.lh, account.dirty.lh = account.lh + take, true
+    holds[#holds + 1] = {src = 'C', id = 0, text = '0', amount = take}
+    left = left - take
+  end
   if left > 0 and parent ~= nil then
     local room = pool_room(account, parent, now)
     local pool_want = room < left and room or left
     local pool_left = hold_from_buckets(parent, 'bonus', 'p', holds, pool_want, now)
     pool_left = hold_from_buckets(parent, 'main', 'p', holds, pool_left, now)
-    pool_left = hold_from_line(parent, 'P', holds, pool_left)
+    line = credit_line(parent)
+    if line > 0 and pool_left > 0 then
+      local take = line < pool_left and line or pool_left
+      parent.lh, parent.dirty.lh = parent.lh + take, true
+      holds[#holds + 1] = {src = 'P', id = 0, text = '0', amount = take}
+      pool_left = pool_left - take
+    end
     account.pu, account.dirty.pu = account.pu + (pool_want - pool_left), true
   end
 end
@@ -348,8 +325,11 @@ local function return_hold(hold, account, parent)
     owner.lh, owner.dirty.lh = owner.lh - amount, true
   else
     if src ~= 'u' then owner.hd, owner.dirty.hd = owner.hd - amount, true end
-    local bucket = bucket_of(owner, hold.id)
-    bucket.amount, bucket.dirty = bucket.amount + amount, true
+    local buckets, id = owner.buckets, hold.id
+    for i = 1, #buckets do
+      local bucket = buckets[i]
+      if bucket.id == id then bucket.amount, bucket.dirty = bucket.amount + amount, true end
+    end
   end
   if src == 'p' or src == 'P' then account.pu, account.dirty.pu = account.pu - amount, true end
 end
@@ -369,36 +349,39 @@ local function encode_reservation(r, units_text)
   return text
 end
 
--- The general reader: any whitespace, any number syntax tonumber() takes.
-local function decode_reservation_words(text)
-  local fields = {}
-  for word in gmatch(text, '%S+') do fields[#fields + 1] = word end
-  local r = {units = tonumber(fields[1]) or 0, allowance = tonumber(fields[2]) or 0, holds = {},
-    tariff = {price = tonumber(fields[3]) or 0, per = tonumber(fields[4]) or 0, block = tonumber(fields[5]) or 0,
-      first = tonumber(fields[6]) or 0}}
-  for i = 7, #fields do
-    local src, id, amount = match(fields[i], '^(%a):(%d+):(%d+)$')
-    r.holds[#r.holds + 1] = {src = src, id = tonumber(id), text = id, amount = tonumber(amount)}
-  end
-  return r
-end
-
+-- What encode_reservation writes is read with one match and one find per hold; anything else
+-- (other spacing or number syntax) by the general reader. The reservation is its own tariff.
 local function decode_reservation(text)
-  -- What encode_reservation writes, read with one match; anything else takes the general reader.
-  -- The reservation is its own tariff table (one table fewer).
-  local units, allowance, tariff, price, per, block, first, rest =
-    match(text, '^(%d+) (%d+) ((%d+) (%d+) (%d+) (%d+))(.*)$')
-  if units == nil then return decode_reservation_words(text) end
+  local units, allowance, price, per, block, first, rest = match(text, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)(.*)$')
   local holds = {}
-  local at, last = 1, #rest
-  while at <= last do
-    local _, stop, src, id, amount = find(rest, '^ (%a):(%d+):(%d+)', at)
-    if stop == nil then return decode_reservation_words(text) end
-    holds[#holds + 1] = {src = src, id = id + 0, text = id, amount = amount + 0}
-    at = stop + 1
+  if units ~= nil then
+    local at, last = 1, #rest
+    while at <= last do
+      local _, stop, src, id, amount = find(rest, '^ (%a):(%d+):(%d+)', at)
+      if stop == nil then
+        units = nil
+        break
+      end
+      holds[#holds + 1] = {src = src, id = id + 0, text = id, amount = amount + 0}
+      at = stop + 1
+    end
   end
-  local r = {units = units + 0, allowance = allowance + 0, holds = holds, tariff = false,
-    price = price + 0, per = per + 0, block = block + 0, first = first + 0, text = tariff}
+  if units ~= nil then
+    units, allowance, price, per, block, first = units + 0, allowance + 0, price + 0, per + 0, block + 0, first + 0
+  else
+    local fields = {}
+    for word in gmatch(text, '%S+') do fields[#fields + 1] = word end
+    units, allowance = tonumber(fields[1]) or 0, tonumber(fields[2]) or 0
+    price, per = tonumber(fields[3]) or 0, tonumber(fields[4]) or 0
+    block, first = tonumber(fields[5]) or 0, tonumber(fields[6]) or 0
+    holds = {}
+    for i = 7, #fields do
+      local src, id, amount = match(fields[i], '^(%a):(%d+):(%d+)$')
+      holds[#holds + 1] = {src = src, id = tonumber(id), text = id, amount = tonumber(amount)}
+    end
+  end
+  local r = {units = units, allowance = allowance, holds = holds, tariff = false,
+    price = price, per = per, block = block, first = first, text = false}
   r.tariff = r
   return r
 end
@@ -431,7 +414,11 @@ local function reserve(account, parent, service, unit, t, units, now)
   if need > 0 then
     local sources = available(account, parent, now)
     if sources < need then
-      money_units = affordable(t, sources)
+      -- affordable(sources): the largest charged quantity it pays for (need > 0, so price > 0).
+      local price, per, block = t.price, t.per, t.block
+      local whole = floor(sources / price)
+      money_units = floor((whole * per + floor((sources - whole * price) * per / price)) / block) * block
+      if money_units < t.first then money_units = 0 end
       need = cost(t, money_units)
       final = true
     end

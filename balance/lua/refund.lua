@@ -34,9 +34,10 @@ if bucket == nil then
   for _, candidate in ipairs(account.buckets) do
     if candidate.id >= next_id then next_id = candidate.id + 1 end
   end
-  bucket = {id = next_id, amount = 0, kind = 'main', from = 0, ['until'] = 0, priority = 0,
-    services = {}, any_service = true, dirty = false}
-  attach_bucket(account, bucket)
+  bucket = {id = next_id, text = format('%d', next_id), amount = 0, kind = 'main', from = 0, ['until'] = 0,
+    priority = 0, services = {}, any_service = true, dirty = false}
+  account.buckets[#account.buckets + 1] = bucket
+  account.kinds = false -- the drawing order is worked out again with the new bucket
   meta = 'main|0|0|0|'
 end
 bucket.amount, bucket.dirty = bucket.amount + amount, true
