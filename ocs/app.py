@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,27 +198,50 @@ async def startup(state: ServerState) -> tuple[str, int]:
     return state.diameter_address
 
 
-async def shutdown(state: ServerState) -> None:
-    timeout = state.settings.shutdown_timeout_seconds
-    if state.http is not None:
-        await state.http.close()
-    if state.diameter is not None:
-        await state.diameter.close(timeout)  # stop accepting, DPR, wait for the peers
-    if state.in_flight:
-        await asyncio.wait(set(state.in_flight), timeout=timeout)
+async def _bounded(name: str, step: Coroutine[object, object, object], timeout: float) -> None:
+    """Run one shutdown step for at most ``timeout`` seconds: a stuck step (a peer that never
+    answers, a task that ignores cancellation) is logged and left behind, never waited for."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        log.warning("shutdown_step_timed_out", step=name, seconds=timeout)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutdown_step_failed", step=name, error=str(task.exception()))
+
+
+async def _stop_background(state: ServerState) -> None:
     for task in state.background:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    if state.spool is not None:
-        if state.store is not None:
-            with contextlib.suppress(Exception):  # Redis may be gone; the records wait in the outbox
-                await state.spool.drain_once(state.store, batch_size=state.settings.spool.batch_size)
-        await state.spool.close()
+    if state.background:
+        await asyncio.wait(state.background)
+
+
+async def _close_spool(state: ServerState) -> None:
+    assert state.spool is not None
     if state.store is not None:
-        await state.store.close()
+        with contextlib.suppress(Exception):  # Redis may be gone; the records wait in the outbox
+            await state.spool.drain_once(state.store, batch_size=state.settings.spool.batch_size)
+    await state.spool.close()
+
+
+async def shutdown(state: ServerState) -> None:
+    """Stop accepting, DPR to the peers, let requests in flight finish, drain the outbox into the
+    spool, close Redis; each step bounded by the shutdown timeout."""
+    timeout = state.settings.shutdown_timeout_seconds
+    if state.http is not None:
+        await _bounded("http", state.http.close(), timeout)
+    if state.diameter is not None:
+        await _bounded("diameter", state.diameter.close(timeout), timeout + 1)
+    if state.in_flight:
+        await asyncio.wait(set(state.in_flight), timeout=timeout)
+    await _bounded("background", _stop_background(state), timeout)
+    if state.spool is not None:
+        await _bounded("spool", _close_spool(state), timeout)
+    if state.store is not None:
+        await _bounded("store", state.store.close(), timeout)
     if state.redis is not None:
-        await asyncio.to_thread(state.redis.stop)
+        await _bounded("redis", asyncio.to_thread(state.redis.stop), timeout * 2)
     log.info("stopped")
 
 
