@@ -1,0 +1,402 @@
+"""Network elements as Diameter Credit-Control clients (RFC 4006 section 5, TS 32.299 Ro/Gy).
+
+Theory of operation: a ``NetworkElement`` is one Diameter connection with its own Origin-Host
+(the OCS sends RAR/ASR to the connection of the session's Origin-Host). It sends requests with
+``exchange``, which measures the latency and, on 3004 or no answer, retransmits the same request
+with the T flag (RFC 4006 section 5.7: the server applies a (Session-Id, CC-Request-Number) once).
+
+Sessions behave as RFC 4006 clients do:
+
+- ``run_metered_session``: session-based charging with one Multiple-Services-Credit-Control per
+  service: a voice call (IMS AS / MSC / softswitch: one service, CC-Time) or a data session (PGW:
+  rating groups 10 and 20, CC-Total-Octets). CCR-INITIAL asks for quota; when a grant is used up,
+  CCR-UPDATE reports it (Used-Service-Unit) and asks again; CCR-TERMINATION reports the last
+  usage. A grant with Final-Unit-Indication is used and then the service ends (section 5.6.1,
+  action TERMINATE); 4012 for a service ends it at once; an Abort-Session-Request ends the session.
+- ``run_sms_event``: Immediate Event Charging, EVENT_REQUEST with DIRECT_DEBITING (section 6.3).
+- ``run_sms_session``: Event Charging with Unit Reservation, INITIAL then TERMINATION (section 6.2).
+
+Time is compressed: a "120 s" call does not last 120 s. Each round of a session uses its grants
+at once and reports them as if the time had passed; a short real pause (``step_seconds``)
+between requests spreads the load. Everything the element believes (units, commits, outcomes,
+result codes, latencies) goes to the shared ``Recorder``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from protocol.aio import DiameterClient, RequestFailed
+from protocol.capabilities import LocalIdentity
+from protocol.constants import ApplicationId, CommandCode, CommandFlag, ResultCode
+from protocol.message import Avp, Message, answer_to, avp, request
+from simulator.population import SimulatedSubscriber
+from simulator.records import NO_ANSWER, Commit, Recorder, SessionOutcome
+
+SUCCESS = int(ResultCode.DIAMETER_SUCCESS)
+CREDIT_LIMIT_REACHED = int(ResultCode.DIAMETER_CREDIT_LIMIT_REACHED)
+TOO_BUSY = int(ResultCode.DIAMETER_TOO_BUSY)
+FINAL_UNIT_TERMINATE = 0  # Final-Unit-Action TERMINATE, RFC 4006 section 8.35
+SUBSCRIPTION_ID_E164 = 0  # Subscription-Id-Type END_USER_E164, RFC 4006 section 8.47
+
+
+@dataclass(frozen=True, slots=True)
+class ElementTiming:
+    step_seconds: float  # real pause between two requests of one session
+    request_timeout_seconds: float
+    retransmissions: int  # extra attempts after 3004 or no answer (RFC 4006 section 5.7)
+    retry_pause_seconds: float = 0.05
+
+
+@dataclass(slots=True)
+class _Control:
+    """What the server asked of one open session (RFC 4006 section 5.6)."""
+
+    aborted: bool = False
+
+
+class NetworkElement:
+    """One connection to the OCS, playing one network element with its own Origin-Host."""
+
+    def __init__(
+        self, client: DiameterClient, identity: LocalIdentity, recorder: Recorder, timing: ElementTiming
+    ) -> None:
+        self.client = client
+        self.identity = identity
+        self.recorder = recorder
+        self.timing = timing
+        self.destination_realm = client.capabilities.origin_realm
+        self.controls: dict[str, _Control] = {}
+        self._session_numbers = itertools.count(1)
+        self._boot_seconds = int(time.time()) & 0xFFFFFFFF  # Session-Id high part, RFC 6733 section 8.8
+        client.on_request = self._server_request
+
+    @classmethod
+    async def connect(
+        cls, host: str, port: int, identity: LocalIdentity, recorder: Recorder, timing: ElementTiming
+    ) -> NetworkElement:
+        client = await DiameterClient.connect(host, port, identity)
+        return cls(client, identity, recorder, timing)
+
+    def open_session(self) -> str:
+        """A new Session-Id, ``<DiameterIdentity>;<high 32 bits>;<low 32 bits>`` (RFC 6733 section 8.8)."""
+        session_id = f"{self.identity.origin_host};{self._boot_seconds};{next(self._session_numbers)}"
+        self.controls[session_id] = _Control()
+        return session_id
+
+    def close_session(self, session_id: str) -> None:
+        self.controls.pop(session_id, None)
+
+    def aborted(self, session_id: str) -> bool:
+        control = self.controls.get(session_id)
+        return control is not None and control.aborted
+
+    async def exchange(self, label: str, message: Message) -> Message | None:
+        """Send, retransmitting on 3004 or silence; the answer, or None if none came."""
+        for attempt in range(self.timing.retransmissions + 1):
+            if attempt:
+                message.flags |= int(CommandFlag.RETRANSMITTED)
+                self.recorder.retransmissions += 1
+                await asyncio.sleep(self.timing.retry_pause_seconds)
+            started = time.perf_counter()
+            try:
+                answer = await self.client.request(message, self.timing.request_timeout_seconds)
+            except (TimeoutError, RequestFailed):
+                self.recorder.request_done(label, NO_ANSWER, None)
+                continue
+            code = result_code(answer)
+            self.recorder.request_done(label, code, time.perf_counter() - started)
+            if code != TOO_BUSY:
+                return answer
+        return None
+
+    def _server_request(self, client: DiameterClient, message: Message) -> None:
+        session_id = message.get("Session-Id")
+        control = self.controls.get(session_id) if isinstance(session_id, str) else None
+        if message.command_code == CommandCode.ABORT_SESSION:
+            self.recorder.server_requests["ASR"] += 1
+            if control is not None:
+                control.aborted = True
+        elif message.command_code == CommandCode.RE_AUTH:
+            # Sent after a top-up to sessions in final-unit state; the simulator does not top up
+            # during a run, so it only answers (re-authorising is left for a later scenario).
+            self.recorder.server_requests["RAR"] += 1
+        else:
+            self.recorder.server_requests[f"command {message.command_code}"] += 1
+        # RFC 6733 sections 8.3.2 and 8.5.2: RAA / ASA; 5002 for a session we do not know.
+        code = SUCCESS if control is not None else int(ResultCode.DIAMETER_UNKNOWN_SESSION_ID)
+        answer_avps = [avp("Session-Id", str(session_id)), avp("Result-Code", code), *self.identity.origin_avps()]
+        client.send_answer(answer_to(message, answer_avps))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def result_code(answer: Message) -> int:
+    value = answer.get("Result-Code")
+    if isinstance(value, int):
+        return value
+    experimental = answer.find("Experimental-Result")
+    code = experimental.get("Experimental-Result-Code") if experimental is not None else None
+    return code if isinstance(code, int) else NO_ANSWER
+
+
+@dataclass(frozen=True, slots=True)
+class CallerContext:
+    """Who is charged for what: the line, the Service-Context-Id and the service description."""
+
+    element: NetworkElement
+    line: SimulatedSubscriber
+    service: str  # a label: "voice", "data", "sms_iec", "sms_ecur"
+    context: str
+    called: str | None  # as the rating sees it (Called-Party-Address / Recipient-Address)
+    information: Avp | None  # Service-Information
+
+
+def credit_control_request(
+    caller: CallerContext, session_id: str, request_type: str, number: int, at_seconds: int, *extra: Avp
+) -> Message:
+    """A CCR (RFC 4006 section 3.1) with the AVPs the OCS rates by."""
+    assert caller.line.msisdn is not None
+    avps = [
+        avp("Session-Id", session_id),
+        *caller.element.identity.origin_avps(),
+        avp("Destination-Realm", caller.element.destination_realm),
+        avp("Auth-Application-Id", int(ApplicationId.CREDIT_CONTROL)),
+        avp("Service-Context-Id", caller.context),
+        avp("CC-Request-Type", request_type),
+        avp("CC-Request-Number", number),
+        avp(
+            "Subscription-Id",
+            [avp("Subscription-Id-Type", SUBSCRIPTION_ID_E164), avp("Subscription-Id-Data", caller.line.msisdn)],
+        ),
+        avp("Event-Timestamp", datetime.fromtimestamp(at_seconds, UTC)),
+        *extra,
+    ]
+    if caller.information is not None:
+        avps.append(caller.information)
+    return request(int(CommandCode.CREDIT_CONTROL), int(ApplicationId.CREDIT_CONTROL), avps)
+
+
+def voice_information(calling: str, called: str) -> Avp:
+    """IMS-Information of a call (TS 32.299 clause 7.2.77): the OCS needs Node-Functionality."""
+    return avp(
+        "Service-Information",
+        [
+            avp(
+                "IMS-Information",
+                [
+                    avp("Node-Functionality", "AS"),
+                    avp("Calling-Party-Address", f"tel:+{calling}"),
+                    avp("Called-Party-Address", f"tel:+{called}"),
+                ],
+            )
+        ],
+    )
+
+
+def sms_information(recipient: str) -> Avp:
+    """SMS-Information with the recipient (TS 32.299 clause 7.2.202)."""
+    address = avp("Recipient-Address", [avp("Address-Data", recipient)])
+    return avp("Service-Information", [avp("SMS-Information", [avp("Recipient-Info", [address])])])
+
+
+def _units(unit_avp_name: str, unit_avp: str, value: int) -> Avp:
+    return avp(unit_avp_name, [avp(unit_avp, value)])
+
+
+def _applied(answer: Message) -> bool:
+    """Whether the OCS applied the request (committed its usage): a success, or a 4012 for the
+    services that still carries them (a request refused as a whole has no MSCC)."""
+    code = result_code(answer)
+    return code == SUCCESS or (
+        code == CREDIT_LIMIT_REACHED and answer.find("Multiple-Services-Credit-Control") is not None
+    )
+
+
+@dataclass(slots=True)
+class MeteredService:
+    """One service of a session (one MSCC): how much it will use and what it holds."""
+
+    rating_group: int | None
+    unit_avp: str  # CC-Time or CC-Total-Octets
+    remaining: int  # units still to use
+    request_units: int  # asked for in each Requested-Service-Unit
+    granted: int = 0
+    granted_at_seconds: int = 0
+    final: bool = False  # the grant carried Final-Unit-Indication
+    active: bool = True  # holds a grant or may ask for one
+    pending: int = 0  # used and not yet reported
+    cut: bool = False
+
+    def mscc(self, *, report: bool, ask: bool) -> Avp:
+        children: list[Avp] = []
+        if ask:
+            children.append(_units("Requested-Service-Unit", self.unit_avp, self.request_units))
+        if report and self.pending:
+            children.append(_units("Used-Service-Unit", self.unit_avp, self.pending))
+        if self.rating_group is not None:
+            children.append(avp("Rating-Group", self.rating_group))
+        return avp("Multiple-Services-Credit-Control", children)
+
+
+@dataclass(slots=True)
+class _Session:
+    caller: CallerContext
+    session_id: str
+    number: int = 0
+
+    async def send(self, kind: str, request_type: str, *extra: Avp) -> tuple[Message | None, int]:
+        at_seconds = int(time.time())
+        message = credit_control_request(self.caller, self.session_id, request_type, self.number, at_seconds, *extra)
+        self.number += 1
+        answer = await self.caller.element.exchange(f"{self.caller.service} {kind}", message)
+        if answer is None:
+            self.caller.element.recorder.uncertain_sessions.append(self.session_id)
+        return answer, at_seconds
+
+    def commit(self, rating_group: int | None, unit_avp: str, at_seconds: int, units: int) -> None:
+        line = self.caller.line
+        commit = Commit(
+            line.account_id, line.plan, self.caller.context, rating_group, self.caller.called, at_seconds, units
+        )
+        self.caller.element.recorder.committed(self.caller.service, unit_avp, commit)
+
+
+def _take_grants(services: list[MeteredService], answer: Message, at_seconds: int) -> None:
+    """Read each asked service's MSCC: a grant (maybe final), or the end of that service."""
+    by_group: dict[int | None, Avp] = {}
+    for received in answer.find_all("Multiple-Services-Credit-Control"):
+        group = received.get("Rating-Group")
+        by_group[group if isinstance(group, int) else None] = received
+    for service in services:
+        control = by_group.get(service.rating_group)
+        code = control.get("Result-Code") if control is not None else None
+        grant = control.find("Granted-Service-Unit") if control is not None else None
+        units = grant.get(service.unit_avp) if grant is not None else None
+        if control is None or code != SUCCESS or not isinstance(units, int) or units <= 0:
+            service.active, service.cut, service.granted = False, service.remaining > 0, 0
+            continue
+        final_unit = control.find("Final-Unit-Indication")
+        service.granted, service.granted_at_seconds = units, at_seconds
+        service.final = final_unit is not None and final_unit.get("Final-Unit-Action") == FINAL_UNIT_TERMINATE
+
+
+def _use_grants(services: list[MeteredService]) -> None:
+    """One round of compressed time: each active service uses what it holds (or what it needs)."""
+    for service in services:
+        if service.active and service.granted:
+            service.pending = min(service.granted, service.remaining)
+            service.remaining -= service.pending
+            service.granted = 0
+
+
+def _commit_pending(session: _Session, services: list[MeteredService]) -> None:
+    for service in services:
+        if service.pending:
+            session.commit(service.rating_group, service.unit_avp, service.granted_at_seconds, service.pending)
+            service.pending = 0
+
+
+async def run_metered_session(caller: CallerContext, services: list[MeteredService]) -> SessionOutcome:
+    """A voice call or a data session, from CCR-I to CCR-T (RFC 4006 section 5.2 to 5.4)."""
+    element = caller.element
+    session = _Session(caller, element.open_session())
+    try:
+        asks = [service.mscc(report=False, ask=True) for service in services]
+        answer, at_seconds = await session.send(
+            "CCR-I", "INITIAL_REQUEST", avp("Multiple-Services-Indicator", 1), *asks
+        )
+        if answer is None or result_code(answer) not in (SUCCESS, CREDIT_LIMIT_REACHED):
+            return await _give_up(session)
+        if result_code(answer) == CREDIT_LIMIT_REACHED:
+            return SessionOutcome.REFUSED  # nothing was granted: no session to end (section 5.2)
+        _take_grants(services, answer, at_seconds)
+        while True:
+            await asyncio.sleep(element.timing.step_seconds)
+            _use_grants(services)
+            stop = element.aborted(session.session_id)
+            wanting = [s for s in services if s.active and s.remaining > 0 and not s.final and not stop]
+            if not wanting:
+                break
+            reported = [s for s in services if s.active]
+            controls = [s.mscc(report=True, ask=s in wanting) for s in reported]
+            indicator = avp("Multiple-Services-Indicator", 1)
+            answer, at_seconds = await session.send("CCR-U", "UPDATE_REQUEST", indicator, *controls)
+            if answer is None or not _applied(answer):
+                return await _give_up(session)
+            _commit_pending(session, reported)
+            for service in reported:
+                if service not in wanting:  # reported its last units (done or final)
+                    service.active, service.cut = False, service.remaining > 0
+            _take_grants(wanting, answer, at_seconds)
+        return await _terminate(session, services, aborted=element.aborted(session.session_id))
+    finally:
+        element.close_session(session.session_id)
+
+
+async def _terminate(session: _Session, services: list[MeteredService], *, aborted: bool) -> SessionOutcome:
+    reported = [s for s in services if s.active and s.pending]
+    controls = [s.mscc(report=True, ask=False) for s in reported]
+    indicator = [avp("Multiple-Services-Indicator", 1)] if controls else []
+    answer, _ = await session.send("CCR-T", "TERMINATION_REQUEST", *indicator, *controls)
+    if answer is None or result_code(answer) != SUCCESS:
+        return SessionOutcome.FAILED
+    _commit_pending(session, reported)
+    cut = aborted or any(service.cut or service.remaining > 0 for service in services)
+    return SessionOutcome.CUT if cut else SessionOutcome.COMPLETED
+
+
+async def _give_up(session: _Session) -> SessionOutcome:
+    """After an unexpected answer or none: end the session without usage, so the OCS releases
+    what it holds now rather than at Tcc (RFC 4006 section 13), and count it failed."""
+    await session.send("CCR-T", "TERMINATION_REQUEST")
+    return SessionOutcome.FAILED
+
+
+async def run_sms_event(caller: CallerContext) -> SessionOutcome:
+    """One SMS as Immediate Event Charging: EVENT_REQUEST, DIRECT_DEBITING (RFC 4006 section 6.3)."""
+    session = _Session(caller, caller.element.open_session())
+    try:
+        action = avp("Requested-Action", "DIRECT_DEBITING")
+        asked = _units("Requested-Service-Unit", "CC-Service-Specific-Units", 1)
+        answer, at_seconds = await session.send("CCR-E", "EVENT_REQUEST", action, asked)
+        code = result_code(answer) if answer is not None else NO_ANSWER
+        if code == CREDIT_LIMIT_REACHED:
+            return SessionOutcome.REFUSED  # all or nothing: nothing was debited
+        if answer is None or code != SUCCESS:
+            return SessionOutcome.FAILED
+        grant = answer.find("Granted-Service-Unit")
+        units = grant.get("CC-Service-Specific-Units") if grant is not None else None
+        session.commit(None, "CC-Service-Specific-Units", at_seconds, units if isinstance(units, int) else 1)
+        return SessionOutcome.COMPLETED
+    finally:
+        caller.element.close_session(session.session_id)
+
+
+async def run_sms_session(caller: CallerContext) -> SessionOutcome:
+    """One SMS as Event Charging with Unit Reservation: INITIAL, deliver, TERMINATION (section 6.2)."""
+    element = caller.element
+    session = _Session(caller, element.open_session())
+    try:
+        asked = _units("Requested-Service-Unit", "CC-Service-Specific-Units", 1)
+        answer, at_seconds = await session.send("CCR-I", "INITIAL_REQUEST", asked)
+        code = result_code(answer) if answer is not None else NO_ANSWER
+        if code == CREDIT_LIMIT_REACHED:
+            return SessionOutcome.REFUSED
+        grant = answer.find("Granted-Service-Unit") if answer is not None and code == SUCCESS else None
+        if grant is None or grant.get("CC-Service-Specific-Units") != 1:
+            return await _give_up(session)
+        await asyncio.sleep(element.timing.step_seconds)  # the SMSC delivers the message
+        used = _units("Used-Service-Unit", "CC-Service-Specific-Units", 1)
+        answer, _ = await session.send("CCR-T", "TERMINATION_REQUEST", used)
+        if answer is None or result_code(answer) != SUCCESS:
+            return SessionOutcome.FAILED
+        session.commit(None, "CC-Service-Specific-Units", at_seconds, 1)
+        return SessionOutcome.COMPLETED
+    finally:
+        element.close_session(session.session_id)

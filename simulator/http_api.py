@@ -1,0 +1,140 @@
+"""The simulator's view of the OCS provisioning API (``ocs/api.py``), over HTTP with aiohttp.
+
+Theory of operation: the simulator is a client of the OCS like any operator tool, so it creates
+subscribers, reads balances, prices usage and asks for the audit through the documented HTTP
+endpoints, never through the server's modules (DESIGN.md: simulator/ imports protocol/ only).
+Answers are JSON; this module turns the few fields the simulator needs into typed values and
+raises ``ApiRefused`` (with the status and the server's error text) for anything but success.
+Money arrives as ``<name>_micros`` integers, so no decimal parsing is needed on the way in; on
+the way out money is sent as decimal strings, as the API requires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import aiohttp
+
+REQUEST_TIMEOUT_SECONDS = 30.0  # the audit scans every account; generous for large populations
+
+
+class ApiRefused(RuntimeError):
+    """The API answered with an error status."""
+
+    def __init__(self, method: str, path: str, status: int, body: object) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceSnapshot:
+    """The counters of one account at one moment (GET /subscribers/{id}/balance)."""
+
+    account_id: str
+    available_micros: int
+    committed_micros: int
+    unbilled_micros: int
+    held_micros: int
+    reservations: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFinding:
+    account_id: str
+    rule: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerdict:
+    ok: bool
+    accounts: int
+    spool_records: int
+    findings: tuple[AuditFinding, ...] = field(default=())
+
+
+def _mapping(value: object, what: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return {str(key): item for key, item in value.items()}
+
+
+def _integer(values: dict[str, object], name: str) -> int:
+    value = values.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    return value
+
+
+class OcsApi:
+    """An aiohttp session on the API's base URL; use as ``async with OcsApi(url) as api``."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> OcsApi:
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+        self._session = aiohttp.ClientSession(timeout=timeout)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(self, method: str, path: str, body: object = None) -> dict[str, object]:
+        if self._session is None:
+            raise RuntimeError("OcsApi is used outside 'async with'")
+        async with self._session.request(method, self.base_url + path, json=body) as response:
+            payload: object = await response.json(content_type=None)
+            if response.status >= 300:
+                raise ApiRefused(method, path, response.status, payload)
+            return _mapping(payload, f"{method} {path}")
+
+    async def create_subscriber(self, body: dict[str, object]) -> None:
+        await self._call("POST", "/subscribers", body)
+
+    async def balance(self, account_id: str) -> BalanceSnapshot:
+        values = await self._call("GET", f"/subscribers/{account_id}/balance")
+        counters = _mapping(values.get("counters"), "counters")
+        return BalanceSnapshot(
+            account_id=account_id,
+            available_micros=_integer(values, "available_micros"),
+            committed_micros=_integer(counters, "committed_micros"),
+            unbilled_micros=_integer(counters, "unbilled_micros"),
+            held_micros=_integer(counters, "held_micros"),
+            reservations=_integer(values, "reservations"),
+        )
+
+    async def price(
+        self, plan: str, context: str, rating_group: int | None, called: str | None, at_seconds: int, units: int
+    ) -> int:
+        """What ``units`` cost at ``at_seconds`` (POST /rate), in micros; balances are not touched."""
+        body: dict[str, object] = {"plan": plan, "context": context, "at": at_seconds, "units": units}
+        if rating_group is not None:
+            body["rating_group"] = rating_group
+        if called is not None:
+            body["called"] = called
+        return _integer(await self._call("POST", "/rate", body), "cost_micros")
+
+    async def audit(self, *, sessions_ended: bool) -> AuditVerdict:
+        query = "?sessions_ended=true" if sessions_ended else ""
+        values = await self._call("GET", "/audit" + query)
+        raw_findings = values.get("findings")
+        findings: list[AuditFinding] = []
+        for item in raw_findings if isinstance(raw_findings, list) else []:
+            finding = _mapping(item, "finding")
+            findings.append(
+                AuditFinding(str(finding.get("account")), str(finding.get("rule")), str(finding.get("detail")))
+            )
+        return AuditVerdict(
+            ok=values.get("ok") is True,
+            accounts=_integer(values, "accounts"),
+            spool_records=_integer(values, "spool_records"),
+            findings=tuple(findings),
+        )

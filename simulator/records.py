@@ -1,0 +1,68 @@
+"""What the simulated network elements believe happened, recorded as they go.
+
+Theory of operation: one ``Recorder`` is shared by every element of a run (one event loop, so
+no locks). Each answered request adds its latency and (request label, Result-Code); each session
+ends with one ``SessionOutcome``; each usage report the OCS applied adds a ``Commit`` naming the
+units and where and when they were granted, which is all ``simulator.ledger`` needs to price
+them afterwards. Nothing here knows the server's internals: it is the client's own bookkeeping,
+which the end-of-run report holds against the server's balances and audit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+NO_ANSWER = 0  # the result "code" of a request that got no answer in time
+
+
+class SessionOutcome(StrEnum):
+    COMPLETED = "completed"  # ran its planned length and was closed
+    CUT = "cut"  # ended early by the OCS (final units, 4012, Abort-Session) and was closed
+    REFUSED = "refused"  # the OCS refused the start (4012 on the first request): nothing opened
+    FAILED = "failed"  # an unexpected answer or none; closed as well as could be
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Units the OCS applied as used: priced with the tariff of the grant they came from."""
+
+    account_id: str
+    plan: str
+    context: str  # Service-Context-Id
+    rating_group: int | None
+    called: str | None
+    granted_at_seconds: int  # Event-Timestamp of the request that granted the units
+    units: int
+
+
+@dataclass(slots=True)
+class Recorder:
+    requests: Counter[tuple[str, int]] = field(default_factory=Counter)  # (label, Result-Code)
+    latencies_seconds: dict[str, list[float]] = field(default_factory=dict)  # by label
+    sessions: Counter[tuple[str, SessionOutcome]] = field(default_factory=Counter)  # (service, outcome)
+    units: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, unit AVP) used
+    commits: list[Commit] = field(default_factory=list)
+    server_requests: Counter[str] = field(default_factory=Counter)  # RAR / ASR received
+    retransmissions: int = 0
+    uncertain_sessions: list[str] = field(default_factory=list)  # a request never answered
+    arrivals_dropped: Counter[str] = field(default_factory=Counter)  # by reason
+
+    def request_done(self, label: str, result_code: int, latency_seconds: float | None) -> None:
+        self.requests[(label, result_code)] += 1
+        if latency_seconds is not None:
+            self.latencies_seconds.setdefault(label, []).append(latency_seconds)
+
+    def session_done(self, service: str, outcome: SessionOutcome) -> None:
+        self.sessions[(service, outcome)] += 1
+
+    def committed(self, service: str, unit_avp: str, commit: Commit) -> None:
+        self.units[(service, unit_avp)] += commit.units
+        self.commits.append(commit)
+
+    def result_codes(self) -> set[int]:
+        return {code for _, code in self.requests}
+
+    def sessions_started(self) -> int:
+        return sum(count for (_, outcome), count in self.sessions.items() if outcome is not SessionOutcome.REFUSED)

@@ -1,0 +1,190 @@
+"""The end-of-run report: what was sent, how fast it was answered, where the money went, and
+whether the OCS's books agree.
+
+Theory of operation: ``summarize`` turns a ``RunResult`` into one plain JSON-ready dictionary;
+``render_text`` prints the same dictionary as tables, so the text and ``--json`` never disagree.
+Latency percentiles are nearest-rank over the sorted list of every answered request's latency
+(exact, and cheap enough for a smoke run; for long runs an HDR histogram, ``hdrhistogram``,
+keeps constant memory at a fixed relative precision and is the intended replacement).
+
+Money is checked three ways per account: what the simulator believes it was charged (its own
+usage priced by ``simulator.ledger``), what the OCS says it committed for the account (the
+``committed`` counter's growth), and what the operator sees on the balance: the drop of the
+available money for prepaid lines, the growth of ``unbilled`` for postpaid ones, and for the
+company the drop of the parent's pool (its children have no money of their own). The run is
+good when the audit passes and all three agree; ``problems`` lists why it is not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+from simulator.population import CustomerType, SimulatedSubscriber, money_text
+from simulator.records import NO_ANSWER, SessionOutcome
+from simulator.scenario import RunResult
+
+PERCENTILES = (50.0, 95.0, 99.0, 99.9)
+Summary = dict[str, object]
+
+
+def percentile(sorted_values: Sequence[float], percent: float) -> float:
+    """Nearest-rank percentile of an ascending list (0.0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(percent / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def _latency_row(values: list[float]) -> dict[str, object]:
+    ordered = sorted(values)
+    row: dict[str, object] = {"count": len(ordered)}
+    for percent in PERCENTILES:
+        row[f"p{percent:g}_ms"] = round(percentile(ordered, percent) * 1000.0, 3)
+    row["max_ms"] = round(ordered[-1] * 1000.0, 3) if ordered else 0.0
+    return row
+
+
+def _balance_drop(subscriber: SimulatedSubscriber, result: RunResult) -> int:
+    before, after = result.opening[subscriber.account_id], result.closing[subscriber.account_id]
+    if subscriber.parent_id:
+        return 0  # a child's money is its parent's pool: counted on the parent
+    if subscriber.prepaid:
+        return before.available_micros - after.available_micros
+    return after.unbilled_micros - before.unbilled_micros
+
+
+def _money(result: RunResult) -> tuple[dict[str, dict[str, object]], list[str]]:
+    totals: dict[str, dict[str, int]] = defaultdict(lambda: {"accounts": 0, "believed": 0, "committed": 0, "drop": 0})
+    problems: list[str] = []
+    for subscriber in result.population.subscribers:
+        account_id = subscriber.account_id
+        believed = result.believed_micros.get(account_id, 0)
+        committed = result.closing[account_id].committed_micros - result.opening[account_id].committed_micros
+        if believed != committed:
+            problems.append(f"{account_id}: the simulator believes {believed} micros, the OCS committed {committed}")
+        if result.closing[account_id].held_micros or result.closing[account_id].reservations:
+            problems.append(f"{account_id}: still holds money or reservations after the run")
+        row = totals[subscriber.customer_type.value]
+        row["accounts"] += 1
+        row["believed"] += believed
+        row["committed"] += committed
+        row["drop"] += _balance_drop(subscriber, result)
+    table: dict[str, dict[str, object]] = {}
+    for customer_type in CustomerType:
+        if customer_type.value not in totals:
+            continue
+        row = totals[customer_type.value]
+        if row["believed"] != row["drop"]:
+            problems.append(
+                f"{customer_type.value}: believed {row['believed']} micros, balances moved by {row['drop']}"
+            )
+        table[customer_type.value] = {
+            "accounts": row["accounts"],
+            "believed_micros": row["believed"],
+            "committed_micros": row["committed"],
+            "balance_drop_micros": row["drop"],
+            "believed": money_text(row["believed"]),
+            "balance_drop": money_text(row["drop"]),
+        }
+    return table, problems
+
+
+def summarize(result: RunResult) -> Summary:
+    recorder = result.recorder
+    requests = [
+        {"request": label, "result_code": code, "count": count}
+        for (label, code), count in sorted(recorder.requests.items())
+    ]
+    latencies = {label: _latency_row(values) for label, values in sorted(recorder.latencies_seconds.items())}
+    everything = [value for values in recorder.latencies_seconds.values() for value in values]
+    latencies["all"] = _latency_row(everything)
+    sessions: dict[str, dict[str, int]] = {}
+    for (service, outcome), count in sorted(recorder.sessions.items()):
+        sessions.setdefault(service, {kind.value: 0 for kind in SessionOutcome})[outcome.value] = count
+    money, problems = _money(result)
+    if not result.audit.ok:
+        problems.insert(0, f"audit failed with {len(result.audit.findings)} finding(s)")
+    answered = sum(count for (_, code), count in recorder.requests.items() if code != NO_ANSWER)
+    return {
+        "scenario": result.scenario.name,
+        "seed": result.seed,
+        "run_number": result.population.run_number,
+        "traffic_seconds": round(result.traffic_seconds, 3),
+        "answers_per_second": round(answered / result.traffic_seconds, 1) if result.traffic_seconds else 0.0,
+        "requests": requests,
+        "retransmissions": recorder.retransmissions,
+        "latency": latencies,
+        "sessions": sessions,
+        "arrivals_dropped": dict(recorder.arrivals_dropped),
+        "units": [{"service": s, "unit": u, "used": n} for (s, u), n in sorted(recorder.units.items())],
+        "server_requests": dict(recorder.server_requests),
+        "money": money,
+        "audit": {
+            "ok": result.audit.ok,
+            "accounts": result.audit.accounts,
+            "spool_records": result.audit.spool_records,
+            "findings": [{"account": f.account_id, "rule": f.rule, "detail": f.detail} for f in result.audit.findings],
+        },
+        "session_errors": list(result.session_errors),
+        "uncertain_sessions": list(recorder.uncertain_sessions),
+        "problems": problems,
+        "ok": not problems,
+    }
+
+
+def _rows(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    cells = [[str(item) for item in header], *([str(item) for item in row] for row in rows)]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
+    return ["  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in cells]
+
+
+def render_text(summary: Summary) -> str:
+    lines = [
+        f"scenario {summary['scenario']}  seed {summary['seed']}  run {summary['run_number']}  "
+        f"traffic {summary['traffic_seconds']} s  {summary['answers_per_second']} answers/s  "
+        f"retransmissions {summary['retransmissions']}",
+        "",
+        "requests by result code",
+    ]
+    requests = summary["requests"]
+    assert isinstance(requests, list)
+    lines += _rows(("request", "code", "count"), [(r["request"], r["result_code"], r["count"]) for r in requests])
+    latency = summary["latency"]
+    assert isinstance(latency, dict)
+    columns = ("count", *(f"p{percent:g}_ms" for percent in PERCENTILES), "max_ms")
+    lines += ["", "latency (ms)"]
+    lines += _rows(("request", *columns), [(label, *(row[c] for c in columns)) for label, row in latency.items()])
+    sessions = summary["sessions"]
+    assert isinstance(sessions, dict)
+    outcomes = [kind.value for kind in SessionOutcome]
+    lines += ["", "sessions"]
+    lines += _rows(
+        ("service", *outcomes), [(service, *(row[o] for o in outcomes)) for service, row in sessions.items()]
+    )
+    lines.append(f"arrivals dropped: {summary['arrivals_dropped'] or 'none'}")
+    lines.append(f"server requests (RAR/ASR): {summary['server_requests'] or 'none'}")
+    money = summary["money"]
+    assert isinstance(money, dict)
+    lines += ["", "money by customer type (believed = own usage priced by POST /rate)"]
+    lines += _rows(
+        ("type", "accounts", "believed", "balance drop", "committed micros"),
+        [(kind, r["accounts"], r["believed"], r["balance_drop"], r["committed_micros"]) for kind, r in money.items()],
+    )
+    audit = summary["audit"]
+    assert isinstance(audit, dict)
+    lines += [
+        "",
+        f"audit: {'PASS' if audit['ok'] else 'FAIL'} ({audit['accounts']} accounts, "
+        f"{audit['spool_records']} spool records)",
+    ]
+    lines += [f"  {f['account']}: {f['rule']}: {f['detail']}" for f in audit["findings"]]
+    for name in ("session_errors", "uncertain_sessions", "problems"):
+        items = summary[name]
+        assert isinstance(items, list)
+        if items:
+            lines.append(f"{name.replace('_', ' ')}:")
+            lines += [f"  {item}" for item in items]
+    lines.append(f"verdict: {'OK' if summary['ok'] else 'NOT OK'}")
+    return "\n".join(lines)
