@@ -48,25 +48,34 @@ def _text(reply: Reply) -> str:
     return reply
 
 
+# Outcome by its text: a dict lookup, where ``Outcome(text)`` goes through the enum machinery
+# (parsing runs once per charge; bench/balance.py measures the charge path).
+_OUTCOMES: dict[str, Outcome] = {outcome.value: outcome for outcome in Outcome}
+
+
 def parse_charge_reply(reply: str) -> ChargeResult:
     """Parse the charge.lua / refund.lua reply (format in charge.lua's header)."""
-    words = reply.split(" ")
+    return _charge_result(reply.split(" "))
+
+
+def _charge_result(words: list[str]) -> ChargeResult:
+    outcomes = _OUTCOMES
     items: list[ItemResult] = []
-    for index in range(int(words[5])):
-        base = 6 + index * 6
+    for base in range(6, 6 + 6 * int(words[5]), 6):
+        # Positional, in ItemResult's field order: rating group, outcome, granted units,
+        # committed units, committed micros, final.
         items.append(
             ItemResult(
-                rating_group=int(words[base]),
-                outcome=Outcome(words[base + 1]),
-                granted_units=int(words[base + 2]),
-                committed_units=int(words[base + 3]),
-                committed_micros=int(words[base + 4]),
-                final=words[base + 5] == "1",
+                int(words[base]),
+                outcomes[words[base + 1]],
+                int(words[base + 2]),
+                int(words[base + 3]),
+                int(words[base + 4]),
+                words[base + 5] == "1",
             )
         )
-    return ChargeResult(
-        outcome=Outcome(words[1]), items=tuple(items), replayed=words[0] == "1", balance_micros=int(words[2])
-    )
+    # outcome, items, replayed, balance_micros
+    return ChargeResult(outcomes[words[1]], tuple(items), words[0] == "1", int(words[2]))
 
 
 def _bucket_arguments(bucket: Bucket) -> list[str]:
@@ -102,6 +111,9 @@ class BalanceStore:
         self.caller = caller  # the hot path: charge
         self.admin = admin or caller  # everything else
         self._hierarchies: dict[str, Hierarchy] = {}
+        # Per account, what every charge needs besides the session key: built once (an account
+        # never changes hierarchy) instead of four key functions per call.
+        self._charge_parts: dict[str, _ChargeParts] = {}
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False, pipelined: bool = False) -> BalanceStore:
@@ -120,6 +132,7 @@ class BalanceStore:
         """Tests only: forget everything."""
         await self.admin.execute("FLUSHALL")
         self._hierarchies.clear()
+        self._charge_parts.clear()
 
     # -- hierarchy ---------------------------------------------------------------------------
 
@@ -247,43 +260,43 @@ class BalanceStore:
     # -- charging --------------------------------------------------------------------------
 
     async def charge(self, request: ChargeRequest) -> ChargeResult:
-        found = await self.hierarchy(request.account_id)
-        if found is None:
-            return ChargeResult(Outcome.UNKNOWN_ACCOUNT)
+        account_id = request.account_id
+        parts = self._charge_parts.get(account_id)
+        if parts is None:
+            found = await self.hierarchy(account_id)
+            if found is None:
+                return ChargeResult(Outcome.UNKNOWN_ACCOUNT)
+            root, parent = found
+            account_key, parent_key = self._account_keys(root, account_id, parent)
+            parts = (root, parent, account_key, parent_key, keys.expiry_key(root), keys.outbox_key(root))
+            self._charge_parts[account_id] = parts
         if invalid_charge(request):
             return ChargeResult(Outcome.INVALID)
-        root, parent = found
-        account_key, parent_key = self._account_keys(root, request.account_id, parent)
-        script_keys = [
-            keys.session_key(root, request.session_id),
-            account_key,
-            parent_key,
-            keys.expiry_key(root),
-            keys.outbox_key(root),
-        ]
+        root, parent, account_key, parent_key, expiry_key, outbox_key = parts
+        session_key = keys.session_key(root, request.session_id)
         arguments = [
-            request.account_id,
+            account_id,
             request.session_id,
             str(request.request_number),
             str(request.now_seconds),
             str(request.validity_seconds),
             "1" if request.terminate else "0",
             "1" if request.event else "0",
-            str(keys.TOMBSTONE_SECONDS),
+            _TOMBSTONE_SECONDS,
             parent,
             str(len(request.items)),
         ]
         for item in request.items:
             arguments += _item_arguments(item)
-        reply = _text(await self.caller.run(SCRIPTS[Operation.CHARGE], script_keys, arguments))
-        words = reply.split(" ", 6)
+        script_keys = [session_key, account_key, parent_key, expiry_key, outbox_key]
+        words = _text(await self.caller.run(SCRIPTS[Operation.CHARGE], script_keys, arguments)).split(" ")
         if words[0] == "0" and words[1] == "ok":
             if words[3] == "1":
                 expiry = request.now_seconds + request.validity_seconds
                 await self.caller.execute("ZADD", keys.SESSION_ROOTS, "LT", str(expiry), root)
             if words[4] != "0":
                 await self.caller.execute("SADD", keys.OUTBOX_ROOTS, root)
-        return parse_charge_reply(reply)
+        return _charge_result(words)
 
     async def refund(
         self, account_id: str, session_id: str, request_number: int, amount_micros: int, now_seconds: int
@@ -385,6 +398,9 @@ class BalanceStore:
 
 
 _MAX_AMOUNT = 10**15
+_TOMBSTONE_SECONDS = str(keys.TOMBSTONE_SECONDS)
+# (root, parent id or "", account key, parent account key, expiry zset key, outbox key)
+_ChargeParts = tuple[str, str, str, str, str, str]
 
 
 def _usage_record(entry: str) -> UsageRecord:

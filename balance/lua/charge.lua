@@ -62,7 +62,9 @@ end
 -- Reservations by field; only those made by this request are encoded and written back.
 local reservations, removed, made = {}, nil, nil
 if stored_reservations ~= nil then
-  for _, i in ipairs(stored_reservations) do reservations[stored[i]] = decode_reservation(stored[i + 1]) end
+  for _, i in ipairs(stored_reservations) do
+    reservations[stored[i]] = decode_reservation(stored[i + 1], account, parent)
+  end
 end
 
 local closing = terminate or event

@@ -31,7 +31,7 @@ local parent = nil
 if parent_id ~= '' then parent = load_account(parent_key, parent_id) end
 for field, value in pairs(session) do
   if string.sub(field, 1, 2) == 'g:' then
-    return_reservation(decode_reservation(value), account, parent)
+    return_reservation(decode_reservation(value, account, parent), account, parent)
   end
 end
 local problem = check_invariants(account)

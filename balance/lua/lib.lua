@@ -15,17 +15,17 @@
 -- failed assertion must happen before the first write.
 --
 -- Cost: this runs in Redis's single thread on every charge, and the whole chunk, these function
--- definitions included, runs again on every call. What costs there is counted in instructions
--- (valgrind): each closure made, table made or grown, string made, C function called and
--- pattern matched costs hundreds to thousands. So the library is a few functions, small helpers
--- are written out where they are used, tables are made at their final size, a bucket's
--- metadata is parsed only when it is not the plain main bucket, buckets are sorted into drawing
--- order only when two share a kind, and numbers already held as text are not formatted again.
--- bench/balance.py measures the result (INFO commandstats).
+-- definitions included, runs again on every call. Counted in instructions (valgrind), each
+-- closure made, table field set, function called, C function called (math.floor included) and
+-- pattern matched costs hundreds to thousands; the whole charge is a few hundred thousand. So the
+-- library is a few functions, small helpers are written out where they are used, tables are
+-- made at their final size, floor and ceil are written with `%`, a bucket's metadata is parsed
+-- only when it is not the plain main bucket, buckets are sorted into drawing order only when two
+-- share a kind, a hold points at its bucket, and numbers already held as text are not formatted
+-- again. bench/balance.py measures the result (INFO commandstats).
 
 local format, byte, sub, find, match, gmatch = string.format, string.byte, string.sub, string.find, string.match,
   string.gmatch
-local floor, ceil = math.floor, math.ceil
 local call, tonumber = redis.call, tonumber
 
 local INFINITY = 1e300
@@ -37,23 +37,28 @@ local function fmt(n)
 end
 
 -- ---------------------------------------------------------------------------------------------
--- tariff arithmetic (RULES.md "Units and arithmetic")
+-- tariff arithmetic (RULES.md "Units and arithmetic"). For x >= 0, x - x % 1 is floor(x) and
+-- x % 1 == 0 and x or x - x % 1 + 1 is ceil(x), exactly, for every double.
 
+-- charged(units) for tariff `t` (a multiple of its block, at least its first units; 0 for 0).
 local function charged(t, units)
   if units <= 0 then return 0 end
-  local block = t.block
-  local c = ceil(units / block) * block
+  local blocks = units / t.block
+  if blocks % 1 ~= 0 then blocks = blocks - blocks % 1 + 1 end
+  local c = blocks * t.block
   if c < t.first then return t.first end
   return c
 end
 
 local function cost(t, units)
-  local c = charged(t, units)
-  local price, per = t.price, t.per
-  if c == 0 or price == 0 then return 0 end
-  local q = floor(c / per)
-  local r = c - q * per
-  return q * price + ceil(r * price / per)
+  local price = t.price
+  if units <= 0 or price == 0 then return 0 end
+  local c, per = charged(t, units), t.per
+  local whole = c / per
+  whole = whole - whole % 1
+  local rest = (c - whole * per) * price / per
+  if rest % 1 ~= 0 then rest = rest - rest % 1 + 1 end
+  return whole * price + rest
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -70,6 +75,8 @@ local function load_account(key, id)
   local count = #flat
   if count == 0 then return nil end
   local buckets = {}
+  -- Every field it can get, so that filling it in never grows it: counters start as 0,
+  -- text fields as false ('' for the parent id).
   local account = {key = key, id = id, buckets = buckets, kinds = false,
     dirty = {cr = false, db = false, cm = false, hd = false, lh = false, ub = false, pu = false},
     cr = 0, db = 0, cm = 0, hd = 0, lh = 0, ub = 0, pu = 0, lim = 0, cap = 0,
@@ -77,62 +84,66 @@ local function load_account(key, id)
   local in_order, last_id = true, -INFINITY
   local bucket, bucket_text = nil, nil -- the last bucket seen: its 'q:' and 'm:' fields sit together
   for i = 1, count, 2 do
-    local field = flat[i]
-    local first = account[field] == nil and byte(field, 1) -- false: a field the table has a place for
-    -- 'q:<id>' (113 'q', 58 ':') holds a bucket's amount, 'm:<id>' (109 'm') its metadata.
-    if (first == 113 or first == 109) and byte(field, 2) == 58 then
-      local text = sub(field, 3)
-      if text ~= bucket_text then
-        local bucket_id = text + 0
-        bucket, bucket_text = nil, text
-        for j = 1, #buckets do
-          if buckets[j].id == bucket_id then bucket = buckets[j] end
+    local field, value = flat[i], flat[i + 1]
+    local known = account[field]
+    if known == 0 then
+      account[field] = value + 0 -- a counter
+    elseif known ~= nil then
+      account[field] = value -- cur, pay, st, par
+    else
+      -- 'q:<id>' (113 'q', 58 ':') holds a bucket's amount, 'm:<id>' (109 'm') its metadata.
+      local first = byte(field, 1)
+      if (first == 113 or first == 109) and byte(field, 2) == 58 then
+        local text = sub(field, 3)
+        if text ~= bucket_text then
+          local bucket_id = text + 0
+          bucket, bucket_text = nil, text
+          for j = 1, #buckets do
+            if buckets[j].id == bucket_id then bucket = buckets[j] end
+          end
+          if bucket == nil then
+            bucket = {id = bucket_id, text = text, amount = 0, kind = false, from = 0, ['until'] = 0, priority = 0,
+              services = NO_SERVICES, any_service = true, dirty = false}
+            buckets[#buckets + 1] = bucket
+            if bucket_id < last_id then in_order = false end
+            last_id = bucket_id
+          end
         end
-        if bucket == nil then
-          bucket = {id = bucket_id, text = text, amount = 0, kind = false, from = 0, ['until'] = 0, priority = 0,
-            services = NO_SERVICES, any_service = true, dirty = false}
-          buckets[#buckets + 1] = bucket
-          if bucket_id < last_id then in_order = false end
-          last_id = bucket_id
-        end
-      end
-      local value = flat[i + 1]
-      if first == 113 then
-        bucket.amount = value + 0
-      elseif value == 'main|0|0|0|' then
-        bucket.kind = 'main' -- the plain main bucket: nothing to parse
-      else
-        -- "kind|valid_from|valid_until|priority|service,service" (balance/keys.py).
-        local kind, from, till, priority, services = match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-        bucket.kind = kind
-        if from ~= '0' then bucket.from = tonumber(from) or 0 end
-        if till ~= '0' then bucket['until'] = tonumber(till) or 0 end
-        if priority ~= '0' then bucket.priority = tonumber(priority) or 0 end
-        if services ~= '' then
-          if not find(services, ',', 1, true) then
-            bucket.services, bucket.any_service = {[services] = true}, false
-          else
-            for service in gmatch(services, '[^,]+') do
-              if bucket.any_service then bucket.services, bucket.any_service = {}, false end
-              bucket.services[service] = true
+        if first == 113 then
+          bucket.amount = value + 0
+        elseif value == 'main|0|0|0|' then
+          bucket.kind = 'main' -- the plain main bucket: nothing to parse
+        else
+          -- "kind|valid_from|valid_until|priority|service,service" (balance/keys.py).
+          local kind, from, till, priority, services = match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+          bucket.kind = kind
+          if from ~= '0' then bucket.from = tonumber(from) or 0 end
+          if till ~= '0' then bucket['until'] = tonumber(till) or 0 end
+          if priority ~= '0' then bucket.priority = tonumber(priority) or 0 end
+          if services ~= '' then
+            if not find(services, ',', 1, true) then
+              bucket.services, bucket.any_service = {[services] = true}, false
+            else
+              for service in gmatch(services, '[^,]+') do
+                if bucket.any_service then bucket.services, bucket.any_service = {}, false end
+                bucket.services[service] = true
+              end
             end
           end
         end
+      else
+        account[field] = value -- a field the engine does not use
       end
-    else
-      account[field] = flat[i + 1]
     end
   end
   if not in_order then table.sort(buckets, function(a, b) return a.id < b.id end) end
-  account.cr, account.db, account.cm = (account.cr or 0) + 0, (account.db or 0) + 0, (account.cm or 0) + 0
-  account.hd, account.lh, account.ub = (account.hd or 0) + 0, (account.lh or 0) + 0, (account.ub or 0) + 0
-  account.pu, account.lim, account.cap = (account.pu or 0) + 0, (account.lim or 0) + 0, (account.cap or 0) + 0
   return account
 end
 
 -- The buckets to walk for `kind` in drawing order, usable or not: callers skip other kinds and
 -- unusable buckets as they go (the order depends on neither amounts nor now, so it is worked out
--- once per call). While no two buckets share a kind, that is the account's own list.
+-- once per call). While no two buckets share a kind (`account.kinds == true`), that is the
+-- account's own list, and callers take it without a call.
 local function of_kind(account, kind)
   local kinds = account.kinds
   if kinds == false then
@@ -187,8 +198,8 @@ local function money_in_buckets(account, now)
   return total
 end
 
+-- What a child may still draw from its parent's pool (`parent` is not nil).
 local function pool_room(child, parent, now)
-  if parent == nil then return 0 end
   local room = child.cap - child.pu
   if room <= 0 then return 0 end
   local pool = money_in_buckets(parent, now) + credit_line(parent)
@@ -198,7 +209,10 @@ end
 
 -- RULES.md "balance_micros": what a new reservation could draw now.
 local function available(account, parent, now)
-  return money_in_buckets(account, now) + credit_line(account) + pool_room(account, parent, now)
+  local total = money_in_buckets(account, now)
+  if account.pay == 'postpaid' then total = total + credit_line(account) end
+  if parent ~= nil then total = total + pool_room(account, parent, now) end
+  return total
 end
 
 local function check_invariants(account)
@@ -249,23 +263,27 @@ end
 -- ---------------------------------------------------------------------------------------------
 -- holds and reservations
 --
--- A hold is {src, id, text, amount}: src 'u' allowance units of an own bucket, 'c' micros of an
+-- A hold is {src, bucket, amount}: src 'u' allowance units of an own bucket, 'c' micros of an
 -- own monetary bucket, 'C' the own credit line, 'p' a parent bucket, 'P' the parent credit line;
--- id (and text, as stored) names the bucket, 0 for a credit line.
+-- bucket is the bucket's table (false for a credit line).
 
--- Holds up to `left` micros from the usable `kind` buckets of `owner`; returns what is left.
-local function hold_from_buckets(owner, kind, src, holds, left, now)
-  local list = of_kind(owner, kind)
-  for i = 1, #list do
-    if left == 0 then return 0 end
-    local bucket = list[i]
-    local amount, till = bucket.amount, bucket['until']
-    if bucket.kind == kind and amount > 0 and bucket.from <= now and (till == 0 or now < till) then
-      local take = amount < left and amount or left
-      bucket.amount, bucket.dirty = amount - take, true
-      owner.hd, owner.dirty.hd = owner.hd + take, true
-      holds[#holds + 1] = {src = src, id = bucket.id, text = bucket.text, amount = take}
-      left = left - take
+-- Holds up to `left` micros from the usable bonus, then main buckets of `owner`; returns what
+-- is left.
+local function hold_from_buckets(owner, src, holds, left, now)
+  for pass = 1, 2 do
+    local kind = pass == 1 and 'bonus' or 'main'
+    local list = owner.kinds == true and owner.buckets or of_kind(owner, kind)
+    for i = 1, #list do
+      if left == 0 then return 0 end
+      local bucket = list[i]
+      local amount, till = bucket.amount, bucket['until']
+      if bucket.kind == kind and amount > 0 and bucket.from <= now and (till == 0 or now < till) then
+        local take = amount < left and amount or left
+        bucket.amount, bucket.dirty = amount - take, true
+        owner.hd, owner.dirty.hd = owner.hd + take, true
+        holds[#holds + 1] = {src = src, bucket = bucket, amount = take}
+        left = left - take
+      end
     end
   end
   return left
@@ -273,25 +291,23 @@ end
 
 -- Takes up to `want` micros from the money sources in drawing order into `holds`.
 local function hold_money(account, parent, want, now, holds)
-  local left = hold_from_buckets(account, 'bonus', 'c', holds, want, now)
-  left = hold_from_buckets(account, 'main', 'c', holds, left, now)
+  local left = hold_from_buckets(account, 'c', holds, want, now)
   local line = credit_line(account)
   if line > 0 and left > 0 then
     local take = line < left and line or left
     account.lh, account.dirty.lh = account.lh + take, true
-    holds[#holds + 1] = {src = 'C', id = 0, text = '0', amount = take}
+    holds[#holds + 1] = {src = 'C', bucket = false, amount = take}
     left = left - take
   end
   if left > 0 and parent ~= nil then
     local room = pool_room(account, parent, now)
     local pool_want = room < left and room or left
-    local pool_left = hold_from_buckets(parent, 'bonus', 'p', holds, pool_want, now)
-    pool_left = hold_from_buckets(parent, 'main', 'p', holds, pool_left, now)
+    local pool_left = hold_from_buckets(parent, 'p', holds, pool_want, now)
     line = credit_line(parent)
     if line > 0 and pool_left > 0 then
       local take = line < pool_left and line or pool_left
       parent.lh, parent.dirty.lh = parent.lh + take, true
-      holds[#holds + 1] = {src = 'P', id = 0, text = '0', amount = take}
+      holds[#holds + 1] = {src = 'P', bucket = false, amount = take}
       pool_left = pool_left - take
     end
     account.pu, account.dirty.pu = account.pu + (pool_want - pool_left), true
@@ -325,11 +341,8 @@ local function return_hold(hold, account, parent)
     owner.lh, owner.dirty.lh = owner.lh - amount, true
   else
     if src ~= 'u' then owner.hd, owner.dirty.hd = owner.hd - amount, true end
-    local buckets, id = owner.buckets, hold.id
-    for i = 1, #buckets do
-      local bucket = buckets[i]
-      if bucket.id == id then bucket.amount, bucket.dirty = bucket.amount + amount, true end
-    end
+    local bucket = hold.bucket
+    bucket.amount, bucket.dirty = bucket.amount + amount, true
   end
   if src == 'p' or src == 'P' then account.pu, account.dirty.pu = account.pu - amount, true end
 end
@@ -344,16 +357,29 @@ local function encode_reservation(r, units_text)
   local holds = r.holds
   for i = 1, #holds do
     local hold = holds[i]
-    if hold.amount > 0 then text = text .. ' ' .. hold.src .. ':' .. hold.text .. ':' .. fmt(hold.amount) end
+    if hold.amount > 0 then
+      text = text .. ' ' .. hold.src .. ':' .. (hold.bucket and hold.bucket.text or '0') .. ':' .. fmt(hold.amount)
+    end
   end
   return text
 end
 
--- What encode_reservation writes is read with one match and one find per hold; anything else
--- (other spacing or number syntax) by the general reader. The reservation is its own tariff.
-local function decode_reservation(text)
+-- The reservation stored as `text` for `account` (and its `parent`, or nil). What
+-- encode_reservation writes is read with one match and one find per hold; anything else (other
+-- spacing or number syntax) by the general reader. The reservation is its own tariff.
+local function decode_reservation(text, account, parent)
   local units, allowance, price, per, block, first, rest = match(text, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)(.*)$')
   local holds = {}
+  local function hold(src, id, amount)
+    local bucket = false
+    if src ~= 'C' and src ~= 'P' then
+      local buckets = src == 'p' and parent.buckets or account.buckets
+      for i = 1, #buckets do
+        if buckets[i].id == id then bucket = buckets[i] end
+      end
+    end
+    holds[#holds + 1] = {src = src, bucket = bucket, amount = amount}
+  end
   if units ~= nil then
     local at, last = 1, #rest
     while at <= last do
@@ -362,7 +388,7 @@ local function decode_reservation(text)
         units = nil
         break
       end
-      holds[#holds + 1] = {src = src, id = id + 0, text = id, amount = amount + 0}
+      hold(src, id + 0, amount + 0)
       at = stop + 1
     end
   end
@@ -377,7 +403,7 @@ local function decode_reservation(text)
     holds = {}
     for i = 7, #fields do
       local src, id, amount = match(fields[i], '^(%a):(%d+):(%d+)$')
-      holds[#holds + 1] = {src = src, id = tonumber(id), text = id, amount = tonumber(amount)}
+      hold(src, tonumber(id), tonumber(amount))
     end
   end
   local r = {units = units, allowance = allowance, holds = holds, tariff = false,
@@ -393,7 +419,7 @@ local function reserve(account, parent, service, unit, t, units, now)
   local want = charged(t, units)
   local holds = {}
   local allowance = 0
-  local list = of_kind(account, unit)
+  local list = account.kinds == true and account.buckets or of_kind(account, unit)
   for i = 1, #list do
     if allowance == want then break end
     local bucket = list[i]
@@ -403,7 +429,7 @@ local function reserve(account, parent, service, unit, t, units, now)
       local need = want - allowance
       local take = amount < need and amount or need
       bucket.amount, bucket.dirty = amount - take, true
-      holds[#holds + 1] = {src = 'u', id = bucket.id, text = bucket.text, amount = take}
+      holds[#holds + 1] = {src = 'u', bucket = bucket, amount = take}
       allowance = allowance + take
     end
   end
@@ -416,8 +442,12 @@ local function reserve(account, parent, service, unit, t, units, now)
     if sources < need then
       -- affordable(sources): the largest charged quantity it pays for (need > 0, so price > 0).
       local price, per, block = t.price, t.per, t.block
-      local whole = floor(sources / price)
-      money_units = floor((whole * per + floor((sources - whole * price) * per / price)) / block) * block
+      local whole = sources / price
+      whole = whole - whole % 1
+      local fraction = (sources - whole * price) * per / price
+      fraction = fraction - fraction % 1
+      local blocks = (whole * per + fraction) / block
+      money_units = (blocks - blocks % 1) * block
       if money_units < t.first then money_units = 0 end
       need = cost(t, money_units)
       final = true
