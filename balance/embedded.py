@@ -281,6 +281,12 @@ class EmbeddedRedis:
             # 2 s, only while the previous fsync is still running on a saturated disk).
             "--appendfsync",
             "everysec",
+            # The expiry zset's members are "<account>|<Session-Id>"; a 3GPP Session-Id alone is
+            # ~50 bytes, past the default 64-byte limit of the compact encoding, and the skiplist
+            # that replaces it costs ~1 kB per session (bench/balance.py). 6.2's name; 7.x
+            # accepts it as an alias of zset-max-listpack-value.
+            "--zset-max-ziplist-value",
+            "192",
         ]
         if self.unix_socket_path is not None:
             arguments += ["--unixsocket", str(self.unix_socket_path), "--unixsocketperm", "700"]
