@@ -165,21 +165,15 @@ if closing then
   end
 end
 
-local problem = check_invariants(account)
-if problem == nil and parent ~= nil then problem = check_invariants(parent) end
+-- Every change is known: write it if it is consistent.
+local problem = save_checked(account, parent)
 if problem ~= nil then return problem end
-
--- Every change is known and consistent: write it.
-save_account(account)
-if parent ~= nil then save_account(parent) end
 local opened = (not exists and not closing) and ' 1 ' or ' 0 '
 local reply = 'ok ' .. fmt(available(account, parent, now)) .. opened .. fmt(record_count) .. ' ' .. fmt(item_count)
 if results ~= nil then reply = reply .. ' ' .. results end
 local member = account_id .. '|' .. session_id
 if closing then
-  call('DEL', session_key)
-  call('HSET', session_key, 'a', account_id, 'n', ARGV[3], 'r', reply, 'c', '1')
-  call('EXPIRE', session_key, ARGV[8])
+  write_tombstone(session_key, account_id, ARGV[3], reply, ARGV[8])
   if exists then call('ZREM', expiry_key, member) end
 else
   local expiry = fmt(now + validity)

@@ -22,31 +22,18 @@ if operation ~= 'add_bucket' then
   if previous then return 'ok 1 ' .. previous end
 end
 
-local bucket = nil
-if operation ~= 'add_bucket' then
-  for _, candidate in ipairs(account.buckets) do
-    if candidate.kind == kind then bucket = candidate; break end
-  end
-end
-local meta = nil
+local bucket, meta = nil, nil
+if operation ~= 'add_bucket' then bucket = first_of_kind(account, kind) end
 if bucket == nil then
-  local next_id = 1
-  for _, candidate in ipairs(account.buckets) do
-    if candidate.id >= next_id then next_id = candidate.id + 1 end
-  end
   if amount < 0 then return 'insufficient_funds 0 0' end
-  bucket = {id = next_id, text = format('%d', next_id), amount = 0, kind = kind, dirty = false}
-  account.buckets[#account.buckets + 1] = bucket
-  account.kinds = false -- the drawing order is worked out again with the new bucket
-  meta = table.concat({kind, ARGV[7], ARGV[8], ARGV[9], ARGV[6]}, '|')
+  bucket, meta = new_bucket(account, kind, ARGV[7], ARGV[8], ARGV[9], ARGV[6])
 end
 if bucket.amount + amount < 0 then return 'insufficient_funds 0 0' end
 bucket.amount, bucket.dirty = bucket.amount + amount, true
 if kind == 'main' or kind == 'bonus' then account.cr, account.dirty.cr = account.cr + amount, true end
 
-local problem = check_invariants(account)
+local problem = save_checked(account, nil)
 if problem ~= nil then return problem end
-save_account(account)
 if meta ~= nil then redis.call('HSET', account_key, 'm:' .. bucket.id, meta) end
 if marker ~= nil then redis.call('HSET', idempotency_key, marker, bucket.id) end
 return 'ok 0 ' .. bucket.id

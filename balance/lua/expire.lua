@@ -34,13 +34,8 @@ for field, value in pairs(session) do
     return_reservation(decode_reservation(value, account, parent), account, parent)
   end
 end
-local problem = check_invariants(account)
-if problem == nil and parent ~= nil then problem = check_invariants(parent) end
+local problem = save_checked(account, parent)
 if problem ~= nil then return problem end
-save_account(account)
-if parent ~= nil then save_account(parent) end
-redis.call('DEL', session_key)
-redis.call('HSET', session_key, 'a', account_id, 'n', session.n, 'r', session.r, 'c', '1')
-redis.call('EXPIRE', session_key, tombstone)
+write_tombstone(session_key, account_id, session.n, session.r, tombstone)
 redis.call('ZREM', expiry_key, member)
 return 1

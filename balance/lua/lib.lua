@@ -260,6 +260,48 @@ local function save_account(account)
   if n > 0 then call('HSET', account.key, unpack(args, 1, n)) end
 end
 
+-- Checks the invariants of the accounts a script touched and, only if they hold, writes them.
+-- Returns the error reply to give back, or nil once both are saved.
+local function save_checked(account, parent)
+  local problem = check_invariants(account)
+  if problem == nil and parent ~= nil then problem = check_invariants(parent) end
+  if problem ~= nil then return problem end
+  save_account(account)
+  if parent ~= nil then save_account(parent) end
+  return nil
+end
+
+-- The account's first bucket of `kind` (lowest id), or nil.
+local function first_of_kind(account, kind)
+  for _, bucket in ipairs(account.buckets) do
+    if bucket.kind == kind then return bucket end
+  end
+  return nil
+end
+
+-- A new, empty bucket with the next free id; returns it and the 'm:' metadata to write for it
+-- (valid from, valid until, priority and services as they are stored, balance/keys.py).
+local function new_bucket(account, kind, from, till, priority, services)
+  local next_id = 1
+  for _, bucket in ipairs(account.buckets) do
+    if bucket.id >= next_id then next_id = bucket.id + 1 end
+  end
+  local bucket = {id = next_id, text = format('%d', next_id), amount = 0, kind = kind, from = tonumber(from) or 0,
+    ['until'] = tonumber(till) or 0, priority = tonumber(priority) or 0, services = NO_SERVICES,
+    any_service = true, dirty = false}
+  account.buckets[#account.buckets + 1] = bucket
+  account.kinds = false -- the drawing order is worked out again with the new bucket
+  return bucket, table.concat({kind, from, till, priority, services}, '|')
+end
+
+-- Leaves a closed session as a tombstone: it still answers its last request number (replays)
+-- for `lifetime` seconds, and refuses anything newer.
+local function write_tombstone(session_key, account_id, number, reply, lifetime)
+  call('DEL', session_key)
+  call('HSET', session_key, 'a', account_id, 'n', number, 'r', reply, 'c', '1')
+  call('EXPIRE', session_key, lifetime)
+end
+
 -- ---------------------------------------------------------------------------------------------
 -- holds and reservations
 --

@@ -24,29 +24,13 @@ if account.st ~= 'active' then return '0 account_blocked 0 0 0 0' end
 local parent = nil
 if parent_id ~= '' then parent = load_account(parent_key, parent_id) end
 
-local bucket = nil
-for _, candidate in ipairs(account.buckets) do
-  if candidate.kind == 'main' then bucket = candidate; break end
-end
-local meta = nil
-if bucket == nil then
-  local next_id = 1
-  for _, candidate in ipairs(account.buckets) do
-    if candidate.id >= next_id then next_id = candidate.id + 1 end
-  end
-  bucket = {id = next_id, text = format('%d', next_id), amount = 0, kind = 'main', from = 0, ['until'] = 0,
-    priority = 0, services = {}, any_service = true, dirty = false}
-  account.buckets[#account.buckets + 1] = bucket
-  account.kinds = false -- the drawing order is worked out again with the new bucket
-  meta = 'main|0|0|0|'
-end
+local bucket, meta = first_of_kind(account, 'main'), nil
+if bucket == nil then bucket, meta = new_bucket(account, 'main', '0', '0', '0', '') end
 bucket.amount, bucket.dirty = bucket.amount + amount, true
 account.cr, account.dirty.cr = account.cr + amount, true
-local problem = check_invariants(account)
+local problem = save_checked(account, nil)
 if problem ~= nil then return problem end
-save_account(account)
 if meta ~= nil then redis.call('HSET', account_key, 'm:' .. bucket.id, meta) end
 local reply = 'ok ' .. fmt(available(account, parent, now)) .. ' 0 0 0'
-redis.call('HSET', session_key, 'a', account_id, 'n', number, 'r', reply, 'c', '1')
-redis.call('EXPIRE', session_key, tombstone)
+write_tombstone(session_key, account_id, number, reply, tombstone)
 return '0 ' .. reply
