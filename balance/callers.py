@@ -48,6 +48,13 @@ RETRY_SAFE_COMMANDS = frozenset(
 )
 
 
+def hash_fields(reply: Reply) -> dict[str, str]:
+    """An HGETALL reply (RESP's field, value list) as a dict; empty for a missing key."""
+    if not isinstance(reply, list):
+        return {}
+    return {str(reply[index]): str(reply[index + 1]) for index in range(0, len(reply) - 1, 2)}
+
+
 class ScriptCaller(Protocol):
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply: ...
 

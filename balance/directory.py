@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from balance import keys
-from balance.callers import ScriptCaller
+from balance.callers import ScriptCaller, hash_fields
 from balance.types import Outcome
 
 
@@ -87,10 +87,9 @@ class Directory:
         return found if isinstance(found, str) else None
 
     async def profile(self, account_id: str) -> Subscriber | None:
-        reply = await self.caller.execute("HGETALL", keys.profile_key(account_id))
-        if not isinstance(reply, list) or not reply:
+        fields = hash_fields(await self.caller.execute("HGETALL", keys.profile_key(account_id)))
+        if not fields:
             return None
-        fields = {str(reply[index]): str(reply[index + 1]) for index in range(0, len(reply) - 1, 2)}
         return Subscriber(
             account_id=account_id,
             plan=fields.get("plan", ""),

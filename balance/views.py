@@ -8,15 +8,9 @@ Live reservations are counted from the hierarchy's open sessions. Off the hot pa
 from __future__ import annotations
 
 from balance import keys
-from balance.callers import Reply, ScriptCaller
+from balance.callers import ScriptCaller, hash_fields
 from balance.scripts import SCRIPTS, Operation
 from balance.types import Account, AccountStatus, BalanceView, Bucket, BucketKind, PaymentType
-
-
-def _pairs(reply: Reply) -> dict[str, str]:
-    if not isinstance(reply, list):
-        return {}
-    return {str(reply[index]): str(reply[index + 1]) for index in range(0, len(reply) - 1, 2)}
 
 
 def parse_bucket(bucket_id: int, amount: str, meta: str) -> Bucket:
@@ -65,7 +59,7 @@ async def read_balance(
     caller: ScriptCaller, root: str, account_id: str, parent_id: str, now_seconds: int
 ) -> BalanceView | None:
     account_key = keys.account_key(root, account_id)
-    fields = _pairs(await caller.execute("HGETALL", account_key))
+    fields = hash_fields(await caller.execute("HGETALL", account_key))
     if not fields:
         return None
     parent_key = keys.account_key(root, parent_id or account_id)

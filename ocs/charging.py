@@ -240,7 +240,7 @@ class CreditControl:
         if item.outcome is Outcome.ACCOUNT_BLOCKED and status is AccountStatus.SUSPENDED:
             # Immediate graceful service termination (RFC 8506 section 5.6): nothing granted, and
             # the final-unit action (by default a redirect to the top-up portal) applies at once.
-            return _replace(
+            return replace(
                 base,
                 result_code=ResultCode.DIAMETER_CREDIT_LIMIT_REACHED,
                 unit=unit,
@@ -250,10 +250,10 @@ class CreditControl:
         if item.outcome not in (Outcome.OK, Outcome.PARTIAL):
             return base
         if ccr.request_type is RequestType.EVENT:
-            return _replace(base, unit=unit, granted_units=item.committed_units)
+            return replace(base, unit=unit, granted_units=item.committed_units)
         if item.granted_units == 0:
             return base
-        return _replace(
+        return replace(
             base,
             unit=unit,
             granted_units=item.granted_units,
@@ -273,7 +273,3 @@ def _key(service: ServiceRequest) -> int:
     if service.rating_group is not None:
         return service.rating_group
     return service.service_identifier or 0
-
-
-def _replace(answer: ServiceAnswer, **changes: object) -> ServiceAnswer:
-    return replace(answer, **changes)  # type: ignore[arg-type]
