@@ -38,6 +38,7 @@ from balance.types import (
     UsageRecord,
 )
 from balance.validation import invalid_account, invalid_bucket, invalid_charge
+from balance.views import read_balance
 
 Hierarchy = tuple[str, str]  # (root, parent id or "")
 
@@ -355,8 +356,6 @@ class BalanceStore:
     # -- queries ---------------------------------------------------------------------------
 
     async def balance(self, account_id: str, now_seconds: int) -> BalanceView | None:
-        from balance.views import read_balance  # the read side, kept out of the write path
-
         found = await self.hierarchy(account_id)
         if found is None:
             return None
