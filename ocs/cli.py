@@ -1,4 +1,5 @@
-"""The ``ocs`` command line: ``ocs serve`` runs the server; the other commands manage it.
+"""The ``ocs`` command line: ``ocs serve`` runs the server; ``ocs demo`` runs the server and
+the network simulator together (``ocs.demo``); the other commands manage a running server.
 
 Every command reads the same configuration (``--config``, default ``config/ocs.toml`` when
 present, then ``OCS_*`` environment overrides). Errors are one clear line on stderr and a
@@ -37,6 +38,7 @@ import uvloop
 from ocs.app import serve
 from ocs.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.config import ConfigError, Settings, load_settings
+from ocs.demo import DEFAULT_SCENARIO, DemoOptions, run_demo
 from ocs.provisioning import ApiError, money_micros, parse_instant
 from ocs.rating import RatingFailure, RatingInput, TariffError, explain, load_book
 
@@ -134,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML configuration file (default: config/ocs.toml if present)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    demo = commands.add_parser(
+        "demo", help="embedded Redis + server + network simulator on a scenario; prints the report and the audit"
+    )
+    demo.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO, help=f"default {DEFAULT_SCENARIO}")
+    demo.add_argument("--seed", type=int, default=1, help="population and traffic (default 1)")
+    demo.add_argument("--data", type=Path, default=None, help="keep Redis, spool, log and report here")
     _subscriber_commands(commands)
     client = _client_options()
     top_up = commands.add_parser("topup", parents=[client], help="top up an account (idempotent by --id)")
@@ -405,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.command == "serve":
         uvloop.run(serve(settings))
         return 0
+    if arguments.command == "demo":
+        options = DemoOptions(arguments.scenario, arguments.seed, arguments.data)
+        try:
+            return uvloop.run(run_demo(settings, options))
+        except KeyboardInterrupt:
+            return 130
     if arguments.command == "rate":
         return _rate(arguments, settings)
     if arguments.command == "cdr":

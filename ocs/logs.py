@@ -3,18 +3,19 @@
 Theory of operation: ``configure_logging`` is called once by ``ocs serve``. Every request task
 binds its Session-Id, CC-Request-Number and peer through structlog's context variables
 (``structlog.contextvars``), so every line logged while answering it carries them without
-passing them around. ``json_lines=False`` gives the console renderer for people at a terminal.
+passing them around; ``stream`` sends them to a file instead of stderr (``ocs demo``). ``json_lines=False`` gives the console renderer for people at a terminal.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure_logging(*, json_lines: bool = True, level: int = logging.INFO) -> None:
+def configure_logging(*, json_lines: bool = True, level: int = logging.INFO, stream: TextIO | None = None) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer()
     )
@@ -27,6 +28,6 @@ def configure_logging(*, json_lines: bool = True, level: int = logging.INFO) -> 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=True,
     )

@@ -1,6 +1,7 @@
 """``python -m simulator``: play a scenario against a running OCS and print the report.
 
 Theory of operation: parse the arguments, run the scenario on uvloop (as the server does),
+showing live progress (a rich progress bar on a terminal, plain lines otherwise, on stderr),
 print the plain-text report (and write the JSON one with ``--json``). The exit code is 0 when
 the run is clean, 1 when the audit failed or the money does not add up (``report.summarize``
 lists why), and 2 for a usage or connection error before any verdict.
@@ -18,8 +19,10 @@ from urllib.parse import urlsplit
 import uvloop
 
 from simulator.population import MAX_RUN_NUMBER
+from simulator.progress import live_progress
 from simulator.report import render_text, summarize
-from simulator.scenario import RunResult, ScenarioError, load_scenario, run_scenario
+from simulator.runner import RunResult, run_scenario
+from simulator.scenario import ScenarioError, load_scenario
 
 DEFAULT_DIAMETER = "127.0.0.1:3868"  # RFC 6733 section 11.4: the IANA port for Diameter over TCP
 DEFAULT_API = "http://127.0.0.1:8080"  # ocs/config.py HttpSettings default
@@ -48,10 +51,6 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     arguments = _arguments(argv)
     try:
@@ -62,17 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     host, port = arguments.diameter
     run_number = arguments.run_number if arguments.run_number is not None else int(time.time()) % MAX_RUN_NUMBER
     try:
-        result: RunResult = uvloop.run(
-            run_scenario(
-                scenario,
-                diameter_host=host,
-                diameter_port=port,
-                api_url=arguments.api,
-                seed=arguments.seed,
-                run_number=run_number,
-                progress=_progress,
+        with live_progress(scenario.name) as progress:
+            result: RunResult = uvloop.run(
+                run_scenario(
+                    scenario,
+                    diameter_host=host,
+                    diameter_port=port,
+                    api_url=arguments.api,
+                    seed=arguments.seed,
+                    run_number=run_number,
+                    progress=progress,
+                )
             )
-        )
     except (OSError, RuntimeError) as error:
         print(f"run failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 2

@@ -26,61 +26,106 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from protocol.aio import DiameterClient, RequestFailed
+from protocol.aio import DiameterClient
 from protocol.capabilities import LocalIdentity
 from protocol.constants import ApplicationId, CommandCode, CommandFlag, ResultCode
+from protocol.errors import StateError
 from protocol.message import Avp, Message, answer_to, avp, request
+from simulator.faults import NO_FAULTS, FaultDice
 from simulator.population import SimulatedSubscriber
 from simulator.records import NO_ANSWER, Commit, Recorder, SessionOutcome
 
 SUCCESS = int(ResultCode.DIAMETER_SUCCESS)
 CREDIT_LIMIT_REACHED = int(ResultCode.DIAMETER_CREDIT_LIMIT_REACHED)
 TOO_BUSY = int(ResultCode.DIAMETER_TOO_BUSY)
+LIMITED_SUCCESS = int(ResultCode.DIAMETER_LIMITED_SUCCESS)
 FINAL_UNIT_TERMINATE = 0  # Final-Unit-Action TERMINATE, RFC 4006 section 8.35
 SUBSCRIPTION_ID_E164 = 0  # Subscription-Id-Type END_USER_E164, RFC 4006 section 8.47
 
 
 @dataclass(frozen=True, slots=True)
 class ElementTiming:
-    step_seconds: float  # real pause between two requests of one session
+    step_seconds: float  # real pause between two requests of one session (when time is not compressed)
     request_timeout_seconds: float
     retransmissions: int  # extra attempts after 3004 or no answer (RFC 4006 section 5.7)
     retry_pause_seconds: float = 0.05
+    time_compression: float = 0.0  # simulated seconds per real second; 0: pause step_seconds per round
+    data_rate_octets_per_second: float = 500_000.0  # simulated throughput of a data session
+    final_unit_hold_seconds: float = 0.0  # real time the final units last: a RAR may come meanwhile
 
 
 @dataclass(slots=True)
 class _Control:
-    """What the server asked of one open session (RFC 4006 section 5.6)."""
+    """What the server asked of one open session (RFC 4006 sections 5.5 and 5.6)."""
 
     aborted: bool = False
+    reauthorise: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _granted(holder: Avp | Message) -> tuple[tuple[int, int, object], ...]:
+    grant = holder.find("Granted-Service-Unit")
+    return tuple(sorted((c.code, c.vendor_id, c.value) for c in grant.children)) if grant is not None else ()
+
+
+def answer_signature(answer: Message) -> tuple[object, ...]:
+    """What must not differ between two answers to the same request: the codes and the grants."""
+    services = sorted(
+        (
+            (control.get("Rating-Group"), control.get("Result-Code"), _granted(control))
+            for control in answer.find_all("Multiple-Services-Credit-Control")
+        ),
+        key=repr,
+    )
+    return result_code(answer), tuple(services), _granted(answer)
 
 
 class NetworkElement:
-    """One connection to the OCS, playing one network element with its own Origin-Host."""
+    """One connection to the OCS, playing one network element with its own Origin-Host.
+
+    The connection is replaced when it breaks (a dropped connection, a fault): the next request
+    opens a new one with the same Origin-Host, and what was unanswered is sent again on it with
+    the T flag."""
 
     def __init__(
-        self, client: DiameterClient, identity: LocalIdentity, recorder: Recorder, timing: ElementTiming
+        self,
+        address: tuple[str, int],
+        client: DiameterClient,
+        identity: LocalIdentity,
+        recorder: Recorder,
+        timing: ElementTiming,
+        dice: FaultDice,
     ) -> None:
+        self.address = address
         self.client = client
         self.identity = identity
         self.recorder = recorder
         self.timing = timing
+        self.dice = dice
         self.destination_realm = client.capabilities.origin_realm
         self.controls: dict[str, _Control] = {}
         self._session_numbers = itertools.count(1)
         self._boot_seconds = int(time.time()) & 0xFFFFFFFF  # Session-Id high part, RFC 6733 section 8.8
+        self._reconnecting: asyncio.Lock = asyncio.Lock()
         client.on_request = self._server_request
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, identity: LocalIdentity, recorder: Recorder, timing: ElementTiming
+        cls,
+        host: str,
+        port: int,
+        identity: LocalIdentity,
+        recorder: Recorder,
+        timing: ElementTiming,
+        dice: FaultDice | None = None,
     ) -> NetworkElement:
         client = await DiameterClient.connect(host, port, identity)
-        return cls(client, identity, recorder, timing)
+        return cls((host, port), client, identity, recorder, timing, dice or FaultDice(NO_FAULTS, random.Random(0)))
 
     def open_session(self) -> str:
         """A new Session-Id, ``<DiameterIdentity>;<high 32 bits>;<low 32 bits>`` (RFC 6733 section 8.8)."""
@@ -95,8 +140,57 @@ class NetworkElement:
         control = self.controls.get(session_id)
         return control is not None and control.aborted
 
+    async def reauthorised(self, session_id: str, wait_seconds: float) -> bool:
+        """Whether a RAR for the session comes within ``wait_seconds`` (or came already)."""
+        control = self.controls.get(session_id)
+        if control is None or (wait_seconds <= 0 and not control.reauthorise.is_set()):
+            return False
+        try:
+            await asyncio.wait_for(control.reauthorise.wait(), wait_seconds)
+        except TimeoutError:
+            return False
+        control.reauthorise.clear()
+        return not control.aborted
+
+    async def _open_client(self) -> DiameterClient:
+        """The open connection, after reconnecting if it broke."""
+        async with self._reconnecting:
+            if not self.client.is_open:
+                host, port = self.address
+                client = await DiameterClient.connect(host, port, self.identity)
+                client.on_request = self._server_request
+                self.client = client
+                self.recorder.faults["reconnects"] += 1
+        return self.client
+
+    def drop_connection(self) -> None:
+        """A fault: cut the TCP connection without DPR; what was unanswered fails."""
+        self.recorder.faults["connections dropped"] += 1
+        self.client.transport.abort()
+
     async def exchange(self, label: str, message: Message) -> Message | None:
-        """Send, retransmitting on 3004 or silence; the answer, or None if none came."""
+        """Send, retransmitting on 3004 or silence; the answer, or None if none came. A fault may
+        send the request again (as if the answer was lost) and checks the second answer agrees."""
+        answer = await self._deliver(label, message)
+        if answer is not None and self.dice.retransmit():
+            self.recorder.faults["retransmissions after an answer"] += 1
+            message.flags |= int(CommandFlag.RETRANSMITTED)
+            again = await self._deliver(f"{label} again", message)
+            if again is not None:
+                self._compare(label, answer, again)
+        return answer
+
+    def _compare(self, label: str, first: Message, second: Message) -> None:
+        if answer_signature(first) == answer_signature(second):
+            self.recorder.replays["same"] += 1
+            return
+        self.recorder.replays["different"] += 1
+        self.recorder.fault_problems.append(
+            f"{label} {first.get('Session-Id')!r}: a repeated request was answered differently: "
+            f"{answer_signature(first)} then {answer_signature(second)}"
+        )
+
+    async def _deliver(self, label: str, message: Message) -> Message | None:
         for attempt in range(self.timing.retransmissions + 1):
             if attempt:
                 message.flags |= int(CommandFlag.RETRANSMITTED)
@@ -104,8 +198,12 @@ class NetworkElement:
                 await asyncio.sleep(self.timing.retry_pause_seconds)
             started = time.perf_counter()
             try:
-                answer = await self.client.request(message, self.timing.request_timeout_seconds)
-            except (TimeoutError, RequestFailed):
+                client = await self._open_client()
+                if self.dice.duplicate():
+                    answer = await self._send_twice(client, label, message)
+                else:
+                    answer = await client.request(message, self.timing.request_timeout_seconds)
+            except (TimeoutError, OSError, StateError):  # RequestFailed is a ConnectionError
                 self.recorder.request_done(label, NO_ANSWER, None)
                 continue
             code = result_code(answer)
@@ -114,21 +212,36 @@ class NetworkElement:
                 return answer
         return None
 
+    async def _send_twice(self, client: DiameterClient, label: str, message: Message) -> Message:
+        """A fault: the request and, in the same write, a copy with the T flag (same End-to-End id)."""
+        self.recorder.faults["duplicated requests"] += 1
+        first = client.send(message)
+        message.flags |= int(CommandFlag.RETRANSMITTED)
+        second = client.send(message)
+        answers = await asyncio.wait_for(asyncio.gather(first, second), self.timing.request_timeout_seconds)
+        self._compare(label, answers[0], answers[1])
+        return answers[0]
+
     def _server_request(self, client: DiameterClient, message: Message) -> None:
         session_id = message.get("Session-Id")
         control = self.controls.get(session_id) if isinstance(session_id, str) else None
+        code = SUCCESS
         if message.command_code == CommandCode.ABORT_SESSION:
             self.recorder.server_requests["ASR"] += 1
             if control is not None:
                 control.aborted = True
+                control.reauthorise.set()  # wakes a session waiting for re-authorisation
         elif message.command_code == CommandCode.RE_AUTH:
-            # Sent after a top-up to sessions in final-unit state; the simulator does not top up
-            # during a run, so it only answers (re-authorising is left for a later scenario).
+            # RFC 4006 section 5.5: answer at once with DIAMETER_LIMITED_SUCCESS, then
+            # re-authorise with a CCR-UPDATE (the session loop does, woken here).
             self.recorder.server_requests["RAR"] += 1
+            code = LIMITED_SUCCESS
+            if control is not None:
+                control.reauthorise.set()
         else:
             self.recorder.server_requests[f"command {message.command_code}"] += 1
-        # RFC 6733 sections 8.3.2 and 8.5.2: RAA / ASA; 5002 for a session we do not know.
-        code = SUCCESS if control is not None else int(ResultCode.DIAMETER_UNKNOWN_SESSION_ID)
+        if control is None:  # RFC 6733 sections 8.3.2 and 8.5.2: 5002 for a session we do not know
+            code = int(ResultCode.DIAMETER_UNKNOWN_SESSION_ID)
         answer_avps = [avp("Session-Id", str(session_id)), avp("Result-Code", code), *self.identity.origin_avps()]
         client.send_answer(answer_to(message, answer_avps))
 
@@ -155,6 +268,7 @@ class CallerContext:
     context: str
     called: str | None  # as the rating sees it (Called-Party-Address / Recipient-Address)
     information: Avp | None  # Service-Information
+    on_final_units: Callable[[SimulatedSubscriber], None] | None = None  # told when a grant is final
 
 
 def credit_control_request(
@@ -249,15 +363,34 @@ class _Session:
     caller: CallerContext
     session_id: str
     number: int = 0
+    previous_update: Message | None = None  # the last CCR-UPDATE, for a late-update fault
 
     async def send(self, kind: str, request_type: str, *extra: Avp) -> tuple[Message | None, int]:
         at_seconds = int(time.time())
         message = credit_control_request(self.caller, self.session_id, request_type, self.number, at_seconds, *extra)
         self.number += 1
-        answer = await self.caller.element.exchange(f"{self.caller.service} {kind}", message)
+        element = self.caller.element
+        answer = await element.exchange(f"{self.caller.service} {kind}", message)
         if answer is None:
-            self.caller.element.recorder.uncertain_sessions.append(self.session_id)
+            element.recorder.uncertain_sessions.append(self.session_id)
+        else:
+            _note_validity(element.recorder, answer)
+        late, self.previous_update = self.previous_update, message if request_type == "UPDATE_REQUEST" else None
+        if late is not None and answer is not None and element.dice.late_update():
+            await self._send_late(late)
         return answer, at_seconds
+
+    async def _send_late(self, late: Message) -> None:
+        """A fault: an earlier CCR-UPDATE arrives again as a new request, after a later one was
+        answered. Its CC-Request-Number is stale: the OCS must refuse it and change nothing."""
+        element = self.caller.element
+        element.recorder.faults["late updates"] += 1
+        late.end_to_end = 0  # a new request (a new End-to-End id), not a retransmission
+        late.flags &= ~int(CommandFlag.RETRANSMITTED)
+        label = f"{self.caller.service} CCR-U late"
+        answer = await element.exchange(label, late)
+        if answer is not None and result_code(answer) == SUCCESS:
+            element.recorder.fault_problems.append(f"{label} {self.session_id}: a stale update was accepted")
 
     def commit(self, rating_group: int | None, unit_avp: str, at_seconds: int, units: int) -> None:
         line = self.caller.line
@@ -265,6 +398,13 @@ class _Session:
             line.account_id, line.plan, self.caller.context, rating_group, self.caller.called, at_seconds, units
         )
         self.caller.element.recorder.committed(self.caller.service, unit_avp, commit)
+
+
+def _note_validity(recorder: Recorder, answer: Message) -> None:
+    for control in answer.find_all("Multiple-Services-Credit-Control"):
+        validity = control.get("Validity-Time")
+        if isinstance(validity, int) and validity > recorder.longest_validity_seconds:
+            recorder.longest_validity_seconds = validity
 
 
 def _take_grants(services: list[MeteredService], answer: Message, at_seconds: int) -> None:
@@ -286,13 +426,25 @@ def _take_grants(services: list[MeteredService], answer: Message, at_seconds: in
         service.final = final_unit is not None and final_unit.get("Final-Unit-Action") == FINAL_UNIT_TERMINATE
 
 
-def _use_grants(services: list[MeteredService]) -> None:
-    """One round of compressed time: each active service uses what it holds (or what it needs)."""
+def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
+    """One round: each active service uses what it holds (or what it needs). Returns how long
+    that takes in real time: the simulated duration over the time compression, or the fixed
+    step when time is not compressed."""
+    simulated_seconds = 0.0
     for service in services:
         if service.active and service.granted:
             service.pending = min(service.granted, service.remaining)
             service.remaining -= service.pending
             service.granted = 0
+            seconds = (
+                service.pending
+                if service.unit_avp == "CC-Time"
+                else service.pending / timing.data_rate_octets_per_second
+            )
+            simulated_seconds = max(simulated_seconds, seconds)
+    if timing.time_compression > 0:
+        return simulated_seconds / timing.time_compression
+    return timing.step_seconds
 
 
 def _commit_pending(session: _Session, services: list[MeteredService]) -> None:
@@ -302,10 +454,23 @@ def _commit_pending(session: _Session, services: list[MeteredService]) -> None:
             service.pending = 0
 
 
+async def _reauthorised(session: _Session, services: list[MeteredService]) -> list[MeteredService]:
+    """The services that got final units and want more, if the OCS re-authorises the session
+    (a RAR after a top-up, RFC 4006 section 5.5) while their final units last."""
+    finals = [s for s in services if s.final and s.remaining > 0]
+    element = session.caller.element
+    if not finals or not await element.reauthorised(session.session_id, element.timing.final_unit_hold_seconds):
+        return []
+    for service in finals:
+        service.final, service.active, service.cut = False, True, False
+    return finals
+
+
 async def run_metered_session(caller: CallerContext, services: list[MeteredService]) -> SessionOutcome:
     """A voice call or a data session, from CCR-I to CCR-T (RFC 4006 section 5.2 to 5.4)."""
     element = caller.element
     session = _Session(caller, element.open_session())
+    abandon = element.dice.abandon()
     try:
         asks = [service.mscc(report=False, ask=True) for service in services]
         answer, at_seconds = await session.send(
@@ -317,10 +482,13 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
             return SessionOutcome.REFUSED  # nothing was granted: no session to end (section 5.2)
         _take_grants(services, answer, at_seconds)
         while True:
-            await asyncio.sleep(element.timing.step_seconds)
-            _use_grants(services)
+            if any(service.final for service in services) and caller.on_final_units is not None:
+                caller.on_final_units(caller.line)
+            await asyncio.sleep(_use_grants(services, element.timing))
             stop = element.aborted(session.session_id)
             wanting = [s for s in services if s.active and s.remaining > 0 and not s.final and not stop]
+            if not wanting and not stop:
+                wanting = await _reauthorised(session, services)
             if not wanting:
                 break
             reported = [s for s in services if s.active]
@@ -330,13 +498,23 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
             if answer is None or not _applied(answer):
                 return await _give_up(session)
             _commit_pending(session, reported)
+            if abandon:
+                return _abandoned(element)
             for service in reported:
                 if service not in wanting:  # reported its last units (done or final)
                     service.active, service.cut = False, service.remaining > 0
             _take_grants(wanting, answer, at_seconds)
+        if abandon:
+            return _abandoned(element)
         return await _terminate(session, services, aborted=element.aborted(session.session_id))
     finally:
         element.close_session(session.session_id)
+
+
+def _abandoned(element: NetworkElement) -> SessionOutcome:
+    """A fault: the element forgets the session; what it holds is left for the OCS's Tcc."""
+    element.recorder.faults["sessions abandoned"] += 1
+    return SessionOutcome.ABANDONED
 
 
 async def _terminate(session: _Session, services: list[MeteredService], *, aborted: bool) -> SessionOutcome:

@@ -99,6 +99,11 @@ class OcsApi:
     async def create_subscriber(self, body: dict[str, object]) -> None:
         await self._call("POST", "/subscribers", body)
 
+    async def top_up(self, account_id: str, top_up_id: str, amount: str) -> None:
+        """Credit the main balance (idempotent by ``top_up_id``); the OCS then re-authorises
+        the account's sessions in final-unit state (RAR)."""
+        await self._call("POST", f"/subscribers/{account_id}/topups", {"id": top_up_id, "amount": amount})
+
     async def balance(self, account_id: str) -> BalanceSnapshot:
         values = await self._call("GET", f"/subscribers/{account_id}/balance")
         counters = _mapping(values.get("counters"), "counters")

@@ -6,6 +6,10 @@ ends with one ``SessionOutcome``; each usage report the OCS applied adds a ``Com
 units and where and when they were granted, which is all ``simulator.ledger`` needs to price
 them afterwards. Nothing here knows the server's internals: it is the client's own bookkeeping,
 which the end-of-run report holds against the server's balances and audit.
+
+Latencies go into one HDR histogram per request label (microseconds, 3 significant digits:
+constant memory however long the run, percentiles exact to 0.1 %), so a run of millions of
+requests costs the same as a short one.
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from hdrh.histogram import HdrHistogram
+
 NO_ANSWER = 0  # the result "code" of a request that got no answer in time
+LATENCY_LOWEST_MICROS = 1
+LATENCY_HIGHEST_MICROS = 120_000_000  # two minutes: longer than any request timeout
+LATENCY_SIGNIFICANT_DIGITS = 3
+
+
+def new_latency_histogram() -> HdrHistogram:
+    return HdrHistogram(LATENCY_LOWEST_MICROS, LATENCY_HIGHEST_MICROS, LATENCY_SIGNIFICANT_DIGITS)
 
 
 class SessionOutcome(StrEnum):
@@ -22,6 +35,7 @@ class SessionOutcome(StrEnum):
     CUT = "cut"  # ended early by the OCS (final units, 4012, Abort-Session) and was closed
     REFUSED = "refused"  # the OCS refused the start (4012 on the first request): nothing opened
     FAILED = "failed"  # an unexpected answer or none; closed as well as could be
+    ABANDONED = "abandoned"  # a fault: left without CCR-TERMINATION, for the OCS's Tcc to close
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +54,7 @@ class Commit:
 @dataclass(slots=True)
 class Recorder:
     requests: Counter[tuple[str, int]] = field(default_factory=Counter)  # (label, Result-Code)
-    latencies_seconds: dict[str, list[float]] = field(default_factory=dict)  # by label
+    latencies: dict[str, HdrHistogram] = field(default_factory=dict)  # by label, microseconds
     sessions: Counter[tuple[str, SessionOutcome]] = field(default_factory=Counter)  # (service, outcome)
     units: Counter[tuple[str, str]] = field(default_factory=Counter)  # (service, unit AVP) used
     commits: list[Commit] = field(default_factory=list)
@@ -48,11 +62,20 @@ class Recorder:
     retransmissions: int = 0
     uncertain_sessions: list[str] = field(default_factory=list)  # a request never answered
     arrivals_dropped: Counter[str] = field(default_factory=Counter)  # by reason
+    faults: Counter[str] = field(default_factory=Counter)  # faults injected, by kind
+    replays: Counter[str] = field(default_factory=Counter)  # a repeated request's answer: "same" / "different"
+    fault_problems: list[str] = field(default_factory=list)  # an answer to a fault that is wrong
+    topups_micros: Counter[str] = field(default_factory=Counter)  # credited during the run, by account
+    longest_validity_seconds: int = 0  # the longest Validity-Time granted (Tcc is about twice it)
 
     def request_done(self, label: str, result_code: int, latency_seconds: float | None) -> None:
         self.requests[(label, result_code)] += 1
         if latency_seconds is not None:
-            self.latencies_seconds.setdefault(label, []).append(latency_seconds)
+            histogram = self.latencies.get(label)
+            if histogram is None:
+                histogram = self.latencies[label] = new_latency_histogram()
+            micros = round(latency_seconds * 1_000_000)
+            histogram.record_value(min(max(micros, LATENCY_LOWEST_MICROS), LATENCY_HIGHEST_MICROS))
 
     def session_done(self, service: str, outcome: SessionOutcome) -> None:
         self.sessions[(service, outcome)] += 1

@@ -3,46 +3,38 @@ whether the OCS's books agree.
 
 Theory of operation: ``summarize`` turns a ``RunResult`` into one plain JSON-ready dictionary;
 ``render_text`` prints the same dictionary as tables, so the text and ``--json`` never disagree.
-Latency percentiles are nearest-rank over the sorted list of every answered request's latency
-(exact, and cheap enough for a smoke run; for long runs an HDR histogram, ``hdrhistogram``,
-keeps constant memory at a fixed relative precision and is the intended replacement).
+Latency percentiles come from the recorder's HDR histograms (``hdrhistogram``, 3 significant
+digits), one per request label, merged for the "all" row.
 
 Money is checked three ways per account: what the simulator believes it was charged (its own
 usage priced by ``simulator.ledger``), what the OCS says it committed for the account (the
 ``committed`` counter's growth), and what the operator sees on the balance: the drop of the
-available money for prepaid lines, the growth of ``unbilled`` for postpaid ones, and for the
-company the drop of the parent's pool (its children have no money of their own). The run is
-good when the audit passes and all three agree; ``problems`` lists why it is not.
+available money for prepaid lines (plus what the simulator topped up during the run), the
+growth of ``unbilled`` for postpaid ones, and for the company the drop of the parent's pool
+(its children have no money of their own). The run is good when the audit passes, all three
+agree and every fault was answered as it should be; ``problems`` lists why it is not.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 
+from hdrh.histogram import HdrHistogram
+
 from simulator.population import CustomerType, SimulatedSubscriber, money_text
-from simulator.records import NO_ANSWER, SessionOutcome
-from simulator.scenario import RunResult
+from simulator.records import NO_ANSWER, SessionOutcome, new_latency_histogram
+from simulator.runner import RunResult
 
 PERCENTILES = (50.0, 95.0, 99.0, 99.9)
 Summary = dict[str, object]
 
 
-def percentile(sorted_values: Sequence[float], percent: float) -> float:
-    """Nearest-rank percentile of an ascending list (0.0 for an empty one)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(percent / 100.0 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def _latency_row(values: list[float]) -> dict[str, object]:
-    ordered = sorted(values)
-    row: dict[str, object] = {"count": len(ordered)}
+def _latency_row(histogram: HdrHistogram) -> dict[str, object]:
+    row: dict[str, object] = {"count": histogram.get_total_count()}
     for percent in PERCENTILES:
-        row[f"p{percent:g}_ms"] = round(percentile(ordered, percent) * 1000.0, 3)
-    row["max_ms"] = round(ordered[-1] * 1000.0, 3) if ordered else 0.0
+        row[f"p{percent:g}_ms"] = round(histogram.get_value_at_percentile(percent) / 1000.0, 3)
+    row["max_ms"] = round(histogram.get_max_value() / 1000.0, 3)
     return row
 
 
@@ -51,7 +43,8 @@ def _balance_drop(subscriber: SimulatedSubscriber, result: RunResult) -> int:
     if subscriber.parent_id:
         return 0  # a child's money is its parent's pool: counted on the parent
     if subscriber.prepaid:
-        return before.available_micros - after.available_micros
+        topped_up = result.recorder.topups_micros.get(subscriber.account_id, 0)
+        return before.available_micros + topped_up - after.available_micros
     return after.unbilled_micros - before.unbilled_micros
 
 
@@ -97,8 +90,10 @@ def summarize(result: RunResult) -> Summary:
         {"request": label, "result_code": code, "count": count}
         for (label, code), count in sorted(recorder.requests.items())
     ]
-    latencies = {label: _latency_row(values) for label, values in sorted(recorder.latencies_seconds.items())}
-    everything = [value for values in recorder.latencies_seconds.values() for value in values]
+    latencies = {label: _latency_row(histogram) for label, histogram in sorted(recorder.latencies.items())}
+    everything = new_latency_histogram()
+    for histogram in recorder.latencies.values():
+        everything.add(histogram)
     latencies["all"] = _latency_row(everything)
     sessions: dict[str, dict[str, int]] = {}
     for (service, outcome), count in sorted(recorder.sessions.items()):
@@ -106,6 +101,7 @@ def summarize(result: RunResult) -> Summary:
     money, problems = _money(result)
     if not result.audit.ok:
         problems.insert(0, f"audit failed with {len(result.audit.findings)} finding(s)")
+    problems += recorder.fault_problems
     answered = sum(count for (_, code), count in recorder.requests.items() if code != NO_ANSWER)
     return {
         "scenario": result.scenario.name,
@@ -120,6 +116,9 @@ def summarize(result: RunResult) -> Summary:
         "arrivals_dropped": dict(recorder.arrivals_dropped),
         "units": [{"service": s, "unit": u, "used": n} for (s, u), n in sorted(recorder.units.items())],
         "server_requests": dict(recorder.server_requests),
+        "faults": dict(recorder.faults),
+        "replays": dict(recorder.replays),
+        "topups": {"accounts": len(recorder.topups_micros), "money": money_text(sum(recorder.topups_micros.values()))},
         "money": money,
         "audit": {
             "ok": result.audit.ok,
@@ -165,6 +164,10 @@ def render_text(summary: Summary) -> str:
     )
     lines.append(f"arrivals dropped: {summary['arrivals_dropped'] or 'none'}")
     lines.append(f"server requests (RAR/ASR): {summary['server_requests'] or 'none'}")
+    lines.append(
+        f"faults injected: {summary['faults'] or 'none'}; repeated requests answered: {summary['replays'] or 'none'}"
+    )
+    lines.append(f"top-ups during the run: {summary['topups']}")
     money = summary["money"]
     assert isinstance(money, dict)
     lines += ["", "money by customer type (believed = own usage priced by POST /rate)"]

@@ -1,70 +1,59 @@
-"""Load scenarios (``config/scenarios/*.toml``) and the runner that plays them against an OCS.
+"""Load scenarios: ``config/scenarios/*.toml``, one file per kind of run.
 
 Theory of operation: a ``Scenario`` says who (a population, ``simulator.population``), how much
-(a Poisson arrival rate for a number of seconds of wall time, with a cap on sessions in
-progress) and what (the mix of calls, data sessions and SMS, and their sizes). ``run_scenario``:
+and in what shape, what (the mix of calls, data sessions and SMS and their sizes), and what goes
+wrong (``simulator.faults``). Two ways to make load:
 
-1. builds the population from the seed and provisions it through the HTTP API;
-2. reads every balance (the opening snapshot) and opens ``connections`` Diameter connections,
-   each a network element with its own Origin-Host;
-3. generates arrivals: exponential gaps (a Poisson process) from a seeded generator; each
-   arrival takes an idle line (a line runs one session at a time, which also keeps the
-   allowance arithmetic of ``simulator.ledger`` exact) and starts a session on the next
-   connection. An arrival with no idle line, or over the cap, is dropped and counted;
-4. at the end of the duration stops arriving, lets every session finish (each ends with its
-   CCR-T), closes the connections (DPR), reads every balance again, prices what the elements
-   believe was used, and asks for the audit with ``sessions_ended=true``.
+- ``mode = "open"``: Poisson arrivals at ``arrival_rate_per_second``, shaped over the run by
+  ``profile`` (rate multipliers for equal slices of the run: a busy hour is a peak in the
+  middle), with a cap on sessions in progress;
+- ``mode = "closed"``: ``max_concurrent_sessions`` sessions always in progress, each followed at
+  once by the next: the most load the connections can carry (the max-throughput scenario).
 
-Given the seed, the population and the arrival sequence are the same on every run; what
-happens to each session depends on timing (answers interleave), as with real traffic.
+Time can be compressed: with ``time_compression = 60`` a 120 s call lasts 2 s of wall time and
+a data session takes its volume over the data rate, compressed the same way; without it every
+round of a session pauses ``step_seconds``. ``[topups]`` makes the simulator top up, through the
+API, lines that reached their final units (the OCS then re-authorises their sessions with a RAR).
+``[server]`` holds server settings the scenario needs (``ocs demo`` applies them; the simulator
+itself does not read them): for example a short Validity-Time so that abandoned sessions are
+closed by Tcc within the run.
+
+Every bad value is a ``ScenarioError`` naming the table and the field.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protocol.capabilities import LocalIdentity
-from simulator.elements import (
-    CallerContext,
-    ElementTiming,
-    MeteredService,
-    NetworkElement,
-    run_metered_session,
-    run_sms_event,
-    run_sms_session,
-    sms_information,
-    voice_information,
-)
-from simulator.http_api import AuditVerdict, BalanceSnapshot, OcsApi
-from simulator.ledger import believed_charges
+from simulator.elements import ElementTiming
+from simulator.faults import NO_FAULTS, Faults
 from simulator.population import (
     DATA_RATING_GROUP,
     VIDEO_RATING_GROUP,
     CustomerType,
-    Population,
     PopulationSettings,
-    SimulatedSubscriber,
-    build_population,
     parse_money,
-    provision,
 )
-from simulator.records import Recorder, SessionOutcome
 
 VOICE_CONTEXT = "32260@3gpp.org"  # TS 32.299 clause 7.1.12: IMS charging (TS 32.260)
 DATA_CONTEXT = "32251@3gpp.org"  # PS domain charging (TS 32.251)
 SMS_CONTEXT = "32274@3gpp.org"  # SMS charging (TS 32.274)
 SERVICES = ("voice", "data", "sms_iec", "sms_ecur")
-REALM = "simulator.test"
+MODES = ("open", "closed")
 
 
 class ScenarioError(ValueError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class TopUps:
+    share: float = 0.0  # of the lines that reach their final units
+    amount_micros: int = 0
+    delay_seconds: float = 0.0  # real time between the final grant and the top-up
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +71,18 @@ class Scenario:
     data_request_octets: int  # Requested-Service-Unit CC-Total-Octets per rating group
     destinations: tuple[tuple[str, float], ...]  # E.164 number, weight
     population: PopulationSettings
+    mode: str = "open"
+    profile: tuple[float, ...] = (1.0,)  # arrival-rate multipliers over equal slices of the run
+    faults: Faults = NO_FAULTS
+    topups: TopUps = TopUps()
     drain_timeout_seconds: float = 60.0  # for sessions still running when arrivals stop
+    tcc_wait_limit_seconds: float = 30.0  # longest wait for Tcc to close abandoned sessions
+    server: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # for ``ocs demo``
+
+    def rate_at(self, elapsed_seconds: float) -> float:
+        """The arrival rate at a moment of the run, shaped by ``profile``."""
+        slot = min(len(self.profile) - 1, int(elapsed_seconds / self.duration_seconds * len(self.profile)))
+        return self.arrival_rate_per_second * self.profile[max(0, slot)]
 
 
 def _table(values: Mapping[str, object], name: str) -> dict[str, object]:
@@ -92,11 +92,18 @@ def _table(values: Mapping[str, object], name: str) -> dict[str, object]:
     return table
 
 
-def _number(table: Mapping[str, object], name: str, where: str) -> float:
-    value = table.get(name)
+def _number(table: Mapping[str, object], name: str, where: str, default: float | None = None) -> float:
+    value = table.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ScenarioError(f"[{where}] {name}: expected a number, got {value!r}")
     return float(value)
+
+
+def _share(table: Mapping[str, object], name: str, where: str) -> float:
+    value = _number(table, name, where, 0.0)
+    if not 0.0 <= value <= 1.0:
+        raise ScenarioError(f"[{where}] {name}: a share between 0 and 1, got {value}")
+    return value
 
 
 def _whole(table: Mapping[str, object], name: str, where: str) -> int:
@@ -147,6 +154,56 @@ def _destination(item: object) -> tuple[str, float]:
     return str(item["number"]), _number(item, "weight", "destinations")
 
 
+def _faults(table: Mapping[str, object]) -> Faults:
+    known = {
+        "retransmit_share",
+        "duplicate_share",
+        "late_update_share",
+        "abandon_share",
+        "connection_drop_mean_seconds",
+    }
+    unknown = set(table) - known
+    if unknown:
+        raise ScenarioError(f"[faults] unknown field(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    return Faults(
+        retransmit_share=_share(table, "retransmit_share", "faults"),
+        duplicate_share=_share(table, "duplicate_share", "faults"),
+        late_update_share=_share(table, "late_update_share", "faults"),
+        abandon_share=_share(table, "abandon_share", "faults"),
+        connection_drop_mean_seconds=max(0.0, _number(table, "connection_drop_mean_seconds", "faults", 0.0)),
+    )
+
+
+def _topups(table: Mapping[str, object]) -> TopUps:
+    if not table:
+        return TopUps()
+    return TopUps(
+        share=_share(table, "share", "topups"),
+        amount_micros=_money(table, "amount", "topups"),
+        delay_seconds=_number(table, "delay_seconds", "topups", 0.0),
+    )
+
+
+def _profile(run: Mapping[str, object]) -> tuple[float, ...]:
+    profile = run.get("profile", [1.0])
+    if (
+        not isinstance(profile, list)
+        or not profile
+        or not all(isinstance(item, (int, float)) and not isinstance(item, bool) and item >= 0 for item in profile)
+        or not any(profile)
+    ):
+        raise ScenarioError("[run] profile: a list of rate multipliers >= 0, not all zero")
+    return tuple(float(item) for item in profile)
+
+
+def _server(values: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    server = _table(values, "server")
+    for name, section in server.items():
+        if not isinstance(section, dict):
+            raise ScenarioError(f"[server.{name}] must be a table of server settings")
+    return {name: dict(section) for name, section in server.items() if isinstance(section, dict)}
+
+
 def load_scenario(path: Path) -> Scenario:
     with path.open("rb") as file:
         values = tomllib.load(file)
@@ -157,15 +214,21 @@ def load_scenario(path: Path) -> Scenario:
     destinations = values.get("destinations", [])
     if not isinstance(destinations, list) or not destinations:
         raise ScenarioError("[[destinations]] needs at least one number with a weight")
+    mode = run.get("mode", "open")
+    if mode not in MODES:
+        raise ScenarioError(f"[run] mode: one of {', '.join(MODES)}, got {mode!r}")
     timing = ElementTiming(
         step_seconds=_number(run, "step_seconds", "run"),
         request_timeout_seconds=_number(run, "request_timeout_seconds", "run"),
         retransmissions=_whole(run, "retransmissions", "run"),
+        time_compression=_number(run, "time_compression", "run", 0.0),
+        data_rate_octets_per_second=_number(data, "rate_octets_per_second", "data", 500_000.0),
+        final_unit_hold_seconds=_number(run, "final_unit_hold_seconds", "run", 0.0),
     )
-    return Scenario(
+    scenario = Scenario(
         name=str(run.get("name", path.stem)),
         duration_seconds=_number(run, "duration_seconds", "run"),
-        arrival_rate_per_second=_number(run, "arrival_rate_per_second", "run"),
+        arrival_rate_per_second=_number(run, "arrival_rate_per_second", "run", 0.0),
         max_concurrent_sessions=_whole(run, "max_concurrent_sessions", "run"),
         connections=_whole(run, "connections", "run"),
         timing=timing,
@@ -179,199 +242,21 @@ def load_scenario(path: Path) -> Scenario:
         data_request_octets=_whole(data, "request_octets", "data"),
         destinations=tuple(_destination(item) for item in destinations),
         population=_population(_table(values, "population")),
+        mode=str(mode),
+        profile=_profile(run),
+        faults=_faults(_table(values, "faults")),
+        topups=_topups(_table(values, "topups")),
+        tcc_wait_limit_seconds=_number(run, "tcc_wait_limit_seconds", "run", 30.0),
+        server=_server(values),
     )
+    _check(scenario)
+    return scenario
 
 
-@dataclass(slots=True)
-class RunResult:
-    scenario: Scenario
-    seed: int
-    population: Population
-    recorder: Recorder
-    opening: dict[str, BalanceSnapshot]
-    closing: dict[str, BalanceSnapshot]
-    believed_micros: dict[str, int]
-    audit: AuditVerdict
-    traffic_seconds: float
-    session_errors: list[str] = field(default_factory=list)
-
-
-Progress = Callable[[str], None]
-
-
-def _silent(line: str) -> None:
-    pass
-
-
-async def _snapshots(api: OcsApi, subscribers: Sequence[SimulatedSubscriber]) -> dict[str, BalanceSnapshot]:
-    views = await asyncio.gather(*(api.balance(subscriber.account_id) for subscriber in subscribers))
-    return {view.account_id: view for view in views}
-
-
-async def run_scenario(
-    scenario: Scenario,
-    *,
-    diameter_host: str,
-    diameter_port: int,
-    api_url: str,
-    seed: int,
-    run_number: int,
-    progress: Progress = _silent,
-) -> RunResult:
-    population = build_population(scenario.population, random.Random(f"{seed}-population"), run_number)
-    recorder = Recorder()
-    async with OcsApi(api_url) as api:
-        await provision(api, population.subscribers)
-        progress(f"provisioned {len(population.subscribers)} accounts (run number {run_number})")
-        opening = await _snapshots(api, population.subscribers)
-        elements = await asyncio.gather(
-            *(
-                NetworkElement.connect(
-                    diameter_host,
-                    diameter_port,
-                    LocalIdentity(f"sim{run_number:05d}-{index}.{REALM}", REALM),
-                    recorder,
-                    scenario.timing,
-                )
-                for index in range(scenario.connections)
-            )
-        )
-        traffic = Traffic(scenario, list(elements), population.lines, recorder, random.Random(f"{seed}-traffic"))
-        started = time.perf_counter()
-        try:
-            await traffic.run(progress)
-        finally:
-            await asyncio.gather(*(element.close() for element in elements))
-        traffic_seconds = time.perf_counter() - started
-        progress(f"traffic done in {traffic_seconds:.1f} s; reading balances, pricing usage, auditing")
-        closing = await _snapshots(api, population.subscribers)
-        believed = await believed_charges(api, recorder.commits, population.subscribers)
-        verdict = await api.audit(sessions_ended=True)
-    return RunResult(
-        scenario, seed, population, recorder, opening, closing, believed, verdict, traffic_seconds, traffic.errors
-    )
-
-
-class Traffic:
-    """The arrival process and the sessions it starts."""
-
-    def __init__(
-        self,
-        scenario: Scenario,
-        elements: list[NetworkElement],
-        lines: Sequence[SimulatedSubscriber],
-        recorder: Recorder,
-        rng: random.Random,
-    ) -> None:
-        self.scenario = scenario
-        self.elements = elements
-        self.lines = list(lines)
-        self.recorder = recorder
-        self.rng = rng
-        self.busy: set[str] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.errors: list[str] = []
-        self.arrivals = 0
-
-    async def run(self, progress: Progress) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + self.scenario.duration_seconds
-        next_arrival = start
-        next_progress = start + 1.0
-        while True:
-            next_arrival += self.rng.expovariate(self.scenario.arrival_rate_per_second)
-            if next_arrival >= deadline:
-                break
-            await asyncio.sleep(max(0.0, next_arrival - loop.time()))
-            self._arrive()
-            if loop.time() >= next_progress:
-                next_progress += 1.0
-                progress(self._progress_line(loop.time() - start))
-        await self._drain()
-        progress(self._progress_line(loop.time() - start))
-
-    def _progress_line(self, elapsed_seconds: float) -> str:
-        answered = sum(self.recorder.requests.values())
-        return (
-            f"t={elapsed_seconds:5.1f}s arrivals={self.arrivals} active={len(self.tasks)} "
-            f"ended={sum(self.recorder.sessions.values())} requests={answered}"
-        )
-
-    def _arrive(self) -> None:
-        self.arrivals += 1
-        if len(self.tasks) >= self.scenario.max_concurrent_sessions:
-            self.recorder.arrivals_dropped["concurrency cap"] += 1
-            return
-        idle = [line for line in self.lines if line.account_id not in self.busy]
-        if not idle:
-            self.recorder.arrivals_dropped["no idle line"] += 1
-            return
-        line = self.rng.choice(idle)
-        services = list(self.scenario.mix)
-        service = self.rng.choices(services, [self.scenario.mix[name] for name in services])[0]
-        if not line.is_mobile:
-            service = "voice"  # a fixed line only makes calls
-        element = self.elements[self.arrivals % len(self.elements)]
-        self.busy.add(line.account_id)
-        task = asyncio.create_task(self._session(element, line, service))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _session(self, element: NetworkElement, line: SimulatedSubscriber, service: str) -> None:
-        label = service if line.is_mobile else "fixed_voice"
-        try:
-            outcome = await self._play(element, line, service, label)
-        except Exception as error:  # a bug or a broken connection: count it, keep the run going
-            self.errors.append(f"{label} {line.account_id}: {type(error).__name__}: {error}")
-            outcome = SessionOutcome.FAILED
-        finally:
-            self.busy.discard(line.account_id)
-        self.recorder.session_done(label, outcome)
-
-    def _destination(self) -> str:
-        numbers = [number for number, _ in self.scenario.destinations]
-        return self.rng.choices(numbers, [weight for _, weight in self.scenario.destinations])[0]
-
-    async def _play(
-        self, element: NetworkElement, line: SimulatedSubscriber, service: str, label: str
-    ) -> SessionOutcome:
-        assert line.msisdn is not None
-        scenario = self.scenario
-        if service == "voice":
-            called = self._destination()
-            caller = CallerContext(
-                element, line, label, VOICE_CONTEXT, f"tel:+{called}", voice_information(line.msisdn, called)
-            )
-            seconds = max(1, round(self.rng.expovariate(1.0 / scenario.voice_mean_seconds)))
-            return await run_metered_session(
-                caller, [MeteredService(None, "CC-Time", seconds, scenario.voice_request_seconds)]
-            )
-        if service == "data":
-            caller = CallerContext(element, line, label, DATA_CONTEXT, None, None)
-            services = [
-                MeteredService(
-                    group,
-                    "CC-Total-Octets",
-                    max(1, round(self.rng.expovariate(1.0 / mean))),
-                    scenario.data_request_octets,
-                )
-                for group, mean in scenario.data_mean_octets.items()
-            ]
-            return await run_metered_session(caller, services)
-        recipient = self._destination()
-        caller = CallerContext(element, line, label, SMS_CONTEXT, recipient, sms_information(recipient))
-        if service == "sms_iec":
-            return await run_sms_event(caller)
-        return await run_sms_session(caller)
-
-    async def _drain(self) -> None:
-        """Let every session end with its CCR-T; cancel what is still running at the timeout."""
-        if not self.tasks:
-            return
-        _, late = await asyncio.wait(set(self.tasks), timeout=self.scenario.drain_timeout_seconds)
-        for task in late:
-            task.cancel()
-        if late:
-            self.errors.append(f"{len(late)} session(s) still running after {self.scenario.drain_timeout_seconds} s")
-            await asyncio.wait(late)
+def _check(scenario: Scenario) -> None:
+    if scenario.duration_seconds <= 0 or scenario.connections < 1 or scenario.max_concurrent_sessions < 1:
+        raise ScenarioError("[run] duration_seconds > 0, connections >= 1 and max_concurrent_sessions >= 1")
+    if scenario.mode == "open" and scenario.arrival_rate_per_second <= 0:
+        raise ScenarioError('[run] arrival_rate_per_second: > 0 for mode = "open"')
+    if not scenario.mix or not any(scenario.mix.values()):
+        raise ScenarioError("[mix] needs at least one service with a weight > 0")

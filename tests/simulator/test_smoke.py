@@ -7,7 +7,8 @@ from pathlib import Path
 
 from simulator.records import SessionOutcome
 from simulator.report import render_text, summarize
-from simulator.scenario import SERVICES, load_scenario, run_scenario
+from simulator.runner import run_scenario
+from simulator.scenario import SERVICES, load_scenario
 from tests.ocs.conftest import RunningServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,352 @@
+"""The runner: plays a ``Scenario`` against an OCS and gathers what the report needs.
+
+Theory of operation: ``run_scenario``
+
+1. builds the population from the seed and provisions it through the HTTP API;
+2. reads every balance (the opening snapshot) and opens ``connections`` Diameter connections,
+   each a network element with its own Origin-Host and its own seeded fault dice;
+3. makes traffic (``Traffic``): in the open mode, arrivals with exponential gaps at the rate the
+   profile gives for that moment (a Poisson process, thinned from the peak rate); in the closed
+   mode, a fixed number of workers each starting the next session when one ends. A session takes
+   an idle line (a line runs one session at a time, which keeps the allowance arithmetic of
+   ``simulator.ledger`` exact) and runs on the next connection. An open-mode arrival with no idle
+   line, or over the cap, is dropped and counted. Connection-drop faults run beside it;
+4. at the end stops arriving, lets every session finish (each ends with its CCR-T, unless a fault
+   abandoned it), waits for the top-ups it started, and when sessions were abandoned waits for
+   the OCS's Tcc to close them (about twice the longest Validity-Time granted) while that fits
+   ``tcc_wait_limit_seconds``; then closes the connections (DPR), reads every balance again,
+   prices what the elements believe was used, and asks for the audit with ``sessions_ended``.
+
+Given the seed, the population, the arrival sequence and the fault dice are the same on every
+run; what happens to each session depends on timing (answers interleave), as with real traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from protocol.capabilities import LocalIdentity
+from simulator.elements import (
+    CallerContext,
+    MeteredService,
+    NetworkElement,
+    run_metered_session,
+    run_sms_event,
+    run_sms_session,
+    sms_information,
+    voice_information,
+)
+from simulator.faults import FaultDice
+from simulator.http_api import ApiRefused, AuditVerdict, BalanceSnapshot, OcsApi
+from simulator.ledger import believed_charges
+from simulator.population import Population, SimulatedSubscriber, build_population, money_text, provision
+from simulator.records import Recorder, SessionOutcome
+from simulator.scenario import DATA_CONTEXT, SMS_CONTEXT, VOICE_CONTEXT, Scenario
+
+REALM = "simulator.test"
+TCC_MARGIN_SECONDS = 3.0  # on top of 2 x Validity-Time: the supervisor's own interval and slack
+POLL_SECONDS = 0.5
+PROGRESS_SECONDS = 0.5
+
+Progress = Callable[[str, float | None], None]  # a line of text, and how far the traffic is (0..1)
+
+
+def _silent(line: str, done: float | None) -> None:
+    pass
+
+
+@dataclass(slots=True)
+class RunResult:
+    scenario: Scenario
+    seed: int
+    population: Population
+    recorder: Recorder
+    opening: dict[str, BalanceSnapshot]
+    closing: dict[str, BalanceSnapshot]
+    believed_micros: dict[str, int]
+    audit: AuditVerdict
+    traffic_seconds: float
+    session_errors: list[str] = field(default_factory=list)
+
+
+async def _snapshots(api: OcsApi, subscribers: Sequence[SimulatedSubscriber]) -> dict[str, BalanceSnapshot]:
+    views = await asyncio.gather(*(api.balance(subscriber.account_id) for subscriber in subscribers))
+    return {view.account_id: view for view in views}
+
+
+async def run_scenario(
+    scenario: Scenario,
+    *,
+    diameter_host: str,
+    diameter_port: int,
+    api_url: str,
+    seed: int,
+    run_number: int,
+    progress: Progress = _silent,
+) -> RunResult:
+    population = build_population(scenario.population, random.Random(f"{seed}-population"), run_number)
+    recorder = Recorder()
+    async with OcsApi(api_url) as api:
+        await provision(api, population.subscribers)
+        progress(f"provisioned {len(population.subscribers)} accounts (run number {run_number})", None)
+        opening = await _snapshots(api, population.subscribers)
+        elements = await asyncio.gather(
+            *(
+                NetworkElement.connect(
+                    diameter_host,
+                    diameter_port,
+                    LocalIdentity(f"sim{run_number:05d}-{index}.{REALM}", REALM),
+                    recorder,
+                    scenario.timing,
+                    FaultDice(scenario.faults, random.Random(f"{seed}-faults-{index}")),
+                )
+                for index in range(scenario.connections)
+            )
+        )
+        traffic = Traffic(scenario, list(elements), population.lines, recorder, random.Random(f"{seed}-traffic"), api)
+        started = time.perf_counter()
+        try:
+            await traffic.run(progress)
+            traffic_seconds = time.perf_counter() - started
+            await traffic.wait_for_tcc(progress, population.subscribers)
+        finally:
+            await asyncio.gather(*(element.close() for element in elements))
+        progress(f"traffic done in {traffic_seconds:.1f} s; reading balances, pricing usage, auditing", None)
+        closing = await _snapshots(api, population.subscribers)
+        believed = await believed_charges(api, recorder.commits, population.subscribers)
+        verdict = await api.audit(sessions_ended=True)
+    return RunResult(
+        scenario, seed, population, recorder, opening, closing, believed, verdict, traffic_seconds, traffic.errors
+    )
+
+
+class Traffic:
+    """The sessions of a run: when they start, on which line and connection, and what they do."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        elements: list[NetworkElement],
+        lines: Sequence[SimulatedSubscriber],
+        recorder: Recorder,
+        rng: random.Random,
+        api: OcsApi,
+    ) -> None:
+        self.scenario = scenario
+        self.elements = elements
+        self.idle = list(lines)  # lines without a session; taken and given back in O(1)
+        self.recorder = recorder
+        self.rng = rng
+        self.api = api
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.side_tasks: set[asyncio.Task[None]] = set()  # top-ups
+        self.topping_up: set[str] = set()
+        self.topup_numbers = itertools.count(1)
+        self.errors: list[str] = []
+        self.arrivals = 0
+        self.started = 0
+
+    # --- the load ------------------------------------------------------------------------------
+    async def run(self, progress: Progress) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        droppers = [asyncio.create_task(self._drop_connections(element)) for element in self.elements]
+        reporter = asyncio.create_task(self._report_progress(progress, start))
+        try:
+            if self.scenario.mode == "closed":
+                await self._closed_loop(start + self.scenario.duration_seconds)
+            else:
+                await self._open_loop(start)
+            for dropper in droppers:
+                dropper.cancel()
+            await self._drain()
+            if self.side_tasks:
+                await asyncio.wait(set(self.side_tasks))
+        finally:
+            for task in (*droppers, reporter):
+                task.cancel()
+            await asyncio.gather(*droppers, reporter, return_exceptions=True)
+        progress(self._progress_line(loop.time() - start), 1.0)
+
+    async def _open_loop(self, start: float) -> None:
+        """Poisson arrivals at the profile's rate: drawn at the peak rate and kept with the
+        ratio of the current rate to the peak (thinning), so the shape needs no integration."""
+        loop = asyncio.get_running_loop()
+        scenario = self.scenario
+        peak = scenario.arrival_rate_per_second * max(scenario.profile)
+        next_arrival = start
+        while True:
+            next_arrival += self.rng.expovariate(peak)
+            elapsed = next_arrival - start
+            if elapsed >= scenario.duration_seconds:
+                return
+            if self.rng.random() * peak > scenario.rate_at(elapsed):
+                continue
+            await asyncio.sleep(max(0.0, next_arrival - loop.time()))
+            self.arrivals += 1
+            if len(self.tasks) >= scenario.max_concurrent_sessions:
+                self.recorder.arrivals_dropped["concurrency cap"] += 1
+            elif not self.idle:
+                self.recorder.arrivals_dropped["no idle line"] += 1
+            else:
+                task = asyncio.create_task(self._session(self._take_line()))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def _closed_loop(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def worker() -> None:
+            while loop.time() < deadline:
+                if not self.idle:
+                    await asyncio.sleep(0.001)
+                    continue
+                self.arrivals += 1
+                await self._session(self._take_line())
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.scenario.max_concurrent_sessions)]
+        self.tasks.update(workers)
+        for task in workers:
+            task.add_done_callback(self.tasks.discard)
+        await asyncio.wait(workers, timeout=self.scenario.duration_seconds + self.scenario.drain_timeout_seconds)
+
+    def _take_line(self) -> SimulatedSubscriber:
+        index = self.rng.randrange(len(self.idle))
+        self.idle[index], self.idle[-1] = self.idle[-1], self.idle[index]
+        return self.idle.pop()
+
+    async def _drop_connections(self, element: NetworkElement) -> None:
+        while (pause := element.dice.next_connection_drop_seconds()) is not None:
+            await asyncio.sleep(pause)
+            element.drop_connection()
+
+    async def _drain(self) -> None:
+        """Let every session end with its CCR-T; cancel what is still running at the timeout."""
+        if not self.tasks:
+            return
+        _, late = await asyncio.wait(set(self.tasks), timeout=self.scenario.drain_timeout_seconds)
+        for task in late:
+            task.cancel()
+        if late:
+            self.errors.append(f"{len(late)} session(s) still running after {self.scenario.drain_timeout_seconds} s")
+            await asyncio.wait(late)
+
+    async def wait_for_tcc(self, progress: Progress, subscribers: Sequence[SimulatedSubscriber]) -> None:
+        """After abandoned sessions: wait until the OCS has released what they held (Tcc)."""
+        if not self.recorder.faults["sessions abandoned"]:
+            return
+        limit = 2 * self.recorder.longest_validity_seconds + TCC_MARGIN_SECONDS
+        if limit > self.scenario.tcc_wait_limit_seconds:
+            self.recorder.fault_problems.append(
+                f"abandoned sessions wait for Tcc (about 2 x Validity-Time = {limit:.0f} s), longer than "
+                f"tcc_wait_limit_seconds ({self.scenario.tcc_wait_limit_seconds:.0f} s): run the server with a "
+                "shorter [quota] validity_seconds (this scenario's [server] table)"
+            )
+            return
+        progress(f"waiting up to {limit:.0f} s for the OCS to close abandoned sessions (Tcc)", None)
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            snapshots = await _snapshots(self.api, subscribers)
+            if not any(view.held_micros or view.reservations for view in snapshots.values()):
+                return
+            await asyncio.sleep(POLL_SECONDS)
+
+    # --- one session ----------------------------------------------------------------------------
+    async def _session(self, line: SimulatedSubscriber) -> None:
+        self.started += 1
+        services = list(self.scenario.mix)
+        service = self.rng.choices(services, [self.scenario.mix[name] for name in services])[0]
+        if not line.is_mobile:
+            service = "voice"  # a fixed line only makes calls
+        element = self.elements[self.started % len(self.elements)]
+        label = service if line.is_mobile else "fixed_voice"
+        try:
+            outcome = await self._play(element, line, service, label)
+        except Exception as error:  # a bug or a broken connection: count it, keep the run going
+            self.errors.append(f"{label} {line.account_id}: {type(error).__name__}: {error}")
+            outcome = SessionOutcome.FAILED
+        finally:
+            self.idle.append(line)
+        self.recorder.session_done(label, outcome)
+
+    def _destination(self) -> str:
+        numbers = [number for number, _ in self.scenario.destinations]
+        return self.rng.choices(numbers, [weight for _, weight in self.scenario.destinations])[0]
+
+    async def _play(
+        self, element: NetworkElement, line: SimulatedSubscriber, service: str, label: str
+    ) -> SessionOutcome:
+        assert line.msisdn is not None
+        scenario = self.scenario
+        if service == "voice":
+            called = self._destination()
+            information = voice_information(line.msisdn, called)
+            caller = CallerContext(
+                element, line, label, VOICE_CONTEXT, f"tel:+{called}", information, self._final_units
+            )
+            seconds = max(1, round(self.rng.expovariate(1.0 / scenario.voice_mean_seconds)))
+            return await run_metered_session(
+                caller, [MeteredService(None, "CC-Time", seconds, scenario.voice_request_seconds)]
+            )
+        if service == "data":
+            caller = CallerContext(element, line, label, DATA_CONTEXT, None, None, self._final_units)
+            services = [
+                MeteredService(
+                    group,
+                    "CC-Total-Octets",
+                    max(1, round(self.rng.expovariate(1.0 / mean))),
+                    scenario.data_request_octets,
+                )
+                for group, mean in scenario.data_mean_octets.items()
+            ]
+            return await run_metered_session(caller, services)
+        recipient = self._destination()
+        caller = CallerContext(element, line, label, SMS_CONTEXT, recipient, sms_information(recipient))
+        if service == "sms_iec":
+            return await run_sms_event(caller)
+        return await run_sms_session(caller)
+
+    # --- top-ups ------------------------------------------------------------------------------
+    def _final_units(self, line: SimulatedSubscriber) -> None:
+        """A line got its final units: maybe top it up (its own money only, once at a time)."""
+        topups = self.scenario.topups
+        if not line.prepaid or line.parent_id or line.account_id in self.topping_up:
+            return
+        if topups.share <= 0 or self.rng.random() >= topups.share:
+            return
+        self.topping_up.add(line.account_id)
+        task = asyncio.create_task(self._top_up(line.account_id))
+        self.side_tasks.add(task)
+        task.add_done_callback(self.side_tasks.discard)
+
+    async def _top_up(self, account_id: str) -> None:
+        topups = self.scenario.topups
+        try:
+            await asyncio.sleep(topups.delay_seconds)
+            top_up_id = f"sim-{account_id}-{next(self.topup_numbers)}"
+            await self.api.top_up(account_id, top_up_id, money_text(topups.amount_micros))
+            self.recorder.topups_micros[account_id] += topups.amount_micros
+        except ApiRefused as refused:
+            self.errors.append(f"top-up {account_id}: {refused}")
+        finally:
+            self.topping_up.discard(account_id)
+
+    # --- progress -----------------------------------------------------------------------------
+    async def _report_progress(self, progress: Progress, start: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PROGRESS_SECONDS)
+            elapsed = loop.time() - start
+            progress(self._progress_line(elapsed), min(1.0, elapsed / self.scenario.duration_seconds))
+
+    def _progress_line(self, elapsed_seconds: float) -> str:
+        answered = sum(self.recorder.requests.values())
+        return (
+            f"t={elapsed_seconds:5.1f}s arrivals={self.arrivals} active={len(self.tasks)} "
+            f"ended={sum(self.recorder.sessions.values())} requests={answered}"
+        )
