@@ -1,0 +1,117 @@
+"""Every scenario in config/scenarios runs, shortened, against the real server, and its audit
+passes: the faults change nothing in the books. Each test also checks that what the scenario is
+about did happen (faults injected, top-ups and RARs, the closed loop), so a scenario that
+silently stopped doing its job fails here."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from balance.embedded import EmbeddedRedis
+from ocs.app import new_state, shutdown, startup
+from simulator.records import Recorder, SessionOutcome
+from simulator.report import render_text, summarize
+from simulator.runner import RunResult, run_scenario
+from simulator.scenario import Scenario, load_scenario
+from tests.ocs.conftest import server_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ROOT / "config" / "scenarios"
+
+
+def shortened(scenario: Scenario) -> Scenario:
+    """A few seconds of the scenario on a small population, keeping what it is about."""
+    faults = scenario.faults
+    if faults.connection_drop_mean_seconds:
+        faults = dataclasses.replace(faults, connection_drop_mean_seconds=0.6)
+    return dataclasses.replace(
+        scenario,
+        duration_seconds=3.0,
+        arrival_rate_per_second=min(scenario.arrival_rate_per_second, 15.0),
+        max_concurrent_sessions=min(scenario.max_concurrent_sessions, 24),
+        connections=2,
+        faults=faults,
+        timing=dataclasses.replace(scenario.timing, step_seconds=min(scenario.timing.step_seconds, 0.01)),
+        population=dataclasses.replace(scenario.population, size=min(scenario.population.size, 30), company_children=2),
+        drain_timeout_seconds=30.0,
+    )
+
+
+async def run_shortened(embedded_redis: EmbeddedRedis, tmp_path: Path, name: str) -> tuple[RunResult, str]:
+    scenario = shortened(load_scenario(SCENARIOS / f"{name}.toml"))
+    quota = {key: value for key, value in scenario.server.get("quota", {}).items()}
+    settings = server_settings(embedded_redis.url, tmp_path / "spool.sqlite3", **quota)  # type: ignore[arg-type]
+    state = new_state(settings)
+    host, port = await startup(state)
+    assert state.store is not None and state.http is not None
+    await state.store.flush_all()
+    try:
+        result = await run_scenario(
+            scenario, diameter_host=host, diameter_port=port, api_url=state.http.url, seed=11, run_number=2
+        )
+    finally:
+        await shutdown(state)
+    return result, render_text(summarize(result))
+
+
+def _check_busy_hour(recorder: Recorder, result: RunResult) -> None:
+    assert result.scenario.timing.time_compression == 60.0 and len(result.scenario.profile) > 1
+    assert sum(recorder.sessions.values()) >= 10
+
+
+def _check_balance_exhaustion(recorder: Recorder, result: RunResult) -> None:
+    assert recorder.topups_micros, "no line was topped up"
+    assert recorder.server_requests["RAR"] >= 1, "no session was re-authorised"
+    outcomes = {outcome for _, outcome in recorder.sessions}
+    assert SessionOutcome.CUT in outcomes or SessionOutcome.REFUSED in outcomes, "no balance ran out"
+
+
+def _check_retransmission_storm(recorder: Recorder, result: RunResult) -> None:
+    assert recorder.replays["same"] >= 5 and recorder.replays["different"] == 0
+    assert recorder.faults["duplicated requests"] >= 1 and recorder.faults["late updates"] >= 1
+    late_codes = {code for (label, code), _ in recorder.requests.items() if label.endswith("late")}
+    assert late_codes and 2001 not in late_codes
+
+
+def _check_connection_loss(recorder: Recorder, result: RunResult) -> None:
+    assert recorder.faults["connections dropped"] >= 1 and recorder.faults["reconnects"] >= 1
+    assert recorder.faults["sessions abandoned"] >= 1
+    assert sum(count for (_, outcome), count in recorder.sessions.items() if outcome is SessionOutcome.ABANDONED)
+
+
+def _check_max_throughput(recorder: Recorder, result: RunResult) -> None:
+    assert result.scenario.mode == "closed"
+    assert not recorder.arrivals_dropped
+    assert sum(recorder.requests.values()) >= 100
+
+
+CHECKS: dict[str, Callable[[Recorder, RunResult], None]] = {
+    "smoke": lambda recorder, result: None,
+    "busy-hour": _check_busy_hour,
+    "balance-exhaustion": _check_balance_exhaustion,
+    "retransmission-storm": _check_retransmission_storm,
+    "connection-loss": _check_connection_loss,
+    "max-throughput": _check_max_throughput,
+}
+
+
+def test_every_scenario_file_has_a_test() -> None:
+    assert {path.stem for path in SCENARIOS.glob("*.toml")} == set(CHECKS)
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+async def test_scenario_runs_and_its_audit_passes(embedded_redis: EmbeddedRedis, tmp_path: Path, name: str) -> None:
+    result, report = await run_shortened(embedded_redis, tmp_path, name)
+    summary = summarize(result)
+    assert result.audit.ok, report
+    assert summary["problems"] == [], report
+    assert result.session_errors == [], report
+    assert SessionOutcome.FAILED not in {outcome for _, outcome in result.recorder.sessions}, report
+    for subscriber in result.population.subscribers:
+        closing = result.closing[subscriber.account_id]
+        assert closing.held_micros == 0 and closing.reservations == 0, report
+    CHECKS[name](result.recorder, result)
