@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,7 +39,7 @@ import uvloop
 from ocs.app import serve
 from ocs.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.config import ConfigError, Settings, load_settings
-from ocs.demo import DEFAULT_SCENARIO, DemoOptions, run_demo
+from ocs.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
 from ocs.provisioning import ApiError, money_micros, parse_instant
 from ocs.rating import RatingFailure, RatingInput, TariffError, explain, load_book
 
@@ -414,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.run(serve(settings))
         return 0
     if arguments.command == "demo":
+        try:
+            overrides = scenario_overrides(arguments.scenario)
+            settings = load_settings(Path(arguments.config) if arguments.config else None, {**os.environ, **overrides})
+        except ConfigError as error:
+            print(f"ocs demo: {error}", file=sys.stderr)
+            return USAGE_ERROR
         options = DemoOptions(arguments.scenario, arguments.seed, arguments.data)
         try:
             return uvloop.run(run_demo(settings, options))

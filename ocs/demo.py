@@ -9,6 +9,9 @@ Diameter and the provisioning API only. The simulator shows its live progress, p
 report and the audit verdict, and writes ``report.json``. Then the server is stopped gracefully
 (DPR, drain, spool, Redis) and the temporary directory removed.
 
+Server settings the scenario needs (its ``[server]`` table, for example a short Validity-Time
+so that Tcc closes abandoned sessions within the run) override the configuration.
+
 The exit status is the simulator's: 0 when the audit passed and the money adds up, 1 when it
 did not, 2 when the run could not be made.
 """
@@ -20,10 +23,11 @@ import dataclasses
 import shutil
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 from ocs.app import new_state, shutdown, startup
-from ocs.config import Settings
+from ocs.config import ConfigError, Settings
 from ocs.logs import configure_logging
 
 DEFAULT_SCENARIO = Path("config/scenarios/smoke.toml")
@@ -35,6 +39,27 @@ class DemoOptions:
     seed: int = 1
     data_directory: Path | None = None  # None: a temporary directory, removed afterwards
     simulator_arguments: tuple[str, ...] = ()  # passed through to ``python -m simulator``
+
+
+def scenario_overrides(scenario: Path) -> dict[str, str]:
+    """The scenario's ``[server]`` table as ``OCS_<SECTION>_<FIELD>`` overrides (a scenario may
+    need, say, a short Validity-Time); ``load_settings`` checks them like any other."""
+    try:
+        with scenario.open("rb") as file:
+            server = tomllib.load(file).get("server", {})
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{scenario}: {error}") from None
+    if not isinstance(server, dict):
+        raise ConfigError(f"{scenario}: [server] must be a table of server settings")
+    overrides: dict[str, str] = {}
+    for section, values in server.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{scenario}: [server.{section}] must be a table")
+        for name, value in values.items():
+            overrides[f"OCS_{section.upper()}_{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+    return overrides
 
 
 def demo_settings(settings: Settings, directory: Path) -> Settings:

@@ -3,7 +3,8 @@
 Theory of operation: ``configure_logging`` is called once by ``ocs serve``. Every request task
 binds its Session-Id, CC-Request-Number and peer through structlog's context variables
 (``structlog.contextvars``), so every line logged while answering it carries them without
-passing them around; ``stream`` sends them to a file instead of stderr (``ocs demo``). ``json_lines=False`` gives the console renderer for people at a terminal.
+passing them around; ``stream`` sends them to a file instead of stderr (``ocs demo``).
+``json_lines=False`` gives the console renderer for people at a terminal.
 """
 
 from __future__ import annotations
