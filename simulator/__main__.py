@@ -10,9 +10,11 @@ lists why), and 2 for a usage or connection error before any verdict.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +37,19 @@ def _host_port(text: str) -> tuple[str, int]:
     return parsed.hostname, parsed.port
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be > 0")
+        return value
+
+    return parse
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m simulator", description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", type=Path, required=True, help="a TOML file, e.g. config/scenarios/smoke.toml")
@@ -48,6 +63,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help=f"0..{MAX_RUN_NUMBER - 1}, in account ids and numbers (default: from the clock, so reruns do not collide)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
+    parser.add_argument("--duration", type=_positive(float), default=None, help="override [run] duration_seconds")
+    parser.add_argument("--sessions", type=_positive(int), default=None, help="override [run] max_concurrent_sessions")
+    parser.add_argument("--connections", type=_positive(int), default=None, help="override [run] connections")
     return parser.parse_args(argv)
 
 
@@ -58,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ScenarioError, ValueError) as error:
         print(f"scenario {arguments.scenario}: {error}", file=sys.stderr)
         return 2
+    scenario = dataclasses.replace(
+        scenario,
+        duration_seconds=arguments.duration or scenario.duration_seconds,
+        max_concurrent_sessions=int(arguments.sessions or scenario.max_concurrent_sessions),
+        connections=int(arguments.connections or scenario.connections),
+    )
     host, port = arguments.diameter
     run_number = arguments.run_number if arguments.run_number is not None else int(time.time()) % MAX_RUN_NUMBER
     try:
