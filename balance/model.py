@@ -351,8 +351,10 @@ class ReferenceModel:
     def _reserve(
         self, request: ChargeRequest, session: Session, item: ChargeItem, committed_units: int, committed_micros: int
     ) -> ItemResult:
-        def result(outcome: Outcome, granted_units: int = 0, final: bool = False) -> ItemResult:
-            return ItemResult(item.rating_group, outcome, granted_units, committed_units, committed_micros, final)
+        def result(outcome: Outcome, granted_units: int = 0, final: bool = False, reserved: int = 0) -> ItemResult:
+            return ItemResult(
+                item.rating_group, outcome, granted_units, committed_units, committed_micros, final, reserved
+            )
 
         if self._ledger.accounts[request.account_id].account.status is not AccountStatus.ACTIVE:
             return result(Outcome.ACCOUNT_BLOCKED)
@@ -371,7 +373,9 @@ class ReferenceModel:
             request.now_seconds + request.validity_seconds,
         )
         partial = draw.granted_units < rounded_units
-        return result(Outcome.PARTIAL if partial else Outcome.OK, draw.granted_units, draw.final)
+        # RULES.md "reserved_micros": every money hold of the new reservation, whatever its source.
+        reserved_micros = sum(hold.amount for hold in draw.money_holds)
+        return result(Outcome.PARTIAL if partial else Outcome.OK, draw.granted_units, draw.final, reserved_micros)
 
     def _record(self, request: ChargeRequest, item: ChargeItem, units: int, micros: int) -> None:
         state = self._ledger.accounts[request.account_id]

@@ -62,19 +62,37 @@ def parse_charge_reply(reply: str) -> ChargeResult:
 def _charge_result(words: list[str]) -> ChargeResult:
     outcomes = _OUTCOMES
     items: list[ItemResult] = []
-    for base in range(6, 6 + 6 * int(words[5]), 6):
-        # Positional, in ItemResult's field order: rating group, outcome, granted units,
-        # committed units, committed micros, final.
-        items.append(
-            ItemResult(
-                int(words[base]),
-                outcomes[words[base + 1]],
-                int(words[base + 2]),
-                int(words[base + 3]),
-                int(words[base + 4]),
-                words[base + 5] == "1",
+    count = int(words[5])
+    if len(words) == 6 + 7 * count:
+        for base in range(6, 6 + 7 * count, 7):
+            # Positional, in ItemResult's field order: rating group, outcome, granted units,
+            # committed units, committed micros, final, reserved micros.
+            items.append(
+                ItemResult(
+                    int(words[base]),
+                    outcomes[words[base + 1]],
+                    int(words[base + 2]),
+                    int(words[base + 3]),
+                    int(words[base + 4]),
+                    words[base + 5] == "1",
+                    int(words[base + 6]),
+                )
             )
-        )
+    else:
+        # A reply stored (for replays) before items carried their reserved micros: six fields
+        # per item. Such sessions and tombstones outlive a script upgrade by up to
+        # TOMBSTONE_SECONDS; their replays report 0 reserved, which nothing counts anyway.
+        for base in range(6, 6 + 6 * count, 6):
+            items.append(
+                ItemResult(
+                    int(words[base]),
+                    outcomes[words[base + 1]],
+                    int(words[base + 2]),
+                    int(words[base + 3]),
+                    int(words[base + 4]),
+                    words[base + 5] == "1",
+                )
+            )
     # outcome, items, replayed, balance_micros
     return ChargeResult(outcomes[words[1]], tuple(items), words[0] == "1", int(words[2]))
 
@@ -105,6 +123,16 @@ def _item_arguments(item: ChargeItem) -> list[str]:
         str(tariff.block_units),
         str(tariff.first_units),
     ]
+
+
+def _first_score(reply: object) -> str | None:
+    """The score of ``ZRANGE key 0 0 WITHSCORES``: a flat ``[member, score]`` (RESP2) or
+    ``[[member, score]]`` (redis-py's RESP3 shape); None for an empty set."""
+    if isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], (list, tuple)):
+        reply = list(reply[0])
+    if isinstance(reply, list) and len(reply) == 2:
+        return str(reply[1])
+    return None
 
 
 class BalanceStore:
@@ -348,9 +376,9 @@ class BalanceStore:
             # Remove, then look again: a session opened meanwhile re-adds the root itself, and one
             # opened between our look and the removal is caught by the second look.
             await self.admin.execute("ZREM", keys.SESSION_ROOTS, root)
-            earliest = await self.admin.execute("ZRANGE", keys.expiry_key(root), "0", "0", "WITHSCORES")
-            if isinstance(earliest, list) and len(earliest) == 2:
-                await self.admin.execute("ZADD", keys.SESSION_ROOTS, "LT", str(earliest[1]), root)
+            earliest = _first_score(await self.admin.execute("ZRANGE", keys.expiry_key(root), "0", "0", "WITHSCORES"))
+            if earliest is not None:
+                await self.admin.execute("ZADD", keys.SESSION_ROOTS, "LT", earliest, root)
         return closed
 
     # -- queries ---------------------------------------------------------------------------

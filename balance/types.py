@@ -147,12 +147,20 @@ class ChargeRequest:
 
 @dataclass(frozen=True, slots=True)
 class ItemResult:
+    """What one item did: units granted anew, units and money committed, money newly held.
+
+    ``reserved_micros`` is what the reservation this item made holds from money sources (own
+    buckets, credit line, parent pool): 0 when it made none or its units all come from allowances.
+    It is not the session's total hold (RULES.md "reserved_micros").
+    """
+
     rating_group: int
     outcome: Outcome
     granted_units: int = 0
     committed_units: int = 0
     committed_micros: int = 0
     final: bool = False  # the grant is the last the balance affords (Final-Unit-Indication)
+    reserved_micros: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,8 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 from balance import keys
 from balance.embedded import EmbeddedRedis
 from balance.scripts import SCRIPTS, Operation
-from balance.store import BalanceStore
+from balance.store import BalanceStore, parse_charge_reply
+from balance.tariff import cost
 from balance.types import (
     Account,
     Bucket,
@@ -78,6 +79,7 @@ from balance.types import (
     ChargeItem,
     ChargeRequest,
     ChargeResult,
+    ItemResult,
     Outcome,
     Tariff,
     Unit,
@@ -364,7 +366,10 @@ def run_form_redis_benchmark(server: EmbeddedRedis, admin: redis.Redis, requests
     # The same arguments must do the same work: one call by hand first (its own session id).
     check_keys, check_arguments = form_arguments(f"{SESSION_PREFIX}check")
     reply = admin.evalsha(SCRIPTS[Operation.CHARGE].sha, len(check_keys), *check_keys, *check_arguments)
-    if not str(reply.decode() if isinstance(reply, bytes) else reply).endswith(f" 1 ok {VOICE_REQUEST_SECONDS} 0 0 0"):
+    checked = parse_charge_reply(str(reply.decode() if isinstance(reply, bytes) else reply))
+    # All money: the form account's allowance is scoped to data.
+    reserves = ItemResult(1, Outcome.OK, VOICE_REQUEST_SECONDS, reserved_micros=cost(VOICE_REQUEST_SECONDS, VOICE))
+    if checked.replayed or checked.items != (reserves,):
         raise AssertionError(f"the same-form call does not reserve: {reply!r}")
     best: Run | None = None
     described: list[str] = []

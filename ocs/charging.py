@@ -111,9 +111,12 @@ class CreditControl:
         result = await self.store.charge(self._charge_request(ccr, subscriber.account_id, rated, now))
         if result.replayed:
             self.metrics.duplicate_replayed()
-        committed = sum(item.committed_micros for item in result.items)
-        if committed and not result.replayed:
-            self.metrics.money_committed(rated[0].rated.currency, committed)
+        elif result.items:
+            # A replay changed nothing, so it counts no money. The services of one request are
+            # rated with the subscriber's one plan, so they share its currency.
+            currency = rated[0].rated.currency
+            self.metrics.money_committed(currency, sum(item.committed_micros for item in result.items))
+            self.metrics.money_reserved(currency, sum(item.reserved_micros for item in result.items))
         if result.outcome is not Outcome.OK:
             return error_answer(message, self.identity, result_code(result.outcome))
         return await self._credit_answer(message, ccr, subscriber.account_id, rated, result)

@@ -8,7 +8,10 @@
 --       used units, requested units, release 0|1, price micros, per units, block units, first units.
 --       Numbers are decimal integers (balance/store.py); some are copied into what is stored as sent.
 -- Returns: "<replayed 0|1> <outcome> <balance micros> <opened 0|1> <records> <items>" followed by
---       "<rating group> <outcome> <granted> <committed units> <committed micros> <final 0|1>" per item.
+--       "<rating group> <outcome> <granted> <committed units> <committed micros> <final 0|1>
+--       <reserved micros>" per item; reserved micros: what the item's new reservation holds from
+--       money sources (RULES.md "reserved_micros"), 0 without one or for allowance units only.
+--       The reply is stored for replays as it is, so a replay reports the same reserved micros.
 -- Invariants: RULES.md, checked on every account touched before anything is written; a replayed
 --       (session, request number) returns the stored reply and writes nothing.
 
@@ -113,12 +116,12 @@ for _ = 1, item_count do
     removed = removed or {}
     removed[#removed + 1] = field
   end
-  local granted_text = '0'
+  local granted_text, reserved_text = '0', '0'
   if requested > 0 and not release and not closing then
     if account.st ~= 'active' then
       outcome = 'account_blocked'
     else
-      local reservation, is_final = reserve(account, parent, service, unit, tariff, requested, now)
+      local reservation, is_final, reserved = reserve(account, parent, service, unit, tariff, requested, now)
       granted = reservation.units
       if granted == 0 then
         outcome = 'insufficient_funds'
@@ -126,6 +129,7 @@ for _ = 1, item_count do
         if is_final then outcome, final = 'partial', true end
         -- The numbers as the caller sent them, where they are the ones to store: no formatting.
         granted_text = granted == requested and ARGV[position + 4] or fmt(granted)
+        reserved_text = fmt(reserved)
         tariff.text = ARGV[position + 6] .. ' ' .. ARGV[position + 7] .. ' ' .. ARGV[position + 8] .. ' '
           .. ARGV[position + 9]
         reservations[field] = reservation
@@ -153,7 +157,7 @@ for _ = 1, item_count do
     end
   end
   local result = rating_group .. ' ' .. outcome .. ' ' .. granted_text .. ' ' .. units_text .. ' ' .. micros_text
-    .. (final and ' 1' or ' 0')
+    .. (final and ' 1 ' or ' 0 ') .. reserved_text
   results = results and (results .. ' ' .. result) or result
   position = position + 10
 end

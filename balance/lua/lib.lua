@@ -455,8 +455,9 @@ local function decode_reservation(text, account, parent)
 end
 
 -- RULES.md "Drawing order": reserve `units` (> 0) of `service`/`unit` at tariff `t`.
--- Returns the reservation (units 0 if nothing could be granted: then it holds nothing) and
--- whether the grant is final (less than the rounded request).
+-- Returns the reservation (units 0 if nothing could be granted: then it holds nothing), whether
+-- the grant is final (less than the rounded request), and the micros it holds from money sources
+-- (RULES.md "reserved_micros": buckets, credit lines and the parent pool; never allowance units).
 local function reserve(account, parent, service, unit, t, units, now)
   local want = charged(t, units)
   local holds = {}
@@ -495,13 +496,15 @@ local function reserve(account, parent, service, unit, t, units, now)
       final = true
     end
   end
+  -- hold_money takes all of `need`: it never exceeds available() (the sum of its sources).
   if need > 0 then hold_money(account, parent, need, now, holds) end
   local reservation = {units = allowance + money_units, allowance = allowance, tariff = t, holds = holds}
   if reservation.units == 0 then
     for i = 1, #holds do return_hold(holds[i], account, parent) end
     reservation.holds = {}
+    need = 0
   end
-  return reservation, final
+  return reservation, final, need
 end
 
 -- Commits up to `used` units against the reservation; returns committed units and micros.

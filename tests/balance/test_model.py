@@ -328,8 +328,8 @@ def test_buckets_are_usable_only_inside_their_validity_window() -> None:
 def test_a_grant_the_balance_only_partly_covers_is_partial_and_final() -> None:
     model = model_with(Account("a", buckets=(money(1, 150_000),)))
     result = model.charge(request("a", "s", 0, voice(requested=300)))
-    # 300 s cost 300,000; 150,000 affords two whole minutes.
-    assert only_item(result) == ItemResult(1, Outcome.PARTIAL, granted_units=120, final=True)
+    # 300 s cost 300,000; 150,000 affords two whole minutes, which hold 120,000.
+    assert only_item(result) == ItemResult(1, Outcome.PARTIAL, granted_units=120, final=True, reserved_micros=120_000)
     assert view(model, "a").held_micros == 120_000
     assert result.balance_micros == 30_000
 
@@ -337,15 +337,16 @@ def test_a_grant_the_balance_only_partly_covers_is_partial_and_final() -> None:
 def test_a_partial_grant_adds_the_allowance_units_to_what_money_affords() -> None:
     model = model_with(Account("a", buckets=(Bucket(1, BucketKind.SECONDS, 30), money(2, 150_000))))
     result = model.charge(request("a", "s", 0, voice(requested=300)))
-    # 30 s from the allowance; the other 270 s cost(270) = 300,000 > 150,000: 120 s more.
-    assert only_item(result) == ItemResult(1, Outcome.PARTIAL, granted_units=150, final=True)
+    # 30 s from the allowance; the other 270 s cost(270) = 300,000 > 150,000: 120 s more,
+    # for which the reservation holds 120,000 (the allowance seconds are not money).
+    assert only_item(result) == ItemResult(1, Outcome.PARTIAL, granted_units=150, final=True, reserved_micros=120_000)
     assert amounts(model, "a") == {1: 0, 2: 30_000}
 
 
 def test_a_request_is_rounded_up_to_whole_blocks_before_granting() -> None:
     model = model_with(Account("a", buckets=(money(1, 150_000),)))
     result = model.charge(request("a", "s", 0, voice(requested=100)))
-    assert only_item(result) == ItemResult(1, Outcome.OK, granted_units=120)
+    assert only_item(result) == ItemResult(1, Outcome.OK, granted_units=120, reserved_micros=120_000)
 
 
 def test_insufficient_funds_holds_nothing_but_opens_the_session() -> None:
@@ -365,7 +366,9 @@ def test_commit_within_the_reservation_returns_the_rest_and_reserves_again() -> 
     model.charge(request("a", "s", 0, voice(requested=180)))
     result = model.charge(request("a", "s", 1, voice(used=75, requested=180), now=NOW + 75))
     # 75 s are charged as 120 s: 120,000. 60,000 returns, then 180,000 is held again.
-    assert only_item(result) == ItemResult(1, Outcome.OK, 180, committed_units=75, committed_micros=120_000)
+    assert only_item(result) == ItemResult(
+        1, Outcome.OK, 180, committed_units=75, committed_micros=120_000, reserved_micros=180_000
+    )
     balance = view(model, "a")
     assert (balance.debits_micros, balance.committed_micros, balance.held_micros) == (120_000, 120_000, 180_000)
     assert amounts(model, "a") == {1: 700_000}
@@ -493,7 +496,7 @@ def test_postpaid_usage_is_held_and_committed_against_the_credit_limit() -> None
     assert only_item(model.charge(request("p", "s1", 0, voice(requested=600)))).granted_units == 600
     second = only_item(model.charge(request("p", "s2", 0, voice(requested=600))))
     # 400,000 left on the line affords six whole minutes (360,000).
-    assert second == ItemResult(1, Outcome.PARTIAL, granted_units=360, final=True)
+    assert second == ItemResult(1, Outcome.PARTIAL, granted_units=360, final=True, reserved_micros=360_000)
     assert (view(model, "p").limit_held_micros, view(model, "p").available_micros) == (960_000, 40_000)
     model.charge(request("p", "s1", 1, voice(used=300), terminate=True))
     balance = view(model, "p")
@@ -515,7 +518,7 @@ def test_a_child_draws_on_its_prepaid_parent_within_its_cap() -> None:
     )
     result = model.charge(request("branch", "s", 0, voice(requested=600)))
     # Own 50,000 + pool 200,000 = 250,000 affords 240 s: 50,000 own, 190,000 from the parent.
-    assert only_item(result) == ItemResult(1, Outcome.PARTIAL, granted_units=240, final=True)
+    assert only_item(result) == ItemResult(1, Outcome.PARTIAL, granted_units=240, final=True, reserved_micros=240_000)
     assert result.balance_micros == 10_000  # what is left of the cap
     assert view(model, "branch").pool_used_micros == 190_000
     assert (view(model, "co").held_micros, amounts(model, "co")) == (190_000, {1: 810_000})
@@ -532,7 +535,7 @@ def test_a_child_draws_on_its_postpaid_parents_credit_line_within_its_cap() -> N
         Account("dept", parent_id="corp", child_cap_micros=300_000),
     )
     result = model.charge(request("dept", "s", 0, voice(requested=600)))
-    assert only_item(result) == ItemResult(1, Outcome.PARTIAL, granted_units=300, final=True)
+    assert only_item(result) == ItemResult(1, Outcome.PARTIAL, granted_units=300, final=True, reserved_micros=300_000)
     assert (view(model, "corp").limit_held_micros, view(model, "dept").pool_used_micros) == (300_000, 300_000)
     model.charge(request("dept", "s", 1, voice(used=300), terminate=True))
     child, parent = view(model, "dept"), view(model, "corp")

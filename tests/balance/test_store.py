@@ -14,8 +14,8 @@ import pytest
 from balance.audit import audit
 from balance.embedded import EmbeddedRedis
 from balance.errors import BalanceScriptError
-from balance.keys import account_key
-from balance.store import BalanceStore
+from balance.keys import account_key, session_key
+from balance.store import BalanceStore, parse_charge_reply
 from balance.types import (
     Account,
     AccountStatus,
@@ -24,6 +24,7 @@ from balance.types import (
     ChargeItem,
     ChargeRequest,
     ChargeResult,
+    ItemResult,
     Outcome,
     PaymentType,
     Tariff,
@@ -291,6 +292,115 @@ async def test_child_of_postpaid_company(store: BalanceStore) -> None:
     await assert_audit_clean(store)
 
 
+# -- money held by new reservations (reserved_micros) -------------------------------------------
+
+
+def reserved(result: ChargeResult) -> list[int]:
+    return [item.reserved_micros for item in result.items]
+
+
+async def held_now(store: BalanceStore, account_id: str) -> int:
+    view = await store.balance(account_id, NOW)
+    assert view is not None
+    return view.held_micros + view.limit_held_micros
+
+
+async def test_each_item_reports_the_money_its_new_reservation_holds(store: BalanceStore) -> None:
+    await store.provision(
+        Account(
+            "lena",
+            buckets=(
+                Bucket(1, BucketKind.MAIN, 10 * EUR),
+                Bucket(2, BucketKind.SECONDS, 120, ("voice",)),
+                Bucket(3, BucketKind.OCTETS, 5_000_000, ("data",)),
+            ),
+        )
+    )
+    opening = ccr("lena", "s", 0, voice(requested=600), data(10, requested=5_000_000), data(20, requested=2_000_000))
+    opened = await store.charge(opening)
+    # Voice: 120 s of allowance, 480 s = 8 minutes of money (4.80). RG 10: all allowance. RG 20:
+    # the allowance is gone, 2 MB of money (0.02).
+    assert [item.granted_units for item in opened.items] == [600, 5_000_000, 2_000_000]
+    assert reserved(opened) == [4_800_000, 0, 20_000]
+    assert await held_now(store, "lena") == 4_820_000
+    # A retransmission answers the same money and holds nothing more.
+    replayed = await store.charge(opening)
+    assert replayed.replayed and replayed.items == opened.items and reserved(replayed) == [4_800_000, 0, 20_000]
+    assert await held_now(store, "lena") == 4_820_000
+    # Commits, a release and a commit without a new request hold nothing new; the voice
+    # reservation made anew is all money now (the 120 s of allowance were used).
+    update = ccr(
+        "lena",
+        "s",
+        1,
+        voice(used=600, requested=60),
+        ChargeItem(10, "data", Unit.OCTETS, DATA, 1_000_000, 1_000_000, release=True),
+        data(20, used=1_000_000),
+    )
+    updated = await store.charge(update)
+    assert [item.committed_micros for item in updated.items] == [4_800_000, 0, 10_000]
+    assert reserved(updated) == [600_000, 0, 0]
+    assert reserved(await store.charge(update)) == [600_000, 0, 0]
+    assert await held_now(store, "lena") == 600_000
+    end = await store.charge(ccr("lena", "s", 2, voice(used=60, requested=60), terminate=True))
+    assert reserved(end) == [0] and end.items[0].committed_micros == 600_000
+    assert await held_now(store, "lena") == 0
+    await assert_audit_clean(store)
+
+
+async def test_a_partial_grant_reports_what_the_balance_could_hold(store: BalanceStore) -> None:
+    await store.provision(
+        Account("mona", buckets=(Bucket(1, BucketKind.MAIN, 1_500_000), Bucket(2, BucketKind.SECONDS, 30)))
+    )
+    # 30 s of allowance; 1.50 affords 2 more minutes (1.20) of the 570 s left: granted 150 s.
+    partial = await store.charge(ccr("mona", "a", 0, voice(requested=600)))
+    assert only(partial) == (Outcome.PARTIAL, 150, 0, 0) and partial.items[0].final
+    assert reserved(partial) == [1_200_000]
+    # 0.30 left affords no minute: refused, nothing held.
+    refused = await store.charge(ccr("mona", "b", 0, voice(requested=60)))
+    assert only(refused)[0] is Outcome.INSUFFICIENT_FUNDS and reserved(refused) == [0]
+    assert await held_now(store, "mona") == 1_200_000
+    for session in ("a", "b"):
+        await store.charge(ccr("mona", session, 1, terminate=True))
+    await assert_audit_clean(store)
+
+
+async def test_credit_lines_and_parent_pools_count_as_money_held(store: BalanceStore) -> None:
+    await store.provision(Account("nora", payment_type=PaymentType.POSTPAID, credit_limit_micros=3 * EUR))
+    await store.provision(Account("firm", buckets=(Bucket(1, BucketKind.MAIN, 100 * EUR),)))
+    await store.provision(
+        Account("firm-ops", parent_id="firm", child_cap_micros=EUR, buckets=(Bucket(1, BucketKind.MAIN, 200_000),))
+    )
+    # Postpaid: 3.00 of credit affords 5 minutes, held against the limit.
+    postpaid = await store.charge(ccr("nora", "call", 0, voice(requested=600)))
+    assert only(postpaid) == (Outcome.PARTIAL, 300, 0, 0) and reserved(postpaid) == [3 * EUR]
+    assert await held_now(store, "nora") == 3 * EUR
+    # A child: its own 0.20 and 1.00 of its parent's pool afford 2 minutes (1.20).
+    child = await store.charge(ccr("firm-ops", "call", 0, voice(requested=600)))
+    assert only(child) == (Outcome.PARTIAL, 120, 0, 0) and reserved(child) == [1_200_000]
+    assert await held_now(store, "firm-ops") + await held_now(store, "firm") == 1_200_000
+    await store.charge(ccr("nora", "call", 1, terminate=True))
+    await store.charge(ccr("firm-ops", "call", 1, terminate=True))
+    await assert_audit_clean(store)
+
+
+async def test_a_reply_stored_before_reserved_micros_still_replays(store: BalanceStore) -> None:
+    await store.provision(Account("olga", buckets=(Bucket(1, BucketKind.MAIN, EUR),)))
+    # A session whose last answer was stored by the script of old: six fields per item.
+    await store.admin.execute(
+        "HSET", session_key("olga", "old"), "a", "olga", "n", "0", "r", "ok 400000 1 0 1 1 ok 60 0 0 0"
+    )
+    replayed = await store.charge(ccr("olga", "old", 0, voice(requested=60)))
+    assert replayed.replayed and replayed.balance_micros == 400_000
+    assert replayed.items == (ItemResult(1, Outcome.OK, 60),)
+    assert parse_charge_reply("0 ok 5 1 0 2 1 ok 60 0 0 0 2 partial 9 0 0 1") == ChargeResult(
+        Outcome.OK, (ItemResult(1, Outcome.OK, 60), ItemResult(2, Outcome.PARTIAL, 9, final=True)), False, 5
+    )
+    assert parse_charge_reply("0 ok 5 1 0 1 1 ok 60 0 0 0 600000").items == (
+        ItemResult(1, Outcome.OK, 60, reserved_micros=600_000),
+    )
+
+
 # -- supervision, concurrency, failures ------------------------------------------------------
 
 
@@ -306,6 +416,21 @@ async def test_silent_session_is_expired_and_its_money_returned(store: BalanceSt
     # The last answer still replays; anything newer finds the session closed.
     assert (await store.charge(last)).items == answer.items
     assert (await store.charge(ccr("hank", "silent", 1, voice(used=10)))).outcome is Outcome.UNKNOWN_SESSION
+    await assert_audit_clean(store)
+
+
+async def test_supervision_keeps_watching_a_hierarchy_after_closing_one_of_its_sessions(store: BalanceStore) -> None:
+    """A pass that closes one session of an account must leave the account watched for its
+    other sessions, and for a session whose updates moved its deadline past the first look."""
+    await store.provision(Account("ivy", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+    await store.charge(ccr("ivy", "first", 0, voice(requested=60), validity_seconds=60))
+    await store.charge(ccr("ivy", "second", 0, voice(requested=60), validity_seconds=120))
+    await store.charge(ccr("ivy", "kept", 0, voice(requested=60), validity_seconds=60))
+    await store.charge(ccr("ivy", "kept", 1, voice(used=60, requested=60), validity_seconds=60, now=NOW + 50))
+    assert await store.expire_due(NOW + 60) == [("ivy", "first")]
+    assert await store.expire_due(NOW + 110) == [("ivy", "kept")]
+    assert await store.expire_due(NOW + 120) == [("ivy", "second")]
+    assert await money(store, "ivy") == 5 * EUR - 600_000  # only the minute used stays charged
     await assert_audit_clean(store)
 
 

@@ -16,9 +16,10 @@ from balance.errors import BalanceUnavailable
 from balance.store import BalanceStore
 from balance.types import Account, BucketKind
 from ocs.metrics import Metrics, TimedCaller, time_redis_calls
+from protocol.message import Message, avp
 from tests.ocs.conftest import RunningServer
 from tests.ocs.test_api import Api, api
-from tests.ocs.test_credit_control import ccr, code
+from tests.ocs.test_credit_control import call_to, ccr, code, mscc, seconds
 
 __all__ = ["api"]
 
@@ -175,3 +176,40 @@ async def test_metrics_endpoint_after_requests(api: Api, server: RunningServer) 
         # A scrape is an HTTP request too: the first one is counted by the time of the second.
         found = samples(await response.text())
     assert value(found, http, route="/metrics", method="GET", status="200") == 1
+
+
+async def test_money_reserved_and_committed_by_a_call(api: Api, server: RunningServer) -> None:
+    await server.subscriber("nina", "4915100000043", micros=10_000_000)
+    client = await server.client()
+    callee = call_to("4917612345678")  # national mobile, 0.09 per minute at peak, 60/1
+
+    def call(request_type: str, number: int, used: int | None, requested: int | None) -> Message:
+        units = [seconds("Used-Service-Unit", used)] if used is not None else []
+        units += [seconds("Requested-Service-Unit", requested)] if requested is not None else []
+        multiple = avp("Multiple-Services-Indicator", 1)
+        return ccr("m-call", request_type, number, multiple, mscc(*units), callee, msisdn="4915100000043")
+
+    async def scrape() -> list[Sample]:
+        async with api.session.get(api.url + "/metrics") as response:
+            return samples(await response.text())
+
+    reserved, committed = "ocs_money_reserved_micros_total", "ocs_money_committed_micros_total"
+    # CCR-I: 300 s at 0.09 per minute hold 0.45; nothing committed yet.
+    assert code(await client.request(call("INITIAL_REQUEST", 0, None, 300))) == 2001
+    found = await scrape()
+    assert value(found, reserved, currency="EUR") == 450_000
+    assert value(found, committed, currency="EUR") is None
+    # CCR-U: 100 s used (0.15), 300 s held anew. The same request again as a new message (another
+    # End-to-End Identifier, so the engine, not the Diameter duplicate cache, answers it: replayed)
+    # counts no money twice.
+    assert code(await client.request(call("UPDATE_REQUEST", 1, 100, 300))) == 2001
+    assert code(await client.request(call("UPDATE_REQUEST", 1, 100, 300))) == 2001
+    found = await scrape()
+    assert value(found, reserved, currency="EUR") == 900_000
+    assert value(found, committed, currency="EUR") == 150_000
+    assert value(found, "ocs_diameter_duplicate_requests_total") == 1
+    # CCR-T: 30 s used, charged as the first 60 s (0.09); nothing new held.
+    assert code(await client.request(call("TERMINATION_REQUEST", 2, 30, None))) == 2001
+    found = await scrape()
+    assert (value(found, reserved, currency="EUR"), value(found, committed, currency="EUR")) == (900_000, 240_000)
+    await client.close()
