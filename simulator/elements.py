@@ -2,8 +2,11 @@
 
 Theory of operation: a ``NetworkElement`` is one Diameter connection with its own Origin-Host
 (the OCS sends RAR/ASR to the connection of the session's Origin-Host). It sends requests with
-``exchange``, which measures the latency and, on 3004 or no answer, retransmits the same request
-with the T flag (RFC 4006 section 5.7: the server applies a (Session-Id, CC-Request-Number) once).
+``exchange``, which measures the latency and, on 3004 or no answer within Tx
+(``request_timeout_seconds``), retransmits the same request with the T flag (RFC 4006 section
+5.7: the server applies a (Session-Id, CC-Request-Number) once), on a new connection if the old
+one broke. Credit-Control-Failure-Handling decides what silence means: RETRY_AND_TERMINATE (the
+default) retransmits and ends the session if that fails too; TERMINATE ends it at once.
 
 Sessions behave as RFC 4006 clients do:
 
@@ -46,6 +49,8 @@ CREDIT_LIMIT_REACHED = int(ResultCode.DIAMETER_CREDIT_LIMIT_REACHED)
 TOO_BUSY = int(ResultCode.DIAMETER_TOO_BUSY)
 LIMITED_SUCCESS = int(ResultCode.DIAMETER_LIMITED_SUCCESS)
 FINAL_UNIT_TERMINATE = 0  # Final-Unit-Action TERMINATE, RFC 4006 section 8.35
+CCFH_TERMINATE = 0  # Credit-Control-Failure-Handling TERMINATE, RFC 4006 section 8.14
+FAILURE_HANDLING = ("TERMINATE", "RETRY_AND_TERMINATE")  # what the elements play (CONTINUE: see _Session)
 SUBSCRIPTION_ID_E164 = 0  # Subscription-Id-Type END_USER_E164, RFC 4006 section 8.47
 
 
@@ -58,6 +63,7 @@ class ElementTiming:
     time_compression: float = 0.0  # simulated seconds per real second; 0: pause step_seconds per round
     data_rate_octets_per_second: float = 500_000.0  # simulated throughput of a data session
     final_unit_hold_seconds: float = 0.0  # real time the final units last: a RAR may come meanwhile
+    failure_handling: str = "RETRY_AND_TERMINATE"  # CCFH when the OCS sends none (RFC 4006 section 8.14)
 
 
 @dataclass(slots=True)
@@ -168,14 +174,15 @@ class NetworkElement:
         self.recorder.faults["connections dropped"] += 1
         self.client.transport.abort()
 
-    async def exchange(self, label: str, message: Message) -> Message | None:
-        """Send, retransmitting on 3004 or silence; the answer, or None if none came. A fault may
-        send the request again (as if the answer was lost) and checks the second answer agrees."""
-        answer = await self._deliver(label, message)
+    async def exchange(self, label: str, message: Message, *, retry_silence: bool = True) -> Message | None:
+        """Send, retransmitting on 3004 or, with ``retry_silence``, when Tx expires or the
+        connection breaks; the answer, or None if none came. A fault may send the request again
+        (as if the answer was lost) and checks the second answer agrees."""
+        answer = await self._deliver(label, message, retry_silence)
         if answer is not None and self.dice.retransmit():
             self.recorder.faults["retransmissions after an answer"] += 1
             message.flags |= int(CommandFlag.RETRANSMITTED)
-            again = await self._deliver(f"{label} again", message)
+            again = await self._deliver(f"{label} again", message, True)
             if again is not None:
                 self._compare(label, answer, again)
         return answer
@@ -190,7 +197,7 @@ class NetworkElement:
             f"{answer_signature(first)} then {answer_signature(second)}"
         )
 
-    async def _deliver(self, label: str, message: Message) -> Message | None:
+    async def _deliver(self, label: str, message: Message, retry_silence: bool) -> Message | None:
         for attempt in range(self.timing.retransmissions + 1):
             if attempt:
                 message.flags |= int(CommandFlag.RETRANSMITTED)
@@ -205,6 +212,8 @@ class NetworkElement:
                     answer = await client.request(message, self.timing.request_timeout_seconds)
             except (TimeoutError, OSError, StateError):  # RequestFailed is a ConnectionError
                 self.recorder.request_done(label, NO_ANSWER, None)
+                if not retry_silence:
+                    return None
                 continue
             code = result_code(answer)
             self.recorder.request_done(label, code, time.perf_counter() - started)
@@ -364,21 +373,32 @@ class _Session:
     session_id: str
     number: int = 0
     previous_update: Message | None = None  # the last CCR-UPDATE, for a late-update fault
+    failure_handling: str = ""  # from the OCS's answers, else the element's default
 
     async def send(self, kind: str, request_type: str, *extra: Avp) -> tuple[Message | None, int]:
         at_seconds = int(time.time())
         message = credit_control_request(self.caller, self.session_id, request_type, self.number, at_seconds, *extra)
         self.number += 1
         element = self.caller.element
-        answer = await element.exchange(f"{self.caller.service} {kind}", message)
+        handling = self.failure_handling or element.timing.failure_handling
+        answer = await element.exchange(f"{self.caller.service} {kind}", message, retry_silence=handling != "TERMINATE")
         if answer is None:
             element.recorder.uncertain_sessions.append(self.session_id)
         else:
             _note_validity(element.recorder, answer)
+            self._note_failure_handling(answer)
         late, self.previous_update = self.previous_update, message if request_type == "UPDATE_REQUEST" else None
         if late is not None and answer is not None and element.dice.late_update():
             await self._send_late(late)
         return answer, at_seconds
+
+    def _note_failure_handling(self, answer: Message) -> None:
+        """RFC 4006 section 5.7: the OCS may tell the client what to do when it goes silent.
+        CONTINUE (keep the service up without credit control) is played as RETRY_AND_TERMINATE:
+        usage nobody reports could not be priced by the simulator's ledger."""
+        value = answer.get("Credit-Control-Failure-Handling")
+        if isinstance(value, int):
+            self.failure_handling = "TERMINATE" if value == CCFH_TERMINATE else "RETRY_AND_TERMINATE"
 
     async def _send_late(self, late: Message) -> None:
         """A fault: an earlier CCR-UPDATE arrives again as a new request, after a later one was

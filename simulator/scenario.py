@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulator.elements import ElementTiming
+from simulator.elements import FAILURE_HANDLING, ElementTiming
 from simulator.faults import NO_FAULTS, Faults
 from simulator.population import (
     DATA_RATING_GROUP,
@@ -217,6 +217,12 @@ def load_scenario(path: Path) -> Scenario:
     mode = run.get("mode", "open")
     if mode not in MODES:
         raise ScenarioError(f"[run] mode: one of {', '.join(MODES)}, got {mode!r}")
+    failure_handling = run.get("failure_handling", "RETRY_AND_TERMINATE")
+    if failure_handling not in FAILURE_HANDLING:
+        raise ScenarioError(
+            f"[run] failure_handling: one of {', '.join(FAILURE_HANDLING)}, got {failure_handling!r} "
+            "(CONTINUE would use units nobody reports, which the audit cannot price)"
+        )
     timing = ElementTiming(
         step_seconds=_number(run, "step_seconds", "run"),
         request_timeout_seconds=_number(run, "request_timeout_seconds", "run"),
@@ -224,6 +230,7 @@ def load_scenario(path: Path) -> Scenario:
         time_compression=_number(run, "time_compression", "run", 0.0),
         data_rate_octets_per_second=_number(data, "rate_octets_per_second", "data", 500_000.0),
         final_unit_hold_seconds=_number(run, "final_unit_hold_seconds", "run", 0.0),
+        failure_handling=str(failure_handling),
     )
     scenario = Scenario(
         name=str(run.get("name", path.stem)),
