@@ -86,8 +86,9 @@ def _money(result: RunResult) -> tuple[dict[str, dict[str, object]], list[str]]:
 
 def summarize(result: RunResult) -> Summary:
     recorder = result.recorder
+    seconds = result.traffic_seconds or 1.0
     requests = [
-        {"request": label, "result_code": code, "count": count}
+        {"request": label, "result_code": code, "count": count, "per_second": round(count / seconds, 1)}
         for (label, code), count in sorted(recorder.requests.items())
     ]
     latencies = {label: _latency_row(histogram) for label, histogram in sorted(recorder.latencies.items())}
@@ -149,7 +150,10 @@ def render_text(summary: Summary) -> str:
     ]
     requests = summary["requests"]
     assert isinstance(requests, list)
-    lines += _rows(("request", "code", "count"), [(r["request"], r["result_code"], r["count"]) for r in requests])
+    lines += _rows(
+        ("request", "code", "count", "per s"),
+        [(r["request"], r["result_code"], r["count"], r["per_second"]) for r in requests],
+    )
     latency = summary["latency"]
     assert isinstance(latency, dict)
     columns = ("count", *(f"p{percent:g}_ms" for percent in PERCENTILES), "max_ms")
