@@ -63,36 +63,23 @@ def _charge_result(words: list[str]) -> ChargeResult:
     outcomes = _OUTCOMES
     items: list[ItemResult] = []
     count = int(words[5])
-    if len(words) == 6 + 7 * count:
-        for base in range(6, 6 + 7 * count, 7):
-            # Positional, in ItemResult's field order: rating group, outcome, granted units,
-            # committed units, committed micros, final, reserved micros.
-            items.append(
-                ItemResult(
-                    int(words[base]),
-                    outcomes[words[base + 1]],
-                    int(words[base + 2]),
-                    int(words[base + 3]),
-                    int(words[base + 4]),
-                    words[base + 5] == "1",
-                    int(words[base + 6]),
-                )
+    # Seven fields per item, in ItemResult's field order: rating group, outcome, granted units,
+    # committed units, committed micros, final, reserved micros. A reply stored (for replays)
+    # before items carried their reserved micros has six; such sessions and tombstones outlive a
+    # script upgrade by up to TOMBSTONE_SECONDS, and their replays report 0 reserved.
+    width = 7 if len(words) == 6 + 7 * count else 6
+    for base in range(6, 6 + width * count, width):
+        items.append(
+            ItemResult(
+                int(words[base]),
+                outcomes[words[base + 1]],
+                int(words[base + 2]),
+                int(words[base + 3]),
+                int(words[base + 4]),
+                words[base + 5] == "1",
+                int(words[base + 6]) if width == 7 else 0,
             )
-    else:
-        # A reply stored (for replays) before items carried their reserved micros: six fields
-        # per item. Such sessions and tombstones outlive a script upgrade by up to
-        # TOMBSTONE_SECONDS; their replays report 0 reserved, which nothing counts anyway.
-        for base in range(6, 6 + 6 * count, 6):
-            items.append(
-                ItemResult(
-                    int(words[base]),
-                    outcomes[words[base + 1]],
-                    int(words[base + 2]),
-                    int(words[base + 3]),
-                    int(words[base + 4]),
-                    words[base + 5] == "1",
-                )
-            )
+        )
     # outcome, items, replayed, balance_micros
     return ChargeResult(outcomes[words[1]], tuple(items), words[0] == "1", int(words[2]))
 
