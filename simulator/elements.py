@@ -351,19 +351,26 @@ class MeteredService:
     request_units: int  # asked for in each Requested-Service-Unit
     granted: int = 0
     granted_at_seconds: int = 0
+    threshold: int = 0  # Time/Volume-Quota-Threshold of the grant: ask again when this much is left
     final: bool = False  # the grant carried Final-Unit-Indication
     active: bool = True  # holds a grant or may ask for one
     pending: int = 0  # used and not yet reported
+    reason: str = "QUOTA_EXHAUSTED"  # why ``pending`` is reported (TS 32.299 clause 7.2.175)
     cut: bool = False
 
     def mscc(self, *, report: bool, ask: bool) -> Avp:
+        """The MSCC of a request: what is asked, what was used and why, and FINAL (at the MSCC
+        level, TS 32.299 clause 7.2.175) when the service reports its last units."""
         children: list[Avp] = []
         if ask:
             children.append(_units("Requested-Service-Unit", self.unit_avp, self.request_units))
         if report and self.pending:
-            children.append(_units("Used-Service-Unit", self.unit_avp, self.pending))
+            used = [avp(self.unit_avp, self.pending), avp("Reporting-Reason", self.reason)]
+            children.append(avp("Used-Service-Unit", used))
         if self.rating_group is not None:
             children.append(avp("Rating-Group", self.rating_group))
+        if report and not ask:
+            children.append(avp("Reporting-Reason", "FINAL"))
         return avp("Multiple-Services-Credit-Control", children)
 
 
@@ -443,7 +450,12 @@ def _take_grants(services: list[MeteredService], answer: Message, at_seconds: in
             continue
         final_unit = control.find("Final-Unit-Indication")
         service.granted, service.granted_at_seconds = units, at_seconds
+        threshold = control.get(_THRESHOLD_AVPS[service.unit_avp])
+        service.threshold = threshold if isinstance(threshold, int) and 0 < threshold < units else 0
         service.final = final_unit is not None and final_unit.get("Final-Unit-Action") == FINAL_UNIT_TERMINATE
+
+
+_THRESHOLD_AVPS = {"CC-Time": "Time-Quota-Threshold", "CC-Total-Octets": "Volume-Quota-Threshold"}
 
 
 def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
@@ -453,7 +465,13 @@ def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
     simulated_seconds = 0.0
     for service in services:
         if service.active and service.granted:
-            service.pending = min(service.granted, service.remaining)
+            # With a threshold the element re-authorises when that much of the grant is left
+            # (TS 32.299: Reporting-Reason THRESHOLD); the new grant replaces the old one.
+            before_threshold = service.granted - service.threshold if not service.final else service.granted
+            if service.threshold and not service.final and service.remaining > before_threshold:
+                service.pending, service.reason = before_threshold, "THRESHOLD"
+            else:
+                service.pending, service.reason = min(service.granted, service.remaining), "QUOTA_EXHAUSTED"
             service.remaining -= service.pending
             service.granted = 0
             seconds = (
@@ -471,6 +489,7 @@ def _commit_pending(session: _Session, services: list[MeteredService]) -> None:
     for service in services:
         if service.pending:
             session.commit(service.rating_group, service.unit_avp, service.granted_at_seconds, service.pending)
+            session.caller.element.recorder.reporting_reasons[service.reason] += 1
             service.pending = 0
 
 

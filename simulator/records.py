@@ -66,6 +66,7 @@ class Recorder:
     replays: Counter[str] = field(default_factory=Counter)  # a repeated request's answer: "same" / "different"
     fault_problems: list[str] = field(default_factory=list)  # an answer to a fault that is wrong
     topups_micros: Counter[str] = field(default_factory=Counter)  # credited during the run, by account
+    reporting_reasons: Counter[str] = field(default_factory=Counter)  # usage reports, by Reporting-Reason
     longest_validity_seconds: int = 0  # the longest Validity-Time granted (Tcc is about twice it)
 
     def request_done(self, label: str, result_code: int, latency_seconds: float | None) -> None:

@@ -117,6 +117,7 @@ def summarize(result: RunResult) -> Summary:
         "arrivals_dropped": dict(recorder.arrivals_dropped),
         "units": [{"service": s, "unit": u, "used": n} for (s, u), n in sorted(recorder.units.items())],
         "server_requests": dict(recorder.server_requests),
+        "reporting_reasons": dict(recorder.reporting_reasons),
         "faults": dict(recorder.faults),
         "replays": dict(recorder.replays),
         "topups": {"accounts": len(recorder.topups_micros), "money": money_text(sum(recorder.topups_micros.values()))},
@@ -172,6 +173,7 @@ def render_text(summary: Summary) -> str:
         f"faults injected: {summary['faults'] or 'none'}; repeated requests answered: {summary['replays'] or 'none'}"
     )
     lines.append(f"top-ups during the run: {summary['topups']}")
+    lines.append(f"usage reports by Reporting-Reason: {summary['reporting_reasons'] or 'none'}")
     money = summary["money"]
     assert isinstance(money, dict)
     lines += ["", "money by customer type (believed = own usage priced by POST /rate)"]
