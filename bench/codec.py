@@ -21,8 +21,12 @@ the minimum is the least disturbed measurement. The garbage collector is paused 
 as ``timeit`` does. ``grammar.validate`` of the CCR is printed too: it is not part of the
 comparison (python-diameter has no grammar check) but runs on the server's hot path.
 
-The last line is ``RESULT ours_us=<x> python_diameter_us=<x> ratio=<x>`` (decode CCR + encode
-CCA, microseconds per message; ratio = python-diameter / ours).
+Our codec may run as pure Python (the default install) or compiled with mypyc (the opt-in build
+of protocol/README.md, "Compiled build"); the run says which, judging by the files the hot-path
+modules were loaded from, and says "mixed" when only some are compiled (stale ``.so`` files).
+
+The last line is ``RESULT ours_us=<x> python_diameter_us=<x> ratio=<x> codec=<pure|compiled|mixed>``
+(decode CCR + encode CCA, microseconds per message; ratio = python-diameter / ours).
 
 Run from the project root: ``.venv/bin/python bench/codec.py [--rounds 100]`` (about 5 s).
 """
@@ -46,6 +50,12 @@ elif str(ROOT) not in sys.path:
 
 from diameter.message import Message as TheirMessage  # type: ignore[import-untyped]  # noqa: E402
 
+import protocol.avp_types  # noqa: E402
+import protocol.codec  # noqa: E402
+import protocol.constants  # noqa: E402
+import protocol.dictionary  # noqa: E402
+import protocol.grammar  # noqa: E402
+import protocol.message  # noqa: E402
 from bench.gy_messages import gy_cca_update, gy_ccr_update  # noqa: E402
 from protocol.codec import decode, encode  # noqa: E402
 from protocol.constants import ApplicationId  # noqa: E402
@@ -56,6 +66,30 @@ TARGET_MICROSECONDS = 15.0  # the issue: decode CCR + encode CCA <= 15 us per me
 TARGET_RATIO = 25.0  # ... and at least 25 times faster than python-diameter
 BATCH_SECONDS = 0.005
 APPLICATIONS = {int(ApplicationId.DIAMETER_COMMON_MESSAGES), int(ApplicationId.CREDIT_CONTROL)}
+
+
+# The modules setup.py compiles when OCS_MYPYC=1.
+HOT_PATH_MODULES = (
+    protocol.constants,
+    protocol.avp_types,
+    protocol.dictionary,
+    protocol.message,
+    protocol.codec,
+    protocol.grammar,
+)
+BUILD_DESCRIPTIONS = {
+    "pure": "pure Python",
+    "compiled": "compiled with mypyc",
+    "mixed": "MIXED, some modules compiled and some not (stale .so files? see protocol/README.md)",
+}
+
+
+def codec_build() -> str:
+    """Which build of the codec this process runs: "compiled" when every hot-path module was
+    loaded from a compiled extension (mypyc), "pure" when none was, "mixed" otherwise (stale
+    ``.so`` files next to the sources)."""
+    compiled = [not str(module.__file__).endswith(".py") for module in HOT_PATH_MODULES]
+    return "compiled" if all(compiled) else "mixed" if any(compiled) else "pure"
 
 
 def _without_m_bit_of_origin(avps: list[Avp]) -> list[tuple[int, int, int, object]]:
@@ -152,8 +186,10 @@ def main() -> None:
         arguments.rounds,
     )
     ratio = best["theirs"] / best["ours"]
+    build = codec_build()
     print(
-        f"CPython {platform.python_version()}; CCR {len(ccr_frame)} bytes, CCA {len(encode(cca))} bytes; "
+        f"CPython {platform.python_version()}; our codec: {BUILD_DESCRIPTIONS[build]}; "
+        f"CCR {len(ccr_frame)} bytes, CCA {len(encode(cca))} bytes; "
         f"best of {arguments.rounds} interleaved rounds, microseconds per message"
     )
     print(
@@ -170,7 +206,7 @@ def main() -> None:
         f"target <= {TARGET_MICROSECONDS:g} us and >= {TARGET_RATIO:g}x python-diameter: "
         f"{'met' if met else 'NOT met'} ({best['ours']:.2f} us, {ratio:.1f}x)"
     )
-    print(f"RESULT ours_us={best['ours']:.2f} python_diameter_us={best['theirs']:.2f} ratio={ratio:.1f}")
+    print(f"RESULT ours_us={best['ours']:.2f} python_diameter_us={best['theirs']:.2f} ratio={ratio:.1f} codec={build}")
 
 
 if __name__ == "__main__":

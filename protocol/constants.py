@@ -3,32 +3,35 @@
 Theory of operation: every number that appears on the wire and is not part of the AVP
 dictionary lives here, once, as an IntEnum or a named constant with the section it comes from.
 Hard limits that protect the server from hostile peers are named constants with their reason.
+The plain numbers are ``Final``: the codec reads them per AVP, and a compiled build (mypyc) turns
+``Final`` literals into constants instead of a module lookup each time.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum, IntFlag
+from typing import Final
 
-DIAMETER_VERSION = 1  # RFC 6733 section 3
-HEADER_LENGTH = 20  # RFC 6733 section 3: version..End-to-End Identifier
-AVP_HEADER_LENGTH = 8  # RFC 6733 section 4.1: code, flags, length
-AVP_VENDOR_HEADER_LENGTH = 12  # plus Vendor-ID when the V bit is set
+DIAMETER_VERSION: Final = 1  # RFC 6733 section 3
+HEADER_LENGTH: Final = 20  # RFC 6733 section 3: version..End-to-End Identifier
+AVP_HEADER_LENGTH: Final = 8  # RFC 6733 section 4.1: code, flags, length
+AVP_VENDOR_HEADER_LENGTH: Final = 12  # plus Vendor-ID when the V bit is set
 
 # --- limits (ours, not the RFC's) -------------------------------------------------------------
 # The largest Gy/Ro request we expect is a CCR with tens of MSCCs and Service-Information,
 # a few kilobytes. 64 KiB leaves a wide margin while keeping a hostile length field from making
 # us buffer megabytes: a frame that announces more is refused before its body is read.
-MAX_MESSAGE_LENGTH = 65_536
+MAX_MESSAGE_LENGTH: Final = 65_536
 # A flood of tiny AVPs costs CPU per AVP; no real CCR comes near this many.
-MAX_AVP_COUNT = 2_048
+MAX_AVP_COUNT: Final = 2_048
 # Grouped AVPs nest MSCC > USU > ... about 4 deep in TS 32.299; 16 bounds recursion.
-MAX_NESTING_DEPTH = 16
+MAX_NESTING_DEPTH: Final = 16
 # Requests we accept from one connection before answering 3004 (RFC 4006 section 5.7 lets the
 # client fail over); keeps one fast peer from starving the others.
-MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION = 1_024
+MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION: Final = 1_024
 # Retransmitted requests remembered for duplicate detection (RFC 6733 section 5.5.4 advises
 # keeping them at least as long as the Tw watchdog interval allows failover to happen).
-DUPLICATE_CACHE_SIZE = 65_536
+DUPLICATE_CACHE_SIZE: Final = 65_536
 
 
 class CommandFlag(IntFlag):
@@ -40,7 +43,7 @@ class CommandFlag(IntFlag):
     RETRANSMITTED = 0x10
 
 
-RESERVED_COMMAND_FLAGS = 0x0F  # RFC 6733 section 3: MUST be zero
+RESERVED_COMMAND_FLAGS: Final = 0x0F  # RFC 6733 section 3: MUST be zero
 
 
 class AvpFlag(IntFlag):
@@ -51,7 +54,7 @@ class AvpFlag(IntFlag):
     PROTECTED = 0x20
 
 
-RESERVED_AVP_FLAGS = 0x1F  # RFC 6733 section 4.1: MUST be zero
+RESERVED_AVP_FLAGS: Final = 0x1F  # RFC 6733 section 4.1: MUST be zero
 
 
 class CommandCode(IntEnum):

@@ -14,7 +14,6 @@ answer must copy from its request.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from protocol.avp_types import AddressValue
@@ -32,12 +31,41 @@ _RETRANSMITTED = int(CommandFlag.RETRANSMITTED)
 _VENDOR = int(AvpFlag.VENDOR)
 
 
-@dataclass(slots=True)
 class Avp:
-    code: int
-    flags: int
-    vendor_id: int
-    value: Value
+    """One AVP: its code, flags and Vendor-ID as received or to be sent, and its value.
+
+    A plain class rather than a dataclass: the decoder builds one per AVP, and a plain class with
+    its own ``__init__`` is what mypyc compiles best (see protocol/README.md, "Compiled build").
+    It behaves as ``@dataclass(slots=True)`` would: positional or keyword construction, equality
+    field by field with another ``Avp``, a repr naming the fields, and no hash (it is mutable).
+    """
+
+    __slots__ = ("code", "flags", "value", "vendor_id")
+    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value, like an eq dataclass
+
+    def __init__(self, code: int, flags: int, vendor_id: int, value: Value) -> None:
+        self.code = code
+        self.flags = flags
+        self.vendor_id = vendor_id
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, Avp):
+            return NotImplemented
+        # As a dataclass compares (tuples): a value identical to itself is equal, even a NaN Float.
+        return (
+            self.code == other.code
+            and self.flags == other.flags
+            and self.vendor_id == other.vendor_id
+            and (self.value is other.value or self.value == other.value)
+        )
+
+    def __reduce__(self) -> tuple[type[Avp], tuple[int, int, int, Value]]:
+        # copy, deepcopy and pickle rebuild through __init__ (mypyc's compiled class needs its arguments).
+        return (Avp, (self.code, self.flags, self.vendor_id, self.value))
+
+    def __repr__(self) -> str:
+        return f"Avp(code={self.code!r}, flags={self.flags!r}, vendor_id={self.vendor_id!r}, value={self.value!r})"
 
     @property
     def key(self) -> AvpKey:
@@ -57,14 +85,56 @@ class Avp:
         return None if found is None else found.value
 
 
-@dataclass(slots=True)
 class Message:
-    command_code: int
-    flags: int
-    application_id: int
-    hop_by_hop: int
-    end_to_end: int
-    avps: list[Avp] = field(default_factory=list)
+    """A Diameter message: the header fields and the top-level AVPs.
+
+    A plain class for the same reason as ``Avp``, behaving as ``@dataclass(slots=True)`` would
+    (``avps`` defaults to a new empty list).
+    """
+
+    __slots__ = ("application_id", "avps", "command_code", "end_to_end", "flags", "hop_by_hop")
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        command_code: int,
+        flags: int,
+        application_id: int,
+        hop_by_hop: int,
+        end_to_end: int,
+        avps: list[Avp] | None = None,
+    ) -> None:
+        self.command_code = command_code
+        self.flags = flags
+        self.application_id = application_id
+        self.hop_by_hop = hop_by_hop
+        self.end_to_end = end_to_end
+        self.avps: list[Avp] = [] if avps is None else avps
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, Message):
+            return NotImplemented
+        return (
+            self.command_code == other.command_code
+            and self.flags == other.flags
+            and self.application_id == other.application_id
+            and self.hop_by_hop == other.hop_by_hop
+            and self.end_to_end == other.end_to_end
+            and self.avps == other.avps
+        )
+
+    def __reduce__(self) -> tuple[type[Message], tuple[int, int, int, int, int, list[Avp]]]:
+        return (
+            Message,
+            (self.command_code, self.flags, self.application_id, self.hop_by_hop, self.end_to_end, self.avps),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(command_code={self.command_code!r}, flags={self.flags!r}, "
+            f"application_id={self.application_id!r}, hop_by_hop={self.hop_by_hop!r}, "
+            f"end_to_end={self.end_to_end!r}, avps={self.avps!r})"
+        )
 
     @property
     def is_request(self) -> bool:

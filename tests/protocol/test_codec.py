@@ -6,10 +6,12 @@ import struct
 
 import pytest
 
+from protocol import codec
 from protocol.codec import FrameReader, decode, encode, encode_avp
 from protocol.constants import MAX_AVP_COUNT, MAX_MESSAGE_LENGTH, MAX_NESTING_DEPTH, ResultCode
-from protocol.errors import EncodeError, InvalidMessageLength, LimitExceeded, UnsupportedVersion
+from protocol.errors import EncodeError, InvalidMessageLength, LimitExceeded, PeerError, UnsupportedVersion
 from protocol.message import Avp, Message, avp, request
+from tests.protocol.test_fuzz import FUZZ_SEED, fuzz_input
 
 
 def header(length: int, flags: int, code: int, application: int, hop: int, end: int) -> bytes:
@@ -230,3 +232,44 @@ def test_subclasses_of_bytes_and_list_mean_payload_and_members() -> None:
     assert encode_avp(Avp(443, 0x40, 0, Members(members))) == encode_avp(Avp(443, 0x40, 0, members))
     with pytest.raises(EncodeError, match="not in the dictionary"):
         encode_avp(Avp(99999, 0, 0, 5))
+
+
+# --- the compiled build's header read -------------------------------------------------------------
+
+
+def test_read_word_reads_big_endian_words_like_struct() -> None:
+    data = bytes(range(256)) + bytes.fromhex("ffffffff80000000")
+    for offset in (0, 1, 3, 100, 252, 256, 260):
+        assert codec._read_word(data, offset) == struct.unpack_from(">I", data, offset)[0], offset
+    with pytest.raises(IndexError):
+        codec._read_word(data, len(data) - 3)
+
+
+@pytest.mark.skipif(
+    codec.MYPYC_COMPILED, reason="compiled, MYPYC_COMPILED is a constant and the whole suite runs that path"
+)
+def test_both_header_reads_decode_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interpreted build reads AVP headers with ``struct`` and the compiled one byte by byte;
+    forcing the compiled path here keeps it checked by the default (pure Python) test run."""
+    frames: list[bytes] = []
+    for index in range(3_000):
+        try:
+            frames += FrameReader().feed(fuzz_input(FUZZ_SEED, index)[1])
+        except PeerError:
+            continue
+
+    def outcomes() -> list[str]:
+        results: list[str] = []
+        for frame in frames:
+            try:
+                results.append(repr(decode(frame)))  # repr: a NaN Float equals itself there
+            except PeerError as error:
+                results.append(f"{type(error).__name__}: {error}")
+        return results
+
+    by_struct = outcomes()
+    monkeypatch.setattr(codec, "MYPYC_COMPILED", True)
+    by_bytes = outcomes()
+    assert len(frames) > 2_000
+    assert sum(text.startswith("Decoded(") for text in by_struct) > 1_000
+    assert by_bytes == by_struct
