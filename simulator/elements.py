@@ -160,6 +160,8 @@ class NetworkElement:
 
     async def _open_client(self) -> DiameterClient:
         """The open connection, after reconnecting if it broke."""
+        if self.client.is_open:
+            return self.client
         async with self._reconnecting:
             if not self.client.is_open:
                 host, port = self.address
@@ -280,23 +282,37 @@ class CallerContext:
     on_final_units: Callable[[SimulatedSubscriber], None] | None = None  # told when a grant is final
 
 
-def credit_control_request(
-    caller: CallerContext, session_id: str, request_type: str, number: int, at_seconds: int, *extra: Avp
-) -> Message:
-    """A CCR (RFC 4006 section 3.1) with the AVPs the OCS rates by."""
+def session_avps(caller: CallerContext, session_id: str) -> tuple[tuple[Avp, ...], Avp]:
+    """The AVPs every CCR of a session repeats unchanged (built once per session): the header
+    AVPs up to Service-Context-Id, and the Subscription-Id."""
     assert caller.line.msisdn is not None
-    avps = [
+    return (
         avp("Session-Id", session_id),
         *caller.element.identity.origin_avps(),
         avp("Destination-Realm", caller.element.destination_realm),
         avp("Auth-Application-Id", int(ApplicationId.CREDIT_CONTROL)),
         avp("Service-Context-Id", caller.context),
+    ), avp(
+        "Subscription-Id",
+        [avp("Subscription-Id-Type", SUBSCRIPTION_ID_E164), avp("Subscription-Id-Data", caller.line.msisdn)],
+    )
+
+
+def credit_control_request(
+    caller: CallerContext,
+    fixed: tuple[tuple[Avp, ...], Avp],
+    request_type: str,
+    number: int,
+    at_seconds: int,
+    *extra: Avp,
+) -> Message:
+    """A CCR (RFC 4006 section 3.1) with the AVPs the OCS rates by; ``fixed`` from ``session_avps``."""
+    head, subscription = fixed
+    avps = [
+        *head,
         avp("CC-Request-Type", request_type),
         avp("CC-Request-Number", number),
-        avp(
-            "Subscription-Id",
-            [avp("Subscription-Id-Type", SUBSCRIPTION_ID_E164), avp("Subscription-Id-Data", caller.line.msisdn)],
-        ),
+        subscription,
         avp("Event-Timestamp", datetime.fromtimestamp(at_seconds, UTC)),
         *extra,
     ]
@@ -381,10 +397,15 @@ class _Session:
     number: int = 0
     previous_update: Message | None = None  # the last CCR-UPDATE, for a late-update fault
     failure_handling: str = ""  # from the OCS's answers, else the element's default
+    fixed: tuple[tuple[Avp, ...], Avp] | None = None  # the AVPs every request of the session repeats
+
+    def __post_init__(self) -> None:
+        self.fixed = session_avps(self.caller, self.session_id)
 
     async def send(self, kind: str, request_type: str, *extra: Avp) -> tuple[Message | None, int]:
         at_seconds = int(time.time())
-        message = credit_control_request(self.caller, self.session_id, request_type, self.number, at_seconds, *extra)
+        assert self.fixed is not None
+        message = credit_control_request(self.caller, self.fixed, request_type, self.number, at_seconds, *extra)
         self.number += 1
         element = self.caller.element
         handling = self.failure_handling or element.timing.failure_handling
