@@ -137,11 +137,19 @@ class RedisPyCaller:
             raise BalanceScriptError(f"{parts[0]}: {error}") from None
 
     async def scan_keys(self, pattern: str) -> list[str]:
-        """Every key matching ``pattern``; on a cluster, from every master."""
+        """Every key matching ``pattern``; on a cluster, from every master. SCAN changes nothing,
+        so a pooled connection found dead (e.g. after a Redis restart) gets one retry, as
+        ``execute`` gives the commands of ``RETRY_SAFE_COMMANDS``."""
         try:
-            return sorted({str(_text(name)) async for name in self.client.scan_iter(match=pattern, count=1_000)})
+            try:
+                return await self._scan(pattern)
+            except (redis_exceptions.ConnectionError, OSError):
+                return await self._scan(pattern)
         except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError) as error:
             raise BalanceUnavailable(f"SCAN: {error}") from None
+
+    async def _scan(self, pattern: str) -> list[str]:
+        return sorted({str(_text(name)) async for name in self.client.scan_iter(match=pattern, count=1_000)})
 
     async def close(self) -> None:
         await self.client.aclose()

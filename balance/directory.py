@@ -5,6 +5,10 @@ Theory of operation: each identity is one lookup key ``id:<kind>:<value>`` holdi
 and each account has one profile hash ``pf:<account>``. These keys carry no hash tag: they are
 read one at a time (and cached by the server), never inside a charging script. Binding an
 identity that belongs to another account is refused, so one identity names one account.
+
+Writes (``register``) go through ``caller``; reads (``lookup``) through ``reader`` when given: the
+server passes the store's pipelined charging client there, since a lookup sits on the path of a
+CCR whose subscriber is not cached yet, where a redis-py call costs about ten times as much.
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ def _decode_identities(text: str) -> tuple[Identity, ...]:
 
 
 class Directory:
-    def __init__(self, caller: ScriptCaller) -> None:
+    def __init__(self, caller: ScriptCaller, *, reader: ScriptCaller | None = None) -> None:
         self.caller = caller
+        self.reader = reader or caller
 
     async def register(self, subscriber: Subscriber) -> Outcome:
         """Bind the identities and write the profile; ``invalid`` if an identity is taken."""
@@ -83,11 +88,11 @@ class Directory:
         return Outcome.OK
 
     async def account_of(self, identity: Identity) -> str | None:
-        found = await self.caller.execute("GET", keys.identity_key(identity.kind.value, identity.value))
+        found = await self.reader.execute("GET", keys.identity_key(identity.kind.value, identity.value))
         return found if isinstance(found, str) else None
 
     async def profile(self, account_id: str) -> Subscriber | None:
-        fields = hash_fields(await self.caller.execute("HGETALL", keys.profile_key(account_id)))
+        fields = hash_fields(await self.reader.execute("HGETALL", keys.profile_key(account_id)))
         if not fields:
             return None
         return Subscriber(

@@ -111,44 +111,108 @@ class CcrProblem:
     reason: str
 
 
-def _int(parent: Message | Avp, name: str) -> int | None:
-    value = parent.get(name)
+# The AVPs read below, as (code, vendor id): looked up once here, not by name per request.
+_KEY = DEFAULT_DICTIONARY.key
+_SESSION_ID = _KEY("Session-Id")
+_ORIGIN_HOST = _KEY("Origin-Host")
+_ORIGIN_REALM = _KEY("Origin-Realm")
+_SERVICE_CONTEXT_ID = _KEY("Service-Context-Id")
+_CC_REQUEST_TYPE = _KEY("CC-Request-Type")
+_CC_REQUEST_NUMBER = _KEY("CC-Request-Number")
+_SUBSCRIPTION_ID = _KEY("Subscription-Id")
+_SUBSCRIPTION_ID_TYPE = _KEY("Subscription-Id-Type")
+_SUBSCRIPTION_ID_DATA = _KEY("Subscription-Id-Data")
+_REQUESTED_ACTION = _KEY("Requested-Action")
+_MULTIPLE_SERVICES_INDICATOR = _KEY("Multiple-Services-Indicator")
+_MULTIPLE_SERVICES_CREDIT_CONTROL = _KEY("Multiple-Services-Credit-Control")
+_REQUESTED_SERVICE_UNIT = _KEY("Requested-Service-Unit")
+_USED_SERVICE_UNIT = _KEY("Used-Service-Unit")
+_REPORTING_REASON = _KEY("Reporting-Reason")
+_RATING_GROUP = _KEY("Rating-Group")
+_SERVICE_IDENTIFIER = _KEY("Service-Identifier")
+_EVENT_TIMESTAMP = _KEY("Event-Timestamp")
+_SERVICE_INFORMATION = _KEY("Service-Information")
+_CC_TIME = _KEY("CC-Time")
+_CC_TOTAL_OCTETS = _KEY("CC-Total-Octets")
+_CC_INPUT_OCTETS = _KEY("CC-Input-Octets")
+_CC_OUTPUT_OCTETS = _KEY("CC-Output-Octets")
+_CC_SERVICE_SPECIFIC_UNITS = _KEY("CC-Service-Specific-Units")
+_CC_MONEY = _KEY("CC-Money")
+_VALUE_DIGITS = _KEY("Value-Digits")
+_EXPONENT = _KEY("Exponent")
+
+AvpIndex = dict[tuple[int, int], Avp]
+
+
+def _index(avps: list[Avp]) -> AvpIndex:
+    """The first AVP of each (code, vendor id), in one pass: a CCR is read with some twenty
+    lookups, each of which would otherwise scan the AVP list from the start."""
+    return {(item.code, item.vendor_id): item for item in reversed(avps)}
+
+
+def _int(index: AvpIndex, key: tuple[int, int]) -> int | None:
+    found = index.get(key)
+    value = found.value if found is not None else None
     return value if isinstance(value, int) else None
 
 
-def _money_micros(unit: Avp) -> int | None:
+def _money_micros(money: Avp | None) -> int | None:
     """CC-Money's Unit-Value as micros: Value-Digits x 10^Exponent (RFC 4006 section 8.8)."""
-    money = unit.find("CC-Money")
     unit_value = money.find("Unit-Value") if money is not None else None
     if unit_value is None:
         return None
-    digits = _int(unit_value, "Value-Digits") or 0
-    exponent = _int(unit_value, "Exponent") or 0
+    value_index = _index(unit_value.children)
+    digits = _int(value_index, _VALUE_DIGITS) or 0
+    exponent = _int(value_index, _EXPONENT) or 0
     scale = exponent + 6  # micros: one unit of currency is 10^6
     return int(digits * 10**scale) if scale >= 0 else int(digits // 10**-scale)
 
 
+# Where each unit AVP goes in ``Units``; CC-Money is read apart (a Grouped AVP).
+_UNIT_FIELDS = {
+    _CC_TIME: 0,
+    _CC_TOTAL_OCTETS: 1,
+    _CC_INPUT_OCTETS: 2,
+    _CC_OUTPUT_OCTETS: 3,
+    _CC_SERVICE_SPECIFIC_UNITS: 4,
+}
+_ABSENT = object()
+
+
 def read_units(unit: Avp) -> Units:
+    """Requested-, Used- or Granted-Service-Unit as ``Units``: the first of each AVP, in one pass
+    over the members (an UPDATE carries one or two of these per service)."""
+    values: list[object] = [_ABSENT] * len(_UNIT_FIELDS)
+    money: Avp | None = None
+    for member in unit.children:
+        field = _UNIT_FIELDS.get((member.code, member.vendor_id))
+        if field is not None:
+            if values[field] is _ABSENT:
+                values[field] = member.value
+        elif money is None and (member.code, member.vendor_id) == _CC_MONEY:
+            money = member
+    time_seconds, total_octets, input_octets, output_octets, service_specific = values
     return Units(
-        time_seconds=_int(unit, "CC-Time"),
-        total_octets=_int(unit, "CC-Total-Octets"),
-        input_octets=_int(unit, "CC-Input-Octets"),
-        output_octets=_int(unit, "CC-Output-Octets"),
-        service_specific=_int(unit, "CC-Service-Specific-Units"),
-        money_micros=_money_micros(unit),
+        time_seconds=time_seconds if isinstance(time_seconds, int) else None,
+        total_octets=total_octets if isinstance(total_octets, int) else None,
+        input_octets=input_octets if isinstance(input_octets, int) else None,
+        output_octets=output_octets if isinstance(output_octets, int) else None,
+        service_specific=service_specific if isinstance(service_specific, int) else None,
+        money_micros=_money_micros(money) if money is not None else None,
     )
 
 
-def _service(parent: Message | Avp, avp_of_service: Avp | None) -> ServiceRequest:
-    requested = parent.find("Requested-Service-Unit")
-    used_avps = [item for item in _children(parent) if item.key == _USED_SERVICE_UNIT]
+def _service(children: list[Avp], index: AvpIndex, avp_of_service: Avp | None) -> ServiceRequest:
+    """One service from the AVPs that describe it: an MSCC's members, or the command's own."""
+    requested = index.get(_REQUESTED_SERVICE_UNIT)
+    used_avps = [item for item in children if item.code == _USED_CODE and item.vendor_id == _USED_VENDOR]
     reasons = [value for item in used_avps if isinstance(value := item.get("Reporting-Reason"), int)]
-    own_reason = parent.get("Reporting-Reason")
-    if isinstance(own_reason, int):
+    own_reason = _int(index, _REPORTING_REASON)
+    if own_reason is not None:
         reasons.append(own_reason)
     return ServiceRequest(
-        rating_group=_int(parent, "Rating-Group") if avp_of_service is not None else None,
-        service_identifier=_int(parent, "Service-Identifier"),
+        rating_group=_int(index, _RATING_GROUP) if avp_of_service is not None else None,
+        service_identifier=_int(index, _SERVICE_IDENTIFIER),
         requested=read_units(requested) if requested is not None else None,
         used=tuple(read_units(item) for item in used_avps),
         reporting_reasons=tuple(reasons),
@@ -156,15 +220,16 @@ def _service(parent: Message | Avp, avp_of_service: Avp | None) -> ServiceReques
     )
 
 
-def _children(parent: Message | Avp) -> list[Avp]:
-    return parent.avps if isinstance(parent, Message) else parent.children
+_USED_CODE, _USED_VENDOR = _USED_SERVICE_UNIT
 
 
-_USED_SERVICE_UNIT = DEFAULT_DICTIONARY.key("Used-Service-Unit")
+def _all(avps: list[Avp], key: tuple[int, int]) -> list[Avp]:
+    code, vendor_id = key
+    return [item for item in avps if item.code == code and item.vendor_id == vendor_id]
 
 
-def _called_party(message: Message) -> str | None:
-    information = message.find("Service-Information")
+def _called_party(index: AvpIndex) -> str | None:
+    information = index.get(_SERVICE_INFORMATION)
     if information is None:
         return None
     ims = information.find("IMS-Information")
@@ -182,56 +247,68 @@ def _called_party(message: Message) -> str | None:
     return None
 
 
+def _text(index: AvpIndex, key: tuple[int, int]) -> str:
+    found = index.get(key)
+    return str(found.value or "") if found is not None else ""
+
+
 def read_ccr(message: Message) -> CreditRequest | CcrProblem:
     """The CCR's meaning, or the problem to answer with."""
-    request_type_avp = message.find("CC-Request-Type")
+    avps = message.avps
+    index = _index(avps)
     try:
-        request_type = RequestType(_int(message, "CC-Request-Type") or 0)
+        request_type = RequestType(_int(index, _CC_REQUEST_TYPE) or 0)
     except ValueError:
-        return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, request_type_avp, "CC-Request-Type out of range")
+        return CcrProblem(
+            ResultCode.DIAMETER_INVALID_AVP_VALUE, index.get(_CC_REQUEST_TYPE), "CC-Request-Type out of range"
+        )
     identities = []
-    for subscription in message.find_all("Subscription-Id"):
-        type_value = _int(subscription, "Subscription-Id-Type")
+    for subscription in _all(avps, _SUBSCRIPTION_ID):
+        subscription_index = _index(subscription.children)
+        type_value = _int(subscription_index, _SUBSCRIPTION_ID_TYPE)
         kind = _IDENTITY_KINDS.get(type_value) if type_value is not None else None
-        data = subscription.get("Subscription-Id-Data")
+        found = subscription_index.get(_SUBSCRIPTION_ID_DATA)
+        data = found.value if found is not None else None
         if kind is not None and isinstance(data, str) and data:
             identities.append(Identity(kind, data))
     action: RequestedAction | None = None
-    action_avp = message.find("Requested-Action")
     if request_type is RequestType.EVENT:
         try:
-            action = RequestedAction(_int(message, "Requested-Action") or 0)
+            action = RequestedAction(_int(index, _REQUESTED_ACTION) or 0)
         except ValueError:
-            return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, action_avp, "Requested-Action out of range")
-    multiple = (
-        message.find("Multiple-Services-Indicator") is not None and message.get("Multiple-Services-Indicator") == 1
-    )
+            return CcrProblem(
+                ResultCode.DIAMETER_INVALID_AVP_VALUE, index.get(_REQUESTED_ACTION), "Requested-Action out of range"
+            )
+    indicator = index.get(_MULTIPLE_SERVICES_INDICATOR)
+    multiple = indicator is not None and indicator.value == 1
     services: list[ServiceRequest] = []
     if multiple:
         seen: set[tuple[int | None, int | None]] = set()
-        for mscc in message.find_all("Multiple-Services-Credit-Control"):
-            service = _service(mscc, mscc)
+        for mscc in _all(avps, _MULTIPLE_SERVICES_CREDIT_CONTROL):
+            members = mscc.children
+            service = _service(members, _index(members), mscc)
             key = (service.rating_group, service.service_identifier)
             if key in seen:
                 return CcrProblem(ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES, mscc, "the same service twice")
             seen.add(key)
             services.append(service)
-    elif message.find("Requested-Service-Unit") is not None or message.find("Used-Service-Unit") is not None:
-        services.append(_service(message, None))
-    event_time = message.get("Event-Timestamp")
+    elif _REQUESTED_SERVICE_UNIT in index or _USED_SERVICE_UNIT in index:
+        services.append(_service(avps, index, None))
+    timestamp = index.get(_EVENT_TIMESTAMP)
+    event_time = timestamp.value if timestamp is not None else None
     return CreditRequest(
-        session_id=str(message.get("Session-Id") or ""),
-        origin_host=str(message.get("Origin-Host") or ""),
-        origin_realm=str(message.get("Origin-Realm") or ""),
+        session_id=_text(index, _SESSION_ID),
+        origin_host=_text(index, _ORIGIN_HOST),
+        origin_realm=_text(index, _ORIGIN_REALM),
         request_type=request_type,
-        request_number=_int(message, "CC-Request-Number") or 0,
-        service_context=str(message.get("Service-Context-Id") or ""),
+        request_number=_int(index, _CC_REQUEST_NUMBER) or 0,
+        service_context=_text(index, _SERVICE_CONTEXT_ID),
         identities=tuple(identities),
         multiple_services=multiple,
         services=tuple(services),
         requested_action=action,
         event_time=event_time if isinstance(event_time, datetime) else None,
-        called_party=_called_party(message),
+        called_party=_called_party(index),
     )
 
 

@@ -83,6 +83,18 @@ class CreditControl:
         self.identity = identity
         self.observer = observer
         self.clock = clock
+        quota = settings.quota
+        # Per unit, the grant asked for when the request names no amount, and the most granted.
+        self._default_units = {
+            Unit.SECONDS: quota.default_seconds,
+            Unit.OCTETS: quota.default_octets,
+            Unit.EVENTS: quota.default_events,
+        }
+        self._max_units = {
+            Unit.SECONDS: quota.max_seconds,
+            Unit.OCTETS: quota.max_octets,
+            Unit.EVENTS: quota.max_events,
+        }
 
     async def answer(self, message: Message) -> Message:
         try:
@@ -165,15 +177,8 @@ class CreditControl:
     def requested_units(self, service: ServiceRequest, unit: Unit) -> int:
         if service.requested is None:
             return 0
-        quota = self.settings.quota
-        default = {
-            Unit.SECONDS: quota.default_seconds,
-            Unit.OCTETS: quota.default_octets,
-            Unit.EVENTS: quota.default_events,
-        }
-        maximum = {Unit.SECONDS: quota.max_seconds, Unit.OCTETS: quota.max_octets, Unit.EVENTS: quota.max_events}
         asked = units_of(service.requested, unit)
-        return min(asked if asked else default[unit], maximum[unit])
+        return min(asked if asked else self._default_units[unit], self._max_units[unit])
 
     def _charge_request(
         self, ccr: CreditRequest, account_id: str, services: Sequence[RatedService], now: float

@@ -52,8 +52,9 @@ SCHEMA_VERSION = 1  # PRAGMA user_version: bump with a migration when the table 
 # Wait this long for a lock held by another connection (an export reading while we write needs
 # none in WAL mode; a checkpoint or a second writer might) before failing the batch.
 BUSY_TIMEOUT_MILLISECONDS = 5_000
-# Outboxes read (or trimmed) at once: one hierarchy's round trip is mostly waiting, and the store's
-# admin pool has 32 connections (balance/callers.py), so 16 leaves room for the rest of the server.
+# Outboxes read (or trimmed) at once: one hierarchy's round trip is mostly waiting. The reads share
+# the pipelined charging connection (balance/store.py), so a bounded number keeps a drain from
+# putting hundreds of large replies between two charges.
 CONCURRENT_REDIS_CALLS = 16
 CLOSE_WAIT_SECONDS = 5.0  # how long close waits for the batch in progress (its Redis may be gone)
 

@@ -38,6 +38,12 @@ class SubscriberCache:
         self._entries: OrderedDict[Identity, tuple[float, Subscriber | None]] = OrderedDict()
 
     async def find(self, identities: Sequence[Identity]) -> Subscriber | None:
+        if len(identities) == 1:
+            # The usual CCR: one Subscription-Id. A fresh entry answers without a coroutine of
+            # its own (this runs for every CCR; a miss costs a directory lookup anyway).
+            cached = self._entries.get(identities[0])
+            if cached is not None and cached[0] > self.clock():
+                return cached[1]
         for identity in identities:
             found = await self._one(identity)
             if found is not None:
