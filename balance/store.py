@@ -6,8 +6,14 @@ provisioned), builds every key from ``balance.keys`` and the flat ARGV of the sc
 the script through a ``ScriptCaller``, and turns the reply into the types of ``balance.types``.
 After a charge that opened a session or wrote usage records it marks the hierarchy in the
 supervisor's and the spool writer's work lists; those marks live outside the hierarchy's slot,
-so they are separate commands, and a mark lost in a crash is found again by ``rescan_work``.
+so they are separate commands, and a mark lost in a crash is found again by ``rescan_work``
+(the server runs it at startup).
 Only infrastructure failures raise (``BalanceUnavailable``, ``BalanceScriptError``).
+
+Two callers: ``caller`` (the pipelined client on a single Redis) carries all the work whose
+number grows with the traffic: charges, their marks, the hierarchy lookup of an account not yet
+cached, and the spool writer's reads and trims of the outboxes (a few calls per usage record
+drained). ``admin`` (redis-py) carries the rest: provisioning, queries, session supervision.
 """
 
 from __future__ import annotations
@@ -158,7 +164,7 @@ class BalanceStore:
             return known
         if not keys.is_valid_account_id(account_id):
             return None
-        value = await self.admin.execute("GET", keys.account_root_key(account_id))
+        value = await self.caller.execute("GET", keys.account_root_key(account_id))
         if not isinstance(value, str):
             return None
         root, _, parent = value.partition(" ")
@@ -353,6 +359,29 @@ class BalanceStore:
                 closed.append(session_id)
         return sorted(closed)
 
+    async def rescan_work(self) -> tuple[int, int]:
+        """Put back on the work lists every hierarchy with live sessions or undelivered usage
+        records: a crash between a charge and its marks (separate commands) would otherwise
+        leave its sessions unsupervised and its records in the outbox. The server calls this
+        once at startup; returns (hierarchies with sessions, hierarchies with records)."""
+        watched = delivered = 0
+        for key in await self.admin.scan_keys("{*}:x"):
+            root = key[1 : -len("}:x")]
+            if not keys.is_valid_account_id(root):  # a Session-Id that happens to end in "}:x"
+                continue
+            earliest = _first_score(await self.admin.execute("ZRANGE", key, "0", "0", "WITHSCORES"))
+            if earliest is not None:
+                await self.admin.execute("ZADD", keys.SESSION_ROOTS, "LT", earliest, root)
+                watched += 1
+        for key in await self.admin.scan_keys("{*}:o"):
+            root = key[1 : -len("}:o")]
+            if not keys.is_valid_account_id(root):
+                continue
+            if await self.admin.execute("LLEN", key) != 0:
+                await self.admin.execute("SADD", keys.OUTBOX_ROOTS, root)
+                delivered += 1
+        return watched, delivered
+
     async def expire_due(self, now_seconds: int) -> list[tuple[str, str]]:
         """The supervisor's pass: every hierarchy due for a look; returns (root, session) closed."""
         roots = await self.admin.execute("ZRANGEBYSCORE", keys.SESSION_ROOTS, "-inf", str(now_seconds))
@@ -377,12 +406,12 @@ class BalanceStore:
         return await read_balance(self.admin, found[0], account_id, found[1], now_seconds)
 
     async def outbox_roots(self) -> list[str]:
-        members = await self.admin.execute("SMEMBERS", keys.OUTBOX_ROOTS)
+        members = await self.caller.execute("SMEMBERS", keys.OUTBOX_ROOTS)
         return sorted(str(member) for member in members) if isinstance(members, list) else []
 
     async def read_outbox(self, root: str, limit: int = 1_000) -> list[UsageRecord]:
         """The oldest ``limit`` records of the hierarchy's outbox (left in place until acknowledged)."""
-        entries = await self.admin.execute("LRANGE", keys.outbox_key(root), "0", str(limit - 1))
+        entries = await self.caller.execute("LRANGE", keys.outbox_key(root), "0", str(limit - 1))
         return [_usage_record(str(entry)) for entry in entries] if isinstance(entries, list) else []
 
     async def acknowledge_outbox(self, root: str, records: Sequence[UsageRecord]) -> int:
@@ -393,15 +422,15 @@ class BalanceStore:
         if not records:
             return 0
         arguments = [str(len(records)), records[-1].record_id]
-        removed = await self.admin.run(SCRIPTS[Operation.ACK], [keys.outbox_key(root)], arguments)
+        removed = await self.caller.run(SCRIPTS[Operation.ACK], [keys.outbox_key(root)], arguments)
         return removed if isinstance(removed, int) else 0
 
     async def prune_outbox_root(self, root: str) -> None:
         """Take a hierarchy with an empty outbox off the spool writer's work list; a record that
         arrives meanwhile puts it back (the second look closes the race)."""
-        await self.admin.execute("SREM", keys.OUTBOX_ROOTS, root)
-        if await self.admin.execute("LLEN", keys.outbox_key(root)) != 0:
-            await self.admin.execute("SADD", keys.OUTBOX_ROOTS, root)
+        await self.caller.execute("SREM", keys.OUTBOX_ROOTS, root)
+        if await self.caller.execute("LLEN", keys.outbox_key(root)) != 0:
+            await self.caller.execute("SADD", keys.OUTBOX_ROOTS, root)
 
     async def usage_records(self) -> list[UsageRecord]:
         """Every record still in any outbox (tests and audits), by hierarchy then commit order."""

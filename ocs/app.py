@@ -163,7 +163,10 @@ async def startup(state: ServerState) -> tuple[str, int]:
     url = await _redis_url(state)
     state.store = await BalanceStore.connect(url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined)
     time_redis_calls(state.store, state.metrics)
-    state.directory = Directory(state.store.admin)
+    watched, undelivered = await state.store.rescan_work()  # marks a crash may have lost
+    log.info("work_rescanned", hierarchies_with_sessions=watched, hierarchies_with_records=undelivered)
+    # Provisioning writes through redis-py; the CCR path's lookups share the charging connection.
+    state.directory = Directory(state.store.admin, reader=state.store.caller)
     state.book = load_book(Path(settings.tariffs.path))
     state.notifier = SessionNotifier(state.identity, lambda: state.diameter.connections if state.diameter else ())
     state.credit_control = CreditControl(

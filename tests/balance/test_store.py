@@ -7,14 +7,16 @@ sequences. Tariffs: voice 0.60 per minute in 60/60 increments, data 0.01 per MB 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 from balance.audit import audit
+from balance.callers import Reply, ScriptCaller
 from balance.embedded import EmbeddedRedis
 from balance.errors import BalanceScriptError
 from balance.keys import account_key, session_key
+from balance.scripts import Script
 from balance.store import BalanceStore, parse_charge_reply
 from balance.types import (
     Account,
@@ -419,6 +421,22 @@ async def test_silent_session_is_expired_and_its_money_returned(store: BalanceSt
     await assert_audit_clean(store)
 
 
+async def test_rescan_finds_the_work_a_crash_left_unmarked(store: BalanceStore) -> None:
+    """A crash between a charge and its marks (separate commands) loses them: the startup
+    rescan puts the hierarchy back under supervision and on the spool writer's list."""
+    await store.provision(Account("jo", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+    await store.charge(ccr("jo", "call", 0, voice(requested=60), validity_seconds=60))
+    await store.charge(ccr("jo", "call", 1, voice(used=30, requested=60), validity_seconds=60))
+    await store.admin.execute("DEL", "ocs:sessions", "ocs:outbox")  # the marks, as if never written
+    assert await store.expire_due(NOW + 60) == [] and await store.outbox_roots() == []
+    assert await store.rescan_work() == (1, 1)
+    assert await store.outbox_roots() == ["jo"]
+    assert await store.expire_due(NOW + 60) == [("jo", "call")]
+    assert await money(store, "jo") == 5 * EUR - 600_000  # the 30 s used, rounded to a minute
+    assert await store.rescan_work() == (0, 1)  # the session is closed; its record still waits
+    await assert_audit_clean(store)
+
+
 async def test_supervision_keeps_watching_a_hierarchy_after_closing_one_of_its_sessions(store: BalanceStore) -> None:
     """A pass that closes one session of an account must leave the account watched for its
     other sessions, and for a session whose updates moved its deadline past the first look."""
@@ -472,3 +490,54 @@ async def test_acknowledging_the_outbox_is_idempotent(store: BalanceStore) -> No
     # A retried acknowledgement (or a second writer that read the same head) removes nothing more.
     assert await store.acknowledge_outbox("kate", first_two) == 0
     assert [record.session_id for record in await store.read_outbox("kate")] == ["call-2"]
+
+
+class CountingCaller:
+    """A real caller that counts the calls made through it."""
+
+    def __init__(self, caller: ScriptCaller) -> None:
+        self.caller = caller
+        self.calls: list[str] = []
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        self.calls.append(script.operation.value)
+        return await self.caller.run(script, keys, args)
+
+    async def execute(self, *parts: str) -> Reply:
+        self.calls.append(parts[0])
+        return await self.caller.execute(*parts)
+
+    async def scan_keys(self, pattern: str) -> list[str]:
+        self.calls.append("SCAN")
+        return await self.caller.scan_keys(pattern)
+
+    async def close(self) -> None:
+        await self.caller.close()
+
+
+async def test_charging_and_draining_the_outbox_use_only_the_hot_path_caller(embedded_redis: EmbeddedRedis) -> None:
+    """Work that grows with the traffic (charges, the hierarchy lookup of an account not yet
+    seen, the spool's reads and trims) stays off the admin client (redis-py in the server)."""
+    connected = await BalanceStore.connect(embedded_redis.url, pipelined=True)
+    await connected.flush_all()
+    await connected.provision(Account("lena", buckets=(Bucket(1, BucketKind.MAIN, 10 * EUR),)))
+    hot, admin = CountingCaller(connected.caller), CountingCaller(connected.admin)
+    store = BalanceStore(hot, admin=admin)  # a fresh store: no hierarchy cached yet
+    try:
+        assert only(await store.charge(ccr("lena", "call-1", 0, voice(requested=60)))) == (Outcome.OK, 60, 0, 0)
+        end = await store.charge(ccr("lena", "call-1", 1, voice(used=60), terminate=True))
+        assert only(end)[:3] == (Outcome.OK, 0, 60)
+        assert await store.outbox_roots() == ["lena"]
+        records = await store.read_outbox("lena")
+        assert [record.units for record in records] == [60]
+        assert await store.acknowledge_outbox("lena", records) == 1
+        await store.prune_outbox_root("lena")
+        assert await store.outbox_roots() == []
+        assert admin.calls == []
+        assert hot.calls == [
+            *("GET", "charge", "ZADD", "charge", "SADD"),
+            *("SMEMBERS", "LRANGE", "ack", "SREM", "LLEN", "SMEMBERS"),
+        ]
+        assert hot.calls.count("GET") == 1  # the hierarchy is looked up once, then cached
+    finally:
+        await connected.close()
