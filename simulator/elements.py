@@ -368,6 +368,7 @@ class MeteredService:
     granted: int = 0
     granted_at_seconds: int = 0
     threshold: int = 0  # Time/Volume-Quota-Threshold of the grant: ask again when this much is left
+    validity_seconds: int = 0  # Validity-Time of the grant (simulated seconds; 0: none)
     final: bool = False  # the grant carried Final-Unit-Indication
     active: bool = True  # holds a grant or may ask for one
     pending: int = 0  # used and not yet reported
@@ -380,13 +381,18 @@ class MeteredService:
         children: list[Avp] = []
         if ask:
             children.append(_units("Requested-Service-Unit", self.unit_avp, self.request_units))
+        service_reason = "FINAL" if report and not ask else None
         if report and self.pending:
-            used = [avp(self.unit_avp, self.pending), avp("Reporting-Reason", self.reason)]
+            used = [avp(self.unit_avp, self.pending)]
+            if self.reason in _MSCC_LEVEL_REASONS:
+                service_reason = self.reason
+            else:
+                used.append(avp("Reporting-Reason", self.reason))
             children.append(avp("Used-Service-Unit", used))
         if self.rating_group is not None:
             children.append(avp("Rating-Group", self.rating_group))
-        if report and not ask:
-            children.append(avp("Reporting-Reason", "FINAL"))
+        if service_reason is not None:
+            children.append(avp("Reporting-Reason", service_reason))
         return avp("Multiple-Services-Credit-Control", children)
 
 
@@ -471,12 +477,32 @@ def _take_grants(services: list[MeteredService], answer: Message, at_seconds: in
             continue
         final_unit = control.find("Final-Unit-Indication")
         service.granted, service.granted_at_seconds = units, at_seconds
+        validity = control.get("Validity-Time")
+        service.validity_seconds = validity if isinstance(validity, int) and validity > 0 else 0
         threshold = control.get(_THRESHOLD_AVPS[service.unit_avp])
         service.threshold = threshold if isinstance(threshold, int) and 0 < threshold < units else 0
         service.final = final_unit is not None and final_unit.get("Final-Unit-Action") == FINAL_UNIT_TERMINATE
 
 
 _THRESHOLD_AVPS = {"CC-Time": "Time-Quota-Threshold", "CC-Total-Octets": "Volume-Quota-Threshold"}
+_MSCC_LEVEL_REASONS = frozenset({"VALIDITY_TIME"})  # TS 32.299 clause 7.2.175: in the MSCC, not the USU
+
+
+def _seconds_of(service: MeteredService, units: int, timing: ElementTiming) -> float:
+    """How long ``units`` of the service last in simulated time."""
+    return units if service.unit_avp == "CC-Time" else units / timing.data_rate_octets_per_second
+
+
+def _within_validity(service: MeteredService, units: int, timing: ElementTiming) -> int | None:
+    """The units used when the grant's Validity-Time runs out first (RFC 4006 section 8.33: the
+    client then reports and asks again), or None. Only with simulated time (compression)."""
+    if timing.time_compression <= 0 or not service.validity_seconds or service.final:
+        return None
+    if _seconds_of(service, units, timing) <= service.validity_seconds:
+        return None
+    if service.unit_avp == "CC-Time":
+        return service.validity_seconds
+    return max(1, int(service.validity_seconds * timing.data_rate_octets_per_second))
 
 
 def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
@@ -493,14 +519,12 @@ def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
                 service.pending, service.reason = before_threshold, "THRESHOLD"
             else:
                 service.pending, service.reason = min(service.granted, service.remaining), "QUOTA_EXHAUSTED"
+            expired_at = _within_validity(service, service.pending, timing)
+            if expired_at is not None:
+                service.pending, service.reason = expired_at, "VALIDITY_TIME"
             service.remaining -= service.pending
             service.granted = 0
-            seconds = (
-                service.pending
-                if service.unit_avp == "CC-Time"
-                else service.pending / timing.data_rate_octets_per_second
-            )
-            simulated_seconds = max(simulated_seconds, seconds)
+            simulated_seconds = max(simulated_seconds, _seconds_of(service, service.pending, timing))
     if timing.time_compression > 0:
         return simulated_seconds / timing.time_compression
     return timing.step_seconds
