@@ -369,6 +369,7 @@ class MeteredService:
     granted_at_seconds: int = 0
     threshold: int = 0  # Time/Volume-Quota-Threshold of the grant: ask again when this much is left
     validity_seconds: int = 0  # Validity-Time of the grant (simulated seconds; 0: none)
+    rate_octets_per_second: float = 0.0  # this session's data rate (0: the element's default)
     final: bool = False  # the grant carried Final-Unit-Indication
     active: bool = True  # holds a grant or may ask for one
     pending: int = 0  # used and not yet reported
@@ -490,7 +491,11 @@ _MSCC_LEVEL_REASONS = frozenset({"VALIDITY_TIME"})  # TS 32.299 clause 7.2.175: 
 
 def _seconds_of(service: MeteredService, units: int, timing: ElementTiming) -> float:
     """How long ``units`` of the service last in simulated time."""
-    return units if service.unit_avp == "CC-Time" else units / timing.data_rate_octets_per_second
+    return units if service.unit_avp == "CC-Time" else units / _rate(service, timing)
+
+
+def _rate(service: MeteredService, timing: ElementTiming) -> float:
+    return service.rate_octets_per_second or timing.data_rate_octets_per_second
 
 
 def _within_validity(service: MeteredService, units: int, timing: ElementTiming) -> int | None:
@@ -502,7 +507,7 @@ def _within_validity(service: MeteredService, units: int, timing: ElementTiming)
         return None
     if service.unit_avp == "CC-Time":
         return service.validity_seconds
-    return max(1, int(service.validity_seconds * timing.data_rate_octets_per_second))
+    return max(1, int(service.validity_seconds * _rate(service, timing)))
 
 
 def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:

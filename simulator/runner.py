@@ -295,12 +295,17 @@ class Traffic:
             )
         if service == "data":
             caller = CallerContext(element, line, label, DATA_CONTEXT, None, None, self._final_units)
+            # One radio link per session: its rate drawn around the scenario's (exponential,
+            # at least a tenth of it), shared by the rating groups of the session.
+            mean_rate = scenario.timing.data_rate_octets_per_second
+            rate = max(mean_rate / 10, self.rng.expovariate(1.0 / mean_rate))
             services = [
                 MeteredService(
                     group,
                     "CC-Total-Octets",
                     max(1, round(self.rng.expovariate(1.0 / mean))),
                     scenario.data_request_octets,
+                    rate_octets_per_second=rate,
                 )
                 for group, mean in scenario.data_mean_octets.items()
             ]
