@@ -51,13 +51,8 @@ elif str(ROOT) not in sys.path:
 
 from diameter.message import Message as TheirMessage  # type: ignore[import-untyped]  # noqa: E402
 
-import protocol.avp_types  # noqa: E402
-import protocol.codec  # noqa: E402
-import protocol.constants  # noqa: E402
-import protocol.dictionary  # noqa: E402
-import protocol.grammar  # noqa: E402
-import protocol.message  # noqa: E402
 from bench.gy_messages import gy_cca_update, gy_ccr_update  # noqa: E402
+from protocol.build import codec_build  # noqa: E402
 from protocol.codec import decode, encode  # noqa: E402
 from protocol.constants import ApplicationId  # noqa: E402
 from protocol.grammar import validate  # noqa: E402
@@ -69,28 +64,11 @@ BATCH_SECONDS = 0.005
 APPLICATIONS = {int(ApplicationId.DIAMETER_COMMON_MESSAGES), int(ApplicationId.CREDIT_CONTROL)}
 
 
-# The modules setup.py compiles when OCS_MYPYC=1.
-HOT_PATH_MODULES = (
-    protocol.constants,
-    protocol.avp_types,
-    protocol.dictionary,
-    protocol.message,
-    protocol.codec,
-    protocol.grammar,
-)
 BUILD_DESCRIPTIONS = {
     "pure": "pure Python",
     "compiled": "compiled with mypyc",
     "mixed": "MIXED, some modules compiled and some not (stale .so files? see protocol/README.md)",
 }
-
-
-def codec_build() -> str:
-    """Which build of the codec this process runs: "compiled" when every hot-path module was
-    loaded from a compiled extension (mypyc), "pure" when none was, "mixed" otherwise (stale
-    ``.so`` files next to the sources)."""
-    compiled = [not str(module.__file__).endswith(".py") for module in HOT_PATH_MODULES]
-    return "compiled" if all(compiled) else "mixed" if any(compiled) else "pure"
 
 
 def _without_m_bit_of_origin(avps: list[Avp]) -> list[tuple[int, int, int, object]]:
