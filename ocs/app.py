@@ -114,6 +114,17 @@ def _log_event(transport: DiameterTransport, event: Event) -> None:
         log.info("request_rejected", result_code=int(event.failure.result_code), reason=event.failure.reason)
 
 
+async def _rescan_work(state: ServerState) -> None:
+    """Once, beside the traffic: restore the supervision and spool marks a crash between a
+    charge and its marks may have lost (a scan of every hierarchy: not worth delaying startup)."""
+    assert state.store is not None
+    try:
+        watched, undelivered = await state.store.rescan_work()
+        log.info("work_rescanned", hierarchies_with_sessions=watched, hierarchies_with_records=undelivered)
+    except Exception:
+        log.exception("rescan_failed")
+
+
 async def _supervise_sessions(state: ServerState) -> None:
     """Tcc (RFC 4006 section 13): release what silent sessions hold, then close them."""
     assert state.store is not None
@@ -163,8 +174,6 @@ async def startup(state: ServerState) -> tuple[str, int]:
     url = await _redis_url(state)
     state.store = await BalanceStore.connect(url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined)
     time_redis_calls(state.store, state.metrics)
-    watched, undelivered = await state.store.rescan_work()  # marks a crash may have lost
-    log.info("work_rescanned", hierarchies_with_sessions=watched, hierarchies_with_records=undelivered)
     # Provisioning writes through redis-py; the CCR path's lookups share the charging connection.
     state.directory = Directory(state.store.admin, reader=state.store.caller)
     state.book = load_book(Path(settings.tariffs.path))
@@ -193,6 +202,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
     spool_path = Path(settings.spool.path)
     spool_path.parent.mkdir(parents=True, exist_ok=True)
     state.spool = await Spool.open(spool_path)
+    state.background.append(asyncio.create_task(_rescan_work(state)))
     state.background.append(asyncio.create_task(_supervise_sessions(state)))
     state.background.append(asyncio.create_task(_write_spool(state)))
     if settings.http.enabled:

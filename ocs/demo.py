@@ -13,12 +13,15 @@ Server settings the scenario needs (its ``[server]`` table, for example a short 
 so that Tcc closes abandoned sessions within the run) override the configuration.
 
 The exit status is the simulator's: 0 when the audit passed and the money adds up, 1 when it
-did not, 2 when the run could not be made.
+did not, 2 when the run could not be made (the server did not start, or the simulator could not
+run). A temporary directory is removed after a clean run and kept, with the server's log and the
+report, after any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import sys
@@ -26,6 +29,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from balance.errors import BalanceScriptError, BalanceUnavailable
 from ocs.app import new_state, shutdown, startup
 from ocs.config import ConfigError, Settings
 from ocs.logs import configure_logging
@@ -78,14 +82,20 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         print(f"ocs demo: no scenario file {options.scenario}", file=sys.stderr)
         return 2
     directory = options.data_directory or Path(tempfile.mkdtemp(prefix="ocs-demo-"))
-    directory.mkdir(parents=True, exist_ok=True)
+    status = 2
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         with (directory / "server.log").open("a", encoding="utf-8") as log_file:
             configure_logging(stream=log_file)
-            return await _run(demo_settings(settings, directory), options, directory)
+            status = await _run(demo_settings(settings, directory), options, directory)
+    except (OSError, RuntimeError, ValueError, BalanceUnavailable, BalanceScriptError) as error:  # no server: no run
+        print(f"ocs demo: the server could not start: {type(error).__name__}: {error}", file=sys.stderr)
     finally:
-        if options.data_directory is None:
+        if options.data_directory is None and status == 0:
             shutil.rmtree(directory, ignore_errors=True)
+        elif options.data_directory is None:
+            print(f"ocs demo: kept {directory} (server.log, report.json) to look at", file=sys.stderr)
+    return status
 
 
 async def _run(settings: Settings, options: DemoOptions, directory: Path) -> int:
@@ -116,11 +126,13 @@ async def _run(settings: Settings, options: DemoOptions, directory: Path) -> int
             *options.simulator_arguments,
         )
         try:
-            return await simulator.wait()
+            code = await simulator.wait()
         except asyncio.CancelledError:
-            simulator.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                simulator.terminate()
             await simulator.wait()
             raise
+        return code if code >= 0 else 2  # killed by a signal: no verdict
     finally:
         print("ocs demo: stopping the server", file=sys.stderr, flush=True)
         await shutdown(state)

@@ -149,7 +149,12 @@ class NetworkElement:
     async def reauthorised(self, session_id: str, wait_seconds: float) -> bool:
         """Whether a RAR for the session comes within ``wait_seconds`` (or came already)."""
         control = self.controls.get(session_id)
-        if control is None or (wait_seconds <= 0 and not control.reauthorise.is_set()):
+        if control is None:
+            return False
+        if control.reauthorise.is_set():
+            control.reauthorise.clear()
+            return not control.aborted
+        if wait_seconds <= 0:
             return False
         try:
             await asyncio.wait_for(control.reauthorise.wait(), wait_seconds)
@@ -184,6 +189,11 @@ class NetworkElement:
         if answer is not None and self.dice.retransmit():
             self.recorder.faults["retransmissions after an answer"] += 1
             message.flags |= int(CommandFlag.RETRANSMITTED)
+            if self.dice.rng.random() < 0.5:
+                # As after a client restart: a new End-to-End id, so the server's duplicate cache
+                # cannot match it and the money engine's (Session-Id, CC-Request-Number) replay must.
+                message.end_to_end = 0
+                self.recorder.faults["retransmissions with a new End-to-End id"] += 1
             again = await self._deliver(f"{label} again", message, True)
             if again is not None:
                 self._compare(label, answer, again)
@@ -373,7 +383,8 @@ class MeteredService:
     final: bool = False  # the grant carried Final-Unit-Indication
     active: bool = True  # holds a grant or may ask for one
     pending: int = 0  # used and not yet reported
-    reason: str = "QUOTA_EXHAUSTED"  # why ``pending`` is reported (TS 32.299 clause 7.2.175)
+    reason: str = "QUOTA_EXHAUSTED"  # why ``pending`` is reported (TS 32.299 clause 7.2.175); "": none
+    forced: bool = False  # the next request re-authorises after a RAR
     cut: bool = False
 
     def mscc(self, *, report: bool, ask: bool) -> Avp:
@@ -383,11 +394,13 @@ class MeteredService:
         if ask:
             children.append(_units("Requested-Service-Unit", self.unit_avp, self.request_units))
         service_reason = "FINAL" if report and not ask else None
+        if ask and self.forced:  # the CCR-UPDATE a RAR asked for (RFC 4006 section 5.5)
+            service_reason = "FORCED_REAUTHORISATION"
         if report and self.pending:
             used = [avp(self.unit_avp, self.pending)]
             if self.reason in _MSCC_LEVEL_REASONS:
                 service_reason = self.reason
-            else:
+            elif self.reason:
                 used.append(avp("Reporting-Reason", self.reason))
             children.append(avp("Used-Service-Unit", used))
         if self.rating_group is not None:
@@ -522,8 +535,10 @@ def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
             before_threshold = service.granted - service.threshold if not service.final else service.granted
             if service.threshold and not service.final and service.remaining > before_threshold:
                 service.pending, service.reason = before_threshold, "THRESHOLD"
-            else:
-                service.pending, service.reason = min(service.granted, service.remaining), "QUOTA_EXHAUSTED"
+            elif service.remaining >= service.granted:
+                service.pending, service.reason = service.granted, "QUOTA_EXHAUSTED"
+            else:  # the service ends with quota left: FINAL at the MSCC level says it all
+                service.pending, service.reason = service.remaining, ""
             expired_at = _within_validity(service, service.pending, timing)
             if expired_at is not None:
                 service.pending, service.reason = expired_at, "VALIDITY_TIME"
@@ -539,7 +554,7 @@ def _commit_pending(session: _Session, services: list[MeteredService]) -> None:
     for service in services:
         if service.pending:
             session.commit(service.rating_group, service.unit_avp, service.granted_at_seconds, service.pending)
-            session.caller.element.recorder.reporting_reasons[service.reason] += 1
+            session.caller.element.recorder.reporting_reasons[service.reason or "FINAL"] += 1
             service.pending = 0
 
 
@@ -551,7 +566,7 @@ async def _reauthorised(session: _Session, services: list[MeteredService]) -> li
     if not finals or not await element.reauthorised(session.session_id, element.timing.final_unit_hold_seconds):
         return []
     for service in finals:
-        service.final, service.active, service.cut = False, True, False
+        service.final, service.active, service.cut, service.forced = False, True, False, True
     return finals
 
 
@@ -593,6 +608,8 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
                 if service not in wanting:  # reported its last units (done or final)
                     service.active, service.cut = False, service.remaining > 0
             _take_grants(wanting, answer, at_seconds)
+            for service in wanting:
+                service.forced = False
         if abandon:
             return _abandoned(element)
         return await _terminate(session, services, aborted=element.aborted(session.session_id))

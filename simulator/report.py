@@ -103,6 +103,11 @@ def summarize(result: RunResult) -> Summary:
     if not result.audit.ok:
         problems.insert(0, f"audit failed with {len(result.audit.findings)} finding(s)")
     problems += recorder.fault_problems
+    if result.session_errors:
+        problems.append(f"{len(result.session_errors)} session error(s), listed above")
+    answered_any = any(code != NO_ANSWER for (_, code) in recorder.requests)
+    if not answered_any:
+        problems.append("no request was answered")
     answered = sum(count for (_, code), count in recorder.requests.items() if code != NO_ANSWER)
     return {
         "scenario": result.scenario.name,

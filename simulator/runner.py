@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from protocol.capabilities import LocalIdentity
 from simulator.elements import (
     CallerContext,
@@ -51,6 +53,7 @@ from simulator.scenario import DATA_CONTEXT, SMS_CONTEXT, VOICE_CONTEXT, Scenari
 REALM = "simulator.test"
 TCC_MARGIN_SECONDS = 3.0  # on top of 2 x Validity-Time: the supervisor's own interval and slack
 POLL_SECONDS = 0.5
+TOP_UP_ATTEMPTS = 3
 PROGRESS_SECONDS = 0.5
 
 Progress = Callable[[str, float | None], None]  # a line of text, and how far the traffic is (0..1)
@@ -265,14 +268,24 @@ class Traffic:
             service = "voice"  # a fixed line only makes calls
         element = self.elements[self.started % len(self.elements)]
         label = service if line.is_mobile else "fixed_voice"
+        outcome = SessionOutcome.FAILED
         try:
             outcome = await self._play(element, line, service, label)
         except Exception as error:  # a bug or a broken connection: count it, keep the run going
             self.errors.append(f"{label} {line.account_id}: {type(error).__name__}: {error}")
-            outcome = SessionOutcome.FAILED
         finally:
-            self.idle.append(line)
+            self._release_line(line, outcome)
         self.recorder.session_done(label, outcome)
+
+    def _release_line(self, line: SimulatedSubscriber, outcome: SessionOutcome) -> None:
+        """Back to the idle pool; after a session the OCS may still hold (abandoned, or ended
+        without an answer) only once Tcc has closed it, about twice the longest Validity-Time:
+        a line runs one session at a time as the OCS sees it, which simulator.ledger relies on."""
+        if outcome not in (SessionOutcome.ABANDONED, SessionOutcome.FAILED):
+            self.idle.append(line)
+            return
+        hold = 2 * self.recorder.longest_validity_seconds + TCC_MARGIN_SECONDS
+        asyncio.get_running_loop().call_later(hold, self.idle.append, line)
 
     def _destination(self) -> str:
         numbers = [number for number, _ in self.scenario.destinations]
@@ -331,11 +344,20 @@ class Traffic:
 
     async def _top_up(self, account_id: str) -> None:
         topups = self.scenario.topups
+        top_up_id = f"sim-{account_id}-{next(self.topup_numbers)}"
         try:
             await asyncio.sleep(topups.delay_seconds)
-            top_up_id = f"sim-{account_id}-{next(self.topup_numbers)}"
-            await self.api.top_up(account_id, top_up_id, money_text(topups.amount_micros))
-            self.recorder.topups_micros[account_id] += topups.amount_micros
+            for attempt in range(TOP_UP_ATTEMPTS):  # idempotent by id: a retry never credits twice
+                try:
+                    await self.api.top_up(account_id, top_up_id, money_text(topups.amount_micros))
+                except (aiohttp.ClientError, TimeoutError) as error:
+                    if attempt + 1 == TOP_UP_ATTEMPTS:
+                        # Maybe applied, maybe not: the run cannot reconcile this account.
+                        self.errors.append(f"top-up {account_id} {top_up_id}: {type(error).__name__}: {error}")
+                        return
+                    continue
+                self.recorder.topups_micros[account_id] += topups.amount_micros
+                return
         except ApiRefused as refused:
             self.errors.append(f"top-up {account_id}: {refused}")
         finally:

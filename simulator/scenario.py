@@ -125,10 +125,12 @@ def _money(table: Mapping[str, object], name: str, where: str) -> int:
 
 def _population(table: Mapping[str, object]) -> PopulationSettings:
     where = "population"
+    _known(table, where)
     balance = table.get("prepaid_balance")
     if not (isinstance(balance, list) and len(balance) == 2 and all(isinstance(item, str) for item in balance)):
         raise ScenarioError('[population] prepaid_balance: two decimal strings, ["low", "high"]')
     shares_table = _table(table, "shares")
+    _known(shares_table, "population.shares")
     return PopulationSettings(
         size=_whole(table, "size", where),
         shares={
@@ -154,17 +156,64 @@ def _destination(item: object) -> tuple[str, float]:
     return str(item["number"]), _number(item, "weight", "destinations")
 
 
-def _faults(table: Mapping[str, object]) -> Faults:
-    known = {
-        "retransmit_share",
-        "duplicate_share",
-        "late_update_share",
-        "abandon_share",
-        "connection_drop_mean_seconds",
-    }
-    unknown = set(table) - known
+KNOWN_FIELDS: dict[str, frozenset[str]] = {
+    "": frozenset({"run", "mix", "voice", "data", "destinations", "population", "faults", "topups", "server"}),
+    "run": frozenset(
+        {
+            "name",
+            "mode",
+            "duration_seconds",
+            "arrival_rate_per_second",
+            "profile",
+            "time_compression",
+            "max_concurrent_sessions",
+            "connections",
+            "step_seconds",
+            "final_unit_hold_seconds",
+            "request_timeout_seconds",
+            "retransmissions",
+            "failure_handling",
+            "drain_timeout_seconds",
+            "tcc_wait_limit_seconds",
+        }
+    ),
+    "voice": frozenset({"mean_seconds", "request_seconds"}),
+    "data": frozenset({"mean_octets_data", "mean_octets_video", "request_octets", "rate_octets_per_second"}),
+    "faults": frozenset(
+        {"retransmit_share", "duplicate_share", "late_update_share", "abandon_share", "connection_drop_mean_seconds"}
+    ),
+    "topups": frozenset({"share", "amount", "delay_seconds"}),
+    "population": frozenset(
+        {
+            "size",
+            "prepaid_balance",
+            "low_balance_share",
+            "low_balance",
+            "postpaid_credit_limit",
+            "data_allowance_share",
+            "data_allowance_octets",
+            "company_children",
+            "company_pool",
+            "child_cap",
+            "shares",
+        }
+    ),
+    "population.shares": frozenset(kind.value for kind in CustomerType if kind is not CustomerType.COMPANY),
+}
+
+
+def _known(table: Mapping[str, object], where: str) -> None:
+    """A misspelt field is an error, not a silent default."""
+    unknown = set(table) - KNOWN_FIELDS[where]
     if unknown:
-        raise ScenarioError(f"[faults] unknown field(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        title = f"[{where}]" if where else "the file"
+        raise ScenarioError(
+            f"{title}: unknown field(s) {sorted(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS[where]))}"
+        )
+
+
+def _faults(table: Mapping[str, object]) -> Faults:
+    _known(table, "faults")
     return Faults(
         retransmit_share=_share(table, "retransmit_share", "faults"),
         duplicate_share=_share(table, "duplicate_share", "faults"),
@@ -177,6 +226,7 @@ def _faults(table: Mapping[str, object]) -> Faults:
 def _topups(table: Mapping[str, object]) -> TopUps:
     if not table:
         return TopUps()
+    _known(table, "topups")
     return TopUps(
         share=_share(table, "share", "topups"),
         amount_micros=_money(table, "amount", "topups"),
@@ -207,7 +257,10 @@ def _server(values: Mapping[str, object]) -> dict[str, dict[str, object]]:
 def load_scenario(path: Path) -> Scenario:
     with path.open("rb") as file:
         values = tomllib.load(file)
+    _known(values, "")
     run, mix, voice, data = (_table(values, name) for name in ("run", "mix", "voice", "data"))
+    for name, table in (("run", run), ("voice", voice), ("data", data)):
+        _known(table, name)
     unknown = set(mix) - set(SERVICES)
     if unknown:
         raise ScenarioError(f"[mix] unknown service(s) {sorted(unknown)}; known: {', '.join(SERVICES)}")
@@ -254,6 +307,7 @@ def load_scenario(path: Path) -> Scenario:
         faults=_faults(_table(values, "faults")),
         topups=_topups(_table(values, "topups")),
         tcc_wait_limit_seconds=_number(run, "tcc_wait_limit_seconds", "run", 30.0),
+        drain_timeout_seconds=_number(run, "drain_timeout_seconds", "run", 60.0),
         server=_server(values),
     )
     _check(scenario)
@@ -261,9 +315,28 @@ def load_scenario(path: Path) -> Scenario:
 
 
 def _check(scenario: Scenario) -> None:
-    if scenario.duration_seconds <= 0 or scenario.connections < 1 or scenario.max_concurrent_sessions < 1:
-        raise ScenarioError("[run] duration_seconds > 0, connections >= 1 and max_concurrent_sessions >= 1")
-    if scenario.mode == "open" and scenario.arrival_rate_per_second <= 0:
-        raise ScenarioError('[run] arrival_rate_per_second: > 0 for mode = "open"')
-    if not scenario.mix or not any(scenario.mix.values()):
-        raise ScenarioError("[mix] needs at least one service with a weight > 0")
+    """Values that would make a run send nothing, divide by zero or never end are refused."""
+    timing = scenario.timing
+    rules = (
+        (scenario.duration_seconds > 0, "[run] duration_seconds > 0"),
+        (scenario.connections >= 1, "[run] connections >= 1"),
+        (scenario.max_concurrent_sessions >= 1, "[run] max_concurrent_sessions >= 1"),
+        (scenario.mode == "closed" or scenario.arrival_rate_per_second > 0, "[run] arrival_rate_per_second > 0"),
+        (timing.request_timeout_seconds > 0, "[run] request_timeout_seconds > 0"),
+        (timing.retransmissions >= 0, "[run] retransmissions >= 0"),
+        (timing.step_seconds >= 0 and timing.final_unit_hold_seconds >= 0, "[run] pauses >= 0"),
+        (timing.time_compression >= 0, "[run] time_compression >= 0 (0: not compressed)"),
+        (scenario.drain_timeout_seconds > 0 and scenario.tcc_wait_limit_seconds >= 0, "[run] timeouts > 0"),
+        (timing.data_rate_octets_per_second > 0, "[data] rate_octets_per_second > 0"),
+        (all(mean > 0 for mean in scenario.data_mean_octets.values()), "[data] mean_octets_* > 0"),
+        (scenario.data_request_octets > 0, "[data] request_octets > 0"),
+        (scenario.voice_mean_seconds > 0 and scenario.voice_request_seconds > 0, "[voice] values > 0"),
+        (all(weight >= 0 for weight in scenario.mix.values()) and any(scenario.mix.values()), "[mix] weights"),
+        (all(weight >= 0 for _, weight in scenario.destinations), "[[destinations]] weight >= 0"),
+        (any(weight for _, weight in scenario.destinations), "[[destinations]] a weight > 0"),
+        (scenario.topups.delay_seconds >= 0 and scenario.topups.amount_micros >= 0, "[topups] values >= 0"),
+        (scenario.population.size >= 1, "[population] size >= 1"),
+    )
+    for holds, rule in rules:
+        if not holds:
+            raise ScenarioError(f"{rule} is required")

@@ -47,3 +47,11 @@ def test_demo_with_a_missing_scenario_says_so(tmp_path: Path) -> None:
     finished = demo("--scenario", str(tmp_path / "nope.toml"))
     assert finished.returncode == 2
     assert "nope.toml" in finished.stderr
+
+
+def test_demo_that_cannot_start_the_server_says_so_with_status_2(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    finished = demo("--scenario", str(short_smoke(tmp_path)), "--data", str(not_a_directory))
+    assert finished.returncode == 2
+    assert "the server could not start" in finished.stderr and "Traceback" not in finished.stderr

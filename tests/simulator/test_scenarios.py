@@ -13,6 +13,7 @@ import pytest
 
 from balance.embedded import EmbeddedRedis
 from ocs.app import new_state, shutdown, startup
+from simulator.population import CustomerType
 from simulator.records import Recorder, SessionOutcome
 from simulator.report import render_text, summarize
 from simulator.runner import RunResult, run_scenario
@@ -73,6 +74,8 @@ def _check_balance_exhaustion(recorder: Recorder, result: RunResult) -> None:
 def _check_retransmission_storm(recorder: Recorder, result: RunResult) -> None:
     assert recorder.replays["same"] >= 5 and recorder.replays["different"] == 0
     assert recorder.faults["duplicated requests"] >= 1 and recorder.faults["late updates"] >= 1
+    # Repeats the duplicate cache cannot match (a new End-to-End id): the engine's replay answers.
+    assert recorder.faults["retransmissions with a new End-to-End id"] >= 1
     late_codes = {code for (label, code), _ in recorder.requests.items() if label.endswith("late")}
     assert late_codes and 2001 not in late_codes
 
@@ -115,3 +118,44 @@ async def test_scenario_runs_and_its_audit_passes(embedded_redis: EmbeddedRedis,
         closing = result.closing[subscriber.account_id]
         assert closing.held_micros == 0 and closing.reservations == 0, report
     CHECKS[name](result.recorder, result)
+
+
+async def test_an_abandoned_line_waits_for_tcc_before_its_next_session(
+    embedded_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Half the data sessions of a few lines with allowances are abandoned: the OCS holds their
+    allowance until Tcc, so a line reused at once would be charged money where the simulator's
+    ledger expects allowance. The runner keeps such a line idle until Tcc has closed the session."""
+    base = load_scenario(SCENARIOS / "connection-loss.toml")
+    scenario = dataclasses.replace(
+        base,
+        duration_seconds=4.0,
+        arrival_rate_per_second=10.0,
+        connections=2,
+        mix={"data": 1.0},
+        data_mean_octets={10: 3_000_000, 20: 100_000},
+        faults=dataclasses.replace(base.faults, abandon_share=0.5, connection_drop_mean_seconds=0.0),
+        timing=dataclasses.replace(base.timing, step_seconds=0.01),
+        population=dataclasses.replace(
+            base.population,
+            size=6,
+            shares={CustomerType.MOBILE_PREPAID: 1.0},
+            data_allowance_share=1.0,
+            data_allowance_octets=8_000_000,
+            company_children=1,
+        ),
+    )
+    settings = server_settings(embedded_redis.url, tmp_path / "spool.sqlite3", validity_seconds=1)
+    state = new_state(settings)
+    host, port = await startup(state)
+    assert state.store is not None and state.http is not None
+    await state.store.flush_all()
+    try:
+        result = await run_scenario(
+            scenario, diameter_host=host, diameter_port=port, api_url=state.http.url, seed=5, run_number=3
+        )
+    finally:
+        await shutdown(state)
+    report = render_text(summarize(result))
+    assert result.recorder.faults["sessions abandoned"] >= 2, report
+    assert summarize(result)["problems"] == [], report

@@ -50,7 +50,7 @@ async def test_smoke_scenario_balances_agree_and_the_audit_passes(server: Runnin
     assert {service for service, _ in recorder.sessions} >= {*SERVICES, "fixed_voice"}, report
     assert recorder.retransmissions == 0
     # The OCS grants with a quota threshold: elements re-authorise before a grant runs out.
-    assert recorder.reporting_reasons["THRESHOLD"] > 0 and recorder.reporting_reasons["QUOTA_EXHAUSTED"] > 0
+    assert recorder.reporting_reasons["THRESHOLD"] > 0 and recorder.reporting_reasons["FINAL"] > 0
     # The money the simulator believes it spent is what each account committed and what its
     # balance shows (checked per account and per customer type by summarize, asserted above).
     for subscriber in result.population.subscribers:
