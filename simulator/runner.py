@@ -33,22 +33,22 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from protocol.capabilities import LocalIdentity
-from simulator.elements import (
-    CallerContext,
-    MeteredService,
-    NetworkElement,
-    run_metered_session,
-    run_sms_event,
-    run_sms_session,
-    sms_information,
-    voice_information,
-)
+from simulator.elements import NetworkElement
 from simulator.faults import FaultDice
 from simulator.http_api import ApiRefused, AuditVerdict, BalanceSnapshot, OcsApi
 from simulator.ledger import believed_charges
 from simulator.population import Population, SimulatedSubscriber, build_population, money_text, provision
 from simulator.records import Recorder, SessionOutcome
 from simulator.scenario import DATA_CONTEXT, SMS_CONTEXT, VOICE_CONTEXT, Scenario
+from simulator.sessions import (
+    CallerContext,
+    MeteredService,
+    run_metered_session,
+    run_sms_event,
+    run_sms_session,
+    sms_information,
+    voice_information,
+)
 
 REALM = "simulator.test"
 TCC_MARGIN_SECONDS = 3.0  # on top of 2 x Validity-Time: the supervisor's own interval and slack

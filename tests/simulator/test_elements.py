@@ -10,22 +10,21 @@ from pathlib import Path
 from balance.embedded import EmbeddedRedis
 from ocs.app import new_state, shutdown, startup
 from protocol.capabilities import LocalIdentity
-from simulator.elements import (
+from simulator.elements import ElementTiming, NetworkElement
+from simulator.http_api import OcsApi
+from simulator.ledger import believed_charges
+from simulator.population import DATA_RATING_GROUP, CustomerType, SimulatedSubscriber, provision
+from simulator.records import Recorder, SessionOutcome
+from simulator.scenario import DATA_CONTEXT, SMS_CONTEXT, VOICE_CONTEXT
+from simulator.sessions import (
     CallerContext,
-    ElementTiming,
     MeteredService,
-    NetworkElement,
     run_metered_session,
     run_sms_event,
     run_sms_session,
     sms_information,
     voice_information,
 )
-from simulator.http_api import OcsApi
-from simulator.ledger import believed_charges
-from simulator.population import DATA_RATING_GROUP, CustomerType, SimulatedSubscriber, provision
-from simulator.records import Recorder, SessionOutcome
-from simulator.scenario import DATA_CONTEXT, SMS_CONTEXT, VOICE_CONTEXT
 from tests.ocs.conftest import RunningServer, server_settings
 
 TIMING = ElementTiming(step_seconds=0.0, request_timeout_seconds=5.0, retransmissions=0)

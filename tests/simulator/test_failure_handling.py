@@ -11,18 +11,12 @@ import pytest
 from protocol.aio import DiameterServer, DiameterTransport
 from protocol.capabilities import LocalIdentity
 from protocol.message import Message
-from simulator.elements import (
-    CallerContext,
-    ElementTiming,
-    MeteredService,
-    NetworkElement,
-    run_metered_session,
-    voice_information,
-)
+from simulator.elements import ElementTiming, NetworkElement
 from simulator.faults import NO_FAULTS, FaultDice
 from simulator.population import CustomerType, SimulatedSubscriber
 from simulator.records import NO_ANSWER, Recorder, SessionOutcome
 from simulator.scenario import VOICE_CONTEXT
+from simulator.sessions import CallerContext, MeteredService, run_metered_session, voice_information
 
 LINE = SimulatedSubscriber("quiet", CustomerType.MOBILE_PREPAID, "mobile_prepaid", True, "4915100000009")
 
