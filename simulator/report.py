@@ -99,6 +99,8 @@ def summarize(result: RunResult) -> Summary:
     sessions: dict[str, dict[str, int]] = {}
     for (service, outcome), count in sorted(recorder.sessions.items()):
         sessions.setdefault(service, {kind.value: 0 for kind in SessionOutcome})[outcome.value] = count
+    for row in sessions.values():  # started: everything the OCS let open (refused ones never were)
+        row["started"] = sum(row.values()) - row[SessionOutcome.REFUSED.value]
     money, problems = _money(result)
     if not result.audit.ok:
         problems.insert(0, f"audit failed with {len(result.audit.findings)} finding(s)")
@@ -167,7 +169,7 @@ def render_text(summary: Summary) -> str:
     lines += _rows(("request", *columns), [(label, *(row[c] for c in columns)) for label, row in latency.items()])
     sessions = summary["sessions"]
     assert isinstance(sessions, dict)
-    outcomes = [kind.value for kind in SessionOutcome]
+    outcomes = ["started", *(kind.value for kind in SessionOutcome)]
     lines += ["", "sessions"]
     lines += _rows(
         ("service", *outcomes), [(service, *(row[o] for o in outcomes)) for service, row in sessions.items()]
