@@ -118,6 +118,13 @@ def _item_arguments(item: ChargeItem) -> list[str]:
     ]
 
 
+def _roots_of(names: Sequence[str], suffix: str) -> list[str]:
+    """The hierarchies of ``{root}<suffix>`` key names; a name that only looks like one (a
+    Session-Id ending in ``}:x``, say) is skipped."""
+    roots = [name[1 : -len("}" + suffix)] for name in names if name.startswith("{") and name.endswith("}" + suffix)]
+    return [root for root in roots if keys.is_valid_account_id(root)]
+
+
 def _first_score(reply: object) -> str | None:
     """The score of ``ZRANGE key 0 0 WITHSCORES``: a flat ``[member, score]`` (RESP2) or
     ``[[member, score]]`` (redis-py's RESP3 shape); None for an empty set."""
@@ -365,22 +372,26 @@ class BalanceStore:
         leave its sessions unsupervised and its records in the outbox. The server calls this
         once at startup; returns (hierarchies with sessions, hierarchies with records)."""
         watched = delivered = 0
-        for key in await self.admin.scan_keys("{*}:x"):
-            root = key[1 : -len("}:x")]
-            if not keys.is_valid_account_id(root):  # a Session-Id that happens to end in "}:x"
-                continue
-            earliest = _first_score(await self.admin.execute("ZRANGE", key, "0", "0", "WITHSCORES"))
-            if earliest is not None:
-                await self.admin.execute("ZADD", keys.SESSION_ROOTS, "LT", earliest, root)
-                watched += 1
-        for key in await self.admin.scan_keys("{*}:o"):
-            root = key[1 : -len("}:o")]
-            if not keys.is_valid_account_id(root):
-                continue
-            if await self.admin.execute("LLEN", key) != 0:
-                await self.admin.execute("SADD", keys.OUTBOX_ROOTS, root)
-                delivered += 1
+        for root in _roots_of(await self.admin.scan_keys("{*}:x"), ":x"):
+            watched += await self._watch_earliest_session(root)
+        for root in _roots_of(await self.admin.scan_keys("{*}:o"), ":o"):
+            delivered += await self._list_if_records_wait(root)
         return watched, delivered
+
+    async def _watch_earliest_session(self, root: str) -> bool:
+        """Put the hierarchy on the supervisor's list at its earliest session deadline, if any."""
+        earliest = _first_score(await self.admin.execute("ZRANGE", keys.expiry_key(root), "0", "0", "WITHSCORES"))
+        if earliest is None:
+            return False
+        await self.admin.execute("ZADD", keys.SESSION_ROOTS, "LT", earliest, root)
+        return True
+
+    async def _list_if_records_wait(self, root: str) -> bool:
+        """Put the hierarchy on the spool writer's list if its outbox holds records."""
+        if await self.caller.execute("LLEN", keys.outbox_key(root)) == 0:
+            return False
+        await self.caller.execute("SADD", keys.OUTBOX_ROOTS, root)
+        return True
 
     async def expire_due(self, now_seconds: int) -> list[tuple[str, str]]:
         """The supervisor's pass: every hierarchy due for a look; returns (root, session) closed."""
@@ -392,9 +403,7 @@ class BalanceStore:
             # Remove, then look again: a session opened meanwhile re-adds the root itself, and one
             # opened between our look and the removal is caught by the second look.
             await self.admin.execute("ZREM", keys.SESSION_ROOTS, root)
-            earliest = _first_score(await self.admin.execute("ZRANGE", keys.expiry_key(root), "0", "0", "WITHSCORES"))
-            if earliest is not None:
-                await self.admin.execute("ZADD", keys.SESSION_ROOTS, "LT", earliest, root)
+            await self._watch_earliest_session(root)
         return closed
 
     # -- queries ---------------------------------------------------------------------------
@@ -429,8 +438,7 @@ class BalanceStore:
         """Take a hierarchy with an empty outbox off the spool writer's work list; a record that
         arrives meanwhile puts it back (the second look closes the race)."""
         await self.caller.execute("SREM", keys.OUTBOX_ROOTS, root)
-        if await self.caller.execute("LLEN", keys.outbox_key(root)) != 0:
-            await self.caller.execute("SADD", keys.OUTBOX_ROOTS, root)
+        await self._list_if_records_wait(root)
 
     async def usage_records(self) -> list[UsageRecord]:
         """Every record still in any outbox (tests and audits), by hierarchy then commit order."""
