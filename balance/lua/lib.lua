@@ -331,27 +331,24 @@ local function hold_from_buckets(owner, src, holds, left, now)
   return left
 end
 
+-- Holds up to `left` micros on `owner`'s postpaid credit line into `holds` (as source `src`);
+-- returns what is still wanted.
+local function hold_credit_line(owner, src, left, holds)
+  local line = credit_line(owner)
+  if line <= 0 or left <= 0 then return left end
+  local take = line < left and line or left
+  owner.lh, owner.dirty.lh = owner.lh + take, true
+  holds[#holds + 1] = {src = src, bucket = false, amount = take}
+  return left - take
+end
+
 -- Takes up to `want` micros from the money sources in drawing order into `holds`.
 local function hold_money(account, parent, want, now, holds)
-  local left = hold_from_buckets(account, 'c', holds, want, now)
-  local line = credit_line(account)
-  if line > 0 and left > 0 then
-    local take = line < left and line or left
-    account.lh, account.dirty.lh = account.lh + take, true
-    holds[#holds + 1] = {src = 'C', bucket = false, amount = take}
-    left = left - take
-  end
+  local left = hold_credit_line(account, 'C', hold_from_buckets(account, 'c', holds, want, now), holds)
   if left > 0 and parent ~= nil then
     local room = pool_room(account, parent, now)
     local pool_want = room < left and room or left
-    local pool_left = hold_from_buckets(parent, 'p', holds, pool_want, now)
-    line = credit_line(parent)
-    if line > 0 and pool_left > 0 then
-      local take = line < pool_left and line or pool_left
-      parent.lh, parent.dirty.lh = parent.lh + take, true
-      holds[#holds + 1] = {src = 'P', bucket = false, amount = take}
-      pool_left = pool_left - take
-    end
+    local pool_left = hold_credit_line(parent, 'P', hold_from_buckets(parent, 'p', holds, pool_want, now), holds)
     account.pu, account.dirty.pu = account.pu + (pool_want - pool_left), true
   end
 end
