@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 from collections.abc import AsyncIterator
@@ -74,13 +75,20 @@ def server_settings(redis_url: str, spool_path: Path | None = None, **quota: int
     )
 
 
-@pytest.fixture
-async def server(embedded_redis: EmbeddedRedis, tmp_path: Path) -> AsyncIterator[RunningServer]:
-    state = new_state(server_settings(embedded_redis.url, tmp_path / "spool.sqlite3"))
+@contextlib.asynccontextmanager
+async def running_server(redis_url: str, spool_path: Path, **quota: int) -> AsyncIterator[RunningServer]:
+    """The whole OCS on a flushed Redis, with these quota settings; shut down on the way out."""
+    state = new_state(server_settings(redis_url, spool_path, **quota))
     address = await startup(state)
-    assert state.store is not None
+    assert state.store is not None and state.http is not None
     await state.store.flush_all()
     try:
         yield RunningServer(state, address[1])
     finally:
         await shutdown(state)
+
+
+@pytest.fixture
+async def server(embedded_redis: EmbeddedRedis, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    async with running_server(embedded_redis.url, tmp_path / "spool.sqlite3") as running:
+        yield running

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from balance.embedded import EmbeddedRedis
-from ocs.app import new_state, shutdown, startup
 from protocol.capabilities import LocalIdentity
 from simulator.elements import ElementTiming, NetworkElement
 from simulator.http_api import OcsApi
@@ -25,7 +24,7 @@ from simulator.sessions import (
     sms_information,
     voice_information,
 )
-from tests.ocs.conftest import RunningServer, server_settings
+from tests.ocs.conftest import RunningServer, running_server
 
 TIMING = ElementTiming(step_seconds=0.0, request_timeout_seconds=5.0, retransmissions=0)
 NATIONAL_MOBILE = "4917612345678"
@@ -97,18 +96,15 @@ async def test_a_grant_whose_validity_time_runs_out_is_reported_and_asked_again(
 ) -> None:
     """RFC 4006 section 8.33 with simulated time: 2 MB granted for 10 s, used at 100 kB/s, so
     after 10 s (1 MB) the element reports with Reporting-Reason VALIDITY_TIME and asks again."""
-    state = new_state(server_settings(embedded_redis.url, tmp_path / "spool.sqlite3", validity_seconds=10))
-    _, port = await startup(state)
-    assert state.store is not None and state.http is not None
-    await state.store.flush_all()
     timing = dataclasses.replace(TIMING, time_compression=10_000.0, data_rate_octets_per_second=100_000.0)
     surfer = line("surfer", "4915199990003", 5_000_000)
     recorder = Recorder()
-    try:
-        async with OcsApi(state.http.url) as api:
+    async with running_server(embedded_redis.url, tmp_path / "spool.sqlite3", validity_seconds=10) as server:
+        assert server.state.http is not None
+        async with OcsApi(server.state.http.url) as api:
             await provision(api, [surfer])
             element = await NetworkElement.connect(
-                "127.0.0.1", port, LocalIdentity("pgw-v.simulator.test", "simulator.test"), recorder, timing
+                "127.0.0.1", server.port, LocalIdentity("pgw-v.simulator.test", "simulator.test"), recorder, timing
             )
             data = CallerContext(element, surfer, "data", DATA_CONTEXT, None, None)
             outcome = await run_metered_session(data, [MeteredService(20, "CC-Total-Octets", 3_000_000, 2_000_000)])
@@ -116,8 +112,6 @@ async def test_a_grant_whose_validity_time_runs_out_is_reported_and_asked_again(
             believed = await believed_charges(api, recorder.commits, [surfer])
             after = await api.balance("surfer")
             assert (await api.audit(sessions_ended=True)).ok
-    finally:
-        await shutdown(state)
     assert outcome is SessionOutcome.COMPLETED
     assert [commit.units for commit in recorder.commits] == [1_000_000, 1_000_000, 1_000_000]
     assert recorder.reporting_reasons["VALIDITY_TIME"] == 2 and recorder.longest_validity_seconds == 10

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from balance.embedded import EmbeddedRedis
-from ocs.app import new_state, shutdown, startup
 from simulator.population import CustomerType
 from simulator.records import Recorder, SessionOutcome
 from simulator.report import render_text, summarize
 from simulator.runner import RunResult, run_scenario
 from simulator.scenario import Scenario, load_scenario
-from tests.ocs.conftest import server_settings
+from tests.ocs.conftest import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "config" / "scenarios"
@@ -45,18 +44,23 @@ def shortened(scenario: Scenario) -> Scenario:
 async def run_shortened(embedded_redis: EmbeddedRedis, tmp_path: Path, name: str) -> tuple[RunResult, str]:
     scenario = shortened(load_scenario(SCENARIOS / f"{name}.toml"))
     quota = {key: value for key, value in scenario.server.get("quota", {}).items()}
-    settings = server_settings(embedded_redis.url, tmp_path / "spool.sqlite3", **quota)  # type: ignore[arg-type]
-    state = new_state(settings)
-    host, port = await startup(state)
-    assert state.store is not None and state.http is not None
-    await state.store.flush_all()
-    try:
-        result = await run_scenario(
-            scenario, diameter_host=host, diameter_port=port, api_url=state.http.url, seed=11, run_number=2
-        )
-    finally:
-        await shutdown(state)
+    result = await run_on_server(embedded_redis, tmp_path, scenario, seed=11, run_number=2, **quota)  # type: ignore[arg-type]
     return result, render_text(summarize(result))
+
+
+async def run_on_server(
+    embedded_redis: EmbeddedRedis, tmp_path: Path, scenario: Scenario, *, seed: int, run_number: int, **quota: int
+) -> RunResult:
+    async with running_server(embedded_redis.url, tmp_path / "spool.sqlite3", **quota) as server:
+        assert server.state.http is not None
+        return await run_scenario(
+            scenario,
+            diameter_host="127.0.0.1",
+            diameter_port=server.port,
+            api_url=server.state.http.url,
+            seed=seed,
+            run_number=run_number,
+        )
 
 
 def _check_busy_hour(recorder: Recorder, result: RunResult) -> None:
@@ -145,17 +149,7 @@ async def test_an_abandoned_line_waits_for_tcc_before_its_next_session(
             company_children=1,
         ),
     )
-    settings = server_settings(embedded_redis.url, tmp_path / "spool.sqlite3", validity_seconds=1)
-    state = new_state(settings)
-    host, port = await startup(state)
-    assert state.store is not None and state.http is not None
-    await state.store.flush_all()
-    try:
-        result = await run_scenario(
-            scenario, diameter_host=host, diameter_port=port, api_url=state.http.url, seed=5, run_number=3
-        )
-    finally:
-        await shutdown(state)
+    result = await run_on_server(embedded_redis, tmp_path, scenario, seed=5, run_number=3, validity_seconds=1)
     report = render_text(summarize(result))
     assert result.recorder.faults["sessions abandoned"] >= 2, report
     assert summarize(result)["problems"] == [], report
