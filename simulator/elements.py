@@ -130,15 +130,13 @@ class NetworkElement:
         control = self.controls.get(session_id)
         if control is None:
             return False
-        if control.reauthorise.is_set():
-            control.reauthorise.clear()
-            return not control.aborted
-        if wait_seconds <= 0:
-            return False
-        try:
-            await asyncio.wait_for(control.reauthorise.wait(), wait_seconds)
-        except TimeoutError:
-            return False
+        if not control.reauthorise.is_set():
+            if wait_seconds <= 0:
+                return False
+            try:
+                await asyncio.wait_for(control.reauthorise.wait(), wait_seconds)
+            except TimeoutError:
+                return False
         control.reauthorise.clear()
         return not control.aborted
 

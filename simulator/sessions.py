@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from protocol.constants import ApplicationId, CommandCode, CommandFlag, ResultCode
@@ -183,14 +183,13 @@ class _Session:
     number: int = 0
     previous_update: Message | None = None  # the last CCR-UPDATE, for a late-update fault
     failure_handling: str = ""  # from the OCS's answers, else the element's default
-    fixed: tuple[tuple[Avp, ...], Avp] | None = None  # the AVPs every request of the session repeats
+    fixed: tuple[tuple[Avp, ...], Avp] = field(init=False)  # the AVPs every request of the session repeats
 
     def __post_init__(self) -> None:
         self.fixed = session_avps(self.caller, self.session_id)
 
     async def send(self, kind: str, request_type: str, *extra: Avp) -> tuple[Message | None, int]:
         at_seconds = int(time.time())
-        assert self.fixed is not None
         message = credit_control_request(self.caller, self.fixed, request_type, self.number, at_seconds, *extra)
         self.number += 1
         element = self.caller.element
@@ -199,7 +198,6 @@ class _Session:
         if answer is None:
             element.recorder.uncertain_sessions.append(self.session_id)
         else:
-            _note_validity(element.recorder, answer)
             self._note_failure_handling(answer)
         late, self.previous_update = self.previous_update, message if request_type == "UPDATE_REQUEST" else None
         if late is not None and answer is not None and element.dice.late_update():
@@ -234,15 +232,9 @@ class _Session:
         self.caller.element.recorder.committed(self.caller.service, unit_avp, commit)
 
 
-def _note_validity(recorder: Recorder, answer: Message) -> None:
-    for control in answer.find_all("Multiple-Services-Credit-Control"):
-        validity = control.get("Validity-Time")
-        if isinstance(validity, int) and validity > recorder.longest_validity_seconds:
-            recorder.longest_validity_seconds = validity
-
-
-def _take_grants(services: list[MeteredService], answer: Message, at_seconds: int) -> None:
-    """Read each asked service's MSCC: a grant (maybe final), or the end of that service."""
+def _take_grants(services: list[MeteredService], answer: Message, at_seconds: int, recorder: Recorder) -> None:
+    """Read each asked service's MSCC: a grant (maybe final), or the end of that service; the
+    recorder keeps the longest Validity-Time seen (Tcc is about twice it)."""
     by_group: dict[int | None, Avp] = {}
     for received in answer.find_all("Multiple-Services-Credit-Control"):
         group = received.get("Rating-Group")
@@ -259,6 +251,7 @@ def _take_grants(services: list[MeteredService], answer: Message, at_seconds: in
         service.granted, service.granted_at_seconds = units, at_seconds
         validity = control.get("Validity-Time")
         service.validity_seconds = validity if isinstance(validity, int) and validity > 0 else 0
+        recorder.longest_validity_seconds = max(recorder.longest_validity_seconds, service.validity_seconds)
         threshold = control.get(_THRESHOLD_AVPS[service.unit_avp])
         service.threshold = threshold if isinstance(threshold, int) and 0 < threshold < units else 0
         service.final = final_unit is not None and final_unit.get("Final-Unit-Action") == FINAL_UNIT_TERMINATE
@@ -298,7 +291,7 @@ def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
         if service.active and service.granted:
             # With a threshold the element re-authorises when that much of the grant is left
             # (TS 32.299: Reporting-Reason THRESHOLD); the new grant replaces the old one.
-            before_threshold = service.granted - service.threshold if not service.final else service.granted
+            before_threshold = service.granted - service.threshold
             if service.threshold and not service.final and service.remaining > before_threshold:
                 service.pending, service.reason = before_threshold, "THRESHOLD"
             elif service.remaining >= service.granted:
@@ -350,7 +343,7 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
             return await _give_up(session)
         if result_code(answer) == CREDIT_LIMIT_REACHED:
             return SessionOutcome.REFUSED  # nothing was granted: no session to end (section 5.2)
-        _take_grants(services, answer, at_seconds)
+        _take_grants(services, answer, at_seconds, element.recorder)
         while True:
             if any(service.final for service in services) and caller.on_final_units is not None:
                 caller.on_final_units(caller.line)
@@ -373,7 +366,7 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
             for service in reported:
                 if service not in wanting:  # reported its last units (done or final)
                     service.active, service.cut = False, service.remaining > 0
-            _take_grants(wanting, answer, at_seconds)
+            _take_grants(wanting, answer, at_seconds, element.recorder)
             for service in wanting:
                 service.forced = False
         if abandon:
