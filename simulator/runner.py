@@ -239,11 +239,16 @@ class Traffic:
             self.errors.append(f"{len(late)} session(s) still running after {self.scenario.drain_timeout_seconds} s")
             await asyncio.wait(late)
 
+    def _tcc_seconds(self) -> float:
+        """How long the OCS may hold what a silent session reserved: Tcc, about twice the
+        longest Validity-Time granted (RFC 4006 section 13), plus the supervisor's own slack."""
+        return 2 * self.recorder.longest_validity_seconds + TCC_MARGIN_SECONDS
+
     async def wait_for_tcc(self, progress: Progress, subscribers: Sequence[SimulatedSubscriber]) -> None:
         """After abandoned sessions: wait until the OCS has released what they held (Tcc)."""
         if not self.recorder.faults["sessions abandoned"]:
             return
-        limit = 2 * self.recorder.longest_validity_seconds + TCC_MARGIN_SECONDS
+        limit = self._tcc_seconds()
         if limit > self.scenario.tcc_wait_limit_seconds:
             self.recorder.fault_problems.append(
                 f"abandoned sessions wait for Tcc (about 2 x Validity-Time = {limit:.0f} s), longer than "
@@ -284,7 +289,7 @@ class Traffic:
         if outcome not in (SessionOutcome.ABANDONED, SessionOutcome.FAILED):
             self.idle.append(line)
             return
-        hold = 2 * self.recorder.longest_validity_seconds + TCC_MARGIN_SECONDS
+        hold = self._tcc_seconds()
         asyncio.get_running_loop().call_later(hold, self.idle.append, line)
 
     def _destination(self) -> str:
