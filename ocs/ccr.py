@@ -205,7 +205,7 @@ def read_units(unit: Avp) -> Units:
 def _service(children: list[Avp], index: AvpIndex, avp_of_service: Avp | None) -> ServiceRequest:
     """One service from the AVPs that describe it: an MSCC's members, or the command's own."""
     requested = index.get(_REQUESTED_SERVICE_UNIT)
-    used_avps = [item for item in children if item.code == _USED_CODE and item.vendor_id == _USED_VENDOR]
+    used_avps = _all(children, _USED_SERVICE_UNIT)
     reasons = [value for item in used_avps if isinstance(value := item.get("Reporting-Reason"), int)]
     own_reason = _int(index, _REPORTING_REASON)
     if own_reason is not None:
@@ -218,9 +218,6 @@ def _service(children: list[Avp], index: AvpIndex, avp_of_service: Avp | None) -
         reporting_reasons=tuple(reasons),
         avp=avp_of_service,
     )
-
-
-_USED_CODE, _USED_VENDOR = _USED_SERVICE_UNIT
 
 
 def _all(avps: list[Avp], key: tuple[int, int]) -> list[Avp]:
