@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from functools import cache
 
 from balance.types import Unit
 from protocol.capabilities import LocalIdentity
@@ -73,20 +72,6 @@ class ServiceAnswer:
 _RESULT_CODE = DEFAULT_DICTIONARY.key("Result-Code")
 
 
-@cache
-def _header(name: str) -> tuple[int, int, int]:
-    """(code, flags, vendor id) of an AVP by name, as ``avp`` derives them: looked up once."""
-    prototype = avp(name, 0)
-    return prototype.code, prototype.flags, prototype.vendor_id
-
-
-def _avp(name: str, value: int | str | list[Avp]) -> Avp:
-    """``avp(name, value)`` for the AVPs of every answer, without the dictionary lookups (the
-    answer is built once per CCR). Enumerated values must be given as numbers."""
-    code, flags, vendor_id = _header(name)
-    return Avp(code, flags, vendor_id, value)
-
-
 _GRANT_AVP = {Unit.SECONDS: "CC-Time", Unit.OCTETS: "CC-Total-Octets", Unit.EVENTS: "CC-Service-Specific-Units"}
 _THRESHOLD_AVP = {
     Unit.SECONDS: "Time-Quota-Threshold",
@@ -98,32 +83,28 @@ _THRESHOLD_AVP = {
 def _service_avps(service: ServiceAnswer) -> list[Avp]:
     avps: list[Avp] = []
     if service.unit is not None:
-        avps.append(_avp("Granted-Service-Unit", [_avp(_GRANT_AVP[service.unit], service.granted_units)]))
+        avps.append(avp("Granted-Service-Unit", [avp(_GRANT_AVP[service.unit], service.granted_units)]))
     if service.service_identifier is not None:
-        avps.append(_avp("Service-Identifier", service.service_identifier))
+        avps.append(avp("Service-Identifier", service.service_identifier))
     if service.rating_group is not None:
-        avps.append(_avp("Rating-Group", service.rating_group))
+        avps.append(avp("Rating-Group", service.rating_group))
     if service.unit is not None and service.validity_seconds:
-        avps.append(_avp("Validity-Time", service.validity_seconds))
-    avps.append(_avp("Result-Code", int(service.result_code)))
+        avps.append(avp("Validity-Time", service.validity_seconds))
+    avps.append(avp("Result-Code", int(service.result_code)))
     if service.final_unit is not None:
         avps.append(service.final_unit.to_avp())
     if service.unit is not None and service.threshold_units and service.final_unit is None:
-        avps.append(_avp(_THRESHOLD_AVP[service.unit], service.threshold_units))
+        avps.append(avp(_THRESHOLD_AVP[service.unit], service.threshold_units))
     if service.unit is not None and service.quota_holding_seconds:
-        avps.append(_avp("Quota-Holding-Time", service.quota_holding_seconds))
+        avps.append(avp("Quota-Holding-Time", service.quota_holding_seconds))
     return avps
-
-
-def _origin_avps(identity: LocalIdentity) -> list[Avp]:
-    return [_avp("Origin-Host", identity.origin_host), _avp("Origin-Realm", identity.origin_realm)]
 
 
 def _header_avps(request: Message, identity: LocalIdentity, result_code: ResultCode) -> list[Avp]:
     session = request.find("Session-Id")
     avps = [session] if session is not None else []
-    avps += [_avp("Result-Code", int(result_code)), *_origin_avps(identity)]
-    avps.append(_avp("Auth-Application-Id", int(ApplicationId.CREDIT_CONTROL)))
+    avps += [avp("Result-Code", int(result_code)), *identity.origin_avps()]
+    avps.append(avp("Auth-Application-Id", int(ApplicationId.CREDIT_CONTROL)))
     for name in ("CC-Request-Type", "CC-Request-Number"):
         found = request.find(name)
         if found is not None:
@@ -158,7 +139,7 @@ def credit_answer(
 ) -> Message:
     avps = _header_avps(request, identity, result_code)
     if multiple_services:
-        avps += [_avp("Multiple-Services-Credit-Control", _service_avps(service)) for service in services]
+        avps += [avp("Multiple-Services-Credit-Control", _service_avps(service)) for service in services]
     elif services:
         # Single-service mode: the grant and its companions at command level, no per-service code.
         single = services[0]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from protocol.avp_types import MINIMUM_PAYLOAD_SIZE
-from protocol.constants import ApplicationId, AvpFlag, ResultCode
+from protocol.constants import ApplicationId, ResultCode
 from protocol.dictionary import DEFAULT_DICTIONARY, AvpDefinition, AvpKey, Dictionary, Grammar
 from protocol.errors import Failure
 from protocol.message import Avp, Message
@@ -31,9 +31,8 @@ _ERROR_ANSWER_REQUIRED = ("Origin-Host", "Origin-Realm", "Result-Code")
 
 def example_avp(definition: AvpDefinition) -> Avp:
     """An AVP of the definition's code with a zero-filled minimal payload, for Failed-AVP."""
-    flags = definition.must_flags | (AvpFlag.VENDOR if definition.vendor_id else 0)
     payload = bytes(MINIMUM_PAYLOAD_SIZE.get(definition.type, 0))
-    return Avp(definition.code, int(flags), definition.vendor_id, payload)
+    return Avp(definition.code, definition.must_flags, definition.vendor_id, payload)  # V is in must_flags
 
 
 # Raw header bits as plain ints: IntFlag arithmetic costs a microsecond per operation.

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from protocol.avp_types import AddressValue
-from protocol.constants import AvpFlag, CommandFlag
+from protocol.constants import CommandFlag
 from protocol.dictionary import DEFAULT_DICTIONARY, AvpKey, Dictionary
 
 Value = int | float | bytes | str | datetime | AddressValue | list["Avp"]
@@ -28,7 +28,6 @@ _REQUEST = int(CommandFlag.REQUEST)
 _PROXIABLE = int(CommandFlag.PROXIABLE)
 _ERROR = int(CommandFlag.ERROR)
 _RETRANSMITTED = int(CommandFlag.RETRANSMITTED)
-_VENDOR = int(AvpFlag.VENDOR)
 
 
 class Avp:
@@ -177,11 +176,13 @@ def avp(name: str, value: Value, dictionary: Dictionary = DEFAULT_DICTIONARY) ->
 
     Enumerated values may be given by name (``avp("CC-Request-Type", "INITIAL_REQUEST")``).
     """
-    definition = dictionary.avp(name)
-    if isinstance(value, str) and definition.enum_values:
+    definition = dictionary.avps_by_name.get(name)
+    if definition is None:
+        definition = dictionary.avp(name)  # raises UnknownAvpName
+    if definition.enum_values and isinstance(value, str):
         value = definition.enum_values[value]
-    flags = definition.must_flags | (_VENDOR if definition.vendor_id else 0)
-    return Avp(definition.code, flags, definition.vendor_id, value)
+    # The dictionary refuses a vendor AVP without the V bit in its required flags.
+    return Avp(definition.code, definition.must_flags, definition.vendor_id, value)
 
 
 def request(
