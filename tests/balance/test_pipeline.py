@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from balance.embedded import EmbeddedRedis
+from balance.embedded import EmbeddedRedis, pick_free_port
 from balance.errors import BalanceUnavailable
 from balance.pipeline import PipelinedRedis, RedisErrorReply, RedisReply
 
@@ -27,12 +26,6 @@ ECHO_AND_COUNT = """
 return {ARGV[1], redis.call('INCR', KEYS[1])}
 """
 REFUSE = "return redis.error_reply('INSUFFICIENT_FUNDS balance too low')"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _port(server: EmbeddedRedis) -> int:
@@ -269,7 +262,7 @@ async def test_unix_socket(tmp_path: Path) -> None:
 
 
 async def test_connect_refused_is_balance_unavailable() -> None:
-    async with PipelinedRedis(port=_free_port(), connect_timeout_seconds=1.0) as client:
+    async with PipelinedRedis(port=pick_free_port(), connect_timeout_seconds=1.0) as client:
         with pytest.raises(BalanceUnavailable, match="cannot connect"):
             await client.execute("PING")
 

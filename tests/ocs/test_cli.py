@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from balance.embedded import pick_free_port
 from balance.types import ChargeItem, ChargeRequest, Outcome, Tariff, Unit
 from ocs.cli import main
 from ocs.spool import Spool
@@ -41,12 +41,6 @@ async def ocs(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int,
     status = await asyncio.to_thread(main, list(arguments))
     captured = capsys.readouterr()
     return status, without_server_log(captured.out), without_server_log(captured.err)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_subscriber_lifecycle(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,7 +99,7 @@ async def test_refusals_and_an_unreachable_server_exit_1(api: Api, capsys: pytes
     assert status == 1 and "belongs to account 'rob'" in err and "HTTP 409" in err
     status, _, err = await ocs(capsys, "--url", api.url, "subscriber", "add", "sam", "--plan", "gold")
     assert status == 1 and "HTTP 422" in err
-    dead = f"http://127.0.0.1:{closed_port()}"
+    dead = f"http://127.0.0.1:{pick_free_port()}"  # nothing listens there
     status, out, err = await ocs(capsys, "--url", dead, "balance", "rob")
     assert (
         (status, out) == (1, "") and err.startswith(f"ocs: cannot reach the server at {dead}") and err.count("\n") == 1

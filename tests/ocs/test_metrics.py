@@ -3,7 +3,6 @@ running server, and the house rule that no label names a subscriber or a session
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable
 
 import aiohttp
@@ -11,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from balance.embedded import EmbeddedRedis
+from balance.embedded import EmbeddedRedis, pick_free_port
 from balance.errors import BalanceUnavailable
 from balance.store import BalanceStore
 from balance.types import Account, BucketKind
@@ -125,10 +124,7 @@ async def test_redis_calls_are_timed_by_operation(embedded_redis: EmbeddedRedis)
     assert value(found, count, operation="set") == 1  # the account's hierarchy claim
     assert value(found, "ocs_redis_errors_total", operation="provision") is None
     # Nothing listens here: the failure is counted and passed on unchanged.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    dead = await BalanceStore.connect(f"redis://127.0.0.1:{closed_port}")
+    dead = await BalanceStore.connect(f"redis://127.0.0.1:{pick_free_port()}")
     time_redis_calls(dead, metrics)
     assert dead.admin is dead.caller  # one client: closed once
     with pytest.raises(BalanceUnavailable):
