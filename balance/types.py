@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from balance.value_type import value_type
+
 MICROS_PER_UNIT = 1_000_000
 # Redis Lua numbers are IEEE doubles: integers are exact up to 2**53. Every amount the engine
 # stores or computes stays below this bound; callers are refused anything larger.
@@ -108,7 +110,7 @@ class Tariff:
     first_units: int = 1
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class ChargeItem:
     """One service of a credit-control request (one MSCC), keyed by rating group.
 
@@ -127,7 +129,7 @@ class ChargeItem:
     release: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class ChargeRequest:
     """All balance work of one credit-control request; idempotent by (session_id, request_number).
 
@@ -145,7 +147,7 @@ class ChargeRequest:
     event: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class ItemResult:
     """What one item did: units granted anew, units and money committed, money newly held.
 
@@ -163,7 +165,7 @@ class ItemResult:
     reserved_micros: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class ChargeResult:
     outcome: Outcome  # command level: OK unless the whole request was refused
     items: tuple[ItemResult, ...] = ()
@@ -171,7 +173,7 @@ class ChargeResult:
     balance_micros: int = 0  # available money after the request (for Remaining-Balance)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class UsageRecord:
     """A CDR, written to the outbox in the same atomic call as its debit."""
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import random
 import re
 import shutil
@@ -43,31 +42,21 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import uvloop
 
-# Run as a script, this file's directory is first on sys.path and would shadow the packages.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
+# Run as a script, bench/ comes first on sys.path (and its balance.py would shadow the package);
+# the project root is what the imports need.
+ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)
+elif str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from balance.embedded import EmbeddedRedis, find_redis_server
-from balance.store import BalanceStore
-from balance.types import ChargeRequest, Outcome
-
-
-def _load_balance_bench() -> Any:
-    """bench/balance.py, for its accounts, tariffs and session shapes (one definition of the mix)."""
-    path = Path(__file__).resolve().parent / "balance.py"
-    spec = importlib.util.spec_from_file_location("bench_balance", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_balance"] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bb: Any = _load_balance_bench()  # a module loaded by path: its names are not known to mypy
+from balance.embedded import EmbeddedRedis, find_redis_server  # noqa: E402
+from balance.store import BalanceStore  # noqa: E402
+from balance.types import ChargeRequest, Outcome  # noqa: E402
+from bench import balance as bb  # noqa: E402  # its accounts, tariffs and session shapes: one definition of the mix
 
 ACCOUNT_COUNT = 200
 SESSION_COUNT = 500  # 2,000 charge calls: under valgrind about 10 s

@@ -155,8 +155,10 @@ def redis_child(server_pid: int) -> int | None:
     return None
 
 
-def wait_for_health(http_port: int, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
+def wait_for_health(
+    http_port: int, server: subprocess.Popen[bytes], timeout_seconds: float = HEALTH_TIMEOUT_SECONDS
+) -> None:
+    deadline = time.monotonic() + timeout_seconds
     url = f"http://127.0.0.1:{http_port}/health"
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -168,7 +170,7 @@ def wait_for_health(http_port: int, server: subprocess.Popen[bytes]) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"ocs serve not healthy after {HEALTH_TIMEOUT_SECONDS} s")
+    raise RuntimeError(f"ocs serve not healthy after {timeout_seconds} s")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

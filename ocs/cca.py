@@ -12,10 +12,10 @@ Error answers with a protocol error code set the E bit (RFC 6733 section 7.1.3).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 
 from balance.types import Unit
+from balance.value_type import value_type
 from protocol.capabilities import LocalIdentity
 from protocol.constants import ApplicationId, ResultCode, is_protocol_error
 from protocol.dictionary import DEFAULT_DICTIONARY
@@ -33,7 +33,7 @@ class FinalUnitAction(IntEnum):
 REDIRECT_ADDRESS_TYPE_URL = 2  # Redirect-Address-Type URL, RFC 4006 section 8.38
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class FinalUnit:
     action: FinalUnitAction
     redirect_address: str = ""
@@ -56,7 +56,7 @@ class FinalUnit:
         return avp("Final-Unit-Indication", children)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class ServiceAnswer:
     rating_group: int | None
     service_identifier: int | None

@@ -12,11 +12,11 @@ Failed-AVP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
 
 from balance.directory import Identity, IdentityKind
+from balance.value_type import value_type
 from protocol.constants import ResultCode
 from protocol.dictionary import DEFAULT_DICTIONARY
 from protocol.message import Avp, Message
@@ -52,7 +52,7 @@ _IDENTITY_KINDS = {
 REPORTING_REASON_FINAL = 2
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Units:
     """Service units as RFC 4006 section 8.17-8.21 carry them (None: absent)."""
 
@@ -72,7 +72,7 @@ class Units:
         return (self.input_octets or 0) + (self.output_octets or 0)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class ServiceRequest:
     """One MSCC (or the single-service AVPs): requested units (None: no RSU) and used units."""
 
@@ -88,7 +88,7 @@ class ServiceRequest:
         return REPORTING_REASON_FINAL in self.reporting_reasons
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class CreditRequest:
     session_id: str
     origin_host: str
@@ -104,7 +104,7 @@ class CreditRequest:
     called_party: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class CcrProblem:
     result_code: ResultCode
     failed_avp: Avp | None

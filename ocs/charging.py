@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.store import BalanceStore
 from balance.types import AccountStatus, ChargeItem, ChargeRequest, ChargeResult, ItemResult, Outcome, Unit
+from balance.value_type import value_type
 from ocs.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result, credit_answer, error_answer
 from ocs.ccr import (
     CcrProblem,
@@ -48,7 +48,7 @@ from protocol.message import Message
 _QUERIES = (RequestedAction.CHECK_BALANCE, RequestedAction.PRICE_ENQUIRY, RequestedAction.REFUND_ACCOUNT)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class RatedService:
     request: ServiceRequest
     rated: Rated
@@ -242,31 +242,37 @@ class CreditControl:
         self, ccr: CreditRequest, service: RatedService, item: ItemResult, status: AccountStatus | None
     ) -> ServiceAnswer:
         request = service.request
+        rating_group, identifier = request.rating_group, request.service_identifier
         quota = self.settings.quota
         unit = service.rated.unit
-        base = ServiceAnswer(request.rating_group, request.service_identifier, result_code(item.outcome))
-        if item.outcome is Outcome.ACCOUNT_BLOCKED and status is AccountStatus.SUSPENDED:
+        outcome = item.outcome
+        if outcome is Outcome.ACCOUNT_BLOCKED and status is AccountStatus.SUSPENDED:
             # Immediate graceful service termination (RFC 8506 section 5.6): nothing granted, and
             # the final-unit action (by default a redirect to the top-up portal) applies at once.
-            return replace(
-                base,
-                result_code=ResultCode.DIAMETER_CREDIT_LIMIT_REACHED,
+            return ServiceAnswer(
+                rating_group,
+                identifier,
+                ResultCode.DIAMETER_CREDIT_LIMIT_REACHED,
                 unit=unit,
                 validity_seconds=quota.validity_seconds,
                 final_unit=self._final_unit(self.settings.final_unit.suspended_action),
             )
-        if item.outcome not in (Outcome.OK, Outcome.PARTIAL):
-            return base
+        code = result_code(outcome)
+        if outcome is not Outcome.OK and outcome is not Outcome.PARTIAL:
+            return ServiceAnswer(rating_group, identifier, code)
         if ccr.request_type is RequestType.EVENT:
-            return replace(base, unit=unit, granted_units=item.committed_units)
-        if item.granted_units == 0:
-            return base
-        return replace(
-            base,
+            return ServiceAnswer(rating_group, identifier, code, unit=unit, granted_units=item.committed_units)
+        granted = item.granted_units
+        if granted == 0:
+            return ServiceAnswer(rating_group, identifier, code)
+        return ServiceAnswer(
+            rating_group,
+            identifier,
+            code,
             unit=unit,
-            granted_units=item.granted_units,
+            granted_units=granted,
             validity_seconds=quota.validity_seconds,
-            threshold_units=item.granted_units * quota.threshold_percent // 100,
+            threshold_units=granted * quota.threshold_percent // 100,
             quota_holding_seconds=quota.quota_holding_seconds,
             final_unit=self._final_unit(self.settings.final_unit.action) if item.final else None,
         )

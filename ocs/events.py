@@ -8,10 +8,11 @@ Re-Auth-Request, RFC 4006 section 5.5), it hands an event to an observer callabl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from balance.value_type import value_type
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class FinalUnitGranted:
     """The session got the last units its balance affords (Final-Unit-Indication sent)."""
 
@@ -20,7 +21,7 @@ class FinalUnitGranted:
     origin_host: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class SessionActive:
     """A session request was answered; the session is open at ``origin_host``."""
 
@@ -30,7 +31,7 @@ class SessionActive:
     origin_realm: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class SessionEnded:
     account_id: str
     session_id: str

@@ -31,6 +31,7 @@ from urllib.parse import unquote
 
 from balance.tariff import charged, cost
 from balance.types import MICROS_PER_UNIT, Tariff, Unit
+from balance.value_type import value_type
 from ocs.rating_book import UNZONED, ContextRule, Numbering, Plan, ServiceKind, TariffBook, normalise_context_id
 from ocs.rating_load import TariffError, load_book, parse_book
 
@@ -63,7 +64,7 @@ _SUNDAY = 6
 _UNIT_WORDS = {Unit.SECONDS: "s", Unit.OCTETS: "octets", Unit.EVENTS: "events"}
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class RatingInput:
     """What rating needs from one credit-control request (one MSCC of it).
 
@@ -79,7 +80,7 @@ class RatingInput:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Rated:
     """The rating of one request: the tariff, and the facts that chose it.
 

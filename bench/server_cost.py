@@ -1,0 +1,206 @@
+"""What one CCR costs the server process, counted in instructions (valgrind callgrind), A/B.
+
+Theory of operation: on this two-core machine the wall-clock figures of bench/throughput.py move
+by a fifth, and by half on a bad minute (the host steals time: every process slows at once), so a
+change of a few per cent in the server's CPU per CCR cannot be seen there. An instruction count
+is the same for the same code and inputs whatever else runs. So this runs ``ocs serve`` (its
+embedded Redis, which is not counted, and its spool in a temporary directory) under ``valgrind
+--tool=callgrind`` with instrumentation off, and the network simulator, not under valgrind, on
+``config/scenarios/max-throughput.toml`` with a tenth of its population (provisioning 4000 lines
+through a server under valgrind would take minutes): closed loop, 256 sessions in flight over 4
+connections, voice, data, SMS as IEC and ECUR. After a warm-up the bench reads the server's own
+count of answered requests (``ocs_diameter_requests_total`` on ``/metrics``), switches counting on
+(``callgrind_control --instr=on``), waits, dumps, and reads the count again: instructions per
+answered CCR, the whole process (Diameter, rating, the engine call's Python side, the answer, the
+spool writer and the supervisor running beside the traffic, the event loop, the garbage collector).
+Under valgrind the server is about ten times slower, so it is always saturated, as in the throughput
+bench; the simulator keeps 256 requests waiting on it.
+
+The baseline, measured in the same run: ``--baseline REF`` measures the server of another commit
+as well (a ``git worktree`` of REF in the temporary directory; ``python -m ocs`` imports the
+packages from its working directory, so the worktree's server runs, against the same simulator),
+first the baseline, then this tree, and prints the ratio. With no ``--baseline`` only this tree is
+measured.
+
+Python under valgrind runs about 3 instructions per nanosecond of the machine's time here (a
+server at ~985k instructions per CCR measured 250-390 us of CPU per CCR in bench/throughput.py),
+so the issue's 30 us per CCR would be about 100k instructions.
+
+Run from the project root: ``.venv/bin/python bench/server_cost.py [--baseline REF] [--seconds S]``
+(about 60 s per tree; needs valgrind and, for ``--baseline``, git). The last line reads
+``RESULT instructions_per_ccr=<n> baseline_instructions_per_ccr=<n or -> ratio=<x or ->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, bench/ comes first on sys.path; the project root is what the imports need.
+if sys.path and Path(sys.path[0]).resolve() == PROJECT_ROOT / "bench":
+    sys.path[0] = str(PROJECT_ROOT)
+elif str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from bench import throughput  # noqa: E402  # its free_port, wait_for_health and stop
+
+SCENARIO = PROJECT_ROOT / "config" / "scenarios" / "max-throughput.toml"
+POPULATION_SIZE = 400  # a tenth of the scenario's: provisioning goes through the slowed server
+SESSIONS = 256
+CONNECTIONS = 4
+WARMUP_SECONDS = 20.0  # provisioning and the first sessions, with counting off
+COUNT_SECONDS = 15.0  # counting on: about 1,000 CCRs at the server's pace under valgrind
+HEALTH_TIMEOUT_SECONDS = 120.0
+_REQUESTS_LINE = re.compile(r"^ocs_diameter_requests_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
+_TOTAL_LINE = re.compile(r"^\s*([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    tree: str
+    requests: int
+    instructions: int
+
+    @property
+    def per_ccr(self) -> float:
+        return self.instructions / self.requests if self.requests else 0.0
+
+
+def answered_requests(http_port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return int(sum(float(value) for value in _REQUESTS_LINE.findall(text)))
+
+
+def callgrind_control(pid: int, *arguments: str) -> None:
+    subprocess.run(["callgrind_control", *arguments, str(pid)], capture_output=True, check=True)
+
+
+def small_scenario(directory: Path) -> Path:
+    text = SCENARIO.read_text()
+    smaller, replaced = re.subn(r"(?m)^size = \d+", f"size = {POPULATION_SIZE}", text)
+    if replaced != 1:
+        raise RuntimeError(f"{SCENARIO} has no [population] size line to shrink")
+    path = directory / "max-throughput-small.toml"
+    path.write_text(smaller)
+    return path
+
+
+def measure(tree: Path, label: str, directory: Path, count_seconds: float) -> Measurement:
+    data = directory / label
+    data.mkdir()
+    diameter_port, http_port = throughput.free_port(), throughput.free_port()
+    environment = {
+        **os.environ,
+        "OCS_DIAMETER_PORT": str(diameter_port),
+        "OCS_HTTP_PORT": str(http_port),
+        "OCS_REDIS_DATA_DIRECTORY": str(data / "redis"),
+        "OCS_SPOOL_PATH": str(data / "spool.sqlite3"),
+    }
+    out_file = data / "callgrind.out"
+    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}"]
+    with (data / "server.log").open("wb") as server_log:
+        server = subprocess.Popen(
+            [*command, sys.executable, "-m", "ocs", "serve"],
+            cwd=tree,
+            env=environment,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+        )
+        simulator: subprocess.Popen[bytes] | None = None
+        try:
+            throughput.wait_for_health(http_port, server, HEALTH_TIMEOUT_SECONDS)
+            duration = WARMUP_SECONDS + count_seconds + 5.0
+            simulator = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "simulator", "--scenario", str(small_scenario(data))),
+                    *("--diameter", f"127.0.0.1:{diameter_port}", "--api", f"http://127.0.0.1:{http_port}"),
+                    *("--duration", str(duration), "--sessions", str(SESSIONS), "--connections", str(CONNECTIONS)),
+                ],
+                cwd=PROJECT_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(WARMUP_SECONDS)
+            before = answered_requests(http_port)
+            callgrind_control(server.pid, "--zero")
+            callgrind_control(server.pid, "--instr=on")
+            time.sleep(count_seconds)
+            callgrind_control(server.pid, "--dump")
+            callgrind_control(server.pid, "--instr=off")
+            after = answered_requests(http_port)
+            if simulator.wait(timeout=duration * 4) not in (0, 1):
+                raise RuntimeError(f"the simulator failed against {label} (status {simulator.returncode})")
+        finally:
+            if simulator is not None and simulator.poll() is None:
+                simulator.kill()
+            throughput.stop(server)
+    dumps = sorted(data.glob("callgrind.out.*"))
+    if not dumps:
+        raise RuntimeError(f"no callgrind dump for {label}")
+    annotated = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", str(dumps[-1])], capture_output=True, text=True, check=True
+    ).stdout
+    found = _TOTAL_LINE.search(annotated)
+    if found is None:
+        raise RuntimeError(f"no PROGRAM TOTALS in the dump of {label}")
+    return Measurement(label, after - before, int(found.group(1).replace(",", "")))
+
+
+def worktree(reference: str, directory: Path) -> Path:
+    path = directory / "baseline-tree"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), reference], cwd=PROJECT_ROOT, capture_output=True, check=True
+    )
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--baseline", help="a git commit (or branch, tag) whose server is measured first")
+    parser.add_argument("--seconds", type=float, default=COUNT_SECONDS, help="seconds of counting per tree")
+    options = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind (with callgrind_control) is not installed: apt-get install valgrind")
+    with tempfile.TemporaryDirectory(prefix="ocs-bench-server-cost-") as directory_name:
+        directory = Path(directory_name)
+        results: list[Measurement] = []
+        baseline_tree = worktree(options.baseline, directory) if options.baseline else None
+        try:
+            if baseline_tree is not None:
+                results.append(measure(baseline_tree, f"baseline {options.baseline}", directory, options.seconds))
+            results.append(measure(PROJECT_ROOT, "this tree", directory, options.seconds))
+        finally:
+            if baseline_tree is not None:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(baseline_tree)], cwd=PROJECT_ROOT, check=False
+                )
+    print(f"ocs serve under callgrind, max-throughput with {POPULATION_SIZE} lines, {SESSIONS} sessions in flight")
+    print(f"{'server':<32}{'CCRs counted':>14}{'instructions':>16}{'per CCR':>12}")
+    for result in results:
+        print(f"{result.tree:<32}{result.requests:>14,}{result.instructions:>16,}{result.per_ccr:>12,.0f}")
+    current = results[-1]
+    if len(results) == 2:
+        base = results[0]
+        ratio = current.per_ccr / base.per_ccr
+        print(f"this tree / baseline: {ratio:.3f} ({(ratio - 1) * 100:+.1f} % instructions per CCR)")
+        print(
+            f"RESULT instructions_per_ccr={current.per_ccr:.0f} "
+            f"baseline_instructions_per_ccr={base.per_ccr:.0f} ratio={ratio:.3f}"
+        )
+    else:
+        print(f"RESULT instructions_per_ccr={current.per_ccr:.0f} baseline_instructions_per_ccr=- ratio=-")
+
+
+if __name__ == "__main__":
+    main()
