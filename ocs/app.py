@@ -29,7 +29,7 @@ from ocs.api import HttpServer, start_http
 from ocs.cca import error_answer
 from ocs.charging import CreditControl
 from ocs.config import Settings
-from ocs.logs import configure_logging
+from ocs.logs import bind_request, configure_logging
 from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating import load_book
 from ocs.rating_book import TariffBook
@@ -87,12 +87,7 @@ def _respond(state: ServerState, transport: DiameterTransport, message: Message)
 
 async def _answer(state: ServerState, handler: CreditControl, transport: DiameterTransport, message: Message) -> None:
     started = time.perf_counter()
-    # Each request runs in its own task, so these bindings stay with this request's log lines.
-    structlog.contextvars.bind_contextvars(
-        session_id=message.get("Session-Id"),
-        request_number=message.get("CC-Request-Number"),
-        peer=message.get("Origin-Host"),
-    )
+    bind_request(message)  # this task's own context: its log lines name this request
     try:
         answer = await handler.answer(message)
     except Exception:  # a bug must not leave the client waiting for its Tx timer
