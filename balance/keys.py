@@ -12,9 +12,11 @@ none. Field names are short because they are stored once per account and per ses
     ``m:<id>`` "kind|valid_from|valid_until|priority|service,service".
 ``{R}:s:<session>`` hash, one per session:
     a account id, n last request number applied, r its result (the reply string),
-    x expiry (epoch seconds), c "1" once closed; ``g:<rating group>`` one live reservation.
+    c "1" once closed; ``g:<rating group>`` one live reservation. Its expiry is its score in
+    ``{R}:x`` (sessions written by earlier versions also carry it as a field x, now ignored).
     A closed session is a tombstone with a key expiry of TOMBSTONE_SECONDS.
-``{R}:x`` sorted set: open sessions by expiry, member "<account>|<session>".
+``{R}:x`` sorted set: open sessions by expiry (epoch seconds, written by every charge that
+    leaves the session open), member "<account>|<session>".
 ``{R}:o`` list: the outbox, usage records (JSON) written with their debit, read and trimmed by
     the spool writer once they are committed to SQLite.
 ``{R}:k`` hash: idempotency keys of top-ups ("t:<id>") and adjustments ("j:<id>").

@@ -25,8 +25,9 @@ local account = load_account(account_key, account_id)
 if account == nil then return '0 unknown_account 0 0 0 0' end
 if account.par ~= parent_id then return redis.error_reply('HIERARCHY ' .. account_id .. ' has parent ' .. account.par) end
 
--- The session's stored state: a, n, r, c, x and one g:<rating group> field per reservation,
--- read straight from the reply (the reservations are decoded once the request is accepted).
+-- The session's stored state: a, n, r, c and one g:<rating group> field per reservation, read
+-- straight from the reply (the reservations are decoded once the request is accepted). Its expiry
+-- is its score in the expiry zset, not a field.
 local stored = call('HGETALL', session_key)
 local last, owner, last_reply, closed, stored_reservations = nil, nil, nil, false, nil
 for i = 1, #stored, 2 do
@@ -39,7 +40,7 @@ for i = 1, #stored, 2 do
     last_reply = stored[i + 1]
   elseif field == 'c' then
     closed = stored[i + 1] == '1'
-  elseif field == 'x' then -- the expiry, written anew below
+  elseif field == 'x' then -- an expiry field written by earlier versions: the zset's score now
   elseif byte(field, 1) == 103 and byte(field, 2) == 58 then -- 'g:'
     stored_reservations = stored_reservations or {}
     stored_reservations[#stored_reservations + 1] = i
@@ -181,11 +182,11 @@ if closing then
   if exists then call('ZREM', expiry_key, member) end
 else
   local expiry = fmt(now + validity)
-  local fields = {'n', ARGV[3], 'r', reply, 'x', expiry, false, false, false, false}
-  local count = 6
+  local fields = {'n', ARGV[3], 'r', reply, false, false, false, false}
+  local count = 4
   if not exists then
-    fields[7], fields[8] = 'a', account_id
-    count = 8
+    fields[5], fields[6] = 'a', account_id
+    count = 6
   end
   -- Reservations no item touched are stored as they were: only new ones are encoded.
   if made ~= nil then

@@ -4,8 +4,8 @@
 -- KEYS: 1 session hash, 2 account hash, 3 parent account hash (own key again when none),
 --       4 expiry zset of the hierarchy.
 -- ARGV: 1 account id, 2 session id, 3 now, 4 tombstone lifetime (s), 5 parent id ('' for none).
--- Returns: 1 if the session was closed now, else 0 (already closed, gone, or renewed; the zset
---       entry is removed or re-scored to the session's own expiry).
+-- Returns: 1 if the session was closed now, else 0 (already closed or gone: its zset entry is
+--       removed; or renewed since the caller read the zset: its score, the expiry, is later).
 -- Invariants: as charge.lua; the last reply stays stored for replay.
 
 local session_key, account_key, parent_key, expiry_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -13,16 +13,14 @@ local account_id, session_id, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local tombstone, parent_id = tonumber(ARGV[4]), ARGV[5]
 local member = account_id .. '|' .. session_id
 
+-- The session's expiry is its score (charge.lua writes it with every request it applies).
+local expiry = tonumber(redis.call('ZSCORE', expiry_key, member))
+if expiry ~= nil and expiry > now then return 0 end
 local session = {}
 local stored = redis.call('HGETALL', session_key)
 for i = 1, #stored, 2 do session[stored[i]] = stored[i + 1] end
-if session.n == nil or session.c == '1' or session.a ~= account_id then
+if expiry == nil or session.n == nil or session.c == '1' or session.a ~= account_id then
   redis.call('ZREM', expiry_key, member)
-  return 0
-end
-local expiry = tonumber(session.x)
-if expiry > now then
-  redis.call('ZADD', expiry_key, expiry, member)
   return 0
 end
 
