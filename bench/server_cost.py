@@ -19,8 +19,9 @@ bench; the simulator keeps 256 requests waiting on it.
 The baseline, measured in the same run: ``--baseline REF`` measures the server of another commit
 as well (a ``git worktree`` of REF in the temporary directory; ``python -m ocs`` imports the
 packages from its working directory, so the worktree's server runs, against the same simulator),
-first the baseline, then this tree, and prints the ratio. With no ``--baseline`` only this tree is
-measured.
+first the baseline, then this tree, and prints the ratio; ``--baseline-tree DIR`` measures the
+project copy in DIR instead (for instance one built with the compiled codec). With neither, only
+this tree is measured.
 
 Python under valgrind runs about 3 instructions per nanosecond of the machine's time here (a
 server at ~985k instructions per CCR measured 250-390 us of CPU per CCR in bench/throughput.py),
@@ -167,7 +168,11 @@ def worktree(reference: str, directory: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--baseline", help="a git commit (or branch, tag) whose server is measured first")
+    baseline = parser.add_mutually_exclusive_group()
+    baseline.add_argument("--baseline", help="a git commit (or branch, tag) whose server is measured first")
+    baseline.add_argument(
+        "--baseline-tree", type=Path, help="a directory holding another copy of the project (e.g. a compiled build)"
+    )
     parser.add_argument("--seconds", type=float, default=COUNT_SECONDS, help="seconds of counting per tree")
     options = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -179,6 +184,9 @@ def main() -> None:
         try:
             if baseline_tree is not None:
                 results.append(measure(baseline_tree, f"baseline {options.baseline}", directory, options.seconds))
+            elif options.baseline_tree is not None:
+                tree = options.baseline_tree.resolve()
+                results.append(measure(tree, f"baseline {tree.name}", directory, options.seconds))
             results.append(measure(PROJECT_ROOT, "this tree", directory, options.seconds))
         finally:
             if baseline_tree is not None:
