@@ -13,7 +13,9 @@ none. Field names are short because they are stored once per account and per ses
 ``{R}:s:<session>`` hash, one per session:
     a account id, n last request number applied, r its result (the reply string),
     c "1" once closed; ``g:<rating group>`` one live reservation. Its expiry is its score in
-    ``{R}:x`` (sessions written by earlier versions also carry it as a field x, now ignored).
+    ``{R}:x``. Versions before 2026-12-03 also kept it as a field x and their expire.lua reads
+    that field: their sessions work here (x is ignored), but rolling back to such a version while
+    sessions written by this one are open fails their expiry, so drain open sessions first.
     A closed session is a tombstone with a key expiry of TOMBSTONE_SECONDS.
 ``{R}:x`` sorted set: open sessions by expiry (epoch seconds, written by every charge that
     leaves the session open), member "<account>|<session>".

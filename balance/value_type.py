@@ -7,11 +7,13 @@ charging path makes about a dozen such values per request (the CCR read, rating,
 request and result, the answer), so the guard alone cost about 5 % of the server's CPU per CCR.
 The values made per request are therefore decorated with ``value_type``: PEP 681's
 ``dataclass_transform(frozen_default=True)`` tells mypy they are frozen, so assigning a field is a
-type error under ``mypy --strict`` (which the test suite runs), while at run time they are ordinary
-``dataclass(slots=True)`` classes. Like a frozen dataclass, they compare by value; unlike one, they
-are not hashable (no ``__hash__``), so they are never used as dict keys or set members.
-Values built once (the tariff book, configuration) stay ``frozen=True``: their guard costs nothing
-per request.
+type error under ``mypy --strict`` (the test suite runs it over the packages), while at run time
+they are ordinary ``dataclass(slots=True)`` classes. Like a frozen dataclass, they compare by
+value; unlike one, they are not hashable (``__hash__`` is None), and mypy, which takes them for
+frozen dataclasses, does not know it: do not use one as a dict key or set member, nor inside a
+value that is (a frozen dataclass holding one cannot be hashed either; such holders are value
+types too). Values built once (the tariff book, configuration) stay ``frozen=True``: their guard
+costs nothing per request.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ The conversion to time uses the same run's figures from bench/balance.py: on thi
 Redis 7.0 ran about 6 instructions per nanosecond in the charge script, so the 25 us target is
 about 150k instructions per call (INFO commandstats ``usec_per_call`` x instructions per call).
 
-Run from the project root: ``.venv/bin/python bench/script_cost.py [--sessions N]
+Run from the project root: ``.venv/bin/python bench/script_cost.py [--sessions N] [--keep DIR]
 [--redis-server PATH]`` (about 20 s; needs valgrind). The last line reads ``RESULT
 instructions_per_call=<n> script_instructions_per_call=<n> floor_instructions_per_call=<n>
 data_model_instructions_per_call=<n>``.
@@ -65,15 +65,16 @@ SEED = 20_261_203
 FLOOR_CALLS = 2_000
 FLOOR_SCRIPT = "return 0"
 # The data-model floor: the Redis commands an UPDATE makes on its keys (charge.lua: read the account
-# and the session, write the changed counters and bucket, the session's number, reply, expiry and
-# reservation, the expiry index and one usage record), with values of the lengths they have, and
+# and the session, write the changed counters and bucket, the session's number, reply and
+# reservation, its expiry as its score in the expiry index, and one usage record), with values of
+# the lengths they have, and
 # no money rules at all. What no Lua written for this key schema can go below.
 DATA_MODEL_SCRIPT = """
 local account = redis.call('HGETALL', KEYS[2])
 local session = redis.call('HGETALL', KEYS[1])
 redis.call('HSET', KEYS[2], 'hd', '3000000', 'db', '12000000', 'cm', '12000000', 'q:1', '985000000')
 redis.call('HSET', KEYS[1], 'n', ARGV[3], 'r', 'ok 985000000 0 1 1 1 ok 300 240 2400000 0 3000000',
-  'x', '1700000900', 'g:1', '300 0 600000 60 60 60 c:1:3000000')
+  'g:1', '300 0 600000 60 60 60 c:1:3000000')
 redis.call('ZADD', KEYS[4], '1700000900', ARGV[1] .. '|' .. ARGV[2])
 redis.call('RPUSH', KEYS[5], '{"id":"' .. ARGV[2] .. '|1|1","account":"' .. ARGV[1] .. '","session":"' .. ARGV[2]
   .. '","number":1,"rating_group":1,"service":"voice","unit":"seconds","units":240,"micros":2400000,'
@@ -254,6 +255,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--sessions", type=int, default=SESSION_COUNT)
     parser.add_argument("--redis-server", type=Path, default=None, help="default: the one EmbeddedRedis runs")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="copy the callgrind dumps (charge, floor, data-model floor) here"
+    )
     options = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind (with callgrind_control) is not installed: apt-get install valgrind")
@@ -273,6 +277,11 @@ def main() -> None:
             assert server.pid is not None
             collector = Collector(server.pid, directory)
             calls, charge, floor, data_model = uvloop.run(measure(server, collector, options.sessions))
+            if options.keep is not None:
+                options.keep.mkdir(parents=True, exist_ok=True)
+                dumps = sorted(directory.glob("callgrind.out.*.*"))
+                for dump, name in zip(dumps, ("charge", "floor", "data-model"), strict=True):
+                    shutil.copy(dump, options.keep / f"callgrind.{name}")
         report(calls, options.sessions, charge, floor, data_model)
 
 

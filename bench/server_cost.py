@@ -9,10 +9,13 @@ embedded Redis, which is not counted, and its spool in a temporary directory) un
 ``config/scenarios/max-throughput.toml`` with a tenth of its population (provisioning 4000 lines
 through a server under valgrind would take minutes): closed loop, 256 sessions in flight over 4
 connections, voice, data, SMS as IEC and ECUR. After a warm-up the bench reads the server's own
-count of answered requests (``ocs_diameter_requests_total`` on ``/metrics``), switches counting on
-(``callgrind_control --instr=on``), waits, dumps, and reads the count again: instructions per
-answered CCR, the whole process (Diameter, rating, the engine call's Python side, the answer, the
-spool writer and the supervisor running beside the traffic, the event loop, the garbage collector).
+count of answered requests (``ocs_diameter_requests_total`` on ``/metrics``; it must be rising by
+then), switches counting on (``callgrind_control --instr=on --zero``), reads the count, waits, reads
+it again and dumps. The count's window lies inside the counting window by the time the two
+callgrind_control calls take, so the CCRs are scaled by the ratio of the two windows' lengths (at
+a steady rate: the server is saturated): instructions per answered CCR, the whole process
+(Diameter, rating, the engine call's Python side, the answer, the spool writer and the supervisor
+running beside the traffic, the event loop, the garbage collector).
 Under valgrind the server is about ten times slower, so it is always saturated, as in the throughput
 bench; the simulator keeps 256 requests waiting on it.
 
@@ -23,9 +26,9 @@ first the baseline, then this tree, and prints the ratio; ``--baseline-tree DIR`
 project copy in DIR instead (for instance one built with the compiled codec). With neither, only
 this tree is measured.
 
-Python under valgrind runs about 3 instructions per nanosecond of the machine's time here (a
-server at ~985k instructions per CCR measured 250-390 us of CPU per CCR in bench/throughput.py),
-so the issue's 30 us per CCR would be about 100k instructions.
+Without valgrind the server runs about 4 instructions per nanosecond on a good day of this
+machine (code counting 1.04-1.10M instructions per CCR measured 252-267 us of CPU per CCR in
+bench/throughput.py), so the issue's 30 us per CCR would be about 120k instructions.
 
 Run from the project root: ``.venv/bin/python bench/server_cost.py [--baseline REF] [--seconds S]``
 (about 60 s per tree; needs valgrind and, for ``--baseline``, git). The last line reads
@@ -43,6 +46,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +91,14 @@ def callgrind_control(pid: int, *arguments: str) -> None:
     subprocess.run(["callgrind_control", *arguments, str(pid)], capture_output=True, check=True)
 
 
+def midpoint(action: Callable[[], None]) -> float:
+    """When ``action`` took effect, taken as the middle of its run (callgrind_control signals the
+    running valgrind, which acts on it part-way through)."""
+    started = time.monotonic()
+    action()
+    return (started + time.monotonic()) / 2
+
+
 def small_scenario(directory: Path) -> Path:
     text = SCENARIO.read_text()
     smaller, replaced = re.subn(r"(?m)^size = \d+", f"size = {POPULATION_SIZE}", text)
@@ -97,8 +109,7 @@ def small_scenario(directory: Path) -> Path:
     return path
 
 
-def measure(tree: Path, label: str, directory: Path, count_seconds: float) -> Measurement:
-    data = directory / label
+def measure(tree: Path, label: str, data: Path, count_seconds: float) -> Measurement:
     data.mkdir()
     diameter_port, http_port = throughput.free_port(), throughput.free_port()
     environment = {
@@ -133,13 +144,19 @@ def measure(tree: Path, label: str, directory: Path, count_seconds: float) -> Me
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(WARMUP_SECONDS)
-            before = answered_requests(http_port)
-            callgrind_control(server.pid, "--zero")
-            callgrind_control(server.pid, "--instr=on")
+            warm = answered_requests(http_port)
+            time.sleep(1.0)
+            if answered_requests(http_port) <= warm:
+                raise RuntimeError(f"no CCRs answered after {WARMUP_SECONDS + 1:.0f} s of warm-up of {label}")
+            counting_started = midpoint(lambda: callgrind_control(server.pid, "--instr=on", "--zero"))
+            before, before_at = answered_requests(http_port), time.monotonic()
             time.sleep(count_seconds)
-            callgrind_control(server.pid, "--dump")
+            after, after_at = answered_requests(http_port), time.monotonic()
+            counting_ended = midpoint(lambda: callgrind_control(server.pid, "--dump"))
             callgrind_control(server.pid, "--instr=off")
-            after = answered_requests(http_port)
+            if after <= before:
+                raise RuntimeError(f"no CCRs answered while counting {label}")
+            requests = round((after - before) * (counting_ended - counting_started) / (after_at - before_at))
             if simulator.wait(timeout=duration * 4) not in (0, 1):
                 raise RuntimeError(f"the simulator failed against {label} (status {simulator.returncode})")
         finally:
@@ -155,7 +172,7 @@ def measure(tree: Path, label: str, directory: Path, count_seconds: float) -> Me
     found = _TOTAL_LINE.search(annotated)
     if found is None:
         raise RuntimeError(f"no PROGRAM TOTALS in the dump of {label}")
-    return Measurement(label, after - before, int(found.group(1).replace(",", "")))
+    return Measurement(label, requests, int(found.group(1).replace(",", "")))
 
 
 def worktree(reference: str, directory: Path) -> Path:
@@ -183,11 +200,12 @@ def main() -> None:
         baseline_tree = worktree(options.baseline, directory) if options.baseline else None
         try:
             if baseline_tree is not None:
-                results.append(measure(baseline_tree, f"baseline {options.baseline}", directory, options.seconds))
+                label = f"baseline {options.baseline}"
+                results.append(measure(baseline_tree, label, directory / "baseline", options.seconds))
             elif options.baseline_tree is not None:
                 tree = options.baseline_tree.resolve()
-                results.append(measure(tree, f"baseline {tree.name}", directory, options.seconds))
-            results.append(measure(PROJECT_ROOT, "this tree", directory, options.seconds))
+                results.append(measure(tree, f"baseline {tree.name}", directory / "baseline", options.seconds))
+            results.append(measure(PROJECT_ROOT, "this tree", directory / "this-tree", options.seconds))
         finally:
             if baseline_tree is not None:
                 subprocess.run(

@@ -127,7 +127,7 @@ class RatingFailure:
     avp_name: str | None  # the AVP for Failed-AVP; None when the fault is ours (no such plan)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Quote:
     """What ``units`` of the rated service would cost, by ``balance.tariff`` (nothing is charged)."""
 

@@ -10,8 +10,12 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from ocs.charging import CreditControl
 from ocs.logs import bind_request, configure_logging
 from protocol.message import Message, avp, request
+from tests.ocs.conftest import RunningServer
+from tests.ocs.test_credit_control import ccr as full_ccr
+from tests.ocs.test_credit_control import code
 
 
 def ccr(session_id: str, number: int, peer: str) -> Message:
@@ -77,3 +81,25 @@ def test_fields_given_to_the_line_win_over_the_bound_request(lines: io.StringIO)
     (line,) = logged(lines)
     assert line["peer"] == "other.test"
     assert line["session_id"] == "pgw;1;c" and line["request_number"] == 5
+
+
+async def test_the_server_names_the_request_in_its_lines(
+    server: RunningServer, lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TCP: a request whose handling fails gets 5012 at once, and the error line names it."""
+
+    async def broken(self: CreditControl, message: Message) -> Message:
+        raise RuntimeError("a bug in the handler")
+
+    monkeypatch.setattr(CreditControl, "answer", broken)
+    client = await server.client()
+    try:
+        answer = await client.request(full_ccr("pgw;logs;1", "INITIAL_REQUEST", 0))
+    finally:
+        await client.close()
+    assert code(answer) == 5012  # DIAMETER_UNABLE_TO_COMPLY
+    (failed,) = [line for line in logged(lines) if line["event"] == "credit_control_failed"]
+    assert failed["session_id"] == "pgw;logs;1"
+    assert failed["request_number"] == 0
+    assert failed["peer"] == "pgw.test"
+    assert "a bug in the handler" in str(failed["exception"])
