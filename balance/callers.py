@@ -7,6 +7,11 @@ translate failures the same way, and nothing above them imports redis: a connect
 ``BalanceUnavailable`` (the outcome is unknown; every script is idempotent, so a retry is safe),
 an error reply is ``BalanceScriptError`` (the script refused to write). Replies come back as
 ``str`` or ``int`` (or lists of them).
+
+Both run an operation as a function of the library (FCALL, balance/scripts.py) unless made with
+``functions=False``; the first time Redis answers that it does not know FCALL (before 7.0), a
+caller runs the EVAL scripts from then on. Either way a script or library Redis does not have is
+loaded and the call sent again.
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ RETRY_SAFE_COMMANDS = frozenset(
 )
 
 
+def _unknown_command(message: str) -> bool:
+    """Redis's answer to a command it does not have: "ERR unknown command 'FCALL', with args..."."""
+    return message.startswith(("ERR unknown command", "unknown command"))
+
+
 def hash_fields(reply: Reply) -> dict[str, str]:
     """An HGETALL reply (RESP's field, value list) as a dict; empty for a missing key."""
     if not isinstance(reply, list):
@@ -82,46 +92,73 @@ def _text(reply: RedisReply | object) -> Reply:
 class RedisPyCaller:
     """redis-py asyncio: a single Redis or a Redis Cluster (``cluster=True``)."""
 
-    def __init__(self, client: redis_asyncio.Redis | redis_asyncio.RedisCluster) -> None:
+    def __init__(self, client: redis_asyncio.Redis | redis_asyncio.RedisCluster, *, functions: bool = True) -> None:
         self.client = client
+        self.functions = functions  # FCALL until Redis says it has no functions
 
     @classmethod
-    def from_url(cls, url: str, *, cluster: bool = False) -> RedisPyCaller:
+    def from_url(cls, url: str, *, cluster: bool = False, functions: bool = True) -> RedisPyCaller:
         if cluster:
-            return cls(redis_asyncio.RedisCluster.from_url(url, decode_responses=True))
+            return cls(redis_asyncio.RedisCluster.from_url(url, decode_responses=True), functions=functions)
         # Callers beyond the pool wait for a connection rather than fail (redis-py 8 raises
         # "Too many connections" with its default pool).
         pool = redis_asyncio.BlockingConnectionPool.from_url(url, max_connections=_POOL_SIZE, decode_responses=True)
-        return cls(redis_asyncio.Redis(connection_pool=pool))
+        return cls(redis_asyncio.Redis(connection_pool=pool), functions=functions)
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
         try:
             try:
-                reply = await self._evalsha(script, keys, args)
+                reply = await self._call(script, keys, args)
             except (redis_exceptions.ConnectionError, OSError):
                 if not script.retry_safe:
                     raise
-                reply = await self._evalsha(script, keys, args)
+                reply = await self._call(script, keys, args)
         except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError) as error:
             raise BalanceUnavailable(f"{script.operation}: {error}") from None
         except redis_exceptions.ResponseError as error:
             raise BalanceScriptError(f"{script.operation}: {error}") from None
         return _text(reply)
 
+    async def _call(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+        if self.functions:
+            try:
+                return await self._fcall(script, keys, args)
+            except redis_exceptions.ResponseError as error:
+                if not _unknown_command(str(error)):
+                    raise
+                self.functions = False
+        return await self._evalsha(script, keys, args)
+
+    async def _fcall(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+        try:
+            return await self.client.fcall(script.function, len(keys), *keys, *args)
+        except redis_exceptions.ResponseError as error:
+            if str(error) != "Function not found":
+                raise
+        try:
+            await self._load(keys[0], "FUNCTION", script.library.source)
+        except redis_exceptions.ResponseError as error:
+            if not str(error).endswith("already exists"):  # loaded meanwhile, by another call or client
+                raise
+        return await self.client.fcall(script.function, len(keys), *keys, *args)
+
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
         try:
             return await self.client.evalsha(script.sha, len(keys), *keys, *args)
         except redis_exceptions.NoScriptError:
-            await self._load(script, keys[0])
+            await self._load(keys[0], "SCRIPT", script.source)
             return await self.client.evalsha(script.sha, len(keys), *keys, *args)
 
-    async def _load(self, script: Script, first_key: str) -> None:
+    async def _load(self, first_key: str, kind: str, source: str) -> None:
+        """SCRIPT LOAD or FUNCTION LOAD (``kind``) of ``source``; on a cluster to the node that
+        owns the key's slot, where the call will run."""
         if isinstance(self.client, redis_asyncio.RedisCluster):
-            # SCRIPT LOAD goes to the node that owns the key's slot, where the EVALSHA will run.
             node = self.client.get_node_from_key(first_key)
-            await self.client.execute_command("SCRIPT", "LOAD", script.source, target_nodes=node)
+            await self.client.execute_command(kind, "LOAD", source, target_nodes=node)
+        elif kind == "FUNCTION":
+            await self.client.function_load(source)
         else:
-            await self.client.script_load(script.source)
+            await self.client.script_load(source)
 
     async def execute(self, *parts: str) -> Reply:
         try:
@@ -158,15 +195,26 @@ class RedisPyCaller:
 class PipelinedCaller:
     """The pipelined client of ``balance.pipeline``: many calls per loop pass on one connection."""
 
-    def __init__(self, client: PipelinedRedis) -> None:
+    def __init__(self, client: PipelinedRedis, *, functions: bool = True) -> None:
         self.client = client
+        self.functions = functions  # FCALL until Redis says it has no functions
         self._registered: set[str] = set()
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
-        if script.sha not in self._registered:
-            self.client.register_script(script.source)
-            self._registered.add(script.sha)
         try:
+            if self.functions:
+                if script.function not in self._registered:
+                    self.client.register_function(script.function, script.library.source)
+                    self._registered.add(script.function)
+                try:
+                    return _text(await self.client.fcall(script.function, keys, args))
+                except RedisErrorReply as error:
+                    if not _unknown_command(error.message):
+                        raise
+                    self.functions = False
+            if script.sha not in self._registered:
+                self.client.register_script(script.source)
+                self._registered.add(script.sha)
             return _text(await self.client.evalsha(script.sha, keys, args))
         except RedisErrorReply as error:
             raise BalanceScriptError(f"{script.operation}: {error}") from None

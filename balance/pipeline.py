@@ -22,6 +22,8 @@ Rules it keeps:
 - EVALSHA of a script registered with ``register_script`` survives a ``SCRIPT FLUSH`` or a Redis
   restart: on NOSCRIPT the call sends SCRIPT LOAD and the EVALSHA again, back to back on the same
   connection, so the retry is answered after the load without waiting a round trip in between.
+  FCALL of a function registered with ``register_function`` does the same with FUNCTION LOAD of
+  its library when Redis answers that the function is not found.
 - The number of pending calls is bounded; over the bound a call fails at once (as the server
   answers 3004 over its own in-flight limit rather than queueing, DESIGN.md) instead of growing
   memory while Redis is stalled.
@@ -64,6 +66,10 @@ DEFAULT_REPLY_TIMEOUT_SECONDS: Final = 5.0
 STALL_CHECKS_PER_TIMEOUT: Final = 4
 # How long ``close`` waits for pending replies before cutting the connection.
 DEFAULT_CLOSE_TIMEOUT_SECONDS: Final = 5.0
+# Redis 7.0's error replies to FCALL of a function it does not have, and to FUNCTION LOAD of a
+# library it has (the end of "ERR Library '<name>' already exists").
+FUNCTION_NOT_FOUND: Final = "ERR Function not found"
+ALREADY_EXISTS: Final = "already exists"
 
 
 class RedisErrorReply(Exception):
@@ -211,7 +217,7 @@ class _Connection(asyncio.Protocol):
 
 
 class PipelinedRedis:
-    """EVALSHA (and any other command) over one pipelined connection; reconnects on next use."""
+    """EVALSHA, FCALL (and any other command) over one pipelined connection; reconnects on next use."""
 
     def __init__(
         self,
@@ -230,6 +236,7 @@ class PipelinedRedis:
         self.connect_timeout_seconds = connect_timeout_seconds
         self.reply_timeout_seconds = reply_timeout_seconds
         self._scripts: dict[str, bytes] = {}
+        self._libraries: dict[str, bytes] = {}  # function name -> the library's source
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._closed = False
@@ -252,25 +259,60 @@ class PipelinedRedis:
         self._scripts[sha] = encoded
         return sha
 
+    def register_function(self, function: str, library_source: str | bytes) -> None:
+        """Remember the library that defines ``function``, so that ``fcall`` can load it when
+        Redis does not know the function (never loaded, FUNCTION FLUSH, a new Redis)."""
+        self._libraries[function] = library_source.encode() if isinstance(library_source, str) else library_source
+
     async def evalsha(self, sha: str, keys: Sequence[CommandPart], args: Sequence[CommandPart]) -> RedisReply:
-        command = _pack_command((b"EVALSHA", sha, len(keys), *keys, *args))
+        return await self._call_repairing(
+            _pack_command((b"EVALSHA", sha, len(keys), *keys, *args)), self._script_load_for, sha
+        )
+
+    async def fcall(self, function: str, keys: Sequence[CommandPart], args: Sequence[CommandPart]) -> RedisReply:
+        """FCALL; a RedisErrorReply "unknown command" if Redis has no functions (before 7.0)."""
+        return await self._call_repairing(
+            _pack_command((b"FCALL", function, len(keys), *keys, *args)), self._function_load_for, function
+        )
+
+    def _script_load_for(self, sha: str, error: RedisErrorReply) -> bytes | None:
+        source = self._scripts.get(sha)
+        if source is None or error.code != "NOSCRIPT":
+            return None
+        return _pack_command((b"SCRIPT", b"LOAD", source))
+
+    def _function_load_for(self, function: str, error: RedisErrorReply) -> bytes | None:
+        source = self._libraries.get(function)
+        if source is None or error.message != FUNCTION_NOT_FOUND:
+            return None
+        return _pack_command((b"FUNCTION", b"LOAD", source))
+
+    async def _call_repairing(
+        self, command: bytes, repair_for: Callable[[str, RedisErrorReply], bytes | None], name: str
+    ) -> RedisReply:
+        """``command``; if Redis answers an error that ``repair_for`` knows how to repair (a
+        script or function it does not have), the repair and ``command`` again, back to back."""
         connection = self._connection
         if connection is None or connection.failure is not None:
             connection = await self._connect()
         try:
             return await self._submit(connection, command)
         except RedisErrorReply as error:
-            source = self._scripts.get(sha)
-            if source is None or error.code != "NOSCRIPT":
+            repair = repair_for(name, error)
+            if repair is None:
                 raise
-        # The connection may have been replaced while we waited; load and retry on the current one.
+        # The connection may have been replaced while we waited; repair and retry on the current one.
         connection = self._connection
         if connection is None or connection.failure is not None:
             connection = await self._connect()
-        load = self._submit(connection, _pack_command((b"SCRIPT", b"LOAD", source)))
+        load = self._submit(connection, repair)
         retry = self._submit(connection, command)
         try:
             await load
+        except RedisErrorReply as error:
+            if not error.message.endswith(ALREADY_EXISTS):  # loaded meanwhile, by another call or client
+                retry.add_done_callback(_retrieve)
+                raise
         except BaseException:
             retry.add_done_callback(_retrieve)
             raise

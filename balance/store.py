@@ -145,12 +145,15 @@ class BalanceStore:
         self._charge_parts: dict[str, _ChargeParts] = {}
 
     @classmethod
-    async def connect(cls, url: str, *, cluster: bool = False, pipelined: bool = False) -> BalanceStore:
-        """``pipelined`` puts charges on ``balance.pipeline`` (single Redis only)."""
-        admin = RedisPyCaller.from_url(url, cluster=cluster)
+    async def connect(
+        cls, url: str, *, cluster: bool = False, pipelined: bool = False, functions: bool = True
+    ) -> BalanceStore:
+        """``pipelined`` puts charges on ``balance.pipeline`` (single Redis only); ``functions=False``
+        runs the EVAL scripts even where Redis has functions (balance/scripts.py)."""
+        admin = RedisPyCaller.from_url(url, cluster=cluster, functions=functions)
         if not pipelined or cluster:
             return cls(admin)
-        return cls(PipelinedCaller(_pipelined_client(url)), admin=admin)
+        return cls(PipelinedCaller(_pipelined_client(url), functions=functions), admin=admin)
 
     async def close(self) -> None:
         await self.caller.close()

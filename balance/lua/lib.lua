@@ -1,8 +1,9 @@
 -- lib.lua: the money rules of balance/RULES.md, shared by every operation script.
 --
--- Loaded by balance/scripts.py in front of each operation file, so each registered script is
--- one self-contained chunk. Nothing here touches a key it was not given: the operation passes
--- key names it received in KEYS.
+-- balance/scripts.py puts it in front of each operation file (one self-contained EVAL script
+-- per operation) and, for Redis >= 7.0, once in front of all of them in one function library,
+-- where each operation is a function of (KEYS, ARGV) and this chunk runs once, at load. Nothing
+-- here touches a key it was not given: the operation passes key names it received in KEYS.
 --
 -- Numbers: Redis Lua numbers are doubles; every amount stays below 2^53 (RULES.md), so integer
 -- arithmetic is exact. Integers are written back with fmt() ('%d': Lua 5.1 casts to a 64-bit long,
@@ -14,19 +15,27 @@
 -- invariants, and only then writes. Redis does not roll back a script that fails half way, so a
 -- failed assertion must happen before the first write.
 --
--- Cost: this runs in Redis's single thread on every charge, and the whole chunk, these function
--- definitions included, runs again on every call. Counted in instructions (valgrind), each
--- closure made, table field set, function called, C function called (math.floor included) and
--- pattern matched costs hundreds to thousands; the whole charge is a few hundred thousand. So the
--- library is a few functions, small helpers are written out where they are used, tables are
+-- Cost: this runs in Redis's single thread on every charge (as an EVAL script the whole chunk,
+-- these function definitions included, runs again on every call; as a function library, once).
+-- Counted in instructions (valgrind), each closure made, table field set, function called, C
+-- function called (math.floor included) and pattern matched costs hundreds to thousands; the
+-- whole charge is a few hundred thousand. So the library is a few functions, small helpers are written out where they are used, tables are
 -- made at their final size, floor and ceil are written with `%`, a bucket's metadata is parsed
 -- only when it is not the plain main bucket, buckets are sorted into drawing order only when two
 -- share a kind, a hold points at its bucket, and numbers already held as text are not formatted
 -- again. bench/balance.py measures the result (INFO commandstats).
 
-local format, byte, sub, find, match, gmatch = string.format, string.byte, string.sub, string.find, string.match,
-  string.gmatch
-local call, tonumber = redis.call, tonumber
+-- Standard and Redis functions as locals (an upvalue is cheaper than a global and a field).
+-- In a function library this chunk runs once, at FUNCTION LOAD, where nothing but
+-- redis.register_function can be reached, so balance/scripts.py runs bind_library() at the
+-- start of every operation, in both forms.
+local format, byte, sub, find, match, gmatch, call
+
+local function bind_library()
+  format, byte, sub, find, match, gmatch = string.format, string.byte, string.sub, string.find, string.match,
+    string.gmatch
+  call = redis.call
+end
 
 local INFINITY = 1e300
 local NO_SERVICES = {} -- shared by every bucket open to any service; never written

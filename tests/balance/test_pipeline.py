@@ -20,6 +20,7 @@ import pytest
 from balance.embedded import EmbeddedRedis, pick_free_port
 from balance.errors import BalanceUnavailable
 from balance.pipeline import PipelinedRedis, RedisErrorReply, RedisReply
+from tests.balance.conftest import skip_without_functions
 
 ECHO_AND_COUNT = """
 -- KEYS[1]: counter; ARGV[1]: caller's token. Returns {token, counter after INCR}.
@@ -85,6 +86,43 @@ async def test_first_call_and_script_flush_are_repaired_by_loading_the_script(re
 
         assert sorted(_token_and_count(reply)[1] for reply in replies) == list(range(2, 502))
         assert await client.execute("SCRIPT", "EXISTS", sha) == [1]
+
+
+ECHO_LIBRARY = f"""#!lua name=echo_test
+local function echo_and_count(KEYS, ARGV)
+{ECHO_AND_COUNT}
+end
+redis.register_function('echo_and_count', echo_and_count)
+"""
+
+
+async def test_first_fcall_and_function_flush_are_repaired_by_loading_the_library(
+    redis_server: EmbeddedRedis,
+) -> None:
+    skip_without_functions(redis_server)
+    async with PipelinedRedis(port=_port(redis_server)) as client:
+        client.register_function("echo_and_count", ECHO_LIBRARY)
+        assert await client.execute("FUNCTION", "LIST") == []
+        assert await client.fcall("echo_and_count", ["{a}:counter"], ["first"]) == [b"first", 1]
+
+        assert await client.execute("FUNCTION", "FLUSH") == b"OK"
+        # 500 calls in one loop pass: each meets "Function not found" and sends FUNCTION LOAD and
+        # itself again; every load after the first is refused ("already exists"), and ignored.
+        replies = await asyncio.gather(
+            *(client.fcall("echo_and_count", ["{a}:counter"], [str(index)]) for index in range(500))
+        )
+
+        assert sorted(_token_and_count(reply)[1] for reply in replies) == list(range(2, 502))
+        (library,) = await client.execute("FUNCTION", "LIST")
+        assert b"echo_test" in library
+
+
+async def test_fcall_of_an_unregistered_function_is_an_error_reply(redis_server: EmbeddedRedis) -> None:
+    skip_without_functions(redis_server)
+    async with PipelinedRedis(port=_port(redis_server)) as client:
+        with pytest.raises(RedisErrorReply) as caught:
+            await client.fcall("nowhere", [], [])
+        assert caught.value.message == "ERR Function not found"
 
 
 async def test_noscript_for_an_unregistered_sha_is_an_error_reply(redis_server: EmbeddedRedis) -> None:

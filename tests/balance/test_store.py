@@ -39,9 +39,12 @@ DATA = Tariff(price_micros=10_000, per_units=1_000_000, block_units=1_000_000, f
 NOW = 1_700_000_000
 
 
-@pytest.fixture(params=["redis-py", "pipelined"])
+@pytest.fixture(params=["redis-py", "pipelined", "pipelined-eval"])
 async def store(request: pytest.FixtureRequest, embedded_redis: EmbeddedRedis) -> AsyncIterator[BalanceStore]:
-    balance_store = await BalanceStore.connect(embedded_redis.url, pipelined=request.param == "pipelined")
+    """Every store test on both callers, and on the EVAL scripts as well as the function library."""
+    balance_store = await BalanceStore.connect(
+        embedded_redis.url, pipelined=request.param != "redis-py", functions=request.param != "pipelined-eval"
+    )
     await balance_store.flush_all()
     try:
         yield balance_store
