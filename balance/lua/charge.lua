@@ -2,10 +2,12 @@
 --
 -- KEYS: 1 session hash, 2 account hash, 3 parent account hash (the account's own key again when it
 --       has no parent), 4 expiry zset of the hierarchy, 5 outbox list of the hierarchy.
--- ARGV: 1 account id, 2 session id, 3 request number, 4 now (epoch s), 5 validity (s),
---       6 terminate 0|1, 7 event 0|1, 8 tombstone lifetime (s), 9 parent id ('' for none),
---       10 item count, then per item 10 fields: rating group, service, unit (seconds|octets|events),
---       used units, requested units, release 0|1, price micros, per units, block units, first units.
+-- ARGV: 1 account id, 2 session id, 3 request number, 4 now (epoch s), 5 the session's expiry if
+--       it stays open (epoch s: now + validity), 6 terminate 0|1, 7 event 0|1, 8 tombstone
+--       lifetime (s), 9 parent id ('' for none), 10 the session id as the body of a JSON string
+--       ('' when that is the session id itself), then per item 7 fields: rating group, service,
+--       unit (seconds|octets|events), used units, requested units, release 0|1, tariff
+--       "price_micros per_units block_units first_units" (lib.lua tariff_of).
 --       Numbers are decimal integers (balance/store.py); some are copied into what is stored as sent.
 -- Returns: "<replayed 0|1> <outcome> <balance micros> <opened 0|1> <records> <items>" followed by
 --       "<rating group> <outcome> <granted> <committed units> <committed micros> <final 0|1>
@@ -17,9 +19,10 @@
 
 local session_key, account_key, parent_key, expiry_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local account_id, session_id = ARGV[1], ARGV[2]
-local number, now, validity = ARGV[3] + 0, ARGV[4] + 0, ARGV[5] + 0
+local number, now = ARGV[3] + 0, ARGV[4] + 0 -- ARGV[5], the expiry, goes to ZADD as is
 local terminate, event = ARGV[6] == '1', ARGV[7] == '1'
-local parent_id, item_count = ARGV[9], ARGV[10] + 0 -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
+local parent_id = ARGV[9] -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
+local item_count = (#ARGV - 10) / 7
 
 local account = load_account(account_key, account_id)
 if account == nil then return '0 unknown_account 0 0 0 0' end
@@ -64,7 +67,7 @@ if parent_id ~= '' then
 end
 
 -- Reservations by field; only those made by this request are encoded and written back.
-local reservations, removed, made = {}, nil, nil
+local reservations, made = {}, nil
 if stored_reservations ~= nil then
   for _, i in ipairs(stored_reservations) do
     reservations[stored[i]] = decode_reservation(stored[i + 1], account, parent)
@@ -74,14 +77,13 @@ end
 local closing = terminate or event
 -- The items' answers and usage records, as text: one item (the usual request) makes no table.
 local results, record_count, records = nil, 0, nil
-local session_json = nil -- the session id as a JSON string body, made for the first usage record
+local session_json = ARGV[10] ~= '' and ARGV[10] or session_id -- in usage records
 local position = 11
 for _ = 1, item_count do
   local rating_group, service, unit = ARGV[position], ARGV[position + 1], ARGV[position + 2]
   local used, requested = ARGV[position + 3] + 0, ARGV[position + 4] + 0
   local release = ARGV[position + 5] == '1'
-  local tariff = {price = ARGV[position + 6] + 0, per = ARGV[position + 7] + 0,
-    block = ARGV[position + 8] + 0, first = ARGV[position + 9] + 0, text = false}
+  local tariff = tariff_of(ARGV[position + 6])
   local field = 'g:' .. rating_group
   local existing = reservations[field]
   local outcome, granted, final = 'ok', 0, false
@@ -114,8 +116,6 @@ for _ = 1, item_count do
   if existing ~= nil then
     return_reservation(existing, account, parent)
     reservations[field] = nil
-    removed = removed or {}
-    removed[#removed + 1] = field
   end
   local granted_text, reserved_text = '0', '0'
   if requested > 0 and not release and not closing then
@@ -131,8 +131,6 @@ for _ = 1, item_count do
         -- The numbers as the caller sent them, where they are the ones to store: no formatting.
         granted_text = granted == requested and ARGV[position + 4] or fmt(granted)
         reserved_text = fmt(reserved)
-        tariff.text = ARGV[position + 6] .. ' ' .. ARGV[position + 7] .. ' ' .. ARGV[position + 8] .. ' '
-          .. ARGV[position + 9]
         reservations[field] = reservation
         made = made or {}
         made[#made + 1] = field
@@ -144,9 +142,9 @@ for _ = 1, item_count do
   local micros_text = fmt(committed_micros)
   if committed_units > 0 then
     -- The usage record as JSON, written out by hand (cjson costs a table and a number format per
-    -- field). Only the session id can hold characters JSON must escape (cjson escapes it); the
-    -- account id, service and unit are plain (balance/validation.py), the numbers are integers.
-    if session_json == nil then session_json = sub(cjson.encode(session_id), 2, -2) end
+    -- field). Only the session id can hold characters JSON must escape (balance/store.py sends
+    -- it escaped in ARGV[10] then); the account id, service and unit are plain
+    -- (balance/validation.py), the numbers are integers.
     local record = '{"id":"' .. session_json .. '|' .. ARGV[3] .. '|' .. rating_group .. '","account":"'
       .. account_id .. '","session":"' .. session_json .. '","number":' .. ARGV[3] .. ',"rating_group":'
       .. rating_group .. ',"service":"' .. service .. '","unit":"' .. unit .. '","units":' .. units_text
@@ -160,7 +158,7 @@ for _ = 1, item_count do
   local result = rating_group .. ' ' .. outcome .. ' ' .. granted_text .. ' ' .. units_text .. ' ' .. micros_text
     .. (final and ' 1 ' or ' 0 ') .. reserved_text
   results = results and (results .. ' ' .. result) or result
-  position = position + 10
+  position = position + 7
 end
 
 if closing then
@@ -181,30 +179,38 @@ if closing then
   write_tombstone(session_key, account_id, ARGV[3], reply, ARGV[8])
   if exists then call('ZREM', expiry_key, member) end
 else
-  local expiry = fmt(now + validity)
-  local fields = {'n', ARGV[3], 'r', reply, false, false, false, false}
-  local count = 4
-  if not exists then
-    fields[5], fields[6] = 'a', account_id
-    count = 6
-  end
-  -- Reservations no item touched are stored as they were: only new ones are encoded.
-  if made ~= nil then
-    for i = 1, #made, 2 do
-      local field = made[i]
-      fields[count + 1], fields[count + 2] = field, encode_reservation(reservations[field], made[i + 1])
-      count = count + 2
+  -- A reservation no item touched is stored as it was: only new ones are encoded; one a request
+  -- ended is deleted.
+  if stored_reservations ~= nil then
+    local gone = nil
+    for j = 1, #stored_reservations do
+      local field = stored[stored_reservations[j]]
+      if reservations[field] == nil then
+        gone = gone or {}
+        gone[#gone + 1] = field
+      end
     end
+    if gone ~= nil then call('HDEL', session_key, unpack(gone)) end
   end
-  if removed ~= nil then
-    local gone = {}
-    for _, field in ipairs(removed) do
-      if reservations[field] == nil then gone[#gone + 1] = field end
+  if made ~= nil and #made == 2 and exists then -- the usual request: one reservation made again
+    call('HSET', session_key, 'n', ARGV[3], 'r', reply, made[1], encode_reservation(reservations[made[1]], made[2]))
+  else
+    local fields = {'n', ARGV[3], 'r', reply, false, false, false, false}
+    local count = 4
+    if not exists then
+      fields[5], fields[6] = 'a', account_id
+      count = 6
     end
-    if #gone > 0 then call('HDEL', session_key, unpack(gone)) end
+    if made ~= nil then
+      for i = 1, #made, 2 do
+        local field = made[i]
+        fields[count + 1], fields[count + 2] = field, encode_reservation(reservations[field], made[i + 1])
+        count = count + 2
+      end
+    end
+    call('HSET', session_key, unpack(fields, 1, count))
   end
-  call('HSET', session_key, unpack(fields, 1, count))
-  call('ZADD', expiry_key, expiry, member)
+  call('ZADD', expiry_key, ARGV[5], member)
 end
 if record_count == 1 then
   call('RPUSH', outbox_key, records)

@@ -30,7 +30,7 @@ if bucket == nil then
 end
 if bucket.amount + amount < 0 then return 'insufficient_funds 0 0' end
 bucket.amount, bucket.dirty = bucket.amount + amount, true
-if kind == 'main' or kind == 'bonus' then account.cr, account.dirty.cr = account.cr + amount, true end
+if kind == 'main' or kind == 'bonus' then account.cr, account.dirty_cr = account.cr + amount, true end
 
 local problem = save_checked(account, nil)
 if problem ~= nil then return problem end

@@ -27,21 +27,38 @@
 
 -- Standard and Redis functions as locals (an upvalue is cheaper than a global and a field).
 -- In a function library this chunk runs once, at FUNCTION LOAD, where nothing but
--- redis.register_function can be reached, so balance/scripts.py runs bind_library() at the
--- start of every operation, in both forms.
+-- redis.register_function can be reached, so balance/scripts.py runs bind_library(<form>) at
+-- the start of every operation, in both forms.
 local format, byte, sub, find, match, gmatch, call
-
-local function bind_library()
-  format, byte, sub, find, match, gmatch = string.format, string.byte, string.sub, string.find, string.match,
-    string.gmatch
-  call = redis.call
-end
 
 local INFINITY = 1e300
 local NO_SERVICES = {} -- shared by every bucket open to any service; never written
 
+-- Kept between calls while the function library stays loaded: what a field of an account hash
+-- names, and what a bucket's metadata says, parsed (load_account). Each maps a text to what
+-- that text always means, so nothing in them goes stale; each is emptied when it reaches
+-- CACHE_LIMIT entries. What they hold is shared: never written. An EVAL script, which starts
+-- every call afresh, keeps nothing (`caching` false, the caches EMPTY) and reads each field
+-- into one scratch table instead.
+local CACHE_LIMIT = 4096
+local EMPTY = {} -- never written
+local caching = false
+local field_names, field_count = EMPTY, 0 -- field -> {text, id, amount (a 'q:' field)}, or false
+local meta_terms, meta_count = EMPTY, 0 -- metadata -> {kind, from, until, priority, services, any_service}
+local tariff_terms, tariff_count = EMPTY, 0 -- "price per block first" -> its tariff (tariff_of)
+local scratch_name = {text = false, id = false, amount = false}
+
+-- `library`: true in the function library, false in an EVAL script.
+local function bind_library(library)
+  format, byte, sub, find, match, gmatch = string.format, string.byte, string.sub, string.find, string.match,
+    string.gmatch
+  call, caching = redis.call, library
+  if library and field_names == EMPTY then field_names, meta_terms, tariff_terms = {}, {}, {} end -- its first call
+end
+
 local function fmt(n)
-  if n == 0 then return '0' end -- the most common value, without a call to format
+  if n == 0 then return '0' end -- the most common values, without a call to format
+  if n == 1 then return '1' end
   return format('%d', n)
 end
 
@@ -70,13 +87,79 @@ local function cost(t, units)
   return whole * price + rest
 end
 
+-- A tariff: {price, per, block, first, text}, where `text` is the four numbers as the charge's
+-- ARGV and a stored reservation carry them: "price_micros per_units block_units first_units".
+-- Read once per text while the function library stays loaded (tariff_terms: shared, never
+-- written), once per call in an EVAL script. Text in another spacing or number syntax is read
+-- by the general reader, and its tariff carries the four numbers in the usual form.
+local function tariff_of(text)
+  local t = tariff_terms[text]
+  if t ~= nil then return t end
+  local price, per, block, first = match(text, '^(%d+) (%d+) (%d+) (%d+)$')
+  if price ~= nil then
+    t = {price = price + 0, per = per + 0, block = block + 0, first = first + 0, text = text}
+  else
+    local numbers = {}
+    for word in gmatch(text, '%S+') do numbers[#numbers + 1] = tonumber(word) or 0 end
+    t = {price = numbers[1] or 0, per = numbers[2] or 0, block = numbers[3] or 0, first = numbers[4] or 0}
+    t.text = fmt(t.price) .. ' ' .. fmt(t.per) .. ' ' .. fmt(t.block) .. ' ' .. fmt(t.first)
+  end
+  if caching then
+    if tariff_count >= CACHE_LIMIT then tariff_terms, tariff_count = {}, 0 end
+    tariff_terms[text], tariff_count = t, tariff_count + 1
+  end
+  return t
+end
+
 -- ---------------------------------------------------------------------------------------------
 -- accounts
 --
 -- An account is its hash's fields under their own names (counters as numbers), its buckets in
--- id order, `dirty` (counters changed) and `kinds` (drawing order, see of_kind). A bucket is
--- {id, text (its id as stored), amount, kind, from, until, priority, services, any_service,
--- dirty}.
+-- id order, `dirty_<counter>` (the counter changed) and `kinds` (drawing order, see of_kind). A
+-- bucket is {id, text (its id as stored), amount, kind, from, until, priority, services,
+-- any_service, dirty}.
+
+-- What `field` names: 'q:<id>' (113 'q', 58 ':') a bucket's amount, 'm:<id>' (109 'm') its
+-- metadata; false for any other field.
+local function name_field(field)
+  local first, named = byte(field, 1), false
+  if (first == 113 or first == 109) and byte(field, 2) == 58 then
+    local text = sub(field, 3)
+    if not caching then
+      scratch_name.text, scratch_name.amount = text, first == 113 -- its id is read only for a new bucket
+      return scratch_name
+    end
+    named = {text = text, id = text + 0, amount = first == 113}
+  end
+  if caching then
+    if field_count >= CACHE_LIMIT then field_names, field_count = {}, 0 end
+    field_names[field], field_count = named, field_count + 1
+  end
+  return named
+end
+
+-- "kind|valid_from|valid_until|priority|service,service" (balance/keys.py), parsed.
+local function parse_terms(meta)
+  local kind, from, till, priority, services = match(meta, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  local terms = {kind = kind, from = 0, ['until'] = 0, priority = 0, services = NO_SERVICES, any_service = true}
+  if from ~= '0' then terms.from = tonumber(from) or 0 end
+  if till ~= '0' then terms['until'] = tonumber(till) or 0 end
+  if priority ~= '0' then terms.priority = tonumber(priority) or 0 end
+  if services ~= '' then
+    terms.any_service = false
+    if not find(services, ',', 1, true) then
+      terms.services = {[services] = true}
+    else
+      terms.services = {}
+      for service in gmatch(services, '[^,]+') do terms.services[service] = true end
+    end
+  end
+  if caching then
+    if meta_count >= CACHE_LIMIT then meta_terms, meta_count = {}, 0 end
+    meta_terms[meta], meta_count = terms, meta_count + 1
+  end
+  return terms
+end
 
 -- Returns the account as a table, or nil if the key does not exist.
 local function load_account(key, id)
@@ -87,7 +170,8 @@ local function load_account(key, id)
   -- Every field it can get, so that filling it in never grows it: counters start as 0,
   -- text fields as false ('' for the parent id).
   local account = {key = key, id = id, buckets = buckets, kinds = false,
-    dirty = {cr = false, db = false, cm = false, hd = false, lh = false, ub = false, pu = false},
+    dirty_cr = false, dirty_db = false, dirty_cm = false, dirty_hd = false, dirty_lh = false, dirty_ub = false,
+    dirty_pu = false,
     cr = 0, db = 0, cm = 0, hd = 0, lh = 0, ub = 0, pu = 0, lim = 0, cap = 0,
     pay = false, st = false, par = '', cur = false}
   local in_order, last_id = true, -INFINITY
@@ -96,16 +180,16 @@ local function load_account(key, id)
     local field, value = flat[i], flat[i + 1]
     local known = account[field]
     if known == 0 then
-      account[field] = value + 0 -- a counter
+      if value ~= '0' then account[field] = value + 0 end -- a counter
     elseif known ~= nil then
       account[field] = value -- cur, pay, st, par
     else
-      -- 'q:<id>' (113 'q', 58 ':') holds a bucket's amount, 'm:<id>' (109 'm') its metadata.
-      local first = byte(field, 1)
-      if (first == 113 or first == 109) and byte(field, 2) == 58 then
-        local text = sub(field, 3)
+      local named = field_names[field]
+      if named == nil then named = name_field(field) end
+      if named then
+        local text = named.text
         if text ~= bucket_text then
-          local bucket_id = text + 0
+          local bucket_id = named.id or text + 0
           bucket, bucket_text = nil, text
           for j = 1, #buckets do
             if buckets[j].id == bucket_id then bucket = buckets[j] end
@@ -118,27 +202,14 @@ local function load_account(key, id)
             last_id = bucket_id
           end
         end
-        if first == 113 then
-          bucket.amount = value + 0
+        if named.amount then
+          if value ~= '0' then bucket.amount = value + 0 end
         elseif value == 'main|0|0|0|' then
           bucket.kind = 'main' -- the plain main bucket: nothing to parse
         else
-          -- "kind|valid_from|valid_until|priority|service,service" (balance/keys.py).
-          local kind, from, till, priority, services = match(value, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-          bucket.kind = kind
-          if from ~= '0' then bucket.from = tonumber(from) or 0 end
-          if till ~= '0' then bucket['until'] = tonumber(till) or 0 end
-          if priority ~= '0' then bucket.priority = tonumber(priority) or 0 end
-          if services ~= '' then
-            if not find(services, ',', 1, true) then
-              bucket.services, bucket.any_service = {[services] = true}, false
-            else
-              for service in gmatch(services, '[^,]+') do
-                if bucket.any_service then bucket.services, bucket.any_service = {}, false end
-                bucket.services[service] = true
-              end
-            end
-          end
+          local terms = meta_terms[value] or parse_terms(value)
+          bucket.kind, bucket.from, bucket['until'] = terms.kind, terms.from, terms['until']
+          bucket.priority, bucket.services, bucket.any_service = terms.priority, terms.services, terms.any_service
         end
       else
         account[field] = value -- a field the engine does not use
@@ -256,16 +327,16 @@ local function save_account(account)
       bucket.dirty = false
     end
   end
-  local dirty = account.dirty
   -- The counters one by one: a walk with pairs() costs a C call per field.
-  if dirty.hd then args[n + 1], args[n + 2], n = 'hd', fmt(account.hd), n + 2 end
-  if dirty.db then args[n + 1], args[n + 2], n = 'db', fmt(account.db), n + 2 end
-  if dirty.cm then args[n + 1], args[n + 2], n = 'cm', fmt(account.cm), n + 2 end
-  if dirty.cr then args[n + 1], args[n + 2], n = 'cr', fmt(account.cr), n + 2 end
-  if dirty.lh then args[n + 1], args[n + 2], n = 'lh', fmt(account.lh), n + 2 end
-  if dirty.ub then args[n + 1], args[n + 2], n = 'ub', fmt(account.ub), n + 2 end
-  if dirty.pu then args[n + 1], args[n + 2], n = 'pu', fmt(account.pu), n + 2 end
-  dirty.hd, dirty.db, dirty.cm, dirty.cr, dirty.lh, dirty.ub, dirty.pu = false, false, false, false, false, false, false
+  if account.dirty_hd then args[n + 1], args[n + 2], n = 'hd', fmt(account.hd), n + 2 end
+  if account.dirty_db then args[n + 1], args[n + 2], n = 'db', fmt(account.db), n + 2 end
+  if account.dirty_cm then args[n + 1], args[n + 2], n = 'cm', fmt(account.cm), n + 2 end
+  if account.dirty_cr then args[n + 1], args[n + 2], n = 'cr', fmt(account.cr), n + 2 end
+  if account.dirty_lh then args[n + 1], args[n + 2], n = 'lh', fmt(account.lh), n + 2 end
+  if account.dirty_ub then args[n + 1], args[n + 2], n = 'ub', fmt(account.ub), n + 2 end
+  if account.dirty_pu then args[n + 1], args[n + 2], n = 'pu', fmt(account.pu), n + 2 end
+  account.dirty_hd, account.dirty_db, account.dirty_cm, account.dirty_cr = false, false, false, false
+  account.dirty_lh, account.dirty_ub, account.dirty_pu = false, false, false
   if n > 0 then call('HSET', account.key, unpack(args, 1, n)) end
 end
 
@@ -331,7 +402,7 @@ local function hold_from_buckets(owner, src, holds, left, now)
       if bucket.kind == kind and amount > 0 and bucket.from <= now and (till == 0 or now < till) then
         local take = amount < left and amount or left
         bucket.amount, bucket.dirty = amount - take, true
-        owner.hd, owner.dirty.hd = owner.hd + take, true
+        owner.hd, owner.dirty_hd = owner.hd + take, true
         holds[#holds + 1] = {src = src, bucket = bucket, amount = take}
         left = left - take
       end
@@ -346,7 +417,7 @@ local function hold_credit_line(owner, src, left, holds)
   local line = credit_line(owner)
   if line <= 0 or left <= 0 then return left end
   local take = line < left and line or left
-  owner.lh, owner.dirty.lh = owner.lh + take, true
+  owner.lh, owner.dirty_lh = owner.lh + take, true
   holds[#holds + 1] = {src = src, bucket = false, amount = take}
   return left - take
 end
@@ -358,7 +429,7 @@ local function hold_money(account, parent, want, now, holds)
     local room = pool_room(account, parent, now)
     local pool_want = room < left and room or left
     local pool_left = hold_credit_line(parent, 'P', hold_from_buckets(parent, 'p', holds, pool_want, now), holds)
-    account.pu, account.dirty.pu = account.pu + (pool_want - pool_left), true
+    account.pu, account.dirty_pu = account.pu + (pool_want - pool_left), true
   end
 end
 
@@ -371,10 +442,10 @@ local function commit_hold(hold, amount, account, parent)
   local owner = (src == 'p' or src == 'P') and parent or account
   if src == 'c' or src == 'p' then
     owner.hd, owner.db = owner.hd - amount, owner.db + amount
-    owner.dirty.hd, owner.dirty.db = true, true
+    owner.dirty_hd, owner.dirty_db = true, true
   else
     owner.lh, owner.ub = owner.lh - amount, owner.ub + amount
-    owner.dirty.lh, owner.dirty.ub = true, true
+    owner.dirty_lh, owner.dirty_ub = true, true
   end
 end
 
@@ -386,22 +457,20 @@ local function return_hold(hold, account, parent)
   local src = hold.src
   local owner = (src == 'p' or src == 'P') and parent or account
   if src == 'C' or src == 'P' then
-    owner.lh, owner.dirty.lh = owner.lh - amount, true
+    owner.lh, owner.dirty_lh = owner.lh - amount, true
   else
-    if src ~= 'u' then owner.hd, owner.dirty.hd = owner.hd - amount, true end
+    if src ~= 'u' then owner.hd, owner.dirty_hd = owner.hd - amount, true end
     local bucket = hold.bucket
     bucket.amount, bucket.dirty = bucket.amount + amount, true
   end
-  if src == 'p' or src == 'P' then account.pu, account.dirty.pu = account.pu - amount, true end
+  if src == 'p' or src == 'P' then account.pu, account.dirty_pu = account.pu - amount, true end
 end
 
 -- A reservation: {units, allowance, tariff, holds}. Serialised as space-separated fields:
--- "units allowance price per block first src:id:amount ...". A tariff may carry its four
--- numbers already as that text (`tariff.text`). `units_text` is fmt(r.units) if already made.
+-- "units allowance price per block first src:id:amount ...", the tariff as its text.
+-- `units_text` is fmt(r.units) if already made.
 local function encode_reservation(r, units_text)
-  local t = r.tariff
-  local text = (units_text or fmt(r.units)) .. ' ' .. fmt(r.allowance) .. ' '
-    .. (t.text or (fmt(t.price) .. ' ' .. fmt(t.per) .. ' ' .. fmt(t.block) .. ' ' .. fmt(t.first)))
+  local text = (units_text or fmt(r.units)) .. ' ' .. fmt(r.allowance) .. ' ' .. r.tariff.text
   local holds = r.holds
   for i = 1, #holds do
     local hold = holds[i]
@@ -412,22 +481,24 @@ local function encode_reservation(r, units_text)
   return text
 end
 
+-- A hold read back: its bucket by id among the account's (or, for 'p', the parent's) buckets.
+local function stored_hold(src, id, amount, account, parent)
+  local bucket = false
+  if src ~= 'C' and src ~= 'P' then
+    local buckets = src == 'p' and parent.buckets or account.buckets
+    for i = 1, #buckets do
+      if buckets[i].id == id then bucket = buckets[i] end
+    end
+  end
+  return {src = src, bucket = bucket, amount = amount}
+end
+
 -- The reservation stored as `text` for `account` (and its `parent`, or nil). What
 -- encode_reservation writes is read with one match and one find per hold; anything else (other
--- spacing or number syntax) by the general reader. The reservation is its own tariff.
+-- spacing or number syntax) by the general reader.
 local function decode_reservation(text, account, parent)
-  local units, allowance, price, per, block, first, rest = match(text, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+)(.*)$')
+  local units, allowance, tariff_text, rest = match(text, '^(%d+) (%d+) (%d+ %d+ %d+ %d+)(.*)$')
   local holds = {}
-  local function hold(src, id, amount)
-    local bucket = false
-    if src ~= 'C' and src ~= 'P' then
-      local buckets = src == 'p' and parent.buckets or account.buckets
-      for i = 1, #buckets do
-        if buckets[i].id == id then bucket = buckets[i] end
-      end
-    end
-    holds[#holds + 1] = {src = src, bucket = bucket, amount = amount}
-  end
   if units ~= nil then
     local at, last = 1, #rest
     while at <= last do
@@ -436,28 +507,25 @@ local function decode_reservation(text, account, parent)
         units = nil
         break
       end
-      hold(src, id + 0, amount + 0)
+      holds[#holds + 1] = stored_hold(src, id + 0, amount + 0, account, parent)
       at = stop + 1
     end
   end
   if units ~= nil then
-    units, allowance, price, per, block, first = units + 0, allowance + 0, price + 0, per + 0, block + 0, first + 0
+    units = units + 0
+    if allowance == '0' then allowance = 0 else allowance = allowance + 0 end
   else
     local fields = {}
     for word in gmatch(text, '%S+') do fields[#fields + 1] = word end
     units, allowance = tonumber(fields[1]) or 0, tonumber(fields[2]) or 0
-    price, per = tonumber(fields[3]) or 0, tonumber(fields[4]) or 0
-    block, first = tonumber(fields[5]) or 0, tonumber(fields[6]) or 0
+    tariff_text = (fields[3] or '0') .. ' ' .. (fields[4] or '0') .. ' ' .. (fields[5] or '0') .. ' ' .. (fields[6] or '0')
     holds = {}
     for i = 7, #fields do
       local src, id, amount = match(fields[i], '^(%a):(%d+):(%d+)$')
-      hold(src, tonumber(id), tonumber(amount))
+      holds[#holds + 1] = stored_hold(src, tonumber(id), tonumber(amount), account, parent)
     end
   end
-  local r = {units = units, allowance = allowance, holds = holds, tariff = false,
-    price = price, per = per, block = block, first = first, text = false}
-  r.tariff = r
-  return r
+  return {units = units, allowance = allowance, holds = holds, tariff = tariff_of(tariff_text)}
 end
 
 -- RULES.md "Drawing order": reserve `units` (> 0) of `service`/`unit` at tariff `t`.
@@ -538,7 +606,7 @@ local function commit(reservation, used, account, parent)
   if micros_left ~= 0 or units_left ~= 0 then
     error('INVARIANT commit exceeds holds')
   end
-  account.cm, account.dirty.cm = account.cm + micros, true
+  account.cm, account.dirty_cm = account.cm + micros, true
   return covered, micros
 end
 

@@ -27,7 +27,7 @@ if parent_id ~= '' then parent = load_account(parent_key, parent_id) end
 local bucket, meta = first_of_kind(account, 'main'), nil
 if bucket == nil then bucket, meta = new_bucket(account, 'main', '0', '0', '0', '') end
 bucket.amount, bucket.dirty = bucket.amount + amount, true
-account.cr, account.dirty.cr = account.cr + amount, true
+account.cr, account.dirty_cr = account.cr + amount, true
 local problem = save_checked(account, nil)
 if problem ~= nil then return problem end
 if meta ~= nil then redis.call('HSET', account_key, 'm:' .. bucket.id, meta) end

@@ -243,6 +243,20 @@ async def test_suspended_account_commits_usage_but_gets_no_new_quota(store: Bala
     await assert_audit_clean(store)
 
 
+@pytest.mark.parametrize(
+    "session_id",
+    ["pgw.op.net;1;2/3", 'pgw;"quoted"', "pgw;back\\slash", "pgw;tab\there", "pgw;ünïcode;\u2028", "pgw;\x7f;\x00"],
+)
+async def test_usage_records_carry_any_session_id(store: BalanceStore, session_id: str) -> None:
+    """The record is JSON written by the script; the session id arrives escaped when it must be."""
+    await store.provision(Account("ivan", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+    assert only(await store.charge(ccr("ivan", session_id, 0, voice(requested=60)))) == (Outcome.OK, 60, 0, 0)
+    assert only(await store.charge(ccr("ivan", session_id, 1, voice(used=60), terminate=True)))[2] == 60
+    (record,) = await store.usage_records()
+    assert record.session_id == session_id and record.record_id == f"{session_id}|1|1"
+    await assert_audit_clean(store)
+
+
 # -- postpaid and company hierarchies --------------------------------------------------------
 
 
