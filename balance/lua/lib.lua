@@ -43,9 +43,9 @@ local NO_SERVICES = {} -- shared by every bucket open to any service; never writ
 local CACHE_LIMIT = 4096
 local EMPTY = {} -- never written
 local caching = false
-local field_names, field_count = EMPTY, 0 -- field -> {text, id, amount (a 'q:' field)}, or false
-local meta_terms, meta_count = EMPTY, 0 -- metadata -> {kind, from, until, priority, services, any_service}
-local tariff_terms, tariff_count = EMPTY, 0 -- "price per block first" -> its tariff (tariff_of)
+local field_names = EMPTY -- field -> {text, id, amount (a 'q:' field)}, or false
+local meta_terms = EMPTY -- metadata -> {kind, from, until, priority, services, any_service}
+local tariff_terms = EMPTY -- "price per block first" -> its tariff (tariff_of)
 local scratch_name = {text = false, id = false, amount = false}
 
 -- `library`: true in the function library, false in an EVAL script.
@@ -54,6 +54,16 @@ local function bind_library(library)
     string.gmatch
   call, caching = redis.call, library
   if library and field_names == EMPTY then field_names, meta_terms, tariff_terms = {}, {}, {} end -- its first call
+end
+
+-- `cache` with `value` kept under `key` (its entry count under 0): the same table, or a new one
+-- once it held CACHE_LIMIT entries; an EVAL script's cache stays EMPTY.
+local function remember(cache, key, value)
+  if not caching then return cache end
+  local count = cache[0] or 0
+  if count >= CACHE_LIMIT then cache, count = {}, 0 end
+  cache[key], cache[0] = value, count + 1
+  return cache
 end
 
 local function fmt(n)
@@ -104,10 +114,7 @@ local function tariff_of(text)
     t = {price = numbers[1] or 0, per = numbers[2] or 0, block = numbers[3] or 0, first = numbers[4] or 0}
     t.text = fmt(t.price) .. ' ' .. fmt(t.per) .. ' ' .. fmt(t.block) .. ' ' .. fmt(t.first)
   end
-  if caching then
-    if tariff_count >= CACHE_LIMIT then tariff_terms, tariff_count = {}, 0 end
-    tariff_terms[text], tariff_count = t, tariff_count + 1
-  end
+  tariff_terms = remember(tariff_terms, text, t)
   return t
 end
 
@@ -131,10 +138,7 @@ local function name_field(field)
     end
     named = {text = text, id = text + 0, amount = first == 113}
   end
-  if caching then
-    if field_count >= CACHE_LIMIT then field_names, field_count = {}, 0 end
-    field_names[field], field_count = named, field_count + 1
-  end
+  field_names = remember(field_names, field, named)
   return named
 end
 
@@ -154,10 +158,7 @@ local function parse_terms(meta)
       for service in gmatch(services, '[^,]+') do terms.services[service] = true end
     end
   end
-  if caching then
-    if meta_count >= CACHE_LIMIT then meta_terms, meta_count = {}, 0 end
-    meta_terms[meta], meta_count = terms, meta_count + 1
-  end
+  meta_terms = remember(meta_terms, meta, terms)
   return terms
 end
 
