@@ -167,7 +167,9 @@ async def _redis_url(state: ServerState) -> str:
 async def startup(state: ServerState) -> tuple[str, int]:
     settings = state.settings
     url = await _redis_url(state)
-    state.store = await BalanceStore.connect(url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined)
+    state.store = await BalanceStore.connect(
+        url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined, functions=settings.redis.functions
+    )
     time_redis_calls(state.store, state.metrics)
     # Provisioning writes through redis-py; the CCR path's lookups share the charging connection.
     state.directory = Directory(state.store.admin, reader=state.store.caller)

@@ -47,6 +47,7 @@ class RedisSettings:
     url: str = ""  # empty: start the embedded redis-server in data_directory
     cluster: bool = False
     pipelined: bool = True  # charges on the pipelined client (single Redis only)
+    functions: bool = True  # the function library (FCALL) where Redis has it; false: EVAL scripts
     data_directory: str = "data/redis"
 
 

@@ -23,9 +23,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_the_shipped_file_loads_and_the_environment_overrides_it() -> None:
     settings = load_settings(
-        ROOT / "config" / "ocs.toml", {"OCS_REDIS_URL": "redis://10.0.0.5:6379/0", "OCS_REDIS_CLUSTER": "true"}
+        ROOT / "config" / "ocs.toml",
+        {"OCS_REDIS_URL": "redis://10.0.0.5:6379/0", "OCS_REDIS_CLUSTER": "true", "OCS_REDIS_FUNCTIONS": "false"},
     )
     assert settings.redis.url == "redis://10.0.0.5:6379/0" and settings.redis.cluster is True
+    assert settings.redis.functions is False and load_settings(ROOT / "config" / "ocs.toml", {}).redis.functions
     assert settings.diameter.port == 3868 and settings.quota.tcc_seconds == 2 * settings.quota.validity_seconds
 
 
