@@ -21,6 +21,7 @@ from typing import Protocol
 
 import redis.asyncio as redis_asyncio
 import redis.exceptions as redis_exceptions
+from redis.asyncio.cluster import ClusterNode
 
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.pipeline import PipelinedRedis, RedisErrorReply, RedisReply
@@ -117,6 +118,8 @@ class RedisPyCaller:
             raise BalanceUnavailable(f"{script.operation}: {error}") from None
         except redis_exceptions.ResponseError as error:
             raise BalanceScriptError(f"{script.operation}: {error}") from None
+        except redis_exceptions.RedisError as error:  # redis-py's own (a cluster it cannot route, say)
+            raise BalanceUnavailable(f"{script.operation}: {error}") from None
         return _text(reply)
 
     async def _call(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
@@ -131,7 +134,7 @@ class RedisPyCaller:
 
     async def _fcall(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
         try:
-            return await self.client.fcall(script.function, len(keys), *keys, *args)
+            return await self._send_fcall(script, keys, args)
         except redis_exceptions.ResponseError as error:
             if str(error) != "Function not found":
                 raise
@@ -140,7 +143,27 @@ class RedisPyCaller:
         except redis_exceptions.ResponseError as error:
             if not str(error).endswith("already exists"):  # loaded meanwhile, by another call or client
                 raise
+        return await self._send_fcall(script, keys, args)
+
+    async def _send_fcall(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
+        if isinstance(self.client, redis_asyncio.RedisCluster):
+            # Sent to the node of its first key, as redis-py routes EVALSHA: left to redis-py, an
+            # FCALL's keys are asked of a node (COMMAND GETKEYS) before every call, and a Redis
+            # without FCALL fails in redis-py's own command table instead of answering "unknown
+            # command". A MOVED answer is followed as for any command.
+            node = await self._node_of(keys[0])
+            return await self.client.execute_command(
+                "FCALL", script.function, len(keys), *keys, *args, target_nodes=node
+            )
         return await self.client.fcall(script.function, len(keys), *keys, *args)
+
+    async def _node_of(self, key: str) -> ClusterNode:
+        assert isinstance(self.client, redis_asyncio.RedisCluster)
+        await self.client.initialize()  # at once if it is; the slots map is needed to route by key
+        node = self.client.get_node_from_key(key)
+        if node is None:
+            raise redis_exceptions.ConnectionError(f"no cluster node serves the slot of {key}")
+        return node
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> object:
         try:
@@ -153,14 +176,19 @@ class RedisPyCaller:
         """SCRIPT LOAD or FUNCTION LOAD (``kind``) of ``source``; on a cluster to the node that
         owns the key's slot, where the call will run."""
         if isinstance(self.client, redis_asyncio.RedisCluster):
-            node = self.client.get_node_from_key(first_key)
-            await self.client.execute_command(kind, "LOAD", source, target_nodes=node)
+            await self.client.execute_command(kind, "LOAD", source, target_nodes=await self._node_of(first_key))
         elif kind == "FUNCTION":
             await self.client.function_load(source)
         else:
             await self.client.script_load(source)
 
     async def execute(self, *parts: str) -> Reply:
+        if isinstance(self.client, redis_asyncio.RedisCluster) and len(parts) > 1:
+            # redis-py's cluster routes a command with a subcommand (FUNCTION LIST: to every
+            # master) only when the two come as one word; it splits them again to send them.
+            pair = f"{parts[0]} {parts[1]}".upper()
+            if pair in self.client.command_flags:
+                parts = (pair, *parts[2:])
         try:
             try:
                 return _text(await self.client.execute_command(*parts))
@@ -172,6 +200,8 @@ class RedisPyCaller:
             raise BalanceUnavailable(f"{parts[0]}: {error}") from None
         except redis_exceptions.ResponseError as error:
             raise BalanceScriptError(f"{parts[0]}: {error}") from None
+        except (redis_exceptions.RedisError, redis_exceptions.RedisClusterException) as error:
+            raise BalanceUnavailable(f"{parts[0]}: {error}") from None
 
     async def scan_keys(self, pattern: str) -> list[str]:
         """Every key matching ``pattern``; on a cluster, from every master. SCAN changes nothing,

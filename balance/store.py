@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -27,7 +28,7 @@ from balance import keys
 from balance.callers import PipelinedCaller, RedisPyCaller, Reply, ScriptCaller
 from balance.errors import BalanceScriptError
 from balance.pipeline import PipelinedRedis
-from balance.scripts import SCRIPTS, Operation
+from balance.scripts import LIBRARY, SCRIPTS, Operation
 from balance.types import (
     Account,
     AccountStatus,
@@ -172,6 +173,26 @@ class BalanceStore:
         await self.caller.close()
         if self.admin is not self.caller:
             await self.admin.close()
+
+    async def prune_libraries(self) -> list[str]:
+        """Delete the function libraries of other versions of this engine (``ocs_<sha>``, not this
+        one's), so that releases do not pile up in Redis, its append-only file and its replicas.
+        Safe while a server of another version still runs: its next call finds its library gone
+        and loads it again (balance/scripts.py). Returns the names deleted; none on a Redis
+        without functions."""
+        try:
+            listed = await self.admin.execute("FUNCTION", "LIST", "LIBRARYNAME", "ocs_*")
+        except BalanceScriptError:
+            return []  # a Redis without FUNCTION
+        found = {text for text in _strings(listed) if _LIBRARY_NAME.fullmatch(text) and text != LIBRARY.name}
+        deleted = []
+        for name in sorted(found):
+            try:
+                await self.admin.execute("FUNCTION", "DELETE", name)
+            except BalanceScriptError:
+                continue  # deleted meanwhile (on a cluster: from some masters)
+            deleted.append(name)
+        return deleted
 
     async def flush_all(self) -> None:
         """Tests only: forget everything."""
@@ -485,6 +506,17 @@ def _usage_record(entry: str) -> UsageRecord:
         payment_type=PaymentType(data["payment"]),
         at_seconds=int(data["at"]),
     )
+
+
+_LIBRARY_NAME = re.compile(r"ocs_[0-9a-f]{16}")  # balance/scripts.py names its libraries so
+
+
+def _strings(reply: Reply) -> list[str]:
+    """Every string in a reply, however nested (FUNCTION LIST's shape differs by RESP version
+    and, on a cluster, by node)."""
+    if isinstance(reply, list):
+        return [text for part in reply for text in _strings(part)]
+    return [reply] if isinstance(reply, str) else []
 
 
 def _pipelined_client(url: str) -> PipelinedRedis:

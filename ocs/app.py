@@ -111,13 +111,20 @@ def _log_event(transport: DiameterTransport, event: Event) -> None:
 
 async def _rescan_work(state: ServerState) -> None:
     """Once, beside the traffic: restore the supervision and spool marks a crash between a
-    charge and its marks may have lost (a scan of every hierarchy: not worth delaying startup)."""
+    charge and its marks may have lost (a scan of every hierarchy: not worth delaying startup),
+    and delete the function libraries of earlier versions (``BalanceStore.prune_libraries``)."""
     assert state.store is not None
     try:
         watched, undelivered = await state.store.rescan_work()
         log.info("work_rescanned", hierarchies_with_sessions=watched, hierarchies_with_records=undelivered)
     except Exception:
         log.exception("rescan_failed")
+    try:
+        pruned = await state.store.prune_libraries()
+        if pruned:
+            log.info("function_libraries_deleted", libraries=pruned)
+    except Exception:
+        log.exception("library_prune_failed")
 
 
 async def _supervise_sessions(state: ServerState) -> None:

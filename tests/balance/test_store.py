@@ -16,7 +16,7 @@ from balance.callers import Reply, ScriptCaller
 from balance.embedded import EmbeddedRedis
 from balance.errors import BalanceScriptError
 from balance.keys import account_key, session_key
-from balance.scripts import Script
+from balance.scripts import SCRIPTS, Operation, Script
 from balance.store import BalanceStore, parse_charge_reply
 from balance.types import (
     Account,
@@ -485,6 +485,22 @@ async def test_concurrent_sessions_of_one_account_never_overspend(store: Balance
     )
     assert sum(result.items[0].committed_micros for result in ends) == 30 * EUR
     await assert_audit_clean(store)
+
+
+async def test_charge_arguments_that_are_not_whole_items_are_refused(
+    store: BalanceStore, embedded_redis: EmbeddedRedis
+) -> None:
+    await store.provision(Account("kim", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+    session_keys = ["{kim}:s:s", account_key("kim", "kim"), account_key("kim", "kim"), "{kim}:x", "{kim}:o"]
+    header = ["kim", "s", "0", str(NOW), str(NOW + 60), "0", "0", "3600", "", ""]
+    item = ["1", "voice", "seconds", "0", "60", "0", "600000 60 60 60"]
+    with pytest.raises(BalanceScriptError, match="not 10 \\+ 7 per item"):
+        await store.caller.run(SCRIPTS[Operation.CHARGE], session_keys, header + item[:-1])
+    reply = await store.caller.run(SCRIPTS[Operation.CHARGE], session_keys, header + item)
+    assert str(reply).startswith("0 ok ")  # the same arguments, whole: a reservation
+    admin = embedded_redis.admin_client()
+    assert admin.hget(account_key("kim", "kim"), "hd") == b"600000"
+    admin.close()
 
 
 async def test_a_broken_invariant_writes_nothing(store: BalanceStore, embedded_redis: EmbeddedRedis) -> None:
