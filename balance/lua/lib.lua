@@ -19,11 +19,12 @@
 -- these function definitions included, runs again on every call; as a function library, once).
 -- Counted in instructions (valgrind), each closure made, table field set, function called, C
 -- function called (math.floor included) and pattern matched costs hundreds to thousands; the
--- whole charge is a few hundred thousand. So the library is a few functions, small helpers are written out where they are used, tables are
--- made at their final size, floor and ceil are written with `%`, a bucket's metadata is parsed
--- only when it is not the plain main bucket, buckets are sorted into drawing order only when two
--- share a kind, a hold points at its bucket, and numbers already held as text are not formatted
--- again. bench/balance.py measures the result (INFO commandstats).
+-- whole charge is a few hundred thousand. So the library is a few functions, small helpers are
+-- written out where they are used, tables are made at their final size, floor and ceil are
+-- written with `%`, a bucket's metadata is parsed only when it is not the plain main bucket (and,
+-- in the library, once per text), buckets are sorted into drawing order only when two share a
+-- kind, a hold points at its bucket, and numbers already held as text are not formatted again.
+-- bench/script_cost.py counts the result, bench/balance.py times it (INFO commandstats).
 
 -- Standard and Redis functions as locals (an upvalue is cheaper than a global and a field).
 -- In a function library this chunk runs once, at FUNCTION LOAD, where nothing but
