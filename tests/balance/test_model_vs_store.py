@@ -160,11 +160,11 @@ def hierarchies(
 class ModelVersusStore(RuleBasedStateMachine):
     sessions = Bundle("sessions")
 
-    def __init__(self, runner: asyncio.Runner, redis_url: str, pipelined: bool) -> None:
+    def __init__(self, runner: asyncio.Runner, redis_url: str, pipelined: bool, functions: bool = True) -> None:
         super().__init__()
         self.runner = runner
         self.model = ReferenceModel()
-        self.store = runner.run(self._connect(redis_url, pipelined))
+        self.store = runner.run(self._connect(redis_url, pipelined, functions))
         self.now = START_SECONDS
         self.last_numbers: dict[str, tuple[str, int]] = {}  # session id -> (account, last number sent)
         self.sent: list[ChargeRequest] = []
@@ -174,8 +174,8 @@ class ModelVersusStore(RuleBasedStateMachine):
         self.ended = False
 
     @staticmethod
-    async def _connect(redis_url: str, pipelined: bool) -> BalanceStore:
-        store = await BalanceStore.connect(redis_url, pipelined=pipelined)
+    async def _connect(redis_url: str, pipelined: bool, functions: bool) -> BalanceStore:
+        store = await BalanceStore.connect(redis_url, pipelined=pipelined, functions=functions)
         await store.flush_all()
         return store
 
@@ -396,12 +396,14 @@ class ModelVersusStore(RuleBasedStateMachine):
         return sorted(self.model.usage_records(), key=lambda record: self.model.root_of(record.account_id))
 
 
-@pytest.mark.parametrize("caller", ["redis-py", "pipelined"])
+@pytest.mark.parametrize("caller", ["redis-py", "pipelined", "pipelined-eval"])
 def test_the_redis_engine_behaves_like_the_reference_model(embedded_redis: EmbeddedRedis, caller: str) -> None:
-    """Charges go through either client the store offers (the pipelined one is the server's hot path)."""
+    """Charges go through either client the store offers (the pipelined one is the server's hot
+    path), and through the EVAL scripts as well as the function library."""
+    pipelined, functions = caller != "redis-py", caller != "pipelined-eval"
     with asyncio.Runner() as runner:
         run_state_machine_as_test(
-            lambda: ModelVersusStore(runner, embedded_redis.url, pipelined=caller == "pipelined"),
+            lambda: ModelVersusStore(runner, embedded_redis.url, pipelined=pipelined, functions=functions),
             settings=settings(
                 max_examples=50,
                 stateful_step_count=30,
