@@ -24,7 +24,14 @@ import redis.exceptions as redis_exceptions
 from redis.asyncio.cluster import ClusterNode
 
 from balance.errors import BalanceScriptError, BalanceUnavailable
-from balance.pipeline import PipelinedRedis, RedisErrorReply, RedisReply
+from balance.pipeline import (
+    PipelinedRedis,
+    RedisErrorReply,
+    RedisReply,
+    function_not_found,
+    library_exists,
+    unknown_command,
+)
 from balance.scripts import Script
 
 Reply = str | int | None | list["Reply"]
@@ -52,11 +59,6 @@ RETRY_SAFE_COMMANDS = frozenset(
         "DBSIZE",
     }
 )
-
-
-def _unknown_command(message: str) -> bool:
-    """Redis's answer to a command it does not have: "ERR unknown command 'FCALL', with args..."."""
-    return message.startswith(("ERR unknown command", "unknown command"))
 
 
 def hash_fields(reply: Reply) -> dict[str, str]:
@@ -127,7 +129,7 @@ class RedisPyCaller:
             try:
                 return await self._fcall(script, keys, args)
             except redis_exceptions.ResponseError as error:
-                if not _unknown_command(str(error)):
+                if not unknown_command(str(error)):
                     raise
                 self.functions = False
         return await self._evalsha(script, keys, args)
@@ -136,12 +138,12 @@ class RedisPyCaller:
         try:
             return await self._send_fcall(script, keys, args)
         except redis_exceptions.ResponseError as error:
-            if str(error) != "Function not found":
+            if not function_not_found(str(error)):
                 raise
         try:
             await self._load(keys[0], "FUNCTION", script.library.source)
         except redis_exceptions.ResponseError as error:
-            if not str(error).endswith("already exists"):  # loaded meanwhile, by another call or client
+            if not library_exists(str(error)):  # loaded meanwhile, by another call or client
                 raise
         return await self._send_fcall(script, keys, args)
 
@@ -239,7 +241,7 @@ class PipelinedCaller:
                 try:
                     return _text(await self.client.fcall(script.function, keys, args))
                 except RedisErrorReply as error:
-                    if not _unknown_command(error.message):
+                    if not unknown_command(error.message):
                         raise
                     self.functions = False
             if script.sha not in self._registered:

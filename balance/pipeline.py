@@ -66,10 +66,23 @@ DEFAULT_REPLY_TIMEOUT_SECONDS: Final = 5.0
 STALL_CHECKS_PER_TIMEOUT: Final = 4
 # How long ``close`` waits for pending replies before cutting the connection.
 DEFAULT_CLOSE_TIMEOUT_SECONDS: Final = 5.0
-# Redis 7.0's error replies to FCALL of a function it does not have, and to FUNCTION LOAD of a
-# library it has (the end of "ERR Library '<name>' already exists").
-FUNCTION_NOT_FOUND: Final = "ERR Function not found"
-ALREADY_EXISTS: Final = "already exists"
+
+
+# What Redis answers about functions, read here for both clients: redis-py hands over an error's
+# text without its "ERR " code, this client with it.
+def function_not_found(message: str) -> bool:
+    """FCALL of a function Redis does not have (Redis 7.0: "ERR Function not found")."""
+    return message.removeprefix("ERR ") == "Function not found"
+
+
+def library_exists(message: str) -> bool:
+    """FUNCTION LOAD of a library Redis has ("ERR Library '<name>' already exists")."""
+    return message.endswith("already exists")
+
+
+def unknown_command(message: str) -> bool:
+    """A command Redis does not have, FCALL before 7.0: "ERR unknown command 'FCALL', with args..."."""
+    return message.removeprefix("ERR ").startswith("unknown command")
 
 
 class RedisErrorReply(Exception):
@@ -283,7 +296,7 @@ class PipelinedRedis:
 
     def _function_load_for(self, function: str, error: RedisErrorReply) -> bytes | None:
         source = self._libraries.get(function)
-        if source is None or error.message != FUNCTION_NOT_FOUND:
+        if source is None or not function_not_found(error.message):
             return None
         return _pack_command((b"FUNCTION", b"LOAD", source))
 
@@ -310,7 +323,7 @@ class PipelinedRedis:
         try:
             await load
         except RedisErrorReply as error:
-            if not error.message.endswith(ALREADY_EXISTS):  # loaded meanwhile, by another call or client
+            if not library_exists(error.message):  # loaded meanwhile, by another call or client
                 retry.add_done_callback(_retrieve)
                 raise
         except BaseException:

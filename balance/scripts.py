@@ -26,6 +26,7 @@ function library and fall back to the EVAL scripts for good when Redis does not 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -68,6 +69,16 @@ class Script:
         return self.operation not in _NOT_RETRY_SAFE
 
 
+# Every version's library is named LIBRARY_PREFIX and 16 hex digits of its source's SHA1.
+LIBRARY_PREFIX = "ocs_"
+_LIBRARY_NAME = re.compile(rf"{LIBRARY_PREFIX}[0-9a-f]{{16}}")
+
+
+def is_library_name(name: str) -> bool:
+    """Whether ``name`` is the name of some version's function library (``load_scripts``)."""
+    return _LIBRARY_NAME.fullmatch(name) is not None
+
+
 def _read(name: str) -> str:
     return (resources.files("balance") / "lua" / name).read_text(encoding="utf-8")
 
@@ -86,7 +97,7 @@ def load_scripts() -> dict[Operation, Script]:
             for op, body in operations.items()
         ]
     )
-    name = f"ocs_{_sha1(definitions)[:16]}"
+    name = f"{LIBRARY_PREFIX}{_sha1(definitions)[:16]}"
     registrations = "".join(
         f"redis.register_function('{name}_{op.value}', operation_{op.value})\n" for op in operations
     )

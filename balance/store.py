@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -28,7 +27,7 @@ from balance import keys
 from balance.callers import PipelinedCaller, RedisPyCaller, Reply, ScriptCaller
 from balance.errors import BalanceScriptError
 from balance.pipeline import PipelinedRedis
-from balance.scripts import LIBRARY, SCRIPTS, Operation
+from balance.scripts import LIBRARY, LIBRARY_PREFIX, SCRIPTS, Operation, is_library_name
 from balance.types import (
     Account,
     AccountStatus,
@@ -181,10 +180,10 @@ class BalanceStore:
         and loads it again (balance/scripts.py). Returns the names deleted; none on a Redis
         without functions."""
         try:
-            listed = await self.admin.execute("FUNCTION", "LIST", "LIBRARYNAME", "ocs_*")
+            listed = await self.admin.execute("FUNCTION", "LIST", "LIBRARYNAME", f"{LIBRARY_PREFIX}*")
         except BalanceScriptError:
             return []  # a Redis without FUNCTION
-        found = {text for text in _strings(listed) if _LIBRARY_NAME.fullmatch(text) and text != LIBRARY.name}
+        found = {text for text in _strings(listed) if is_library_name(text) and text != LIBRARY.name}
         deleted = []
         for name in sorted(found):
             try:
@@ -506,9 +505,6 @@ def _usage_record(entry: str) -> UsageRecord:
         payment_type=PaymentType(data["payment"]),
         at_seconds=int(data["at"]),
     )
-
-
-_LIBRARY_NAME = re.compile(r"ocs_[0-9a-f]{16}")  # balance/scripts.py names its libraries so
 
 
 def _strings(reply: Reply) -> list[str]:

@@ -57,7 +57,6 @@ if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
 elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from balance.callers import PipelinedCaller  # noqa: E402
 from balance.embedded import EmbeddedRedis, find_redis_server  # noqa: E402
 from balance.store import BalanceStore  # noqa: E402
 from balance.types import ChargeRequest, Outcome  # noqa: E402
@@ -211,7 +210,7 @@ async def floor_calls(store: BalanceStore, name: str, source: str, count: int) -
 
 
 def functions_used(store: BalanceStore) -> bool:
-    return isinstance(store.caller, PipelinedCaller) and store.caller.functions
+    return bb.charge_command(store)[0] == "FCALL"
 
 
 @dataclass(slots=True)
