@@ -146,9 +146,24 @@ def used_memory(admin: redis.Redis) -> int:
     return int(admin.info("memory")["used_memory"])
 
 
-def redis_cpu_seconds(admin: redis.Redis) -> float:
+def redis_cpu_seconds(admin: redis.Redis) -> tuple[float, float]:
+    """Redis's CPU time so far, user + sys: all its threads (the fsync of the append-only file
+    runs in a background thread), and its main thread alone (the one that runs every command)."""
     cpu = admin.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    main_thread = float(cpu.get("used_cpu_user_main_thread", 0.0)) + float(cpu.get("used_cpu_sys_main_thread", 0.0))
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), main_thread
+
+
+def machine_ticks() -> tuple[int, int] | None:
+    """The whole machine's clock ticks so far, (stolen, all), from the first line of /proc/stat:
+    stolen is time the hypervisor ran something else while one of this machine's vCPUs had work
+    (``steal``). None where there is no /proc/stat."""
+    try:
+        line = Path("/proc/stat").read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    ticks = [int(value) for value in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
 
 
 def command_stats(admin: redis.Redis) -> dict[str, dict[str, float]]:
@@ -166,6 +181,8 @@ class Run:
     seconds: float = 0.0
     client_cpu_seconds: float | None = None
     redis_cpu_seconds: float = 0.0
+    redis_main_thread_seconds: float = 0.0
+    stolen_share: float | None = None
     script_micros_per_call: float = 0.0
     outcomes: Counter[str] = field(default_factory=Counter)
     note: str = ""
@@ -176,13 +193,19 @@ class Run:
 
     def line(self) -> str:
         client = "-" if self.client_cpu_seconds is None else f"{self.client_cpu_seconds / self.calls * 1e6:.1f}"
+        busy = f"{self.redis_main_thread_seconds / self.seconds:.0%}" if self.seconds else "-"
+        stolen = "-" if self.stolen_share is None else f"{self.stolen_share:.0%}"
         return (
             f"{self.name:<38}{self.calls:>9}{self.calls_per_second:>10.0f}{client:>14}"
             f"{self.redis_cpu_seconds / self.calls * 1e6:>13.1f}{self.script_micros_per_call:>12.1f}"
+            f"{busy:>8}{stolen:>8}"
         )
 
 
-HEADER = f"{'run':<38}{'calls':>9}{'calls/s':>10}{'py CPU us/c':>14}{'Redis us/c':>13}{'script us':>12}"
+HEADER = (
+    f"{'run':<38}{'calls':>9}{'calls/s':>10}{'py CPU us/c':>14}{'Redis us/c':>13}{'script us':>12}"
+    f"{'busy':>8}{'stolen':>8}"
+)
 
 
 class Timed:
@@ -196,6 +219,7 @@ class Timed:
     def __enter__(self) -> Timed:
         self.admin.config_resetstat()
         self.redis_cpu = redis_cpu_seconds(self.admin)
+        self.ticks = machine_ticks()
         self.cpu = time.process_time()
         self.wall = time.perf_counter()
         return self
@@ -205,7 +229,12 @@ class Timed:
         run.seconds = time.perf_counter() - self.wall
         if self.client_cpu:
             run.client_cpu_seconds = time.process_time() - self.cpu
-        run.redis_cpu_seconds = redis_cpu_seconds(self.admin) - self.redis_cpu
+        redis_cpu = redis_cpu_seconds(self.admin)
+        run.redis_cpu_seconds = redis_cpu[0] - self.redis_cpu[0]
+        run.redis_main_thread_seconds = redis_cpu[1] - self.redis_cpu[1]
+        ticks = machine_ticks()
+        if ticks is not None and self.ticks is not None and ticks[1] > self.ticks[1]:
+            run.stolen_share = (ticks[0] - self.ticks[0]) / (ticks[1] - self.ticks[1])
         stats = command_stats(self.admin)
         script = max(stats.get("fcall", {}), stats.get("evalsha", {}), key=lambda entry: int(entry.get("calls", 0)))
         run.script_micros_per_call = float(script.get("usec_per_call", 0.0))
@@ -491,7 +520,9 @@ async def bench(server: EmbeddedRedis, admin: redis.Redis, seconds: float, funct
     print(f"     Python through BalanceStore.charge ({CONCURRENCY} in flight; it also sends the supervisor's ZADD")
     print(f"     mark per opened session), outcomes {dict(form.outcomes)}; {flags}")
     print("py CPU: this process per call (time.process_time); Redis: its CPU per call (INFO cpu, user + sys, ")
-    print(f"     everything: network, parsing, the script, the AOF); script: cmdstat_{call[0].lower()} usec_per_call")
+    print(f"     everything: network, parsing, the script, the AOF); script: cmdstat_{call[0].lower()} usec_per_call;")
+    print("     busy: Redis's main thread CPU / wall time (near 100 %: Redis is the limit); stolen: share of")
+    print("     the machine's CPU time the hypervisor gave to others (/proc/stat steal: everything slows)")
     print(HEADER)
     for row in (mix, form, reference):
         if row is not None:
