@@ -22,7 +22,8 @@ production) in a temporary directory, and this one Python process on uvloop talk
    and data (octets, money) sessions. Reported: charge calls/s, this process's CPU per call, the
    script's own cost (``INFO commandstats`` after ``CONFIG RESETSTAT``: ``cmdstat_fcall``, the
    function library, where Redis has functions, else ``cmdstat_evalsha``; ``--eval`` makes the
-   store call the EVAL scripts instead, for an A/B),
+   store call the EVAL scripts instead, for an A/B; ``--flush-bytes 0`` makes the pipelined client
+   write once per loop pass, as it did before it wrote a big batch in 16 KB pieces),
    and Redis's CPU per call (``INFO cpu``: the script plus network, parsing and the AOF).
 4. The same form twice: redis-benchmark can only repeat one command, so both it and Python run
    the one charge call that does full work every time: a CCR-INITIAL reserving 300 s of voice on
@@ -468,8 +469,13 @@ def memory_breakdown(admin: redis.Redis) -> str:
     return "; ".join(parts)
 
 
-async def bench(server: EmbeddedRedis, admin: redis.Redis, seconds: float, functions: bool) -> None:
+async def bench(
+    server: EmbeddedRedis, admin: redis.Redis, seconds: float, functions: bool, flush_bytes: int | None
+) -> None:
     store = await BalanceStore.connect(server.url, pipelined=True, functions=functions)
+    if flush_bytes is not None and isinstance(store.caller, PipelinedCaller):
+        # Read when the connection opens (warm_connections below): 0 writes once per loop pass.
+        store.caller.client.flush_bytes = flush_bytes or sys.maxsize
     try:
         await warm_connections(store)
         started = time.perf_counter()
@@ -545,6 +551,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=MIX_SECONDS, help="duration of the mix")
     parser.add_argument("--eval", action="store_true", help="the EVAL scripts even where Redis has functions")
+    parser.add_argument(
+        "--flush-bytes",
+        type=int,
+        default=None,
+        help="the pipelined client's early write size (default: its own, 16 KB; 0: one write per loop pass)",
+    )
     options = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="ocs-bench-balance-") as directory,
@@ -553,7 +565,7 @@ def main() -> None:
         admin = server.admin_client()
         print(f"redis-server {server.server_version} (private, {server.url}), append-only file on, fsync everysec")
         try:
-            uvloop.run(bench(server, admin, options.seconds, functions=not options.eval))
+            uvloop.run(bench(server, admin, options.seconds, not options.eval, options.flush_bytes))
         finally:
             admin.close()
 

@@ -2,8 +2,9 @@
 
 Each test starts its own embedded redis-server on a free port (never the machine's 6379) and drives the
 client through the cases the hot path depends on: replies matched to callers in order under heavy
-concurrency, NOSCRIPT repaired, error replies typed apart from failures, a killed server failing
-every pending call and a restarted one serving the next, the pending bound, clean close.
+concurrency, a big batch written in pieces while it is still being packed, NOSCRIPT repaired,
+error replies typed apart from failures, a killed server failing every pending call and a
+restarted one serving the next, the pending bound, clean close.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 from balance.embedded import EmbeddedRedis, pick_free_port
 from balance.errors import BalanceUnavailable
-from balance.pipeline import PipelinedRedis, RedisErrorReply, RedisReply
+from balance.pipeline import DEFAULT_FLUSH_BYTES, PipelinedRedis, RedisErrorReply, RedisReply
 from tests.balance.conftest import skip_without_functions
 
 ECHO_AND_COUNT = """
@@ -74,8 +75,40 @@ async def test_replies_reach_their_callers_in_order_under_10k_concurrent_calls(r
         assert client.pending_count == 0
 
 
-async def test_first_call_and_script_flush_are_repaired_by_loading_the_script(redis_server: EmbeddedRedis) -> None:
-    async with PipelinedRedis(port=_port(redis_server)) as client:
+async def test_a_batch_past_flush_bytes_reaches_redis_before_its_loop_pass_ends(redis_server: EmbeddedRedis) -> None:
+    async with PipelinedRedis(port=_port(redis_server), flush_bytes=1024) as client:
+        sha = client.register_script(ECHO_AND_COUNT)
+        assert await client.evalsha(sha, ["{a}:counter"], ["warm-up"]) == [b"warm-up", 1]
+        admin = redis_server.admin_client()
+        seen_by_redis: list[int] = []
+
+        def count_while_the_pass_runs() -> None:
+            # Runs in the same loop pass as the calls below, after them: the pass's own flush has
+            # not run yet, so whatever Redis has counted left in an early write.
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                seen = int(admin.get("{a}:counter") or 0)
+                if seen > 1:
+                    break
+                time.sleep(0.01)
+            seen_by_redis.append(seen)
+
+        calls = [
+            asyncio.ensure_future(client.evalsha(sha, ["{a}:counter"], [f"caller-{index}"])) for index in range(500)
+        ]
+        asyncio.get_running_loop().call_soon(count_while_the_pass_runs)  # after the 500 calls have sent
+        replies = await asyncio.gather(*calls)
+        admin.close()
+
+        assert seen_by_redis[0] > 1  # Redis ran calls of the batch before the pass that made them ended
+        assert replies == [[f"caller-{index}".encode(), index + 2] for index in range(500)]
+
+
+@pytest.mark.parametrize("flush_bytes", [DEFAULT_FLUSH_BYTES, 256], ids=["16KB", "256B"])
+async def test_first_call_and_script_flush_are_repaired_by_loading_the_script(
+    redis_server: EmbeddedRedis, flush_bytes: int
+) -> None:
+    async with PipelinedRedis(port=_port(redis_server), flush_bytes=flush_bytes) as client:
         sha = client.register_script(ECHO_AND_COUNT)
         assert await client.execute("SCRIPT", "EXISTS", sha) == [0]
         assert await client.evalsha(sha, ["{a}:counter"], ["first"]) == [b"first", 1]
