@@ -5,9 +5,9 @@ command with hiredis (``pack_command``), appends it to an outgoing buffer and a 
 futures, and awaits its future. The first call in a loop pass schedules one ``flush`` with
 ``call_soon``, so the commands issued in that pass leave together: under load dozens of calls
 share one syscall and one Redis read. A pass that has packed ``flush_bytes`` (16 KB, what Redis
-reads from a client at a time) writes them at once and goes on: Redis starts on them while the
-rest of the pass is still packing, instead of idling until the whole batch is built (with 384
-calls in flight, Redis's main thread went from 76-80 % busy to 86-93 %: bench/balance.py prints
+reads from a fresh client at a time) writes them at once and goes on: Redis starts on them while
+the rest of the pass is still packing, instead of idling until the whole batch is built (with 384
+calls in flight, Redis's main thread went from 81-88 % busy to 92-94 %: bench/balance.py prints
 it, ``--flush-bytes 0`` for the old way). Redis answers the commands of one connection in order
 (RESP, "pipelining"), so each reply parsed by ``hiredis.Reader`` resolves the oldest pending
 future. This is why it is fast: redis-py spends about 100 us of Python per call on its connection
@@ -18,9 +18,9 @@ Rules it keeps:
 
 - A Redis error reply (``-ERR ...``, ``-NOSCRIPT ...``, a script's ``redis.error_reply``) is a
   ``RedisErrorReply``: the command ran (or was refused) and the connection is fine.
-- An infrastructure failure (cannot connect, connection lost, unparseable stream, too many calls
-  pending, client closed) is ``BalanceUnavailable``, and callers never see redis or hiredis
-  types. When the connection is lost every pending call fails at once: whether Redis applied a
+- An infrastructure failure (cannot connect, connection lost, a write that fails, unparseable
+  stream, too many calls pending, client closed) is ``BalanceUnavailable``, and callers never see
+  redis or hiredis types. When the connection is lost every pending call fails at once: whether Redis applied a
   command in flight is unknown, which is safe because every charging script is idempotent on
   (Session-Id, CC-Request-Number) (DESIGN.md "Two-phase charging"). The next call reconnects.
 - EVALSHA of a script registered with ``register_script`` survives a ``SCRIPT FLUSH`` or a Redis
@@ -46,6 +46,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final, TypeAlias
@@ -68,9 +69,10 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 2.0
 DEFAULT_REPLY_TIMEOUT_SECONDS: Final = 5.0
 # The silence check runs this many times per reply timeout (so it fires within 1.25 timeouts).
 STALL_CHECKS_PER_TIMEOUT: Final = 4
-# Packed commands waiting for the end of the loop pass are written at once from this size: Redis
-# reads a client's socket 16 KB at a time (PROTO_IOBUF_LEN) and runs what it read before it reads
-# more, so a batch in 16 KB pieces keeps it working while the client packs the rest.
+# Packed commands waiting for the end of the loop pass are written at once from this size, so
+# Redis runs the first pieces of a big batch while the client packs the rest. A measured choice:
+# 8, 16 and 32 KB did alike in bench/balance.py; 16 KB is Redis's PROTO_IOBUF_LEN, its first read
+# from a client (it reads more once the client's query buffer has grown).
 DEFAULT_FLUSH_BYTES: Final = 16 * 1024
 # How long ``close`` waits for pending replies before cutting the connection.
 DEFAULT_CLOSE_TIMEOUT_SECONDS: Final = 5.0
@@ -131,7 +133,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, reply_timeout_seconds: float | None, flush_bytes: int) -> None:
         self._loop = loop
-        self._flush_bytes = flush_bytes
+        self._flush_bytes = flush_bytes if flush_bytes > 0 else sys.maxsize  # 0: one write per loop pass
         self._reply_timeout_seconds = reply_timeout_seconds
         self._stall_timer: asyncio.TimerHandle | None = None
         # Since when we have been waiting with calls pending and no byte from Redis.
@@ -216,11 +218,16 @@ class _Connection(asyncio.Protocol):
     def _write_outgoing(self) -> None:
         outgoing = self._outgoing
         self._outgoing_bytes = 0
-        if self._transport is None or self.failure is not None or not outgoing:
-            outgoing.clear()
+        transport = self._transport
+        if transport is None or self.failure is not None or not outgoing or transport.is_closing():
+            outgoing.clear()  # a closing connection fails its pending calls in connection_lost
             return
-        self._transport.write(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+        data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
         outgoing.clear()
+        try:
+            transport.write(data)
+        except Exception as error:  # the callers get BalanceUnavailable, as for a lost connection
+            self.abort(f"write to Redis failed: {error}")
 
     def _arm_stall_check(self) -> None:
         if self._reply_timeout_seconds is not None:
@@ -260,7 +267,7 @@ class PipelinedRedis:
         max_pending: int = DEFAULT_MAX_PENDING,
         connect_timeout_seconds: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
         reply_timeout_seconds: float | None = DEFAULT_REPLY_TIMEOUT_SECONDS,
-        flush_bytes: int = DEFAULT_FLUSH_BYTES,
+        flush_bytes: int = DEFAULT_FLUSH_BYTES,  # 0 or less: one write per loop pass
     ) -> None:
         self.host = host
         self.port = port

@@ -473,9 +473,13 @@ async def bench(
     server: EmbeddedRedis, admin: redis.Redis, seconds: float, functions: bool, flush_bytes: int | None
 ) -> None:
     store = await BalanceStore.connect(server.url, pipelined=True, functions=functions)
-    if flush_bytes is not None and isinstance(store.caller, PipelinedCaller):
-        # Read when the connection opens (warm_connections below): 0 writes once per loop pass.
-        store.caller.client.flush_bytes = flush_bytes or sys.maxsize
+    writes = "redis-py"
+    if isinstance(store.caller, PipelinedCaller):
+        if flush_bytes is not None:
+            # Read when the connection opens (warm_connections below): 0 writes once per loop pass.
+            store.caller.client.flush_bytes = flush_bytes
+        size = store.caller.client.flush_bytes
+        writes = f"client writes in {size} B pieces" if size > 0 else "client writes once per loop pass"
     try:
         await warm_connections(store)
         started = time.perf_counter()
@@ -516,7 +520,8 @@ async def bench(
     reference, flags = run_form_redis_benchmark(server, admin, max(100_000, int(form.calls * 1.2)), call)
 
     print(
-        f"mix: {CONCURRENCY} calls in flight for {seconds:.0f} s; sessions of INITIAL, {UPDATES_PER_SESSION} x UPDATE,"
+        f"mix: {CONCURRENCY} calls in flight ({writes}) for {seconds:.0f} s; sessions of INITIAL, "
+        f"{UPDATES_PER_SESSION} x UPDATE,"
     )
     print(
         "     TERMINATION over random accounts, voice and data alternating; outcomes",

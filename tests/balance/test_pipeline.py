@@ -76,7 +76,8 @@ async def test_replies_reach_their_callers_in_order_under_10k_concurrent_calls(r
 
 
 async def test_a_batch_past_flush_bytes_reaches_redis_before_its_loop_pass_ends(redis_server: EmbeddedRedis) -> None:
-    async with PipelinedRedis(port=_port(redis_server), flush_bytes=1024) as client:
+    # No reply timeout: the check below holds the loop, and must fail on its own assertion.
+    async with PipelinedRedis(port=_port(redis_server), flush_bytes=1024, reply_timeout_seconds=None) as client:
         sha = client.register_script(ECHO_AND_COUNT)
         assert await client.evalsha(sha, ["{a}:counter"], ["warm-up"]) == [b"warm-up", 1]
         admin = redis_server.admin_client()
@@ -85,7 +86,8 @@ async def test_a_batch_past_flush_bytes_reaches_redis_before_its_loop_pass_ends(
         def count_while_the_pass_runs() -> None:
             # Runs in the same loop pass as the calls below, after them: the pass's own flush has
             # not run yet, so whatever Redis has counted left in an early write.
-            deadline = time.monotonic() + 5.0
+            deadline = time.monotonic() + 2.0
+            seen = 0
             while time.monotonic() < deadline:
                 seen = int(admin.get("{a}:counter") or 0)
                 if seen > 1:
@@ -93,14 +95,17 @@ async def test_a_batch_past_flush_bytes_reaches_redis_before_its_loop_pass_ends(
                 time.sleep(0.01)
             seen_by_redis.append(seen)
 
-        calls = [
-            asyncio.ensure_future(client.evalsha(sha, ["{a}:counter"], [f"caller-{index}"])) for index in range(500)
-        ]
-        asyncio.get_running_loop().call_soon(count_while_the_pass_runs)  # after the 500 calls have sent
-        replies = await asyncio.gather(*calls)
-        admin.close()
+        try:
+            calls = [
+                asyncio.ensure_future(client.evalsha(sha, ["{a}:counter"], [f"caller-{index}"])) for index in range(500)
+            ]
+            asyncio.get_running_loop().call_soon(count_while_the_pass_runs)  # after the 500 calls have sent
+            await asyncio.sleep(0)  # the pass that runs the calls and then the check
+            assert seen_by_redis[0] > 1  # Redis ran calls of the batch before the pass that made them ended
+            replies = await asyncio.gather(*calls)
+        finally:
+            admin.close()
 
-        assert seen_by_redis[0] > 1  # Redis ran calls of the batch before the pass that made them ended
         assert replies == [[f"caller-{index}".encode(), index + 2] for index in range(500)]
 
 
@@ -358,3 +363,40 @@ async def test_an_unparseable_stream_fails_pending_calls() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class _RefusingTransport:
+    """The real transport, except that ``write`` raises, as a transport that cannot send would."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("unable to perform operation: the handle is closed")
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+async def test_a_write_that_raises_fails_the_calls_as_unavailable_and_the_next_call_reconnects(
+    redis_server: EmbeddedRedis,
+) -> None:
+    async with PipelinedRedis(port=_port(redis_server), flush_bytes=64) as client:
+        assert await client.execute("PING") == b"PONG"
+        connection = client._connection
+        assert connection is not None and connection._transport is not None
+        connection._transport = _RefusingTransport(connection._transport)  # type: ignore[assignment]
+
+        # Past flush_bytes: the early write raises inside the call that crossed it, which then
+        # fails as a lost connection would (calls after it in the pass open a new one).
+        with pytest.raises(BalanceUnavailable, match="write to Redis failed"):
+            await client.execute("SET", "key", "v" * 100)
+
+        assert await client.execute("PING") == b"PONG"  # a new connection
+        assert client._connection is not connection
