@@ -20,9 +20,10 @@ Rules it keeps:
   ``RedisErrorReply``: the command ran (or was refused) and the connection is fine.
 - An infrastructure failure (cannot connect, connection lost, a write that fails, unparseable
   stream, too many calls pending, client closed) is ``BalanceUnavailable``, and callers never see
-  redis or hiredis types. When the connection is lost every pending call fails at once: whether Redis applied a
-  command in flight is unknown, which is safe because every charging script is idempotent on
-  (Session-Id, CC-Request-Number) (DESIGN.md "Two-phase charging"). The next call reconnects.
+  redis or hiredis types. When the connection is lost every pending call fails at once: whether
+  Redis applied a command in flight is unknown, which is safe because every charging script is
+  idempotent on (Session-Id, CC-Request-Number) (DESIGN.md "Two-phase charging"). The next call
+  reconnects.
 - EVALSHA of a script registered with ``register_script`` survives a ``SCRIPT FLUSH`` or a Redis
   restart: on NOSCRIPT the call sends SCRIPT LOAD and the EVALSHA again, back to back on the same
   connection, so the retry is answered after the load without waiting a round trip in between.

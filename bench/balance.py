@@ -473,13 +473,15 @@ async def bench(
     server: EmbeddedRedis, admin: redis.Redis, seconds: float, functions: bool, flush_bytes: int | None
 ) -> None:
     store = await BalanceStore.connect(server.url, pipelined=True, functions=functions)
-    writes = "redis-py"
-    if isinstance(store.caller, PipelinedCaller):
-        if flush_bytes is not None:
-            # Read when the connection opens (warm_connections below): 0 writes once per loop pass.
-            store.caller.client.flush_bytes = flush_bytes
-        size = store.caller.client.flush_bytes
-        writes = f"client writes in {size} B pieces" if size > 0 else "client writes once per loop pass"
+    assert isinstance(store.caller, PipelinedCaller)  # pipelined on a single Redis
+    client = store.caller.client
+    if flush_bytes is not None:
+        client.flush_bytes = flush_bytes  # read when the connection opens (warm_connections below)
+    writes = (
+        f"client writes in {client.flush_bytes} B pieces"
+        if client.flush_bytes > 0
+        else "client writes once per loop pass"
+    )
     try:
         await warm_connections(store)
         started = time.perf_counter()
