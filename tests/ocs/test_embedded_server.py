@@ -4,8 +4,9 @@ and restarted, beside a second one, and with its Redis killed under it.
 Each test starts ``python -m ocs serve`` on a temporary data directory (ports 0, JSON log lines
 on stderr, read by a thread) and watches the redis-server processes of that directory in /proc:
 
-- SIGKILL of the server leaves no redis-server of its directory behind, and a restart after an
-  orphan (a redis-server left on the directory, with its pid file) runs exactly one;
+- the binary and the engine form are logged; SIGKILL of the server leaves no redis-server of
+  its directory behind, and a restart after an orphan (a redis-server left on the directory,
+  with its pid file) runs exactly one;
 - a second server on the same data directory refuses with one line and exit status 1, and the
   first serves on;
 - a killed embedded Redis is restarted with backoff while attempts fail, with one log line per
@@ -132,6 +133,12 @@ def test_sigkilled_server_leaves_no_redis_server_behind(tmp_path: Path, servers:
     redis_pid = server.redis_pid()
     server.wait_for("listening")
     assert redis_servers_of(server.data_directory) == [redis_pid]
+    # The operator is told which binary runs and which form of the engine it allows.
+    chosen = choose_redis_server()
+    started = server.wait_for("embedded_redis")
+    assert (started["binary"], started["version"]) == (str(chosen.path), chosen.version_text)
+    functions = chosen.version >= (7,)  # FUNCTION and FCALL came with Redis 7.0
+    assert server.wait_for("money_engine")["form"] == ("function library" if functions else "EVAL scripts")
 
     server.process.kill()
     server.process.wait()
