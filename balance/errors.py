@@ -10,3 +10,8 @@ class BalanceUnavailable(Exception):
 class BalanceScriptError(Exception):
     """A script refused to write because an invariant would break, or the key schema is
     inconsistent (a bug or corrupted data, never a business outcome); nothing was written."""
+
+
+class DataDirectoryLocked(BalanceUnavailable):
+    """Another process owns the embedded Redis data directory; two servers on one append-only file
+    would each apply only their own writes, and their balances would diverge."""

@@ -1,9 +1,14 @@
 """The OCS process: ``serve()`` -> ``startup()`` -> run until a signal -> ``shutdown()``.
 
 Theory of operation: ``startup`` brings the parts up in dependency order: Redis (the embedded
-redis-server in the data directory when no URL is configured), the balance store and subscriber
-directory, the tariff book, the credit-control handler, the Diameter server, and the background
-tasks (Tcc session supervision). Each CCR runs as a task; the number in progress over all
+redis-server in the data directory when no URL is configured: the directory is locked, an orphan
+of a killed server stopped, the newest redis-server binary chosen), the balance store and
+subscriber directory, the tariff book, the credit-control handler, the Diameter server, and the
+background tasks (Tcc session supervision, the spool writer, and ``ocs.redis_watch``'s restarts
+of the embedded Redis). The loops log one line when Redis becomes unavailable and one when it is
+back (``Outage``), never a traceback per pass. A startup that cannot have its Redis (the data
+directory held by another server, a redis-server that will not start) ends the process with one
+line and exit status 1. Each CCR runs as a task; the number in progress over all
 connections is bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section
 5.7: the client fails over) instead of queueing. ``shutdown`` reverses it: stop accepting, DPR to
 every peer and let in-flight requests finish (bounded by the shutdown timeout), stop the tasks,
@@ -24,6 +29,8 @@ import structlog
 
 from balance.directory import Directory
 from balance.embedded import EmbeddedRedis
+from balance.errors import BalanceScriptError, BalanceUnavailable
+from balance.scripts import LIBRARY_PREFIX
 from balance.store import BalanceStore
 from ocs.api import HttpServer, start_http
 from ocs.cca import error_answer
@@ -33,6 +40,7 @@ from ocs.logs import bind_request, configure_logging
 from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating import load_book
 from ocs.rating_book import TariffBook
+from ocs.redis_watch import Outage, RedisSupervisor
 from ocs.sessions import SessionNotifier
 from ocs.spool import Spool
 from ocs.subscribers import SubscriberCache
@@ -43,6 +51,8 @@ from protocol.events import Event, PeerClosed, PeerOpened, RequestRejected
 from protocol.message import Message
 
 log = structlog.get_logger("ocs")
+
+EXIT_STARTUP_FAILED = 1  # the process's status when startup cannot have its Redis
 
 
 @dataclass(slots=True)
@@ -131,6 +141,7 @@ async def _supervise_sessions(state: ServerState) -> None:
     """Tcc (RFC 4006 section 13): release what silent sessions hold, then close them."""
     assert state.store is not None
     interval = state.settings.quota.supervision_interval_seconds
+    outage = Outage("session_supervision")
     while True:
         try:
             closed = await state.store.expire_due(int(time.time()))
@@ -140,8 +151,12 @@ async def _supervise_sessions(state: ServerState) -> None:
             if closed:
                 state.metrics.sessions_expired_by_tcc(len(closed))
                 log.info("sessions_expired", count=len(closed))
+        except BalanceUnavailable as error:
+            outage.failed(error)
         except Exception:
             log.exception("supervision_failed")
+        else:
+            outage.succeeded()
         await asyncio.sleep(interval)
 
 
@@ -149,13 +164,18 @@ async def _write_spool(state: ServerState) -> None:
     """One writer moves usage records from the outboxes to SQLite, acknowledging after commit."""
     assert state.store is not None and state.spool is not None
     settings = state.settings.spool
+    outage = Outage("spool_writer")
     while True:
         try:
             stored = await state.spool.drain_once(state.store, batch_size=settings.batch_size)
             stats = state.spool.stats()
             state.metrics.spool_progress(stored, stats.backlog_records, stats.lag_seconds)
+        except BalanceUnavailable as error:  # the records wait in the outboxes
+            outage.failed(error)
         except Exception:
             log.exception("spool_failed")
+        else:
+            outage.succeeded()
         await asyncio.sleep(settings.interval_seconds)
 
 
@@ -165,10 +185,38 @@ async def _redis_url(state: ServerState) -> str:
         return settings.url
     directory = Path(settings.data_directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state.redis = EmbeddedRedis(directory, port=0)
-    await asyncio.to_thread(state.redis.start)
-    log.info("embedded_redis", url=state.redis.url, directory=str(directory))
-    return state.redis.url
+    redis = EmbeddedRedis(directory, port=0)
+    await asyncio.to_thread(redis.start)
+    state.redis = redis  # only once started: shutdown must not stop a server it does not own
+    if redis.orphan_stopped is not None:
+        log.warning("embedded_redis_orphan_stopped", pid=redis.orphan_stopped, directory=str(directory))
+    log.info(
+        "embedded_redis",
+        url=redis.url,
+        directory=str(directory),
+        pid=redis.pid,
+        binary=str(redis.executable),
+        version=redis.server_version,
+    )
+    return redis.url
+
+
+async def _log_engine_form(state: ServerState) -> None:
+    """Say which form of the money engine runs: the function library (FCALL, Redis >= 7.0) or
+    the EVAL scripts, which cost Redis about a quarter more per charge (balance/scripts.py). The
+    test is the callers' own: Redis answering FUNCTION with an error means no functions."""
+    assert state.store is not None
+    if not state.settings.redis.functions:
+        log.info("money_engine", form="EVAL scripts", reason="functions = false in [redis]")
+        return
+    try:
+        await state.store.admin.execute("FUNCTION", "LIST", "LIBRARYNAME", f"{LIBRARY_PREFIX}*")
+    except BalanceScriptError as error:
+        log.warning("money_engine", form="EVAL scripts", reason=f"this Redis has no functions: {error}")
+    except BalanceUnavailable as error:
+        log.warning("money_engine", form="unknown", reason=str(error))
+    else:
+        log.info("money_engine", form="function library")
 
 
 async def startup(state: ServerState) -> tuple[str, int]:
@@ -178,6 +226,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
         url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined, functions=settings.redis.functions
     )
     time_redis_calls(state.store, state.metrics)
+    await _log_engine_form(state)
     # Provisioning writes through redis-py; the CCR path's lookups share the charging connection.
     state.directory = Directory(state.store.admin, reader=state.store.caller)
     state.book = load_book(Path(settings.tariffs.path))
@@ -209,6 +258,8 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.background.append(asyncio.create_task(_rescan_work(state)))
     state.background.append(asyncio.create_task(_supervise_sessions(state)))
     state.background.append(asyncio.create_task(_write_spool(state)))
+    if state.redis is not None:
+        state.background.append(asyncio.create_task(RedisSupervisor(state.redis).run()))
     if settings.http.enabled:
         state.http = await start_http(state)
     log.info("listening", host=state.diameter_address[0], port=state.diameter_address[1])
@@ -276,7 +327,11 @@ async def serve(settings: Settings) -> None:
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, state.stop.set)
     try:
-        await startup(state)
+        try:
+            await startup(state)
+        except BalanceUnavailable as error:  # DataDirectoryLocked among them: one line, no traceback
+            log.error("startup_failed", reason=str(error))
+            raise SystemExit(EXIT_STARTUP_FAILED) from None
         await state.stop.wait()
     finally:
         await shutdown(state)

@@ -9,21 +9,30 @@ Every Redis here is started by the test session in a temporary directory on a fr
   2 seconds: a master serves no earlier than 2 s after it started).
 - ``redis_cluster_client``: a redis-py asyncio cluster client on it, after FLUSHALL on every master.
 
+Helpers for tests of the embedded server's processes: ``redis_servers_of`` (the live
+redis-servers of a directory, from /proc), ``wait_until_gone``, ``start_orphan`` (a redis-server
+left behind on a directory, as a killed server leaves its own).
+
 Clients return bytes (redis-py's default); a test that wants text decodes what it reads.
 """
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from balance.cluster import EmbeddedRedisCluster
-from balance.embedded import EmbeddedRedis
+from balance.embedded import PID_FILE_NAME, EmbeddedRedis, find_redis_server, is_redis_server_of, pick_free_port
 
 SHARED_REDIS_PORT = 6379  # the machine's own Redis: tests must never touch it
+# How long a test waits for a process to come or go before it fails; never a measure of speed.
+PROCESS_DEADLINE_SECONDS = 30.0
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +75,39 @@ def skip_without_functions(server: EmbeddedRedis) -> None:
     major = int((server.server_version or "0").split(".")[0])
     if major < 7:
         pytest.skip(f"Redis {server.server_version} has no functions")
+
+
+def redis_servers_of(directory: Path) -> list[int]:
+    """Every live redis-server process working in ``directory``, found in /proc."""
+    return sorted(
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and is_redis_server_of(int(entry.name), directory)
+    )
+
+
+def wait_until_gone(pid: int, directory: Path) -> bool:
+    deadline = time.monotonic() + PROCESS_DEADLINE_SECONDS
+    while is_redis_server_of(pid, directory):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def start_orphan(directory: Path, executable: Path | None = None) -> int:
+    """A redis-server on ``directory`` started by hand and left behind, as a killed server leaves
+    its own: daemonized (so its parent is not this test), with the pid file the launcher writes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pid_path = directory / PID_FILE_NAME
+    command = [str(executable or find_redis_server()), "--port", str(pick_free_port()), "--bind", "127.0.0.1"]
+    command += ["--dir", str(directory), "--daemonize", "yes", "--pidfile", str(pid_path)]
+    command += ["--appendonly", "yes", "--save", "", "--logfile", str(directory / "orphan.log")]
+    subprocess.run(command, check=True, cwd=directory)
+    deadline = time.monotonic() + PROCESS_DEADLINE_SECONDS
+    while True:
+        written = pid_path.read_text().strip() if pid_path.exists() else ""
+        if written.isdigit() and is_redis_server_of(int(written), directory):
+            return int(written)
+        assert time.monotonic() < deadline, "the orphan did not start"
+        time.sleep(0.05)

