@@ -1,14 +1,18 @@
 """The credit-control handler: a CCR in, one atomic balance call, a CCA out.
 
-Theory of operation: ``CreditControl.answer`` reads the CCR (``ocs.ccr``), finds the subscriber
-(5030 if unknown), rates every service (5031 with Failed-AVP if a service cannot be rated),
-turns the services into ``ChargeItem``s (requested units sized by the configured default and
-maximum quota, used units from Used-Service-Unit), makes the one ``BalanceStore.charge`` call for
-the whole request, and lays the outcome out as a CCA (``ocs.cca``). EVENT requests for
-CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006 section 6) are answered from queries and
-refunds. Redis unavailable is 3004 (RFC 4006 section 5.7: the client fails over; the request
-changed nothing, or changed it idempotently); an engine error is 5012. Retransmissions reach
-the engine with the same (Session-Id, CC-Request-Number) and get the stored outcome back.
+Theory of operation: ``CreditControl.answer`` reads the CCR (``ocs.ccr``), refuses another
+realm (3003), finds the subscriber (5030 if unknown; 5002 for an UPDATE / TERMINATION, whose
+session cannot exist), rates every service at the request's time (Event-Timestamp within the
+configured skew, else our clock) and refuses on its own each service that cannot be rated or
+counts only in units its tariff does not price (5031 in its MSCC, Failed-AVP at command level;
+nothing of it is charged), turns the other services into ``ChargeItem``s (requested units
+sized by the configured default and maximum quota, used units from Used-Service-Unit), makes
+the one ``BalanceStore.charge`` call for the whole request, and lays the outcome out as a CCA
+(``ocs.cca``). EVENT requests for CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006
+section 6) are answered from queries and refunds. Redis unavailable is 3004 (RFC 4006 section
+5.7: the client fails over; the request changed nothing, or changed it idempotently); an engine
+error is 5012. Retransmissions reach the engine with the same (Session-Id, CC-Request-Number)
+and get the stored outcome back.
 """
 
 from __future__ import annotations
