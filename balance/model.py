@@ -269,11 +269,19 @@ class ReferenceModel:
     def charge(self, request: ChargeRequest) -> ChargeResult:
         if not _valid_request(request):
             return _refused(Outcome.INVALID)
+        session_key = (self.root_of(request.account_id), request.session_id)
+        new = session_key not in self._sessions
         opened = self._open(request.account_id, request.session_id, request.request_number, request.event)
         if isinstance(opened, ChargeResult):
             return opened
         session = opened
         items = tuple(self._charge_item(request, session, item) for item in request.items)
+        unopened = (
+            new
+            and not (request.terminate or request.event)
+            and items
+            and all(item.outcome is Outcome.INSUFFICIENT_FUNDS and item.committed_units == 0 for item in items)
+        )
         if request.terminate or request.event:
             # RULES.md ambiguity: an event on a session that is still open closes it like a
             # termination (every reservation returned), else its holds could never be resolved.
@@ -282,6 +290,8 @@ class ReferenceModel:
             Outcome.OK, items, balance_micros=self._ledger.available(request.account_id, request.now_seconds)
         )
         self._finish(session, request.request_number, result, request.now_seconds + request.validity_seconds)
+        if unopened:  # RULES.md "unopened": every item refused, so no session is left behind
+            del self._sessions[session_key]
         return result
 
     def _charge_item(self, request: ChargeRequest, session: Session, item: ChargeItem) -> ItemResult:

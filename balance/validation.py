@@ -83,7 +83,7 @@ def invalid_tariff(tariff: Tariff) -> str | None:
 
 
 def invalid_item(item: ChargeItem) -> str | None:
-    if not 0 <= item.rating_group < 2**32:
+    if not 0 <= item.rating_group < 2**63:  # ocs packs (Rating-Group, Service-Identifier) pairs; spool: int64
         return "rating group out of range"
     if _SERVICE.match(item.service) is None:
         return "bad service name"

@@ -64,6 +64,22 @@ class Units:
     money_micros: int | None = None  # CC-Money, converted at the edge
 
     @property
+    def counted(self) -> bool:
+        """Whether any unit AVP was present: an empty Requested-Service-Unit leaves the amount
+        to the server (RFC 4006 section 8.18), an empty Used-Service-Unit reports nothing."""
+        return any(
+            value is not None
+            for value in (
+                self.time_seconds,
+                self.total_octets,
+                self.input_octets,
+                self.output_octets,
+                self.service_specific,
+                self.money_micros,
+            )
+        )
+
+    @property
     def octets(self) -> int | None:
         if self.total_octets is not None:
             return self.total_octets
@@ -93,6 +109,7 @@ class CreditRequest:
     session_id: str
     origin_host: str
     origin_realm: str
+    destination_realm: str
     request_type: RequestType
     request_number: int
     service_context: str
@@ -116,6 +133,7 @@ _KEY = DEFAULT_DICTIONARY.key
 _SESSION_ID = _KEY("Session-Id")
 _ORIGIN_HOST = _KEY("Origin-Host")
 _ORIGIN_REALM = _KEY("Origin-Realm")
+_DESTINATION_REALM = _KEY("Destination-Realm")
 _SERVICE_CONTEXT_ID = _KEY("Service-Context-Id")
 _CC_REQUEST_TYPE = _KEY("CC-Request-Type")
 _CC_REQUEST_NUMBER = _KEY("CC-Request-Number")
@@ -297,6 +315,7 @@ def read_ccr(message: Message) -> CreditRequest | CcrProblem:
         session_id=_text(index, _SESSION_ID),
         origin_host=_text(index, _ORIGIN_HOST),
         origin_realm=_text(index, _ORIGIN_REALM),
+        destination_realm=_text(index, _DESTINATION_REALM),
         request_type=request_type,
         request_number=_int(index, _CC_REQUEST_NUMBER) or 0,
         service_context=_text(index, _SERVICE_CONTEXT_ID),
@@ -309,6 +328,24 @@ def read_ccr(message: Message) -> CreditRequest | CcrProblem:
     )
 
 
-def request_time(request: CreditRequest, now: float) -> datetime:
-    """When the service happened: Event-Timestamp if the client sent one, else now."""
-    return request.event_time or datetime.fromtimestamp(now, UTC)
+def request_time(request: CreditRequest, now: float, *, skew_seconds: int, late_seconds: int) -> datetime:
+    """When the service happened, for the time band: the client's Event-Timestamp when it is
+    plausible, else now (our clock).
+
+    Plausible: at most ``skew_seconds`` ahead of our clock (no request reports the future), and
+    at most ``skew_seconds`` behind it for INITIAL and EVENT, which are sent as the service
+    starts or happens. UPDATE and TERMINATION may be older by ``late_seconds`` more: they report
+    usage that is already over, and a retransmission after failover (RFC 4006 section 5.7) or
+    a CCR-T sent late carries the stamp of when it was first built. Beyond that the stamp is a
+    clock fault (or a choice of band the client is not entitled to make), and our clock decides.
+    """
+    stamp = request.event_time
+    current = datetime.fromtimestamp(now, UTC)
+    if stamp is None:
+        return current
+    moment = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)  # RFC 6733 section 4.3.1: UTC
+    late = request.request_type in (RequestType.UPDATE, RequestType.TERMINATION)
+    earliest = now - skew_seconds - (late_seconds if late else 0)
+    if earliest <= moment.timestamp() <= now + skew_seconds:
+        return stamp
+    return current

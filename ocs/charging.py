@@ -1,20 +1,26 @@
 """The credit-control handler: a CCR in, one atomic balance call, a CCA out.
 
-Theory of operation: ``CreditControl.answer`` reads the CCR (``ocs.ccr``), finds the subscriber
-(5030 if unknown), rates every service (5031 with Failed-AVP if a service cannot be rated),
-turns the services into ``ChargeItem``s (requested units sized by the configured default and
-maximum quota, used units from Used-Service-Unit), makes the one ``BalanceStore.charge`` call for
-the whole request, and lays the outcome out as a CCA (``ocs.cca``). EVENT requests for
-CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006 section 6) are answered from queries and
-refunds. Redis unavailable is 3004 (RFC 4006 section 5.7: the client fails over; the request
-changed nothing, or changed it idempotently); an engine error is 5012. Retransmissions reach
-the engine with the same (Session-Id, CC-Request-Number) and get the stored outcome back.
+Theory of operation: ``CreditControl.answer`` reads the CCR (``ocs.ccr``), refuses another
+realm (3003), finds the subscriber (5030 if unknown; 5002 for an UPDATE / TERMINATION, whose
+session cannot exist), rates every service at the request's time (Event-Timestamp within the
+configured skew, else our clock) and refuses on its own each service that cannot be rated or
+counts only in units its tariff does not price (5031 in its MSCC, Failed-AVP at command level;
+nothing of it is charged), turns the other services into ``ChargeItem``s (requested units
+sized by the configured default and maximum quota, used units from Used-Service-Unit), makes
+the one ``BalanceStore.charge`` call for the whole request, and lays the outcome out as a CCA
+(``ocs.cca``). EVENT requests for CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006
+section 6) are answered from queries and refunds. Redis unavailable is 3004 (RFC 4006 section
+5.7: the client fails over; the request changed nothing, or changed it idempotently); an engine
+error is 5012. Retransmissions reach the engine with the same (Session-Id, CC-Request-Number)
+and get the stored outcome back.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+
+import structlog
 
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.store import BalanceStore
@@ -29,13 +35,14 @@ from ocs.ccr import (
     ServiceRequest,
     Units,
     read_ccr,
+    read_units,
     request_time,
 )
 from ocs.config import Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.metrics import Metrics
 from ocs.queries import answer_query
-from ocs.rating import Rated, RatingFailure, RatingInput, rate
+from ocs.rating import SERVICE_IDENTIFIER_AVP, Rated, RatingFailure, RatingInput, rate
 from ocs.rating_book import TariffBook
 from ocs.result_codes import result_code
 from ocs.subscribers import SubscriberCache
@@ -43,7 +50,9 @@ from protocol.capabilities import LocalIdentity
 from protocol.constants import ResultCode
 from protocol.dictionary import DEFAULT_DICTIONARY
 from protocol.grammar import example_avp
-from protocol.message import Message
+from protocol.message import Avp, Message, avp
+
+log = structlog.get_logger("ocs.charging")
 
 _QUERIES = (RequestedAction.CHECK_BALANCE, RequestedAction.PRICE_ENQUIRY, RequestedAction.REFUND_ACCOUNT)
 
@@ -52,6 +61,20 @@ _QUERIES = (RequestedAction.CHECK_BALANCE, RequestedAction.PRICE_ENQUIRY, Reques
 class RatedService:
     request: ServiceRequest
     rated: Rated
+
+
+@value_type
+class RefusedService:
+    """A service answered with a failure of its own (5031) and left out of the charge: nothing of
+    it is committed, reserved or returned."""
+
+    request: ServiceRequest
+    result_code: ResultCode
+    failed_avp: Avp
+    reason: str
+
+
+_UNIT_AVP_KEYS = (DEFAULT_DICTIONARY.key("Requested-Service-Unit"), DEFAULT_DICTIONARY.key("Used-Service-Unit"))
 
 
 def units_of(units: Units, unit: Unit) -> int | None:
@@ -110,23 +133,45 @@ class CreditControl:
             return error_answer(
                 message, self.identity, ccr.result_code, failed_avp=ccr.failed_avp, error_message=ccr.reason
             )
+        # RFC 6733 section 6.1: a request for another realm is not ours to process, and we are no
+        # relay or proxy (section 2.8) to pass it on: 3003 (section 7.1.3), which sets the E bit.
+        if ccr.destination_realm.lower() != self.settings.diameter.origin_realm.lower():
+            failed = message.find("Destination-Realm")
+            return error_answer(message, self.identity, ResultCode.DIAMETER_REALM_NOT_SERVED, failed_avp=failed)
         subscriber = await self.subscribers.find(ccr.identities)
         if subscriber is None:
+            if ccr.request_type in (RequestType.UPDATE, RequestType.TERMINATION):
+                # No session was ever opened for an identity we do not know (its CCR-I was
+                # answered 5030): RFC 4006 section 9.1 / RFC 6733 section 7.1.4, 5002.
+                return error_answer(message, self.identity, ResultCode.DIAMETER_UNKNOWN_SESSION_ID)
             failed = message.find("Subscription-Id")
             return error_answer(message, self.identity, ResultCode.DIAMETER_USER_UNKNOWN, failed_avp=failed)
         now = self.clock()
-        rated = self._rate(ccr, self._services(ccr), subscriber.plan, now)
-        if isinstance(rated, tuple):
-            return self._rating_failed(message, *rated)
+        rated = self._rate(message, ccr, self._services(ccr), subscriber.plan, now)
+        if isinstance(rated, RatingFailure):  # our fault (no such plan): 5012, RFC 6733 section 7.1.5
+            return error_answer(
+                message, self.identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY, error_message=rated.reason
+            )
+        served = [item for item in rated if isinstance(item, RatedService)]
+        refused = [item for item in rated if isinstance(item, RefusedService)]
+        for item in refused:
+            log.info("service_refused", result_code=int(item.result_code), reason=item.reason)
         if ccr.request_type is RequestType.EVENT and ccr.requested_action in _QUERIES:
-            return await answer_query(self, message, ccr, subscriber.account_id, rated, now)
-        result = await self.store.charge(self._charge_request(ccr, subscriber.account_id, rated, now))
+            if refused:
+                return self._refused_answer(message, ccr, refused)
+            return await answer_query(self, message, ccr, subscriber.account_id, served, now)
+        if refused and not served and ccr.request_type in (RequestType.INITIAL, RequestType.EVENT):
+            # Nothing to charge, and no session to open: the answer is the refusal alone. An
+            # UPDATE / TERMINATION goes on to the engine even so, which knows whether the session
+            # is open (5002 if not) and ends it on a TERMINATION.
+            return self._refused_answer(message, ccr, refused)
+        result = await self.store.charge(self._charge_request(ccr, subscriber.account_id, served, now))
         if result.replayed:
             self.metrics.duplicate_replayed()
         elif result.items:
             # A replay changed nothing, so it counts no money. The services of one request are
             # rated with the subscriber's one plan, so they share its currency.
-            currency = rated[0].rated.currency
+            currency = served[0].rated.currency
             self.metrics.money_committed(currency, sum(item.committed_micros for item in result.items))
             self.metrics.money_reserved(currency, sum(item.reserved_micros for item in result.items))
         if result.outcome is not Outcome.OK:
@@ -140,10 +185,13 @@ class CreditControl:
         return (ServiceRequest(None, None, Units(), (), (), None),)
 
     def _rate(
-        self, ccr: CreditRequest, services: Sequence[ServiceRequest], plan: str, now: float
-    ) -> list[RatedService] | tuple[ServiceRequest, RatingFailure]:
-        rated: list[RatedService] = []
-        at = request_time(ccr, now)
+        self, message: Message, ccr: CreditRequest, services: Sequence[ServiceRequest], plan: str, now: float
+    ) -> list[RatedService | RefusedService] | RatingFailure:
+        """Each service rated, or refused on its own; a failure that is ours (no such plan) for all."""
+        rated: list[RatedService | RefusedService] = []
+        skew = self.settings.rating.event_timestamp_skew_seconds
+        at = request_time(ccr, now, skew_seconds=skew, late_seconds=self.settings.quota.tcc_seconds)
+        refund = ccr.requested_action is RequestedAction.REFUND_ACCOUNT
         for service in services:
             outcome = rate(
                 self.book,
@@ -153,25 +201,40 @@ class CreditControl:
                 ),
             )
             if isinstance(outcome, RatingFailure):
-                return service, outcome
+                if outcome.avp_name is None:
+                    return outcome
+                rated.append(_rating_refused(message, service, outcome.avp_name, outcome.reason))
+                continue
+            identifier = service.service_identifier
+            if (
+                service.rating_group is not None
+                and identifier is not None
+                and identifier > MAX_PAIRED_SERVICE_IDENTIFIER
+            ):
+                reason = (
+                    f"Service-Identifier {identifier} is beyond {MAX_PAIRED_SERVICE_IDENTIFIER} with a Rating-Group"
+                )
+                rated.append(_rating_refused(message, service, SERVICE_IDENTIFIER_AVP, reason))
+                continue
+            unpriced = None if refund else _unpriced_units(message, service, outcome.unit)
+            if unpriced is not None:
+                reason = f"service {outcome.service} is priced in {outcome.unit}, not in the units reported"
+                rated.append(RefusedService(service, ResultCode.DIAMETER_RATING_FAILED, unpriced, reason))
+                continue
             rated.append(RatedService(service, outcome))
         return rated
 
-    def _rating_failed(self, message: Message, service: ServiceRequest, failure: RatingFailure) -> Message:
-        """5031 DIAMETER_RATING_FAILED naming the AVP rating could not use (RFC 4006 section
-        9.1); a fault on our side (no such plan) is 5012 with no Failed-AVP."""
-        if failure.avp_name is None:
-            return error_answer(
-                message, self.identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY, error_message=failure.reason
-            )
-        failed = service.avp.find(failure.avp_name) if service.avp is not None else None
-        failed = failed or message.find(failure.avp_name)
-        return error_answer(
+    def _refused_answer(self, message: Message, ccr: CreditRequest, refused: Sequence[RefusedService]) -> Message:
+        """The answer when every service was refused and nothing reached the engine."""
+        answers = [_refused_service_answer(item) for item in refused]
+        extra = [avp("Error-Message", refused[0].reason[:200]), *_failed_avps(refused)]
+        return credit_answer(
             message,
             self.identity,
-            ResultCode.DIAMETER_RATING_FAILED,
-            failed_avp=failed or example_avp(DEFAULT_DICTIONARY.avp(failure.avp_name)),
-            error_message=failure.reason,
+            command_result(answers),
+            answers,
+            multiple_services=ccr.multiple_services,
+            extra=extra,
         )
 
     def requested_units(self, service: ServiceRequest, unit: Unit) -> int:
@@ -217,25 +280,39 @@ class CreditControl:
         message: Message,
         ccr: CreditRequest,
         account_id: str,
-        services: Sequence[RatedService],
+        services: Sequence[RatedService | RefusedService],
         result: ChargeResult,
     ) -> Message:
+        """The CCA: one answer per service in the order of the request, the charged ones from the
+        engine's items (which follow the charged services in order), the refused ones with their
+        own Result-Code and their AVP in Failed-AVP (RFC 6733 section 7.5: "not fully processed")."""
         answers: list[ServiceAnswer] = []
         status: AccountStatus | None = None
-        if ccr.request_type in (RequestType.INITIAL, RequestType.UPDATE):
-            self.observer(SessionActive(account_id, ccr.session_id, ccr.origin_host, ccr.origin_realm))
-        for service, item in zip(services, result.items, strict=True):
+        items = iter(result.items)
+        final = False
+        for service in services:
+            if isinstance(service, RefusedService):
+                answers.append(_refused_service_answer(service))
+                continue
+            item = next(items)
             if item.outcome is Outcome.ACCOUNT_BLOCKED and status is None:
                 view = await self.store.balance(account_id, int(self.clock()))
                 status = view.account.status if view is not None else AccountStatus.BARRED
             answers.append(self._service_answer(ccr, service, item, status))
-            if item.final:
-                self.observer(FinalUnitGranted(account_id, ccr.session_id, ccr.origin_host))
+            final = final or item.final
+        code = command_result(answers)
         if ccr.request_type is RequestType.TERMINATION:
-            answers = []
+            # The session is over: the answer names only the services whose usage was refused.
+            answers = [answer for answer in answers if answer.result_code is not ResultCode.DIAMETER_SUCCESS]
             self.observer(SessionEnded(account_id, ccr.session_id))
+        elif ccr.request_type is RequestType.UPDATE or code is ResultCode.DIAMETER_SUCCESS:
+            # An INITIAL that failed opened no session (balance/RULES.md): nothing to re-authorise.
+            self.observer(SessionActive(account_id, ccr.session_id, ccr.origin_host, ccr.origin_realm))
+        if final:  # after SessionActive: the notifier follows the sessions it knows
+            self.observer(FinalUnitGranted(account_id, ccr.session_id, ccr.origin_host))
+        refused = [service for service in services if isinstance(service, RefusedService)]
         return credit_answer(
-            message, self.identity, command_result(answers), answers, multiple_services=ccr.multiple_services
+            message, self.identity, code, answers, multiple_services=ccr.multiple_services, extra=_failed_avps(refused)
         )
 
     def _service_answer(
@@ -283,7 +360,63 @@ class CreditControl:
 
 
 def _key(service: ServiceRequest) -> int:
-    """The engine's reservation key for a service: its Rating-Group, else its Service-Identifier."""
-    if service.rating_group is not None:
-        return service.rating_group
-    return service.service_identifier or 0
+    """The engine's reservation key for a service: its Rating-Group, else its Service-Identifier;
+    the pair, when the MSCC names both.
+
+    TS 32.251 (and TS 32.299 clause 7.1.9, Multiple-Services-Credit-Control) let quota be managed
+    per Rating-Group or per Rating-Group and Service-Identifier; a client that names both asks for
+    the finer level, and two MSCCs of one Rating-Group with different Service-Identifiers are two
+    quotas, each rated, reserved and charged on its own. Both are Unsigned32 (RFC 4006 sections
+    8.28 and 8.29); the pair is packed as ``(Service-Identifier + 1) * 2^32 + Rating-Group``:
+    above every plain Rating-Group, unique per pair, and below 2^63 (the usage spool stores it
+    as a signed 64-bit integer) for Service-Identifiers up to ``MAX_PAIRED_SERVICE_IDENTIFIER``.
+    """
+    group, identifier = service.rating_group, service.service_identifier
+    if group is None:
+        return identifier or 0
+    if identifier is None:
+        return group
+    return (identifier + 1) * _PAIR_BASE + group
+
+
+_PAIR_BASE = 2**32
+MAX_PAIRED_SERVICE_IDENTIFIER = 2**31 - 2  # (2^31 - 1) * 2^32 + (2^32 - 1) < 2^63
+
+
+def _rating_refused(message: Message, service: ServiceRequest, name: str, reason: str) -> RefusedService:
+    """5031 DIAMETER_RATING_FAILED naming the AVP rating could not use (RFC 4006 section 9.1:
+    Failed-AVP holds it, or an example of it when it is missing)."""
+    failed = service.avp.find(name) if service.avp is not None else None
+    failed = failed or message.find(name) or example_avp(DEFAULT_DICTIONARY.avp(name))
+    return RefusedService(service, ResultCode.DIAMETER_RATING_FAILED, failed, reason)
+
+
+def _unpriced_units(message: Message, service: ServiceRequest, unit: Unit) -> Avp | None:
+    """The Requested- or Used-Service-Unit that counts only in units the tariff does not price.
+
+    RFC 4006 section 8.18: a server "must treat unknown or unsupported unit types as invalid
+    AVPs"; usage in a unit the service is not rated in cannot be priced, so it is a rating
+    failure (5031, section 9.1: "an AVP ... not recognized or supported in the rating"), never
+    a free 2001. An empty Requested-Service-Unit leaves the amount to us (sized in the priced
+    unit); a unit AVP of the priced unit with the value 0 reports that nothing was used.
+    """
+    requested = (service.requested,) if service.requested is not None else ()
+    if all(units_of(units, unit) is not None or not units.counted for units in requested + service.used):
+        return None
+    members = service.avp.children if service.avp is not None else message.avps
+    for found in members:
+        if found.key in _UNIT_AVP_KEYS:
+            units = read_units(found)
+            if units.counted and units_of(units, unit) is None:
+                return found
+    return None  # not reached: the units above were read from these AVPs
+
+
+def _refused_service_answer(service: RefusedService) -> ServiceAnswer:
+    request = service.request
+    return ServiceAnswer(request.rating_group, request.service_identifier, service.result_code)
+
+
+def _failed_avps(refused: Sequence[RefusedService]) -> list[Avp]:
+    """One Failed-AVP per refused service (the CCA allows several: RFC 4006 section 3.2)."""
+    return [avp("Failed-AVP", [service.failed_avp]) for service in refused]

@@ -90,6 +90,18 @@ class TariffSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RatingSettings:
+    """How far rating trusts the client's clock (``ocs.ccr.request_time``)."""
+
+    # Event-Timestamp (RFC 6733 section 8.21) chooses the time band (ocs.ccr.request_time). Network
+    # elements keep NTP time, within a second of ours; five minutes absorbs a bad day of drift
+    # yet cannot move a request into another band by more than that. A stamp further off is
+    # replaced by our clock. UPDATE / TERMINATION may also lag by Tcc (quota.tcc_seconds), the
+    # longest a session can live without news: a late or retransmitted CCR-T is legitimate.
+    event_timestamp_skew_seconds: int = 300
+
+
+@dataclass(frozen=True, slots=True)
 class SpoolSettings:
     path: str = "data/spool.sqlite3"
     batch_size: int = 500
@@ -104,6 +116,7 @@ class Settings:
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     final_unit: FinalUnitSettings = field(default_factory=FinalUnitSettings)
     tariffs: TariffSettings = field(default_factory=TariffSettings)
+    rating: RatingSettings = field(default_factory=RatingSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     shutdown_timeout_seconds: float = 5.0
 
@@ -176,6 +189,7 @@ def validate(settings: Settings, where: str) -> Settings:
         (0 <= settings.quota.threshold_percent < 100, "quota.threshold_percent"),
         (settings.quota.validity_seconds > 0, "quota.validity_seconds"),
         (settings.spool.batch_size > 0, "spool.batch_size"),
+        (settings.rating.event_timestamp_skew_seconds >= 0, "rating.event_timestamp_skew_seconds"),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):

@@ -78,6 +78,7 @@ end
 local closing = terminate or event
 -- The items' answers and usage records, as text: one item (the usual request) makes no table.
 local results, record_count, records = nil, 0, nil
+local refused_count = 0 -- items refused for lack of funds: if all are, a new session stays unopened
 local session_json = ARGV[10] ~= '' and ARGV[10] or session_id -- in usage records
 local position = 11
 for _ = 1, item_count do
@@ -139,6 +140,7 @@ for _ = 1, item_count do
       end
     end
   end
+  if outcome == 'insufficient_funds' then refused_count = refused_count + 1 end
   local units_text = committed_units == used and ARGV[position + 3] or fmt(committed_units)
   local micros_text = fmt(committed_micros)
   if committed_units > 0 then
@@ -172,14 +174,18 @@ end
 -- Every change is known: write it if it is consistent.
 local problem = save_checked(account, parent)
 if problem ~= nil then return problem end
-local opened = (not exists and not closing) and ' 1 ' or ' 0 '
+-- RULES.md "unopened": a first request whose every item was refused for lack of funds (its answer
+-- is 4012) leaves no session behind, so later requests of that session id are unknown_session.
+local unopened = not exists and not closing and item_count > 0 and refused_count == item_count
+  and record_count == 0
+local opened = (not exists and not closing and not unopened) and ' 1 ' or ' 0 '
 local reply = 'ok ' .. fmt(available(account, parent, now)) .. opened .. fmt(record_count) .. ' ' .. fmt(item_count)
 if results ~= nil then reply = reply .. ' ' .. results end
 local member = account_id .. '|' .. session_id
 if closing then
   write_tombstone(session_key, account_id, ARGV[3], reply, ARGV[8])
   if exists then call('ZREM', expiry_key, member) end
-else
+elseif not unopened then
   -- A reservation no item touched is stored as it was: only new ones are encoded; one a request
   -- ended is deleted.
   if stored_reservations ~= nil then

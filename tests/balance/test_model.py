@@ -349,12 +349,21 @@ def test_a_request_is_rounded_up_to_whole_blocks_before_granting() -> None:
     assert only_item(result) == ItemResult(1, Outcome.OK, granted_units=120, reserved_micros=120_000)
 
 
-def test_insufficient_funds_holds_nothing_but_opens_the_session() -> None:
+def test_insufficient_funds_holds_nothing_and_opens_no_session() -> None:
     model = model_with(Account("a", buckets=(money(1, 50_000),)))
     result = model.charge(request("a", "s", 0, voice(requested=60)))
     assert only_item(result) == ItemResult(1, Outcome.INSUFFICIENT_FUNDS)
     balance = view(model, "a")
     assert (balance.held_micros, balance.reservations, amounts(model, "a")) == (0, 0, {1: 50_000})
+    # RULES.md "unopened": the refused first request left no session (issue 17: 5002 afterwards).
+    assert model.charge(request("a", "s", 1, voice(), terminate=True)).outcome is Outcome.UNKNOWN_SESSION
+
+
+def test_a_first_request_with_one_item_served_opens_the_session() -> None:
+    model = model_with(Account("a", buckets=(money(1, 50_000),)))
+    other = ChargeItem(2, "voice", Unit.SECONDS, voice().tariff)  # nothing asked: served, not refused
+    result = model.charge(request("a", "s", 0, voice(requested=60), other))
+    assert [item.outcome for item in result.items] == [Outcome.INSUFFICIENT_FUNDS, Outcome.OK]
     assert model.charge(request("a", "s", 1, voice(), terminate=True)).outcome is Outcome.OK
 
 

@@ -481,9 +481,13 @@ async def test_concurrent_sessions_of_one_account_never_overspend(store: Balance
         *(
             store.charge(ccr("ivan", s, 1, voice(used=g), terminate=True))
             for s, g in zip(sessions, granted, strict=True)
+            if g
         )
     )
     assert sum(result.items[0].committed_micros for result in ends) == 30 * EUR
+    # RULES.md "unopened": a session whose first request was refused outright was never opened.
+    refused = next(s for s, g in zip(sessions, granted, strict=True) if not g)
+    assert (await store.charge(ccr("ivan", refused, 1, voice(), terminate=True))).outcome is Outcome.UNKNOWN_SESSION
     await assert_audit_clean(store)
 
 

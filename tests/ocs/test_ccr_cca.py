@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from balance.directory import Identity, IdentityKind
 from balance.types import Unit
 from ocs.cca import FinalUnit, FinalUnitAction, ServiceAnswer, credit_answer, error_answer
-from ocs.ccr import CcrProblem, CreditRequest, RequestedAction, RequestType, Units, read_ccr
+from ocs.ccr import CcrProblem, CreditRequest, RequestedAction, RequestType, Units, read_ccr, request_time
 from protocol.capabilities import LocalIdentity
 from protocol.constants import ResultCode
 from protocol.message import Avp, Message, avp, request
@@ -198,3 +201,28 @@ def test_the_called_party_comes_from_ims_or_sms_information() -> None:
     assert read(ccr(ims)).called_party == "tel:+4930901820"
     assert read(ccr(sms)).called_party == "4917612345678"
     assert read(ccr()).called_party is None
+
+
+@pytest.mark.parametrize(
+    ("request_type", "offset_seconds", "trusted"),
+    [
+        (RequestType.INITIAL, -300, True),
+        (RequestType.INITIAL, -301, False),  # a start of service five minutes in the past: our clock
+        (RequestType.EVENT, -301, False),
+        (RequestType.INITIAL, 300, True),
+        (RequestType.UPDATE, 301, False),  # no request reports the future
+        (RequestType.UPDATE, -3_900, True),  # a report may lag by Tcc (3,600 s) + skew
+        (RequestType.TERMINATION, -3_900, True),  # e.g. a CCR-T retransmitted after failover
+        (RequestType.TERMINATION, -3_901, False),
+        (RequestType.TERMINATION, -6 * 86_400, False),  # last Sunday night, on a Monday: our clock
+    ],
+)
+def test_event_timestamp_is_trusted_within_the_skew_and_late_reports_within_tcc(
+    request_type: RequestType, offset_seconds: int, trusted: bool
+) -> None:
+    now = AT.timestamp()
+    stamp = AT + timedelta(seconds=offset_seconds)
+    ccr_read = dataclasses.replace(read(ccr()), request_type=request_type, event_time=stamp)
+    at = request_time(ccr_read, now, skew_seconds=300, late_seconds=3_600)
+    assert at == (stamp if trusted else AT)
+    assert request_time(dataclasses.replace(ccr_read, event_time=None), now, skew_seconds=300, late_seconds=0) == AT

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time as clock
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from balance.audit import audit
 from balance.embedded import EmbeddedRedis
 from balance.types import Bucket, BucketKind, PaymentType
 from ocs.app import new_state, shutdown, startup
+from ocs.config import RatingSettings
 from protocol.message import Avp, Message, avp, request
 from tests.ocs.conftest import RunningServer, server_settings
 
@@ -498,4 +500,211 @@ async def test_a_suspended_subscriber_is_redirected_to_the_top_up_portal_at_once
     redirect = final_unit.find("Redirect-Server")
     assert redirect is not None and redirect.get("Redirect-Server-Address") == "http://topup.localdomain/"
     assert await balance_of(server, "xena") == 5 * EUR
+    await client.close()
+
+
+# -- issue 17: units, several MSCCs, realm, failed INITIAL, Event-Timestamp -------------------------
+
+DATA = "32251@3gpp.org"
+MULTIPLE = avp("Multiple-Services-Indicator", 1)
+
+
+def rating_group(group: int, *children: Avp, identifier: int | None = None) -> Avp:
+    head = [avp("Service-Identifier", identifier)] if identifier is not None else []
+    return mscc(*head, avp("Rating-Group", group), *children)
+
+
+def failed_avps(answer: Message) -> list[Avp]:
+    return [failed.children[0] for failed in answer.find_all("Failed-AVP")]
+
+
+async def records_of(server: RunningServer, account_id: str) -> list[tuple[int, int, int]]:
+    assert server.state.store is not None
+    return [
+        (record.rating_group, record.units, record.micros)
+        for record in await server.state.store.usage_records()
+        if record.account_id == account_id
+    ]
+
+
+async def test_usage_in_a_unit_the_tariff_does_not_price_is_refused_never_free(server: RunningServer) -> None:
+    await server.subscriber("olga", "4915100000020", micros=EUR)
+    client = await server.client()
+
+    def data(session: str, kind: str, number: int, *services: Avp) -> Message:
+        return ccr(session, kind, number, MULTIPLE, *services, msisdn="4915100000020", context=DATA)
+
+    # Data (RG 10) is priced per octet: a grant asked in CC-Time only is refused, nothing held.
+    asked_time = await client.request(
+        data("pdp-t", "INITIAL_REQUEST", 0, rating_group(10, seconds("Requested-Service-Unit", 60)))
+    )
+    assert code(asked_time) == 5031
+    service = services_by_group(asked_time)[10]
+    assert service.get("Result-Code") == 5031 and service.find("Granted-Service-Unit") is None
+    (failed,) = failed_avps(asked_time)
+    assert failed.code == 437 and failed.get("CC-Time") == 60  # Requested-Service-Unit
+    assert await balance_of(server, "olga") == EUR
+    # A session granted octets, then reporting CC-Time only: each report refused, nothing charged.
+    initial = await client.request(
+        data("pdp-u", "INITIAL_REQUEST", 0, rating_group(10, octets("Requested-Service-Unit", 1_000_000)))
+    )
+    assert code(initial) == 2001 and granted(services_by_group(initial)[10], "CC-Total-Octets") == 1_000_000
+    held = await balance_of(server, "olga")
+    assert held == EUR - 10_000  # 1 MB at 0.01
+    for number in (1, 2, 3):
+        update = await client.request(
+            data("pdp-u", "UPDATE_REQUEST", number, rating_group(10, seconds("Used-Service-Unit", 300)))
+        )
+        assert code(update) == 5031
+        assert services_by_group(update)[10].get("Result-Code") == 5031
+        (failed,) = failed_avps(update)
+        assert failed.code == 446 and failed.get("CC-Time") == 300  # Used-Service-Unit
+    assert await balance_of(server, "olga") == held  # the reservation is untouched
+    assert await records_of(server, "olga") == []
+    # Reported in octets, the same usage is charged.
+    end = await client.request(
+        data("pdp-u", "TERMINATION_REQUEST", 4, rating_group(10, octets("Used-Service-Unit", 500_000)))
+    )
+    assert code(end) == 2001
+    assert await balance_of(server, "olga") == EUR - 5_000
+    assert await records_of(server, "olga") == [(10, 500_000, 5_000)]
+    await client.close()
+
+
+async def test_a_rating_group_that_cannot_be_rated_fails_alone(server: RunningServer) -> None:
+    await server.subscriber("petra", "4915100000021", micros=EUR)
+    client = await server.client()
+    answer = await client.request(
+        ccr(
+            "pdp-m",
+            "INITIAL_REQUEST",
+            0,
+            MULTIPLE,
+            rating_group(10, octets("Requested-Service-Unit", 1_000_000)),
+            rating_group(999, octets("Requested-Service-Unit", 1_000_000)),
+            msisdn="4915100000021",
+            context=DATA,
+        )
+    )
+    assert code(answer) == 2001 and not answer.is_error
+    services = services_by_group(answer)
+    assert services[10].get("Result-Code") == 2001 and granted(services[10], "CC-Total-Octets") == 1_000_000
+    assert services[999].get("Result-Code") == 5031 and services[999].find("Granted-Service-Unit") is None
+    (failed,) = failed_avps(answer)
+    assert failed.code == 432 and failed.value == 999  # Rating-Group
+    assert await balance_of(server, "petra") == EUR - 10_000  # only RG 10 is held
+    await client.close()
+
+
+async def test_one_rating_group_with_two_service_identifiers_is_two_quotas(server: RunningServer) -> None:
+    await server.subscriber("quinn", "4915100000022", micros=EUR)
+    client = await server.client()
+
+    def data(kind: str, number: int, *services: Avp) -> Message:
+        return ccr("pdp-si", kind, number, MULTIPLE, *services, msisdn="4915100000022", context=DATA)
+
+    initial = await client.request(
+        data(
+            "INITIAL_REQUEST",
+            0,
+            rating_group(10, octets("Requested-Service-Unit", 2_000_000), identifier=1),
+            rating_group(10, octets("Requested-Service-Unit", 3_000_000), identifier=2),
+        )
+    )
+    assert code(initial) == 2001
+    answered = {
+        service.get("Service-Identifier"): service for service in initial.find_all("Multiple-Services-Credit-Control")
+    }
+    assert granted(answered[1], "CC-Total-Octets") == 2_000_000 and answered[1].get("Rating-Group") == 10
+    assert granted(answered[2], "CC-Total-Octets") == 3_000_000 and answered[2].get("Rating-Group") == 10
+    assert await balance_of(server, "quinn") == EUR - 50_000  # 5 MB at 0.01
+    # Each reports its own usage against its own reservation; retransmitted, charged once.
+    end = data(
+        "TERMINATION_REQUEST",
+        1,
+        rating_group(10, octets("Used-Service-Unit", 1_000_000), identifier=1),
+        rating_group(10, octets("Used-Service-Unit", 2_000_000), identifier=2),
+    )
+    assert code(await client.request(end)) == 2001
+    end.flags |= 0x10
+    assert code(await client.request(end)) == 2001
+    assert await balance_of(server, "quinn") == EUR - 30_000
+    assert sorted((units, micros) for _, units, micros in await records_of(server, "quinn")) == [
+        (1_000_000, 10_000),
+        (2_000_000, 20_000),
+    ]
+    await client.close()
+
+
+async def test_a_realm_that_is_not_ours_is_3003(server: RunningServer) -> None:
+    await server.subscriber("rosa", "4915100000023", micros=EUR)
+    client = await server.client()
+    callee = call_to("4917612345678")
+    request = ccr(
+        "call-realm", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 60), callee, msisdn="4915100000023"
+    )
+    request.avps = [a for a in request.avps if a.code != 283] + [avp("Destination-Realm", "elsewhere.example")]
+    answer = await client.request(request)
+    assert code(answer) == 3003 and answer.is_error  # RFC 6733 section 7.1.3: the E bit
+    (failed,) = failed_avps(answer)
+    assert failed.code == 283 and failed.value == "elsewhere.example"
+    assert await balance_of(server, "rosa") == EUR
+    # Realms compare without regard to case (DNS names, RFC 4343).
+    request.avps = [a for a in request.avps if a.code != 283] + [avp("Destination-Realm", "TEST")]
+    assert code(await client.request(request)) == 2001
+    await client.close()
+
+
+async def test_requests_after_a_failed_initial_are_5002(server: RunningServer) -> None:
+    await server.subscriber("sven", "4915100000024")  # no money at all
+    client = await server.client()
+    callee = call_to("4917612345678")
+
+    async def session(name: str, msisdn: str, context: str, asked: Avp, initial_code: int) -> None:
+        def request(kind: str, number: int, *units: Avp) -> Message:
+            return ccr(name, kind, number, *units, callee, msisdn=msisdn, context=context)
+
+        assert code(await client.request(request("INITIAL_REQUEST", 0, asked))) == initial_code
+        update = await client.request(request("UPDATE_REQUEST", 1, asked))
+        assert code(update) == 5002
+        assert code(await client.request(request("TERMINATION_REQUEST", 2))) == 5002
+
+    await session("call-4012", "4915100000024", "32260@3gpp.org", seconds("Requested-Service-Unit", 60), 4012)
+    await session("call-5030", "4900000000", "32260@3gpp.org", seconds("Requested-Service-Unit", 60), 5030)
+    await session("pdp-5031", "4915100000024", DATA, seconds("Requested-Service-Unit", 60), 5031)
+    assert await records_of(server, "sven") == []
+    await client.close()
+
+
+async def test_an_event_timestamp_far_from_our_clock_is_not_trusted(server: RunningServer) -> None:
+    await server.subscriber("tina", "4915100000025", micros=EUR)
+    handler = server.state.credit_control
+    assert handler is not None
+    # Our clock at a Monday peak; the operator's default skew (300 s).
+    handler.clock = PEAK.timestamp
+    handler.settings = dataclasses.replace(handler.settings, rating=RatingSettings())
+    client = await server.client()
+    callee = call_to("4917612345678")  # national mobile: 0.09 peak, 0.05 off-peak per minute
+
+    async def price_at(stamp: datetime) -> object:
+        request = ccr(
+            f"price-{stamp.timestamp()}",
+            "EVENT_REQUEST",
+            0,
+            avp("Requested-Action", "PRICE_ENQUIRY"),
+            seconds("Requested-Service-Unit", 60),
+            callee,
+            msisdn="4915100000025",
+        )
+        request.avps = [a for a in request.avps if a.code != 55] + [avp("Event-Timestamp", stamp)]
+        answer = await client.request(request)
+        cost = answer.find("Cost-Information")
+        value = cost.find("Unit-Value") if cost is not None else None
+        return value.get("Value-Digits") if value is not None else None
+
+    sunday_night = datetime(2026, 11, 22, 23, 0, tzinfo=UTC)  # off-peak, a day before our clock
+    assert await price_at(sunday_night) == 90_000  # rated at our time: peak
+    evening = datetime(2026, 11, 23, 19, 59, tzinfo=UTC)  # 20:59 in Berlin, hours ahead: off-peak
+    assert await price_at(evening) == 90_000
+    assert await price_at(PEAK - timedelta(seconds=299)) == 90_000
     await client.close()
