@@ -128,6 +128,7 @@ class DiameterServer:
         self.duplicates = duplicates if duplicates is not None else DuplicateCache()
         self.connections: set[DiameterTransport] = set()
         self._servers: list[asyncio.Server] = []
+        self.tls_address: tuple[str, int] | None = None  # where listen_tls listens
         self._rng = random.Random()
 
     async def start(self, host: str = "127.0.0.1", port: int = 3868) -> tuple[str, int]:
@@ -137,7 +138,8 @@ class DiameterServer:
     async def listen_tls(self, host: str = "127.0.0.1", port: int = 5868) -> tuple[str, int]:
         """Listen on the TLS/TCP port (RFC 6733 section 11.4, errata 3997: 5868)."""
         assert self.tls_context is not None, "listen_tls needs a TLS context"
-        return await self._listen(host, port, tls_port=True)
+        self.tls_address = await self._listen(host, port, tls_port=True)
+        return self.tls_address
 
     async def _listen(self, host: str, port: int, *, tls_port: bool) -> tuple[str, int]:
         loop = asyncio.get_running_loop()

@@ -3,11 +3,22 @@ and the whole server with TLS and admission by address over real TCP."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from balance.embedded import EmbeddedRedis
+from ocs.app import ServerState, new_state, shutdown, startup
 from ocs.config import ConfigError, load_settings
+from protocol.aio import DiameterClient
+from protocol.aio.tls import client_context
+from protocol.message import avp
+from tests.ocs.conftest import CLIENT, RunningServer, server_settings
+from tests.ocs.test_credit_control import EUR, ccr, code, events, sms_to
 from tests.protocol.tls_support import Authority, make_authority
 
 
@@ -57,3 +68,60 @@ def test_bad_security_settings_are_refused_naming_the_field(tmp_path: Path, text
     with pytest.raises(ConfigError) as refused:
         load_settings(write(tmp_path, f"[diameter]\n{text}\n"), {})
     assert fragment in str(refused.value)
+
+
+@contextlib.asynccontextmanager
+async def secured_server(
+    redis: EmbeddedRedis, tmp_path: Path, authority: Authority, **diameter: object
+) -> AsyncIterator[ServerState]:
+    """The whole OCS with TLS from the authority's server certificate and these [diameter] fields."""
+    settings = server_settings(redis.url, tmp_path / "spool.sqlite3")
+    tls = {
+        "tls_port": 0,
+        "tls_certificate": str(authority.server.certificate),
+        "tls_private_key": str(authority.server.key),
+        "tls_ca_file": str(authority.ca_file),
+    }
+    state = new_state(dataclasses.replace(settings, diameter=dataclasses.replace(settings.diameter, **tls, **diameter)))
+    await startup(state)
+    assert state.store is not None
+    await state.store.flush_all()
+    try:
+        yield state
+    finally:
+        await shutdown(state)
+
+
+def tls_client_of(authority: Authority) -> ssl.SSLContext:
+    return client_context(str(authority.ca_file), str(authority.pgw.certificate), str(authority.pgw.key))
+
+
+async def test_a_tls_peer_is_charged_and_a_clear_one_refused_when_tls_is_required(
+    embedded_redis: EmbeddedRedis, tmp_path: Path, authority: Authority
+) -> None:
+    async with secured_server(embedded_redis, tmp_path, authority, require_tls=True) as state:
+        assert state.diameter is not None and state.diameter_address is not None
+        server = RunningServer(state, state.diameter_address[1])
+        await server.subscriber("alice", "4915100000001", micros=EUR)
+        assert state.diameter.tls_address is not None
+        client = await DiameterClient.connect(
+            "127.0.0.1", state.diameter.tls_address[1], CLIENT, tls=tls_client_of(authority), server_hostname="ocs.test"
+        )
+        sms = (avp("Requested-Action", "DIRECT_DEBITING"), events("Requested-Service-Unit", 1), sms_to("4917612345678"))
+        answer = await client.request(ccr("tls-1", "EVENT_REQUEST", 0, *sms, context="32274@3gpp.org"))
+        assert code(answer) == 2001
+        await client.close()
+        with pytest.raises(ConnectionError, match="5017"):  # clear port, no inband TLS offered
+            await server.client()
+
+
+async def test_a_peer_off_the_allowed_addresses_is_refused(
+    embedded_redis: EmbeddedRedis, tmp_path: Path, authority: Authority
+) -> None:
+    async with secured_server(embedded_redis, tmp_path, authority, allowed_addresses=("127.0.0.1/32",)) as state:
+        assert state.diameter_address is not None
+        port = state.diameter_address[1]
+        with pytest.raises(ConnectionError):
+            await DiameterClient.connect("127.0.0.1", port, CLIENT, source_address="127.0.0.2")
+        client = await DiameterClient.connect("127.0.0.1", port, CLIENT, source_address="127.0.0.1")
+        await client.close()
