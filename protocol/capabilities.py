@@ -78,7 +78,8 @@ class PeerPolicy:
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     allowed_realms: frozenset[str] = field(default_factory=frozenset)
     allowed_networks: tuple[IpNetwork, ...] = ()
-    host_networks: Mapping[str, tuple[IpNetwork, ...]] = field(default_factory=dict)  # Origin-Host -> its networks
+    # An Origin-Host (lower case) bound to the networks it may connect from.
+    host_networks: Mapping[str, tuple[IpNetwork, ...]] = field(default_factory=dict)
     peer_address: IpAddress | None = None
     certificate_names: frozenset[str] | None = None  # DNS names the peer's certificate proves, lower case
 

@@ -15,10 +15,12 @@ it is answered 5017 DIAMETER_NO_COMMON_SECURITY (section 5.3). The certificate a
 name its Origin-Host (``PeerPolicy.refusal``).
 
 Admission by address: a connection from outside ``policy.allowed_networks`` is closed as soon as
-it is accepted, before a TLS handshake or a byte of CER is read (RFC 6733 section 5.3: a CER from
-an unknown peer MAY be silently discarded, the connection is closed; section 5.6.1 puts that
-decision in the logic that accepts connections, apart from the peer state machine). It is
-reported once, as a ``PeerClosed`` that names the address.
+the protocol is given it, before a byte of CER is read (RFC 6733 section 5.3: a CER from an
+unknown peer MAY be silently discarded, the connection is closed; section 5.6.1 puts that
+decision in the logic that accepts connections, apart from the peer state machine). On the TLS
+port that is after the event loop's handshake: asyncio hands over the connection only then. It is
+reported once, as a ``PeerClosed`` that names the address. A failed handshake on the TLS port
+never reaches the protocol (the loop closes it), so it adds no connection and no event.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import random
 import ssl
 import typing
 from collections.abc import Callable
-from ipaddress import ip_address
+from ipaddress import IPv6Address, ip_address
 
 from protocol.aio.tls import TlsTransport, certificate_names, peer_certificate
 from protocol.aio.transport import DiameterTransport, EventCallback
@@ -51,12 +53,14 @@ def _ignore(transport: DiameterTransport, event: Event) -> None:
 
 
 def _address_of(peername: object) -> IpAddress | None:
-    if isinstance(peername, tuple) and peername and isinstance(peername[0], str):
-        try:
-            return ip_address(peername[0].partition("%")[0])  # an IPv6 scope id is not part of it
-        except ValueError:
-            return None
-    return None
+    if not (isinstance(peername, tuple) and peername and isinstance(peername[0], str)):
+        return None
+    try:
+        address = ip_address(peername[0].partition("%")[0])  # an IPv6 scope id is not part of it
+    except ValueError:
+        return None
+    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; the allow-list names them in IPv4.
+    return address.ipv4_mapped or address if isinstance(address, IPv6Address) else address
 
 
 class ServerConnection(TlsTransport):

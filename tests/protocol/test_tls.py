@@ -9,11 +9,12 @@ import contextlib
 import dataclasses
 import ssl
 from collections.abc import AsyncIterator
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 
 import pytest
 
 from protocol.aio import DiameterClient, DiameterServer, RequestFailed
+from protocol.aio.server import _address_of
 from protocol.aio.tls import TlsTransport, certificate_names, client_context, server_context
 from protocol.capabilities import InbandSecurity, LocalIdentity, PeerPolicy, build_cer, choose_inband_security
 from protocol.codec import FrameReader, decode, encode
@@ -256,3 +257,16 @@ def test_inband_security_choice(
 ) -> None:
     identity = dataclasses.replace(SERVER, inband_security=tuple(InbandSecurity(value) for value in accepted))
     assert choose_inband_security(cer_offering(*offered), identity) == chosen
+
+
+@pytest.mark.parametrize(
+    ("peername", "address"),
+    [
+        (("127.0.0.2", 40000), "127.0.0.2"),
+        (("::ffff:127.0.0.2", 40000, 0, 0), "127.0.0.2"),  # an IPv4 peer on a dual-stack listener
+        (("fe80::1%eth0", 40000, 0, 2), "fe80::1"),
+        ("/run/socket", None),
+    ],
+)
+def test_the_peer_address_as_the_allow_list_sees_it(peername: object, address: str | None) -> None:
+    assert _address_of(peername) == (ip_address(address) if address else None)
