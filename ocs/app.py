@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from pathlib import Path
 
 import structlog
@@ -35,7 +36,7 @@ from balance.store import BalanceStore
 from ocs.api import HttpServer, start_http
 from ocs.cca import error_answer
 from ocs.charging import CreditControl
-from ocs.config import Settings
+from ocs.config import DiameterSettings, Settings
 from ocs.logs import bind_request, configure_logging
 from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating import load_book
@@ -45,7 +46,8 @@ from ocs.sessions import SessionNotifier
 from ocs.spool import Spool
 from ocs.subscribers import SubscriberCache
 from protocol.aio import DiameterServer, DiameterTransport
-from protocol.capabilities import LocalIdentity, PeerPolicy
+from protocol.aio.tls import server_context
+from protocol.capabilities import IpNetwork, LocalIdentity, PeerPolicy
 from protocol.constants import ResultCode
 from protocol.events import Event, PeerClosed, PeerOpened, RequestRejected
 from protocol.message import Message
@@ -219,6 +221,21 @@ async def _log_engine_form(state: ServerState) -> None:
         log.info("money_engine", form="function library")
 
 
+def _peer_policy(diameter: DiameterSettings) -> PeerPolicy:
+    """Who may connect: hosts, realms, source networks, and networks bound to an Origin-Host
+    ("host=network" entries, validated by ocs.config)."""
+    bound: dict[str, tuple[IpNetwork, ...]] = {}
+    for entry in diameter.peer_addresses:
+        host, _, network = (part.strip() for part in entry.partition("="))
+        bound[host.lower()] = (*bound.get(host.lower(), ()), ip_network(network, strict=False))
+    return PeerPolicy(
+        allowed_hosts=frozenset(diameter.allowed_hosts),
+        allowed_realms=frozenset(diameter.allowed_realms),
+        allowed_networks=tuple(ip_network(address, strict=False) for address in diameter.allowed_addresses),
+        host_networks=bound,
+    )
+
+
 async def startup(state: ServerState) -> tuple[str, int]:
     settings = state.settings
     url = await _redis_url(state)
@@ -240,18 +257,27 @@ async def startup(state: ServerState) -> tuple[str, int]:
         observer=state.notifier.observe,
         metrics=state.metrics,
     )
-    policy = PeerPolicy(
-        allowed_hosts=frozenset(settings.diameter.allowed_hosts),
-        allowed_realms=frozenset(settings.diameter.allowed_realms),
+    diameter = settings.diameter
+    tls = (
+        server_context(diameter.tls_certificate, diameter.tls_private_key, diameter.tls_ca_file)
+        if diameter.tls_certificate
+        else None
     )
     state.diameter = DiameterServer(
         state.identity,
         lambda transport, message: _respond(state, transport, message),
-        policy=policy,
+        policy=_peer_policy(diameter),
         on_event=_log_event,
-        tw_seconds=settings.diameter.watchdog_seconds,
+        tw_seconds=diameter.watchdog_seconds,
+        tls_context=tls,
+        require_tls=diameter.require_tls,
     )
-    state.diameter_address = await state.diameter.start(settings.diameter.host, settings.diameter.port)
+    if diameter.clear_port_enabled:
+        state.diameter_address = await state.diameter.start(diameter.host, diameter.port)
+    if tls is not None:
+        tls_address = await state.diameter.listen_tls(diameter.host, diameter.tls_port)
+        state.diameter_address = state.diameter_address or tls_address
+        log.info("listening_tls", host=tls_address[0], port=tls_address[1], require_tls=diameter.require_tls)
     spool_path = Path(settings.spool.path)
     spool_path.parent.mkdir(parents=True, exist_ok=True)
     state.spool = await Spool.open(spool_path)
@@ -262,6 +288,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
         state.background.append(asyncio.create_task(RedisSupervisor(state.redis).run()))
     if settings.http.enabled:
         state.http = await start_http(state)
+    assert state.diameter_address is not None  # ocs.config: clear port or TLS, at least one
     log.info("listening", host=state.diameter_address[0], port=state.diameter_address[1])
     return state.diameter_address
 

@@ -14,6 +14,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from pathlib import Path
 
 DEFAULT_CONFIG_PATH = Path("config/ocs.toml")
@@ -33,6 +34,26 @@ class DiameterSettings:
     allowed_hosts: tuple[str, ...] = ()  # empty: any peer
     allowed_realms: tuple[str, ...] = ()
     watchdog_seconds: float = 30.0  # RFC 3539 section 3.4.1: Tw default
+    # Peer admission by address: IPs or CIDR networks a peer may connect from (empty: any); a
+    # connection from elsewhere is closed at accept. peer_addresses binds an Origin-Host to its
+    # own networks, "host=network" (a CER claiming it from elsewhere: 3010 DIAMETER_UNKNOWN_PEER).
+    allowed_addresses: tuple[str, ...] = ()
+    peer_addresses: tuple[str, ...] = ()
+    # TLS/TCP (RFC 6733 section 13). On when tls_certificate is set: a second listener on
+    # tls_port, mutual authentication against tls_ca_file, and the inband upgrade offered on the
+    # clear port. The port is 5868: RFC 6733 section 11.4 and verified errata 3997 (the 5658 of
+    # section 2.1 is the typo the erratum corrects).
+    tls_port: int = 5868
+    tls_certificate: str = ""  # PEM: our certificate (chain)
+    tls_private_key: str = ""  # PEM: its key; empty: the key is in tls_certificate
+    tls_ca_file: str = ""  # PEM: the CAs peers' certificates must chain to
+    # Every peer must be protected by TLS: on the clear port only a CER offering
+    # Inband-Security-Id TLS is accepted, others get 5017 DIAMETER_NO_COMMON_SECURITY.
+    require_tls: bool = False
+    # Listen on the clear port at all. RFC 6733 section 2.1: a node "MUST always be prepared to
+    # receive connections on port 3868" (RFC 3588 peers upgrade there), so true by default, also
+    # with require_tls; false when every peer connects with TLS at once.
+    clear_port_enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +199,40 @@ def _environment(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return overrides
 
 
+def _networks(values: tuple[str, ...], name: str, where: str) -> None:
+    for value in values:
+        try:
+            ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: {name}: {value!r} is not an IP address or network") from None
+
+
+def _validate_diameter(diameter: DiameterSettings, where: str) -> None:
+    _networks(diameter.allowed_addresses, "diameter.allowed_addresses", where)
+    for entry in diameter.peer_addresses:
+        host, separator, network = entry.partition("=")
+        if not separator or not host.strip():
+            raise ConfigError(f"{where}: diameter.peer_addresses: {entry!r} is not host=network")
+        _networks((network.strip(),), "diameter.peer_addresses", where)
+    tls = bool(diameter.tls_certificate)
+    if tls and not diameter.tls_ca_file:
+        # RFC 6733 section 13.1: the TLS server MUST request the peer's certificate.
+        raise ConfigError(f"{where}: diameter.tls_ca_file is required with diameter.tls_certificate")
+    if diameter.require_tls and not tls:
+        raise ConfigError(f"{where}: diameter.require_tls needs diameter.tls_certificate")
+    if not diameter.clear_port_enabled and not tls:
+        raise ConfigError(f"{where}: diameter.clear_port_enabled = false needs diameter.tls_certificate")
+    for name in ("tls_certificate", "tls_private_key", "tls_ca_file"):
+        path = getattr(diameter, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{where}: diameter.{name}: no file {path!r}")
+
+
 def validate(settings: Settings, where: str) -> Settings:
+    _validate_diameter(settings.diameter, where)
     checks = [
         (0 <= settings.diameter.port < 65_536, "diameter.port"),
+        (0 <= settings.diameter.tls_port < 65_536, "diameter.tls_port"),
         (0 <= settings.http.port < 65_536, "http.port"),
         (settings.diameter.max_in_flight > 0, "diameter.max_in_flight"),
         (settings.diameter.watchdog_seconds >= 6, "diameter.watchdog_seconds (RFC 3539: Tw >= 6 s)"),

@@ -4,16 +4,25 @@ Theory of operation: ``connect`` opens TCP, runs the capabilities exchange and r
 peer is open. ``request`` stamps and sends a request and returns a future answer (the future is
 the request's context in the sans-IO peer). Requests the server sends us (RAR, ASR) go to
 ``on_request``. ``close`` sends DPR and waits for the connection to end.
+
+TLS (RFC 6733 section 13): with a ``tls`` context the client connects with TLS at once (the
+server's TLS port, 5868), or, with ``inband_tls``, connects in the clear, offers
+Inband-Security-Id TLS in its CER and runs the handshake right after a CEA that accepts it; a CEA
+that does not is "no common security" and the connection closes. ``source_address`` binds the
+local end (a node with several addresses picks the one its peer knows it by).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import ssl
 from collections.abc import Callable
 
+from protocol.aio.tls import TlsTransport
 from protocol.aio.transport import DiameterTransport
-from protocol.capabilities import LocalIdentity, PeerCapabilities, PeerPolicy
+from protocol.capabilities import InbandSecurity, LocalIdentity, PeerCapabilities, PeerPolicy
 from protocol.disconnect import DisconnectCause
 from protocol.events import AnswerReceived, Event, PeerClosed, PeerOpened, RequestReceived
 from protocol.message import Message
@@ -48,7 +57,12 @@ class DiameterClient:
         tw_seconds: float = DEFAULT_TW_SECONDS,
         timeout_seconds: float = 10.0,
         rng: random.Random | None = None,
+        tls: ssl.SSLContext | None = None,
+        inband_tls: bool = False,
+        server_hostname: str | None = None,
+        source_address: str | None = None,
     ) -> DiameterClient:
+        """``server_hostname``: the name the server's certificate must carry (default ``host``)."""
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[PeerCapabilities] = loop.create_future()
         holder: list[DiameterClient] = []
@@ -72,12 +86,31 @@ class DiameterClient:
                         if isinstance(context, asyncio.Future) and not context.done():
                             context.set_exception(RequestFailed(event.reason))
 
+        assert tls is not None or not inband_tls, "inband_tls needs a TLS context"
+        if inband_tls:
+            identity = dataclasses.replace(identity, inband_security=(InbandSecurity.TLS,))
+        hostname = server_hostname or host
+
         def factory() -> DiameterTransport:
             peer = PeerConnection(Role.CLIENT, identity, PeerPolicy(), loop.time(), tw_seconds=tw_seconds, rng=rng)
+            if inband_tls:
+                return TlsTransport(peer, on_events, tls, inband=True, server_hostname=hostname)
             return DiameterTransport(peer, on_events)
 
-        _, transport = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout_seconds)
+        connecting = loop.create_connection(
+            factory,
+            host,
+            port,
+            ssl=None if inband_tls else tls,
+            server_hostname=hostname if tls is not None and not inband_tls else None,
+            local_addr=(source_address, 0) if source_address else None,
+        )
+        _, transport = await asyncio.wait_for(connecting, timeout_seconds)
         capabilities = await asyncio.wait_for(opened, timeout_seconds)
+        handshake = transport.handshake if isinstance(transport, TlsTransport) else None
+        if handshake is not None and not await asyncio.wait_for(asyncio.shield(handshake), timeout_seconds):
+            reason = transport.close_reason if isinstance(transport, TlsTransport) else ""
+            raise ConnectionError(f"TLS handshake after CEA failed: {reason}")
         client = cls(transport, capabilities)
         holder.append(client)
         return client
