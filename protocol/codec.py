@@ -82,6 +82,12 @@ _VENDOR_BIT: Final = 0x80  # RFC 6733 section 4.1
 _MANDATORY_BIT: Final = 0x40
 _PROTECTED_BIT: Final = 0x20
 _VENDOR_BIT_IN_WORD: Final = 0x80000000  # the V bit in the flags-and-length word
+# What the encoder keeps of the flags it is given. RFC 6733 section 4.1: "The sender of the AVP
+# MUST set 'R' (reserved) bits to 0"; section 3: the header's reserved bits "MUST be set to zero".
+# This holds inside Failed-AVP too: section 7.5 echoes the offending AVP, but a receiver ignores
+# reserved bits, so they are never what made an AVP offend, and clearing them hides nothing.
+_SENT_AVP_FLAGS: Final = 0xE0  # V, M, P
+_SENT_COMMAND_FLAGS: Final = 0xF0  # R, P, E, T
 _REQUEST_AND_ERROR_BITS: Final = 0xA0  # RFC 6733 section 3: R and E
 _SIGN_BIT_32: Final = 0x80000000
 _WRAP_32: Final = 0x100000000
@@ -460,7 +466,7 @@ def encode(message: Message, dictionary: Dictionary = DEFAULT_DICTIONARY) -> byt
         out,
         0,
         (DIAMETER_VERSION << 24) | length,
-        (message.flags << 24) | message.command_code,
+        ((message.flags & _SENT_COMMAND_FLAGS) << 24) | message.command_code,
         message.application_id,
         message.hop_by_hop,
         message.end_to_end,
@@ -495,7 +501,7 @@ def _encode_avps(avps: list[Avp], table: dict[int, _EncodeEntry], out: bytearray
         value_class = value.__class__
         code = item.code
         vendor_id = item.vendor_id
-        flags = item.flags
+        flags = item.flags & _SENT_AVP_FLAGS
         # RFC 6733 section 4.1: the V bit says a Vendor-ID field follows; 0 is a valid Vendor-ID.
         vendor_field = vendor_id or flags & _VENDOR_BIT
         if value_class is list:
@@ -556,7 +562,8 @@ def _encode_avps_checked(avps: list[Avp], table: dict[int, _EncodeEntry], out: b
     for item in avps:
         value = item.value
         start = len(out)
-        vendor_field = item.vendor_id or item.flags & _VENDOR_BIT
+        flags = item.flags & _SENT_AVP_FLAGS
+        vendor_field = item.vendor_id or flags & _VENDOR_BIT
         out += _AVP_VENDOR_PLACEHOLDER if vendor_field else _AVP_PLACEHOLDER
         if isinstance(value, list):
             _encode_avps_checked(value, table, out)
@@ -570,10 +577,10 @@ def _encode_avps_checked(avps: list[Avp], table: dict[int, _EncodeEntry], out: b
         length = len(out) - start
         try:
             if vendor_field:
-                word = ((item.flags | _VENDOR_BIT) << 24) | length
+                word = ((flags | _VENDOR_BIT) << 24) | length
                 _AVP_VENDOR_HEADER.pack_into(out, start, item.code, word, item.vendor_id)
             else:
-                _AVP_HEADER.pack_into(out, start, item.code, (item.flags << 24) | length)
+                _AVP_HEADER.pack_into(out, start, item.code, (flags << 24) | length)
         except struct.error as error:
             raise EncodeError(f"AVP {item.code}/{item.vendor_id} header: {error}") from None
         out += _PADDING[length & 3]

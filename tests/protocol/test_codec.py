@@ -273,3 +273,30 @@ def test_both_header_reads_decode_alike(monkeypatch: pytest.MonkeyPatch) -> None
     assert len(frames) > 2_000
     assert sum(text.startswith("Decoded(") for text in by_struct) > 1_000
     assert by_bytes == by_struct
+
+
+def _all_flags(avps: list[Avp]) -> list[int]:
+    return [flags for item in avps for flags in (item.flags, *_all_flags(item.children))]
+
+
+class _Payload(bytes):
+    """A bytes subclass: the inline encoder leaves it to the checking path."""
+
+
+def test_reserved_avp_flag_bits_are_never_sent() -> None:
+    # RFC 6733 section 4.1: the sender MUST set the reserved bits to 0, whatever the AVP object
+    # holds (an AVP echoed from a request keeps the flags it arrived with), at every level,
+    # Failed-AVP included, and on both encoding paths (inline, and the checking one).
+    echoed = Avp(415, 0x5F, 0, 7)
+    vendor = Avp(871, 0xDF, 10415, 30)  # Quota-Holding-Time with V, M and every reserved bit
+    failed = Avp(279, 0x41, 0, [Avp(263, 0x47, 0, "s"), Avp(99999, 0x03, 0, b"raw")])
+    for extra in (Avp(1, 0x5F, 0, "user"), Avp(1, 0x5F, 0, _Payload(b"user"))):
+        decoded = decode(encode(Message(272, 0x80, 4, 1, 2, [echoed, vendor, failed, extra])))
+        flags = _all_flags(decoded.message.avps)
+        assert len(flags) == 6 and all(bits & 0x1F == 0 for bits in flags), [hex(bits) for bits in flags]
+    assert encode_avp(failed)[4] == 0x40 and encode_avp(vendor)[4] == 0xC0
+
+
+def test_reserved_command_flag_bits_are_never_sent() -> None:
+    # RFC 6733 section 3: the header's reserved bits MUST be set to zero.
+    assert encode(Message(272, 0xCF, 4, 1, 2, []))[4] == 0xC0

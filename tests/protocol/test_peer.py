@@ -395,3 +395,16 @@ def test_request_before_capabilities_exchange_closes_the_connection() -> None:
     events = s.receive_data(encode(ccr()), 0.1)
     assert s.close_requested and isinstance(events[0], PeerClosed)
     assert s.data_to_send() == b""
+
+
+def test_an_echoed_avp_is_answered_without_its_reserved_flag_bits() -> None:
+    # A CCR whose Session-Id carries reserved bits (0x47: M plus three reserved): the answer
+    # echoes the Session-Id (RFC 6733 section 6.2) with only the M bit (section 4.1).
+    s, _ = opened_pair()
+    bad = ccr()
+    bad.avps = [a for a in bad.avps if a.code != 415]  # no CC-Request-Number: answered here, 5005
+    bad.avps[0].flags = 0x47
+    s.receive_data(encode(bad), 1.0)
+    (answer,) = answers(s)
+    session = answer.find("Session-Id")
+    assert session is not None and session.flags == 0x40
