@@ -126,7 +126,7 @@ _FIXED_FORMATS: dict[AvpType, str] = {
     AvpType.INTEGER64: "q",
 }
 
-# (kind, must flags, must flags | P bit, definition)
+# (kind, must flags, the flags checked against them (the V bit, and P unless allowed), definition)
 _DecodeEntry = tuple[int, int, int, AvpDefinition]
 # (kind, whole-AVP packer without and with Vendor-ID (None unless fixed-size), their lengths, definition)
 _EncodeEntry = tuple[int, struct.Struct | None, int, struct.Struct | None, int, AvpDefinition]
@@ -148,7 +148,9 @@ def _compile(dictionary: Dictionary) -> _Tables:
         # informational, and network elements (and python-diameter) leave it off Origin-Host and
         # friends. Only the V bit is structural (it decides whether a Vendor-ID follows).
         must = definition.must_flags & _VENDOR_BIT
-        decoders[key] = (kind, must, must | _PROTECTED_BIT, definition)
+        # The P bit is checked only where the AVP's flag table does not allow it.
+        checked = must if definition.may_flags & _PROTECTED_BIT else must | _PROTECTED_BIT
+        decoders[key] = (kind, must, checked, definition)
         fixed_format = _FIXED_FORMATS.get(definition.type)
         if fixed_format is None:
             encoders[key] = (kind, None, 0, None, 0, definition)
@@ -318,9 +320,11 @@ def _fail_flags(
         reason = f"{definition.name}: flags {flags:#04x} lack the V bit"
         _fail(failures, ResultCode.DIAMETER_INVALID_AVP_BITS, buffer, offset, end, reason)
         return
-    if flags & _PROTECTED_BIT:
-        # RFC 6733 section 4.1: the P bit is reserved for end-to-end security,
-        # which was never specified; a sender MUST set it to zero.
+    if flags & _PROTECTED_BIT and (definition is None or not definition.may_flags & _PROTECTED_BIT):
+        # RFC 6733 section 4.1: the P bit is reserved for an end-to-end security that was never
+        # specified and SHOULD be 0. Where an AVP's flag table puts P in the MAY column (RFC 4006
+        # section 8, TS 32.299 table 7.2: the dictionary's "may") it is accepted; elsewhere, and on
+        # AVPs we do not know, it is a bit inconsistent with the definition (section 7.1.3, 3009).
         _fail(failures, ResultCode.DIAMETER_INVALID_AVP_BITS, buffer, offset, end, f"AVP {code} has the P bit")
 
 

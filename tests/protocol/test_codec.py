@@ -116,8 +116,27 @@ def test_missing_m_bit_on_a_known_avp_is_accepted() -> None:
     assert failures_of(raw_avp(415, 0x00, b"\0\0\0\x01")) == []
 
 
-def test_p_bit_is_3009() -> None:
-    assert failures_of(raw_avp(415, 0x60, b"\0\0\0\x01")) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 415)]
+def test_p_bit_where_the_flag_table_forbids_it_is_3009() -> None:
+    # Base protocol AVPs (RFC 6733 section 4.5 has no MAY column; section 4.1: P SHOULD be 0),
+    # TS 29.061 AVPs outside TS 32.299 table 7.2, and AVPs we do not know.
+    assert failures_of(raw_avp(263, 0x60, b"s")) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 263)]
+    assert failures_of(raw_avp(21, 0xA0, b"\0\0\0\x06", vendor=10415)) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 21)]
+    assert failures_of(raw_avp(99999, 0x20, b"x")) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 99999)]
+
+
+@pytest.mark.parametrize(
+    ("code", "flags", "vendor", "payload"),
+    [
+        (416, 0x60, None, b"\0\0\0\x01"),  # CC-Request-Type: RFC 4006 section 8 table, P is MAY
+        (415, 0x60, None, b"\0\0\0\x01"),  # CC-Request-Number, likewise
+        (871, 0xE0, 10415, b"\0\0\0\x1e"),  # Quota-Holding-Time: TS 32.299 table 7.2, P is MAY
+    ],
+    ids=["CC-Request-Type", "CC-Request-Number", "Quota-Holding-Time"],
+)
+def test_p_bit_where_the_flag_table_allows_it_is_accepted(
+    code: int, flags: int, vendor: int | None, payload: bytes
+) -> None:
+    assert failures_of(raw_avp(code, flags, payload, vendor=vendor)) == []
 
 
 def test_e_bit_on_request_is_3008() -> None:

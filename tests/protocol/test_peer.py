@@ -408,3 +408,14 @@ def test_an_echoed_avp_is_answered_without_its_reserved_flag_bits() -> None:
     (answer,) = answers(s)
     session = answer.find("Session-Id")
     assert session is not None and session.flags == 0x40
+
+
+def test_a_ccr_with_the_p_bit_on_cc_request_type_is_delivered() -> None:
+    # RFC 4006 section 8 table: P is in the MAY column for CC-Request-Type.
+    s, _ = opened_pair()
+    message = ccr()
+    request_type = message.find("CC-Request-Type")
+    assert request_type is not None
+    request_type.flags |= 0x20
+    (event,) = s.receive_data(encode(message), 1.0)
+    assert isinstance(event, RequestReceived)
