@@ -1,11 +1,13 @@
 """Encode and decode Diameter messages (RFC 6733 sections 3 and 4).
 
 Theory of operation: ``FrameReader`` cuts a byte stream into whole frames, judging each frame by
-its 4-byte version/length word *before* reading its body, so a hostile length never makes us
+its 4-byte length word *before* reading its body, so a hostile length never makes us
 buffer more than ``MAX_MESSAGE_LENGTH``. ``decode`` turns one frame into a ``Message`` plus a
 list of ``Failure`` (problems as data: the caller answers with their Result-Code and Failed-AVP).
 Only frames that cannot be delimited or that exceed the hard limits raise ``PeerError``: after
-those the connection is closed. ``encode`` is the inverse; unknown AVPs round-trip byte-exact.
+those the connection is closed. A frame of another Diameter version is delimited by its length
+like any other and decoded with a 5011 failure first, so a request of it can be answered.
+``encode`` is the inverse; unknown AVPs round-trip byte-exact, and reserved flag bits are cleared.
 
 Both directions run for every request, so they are written for CPython's interpreter rather than
 for elegance; the rules that keep them fast:
@@ -62,7 +64,6 @@ from protocol.errors import (
     Failure,
     InvalidMessageLength,
     LimitExceeded,
-    UnsupportedVersion,
 )
 from protocol.message import Avp, Message, Value
 
@@ -204,11 +205,11 @@ class Decoded:
 
 
 def check_first_word(word: int) -> int:
-    """Validate the version/length word of a header; return the message length."""
-    version = word >> 24
+    """Validate the length in the version/length word of a header; return the message length.
+
+    The version is not judged here: a frame of another version whose length is sound can still
+    be delimited, and so answered (``decode`` reports it as 5011, RFC 6733 section 7.1.5)."""
     length = word & 0xFFFFFF
-    if version != DIAMETER_VERSION:
-        raise UnsupportedVersion(f"version {version}")
     if length < HEADER_LENGTH or length % 4:
         raise InvalidMessageLength(f"length {length}")
     if length > MAX_MESSAGE_LENGTH:
@@ -454,6 +455,13 @@ def decode(frame: bytes, dictionary: Dictionary = DEFAULT_DICTIONARY) -> Decoded
     if flags & _REQUEST_AND_ERROR_BITS == _REQUEST_AND_ERROR_BITS:
         # RFC 6733 section 3: the E bit MUST NOT be set in request messages.
         failures.insert(0, Failure(ResultCode.DIAMETER_INVALID_HDR_BITS, None, "E bit on a request"))
+    version = first >> 24
+    if version != DIAMETER_VERSION:
+        # RFC 6733 section 7.1.5, DIAMETER_UNSUPPORTED_VERSION: "a request was received, whose
+        # version number is unsupported". The header is otherwise readable (its length delimited
+        # the frame), so the answer can carry the identifiers; the body was read as version 1
+        # only to echo the Session-Id, and this failure comes first: it is the one answered.
+        failures.insert(0, Failure(ResultCode.DIAMETER_UNSUPPORTED_VERSION, None, f"version {version}"))
     return Decoded(Message(flags_code & 0xFFFFFF, flags, application_id, hop_by_hop, end_to_end, avps), failures)
 
 

@@ -227,6 +227,12 @@ class PeerConnection:
             self._close(f"protocol violation: undecodable frame: {error}")
             return
         message = decoded.message
+        failures = decoded.failures
+        if failures and failures[0].result_code == ResultCode.DIAMETER_UNSUPPORTED_VERSION and not message.is_request:
+            # RFC 6733 section 7.1.5 answers a request of another version; an answer of one
+            # cannot be answered, nor read as ours.
+            self._close(f"protocol violation: answer of unsupported {failures[0].reason}")
+            return
         if self.state in (PeerState.OPEN, PeerState.CLOSING):
             is_dwa = message.command_code == CommandCode.DEVICE_WATCHDOG and not message.is_request
             self._watchdog_actions(
@@ -241,7 +247,7 @@ class PeerConnection:
             # table has no row for it, so the connection closes as a protocol violation.
             self._apply(PeerInput.APPLICATION_REQUEST, message)
             return
-        failures = decoded.failures or validate(message, self._applications())
+        failures = failures or validate(message, self._applications())
         if failures:
             self._reject(message, failures[0])
             return

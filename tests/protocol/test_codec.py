@@ -9,7 +9,7 @@ import pytest
 from protocol import codec
 from protocol.codec import FrameReader, decode, encode, encode_avp
 from protocol.constants import MAX_AVP_COUNT, MAX_MESSAGE_LENGTH, MAX_NESTING_DEPTH, ResultCode
-from protocol.errors import EncodeError, InvalidMessageLength, LimitExceeded, PeerError, UnsupportedVersion
+from protocol.errors import EncodeError, InvalidMessageLength, LimitExceeded, PeerError
 from protocol.message import Avp, Message, avp, request
 from tests.protocol.test_fuzz import FUZZ_SEED, fuzz_input
 
@@ -161,7 +161,6 @@ def test_frame_reader_reassembles_split_input() -> None:
 @pytest.mark.parametrize(
     ("first_word", "error"),
     [
-        ((2 << 24) | 20, UnsupportedVersion),
         ((1 << 24) | 16, InvalidMessageLength),  # shorter than a header
         ((1 << 24) | 22, InvalidMessageLength),  # not a multiple of 4
         ((1 << 24) | (MAX_MESSAGE_LENGTH + 4), InvalidMessageLength),
@@ -319,3 +318,16 @@ def test_reserved_avp_flag_bits_are_never_sent() -> None:
 def test_reserved_command_flag_bits_are_never_sent() -> None:
     # RFC 6733 section 3: the header's reserved bits MUST be set to zero.
     assert encode(Message(272, 0xCF, 4, 1, 2, []))[4] == 0xC0
+
+
+def test_another_version_is_delimited_and_decoded_with_5011_first() -> None:
+    # RFC 6733 section 7.1.5: DIAMETER_UNSUPPORTED_VERSION is an answer, so the frame must be
+    # delimited (its length is sound) rather than refused before its body.
+    body = raw_avp(263, 0x40, b"pgw;1")
+    frame = struct.pack(">I", (2 << 24) | (20 + len(body))) + frame_of(0x80, 272, 4, body)[4:]
+    (delimited,) = FrameReader().feed(frame)
+    decoded = decode(delimited)
+    assert [(f.result_code, f.failed_avp) for f in decoded.failures] == [
+        (ResultCode.DIAMETER_UNSUPPORTED_VERSION, None)
+    ]
+    assert decoded.message.get("Session-Id") == "pgw;1" and decoded.message.hop_by_hop == 0x11223344

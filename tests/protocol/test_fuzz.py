@@ -91,6 +91,7 @@ DECODE_RESULT_CODES = frozenset(
         ResultCode.DIAMETER_AVP_UNSUPPORTED,
         ResultCode.DIAMETER_INVALID_AVP_VALUE,
         ResultCode.DIAMETER_INVALID_AVP_LENGTH,
+        ResultCode.DIAMETER_UNSUPPORTED_VERSION,
     }
 )
 GRAMMAR_RESULT_CODES = frozenset(
@@ -631,6 +632,9 @@ def check_decode_failure(failure: Failure, frame: bytes) -> None:
     if code == ResultCode.DIAMETER_INVALID_HDR_BITS:
         assert frame[4] & REQUEST_BIT and frame[4] & ERROR_BIT, "3008 without R and E bits"
         return
+    if code == ResultCode.DIAMETER_UNSUPPORTED_VERSION:
+        assert frame[0] != 1 and failed is None, "5011 for version 1, or with a Failed-AVP"
+        return
     if failed is None:
         # Only a truncated AVP header (fewer than 8 bytes left) has no AVP to show.
         assert code == ResultCode.DIAMETER_INVALID_AVP_LENGTH, f"{ResultCode(code).name} without Failed-AVP"
@@ -760,7 +764,12 @@ def predict(verdict: CodecVerdict) -> list[Expected]:
         message = decoded.message
         code = message.command_code
         if not message.is_request:
-            if code in (257, 282):  # CEA or DPA while open: no table row, protocol violation
+            other_version = (
+                decoded.failures and decoded.failures[0].result_code == ResultCode.DIAMETER_UNSUPPORTED_VERSION
+            )
+            if other_version or code in (257, 282):
+                # An answer of another version cannot be read as ours (RFC 6733 section 7.1.5
+                # answers only requests); CEA or DPA while open: no table row. Both close.
                 expected.append(Expected(None, PeerClosed))
                 break
             continue  # DWA counted by the watchdog; other answers match no request of ours

@@ -419,3 +419,29 @@ def test_a_ccr_with_the_p_bit_on_cc_request_type_is_delivered() -> None:
     request_type.flags |= 0x20
     (event,) = s.receive_data(encode(message), 1.0)
     assert isinstance(event, RequestReceived)
+
+
+def with_version(frame: bytes, version: int) -> bytes:
+    return bytes([version]) + frame[1:]
+
+
+def test_a_request_of_another_version_is_answered_5011_and_the_connection_stays_open() -> None:
+    s, _ = opened_pair()
+    events = s.receive_data(with_version(encode(ccr(1)), 2), 1.0)
+    assert [type(e) for e in events] == [RequestRejected]
+    (answer,) = answers(s)
+    # A permanent failure (RFC 6733 section 7.1.5), so no E bit; the identifiers and the
+    # Session-Id of the request (section 6.2), our version in the header.
+    assert answer.get("Result-Code") == ResultCode.DIAMETER_UNSUPPORTED_VERSION and not answer.is_error
+    assert (answer.hop_by_hop, answer.end_to_end, answer.get("Session-Id")) == (1001, 2001, "pgw.test;1")
+    (delivered,) = s.receive_data(encode(ccr(2)), 1.1)
+    assert isinstance(delivered, RequestReceived) and s.state is PeerState.OPEN
+
+
+def test_an_answer_of_another_version_closes_the_connection() -> None:
+    s, c = opened_pair()
+    (received,) = s.receive_data(c.send_request(ccr(1)) and c.data_to_send(), 1.0)
+    assert isinstance(received, RequestReceived)
+    s.send_answer(cca_for(received.message))
+    events = c.receive_data(with_version(s.data_to_send(), 2), 1.1)
+    assert [type(e) for e in events] == [PeerClosed] and c.state is PeerState.CLOSED
