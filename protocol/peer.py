@@ -36,7 +36,7 @@ from protocol.constants import (
     is_protocol_error,
 )
 from protocol.disconnect import DisconnectCause, build_dpa, build_dpr, build_dwa, build_dwr
-from protocol.duplicates import DuplicateCache
+from protocol.duplicates import DuplicateCache, request_identity
 from protocol.errors import EncodeError, Failure, PeerError, StateError
 from protocol.events import (
     AnswerReceived,
@@ -174,14 +174,14 @@ class PeerConnection:
 
     def send_answer(self, answer: Message) -> None:
         """Queue the answer to a ``RequestReceived``; remembers it for duplicate detection."""
-        key = self._incoming.pop(answer.hop_by_hop)
+        pending = self._incoming.pop(answer.hop_by_hop)
         if self.state is PeerState.CLOSED:
             return
         encoded = encode(answer)
         # A protocol error (E bit, RFC 6733 section 7.1.3; 3004 above all) means the request was
         # not processed: a retransmission must be processed anew, not answered from the cache.
-        if key is not None and self.duplicates is not None and not answer.is_error:
-            self.duplicates.remember(key, encoded)
+        if pending is not None and self.duplicates is not None and not answer.is_error:
+            self.duplicates.remember(pending[0], pending[1], encoded)
         self._send_buffer.append(encoded)
 
     def disconnect(self, now: float, cause: DisconnectCause = DisconnectCause.REBOOTING) -> list[Event]:
@@ -388,8 +388,9 @@ class PeerConnection:
         assert message is not None
         origin_host = message.get("Origin-Host")
         key = (origin_host if isinstance(origin_host, str) else "", message.end_to_end)
+        identity = request_identity(message)
         if self.duplicates is not None:
-            replay = self.duplicates.replay(key, message.hop_by_hop)
+            replay = self.duplicates.replay(key, identity, message.hop_by_hop)
             if replay is not None:
                 self._send_buffer.append(replay)
                 self._events.append(DuplicateAnswered(key[0], key[1]))
@@ -397,7 +398,7 @@ class PeerConnection:
         if len(self._incoming) >= self.max_in_flight:
             self._reject(message, Failure(ResultCode.DIAMETER_TOO_BUSY, None, "too many requests in flight"))
             return
-        self._incoming.add(message.hop_by_hop, key)
+        self._incoming.add(message.hop_by_hop, key, identity)
         self._events.append(RequestReceived(message))
 
     def _deliver_answer(self, message: Message | None) -> None:

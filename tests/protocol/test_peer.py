@@ -301,15 +301,20 @@ def test_over_the_in_flight_limit_answers_3004_at_once() -> None:
     assert busy.get("Result-Code") == ResultCode.DIAMETER_TOO_BUSY and busy.hop_by_hop == 1002
 
 
+def answered_once(cache: DuplicateCache) -> tuple[PeerConnection, Message, Message]:
+    """An open server peer that received ``ccr()`` and answered it: (peer, request, answer)."""
+    peer = server(duplicates=cache)
+    peer.receive_data(cer_bytes(), 0.1)
+    peer.data_to_send()
+    (received,) = peer.receive_data(encode(ccr()), 1.0)
+    assert isinstance(received, RequestReceived)
+    peer.send_answer(cca_for(received.message))
+    return peer, received.message, answers(peer)[0]
+
+
 def test_retransmission_is_answered_from_the_duplicate_cache_once_answered() -> None:
     cache = DuplicateCache()
-    first = server(duplicates=cache)
-    first.receive_data(cer_bytes(), 0.1)
-    first.data_to_send()
-    (received,) = first.receive_data(encode(ccr()), 1.0)
-    assert isinstance(received, RequestReceived)
-    first.send_answer(cca_for(received.message))
-    original = answers(first)[0]
+    _, _, original = answered_once(cache)
     # The client fails over: same End-to-End id, T flag, new Hop-by-Hop, another connection.
     second = server(duplicates=cache)
     second.receive_data(cer_bytes(), 2.0)
@@ -445,3 +450,24 @@ def test_an_answer_of_another_version_closes_the_connection() -> None:
     s.send_answer(cca_for(received.message))
     events = c.receive_data(with_version(s.data_to_send(), 2), 1.1)
     assert [type(e) for e in events] == [PeerClosed] and c.state is PeerState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("number", "session"), [(0, "pgw.test;2"), (1, "pgw.test;1")], ids=["other Session-Id", "other CC-Request-Number"]
+)
+def test_another_request_under_an_answered_end_to_end_id_is_processed(number: int, session: str) -> None:
+    # RFC 6733 section 6.1.1: a duplicate is the same request again, not any request that reuses
+    # (Origin-Host, End-to-End id), as a restarted client may. Replaying the old answer would
+    # leave the new request unprocessed (never charged).
+    peer, first, _ = answered_once(DuplicateCache())
+    other = stamped(ccr(number, session), hop=5000, end=first.end_to_end)  # no T flag
+    (event,) = peer.receive_data(encode(other), 2.0)
+    assert isinstance(event, RequestReceived) and event.message.get("Session-Id") == session
+    # Its answer replaces the old one: a retransmission of it is answered from the cache.
+    peer.send_answer(cca_for(event.message, result=4012))
+    peer.data_to_send()
+    other.flags |= 0x10
+    other.hop_by_hop = 4343
+    assert peer.receive_data(encode(other), 3.0) == [DuplicateAnswered("pgw.test", other.end_to_end)]
+    (replayed,) = answers(peer)
+    assert replayed.get("Result-Code") == 4012 and replayed.hop_by_hop == 4343
