@@ -52,7 +52,7 @@ from protocol.events import (
 from protocol.grammar import validate
 from protocol.message import Avp, Message, answer_to, avp
 from protocol.pending import IdentifierSource, IncomingRequests, OutgoingRequests
-from protocol.watchdog import DEFAULT_TW_SECONDS, Watchdog, WatchdogAction, WatchdogInput
+from protocol.watchdog import DEFAULT_TW_SECONDS, MINIMUM_TW_SECONDS, Watchdog, WatchdogAction, WatchdogInput
 
 CAPABILITIES_TIMEOUT_SECONDS = 10.0  # ours: how long a new connection may stay silent before CER/CEA
 DPA_TIMEOUT_SECONDS = 5.0  # ours: how long we wait for DPA before closing anyway
@@ -107,6 +107,7 @@ class PeerConnection:
         *,
         duplicates: DuplicateCache | None = None,
         tw_seconds: float = DEFAULT_TW_SECONDS,
+        minimum_tw_seconds: float = MINIMUM_TW_SECONDS,
         max_in_flight: int = MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION,
         rng: random.Random | None = None,
     ) -> None:
@@ -119,7 +120,7 @@ class PeerConnection:
         self.max_in_flight = max_in_flight
         self._rng = rng or random.Random()
         self._identifiers = IdentifierSource(now, self._rng)
-        self._watchdog = Watchdog(tw_seconds, self._rng)
+        self._watchdog = Watchdog(tw_seconds, self._rng, minimum_tw_seconds=minimum_tw_seconds)
         self._reader = FrameReader()
         self._outgoing = OutgoingRequests()
         self._incoming = IncomingRequests()
