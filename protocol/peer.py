@@ -130,6 +130,9 @@ class PeerConnection:
         self._state_deadline: float | None = now + CAPABILITIES_TIMEOUT_SECONDS
         self._dwr_hop_by_hop: int | None = None
         self.close_requested = False
+        # Set with close_requested when what is still queued for the peer is not worth waiting for
+        # (the watchdog gave up on it: it reads nothing), so the glue aborts instead of draining.
+        self.abort_requested = False
 
     # --- owner API ------------------------------------------------------------------------
     def connection_made(self, now: float) -> list[Event]:
@@ -302,11 +305,12 @@ class PeerConnection:
         self._events = []
         return events
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, *, abort: bool = False) -> None:
         if self.state is PeerState.CLOSED:
             return
         self.state = PeerState.CLOSED
         self.close_requested = True
+        self.abort_requested = abort
         self._state_deadline = None
         self._watchdog.deadline = None
         self._events.append(PeerClosed(reason, self._outgoing.drain()))
@@ -445,7 +449,9 @@ class PeerConnection:
             elif action is WatchdogAction.FAILBACK:
                 self._events.append(PeerRecovered())
             elif action is WatchdogAction.CLOSE_CONNECTION:
-                self._close("watchdog: no answer for 2 x Tw (RFC 3539)")
+                # RFC 3539 section 3.4.1 CloseConnection(): the peer answered nothing for 2 x Tw,
+                # so nothing queued for it will be read; abort rather than wait for a drain.
+                self._close("watchdog: no answer for 2 x Tw (RFC 3539)", abort=True)
 
     _last_verdict: CapabilitiesVerdict
     _pending_failures: tuple[Failure, ...] = ()
