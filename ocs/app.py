@@ -48,8 +48,8 @@ from ocs.subscribers import SubscriberCache
 from protocol.aio import DiameterServer, DiameterTransport
 from protocol.aio.tls import server_context
 from protocol.capabilities import IpNetwork, LocalIdentity, PeerPolicy
-from protocol.constants import ResultCode
-from protocol.events import Event, PeerClosed, PeerOpened, RequestRejected
+from protocol.constants import CommandCode, ResultCode
+from protocol.events import DuplicateAnswered, Event, PeerClosed, PeerOpened, RequestRejected
 from protocol.message import Message
 
 log = structlog.get_logger("ocs")
@@ -112,13 +112,34 @@ async def _answer(state: ServerState, handler: CreditControl, transport: Diamete
     )
 
 
-def _log_event(transport: DiameterTransport, event: Event) -> None:
+# The command label of requests the Diameter layer refused itself: a bounded set, whatever
+# command code a peer sends (RFC 6733 section 3.1 and RFC 4006 section 3 for the codes).
+_COMMAND_LABELS: dict[int, str] = {
+    CommandCode.CREDIT_CONTROL: "CCR",
+    CommandCode.CAPABILITIES_EXCHANGE: "CER",
+    CommandCode.DEVICE_WATCHDOG: "DWR",
+    CommandCode.DISCONNECT_PEER: "DPR",
+}
+
+
+def _on_event(state: ServerState, transport: DiameterTransport, event: Event) -> None:
+    """Every Diameter event but a valid request: logged, and counted where it answers a request."""
     if isinstance(event, PeerOpened):
         log.info("peer_open", peer=event.capabilities.origin_host, address=str(transport.peername))
     elif isinstance(event, PeerClosed):
         log.info("peer_closed", reason=event.reason, address=str(transport.peername))
     elif isinstance(event, RequestRejected):
-        log.info("request_rejected", result_code=int(event.failure.result_code), reason=event.failure.reason)
+        result_code = int(event.failure.result_code)
+        log.info("request_rejected", result_code=result_code, reason=event.failure.reason)
+        message = event.message
+        command = "OTHER" if message is None else _COMMAND_LABELS.get(message.command_code, "OTHER")
+        request_type = "" if message is None else _request_type(message)
+        if result_code == ResultCode.DIAMETER_TOO_BUSY:  # the per-connection in-flight limit
+            state.metrics.request_shed(command, request_type)
+        else:
+            state.metrics.request_refused(command, request_type, result_code)
+    elif isinstance(event, DuplicateAnswered):
+        state.metrics.duplicate_replayed()
 
 
 async def _rescan_work(state: ServerState) -> None:
@@ -267,7 +288,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
         state.identity,
         lambda transport, message: _respond(state, transport, message),
         policy=_peer_policy(diameter),
-        on_event=_log_event,
+        on_event=lambda transport, event: _on_event(state, transport, event),
         tw_seconds=diameter.watchdog_seconds,
         tls_context=tls,
         require_tls=diameter.require_tls,

@@ -210,12 +210,19 @@ class Metrics:
 
     def request_shed(self, command: str, request_type: str) -> None:
         """A request refused at once with 3004 at the in-flight limit (not timed: it did no work)."""
+        self.hot.shed[()] += 1
+        self.request_refused(command, request_type, DIAMETER_TOO_BUSY)
+
+    def request_refused(self, command: str, request_type: str, result_code: int | str) -> None:
+        """A request answered with an error before the application saw it (a decoding or grammar
+        failure, 3004): counted with the answered ones, not timed (it did no work)."""
         hot = self.hot
-        hot.shed[()] += 1
-        key = (command, request_type, DIAMETER_TOO_BUSY)
+        key = (command, request_type, str(result_code))
         hot.requests[key] = hot.requests.get(key, 0) + 1
 
     def duplicate_replayed(self) -> None:
+        """A request answered with its stored result: by the balance engine's idempotency key, or
+        by the Diameter layer's duplicate cache (a T-flag retransmission, RFC 6733 section 5.5.4)."""
         self.hot.duplicates[()] += 1
 
     def redis_call(self, operation: str, seconds: float, *, failed: bool = False) -> None:

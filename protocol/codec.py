@@ -1,11 +1,13 @@
 """Encode and decode Diameter messages (RFC 6733 sections 3 and 4).
 
 Theory of operation: ``FrameReader`` cuts a byte stream into whole frames, judging each frame by
-its 4-byte version/length word *before* reading its body, so a hostile length never makes us
+its 4-byte length word *before* reading its body, so a hostile length never makes us
 buffer more than ``MAX_MESSAGE_LENGTH``. ``decode`` turns one frame into a ``Message`` plus a
 list of ``Failure`` (problems as data: the caller answers with their Result-Code and Failed-AVP).
 Only frames that cannot be delimited or that exceed the hard limits raise ``PeerError``: after
-those the connection is closed. ``encode`` is the inverse; unknown AVPs round-trip byte-exact.
+those the connection is closed. A frame of another Diameter version is delimited by its length
+like any other and decoded with a 5011 failure first, so a request of it can be answered.
+``encode`` is the inverse; unknown AVPs round-trip byte-exact, and reserved flag bits are cleared.
 
 Both directions run for every request, so they are written for CPython's interpreter rather than
 for elegance; the rules that keep them fast:
@@ -62,7 +64,6 @@ from protocol.errors import (
     Failure,
     InvalidMessageLength,
     LimitExceeded,
-    UnsupportedVersion,
 )
 from protocol.message import Avp, Message, Value
 
@@ -82,6 +83,12 @@ _VENDOR_BIT: Final = 0x80  # RFC 6733 section 4.1
 _MANDATORY_BIT: Final = 0x40
 _PROTECTED_BIT: Final = 0x20
 _VENDOR_BIT_IN_WORD: Final = 0x80000000  # the V bit in the flags-and-length word
+# What the encoder keeps of the flags it is given. RFC 6733 section 4.1: "The sender of the AVP
+# MUST set 'R' (reserved) bits to 0"; section 3: the header's reserved bits "MUST be set to zero".
+# This holds inside Failed-AVP too: section 7.5 echoes the offending AVP, but a receiver ignores
+# reserved bits, so they are never what made an AVP offend, and clearing them hides nothing.
+_SENT_AVP_FLAGS: Final = 0xE0  # V, M, P
+_SENT_COMMAND_FLAGS: Final = 0xF0  # R, P, E, T
 _REQUEST_AND_ERROR_BITS: Final = 0xA0  # RFC 6733 section 3: R and E
 _SIGN_BIT_32: Final = 0x80000000
 _WRAP_32: Final = 0x100000000
@@ -120,7 +127,7 @@ _FIXED_FORMATS: dict[AvpType, str] = {
     AvpType.INTEGER64: "q",
 }
 
-# (kind, must flags, must flags | P bit, definition)
+# (kind, must flags, the flags checked against them (the V bit, and P unless allowed), definition)
 _DecodeEntry = tuple[int, int, int, AvpDefinition]
 # (kind, whole-AVP packer without and with Vendor-ID (None unless fixed-size), their lengths, definition)
 _EncodeEntry = tuple[int, struct.Struct | None, int, struct.Struct | None, int, AvpDefinition]
@@ -142,7 +149,9 @@ def _compile(dictionary: Dictionary) -> _Tables:
         # informational, and network elements (and python-diameter) leave it off Origin-Host and
         # friends. Only the V bit is structural (it decides whether a Vendor-ID follows).
         must = definition.must_flags & _VENDOR_BIT
-        decoders[key] = (kind, must, must | _PROTECTED_BIT, definition)
+        # The P bit is checked only where the AVP's flag table does not allow it.
+        checked = must if definition.may_flags & _PROTECTED_BIT else must | _PROTECTED_BIT
+        decoders[key] = (kind, must, checked, definition)
         fixed_format = _FIXED_FORMATS.get(definition.type)
         if fixed_format is None:
             encoders[key] = (kind, None, 0, None, 0, definition)
@@ -196,11 +205,11 @@ class Decoded:
 
 
 def check_first_word(word: int) -> int:
-    """Validate the version/length word of a header; return the message length."""
-    version = word >> 24
+    """Validate the length in the version/length word of a header; return the message length.
+
+    The version is not judged here: a frame of another version whose length is sound can still
+    be delimited, and so answered (``decode`` reports it as 5011, RFC 6733 section 7.1.5)."""
     length = word & 0xFFFFFF
-    if version != DIAMETER_VERSION:
-        raise UnsupportedVersion(f"version {version}")
     if length < HEADER_LENGTH or length % 4:
         raise InvalidMessageLength(f"length {length}")
     if length > MAX_MESSAGE_LENGTH:
@@ -312,9 +321,11 @@ def _fail_flags(
         reason = f"{definition.name}: flags {flags:#04x} lack the V bit"
         _fail(failures, ResultCode.DIAMETER_INVALID_AVP_BITS, buffer, offset, end, reason)
         return
-    if flags & _PROTECTED_BIT:
-        # RFC 6733 section 4.1: the P bit is reserved for end-to-end security,
-        # which was never specified; a sender MUST set it to zero.
+    if flags & _PROTECTED_BIT and (definition is None or not definition.may_flags & _PROTECTED_BIT):
+        # RFC 6733 section 4.1: the P bit is reserved for an end-to-end security that was never
+        # specified and SHOULD be 0. Where an AVP's flag table puts P in the MAY column (RFC 4006
+        # section 8, TS 32.299 table 7.2: the dictionary's "may") it is accepted; elsewhere, and on
+        # AVPs we do not know, it is a bit inconsistent with the definition (section 7.1.3, 3009).
         _fail(failures, ResultCode.DIAMETER_INVALID_AVP_BITS, buffer, offset, end, f"AVP {code} has the P bit")
 
 
@@ -444,6 +455,13 @@ def decode(frame: bytes, dictionary: Dictionary = DEFAULT_DICTIONARY) -> Decoded
     if flags & _REQUEST_AND_ERROR_BITS == _REQUEST_AND_ERROR_BITS:
         # RFC 6733 section 3: the E bit MUST NOT be set in request messages.
         failures.insert(0, Failure(ResultCode.DIAMETER_INVALID_HDR_BITS, None, "E bit on a request"))
+    version = first >> 24
+    if version != DIAMETER_VERSION:
+        # RFC 6733 section 7.1.5, DIAMETER_UNSUPPORTED_VERSION: "a request was received, whose
+        # version number is unsupported". The header is otherwise readable (its length delimited
+        # the frame), so the answer can carry the identifiers; the body was read as version 1
+        # only to echo the Session-Id, and this failure comes first: it is the one answered.
+        failures.insert(0, Failure(ResultCode.DIAMETER_UNSUPPORTED_VERSION, None, f"version {version}"))
     return Decoded(Message(flags_code & 0xFFFFFF, flags, application_id, hop_by_hop, end_to_end, avps), failures)
 
 
@@ -460,7 +478,7 @@ def encode(message: Message, dictionary: Dictionary = DEFAULT_DICTIONARY) -> byt
         out,
         0,
         (DIAMETER_VERSION << 24) | length,
-        (message.flags << 24) | message.command_code,
+        ((message.flags & _SENT_COMMAND_FLAGS) << 24) | message.command_code,
         message.application_id,
         message.hop_by_hop,
         message.end_to_end,
@@ -495,7 +513,7 @@ def _encode_avps(avps: list[Avp], table: dict[int, _EncodeEntry], out: bytearray
         value_class = value.__class__
         code = item.code
         vendor_id = item.vendor_id
-        flags = item.flags
+        flags = item.flags & _SENT_AVP_FLAGS
         # RFC 6733 section 4.1: the V bit says a Vendor-ID field follows; 0 is a valid Vendor-ID.
         vendor_field = vendor_id or flags & _VENDOR_BIT
         if value_class is list:
@@ -556,7 +574,8 @@ def _encode_avps_checked(avps: list[Avp], table: dict[int, _EncodeEntry], out: b
     for item in avps:
         value = item.value
         start = len(out)
-        vendor_field = item.vendor_id or item.flags & _VENDOR_BIT
+        flags = item.flags & _SENT_AVP_FLAGS
+        vendor_field = item.vendor_id or flags & _VENDOR_BIT
         out += _AVP_VENDOR_PLACEHOLDER if vendor_field else _AVP_PLACEHOLDER
         if isinstance(value, list):
             _encode_avps_checked(value, table, out)
@@ -570,10 +589,10 @@ def _encode_avps_checked(avps: list[Avp], table: dict[int, _EncodeEntry], out: b
         length = len(out) - start
         try:
             if vendor_field:
-                word = ((item.flags | _VENDOR_BIT) << 24) | length
+                word = ((flags | _VENDOR_BIT) << 24) | length
                 _AVP_VENDOR_HEADER.pack_into(out, start, item.code, word, item.vendor_id)
             else:
-                _AVP_HEADER.pack_into(out, start, item.code, (item.flags << 24) | length)
+                _AVP_HEADER.pack_into(out, start, item.code, (flags << 24) | length)
         except struct.error as error:
             raise EncodeError(f"AVP {item.code}/{item.vendor_id} header: {error}") from None
         out += _PADDING[length & 3]

@@ -61,12 +61,6 @@ class InvalidMessageLength(PeerError):
     result_code = ResultCode.DIAMETER_INVALID_MESSAGE_LENGTH
 
 
-class UnsupportedVersion(PeerError):
-    """Version is not 1 (RFC 6733 section 7.1.5, DIAMETER_UNSUPPORTED_VERSION)."""
-
-    result_code = ResultCode.DIAMETER_UNSUPPORTED_VERSION
-
-
 class LimitExceeded(PeerError):
     """A frame beyond our hard limits (AVP count, nesting depth); we close the connection."""
 

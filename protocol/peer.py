@@ -36,7 +36,7 @@ from protocol.constants import (
     is_protocol_error,
 )
 from protocol.disconnect import DisconnectCause, build_dpa, build_dpr, build_dwa, build_dwr
-from protocol.duplicates import DuplicateCache
+from protocol.duplicates import DuplicateCache, request_identity
 from protocol.errors import EncodeError, Failure, PeerError, StateError
 from protocol.events import (
     AnswerReceived,
@@ -52,7 +52,7 @@ from protocol.events import (
 from protocol.grammar import validate
 from protocol.message import Avp, Message, answer_to, avp
 from protocol.pending import IdentifierSource, IncomingRequests, OutgoingRequests
-from protocol.watchdog import DEFAULT_TW_SECONDS, Watchdog, WatchdogAction, WatchdogInput
+from protocol.watchdog import DEFAULT_TW_SECONDS, MINIMUM_TW_SECONDS, Watchdog, WatchdogAction, WatchdogInput
 
 CAPABILITIES_TIMEOUT_SECONDS = 10.0  # ours: how long a new connection may stay silent before CER/CEA
 DPA_TIMEOUT_SECONDS = 5.0  # ours: how long we wait for DPA before closing anyway
@@ -107,6 +107,7 @@ class PeerConnection:
         *,
         duplicates: DuplicateCache | None = None,
         tw_seconds: float = DEFAULT_TW_SECONDS,
+        minimum_tw_seconds: float = MINIMUM_TW_SECONDS,
         max_in_flight: int = MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION,
         rng: random.Random | None = None,
     ) -> None:
@@ -119,7 +120,7 @@ class PeerConnection:
         self.max_in_flight = max_in_flight
         self._rng = rng or random.Random()
         self._identifiers = IdentifierSource(now, self._rng)
-        self._watchdog = Watchdog(tw_seconds, self._rng)
+        self._watchdog = Watchdog(tw_seconds, self._rng, minimum_tw_seconds=minimum_tw_seconds)
         self._reader = FrameReader()
         self._outgoing = OutgoingRequests()
         self._incoming = IncomingRequests()
@@ -129,6 +130,9 @@ class PeerConnection:
         self._state_deadline: float | None = now + CAPABILITIES_TIMEOUT_SECONDS
         self._dwr_hop_by_hop: int | None = None
         self.close_requested = False
+        # Set with close_requested when what is still queued for the peer is not worth waiting for
+        # (the watchdog gave up on it: it reads nothing), so the glue aborts instead of draining.
+        self.abort_requested = False
 
     # --- owner API ------------------------------------------------------------------------
     def connection_made(self, now: float) -> list[Event]:
@@ -174,14 +178,14 @@ class PeerConnection:
 
     def send_answer(self, answer: Message) -> None:
         """Queue the answer to a ``RequestReceived``; remembers it for duplicate detection."""
-        key = self._incoming.pop(answer.hop_by_hop)
+        pending = self._incoming.pop(answer.hop_by_hop)
         if self.state is PeerState.CLOSED:
             return
         encoded = encode(answer)
         # A protocol error (E bit, RFC 6733 section 7.1.3; 3004 above all) means the request was
         # not processed: a retransmission must be processed anew, not answered from the cache.
-        if key is not None and self.duplicates is not None and not answer.is_error:
-            self.duplicates.remember(key, encoded)
+        if pending is not None and self.duplicates is not None and not answer.is_error:
+            self.duplicates.remember(pending[0], pending[1], encoded)
         self._send_buffer.append(encoded)
 
     def disconnect(self, now: float, cause: DisconnectCause = DisconnectCause.REBOOTING) -> list[Event]:
@@ -227,6 +231,12 @@ class PeerConnection:
             self._close(f"protocol violation: undecodable frame: {error}")
             return
         message = decoded.message
+        failures = decoded.failures
+        if failures and failures[0].result_code == ResultCode.DIAMETER_UNSUPPORTED_VERSION and not message.is_request:
+            # RFC 6733 section 7.1.5 answers a request of another version; an answer of one
+            # cannot be answered, nor read as ours.
+            self._close(f"protocol violation: answer of unsupported {failures[0].reason}")
+            return
         if self.state in (PeerState.OPEN, PeerState.CLOSING):
             is_dwa = message.command_code == CommandCode.DEVICE_WATCHDOG and not message.is_request
             self._watchdog_actions(
@@ -241,7 +251,7 @@ class PeerConnection:
             # table has no row for it, so the connection closes as a protocol violation.
             self._apply(PeerInput.APPLICATION_REQUEST, message)
             return
-        failures = decoded.failures or validate(message, self._applications())
+        failures = failures or validate(message, self._applications())
         if failures:
             self._reject(message, failures[0])
             return
@@ -295,11 +305,12 @@ class PeerConnection:
         self._events = []
         return events
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, *, abort: bool = False) -> None:
         if self.state is PeerState.CLOSED:
             return
         self.state = PeerState.CLOSED
         self.close_requested = True
+        self.abort_requested = abort
         self._state_deadline = None
         self._watchdog.deadline = None
         self._events.append(PeerClosed(reason, self._outgoing.drain()))
@@ -382,8 +393,9 @@ class PeerConnection:
         assert message is not None
         origin_host = message.get("Origin-Host")
         key = (origin_host if isinstance(origin_host, str) else "", message.end_to_end)
+        identity = request_identity(message)
         if self.duplicates is not None:
-            replay = self.duplicates.replay(key, message.hop_by_hop)
+            replay = self.duplicates.replay(key, identity, message.hop_by_hop)
             if replay is not None:
                 self._send_buffer.append(replay)
                 self._events.append(DuplicateAnswered(key[0], key[1]))
@@ -391,7 +403,7 @@ class PeerConnection:
         if len(self._incoming) >= self.max_in_flight:
             self._reject(message, Failure(ResultCode.DIAMETER_TOO_BUSY, None, "too many requests in flight"))
             return
-        self._incoming.add(message.hop_by_hop, key)
+        self._incoming.add(message.hop_by_hop, key, identity)
         self._events.append(RequestReceived(message))
 
     def _deliver_answer(self, message: Message | None) -> None:
@@ -437,7 +449,9 @@ class PeerConnection:
             elif action is WatchdogAction.FAILBACK:
                 self._events.append(PeerRecovered())
             elif action is WatchdogAction.CLOSE_CONNECTION:
-                self._close("watchdog: no answer for 2 x Tw (RFC 3539)")
+                # RFC 3539 section 3.4.1 CloseConnection(): the peer answered nothing for 2 x Tw,
+                # so nothing queued for it will be read; abort rather than wait for a drain.
+                self._close("watchdog: no answer for 2 x Tw (RFC 3539)", abort=True)
 
     _last_verdict: CapabilitiesVerdict
     _pending_failures: tuple[Failure, ...] = ()

@@ -3,7 +3,7 @@
 Theory of operation: ``OutgoingRequests`` maps the Hop-by-Hop Identifier we stamped on a request
 to the owner's context, so an answer finds its request (an answer with an unknown Hop-by-Hop
 Identifier is discarded, RFC 6733 section 6.2). ``IncomingRequests`` remembers, for each request
-we have not answered yet, the key the duplicate cache needs, and counts them for the in-flight
+we have not answered yet, the key and identity the duplicate cache needs, and counts them for the in-flight
 limit. Identifiers: Hop-by-Hop counts up from a random start; End-to-End puts the low 12 bits of
 the start time in the high bits and a random number in the low 20 (RFC 6733 section 3).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from protocol.duplicates import DuplicateKey
+from protocol.duplicates import DuplicateKey, RequestIdentity
 
 
 class IdentifierSource:
@@ -59,13 +59,13 @@ class IncomingRequests:
     __slots__ = ("_keys",)
 
     def __init__(self) -> None:
-        self._keys: dict[int, DuplicateKey] = {}
+        self._keys: dict[int, tuple[DuplicateKey, RequestIdentity]] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add(self, hop_by_hop: int, key: DuplicateKey) -> None:
-        self._keys[hop_by_hop] = key
+    def add(self, hop_by_hop: int, key: DuplicateKey, identity: RequestIdentity) -> None:
+        self._keys[hop_by_hop] = (key, identity)
 
-    def pop(self, hop_by_hop: int) -> DuplicateKey | None:
+    def pop(self, hop_by_hop: int) -> tuple[DuplicateKey, RequestIdentity] | None:
         return self._keys.pop(hop_by_hop, None)

@@ -42,7 +42,7 @@ from protocol.duplicates import DuplicateCache
 from protocol.events import Event, RequestReceived
 from protocol.message import Message
 from protocol.peer import CAPABILITIES_TIMEOUT_SECONDS, PeerConnection, PeerState, Role
-from protocol.watchdog import DEFAULT_TW_SECONDS
+from protocol.watchdog import DEFAULT_TW_SECONDS, MINIMUM_TW_SECONDS
 
 RequestHandler = Callable[[DiameterTransport, Message], None]
 EventListener = Callable[[DiameterTransport, Event], None]
@@ -115,6 +115,7 @@ class DiameterServer:
         policy: PeerPolicy | None = None,
         on_event: EventListener = _ignore,
         tw_seconds: float = DEFAULT_TW_SECONDS,
+        minimum_tw_seconds: float = MINIMUM_TW_SECONDS,
         max_in_flight_per_connection: int = MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION,
         duplicates: DuplicateCache | None = None,
         tls_context: ssl.SSLContext | None = None,
@@ -128,6 +129,7 @@ class DiameterServer:
         self.handler = handler
         self.on_event = on_event
         self.tw_seconds = tw_seconds
+        self.minimum_tw_seconds = minimum_tw_seconds  # the RFC 3539 floor; lowered by tests only
         self.max_in_flight = max_in_flight_per_connection
         self.duplicates = duplicates if duplicates is not None else DuplicateCache()
         self.connections: set[DiameterTransport] = set()
@@ -177,6 +179,7 @@ class DiameterServer:
             loop.time(),
             duplicates=self.duplicates,
             tw_seconds=self.tw_seconds,
+            minimum_tw_seconds=self.minimum_tw_seconds,
             max_in_flight=self.max_in_flight,
             rng=self._rng,
         )

@@ -102,6 +102,7 @@ class AvpDefinition:
     vendor_id: int
     type: AvpType
     must_flags: int  # AvpFlag bits a sender must set
+    may_flags: int  # AvpFlag bits a sender may set beyond those (the spec table's MAY column)
     section: str
     enum_values: Mapping[str, int]
     grammar: Grammar | None
@@ -203,15 +204,16 @@ def parse_rule(text: str) -> _RawRule:
     return _RawRule(match["name"], minimum, maximum, opening == "<")
 
 
-def _flags(text: str) -> int:
+_FLAG_LETTERS = {"M": AvpFlag.MANDATORY, "V": AvpFlag.VENDOR, "P": AvpFlag.PROTECTED}
+
+
+def _flags(text: str, allowed: str) -> int:
+    """The flag bits named by ``text``, each one of the letters in ``allowed``."""
     flags = 0
     for letter in text:
-        if letter == "M":
-            flags |= AvpFlag.MANDATORY
-        elif letter == "V":
-            flags |= AvpFlag.VENDOR
-        else:
-            raise ValueError(f"unknown flag letter {letter!r}")
+        if letter not in allowed:
+            raise ValueError(f"unknown flag letter {letter!r} (expected one of {allowed!r})")
+        flags |= _FLAG_LETTERS[letter]
     return int(flags)  # a plain int: IntFlag arithmetic costs microseconds on the hot path
 
 
@@ -226,7 +228,10 @@ def load_dictionary(sources: Iterable[tuple[str, bytes]] | None = None) -> Dicti
     raw_commands: list[tuple[str, dict[str, object]]] = []
     for file_name, content in sources if sources is not None else _data_files():
         document = tomllib.loads(content.decode("utf-8"))
-        raw_avps += [(file_name, entry) for entry in document.get("avp", [])]
+        # A file may give the "may" of its AVPs once, in [meta], when its flag table has the same
+        # MAY column for all of them; an AVP's own "may" overrides it.
+        may_default = document.get("meta", {}).get("may", "")
+        raw_avps += [(file_name, {"may": may_default, **entry}) for entry in document.get("avp", [])]
         raw_commands += [(file_name, entry) for entry in document.get("command", [])]
 
     by_name: dict[str, dict[str, object]] = {}
@@ -262,7 +267,8 @@ def load_dictionary(sources: Iterable[tuple[str, bytes]] | None = None) -> Dicti
     for name, entry in by_name.items():
         avp_type = AvpType(str(entry["type"]))
         code, vendor_id = keys[name]
-        must = _flags(str(entry.get("must", "")))
+        must = _flags(str(entry.get("must", "")), "MV")  # P is never required (RFC 6733 section 4.1)
+        may = _flags(str(entry.get("may", "")), "P")  # M and V are decided by "must" alone
         if vendor_id and not must & AvpFlag.VENDOR:
             raise ValueError(f"AVP {name} has a vendor but no V flag")
         enum_table = entry.get("enum", {})
@@ -273,6 +279,7 @@ def load_dictionary(sources: Iterable[tuple[str, bytes]] | None = None) -> Dicti
             vendor_id=vendor_id,
             type=avp_type,
             must_flags=must,
+            may_flags=may,
             section=str(entry.get("section", "")),
             enum_values=MappingProxyType({str(k): int(v) for k, v in enum_table.items()}),
             grammar=grammar(entry["grammar"], name) if avp_type is AvpType.GROUPED else None,

@@ -209,3 +209,32 @@ async def test_money_reserved_and_committed_by_a_call(api: Api, server: RunningS
     found = await scrape()
     assert (value(found, reserved, currency="EUR"), value(found, committed, currency="EUR")) == (900_000, 240_000)
     await client.close()
+
+
+async def test_requests_refused_by_the_diameter_layer_and_its_replays_are_counted(
+    api: Api, server: RunningServer
+) -> None:
+    client = await server.client()
+    # Refused while decoding or validating, before the application sees them.
+    no_number = ccr("r-1", "INITIAL_REQUEST", 0)
+    no_number.avps = [item for item in no_number.avps if item.code != 415]  # CC-Request-Number
+    assert code(await client.request(no_number)) == 5005
+    bad_bits = ccr("r-2", "INITIAL_REQUEST", 0)
+    bad_bits.avps[0].flags |= 0x20  # P bit on Session-Id: 3009 (RFC 6733 section 4.5 has no MAY P)
+    assert code(await client.request(bad_bits)) == 3009
+    # Answered by the application (unknown subscriber), then retransmitted with the T flag under
+    # the same End-to-End id (RFC 6733 section 5.5.4): the duplicate cache answers it.
+    first = ccr("r-3", "EVENT_REQUEST", 0, msisdn="4915100000999")
+    assert code(await client.request(first)) == 5030
+    again = ccr("r-3", "EVENT_REQUEST", 0, msisdn="4915100000999")
+    again.end_to_end = first.end_to_end
+    again.flags |= 0x10
+    assert code(await client.request(again)) == 5030
+    async with api.session.get(api.url + "/metrics") as response:
+        found = samples(await response.text())
+    await client.close()
+    requests = "ocs_diameter_requests_total"
+    assert value(found, requests, command="CCR", request_type="INITIAL", result_code="5005") == 1
+    assert value(found, requests, command="CCR", request_type="INITIAL", result_code="3009") == 1
+    assert value(found, requests, command="CCR", request_type="EVENT", result_code="5030") == 1  # answered once
+    assert value(found, "ocs_diameter_duplicate_requests_total") == 1

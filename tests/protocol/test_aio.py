@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import struct
 from collections.abc import AsyncIterator
 
 import pytest
 
 from protocol.aio import DiameterClient, DiameterServer, DiameterTransport, RequestFailed
+from protocol.aio.transport import WRITE_BUFFER_HIGH_BYTES
 from protocol.capabilities import LocalIdentity, build_cer
 from protocol.codec import FrameReader, decode, encode
+from protocol.constants import MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION
 from protocol.events import Event, PeerClosed
 from protocol.message import Message, answer_to, avp, request
 from protocol.peer import PeerState
@@ -149,3 +153,62 @@ async def test_raw_cer_then_malformed_ccr_gets_an_answer(running: tuple[Diameter
     failed = answer.find("Failed-AVP")
     assert failed is not None and failed.children[0].code == 461
     writer.close()
+
+
+async def _send_without_reading(sock: socket.socket, sent: list[int]) -> None:
+    """CER, then CCRs as fast as the server takes them; never reads what it answers."""
+    loop = asyncio.get_running_loop()
+    cer = build_cer(CLIENT)
+    cer.hop_by_hop = cer.end_to_end = 1
+    await loop.sock_sendall(sock, encode(cer))
+    number = 2
+    while True:
+        message = ccr(number)
+        message.hop_by_hop = message.end_to_end = number
+        try:
+            await loop.sock_sendall(sock, encode(message))
+        except OSError:
+            return  # the server aborted the connection
+        sent[0] += 1
+        number += 1
+
+
+async def _read_until_closed(sock: socket.socket) -> None:
+    """Read (what the kernel delivered before) until the connection ends, by reset or EOF."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(ConnectionResetError):
+        while await loop.sock_recv(sock, 1 << 16):
+            pass
+
+
+async def test_a_peer_that_stops_reading_is_paused_then_aborted_when_the_watchdog_gives_up() -> None:
+    application = EchoApplication()
+    server = DiameterServer(
+        SERVER, application.handle, on_event=application.on_event, tw_seconds=0.3, minimum_tw_seconds=0.1
+    )
+    _, port = await server.start("127.0.0.1", 0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills fast: answers back up at once
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    sent = [0]
+    sender = asyncio.create_task(_send_without_reading(sock, sent))
+    try:
+        while not server.connections:
+            await asyncio.sleep(0.01)
+        (transport,) = server.connections
+        # The answers cannot be written: the server stops reading, so what it queues stays bounded.
+        while not transport.reading_paused:
+            await asyncio.sleep(0.01)
+        assert transport.queued_bytes <= WRITE_BUFFER_HIGH_BYTES + MAX_REQUESTS_IN_FLIGHT_PER_CONNECTION * 2_048
+        # The watchdog's DWR is never answered: after 2 x Tw it gives up, and the transport is
+        # aborted (a graceful close would wait forever for a drain), so the connection is gone.
+        await asyncio.wait_for(asyncio.shield(transport.closed), 10)
+        assert not server.connections
+        closed = [event for event in application.events if isinstance(event, PeerClosed)]
+        assert len(closed) == 1 and "watchdog" in closed[0].reason
+        await asyncio.wait_for(_read_until_closed(sock), 10)  # the client sees its end too
+    finally:
+        sender.cancel()
+        sock.close()
+        await server.close(timeout_seconds=1.0)

@@ -9,7 +9,7 @@ import pytest
 from protocol import codec
 from protocol.codec import FrameReader, decode, encode, encode_avp
 from protocol.constants import MAX_AVP_COUNT, MAX_MESSAGE_LENGTH, MAX_NESTING_DEPTH, ResultCode
-from protocol.errors import EncodeError, InvalidMessageLength, LimitExceeded, PeerError, UnsupportedVersion
+from protocol.errors import EncodeError, InvalidMessageLength, LimitExceeded, PeerError
 from protocol.message import Avp, Message, avp, request
 from tests.protocol.test_fuzz import FUZZ_SEED, fuzz_input
 
@@ -116,8 +116,27 @@ def test_missing_m_bit_on_a_known_avp_is_accepted() -> None:
     assert failures_of(raw_avp(415, 0x00, b"\0\0\0\x01")) == []
 
 
-def test_p_bit_is_3009() -> None:
-    assert failures_of(raw_avp(415, 0x60, b"\0\0\0\x01")) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 415)]
+def test_p_bit_where_the_flag_table_forbids_it_is_3009() -> None:
+    # Base protocol AVPs (RFC 6733 section 4.5 has no MAY column; section 4.1: P SHOULD be 0),
+    # TS 29.061 AVPs outside TS 32.299 table 7.2, and AVPs we do not know.
+    assert failures_of(raw_avp(263, 0x60, b"s")) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 263)]
+    assert failures_of(raw_avp(21, 0xA0, b"\0\0\0\x06", vendor=10415)) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 21)]
+    assert failures_of(raw_avp(99999, 0x20, b"x")) == [(ResultCode.DIAMETER_INVALID_AVP_BITS, 99999)]
+
+
+@pytest.mark.parametrize(
+    ("code", "flags", "vendor", "payload"),
+    [
+        (416, 0x60, None, b"\0\0\0\x01"),  # CC-Request-Type: RFC 4006 section 8 table, P is MAY
+        (415, 0x60, None, b"\0\0\0\x01"),  # CC-Request-Number, likewise
+        (871, 0xE0, 10415, b"\0\0\0\x1e"),  # Quota-Holding-Time: TS 32.299 table 7.2, P is MAY
+    ],
+    ids=["CC-Request-Type", "CC-Request-Number", "Quota-Holding-Time"],
+)
+def test_p_bit_where_the_flag_table_allows_it_is_accepted(
+    code: int, flags: int, vendor: int | None, payload: bytes
+) -> None:
+    assert failures_of(raw_avp(code, flags, payload, vendor=vendor)) == []
 
 
 def test_e_bit_on_request_is_3008() -> None:
@@ -142,7 +161,6 @@ def test_frame_reader_reassembles_split_input() -> None:
 @pytest.mark.parametrize(
     ("first_word", "error"),
     [
-        ((2 << 24) | 20, UnsupportedVersion),
         ((1 << 24) | 16, InvalidMessageLength),  # shorter than a header
         ((1 << 24) | 22, InvalidMessageLength),  # not a multiple of 4
         ((1 << 24) | (MAX_MESSAGE_LENGTH + 4), InvalidMessageLength),
@@ -273,3 +291,43 @@ def test_both_header_reads_decode_alike(monkeypatch: pytest.MonkeyPatch) -> None
     assert len(frames) > 2_000
     assert sum(text.startswith("Decoded(") for text in by_struct) > 1_000
     assert by_bytes == by_struct
+
+
+def _all_flags(avps: list[Avp]) -> list[int]:
+    return [flags for item in avps for flags in (item.flags, *_all_flags(item.children))]
+
+
+class _Payload(bytes):
+    """A bytes subclass: the inline encoder leaves it to the checking path."""
+
+
+def test_reserved_avp_flag_bits_are_never_sent() -> None:
+    # RFC 6733 section 4.1: the sender MUST set the reserved bits to 0, whatever the AVP object
+    # holds (an AVP echoed from a request keeps the flags it arrived with), at every level,
+    # Failed-AVP included, and on both encoding paths (inline, and the checking one).
+    echoed = Avp(415, 0x5F, 0, 7)
+    vendor = Avp(871, 0xDF, 10415, 30)  # Quota-Holding-Time with V, M and every reserved bit
+    failed = Avp(279, 0x41, 0, [Avp(263, 0x47, 0, "s"), Avp(99999, 0x03, 0, b"raw")])
+    for extra in (Avp(1, 0x5F, 0, "user"), Avp(1, 0x5F, 0, _Payload(b"user"))):
+        decoded = decode(encode(Message(272, 0x80, 4, 1, 2, [echoed, vendor, failed, extra])))
+        flags = _all_flags(decoded.message.avps)
+        assert len(flags) == 6 and all(bits & 0x1F == 0 for bits in flags), [hex(bits) for bits in flags]
+    assert encode_avp(failed)[4] == 0x40 and encode_avp(vendor)[4] == 0xC0
+
+
+def test_reserved_command_flag_bits_are_never_sent() -> None:
+    # RFC 6733 section 3: the header's reserved bits MUST be set to zero.
+    assert encode(Message(272, 0xCF, 4, 1, 2, []))[4] == 0xC0
+
+
+def test_another_version_is_delimited_and_decoded_with_5011_first() -> None:
+    # RFC 6733 section 7.1.5: DIAMETER_UNSUPPORTED_VERSION is an answer, so the frame must be
+    # delimited (its length is sound) rather than refused before its body.
+    body = raw_avp(263, 0x40, b"pgw;1")
+    frame = struct.pack(">I", (2 << 24) | (20 + len(body))) + frame_of(0x80, 272, 4, body)[4:]
+    (delimited,) = FrameReader().feed(frame)
+    decoded = decode(delimited)
+    assert [(f.result_code, f.failed_avp) for f in decoded.failures] == [
+        (ResultCode.DIAMETER_UNSUPPORTED_VERSION, None)
+    ]
+    assert decoded.message.get("Session-Id") == "pgw;1" and decoded.message.hop_by_hop == 0x11223344

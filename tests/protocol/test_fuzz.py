@@ -91,6 +91,7 @@ DECODE_RESULT_CODES = frozenset(
         ResultCode.DIAMETER_AVP_UNSUPPORTED,
         ResultCode.DIAMETER_INVALID_AVP_VALUE,
         ResultCode.DIAMETER_INVALID_AVP_LENGTH,
+        ResultCode.DIAMETER_UNSUPPORTED_VERSION,
     }
 )
 GRAMMAR_RESULT_CODES = frozenset(
@@ -596,6 +597,27 @@ class CodecVerdict:
     leftover: int  # bytes FrameReader keeps for a later read
 
 
+def _without_reserved_avp_bits(avps: list[Avp]) -> list[Avp]:
+    return [
+        Avp(item.code, item.flags & 0xE0, item.vendor_id, _without_reserved_avp_bits(item.value))
+        if isinstance(item.value, list)
+        else Avp(item.code, item.flags & 0xE0, item.vendor_id, item.value)
+        for item in avps
+    ]
+
+
+def _without_reserved_bits(message: Message) -> Message:
+    """``message`` as a conforming sender writes it: reserved header and AVP flag bits zero."""
+    return Message(
+        message.command_code,
+        message.flags & 0xF0,
+        message.application_id,
+        message.hop_by_hop,
+        message.end_to_end,
+        _without_reserved_avp_bits(message.avps),
+    )
+
+
 def _walk(avps: list[Avp], depth: int = 1) -> Iterator[tuple[Avp, int]]:
     for item in avps:
         yield item, depth
@@ -609,6 +631,9 @@ def check_decode_failure(failure: Failure, frame: bytes) -> None:
     failed = failure.failed_avp
     if code == ResultCode.DIAMETER_INVALID_HDR_BITS:
         assert frame[4] & REQUEST_BIT and frame[4] & ERROR_BIT, "3008 without R and E bits"
+        return
+    if code == ResultCode.DIAMETER_UNSUPPORTED_VERSION:
+        assert frame[0] != 1 and failed is None, "5011 for version 1, or with a Failed-AVP"
         return
     if failed is None:
         # Only a truncated AVP header (fewer than 8 bytes left) has no AVP to show.
@@ -682,8 +707,10 @@ def run_codec(data: bytes) -> CodecVerdict:
         present = {id(item) for item, _ in walked}
         for failure in grammar:
             check_grammar_failure(failure, message, present)
-        # What was decoded can be sent again (proxied, echoed in Failed-AVP) and reads back the same.
-        assert decode(encode(message)).message == message, "decode(encode(decoded)) differs from decoded"
+        # What was decoded can be sent again (proxied, echoed in Failed-AVP) and reads back the same,
+        # less the reserved flag bits, which a sender clears (RFC 6733 sections 3 and 4.1).
+        sent = decode(encode(message)).message
+        assert sent == _without_reserved_bits(message), "decode(encode(decoded)) differs from decoded"
         verdicts.append(FrameVerdict(frame, decoded, grammar))
     return CodecVerdict(False, verdicts, reader.buffered)
 
@@ -737,7 +764,12 @@ def predict(verdict: CodecVerdict) -> list[Expected]:
         message = decoded.message
         code = message.command_code
         if not message.is_request:
-            if code in (257, 282):  # CEA or DPA while open: no table row, protocol violation
+            other_version = (
+                decoded.failures and decoded.failures[0].result_code == ResultCode.DIAMETER_UNSUPPORTED_VERSION
+            )
+            if other_version or code in (257, 282):
+                # An answer of another version cannot be read as ours (RFC 6733 section 7.1.5
+                # answers only requests); CEA or DPA while open: no table row. Both close.
                 expected.append(Expected(None, PeerClosed))
                 break
             continue  # DWA counted by the watchdog; other answers match no request of ours

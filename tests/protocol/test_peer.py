@@ -301,15 +301,20 @@ def test_over_the_in_flight_limit_answers_3004_at_once() -> None:
     assert busy.get("Result-Code") == ResultCode.DIAMETER_TOO_BUSY and busy.hop_by_hop == 1002
 
 
+def answered_once(cache: DuplicateCache) -> tuple[PeerConnection, Message, Message]:
+    """An open server peer that received ``ccr()`` and answered it: (peer, request, answer)."""
+    peer = server(duplicates=cache)
+    peer.receive_data(cer_bytes(), 0.1)
+    peer.data_to_send()
+    (received,) = peer.receive_data(encode(ccr()), 1.0)
+    assert isinstance(received, RequestReceived)
+    peer.send_answer(cca_for(received.message))
+    return peer, received.message, answers(peer)[0]
+
+
 def test_retransmission_is_answered_from_the_duplicate_cache_once_answered() -> None:
     cache = DuplicateCache()
-    first = server(duplicates=cache)
-    first.receive_data(cer_bytes(), 0.1)
-    first.data_to_send()
-    (received,) = first.receive_data(encode(ccr()), 1.0)
-    assert isinstance(received, RequestReceived)
-    first.send_answer(cca_for(received.message))
-    original = answers(first)[0]
+    _, _, original = answered_once(cache)
     # The client fails over: same End-to-End id, T flag, new Hop-by-Hop, another connection.
     second = server(duplicates=cache)
     second.receive_data(cer_bytes(), 2.0)
@@ -395,3 +400,74 @@ def test_request_before_capabilities_exchange_closes_the_connection() -> None:
     events = s.receive_data(encode(ccr()), 0.1)
     assert s.close_requested and isinstance(events[0], PeerClosed)
     assert s.data_to_send() == b""
+
+
+def test_an_echoed_avp_is_answered_without_its_reserved_flag_bits() -> None:
+    # A CCR whose Session-Id carries reserved bits (0x47: M plus three reserved): the answer
+    # echoes the Session-Id (RFC 6733 section 6.2) with only the M bit (section 4.1).
+    s, _ = opened_pair()
+    bad = ccr()
+    bad.avps = [a for a in bad.avps if a.code != 415]  # no CC-Request-Number: answered here, 5005
+    bad.avps[0].flags = 0x47
+    s.receive_data(encode(bad), 1.0)
+    (answer,) = answers(s)
+    session = answer.find("Session-Id")
+    assert session is not None and session.flags == 0x40
+
+
+def test_a_ccr_with_the_p_bit_on_cc_request_type_is_delivered() -> None:
+    # RFC 4006 section 8 table: P is in the MAY column for CC-Request-Type.
+    s, _ = opened_pair()
+    message = ccr()
+    request_type = message.find("CC-Request-Type")
+    assert request_type is not None
+    request_type.flags |= 0x20
+    (event,) = s.receive_data(encode(message), 1.0)
+    assert isinstance(event, RequestReceived)
+
+
+def with_version(frame: bytes, version: int) -> bytes:
+    return bytes([version]) + frame[1:]
+
+
+def test_a_request_of_another_version_is_answered_5011_and_the_connection_stays_open() -> None:
+    s, _ = opened_pair()
+    events = s.receive_data(with_version(encode(ccr(1)), 2), 1.0)
+    assert [type(e) for e in events] == [RequestRejected]
+    (answer,) = answers(s)
+    # A permanent failure (RFC 6733 section 7.1.5), so no E bit; the identifiers and the
+    # Session-Id of the request (section 6.2), our version in the header.
+    assert answer.get("Result-Code") == ResultCode.DIAMETER_UNSUPPORTED_VERSION and not answer.is_error
+    assert (answer.hop_by_hop, answer.end_to_end, answer.get("Session-Id")) == (1001, 2001, "pgw.test;1")
+    (delivered,) = s.receive_data(encode(ccr(2)), 1.1)
+    assert isinstance(delivered, RequestReceived) and s.state is PeerState.OPEN
+
+
+def test_an_answer_of_another_version_closes_the_connection() -> None:
+    s, c = opened_pair()
+    (received,) = s.receive_data(c.send_request(ccr(1)) and c.data_to_send(), 1.0)
+    assert isinstance(received, RequestReceived)
+    s.send_answer(cca_for(received.message))
+    events = c.receive_data(with_version(s.data_to_send(), 2), 1.1)
+    assert [type(e) for e in events] == [PeerClosed] and c.state is PeerState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("number", "session"), [(0, "pgw.test;2"), (1, "pgw.test;1")], ids=["other Session-Id", "other CC-Request-Number"]
+)
+def test_another_request_under_an_answered_end_to_end_id_is_processed(number: int, session: str) -> None:
+    # RFC 6733 section 6.1.1: a duplicate is the same request again, not any request that reuses
+    # (Origin-Host, End-to-End id), as a restarted client may. Replaying the old answer would
+    # leave the new request unprocessed (never charged).
+    peer, first, _ = answered_once(DuplicateCache())
+    other = stamped(ccr(number, session), hop=5000, end=first.end_to_end)  # no T flag
+    (event,) = peer.receive_data(encode(other), 2.0)
+    assert isinstance(event, RequestReceived) and event.message.get("Session-Id") == session
+    # Its answer replaces the old one: a retransmission of it is answered from the cache.
+    peer.send_answer(cca_for(event.message, result=4012))
+    peer.data_to_send()
+    other.flags |= 0x10
+    other.hop_by_hop = 4343
+    assert peer.receive_data(encode(other), 3.0) == [DuplicateAnswered("pgw.test", other.end_to_end)]
+    (replayed,) = answers(peer)
+    assert replayed.get("Result-Code") == 4012 and replayed.hop_by_hop == 4343

@@ -102,3 +102,12 @@ def test_timer_before_deadline_does_nothing() -> None:
     w = Watchdog(rng=random.Random(2))
     w.handle(I.CONNECTION_UP, 0.0)
     assert w.handle_timer(1.0) == [] and w.state is S.OKAY and not w.pending
+
+
+def test_a_lowered_minimum_allows_a_short_tw_with_jitter_within_a_third_of_it() -> None:
+    # Tests that drive real connections use a Tw under the RFC's 6 s; the jitter shrinks with it.
+    w = Watchdog(tw_seconds=0.3, rng=random.Random(3), minimum_tw_seconds=0.1)
+    w.handle(WatchdogInput.CONNECTION_UP, 10.0)
+    assert w.deadline is not None and 10.2 <= w.deadline <= 10.4
+    with pytest.raises(ValueError, match="minimum"):
+        Watchdog(tw_seconds=0.05, minimum_tw_seconds=0.1)
