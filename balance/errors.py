@@ -10,3 +10,8 @@ class BalanceUnavailable(Exception):
 class BalanceScriptError(Exception):
     """A script refused to write because an invariant would break, or the key schema is
     inconsistent (a bug or corrupted data, never a business outcome); nothing was written."""
+
+
+class BalanceUnreached(BalanceUnavailable):
+    """Nothing was sent to Redis (no connection, the client's pending bound, a closed client):
+    the operation certainly did not apply, and no copy of it can apply later."""
