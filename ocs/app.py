@@ -175,7 +175,11 @@ async def startup(state: ServerState) -> tuple[str, int]:
     settings = state.settings
     url = await _redis_url(state)
     state.store = await BalanceStore.connect(
-        url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined, functions=settings.redis.functions
+        url,
+        cluster=settings.redis.cluster,
+        pipelined=settings.redis.pipelined,
+        functions=settings.redis.functions,
+        tombstone_seconds=settings.quota.tombstone_seconds,
     )
     time_redis_calls(state.store, state.metrics)
     # Provisioning writes through redis-py; the CCR path's lookups share the charging connection.

@@ -438,6 +438,27 @@ async def test_silent_session_is_expired_and_its_money_returned(store: BalanceSt
     await assert_audit_clean(store)
 
 
+async def test_closed_sessions_live_as_long_as_the_tombstone_setting(embedded_redis: EmbeddedRedis) -> None:
+    """A terminated call, an event, a refund and an expired session each leave a tombstone that
+    Redis forgets after the store's ``tombstone_seconds`` (issue 17: it was a fixed hour)."""
+    store = await BalanceStore.connect(embedded_redis.url, pipelined=True, tombstone_seconds=240)
+    try:
+        await store.flush_all()
+        await store.provision(Account("tess", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+        await store.charge(ccr("tess", "call", 0, voice(requested=60)))
+        await store.charge(ccr("tess", "call", 1, voice(used=30), terminate=True))
+        await store.charge(ccr("tess", "sms", 0, ChargeItem(0, "sms", Unit.EVENTS, VOICE, used_units=1), event=True))
+        await store.refund("tess", "refund", 0, 1_000, NOW)
+        await store.charge(ccr("tess", "silent", 0, voice(requested=60), validity_seconds=60))
+        assert await store.expire("tess", NOW + 60) == ["silent"]
+        admin = embedded_redis.admin_client()
+        lifetimes = [admin.ttl(session_key("tess", name)) for name in ("call", "sms", "refund", "silent")]
+        admin.close()
+        assert all(200 < seconds <= 240 for seconds in lifetimes), lifetimes
+    finally:
+        await store.close()
+
+
 async def test_rescan_finds_the_work_a_crash_left_unmarked(store: BalanceStore) -> None:
     """A crash between a charge and its marks (separate commands) loses them: the startup
     rescan puts the hierarchy back under supervision and on the spool writer's list."""
