@@ -3,11 +3,11 @@
 Theory of operation: ``startup`` brings the parts up in dependency order: Redis (the embedded
 redis-server in the data directory when no URL is configured), the balance store and subscriber
 directory, the tariff book, the credit-control handler, the Diameter server, and the background
-tasks (Tcc session supervision). Each CCR runs as a task; the number in progress over all
-connections is bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section
-5.7: the client fails over) instead of queueing. ``shutdown`` reverses it: stop accepting, DPR to
-every peer and let in-flight requests finish (bounded by the shutdown timeout), stop the tasks,
-close Redis. All of it is held in one ``ServerState``.
+tasks (Tcc session supervision, the spool writer, the spool's retention). Each CCR runs as a
+task; the number in progress over all connections is bounded, and a CCR beyond the bound is
+answered 3004 at once (RFC 4006 section 5.7: the client fails over) instead of queueing.
+``shutdown`` reverses it: stop accepting, DPR to every peer and let in-flight requests finish
+(bounded by the shutdown timeout), stop the tasks, close Redis. All of it is held in one ``ServerState``.
 """
 
 from __future__ import annotations
@@ -159,6 +159,22 @@ async def _write_spool(state: ServerState) -> None:
         await asyncio.sleep(settings.interval_seconds)
 
 
+async def _retain_spool(state: ServerState) -> None:
+    """Delete exported usage records past their retention age (ocs/spool.py "Retention")."""
+    assert state.spool is not None
+    settings = state.settings.spool
+    while True:
+        await asyncio.sleep(settings.retention_interval_seconds)
+        try:
+            deleted = await state.spool.delete_exported(
+                older_than_seconds=settings.retention_seconds, batch_size=settings.retention_batch_size
+            )
+            if deleted:
+                log.info("spool_records_deleted", count=deleted)
+        except Exception:
+            log.exception("spool_retention_failed")
+
+
 async def _redis_url(state: ServerState) -> str:
     settings = state.settings.redis
     if settings.url:
@@ -213,6 +229,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.background.append(asyncio.create_task(_rescan_work(state)))
     state.background.append(asyncio.create_task(_supervise_sessions(state)))
     state.background.append(asyncio.create_task(_write_spool(state)))
+    state.background.append(asyncio.create_task(_retain_spool(state)))
     if settings.http.enabled:
         state.http = await start_http(state)
     log.info("listening", host=state.diameter_address[0], port=state.diameter_address[1])
