@@ -16,6 +16,7 @@ loaded and the call sent again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -95,27 +96,44 @@ def _text(reply: RedisReply | object) -> Reply:
 class RedisPyCaller:
     """redis-py asyncio: a single Redis or a Redis Cluster (``cluster=True``)."""
 
-    def __init__(self, client: redis_asyncio.Redis | redis_asyncio.RedisCluster, *, functions: bool = True) -> None:
+    def __init__(
+        self,
+        client: redis_asyncio.Redis | redis_asyncio.RedisCluster,
+        *,
+        functions: bool = True,
+        reply_timeout_seconds: float | None = None,
+    ) -> None:
         self.client = client
         self.functions = functions  # FCALL until Redis says it has no functions
+        # A script call (retry included) with no reply by then fails as BalanceUnavailable, as the
+        # pipelined client's calls do; None waits for ever. Plain commands are not bounded.
+        self.reply_timeout_seconds = reply_timeout_seconds
 
     @classmethod
-    def from_url(cls, url: str, *, cluster: bool = False, functions: bool = True) -> RedisPyCaller:
+    def from_url(
+        cls, url: str, *, cluster: bool = False, functions: bool = True, reply_timeout_seconds: float | None = None
+    ) -> RedisPyCaller:
         if cluster:
-            return cls(redis_asyncio.RedisCluster.from_url(url, decode_responses=True), functions=functions)
+            client = redis_asyncio.RedisCluster.from_url(url, decode_responses=True)
+            return cls(client, functions=functions, reply_timeout_seconds=reply_timeout_seconds)
         # Callers beyond the pool wait for a connection rather than fail (redis-py 8 raises
         # "Too many connections" with its default pool).
         pool = redis_asyncio.BlockingConnectionPool.from_url(url, max_connections=_POOL_SIZE, decode_responses=True)
-        return cls(redis_asyncio.Redis(connection_pool=pool), functions=functions)
+        return cls(
+            redis_asyncio.Redis(connection_pool=pool), functions=functions, reply_timeout_seconds=reply_timeout_seconds
+        )
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
         try:
-            try:
-                reply = await self._call(script, keys, args)
-            except (redis_exceptions.ConnectionError, OSError):
-                if not script.retry_safe:
-                    raise
-                reply = await self._call(script, keys, args)
+            async with asyncio.timeout(self.reply_timeout_seconds):
+                try:
+                    reply = await self._call(script, keys, args)
+                except (redis_exceptions.ConnectionError, OSError):
+                    if not script.retry_safe:
+                        raise
+                    reply = await self._call(script, keys, args)
+        except TimeoutError:  # asyncio's; redis-py cancelled mid-call drops that connection
+            raise BalanceUnavailable(f"{script.operation}: no reply from Redis in time") from None
         except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError) as error:
             raise BalanceUnavailable(f"{script.operation}: {error}") from None
         except redis_exceptions.ResponseError as error:

@@ -15,3 +15,8 @@ class BalanceScriptError(Exception):
 class DataDirectoryLocked(BalanceUnavailable):
     """Another process owns the embedded Redis data directory; two servers on one append-only file
     would each apply only their own writes, and their balances would diverge."""
+
+
+class BalanceUnreached(BalanceUnavailable):
+    """Nothing was sent to Redis (no connection, the client's pending bound, a closed client):
+    the operation certainly did not apply, and no copy of it can apply later."""

@@ -10,7 +10,10 @@ it asserts the invariants of RULES.md (balance/model_invariants.py), as the Lua 
 (TigerBeetle's "pair assertions").
 
 Sessions are kept per hierarchy (root account id, session id), as the Redis keys share the root's
-hash tag; closed sessions are kept for ever (Redis forgets them after ``TOMBSTONE_SECONDS``).
+hash tag; closed sessions are kept for ever (Redis forgets them after the tombstone lifetime).
+A charge or refund made with ``late=True`` is one that reaches the engine after its deadline
+(RULES.md "Deadlines"): past the session checks it raises ``BalanceUnavailable`` and changes
+nothing, as the store does when Redis answers "expired".
 Places where RULES.md leaves a choice are marked ``RULES.md ambiguity:``.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from balance.errors import BalanceUnavailable
 from balance.model_invariants import InvariantChecker
 from balance.model_ledger import AccountState, Hold, Ledger
 from balance.tariff import charged, cost, is_valid
@@ -222,8 +226,11 @@ class ReferenceModel:
 
     # -- charging --------------------------------------------------------------------------------
 
-    def _open(self, account_id: str, session_id: str, request_number: int, event: bool) -> ChargeResult | Session:
-        """RULES.md "A charge request", checks 1-3: a refusal or replay, or the session to work on."""
+    def _open(
+        self, account_id: str, session_id: str, request_number: int, event: bool, late: bool
+    ) -> ChargeResult | Session:
+        """RULES.md "A charge request", checks 1-3 and the deadline: a refusal or replay, or the
+        session to work on."""
         state = self._ledger.accounts.get(account_id)
         if state is None:
             return _refused(Outcome.UNKNOWN_ACCOUNT)
@@ -241,6 +248,8 @@ class ReferenceModel:
             return _refused(Outcome.STALE_REQUEST)
         elif session.closed:
             return _refused(Outcome.UNKNOWN_SESSION)
+        if late:
+            raise BalanceUnavailable("reached the engine after its deadline; nothing was applied")
         status = state.account.status
         closed_for_good = status in (AccountStatus.BARRED, AccountStatus.TERMINATED)
         if (event and status is not AccountStatus.ACTIVE) or (session is None and closed_for_good):
@@ -266,12 +275,12 @@ class ReferenceModel:
         session.reservations.clear()
         session.closed = True
 
-    def charge(self, request: ChargeRequest) -> ChargeResult:
+    def charge(self, request: ChargeRequest, *, late: bool = False) -> ChargeResult:
         if not _valid_request(request):
             return _refused(Outcome.INVALID)
         session_key = (self.root_of(request.account_id), request.session_id)
         new = session_key not in self._sessions
-        opened = self._open(request.account_id, request.session_id, request.request_number, request.event)
+        opened = self._open(request.account_id, request.session_id, request.request_number, request.event, late)
         if isinstance(opened, ChargeResult):
             return opened
         session = opened
@@ -406,7 +415,14 @@ class ReferenceModel:
         )
 
     def refund(
-        self, account_id: str, session_id: str, request_number: int, amount_micros: int, now_seconds: int
+        self,
+        account_id: str,
+        session_id: str,
+        request_number: int,
+        amount_micros: int,
+        now_seconds: int,
+        *,
+        late: bool = False,
     ) -> ChargeResult:
         """A credit to the first main bucket, idempotent by (session id, request number) like an event."""
         if not 0 < amount_micros <= MAX_AMOUNT_MICROS or request_number < 0 or now_seconds < 0:
@@ -414,7 +430,7 @@ class ReferenceModel:
         # RULES.md ambiguity: "like a charge event" is read as every check of an event, so a refund
         # to an account that is not active is ``account_blocked``, and a refund naming an open
         # session closes it.
-        opened = self._open(account_id, session_id, request_number, event=True)
+        opened = self._open(account_id, session_id, request_number, True, late)
         if isinstance(opened, ChargeResult):
             return opened
         self._close(opened)

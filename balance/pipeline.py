@@ -20,10 +20,11 @@ Rules it keeps:
   ``RedisErrorReply``: the command ran (or was refused) and the connection is fine.
 - An infrastructure failure (cannot connect, connection lost, a write that fails, unparseable
   stream, too many calls pending, client closed) is ``BalanceUnavailable``, and callers never see
-  redis or hiredis types. When the connection is lost every pending call fails at once: whether
-  Redis applied a command in flight is unknown, which is safe because every charging script is
-  idempotent on (Session-Id, CC-Request-Number) (DESIGN.md "Two-phase charging"). The next call
-  reconnects.
+  redis or hiredis types. A call refused before anything was sent (cannot connect, too many
+  pending, closed) is its subclass ``BalanceUnreached``: it certainly did not apply. When the
+  connection is lost (or dropped for silence) every pending call fails at once, though Redis may
+  run what it already received, even later: the money scripts carry a deadline for that, and the
+  store settles such a call (balance/store.py, RULES.md "Deadlines"). The next call reconnects.
 - EVALSHA of a script registered with ``register_script`` survives a ``SCRIPT FLUSH`` or a Redis
   restart: on NOSCRIPT the call sends SCRIPT LOAD and the EVALSHA again, back to back on the same
   connection, so the retry is answered after the load without waiting a round trip in between.
@@ -54,7 +55,7 @@ from typing import Final, TypeAlias
 
 import hiredis
 
-from balance.errors import BalanceUnavailable
+from balance.errors import BalanceUnavailable, BalanceUnreached
 
 # Twice the number of calls the server can have in flight at 75k calls/s with a 100 ms Redis
 # stall; each pending call holds one future and one packed command (a few hundred bytes), so the
@@ -385,18 +386,18 @@ class PipelinedRedis:
     # --- internals ------------------------------------------------------------------------------
     def _submit(self, connection: _Connection, command: bytes) -> asyncio.Future[RedisReply]:
         if connection.failure is not None:
-            raise BalanceUnavailable(str(connection.failure))
+            raise BalanceUnreached(str(connection.failure))
         if self._closed:
-            raise BalanceUnavailable("Redis client is closed")
+            raise BalanceUnreached("Redis client is closed")
         if len(connection.pending) >= self.max_pending:
-            raise BalanceUnavailable(f"more than {self.max_pending} Redis calls pending")
+            raise BalanceUnreached(f"more than {self.max_pending} Redis calls pending")
         return connection.send(command)
 
     async def _connect(self) -> _Connection:
         # Every caller that finds no connection awaits the same attempt, so they all resume in one
         # loop pass and their commands leave in one batch, in the order they were issued.
         if self._closed:
-            raise BalanceUnavailable("Redis client is closed")
+            raise BalanceUnreached("Redis client is closed")
         attempt = self._connecting
         if attempt is None:
             attempt = asyncio.ensure_future(self._open())
@@ -405,7 +406,7 @@ class PipelinedRedis:
         try:
             return await asyncio.shield(attempt)  # a cancelled caller does not cancel the others' attempt
         except BalanceUnavailable as error:
-            raise BalanceUnavailable(str(error)) from error.__cause__
+            raise BalanceUnreached(str(error)) from error.__cause__
 
     def _connect_finished(self, attempt: asyncio.Future[_Connection]) -> None:
         self._connecting = None

@@ -10,6 +10,23 @@ so they are separate commands, and a mark lost in a crash is found again by ``re
 (the server runs it at startup).
 Only infrastructure failures raise (``BalanceUnavailable``, ``BalanceScriptError``).
 
+Deadlines (RULES.md "Deadlines"): a charge or refund is sent with a deadline, the store's clock
+plus its reply timeout, which the script compares with Redis's clock and past which it writes
+nothing. A call that fails once it may have been sent (a connection lost or dropped for silence:
+Redis may still run what it received, seconds later) is settled before it is reported: the
+store waits until the deadline has passed, so that no copy of it can apply any more, and sends
+it once more, which answers the stored result if a copy applied in time (a replay) and
+"expired" if none did. Only then does it raise ``BalanceUnavailable`` (3004 at the server),
+which therefore means nothing was applied. If Redis is still silent at that look, the call raises
+all the same: the one case left open is a copy that ran before its deadline while its reply was
+lost, which the client's retransmission (same Session-Id and CC-Request-Number) then replays.
+The two clocks are compared directly: Redis's clock ahead of ours refuses calls early (3004,
+nothing applied); behind ours by more than ``DEADLINE_MARGIN_SECONDS`` lets a copy apply after
+we reported failure. The embedded Redis shares the host's clock; an external one needs NTP.
+Top-ups, adjustments, provisioning and updates carry no deadline: their callers (the API and
+the CLI) wait for the true outcome, and a client that gives up retries with the same top-up or
+adjustment id. Session expiry and outbox acknowledgements have no caller waiting at all.
+
 Two callers: ``caller`` (the pipelined client on a single Redis) carries all the work whose
 number grows with the traffic: charges, their marks, the hierarchy lookup of an account not yet
 cached, and the spool writer's reads and trims of the outboxes (a few calls per usage record
@@ -18,16 +35,18 @@ drained). ``admin`` (redis-py) carries the rest: provisioning, queries, session 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from balance import keys
 from balance.callers import PipelinedCaller, RedisPyCaller, Reply, ScriptCaller
-from balance.errors import BalanceScriptError
-from balance.pipeline import PipelinedRedis
-from balance.scripts import LIBRARY, LIBRARY_PREFIX, SCRIPTS, Operation, is_library_name
+from balance.errors import BalanceScriptError, BalanceUnavailable, BalanceUnreached
+from balance.pipeline import DEFAULT_REPLY_TIMEOUT_SECONDS, PipelinedRedis
+from balance.scripts import LIBRARY, LIBRARY_PREFIX, SCRIPTS, Operation, Script, is_library_name
 from balance.types import (
     Account,
     AccountStatus,
@@ -74,7 +93,7 @@ def _charge_result(words: list[str]) -> ChargeResult:
     # Seven fields per item, in ItemResult's field order: rating group, outcome, granted units,
     # committed units, committed micros, final, reserved micros. A reply stored (for replays)
     # before items carried their reserved micros has six; such sessions and tombstones outlive a
-    # script upgrade by up to TOMBSTONE_SECONDS, and their replays report 0 reserved.
+    # script upgrade by up to the tombstone lifetime, and their replays report 0 reserved.
     width = 7 if len(words) == 6 + 7 * count else 6
     for base in range(6, 6 + width * count, width):
         items.append(
@@ -148,10 +167,34 @@ def _first_score(reply: object) -> str | None:
     return None
 
 
+# How far Redis's clock may lag the server's before a call reported failed could still apply
+# (module docstring): NTP keeps hosts of one site within milliseconds of each other.
+DEADLINE_MARGIN_SECONDS = 0.25
+# The longest the settling look at a failed call waits for Redis (module docstring): with the
+# default reply timeout, a failed charge is answered within 6.25 s, before the client's Tx timer
+# (RFC 4006 section 13, default 10 s) fires.
+SETTLE_TIMEOUT_SECONDS = 1.0
+_EXPIRED = "expired"  # what charge.lua and refund.lua answer past their deadline
+
+
 class BalanceStore:
-    def __init__(self, caller: ScriptCaller, *, admin: ScriptCaller | None = None) -> None:
+    def __init__(
+        self,
+        caller: ScriptCaller,
+        *,
+        admin: ScriptCaller | None = None,
+        reply_timeout_seconds: float = DEFAULT_REPLY_TIMEOUT_SECONDS,
+        tombstone_seconds: int = keys.DEFAULT_TOMBSTONE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.caller = caller  # the hot path: charge
         self.admin = admin or caller  # everything else
+        # How long a charge or refund is waited for: the callers' own bound on a silent Redis
+        # (balance.pipeline, RedisPyCaller) should be this too; it sets the scripts' deadline.
+        self.reply_timeout_seconds = reply_timeout_seconds
+        self.tombstone_seconds = tombstone_seconds
+        self._tombstone_text = str(tombstone_seconds)
+        self.clock = clock  # wall clock, epoch seconds: deadlines are compared with Redis's TIME
         self._hierarchies: dict[str, Hierarchy] = {}
         # Per account, what every charge needs besides the session key: built once (an account
         # never changes hierarchy) instead of four key functions per call.
@@ -159,14 +202,24 @@ class BalanceStore:
 
     @classmethod
     async def connect(
-        cls, url: str, *, cluster: bool = False, pipelined: bool = False, functions: bool = True
+        cls,
+        url: str,
+        *,
+        cluster: bool = False,
+        pipelined: bool = False,
+        functions: bool = True,
+        reply_timeout_seconds: float = DEFAULT_REPLY_TIMEOUT_SECONDS,
+        tombstone_seconds: int = keys.DEFAULT_TOMBSTONE_SECONDS,
     ) -> BalanceStore:
         """``pipelined`` puts charges on ``balance.pipeline`` (single Redis only); ``functions=False``
         runs the EVAL scripts even where Redis has functions (balance/scripts.py)."""
-        admin = RedisPyCaller.from_url(url, cluster=cluster, functions=functions)
+        timeout = reply_timeout_seconds
+        admin = RedisPyCaller.from_url(url, cluster=cluster, functions=functions, reply_timeout_seconds=timeout)
+        options = {"reply_timeout_seconds": timeout, "tombstone_seconds": tombstone_seconds}
         if not pipelined or cluster:
-            return cls(admin)
-        return cls(PipelinedCaller(_pipelined_client(url), functions=functions), admin=admin)
+            return cls(admin, **options)  # type: ignore[arg-type]
+        caller = PipelinedCaller(_pipelined_client(url, timeout), functions=functions)
+        return cls(caller, admin=admin, **options)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         await self.caller.close()
@@ -347,14 +400,15 @@ class BalanceStore:
             str(request.now_seconds + request.validity_seconds),
             "1" if request.terminate else "0",
             "1" if request.event else "0",
-            _TOMBSTONE_SECONDS,
+            self._tombstone_text,
             parent,
             json_session_id(request.session_id),
+            self._deadline_text(),
         ]
         for item in request.items:
             arguments += _item_arguments(item)
         script_keys = [session_key, account_key, parent_key, expiry_key, outbox_key]
-        words = _text(await self.caller.run(SCRIPTS[Operation.CHARGE], script_keys, arguments)).split(" ")
+        words = await self._run_in_time(self.caller, SCRIPTS[Operation.CHARGE], script_keys, arguments)
         if words[0] == "0" and words[1] == "ok":
             if words[3] == "1":
                 expiry = request.now_seconds + request.validity_seconds
@@ -379,11 +433,52 @@ class BalanceStore:
             str(request_number),
             str(amount_micros),
             str(now_seconds),
-            str(keys.TOMBSTONE_SECONDS),
+            self._tombstone_text,
             parent,
+            self._deadline_text(),
         ]
         script_keys = [keys.session_key(root, session_id), account_key, parent_key]
-        return parse_charge_reply(_text(await self.admin.run(SCRIPTS[Operation.REFUND], script_keys, arguments)))
+        return _charge_result(await self._run_in_time(self.admin, SCRIPTS[Operation.REFUND], script_keys, arguments))
+
+    # -- deadlines (module docstring) ----------------------------------------------------------
+
+    def _deadline_text(self) -> str:
+        """The deadline of a call made now: epoch milliseconds, as the scripts read it."""
+        return str(int((self.clock() + self.reply_timeout_seconds) * 1000))
+
+    async def _run_in_time(
+        self, caller: ScriptCaller, script: Script, script_keys: list[str], arguments: list[str]
+    ) -> list[str]:
+        """The words of the reply of a charge or refund whose deadline is in ``arguments``;
+        ``BalanceUnavailable`` if it did not apply (it may still have, if Redis cannot be asked)."""
+        try:
+            reply = await caller.run(script, script_keys, arguments)
+        except BalanceUnreached:
+            raise  # never sent: nothing to settle
+        except BalanceUnavailable as failure:
+            reply = await self._settle(caller, script, script_keys, arguments, failure)
+        words = _text(reply).split(" ")
+        if words[1] == _EXPIRED:
+            raise BalanceUnavailable(f"{script.operation}: Redis ran it after its deadline; nothing was applied")
+        return words
+
+    async def _settle(
+        self,
+        caller: ScriptCaller,
+        script: Script,
+        script_keys: list[str],
+        arguments: list[str],
+        failure: BalanceUnavailable,
+    ) -> Reply:
+        """The reply of the same call sent again once its deadline has passed: the stored result
+        if a copy applied, "expired" if none did; ``failure`` if Redis does not answer that."""
+        deadline = int(arguments[_DEADLINE_ARGUMENT[script.operation]]) / 1000
+        await asyncio.sleep(max(0.0, deadline + DEADLINE_MARGIN_SECONDS - self.clock()))
+        try:
+            async with asyncio.timeout(min(self.reply_timeout_seconds, SETTLE_TIMEOUT_SECONDS)):
+                return await caller.run(script, script_keys, arguments)
+        except (BalanceUnavailable, TimeoutError):
+            raise BalanceUnavailable(f"{failure}; past its deadline, nothing more can apply") from None
 
     # -- session supervision -------------------------------------------------------------------
 
@@ -397,7 +492,7 @@ class BalanceStore:
             root, parent = found if found is not None else (root_id, "")
             account_key, parent_key = self._account_keys(root, account_id, parent)
             script_keys = [keys.session_key(root, session_id), account_key, parent_key, keys.expiry_key(root)]
-            arguments = [account_id, session_id, str(now_seconds), str(keys.TOMBSTONE_SECONDS), parent]
+            arguments = [account_id, session_id, str(now_seconds), self._tombstone_text, parent]
             if await self.admin.run(SCRIPTS[Operation.EXPIRE], script_keys, arguments) == 1:
                 closed.append(session_id)
         return sorted(closed)
@@ -485,7 +580,8 @@ class BalanceStore:
 
 
 _MAX_AMOUNT = 10**15
-_TOMBSTONE_SECONDS = str(keys.TOMBSTONE_SECONDS)
+# Where the deadline sits in each script's ARGV, counted from 0 (their headers: 11 and 8).
+_DEADLINE_ARGUMENT = {Operation.CHARGE: 10, Operation.REFUND: 7}
 # (root, parent id or "", account key, parent account key, expiry zset key, outbox key)
 _ChargeParts = tuple[str, str, str, str, str, str]
 
@@ -515,9 +611,9 @@ def _strings(reply: Reply) -> list[str]:
     return [reply] if isinstance(reply, str) else []
 
 
-def _pipelined_client(url: str) -> PipelinedRedis:
+def _pipelined_client(url: str, reply_timeout_seconds: float) -> PipelinedRedis:
     if url.startswith("unix://"):
-        return PipelinedRedis(unix_socket_path=url.removeprefix("unix://"))
+        return PipelinedRedis(unix_socket_path=url.removeprefix("unix://"), reply_timeout_seconds=reply_timeout_seconds)
     address = url.removeprefix("redis://").split("/", 1)[0]
     host, _, port = address.rpartition(":")
-    return PipelinedRedis(host=host or "127.0.0.1", port=int(port or 6379))
+    return PipelinedRedis(host=host or "127.0.0.1", port=int(port or 6379), reply_timeout_seconds=reply_timeout_seconds)

@@ -1,18 +1,18 @@
 """The OCS process: ``serve()`` -> ``startup()`` -> run until a signal -> ``shutdown()``.
 
 Theory of operation: ``startup`` brings the parts up in dependency order: Redis (the embedded
-redis-server in the data directory when no URL is configured: the directory is locked, an orphan
-of a killed server stopped, the newest redis-server binary chosen), the balance store and
-subscriber directory, the tariff book, the credit-control handler, the Diameter server, and the
-background tasks (Tcc session supervision, the spool writer, and ``ocs.redis_watch``'s restarts
-of the embedded Redis). The loops log one line when Redis becomes unavailable and one when it is
-back (``Outage``), never a traceback per pass. A startup that cannot have its Redis (the data
+redis-server in the data directory when no URL is configured: the directory is locked, an orphan of
+a killed server stopped, the newest redis-server binary chosen), the balance store and subscriber
+directory, the tariff book, the credit-control handler, the Diameter server, and the background
+tasks (Tcc session supervision, the spool writer, the spool's retention, and ``ocs.redis_watch``'s
+restarts of the embedded Redis). The loops log one line when Redis becomes unavailable and one when
+it is back (``Outage``), never a traceback per pass. A startup that cannot have its Redis (the data
 directory held by another server, a redis-server that will not start) ends the process with one
-line and exit status 1. Each CCR runs as a task; the number in progress over all
-connections is bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section
-5.7: the client fails over) instead of queueing. ``shutdown`` reverses it: stop accepting, DPR to
-every peer and let in-flight requests finish (bounded by the shutdown timeout), stop the tasks,
-close Redis. All of it is held in one ``ServerState``.
+line and exit status 1. Each CCR runs as a task; the number in progress over all connections is
+bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section 5.7: the client
+fails over) instead of queueing. ``shutdown`` reverses it: stop accepting, DPR to every peer and
+let in-flight requests finish (bounded by the shutdown timeout), stop the tasks, close Redis. All
+of it is held in one ``ServerState``.
 """
 
 from __future__ import annotations
@@ -202,6 +202,22 @@ async def _write_spool(state: ServerState) -> None:
         await asyncio.sleep(settings.interval_seconds)
 
 
+async def _retain_spool(state: ServerState) -> None:
+    """Delete exported usage records past their retention age (ocs/spool.py "Retention")."""
+    assert state.spool is not None
+    settings = state.settings.spool
+    while True:
+        await asyncio.sleep(settings.retention_interval_seconds)
+        try:
+            deleted = await state.spool.delete_exported(
+                older_than_seconds=settings.retention_seconds, batch_size=settings.retention_batch_size
+            )
+            if deleted:
+                log.info("spool_records_deleted", count=deleted)
+        except Exception:
+            log.exception("spool_retention_failed")
+
+
 async def _redis_url(state: ServerState) -> str:
     settings = state.settings.redis
     if settings.url:
@@ -261,7 +277,11 @@ async def startup(state: ServerState) -> tuple[str, int]:
     settings = state.settings
     url = await _redis_url(state)
     state.store = await BalanceStore.connect(
-        url, cluster=settings.redis.cluster, pipelined=settings.redis.pipelined, functions=settings.redis.functions
+        url,
+        cluster=settings.redis.cluster,
+        pipelined=settings.redis.pipelined,
+        functions=settings.redis.functions,
+        tombstone_seconds=settings.quota.tombstone_seconds,
     )
     time_redis_calls(state.store, state.metrics)
     await _log_engine_form(state)
@@ -307,6 +327,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.background.append(asyncio.create_task(_write_spool(state)))
     if state.redis is not None:
         state.background.append(asyncio.create_task(RedisSupervisor(state.redis).run()))
+    state.background.append(asyncio.create_task(_retain_spool(state)))
     if settings.http.enabled:
         state.http = await start_http(state)
     assert state.diameter_address is not None  # ocs.config: clear port or TLS, at least one

@@ -7,7 +7,9 @@ inclusive, ``until`` exclusive, either may be open), optionally of one account, 
 order, and streams them to ``out``. Both formats carry the same fields: money as integer
 ``micros`` and, for people and spreadsheets, ``amount``, the same value in units of the currency
 as an exact decimal string made from the integer (``1234567`` micros is ``"1.234567"``), never a
-float. Times are epoch seconds and ISO 8601 UTC.
+float. Times are epoch seconds and ISO 8601 UTC. Each record written is marked exported in the
+spool (``ocs.spool.ExportMarker``, after the output is flushed): the spool's retention deletes only
+exported records.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
 from balance.types import MICROS_PER_UNIT
+from ocs.spool import ExportMarker
 
 FORMATS = ("csv", "jsonl")
 FIELDS = (
@@ -108,20 +112,22 @@ def export(
         raise ValueError(f"unknown CDR format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not spool_path.is_file():
         raise FileNotFoundError(f"no spool database at {spool_path}")
-    connection = sqlite3.connect(f"{spool_path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        records = _records(connection, since, until, account_id)
-        written = 0
-        if fmt == "csv":
+    with ExportMarker(spool_path, out, int(time.time())) as marker:
+        connection = sqlite3.connect(f"{spool_path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            records = _records(connection, since, until, account_id)
+            written = 0
             writer = csv.DictWriter(out, fieldnames=FIELDS)  # CRLF line ends: RFC 4180 section 2
-            writer.writeheader()
+            if fmt == "csv":
+                writer.writeheader()
             for record in records:
-                writer.writerow(record)
+                if fmt == "csv":
+                    writer.writerow(record)
+                else:
+                    out.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+                marker.add(str(record["record_id"]))
                 written += 1
-        else:
-            for record in records:
-                out.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
-                written += 1
-        return written
-    finally:
-        connection.close()
+            marker.finish()
+            return written
+        finally:
+            connection.close()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network
 from pathlib import Path
 
+from balance.keys import DEFAULT_TOMBSTONE_SECONDS
+
 DEFAULT_CONFIG_PATH = Path("config/ocs.toml")
 
 
@@ -87,6 +89,10 @@ class QuotaSettings:
     quota_holding_seconds: int = 0  # Quota-Holding-Time, TS 32.299 clause 7.2.164 (0: not sent)
     threshold_percent: int = 20  # Time/Volume/Unit-Quota-Threshold as a share of the grant (0: none)
     supervision_interval_seconds: float = 1.0  # how often the Tcc supervisor looks
+    # How long a closed session answers retransmissions of its last request as a duplicate:
+    # the clients' window, RFC 6733 section 3 (End-to-End Identifier unique for 4 minutes) plus
+    # a failover retransmission; balance/keys.py DEFAULT_TOMBSTONE_SECONDS says why 600 s.
+    tombstone_seconds: int = DEFAULT_TOMBSTONE_SECONDS
 
     @property
     def tcc_seconds(self) -> int:
@@ -127,6 +133,14 @@ class SpoolSettings:
     path: str = "data/spool.sqlite3"
     batch_size: int = 500
     interval_seconds: float = 0.2
+    # Retention (ocs/spool.py): records older than this that have been exported are deleted.
+    # One day leaves room to export a period again after a failed transfer; records never
+    # exported are kept whatever their age (nothing else copies them yet: no bill run exists).
+    retention_seconds: int = 86_400
+    retention_interval_seconds: float = 60.0  # how often the retention job looks
+    # Rows deleted per transaction: each batch holds the spool's one connection (and SQLite's
+    # write lock) for milliseconds, so the writer's inserts wait at most that long.
+    retention_batch_size: int = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +256,10 @@ def validate(settings: Settings, where: str) -> Settings:
         (settings.quota.validity_seconds > 0, "quota.validity_seconds"),
         (settings.spool.batch_size > 0, "spool.batch_size"),
         (settings.rating.event_timestamp_skew_seconds >= 0, "rating.event_timestamp_skew_seconds"),
+        (settings.spool.retention_seconds > 0, "spool.retention_seconds"),
+        (settings.spool.retention_interval_seconds > 0, "spool.retention_interval_seconds"),
+        (settings.spool.retention_batch_size > 0, "spool.retention_batch_size"),
+        (settings.quota.tombstone_seconds > 0, "quota.tombstone_seconds"),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):

@@ -27,18 +27,30 @@ transaction after a power loss; ``FULL`` syncs the WAL at every commit (https://
 pragma.html#pragma_synchronous). Batching makes that one sync per batch, not per record.
 
 Money stays integer micros in the database; amounts in decimal are made on export (ocs/cdr.py).
+
+Retention: the spool grows by every record (about 0.87 MB/s in the soak of issue 17), so records
+are deleted once they are both old (``at_seconds`` before now minus ``[spool] retention_seconds``)
+and exported: ``ocs cdr export`` marks each record it wrote (``exported_at``, epoch seconds of its
+first export; ``ExportMarker``), after flushing its output. Only exported records are ever
+deleted: an export is the one other copy of a record. No bill run exists yet; when one does,
+postpaid records must also wait until billed, and this condition gains that term. The server runs
+``Spool.delete_exported`` every ``retention_interval_seconds``, in transactions of
+``retention_batch_size`` rows through a partial index over exported records only (so the
+records never exported are never scanned), each taking the spool's connection for milliseconds,
+with the writer's batches free to run between them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 import aiosqlite
 import structlog
@@ -48,7 +60,7 @@ from balance.types import UsageRecord
 
 log = structlog.get_logger("ocs.spool")
 
-SCHEMA_VERSION = 1  # PRAGMA user_version: bump with a migration when the table changes
+SCHEMA_VERSION = 2  # PRAGMA user_version: bump with a migration when the table changes
 # Wait this long for a lock held by another connection (an export reading while we write needs
 # none in WAL mode; a checkpoint or a second writer might) before failing the batch.
 BUSY_TIMEOUT_MILLISECONDS = 5_000
@@ -70,11 +82,22 @@ CREATE TABLE IF NOT EXISTS usage_records (
     units INTEGER NOT NULL,
     micros INTEGER NOT NULL,             -- money in micro-units of the account currency
     payment_type TEXT NOT NULL,          -- prepaid | postpaid
-    at_seconds INTEGER NOT NULL          -- commit time, epoch seconds (UTC)
+    at_seconds INTEGER NOT NULL,         -- commit time, epoch seconds (UTC)
+    exported_at INTEGER                  -- first export, epoch seconds (NULL: never exported)
 );
 CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (at_seconds);
 CREATE INDEX IF NOT EXISTS usage_records_by_account ON usage_records (account_id, at_seconds);
+CREATE INDEX IF NOT EXISTS usage_records_exported ON usage_records (at_seconds) WHERE exported_at IS NOT NULL;
 """
+# Schema 1 (before exports were marked) to 2; SCHEMA then adds the new index.
+MIGRATE_FROM_1 = "ALTER TABLE usage_records ADD COLUMN exported_at INTEGER"
+MARK_EXPORTED = "UPDATE usage_records SET exported_at = ? WHERE record_id = ? AND exported_at IS NULL"
+# Exported and older than the cut: the partial index's rows only.
+DELETE_EXPORTED = (
+    "DELETE FROM usage_records WHERE rowid IN (SELECT rowid FROM usage_records"
+    " WHERE exported_at IS NOT NULL AND at_seconds < ? LIMIT ?)"
+)
+MARK_BATCH = 1_000  # records an export marks per transaction, each after flushing its output
 
 INSERT = (
     "INSERT OR IGNORE INTO usage_records (record_id, account_id, session_id, request_number, rating_group,"
@@ -125,6 +148,8 @@ class Spool:
         self._connection = connection
         self.path = path
         self._drain_lock = asyncio.Lock()  # two drains at once would trim the same records twice
+        # One transaction at a time on the one connection: the writer's batches, retention's.
+        self._transaction_lock = asyncio.Lock()
         self._batch: asyncio.Future[int] | None = None  # the batch being committed and acknowledged
         self._opened_at = time.time()
         self._caught_up_at = 0.0  # start of the last drain that emptied every outbox
@@ -136,15 +161,14 @@ class Spool:
 
     @classmethod
     async def open(cls, path: Path) -> Spool:
-        """Open (or create) the spool file; creating the schema is idempotent."""
+        """Open (or create) the spool file; creating or upgrading the schema is idempotent."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(prepare_file, path)
         # isolation_level=None: no implicit transactions; each batch says BEGIN and COMMIT itself.
         connection = await aiosqlite.connect(path, isolation_level=None)
         try:
-            await connection.execute("PRAGMA journal_mode=WAL")  # exports read while we write
             await connection.execute("PRAGMA synchronous=FULL")  # see the module docstring
             await connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MILLISECONDS}")
-            await _create_schema(connection)
         except BaseException:
             await connection.close()
             raise
@@ -231,22 +255,44 @@ class Spool:
 
     async def _insert(self, rows: list[Row]) -> int:
         """One transaction: insert the rows not already stored; returns how many were new."""
+        # For executemany, rowcount sums the changes of every row; an ignored row changes none.
+        # A failure before COMMIT returned leaves the rows only in Redis (_transaction). (If the
+        # COMMIT itself went through, the rows are stored; they were not acknowledged, so the
+        # next drain finds them and the insert ignores them.)
+        return await self._transaction(INSERT, rows)
+
+    async def _transaction(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        """``sql`` for each of ``rows`` in one transaction; returns the rows changed. Undone
+        (ROLLBACK) if anything fails before COMMIT returns."""
         connection = self._connection
-        await connection.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = await connection.executemany(INSERT, rows)
-            # For executemany, rowcount sums the changes of every row; an ignored row changes none.
-            inserted = cursor.rowcount
-            await cursor.close()
-            await connection.execute("COMMIT")
-        except BaseException:
-            # Failed before COMMIT returned: undo, so the rows stay only in Redis. (If the COMMIT
-            # itself went through, ROLLBACK fails harmlessly and the rows are stored; they were
-            # not acknowledged, so the next drain finds them and the insert ignores them.)
-            with contextlib.suppress(sqlite3.Error):
-                await connection.execute("ROLLBACK")
-            raise
-        return inserted
+        async with self._transaction_lock:
+            await connection.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await connection.executemany(sql, rows)
+                changed = cursor.rowcount
+                await cursor.close()
+                await connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await connection.execute("ROLLBACK")
+                raise
+        return changed
+
+    # -- retention (module docstring) -----------------------------------------------------------
+
+    async def delete_exported(self, *, older_than_seconds: int, batch_size: int, now: float | None = None) -> int:
+        """Delete the exported records committed more than ``older_than_seconds`` ago, in
+        transactions of at most ``batch_size`` rows; returns how many were deleted."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        cut = int(time.time() if now is None else now) - older_than_seconds
+        deleted = 0
+        while True:
+            changed = await self._transaction(DELETE_EXPORTED, [(cut, batch_size)])
+            deleted += changed
+            if changed < batch_size:
+                return deleted
+            await asyncio.sleep(0)  # the writer's batch, if one waits, goes next
 
     async def run(self, store: BalanceStore, *, batch_size: int, interval_seconds: float) -> None:
         """Drain every ``interval_seconds``, for ever; cancel the task to stop.
@@ -296,11 +342,72 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-async def _create_schema(connection: aiosqlite.Connection) -> None:
-    async with connection.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    version = int(row[0]) if row is not None else 0
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"spool schema version {version} is newer than this server's {SCHEMA_VERSION}")
-    await connection.executescript(SCHEMA)
-    await connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+def prepare_file(path: Path) -> None:
+    """Create the spool's schema in ``path``, or upgrade an older one (``Spool.open`` and
+    ``ExportMarker``); in WAL mode, so exports read while the writer writes."""
+    connection = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MILLISECONDS / 1000)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        # The version is read inside the write transaction: a server and an export preparing the
+        # same file at once upgrade it once. SCHEMA's statements carry no ";" but their ends.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"spool schema version {version} is newer than this server's {SCHEMA_VERSION}")
+            if version == 1:
+                connection.execute(MIGRATE_FROM_1)
+            for statement in SCHEMA.split(";") if version < SCHEMA_VERSION else ():
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+    finally:
+        connection.close()
+
+
+class ExportMarker:
+    """Marks the records an export writes as exported (``exported_at``), ``MARK_BATCH`` at a
+    time, each batch only once ``out`` has been flushed (and synced, where it is a file), so a
+    record is marked only once it has left the process. Use as a context manager; ``finish``
+    marks the last batch, and leaving without it (the export failed) marks nothing more."""
+
+    def __init__(self, path: Path, out: TextIO, now_seconds: int) -> None:
+        prepare_file(path)  # a spool written before marking existed gains its column here
+        self._connection = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MILLISECONDS / 1000)
+        self._out = out
+        self._now_seconds = now_seconds
+        self._pending: list[tuple[int, str]] = []
+
+    def __enter__(self) -> ExportMarker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._connection.close()
+
+    def add(self, record_id: str) -> None:
+        self._pending.append((self._now_seconds, record_id))
+        if len(self._pending) >= MARK_BATCH:
+            self._mark()
+
+    def finish(self) -> None:
+        self._mark()
+
+    def _mark(self) -> None:
+        if not self._pending:
+            return
+        self._out.flush()
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a pipe or a string: nothing to sync
+            os.fsync(self._out.fileno())
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany(MARK_EXPORTED, self._pending)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        self._pending.clear()

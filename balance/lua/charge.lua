@@ -5,7 +5,8 @@
 -- ARGV: 1 account id, 2 session id, 3 request number, 4 now (epoch s), 5 the session's expiry if
 --       it stays open (epoch s: now + validity), 6 terminate 0|1, 7 event 0|1, 8 tombstone
 --       lifetime (s), 9 parent id ('' for none), 10 the session id as the body of a JSON string
---       ('' when that is the session id itself), then per item 7 fields: rating group, service,
+--       ('' when that is the session id itself), 11 deadline (epoch ms, Redis's clock: past it the
+--       caller has given up, see below), then per item 7 fields: rating group, service,
 --       unit (seconds|octets|events), used units, requested units, release 0|1, tariff
 --       "price_micros per_units block_units first_units" (lib.lua tariff_of).
 --       Numbers are decimal integers (balance/store.py); some are copied into what is stored as sent.
@@ -16,14 +17,18 @@
 --       The reply is stored for replays as it is, so a replay reports the same reserved micros.
 -- Invariants: RULES.md, checked on every account touched before anything is written; a replayed
 --       (session, request number) returns the stored reply and writes nothing.
+-- Deadline: a call that Redis runs after ARGV[11] (read from Redis's own TIME) returns
+--       "0 expired 0 0 0 0" and writes nothing: the store stopped waiting for it and its caller
+--       answered 3004, so applying it would charge for a service refused (RULES.md "Deadlines").
+--       A replay is answered first, so a late retransmission still learns what was applied.
 
 local session_key, account_key, parent_key, expiry_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local account_id, session_id = ARGV[1], ARGV[2]
 local number, now = ARGV[3] + 0, ARGV[4] + 0 -- ARGV[5], the expiry, goes to ZADD as is
 local terminate, event = ARGV[6] == '1', ARGV[7] == '1'
 local parent_id = ARGV[9] -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
-local item_count = (#ARGV - 10) / 7
-if item_count % 1 ~= 0 then return redis.error_reply('ARGV ' .. #ARGV .. ' arguments: not 10 + 7 per item') end
+local item_count = (#ARGV - 11) / 7
+if item_count % 1 ~= 0 then return redis.error_reply('ARGV ' .. #ARGV .. ' arguments: not 11 + 7 per item') end
 
 local account = load_account(account_key, account_id)
 if account == nil then return '0 unknown_account 0 0 0 0' end
@@ -58,6 +63,7 @@ if exists then
 elseif number ~= 0 and not event then
   return '0 unknown_session 0 0 0 0'
 end
+if past_deadline(ARGV[11]) then return '0 expired 0 0 0 0' end
 local closed_for_good = account.st == 'barred' or account.st == 'terminated'
 if (event and account.st ~= 'active') or (not exists and closed_for_good) then return '0 account_blocked 0 0 0 0' end
 
@@ -80,7 +86,7 @@ local closing = terminate or event
 local results, record_count, records = nil, 0, nil
 local refused_count = 0 -- items refused for lack of funds: if all are, a new session stays unopened
 local session_json = ARGV[10] ~= '' and ARGV[10] or session_id -- in usage records
-local position = 11
+local position = 12
 for _ = 1, item_count do
   local rating_group, service, unit = ARGV[position], ARGV[position + 1], ARGV[position + 2]
   local used, requested = ARGV[position + 3] + 0, ARGV[position + 4] + 0

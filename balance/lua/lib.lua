@@ -383,6 +383,17 @@ local function new_bucket(account, kind, from, till, priority, services)
   return bucket, table.concat({kind, from, till, priority, services}, '|')
 end
 
+-- Whether Redis's clock has passed `deadline` (epoch milliseconds, as text): the caller has
+-- given up on this call (RULES.md "Deadlines"). TIME is read in Redis, not sent by the caller:
+-- the call may run long after it was sent (Redis stalled, the command in a socket buffer). A
+-- script may read TIME before writing because Redis >= 5.0 replicates and logs its writes, not
+-- the script (effects replication, the only mode from 7.0): the append-only file and replicas
+-- replay the writes and never read the clock again.
+local function past_deadline(deadline)
+  local clock = call('TIME')
+  return clock[1] * 1000 + clock[2] / 1000 > deadline + 0
+end
+
 -- Leaves a closed session as a tombstone: it still answers its last request number (replays)
 -- for `lifetime` seconds, and refuses anything newer.
 local function write_tombstone(session_key, account_id, number, reply, lifetime)

@@ -3,9 +3,9 @@
 --
 -- KEYS: 1 session hash, 2 account hash, 3 parent account hash (own key again when none).
 -- ARGV: 1 account id, 2 session id, 3 request number, 4 amount micros, 5 now, 6 tombstone
---       lifetime (s), 7 parent id ('' for none).
--- Returns: the charge.lua reply format with no items.
--- Invariants: as charge.lua.
+--       lifetime (s), 7 parent id ('' for none), 8 deadline (epoch ms, Redis's clock).
+-- Returns: the charge.lua reply format with no items; "0 expired 0 0 0 0" past the deadline.
+-- Invariants: as charge.lua; past the deadline, as charge.lua, nothing is written.
 
 local session_key, account_key, parent_key = KEYS[1], KEYS[2], KEYS[3]
 local account_id, number, amount = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -20,6 +20,7 @@ if session[2] then
   if number < last then return '0 stale_request 0 0 0 0' end
   return '0 unknown_session 0 0 0 0'
 end
+if past_deadline(ARGV[8]) then return '0 expired 0 0 0 0' end
 if account.st ~= 'active' then return '0 account_blocked 0 0 0 0' end
 local parent = nil
 if parent_id ~= '' then parent = load_account(parent_key, parent_id) end

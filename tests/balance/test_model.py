@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from balance.errors import BalanceUnavailable
 from balance.model import ReferenceModel
 from balance.tariff import affordable, charged, cost, is_valid
 from balance.types import (
@@ -598,6 +599,22 @@ def test_a_refund_is_a_credit_idempotent_by_session_and_request_number() -> None
     balance = view(model, "a")
     assert (amounts(model, "a"), balance.credits_micros, balance.committed_micros) == ({1: 160_000}, 160_000, 0)
     assert model.refund("nobody", "r3", 0, 1, NOW) == ChargeResult(Outcome.UNKNOWN_ACCOUNT)
+
+
+def test_a_call_past_its_deadline_changes_nothing_but_a_replay_is_still_answered() -> None:
+    """RULES.md "Deadlines": past the session checks, a late call raises and writes nothing."""
+    model = model_with(Account("a", buckets=(money(1, 1_000_000),)))
+    opened = model.charge(request("a", "s", 0, voice(requested=60)))
+    with pytest.raises(BalanceUnavailable):
+        model.charge(request("a", "s", 1, voice(used=60), terminate=True), late=True)
+    with pytest.raises(BalanceUnavailable):
+        model.charge(request("a", "e", 0, sms(1), event=True), late=True)
+    with pytest.raises(BalanceUnavailable):
+        model.refund("a", "r", 0, 10_000, NOW, late=True)
+    assert model.charge(request("a", "s", 0, voice(requested=60)), late=True) == replace(opened, replayed=True)
+    assert model.charge(request("a", "t", 3, voice(used=60)), late=True) == ChargeResult(Outcome.UNKNOWN_SESSION)
+    assert (amounts(model, "a"), view(model, "a").committed_micros, model.usage_records()) == ({1: 940_000}, 0, [])
+    assert model.charge(request("a", "s", 1, voice(used=60), terminate=True)).items[0].committed_micros == 60_000
 
 
 # -- session supervision ---------------------------------------------------------------------------

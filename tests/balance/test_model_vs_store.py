@@ -4,9 +4,11 @@ Hypothesis drives random sequences of operations (provisioning a small set of hi
 charges: session openings, updates and terminations over several rating groups and unit kinds,
 events, exact retransmissions of earlier requests, stale and unknown request numbers, top-ups,
 adjustments, refunds, new buckets, status / limit / cap changes, time moving on and session
-expiry) against both ``balance.model.ReferenceModel`` and ``balance.store.BalanceStore`` on a
-private real Redis. Every answer must be equal, and after every step every account's balance
-view and the usage records must be equal too. The model asserts RULES.md's invariants after each
+expiry; charges, retransmissions and refunds also arrive after their deadline, RULES.md
+"Deadlines": the store's clock is then far in the past) against both
+``balance.model.ReferenceModel`` and ``balance.store.BalanceStore`` on a private real Redis.
+Every answer must be equal, and after every step every account's balance view and the usage
+records must be equal too. The model asserts RULES.md's invariants after each
 of its operations, so equal views mean the store keeps them as well.
 
 Hypothesis state machines are synchronous: each machine runs the store's coroutines on one
@@ -37,6 +39,7 @@ from hypothesis.stateful import (
 )
 
 from balance.embedded import EmbeddedRedis
+from balance.errors import BalanceUnavailable
 from balance.model import ReferenceModel
 from balance.store import BalanceStore
 from balance.types import (
@@ -102,6 +105,17 @@ CREDIT_LINES = (POSTPAID, CORPORATE)
 # Small amounts run out within a run (partial grants, refusals, short commits); large ones do not.
 money_amounts = st.one_of(st.just(0), st.integers(1, 300_000), st.integers(1, 2_000_000))
 validities = st.integers(1, 900)
+lates = st.integers(0, 5).map(lambda draw: draw == 0)  # arrives after its deadline, one time in six
+
+
+def _answer(call: Callable[[], ChargeResult]) -> ChargeResult | type[BalanceUnavailable]:
+    """What a charge or refund answered: its result, or BalanceUnavailable if it raised that."""
+    try:
+        return call()
+    except BalanceUnavailable:
+        return BalanceUnavailable
+
+
 few_units = st.integers(0, 3)
 
 
@@ -165,6 +179,8 @@ class ModelVersusStore(RuleBasedStateMachine):
         self.runner = runner
         self.model = ReferenceModel()
         self.store = runner.run(self._connect(redis_url, pipelined, functions))
+        # The same connections, with a clock at 1970: every deadline it sends has long passed.
+        self.late_store = BalanceStore(self.store.caller, admin=self.store.admin, clock=lambda: 0.0)
         self.now = START_SECONDS
         self.last_numbers: dict[str, tuple[str, int]] = {}  # session id -> (account, last number sent)
         self.sent: list[ChargeRequest] = []
@@ -192,12 +208,14 @@ class ModelVersusStore(RuleBasedStateMachine):
     def _same(self, operation: str, expected: object, actual: object) -> None:
         assert actual == expected, f"{operation}: store answered {actual!r}, model {expected!r}"
 
-    def _charge(self, request: ChargeRequest) -> ChargeResult:
-        expected = self.model.charge(request)
-        actual = self._store(lambda: self.store.charge(request))
-        self._same(f"charge {request}", expected, actual)
+    def _charge(self, request: ChargeRequest, *, late: bool = False) -> ChargeResult | None:
+        """The request on both; None when it arrived after its deadline and was refused."""
+        expected = _answer(lambda: self.model.charge(request, late=late))
+        store = self.late_store if late else self.store
+        actual = _answer(lambda: self._store(lambda: store.charge(request)))
+        self._same(f"charge {request}{' late' if late else ''}", expected, actual)
         self.sent.append(request)
-        return expected
+        return expected if isinstance(expected, ChargeResult) else None
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -242,18 +260,24 @@ class ModelVersusStore(RuleBasedStateMachine):
         gap=st.sampled_from((1, 1, 1, 2)),
         validity=validities,
         terminate=st.integers(0, 3).map(lambda draw: draw == 0),
+        late=lates,
     )
     def continue_session(
-        self, session_id: str, items: tuple[ChargeItem, ...], gap: int, validity: int, terminate: bool
+        self, session_id: str, items: tuple[ChargeItem, ...], gap: int, validity: int, terminate: bool, late: bool
     ) -> None:
         account_id, last = self.last_numbers[session_id]
         request = ChargeRequest(account_id, session_id, last + gap, items, self.now, validity, terminate=terminate)
-        self._charge(request)
-        self.last_numbers[session_id] = (account_id, last + gap)
+        if self._charge(request, late=late) is not None:
+            self.last_numbers[session_id] = (account_id, last + gap)
 
-    @rule(account_id=st.sampled_from(ACCOUNTS), items=charge_items(used=True, requested=False), number=few_units)
-    def event(self, account_id: str, items: tuple[ChargeItem, ...], number: int) -> None:
-        self._charge(ChargeRequest(account_id, self._new_id("e"), number, items, self.now, 1, event=True))
+    @rule(
+        account_id=st.sampled_from(ACCOUNTS),
+        items=charge_items(used=True, requested=False),
+        number=few_units,
+        late=lates,
+    )
+    def event(self, account_id: str, items: tuple[ChargeItem, ...], number: int, late: bool) -> None:
+        self._charge(ChargeRequest(account_id, self._new_id("e"), number, items, self.now, 1, event=True), late=late)
 
     @rule(session_id=sessions, items=charge_items(used=True, requested=False))
     def event_on_a_session(self, session_id: str, items: tuple[ChargeItem, ...]) -> None:
@@ -262,10 +286,14 @@ class ModelVersusStore(RuleBasedStateMachine):
         self.last_numbers[session_id] = (account_id, last + 1)
 
     @precondition(lambda self: bool(self.sent))
-    @rule(data=st.data())
-    def send_again(self, data: st.DataObject) -> None:
-        """An exact retransmission of an earlier request: a replay if it was the last, else stale."""
-        self._charge(data.draw(st.sampled_from(self.sent)))
+    @rule(data=st.data(), late=lates)
+    def send_again(self, data: st.DataObject, late: bool) -> None:
+        """An exact retransmission of an earlier request: a replay if it was the last, else stale
+        (or, if the first was refused as late, the request applied now, unless late again)."""
+        request = data.draw(st.sampled_from(self.sent))
+        if self._charge(request, late=late) is not None and request.session_id in self.last_numbers:
+            account_id, last = self.last_numbers[request.session_id]
+            self.last_numbers[request.session_id] = (account_id, max(last, request.request_number))
 
     @rule(session_id=sessions, back=st.integers(1, 2))
     def stale_request(self, session_id: str, back: int) -> None:
@@ -322,16 +350,17 @@ class ModelVersusStore(RuleBasedStateMachine):
             self._store(lambda: self.store.add_bucket(account_id, bucket)),
         )
 
-    @rule(account_id=st.sampled_from(ACCOUNTS), amount=st.integers(1, 500_000), again=st.integers(0, 2))
-    def refund(self, account_id: str, amount: int, again: int) -> None:
+    @rule(account_id=st.sampled_from(ACCOUNTS), amount=st.integers(1, 500_000), again=st.integers(0, 2), late=lates)
+    def refund(self, account_id: str, amount: int, again: int, late: bool) -> None:
         """A new refund, or an earlier one sent again (replay) or with the next number."""
         if again and self.refunds:
             account_id, session_id, number, amount, now = self.refunds[-1]
             arguments = (account_id, session_id, number + again - 1, amount, now)
         else:
             arguments = (account_id, self._new_id("r"), 0, amount, self.now)
-        expected = self.model.refund(*arguments)
-        self._same(f"refund {arguments}", expected, self._store(lambda: self.store.refund(*arguments)))
+        expected = _answer(lambda: self.model.refund(*arguments, late=late))
+        store = self.late_store if late else self.store
+        self._same(f"refund {arguments}", expected, _answer(lambda: self._store(lambda: store.refund(*arguments))))
         self.refunds.append(arguments)
 
     # -- account changes and time ----------------------------------------------------------------

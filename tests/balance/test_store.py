@@ -438,6 +438,27 @@ async def test_silent_session_is_expired_and_its_money_returned(store: BalanceSt
     await assert_audit_clean(store)
 
 
+async def test_closed_sessions_live_as_long_as_the_tombstone_setting(embedded_redis: EmbeddedRedis) -> None:
+    """A terminated call, an event, a refund and an expired session each leave a tombstone that
+    Redis forgets after the store's ``tombstone_seconds`` (issue 17: it was a fixed hour)."""
+    store = await BalanceStore.connect(embedded_redis.url, pipelined=True, tombstone_seconds=240)
+    try:
+        await store.flush_all()
+        await store.provision(Account("tess", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+        await store.charge(ccr("tess", "call", 0, voice(requested=60)))
+        await store.charge(ccr("tess", "call", 1, voice(used=30), terminate=True))
+        await store.charge(ccr("tess", "sms", 0, ChargeItem(0, "sms", Unit.EVENTS, VOICE, used_units=1), event=True))
+        await store.refund("tess", "refund", 0, 1_000, NOW)
+        await store.charge(ccr("tess", "silent", 0, voice(requested=60), validity_seconds=60))
+        assert await store.expire("tess", NOW + 60) == ["silent"]
+        admin = embedded_redis.admin_client()
+        lifetimes = [admin.ttl(session_key("tess", name)) for name in ("call", "sms", "refund", "silent")]
+        admin.close()
+        assert all(200 < seconds <= 240 for seconds in lifetimes), lifetimes
+    finally:
+        await store.close()
+
+
 async def test_rescan_finds_the_work_a_crash_left_unmarked(store: BalanceStore) -> None:
     """A crash between a charge and its marks (separate commands) loses them: the startup
     rescan puts the hierarchy back under supervision and on the spool writer's list."""
@@ -496,9 +517,9 @@ async def test_charge_arguments_that_are_not_whole_items_are_refused(
 ) -> None:
     await store.provision(Account("kim", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
     session_keys = ["{kim}:s:s", account_key("kim", "kim"), account_key("kim", "kim"), "{kim}:x", "{kim}:o"]
-    header = ["kim", "s", "0", str(NOW), str(NOW + 60), "0", "0", "3600", "", ""]
+    header = ["kim", "s", "0", str(NOW), str(NOW + 60), "0", "0", "3600", "", "", str(10**13)]
     item = ["1", "voice", "seconds", "0", "60", "0", "600000 60 60 60"]
-    with pytest.raises(BalanceScriptError, match="not 10 \\+ 7 per item"):
+    with pytest.raises(BalanceScriptError, match="not 11 \\+ 7 per item"):
         await store.caller.run(SCRIPTS[Operation.CHARGE], session_keys, header + item[:-1])
     reply = await store.caller.run(SCRIPTS[Operation.CHARGE], session_keys, header + item)
     assert str(reply).startswith("0 ok ")  # the same arguments, whole: a reservation

@@ -31,6 +31,13 @@ def test_the_shipped_file_loads_and_the_environment_overrides_it() -> None:
     assert settings.diameter.port == 3868 and settings.quota.tcc_seconds == 2 * settings.quota.validity_seconds
 
 
+def test_tombstone_lifetime_and_spool_retention_are_settings(tmp_path: Path) -> None:
+    environment = {"OCS_QUOTA_TOMBSTONE_SECONDS": "300", "OCS_SPOOL_RETENTION_SECONDS": "3600"}
+    settings = load_settings(write(tmp_path, "[spool]\nretention_batch_size = 100\n"), environment)
+    assert settings.quota.tombstone_seconds == 300 and settings.spool.retention_seconds == 3_600
+    assert settings.spool.retention_batch_size == 100 and Settings().quota.tombstone_seconds == 600
+
+
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no config/ocs.toml here
     assert load_settings(None, {}) == Settings()
@@ -49,6 +56,10 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ("", {"OCS_BOGUS_FIELD": "1"}, "unknown section in OCS_BOGUS_*"),
         ("", {"OCS_HTTP_ENABLED": "maybe"}, "'maybe' is not a bool"),
         ("not toml [", {}, "ocs.toml"),
+        ("", {"OCS_QUOTA_TOMBSTONE_SECONDS": "0"}, "quota.tombstone_seconds"),
+        ("[spool]\nretention_seconds = -1\n", {}, "spool.retention_seconds"),
+        ("[spool]\nretention_batch_size = 0\n", {}, "spool.retention_batch_size"),
+        ("[spool]\nretention_interval_seconds = 0\n", {}, "spool.retention_interval_seconds"),
     ],
 )
 def test_bad_configuration_is_refused_naming_the_place(

@@ -418,3 +418,67 @@ def test_period_bounds_round_up_to_whole_seconds() -> None:
     assert epoch_seconds_ceiling(moment + timedelta(microseconds=1)) == NOW + 1
     assert epoch_seconds_ceiling(moment - timedelta(microseconds=1)) == NOW
     assert epoch_seconds_ceiling(datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC)) == 0
+
+
+# -- retention -----------------------------------------------------------------------------------
+
+DAY = 86_400
+
+
+def exported_ids(path: Path) -> list[str]:
+    with sqlite3.connect(path) as connection:
+        query = "SELECT record_id FROM usage_records WHERE exported_at IS NOT NULL ORDER BY rowid"
+        return [row[0] for row in connection.execute(query)]
+
+
+async def test_an_export_marks_exactly_the_records_it_wrote(store: BalanceStore, spool: Spool) -> None:
+    """Nothing tracked exports before (issue 17): now each record written is marked."""
+    await prepaid(store, "hugo")
+    first = await sms(store, "hugo", "m-1", now=NOW)
+    await sms(store, "hugo", "m-2", now=NOW + DAY)
+    await spool.drain_once(store)
+    since = datetime.fromtimestamp(NOW, UTC)
+    assert exported(spool.path, "csv", since=since, until=since + timedelta(hours=1))[0] == 1
+    assert exported_ids(spool.path) == [first]
+
+
+async def test_retention_deletes_old_exported_records_only(store: BalanceStore, spool: Spool) -> None:
+    """Old and exported: deleted, in batches. Old but never exported (prepaid or postpaid, not
+    yet billed): kept. Exported but young: kept."""
+    await prepaid(store, "ivy")
+    await postpaid(store, "jon")
+    old_exported = [await sms(store, "ivy", f"old-{index}", now=NOW) for index in range(5)]
+    old_kept = [await sms(store, "ivy", "old-ivy", now=NOW), await sms(store, "jon", "old-jon", now=NOW)]
+    young = await sms(store, "ivy", "young", now=NOW + 2 * DAY)
+    await spool.drain_once(store)
+    since = datetime.fromtimestamp(NOW, UTC)
+    with sqlite3.connect(spool.path) as connection:  # exported, as ExportMarker marks them
+        marks = [(NOW, record_id) for record_id in old_exported]
+        connection.executemany("UPDATE usage_records SET exported_at = ? WHERE record_id = ?", marks)
+    assert exported(spool.path, "jsonl", since=since + timedelta(days=2))[0] == 1  # marks `young`
+
+    deleted = await spool.delete_exported(older_than_seconds=DAY, batch_size=2, now=NOW + 2 * DAY)
+
+    assert deleted == 5
+    assert sorted(spooled_ids(spool.path)) == sorted([*old_kept, young])
+    assert await spool.delete_exported(older_than_seconds=DAY, batch_size=2, now=NOW + 2 * DAY) == 0
+    with pytest.raises(ValueError, match="batch_size"):
+        await spool.delete_exported(older_than_seconds=DAY, batch_size=0)
+
+
+async def test_a_spool_of_schema_1_gains_the_export_mark_and_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    with sqlite3.connect(path) as connection:  # the file as the previous version left it
+        connection.executescript(
+            "CREATE TABLE usage_records (record_id TEXT PRIMARY KEY, account_id TEXT NOT NULL,"
+            " session_id TEXT NOT NULL, request_number INTEGER NOT NULL, rating_group INTEGER NOT NULL,"
+            " service TEXT NOT NULL, unit TEXT NOT NULL, units INTEGER NOT NULL, micros INTEGER NOT NULL,"
+            " payment_type TEXT NOT NULL, at_seconds INTEGER NOT NULL);"
+            f"INSERT INTO usage_records VALUES ('s|0|1', 'kay', 's', 0, 1, 'sms', 'events', 1, 5, 'prepaid', {NOW});"
+            "PRAGMA user_version=1;"
+        )
+    opened = await Spool.open(path)
+    await opened.close()
+    assert exported(path, "csv")[0] == 1 and exported_ids(path) == ["s|0|1"]
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (2,)
