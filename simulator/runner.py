@@ -30,12 +30,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from protocol.capabilities import LocalIdentity
 from simulator.elements import NetworkElement
 from simulator.faults import FaultDice
-from simulator.http_api import ApiRefused, AuditVerdict, BalanceSnapshot, OcsApi
+from simulator.http_api import RETRY_LIMIT_SECONDS, ApiRefused, ApiUnreachable, AuditVerdict, BalanceSnapshot, OcsApi
 from simulator.ledger import believed_charges
 from simulator.population import Population, SimulatedSubscriber, build_population, money_text, provision
 from simulator.records import Recorder, SessionOutcome
@@ -53,7 +51,6 @@ from simulator.sessions import (
 REALM = "simulator.test"
 TCC_MARGIN_SECONDS = 3.0  # on top of 2 x Validity-Time: the supervisor's own interval and slack
 POLL_SECONDS = 0.5
-TOP_UP_ATTEMPTS = 3
 PROGRESS_SECONDS = 0.5
 
 Progress = Callable[[str, float | None], None]  # a line of text, and how far the traffic is (0..1)
@@ -91,10 +88,11 @@ async def run_scenario(
     seed: int,
     run_number: int,
     progress: Progress = _silent,
+    api_retry_seconds: float = RETRY_LIMIT_SECONDS,
 ) -> RunResult:
     population = build_population(scenario.population, random.Random(f"{seed}-population"), run_number)
     recorder = Recorder()
-    async with OcsApi(api_url) as api:
+    async with OcsApi(api_url, retry_limit_seconds=api_retry_seconds) as api:
         await provision(api, population.subscribers)
         progress(f"provisioned {len(population.subscribers)} accounts (run number {run_number})", None)
         opening = await _snapshots(api, population.subscribers)
@@ -352,17 +350,12 @@ class Traffic:
         top_up_id = f"sim-{account_id}-{next(self.topup_numbers)}"
         try:
             await asyncio.sleep(topups.delay_seconds)
-            for attempt in range(TOP_UP_ATTEMPTS):  # idempotent by id: a retry never credits twice
-                try:
-                    await self.api.top_up(account_id, top_up_id, money_text(topups.amount_micros))
-                except (aiohttp.ClientError, TimeoutError) as error:
-                    if attempt + 1 == TOP_UP_ATTEMPTS:
-                        # Maybe applied, maybe not: the run cannot reconcile this account.
-                        self.errors.append(f"top-up {account_id} {top_up_id}: {type(error).__name__}: {error}")
-                        return
-                    continue
-                self.recorder.topups_micros[account_id] += topups.amount_micros
-                return
+            # Idempotent by id: the API client's retries never credit twice.
+            await self.api.top_up(account_id, top_up_id, money_text(topups.amount_micros))
+            self.recorder.topups_micros[account_id] += topups.amount_micros
+        except ApiUnreachable as error:
+            # Maybe applied, maybe not: the run cannot reconcile this account.
+            self.errors.append(f"top-up {account_id} {top_up_id}: {error}")
         except ApiRefused as refused:
             self.errors.append(f"top-up {account_id}: {refused}")
         finally:
