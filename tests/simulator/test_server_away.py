@@ -1,10 +1,13 @@
-"""The server goes away while the simulator provisions: the API client retries for a bounded time
+"""The server goes away. While the simulator provisions: the API client retries for a bounded time
 (a cut link that comes back costs nothing, and no account is created twice), and a server that
-never answers ends the run with one line on stderr and exit code 2, never a traceback."""
+never answers ends the run with one line on stderr and exit code 2, never a traceback. During
+traffic: requests the server applied but could not answer before it "died" are sent again once it
+is back, so the simulator's ledger and the engine agree to the micro on data allowances."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import sys
@@ -13,14 +16,56 @@ from pathlib import Path
 
 import pytest
 
+from balance.embedded import EmbeddedRedis
 from simulator.http_api import OcsApi
-from simulator.population import build_population, provision
-from simulator.scenario import load_scenario
-from tests.ocs.conftest import RunningServer
+from simulator.population import CustomerType, build_population, provision
+from simulator.report import render_text, summarize
+from simulator.runner import run_scenario
+from simulator.scenario import Scenario, load_scenario
+from tests.ocs.conftest import RunningServer, running_server
 from tests.simulator.link import Link
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "config" / "scenarios" / "smoke.toml"
+CONNECTION_LOSS = ROOT / "config" / "scenarios" / "connection-loss.toml"
+
+
+def data_on_allowances() -> Scenario:
+    """Data sessions only, on mobile lines that all have a data allowance, and no faults of the
+    simulator's own: what goes wrong is the server's crash."""
+    base = load_scenario(CONNECTION_LOSS)
+    return dataclasses.replace(
+        base,
+        duration_seconds=3.0,
+        arrival_rate_per_second=15.0,
+        connections=2,
+        mix={"data": 1.0},
+        faults=dataclasses.replace(base.faults, abandon_share=0.0, connection_drop_mean_seconds=0.0),
+        timing=dataclasses.replace(base.timing, step_seconds=0.01),
+        population=dataclasses.replace(
+            base.population,
+            size=16,
+            shares={CustomerType.MOBILE_PREPAID: 0.5, CustomerType.MOBILE_POSTPAID: 0.5},
+            data_allowance_share=1.0,
+            data_allowance_octets=8_000_000,
+            company_children=1,
+        ),
+    )
+
+
+async def crash(link: Link, *, lost: int) -> None:
+    """Once traffic flows: ``lost`` requests are applied without their answers getting out, then
+    the link is cut (the server died) and comes back a moment later (it restarted)."""
+    while link.requests_in < 20:
+        await asyncio.sleep(0.001)
+    link.lose_answers = True
+    applied = link.requests_in
+    while link.requests_in < applied + lost:
+        await asyncio.sleep(0.001)
+    link.cut()
+    link.lose_answers = False
+    await asyncio.sleep(0.5)
+    await link.restore()
 
 
 @pytest.fixture
@@ -90,3 +135,30 @@ async def test_a_server_that_keeps_hanging_up_ends_the_run_with_one_line(hanging
     assert lines[0].startswith("run failed: ApiUnreachable: ")
     assert "did not answer POST /subscribers" in lines[0] and "ServerDisconnectedError" in lines[0]
     assert stdout == b""
+
+
+async def test_requests_applied_before_a_crash_are_counted_once_the_server_is_back(
+    embedded_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    async with running_server(embedded_redis.url, tmp_path / "spool.sqlite3", validity_seconds=1) as server:
+        assert server.state.http is not None
+        link = Link(server.port, diameter=True)
+        await link.start()
+        crashing = asyncio.create_task(crash(link, lost=3))
+        try:
+            result = await run_scenario(
+                data_on_allowances(),
+                diameter_host="127.0.0.1",
+                diameter_port=link.port,
+                api_url=server.state.http.url,
+                seed=12,
+                run_number=5,
+            )
+        finally:
+            await link.close()
+    assert crashing.done() and crashing.exception() is None
+    summary = summarize(result)
+    report = render_text(summary)
+    assert result.recorder.faults["reconnects"] >= 1 and result.recorder.retransmissions >= 3, report
+    assert result.recorder.uncertain_sessions == [], report
+    assert summary["problems"] == [], report
