@@ -11,7 +11,7 @@ import dataclasses
 import os
 import random
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,9 @@ import pytest
 from balance.embedded import EmbeddedRedis
 from simulator.http_api import OcsApi
 from simulator.population import CustomerType, build_population, provision
+from simulator.records import SessionOutcome
 from simulator.report import render_text, summarize
-from simulator.runner import run_scenario
+from simulator.runner import RunResult, run_scenario
 from simulator.scenario import Scenario, load_scenario
 from tests.ocs.conftest import RunningServer, running_server
 from tests.simulator.link import Link
@@ -137,28 +138,80 @@ async def test_a_server_that_keeps_hanging_up_ends_the_run_with_one_line(hanging
     assert stdout == b""
 
 
-async def test_requests_applied_before_a_crash_are_counted_once_the_server_is_back(
-    embedded_redis: EmbeddedRedis, tmp_path: Path
-) -> None:
-    async with running_server(embedded_redis.url, tmp_path / "spool.sqlite3", validity_seconds=1) as server:
+async def run_through_link(
+    embedded_redis: EmbeddedRedis,
+    tmp_path: Path,
+    scenario: Scenario,
+    fault: Callable[[Link], Awaitable[None]],
+    *,
+    seed: int,
+    run_number: int,
+) -> RunResult:
+    """The scenario against the real server (Validity-Time 2 s: Tcc 4 s) with its Diameter
+    traffic through a ``Link`` that ``fault`` breaks; the API is reached directly."""
+    async with running_server(embedded_redis.url, tmp_path / "spool.sqlite3", validity_seconds=2) as server:
         assert server.state.http is not None
         link = Link(server.port, diameter=True)
         await link.start()
-        crashing = asyncio.create_task(crash(link, lost=3))
+        breaking = asyncio.create_task(fault(link))
         try:
             result = await run_scenario(
-                data_on_allowances(),
+                scenario,
                 diameter_host="127.0.0.1",
                 diameter_port=link.port,
                 api_url=server.state.http.url,
-                seed=12,
-                run_number=5,
+                seed=seed,
+                run_number=run_number,
             )
         finally:
             await link.close()
-    assert crashing.done() and crashing.exception() is None
+    assert breaking.done() and breaking.exception() is None
+    return result
+
+
+async def test_requests_applied_before_a_crash_are_counted_once_the_server_is_back(
+    embedded_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    result = await run_through_link(
+        embedded_redis, tmp_path, data_on_allowances(), lambda link: crash(link, lost=3), seed=12, run_number=5
+    )
     summary = summarize(result)
     report = render_text(summary)
     assert result.recorder.faults["reconnects"] >= 1 and result.recorder.retransmissions >= 3, report
     assert result.recorder.uncertain_sessions == [], report
     assert summary["problems"] == [], report
+
+
+async def hang_near_the_end(link: Link, traffic_seconds: float) -> None:
+    """The server hangs for the last half second of traffic and after: Credit-Control requests
+    reach nothing, so the sessions in progress fail with their reservations held, which Tcc
+    (4 s) releases well after the last session has ended."""
+    while link.requests_in < 1:
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(traffic_seconds - 0.5)
+    link.swallow_requests = True
+
+
+async def test_the_end_of_run_check_waits_for_tcc_after_failed_sessions(
+    embedded_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    base = data_on_allowances()
+    scenario = dataclasses.replace(
+        base,
+        data_mean_octets={10: 30_000_000, 20: 20_000_000},  # long sessions: many in progress at the hang
+        timing=dataclasses.replace(base.timing, step_seconds=0.05, request_timeout_seconds=0.2, retransmissions=1),
+    )
+    result = await run_through_link(
+        embedded_redis,
+        tmp_path,
+        scenario,
+        lambda link: hang_near_the_end(link, scenario.duration_seconds),
+        seed=13,
+        run_number=6,
+    )
+    summary = summarize(result)
+    report = render_text(summary)
+    failed = sum(count for (_, outcome), count in result.recorder.sessions.items() if outcome is SessionOutcome.FAILED)
+    assert failed >= 1 and result.recorder.faults["sessions abandoned"] == 0, report
+    assert f"{failed} failed and 0 abandoned session(s) held: all was released" in str(summary["tcc_wait"]), report
+    assert result.audit.ok and summary["problems"] == [], report
