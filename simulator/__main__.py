@@ -4,7 +4,8 @@ Theory of operation: parse the arguments, run the scenario on uvloop (as the ser
 showing live progress (a rich progress bar on a terminal, plain lines otherwise, on stderr),
 print the plain-text report (and write the JSON one with ``--json``). The exit code is 0 when
 the run is clean, 1 when the audit failed or the money does not add up (``report.summarize``
-lists why), and 2 for a usage or connection error before any verdict.
+lists why), and 2 for a usage or connection error before any verdict: one line on stderr, never
+a traceback (the API client first retries for ``--api-retry-seconds`` while the server is away).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import uvloop
 
+from simulator.http_api import RETRY_LIMIT_SECONDS
 from simulator.population import MAX_RUN_NUMBER
 from simulator.progress import live_progress
 from simulator.report import render_text, summarize
@@ -62,6 +65,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"0..{MAX_RUN_NUMBER - 1}, in account ids and numbers (default: from the clock, so reruns do not collide)",
     )
+    parser.add_argument(
+        "--api-retry-seconds",
+        type=_positive(float),
+        default=RETRY_LIMIT_SECONDS,
+        help=f"how long an API call retries while the server is away (default {RETRY_LIMIT_SECONDS:g})",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
     parser.add_argument("--duration", type=_positive(float), default=None, help="override [run] duration_seconds")
     parser.add_argument("--sessions", type=_positive(int), default=None, help="override [run] max_concurrent_sessions")
@@ -95,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                     seed=arguments.seed,
                     run_number=run_number,
                     progress=progress,
+                    api_retry_seconds=arguments.api_retry_seconds,
                 )
             )
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, aiohttp.ClientError, ValueError) as error:
         print(f"run failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     summary = summarize(result)

@@ -6,7 +6,16 @@ Theory of operation: a ``NetworkElement`` is one Diameter connection with its ow
 (``request_timeout_seconds``), retransmits the same request with the T flag (RFC 4006 section
 5.7: the server applies a (Session-Id, CC-Request-Number) once), on a new connection if the old
 one broke. Credit-Control-Failure-Handling decides what silence means: RETRY_AND_TERMINATE (the
-default) retransmits and ends the session if that fails too; TERMINATE ends it at once. The
+default) retransmits and ends the session if that fails too; TERMINATE ends it at once.
+
+When the server is away (it crashed and restarts: connections refused), a request waits for a
+connection, trying again with doubling pauses, for up to ``reconnect_seconds``, before it counts
+as unanswered; the retransmission then reaches the restarted server, whose money engine answers a
+request it applied before the crash with the stored answer (RFC 4006 section 5.7, RFC 6733
+section 5.5.4: pending requests go again, with the T flag, once a connection is up). Without the
+wait, a request applied just before a crash stayed unanswered: usage the OCS committed and the
+simulator's ledger never counted, which shows up later as money where the ledger expected a data
+allowance to pay. The
 element also plays the faults of ``simulator.faults`` and answers the server's RAR (RAA 2002,
 then the session re-authorises) and ASR. What the sessions on it do is ``simulator.sessions``.
 """
@@ -43,6 +52,13 @@ class ElementTiming:
     data_rate_octets_per_second: float = 500_000.0  # simulated throughput of a data session
     final_unit_hold_seconds: float = 0.0  # real time the final units last: a RAR may come meanwhile
     failure_handling: str = "RETRY_AND_TERMINATE"  # CCFH when the OCS sends none (RFC 4006 section 8.14)
+    # How long a request waits for the server to accept a connection again: one Tc, the pause
+    # between reconnection attempts (RFC 6733 section 2.1, 30 s recommended).
+    reconnect_seconds: float = 30.0
+
+
+RECONNECT_FIRST_PAUSE_SECONDS = 0.05
+RECONNECT_PAUSE_LIMIT_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -141,7 +157,20 @@ class NetworkElement:
         return not control.aborted
 
     async def _open_client(self) -> DiameterClient:
-        """The open connection, after reconnecting if it broke."""
+        """The open connection, after reconnecting if it broke; while the server refuses, tries
+        again with doubling pauses for up to ``reconnect_seconds``, then raises the last error."""
+        deadline = time.monotonic() + self.timing.reconnect_seconds
+        pause = RECONNECT_FIRST_PAUSE_SECONDS
+        while True:
+            try:
+                return await self._reconnect()
+            except (OSError, StateError):
+                if time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)  # outside the lock: other requests may find it open
+            pause = min(2 * pause, RECONNECT_PAUSE_LIMIT_SECONDS)
+
+    async def _reconnect(self) -> DiameterClient:
         if self.client.is_open:
             return self.client
         async with self._reconnecting:
@@ -192,9 +221,9 @@ class NetworkElement:
                 message.flags |= int(CommandFlag.RETRANSMITTED)
                 self.recorder.retransmissions += 1
                 await asyncio.sleep(self.timing.retry_pause_seconds)
-            started = time.perf_counter()
             try:
                 client = await self._open_client()
+                started = time.perf_counter()  # the latency of the answer, not of the reconnection
                 if self.dice.duplicate():
                     answer = await self._send_twice(client, label, message)
                 else:

@@ -7,16 +7,39 @@ Answers are JSON; this module turns the few fields the simulator needs into type
 raises ``ApiRefused`` (with the status and the server's error text) for anything but success.
 Money arrives as ``<name>_micros`` integers, so no decimal parsing is needed on the way in; on
 the way out money is sent as decimal strings, as the API requires.
+
+The server may be restarting (a crash, a deployment): a request the connection dropped, or that
+found no one listening, or that got 503 (Redis not answering), is sent again after a pause that
+doubles up to ``RETRY_PAUSE_LIMIT_SECONDS``, for at most ``retry_limit_seconds`` in all; then
+``ApiUnreachable`` says so in one line. Every call is safe to repeat: reads, pricing, top-ups
+(idempotent by id), and creates, where a repeat that finds the account already there (409)
+means the first attempt was applied before its answer was lost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
 import aiohttp
 
 REQUEST_TIMEOUT_SECONDS = 30.0  # the audit scans every account; generous for large populations
+RETRY_LIMIT_SECONDS = 30.0  # how long a call keeps trying while the server is away
+RETRY_FIRST_PAUSE_SECONDS = 0.1
+RETRY_PAUSE_LIMIT_SECONDS = 2.0
+SERVICE_UNAVAILABLE = 503  # ocs/api.py: Redis does not answer; the same request may pass later
+CONFLICT = 409  # ocs/api.py: the account already exists
+# The server went away mid-call: the request may or may not have been applied.
+_AWAY = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+
+
+class ApiUnreachable(RuntimeError):
+    """The API did not answer a call within the retry limit (the server is down or restarting)."""
+
+    def __init__(self, url: str, method: str, path: str, seconds: float, cause: str) -> None:
+        super().__init__(f"the OCS API at {url} did not answer {method} {path} for {seconds:.0f} s (last: {cause})")
 
 
 class ApiRefused(RuntimeError):
@@ -71,8 +94,9 @@ def _integer(values: dict[str, object], name: str) -> int:
 class OcsApi:
     """An aiohttp session on the API's base URL; use as ``async with OcsApi(url) as api``."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, retry_limit_seconds: float = RETRY_LIMIT_SECONDS) -> None:
         self.base_url = base_url.rstrip("/")
+        self.retry_limit_seconds = retry_limit_seconds
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> OcsApi:
@@ -88,6 +112,28 @@ class OcsApi:
             self._session = None
 
     async def _call(self, method: str, path: str, body: object = None) -> dict[str, object]:
+        """One API call, sent again while the server is away (see the module's docstring)."""
+        deadline = time.monotonic() + self.retry_limit_seconds
+        pause = RETRY_FIRST_PAUSE_SECONDS
+        attempt = 0
+        while True:
+            try:
+                return await self._call_once(method, path, body)
+            except ApiRefused as refused:
+                if attempt and refused.status == CONFLICT and method == "POST" and path == "/subscribers":
+                    return {}  # created by an earlier attempt whose answer was lost
+                if refused.status != SERVICE_UNAVAILABLE:
+                    raise
+                cause = str(refused)
+            except _AWAY as error:
+                cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            if time.monotonic() + pause > deadline:
+                raise ApiUnreachable(self.base_url, method, path, self.retry_limit_seconds, cause)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, RETRY_PAUSE_LIMIT_SECONDS)
+            attempt += 1
+
+    async def _call_once(self, method: str, path: str, body: object) -> dict[str, object]:
         if self._session is None:
             raise RuntimeError("OcsApi is used outside 'async with'")
         async with self._session.request(method, self.base_url + path, json=body) as response:

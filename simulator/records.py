@@ -68,6 +68,7 @@ class Recorder:
     topups_micros: Counter[str] = field(default_factory=Counter)  # credited during the run, by account
     reporting_reasons: Counter[str] = field(default_factory=Counter)  # usage reports, by Reporting-Reason
     longest_validity_seconds: int = 0  # the longest Validity-Time granted (Tcc is about twice it)
+    tcc_wait: str = ""  # what the end of the run waited for before judging reservations, and how long
 
     def request_done(self, label: str, result_code: int, latency_seconds: float | None) -> None:
         self.requests[(label, result_code)] += 1

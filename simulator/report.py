@@ -137,6 +137,7 @@ def summarize(result: RunResult) -> Summary:
         },
         "session_errors": list(result.session_errors),
         "uncertain_sessions": list(recorder.uncertain_sessions),
+        "tcc_wait": recorder.tcc_wait,
         "problems": problems,
         "ok": not problems,
     }
@@ -181,6 +182,7 @@ def render_text(summary: Summary) -> str:
     )
     lines.append(f"top-ups during the run: {summary['topups']}")
     lines.append(f"usage reports by Reporting-Reason: {summary['reporting_reasons'] or 'none'}")
+    lines.append(f"end of run: {summary['tcc_wait'] or 'no session left for Tcc to close'}")
     money = summary["money"]
     assert isinstance(money, dict)
     lines += ["", "money by customer type (believed = own usage priced by POST /rate)"]

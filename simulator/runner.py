@@ -12,9 +12,12 @@ Theory of operation: ``run_scenario``
    ``simulator.ledger`` exact) and runs on the next connection. An open-mode arrival with no idle
    line, or over the cap, is dropped and counted. Connection-drop faults run beside it;
 4. at the end stops arriving, lets every session finish (each ends with its CCR-T, unless a fault
-   abandoned it), waits for the top-ups it started, and when sessions were abandoned waits for
-   the OCS's Tcc to close them (about twice the longest Validity-Time granted) while that fits
-   ``tcc_wait_limit_seconds``; then closes the connections (DPR), reads every balance again,
+   abandoned it), waits for the top-ups it started, and when sessions ended without the OCS
+   confirming their end (abandoned, or failed: the server hung or crashed) waits, polling the
+   balances, until the OCS's Tcc has released what they held (Tcc is about twice the longest
+   Validity-Time granted, RFC 4006 section 13; the wait is bounded by that plus a margin, and by
+   ``tcc_wait_limit_seconds``) and notes what it waited for and how long; then closes the
+   connections (DPR), reads every balance again,
    prices what the elements believe was used, and asks for the audit with ``sessions_ended``.
 
 Given the seed, the population, the arrival sequence and the fault dice are the same on every
@@ -30,12 +33,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from protocol.capabilities import LocalIdentity
 from simulator.elements import NetworkElement
 from simulator.faults import FaultDice
-from simulator.http_api import ApiRefused, AuditVerdict, BalanceSnapshot, OcsApi
+from simulator.http_api import RETRY_LIMIT_SECONDS, ApiRefused, ApiUnreachable, AuditVerdict, BalanceSnapshot, OcsApi
 from simulator.ledger import believed_charges
 from simulator.population import Population, SimulatedSubscriber, build_population, money_text, provision
 from simulator.records import Recorder, SessionOutcome
@@ -53,7 +54,6 @@ from simulator.sessions import (
 REALM = "simulator.test"
 TCC_MARGIN_SECONDS = 3.0  # on top of 2 x Validity-Time: the supervisor's own interval and slack
 POLL_SECONDS = 0.5
-TOP_UP_ATTEMPTS = 3
 PROGRESS_SECONDS = 0.5
 
 Progress = Callable[[str, float | None], None]  # a line of text, and how far the traffic is (0..1)
@@ -91,10 +91,11 @@ async def run_scenario(
     seed: int,
     run_number: int,
     progress: Progress = _silent,
+    api_retry_seconds: float = RETRY_LIMIT_SECONDS,
 ) -> RunResult:
     population = build_population(scenario.population, random.Random(f"{seed}-population"), run_number)
     recorder = Recorder()
-    async with OcsApi(api_url) as api:
+    async with OcsApi(api_url, retry_limit_seconds=api_retry_seconds) as api:
         await provision(api, population.subscribers)
         progress(f"provisioned {len(population.subscribers)} accounts (run number {run_number})", None)
         opening = await _snapshots(api, population.subscribers)
@@ -245,24 +246,37 @@ class Traffic:
         return 2 * self.recorder.longest_validity_seconds + TCC_MARGIN_SECONDS
 
     async def wait_for_tcc(self, progress: Progress, subscribers: Sequence[SimulatedSubscriber]) -> None:
-        """After abandoned sessions: wait until the OCS has released what they held (Tcc)."""
-        if not self.recorder.faults["sessions abandoned"]:
+        """After sessions the OCS may still hold (abandoned, or failed without an answered
+        CCR-T): wait until its Tcc supervision has released what they held, and say so."""
+        abandoned = self.recorder.faults["sessions abandoned"]
+        failed = sum(
+            count for (_, outcome), count in self.recorder.sessions.items() if outcome is SessionOutcome.FAILED
+        )
+        if not abandoned and not failed:
             return
-        limit = self._tcc_seconds()
+        what = f"{failed} failed and {abandoned} abandoned session(s)"
+        limit = self._tcc_seconds() if self.recorder.longest_validity_seconds else self.scenario.tcc_wait_limit_seconds
         if limit > self.scenario.tcc_wait_limit_seconds:
             self.recorder.fault_problems.append(
-                f"abandoned sessions wait for Tcc (about 2 x Validity-Time = {limit:.0f} s), longer than "
+                f"{what} wait for Tcc (about 2 x Validity-Time = {limit:.0f} s), longer than "
                 f"tcc_wait_limit_seconds ({self.scenario.tcc_wait_limit_seconds:.0f} s): run the server with a "
                 "shorter [quota] validity_seconds (this scenario's [server] table)"
             )
             return
-        progress(f"waiting up to {limit:.0f} s for the OCS to close abandoned sessions (Tcc)", None)
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
+        progress(f"waiting up to {limit:.0f} s for the OCS's Tcc to release what {what} held", None)
+        started = time.monotonic()
+        holding = len(subscribers)
+        while holding and time.monotonic() - started < limit:
             snapshots = await _snapshots(self.api, subscribers)
-            if not any(view.held_micros or view.reservations for view in snapshots.values()):
-                return
-            await asyncio.sleep(POLL_SECONDS)
+            holding = sum(1 for view in snapshots.values() if view.held_micros or view.reservations)
+            if holding:
+                await asyncio.sleep(POLL_SECONDS)
+        outcome = f"{holding} account(s) still held money" if holding else "all was released"
+        self.recorder.tcc_wait = (
+            f"waited {time.monotonic() - started:.1f} s (at most {limit:.0f} s: Tcc = 2 x Validity-Time "
+            f"{self.recorder.longest_validity_seconds} s, plus {TCC_MARGIN_SECONDS:.0f} s) for the OCS to "
+            f"release what {what} held: {outcome}"
+        )
 
     # --- one session ----------------------------------------------------------------------------
     async def _session(self, line: SimulatedSubscriber) -> None:
@@ -352,17 +366,12 @@ class Traffic:
         top_up_id = f"sim-{account_id}-{next(self.topup_numbers)}"
         try:
             await asyncio.sleep(topups.delay_seconds)
-            for attempt in range(TOP_UP_ATTEMPTS):  # idempotent by id: a retry never credits twice
-                try:
-                    await self.api.top_up(account_id, top_up_id, money_text(topups.amount_micros))
-                except (aiohttp.ClientError, TimeoutError) as error:
-                    if attempt + 1 == TOP_UP_ATTEMPTS:
-                        # Maybe applied, maybe not: the run cannot reconcile this account.
-                        self.errors.append(f"top-up {account_id} {top_up_id}: {type(error).__name__}: {error}")
-                        return
-                    continue
-                self.recorder.topups_micros[account_id] += topups.amount_micros
-                return
+            # Idempotent by id: the API client's retries never credit twice.
+            await self.api.top_up(account_id, top_up_id, money_text(topups.amount_micros))
+            self.recorder.topups_micros[account_id] += topups.amount_micros
+        except ApiUnreachable as error:
+            # Maybe applied, maybe not: the run cannot reconcile this account.
+            self.errors.append(f"top-up {account_id} {top_up_id}: {error}")
         except ApiRefused as refused:
             self.errors.append(f"top-up {account_id}: {refused}")
         finally:

@@ -173,6 +173,7 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
             "request_timeout_seconds",
             "retransmissions",
             "failure_handling",
+            "reconnect_seconds",
             "drain_timeout_seconds",
             "tcc_wait_limit_seconds",
         }
@@ -284,6 +285,7 @@ def load_scenario(path: Path) -> Scenario:
         data_rate_octets_per_second=_number(data, "rate_octets_per_second", "data", 500_000.0),
         final_unit_hold_seconds=_number(run, "final_unit_hold_seconds", "run", 0.0),
         failure_handling=str(failure_handling),
+        reconnect_seconds=_number(run, "reconnect_seconds", "run", 30.0),
     )
     scenario = Scenario(
         name=str(run.get("name", path.stem)),
@@ -324,6 +326,7 @@ def _check(scenario: Scenario) -> None:
         (scenario.mode == "closed" or scenario.arrival_rate_per_second > 0, "[run] arrival_rate_per_second > 0"),
         (timing.request_timeout_seconds > 0, "[run] request_timeout_seconds > 0"),
         (timing.retransmissions >= 0, "[run] retransmissions >= 0"),
+        (timing.reconnect_seconds >= 0, "[run] reconnect_seconds >= 0"),
         (timing.step_seconds >= 0 and timing.final_unit_hold_seconds >= 0, "[run] pauses >= 0"),
         (timing.time_compression >= 0, "[run] time_compression >= 0 (0: not compressed)"),
         (scenario.drain_timeout_seconds > 0 and scenario.tcc_wait_limit_seconds >= 0, "[run] timeouts > 0"),
