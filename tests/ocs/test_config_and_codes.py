@@ -90,6 +90,7 @@ def test_every_outcome_has_one_result_code() -> None:
         Outcome.STALE_REQUEST: 5012,
         Outcome.INVALID: 5012,
         Outcome.ALREADY_EXISTS: 5012,
+        Outcome.REFUND_LIMIT: 4010,
     }
     assert {outcome: int(result_code(outcome)) for outcome in Outcome} == expected
 

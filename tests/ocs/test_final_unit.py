@@ -15,11 +15,10 @@ import pytest
 
 from balance.embedded import EmbeddedRedis
 from balance.types import AccountStatus
-from ocs.app import new_state, shutdown, startup
 from ocs.config import TariffSettings
 from protocol.dictionary import DEFAULT_DICTIONARY
 from protocol.message import Avp
-from tests.ocs.conftest import ROOT, RunningServer, server_settings
+from tests.ocs.conftest import ROOT, RunningServer, server_settings, server_with
 from tests.ocs.test_credit_control import DATA, MULTIPLE, ccr, code, octets, rating_group, services_by_group
 
 
@@ -79,15 +78,8 @@ async def server(embedded_redis: EmbeddedRedis, tmp_path: Path) -> AsyncIterator
     tariffs = tmp_path / "tariffs.toml"
     tariffs.write_text((ROOT / "config" / "tariffs.toml").read_text(encoding="utf-8") + PLANS, encoding="utf-8")
     settings = server_settings(embedded_redis.url, tmp_path / "spool.sqlite3")
-    settings = dataclasses.replace(settings, tariffs=TariffSettings(path=str(tariffs)))
-    state = new_state(settings)
-    address = await startup(state)
-    assert state.store is not None
-    await state.store.flush_all()
-    try:
-        yield RunningServer(state, address[1])
-    finally:
-        await shutdown(state)
+    async with server_with(dataclasses.replace(settings, tariffs=TariffSettings(path=str(tariffs)))) as running:
+        yield running
 
 
 async def final_unit_of(
