@@ -22,6 +22,7 @@ from balance.tariff import cost
 from balance.types import Outcome
 from ocs.cca import credit_answer, error_answer
 from ocs.ccr import CreditRequest, RequestedAction, ServiceRequest
+from ocs.rating_book import CURRENCY_NUMBERS
 from ocs.result_codes import result_code
 from protocol.constants import ResultCode
 from protocol.message import Avp, Message, avp
@@ -29,8 +30,6 @@ from protocol.message import Avp, Message, avp
 if TYPE_CHECKING:
     from ocs.charging import CreditControl, RatedService
 
-# ISO 4217 numeric codes for Currency-Code (RFC 4006 section 8.11) of the currencies we price in.
-CURRENCY_NUMBERS = {"EUR": 978, "USD": 840, "GBP": 826, "CHF": 756, "SEK": 752, "NOK": 578, "DKK": 208, "PLN": 985}
 CHECK_BALANCE_ENOUGH_CREDIT = 0  # RFC 4006 section 8.6
 CHECK_BALANCE_NO_CREDIT = 1
 MICROS_EXPONENT = -6

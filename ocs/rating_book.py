@@ -40,6 +40,19 @@ KNOWN_CONTEXT_UNITS: Mapping[str, Unit] = {
     SMS_CONTEXT: Unit.EVENTS,
 }
 
+# ISO 4217 numeric codes for Currency-Code (RFC 4006 section 8.11) of the currencies a plan may
+# price in: the tariff loader refuses any other, so every price can be told in Diameter.
+CURRENCY_NUMBERS: Mapping[str, int] = {
+    "EUR": 978,
+    "USD": 840,
+    "GBP": 826,
+    "CHF": 756,
+    "SEK": 752,
+    "NOK": 578,
+    "DKK": 208,
+    "PLN": 985,
+}
+
 UNZONED = ""  # the zone key of a service whose price does not depend on a destination (data)
 
 

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from balance.tariff import is_valid
 from balance.types import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, Tariff
 from ocs.rating_book import (
+    CURRENCY_NUMBERS,
     FINAL_UNIT_ACTIONS,
     KNOWN_CONTEXT_UNITS,
     SILENT,
@@ -250,6 +251,9 @@ def _plan(where: _Where, name: str, raw: object, zone_sets: Mapping[str, ZoneSet
     currency = where.text(table["currency"], "currency")
     if not _CURRENCY.match(currency):
         raise where.fail("currency", f'{currency!r} is not an ISO 4217 code such as "EUR"')
+    if currency not in CURRENCY_NUMBERS:
+        known = ", ".join(CURRENCY_NUMBERS)
+        raise where.fail("currency", f"{currency} has no ISO 4217 number here (known: {known}; ocs/rating_book.py)")
     zone_set = None
     if "zone_set" in table:
         zone_set_name = where.text(table["zone_set"], "zone_set")

@@ -695,6 +695,7 @@ BAND_HEADER = '[[plans.p.bands]]\nname = "peak"\n'
             "not an IANA time zone",
         ),
         ((('currency = "EUR"', 'currency = "euro"'),), "plan p", "currency", "ISO 4217"),
+        ((('currency = "EUR"', 'currency = "XTS"'),), "plan p", "currency", "XTS has no ISO 4217 number here"),
         ((('currency = "EUR"\n', ""),), "plan p", "currency", "missing"),
         ((('country_code = "49"\n', ""),), "plan p", "country_code", "missing"),
         ((('national_prefix = "0"', 'national_prefix = "O"'),), "plan p", "national_prefix", "digits"),
