@@ -22,6 +22,8 @@ none. Field names are short because they are stored once per account and per ses
     leaves the session open), member "<account>|<session>".
 ``{R}:o`` list: the outbox, usage records (JSON) written with their debit, read and trimmed by
     the spool writer once they are committed to SQLite.
+``{R}:r:<account>`` hash: the account's refunds of one day (the day the limit counts in, as its
+    caller names it): d the day, s micros refunded that day; expires two days after the last.
 ``{R}:k`` hash: idempotency keys of top-ups ("t:<id>") and adjustments ("j:<id>").
 ``ar:<account>`` string "<root> <parent>": which hierarchy an account belongs to (no hash tag;
     read once per account and cached by the store).
@@ -79,6 +81,10 @@ def expiry_key(root: str) -> str:
 
 def outbox_key(root: str) -> str:
     return f"{{{root}}}:o"
+
+
+def refund_day_key(root: str, account_id: str) -> str:
+    return f"{{{root}}}:r:{account_id}"
 
 
 def idempotency_key(root: str) -> str:

@@ -110,6 +110,7 @@ class ReferenceModel:
         self._top_ups: dict[tuple[str, str], OperationResult] = {}
         self._adjustments: dict[tuple[str, str], OperationResult] = {}
         self._records: list[UsageRecord] = []
+        self._refund_days: dict[str, tuple[str, int]] = {}  # account -> (day, micros refunded that day)
         self._checker = InvariantChecker()
 
     # -- accounts --------------------------------------------------------------------------------
@@ -421,18 +422,30 @@ class ReferenceModel:
         request_number: int,
         amount_micros: int,
         now_seconds: int,
+        day: str = "",
+        day_limit_micros: int = 0,
         *,
         late: bool = False,
     ) -> ChargeResult:
-        """A credit to the first main bucket, idempotent by (session id, request number) like an event."""
+        """A credit to the first main bucket, idempotent by (session id, request number) like an
+        event, refused (``refund_limit``) when the day's refunds would pass ``day_limit_micros``."""
         if not 0 < amount_micros <= MAX_AMOUNT_MICROS or request_number < 0 or now_seconds < 0:
             return _refused(Outcome.INVALID)
         # RULES.md ambiguity: "like a charge event" is read as every check of an event, so a refund
         # to an account that is not active is ``account_blocked``, and a refund naming an open
         # session closes it.
+        key = (self.root_of(account_id), session_id)
+        known = key in self._sessions
         opened = self._open(account_id, session_id, request_number, True, late)
         if isinstance(opened, ChargeResult):
             return opened
+        refunded_day, refunded = self._refund_days.get(account_id, ("", 0))
+        day_total = amount_micros + (refunded if refunded_day == day else 0)
+        if 0 < day_limit_micros < day_total:
+            if not known:  # as refund.lua, which checks before it writes anything
+                del self._sessions[key]
+            return _refused(Outcome.REFUND_LIMIT)
+        self._refund_days[account_id] = (day, day_total)
         self._close(opened)
         self._ledger.credit(account_id, BucketKind.MAIN, amount_micros)
         result = ChargeResult(Outcome.OK, balance_micros=self._ledger.available(account_id, now_seconds))

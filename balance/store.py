@@ -418,7 +418,14 @@ class BalanceStore:
         return _charge_result(words)
 
     async def refund(
-        self, account_id: str, session_id: str, request_number: int, amount_micros: int, now_seconds: int
+        self,
+        account_id: str,
+        session_id: str,
+        request_number: int,
+        amount_micros: int,
+        now_seconds: int,
+        day: str = "",
+        day_limit_micros: int = 0,
     ) -> ChargeResult:
         found = await self.hierarchy(account_id)
         if found is None:
@@ -436,8 +443,15 @@ class BalanceStore:
             self._tombstone_text,
             parent,
             self._deadline_text(),
+            day,
+            str(day_limit_micros),
         ]
-        script_keys = [keys.session_key(root, session_id), account_key, parent_key]
+        script_keys = [
+            keys.session_key(root, session_id),
+            account_key,
+            parent_key,
+            keys.refund_day_key(root, account_id),
+        ]
         return _charge_result(await self._run_in_time(self.admin, SCRIPTS[Operation.REFUND], script_keys, arguments))
 
     # -- deadlines (module docstring) ----------------------------------------------------------

@@ -64,6 +64,7 @@ class Outcome(StrEnum):
     STALE_REQUEST = "stale_request"  # a request number below the last one applied: changes nothing
     ALREADY_EXISTS = "already_exists"  # provisioning an account id that exists
     INVALID = "invalid"  # a request the rules refuse (e.g. a child whose parent is missing)
+    REFUND_LIMIT = "refund_limit"  # a refund that would pass the account's daily refund limit
 
 
 @dataclass(frozen=True, slots=True)

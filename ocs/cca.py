@@ -35,24 +35,29 @@ REDIRECT_ADDRESS_TYPE_URL = 2  # Redirect-Address-Type URL, RFC 4006 section 8.3
 
 @value_type
 class FinalUnit:
+    """A Final-Unit-Indication (RFC 4006 section 8.34) as the plan and service chose it."""
+
     action: FinalUnitAction
     redirect_address: str = ""
-    restriction_filter: str = ""
+    redirect_address_type: int = REDIRECT_ADDRESS_TYPE_URL
+    restriction_filters: tuple[str, ...] = ()
+    filter_ids: tuple[str, ...] = ()
 
     def to_avp(self) -> Avp:
+        """RFC 4006 section 8.34: with TERMINATE "no other AVPs MUST be present"; REDIRECT
+        carries Redirect-Server, and may carry filters for what else stays reachable;
+        RESTRICT_ACCESS carries Restriction-Filter-Rule and / or Filter-Id. Members in the
+        grammar's order: Final-Unit-Action, *Restriction-Filter-Rule, *Filter-Id, Redirect-Server."""
         children = [avp("Final-Unit-Action", int(self.action))]
+        if self.action is not FinalUnitAction.TERMINATE:
+            children += [avp("Restriction-Filter-Rule", rule) for rule in self.restriction_filters]
+            children += [avp("Filter-Id", name) for name in self.filter_ids]
         if self.action is FinalUnitAction.REDIRECT:
-            children.append(
-                avp(
-                    "Redirect-Server",
-                    [
-                        avp("Redirect-Address-Type", REDIRECT_ADDRESS_TYPE_URL),
-                        avp("Redirect-Server-Address", self.redirect_address),
-                    ],
-                )
-            )
-        elif self.action is FinalUnitAction.RESTRICT_ACCESS:
-            children.append(avp("Restriction-Filter-Rule", self.restriction_filter))
+            server = [
+                avp("Redirect-Address-Type", self.redirect_address_type),
+                avp("Redirect-Server-Address", self.redirect_address),
+            ]
+            children.append(avp("Redirect-Server", server))
         return avp("Final-Unit-Indication", children)
 
 

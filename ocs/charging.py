@@ -13,6 +13,9 @@ section 6) are answered from queries and refunds. Redis unavailable is 3004 (RFC
 5.7: the client fails over; the request changed nothing, or changed it idempotently); an engine
 error is 5012. Retransmissions reach the engine with the same (Session-Id, CC-Request-Number)
 and get the stored outcome back.
+
+A last grant, or a suspended account, gets the Final-Unit-Indication its plan and service
+choose (``final_units``, built once from the tariff book over the ``[final_unit]`` settings).
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ from ocs.ccr import (
     read_units,
     request_time,
 )
-from ocs.config import Settings
+from ocs.config import FinalUnitSettings, Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.metrics import Metrics
 from ocs.queries import answer_query
 from ocs.rating import SERVICE_IDENTIFIER_AVP, Rated, RatingFailure, RatingInput, rate
-from ocs.rating_book import TariffBook
+from ocs.rating_book import FinalUnitPolicy, RedirectAddressType, RedirectServer, Restriction, TariffBook
 from ocs.result_codes import result_code
 from ocs.subscribers import SubscriberCache
 from protocol.capabilities import LocalIdentity
@@ -106,6 +109,7 @@ class CreditControl:
         self.identity = identity
         self.observer = observer
         self.clock = clock
+        self._final_units = final_units(book, settings.final_unit)
         quota = settings.quota
         # Per unit, the grant asked for when the request names no amount, and the most granted.
         self._default_units = {
@@ -332,7 +336,7 @@ class CreditControl:
                 ResultCode.DIAMETER_CREDIT_LIMIT_REACHED,
                 unit=unit,
                 validity_seconds=quota.validity_seconds,
-                final_unit=self._final_unit(self.settings.final_unit.suspended_action),
+                final_unit=self._final_units[service.rated.plan, service.rated.service][1],
             )
         code = result_code(outcome)
         if outcome is not Outcome.OK and outcome is not Outcome.PARTIAL:
@@ -351,12 +355,8 @@ class CreditControl:
             validity_seconds=quota.validity_seconds,
             threshold_units=granted * quota.threshold_percent // 100,
             quota_holding_seconds=quota.quota_holding_seconds,
-            final_unit=self._final_unit(self.settings.final_unit.action) if item.final else None,
+            final_unit=self._final_units[service.rated.plan, service.rated.service][0] if item.final else None,
         )
-
-    def _final_unit(self, action_name: str) -> FinalUnit:
-        settings = self.settings.final_unit
-        return FinalUnit(FinalUnitAction[action_name], settings.redirect_address, settings.restriction_filter)
 
 
 def _key(service: ServiceRequest) -> int:
@@ -420,3 +420,35 @@ def _refused_service_answer(service: RefusedService) -> ServiceAnswer:
 def _failed_avps(refused: Sequence[RefusedService]) -> list[Avp]:
     """One Failed-AVP per refused service (the CCA allows several: RFC 4006 section 3.2)."""
     return [avp("Failed-AVP", [service.failed_avp]) for service in refused]
+
+
+def final_units(book: TariffBook, settings: FinalUnitSettings) -> dict[tuple[str, str], tuple[FinalUnit, FinalUnit]]:
+    """Per (plan, service), the Final-Unit-Indication of an active account's last grant and of a
+    suspended account's: the service's ``final_unit`` over its plan's over ``[final_unit]``.
+    Built once, so answering is a lookup."""
+    chosen: dict[tuple[str, str], tuple[FinalUnit, FinalUnit]] = {}
+    for plan in book.plans.values():
+        for service in plan.services.values():
+            policy = service.final_unit.over(plan.final_unit)
+            active = _final_unit(policy.action or settings.action, policy, settings)
+            suspended = _final_unit(policy.suspended_action or settings.suspended_action, policy, settings)
+            chosen[plan.name, service.name] = (active, suspended)
+    return chosen
+
+
+def _final_unit(action_name: str, policy: FinalUnitPolicy, settings: FinalUnitSettings) -> FinalUnit:
+    """One Final-Unit-Indication from the tariff file's ``policy`` and the server's defaults.
+
+    The server's one restriction_filter restricts RESTRICT_ACCESS only: a REDIRECT carries
+    filters (RFC 4006 section 8.34: what stays reachable besides the redirect address) only
+    when the tariff file gives them.
+    """
+    action = FinalUnitAction[action_name]
+    redirect = policy.redirect or RedirectServer(RedirectAddressType.URL, settings.redirect_address)
+    restriction = policy.restriction
+    if restriction is None:
+        default_rules = (settings.restriction_filter,) if settings.restriction_filter else ()
+        restriction = Restriction(default_rules if action is FinalUnitAction.RESTRICT_ACCESS else (), ())
+    return FinalUnit(
+        action, redirect.address, int(redirect.address_type), restriction.filter_rules, restriction.filter_ids
+    )

@@ -111,6 +111,18 @@ class FinalUnitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundSettings:
+    """Limits on REFUND_ACCOUNT (RFC 4006 section 6.3/6.4), in micros of the account's currency;
+    0: no limit. A refund from the network gives back what a service failed to deliver, cents
+    rather than tens of units; larger amounts are an operator's adjustment (the API), recorded
+    with who and why. A refund over a limit is refused and credits nothing (ocs/queries.py)."""
+
+    max_request_micros: int = 20_000_000  # the most one refund may credit
+    # The most the refunds of one account may credit in one calendar day of its plan's time zone.
+    max_day_micros: int = 50_000_000
+
+
+@dataclass(frozen=True, slots=True)
 class TariffSettings:
     path: str = "config/tariffs.toml"
     default_plan: str = "mobile_prepaid"
@@ -150,6 +162,7 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     quota: QuotaSettings = field(default_factory=QuotaSettings)
     final_unit: FinalUnitSettings = field(default_factory=FinalUnitSettings)
+    refund: RefundSettings = field(default_factory=RefundSettings)
     tariffs: TariffSettings = field(default_factory=TariffSettings)
     rating: RatingSettings = field(default_factory=RatingSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
@@ -260,6 +273,8 @@ def validate(settings: Settings, where: str) -> Settings:
         (settings.spool.retention_interval_seconds > 0, "spool.retention_interval_seconds"),
         (settings.spool.retention_batch_size > 0, "spool.retention_batch_size"),
         (settings.quota.tombstone_seconds > 0, "quota.tombstone_seconds"),
+        (settings.refund.max_request_micros >= 0, "refund.max_request_micros"),
+        (settings.refund.max_day_micros >= 0, "refund.max_day_micros"),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):

@@ -5,17 +5,24 @@ Theory of operation: the services of the request are rated like a debit; CHECK_B
 their cost with what the account could draw now (Check-Balance-Result, section 8.6);
 PRICE_ENQUIRY answers their cost (Cost-Information, section 8.7, in micros: Exponent -6);
 REFUND_ACCOUNT credits the CC-Money of the Requested-Service-Unit, or the price of its units,
-idempotently by (Session-Id, CC-Request-Number). Only the refund changes a balance.
+idempotently by (Session-Id, CC-Request-Number). Only the refund changes a balance, and only
+within limits: CC-Money in the account's own currency (Currency-Code, ISO 4217 numeric, read
+through ``CURRENCY_NUMBERS``; absent means the account's), at most ``[refund]
+max_request_micros`` per refund, and at most ``max_day_micros`` per account and calendar day of
+its plan's time zone, that sum kept in Redis and checked in the refund's own atomic call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from balance.tariff import cost
+from balance.types import Outcome
 from ocs.cca import credit_answer, error_answer
-from ocs.ccr import CreditRequest, RequestedAction
+from ocs.ccr import CreditRequest, RequestedAction, ServiceRequest
+from ocs.rating_book import CURRENCY_NUMBERS
 from ocs.result_codes import result_code
 from protocol.constants import ResultCode
 from protocol.message import Avp, Message, avp
@@ -23,8 +30,6 @@ from protocol.message import Avp, Message, avp
 if TYPE_CHECKING:
     from ocs.charging import CreditControl, RatedService
 
-# ISO 4217 numeric codes for Currency-Code (RFC 4006 section 8.11) of the currencies we price in.
-CURRENCY_NUMBERS = {"EUR": 978, "USD": 840, "GBP": 826, "CHF": 756, "SEK": 752, "NOK": 578, "DKK": 208, "PLN": 985}
 CHECK_BALANCE_ENOUGH_CREDIT = 0  # RFC 4006 section 8.6
 CHECK_BALANCE_NO_CREDIT = 1
 MICROS_EXPONENT = -6
@@ -70,12 +75,66 @@ async def answer_query(
     if ccr.requested_action is RequestedAction.PRICE_ENQUIRY:
         extra = [cost_information(total, currency)]
         return credit_answer(message, identity, ResultCode.DIAMETER_SUCCESS, [], multiple_services=False, extra=extra)
-    money = next((s.request.requested.money_micros for s in services if s.request.requested is not None), None)
-    amount = money if money else total
+    return await _refund(handler, message, ccr, account_id, services, now)
+
+
+async def _refund(
+    handler: CreditControl,
+    message: Message,
+    ccr: CreditRequest,
+    account_id: str,
+    services: Sequence[RatedService],
+    now: float,
+) -> Message:
+    """REFUND_ACCOUNT: the CC-Money asked for (or the price of the units), in the account's own
+    currency, within the per-refund limit, and within the per-day limit in the same atomic call
+    as the credit; any refusal credits nothing."""
+    identity = handler.identity
+    asking = next((item.request for item in services if item.request.requested is not None), None)
+    money = asking.requested.money_micros if asking is not None and asking.requested is not None else None
+    amount = money if money else price(handler, services)
+    requested_avp = _requested_unit_avp(message, asking)
     if amount <= 0:
-        failed = message.find("Requested-Service-Unit")
-        return error_answer(message, identity, ResultCode.DIAMETER_INVALID_AVP_VALUE, failed_avp=failed)
-    result = await handler.store.refund(account_id, ccr.session_id, ccr.request_number, amount, int(now))
+        return error_answer(message, identity, ResultCode.DIAMETER_INVALID_AVP_VALUE, failed_avp=requested_avp)
+    view = await handler.store.balance(account_id, int(now))
+    if view is None:
+        return error_answer(message, identity, ResultCode.DIAMETER_USER_UNKNOWN)
+    currency = view.account.currency
+    money_avp = requested_avp.find("CC-Money") if requested_avp is not None else None
+    currency_code = money_avp.get("Currency-Code") if money_avp is not None else None
+    if currency_code is not None and currency_code != CURRENCY_NUMBERS.get(currency):
+        # No exchange rates here: money in another currency cannot be valued. RFC 4006 section
+        # 9.1, 5031: "an AVP value that is not recognized or supported in the rating"; Failed-AVP
+        # holds the whole CC-Money (RFC 6733 section 7.5).
+        reason = f"Currency-Code {currency_code!r} is not the account's currency {currency}"
+        return error_answer(
+            message, identity, ResultCode.DIAMETER_RATING_FAILED, failed_avp=money_avp, error_message=reason
+        )
+    limits = handler.settings.refund
+    if 0 < limits.max_request_micros < amount:
+        # A permanent failure (RFC 6733 section 7.1.5): the same refund never passes. No code of
+        # RFC 4006 / 6733 names an amount over a limit, so 5012 DIAMETER_UNABLE_TO_COMPLY, with
+        # the amount's AVP in Failed-AVP and the limit in Error-Message.
+        reason = f"refund of {amount} micros is above the limit of {limits.max_request_micros} per refund"
+        failed = money_avp or requested_avp
+        return error_answer(
+            message, identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY, failed_avp=failed, error_message=reason
+        )
+    # The day the per-day limit counts in: the calendar day of the subscriber's plan, by our clock.
+    zone = handler.book.plans[services[0].rated.plan].time_zone if services else UTC
+    day = datetime.fromtimestamp(now, zone).date().isoformat()
+    result = await handler.store.refund(
+        account_id, ccr.session_id, ccr.request_number, amount, int(now), day, limits.max_day_micros
+    )
     code = result_code(result.outcome)
+    if result.outcome is Outcome.REFUND_LIMIT:
+        reason = f"the account's refunds of {day} would pass the limit of {limits.max_day_micros} micros a day"
+        return error_answer(message, identity, code, error_message=reason)
     extra = [cost_information(amount, currency)] if code is ResultCode.DIAMETER_SUCCESS else []
     return credit_answer(message, identity, code, [], multiple_services=False, extra=extra)
+
+
+def _requested_unit_avp(message: Message, service: ServiceRequest | None) -> Avp | None:
+    """The Requested-Service-Unit of ``service``: in its MSCC, else at command level."""
+    found = service.avp.find("Requested-Service-Unit") if service is not None and service.avp is not None else None
+    return found or message.find("Requested-Service-Unit")

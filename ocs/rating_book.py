@@ -7,6 +7,10 @@ band apply (zone set by longest prefix, bands by local time in the plan's time z
 table lookup here: all parsing, validation and price conversion happened at load time, so a
 ``Tariff`` is already built for every (service, zone, band) and rating cannot meet a bad value.
 
+A plan, and each of its services, may also say what the network does when the balance runs
+out (``FinalUnitPolicy``: RFC 4006 section 8.34 Final-Unit-Indication); what a level leaves
+unsaid comes from the level above (service, then plan, then the server's ``[final_unit]``).
+
 Service contexts are compared by their ``service-context@domain`` core: TS 32.299 clause 7.1.12
 allows "extensions".MNC.MCC."Release". in front of it (``8.32251@3gpp.org``), which names the
 same service specific document, so both the configuration keys and the request's value are
@@ -18,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from zoneinfo import ZoneInfo
 
 from balance.types import Tariff, Unit
@@ -34,6 +38,19 @@ KNOWN_CONTEXT_UNITS: Mapping[str, Unit] = {
     PS_CONTEXT: Unit.OCTETS,
     IMS_CONTEXT: Unit.SECONDS,
     SMS_CONTEXT: Unit.EVENTS,
+}
+
+# ISO 4217 numeric codes for Currency-Code (RFC 4006 section 8.11) of the currencies a plan may
+# price in: the tariff loader refuses any other, so every price can be told in Diameter.
+CURRENCY_NUMBERS: Mapping[str, int] = {
+    "EUR": 978,
+    "USD": 840,
+    "GBP": 826,
+    "CHF": 756,
+    "SEK": 752,
+    "NOK": 578,
+    "DKK": 208,
+    "PLN": 985,
 }
 
 UNZONED = ""  # the zone key of a service whose price does not depend on a destination (data)
@@ -69,6 +86,63 @@ def normalise_context_id(service_context_id: str) -> str:
     return f"{local_part}@{domain}"
 
 
+# Final-Unit-Action names (RFC 4006 section 8.35), as the tariff file and [final_unit] write them.
+FINAL_UNIT_ACTIONS = ("TERMINATE", "REDIRECT", "RESTRICT_ACCESS")
+
+
+class RedirectAddressType(IntEnum):
+    """Redirect-Address-Type, RFC 4006 section 8.38."""
+
+    IPV4_ADDRESS = 0
+    IPV6_ADDRESS = 1
+    URL = 2
+    SIP_URI = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectServer:
+    """Redirect-Server (RFC 4006 section 8.37): where REDIRECT sends the subscriber."""
+
+    address_type: RedirectAddressType
+    address: str  # Redirect-Server-Address, section 8.39
+
+
+@dataclass(frozen=True, slots=True)
+class Restriction:
+    """What RESTRICT_ACCESS (and a REDIRECT that lets more through) still allows: IPFilterRules
+    (Restriction-Filter-Rule, RFC 4006 section 8.36) and named filter lists the network element
+    holds (Filter-Id, RFC 7155 section 4.4.7). Both are replaced together by a lower level."""
+
+    filter_rules: tuple[str, ...]
+    filter_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FinalUnitPolicy:
+    """What a plan or a service says about the final units; None: the level above decides.
+
+    ``action`` applies to an active account's last grant, ``suspended_action`` to an account
+    suspended for non-payment (immediate graceful service termination, RFC 8506 section 5.6).
+    """
+
+    action: str | None = None
+    suspended_action: str | None = None
+    redirect: RedirectServer | None = None
+    restriction: Restriction | None = None
+
+    def over(self, below: FinalUnitPolicy) -> FinalUnitPolicy:
+        """This policy where it speaks, ``below`` where it is silent."""
+        return FinalUnitPolicy(
+            action=self.action if self.action is not None else below.action,
+            suspended_action=self.suspended_action if self.suspended_action is not None else below.suspended_action,
+            redirect=self.redirect if self.redirect is not None else below.redirect,
+            restriction=self.restriction if self.restriction is not None else below.restriction,
+        )
+
+
+SILENT = FinalUnitPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceRate:
     """One service of a plan with a ready ``Tariff`` per zone and band.
@@ -80,6 +154,7 @@ class ServiceRate:
     kind: ServiceKind
     description: str
     tariffs: Mapping[str, Mapping[str, Tariff]]
+    final_unit: FinalUnitPolicy = SILENT  # the service's own override of its plan's
 
     @property
     def unit(self) -> Unit:
@@ -162,6 +237,7 @@ class Plan:
     holidays: frozenset[date]  # local dates rated like a Sunday
     contexts: Mapping[str, ContextRule]  # by normalised service context id
     services: Mapping[str, ServiceRate]
+    final_unit: FinalUnitPolicy = SILENT
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,17 @@ only: ``"0.12"`` is 120,000 micros exactly, and a seventh decimal is an error be
 cannot be represented (1 unit of currency = 1,000,000 micros, balance/RULES.md). Floats are
 refused outright: ``0.1`` in TOML is already inexact.
 
+A plan's ``final_unit`` table, and a service's, say what the network does at the last grant
+(``rating_book.FinalUnitPolicy``); ``_final_unit`` checks each value against what RFC 4006
+section 8.34-8.39 lets a Final-Unit-Indication carry, and the merged plan-and-service policy
+against the actions it names (RESTRICT_ACCESS with nothing to restrict to is refused).
+
 The file format is documented by example in ``config/tariffs.toml``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -21,18 +27,26 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from balance.tariff import is_valid
 from balance.types import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, Tariff
 from ocs.rating_book import (
+    CURRENCY_NUMBERS,
+    FINAL_UNIT_ACTIONS,
     KNOWN_CONTEXT_UNITS,
+    SILENT,
     UNIT_OF_KIND,
     UNZONED,
     BandWindow,
     ContextRule,
+    FinalUnitPolicy,
     Numbering,
     Plan,
+    RedirectAddressType,
+    RedirectServer,
+    Restriction,
     ServiceKind,
     ServiceRate,
     TariffBook,
@@ -72,15 +86,33 @@ _PLAN_KEYS = frozenset(
         "holidays",
         "contexts",
         "services",
+        "final_unit",
     }
 )
 _BAND_KEYS = frozenset({"name", "days", "start", "end"})
 _CONTEXT_KEYS = frozenset({"default_service", "rating_groups", "service_identifiers"})
 _SERVICE_KEYS: Mapping[ServiceKind, frozenset[str]] = {
-    ServiceKind.VOICE: frozenset({"kind", "description", "increment", "zone_increments", "price_per_minute"}),
-    ServiceKind.SMS: frozenset({"kind", "description", "price_per_message"}),
-    ServiceKind.DATA: frozenset({"kind", "description", "price", "per_octets", "block_octets", "first_octets"}),
+    ServiceKind.VOICE: frozenset(
+        {"kind", "description", "increment", "zone_increments", "price_per_minute", "final_unit"}
+    ),
+    ServiceKind.SMS: frozenset({"kind", "description", "price_per_message", "final_unit"}),
+    ServiceKind.DATA: frozenset(
+        {"kind", "description", "price", "per_octets", "block_octets", "first_octets", "final_unit"}
+    ),
 }
+_FINAL_UNIT_KEYS = frozenset(
+    {"action", "suspended_action", "redirect_address", "redirect_address_type", "restriction_filters", "filter_ids"}
+)
+# Redirect-Address-Type by the names RFC 4006 section 8.38 gives its values.
+_REDIRECT_ADDRESS_TYPES: Mapping[str, RedirectAddressType] = {
+    "IPv4 Address": RedirectAddressType.IPV4_ADDRESS,
+    "IPv6 Address": RedirectAddressType.IPV6_ADDRESS,
+    "URL": RedirectAddressType.URL,
+    "SIP URI": RedirectAddressType.SIP_URI,
+}
+# RFC 6733 section 4.3.1 IPFilterRule: "action dir proto from src to dst [options]".
+_FILTER_ACTIONS = ("permit", "deny")
+_FILTER_DIRECTIONS = ("in", "out")
 
 
 class TariffError(ValueError):
@@ -219,6 +251,9 @@ def _plan(where: _Where, name: str, raw: object, zone_sets: Mapping[str, ZoneSet
     currency = where.text(table["currency"], "currency")
     if not _CURRENCY.match(currency):
         raise where.fail("currency", f'{currency!r} is not an ISO 4217 code such as "EUR"')
+    if currency not in CURRENCY_NUMBERS:
+        known = ", ".join(CURRENCY_NUMBERS)
+        raise where.fail("currency", f"{currency} has no ISO 4217 number here (known: {known}; ocs/rating_book.py)")
     zone_set = None
     if "zone_set" in table:
         zone_set_name = where.text(table["zone_set"], "zone_set")
@@ -233,6 +268,10 @@ def _plan(where: _Where, name: str, raw: object, zone_sets: Mapping[str, ZoneSet
         for service_name, raw_service in where.table(table["services"], "services").items()
     }
     contexts = _contexts(where, where.table(table["contexts"], "contexts"), services)
+    final_unit = _final_unit(where, "final_unit", table.get("final_unit"))
+    _check_final_unit(where, "final_unit", final_unit)
+    for service_name, service in services.items():
+        _check_final_unit(where, f"services.{service_name}.final_unit", service.final_unit.over(final_unit))
     return Plan(
         name=name,
         description=where.text(table.get("description", ""), "description"),
@@ -246,6 +285,7 @@ def _plan(where: _Where, name: str, raw: object, zone_sets: Mapping[str, ZoneSet
         holidays=_holidays(where, table.get("holidays", [])),
         contexts=MappingProxyType(contexts),
         services=MappingProxyType(services),
+        final_unit=final_unit,
     )
 
 
@@ -433,7 +473,8 @@ def _service(
         by_band = _banded_prices(where, table["price"], f"{field}.price", band_names)
         shape = {"per_units": per_octets, "block_units": block_octets, "first_units": first_octets}
         tariffs[UNZONED] = _tariffs(where, f"{field}.price", by_band, shape)
-    return ServiceRate(name, kind, description, MappingProxyType(tariffs))
+    final_unit = _final_unit(where, f"{field}.final_unit", table.get("final_unit"))
+    return ServiceRate(name, kind, description, MappingProxyType(tariffs), final_unit)
 
 
 def _identifier_map(
@@ -493,3 +534,100 @@ def _contexts(
                 )
         contexts[context_id] = rule
     return contexts
+
+
+def _final_unit(where: _Where, field: str, raw: object) -> FinalUnitPolicy:
+    """A ``final_unit`` table: each key it sets overrides the level above, none is required."""
+    if raw is None:
+        return SILENT
+    table = where.table(raw, field)
+    where.keys(table, field, _FINAL_UNIT_KEYS, frozenset())
+    actions: dict[str, str] = {}
+    for key in ("action", "suspended_action"):
+        if key in table:
+            name = where.text(table[key], f"{field}.{key}")
+            if name not in FINAL_UNIT_ACTIONS:
+                raise where.fail(f"{field}.{key}", f"{name!r} must be one of {', '.join(FINAL_UNIT_ACTIONS)}")
+            actions[key] = name
+    restriction = None
+    if "restriction_filters" in table or "filter_ids" in table:
+        rules = _texts(where, f"{field}.restriction_filters", table.get("restriction_filters", []))
+        for rule in rules:
+            _filter_rule(where, f"{field}.restriction_filters", rule)
+        restriction = Restriction(rules, _texts(where, f"{field}.filter_ids", table.get("filter_ids", [])))
+    return FinalUnitPolicy(
+        action=actions.get("action"),
+        suspended_action=actions.get("suspended_action"),
+        redirect=_redirect(where, field, table),
+        restriction=restriction,
+    )
+
+
+def _texts(where: _Where, field: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise where.fail(field, f"must be a list of strings, not {_kind(value)}")
+    texts = tuple(where.text(item, field) for item in value)
+    if any(not text.strip() for text in texts):
+        raise where.fail(field, "an entry is empty")
+    return texts
+
+
+def _filter_rule(where: _Where, field: str, rule: str) -> None:
+    """An IPFilterRule (RFC 6733 section 4.3.1): ASCII, "action dir proto from src to dst [options]"."""
+    words = rule.split()
+    shaped = (
+        rule.isascii()
+        and len(words) >= 7
+        and words[0] in _FILTER_ACTIONS
+        and words[1] in _FILTER_DIRECTIONS
+        and words[3] == "from"
+        and "to" in words[5:-1]
+    )
+    if not shaped:
+        raise where.fail(field, f'{rule!r} is not an IPFilterRule such as "permit out ip from any to 10.0.0.1 80"')
+
+
+def _redirect(where: _Where, field: str, table: Mapping[str, object]) -> RedirectServer | None:
+    """Redirect-Server (RFC 4006 section 8.37) from redirect_address and its type (section 8.38;
+    "URL" when not given): the address must be of that type."""
+    if "redirect_address" not in table:
+        if "redirect_address_type" in table:
+            raise where.fail(f"{field}.redirect_address", "missing: redirect_address_type needs it")
+        return None
+    address = where.text(table["redirect_address"], f"{field}.redirect_address")
+    type_name = where.text(table.get("redirect_address_type", "URL"), f"{field}.redirect_address_type")
+    address_type = _REDIRECT_ADDRESS_TYPES.get(type_name)
+    if address_type is None:
+        names = ", ".join(repr(name) for name in _REDIRECT_ADDRESS_TYPES)
+        raise where.fail(f"{field}.redirect_address_type", f"{type_name!r} must be one of {names} (RFC 4006 8.38)")
+    if not _is_address_of(address, address_type):
+        raise where.fail(f"{field}.redirect_address", f"{address!r} is not an address of type {type_name}")
+    return RedirectServer(address_type, address)
+
+
+def _is_address_of(address: str, address_type: RedirectAddressType) -> bool:
+    if address_type is RedirectAddressType.IPV4_ADDRESS:
+        try:
+            return str(ipaddress.IPv4Address(address)) == address
+        except ValueError:
+            return False
+    if address_type is RedirectAddressType.IPV6_ADDRESS:
+        try:
+            # RFC 8506 section 8.38: the IPv6 text form of RFC 5952 (what ipaddress writes).
+            return str(ipaddress.IPv6Address(address)) == address
+        except ValueError:
+            return False
+    if address_type is RedirectAddressType.SIP_URI:
+        scheme, _, rest = address.partition(":")  # RFC 3261 section 19.1: sip: or sips:
+        return scheme.lower() in ("sip", "sips") and bool(rest.strip()) and " " not in address
+    parts = urlsplit(address)  # RFC 3986: a scheme and an authority, no blanks
+    return bool(parts.scheme and parts.netloc) and " " not in address
+
+
+def _check_final_unit(where: _Where, field: str, policy: FinalUnitPolicy) -> None:
+    """RFC 4006 section 8.34: with RESTRICT_ACCESS "either the Restriction-Filter-Rule AVP or the
+    Filter-Id AVP SHOULD be present"; an empty list set in the file would send neither."""
+    restricting = "RESTRICT_ACCESS" in (policy.action, policy.suspended_action)
+    empty = policy.restriction is not None and not (policy.restriction.filter_rules or policy.restriction.filter_ids)
+    if restricting and empty:
+        raise where.fail(field, "RESTRICT_ACCESS needs restriction_filters or filter_ids, and both are empty")

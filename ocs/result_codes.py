@@ -24,6 +24,10 @@ RESULT_CODES = MappingProxyType(
         Outcome.STALE_REQUEST: ResultCode.DIAMETER_UNABLE_TO_COMPLY,  # 5012
         Outcome.ALREADY_EXISTS: ResultCode.DIAMETER_UNABLE_TO_COMPLY,
         Outcome.INVALID: ResultCode.DIAMETER_UNABLE_TO_COMPLY,
+        # The day's refunds are used up: RFC 4006 section 9.1 4010, "denies the service request
+        # due to service restrictions", a transient failure (RFC 6733 section 7.1.4): the same
+        # refund may pass on another day. Nothing was credited.
+        Outcome.REFUND_LIMIT: ResultCode.DIAMETER_END_USER_SERVICE_DENIED,
     }
 )
 

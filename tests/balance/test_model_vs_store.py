@@ -184,7 +184,7 @@ class ModelVersusStore(RuleBasedStateMachine):
         self.now = START_SECONDS
         self.last_numbers: dict[str, tuple[str, int]] = {}  # session id -> (account, last number sent)
         self.sent: list[ChargeRequest] = []
-        self.refunds: list[tuple[str, str, int, int, int]] = []
+        self.refunds: list[tuple[str, str, int, int, int, str, int]] = []
         self.identifiers = 0
         self.steps = 0
         self.ended = False
@@ -350,14 +350,22 @@ class ModelVersusStore(RuleBasedStateMachine):
             self._store(lambda: self.store.add_bucket(account_id, bucket)),
         )
 
-    @rule(account_id=st.sampled_from(ACCOUNTS), amount=st.integers(1, 500_000), again=st.integers(0, 2), late=lates)
-    def refund(self, account_id: str, amount: int, again: int, late: bool) -> None:
-        """A new refund, or an earlier one sent again (replay) or with the next number."""
+    @rule(
+        account_id=st.sampled_from(ACCOUNTS),
+        amount=st.integers(1, 500_000),
+        again=st.integers(0, 2),
+        late=lates,
+        day=st.sampled_from(("2026-11-23", "2026-11-24")),
+        day_limit=st.sampled_from((0, 50_000)),
+    )
+    def refund(self, account_id: str, amount: int, again: int, late: bool, day: str, day_limit: int) -> None:
+        """A new refund, or an earlier one sent again (replay) or with the next number; on one of
+        two days, with or without a day limit (RULES.md "refund")."""
         if again and self.refunds:
-            account_id, session_id, number, amount, now = self.refunds[-1]
-            arguments = (account_id, session_id, number + again - 1, amount, now)
+            account_id, session_id, number, amount, now, day, day_limit = self.refunds[-1]
+            arguments = (account_id, session_id, number + again - 1, amount, now, day, day_limit)
         else:
-            arguments = (account_id, self._new_id("r"), 0, amount, self.now)
+            arguments = (account_id, self._new_id("r"), 0, amount, self.now, day, day_limit)
         expected = _answer(lambda: self.model.refund(*arguments, late=late))
         store = self.late_store if late else self.store
         self._same(f"refund {arguments}", expected, _answer(lambda: self._store(lambda: store.refund(*arguments))))

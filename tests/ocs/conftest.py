@@ -83,10 +83,18 @@ def server_settings(redis_url: str, spool_path: Path | None = None, **quota: int
 @contextlib.asynccontextmanager
 async def running_server(redis_url: str, spool_path: Path, **quota: int) -> AsyncIterator[RunningServer]:
     """The whole OCS on a flushed Redis, with these quota settings; shut down on the way out."""
-    state = new_state(server_settings(redis_url, spool_path, **quota))
+    async with server_with(server_settings(redis_url, spool_path, **quota)) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def server_with(settings: Settings, *, flush: bool = True) -> AsyncIterator[RunningServer]:
+    """The whole OCS with these settings, on a flushed Redis unless told; shut down on the way out."""
+    state = new_state(settings)
     address = await startup(state)
     assert state.store is not None and state.http is not None
-    await state.store.flush_all()
+    if flush:
+        await state.store.flush_all()
     try:
         yield RunningServer(state, address[1])
     finally:

@@ -38,6 +38,12 @@ def test_tombstone_lifetime_and_spool_retention_are_settings(tmp_path: Path) -> 
     assert settings.spool.retention_batch_size == 100 and Settings().quota.tombstone_seconds == 600
 
 
+def test_refund_limits_are_settings(tmp_path: Path) -> None:
+    environment = {"OCS_REFUND_MAX_DAY_MICROS": "0"}
+    settings = load_settings(write(tmp_path, "[refund]\nmax_request_micros = 5000000\n"), environment)
+    assert (settings.refund.max_request_micros, settings.refund.max_day_micros) == (5_000_000, 0)
+
+
 def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # no config/ocs.toml here
     assert load_settings(None, {}) == Settings()
@@ -60,6 +66,8 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         ("[spool]\nretention_seconds = -1\n", {}, "spool.retention_seconds"),
         ("[spool]\nretention_batch_size = 0\n", {}, "spool.retention_batch_size"),
         ("[spool]\nretention_interval_seconds = 0\n", {}, "spool.retention_interval_seconds"),
+        ("[refund]\nmax_request_micros = -1\n", {}, "refund.max_request_micros"),
+        ("", {"OCS_REFUND_MAX_DAY_MICROS": "-5"}, "refund.max_day_micros"),
     ],
 )
 def test_bad_configuration_is_refused_naming_the_place(
@@ -82,6 +90,7 @@ def test_every_outcome_has_one_result_code() -> None:
         Outcome.STALE_REQUEST: 5012,
         Outcome.INVALID: 5012,
         Outcome.ALREADY_EXISTS: 5012,
+        Outcome.REFUND_LIMIT: 4010,
     }
     assert {outcome: int(result_code(outcome)) for outcome in Outcome} == expected
 

@@ -34,7 +34,15 @@ from ocs.rating import (
     parse_book,
     rate,
 )
-from ocs.rating_book import KNOWN_CONTEXT_UNITS, Numbering, normalise_context_id
+from ocs.rating_book import (
+    KNOWN_CONTEXT_UNITS,
+    FinalUnitPolicy,
+    Numbering,
+    RedirectAddressType,
+    RedirectServer,
+    Restriction,
+    normalise_context_id,
+)
 
 DEFAULT_TARIFFS = Path(__file__).resolve().parents[2] / "config" / "tariffs.toml"
 PS, IMS, SMS = "32251@3gpp.org", "32260@3gpp.org", "32274@3gpp.org"
@@ -118,6 +126,15 @@ price_per_minute = { home = { peak = "0.12", off_peak = "0.06" }, mobile = "0.12
 kind = "sms"
 price_per_message = { home = "0.09", mobile = "0.09", rest = "0.29" }
 """
+
+
+SMS_SECTION = "[plans.p.services.sms]\n"
+SMS_PRICES = 'price_per_message = { home = "0.09", mobile = "0.09", rest = "0.29" }\n'
+
+
+def plan_final_unit(lines: str) -> str:
+    """The plan's ``final_unit`` table with ``lines``, before its sms service."""
+    return f"[plans.p.final_unit]\n{lines}\n\n{SMS_SECTION}"
 
 
 def edited(*replacements: tuple[str, str]) -> str:
@@ -678,6 +695,7 @@ BAND_HEADER = '[[plans.p.bands]]\nname = "peak"\n'
             "not an IANA time zone",
         ),
         ((('currency = "EUR"', 'currency = "euro"'),), "plan p", "currency", "ISO 4217"),
+        ((('currency = "EUR"', 'currency = "XTS"'),), "plan p", "currency", "XTS has no ISO 4217 number here"),
         ((('currency = "EUR"\n', ""),), "plan p", "currency", "missing"),
         ((('country_code = "49"\n', ""),), "plan p", "country_code", "missing"),
         ((('national_prefix = "0"', 'national_prefix = "O"'),), "plan p", "national_prefix", "digits"),
@@ -751,6 +769,100 @@ BAND_HEADER = '[[plans.p.bands]]\nname = "peak"\n'
             "same service context",
         ),
         ((('default_service = "sms"', ""),), "plan p", "contexts.32274@3gpp.org", "selects no service"),
+        # final units (RFC 4006 sections 8.34-8.39)
+        (((SMS_SECTION, plan_final_unit('action = "BLOCK"')),), "plan p", "final_unit.action", "must be one of"),
+        (((SMS_SECTION, plan_final_unit("colour = 1")),), "plan p", "final_unit.colour", "unknown key"),
+        (
+            ((SMS_SECTION, plan_final_unit('redirect_address = "top-up portal"')),),
+            "plan p",
+            "final_unit.redirect_address",
+            "not an address of type URL",
+        ),
+        (
+            (
+                (
+                    SMS_SECTION,
+                    plan_final_unit('redirect_address = "192.0.2.300"\nredirect_address_type = "IPv4 Address"'),
+                ),
+            ),
+            "plan p",
+            "final_unit.redirect_address",
+            "not an address of type IPv4 Address",
+        ),
+        (
+            (
+                (
+                    SMS_SECTION,
+                    plan_final_unit('redirect_address = "2001:DB8::1"\nredirect_address_type = "IPv6 Address"'),
+                ),
+            ),
+            "plan p",
+            "final_unit.redirect_address",
+            "not an address of type IPv6 Address",  # RFC 5952 text is lower case
+        ),
+        (
+            (
+                (
+                    SMS_SECTION,
+                    plan_final_unit('redirect_address = "top-up@example.net"\nredirect_address_type = "SIP URI"'),
+                ),
+            ),
+            "plan p",
+            "final_unit.redirect_address",
+            "not an address of type SIP URI",
+        ),
+        (
+            ((SMS_SECTION, plan_final_unit('redirect_address = "192.0.2.1"\nredirect_address_type = "IPv5"')),),
+            "plan p",
+            "final_unit.redirect_address_type",
+            "must be one of",
+        ),
+        (
+            ((SMS_SECTION, plan_final_unit('redirect_address_type = "URL"')),),
+            "plan p",
+            "final_unit.redirect_address",
+            "missing",
+        ),
+        (
+            ((SMS_SECTION, plan_final_unit('restriction_filters = ["allow everything"]')),),
+            "plan p",
+            "final_unit.restriction_filters",
+            "not an IPFilterRule",
+        ),
+        (
+            ((SMS_SECTION, plan_final_unit('restriction_filters = ["permit sideways ip from any to any"]')),),
+            "plan p",
+            "final_unit.restriction_filters",
+            "not an IPFilterRule",
+        ),
+        (
+            ((SMS_SECTION, plan_final_unit('filter_ids = "walled-garden"')),),
+            "plan p",
+            "final_unit.filter_ids",
+            "must be a list",
+        ),
+        (((SMS_SECTION, plan_final_unit('filter_ids = [""]')),), "plan p", "final_unit.filter_ids", "empty"),
+        (
+            ((SMS_SECTION, plan_final_unit('action = "RESTRICT_ACCESS"\nfilter_ids = []')),),
+            "plan p",
+            "final_unit",
+            "RESTRICT_ACCESS needs restriction_filters or filter_ids",
+        ),
+        (
+            ((SMS_PRICES, SMS_PRICES + '\n[plans.p.services.sms.final_unit]\nsuspended_action = "STOP"\n'),),
+            "plan p",
+            "services.sms.final_unit.suspended_action",
+            "must be one of",
+        ),
+        (
+            (
+                (SMS_SECTION, plan_final_unit('action = "RESTRICT_ACCESS"\nfilter_ids = ["garden"]')),
+                (SMS_PRICES, SMS_PRICES + "\n[plans.p.services.sms.final_unit]\nfilter_ids = []\n"),
+            ),
+            "plan p",
+            "services.sms.final_unit",
+            "RESTRICT_ACCESS needs restriction_filters or filter_ids",
+        ),
     ],
 )
 def test_load_errors_name_file_section_and_field(
@@ -846,3 +958,37 @@ def test_rating_is_total(
     quote = quoted(explain(_DEFAULT_BOOK, plan_name, request, units))
     assert quote.cost_micros == exact_cost(units, result.tariff)
     assert result.explanation in quote.text
+
+
+def test_final_unit_tables_load_per_plan_and_service() -> None:
+    loaded = parse_book(
+        edited(
+            (
+                SMS_SECTION,
+                plan_final_unit(
+                    'action = "RESTRICT_ACCESS"\n'
+                    'restriction_filters = ["permit out ip from any to 192.0.2.10 443"]\n'
+                    'filter_ids = ["garden"]\n'
+                    'suspended_action = "REDIRECT"\n'
+                    'redirect_address = "2001:db8::1"\n'
+                    'redirect_address_type = "IPv6 Address"'
+                ),
+            ),
+            (
+                SMS_PRICES,
+                SMS_PRICES + '\n[plans.p.services.sms.final_unit]\nredirect_address = "sip:pay@example.net"\n'
+                'redirect_address_type = "SIP URI"\n',
+            ),
+        )
+    )
+    plan = loaded.plans["p"]
+    assert plan.final_unit == FinalUnitPolicy(
+        action="RESTRICT_ACCESS",
+        suspended_action="REDIRECT",
+        redirect=RedirectServer(RedirectAddressType.IPV6_ADDRESS, "2001:db8::1"),
+        restriction=Restriction(("permit out ip from any to 192.0.2.10 443",), ("garden",)),
+    )
+    sms = plan.services["sms"].final_unit.over(plan.final_unit)
+    assert sms.redirect == RedirectServer(RedirectAddressType.SIP_URI, "sip:pay@example.net")
+    assert (sms.action, sms.restriction) == (plan.final_unit.action, plan.final_unit.restriction)
+    assert plan.services["voice"].final_unit.over(plan.final_unit) == plan.final_unit
