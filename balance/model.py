@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from balance.errors import BalanceUnavailable
+from balance.keys import service_key
 from balance.model_invariants import InvariantChecker
 from balance.model_ledger import AccountState, Hold, Ledger
 from balance.tariff import charged, cost, is_valid
@@ -47,7 +48,8 @@ from balance.types import (
 
 @dataclass(slots=True)
 class Reservation:
-    """What one rating group of a session holds: its grant, the tariff it was priced with, the holds."""
+    """What one service (rating group, service identifier) of a session holds: its grant, the
+    tariff it was priced with, the holds."""
 
     tariff: Tariff
     granted_units: int
@@ -63,7 +65,7 @@ class Session:
     result: ChargeResult
     expiry_seconds: int
     closed: bool = False
-    reservations: dict[int, Reservation] = field(default_factory=dict)  # by rating group
+    reservations: dict[str, Reservation] = field(default_factory=dict)  # by service key (balance/keys.py)
 
 
 def _valid_item(item: ChargeItem) -> bool:
@@ -78,12 +80,12 @@ def _valid_request(request: ChargeRequest) -> bool:
     # RULES.md ambiguity: RULES.md names no check on the request's numbers; the model refuses with
     # ``invalid`` (before looking anything up) what the limits of balance/types.py exclude, and
     # repeated rating groups, which "the caller ensures" are distinct.
-    rating_groups = [item.rating_group for item in request.items]
+    services = [service_key(item.rating_group, item.service_identifier) for item in request.items]
     return (
         request.request_number >= 0
         and request.now_seconds >= 0
         and request.validity_seconds >= 0
-        and len(set(rating_groups)) == len(rating_groups)
+        and len(set(services)) == len(services)
         and all(_valid_item(item) for item in request.items)
     )
 
@@ -305,7 +307,7 @@ class ReferenceModel:
 
     def _charge_item(self, request: ChargeRequest, session: Session, item: ChargeItem) -> ItemResult:
         """One item: commit the used units, return the rest of its reservation, reserve anew."""
-        reservation = session.reservations.pop(item.rating_group, None)
+        reservation = session.reservations.pop(service_key(item.rating_group, item.service_identifier), None)
         if request.event and reservation is not None:
             # RULES.md: an event first returns its rating group's reservation, untouched; then it
             # debits all or nothing.
@@ -384,7 +386,7 @@ class ReferenceModel:
         if draw.granted_units == 0:
             return result(Outcome.INSUFFICIENT_FUNDS)
         self._ledger.take(request.account_id, draw)
-        session.reservations[item.rating_group] = Reservation(
+        session.reservations[service_key(item.rating_group, item.service_identifier)] = Reservation(
             item.tariff,
             draw.granted_units,
             draw.allowance_holds,
@@ -400,7 +402,8 @@ class ReferenceModel:
         state = self._ledger.accounts[request.account_id]
         self._records.append(
             UsageRecord(
-                record_id=f"{request.session_id}|{request.request_number}|{item.rating_group}",
+                record_id=f"{request.session_id}|{request.request_number}|"
+                + service_key(item.rating_group, item.service_identifier),
                 account_id=request.account_id,
                 session_id=request.session_id,
                 request_number=request.request_number,
@@ -411,6 +414,7 @@ class ReferenceModel:
                 micros=micros,
                 payment_type=state.account.payment_type,
                 at_seconds=request.now_seconds,
+                service_identifier=item.service_identifier,
             )
         )
 

@@ -124,8 +124,10 @@ def _bucket_arguments(bucket: Bucket) -> list[str]:
 
 
 def _item_arguments(item: ChargeItem) -> list[str]:
+    identifier = item.service_identifier
     return [
         str(item.rating_group),
+        str(identifier) if identifier is not None else "",
         item.service,
         item.unit.value,
         str(item.used_units),
@@ -600,7 +602,13 @@ def _usage_record(entry: str) -> UsageRecord:
         micros=int(data["micros"]),
         payment_type=PaymentType(data["payment"]),
         at_seconds=int(data["at"]),
+        # Records written before items carried a Service-Identifier have no such field.
+        service_identifier=_optional_int(data.get("service_identifier")),
     )
+
+
+def _optional_int(value: object) -> int | None:
+    return int(value) if isinstance(value, int) else None
 
 
 def _strings(reply: Reply) -> list[str]:

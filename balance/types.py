@@ -112,12 +112,13 @@ class Tariff:
 
 @value_type
 class ChargeItem:
-    """One service of a credit-control request (one MSCC), keyed by rating group.
+    """One service of a credit-control request (one MSCC), keyed by rating group and service
+    identifier (RULES.md "Services": the pair names the quota; ``None``: no Service-Identifier).
 
-    ``used_units`` are committed against the reservation of this rating group (what the
-    reservation does not cover is charged directly, if the balance affords it); then the rest
-    of that reservation is returned, and ``requested_units`` (if any) are reserved anew.
-    ``release`` ends the rating group: nothing is reserved and nothing stays held.
+    ``used_units`` are committed against the reservation of this service (what the reservation
+    does not cover is charged directly, if the balance affords it); then the rest of that
+    reservation is returned, and ``requested_units`` (if any) are reserved anew.
+    ``release`` ends the service: nothing is reserved and nothing stays held.
     """
 
     rating_group: int
@@ -127,6 +128,7 @@ class ChargeItem:
     used_units: int = 0
     requested_units: int = 0
     release: bool = False
+    service_identifier: int | None = None
 
 
 @value_type
@@ -177,7 +179,7 @@ class ChargeResult:
 class UsageRecord:
     """A CDR, written to the outbox in the same atomic call as its debit."""
 
-    record_id: str  # "<session>|<request number>|<rating group>": unique, so spooling is idempotent
+    record_id: str  # "<session>|<request number>|<service key>" (balance/keys.py): unique, so spooling is idempotent
     account_id: str
     session_id: str
     request_number: int
@@ -188,6 +190,7 @@ class UsageRecord:
     micros: int
     payment_type: PaymentType
     at_seconds: int
+    service_identifier: int | None = None  # the MSCC's Service-Identifier, if it named one
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,8 +83,11 @@ def invalid_tariff(tariff: Tariff) -> str | None:
 
 
 def invalid_item(item: ChargeItem) -> str | None:
-    if not 0 <= item.rating_group < 2**63:  # ocs packs (Rating-Group, Service-Identifier) pairs; spool: int64
+    # Rating-Group and Service-Identifier are Unsigned32 (RFC 4006 sections 8.29 and 8.28).
+    if not 0 <= item.rating_group < 2**32:
         return "rating group out of range"
+    if item.service_identifier is not None and not 0 <= item.service_identifier < 2**32:
+        return "service identifier out of range"
     if _SERVICE.match(item.service) is None:
         return "bad service name"
     if not (0 <= item.used_units <= MAX_SERVICE_UNITS and 0 <= item.requested_units <= MAX_SERVICE_UNITS):
@@ -107,8 +110,8 @@ def invalid_charge(request: ChargeRequest) -> str | None:
         return "time out of range"
     if len(request.items) > _MAX_ITEMS:
         return "too many items"
-    if len({item.rating_group for item in request.items}) != len(request.items):
-        return "rating groups must be distinct"
+    if len({(item.rating_group, item.service_identifier) for item in request.items}) != len(request.items):
+        return "services (rating group, service identifier) must be distinct"
     for item in request.items:
         problem = invalid_item(item)
         if problem:

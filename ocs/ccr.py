@@ -298,11 +298,12 @@ def read_ccr(message: Message) -> CreditRequest | CcrProblem:
     multiple = indicator is not None and indicator.value == 1
     services: list[ServiceRequest] = []
     if multiple:
-        seen: set[tuple[int | None, int | None]] = set()
+        seen: set[tuple[int, int | None]] = set()
         for mscc in _all(avps, _MULTIPLE_SERVICES_CREDIT_CONTROL):
             members = mscc.children
             service = _service(members, _index(members), mscc)
-            key = (service.rating_group, service.service_identifier)
+            # An absent Rating-Group is charged as 0 (ocs/charging.py): the same quota as 0.
+            key = (service.rating_group or 0, service.service_identifier)
             if key in seen:
                 return CcrProblem(ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES, mscc, "the same service twice")
             seen.add(key)

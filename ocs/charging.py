@@ -42,7 +42,7 @@ from ocs.config import Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.metrics import Metrics
 from ocs.queries import answer_query
-from ocs.rating import SERVICE_IDENTIFIER_AVP, Rated, RatingFailure, RatingInput, rate
+from ocs.rating import Rated, RatingFailure, RatingInput, rate
 from ocs.rating_book import TariffBook
 from ocs.result_codes import result_code
 from ocs.subscribers import SubscriberCache
@@ -205,17 +205,6 @@ class CreditControl:
                     return outcome
                 rated.append(_rating_refused(message, service, outcome.avp_name, outcome.reason))
                 continue
-            identifier = service.service_identifier
-            if (
-                service.rating_group is not None
-                and identifier is not None
-                and identifier > MAX_PAIRED_SERVICE_IDENTIFIER
-            ):
-                reason = (
-                    f"Service-Identifier {identifier} is beyond {MAX_PAIRED_SERVICE_IDENTIFIER} with a Rating-Group"
-                )
-                rated.append(_rating_refused(message, service, SERVICE_IDENTIFIER_AVP, reason))
-                continue
             unpriced = None if refund else _unpriced_units(message, service, outcome.unit)
             if unpriced is not None:
                 reason = f"service {outcome.service} is priced in {outcome.unit}, not in the units reported"
@@ -255,13 +244,16 @@ class CreditControl:
             used = sum(units_of(units, unit) or 0 for units in item.request.used)
             items.append(
                 ChargeItem(
-                    rating_group=_key(item.request),
+                    # An absent Rating-Group is charged and recorded as 0, the rating group of the
+                    # default service (ocs/rating.py); the record's service names what was rated.
+                    rating_group=item.request.rating_group or 0,
                     service=item.rated.service,
                     unit=unit,
                     tariff=item.rated.tariff,
                     used_units=requested if direct else used,
                     requested_units=0 if direct else requested,
                     release=item.request.final,
+                    service_identifier=item.request.service_identifier,
                 )
             )
         return ChargeRequest(
@@ -357,30 +349,6 @@ class CreditControl:
     def _final_unit(self, action_name: str) -> FinalUnit:
         settings = self.settings.final_unit
         return FinalUnit(FinalUnitAction[action_name], settings.redirect_address, settings.restriction_filter)
-
-
-def _key(service: ServiceRequest) -> int:
-    """The engine's reservation key for a service: its Rating-Group, else its Service-Identifier;
-    the pair, when the MSCC names both.
-
-    TS 32.251 (and TS 32.299 clause 7.1.9, Multiple-Services-Credit-Control) let quota be managed
-    per Rating-Group or per Rating-Group and Service-Identifier; a client that names both asks for
-    the finer level, and two MSCCs of one Rating-Group with different Service-Identifiers are two
-    quotas, each rated, reserved and charged on its own. Both are Unsigned32 (RFC 4006 sections
-    8.28 and 8.29); the pair is packed as ``(Service-Identifier + 1) * 2^32 + Rating-Group``:
-    above every plain Rating-Group, unique per pair, and below 2^63 (the usage spool stores it
-    as a signed 64-bit integer) for Service-Identifiers up to ``MAX_PAIRED_SERVICE_IDENTIFIER``.
-    """
-    group, identifier = service.rating_group, service.service_identifier
-    if group is None:
-        return identifier or 0
-    if identifier is None:
-        return group
-    return (identifier + 1) * _PAIR_BASE + group
-
-
-_PAIR_BASE = 2**32
-MAX_PAIRED_SERVICE_IDENTIFIER = 2**31 - 2  # (2^31 - 1) * 2^32 + (2^32 - 1) < 2^63
 
 
 def _rating_refused(message: Message, service: ServiceRequest, name: str, reason: str) -> RefusedService:

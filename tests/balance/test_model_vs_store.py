@@ -70,19 +70,23 @@ FREE = Tariff(price_micros=0)
 
 @dataclass(frozen=True)
 class Service:
-    """One rating group as the network sends it; the tariff may change between requests."""
+    """One service (rating group, service identifier) as the network sends it; the tariff may
+    change between requests."""
 
     rating_group: int
     name: str
     unit: Unit
     tariffs: tuple[Tariff, ...]
     most_units: int
+    service_identifier: int | None = None
 
 
 SERVICES = (
     Service(1, "voice", Unit.SECONDS, (VOICE_60_60, VOICE_60_1), 600),
     Service(2, "voice-roaming", Unit.SECONDS, (VOICE_1_1, VOICE_60_60), 600),
     Service(3, "data", Unit.OCTETS, (DATA_PER_MEGABYTE, DATA_PER_KILOBYTE), 5_000_000),
+    # The same rating group with a Service-Identifier: a quota of its own (RULES.md "Services").
+    Service(3, "data", Unit.OCTETS, (DATA_PER_KILOBYTE, DATA_PER_MEGABYTE), 5_000_000, service_identifier=1),
     Service(4, "sms", Unit.EVENTS, (SMS, FREE), 4),
 )
 
@@ -121,8 +125,8 @@ few_units = st.integers(0, 3)
 
 @st.composite
 def charge_items(draw: st.DrawFn, *, used: bool, requested: bool) -> tuple[ChargeItem, ...]:
-    """One to three items of distinct rating groups, with zero often among the unit counts."""
-    chosen = draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique_by=lambda s: s.rating_group))
+    """One to three items of distinct services, with zero often among the unit counts."""
+    chosen = draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique=True))
     items = []
     for service in chosen:
         units = st.one_of(st.just(0), st.integers(1, service.most_units))
@@ -135,6 +139,7 @@ def charge_items(draw: st.DrawFn, *, used: bool, requested: bool) -> tuple[Charg
                 used_units=draw(units) if used else 0,
                 requested_units=draw(units) if requested else 0,
                 release=used and requested and draw(st.integers(0, 4)) == 0,
+                service_identifier=service.service_identifier,
             )
         )
     return tuple(items)

@@ -518,8 +518,8 @@ async def test_charge_arguments_that_are_not_whole_items_are_refused(
     await store.provision(Account("kim", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
     session_keys = ["{kim}:s:s", account_key("kim", "kim"), account_key("kim", "kim"), "{kim}:x", "{kim}:o"]
     header = ["kim", "s", "0", str(NOW), str(NOW + 60), "0", "0", "3600", "", "", str(10**13)]
-    item = ["1", "voice", "seconds", "0", "60", "0", "600000 60 60 60"]
-    with pytest.raises(BalanceScriptError, match="not 11 \\+ 7 per item"):
+    item = ["1", "", "voice", "seconds", "0", "60", "0", "600000 60 60 60"]
+    with pytest.raises(BalanceScriptError, match="not 11 \\+ 8 per item"):
         await store.caller.run(SCRIPTS[Operation.CHARGE], session_keys, header + item[:-1])
     reply = await store.caller.run(SCRIPTS[Operation.CHARGE], session_keys, header + item)
     assert str(reply).startswith("0 ok ")  # the same arguments, whole: a reservation

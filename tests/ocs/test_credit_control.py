@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import json
 import time as clock
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +14,7 @@ from balance.audit import audit
 from balance.embedded import EmbeddedRedis
 from balance.types import Bucket, BucketKind, PaymentType
 from ocs.app import new_state, shutdown, startup
+from ocs.cdr import export
 from ocs.config import RatingSettings
 from protocol.message import Avp, Message, avp, request
 from tests.ocs.conftest import RunningServer, server_settings
@@ -633,7 +636,28 @@ async def test_one_rating_group_with_two_service_identifiers_is_two_quotas(serve
         (1_000_000, 10_000),
         (2_000_000, 20_000),
     ]
+    # Each usage record names its own Rating-Group and Service-Identifier, apart, in the spool and
+    # in the export (before, the pair was packed into one meaningless "rating group").
+    exported = await exported_records(server, "quinn", count=2)
+    assert sorted((record["rating_group"], record["service_identifier"], record["units"]) for record in exported) == [
+        (10, 1, 1_000_000),
+        (10, 2, 2_000_000),
+    ]
     await client.close()
+
+
+async def exported_records(server: RunningServer, account_id: str, *, count: int) -> list[dict[str, object]]:
+    """The account's usage records as ``ocs cdr export`` writes them (JSON lines), once the spool
+    writer has moved ``count`` of them out of the outbox."""
+    state = server.state
+    assert state.spool is not None and state.store is not None
+    for _ in range(200):
+        if await state.spool.count() >= count and not await state.store.usage_records():
+            break
+        await asyncio.sleep(0.05)
+    out = io.StringIO()
+    export(state.spool.path, since=None, until=None, fmt="jsonl", out=out, account_id=account_id)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
 async def test_a_realm_that_is_not_ours_is_3003(server: RunningServer) -> None:
