@@ -25,7 +25,7 @@ from balance.errors import BalanceUnavailable
 from balance.keys import service_key
 from balance.model_invariants import InvariantChecker
 from balance.model_ledger import AccountState, Hold, Ledger
-from balance.tariff import charged, cost, is_valid
+from balance.tariff import charged, cost, cost_across, is_valid
 from balance.types import (
     MAX_AMOUNT_MICROS,
     MAX_SERVICE_UNITS,
@@ -42,6 +42,8 @@ from balance.types import (
     OperationResult,
     Outcome,
     Tariff,
+    TariffChange,
+    Unit,
     UsageRecord,
 )
 
@@ -56,6 +58,8 @@ class Reservation:
     allowance_holds: list[Hold]
     money_holds: list[Hold]
     expiry_seconds: int
+    change: TariffChange | None = None  # RULES.md "Tariff change": the switch inside the grant
+    granted_seconds: int = 0  # when the grant was made
 
 
 @dataclass(slots=True)
@@ -69,10 +73,12 @@ class Session:
 
 
 def _valid_item(item: ChargeItem) -> bool:
+    split = item.used_split
     return (
         is_valid(item.tariff)
         and 0 <= item.used_units <= MAX_SERVICE_UNITS
         and 0 <= item.requested_units <= MAX_SERVICE_UNITS
+        and (split is None or split.before_units + split.after_units + split.indeterminate_units == item.used_units)
     )
 
 
@@ -88,6 +94,23 @@ def _valid_request(request: ChargeRequest) -> bool:
         and len(set(services)) == len(services)
         and all(_valid_item(item) for item in request.items)
     )
+
+
+def _priced_before(reservation: Reservation, item: ChargeItem, now_seconds: int) -> int:
+    """RULES.md "Tariff change": how many of the item's used units, from the first, are priced
+    before the reservation's tariff change (all of them without one)."""
+    change = reservation.change
+    if change is None:
+        return item.used_units
+    before_dearer = reservation.tariff.price_micros >= change.after_price_micros
+    split = item.used_split
+    if split is not None:
+        return split.before_units + (split.indeterminate_units if before_dearer else 0)
+    if now_seconds <= change.at_seconds:
+        return item.used_units
+    if item.unit is Unit.SECONDS:  # used continuously from the grant (RFC 4006 section 5.1.1)
+        return change.at_seconds - reservation.granted_seconds
+    return item.used_units if before_dearer else 0
 
 
 def _valid_buckets(buckets: tuple[Bucket, ...]) -> bool:
@@ -341,7 +364,8 @@ class ReferenceModel:
                 return None  # an event commits all or nothing
         units, micros = 0, 0
         if reservation is not None and reserved_units > 0:
-            units, micros = self._commit_reserved(account_id, reservation, reserved_units)
+            before = _priced_before(reservation, item, request.now_seconds)
+            units, micros = self._commit_reserved(account_id, reservation, reserved_units, before)
         if direct is not None:
             # "As if reserved and committed now": hold the affordable part, then commit all of it.
             self._ledger.take(account_id, direct)
@@ -353,14 +377,24 @@ class ReferenceModel:
             units, micros = units + direct.granted_units, micros + direct_micros
         return units, micros
 
-    def _commit_reserved(self, account_id: str, reservation: Reservation, units: int) -> tuple[int, int]:
-        """Allowance units first, from the allowance holds in order; the rest priced and paid in order."""
+    def _commit_reserved(self, account_id: str, reservation: Reservation, units: int, before: int) -> tuple[int, int]:
+        """Allowance units first, from the allowance holds in order; the rest priced and paid in
+        order. ``before``: how many of the units, from the first, are priced before a tariff change."""
         from_allowances = 0
         for hold in reservation.allowance_holds:
             take = min(hold.amount, units - from_allowances)
             self._ledger.commit_units(hold, take)
             from_allowances += take
-        micros = cost(units - from_allowances, reservation.tariff)
+        money_units = units - from_allowances
+        change = reservation.change
+        if change is None:
+            micros = cost(money_units, reservation.tariff)
+        else:
+            # Allowances cover the first units used, so the priced units start after them.
+            money_before = min(max(before - from_allowances, 0), money_units)
+            micros = cost_across(
+                money_before, money_units - money_before, reservation.tariff, change.after_price_micros
+            )
         unpaid = micros
         for hold in reservation.money_holds:
             take = min(hold.amount, unpaid)
@@ -380,8 +414,13 @@ class ReferenceModel:
         if self._ledger.accounts[request.account_id].account.status is not AccountStatus.ACTIVE:
             return result(Outcome.ACCOUNT_BLOCKED)
         rounded_units = charged(item.requested_units, item.tariff)
+        change = item.tariff_change
+        # RULES.md "Tariff change": a grant across a change is priced at the dearer side.
+        priced_at = item.tariff
+        if change is not None and change.after_price_micros > item.tariff.price_micros:
+            priced_at = replace(item.tariff, price_micros=change.after_price_micros)
         draw = self._ledger.draw(
-            request.account_id, item.service, item.unit, item.tariff, rounded_units, request.now_seconds
+            request.account_id, item.service, item.unit, priced_at, rounded_units, request.now_seconds
         )
         if draw.granted_units == 0:
             return result(Outcome.INSUFFICIENT_FUNDS)
@@ -392,6 +431,8 @@ class ReferenceModel:
             draw.allowance_holds,
             draw.money_holds,
             request.now_seconds + request.validity_seconds,
+            change,
+            request.now_seconds,
         )
         partial = draw.granted_units < rounded_units
         # RULES.md "reserved_micros": every money hold of the new reservation, whatever its source.

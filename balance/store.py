@@ -124,7 +124,7 @@ def _bucket_arguments(bucket: Bucket) -> list[str]:
 
 
 def _item_arguments(item: ChargeItem) -> list[str]:
-    identifier = item.service_identifier
+    identifier, change, split = item.service_identifier, item.tariff_change, item.used_split
     return [
         str(item.rating_group),
         str(identifier) if identifier is not None else "",
@@ -134,6 +134,8 @@ def _item_arguments(item: ChargeItem) -> list[str]:
         str(item.requested_units),
         "1" if item.release else "0",
         tariff_text(item.tariff),
+        f"{change.at_seconds} {change.after_price_micros}" if change is not None else "",
+        f"{split.before_units} {split.after_units} {split.indeterminate_units}" if split is not None else "",
     ]
 
 

@@ -9,6 +9,7 @@ returns the reason as text, or None when the input is fine.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from balance.keys import is_valid_account_id
 from balance.types import (
@@ -103,6 +104,27 @@ def invalid_item(item: ChargeItem) -> str | None:
     return None
 
 
+def invalid_change(item: ChargeItem, now_seconds: int) -> str | None:
+    """The tariff change of a new reservation, and the itemised usage (RULES.md "Tariff change")."""
+    change, split = item.tariff_change, item.used_split
+    if change is not None:
+        if not now_seconds < change.at_seconds < _MAX_TIME:
+            return "a tariff change must lie ahead of now"
+        tariff = item.tariff
+        dearer = replace(tariff, price_micros=max(tariff.price_micros, change.after_price_micros))
+        problem = invalid_tariff(dearer)
+        if problem:
+            return f"the tariff after the change: {problem}"
+        largest = item.requested_units + tariff.block_units + tariff.first_units
+        if largest * dearer.price_micros // tariff.per_units > MAX_AMOUNT_MICROS:
+            return "the cost of these units after the change is out of range"
+    if split is not None:
+        parts = (split.before_units, split.after_units, split.indeterminate_units)
+        if min(parts) < 0 or sum(parts) != item.used_units:
+            return "the itemised units must add up to the used units"
+    return None
+
+
 def invalid_charge(request: ChargeRequest) -> str | None:
     if not 0 <= request.request_number < 2**32:
         return "request number out of range"
@@ -113,7 +135,7 @@ def invalid_charge(request: ChargeRequest) -> str | None:
     if len({(item.rating_group, item.service_identifier) for item in request.items}) != len(request.items):
         return "services (rating group, service identifier) must be distinct"
     for item in request.items:
-        problem = invalid_item(item)
+        problem = invalid_item(item) or invalid_change(item, request.now_seconds)
         if problem:
             return problem
     return None

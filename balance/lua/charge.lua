@@ -6,12 +6,15 @@
 --       it stays open (epoch s: now + validity), 6 terminate 0|1, 7 event 0|1, 8 tombstone
 --       lifetime (s), 9 parent id ('' for none), 10 the session id as the body of a JSON string
 --       ('' when that is the session id itself), 11 deadline (epoch ms, Redis's clock: past it the
---       caller has given up, see below), then per item 8 fields: rating group, service
+--       caller has given up, see below), then per item 10 fields: rating group, service
 --       identifier ('' for none), service, unit (seconds|octets|events), used units, requested
 --       units, release 0|1, tariff "price_micros per_units block_units first_units" (lib.lua
---       tariff_of). The item's reservation is the session field 'g:<service key>' and its usage
---       record's id ends in the service key: the rating group, or '<rating group>/<service
---       identifier>' (balance/keys.py service_key).
+--       tariff_of), the new reservation's tariff change "<at epoch s> <after price micros>" (''
+--       for none), the used units as the client itemised them about the change of the
+--       reservation they are committed against, "<before> <after> <indeterminate>" ('' for not
+--       itemised): RULES.md "Tariff change". The item's reservation is the session field
+--       'g:<service key>' and its usage record's id ends in the service key: the rating group,
+--       or '<rating group>/<service identifier>' (balance/keys.py service_key).
 --       Numbers are decimal integers (balance/store.py); some are copied into what is stored as sent.
 -- Returns: "<replayed 0|1> <outcome> <balance micros> <opened 0|1> <records> <items>" followed by
 --       "<rating group> <outcome> <granted> <committed units> <committed micros> <final 0|1>
@@ -30,8 +33,8 @@ local account_id, session_id = ARGV[1], ARGV[2]
 local number, now = ARGV[3] + 0, ARGV[4] + 0 -- ARGV[5], the expiry, goes to ZADD as is
 local terminate, event = ARGV[6] == '1', ARGV[7] == '1'
 local parent_id = ARGV[9] -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
-local item_count = (#ARGV - 11) / 8
-if item_count % 1 ~= 0 then return redis.error_reply('ARGV ' .. #ARGV .. ' arguments: not 11 + 8 per item') end
+local item_count = (#ARGV - 11) / 10
+if item_count % 1 ~= 0 then return redis.error_reply('ARGV ' .. #ARGV .. ' arguments: not 11 + 10 per item') end
 
 local account = load_account(account_key, account_id)
 if account == nil then return '0 unknown_account 0 0 0 0' end
@@ -115,7 +118,8 @@ for _ = 1, item_count do
       return_reservation(direct, account, parent)
     else
       if existing ~= nil then
-        committed_units, committed_micros = commit(existing, used, account, parent)
+        local before = priced_before(existing, used, ARGV[position + 9], unit, now)
+        committed_units, committed_micros = commit(existing, used, account, parent, before)
       end
       local excess = used - committed_units
       if excess > 0 then
@@ -135,7 +139,14 @@ for _ = 1, item_count do
     if account.st ~= 'active' then
       outcome = 'account_blocked'
     else
-      local reservation, is_final, reserved = reserve(account, parent, service, unit, tariff, requested, now)
+      local change_text = ARGV[position + 8]
+      local reservation, is_final, reserved
+      if change_text == '' then
+        reservation, is_final, reserved = reserve(account, parent, service, unit, tariff, requested, now)
+      else
+        reservation, is_final, reserved = reserve_across(account, parent, service, unit, tariff, requested, now,
+          change_text, ARGV[4])
+      end
       granted = reservation.units
       if granted == 0 then
         outcome = 'insufficient_funds'
@@ -173,7 +184,7 @@ for _ = 1, item_count do
   local result = rating_group .. ' ' .. outcome .. ' ' .. granted_text .. ' ' .. units_text .. ' ' .. micros_text
     .. (final and ' 1 ' or ' 0 ') .. reserved_text
   results = results and (results .. ' ' .. result) or result
-  position = position + 8
+  position = position + 10
 end
 
 if closing then
