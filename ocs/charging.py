@@ -8,8 +8,12 @@ counts only in units its tariff does not price (5031 in its MSCC, Failed-AVP at 
 nothing of it is charged), turns the other services into ``ChargeItem``s (requested units
 sized by the configured default and maximum quota, used units from Used-Service-Unit), makes
 the one ``BalanceStore.charge`` call for the whole request, and lays the outcome out as a CCA
-(``ocs.cca``). EVENT requests for CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006
-section 6) are answered from queries and refunds. Redis unavailable is 3004 (RFC 4006 section
+(``ocs.cca``). A grant whose Validity-Time spans a switch of tariff (rating looks ahead for
+INITIAL and UPDATE) carries Tariff-Time-Change and reaches the engine with the price after the
+switch; the Used-Service-Units the client itemises with Tariff-Change-Usage reach it as a usage
+split (RFC 4006 section 5.1.1; balance/RULES.md "Tariff change" prices each side). EVENT
+requests for CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006 section 6) are answered
+from queries and refunds. Redis unavailable is 3004 (RFC 4006 section
 5.7: the client fails over; the request changed nothing, or changed it idempotently); an engine
 error is 5012. Retransmissions reach the engine with the same (Session-Id, CC-Request-Number)
 and get the stored outcome back.
@@ -24,7 +28,17 @@ import structlog
 
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.store import BalanceStore
-from balance.types import AccountStatus, ChargeItem, ChargeRequest, ChargeResult, ItemResult, Outcome, Unit
+from balance.types import (
+    AccountStatus,
+    ChargeItem,
+    ChargeRequest,
+    ChargeResult,
+    ItemResult,
+    Outcome,
+    TariffChange,
+    Unit,
+    UsageSplit,
+)
 from balance.value_type import value_type
 from ocs.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result, credit_answer, error_answer
 from ocs.ccr import (
@@ -61,6 +75,9 @@ _QUERIES = (RequestedAction.CHECK_BALANCE, RequestedAction.PRICE_ENQUIRY, Reques
 class RatedService:
     request: ServiceRequest
     rated: Rated
+    # The grant's Tariff-Time-Change (RFC 4006 section 5.1.1): a switch of tariff ahead of our
+    # clock within the grant's Validity-Time; None when there is none, or no grant is made.
+    tariff_change: TariffChange | None = None
 
 
 @value_type
@@ -192,12 +209,21 @@ class CreditControl:
         skew = self.settings.rating.event_timestamp_skew_seconds
         at = request_time(ccr, now, skew_seconds=skew, late_seconds=self.settings.quota.tcc_seconds)
         refund = ccr.requested_action is RequestedAction.REFUND_ACCOUNT
+        # Only a grant can span a switch of tariff: an EVENT is charged at once, a TERMINATION
+        # reserves nothing.
+        granting = ccr.request_type in (RequestType.INITIAL, RequestType.UPDATE)
+        lookahead = self.settings.quota.validity_seconds if granting else 0
         for service in services:
             outcome = rate(
                 self.book,
                 plan,
                 RatingInput(
-                    ccr.service_context, service.rating_group, service.service_identifier, ccr.called_party, at
+                    ccr.service_context,
+                    service.rating_group,
+                    service.service_identifier,
+                    ccr.called_party,
+                    at,
+                    lookahead if service.requested is not None else 0,
                 ),
             )
             if isinstance(outcome, RatingFailure):
@@ -210,7 +236,7 @@ class CreditControl:
                 reason = f"service {outcome.service} is priced in {outcome.unit}, not in the units reported"
                 rated.append(RefusedService(service, ResultCode.DIAMETER_RATING_FAILED, unpriced, reason))
                 continue
-            rated.append(RatedService(service, outcome))
+            rated.append(RatedService(service, outcome, _tariff_change(outcome, now)))
         return rated
 
     def _refused_answer(self, message: Message, ccr: CreditRequest, refused: Sequence[RefusedService]) -> Message:
@@ -254,6 +280,8 @@ class CreditControl:
                     requested_units=0 if direct else requested,
                     release=item.request.final,
                     service_identifier=item.request.service_identifier,
+                    tariff_change=None if direct or item.request.final else item.tariff_change,
+                    used_split=None if direct else _usage_split(item.request.used, unit),
                 )
             )
         return ChargeRequest(
@@ -344,11 +372,37 @@ class CreditControl:
             threshold_units=granted * quota.threshold_percent // 100,
             quota_holding_seconds=quota.quota_holding_seconds,
             final_unit=self._final_unit(self.settings.final_unit.action) if item.final else None,
+            tariff_time_change=service.tariff_change.at_seconds if service.tariff_change is not None else None,
         )
 
     def _final_unit(self, action_name: str) -> FinalUnit:
         settings = self.settings.final_unit
         return FinalUnit(FinalUnitAction[action_name], settings.redirect_address, settings.restriction_filter)
+
+
+def _tariff_change(rated: Rated, now: float) -> TariffChange | None:
+    """The engine's tariff change for a grant rated ``rated``: the band change rating found,
+    if it lies ahead of our clock (the engine reserves at our clock's ``now``; a client's
+    Event-Timestamp within the skew may put the rating moment on the other side of it)."""
+    change = rated.change
+    if change is None:
+        return None
+    at_seconds = int(change.at.timestamp())  # band boundaries are whole minutes
+    if at_seconds <= int(now):
+        return None
+    return TariffChange(at_seconds, change.tariff.price_micros)
+
+
+def _usage_split(used: Sequence[Units], unit: Unit) -> UsageSplit | None:
+    """The used units as the client itemised them with Tariff-Change-Usage (RFC 4006 section
+    8.27), or None when no Used-Service-Unit carries one. A Used-Service-Unit without it among
+    itemised ones counts as before the change ("no tariff change has occurred" for those units)."""
+    if all(units.tariff_change_usage is None for units in used):
+        return None
+    parts = [0, 0, 0]  # UNIT_BEFORE_TARIFF_CHANGE, UNIT_AFTER_TARIFF_CHANGE, UNIT_INDETERMINATE
+    for units in used:
+        parts[units.tariff_change_usage or 0] += units_of(units, unit) or 0
+    return UsageSplit(*parts)
 
 
 def _rating_refused(message: Message, service: ServiceRequest, name: str, reason: str) -> RefusedService:
