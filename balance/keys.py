@@ -12,7 +12,8 @@ none. Field names are short because they are stored once per account and per ses
     ``m:<id>`` "kind|valid_from|valid_until|priority|service,service".
 ``{R}:s:<session>`` hash, one per session:
     a account id, n last request number applied, r its result (the reply string),
-    c "1" once closed; ``g:<rating group>`` one live reservation. Its expiry is its score in
+    c "1" once closed; ``g:<service key>`` one live reservation (``service_key`` below: the
+    rating group, or "<rating group>/<service identifier>"). Its expiry is its score in
     ``{R}:x``. Versions before 2026-12-03 also kept it as a field x and their expire.lua reads
     that field: their sessions work here (x is ignored), but rolling back to such a version while
     sessions written by this one are open fails their expiry, so drain open sessions first.
@@ -21,7 +22,8 @@ none. Field names are short because they are stored once per account and per ses
 ``{R}:x`` sorted set: open sessions by expiry (epoch seconds, written by every charge that
     leaves the session open), member "<account>|<session>".
 ``{R}:o`` list: the outbox, usage records (JSON) written with their debit, read and trimmed by
-    the spool writer once they are committed to SQLite.
+    the spool writer once they are committed to SQLite. A record's id is
+    "<session>|<request number>|<service key>".
 ``{R}:r:<account>`` hash: the account's refunds of one day (the day the limit counts in, as its
     caller names it): d the day, s micros refunded that day; expires two days after the last.
 ``{R}:k`` hash: idempotency keys of top-ups ("t:<id>") and adjustments ("j:<id>").
@@ -65,6 +67,19 @@ ACCOUNT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 def is_valid_account_id(account_id: str) -> bool:
     return ACCOUNT_ID_PATTERN.match(account_id) is not None
+
+
+def service_key(rating_group: int, service_identifier: int | None) -> str:
+    """What names one service's quota inside a session (its ``g:`` field) and in a usage record's
+    id: the rating group, or "<rating group>/<service identifier>" when the MSCC names both.
+
+    TS 32.299 clause 7.1.9 (Multiple-Services-Credit-Control) lets a client manage quota per
+    Rating-Group or per Rating-Group and Service-Identifier; two MSCCs of one Rating-Group with
+    different Service-Identifiers are two quotas. charge.lua builds the same text from its ARGV.
+    """
+    if service_identifier is None:
+        return str(rating_group)
+    return f"{rating_group}/{service_identifier}"
 
 
 def account_key(root: str, account_id: str) -> str:

@@ -22,9 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from balance.errors import BalanceUnavailable
+from balance.keys import service_key
 from balance.model_invariants import InvariantChecker
 from balance.model_ledger import AccountState, Hold, Ledger
-from balance.tariff import charged, cost, is_valid
+from balance.tariff import charged, cost, cost_across, is_valid
 from balance.types import (
     MAX_AMOUNT_MICROS,
     MAX_SERVICE_UNITS,
@@ -41,19 +42,24 @@ from balance.types import (
     OperationResult,
     Outcome,
     Tariff,
+    TariffChange,
+    Unit,
     UsageRecord,
 )
 
 
 @dataclass(slots=True)
 class Reservation:
-    """What one rating group of a session holds: its grant, the tariff it was priced with, the holds."""
+    """What one service (rating group, service identifier) of a session holds: its grant, the
+    tariff it was priced with, the holds."""
 
     tariff: Tariff
     granted_units: int
     allowance_holds: list[Hold]
     money_holds: list[Hold]
     expiry_seconds: int
+    change: TariffChange | None = None  # RULES.md "Tariff change": the switch inside the grant
+    granted_seconds: int = 0  # when the grant was made
 
 
 @dataclass(slots=True)
@@ -63,14 +69,16 @@ class Session:
     result: ChargeResult
     expiry_seconds: int
     closed: bool = False
-    reservations: dict[int, Reservation] = field(default_factory=dict)  # by rating group
+    reservations: dict[str, Reservation] = field(default_factory=dict)  # by service key (balance/keys.py)
 
 
 def _valid_item(item: ChargeItem) -> bool:
+    split = item.used_split
     return (
         is_valid(item.tariff)
         and 0 <= item.used_units <= MAX_SERVICE_UNITS
         and 0 <= item.requested_units <= MAX_SERVICE_UNITS
+        and (split is None or split.before_units + split.after_units + split.indeterminate_units == item.used_units)
     )
 
 
@@ -78,14 +86,31 @@ def _valid_request(request: ChargeRequest) -> bool:
     # RULES.md ambiguity: RULES.md names no check on the request's numbers; the model refuses with
     # ``invalid`` (before looking anything up) what the limits of balance/types.py exclude, and
     # repeated rating groups, which "the caller ensures" are distinct.
-    rating_groups = [item.rating_group for item in request.items]
+    services = [service_key(item.rating_group, item.service_identifier) for item in request.items]
     return (
         request.request_number >= 0
         and request.now_seconds >= 0
         and request.validity_seconds >= 0
-        and len(set(rating_groups)) == len(rating_groups)
+        and len(set(services)) == len(services)
         and all(_valid_item(item) for item in request.items)
     )
+
+
+def _priced_before(reservation: Reservation, item: ChargeItem, now_seconds: int) -> int:
+    """RULES.md "Tariff change": how many of the item's used units, from the first, are priced
+    before the reservation's tariff change (all of them without one)."""
+    change = reservation.change
+    if change is None:
+        return item.used_units
+    before_dearer = reservation.tariff.price_micros >= change.after_price_micros
+    split = item.used_split
+    if split is not None:
+        return split.before_units + (split.indeterminate_units if before_dearer else 0)
+    if now_seconds <= change.at_seconds:
+        return item.used_units
+    if item.unit is Unit.SECONDS:  # used continuously from the grant (RFC 4006 section 5.1.1)
+        return change.at_seconds - reservation.granted_seconds
+    return item.used_units if before_dearer else 0
 
 
 def _valid_buckets(buckets: tuple[Bucket, ...]) -> bool:
@@ -306,7 +331,7 @@ class ReferenceModel:
 
     def _charge_item(self, request: ChargeRequest, session: Session, item: ChargeItem) -> ItemResult:
         """One item: commit the used units, return the rest of its reservation, reserve anew."""
-        reservation = session.reservations.pop(item.rating_group, None)
+        reservation = session.reservations.pop(service_key(item.rating_group, item.service_identifier), None)
         if request.event and reservation is not None:
             # RULES.md: an event first returns its rating group's reservation, untouched; then it
             # debits all or nothing.
@@ -340,7 +365,8 @@ class ReferenceModel:
                 return None  # an event commits all or nothing
         units, micros = 0, 0
         if reservation is not None and reserved_units > 0:
-            units, micros = self._commit_reserved(account_id, reservation, reserved_units)
+            before = _priced_before(reservation, item, request.now_seconds)
+            units, micros = self._commit_reserved(account_id, reservation, reserved_units, before)
         if direct is not None:
             # "As if reserved and committed now": hold the affordable part, then commit all of it.
             self._ledger.take(account_id, direct)
@@ -352,14 +378,24 @@ class ReferenceModel:
             units, micros = units + direct.granted_units, micros + direct_micros
         return units, micros
 
-    def _commit_reserved(self, account_id: str, reservation: Reservation, units: int) -> tuple[int, int]:
-        """Allowance units first, from the allowance holds in order; the rest priced and paid in order."""
+    def _commit_reserved(self, account_id: str, reservation: Reservation, units: int, before: int) -> tuple[int, int]:
+        """Allowance units first, from the allowance holds in order; the rest priced and paid in
+        order. ``before``: how many of the units, from the first, are priced before a tariff change."""
         from_allowances = 0
         for hold in reservation.allowance_holds:
             take = min(hold.amount, units - from_allowances)
             self._ledger.commit_units(hold, take)
             from_allowances += take
-        micros = cost(units - from_allowances, reservation.tariff)
+        money_units = units - from_allowances
+        change = reservation.change
+        if change is None:
+            micros = cost(money_units, reservation.tariff)
+        else:
+            # Allowances cover the first units used, so the priced units start after them.
+            money_before = min(max(before - from_allowances, 0), money_units)
+            micros = cost_across(
+                money_before, money_units - money_before, reservation.tariff, change.after_price_micros
+            )
         unpaid = micros
         for hold in reservation.money_holds:
             take = min(hold.amount, unpaid)
@@ -379,18 +415,25 @@ class ReferenceModel:
         if self._ledger.accounts[request.account_id].account.status is not AccountStatus.ACTIVE:
             return result(Outcome.ACCOUNT_BLOCKED)
         rounded_units = charged(item.requested_units, item.tariff)
+        change = item.tariff_change
+        # RULES.md "Tariff change": a grant across a change is priced at the dearer side.
+        priced_at = item.tariff
+        if change is not None and change.after_price_micros > item.tariff.price_micros:
+            priced_at = replace(item.tariff, price_micros=change.after_price_micros)
         draw = self._ledger.draw(
-            request.account_id, item.service, item.unit, item.tariff, rounded_units, request.now_seconds
+            request.account_id, item.service, item.unit, priced_at, rounded_units, request.now_seconds
         )
         if draw.granted_units == 0:
             return result(Outcome.INSUFFICIENT_FUNDS)
         self._ledger.take(request.account_id, draw)
-        session.reservations[item.rating_group] = Reservation(
+        session.reservations[service_key(item.rating_group, item.service_identifier)] = Reservation(
             item.tariff,
             draw.granted_units,
             draw.allowance_holds,
             draw.money_holds,
             request.now_seconds + request.validity_seconds,
+            change,
+            request.now_seconds,
         )
         partial = draw.granted_units < rounded_units
         # RULES.md "reserved_micros": every money hold of the new reservation, whatever its source.
@@ -401,7 +444,8 @@ class ReferenceModel:
         state = self._ledger.accounts[request.account_id]
         self._records.append(
             UsageRecord(
-                record_id=f"{request.session_id}|{request.request_number}|{item.rating_group}",
+                record_id=f"{request.session_id}|{request.request_number}|"
+                + service_key(item.rating_group, item.service_identifier),
                 account_id=request.account_id,
                 session_id=request.session_id,
                 request_number=request.request_number,
@@ -412,6 +456,7 @@ class ReferenceModel:
                 micros=micros,
                 payment_type=state.account.payment_type,
                 at_seconds=request.now_seconds,
+                service_identifier=item.service_identifier,
             )
         )
 

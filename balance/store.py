@@ -124,14 +124,18 @@ def _bucket_arguments(bucket: Bucket) -> list[str]:
 
 
 def _item_arguments(item: ChargeItem) -> list[str]:
+    identifier, change, split = item.service_identifier, item.tariff_change, item.used_split
     return [
         str(item.rating_group),
+        str(identifier) if identifier is not None else "",
         item.service,
         item.unit.value,
         str(item.used_units),
         str(item.requested_units),
         "1" if item.release else "0",
         tariff_text(item.tariff),
+        f"{change.at_seconds} {change.after_price_micros}" if change is not None else "",
+        f"{split.before_units} {split.after_units} {split.indeterminate_units}" if split is not None else "",
     ]
 
 
@@ -614,7 +618,13 @@ def _usage_record(entry: str) -> UsageRecord:
         micros=int(data["micros"]),
         payment_type=PaymentType(data["payment"]),
         at_seconds=int(data["at"]),
+        # Records written before items carried a Service-Identifier have no such field.
+        service_identifier=_optional_int(data.get("service_identifier")),
     )
+
+
+def _optional_int(value: object) -> int | None:
+    return int(value) if isinstance(value, int) else None
 
 
 def _strings(reply: Reply) -> list[str]:

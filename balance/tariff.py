@@ -53,6 +53,21 @@ def cost(units: int, tariff: Tariff) -> int:
     return whole_periods * tariff.price_micros + _ceil_div(rest_units * tariff.price_micros, tariff.per_units)
 
 
+def cost_across(before_units: int, after_units: int, tariff: Tariff, after_price_micros: int) -> int:
+    """Micros for one usage of ``before_units`` then ``after_units`` across a tariff change
+    (RULES.md "Tariff change"): charged once, as ``charged(before + after)``; the before units at
+    the tariff's price, the rest of the charged units (the after units and the rounding, which
+    belongs to the end of the usage) at ``after_price_micros``; rounded up to a whole micro once.
+    With no after units it is ``cost(before)``: the rounding stays at the price it was used at.
+    """
+    total = before_units + after_units
+    if after_units <= 0:
+        return cost(total, tariff)
+    charged_units = charged(total, tariff)
+    numerator = before_units * tariff.price_micros + (charged_units - before_units) * after_price_micros
+    return _ceil_div(numerator, tariff.per_units)
+
+
 def affordable(money_micros: int, tariff: Tariff) -> int:
     """The most units (a multiple of ``block_units``, at least ``first_units``) ``money_micros`` pays for."""
     if tariff.price_micros == 0:

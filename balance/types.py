@@ -112,13 +112,37 @@ class Tariff:
 
 
 @value_type
-class ChargeItem:
-    """One service of a credit-control request (one MSCC), keyed by rating group.
+class TariffChange:
+    """The tariff switches inside a grant (RFC 4006 section 5.1.1, Tariff-Time-Change): units used
+    from ``at_seconds`` (epoch) on cost ``after_price_micros`` per ``per_units``; per, block and
+    first units stay the item's (a time band changes the price only). RULES.md "Tariff change"."""
 
-    ``used_units`` are committed against the reservation of this rating group (what the
-    reservation does not cover is charged directly, if the balance affords it); then the rest
-    of that reservation is returned, and ``requested_units`` (if any) are reserved anew.
-    ``release`` ends the rating group: nothing is reserved and nothing stays held.
+    at_seconds: int
+    after_price_micros: int
+
+
+@value_type
+class UsageSplit:
+    """Used units as the client itemised them about a tariff change (RFC 4006 section 8.27,
+    Tariff-Change-Usage): before it, after it, and straddling it (UNIT_INDETERMINATE)."""
+
+    before_units: int = 0
+    after_units: int = 0
+    indeterminate_units: int = 0
+
+
+@value_type
+class ChargeItem:
+    """One service of a credit-control request (one MSCC), keyed by rating group and service
+    identifier (RULES.md "Services": the pair names the quota; ``None``: no Service-Identifier).
+
+    ``used_units`` are committed against the reservation of this service (what the reservation
+    does not cover is charged directly, if the balance affords it); then the rest of that
+    reservation is returned, and ``requested_units`` (if any) are reserved anew.
+    ``release`` ends the service: nothing is reserved and nothing stays held.
+    ``tariff_change``: the new reservation spans a switch of tariff (``tariff`` is the one before
+    it); ``used_split``: how the client itemised ``used_units`` about the switch of the
+    reservation they are committed against (None: not itemised). RULES.md "Tariff change".
     """
 
     rating_group: int
@@ -128,6 +152,9 @@ class ChargeItem:
     used_units: int = 0
     requested_units: int = 0
     release: bool = False
+    service_identifier: int | None = None
+    tariff_change: TariffChange | None = None
+    used_split: UsageSplit | None = None
 
 
 @value_type
@@ -178,7 +205,7 @@ class ChargeResult:
 class UsageRecord:
     """A CDR, written to the outbox in the same atomic call as its debit."""
 
-    record_id: str  # "<session>|<request number>|<rating group>": unique, so spooling is idempotent
+    record_id: str  # "<session>|<request number>|<service key>" (balance/keys.py): unique, so spooling is idempotent
     account_id: str
     session_id: str
     request_number: int
@@ -189,6 +216,7 @@ class UsageRecord:
     micros: int
     payment_type: PaymentType
     at_seconds: int
+    service_identifier: int | None = None  # the MSCC's Service-Identifier, if it named one
 
 
 @dataclass(frozen=True, slots=True)

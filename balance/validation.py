@@ -9,6 +9,7 @@ returns the reason as text, or None when the input is fine.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from balance.keys import is_valid_account_id
 from balance.types import (
@@ -83,8 +84,11 @@ def invalid_tariff(tariff: Tariff) -> str | None:
 
 
 def invalid_item(item: ChargeItem) -> str | None:
-    if not 0 <= item.rating_group < 2**63:  # ocs packs (Rating-Group, Service-Identifier) pairs; spool: int64
+    # Rating-Group and Service-Identifier are Unsigned32 (RFC 4006 sections 8.29 and 8.28).
+    if not 0 <= item.rating_group < 2**32:
         return "rating group out of range"
+    if item.service_identifier is not None and not 0 <= item.service_identifier < 2**32:
+        return "service identifier out of range"
     if _SERVICE.match(item.service) is None:
         return "bad service name"
     if not (0 <= item.used_units <= MAX_SERVICE_UNITS and 0 <= item.requested_units <= MAX_SERVICE_UNITS):
@@ -100,6 +104,27 @@ def invalid_item(item: ChargeItem) -> str | None:
     return None
 
 
+def invalid_change(item: ChargeItem, now_seconds: int) -> str | None:
+    """The tariff change of a new reservation, and the itemised usage (RULES.md "Tariff change")."""
+    change, split = item.tariff_change, item.used_split
+    if change is not None:
+        if not now_seconds < change.at_seconds < _MAX_TIME:
+            return "a tariff change must lie ahead of now"
+        tariff = item.tariff
+        dearer = replace(tariff, price_micros=max(tariff.price_micros, change.after_price_micros))
+        problem = invalid_tariff(dearer)
+        if problem:
+            return f"the tariff after the change: {problem}"
+        largest = item.requested_units + tariff.block_units + tariff.first_units
+        if largest * dearer.price_micros // tariff.per_units > MAX_AMOUNT_MICROS:
+            return "the cost of these units after the change is out of range"
+    if split is not None:
+        parts = (split.before_units, split.after_units, split.indeterminate_units)
+        if min(parts) < 0 or sum(parts) != item.used_units:
+            return "the itemised units must add up to the used units"
+    return None
+
+
 def invalid_charge(request: ChargeRequest) -> str | None:
     if not 0 <= request.request_number < 2**32:
         return "request number out of range"
@@ -107,10 +132,10 @@ def invalid_charge(request: ChargeRequest) -> str | None:
         return "time out of range"
     if len(request.items) > _MAX_ITEMS:
         return "too many items"
-    if len({item.rating_group for item in request.items}) != len(request.items):
-        return "rating groups must be distinct"
+    if len({(item.rating_group, item.service_identifier) for item in request.items}) != len(request.items):
+        return "services (rating group, service identifier) must be distinct"
     for item in request.items:
-        problem = invalid_item(item)
+        problem = invalid_item(item) or invalid_change(item, request.now_seconds)
         if problem:
             return problem
     return None

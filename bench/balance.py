@@ -360,7 +360,8 @@ def form_arguments(session_id: str) -> tuple[list[str], list[str]]:
     ]
     tombstone, deadline = str(keys.DEFAULT_TOMBSTONE_SECONDS), str(FAR_DEADLINE_MILLISECONDS)
     arguments = [FORM_ACCOUNT, session_id, "0", str(NOW), str(NOW + 900), "0", "0", tombstone, "", "", deadline]
-    arguments += ["1", "voice", Unit.SECONDS.value, "0", str(VOICE_REQUEST_SECONDS), "0", tariff_text(VOICE)]
+    voice = ["1", "", "voice", Unit.SECONDS.value, "0", str(VOICE_REQUEST_SECONDS), "0", tariff_text(VOICE), "", ""]
+    arguments += voice
     return script_keys, arguments
 
 

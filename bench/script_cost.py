@@ -81,8 +81,8 @@ redis.call('HSET', KEYS[1], 'n', ARGV[3], 'r', 'ok 985000000 0 1 1 1 ok 300 240 
   'g:1', '300 0 600000 60 60 60 c:1:3000000')
 redis.call('ZADD', KEYS[4], '1700000900', ARGV[1] .. '|' .. ARGV[2])
 redis.call('RPUSH', KEYS[5], '{"id":"' .. ARGV[2] .. '|1|1","account":"' .. ARGV[1] .. '","session":"' .. ARGV[2]
-  .. '","number":1,"rating_group":1,"service":"voice","unit":"seconds","units":240,"micros":2400000,'
-  .. '"payment":"prepaid","at":1700000000}')
+  .. '","number":1,"rating_group":1,"service_identifier":null,"service":"voice","unit":"seconds","units":240,'
+  .. '"micros":2400000,"payment":"prepaid","at":1700000000}')
 return 'ok'
 """
 # Functions whose inclusive cost says where a call's instructions go (names in Redis 6.2 and 7.0).

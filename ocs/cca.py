@@ -4,7 +4,8 @@ Theory of operation: the handler decides, per service, a ``ServiceAnswer`` (resu
 final-unit action); this module lays it out: one Multiple-Services-Credit-Control per service
 when the client sent Multiple-Services-Indicator, otherwise the single-service AVPs at command
 level (RFC 4006 section 5.1.2). Grants carry Validity-Time, the quota threshold of their unit
-(TS 32.299 clauses 7.2.227 Time-, 7.2.241 Volume-, 7.2.229 Unit-Quota-Threshold) and, when they
+(TS 32.299 clauses 7.2.227 Time-, 7.2.241 Volume-, 7.2.229 Unit-Quota-Threshold), a
+Tariff-Time-Change when the grant spans a switch of tariff (RFC 4006 section 5.1.1) and, when they
 are the last units the balance affords, a Final-Unit-Indication (RFC 4006 section 8.34).
 Error answers with a protocol error code set the E bit (RFC 6733 section 7.1.3).
 """
@@ -12,6 +13,7 @@ Error answers with a protocol error code set the E bit (RFC 6733 section 7.1.3).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from enum import IntEnum
 
 from balance.types import Unit
@@ -72,6 +74,7 @@ class ServiceAnswer:
     threshold_units: int = 0
     quota_holding_seconds: int = 0
     final_unit: FinalUnit | None = None
+    tariff_time_change: int | None = None  # epoch seconds: the grant spans a switch of tariff
 
 
 _RESULT_CODE = DEFAULT_DICTIONARY.key("Result-Code")
@@ -88,7 +91,15 @@ _THRESHOLD_AVP = {
 def _service_avps(service: ServiceAnswer) -> list[Avp]:
     avps: list[Avp] = []
     if service.unit is not None:
-        avps.append(avp("Granted-Service-Unit", [avp(_GRANT_AVP[service.unit], service.granted_units)]))
+        grant = [avp(_GRANT_AVP[service.unit], service.granted_units)]
+        if service.tariff_time_change is not None:
+            # RFC 4006 sections 5.1.1 and 8.20: Tariff-Time-Change (451, Time) inside the
+            # Granted-Service-Unit, first in its grammar (section 8.17; TS 32.299's grammar
+            # keeps it there and gives the MSCC none). Without Tariff-Change-Usage in the MSCC
+            # the single quota mechanism applies: the grant serves both sides of the change, and
+            # the client reports its use before and after it (section 8.27).
+            grant.insert(0, avp("Tariff-Time-Change", datetime.fromtimestamp(service.tariff_time_change, UTC)))
+        avps.append(avp("Granted-Service-Unit", grant))
     if service.service_identifier is not None:
         avps.append(avp("Service-Identifier", service.service_identifier))
     if service.rating_group is not None:

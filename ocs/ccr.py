@@ -62,6 +62,10 @@ class Units:
     output_octets: int | None = None
     service_specific: int | None = None
     money_micros: int | None = None  # CC-Money, converted at the edge
+    # Tariff-Change-Usage (RFC 4006 section 8.27), in a Used-Service-Unit: were these units used
+    # before (0), after (1) the grant's Tariff-Time-Change, or straddling it (2)? None: absent,
+    # "no tariff change has occurred" by the client's account.
+    tariff_change_usage: int | None = None
 
     @property
     def counted(self) -> bool:
@@ -157,6 +161,7 @@ _CC_OUTPUT_OCTETS = _KEY("CC-Output-Octets")
 _CC_SERVICE_SPECIFIC_UNITS = _KEY("CC-Service-Specific-Units")
 _CC_MONEY = _KEY("CC-Money")
 _VALUE_DIGITS = _KEY("Value-Digits")
+_TARIFF_CHANGE_USAGE = _KEY("Tariff-Change-Usage")
 _EXPONENT = _KEY("Exponent")
 
 AvpIndex = dict[tuple[int, int], Avp]
@@ -202,13 +207,17 @@ def read_units(unit: Avp) -> Units:
     over the members (an UPDATE carries one or two of these per service)."""
     values: list[object] = [_ABSENT] * len(_UNIT_FIELDS)
     money: Avp | None = None
+    change_usage: object = None
     for member in unit.children:
-        field = _UNIT_FIELDS.get((member.code, member.vendor_id))
+        key = (member.code, member.vendor_id)
+        field = _UNIT_FIELDS.get(key)
         if field is not None:
             if values[field] is _ABSENT:
                 values[field] = member.value
-        elif money is None and (member.code, member.vendor_id) == _CC_MONEY:
+        elif money is None and key == _CC_MONEY:
             money = member
+        elif key == _TARIFF_CHANGE_USAGE:
+            change_usage = member.value
     time_seconds, total_octets, input_octets, output_octets, service_specific = values
     return Units(
         time_seconds=time_seconds if isinstance(time_seconds, int) else None,
@@ -217,6 +226,7 @@ def read_units(unit: Avp) -> Units:
         output_octets=output_octets if isinstance(output_octets, int) else None,
         service_specific=service_specific if isinstance(service_specific, int) else None,
         money_micros=_money_micros(money) if money is not None else None,
+        tariff_change_usage=change_usage if isinstance(change_usage, int) else None,
     )
 
 
@@ -236,6 +246,16 @@ def _service(children: list[Avp], index: AvpIndex, avp_of_service: Avp | None) -
         reporting_reasons=tuple(reasons),
         avp=avp_of_service,
     )
+
+
+def _bad_tariff_change_usage(avps: list[Avp]) -> Avp | None:
+    """A Tariff-Change-Usage in a Used-Service-Unit with a value RFC 4006 section 8.27 does not
+    define (0, 1 and 2): 5004 DIAMETER_INVALID_AVP_VALUE names it (RFC 6733 section 7.1.5)."""
+    for used in _all(avps, _USED_SERVICE_UNIT):
+        for member in _all(used.children, _TARIFF_CHANGE_USAGE):
+            if member.value not in (0, 1, 2):
+                return member
+    return None
 
 
 def _all(avps: list[Avp], key: tuple[int, int]) -> list[Avp]:
@@ -298,16 +318,23 @@ def read_ccr(message: Message) -> CreditRequest | CcrProblem:
     multiple = indicator is not None and indicator.value == 1
     services: list[ServiceRequest] = []
     if multiple:
-        seen: set[tuple[int | None, int | None]] = set()
+        seen: set[tuple[int, int | None]] = set()
         for mscc in _all(avps, _MULTIPLE_SERVICES_CREDIT_CONTROL):
             members = mscc.children
+            bad = _bad_tariff_change_usage(members)
+            if bad is not None:
+                return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, bad, "Tariff-Change-Usage out of range")
             service = _service(members, _index(members), mscc)
-            key = (service.rating_group, service.service_identifier)
+            # An absent Rating-Group is charged as 0 (ocs/charging.py): the same quota as 0.
+            key = (service.rating_group or 0, service.service_identifier)
             if key in seen:
                 return CcrProblem(ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES, mscc, "the same service twice")
             seen.add(key)
             services.append(service)
     elif _REQUESTED_SERVICE_UNIT in index or _USED_SERVICE_UNIT in index:
+        bad = _bad_tariff_change_usage(avps)
+        if bad is not None:
+            return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, bad, "Tariff-Change-Usage out of range")
         services.append(_service(avps, index, None))
     timestamp = index.get(_EVENT_TIMESTAMP)
     event_time = timestamp.value if timestamp is not None else None

@@ -7,9 +7,10 @@ inclusive, ``until`` exclusive, either may be open), optionally of one account, 
 order, and streams them to ``out``. Both formats carry the same fields: money as integer
 ``micros`` and, for people and spreadsheets, ``amount``, the same value in units of the currency
 as an exact decimal string made from the integer (``1234567`` micros is ``"1.234567"``), never a
-float. Times are epoch seconds and ISO 8601 UTC. Each record written is marked exported in the
-spool (``ocs.spool.ExportMarker``, after the output is flushed): the spool's retention deletes only
-exported records.
+float. Times are epoch seconds and ISO 8601 UTC. ``rating_group`` and ``service_identifier`` are
+the MSCC's own values; a record of an MSCC without a Service-Identifier has an empty one (CSV) or
+null (JSON). Each record written is marked exported in the spool (``ocs.spool.ExportMarker``,
+after the output is flushed): the spool's retention deletes only exported records.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ FIELDS = (
     "session_id",
     "request_number",
     "rating_group",
+    "service_identifier",
     "service",
     "unit",
     "units",

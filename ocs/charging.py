@@ -8,8 +8,12 @@ counts only in units its tariff does not price (5031 in its MSCC, Failed-AVP at 
 nothing of it is charged), turns the other services into ``ChargeItem``s (requested units
 sized by the configured default and maximum quota, used units from Used-Service-Unit), makes
 the one ``BalanceStore.charge`` call for the whole request, and lays the outcome out as a CCA
-(``ocs.cca``). EVENT requests for CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006
-section 6) are answered from queries and refunds. Redis unavailable is 3004 (RFC 4006 section
+(``ocs.cca``). A grant whose Validity-Time spans a switch of tariff (rating looks ahead for
+INITIAL and UPDATE) carries Tariff-Time-Change and reaches the engine with the price after the
+switch; the Used-Service-Units the client itemises with Tariff-Change-Usage reach it as a usage
+split (RFC 4006 section 5.1.1; balance/RULES.md "Tariff change" prices each side). EVENT
+requests for CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006 section 6) are answered
+from queries and refunds. Redis unavailable is 3004 (RFC 4006 section
 5.7: the client fails over; the request changed nothing, or changed it idempotently); an engine
 error is 5012. Retransmissions reach the engine with the same (Session-Id, CC-Request-Number)
 and get the stored outcome back.
@@ -27,7 +31,17 @@ import structlog
 
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.store import BalanceStore
-from balance.types import AccountStatus, ChargeItem, ChargeRequest, ChargeResult, ItemResult, Outcome, Unit
+from balance.types import (
+    AccountStatus,
+    ChargeItem,
+    ChargeRequest,
+    ChargeResult,
+    ItemResult,
+    Outcome,
+    TariffChange,
+    Unit,
+    UsageSplit,
+)
 from balance.value_type import value_type
 from ocs.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result, credit_answer, error_answer
 from ocs.ccr import (
@@ -45,7 +59,7 @@ from ocs.config import FinalUnitSettings, Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.metrics import Metrics
 from ocs.queries import answer_query
-from ocs.rating import SERVICE_IDENTIFIER_AVP, Rated, RatingFailure, RatingInput, rate
+from ocs.rating import Rated, RatingFailure, RatingInput, rate
 from ocs.rating_book import FinalUnitPolicy, RedirectAddressType, RedirectServer, Restriction, TariffBook
 from ocs.result_codes import result_code
 from ocs.subscribers import SubscriberCache
@@ -64,6 +78,9 @@ _QUERIES = (RequestedAction.CHECK_BALANCE, RequestedAction.PRICE_ENQUIRY, Reques
 class RatedService:
     request: ServiceRequest
     rated: Rated
+    # The grant's Tariff-Time-Change (RFC 4006 section 5.1.1): a switch of tariff ahead of our
+    # clock within the grant's Validity-Time; None when there is none, or no grant is made.
+    tariff_change: TariffChange | None = None
 
 
 @value_type
@@ -196,12 +213,21 @@ class CreditControl:
         skew = self.settings.rating.event_timestamp_skew_seconds
         at = request_time(ccr, now, skew_seconds=skew, late_seconds=self.settings.quota.tcc_seconds)
         refund = ccr.requested_action is RequestedAction.REFUND_ACCOUNT
+        # Only a grant can span a switch of tariff: an EVENT is charged at once, a TERMINATION
+        # reserves nothing.
+        granting = ccr.request_type in (RequestType.INITIAL, RequestType.UPDATE)
+        lookahead = self.settings.quota.validity_seconds if granting else 0
         for service in services:
             outcome = rate(
                 self.book,
                 plan,
                 RatingInput(
-                    ccr.service_context, service.rating_group, service.service_identifier, ccr.called_party, at
+                    ccr.service_context,
+                    service.rating_group,
+                    service.service_identifier,
+                    ccr.called_party,
+                    at,
+                    lookahead if service.requested is not None else 0,
                 ),
             )
             if isinstance(outcome, RatingFailure):
@@ -209,23 +235,12 @@ class CreditControl:
                     return outcome
                 rated.append(_rating_refused(message, service, outcome.avp_name, outcome.reason))
                 continue
-            identifier = service.service_identifier
-            if (
-                service.rating_group is not None
-                and identifier is not None
-                and identifier > MAX_PAIRED_SERVICE_IDENTIFIER
-            ):
-                reason = (
-                    f"Service-Identifier {identifier} is beyond {MAX_PAIRED_SERVICE_IDENTIFIER} with a Rating-Group"
-                )
-                rated.append(_rating_refused(message, service, SERVICE_IDENTIFIER_AVP, reason))
-                continue
             unpriced = None if refund else _unpriced_units(message, service, outcome.unit)
             if unpriced is not None:
                 reason = f"service {outcome.service} is priced in {outcome.unit}, not in the units reported"
                 rated.append(RefusedService(service, ResultCode.DIAMETER_RATING_FAILED, unpriced, reason))
                 continue
-            rated.append(RatedService(service, outcome))
+            rated.append(RatedService(service, outcome, _tariff_change(outcome, now)))
         return rated
 
     def _refused_answer(self, message: Message, ccr: CreditRequest, refused: Sequence[RefusedService]) -> Message:
@@ -259,13 +274,18 @@ class CreditControl:
             used = sum(units_of(units, unit) or 0 for units in item.request.used)
             items.append(
                 ChargeItem(
-                    rating_group=_key(item.request),
+                    # An absent Rating-Group is charged and recorded as 0, the rating group of the
+                    # default service (ocs/rating.py); the record's service names what was rated.
+                    rating_group=item.request.rating_group or 0,
                     service=item.rated.service,
                     unit=unit,
                     tariff=item.rated.tariff,
                     used_units=requested if direct else used,
                     requested_units=0 if direct else requested,
                     release=item.request.final,
+                    service_identifier=item.request.service_identifier,
+                    tariff_change=None if direct or item.request.final else item.tariff_change,
+                    used_split=None if direct else _usage_split(item.request.used, unit),
                 )
             )
         return ChargeRequest(
@@ -356,31 +376,33 @@ class CreditControl:
             threshold_units=granted * quota.threshold_percent // 100,
             quota_holding_seconds=quota.quota_holding_seconds,
             final_unit=self._final_units[service.rated.plan, service.rated.service][0] if item.final else None,
+            tariff_time_change=service.tariff_change.at_seconds if service.tariff_change is not None else None,
         )
 
 
-def _key(service: ServiceRequest) -> int:
-    """The engine's reservation key for a service: its Rating-Group, else its Service-Identifier;
-    the pair, when the MSCC names both.
-
-    TS 32.251 (and TS 32.299 clause 7.1.9, Multiple-Services-Credit-Control) let quota be managed
-    per Rating-Group or per Rating-Group and Service-Identifier; a client that names both asks for
-    the finer level, and two MSCCs of one Rating-Group with different Service-Identifiers are two
-    quotas, each rated, reserved and charged on its own. Both are Unsigned32 (RFC 4006 sections
-    8.28 and 8.29); the pair is packed as ``(Service-Identifier + 1) * 2^32 + Rating-Group``:
-    above every plain Rating-Group, unique per pair, and below 2^63 (the usage spool stores it
-    as a signed 64-bit integer) for Service-Identifiers up to ``MAX_PAIRED_SERVICE_IDENTIFIER``.
-    """
-    group, identifier = service.rating_group, service.service_identifier
-    if group is None:
-        return identifier or 0
-    if identifier is None:
-        return group
-    return (identifier + 1) * _PAIR_BASE + group
+def _tariff_change(rated: Rated, now: float) -> TariffChange | None:
+    """The engine's tariff change for a grant rated ``rated``: the band change rating found,
+    if it lies ahead of our clock (the engine reserves at our clock's ``now``; a client's
+    Event-Timestamp within the skew may put the rating moment on the other side of it)."""
+    change = rated.change
+    if change is None:
+        return None
+    at_seconds = int(change.at.timestamp())  # band boundaries are whole minutes
+    if at_seconds <= int(now):
+        return None
+    return TariffChange(at_seconds, change.tariff.price_micros)
 
 
-_PAIR_BASE = 2**32
-MAX_PAIRED_SERVICE_IDENTIFIER = 2**31 - 2  # (2^31 - 1) * 2^32 + (2^32 - 1) < 2^63
+def _usage_split(used: Sequence[Units], unit: Unit) -> UsageSplit | None:
+    """The used units as the client itemised them with Tariff-Change-Usage (RFC 4006 section
+    8.27), or None when no Used-Service-Unit carries one. A Used-Service-Unit without it among
+    itemised ones counts as before the change ("no tariff change has occurred" for those units)."""
+    if all(units.tariff_change_usage is None for units in used):
+        return None
+    parts = [0, 0, 0]  # UNIT_BEFORE_TARIFF_CHANGE, UNIT_AFTER_TARIFF_CHANGE, UNIT_INDETERMINATE
+    for units in used:
+        parts[units.tariff_change_usage or 0] += units_of(units, unit) or 0
+    return UsageSplit(*parts)
 
 
 def _rating_refused(message: Message, service: ServiceRequest, name: str, reason: str) -> RefusedService:

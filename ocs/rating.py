@@ -16,6 +16,11 @@ walks four steps, each a lookup in tables built at load time:
    holiday is rated like a Sunday; the band window covering the local minute, else the
    plan's default band.
 4. Tariff: ready in the plan for (service, zone, band).
+5. Tariff change (only when the request asks to look ahead, for a grant): the first moment
+   within ``lookahead_seconds`` at which the band changes to one whose tariff for the same
+   service and zone differs (RFC 4006 section 5.1.1, Tariff-Time-Change). Bands change only at
+   the local minutes where a window starts or ends and at local midnight (weekday, holiday), so
+   those instants are the only ones looked at, in order, each rated by step 3.
 
 What cannot be rated is a ``RatingFailure`` naming the AVP at fault, so the server can answer
 5031 DIAMETER_RATING_FAILED with that AVP in Failed-AVP (RFC 4006 section 9.1). ``explain``
@@ -25,17 +30,28 @@ adds the cost of N units with the engine's own arithmetic (``balance.tariff``), 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import unquote
 
 from balance.tariff import charged, cost
 from balance.types import MICROS_PER_UNIT, Tariff, Unit
 from balance.value_type import value_type
-from ocs.rating_book import UNZONED, ContextRule, Numbering, Plan, ServiceKind, TariffBook, normalise_context_id
+from ocs.rating_book import (
+    UNZONED,
+    ContextRule,
+    Numbering,
+    Plan,
+    ServiceKind,
+    ServiceRate,
+    TariffBook,
+    normalise_context_id,
+)
 from ocs.rating_load import TariffError, load_book, parse_book
 
 __all__ = [
+    "BandChange",
     "Quote",
     "Rated",
     "RatingFailure",
@@ -71,6 +87,8 @@ class RatingInput:
     ``called_party``: Called-Party-Address (voice) or Recipient-Address (SMS), as received.
     ``at``: when the usage happens (Event-Timestamp, or the arrival time); a naive datetime is
     taken as UTC, as Diameter Time values are (RFC 6733 section 4.3.1).
+    ``lookahead_seconds``: how long a grant made now may be used (its Validity-Time); within it
+    the first change of tariff is looked for. 0: none (a query, an event, a commit).
     """
 
     service_context: str
@@ -78,6 +96,16 @@ class RatingInput:
     service_identifier: int | None
     called_party: str | None
     at: datetime
+    lookahead_seconds: int = 0
+
+
+@value_type
+class BandChange:
+    """The tariff switches at ``at`` (UTC) to ``tariff`` of ``band`` (RFC 4006 section 5.1.1)."""
+
+    at: datetime
+    band: str
+    tariff: Tariff
 
 
 @value_type
@@ -104,6 +132,7 @@ class Rated:
     local_time: datetime
     time_zone: str
     holiday: bool
+    change: BandChange | None = None  # within RatingInput.lookahead_seconds
 
     @property
     def explanation(self) -> str:
@@ -173,6 +202,41 @@ def band_at(plan: Plan, at: datetime) -> tuple[str, datetime]:
     return plan.default_band, local
 
 
+def _boundaries(plan: Plan, after: datetime) -> Iterator[datetime]:
+    """Every instant after ``after`` (aware) at which the plan's band may change, in order: the
+    local minutes where a window starts or ends, and local midnight, day after day. A local
+    time that a daylight-saving change skips or repeats is read as zoneinfo reads it (fold 0)."""
+    minutes = sorted(
+        {0}
+        | {window.start_minute % 1440 for day in plan.windows_by_day for window in day}
+        | {window.end_minute % 1440 for day in plan.windows_by_day for window in day}
+    )
+    day: date = after.astimezone(plan.time_zone).date()
+    while True:
+        for minute in minutes:
+            local = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=plan.time_zone)
+            if local > after:
+                yield local.astimezone(UTC)
+        day += timedelta(days=1)
+
+
+def band_change(
+    plan: Plan, service: ServiceRate, zone: str, tariff: Tariff, at: datetime, within_seconds: int
+) -> BandChange | None:
+    """The first moment in ``(at, at + within_seconds]`` at which the service's tariff in
+    ``zone`` stops being ``tariff`` (a band with another price), or None."""
+    moment = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    end = moment + timedelta(seconds=within_seconds)
+    for instant in _boundaries(plan, moment):
+        if instant > end:
+            return None
+        band, _ = band_at(plan, instant)
+        following = service.tariffs[zone][band]
+        if following != tariff:
+            return BandChange(instant, band, following)
+    return None  # not reached: the boundaries go on for ever
+
+
 def _select_service(rule: ContextRule, request: RatingInput) -> tuple[str, str] | RatingFailure:
     """(service, why) by Service-Identifier, Rating-Group, then the context default."""
     identifier, group = request.service_identifier, request.rating_group
@@ -219,13 +283,21 @@ def rate(book: TariffBook, plan_name: str, request: RatingInput) -> Rated | Rati
             zone, prefix = plan.zone_set.zone_for(destination)
         else:
             zone = plan.zone_set.default_zone
+    zone_key = UNZONED if zone is None else zone
+    tariff = service.tariffs[zone_key][band]
+    change = None
+    if request.lookahead_seconds > 0:
+        try:
+            change = band_change(plan, service, zone_key, tariff, request.at, request.lookahead_seconds)
+        except OverflowError:
+            return RatingFailure(f"time {request.at!r} is out of range", EVENT_TIMESTAMP_AVP)
     return Rated(
         plan=plan.name,
         currency=plan.currency,
         service=service_name,
         kind=service.kind,
         unit=service.unit,
-        tariff=service.tariffs[UNZONED if zone is None else zone][band],
+        tariff=tariff,
         zone=zone,
         band=band,
         destination=destination,
@@ -236,6 +308,7 @@ def rate(book: TariffBook, plan_name: str, request: RatingInput) -> Rated | Rati
         local_time=local,
         time_zone=plan.time_zone.key,
         holiday=local.date() in plan.holidays,
+        change=change,
     )
 
 

@@ -60,7 +60,7 @@ from balance.types import UsageRecord
 
 log = structlog.get_logger("ocs.spool")
 
-SCHEMA_VERSION = 2  # PRAGMA user_version: bump with a migration when the table changes
+SCHEMA_VERSION = 3  # PRAGMA user_version: bump with a migration when the table changes
 # Wait this long for a lock held by another connection (an export reading while we write needs
 # none in WAL mode; a checkpoint or a second writer might) before failing the batch.
 BUSY_TIMEOUT_MILLISECONDS = 5_000
@@ -72,7 +72,7 @@ CLOSE_WAIT_SECONDS = 5.0  # how long close waits for the batch in progress (its 
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage_records (
-    record_id TEXT PRIMARY KEY,          -- "<session>|<request number>|<rating group>"
+    record_id TEXT PRIMARY KEY,          -- "<session>|<request number>|<service key>" (balance/keys.py)
     account_id TEXT NOT NULL,
     session_id TEXT NOT NULL,
     request_number INTEGER NOT NULL,
@@ -83,14 +83,18 @@ CREATE TABLE IF NOT EXISTS usage_records (
     micros INTEGER NOT NULL,             -- money in micro-units of the account currency
     payment_type TEXT NOT NULL,          -- prepaid | postpaid
     at_seconds INTEGER NOT NULL,         -- commit time, epoch seconds (UTC)
-    exported_at INTEGER                  -- first export, epoch seconds (NULL: never exported)
+    exported_at INTEGER,                 -- first export, epoch seconds (NULL: never exported)
+    service_identifier INTEGER           -- the MSCC's Service-Identifier (NULL: none named)
 );
 CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (at_seconds);
 CREATE INDEX IF NOT EXISTS usage_records_by_account ON usage_records (account_id, at_seconds);
 CREATE INDEX IF NOT EXISTS usage_records_exported ON usage_records (at_seconds) WHERE exported_at IS NOT NULL;
 """
-# Schema 1 (before exports were marked) to 2; SCHEMA then adds the new index.
+# Schema 1 (before exports were marked) to 2; SCHEMA then adds the new index. Schema 2 to 3: records
+# name their Service-Identifier apart (before, a pair was packed into rating_group); older rows
+# keep NULL. ALTER TABLE ... ADD COLUMN changes no row (https://sqlite.org/lang_altertable.html).
 MIGRATE_FROM_1 = "ALTER TABLE usage_records ADD COLUMN exported_at INTEGER"
+MIGRATE_FROM_2 = "ALTER TABLE usage_records ADD COLUMN service_identifier INTEGER"
 MARK_EXPORTED = "UPDATE usage_records SET exported_at = ? WHERE record_id = ? AND exported_at IS NULL"
 # Exported and older than the cut: the partial index's rows only.
 DELETE_EXPORTED = (
@@ -101,10 +105,11 @@ MARK_BATCH = 1_000  # records an export marks per transaction, each after flushi
 
 INSERT = (
     "INSERT OR IGNORE INTO usage_records (record_id, account_id, session_id, request_number, rating_group,"
-    " service, unit, units, micros, payment_type, at_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " service, unit, units, micros, payment_type, at_seconds, service_identifier)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
-Row = tuple[str, str, str, int, int, str, str, int, int, str, int]
+Row = tuple[str, str, str, int, int, str, str, int, int, str, int, int | None]
 
 
 def _row(record: UsageRecord) -> Row:
@@ -120,6 +125,7 @@ def _row(record: UsageRecord) -> Row:
         record.micros,
         record.payment_type.value,
         record.at_seconds,
+        record.service_identifier,
     )
 
 
@@ -357,6 +363,8 @@ def prepare_file(path: Path) -> None:
                 raise RuntimeError(f"spool schema version {version} is newer than this server's {SCHEMA_VERSION}")
             if version == 1:
                 connection.execute(MIGRATE_FROM_1)
+            if version in (1, 2):
+                connection.execute(MIGRATE_FROM_2)
             for statement in SCHEMA.split(";") if version < SCHEMA_VERSION else ():
                 if statement.strip():
                     connection.execute(statement)

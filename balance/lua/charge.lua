@@ -6,9 +6,15 @@
 --       it stays open (epoch s: now + validity), 6 terminate 0|1, 7 event 0|1, 8 tombstone
 --       lifetime (s), 9 parent id ('' for none), 10 the session id as the body of a JSON string
 --       ('' when that is the session id itself), 11 deadline (epoch ms, Redis's clock: past it the
---       caller has given up, see below), then per item 7 fields: rating group, service,
---       unit (seconds|octets|events), used units, requested units, release 0|1, tariff
---       "price_micros per_units block_units first_units" (lib.lua tariff_of).
+--       caller has given up, see below), then per item 10 fields: rating group, service
+--       identifier ('' for none), service, unit (seconds|octets|events), used units, requested
+--       units, release 0|1, tariff "price_micros per_units block_units first_units" (lib.lua
+--       tariff_of), the new reservation's tariff change "<at epoch s> <after price micros>" (''
+--       for none), the used units as the client itemised them about the change of the
+--       reservation they are committed against, "<before> <after> <indeterminate>" ('' for not
+--       itemised): RULES.md "Tariff change". The item's reservation is the session field
+--       'g:<service key>' and its usage record's id ends in the service key: the rating group,
+--       or '<rating group>/<service identifier>' (balance/keys.py service_key).
 --       Numbers are decimal integers (balance/store.py); some are copied into what is stored as sent.
 -- Returns: "<replayed 0|1> <outcome> <balance micros> <opened 0|1> <records> <items>" followed by
 --       "<rating group> <outcome> <granted> <committed units> <committed micros> <final 0|1>
@@ -27,8 +33,8 @@ local account_id, session_id = ARGV[1], ARGV[2]
 local number, now = ARGV[3] + 0, ARGV[4] + 0 -- ARGV[5], the expiry, goes to ZADD as is
 local terminate, event = ARGV[6] == '1', ARGV[7] == '1'
 local parent_id = ARGV[9] -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
-local item_count = (#ARGV - 11) / 7
-if item_count % 1 ~= 0 then return redis.error_reply('ARGV ' .. #ARGV .. ' arguments: not 11 + 7 per item') end
+local item_count = (#ARGV - 11) / 10
+if item_count % 1 ~= 0 then return redis.error_reply('ARGV ' .. #ARGV .. ' arguments: not 11 + 10 per item') end
 
 local account = load_account(account_key, account_id)
 if account == nil then return '0 unknown_account 0 0 0 0' end
@@ -88,11 +94,13 @@ local refused_count = 0 -- items refused for lack of funds: if all are, a new se
 local session_json = ARGV[10] ~= '' and ARGV[10] or session_id -- in usage records
 local position = 12
 for _ = 1, item_count do
-  local rating_group, service, unit = ARGV[position], ARGV[position + 1], ARGV[position + 2]
-  local used, requested = ARGV[position + 3] + 0, ARGV[position + 4] + 0
-  local release = ARGV[position + 5] == '1'
-  local tariff = tariff_of(ARGV[position + 6])
-  local field = 'g:' .. rating_group
+  local rating_group, identifier = ARGV[position], ARGV[position + 1]
+  local service, unit = ARGV[position + 2], ARGV[position + 3]
+  local used, requested = ARGV[position + 4] + 0, ARGV[position + 5] + 0
+  local release = ARGV[position + 6] == '1'
+  local tariff = tariff_of(ARGV[position + 7])
+  local service_key = identifier == '' and rating_group or (rating_group .. '/' .. identifier)
+  local field = 'g:' .. service_key
   local existing = reservations[field]
   local outcome, granted, final = 'ok', 0, false
   local committed_units, committed_micros = 0, 0
@@ -110,7 +118,8 @@ for _ = 1, item_count do
       return_reservation(direct, account, parent)
     else
       if existing ~= nil then
-        committed_units, committed_micros = commit(existing, used, account, parent)
+        local before = priced_before(existing, used, ARGV[position + 9], unit, now)
+        committed_units, committed_micros = commit(existing, used, account, parent, before)
       end
       local excess = used - committed_units
       if excess > 0 then
@@ -130,14 +139,21 @@ for _ = 1, item_count do
     if account.st ~= 'active' then
       outcome = 'account_blocked'
     else
-      local reservation, is_final, reserved = reserve(account, parent, service, unit, tariff, requested, now)
+      local change_text = ARGV[position + 8]
+      local reservation, is_final, reserved
+      if change_text == '' then
+        reservation, is_final, reserved = reserve(account, parent, service, unit, tariff, requested, now)
+      else
+        reservation, is_final, reserved = reserve_across(account, parent, service, unit, tariff, requested, now,
+          change_text, ARGV[4])
+      end
       granted = reservation.units
       if granted == 0 then
         outcome = 'insufficient_funds'
       else
         if is_final then outcome, final = 'partial', true end
         -- The numbers as the caller sent them, where they are the ones to store: no formatting.
-        granted_text = granted == requested and ARGV[position + 4] or fmt(granted)
+        granted_text = granted == requested and ARGV[position + 5] or fmt(granted)
         reserved_text = fmt(reserved)
         reservations[field] = reservation
         made = made or {}
@@ -147,16 +163,17 @@ for _ = 1, item_count do
     end
   end
   if outcome == 'insufficient_funds' then refused_count = refused_count + 1 end
-  local units_text = committed_units == used and ARGV[position + 3] or fmt(committed_units)
+  local units_text = committed_units == used and ARGV[position + 4] or fmt(committed_units)
   local micros_text = fmt(committed_micros)
   if committed_units > 0 then
     -- The usage record as JSON, written out by hand (cjson costs a table and a number format per
     -- field). Only the session id can hold characters JSON must escape (balance/store.py sends
     -- it escaped in ARGV[10] then); the account id, service and unit are plain
     -- (balance/validation.py), the numbers are integers.
-    local record = '{"id":"' .. session_json .. '|' .. ARGV[3] .. '|' .. rating_group .. '","account":"'
+    local record = '{"id":"' .. session_json .. '|' .. ARGV[3] .. '|' .. service_key .. '","account":"'
       .. account_id .. '","session":"' .. session_json .. '","number":' .. ARGV[3] .. ',"rating_group":'
-      .. rating_group .. ',"service":"' .. service .. '","unit":"' .. unit .. '","units":' .. units_text
+      .. rating_group .. ',"service_identifier":' .. (identifier == '' and 'null' or identifier)
+      .. ',"service":"' .. service .. '","unit":"' .. unit .. '","units":' .. units_text
       .. ',"micros":' .. micros_text .. ',"payment":"' .. account.pay .. '","at":' .. ARGV[4] .. '}'
     record_count = record_count + 1
     if record_count == 1 then records = record else
@@ -167,7 +184,7 @@ for _ = 1, item_count do
   local result = rating_group .. ' ' .. outcome .. ' ' .. granted_text .. ' ' .. units_text .. ' ' .. micros_text
     .. (final and ' 1 ' or ' 0 ') .. reserved_text
   results = results and (results .. ' ' .. result) or result
-  position = position + 7
+  position = position + 10
 end
 
 if closing then

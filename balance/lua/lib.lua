@@ -105,6 +105,30 @@ local function cost(t, units)
   return whole * price + rest
 end
 
+-- `n` units at `price` per `per` units as whole + rest / per (rest exact, near [0, per)): the
+-- split form of cost, so that two parts can be summed before rounding up once.
+local function priced(n, price, per)
+  local whole = n / per
+  whole = whole - whole % 1
+  local rest = (n - whole * per) * price
+  local more = rest / per
+  more = more - more % 1
+  return whole * price + more, rest - more * per
+end
+
+-- RULES.md "Tariff change" (balance/tariff.py cost_across): `before` then `after` units of one
+-- usage, charged once; the before units at t's price, the rest of the charged units at
+-- `after_price`; one rounding up to a whole micro.
+local function cost_across(t, before, after, after_price)
+  if after <= 0 then return cost(t, before) end
+  local c, per = charged(t, before + after), t.per
+  local whole_before, rest_before = priced(before, t.price, per)
+  local whole_after, rest_after = priced(c - before, after_price, per)
+  local rest = (rest_before + rest_after) / per
+  if rest % 1 ~= 0 then rest = rest - rest % 1 + 1 end
+  return whole_before + whole_after + rest
+end
+
 -- A tariff: {price, per, block, first, text}, where `text` is the four numbers as the charge's
 -- ARGV and a stored reservation carry them: "price_micros per_units block_units first_units".
 -- Read once per text while the function library stays loaded (tariff_terms: shared, never
@@ -486,11 +510,14 @@ local function return_hold(hold, account, parent)
   if src == 'p' or src == 'P' then account.pu, account.dirty_pu = account.pu - amount, true end
 end
 
--- A reservation: {units, allowance, tariff, holds}. Serialised as space-separated fields:
--- "units allowance price per block first src:id:amount ...", the tariff as its text.
+-- A reservation: {units, allowance, tariff, change, holds}. Serialised as space-separated fields:
+-- "units allowance price per block first [t<at>:<after price>:<granted at>] src:id:amount ...",
+-- the tariff as its text; change (false without one) is the tariff change inside the grant
+-- (RULES.md "Tariff change"): when, the price after it, and when the grant was made.
 -- `units_text` is fmt(r.units) if already made.
 local function encode_reservation(r, units_text)
   local text = (units_text or fmt(r.units)) .. ' ' .. fmt(r.allowance) .. ' ' .. r.tariff.text
+  if r.change then text = text .. r.change.text end
   local holds = r.holds
   for i = 1, #holds do
     local hold = holds[i]
@@ -518,7 +545,16 @@ end
 -- spacing or number syntax) by the general reader.
 local function decode_reservation(text, account, parent)
   local units, allowance, tariff_text, rest = match(text, '^(%d+) (%d+) (%d+ %d+ %d+ %d+)(.*)$')
-  local holds = {}
+  local holds, change = {}, false
+  if units ~= nil and byte(rest, 2) == 116 then -- ' t': a tariff change
+    local _, stop, at, price, granted = find(rest, '^ t(%d+):(%d+):(%d+)')
+    if stop == nil then
+      units = nil
+    else
+      change = {at = at + 0, price = price + 0, granted = granted + 0, text = sub(rest, 1, stop)}
+      rest = sub(rest, stop + 1)
+    end
+  end
   if units ~= nil then
     local at, last = 1, #rest
     while at <= last do
@@ -539,13 +575,18 @@ local function decode_reservation(text, account, parent)
     for word in gmatch(text, '%S+') do fields[#fields + 1] = word end
     units, allowance = tonumber(fields[1]) or 0, tonumber(fields[2]) or 0
     tariff_text = (fields[3] or '0') .. ' ' .. (fields[4] or '0') .. ' ' .. (fields[5] or '0') .. ' ' .. (fields[6] or '0')
-    holds = {}
+    holds, change = {}, false
     for i = 7, #fields do
-      local src, id, amount = match(fields[i], '^(%a):(%d+):(%d+)$')
-      holds[#holds + 1] = stored_hold(src, tonumber(id), tonumber(amount), account, parent)
+      local at, price, granted = match(fields[i], '^t(%d+):(%d+):(%d+)$')
+      if at ~= nil then
+        change = {at = at + 0, price = price + 0, granted = granted + 0, text = ' ' .. fields[i]}
+      else
+        local src, id, amount = match(fields[i], '^(%a):(%d+):(%d+)$')
+        holds[#holds + 1] = stored_hold(src, tonumber(id), tonumber(amount), account, parent)
+      end
     end
   end
-  return {units = units, allowance = allowance, holds = holds, tariff = tariff_of(tariff_text)}
+  return {units = units, allowance = allowance, holds = holds, tariff = tariff_of(tariff_text), change = change}
 end
 
 -- RULES.md "Drawing order": reserve `units` (> 0) of `service`/`unit` at tariff `t`.
@@ -592,7 +633,8 @@ local function reserve(account, parent, service, unit, t, units, now)
   end
   -- hold_money takes all of `need`: it never exceeds available() (the sum of its sources).
   if need > 0 then hold_money(account, parent, need, now, holds) end
-  local reservation = {units = allowance + money_units, allowance = allowance, tariff = t, holds = holds}
+  local reservation = {units = allowance + money_units, allowance = allowance, tariff = t, change = false,
+    holds = holds}
   if reservation.units == 0 then
     for i = 1, #holds do return_hold(holds[i], account, parent) end
     reservation.holds = {}
@@ -601,13 +643,44 @@ local function reserve(account, parent, service, unit, t, units, now)
   return reservation, final, need
 end
 
+-- RULES.md "Tariff change": reserve as `reserve` does, priced at the dearer of `t` and the price
+-- after the change (so that no itemisation of the grant costs more than it holds); the
+-- reservation keeps `t` and the change. `change_text` is "<at> <after price>", `now_text` now.
+local function reserve_across(account, parent, service, unit, t, units, now, change_text, now_text)
+  local at, price = match(change_text, '^(%d+) (%d+)$')
+  local after_price = price + 0
+  local dearer = t
+  if after_price > t.price then
+    dearer = tariff_of(price .. ' ' .. fmt(t.per) .. ' ' .. fmt(t.block) .. ' ' .. fmt(t.first))
+  end
+  local reservation, final, reserved = reserve(account, parent, service, unit, dearer, units, now)
+  if reservation.units > 0 then
+    reservation.tariff = t
+    reservation.change = {at = at + 0, price = after_price, granted = now,
+      text = ' t' .. at .. ':' .. price .. ':' .. now_text}
+  end
+  return reservation, final, reserved
+end
+
 -- Commits up to `used` units against the reservation; returns committed units and micros.
--- Whatever the reservation still holds afterwards is left in it (the caller returns it).
-local function commit(reservation, used, account, parent)
+-- `before`: with a tariff change, how many of the used units, counted from the first, are priced
+-- before it (priced_before). Whatever the reservation still holds afterwards is left in it (the
+-- caller returns it).
+local function commit(reservation, used, account, parent, before)
   local covered = used < reservation.units and used or reservation.units
   if covered <= 0 then return 0, 0 end
   local units_left = covered < reservation.allowance and covered or reservation.allowance
-  local micros = cost(reservation.tariff, covered - units_left)
+  local money = covered - units_left
+  local micros
+  local change = reservation.change
+  if change then
+    -- Allowances cover the first units used, so the priced units start after them.
+    local money_before = before - units_left
+    if money_before < 0 then money_before = 0 elseif money_before > money then money_before = money end
+    micros = cost_across(reservation.tariff, money_before, money - money_before, change.price)
+  else
+    micros = cost(reservation.tariff, money)
+  end
   local micros_left = micros
   local holds = reservation.holds
   for i = 1, #holds do
@@ -628,6 +701,25 @@ local function commit(reservation, used, account, parent)
   end
   account.cm, account.dirty_cm = account.cm + micros, true
   return covered, micros
+end
+
+-- RULES.md "Tariff change": how many of `used` units committed against `reservation`, counted
+-- from the first, are priced before its tariff change (nil without one). `split` is the client's
+-- itemisation "before after indeterminate" ('' for none); units straddling the change are priced
+-- at the dearer side. Not itemised: reported by the change, all before; seconds, used
+-- continuously from the grant (RFC 4006 section 5.1.1), before up to the change; else
+-- indeterminate.
+local function priced_before(reservation, used, split, unit, now)
+  local change = reservation.change
+  if not change then return nil end
+  local before_dearer = reservation.tariff.price >= change.price
+  if split ~= '' then
+    local before, _, straddling = match(split, '^(%d+) (%d+) (%d+)$')
+    return before + (before_dearer and straddling + 0 or 0)
+  end
+  if now <= change.at then return used end
+  if unit == 'seconds' then return change.at - change.granted end
+  return before_dearer and used or 0
 end
 
 -- Gives back everything the reservation holds (its holds stay, emptied).

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -52,8 +52,10 @@ from balance.types import (
     ChargeResult,
     PaymentType,
     Tariff,
+    TariffChange,
     Unit,
     UsageRecord,
+    UsageSplit,
 )
 
 Result = TypeVar("Result")
@@ -70,19 +72,23 @@ FREE = Tariff(price_micros=0)
 
 @dataclass(frozen=True)
 class Service:
-    """One rating group as the network sends it; the tariff may change between requests."""
+    """One service (rating group, service identifier) as the network sends it; the tariff may
+    change between requests."""
 
     rating_group: int
     name: str
     unit: Unit
     tariffs: tuple[Tariff, ...]
     most_units: int
+    service_identifier: int | None = None
 
 
 SERVICES = (
     Service(1, "voice", Unit.SECONDS, (VOICE_60_60, VOICE_60_1), 600),
     Service(2, "voice-roaming", Unit.SECONDS, (VOICE_1_1, VOICE_60_60), 600),
     Service(3, "data", Unit.OCTETS, (DATA_PER_MEGABYTE, DATA_PER_KILOBYTE), 5_000_000),
+    # The same rating group with a Service-Identifier: a quota of its own (RULES.md "Services").
+    Service(3, "data", Unit.OCTETS, (DATA_PER_KILOBYTE, DATA_PER_MEGABYTE), 5_000_000, service_identifier=1),
     Service(4, "sms", Unit.EVENTS, (SMS, FREE), 4),
 )
 
@@ -121,23 +127,46 @@ few_units = st.integers(0, 3)
 
 @st.composite
 def charge_items(draw: st.DrawFn, *, used: bool, requested: bool) -> tuple[ChargeItem, ...]:
-    """One to three items of distinct rating groups, with zero often among the unit counts."""
-    chosen = draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique_by=lambda s: s.rating_group))
+    """One to three items of distinct services, with zero often among the unit counts."""
+    chosen = draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique=True))
     items = []
     for service in chosen:
         units = st.one_of(st.just(0), st.integers(1, service.most_units))
+        used_units = draw(units) if used else 0
+        tariff = draw(st.sampled_from(service.tariffs))
         items.append(
             ChargeItem(
                 rating_group=service.rating_group,
                 service=service.name,
                 unit=service.unit,
-                tariff=draw(st.sampled_from(service.tariffs)),
-                used_units=draw(units) if used else 0,
+                tariff=tariff,
+                used_units=used_units,
                 requested_units=draw(units) if requested else 0,
                 release=used and requested and draw(st.integers(0, 4)) == 0,
+                service_identifier=service.service_identifier,
+                tariff_change=draw(tariff_changes(tariff)) if requested else None,
+                used_split=draw(usage_splits(used_units)),
             )
         )
     return tuple(items)
+
+
+def tariff_changes(tariff: Tariff) -> st.SearchStrategy[TariffChange | None]:
+    """Often none; else a switch 1 to 900 s after the request (``at_seconds`` is relative here:
+    ``ModelVersusStore._at_now`` adds the request's time) to a dearer, cheaper or free price."""
+    prices = st.sampled_from((tariff.price_micros * 2, tariff.price_micros // 2, 0, tariff.price_micros + 7))
+    change = st.builds(TariffChange, st.integers(1, 900), prices)
+    return st.one_of(st.none(), st.none(), change)
+
+
+@st.composite
+def usage_splits(draw: st.DrawFn, used_units: int) -> UsageSplit | None:
+    """Often none (not itemised); else the used units cut into before, after and straddling."""
+    if draw(st.integers(0, 2)) != 0:
+        return None
+    before = draw(st.integers(0, used_units))
+    after = draw(st.integers(0, used_units - before))
+    return UsageSplit(before, after, used_units - before - after)
 
 
 def hierarchies(
@@ -208,6 +237,15 @@ class ModelVersusStore(RuleBasedStateMachine):
     def _same(self, operation: str, expected: object, actual: object) -> None:
         assert actual == expected, f"{operation}: store answered {actual!r}, model {expected!r}"
 
+    def _at_now(self, items: tuple[ChargeItem, ...]) -> tuple[ChargeItem, ...]:
+        """The items with their tariff changes moved from "seconds after the request" to epoch."""
+        return tuple(
+            replace(item, tariff_change=replace(change, at_seconds=self.now + change.at_seconds))
+            if (change := item.tariff_change) is not None
+            else item
+            for item in items
+        )
+
     def _charge(self, request: ChargeRequest, *, late: bool = False) -> ChargeResult | None:
         """The request on both; None when it arrived after its deadline and was refused."""
         expected = _answer(lambda: self.model.charge(request, late=late))
@@ -250,7 +288,7 @@ class ModelVersusStore(RuleBasedStateMachine):
     )
     def open_session(self, account_id: str, items: tuple[ChargeItem, ...], validity: int) -> str:
         session_id = self._new_id("s")
-        self._charge(ChargeRequest(account_id, session_id, 0, items, self.now, validity))
+        self._charge(ChargeRequest(account_id, session_id, 0, self._at_now(items), self.now, validity))
         self.last_numbers[session_id] = (account_id, 0)
         return session_id
 
@@ -266,6 +304,7 @@ class ModelVersusStore(RuleBasedStateMachine):
         self, session_id: str, items: tuple[ChargeItem, ...], gap: int, validity: int, terminate: bool, late: bool
     ) -> None:
         account_id, last = self.last_numbers[session_id]
+        items = self._at_now(items)
         request = ChargeRequest(account_id, session_id, last + gap, items, self.now, validity, terminate=terminate)
         if self._charge(request, late=late) is not None:
             self.last_numbers[session_id] = (account_id, last + gap)
@@ -303,7 +342,7 @@ class ModelVersusStore(RuleBasedStateMachine):
 
     @rule(account_id=st.sampled_from(ACCOUNTS), number=st.integers(1, 3), items=charge_items(used=True, requested=True))
     def unknown_session(self, account_id: str, number: int, items: tuple[ChargeItem, ...]) -> None:
-        self._charge(ChargeRequest(account_id, self._new_id("u"), number, items, self.now, 60))
+        self._charge(ChargeRequest(account_id, self._new_id("u"), number, self._at_now(items), self.now, 60))
 
     # -- money in --------------------------------------------------------------------------------
 

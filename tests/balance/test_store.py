@@ -30,7 +30,9 @@ from balance.types import (
     Outcome,
     PaymentType,
     Tariff,
+    TariffChange,
     Unit,
+    UsageSplit,
 )
 
 EUR = 1_000_000
@@ -518,8 +520,8 @@ async def test_charge_arguments_that_are_not_whole_items_are_refused(
     await store.provision(Account("kim", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
     session_keys = ["{kim}:s:s", account_key("kim", "kim"), account_key("kim", "kim"), "{kim}:x", "{kim}:o"]
     header = ["kim", "s", "0", str(NOW), str(NOW + 60), "0", "0", "3600", "", "", str(10**13)]
-    item = ["1", "voice", "seconds", "0", "60", "0", "600000 60 60 60"]
-    with pytest.raises(BalanceScriptError, match="not 11 \\+ 7 per item"):
+    item = ["1", "", "voice", "seconds", "0", "60", "0", "600000 60 60 60", "", ""]
+    with pytest.raises(BalanceScriptError, match="not 11 \\+ 10 per item"):
         await store.caller.run(SCRIPTS[Operation.CHARGE], session_keys, header + item[:-1])
     reply = await store.caller.run(SCRIPTS[Operation.CHARGE], session_keys, header + item)
     assert str(reply).startswith("0 ok ")  # the same arguments, whole: a reservation
@@ -599,3 +601,71 @@ async def test_charging_and_draining_the_outbox_use_only_the_hot_path_caller(emb
         assert hot.calls.count("GET") == 1  # the hierarchy is looked up once, then cached
     finally:
         await connected.close()
+
+
+# -- tariff change (RULES.md "Tariff change") -----------------------------------------------------
+
+PEAK_VOICE = Tariff(price_micros=40_000, per_units=60, block_units=60, first_units=60)  # 0.04 a minute
+SWITCH = NOW + 60  # the band changes a minute after the grant: 0.02 a minute from then on
+TO_OFF_PEAK = TariffChange(SWITCH, 20_000)
+
+
+def across(
+    used: int = 0, requested: int = 0, *, split: UsageSplit | None = None, unit: Unit = Unit.SECONDS
+) -> ChargeItem:
+    return ChargeItem(
+        1,
+        "voice",
+        unit,
+        PEAK_VOICE,
+        used,
+        requested,
+        tariff_change=TO_OFF_PEAK if requested else None,
+        used_split=split,
+    )
+
+
+@pytest.mark.parametrize(
+    ("split", "reported_at", "micros"),
+    [
+        # 60 s before (one minute at 0.04) and 45 s after (charged as 60: one minute at 0.02).
+        (UsageSplit(60, 45, 0), NOW + 110, 60_000),
+        # Not itemised, seconds: used continuously from the grant, so the first 60 s are before.
+        (None, NOW + 110, 60_000),
+        # Straddling units are priced at the dearer side, here before: 75 s at 0.04 (50,000), then
+        # 30 s after, charged with the rounding as 45 s at 0.02 (15,000); all 105 s as 120.
+        (UsageSplit(30, 30, 45), NOW + 110, 65_000),
+        # Not itemised but reported by the switch: all before.
+        (None, SWITCH, 80_000),
+    ],
+)
+async def test_usage_across_a_tariff_change_is_priced_on_each_side(
+    store: BalanceStore, split: UsageSplit | None, reported_at: int, micros: int
+) -> None:
+    await store.provision(Account("tess", buckets=(Bucket(1, BucketKind.MAIN, 10 * EUR),)))
+    opened = await store.charge(ccr("tess", "tc", 0, across(requested=120)))
+    # The grant is priced at the dearer side: two minutes at 0.04, whatever the client reports.
+    assert only(opened) == (Outcome.OK, 120, 0, 0) and opened.items[0].reserved_micros == 80_000
+    ended = await store.charge(ccr("tess", "tc", 1, across(105, split=split), now=reported_at, terminate=True))
+    assert only(ended) == (Outcome.OK, 0, 105, micros)
+    assert await money(store, "tess") == 10 * EUR - micros
+    await assert_audit_clean(store)
+
+
+async def test_octets_not_itemised_after_a_change_are_priced_at_the_dearer_side(store: BalanceStore) -> None:
+    await store.provision(Account("ugo", buckets=(Bucket(1, BucketKind.MAIN, 10 * EUR),)))
+    cheap_then_dear = TariffChange(SWITCH, 20_000)  # 0.01 per MB, then 0.02
+    opening = ChargeItem(3, "data", Unit.OCTETS, DATA, requested_units=5_000_000, tariff_change=cheap_then_dear)
+    assert (await store.charge(ccr("ugo", "td", 0, opening))).items[0].reserved_micros == 100_000
+    used = ChargeItem(3, "data", Unit.OCTETS, DATA, used_units=2_000_000)  # reported after the switch
+    ended = await store.charge(ccr("ugo", "td", 1, used, now=SWITCH + 1, terminate=True))
+    assert only(ended) == (Outcome.OK, 0, 2_000_000, 40_000)
+    await assert_audit_clean(store)
+
+
+async def test_a_change_that_is_not_ahead_or_a_split_that_does_not_add_up_is_refused(store: BalanceStore) -> None:
+    await store.provision(Account("vic", buckets=(Bucket(1, BucketKind.MAIN, 10 * EUR),)))
+    past = ChargeItem(1, "voice", Unit.SECONDS, PEAK_VOICE, requested_units=60, tariff_change=TariffChange(NOW, 1))
+    assert (await store.charge(ccr("vic", "r1", 0, past))).outcome is Outcome.INVALID
+    short = across(100, split=UsageSplit(60, 30, 0))
+    assert (await store.charge(ccr("vic", "r2", 0, short, event=True))).outcome is Outcome.INVALID

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import json
 import time as clock
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +14,9 @@ from balance.audit import audit
 from balance.embedded import EmbeddedRedis
 from balance.types import Bucket, BucketKind, PaymentType
 from ocs.app import new_state, shutdown, startup
+from ocs.cdr import export
 from ocs.config import RatingSettings
+from ocs.rating import parse_book
 from protocol.message import Avp, Message, avp, request
 from tests.ocs.conftest import RunningServer, server_settings
 
@@ -633,7 +637,28 @@ async def test_one_rating_group_with_two_service_identifiers_is_two_quotas(serve
         (1_000_000, 10_000),
         (2_000_000, 20_000),
     ]
+    # Each usage record names its own Rating-Group and Service-Identifier, apart, in the spool and
+    # in the export (before, the pair was packed into one meaningless "rating group").
+    exported = await exported_records(server, "quinn", count=2)
+    assert sorted((record["rating_group"], record["service_identifier"], record["units"]) for record in exported) == [
+        (10, 1, 1_000_000),
+        (10, 2, 2_000_000),
+    ]
     await client.close()
+
+
+async def exported_records(server: RunningServer, account_id: str, *, count: int) -> list[dict[str, object]]:
+    """The account's usage records as ``ocs cdr export`` writes them (JSON lines), once the spool
+    writer has moved ``count`` of them out of the outbox."""
+    state = server.state
+    assert state.spool is not None and state.store is not None
+    for _ in range(200):
+        if await state.spool.count() >= count and not await state.store.usage_records():
+            break
+        await asyncio.sleep(0.05)
+    out = io.StringIO()
+    export(state.spool.path, since=None, until=None, fmt="jsonl", out=out, account_id=account_id)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
 async def test_a_realm_that_is_not_ours_is_3003(server: RunningServer) -> None:
@@ -707,4 +732,150 @@ async def test_an_event_timestamp_far_from_our_clock_is_not_trusted(server: Runn
     evening = datetime(2026, 11, 23, 19, 59, tzinfo=UTC)  # 20:59 in Berlin, hours ahead: off-peak
     assert await price_at(evening) == 90_000
     assert await price_at(PEAK - timedelta(seconds=299)) == 90_000
+    await client.close()
+
+
+# -- issue 17: Tariff-Time-Change (RFC 4006 section 5.1.1) ------------------------------------------
+
+BEFORE_SIX = datetime(2026, 11, 23, 16, 59, tzinfo=UTC)  # a Monday, 17:59 in Berlin: peak ends at 18:00
+SIX = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)
+REPORTED = BEFORE_SIX + timedelta(seconds=110)
+
+
+def used(unit_avp: str, value: int, usage: str | None = None) -> Avp:
+    """A Used-Service-Unit, itemised about a tariff change when ``usage`` names the side."""
+    change = [avp("Tariff-Change-Usage", usage)] if usage is not None else []
+    return avp("Used-Service-Unit", [*change, avp(unit_avp, value)])
+
+
+def stamped(message: Message, moment: datetime) -> Message:
+    message.avps = [a for a in message.avps if a.code != 55] + [avp("Event-Timestamp", moment)]
+    return message
+
+
+def tariff_time_change(answer: Message) -> datetime | None:
+    service = answer.find("Multiple-Services-Credit-Control")
+    grant = service.find("Granted-Service-Unit") if service is not None else None
+    value = grant.get("Tariff-Time-Change") if grant is not None else None
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+async def test_a_call_across_the_end_of_peak_is_charged_at_each_tariff(server: RunningServer) -> None:
+    """fixed_prepaid: national fixed calls cost 0.04 a minute until 18:00 and 0.02 after, in
+    60/60 increments. Reserved at 17:59:00 for 120 s, the grant carries Tariff-Time-Change 18:00
+    and holds two minutes at the dearer price; 60 s before and 45 s after cost one minute at
+    0.04 and one (45 s, rounded up at the end of the call) at 0.02: 0.06 in all."""
+    await server.subscriber("vera", "4930100000001", micros=EUR, plan="fixed_prepaid")
+    handler = server.state.credit_control
+    assert handler is not None
+    client = await server.client()
+    callee = call_to("4930123456")  # national fixed
+
+    def request(session: str, kind: str, number: int, *units: Avp, at: datetime) -> Message:
+        message = ccr(session, kind, number, MULTIPLE, mscc(*units), callee, msisdn="4930100000001")
+        return stamped(message, at)
+
+    for session, usage in (("itemised", ("UNIT_BEFORE_TARIFF_CHANGE", "UNIT_AFTER_TARIFF_CHANGE")), ("single", None)):
+        handler.clock = BEFORE_SIX.timestamp
+        initial = await client.request(
+            request(session, "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 120), at=BEFORE_SIX)
+        )
+        assert code(initial) == 2001 and tariff_time_change(initial) == SIX
+        assert granted(services_by_group(initial)[-1], "CC-Time") == 120
+        assert await balance_of(server, "vera") == EUR - 80_000  # two minutes at 0.04, held
+        handler.clock = REPORTED.timestamp
+        if usage is not None:
+            reports = [used("CC-Time", 60, usage[0]), used("CC-Time", 45, usage[1])]
+        else:
+            # Not itemised: time is used continuously from the grant, so the first 60 s were
+            # before 18:00 (RFC 4006 section 5.1.1): the same price.
+            reports = [used("CC-Time", 105)]
+        end = await client.request(request(session, "TERMINATION_REQUEST", 1, *reports, at=REPORTED))
+        assert code(end) == 2001
+        assert await balance_of(server, "vera") == EUR - 60_000
+        assert server.state.store is not None
+        await server.state.store.top_up("vera", f"again-{session}", 60_000)  # the next call starts at 1.00
+    await client.close()
+
+
+BANDED_DATA = """
+[plans.banded]
+description = "Data at 0.02 per MB until 18:00 on weekdays, 0.01 after"
+currency = "EUR"
+time_zone = "Europe/Berlin"
+default_band = "off_peak"
+
+[[plans.banded.bands]]
+name = "peak"
+days = ["mon", "tue", "wed", "thu", "fri"]
+start = "08:00"
+end = "18:00"
+
+[plans.banded.contexts."32251@3gpp.org"]
+default_service = "data"
+rating_groups = { 10 = "data" }
+
+[plans.banded.services.data]
+kind = "data"
+price = { peak = "0.02", off_peak = "0.01" }
+per_octets = 1_000_000
+block_octets = 1_000_000
+"""
+
+
+async def test_data_across_the_end_of_peak_is_charged_at_each_tariff(server: RunningServer) -> None:
+    """A plan banding data: 5 MB granted at 17:59 hold 0.10 (peak). 2 MB before and 1.5 MB after
+    18:00 cost 2 MB at 0.02 and 2 MB (1.5, rounded up at the end) at 0.01: 0.06. Octets are not
+    used at a steady rate, so a report that does not itemise them is priced at the dearer side:
+    3.5 MB as 4 MB at 0.02, 0.08. A Tariff-Change-Usage RFC 4006 does not define is 5004."""
+    handler = server.state.credit_control
+    assert handler is not None
+    handler.book = parse_book(BANDED_DATA)
+    await server.subscriber("wolf", "4915100000030", micros=EUR, plan="banded")
+    client = await server.client()
+
+    def request(session: str, kind: str, number: int, *units: Avp, at: datetime) -> Message:
+        message = ccr(session, kind, number, MULTIPLE, rating_group(10, *units), msisdn="4915100000030", context=DATA)
+        return stamped(message, at)
+
+    cases = (
+        (
+            "pdp-split",
+            [
+                used("CC-Total-Octets", 2_000_000, "UNIT_BEFORE_TARIFF_CHANGE"),
+                used("CC-Total-Octets", 1_500_000, "UNIT_AFTER_TARIFF_CHANGE"),
+            ],
+            60_000,
+        ),
+        ("pdp-single", [used("CC-Total-Octets", 3_500_000)], 80_000),
+    )
+    for session, reports, micros in cases:
+        handler.clock = BEFORE_SIX.timestamp
+        initial = await client.request(
+            request(session, "INITIAL_REQUEST", 0, octets("Requested-Service-Unit", 5_000_000), at=BEFORE_SIX)
+        )
+        assert code(initial) == 2001 and tariff_time_change(initial) == SIX
+        assert await balance_of(server, "wolf") == EUR - 100_000
+        handler.clock = REPORTED.timestamp
+        end = await client.request(request(session, "TERMINATION_REQUEST", 1, *reports, at=REPORTED))
+        assert code(end) == 2001
+        assert await balance_of(server, "wolf") == EUR - micros
+        assert server.state.store is not None
+        await server.state.store.top_up("wolf", f"again-{session}", micros)
+
+    handler.clock = BEFORE_SIX.timestamp
+    odd = avp("Used-Service-Unit", [avp("Tariff-Change-Usage", 7), avp("CC-Total-Octets", 1)])
+    answer = await client.request(request("pdp-odd", "INITIAL_REQUEST", 0, odd, at=BEFORE_SIX))
+    assert code(answer) == 5004
+    (failed,) = failed_avps(answer)
+    assert failed.code == 452 and failed.value == 7  # Tariff-Change-Usage
+    # After 18:00 the same plan's grant spans no change: no Tariff-Time-Change.
+    handler.clock = REPORTED.timestamp
+    later = await client.request(
+        request("pdp-late", "INITIAL_REQUEST", 0, octets("Requested-Service-Unit", 5_000_000), at=REPORTED)
+    )
+    assert code(later) == 2001 and tariff_time_change(later) is None
+    assert await balance_of(server, "wolf") == EUR - 50_000  # 5 MB at 0.01
     await client.close()

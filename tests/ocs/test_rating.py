@@ -992,3 +992,50 @@ def test_final_unit_tables_load_per_plan_and_service() -> None:
     assert sms.redirect == RedirectServer(RedirectAddressType.SIP_URI, "sip:pay@example.net")
     assert (sms.action, sms.restriction) == (plan.final_unit.action, plan.final_unit.restriction)
     assert plan.services["voice"].final_unit.over(plan.final_unit) == plan.final_unit
+
+
+# -- Tariff-Time-Change: the first change of tariff within a grant's validity ----------------------
+
+
+def ahead(called: str | None, at: datetime, lookahead_seconds: int, context: str = IMS) -> RatingInput:
+    return RatingInput(context, None, None, called, at, lookahead_seconds)
+
+
+@pytest.mark.parametrize(
+    ("plan", "moment", "lookahead", "change_at", "price"),
+    [
+        # Peak ends at 20:00 local (19:00 UTC in winter): the price after it is off-peak's.
+        ("mobile_prepaid", at_utc(TUESDAY, 18, 59), 900, at_utc(TUESDAY, 19), 50_000),
+        ("mobile_prepaid", at_utc(TUESDAY, 18, 45), 900, at_utc(TUESDAY, 19), 50_000),  # exactly at the end
+        ("mobile_prepaid", at_utc(TUESDAY, 18, 45), 899, None, None),  # one second short
+        ("mobile_prepaid", at_utc(TUESDAY, 10), 900, None, None),  # mid-peak
+        ("mobile_prepaid", at_utc(TUESDAY, 6, 55), 900, at_utc(TUESDAY, 7), 90_000),  # into peak at 08:00
+        ("fixed_prepaid", at_utc(TUESDAY, 16, 59), 120, at_utc(TUESDAY, 17), 20_000),  # peak ends at 18:00
+        # Christmas is rated like a Sunday: 08:00 starts no peak there, and the evening before has none.
+        ("mobile_prepaid", at_utc(date(2026, 12, 25), 6, 55), 900, None, None),
+        ("mobile_prepaid", at_utc(date(2026, 12, 24), 22, 55), 900, None, None),
+        # Sunday night into Monday: the band changes at local midnight only for its windows (none).
+        ("mobile_prepaid", at_utc(date(2026, 3, 1), 22, 55), 900, None, None),
+        # A weekday boundary days ahead is found across midnights.
+        ("mobile_prepaid", at_utc(date(2026, 3, 7), 10), 2 * 86_400, at_utc(date(2026, 3, 9), 7), 90_000),
+    ],
+)
+def test_the_first_change_of_tariff_within_the_lookahead(
+    book: TariffBook, plan: str, moment: datetime, lookahead: int, change_at: datetime | None, price: int | None
+) -> None:
+    result = rated(rate(book, plan, ahead("+49301234", moment, lookahead)))
+    if change_at is None:
+        assert result.change is None
+    else:
+        assert result.change is not None
+        assert (result.change.at, result.change.tariff.price_micros) == (change_at, price)
+
+
+def test_a_band_change_that_keeps_the_price_is_no_tariff_change(book: TariffBook) -> None:
+    # mobile_prepaid prices data alike in every band; EU calls cost 0.19 at any time.
+    data = rated(rate(book, "mobile_prepaid", ahead(None, at_utc(TUESDAY, 18, 59), 900, context=PS)))
+    eu = rated(rate(book, "mobile_prepaid", ahead("+33123456", at_utc(TUESDAY, 18, 59), 900)))
+    assert data.change is None and eu.change is None
+    assert (
+        rated(rate(book, "mobile_prepaid", voice("+49301234", at_utc(TUESDAY, 18, 59)))).change is None
+    )  # no lookahead

@@ -375,6 +375,7 @@ async def test_export_csv_and_jsonl_for_a_period_and_an_account(store: BalanceSt
         "session_id": "x-2",
         "request_number": 0,
         "rating_group": 1,
+        "service_identifier": None,
         "service": "sms",
         "unit": "events",
         "units": 2,
@@ -466,19 +467,64 @@ async def test_retention_deletes_old_exported_records_only(store: BalanceStore, 
         await spool.delete_exported(older_than_seconds=DAY, batch_size=0)
 
 
-async def test_a_spool_of_schema_1_gains_the_export_mark_and_keeps_its_records(tmp_path: Path) -> None:
-    path = tmp_path / "spool.sqlite3"
-    with sqlite3.connect(path) as connection:  # the file as the previous version left it
+def old_spool(path: Path, version: int) -> None:
+    """A spool file with one record, as the version of schema ``version`` (1 or 2) left it."""
+    exported_at = ", exported_at INTEGER" if version == 2 else ""
+    with sqlite3.connect(path) as connection:
         connection.executescript(
             "CREATE TABLE usage_records (record_id TEXT PRIMARY KEY, account_id TEXT NOT NULL,"
             " session_id TEXT NOT NULL, request_number INTEGER NOT NULL, rating_group INTEGER NOT NULL,"
             " service TEXT NOT NULL, unit TEXT NOT NULL, units INTEGER NOT NULL, micros INTEGER NOT NULL,"
-            " payment_type TEXT NOT NULL, at_seconds INTEGER NOT NULL);"
-            f"INSERT INTO usage_records VALUES ('s|0|1', 'kay', 's', 0, 1, 'sms', 'events', 1, 5, 'prepaid', {NOW});"
-            "PRAGMA user_version=1;"
+            f" payment_type TEXT NOT NULL, at_seconds INTEGER NOT NULL{exported_at});"
+            "INSERT INTO usage_records (record_id, account_id, session_id, request_number, rating_group, service,"
+            " unit, units, micros, payment_type, at_seconds)"
+            f" VALUES ('s|0|1', 'kay', 's', 0, 1, 'sms', 'events', 1, 5, 'prepaid', {NOW});"
+            f"PRAGMA user_version={version};"
         )
+
+
+async def test_a_spool_of_schema_1_gains_the_export_mark_and_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    old_spool(path, 1)
     opened = await Spool.open(path)
     await opened.close()
     assert exported(path, "csv")[0] == 1 and exported_ids(path) == ["s|0|1"]
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (2,)
+        assert connection.execute("PRAGMA user_version").fetchone() == (3,)  # through 2: both columns
+
+
+async def test_a_spool_of_schema_2_gains_the_service_identifier_and_keeps_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    old_spool(path, 2)
+    opened = await Spool.open(path)
+    await opened.close()
+    written, text = exported(path, "jsonl")
+    assert written == 1 and json.loads(text)["service_identifier"] is None
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (3,)
+
+
+async def test_records_name_rating_group_and_service_identifier_apart(store: BalanceStore, spool: Spool) -> None:
+    """One Rating-Group, two Service-Identifiers: two quotas, two records, each naming both."""
+    await prepaid(store, "lena")
+    opening = tuple(
+        ChargeItem(10, "data", Unit.OCTETS, DATA, requested_units=2_000_000, service_identifier=identifier)
+        for identifier in (1, 2)
+    )
+    assert (await store.charge(ChargeRequest("lena", "si", 0, opening, now_seconds=NOW))).outcome is Outcome.OK
+    closing = (
+        ChargeItem(10, "data", Unit.OCTETS, DATA, used_units=1_000_000, service_identifier=1),
+        ChargeItem(10, "data", Unit.OCTETS, DATA, used_units=2_000_000, service_identifier=2),
+        ChargeItem(10, "data", Unit.OCTETS, DATA, used_units=1_000_000),  # no reservation: charged directly
+    )
+    request = ChargeRequest("lena", "si", 1, closing, now_seconds=NOW + 60, terminate=True)
+    assert (await store.charge(request)).outcome is Outcome.OK
+    assert await spool.drain_once(store) == 3
+    written, text = exported(spool.path, "csv", account_id="lena")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert written == 3
+    assert [(row["record_id"], row["rating_group"], row["service_identifier"], row["units"]) for row in rows] == [
+        ("si|1|10/1", "10", "1", "1000000"),
+        ("si|1|10/2", "10", "2", "2000000"),
+        ("si|1|10", "10", "", "1000000"),
+    ]
