@@ -38,7 +38,7 @@ import uvloop
 
 from ocs.app import serve
 from ocs.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
-from ocs.config import ConfigError, Settings, load_settings
+from ocs.config import ConfigError, Settings, load_settings, unused_environment
 from ocs.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
 from ocs.provisioning import ApiError, money_micros, parse_instant
 from ocs.rating import RatingFailure, RatingInput, TariffError, explain, load_book
@@ -52,6 +52,8 @@ Remote = Callable[[ApiClient, argparse.Namespace], Awaitable[ApiAnswer]]
 
 
 def _settings(arguments: argparse.Namespace) -> Settings:
+    for variable in unused_environment(os.environ):  # not refused: build and test switches share the prefix
+        print(f"ocs: warning: {variable} names no setting; ignored", file=sys.stderr)
     return load_settings(Path(arguments.config) if arguments.config else None)
 
 

@@ -210,3 +210,12 @@ async def test_cdr_export_from_the_spool(api: Api, capsys: pytest.CaptureFixture
         capsys, "cdr", "export", "--spool", str(tmp_path / "none.sqlite3"), "--since", "0", "--until", "1"
     )
     assert status == 1 and err.startswith("ocs: cdr export: no spool database")
+
+
+async def test_an_ocs_variable_that_is_no_setting_is_named_in_a_warning(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OCS_SHUTDOWN_TIMEOUT", "3")  # the setting is OCS_SHUTDOWN_TIMEOUT_SECONDS
+    status, out, err = await ocs(capsys, "rate", "--tariffs", TARIFFS, "--context", "32260@3gpp.org", "--units", "60")
+    assert status == 0 and out
+    assert err == "ocs: warning: OCS_SHUTDOWN_TIMEOUT names no setting; ignored\n"
