@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import structlog
 
@@ -62,6 +63,9 @@ from balance.validation import invalid_account, invalid_bucket
 from ocs.metrics import Metrics
 from ocs.rating_book import TariffBook
 from ocs.sessions import SessionNotifier
+
+if TYPE_CHECKING:
+    from _csv import Reader  # what csv.reader returns
 
 log = structlog.get_logger("ocs.provisioning")
 
@@ -395,8 +399,9 @@ class CsvRow:
     error: str | None = None  # the record could not even be split into the header's columns
 
 
-def read_csv(text: str) -> list[CsvRow]:
-    """The rows of a subscriber file, each shaped like a JSON create body; BadInput for the file."""
+def read_csv(text: str) -> Iterator[CsvRow]:
+    """The rows of a subscriber file, each shaped like a JSON create body, as they are read: the
+    header is checked at once (BadInput for the file), the rows one by one as they are taken."""
     reader = csv.reader(io.StringIO(text), strict=True)  # a stray quote is an error, not data
     try:
         header = next(reader, None)
@@ -410,25 +415,27 @@ def read_csv(text: str) -> list[CsvRow]:
         raise BadInput(f"line 1: unknown column(s) {', '.join(unknown)}; known: {', '.join(CSV_COLUMNS)}")
     if "account_id" not in columns or len(set(columns)) != len(columns):
         raise BadInput("line 1: the header needs an account_id column and no column twice")
-    rows: list[CsvRow] = []
+    return _csv_rows(reader, columns)
+
+
+def _csv_rows(reader: Reader, columns: list[str]) -> Iterator[CsvRow]:
     line = reader.line_num
     while True:
         start = line + 1
         try:
             cells = next(reader, None)
         except csv.Error as error:  # e.g. a quote left open: the rest of the file is unreadable
-            rows.append(CsvRow(start, "", {}, f"malformed CSV: {error}; the rest of the file was not read"))
-            break
+            yield CsvRow(start, "", {}, f"malformed CSV: {error}; the rest of the file was not read")
+            return
         if cells is None:
-            break
+            return
         line = reader.line_num
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(columns):
-            rows.append(CsvRow(start, cells[0].strip(), {}, f"{len(cells)} fields, the header has {len(columns)}"))
+            yield CsvRow(start, cells[0].strip(), {}, f"{len(cells)} fields, the header has {len(columns)}")
             continue
-        rows.append(_csv_row(start, dict(zip(columns, (cell.strip() for cell in cells), strict=True))))
-    return rows
+        yield _csv_row(start, dict(zip(columns, (cell.strip() for cell in cells), strict=True)))
 
 
 def _csv_row(line: int, cells: dict[str, str]) -> CsvRow:
@@ -620,8 +627,9 @@ class Provisioning:
             log.info(operation, account_id=account_id, micros=micros, bucket_id=result.bucket_id, **details)
         return Applied(result, view, notified)
 
-    async def load(self, rows: Sequence[CsvRow]) -> list[RowResult]:
-        """Create each row's subscriber; the results come in file order.
+    async def load(self, rows: Iterable[CsvRow]) -> list[RowResult]:
+        """Create each row's subscriber; the results come in file order. Rows are taken from
+        ``rows`` a group at a time, so a file read lazily (``read_csv``) is never held whole.
 
         Rows go in groups of ``LOAD_GROUP_SIZE`` applied concurrently (each row is several Redis
         round trips, so one at a time leaves Redis idle), but only when no two rows of the group
@@ -630,8 +638,9 @@ class Provisioning:
         duplicate row, behaves exactly as if the file were applied one row at a time.
         """
         results: list[RowResult] = []
-        for start in range(0, len(rows), LOAD_GROUP_SIZE):
-            group = [(row, self._parse_row(row)) for row in rows[start : start + LOAD_GROUP_SIZE]]
+        pending = iter(rows)
+        while taken := list(itertools.islice(pending, LOAD_GROUP_SIZE)):
+            group = [(row, self._parse_row(row)) for row in taken]
             if _independent([parsed for _, parsed in group]):
                 results += await asyncio.gather(*(self._load_row(row, parsed) for row, parsed in group))
             else:
