@@ -36,8 +36,11 @@ POST   /subscribers/load                CSV body (header line first; columns in
 GET    /subscribers/{id}                profile and balance
 PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated}
 POST   /subscribers/{id}/topups         {"id", "amount", "kind": main|bonus, "valid_until"};
-                                        idempotent by id: 201 first, 200 ``replayed`` after
+                                        idempotent by id: 201 first, 200 ``replayed`` after,
+                                        409 if the id was applied with another amount or
+                                        the account is terminated
 POST   /subscribers/{id}/adjustments    {"id", "amount" (signed), "reason"}; idempotent by id
+                                        (409 for the id with another amount)
 POST   /subscribers/{id}/buckets        a bucket as in create; 201 with its ``bucket_id``
 GET    /subscribers/{id}/balance        the balance view alone
 GET    /rate?plan=&context=&units=...   what units would cost and why (also POST with JSON):

@@ -61,6 +61,7 @@ from balance.types import (
 )
 from balance.validation import invalid_account, invalid_bucket
 from ocs.metrics import Metrics
+from ocs.rating import format_money
 from ocs.rating_book import TariffBook
 from ocs.sessions import SessionNotifier
 
@@ -591,12 +592,14 @@ class Provisioning:
         if valid_until and valid_until <= self.clock():
             raise BadInput("valid_until: the money would expire before it could be used")
         result = await self.store.top_up(account_id, top_up_id, micros, kind=kind, valid_until=valid_until)
+        _refuse_other_amount("top-up", top_up_id, result, micros)
         return await self._credited(account_id, "top_up", result, micros, top_up_id=top_up_id)
 
     async def adjust(self, account_id: str, adjustment_id: str, micros: int, reason: str) -> Applied:
         if micros == 0:
             raise BadInput("amount: an adjustment is not 0")
         result = await self.store.adjust(account_id, adjustment_id, micros)
+        _refuse_other_amount("adjustment", adjustment_id, result, micros)
         return await self._credited(
             account_id, "adjustment", result, micros, adjustment_id=adjustment_id, reason=reason
         )
@@ -615,6 +618,9 @@ class Provisioning:
             raise Refused(f"account {account_id!r}: the main balance cannot go below 0")
         if result.outcome is Outcome.INVALID:
             raise BadInput(f"account {account_id!r}: the money engine refused the {operation} as invalid")
+        if result.outcome is Outcome.ACCOUNT_BLOCKED:  # RULES.md "top_up": not into a terminated account
+            status = (await self.view(account_id)).account.status.value
+            raise Conflict(f"account {account_id!r} is {status}: it takes no {operation.replace('_', '-')}")
         if result.outcome is not Outcome.OK:
             raise Refused(f"account {account_id!r}: {operation} refused ({result.outcome.value})")
         view = await self.view(account_id)
@@ -666,6 +672,16 @@ class Provisioning:
         except BalanceUnavailable as error:  # the rows before stay applied; a re-run reports them 409
             return RowResult(row.line, row.account_id, Unavailable.status, f"Redis is unavailable: {error}")
         return RowResult(row.line, row.account_id, 201)
+
+
+def _refuse_other_amount(what: str, operation_id: str, result: OperationResult, micros: int) -> None:
+    """An id used before for another amount is not a retransmission: answering "already applied"
+    would let the caller believe the new amount was credited (409 naming the amount that was)."""
+    if result.replayed and result.applied_micros is not None and result.applied_micros != micros:
+        raise Conflict(
+            f"{what} {operation_id!r} was already applied with {format_money(result.applied_micros)}, "
+            f"not {format_money(micros)}; a different amount needs a new id"
+        )
 
 
 LOAD_GROUP_SIZE = 16  # rows in flight at once; well inside the store's pool of 32 Redis connections

@@ -624,3 +624,28 @@ async def test_deeply_nested_json_is_400_not_500(api: Api) -> None:
     assert status == 400 and "too deeply" in body["error"], body
     status, body = await api.call("POST", "/subscribers", data=b"[" * 100_000)  # the body: over 64 KiB
     assert status == 413 and "65536 bytes" in body["error"], body
+
+
+async def test_a_top_up_id_reused_with_another_amount_is_409_naming_the_amount_applied(api: Api) -> None:
+    await api.call("POST", "/subscribers", alice())
+    assert (await api.call("POST", "/subscribers/alice/topups", {"id": "card-7", "amount": "5.00"}))[0] == 201
+    status, body = await api.call("POST", "/subscribers/alice/topups", {"id": "card-7", "amount": "50.00"})
+    assert status == 409 and body["code"] == "conflict", body
+    assert "'card-7' was already applied with 5.00, not 50.00" in body["error"]
+    status, body = await api.call("POST", "/subscribers/alice/topups", {"id": "card-7", "amount": "5.00"})
+    assert status == 200 and body["replayed"] is True and body["balance"]["available"] == "15.50"
+    assert (await api.call("POST", "/subscribers/alice/adjustments", {"id": "fix-7", "amount": "-1.00"}))[0] == 201
+    status, body = await api.call("POST", "/subscribers/alice/adjustments", {"id": "fix-7", "amount": "-2.00"})
+    assert status == 409 and "'fix-7' was already applied with -1.00, not -2.00" in body["error"], body
+    assert (await api.call("GET", "/subscribers/alice/balance"))[1]["available"] == "14.50"
+
+
+async def test_a_terminated_account_takes_no_top_up(api: Api) -> None:
+    await api.call("POST", "/subscribers", alice())
+    assert (await api.call("POST", "/subscribers/alice/topups", {"id": "before", "amount": "1.00"}))[0] == 201
+    assert (await api.call("PUT", "/subscribers/alice/status", {"status": "terminated"}))[0] == 200
+    status, body = await api.call("POST", "/subscribers/alice/topups", {"id": "after", "amount": "1.00"})
+    assert status == 409 and "is terminated" in body["error"], body
+    status, body = await api.call("POST", "/subscribers/alice/topups", {"id": "before", "amount": "1.00"})
+    assert status == 200 and body["replayed"] is True  # applied before the termination: a replay still
+    assert (await api.call("GET", "/subscribers/alice/balance"))[1]["available"] == "11.50"

@@ -59,6 +59,8 @@ async def test_subscriber_lifecycle(api: Api, capsys: pytest.CaptureFixture[str]
     assert status == 0 and out == "olga: top-up card-1 applied 2.50; available 10.00 EUR\n"
     status, out, _ = await ocs(capsys, "--url", url, "topup", "olga", "2.50", "--id", "card-1")
     assert status == 0 and "already applied, nothing changed; available 10.00 EUR" in out
+    status, out, err = await ocs(capsys, "--url", url, "topup", "olga", "25.00", "--id", "card-1")
+    assert status == 1 and out == "" and "already applied with 2.50, not 25.00" in err and "HTTP 409" in err
     status, out, _ = await ocs(capsys, "--url", url, "adjust", "olga", "-1.25", "--id", "fix-1", "--reason", "x")
     assert status == 0 and "available 8.75 EUR" in out
     status, out, _ = await ocs(capsys, "--url", url, "balance", "olga")
