@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,6 +37,7 @@ from typing import TextIO
 
 import uvloop
 
+from balance.errors import BalanceUnavailable
 from ocs.app import serve
 from ocs.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.config import ConfigError, Settings, load_settings, unused_environment
@@ -403,7 +405,33 @@ def _cdr_export(arguments: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _serve(settings: Settings) -> int:
+    """``ocs serve``: what stops it starting (a port in use, a missing tariff file, no Redis) is
+    one line, not a traceback; ``serve`` has already undone whatever had started."""
+    try:
+        uvloop.run(serve(settings))
+    except (OSError, TariffError, BalanceUnavailable) as error:
+        print(f"ocs serve: cannot start: {error}", file=sys.stderr)
+        return REFUSED
+    except KeyboardInterrupt:
+        return 130  # 128 + SIGINT, as a shell reports it
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command's exit status. A reader that goes away (``ocs balance alice | head -2``) ends
+    it quietly with 141, as SIGPIPE ends a Unix tool (128 + 13), and no traceback."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # inside the try: the last lines are often written only here
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter flushes stdout again at exit
+        return 128 + signal.SIGPIPE
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         arguments = _parser().parse_args(argv)
     except SystemExit as stop:  # argparse has printed the usage line (or the help)
@@ -414,8 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocs: configuration: {error}", file=sys.stderr)
         return USAGE_ERROR
     if arguments.command == "serve":
-        uvloop.run(serve(settings))
-        return 0
+        return _serve(settings)
     if arguments.command == "demo":
         try:
             overrides = scenario_overrides(arguments.scenario)
