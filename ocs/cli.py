@@ -147,6 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO, help=f"default {DEFAULT_SCENARIO}")
     demo.add_argument("--seed", type=int, default=1, help="population and traffic (default 1)")
     demo.add_argument("--data", type=Path, default=None, help="keep Redis, spool, log and report here")
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,  # also ``ocs --json demo``
+        help="print the report as JSON on stdout (progress and the text report go to stderr)",
+    )
     _subscriber_commands(commands)
     client = _client_options()
     top_up = commands.add_parser("topup", parents=[client], help="top up an account (idempotent by --id)")
@@ -450,7 +456,9 @@ def _main(argv: list[str] | None) -> int:
         except ConfigError as error:
             print(f"ocs demo: {error}", file=sys.stderr)
             return USAGE_ERROR
-        options = DemoOptions(arguments.scenario, arguments.seed, arguments.data)
+        options = DemoOptions(
+            arguments.scenario, arguments.seed, arguments.data, json_report=getattr(arguments, "json", False)
+        )
         try:
             return uvloop.run(run_demo(settings, options))
         except KeyboardInterrupt:
