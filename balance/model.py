@@ -212,8 +212,10 @@ class ReferenceModel:
         if key in self._top_ups:
             # RULES.md ambiguity: the replayed answer is the stored one (same bucket id).
             return replace(self._top_ups[key], replayed=True)
+        if self._ledger.accounts[account_id].account.status is AccountStatus.TERMINATED:
+            return OperationResult(Outcome.ACCOUNT_BLOCKED)
         bucket_id = self._ledger.credit(account_id, kind, amount_micros, valid_until)
-        self._top_ups[key] = result = OperationResult(Outcome.OK, bucket_id=bucket_id)
+        self._top_ups[key] = result = OperationResult(Outcome.OK, bucket_id=bucket_id, applied_micros=amount_micros)
         self.check_invariants()
         return result
 
@@ -232,7 +234,7 @@ class ReferenceModel:
             # the same adjustment id may succeed later, after a top-up.
             return OperationResult(Outcome.INSUFFICIENT_FUNDS)
         bucket_id = self._ledger.credit(account_id, BucketKind.MAIN, amount_micros)
-        self._adjustments[key] = result = OperationResult(Outcome.OK, bucket_id=bucket_id)
+        self._adjustments[key] = result = OperationResult(Outcome.OK, bucket_id=bucket_id, applied_micros=amount_micros)
         self.check_invariants()
         return result
 

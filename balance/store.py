@@ -377,7 +377,10 @@ class BalanceStore:
         ]
         script_keys = [keys.account_key(root, account_id), keys.idempotency_key(root)]
         words = _text(await self.admin.run(SCRIPTS[Operation.CREDIT], script_keys, arguments)).split(" ")
-        return OperationResult(Outcome(words[0]), replayed=words[1] == "1", bucket_id=int(words[2]))
+        applied = int(words[3]) if len(words) > 3 else None
+        return OperationResult(
+            Outcome(words[0]), replayed=words[1] == "1", bucket_id=int(words[2]), applied_micros=applied
+        )
 
     # -- charging --------------------------------------------------------------------------
 

@@ -224,6 +224,7 @@ class OperationResult:
     outcome: Outcome
     replayed: bool = False  # the idempotency key was seen before; nothing changed
     bucket_id: int = 0  # the bucket written (top-up, adjustment, add_bucket)
+    applied_micros: int | None = None  # top-up, adjustment: the amount its id was applied with
 
 
 @dataclass(frozen=True, slots=True)

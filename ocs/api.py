@@ -8,8 +8,13 @@ runs on the server's own event loop (uvloop) with no thread or second process, a
 its client. Handlers are thin: ``ocs.provisioning`` checks the input and applies it; this
 module turns JSON into calls and results into JSON. One middleware maps every refusal to a JSON
 error ``{"error": <message>, "code": <word>}`` with its 4xx status (400 malformed, 404 unknown
-account, 409 conflict, 422 refused by the rules), 503 when Redis does not answer, and records
-``ocs_http_*`` metrics by route template (never by account).
+account, 409 conflict, 413 body over the endpoint's limit, 422 refused by the rules), 503 when
+Redis does not answer, and records ``ocs_http_*`` metrics by route template (never by account).
+
+This loop also answers Diameter, so no request may hold it: bodies are bounded per endpoint
+(``MAX_JSON_BODY_BYTES``, ``MAX_LOAD_BODY_BYTES``) and read chunk by chunk; a small JSON body is
+parsed in place, a bulk file is decoded in a thread and its rows parsed a group at a time as
+they are applied.
 
 Money in answers comes twice: ``<name>_micros`` (integer) and ``<name>`` (decimal string).
 
@@ -31,8 +36,11 @@ POST   /subscribers/load                CSV body (header line first; columns in
 GET    /subscribers/{id}                profile and balance
 PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated}
 POST   /subscribers/{id}/topups         {"id", "amount", "kind": main|bonus, "valid_until"};
-                                        idempotent by id: 201 first, 200 ``replayed`` after
+                                        idempotent by id: 201 first, 200 ``replayed`` after,
+                                        409 if the id was applied with another amount or
+                                        the account is terminated
 POST   /subscribers/{id}/adjustments    {"id", "amount" (signed), "reason"}; idempotent by id
+                                        (409 for the id with another amount)
 POST   /subscribers/{id}/buckets        a bucket as in create; 201 with its ``bucket_id``
 GET    /subscribers/{id}/balance        the balance view alone
 GET    /rate?plan=&context=&units=...   what units would cost and why (also POST with JSON):
@@ -81,7 +89,14 @@ if TYPE_CHECKING:  # ocs.app starts this module's server: no import back at run 
 
 log = structlog.get_logger("ocs.api")
 
-MAX_BODY_BYTES = 64 * 1024 * 1024  # a bulk file of some hundred thousand subscribers
+# Bodies are bounded per endpoint and read in chunks, each one a chance for the event loop to
+# answer CCRs: a JSON request is a few hundred bytes, so 64 KiB is generous; a bulk file of about
+# 150,000 subscribers (~100 bytes a row) fits in 16 MiB, and larger ones go as several loads. A
+# body declared larger (Content-Length) is refused before any of it is read, even before the
+# client sends it when it asked ``Expect: 100-continue`` (RFC 9110 section 10.1.1).
+MAX_JSON_BODY_BYTES = 64 * 1024
+MAX_LOAD_BODY_BYTES = 16 * 1024 * 1024
+_BODY_LIMITS = {"/subscribers/load": MAX_LOAD_BODY_BYTES}  # by route template; others: the JSON limit
 HEALTH_TIMEOUT_SECONDS = 2.0  # well inside a typical probe timeout, so a hung Redis reads as 503
 _IDENTITY_WORDS = {
     IdentityKind.E164: "msisdn",
@@ -146,21 +161,26 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         notifier=state.notifier,
         metrics=metrics,
     )
-    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_BODY_BYTES)
+    # client_max_size bounds aiohttp's own readers too, should anything call request.read().
+    app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_JSON_BODY_BYTES)
     app[CONTEXT] = ApiContext(state, metrics, provisioning, book)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_post("/subscribers", _create)
-    app.router.add_post("/subscribers/load", _load)
     app.router.add_get("/subscribers/{account_id}", _show)
-    app.router.add_put("/subscribers/{account_id}/status", _status)
-    app.router.add_post("/subscribers/{account_id}/topups", _top_up)
-    app.router.add_post("/subscribers/{account_id}/adjustments", _adjust)
-    app.router.add_post("/subscribers/{account_id}/buckets", _add_bucket)
     app.router.add_get("/subscribers/{account_id}/balance", _balance)
     app.router.add_get("/audit", _audit)
     app.router.add_get("/rate", _rate)
-    app.router.add_post("/rate", _rate)
+    with_body = [
+        ("POST", "/subscribers", _create),
+        ("POST", "/subscribers/load", _load),
+        ("PUT", "/subscribers/{account_id}/status", _status),
+        ("POST", "/subscribers/{account_id}/topups", _top_up),
+        ("POST", "/subscribers/{account_id}/adjustments", _adjust),
+        ("POST", "/subscribers/{account_id}/buckets", _add_bucket),
+        ("POST", "/rate", _rate),
+    ]
+    for method, path, handler in with_body:
+        app.router.add_route(method, path, handler, expect_handler=_expect_continue)
     return app
 
 
@@ -223,6 +243,49 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
 # -- input ------------------------------------------------------------------------------------
 
 
+class TooLarge(ApiError):
+    status = 413
+    code = "too_large"
+
+
+def _body_limit(request: web.Request) -> int:
+    resource = request.match_info.route.resource
+    return _BODY_LIMITS.get(resource.canonical if resource is not None else "", MAX_JSON_BODY_BYTES)
+
+
+def _too_large(request: web.Request, limit: int) -> TooLarge:
+    return TooLarge(f"the body of {request.method} {request.path} may be at most {limit} bytes ({limit // 1024} KiB)")
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: refuse a declared oversize body before the client sends it."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return _error(417, "http", "the only expectation understood is 100-continue")  # RFC 9110 section 10.1.1
+    limit = _body_limit(request)
+    if request.content_length is not None and request.content_length > limit:
+        error = _too_large(request, limit)
+        return _error(error.status, error.code, error.message)
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return None
+
+
+async def _body(request: web.Request) -> bytes:
+    """The body, read chunk by chunk up to the route's limit: 413 once it is over, without reading
+    the rest (aiohttp then discards what the client still sends, for at most its lingering time)."""
+    limit = _body_limit(request)
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(request, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(request, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _refuse_constant(name: str) -> NoReturn:
     raise BadInput(f"{name} is not a number JSON allows")
 
@@ -232,13 +295,15 @@ async def _json(request: web.Request) -> Fields:
 
 
 async def _json_value(request: web.Request) -> object:
-    raw = await request.read()
+    raw = await _body(request)  # at most MAX_JSON_BODY_BYTES: parsed here in well under a millisecond
     try:
         value = json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise BadInput("the body is not UTF-8") from None
     except json.JSONDecodeError as error:
         raise BadInput(f"the body is not JSON: {error}") from None
+    except RecursionError:  # the parser recurses per level ([[[[...); no request nests beyond 4
+        raise BadInput("the body nests arrays or objects too deeply to be a request") from None
     return value
 
 
@@ -451,12 +516,18 @@ async def _add_bucket(request: web.Request) -> web.Response:
     return web.json_response(_applied_json(applied), status=201)
 
 
-async def _load(request: web.Request) -> web.Response:
-    raw = await request.read()
+def _decode_csv(raw: bytes) -> str:
     try:
-        text = raw.decode("utf-8-sig")  # spreadsheet exports often start with a byte order mark
+        return raw.decode("utf-8-sig")  # spreadsheet exports often start with a byte order mark
     except UnicodeDecodeError as error:
         raise BadInput(f"the file is not UTF-8 (byte {error.start})") from None
+
+
+async def _load(request: web.Request) -> web.Response:
+    """The file is checked whole (UTF-8, header) before any row is applied; decoding it runs in a
+    thread, and its rows are parsed a group at a time as they are applied (``Provisioning.load``),
+    so neither blocks the loop that answers CCRs nor holds every row in memory at once."""
+    text = await asyncio.to_thread(_decode_csv, await _body(request))
     results = await _provisioning(request).load(read_csv(text))
     created = sum(1 for result in results if result.status == 201)
     rows = [

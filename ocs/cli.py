@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,9 +37,10 @@ from typing import TextIO
 
 import uvloop
 
+from balance.errors import BalanceUnavailable
 from ocs.app import serve
 from ocs.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
-from ocs.config import ConfigError, Settings, load_settings
+from ocs.config import ConfigError, Settings, load_settings, unused_environment
 from ocs.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
 from ocs.provisioning import ApiError, money_micros, parse_instant
 from ocs.rating import RatingFailure, RatingInput, TariffError, explain, load_book
@@ -52,6 +54,8 @@ Remote = Callable[[ApiClient, argparse.Namespace], Awaitable[ApiAnswer]]
 
 
 def _settings(arguments: argparse.Namespace) -> Settings:
+    for variable in unused_environment(os.environ):  # not refused: build and test switches share the prefix
+        print(f"ocs: warning: {variable} names no setting; ignored", file=sys.stderr)
     return load_settings(Path(arguments.config) if arguments.config else None)
 
 
@@ -143,6 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO, help=f"default {DEFAULT_SCENARIO}")
     demo.add_argument("--seed", type=int, default=1, help="population and traffic (default 1)")
     demo.add_argument("--data", type=Path, default=None, help="keep Redis, spool, log and report here")
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,  # also ``ocs --json demo``
+        help="print the report as JSON on stdout (progress and the text report go to stderr)",
+    )
     _subscriber_commands(commands)
     client = _client_options()
     top_up = commands.add_parser("topup", parents=[client], help="top up an account (idempotent by --id)")
@@ -401,7 +411,33 @@ def _cdr_export(arguments: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _serve(settings: Settings) -> int:
+    """``ocs serve``: what stops it starting (a port in use, a missing tariff file, no Redis) is
+    one line, not a traceback; ``serve`` has already undone whatever had started."""
+    try:
+        uvloop.run(serve(settings))
+    except (OSError, TariffError, BalanceUnavailable) as error:
+        print(f"ocs serve: cannot start: {error}", file=sys.stderr)
+        return REFUSED
+    except KeyboardInterrupt:
+        return 130  # 128 + SIGINT, as a shell reports it
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command's exit status. A reader that goes away (``ocs balance alice | head -2``) ends
+    it quietly with 141, as SIGPIPE ends a Unix tool (128 + 13), and no traceback."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # inside the try: the last lines are often written only here
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter flushes stdout again at exit
+        return 128 + signal.SIGPIPE
+    return status
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         arguments = _parser().parse_args(argv)
     except SystemExit as stop:  # argparse has printed the usage line (or the help)
@@ -412,8 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocs: configuration: {error}", file=sys.stderr)
         return USAGE_ERROR
     if arguments.command == "serve":
-        uvloop.run(serve(settings))
-        return 0
+        return _serve(settings)
     if arguments.command == "demo":
         try:
             overrides = scenario_overrides(arguments.scenario)
@@ -421,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             print(f"ocs demo: {error}", file=sys.stderr)
             return USAGE_ERROR
-        options = DemoOptions(arguments.scenario, arguments.seed, arguments.data)
+        options = DemoOptions(
+            arguments.scenario, arguments.seed, arguments.data, json_report=getattr(arguments, "json", False)
+        )
         try:
             return uvloop.run(run_demo(settings, options))
         except KeyboardInterrupt:

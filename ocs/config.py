@@ -1,9 +1,18 @@
 """The server's configuration: one typed, frozen object built once and passed down.
 
 Theory of operation: defaults live in the dataclasses below; a TOML file (``config/ocs.toml``)
-overrides them section by section, and environment variables ``OCS_<SECTION>_<FIELD>`` override
-the file (``OCS_REDIS_URL=redis://...``). Unknown sections or fields, and values of the wrong type
-or out of range, are refused with a ``ConfigError`` that names the file, section and field.
+overrides them section by section, and environment variables override the file. Every setting has
+one variable: ``OCS_<SECTION>_<FIELD>`` (``OCS_REDIS_URL``, ``OCS_FINAL_UNIT_ACTION``), or
+``OCS_<FIELD>`` for a top-level field (``OCS_SHUTDOWN_TIMEOUT_SECONDS``); the names are built from
+the dataclasses and checked to be unique when this module loads, so a section whose name holds an
+``_`` cannot be misread. Unknown sections or fields, and values of the wrong type or out of range,
+are refused with a ``ConfigError`` that names the file and field, or the variable. A variable that
+starts with a section's name but names none of its fields is refused as a mistyped setting; other
+``OCS_`` variables are not settings and are ignored (``unused_environment`` lists them).
+
+Relative data paths (this file, the tariff file) are looked up in the current directory, then in
+the directory the packages were installed from (``find_data_file``), so the shipped defaults are
+found when ``ocs`` runs from anywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from pathlib import Path
 from balance.keys import DEFAULT_TOMBSTONE_SECONDS
 
 DEFAULT_CONFIG_PATH = Path("config/ocs.toml")
+INSTALLATION_DIRECTORY = Path(__file__).resolve().parents[1]  # holds config/ in a checkout
 
 
 class ConfigError(ValueError):
@@ -205,112 +215,206 @@ def _convert(value: object, kind: object, where: str) -> object:
     raise ConfigError(f"{where}: {value!r} is not a {getattr(kind, '__name__', kind)}")
 
 
-def _section(cls: type[object], values: Mapping[str, object], where: str) -> object:
+def _section(cls: type[object], values: Mapping[str, object], origins: Mapping[str, str], section: str) -> object:
     hints = typing.get_type_hints(cls)
     known = {item.name for item in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(values) - known
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    converted = {name: _convert(value, hints[name], f"{where}.{name}") for name, value in values.items()}
+        raise ConfigError(f"{origins[section]} [{section}]: unknown field(s) {', '.join(sorted(unknown))}")
+    converted = {
+        name: _convert(value, hints[name], _place(origins, f"{section}.{name}")) for name, value in values.items()
+    }
     return cls(**converted)
 
 
-def _environment(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    overrides: dict[str, dict[str, str]] = {}
-    for name, value in environ.items():
-        if not name.startswith("OCS_"):
+def _place(origins: Mapping[str, str], dotted: str) -> str:
+    """Where a setting's value came from, for an error: the variable, or the file and the field."""
+    origin = origins.get(dotted) or origins.get(dotted.partition(".")[0]) or origins.get("", "defaults")
+    return f"{origin} ({dotted})" if origin.startswith("environment") else f"{origin}: {dotted}"
+
+
+def _build_environment_names() -> dict[str, tuple[str, str]]:
+    """``OCS_<SECTION>_<FIELD>`` (``OCS_<FIELD>`` for a top-level field) -> (section, field); section
+    "" for a top-level field. Refuses to build (a programming error) if two settings would share a
+    name: section names may contain ``_`` (final_unit), so the mapping is only unambiguous as long
+    as no ``<section>_<field>`` spells another one; a test holds every setting to its own name."""
+    names: dict[str, tuple[str, str]] = {}
+    for top in dataclasses.fields(Settings):
+        kind = typing.get_type_hints(Settings)[top.name]
+        pairs = (
+            [(top.name, item.name) for item in dataclasses.fields(kind)]
+            if dataclasses.is_dataclass(kind)
+            else [("", top.name)]
+        )
+        for section, name in pairs:
+            variable = f"OCS_{section}_{name}".upper() if section else f"OCS_{name}".upper()
+            if variable in names:
+                raise RuntimeError(f"{variable} would name two settings: {names[variable]} and {(section, name)}")
+            names[variable] = (section, name)
+    return names
+
+
+def environment_names() -> dict[str, tuple[str, str]]:
+    """Every setting's environment variable, mapped to its (section, field); section "" when top-level."""
+    return dict(_ENVIRONMENT_NAMES)
+
+
+def _section_names() -> list[str]:
+    return [name for name, kind in typing.get_type_hints(Settings).items() if dataclasses.is_dataclass(kind)]
+
+
+def _environment(environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """(variable, section, field, value) of every ``OCS_`` variable that names a setting.
+
+    A variable that starts like a section but names no field of it (``OCS_REDIS_ULR``) is
+    refused: it is a setting mistyped, and running on the default instead (an embedded Redis
+    in place of the production one) would be worse than not starting. Other ``OCS_`` variables
+    are left alone (``unused_environment`` lists them, the CLI warns), because the prefix is
+    shared with build and test switches (``OCS_MYPYC``, ``OCS_FUZZ_SEED``).
+    """
+    sections = sorted({section for section, _ in _ENVIRONMENT_NAMES.values() if section}, key=len, reverse=True)
+    found: list[tuple[str, str, str, str]] = []
+    for variable, value in environ.items():
+        named = _ENVIRONMENT_NAMES.get(variable.upper()) if variable.startswith("OCS_") else None
+        if named is not None:
+            found.append((variable, *named, value))
             continue
-        section, _, field_name = name[4:].lower().partition("_")
-        if field_name:
-            overrides.setdefault(section, {})[field_name] = value
-    return overrides
+        for section in sections:  # the longest section first: final_unit before a section "final"
+            if variable.upper().startswith(f"OCS_{section.upper()}_"):
+                fields = ", ".join(name.upper() for owner, name in _ENVIRONMENT_NAMES.values() if owner == section)
+                raise ConfigError(f"environment {variable}: [{section}] has no such field (known: {fields})")
+    return found
 
 
-def _networks(values: tuple[str, ...], name: str, where: str) -> None:
+def unused_environment(environ: Mapping[str, str]) -> list[str]:
+    """``OCS_`` variables that name no setting (and no section): ignored by ``load_settings``."""
+    sections = {section.upper() for section, _ in _ENVIRONMENT_NAMES.values() if section}
+    return sorted(
+        variable
+        for variable in environ
+        if variable.startswith("OCS_")
+        and variable.upper() not in _ENVIRONMENT_NAMES
+        and not any(variable.upper().startswith(f"OCS_{section}_") for section in sections)
+    )
+
+
+def _networks(values: tuple[str, ...], where: str) -> None:
     for value in values:
         try:
             ip_network(value, strict=False)
         except ValueError:
-            raise ConfigError(f"{where}: {name}: {value!r} is not an IP address or network") from None
+            raise ConfigError(f"{where}: {value!r} is not an IP address or network") from None
 
 
-def _validate_diameter(diameter: DiameterSettings, where: str) -> None:
-    _networks(diameter.allowed_addresses, "diameter.allowed_addresses", where)
+def _validate_diameter(diameter: DiameterSettings, origins: Mapping[str, str]) -> None:
+    _networks(diameter.allowed_addresses, _place(origins, "diameter.allowed_addresses"))
     for entry in diameter.peer_addresses:
+        where = _place(origins, "diameter.peer_addresses")
         host, separator, network = entry.partition("=")
         if not separator or not host.strip():
-            raise ConfigError(f"{where}: diameter.peer_addresses: {entry!r} is not host=network")
-        _networks((network.strip(),), "diameter.peer_addresses", where)
+            raise ConfigError(f"{where}: {entry!r} is not host=network")
+        _networks((network.strip(),), where)
     tls = bool(diameter.tls_certificate)
     if tls and not diameter.tls_ca_file:
         # RFC 6733 section 13.1: the TLS server MUST request the peer's certificate.
-        raise ConfigError(f"{where}: diameter.tls_ca_file is required with diameter.tls_certificate")
+        raise ConfigError(f"{_place(origins, 'diameter.tls_ca_file')} is required with diameter.tls_certificate")
     if diameter.require_tls and not tls:
-        raise ConfigError(f"{where}: diameter.require_tls needs diameter.tls_certificate")
+        raise ConfigError(f"{_place(origins, 'diameter.require_tls')} needs diameter.tls_certificate")
     if not diameter.clear_port_enabled and not tls:
-        raise ConfigError(f"{where}: diameter.clear_port_enabled = false needs diameter.tls_certificate")
+        raise ConfigError(f"{_place(origins, 'diameter.clear_port_enabled')} = false needs diameter.tls_certificate")
     for name in ("tls_certificate", "tls_private_key", "tls_ca_file"):
         path = getattr(diameter, name)
         if path and not Path(path).is_file():
-            raise ConfigError(f"{where}: diameter.{name}: no file {path!r}")
+            raise ConfigError(f"{_place(origins, f'diameter.{name}')}: no file {path!r}")
 
 
-def validate(settings: Settings, where: str) -> Settings:
-    _validate_diameter(settings.diameter, where)
+def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
+    """Range checks over the built settings; an error names where the value came from."""
+    _validate_diameter(settings.diameter, origins)
     checks = [
-        (0 <= settings.diameter.port < 65_536, "diameter.port"),
-        (0 <= settings.diameter.tls_port < 65_536, "diameter.tls_port"),
-        (0 <= settings.http.port < 65_536, "http.port"),
-        (settings.diameter.max_in_flight > 0, "diameter.max_in_flight"),
-        (settings.diameter.watchdog_seconds >= 6, "diameter.watchdog_seconds (RFC 3539: Tw >= 6 s)"),
-        (settings.final_unit.action in _FINAL_UNIT_ACTIONS, "final_unit.action"),
-        (settings.final_unit.suspended_action in _FINAL_UNIT_ACTIONS, "final_unit.suspended_action"),
-        (0 <= settings.quota.threshold_percent < 100, "quota.threshold_percent"),
-        (settings.quota.validity_seconds > 0, "quota.validity_seconds"),
-        (settings.spool.batch_size > 0, "spool.batch_size"),
-        (settings.rating.event_timestamp_skew_seconds >= 0, "rating.event_timestamp_skew_seconds"),
-        (settings.spool.retention_seconds > 0, "spool.retention_seconds"),
-        (settings.spool.retention_interval_seconds > 0, "spool.retention_interval_seconds"),
-        (settings.spool.retention_batch_size > 0, "spool.retention_batch_size"),
-        (settings.quota.tombstone_seconds > 0, "quota.tombstone_seconds"),
-        (settings.refund.max_request_micros >= 0, "refund.max_request_micros"),
-        (settings.refund.max_day_micros >= 0, "refund.max_day_micros"),
+        (0 <= settings.diameter.port < 65_536, "diameter.port", ""),
+        (0 <= settings.http.port < 65_536, "http.port", ""),
+        (settings.diameter.max_in_flight > 0, "diameter.max_in_flight", ""),
+        (settings.diameter.watchdog_seconds >= 6, "diameter.watchdog_seconds", " (RFC 3539: Tw >= 6 s)"),
+        (settings.final_unit.action in _FINAL_UNIT_ACTIONS, "final_unit.action", ""),
+        (settings.final_unit.suspended_action in _FINAL_UNIT_ACTIONS, "final_unit.suspended_action", ""),
+        (0 <= settings.quota.threshold_percent < 100, "quota.threshold_percent", ""),
+        (settings.quota.validity_seconds > 0, "quota.validity_seconds", ""),
+        (settings.spool.batch_size > 0, "spool.batch_size", ""),
+        (settings.shutdown_timeout_seconds >= 0, "shutdown_timeout_seconds", ""),
+        (0 <= settings.diameter.tls_port < 65_536, "diameter.tls_port", ""),
+        (settings.rating.event_timestamp_skew_seconds >= 0, "rating.event_timestamp_skew_seconds", ""),
+        (settings.spool.retention_seconds > 0, "spool.retention_seconds", ""),
+        (settings.spool.retention_interval_seconds > 0, "spool.retention_interval_seconds", ""),
+        (settings.spool.retention_batch_size > 0, "spool.retention_batch_size", ""),
+        (settings.quota.tombstone_seconds > 0, "quota.tombstone_seconds", ""),
+        (settings.refund.max_request_micros >= 0, "refund.max_request_micros", ""),
+        (settings.refund.max_day_micros >= 0, "refund.max_day_micros", ""),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):
         default, maximum = getattr(quota, f"default_{unit}"), getattr(quota, f"max_{unit}")
-        checks.append((0 < default <= maximum, f"quota.default_{unit} / max_{unit}"))
-    for ok, name in checks:
+        checks.append((0 < default <= maximum, f"quota.default_{unit}", f" / max_{unit}"))
+    for ok, name, note in checks:
         if not ok:
-            raise ConfigError(f"{where}: {name} is out of range")
+            raise ConfigError(f"{_place(origins, name)}{note} is out of range")
     return settings
 
 
+def find_data_file(path: str | Path) -> Path:
+    """A relative data path (configuration, tariffs, scenarios) as found: in the current directory
+    first, else beside the installed packages (the checkout an editable install or ``scripts/run.sh``
+    runs from, where ``config/`` lives), so ``ocs`` started from any directory finds the shipped
+    defaults. An absolute path, or one found nowhere, is returned as given (the caller says it is
+    missing, naming it)."""
+    given = Path(path)
+    if given.is_absolute() or given.exists():
+        return given
+    beside = INSTALLATION_DIRECTORY / given
+    return beside if beside.exists() else given
+
+
+def _read_file(path: Path | None) -> tuple[dict[str, object], str]:
+    chosen = path if path is not None else find_data_file(DEFAULT_CONFIG_PATH)
+    if path is None and not chosen.exists():
+        return {}, "defaults"
+    try:
+        return tomllib.loads(chosen.read_text(encoding="utf-8")), str(chosen)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{chosen}: {error}") from None
+
+
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Defaults, then the TOML file (if given or present at the default path), then the environment."""
-    file_values: dict[str, object] = {}
-    where = "defaults"
-    chosen = path if path is not None else (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
-    if chosen is not None:
-        where = str(chosen)
-        try:
-            file_values = tomllib.loads(chosen.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise ConfigError(f"{where}: {error}") from None
+    """Defaults, then the TOML file (if given, else ``config/ocs.toml`` where ``find_data_file``
+    finds it), then the environment; a relative tariff path is resolved the same way."""
+    file_values, where = _read_file(path)
     hints = typing.get_type_hints(Settings)
-    sections = {name for name, kind in hints.items() if dataclasses.is_dataclass(kind)}
+    sections = set(_section_names())
     merged: dict[str, dict[str, object]] = {}
     scalars: dict[str, object] = {}
+    origins: dict[str, str] = {"": where}
     for name, value in file_values.items():
         if name in sections and isinstance(value, dict):
             merged[name] = dict(value)
+            origins[name] = where
         elif name in hints and name not in sections:
             scalars[name] = _convert(value, hints[name], f"{where}: {name}")
         else:
             raise ConfigError(f"{where}: unknown section or field {name!r}")
-    for name, values in _environment(environ if environ is not None else os.environ).items():
-        if name not in sections:
-            raise ConfigError(f"environment: unknown section in OCS_{name.upper()}_*")
-        merged.setdefault(name, {}).update(values)
-    built = {name: _section(hints[name], values, f"{where} [{name}]") for name, values in merged.items()}
-    return validate(Settings(**built, **scalars), where)  # type: ignore[arg-type]
+    for variable, section, name, value in _environment(environ if environ is not None else os.environ):
+        if section:
+            merged.setdefault(section, {})[name] = value
+            origins.setdefault(section, where)
+            origins[f"{section}.{name}"] = f"environment {variable}"
+        else:
+            scalars[name] = _convert(value, hints[name], f"environment {variable}")
+            origins[name] = f"environment {variable}"
+    built = {name: _section(hints[name], values, origins, name) for name, values in merged.items()}
+    settings = validate(Settings(**built, **scalars), origins)  # type: ignore[arg-type]
+    tariffs = find_data_file(settings.tariffs.path)
+    if str(tariffs) != settings.tariffs.path:
+        settings = dataclasses.replace(settings, tariffs=dataclasses.replace(settings.tariffs, path=str(tariffs)))
+    return settings
+
+
+_ENVIRONMENT_NAMES = _build_environment_names()

@@ -7,7 +7,9 @@ loopback ports, its JSON log in ``server.log`` there), and then runs the network
 separate process (``python -m simulator``) against those ports, as any client would: over
 Diameter and the provisioning API only. The simulator shows its live progress, prints its
 report and the audit verdict, and writes ``report.json``. Then the server is stopped gracefully
-(DPR, drain, spool, Redis) and the temporary directory removed.
+(DPR, drain, spool, Redis) and the temporary directory removed. With ``--json`` the report is
+printed as JSON on stdout and everything else (progress, the text report) goes to stderr, so
+``ocs demo --json > report.json`` or a pipe into ``jq`` works.
 
 Server settings the scenario needs (its ``[server]`` table, for example a short Validity-Time
 so that Tcc closes abandoned sessions within the run) override the configuration.
@@ -43,6 +45,7 @@ class DemoOptions:
     seed: int = 1
     data_directory: Path | None = None  # None: a temporary directory, removed afterwards
     simulator_arguments: tuple[str, ...] = ()  # passed through to ``python -m simulator``
+    json_report: bool = False  # the report as JSON on stdout; the simulator's own output to stderr
 
 
 def scenario_overrides(scenario: Path) -> dict[str, str]:
@@ -88,6 +91,9 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         with (directory / "server.log").open("a", encoding="utf-8") as log_file:
             configure_logging(stream=log_file)
             status = await _run(demo_settings(settings, directory), options, directory)
+        if options.json_report and (directory / "report.json").is_file():
+            sys.stdout.write((directory / "report.json").read_text(encoding="utf-8"))
+            sys.stdout.flush()
     except (OSError, RuntimeError, ValueError, BalanceUnavailable, BalanceScriptError) as error:  # no server: no run
         print(f"ocs demo: the server could not start: {type(error).__name__}: {error}", file=sys.stderr)
     finally:
@@ -124,6 +130,7 @@ async def _run(settings: Settings, options: DemoOptions, directory: Path) -> int
             "--json",
             str(directory / "report.json"),
             *options.simulator_arguments,
+            stdout=sys.stderr if options.json_report else None,  # stdout carries the JSON alone
         )
         try:
             code = await simulator.wait()

@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import structlog
 
@@ -60,8 +61,12 @@ from balance.types import (
 )
 from balance.validation import invalid_account, invalid_bucket
 from ocs.metrics import Metrics
+from ocs.rating import format_money
 from ocs.rating_book import TariffBook
 from ocs.sessions import SessionNotifier
+
+if TYPE_CHECKING:
+    from _csv import Reader  # what csv.reader returns
 
 log = structlog.get_logger("ocs.provisioning")
 
@@ -395,8 +400,9 @@ class CsvRow:
     error: str | None = None  # the record could not even be split into the header's columns
 
 
-def read_csv(text: str) -> list[CsvRow]:
-    """The rows of a subscriber file, each shaped like a JSON create body; BadInput for the file."""
+def read_csv(text: str) -> Iterator[CsvRow]:
+    """The rows of a subscriber file, each shaped like a JSON create body, as they are read: the
+    header is checked at once (BadInput for the file), the rows one by one as they are taken."""
     reader = csv.reader(io.StringIO(text), strict=True)  # a stray quote is an error, not data
     try:
         header = next(reader, None)
@@ -410,25 +416,27 @@ def read_csv(text: str) -> list[CsvRow]:
         raise BadInput(f"line 1: unknown column(s) {', '.join(unknown)}; known: {', '.join(CSV_COLUMNS)}")
     if "account_id" not in columns or len(set(columns)) != len(columns):
         raise BadInput("line 1: the header needs an account_id column and no column twice")
-    rows: list[CsvRow] = []
+    return _csv_rows(reader, columns)
+
+
+def _csv_rows(reader: Reader, columns: list[str]) -> Iterator[CsvRow]:
     line = reader.line_num
     while True:
         start = line + 1
         try:
             cells = next(reader, None)
         except csv.Error as error:  # e.g. a quote left open: the rest of the file is unreadable
-            rows.append(CsvRow(start, "", {}, f"malformed CSV: {error}; the rest of the file was not read"))
-            break
+            yield CsvRow(start, "", {}, f"malformed CSV: {error}; the rest of the file was not read")
+            return
         if cells is None:
-            break
+            return
         line = reader.line_num
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(columns):
-            rows.append(CsvRow(start, cells[0].strip(), {}, f"{len(cells)} fields, the header has {len(columns)}"))
+            yield CsvRow(start, cells[0].strip(), {}, f"{len(cells)} fields, the header has {len(columns)}")
             continue
-        rows.append(_csv_row(start, dict(zip(columns, (cell.strip() for cell in cells), strict=True))))
-    return rows
+        yield _csv_row(start, dict(zip(columns, (cell.strip() for cell in cells), strict=True)))
 
 
 def _csv_row(line: int, cells: dict[str, str]) -> CsvRow:
@@ -584,12 +592,14 @@ class Provisioning:
         if valid_until and valid_until <= self.clock():
             raise BadInput("valid_until: the money would expire before it could be used")
         result = await self.store.top_up(account_id, top_up_id, micros, kind=kind, valid_until=valid_until)
+        _refuse_other_amount("top-up", top_up_id, result, micros)
         return await self._credited(account_id, "top_up", result, micros, top_up_id=top_up_id)
 
     async def adjust(self, account_id: str, adjustment_id: str, micros: int, reason: str) -> Applied:
         if micros == 0:
             raise BadInput("amount: an adjustment is not 0")
         result = await self.store.adjust(account_id, adjustment_id, micros)
+        _refuse_other_amount("adjustment", adjustment_id, result, micros)
         return await self._credited(
             account_id, "adjustment", result, micros, adjustment_id=adjustment_id, reason=reason
         )
@@ -608,6 +618,9 @@ class Provisioning:
             raise Refused(f"account {account_id!r}: the main balance cannot go below 0")
         if result.outcome is Outcome.INVALID:
             raise BadInput(f"account {account_id!r}: the money engine refused the {operation} as invalid")
+        if result.outcome is Outcome.ACCOUNT_BLOCKED:  # RULES.md "top_up": not into a terminated account
+            status = (await self.view(account_id)).account.status.value
+            raise Conflict(f"account {account_id!r} is {status}: it takes no {operation.replace('_', '-')}")
         if result.outcome is not Outcome.OK:
             raise Refused(f"account {account_id!r}: {operation} refused ({result.outcome.value})")
         view = await self.view(account_id)
@@ -620,8 +633,9 @@ class Provisioning:
             log.info(operation, account_id=account_id, micros=micros, bucket_id=result.bucket_id, **details)
         return Applied(result, view, notified)
 
-    async def load(self, rows: Sequence[CsvRow]) -> list[RowResult]:
-        """Create each row's subscriber; the results come in file order.
+    async def load(self, rows: Iterable[CsvRow]) -> list[RowResult]:
+        """Create each row's subscriber; the results come in file order. Rows are taken from
+        ``rows`` a group at a time, so a file read lazily (``read_csv``) is never held whole.
 
         Rows go in groups of ``LOAD_GROUP_SIZE`` applied concurrently (each row is several Redis
         round trips, so one at a time leaves Redis idle), but only when no two rows of the group
@@ -630,8 +644,9 @@ class Provisioning:
         duplicate row, behaves exactly as if the file were applied one row at a time.
         """
         results: list[RowResult] = []
-        for start in range(0, len(rows), LOAD_GROUP_SIZE):
-            group = [(row, self._parse_row(row)) for row in rows[start : start + LOAD_GROUP_SIZE]]
+        pending = iter(rows)
+        while taken := list(itertools.islice(pending, LOAD_GROUP_SIZE)):
+            group = [(row, self._parse_row(row)) for row in taken]
             if _independent([parsed for _, parsed in group]):
                 results += await asyncio.gather(*(self._load_row(row, parsed) for row, parsed in group))
             else:
@@ -657,6 +672,16 @@ class Provisioning:
         except BalanceUnavailable as error:  # the rows before stay applied; a re-run reports them 409
             return RowResult(row.line, row.account_id, Unavailable.status, f"Redis is unavailable: {error}")
         return RowResult(row.line, row.account_id, 201)
+
+
+def _refuse_other_amount(what: str, operation_id: str, result: OperationResult, micros: int) -> None:
+    """An id used before for another amount is not a retransmission: answering "already applied"
+    would let the caller believe the new amount was credited (409 naming the amount that was)."""
+    if result.replayed and result.applied_micros is not None and result.applied_micros != micros:
+        raise Conflict(
+            f"{what} {operation_id!r} was already applied with {format_money(result.applied_micros)}, "
+            f"not {format_money(micros)}; a different amount needs a new id"
+        )
 
 
 LOAD_GROUP_SIZE = 16  # rows in flight at once; well inside the store's pool of 32 Redis connections

@@ -5,7 +5,8 @@
 -- ARGV: 1 account id, 2 operation (top_up | adjust | add_bucket), 3 idempotency id ('' for
 --       add_bucket), 4 signed amount (micros, or units for an allowance bucket), 5 bucket kind,
 --       6 services (comma-separated), 7 valid from, 8 valid until, 9 priority.
--- Returns: "<outcome> <replayed 0|1> <bucket id>".
+-- Returns: "<outcome> <replayed 0|1> <bucket id>", then for top_up and adjust " <amount applied>":
+--       on a replay the amount first applied (absent for ids recorded before it was kept).
 -- Invariants: credits - debits = money in buckets + held, checked before writing; a negative
 --       adjustment never takes its bucket below 0; a repeated id changes nothing.
 
@@ -18,9 +19,11 @@ if account == nil then return 'unknown_account 0 0' end
 local marker = nil
 if operation ~= 'add_bucket' then
   marker = (operation == 'top_up' and 't:' or 'j:') .. account_id .. ':' .. operation_id
-  local previous = redis.call('HGET', idempotency_key, marker)
+  local previous = redis.call('HGET', idempotency_key, marker) -- "<bucket id> <amount>"
   if previous then return 'ok 1 ' .. previous end
 end
+-- RULES.md "top_up": a terminated account takes no more money.
+if operation == 'top_up' and account.st == 'terminated' then return 'account_blocked 0 0' end
 
 local bucket, meta = nil, nil
 if operation ~= 'add_bucket' then bucket = first_of_kind(account, kind) end
@@ -35,5 +38,9 @@ if kind == 'main' or kind == 'bonus' then account.cr, account.dirty_cr = account
 local problem = save_checked(account, nil)
 if problem ~= nil then return problem end
 if meta ~= nil then redis.call('HSET', account_key, 'm:' .. bucket.id, meta) end
-if marker ~= nil then redis.call('HSET', idempotency_key, marker, bucket.id) end
+if marker ~= nil then
+  -- ARGV[4] as sent: tostring of a Lua number turns large amounts into exponent notation.
+  redis.call('HSET', idempotency_key, marker, bucket.id .. ' ' .. ARGV[4])
+  return 'ok 0 ' .. bucket.id .. ' ' .. ARGV[4]
+end
 return 'ok 0 ' .. bucket.id

@@ -558,8 +558,10 @@ def test_a_child_draws_on_its_postpaid_parents_credit_line_within_its_cap() -> N
 
 def test_top_ups_are_idempotent_by_id() -> None:
     model = model_with(Account("a"))
-    assert model.top_up("a", "t1", 500_000) == OperationResult(Outcome.OK, bucket_id=1)
-    assert model.top_up("a", "t1", 500_000) == OperationResult(Outcome.OK, replayed=True, bucket_id=1)
+    assert model.top_up("a", "t1", 500_000) == OperationResult(Outcome.OK, bucket_id=1, applied_micros=500_000)
+    assert model.top_up("a", "t1", 900_000) == OperationResult(
+        Outcome.OK, replayed=True, bucket_id=1, applied_micros=500_000
+    )
     assert model.top_up("a", "t2", 100_000, kind=BucketKind.BONUS, valid_until=5_000).bucket_id == 2
     assert model.top_up("a", "t3", 200_000).bucket_id == 1
     assert amounts(model, "a") == {1: 700_000, 2: 100_000}
@@ -573,8 +575,10 @@ def test_adjustments_are_signed_idempotent_and_never_take_a_bucket_below_zero() 
     model = model_with(Account("a", buckets=(money(1, 700_000),)))
     assert model.adjust("a", "j1", -800_000) == OperationResult(Outcome.INSUFFICIENT_FUNDS)
     assert amounts(model, "a") == {1: 700_000}
-    assert model.adjust("a", "j1", -200_000) == OperationResult(Outcome.OK, bucket_id=1)
-    assert model.adjust("a", "j1", -200_000) == OperationResult(Outcome.OK, replayed=True, bucket_id=1)
+    assert model.adjust("a", "j1", -200_000) == OperationResult(Outcome.OK, bucket_id=1, applied_micros=-200_000)
+    assert model.adjust("a", "j1", -200_000) == OperationResult(
+        Outcome.OK, replayed=True, bucket_id=1, applied_micros=-200_000
+    )
     assert model.adjust("a", "j2", 50_000).bucket_id == 1
     assert (amounts(model, "a"), view(model, "a").credits_micros) == ({1: 550_000}, 550_000)
 

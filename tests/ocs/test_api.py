@@ -540,3 +540,112 @@ async def test_audit_is_clean_after_a_call_and_names_a_corrupted_account(api: Ap
     status, body = await api.call("GET", "/audit")
     assert status == 200 and body["ok"] is False
     assert [finding["account"] for finding in body["findings"]] == ["alice"]
+
+
+# -- body bounds: raw HTTP, so the test controls what is sent and when ---------------------------
+
+
+async def raw_request(api: Api, head: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = api.http.address
+    reader, writer = await asyncio.open_connection(host, port)
+    request_line, _, headers = head.partition("\n")
+    writer.write(f"{request_line}\nHost: ocs.test\n{headers}\n".replace("\n", "\r\n").encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    """The first final answer on the connection (a ``100 Continue`` counts as an answer too)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    status = int(head.split(" ", 2)[1])
+    length = next(
+        (int(line.split(":")[1]) for line in head.split("\r\n") if line.lower().startswith("content-length")), 0
+    )
+    body = await reader.readexactly(length) if length else b"{}"
+    return status, json.loads(body)
+
+
+FIFTY_MB = 50_000_000
+
+
+async def test_a_declared_50_mb_json_body_is_refused_413_before_it_is_sent(api: Api) -> None:
+    # With Expect: 100-continue the client waits for the server's word before sending: 413 at once
+    # (the old server said 100 Continue and would have read all of it).
+    reader, writer = await raw_request(
+        api, f"POST /subscribers HTTP/1.1\nContent-Length: {FIFTY_MB}\nExpect: 100-continue\n"
+    )
+    status, body = await read_answer(reader)
+    assert status == 413 and body["code"] == "too_large" and "65536 bytes" in body["error"], body
+    writer.close()
+
+
+async def test_a_50_mb_body_is_answered_413_before_the_client_has_sent_it(api: Api) -> None:
+    reader, writer = await raw_request(api, f"POST /subscribers/alice/topups HTTP/1.1\nContent-Length: {FIFTY_MB}\n")
+    answer = asyncio.create_task(read_answer(reader))
+    piece, sent = b" " * (1 << 20), 0
+    while not answer.done() and sent < FIFTY_MB:  # the old server answered only after all of it
+        writer.write(piece[: FIFTY_MB - sent])
+        await writer.drain()
+        sent += min(len(piece), FIFTY_MB - sent)
+    status, body = await answer
+    assert status == 413 and "POST /subscribers/alice/topups may be at most 65536 bytes" in body["error"], body
+    assert sent < FIFTY_MB
+    writer.close()
+
+
+async def test_a_bulk_upload_over_its_limit_is_413_and_ccrs_are_answered_while_it_streams(api: Api) -> None:
+    await api.server.subscriber("carl", "4915100000031", micros=10 * EUR)
+    client = await api.server.client()
+    reader, writer = await raw_request(
+        api, "POST /subscribers/load HTTP/1.1\nContent-Type: text/csv\nTransfer-Encoding: chunked\n"
+    )
+    piece = 1 << 20
+    chunks = [b"account_id\n" + b"a" * piece] + [b"a" * piece] * 19  # 20 MiB, one endless cell
+    for number, chunk in enumerate(chunks):
+        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+        if number % 4 == 1:  # while the upload is in progress, the charging side answers
+            request = ccr(
+                f"up-{number}", "EVENT_REQUEST", 0, seconds("Requested-Service-Unit", 60), msisdn="4915100000031"
+            )
+            assert code(await client.request(request)) == 2001
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    status, body = await read_answer(reader)
+    assert status == 413 and body["code"] == "too_large" and f"{16 * 1024 * 1024} bytes" in body["error"], body
+    writer.close()
+    await client.close()
+
+
+async def test_deeply_nested_json_is_400_not_500(api: Api) -> None:
+    status, body = await api.call("POST", "/subscribers", data=b"[" * 60_000)  # inside the size limit
+    assert status == 400 and "too deeply" in body["error"], body
+    status, body = await api.call("POST", "/rate", data=b'{"a": ' + b"[" * 10_000)
+    assert status == 400 and "too deeply" in body["error"], body
+    status, body = await api.call("POST", "/subscribers", data=b"[" * 100_000)  # the issue's body: over 64 KiB
+    assert status == 413 and "65536 bytes" in body["error"], body
+
+
+async def test_a_top_up_id_reused_with_another_amount_is_409_naming_the_amount_applied(api: Api) -> None:
+    await api.call("POST", "/subscribers", alice())
+    assert (await api.call("POST", "/subscribers/alice/topups", {"id": "card-7", "amount": "5.00"}))[0] == 201
+    status, body = await api.call("POST", "/subscribers/alice/topups", {"id": "card-7", "amount": "50.00"})
+    assert status == 409 and body["code"] == "conflict", body
+    assert "'card-7' was already applied with 5.00, not 50.00" in body["error"]
+    status, body = await api.call("POST", "/subscribers/alice/topups", {"id": "card-7", "amount": "5.00"})
+    assert status == 200 and body["replayed"] is True and body["balance"]["available"] == "15.50"
+    assert (await api.call("POST", "/subscribers/alice/adjustments", {"id": "fix-7", "amount": "-1.00"}))[0] == 201
+    status, body = await api.call("POST", "/subscribers/alice/adjustments", {"id": "fix-7", "amount": "-2.00"})
+    assert status == 409 and "'fix-7' was already applied with -1.00, not -2.00" in body["error"], body
+    assert (await api.call("GET", "/subscribers/alice/balance"))[1]["available"] == "14.50"
+
+
+async def test_a_terminated_account_takes_no_top_up(api: Api) -> None:
+    await api.call("POST", "/subscribers", alice())
+    assert (await api.call("POST", "/subscribers/alice/topups", {"id": "before", "amount": "1.00"}))[0] == 201
+    assert (await api.call("PUT", "/subscribers/alice/status", {"status": "terminated"}))[0] == 200
+    status, body = await api.call("POST", "/subscribers/alice/topups", {"id": "after", "amount": "1.00"})
+    assert status == 409 and "is terminated" in body["error"], body
+    status, body = await api.call("POST", "/subscribers/alice/topups", {"id": "before", "amount": "1.00"})
+    assert status == 200 and body["replayed"] is True  # applied before the termination: a replay still
+    assert (await api.call("GET", "/subscribers/alice/balance"))[1]["available"] == "11.50"

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from balance.embedded import pick_free_port
+from balance.embedded import EmbeddedRedis, pick_free_port
 from balance.types import ChargeItem, ChargeRequest, Outcome, Tariff, Unit
 from ocs.cli import main
 from ocs.spool import Spool
@@ -59,6 +63,8 @@ async def test_subscriber_lifecycle(api: Api, capsys: pytest.CaptureFixture[str]
     assert status == 0 and out == "olga: top-up card-1 applied 2.50; available 10.00 EUR\n"
     status, out, _ = await ocs(capsys, "--url", url, "topup", "olga", "2.50", "--id", "card-1")
     assert status == 0 and "already applied, nothing changed; available 10.00 EUR" in out
+    status, out, err = await ocs(capsys, "--url", url, "topup", "olga", "25.00", "--id", "card-1")
+    assert status == 1 and out == "" and "already applied with 2.50, not 25.00" in err and "HTTP 409" in err
     status, out, _ = await ocs(capsys, "--url", url, "adjust", "olga", "-1.25", "--id", "fix-1", "--reason", "x")
     assert status == 0 and "available 8.75 EUR" in out
     status, out, _ = await ocs(capsys, "--url", url, "balance", "olga")
@@ -210,3 +216,84 @@ async def test_cdr_export_from_the_spool(api: Api, capsys: pytest.CaptureFixture
         capsys, "cdr", "export", "--spool", str(tmp_path / "none.sqlite3"), "--since", "0", "--until", "1"
     )
     assert status == 1 and err.startswith("ocs: cdr export: no spool database")
+
+
+async def test_an_ocs_variable_that_is_no_setting_is_named_in_a_warning(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OCS_SHUTDOWN_TIMEOUT", "3")  # the setting is OCS_SHUTDOWN_TIMEOUT_SECONDS
+    status, out, err = await ocs(capsys, "rate", "--tariffs", TARIFFS, "--context", "32260@3gpp.org", "--units", "60")
+    assert status == 0 and out
+    assert err == "ocs: warning: OCS_SHUTDOWN_TIMEOUT names no setting; ignored\n"
+
+
+# -- the command as a user starts it: its own process, one line on stderr, never a traceback ------
+
+
+def run_ocs(*arguments: str, cwd: Path = ROOT, **environment: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ocs", *arguments],
+        cwd=cwd,
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def serve_environment(redis_url: str, directory: Path) -> dict[str, str]:
+    return {
+        "OCS_REDIS_URL": redis_url,
+        "OCS_DIAMETER_PORT": "0",
+        "OCS_HTTP_PORT": "0",
+        "OCS_SPOOL_PATH": str(directory / "spool.sqlite3"),
+    }
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(embedded_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        environment = serve_environment(embedded_redis.url, tmp_path) | {
+            "OCS_DIAMETER_PORT": str(taken.getsockname()[1])
+        }
+        finished = run_ocs("serve", cwd=tmp_path, **environment)
+    assert finished.returncode == 1 and "Traceback" not in finished.stderr, finished.stderr
+    last = finished.stderr.splitlines()[-1]
+    assert last.startswith("ocs serve: cannot start:") and "address already in use" in last
+
+
+def test_serve_without_its_tariff_file_says_so_in_one_line(embedded_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-tariffs.toml"
+    finished = run_ocs(
+        "serve", cwd=tmp_path, **serve_environment(embedded_redis.url, tmp_path), OCS_TARIFFS_PATH=str(missing)
+    )
+    assert finished.returncode == 1 and "Traceback" not in finished.stderr, finished.stderr
+    assert str(missing) in finished.stderr.splitlines()[-1]
+
+
+def test_outside_the_repository_the_shipped_tariffs_are_found(tmp_path: Path) -> None:
+    finished = run_ocs("rate", "--context", "32260@3gpp.org", "--units", "60", cwd=tmp_path)
+    assert finished.returncode == 0 and "Traceback" not in finished.stderr, finished.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """``ocs rate ... | head -0``: the pipe is closed before anything is written."""
+    command = [
+        sys.executable,
+        "-m",
+        "ocs",
+        "rate",
+        "--tariffs",
+        TARIFFS,
+        "--context",
+        "32260@3gpp.org",
+        "--units",
+        "60",
+    ]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        errors = process.stderr.read()
+        status = process.wait(timeout=120)
+    assert (status, errors) == (141, "")

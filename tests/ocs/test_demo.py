@@ -4,6 +4,8 @@ server and the simulator in its own process, the report and the audit verdict, a
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +57,25 @@ def test_demo_that_cannot_start_the_server_says_so_with_status_2(tmp_path: Path)
     finished = demo("--scenario", str(short_smoke(tmp_path)), "--data", str(not_a_directory))
     assert finished.returncode == 2
     assert "the server could not start" in finished.stderr and "Traceback" not in finished.stderr
+
+
+def test_demo_json_prints_the_report_alone_on_stdout(tmp_path: Path) -> None:
+    finished = demo("--scenario", str(short_smoke(tmp_path)), "--json")
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads(finished.stdout)  # nothing else on stdout
+    assert report["ok"] is True and report["audit"]["ok"] is True
+    assert "ocs demo: server up" in finished.stderr and "audit: PASS" in finished.stderr
+
+
+def test_a_failed_demo_keeps_its_directory_and_names_it(tmp_path: Path) -> None:
+    scenario = tmp_path / "unknown-field.toml"
+    scenario.write_text("colour = 'blue'\n")  # the simulator refuses it: a failed run
+    finished = demo("--scenario", str(scenario))
+    assert finished.returncode == 2
+    kept = re.search(r"ocs demo: kept (\S+)", finished.stderr)
+    assert kept is not None, finished.stderr
+    directory = Path(kept.group(1))
+    try:
+        assert (directory / "server.log").is_file()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
