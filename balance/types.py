@@ -143,6 +143,10 @@ class ChargeItem:
     ``tariff_change``: the new reservation spans a switch of tariff (``tariff`` is the one before
     it); ``used_split``: how the client itemised ``used_units`` about the switch of the
     reservation they are committed against (None: not itemised). RULES.md "Tariff change".
+    ``commit_reserved``: the client's report of used units was refused (units the tariff does not
+    price): the service's reservation is committed in full, as if every unit it granted was used,
+    and nothing is reserved anew; such an item carries no used or requested units. RULES.md
+    "Refused usage".
     """
 
     rating_group: int
@@ -155,6 +159,7 @@ class ChargeItem:
     service_identifier: int | None = None
     tariff_change: TariffChange | None = None
     used_split: UsageSplit | None = None
+    commit_reserved: bool = False
 
 
 @value_type

@@ -18,6 +18,7 @@ from ocs.cdr import export
 from ocs.config import RatingSettings
 from ocs.rating import parse_book
 from protocol.message import Avp, Message, avp, request
+from tests.balance.conftest import LosesMarks
 from tests.ocs.conftest import RunningServer, server_settings
 
 PEAK = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # a Monday, 10:00 in Berlin: peak
@@ -328,6 +329,39 @@ async def test_silent_session_is_released_by_tcc(embedded_redis: EmbeddedRedis, 
     assert view is not None and view.held_micros == 0 and view.available_micros == EUR and view.reservations == 0
     await client.close()
     await shutdown(state)
+
+
+async def test_an_sms_debited_while_its_marks_fail_is_answered_2001_and_reaches_the_spool(
+    server: RunningServer,
+) -> None:
+    """The debit applied, the spool writer's mark did not (Redis lost after the script): the SMS
+    is answered 2001, not 3004 (a client would have seen it refused yet paid), and once the marks
+    go through again, the supervision loop's rescan hands the record to the spool."""
+    state = server.state
+    assert state.store is not None and state.spool is not None
+    await server.subscriber("sid", "4915100000031", micros=EUR)
+    store = state.store
+    store.caller = losing = LosesMarks(store.caller)
+    client = await server.client()
+    event = ccr(
+        "sms-marks",
+        "EVENT_REQUEST",
+        0,
+        avp("Requested-Action", "DIRECT_DEBITING"),
+        events("Requested-Service-Unit", 1),
+        sms_to("4917612345678"),
+        msisdn="4915100000031",
+        context="32274@3gpp.org",
+    )
+    assert code(await client.request(event)) == 2001
+    assert await balance_of(server, "sid") == EUR - 90_000 and store.marks_lost
+    losing.losing = False
+    for _ in range(200):  # the supervisor looks every 50 ms; the spool writer drains as often
+        if await state.spool.count() == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await state.spool.count() == 1 and not store.marks_lost
+    await client.close()
 
 
 async def test_unknown_rating_group_is_5031_with_failed_avp(server: RunningServer) -> None:
