@@ -325,7 +325,10 @@ class ReferenceModel:
             # termination (every reservation returned), else its holds could never be resolved.
             self._close(session)
         result = ChargeResult(
-            Outcome.OK, items, balance_micros=self._ledger.available(request.account_id, request.now_seconds)
+            Outcome.OK,
+            items,
+            balance_micros=self._ledger.available(request.account_id, request.now_seconds),
+            opened=new and not (request.terminate or request.event or unopened),
         )
         self._finish(session, request.request_number, result, request.now_seconds + request.validity_seconds)
         if unopened:  # RULES.md "unopened": every item refused, so no session is left behind

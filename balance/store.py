@@ -110,8 +110,8 @@ def _charge_result(words: list[str]) -> ChargeResult:
                 int(words[base + 6]) if width == 7 else 0,
             )
         )
-    # outcome, items, replayed, balance_micros
-    return ChargeResult(outcomes[words[1]], tuple(items), words[0] == "1", int(words[2]))
+    # outcome, items, replayed, balance_micros, opened
+    return ChargeResult(outcomes[words[1]], tuple(items), words[0] == "1", int(words[2]), words[3] == "1")
 
 
 def _bucket_arguments(bucket: Bucket) -> list[str]:

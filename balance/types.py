@@ -204,6 +204,9 @@ class ChargeResult:
     items: tuple[ItemResult, ...] = ()
     replayed: bool = False  # this key was applied before; the stored result is returned
     balance_micros: int = 0  # available money after the request (for Remaining-Balance)
+    # The request opened its session (a replay: the request replayed did), which stays open: not
+    # an event, a termination, or a first request left unopened (RULES.md "Unopened").
+    opened: bool = False
 
 
 @value_type

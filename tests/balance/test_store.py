@@ -417,7 +417,7 @@ async def test_a_reply_stored_before_reserved_micros_still_replays(store: Balanc
     assert replayed.replayed and replayed.balance_micros == 400_000
     assert replayed.items == (ItemResult(1, Outcome.OK, 60),)
     assert parse_charge_reply("0 ok 5 1 0 2 1 ok 60 0 0 0 2 partial 9 0 0 1") == ChargeResult(
-        Outcome.OK, (ItemResult(1, Outcome.OK, 60), ItemResult(2, Outcome.PARTIAL, 9, final=True)), False, 5
+        Outcome.OK, (ItemResult(1, Outcome.OK, 60), ItemResult(2, Outcome.PARTIAL, 9, final=True)), False, 5, True
     )
     assert parse_charge_reply("0 ok 5 1 0 1 1 ok 60 0 0 0 600000").items == (
         ItemResult(1, Outcome.OK, 60, reserved_micros=600_000),

@@ -107,9 +107,15 @@ def answer(code: ResultCode, final: bool = False) -> ServiceAnswer:
         ([ResultCode.DIAMETER_SUCCESS, ResultCode.DIAMETER_CREDIT_LIMIT_REACHED], ResultCode.DIAMETER_SUCCESS),
         ([ResultCode.DIAMETER_CREDIT_LIMIT_REACHED], ResultCode.DIAMETER_CREDIT_LIMIT_REACHED),
         ([ResultCode.DIAMETER_CREDIT_LIMIT_REACHED] * 2, ResultCode.DIAMETER_CREDIT_LIMIT_REACHED),
+        # Every service failed, with different codes: a failure still (no session was opened),
+        # the first in request order (it was 2001, and the next CCR-U got 5002).
         (
-            [ResultCode.DIAMETER_CREDIT_LIMIT_REACHED, ResultCode.DIAMETER_END_USER_SERVICE_DENIED],
-            ResultCode.DIAMETER_SUCCESS,
+            [ResultCode.DIAMETER_CREDIT_LIMIT_REACHED, ResultCode.DIAMETER_RATING_FAILED],
+            ResultCode.DIAMETER_CREDIT_LIMIT_REACHED,
+        ),
+        (
+            [ResultCode.DIAMETER_RATING_FAILED, ResultCode.DIAMETER_CREDIT_LIMIT_REACHED],
+            ResultCode.DIAMETER_RATING_FAILED,
         ),
     ],
 )
