@@ -79,6 +79,8 @@ def _valid_item(item: ChargeItem) -> bool:
         and 0 <= item.used_units <= MAX_SERVICE_UNITS
         and 0 <= item.requested_units <= MAX_SERVICE_UNITS
         and (split is None or split.before_units + split.after_units + split.indeterminate_units == item.used_units)
+        # RULES.md "Refused usage": the reservation decides the used units, none are asked anew.
+        and not (item.commit_reserved and (item.used_units or item.requested_units or split is not None))
     )
 
 
@@ -92,6 +94,7 @@ def _valid_request(request: ChargeRequest) -> bool:
         and request.now_seconds >= 0
         and request.validity_seconds >= 0
         and len(set(services)) == len(services)
+        and not (request.event and any(item.commit_reserved for item in request.items))
         and all(_valid_item(item) for item in request.items)
     )
 
@@ -324,7 +327,10 @@ class ReferenceModel:
             # termination (every reservation returned), else its holds could never be resolved.
             self._close(session)
         result = ChargeResult(
-            Outcome.OK, items, balance_micros=self._ledger.available(request.account_id, request.now_seconds)
+            Outcome.OK,
+            items,
+            balance_micros=self._ledger.available(request.account_id, request.now_seconds),
+            opened=new and not (request.terminate or request.event or unopened),
         )
         self._finish(session, request.request_number, result, request.now_seconds + request.validity_seconds)
         if unopened:  # RULES.md "unopened": every item refused, so no session is left behind
@@ -339,6 +345,8 @@ class ReferenceModel:
             # debits all or nothing.
             self._return(request.account_id, reservation)
             reservation = None
+        if item.commit_reserved:  # RULES.md "Refused usage": every unit granted counts as used
+            item = replace(item, used_units=reservation.granted_units if reservation is not None else 0)
         committed = self._commit(request, item, reservation)
         if reservation is not None:
             self._return(request.account_id, reservation)

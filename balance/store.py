@@ -4,10 +4,13 @@ Theory of operation: a method checks its input (business refusals come back as `
 values), finds the account's hierarchy (``ar:<account>``, cached: it never changes once
 provisioned), builds every key from ``balance.keys`` and the flat ARGV of the script header, runs
 the script through a ``ScriptCaller``, and turns the reply into the types of ``balance.types``.
-After a charge that opened a session or wrote usage records it marks the hierarchy in the
-supervisor's and the spool writer's work lists; those marks live outside the hierarchy's slot,
-so they are separate commands, and a mark lost in a crash is found again by ``rescan_work``
-(the server runs it at startup).
+After a charge that opened a session or wrote usage records (a replay of one included: the
+call that applied may not have sent them) it marks the hierarchy in the supervisor's and the
+spool writer's work lists; those marks live outside the hierarchy's slot, so they are separate
+commands, sent once the script has applied: their failure cannot undo the charge, so it is not
+raised but kept as state, ``marks_lost``, and a mark lost that way or in a crash is found again
+by ``rescan_work`` (the server runs it at startup and, while ``marks_lost`` is set, from its
+session supervision).
 Only infrastructure failures raise (``BalanceUnavailable``, ``BalanceScriptError``).
 
 Deadlines (RULES.md "Deadlines"): a charge or refund is sent with a deadline, the store's clock
@@ -107,8 +110,8 @@ def _charge_result(words: list[str]) -> ChargeResult:
                 int(words[base + 6]) if width == 7 else 0,
             )
         )
-    # outcome, items, replayed, balance_micros
-    return ChargeResult(outcomes[words[1]], tuple(items), words[0] == "1", int(words[2]))
+    # outcome, items, replayed, balance_micros, opened
+    return ChargeResult(outcomes[words[1]], tuple(items), words[0] == "1", int(words[2]), words[3] == "1")
 
 
 def _bucket_arguments(bucket: Bucket) -> list[str]:
@@ -130,7 +133,7 @@ def _item_arguments(item: ChargeItem) -> list[str]:
         str(identifier) if identifier is not None else "",
         item.service,
         item.unit.value,
-        str(item.used_units),
+        "all" if item.commit_reserved else str(item.used_units),
         str(item.requested_units),
         "1" if item.release else "0",
         tariff_text(item.tariff),
@@ -203,6 +206,9 @@ class BalanceStore:
         # Per account, what every charge needs besides the session key: built once (an account
         # never changes hierarchy) instead of four key functions per call.
         self._charge_parts: dict[str, _ChargeParts] = {}
+        # A charge applied but its work-list marks did not reach Redis: ``rescan_work`` is due
+        # (the server's session supervision runs it once Redis answers again).
+        self.marks_lost = False
 
     @classmethod
     async def connect(
@@ -416,13 +422,25 @@ class BalanceStore:
             arguments += _item_arguments(item)
         script_keys = [session_key, account_key, parent_key, expiry_key, outbox_key]
         words = await self._run_in_time(self.caller, SCRIPTS[Operation.CHARGE], script_keys, arguments)
-        if words[0] == "0" and words[1] == "ok":
-            if words[3] == "1":
-                expiry = request.now_seconds + request.validity_seconds
-                await self.caller.execute("ZADD", keys.SESSION_ROOTS, "LT", str(expiry), root)
-            if words[4] != "0":
-                await self.caller.execute("SADD", keys.OUTBOX_ROOTS, root)
+        if words[1] == "ok":
+            # A replay too: its stored reply tells what the call that applied opened and wrote,
+            # and that call's marks may never have been sent (its reply was lost, so the settling
+            # look or the client's retransmission is the first to see it applied). ZADD LT and
+            # SADD change nothing when repeated.
+            await self._mark(root, words[3] == "1", words[4] != "0", request.now_seconds + request.validity_seconds)
         return _charge_result(words)
+
+    async def _mark(self, root: str, opened: bool, recorded: bool, expiry_seconds: int) -> None:
+        """Put the hierarchy on the supervisor's list (a session opened) and the spool writer's
+        (usage records written). Best effort: the charge has applied, so its outcome stands
+        whatever happens here; a mark Redis did not take sets ``marks_lost`` (module docstring)."""
+        try:
+            if opened:
+                await self.caller.execute("ZADD", keys.SESSION_ROOTS, "LT", str(expiry_seconds), root)
+            if recorded:
+                await self.caller.execute("SADD", keys.OUTBOX_ROOTS, root)
+        except BalanceUnavailable:
+            self.marks_lost = True
 
     async def refund(
         self,
@@ -522,12 +540,19 @@ class BalanceStore:
         """Put back on the work lists every hierarchy with live sessions or undelivered usage
         records: a crash between a charge and its marks (separate commands) would otherwise
         leave its sessions unsupervised and its records in the outbox. The server calls this
-        once at startup; returns (hierarchies with sessions, hierarchies with records)."""
-        watched = delivered = 0
-        for root in _roots_of(await self.admin.scan_keys("{*}:x"), ":x"):
-            watched += await self._watch_earliest_session(root)
-        for root in _roots_of(await self.admin.scan_keys("{*}:o"), ":o"):
-            delivered += await self._list_if_records_wait(root)
+        once at startup, and again whenever ``marks_lost`` is set; returns (hierarchies with
+        sessions, hierarchies with records). Clears ``marks_lost`` unless the scan fails; a mark
+        lost while it runs sets it again."""
+        self.marks_lost = False
+        try:
+            watched = delivered = 0
+            for root in _roots_of(await self.admin.scan_keys("{*}:x"), ":x"):
+                watched += await self._watch_earliest_session(root)
+            for root in _roots_of(await self.admin.scan_keys("{*}:o"), ":o"):
+                delivered += await self._list_if_records_wait(root)
+        except BaseException:
+            self.marks_lost = True
+            raise
         return watched, delivered
 
     async def _watch_earliest_session(self, root: str) -> bool:

@@ -143,6 +143,10 @@ class ChargeItem:
     ``tariff_change``: the new reservation spans a switch of tariff (``tariff`` is the one before
     it); ``used_split``: how the client itemised ``used_units`` about the switch of the
     reservation they are committed against (None: not itemised). RULES.md "Tariff change".
+    ``commit_reserved``: the client's report of used units was refused (units the tariff does not
+    price): the service's reservation is committed in full, as if every unit it granted was used,
+    and nothing is reserved anew; such an item carries no used or requested units. RULES.md
+    "Refused usage".
     """
 
     rating_group: int
@@ -155,6 +159,7 @@ class ChargeItem:
     service_identifier: int | None = None
     tariff_change: TariffChange | None = None
     used_split: UsageSplit | None = None
+    commit_reserved: bool = False
 
 
 @value_type
@@ -199,6 +204,9 @@ class ChargeResult:
     items: tuple[ItemResult, ...] = ()
     replayed: bool = False  # this key was applied before; the stored result is returned
     balance_micros: int = 0  # available money after the request (for Remaining-Balance)
+    # The request opened its session (a replay: the request replayed did), which stays open: not
+    # an event, a termination, or a first request left unopened (RULES.md "Unopened").
+    opened: bool = False
 
 
 @value_type

@@ -93,6 +93,8 @@ def invalid_item(item: ChargeItem) -> str | None:
         return "bad service name"
     if not (0 <= item.used_units <= MAX_SERVICE_UNITS and 0 <= item.requested_units <= MAX_SERVICE_UNITS):
         return "units out of range"
+    if item.commit_reserved and (item.used_units or item.requested_units or item.used_split is not None):
+        return "an item that commits its reservation in full carries no used or requested units"
     tariff = item.tariff
     problem = invalid_tariff(tariff)
     if problem:
@@ -134,6 +136,8 @@ def invalid_charge(request: ChargeRequest) -> str | None:
         return "too many items"
     if len({(item.rating_group, item.service_identifier) for item in request.items}) != len(request.items):
         return "services (rating group, service identifier) must be distinct"
+    if request.event and any(item.commit_reserved for item in request.items):
+        return "an event holds no reservation to commit"
     for item in request.items:
         problem = invalid_item(item) or invalid_change(item, request.now_seconds)
         if problem:

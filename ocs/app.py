@@ -161,12 +161,16 @@ async def _rescan_work(state: ServerState) -> None:
 
 
 async def _supervise_sessions(state: ServerState) -> None:
-    """Tcc (RFC 4006 section 13): release what silent sessions hold, then close them."""
+    """Tcc (RFC 4006 section 13): release what silent sessions hold, then close them; first,
+    when charges applied while their work-list marks failed, find that work again."""
     assert state.store is not None
     interval = state.settings.quota.supervision_interval_seconds
     outage = Outage("session_supervision")
     while True:
         try:
+            if state.store.marks_lost:  # balance/store.py: a charge applied, its marks did not
+                watched, undelivered = await state.store.rescan_work()
+                log.info("work_rescanned", hierarchies_with_sessions=watched, hierarchies_with_records=undelivered)
             closed = await state.store.expire_due(int(time.time()))
             for _, session_id in closed:
                 if state.notifier is not None:

@@ -166,13 +166,17 @@ def credit_answer(
 
 def command_result(services: Sequence[ServiceAnswer]) -> ResultCode:
     """The command-level Result-Code: success if any service succeeded, carries a final-unit
-    action, or there is none; when every service failed with the same code, that code (so
-    single-service clients see it)."""
-    codes = {service.result_code for service in services}
+    action, or there is none; when every service failed, the first failure in request order.
+
+    RFC 6733 section 7.1.2: 2001 says the request was completed. A request whose every service
+    failed opened no session in the engine (balance/RULES.md "Unopened" for an INITIAL), and a
+    client reads a command-level 2001 on a CCA-I as a session it must later end, so a failure
+    must show at command level also when the services failed with different codes; the first
+    one is the one a single-service client would have seen, and every MSCC keeps its own."""
     # A service answered with a final-unit action (e.g. an immediate redirect to the top-up
     # portal) is handled, not failed: the client must keep the session to apply the action.
-    if not codes or ResultCode.DIAMETER_SUCCESS in codes or any(service.final_unit for service in services):
+    if not services or any(
+        service.result_code == ResultCode.DIAMETER_SUCCESS or service.final_unit for service in services
+    ):
         return ResultCode.DIAMETER_SUCCESS
-    if len(codes) == 1:
-        return codes.pop()
-    return ResultCode.DIAMETER_SUCCESS
+    return services[0].result_code

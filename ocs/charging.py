@@ -5,18 +5,22 @@ realm (3003), finds the subscriber (5030 if unknown; 5002 for an UPDATE / TERMIN
 session cannot exist), rates every service at the request's time (Event-Timestamp within the
 configured skew, else our clock) and refuses on its own each service that cannot be rated or
 counts only in units its tariff does not price (5031 in its MSCC, Failed-AVP at command level;
-nothing of it is charged), turns the other services into ``ChargeItem``s (requested units
-sized by the configured default and maximum quota, used units from Used-Service-Unit), makes
-the one ``BalanceStore.charge`` call for the whole request, and lays the outcome out as a CCA
-(``ocs.cca``). A grant whose Validity-Time spans a switch of tariff (rating looks ahead for
-INITIAL and UPDATE) carries Tariff-Time-Change and reaches the engine with the price after the
-switch; the Used-Service-Units the client itemises with Tariff-Change-Usage reach it as a usage
-split (RFC 4006 section 5.1.1; balance/RULES.md "Tariff change" prices each side). EVENT
-requests for CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006 section 6) are answered
-from queries and refunds. Redis unavailable is 3004 (RFC 4006 section
-5.7: the client fails over; the request changed nothing, or changed it idempotently); an engine
-error is 5012. Retransmissions reach the engine with the same (Session-Id, CC-Request-Number)
-and get the stored outcome back.
+nothing is granted to it). Usage in an unpriced unit never passes free: in an UPDATE or
+TERMINATION such a service still settles the reservation it holds, its reservation committed in
+full when its used units are the ones refused (the units granted are taken as used: the
+operator's safe side; the client learns of it by the 5031; balance/RULES.md "Refused usage").
+The services go to the engine as ``ChargeItem``s (requested units sized by the configured default
+and maximum quota, used units from Used-Service-Unit) in the one ``BalanceStore.charge`` call
+for the whole request, and the outcome is laid out as a CCA (``ocs.cca``); a stored result that
+no longer matches the services rated now (a retransmission after the tariffs changed) is 5012.
+A grant whose Validity-Time spans a switch of tariff (rating looks ahead for INITIAL and UPDATE)
+carries Tariff-Time-Change and reaches the engine with the price after the switch; the
+Used-Service-Units the client itemises with Tariff-Change-Usage reach it as a usage split (RFC
+4006 section 5.1.1; balance/RULES.md "Tariff change" prices each side). EVENT requests for
+CHECK_BALANCE, PRICE_ENQUIRY and REFUND_ACCOUNT (RFC 4006 section 6) are answered from queries
+and refunds. Redis unavailable is 3004 (RFC 4006 section 5.7: the client fails over; the request
+changed nothing, or changed it idempotently); an engine error is 5012. Retransmissions reach
+the engine with the same (Session-Id, CC-Request-Number) and get the stored outcome back.
 
 A last grant, or a suspended account, gets the Final-Unit-Indication its plan and service
 choose (``final_units``, built once from the tariff book over the ``[final_unit]`` settings).
@@ -85,13 +89,18 @@ class RatedService:
 
 @value_type
 class RefusedService:
-    """A service answered with a failure of its own (5031) and left out of the charge: nothing of
-    it is committed, reserved or returned."""
+    """A service answered with a failure of its own (5031). Left out of the charge, unless
+    ``rated`` is set: a service of an UPDATE or TERMINATION refused for its units (rated, but
+    counted in units its tariff does not price) still settles the reservation it may hold, since
+    usage in an unpriced unit must never pass free (balance/RULES.md "Refused usage"): the used
+    units it reports in the priced unit are committed, or, when its used units themselves are
+    refused, every unit its reservation granted; nothing is reserved anew."""
 
     request: ServiceRequest
     result_code: ResultCode
     failed_avp: Avp
     reason: str
+    rated: Rated | None = None
 
 
 _UNIT_AVP_KEYS = (DEFAULT_DICTIONARY.key("Requested-Service-Unit"), DEFAULT_DICTIONARY.key("Used-Service-Unit"))
@@ -186,13 +195,14 @@ class CreditControl:
             # UPDATE / TERMINATION goes on to the engine even so, which knows whether the session
             # is open (5002 if not) and ends it on a TERMINATION.
             return self._refused_answer(message, ccr, refused)
-        result = await self.store.charge(self._charge_request(ccr, subscriber.account_id, served, now))
+        charged = _charged(rated)
+        result = await self.store.charge(self._charge_request(ccr, subscriber.account_id, charged, now))
         if result.replayed:
             self.metrics.duplicate_replayed()
         elif result.items:
             # A replay changed nothing, so it counts no money. The services of one request are
             # rated with the subscriber's one plan, so they share its currency.
-            currency = served[0].rated.currency
+            currency = charged[0][1].currency
             self.metrics.money_committed(currency, sum(item.committed_micros for item in result.items))
             self.metrics.money_reserved(currency, sum(item.reserved_micros for item in result.items))
         if result.outcome is not Outcome.OK:
@@ -238,7 +248,8 @@ class CreditControl:
             unpriced = None if refund else _unpriced_units(message, service, outcome.unit)
             if unpriced is not None:
                 reason = f"service {outcome.service} is priced in {outcome.unit}, not in the units reported"
-                rated.append(RefusedService(service, ResultCode.DIAMETER_RATING_FAILED, unpriced, reason))
+                settles = outcome if ccr.request_type in (RequestType.UPDATE, RequestType.TERMINATION) else None
+                rated.append(RefusedService(service, ResultCode.DIAMETER_RATING_FAILED, unpriced, reason, settles))
                 continue
             rated.append(RatedService(service, outcome, _tariff_change(outcome, now)))
         return rated
@@ -263,29 +274,39 @@ class CreditControl:
         return min(asked if asked else self._default_units[unit], self._max_units[unit])
 
     def _charge_request(
-        self, ccr: CreditRequest, account_id: str, services: Sequence[RatedService], now: float
+        self, ccr: CreditRequest, account_id: str, services: Sequence[tuple[ChargedService, Rated]], now: float
     ) -> ChargeRequest:
         direct = ccr.request_type is RequestType.EVENT
         terminate = ccr.request_type is RequestType.TERMINATION
         items = []
-        for item in services:
-            unit = item.rated.unit
-            requested = self.requested_units(item.request, unit)
-            used = sum(units_of(units, unit) or 0 for units in item.request.used)
+        for service, rated in services:
+            request, unit = service.request, rated.unit
+            requested = self.requested_units(request, unit)
+            used = sum(units_of(units, unit) or 0 for units in request.used)
+            split = None if direct else _usage_split(request.used, unit)
+            commit_reserved = False
+            if isinstance(service, RefusedService):  # its docstring: settle what is held, grant nothing
+                commit_reserved = any(units.counted and units_of(units, unit) is None for units in request.used)
+                requested, change = 0, None
+                if commit_reserved:
+                    used, split = 0, None
+            else:
+                change = None if direct or request.final else service.tariff_change
             items.append(
                 ChargeItem(
                     # An absent Rating-Group is charged and recorded as 0, the rating group of the
                     # default service (ocs/rating.py); the record's service names what was rated.
-                    rating_group=item.request.rating_group or 0,
-                    service=item.rated.service,
+                    rating_group=request.rating_group or 0,
+                    service=rated.service,
                     unit=unit,
-                    tariff=item.rated.tariff,
+                    tariff=rated.tariff,
                     used_units=requested if direct else used,
                     requested_units=0 if direct else requested,
-                    release=item.request.final,
-                    service_identifier=item.request.service_identifier,
-                    tariff_change=None if direct or item.request.final else item.tariff_change,
-                    used_split=None if direct else _usage_split(item.request.used, unit),
+                    release=request.final,
+                    service_identifier=request.service_identifier,
+                    tariff_change=change,
+                    used_split=split,
+                    commit_reserved=commit_reserved,
                 )
             )
         return ChargeRequest(
@@ -315,10 +336,14 @@ class CreditControl:
         items = iter(result.items)
         final = False
         for service in services:
+            charged = isinstance(service, RatedService) or service.rated is not None
+            item = next(items, None) if charged else None
+            if charged and (item is None or item.rating_group != (service.request.rating_group or 0)):
+                return self._mismatch_answer(message, result)
             if isinstance(service, RefusedService):
                 answers.append(_refused_service_answer(service))
                 continue
-            item = next(items)
+            assert item is not None
             if item.outcome is Outcome.ACCOUNT_BLOCKED and status is None:
                 view = await self.store.balance(account_id, int(self.clock()))
                 status = view.account.status if view is not None else AccountStatus.BARRED
@@ -329,8 +354,9 @@ class CreditControl:
             # The session is over: the answer names only the services whose usage was refused.
             answers = [answer for answer in answers if answer.result_code is not ResultCode.DIAMETER_SUCCESS]
             self.observer(SessionEnded(account_id, ccr.session_id))
-        elif ccr.request_type is RequestType.UPDATE or code is ResultCode.DIAMETER_SUCCESS:
-            # An INITIAL that failed opened no session (balance/RULES.md): nothing to re-authorise.
+        elif ccr.request_type is RequestType.UPDATE or result.opened:
+            # What the engine did, not the answer's code: an INITIAL it left unopened
+            # (balance/RULES.md "Unopened") and an EVENT leave no session to re-authorise.
             self.observer(SessionActive(account_id, ccr.session_id, ccr.origin_host, ccr.origin_realm))
         if final:  # after SessionActive: the notifier follows the sessions it knows
             self.observer(FinalUnitGranted(account_id, ccr.session_id, ccr.origin_host))
@@ -338,6 +364,15 @@ class CreditControl:
         return credit_answer(
             message, self.identity, code, answers, multiple_services=ccr.multiple_services, extra=_failed_avps(refused)
         )
+
+    def _mismatch_answer(self, message: Message, result: ChargeResult) -> Message:
+        """5012 (RFC 6733 section 7.1.5) for a stored result that does not match the services
+        rated now: a retransmission replayed after the tariff book changed the services served.
+        The engine applied the request once (its stored result stands); this answer only says we
+        cannot lay it out, rather than failing the task on a missing item."""
+        log.warning("replayed_result_mismatch", replayed=result.replayed, items=len(result.items))
+        reason = "the stored result of this request does not match its services as rated now"
+        return error_answer(message, self.identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY, error_message=reason)
 
     def _service_answer(
         self, ccr: CreditRequest, service: RatedService, item: ItemResult, status: AccountStatus | None
@@ -378,6 +413,15 @@ class CreditControl:
             final_unit=self._final_units[service.rated.plan, service.rated.service][0] if item.final else None,
             tariff_time_change=service.tariff_change.at_seconds if service.tariff_change is not None else None,
         )
+
+
+ChargedService = RatedService | RefusedService
+
+
+def _charged(services: Sequence[ChargedService]) -> list[tuple[ChargedService, Rated]]:
+    """The services that go to the engine, in request order, with their rating: every one rated,
+    and each refused one that settles its reservation (``RefusedService``)."""
+    return [(service, service.rated) for service in services if service.rated is not None]
 
 
 def _tariff_change(rated: Rated, now: float) -> TariffChange | None:

@@ -84,6 +84,16 @@ class RedisSettings:
     data_directory: str = "data/redis"
 
 
+# The shortest quota.tombstone_seconds allowed. A call the store settles (balance/store.py: its
+# reply lost, it is sent again once its deadline has passed, up to the reply timeout, 5 s, plus
+# DEADLINE_MARGIN_SECONDS and SETTLE_TIMEOUT_SECONDS later) and a client's retransmission after
+# its Tx timer (RFC 4006 section 13, default 10 s) must still find a closed session's tombstone:
+# an EVENT that applied and whose tombstone is gone is evaluated anew, past its deadline answered
+# 3004 although it was charged, or charged a second time. 60 s covers those ~16 s with room for a
+# slow client; the default (balance/keys.py DEFAULT_TOMBSTONE_SECONDS) is ten times that.
+MIN_TOMBSTONE_SECONDS = 60
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaSettings:
     """Grant sizing (DESIGN.md "Grants are sized from the request, the configured default quota
@@ -347,7 +357,11 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
         (settings.spool.retention_seconds > 0, "spool.retention_seconds", ""),
         (settings.spool.retention_interval_seconds > 0, "spool.retention_interval_seconds", ""),
         (settings.spool.retention_batch_size > 0, "spool.retention_batch_size", ""),
-        (settings.quota.tombstone_seconds > 0, "quota.tombstone_seconds", ""),
+        (
+            settings.quota.tombstone_seconds >= MIN_TOMBSTONE_SECONDS,
+            "quota.tombstone_seconds",
+            f" (at least {MIN_TOMBSTONE_SECONDS} s: the settle and retransmission window)",
+        ),
         (settings.refund.max_request_micros >= 0, "refund.max_request_micros", ""),
         (settings.refund.max_day_micros >= 0, "refund.max_day_micros", ""),
     ]

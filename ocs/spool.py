@@ -31,7 +31,9 @@ Money stays integer micros in the database; amounts in decimal are made on expor
 Retention: the spool grows by every record (about 0.87 MB/s in the soak of issue 17), so records
 are deleted once they are both old (``at_seconds`` before now minus ``[spool] retention_seconds``)
 and exported: ``ocs cdr export`` marks each record it wrote (``exported_at``, epoch seconds of its
-first export; ``ExportMarker``), after flushing its output. Only exported records are ever
+first export; ``ExportMarker``) when its output is a regular file, after flushing and syncing
+it; an export to standard output (a terminal, a pipe, /dev/null) marks nothing, since no copy it
+made can be vouched for. Only exported records are ever
 deleted: an export is the one other copy of a record. No bill run exists yet; when one does,
 postpaid records must also wait until billed, and this condition gains that term. The server runs
 ``Spool.delete_exported`` every ``retention_interval_seconds``, in transactions of
@@ -46,6 +48,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -379,9 +382,12 @@ def prepare_file(path: Path) -> None:
 
 class ExportMarker:
     """Marks the records an export writes as exported (``exported_at``), ``MARK_BATCH`` at a
-    time, each batch only once ``out`` has been flushed (and synced, where it is a file), so a
-    record is marked only once it has left the process. Use as a context manager; ``finish``
-    marks the last batch, and leaving without it (the export failed) marks nothing more."""
+    time, each batch only once ``out`` has been flushed and synced to disk, so a record is
+    marked only once it is stored in the export. Only an ``out`` that is a regular file counts:
+    a terminal, /dev/null, a pipe or a socket (standard output, mostly) keeps no copy we can
+    vouch for, and marking would let the retention delete the only copy of a record; an export
+    there marks nothing. Use as a context manager; ``finish`` marks the last batch, and leaving
+    without it (the export failed) marks nothing more."""
 
     def __init__(self, path: Path, out: TextIO, now_seconds: int) -> None:
         prepare_file(path)  # a spool written before marking existed gains its column here
@@ -389,6 +395,7 @@ class ExportMarker:
         self._out = out
         self._now_seconds = now_seconds
         self._pending: list[tuple[int, str]] = []
+        self.marking = _is_regular_file(out)
 
     def __enter__(self) -> ExportMarker:
         return self
@@ -397,6 +404,8 @@ class ExportMarker:
         self._connection.close()
 
     def add(self, record_id: str) -> None:
+        if not self.marking:
+            return
         self._pending.append((self._now_seconds, record_id))
         if len(self._pending) >= MARK_BATCH:
             self._mark()
@@ -408,8 +417,7 @@ class ExportMarker:
         if not self._pending:
             return
         self._out.flush()
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # a pipe or a string: nothing to sync
-            os.fsync(self._out.fileno())
+        os.fsync(self._out.fileno())  # a failure raises: the batch stays unmarked
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -419,3 +427,12 @@ class ExportMarker:
             connection.execute("ROLLBACK")
             raise
         self._pending.clear()
+
+
+def _is_regular_file(out: TextIO) -> bool:
+    """Whether ``out`` writes to a regular file (``ExportMarker``): not a terminal, device, pipe,
+    socket, or an in-memory stream without a descriptor."""
+    try:
+        return stat.S_ISREG(os.fstat(out.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both of the first two
+        return False

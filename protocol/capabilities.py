@@ -71,6 +71,11 @@ class LocalIdentity:
 class PeerPolicy:
     """Which peers may connect. Empty sets allow any host / realm / address.
 
+    Hosts and realms compare without regard to case, as every name check here does: a
+    DiameterIdentity is an FQDN (RFC 6733 section 4.3.1), and DNS names match case-insensitively
+    (RFC 4343 section 3), so ``PGW.example`` in the allowed hosts admits ``pgw.example`` (and a
+    certificate naming one proves the other). The names given are kept lower case.
+
     The last two fields are facts about one connection, set by its owner through
     ``for_connection``: None where unknown (no address check) or not TLS (no certificate check).
     """
@@ -78,14 +83,21 @@ class PeerPolicy:
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     allowed_realms: frozenset[str] = field(default_factory=frozenset)
     allowed_networks: tuple[IpNetwork, ...] = ()
-    # An Origin-Host (lower case) bound to the networks it may connect from.
+    # An Origin-Host bound to the networks it may connect from.
     host_networks: Mapping[str, tuple[IpNetwork, ...]] = field(default_factory=dict)
     peer_address: IpAddress | None = None
     certificate_names: frozenset[str] | None = None  # DNS names the peer's certificate proves, lower case
 
+    def __post_init__(self) -> None:
+        # Frozen: the lower-case forms are set once, here (dataclasses.replace comes through too).
+        object.__setattr__(self, "allowed_hosts", frozenset(host.lower() for host in self.allowed_hosts))
+        object.__setattr__(self, "allowed_realms", frozenset(realm.lower() for realm in self.allowed_realms))
+        lowered = {host.lower(): networks for host, networks in self.host_networks.items()}
+        object.__setattr__(self, "host_networks", lowered)
+
     def allows(self, origin_host: str, origin_realm: str) -> bool:
-        host_ok = not self.allowed_hosts or origin_host in self.allowed_hosts
-        realm_ok = not self.allowed_realms or origin_realm in self.allowed_realms
+        host_ok = not self.allowed_hosts or origin_host.lower() in self.allowed_hosts
+        realm_ok = not self.allowed_realms or origin_realm.lower() in self.allowed_realms
         return host_ok and realm_ok
 
     def admits_address(self, address: IpAddress) -> bool:

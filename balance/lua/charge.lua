@@ -7,10 +7,11 @@
 --       lifetime (s), 9 parent id ('' for none), 10 the session id as the body of a JSON string
 --       ('' when that is the session id itself), 11 deadline (epoch ms, Redis's clock: past it the
 --       caller has given up, see below), then per item 10 fields: rating group, service
---       identifier ('' for none), service, unit (seconds|octets|events), used units, requested
---       units, release 0|1, tariff "price_micros per_units block_units first_units" (lib.lua
---       tariff_of), the new reservation's tariff change "<at epoch s> <after price micros>" (''
---       for none), the used units as the client itemised them about the change of the
+--       identifier ('' for none), service, unit (seconds|octets|events), used units ('all': every
+--       unit the item's reservation granted, RULES.md "Refused usage"), requested units, release
+--       0|1, tariff "price_micros per_units block_units first_units" (lib.lua tariff_of), the
+--       new reservation's tariff change "<at epoch s> <after price micros>" ('' for none), the
+--       used units as the client itemised them about the change of the
 --       reservation they are committed against, "<before> <after> <indeterminate>" ('' for not
 --       itemised): RULES.md "Tariff change". The item's reservation is the session field
 --       'g:<service key>' and its usage record's id ends in the service key: the rating group,
@@ -96,12 +97,16 @@ local position = 12
 for _ = 1, item_count do
   local rating_group, identifier = ARGV[position], ARGV[position + 1]
   local service, unit = ARGV[position + 2], ARGV[position + 3]
-  local used, requested = ARGV[position + 4] + 0, ARGV[position + 5] + 0
-  local release = ARGV[position + 6] == '1'
-  local tariff = tariff_of(ARGV[position + 7])
   local service_key = identifier == '' and rating_group or (rating_group .. '/' .. identifier)
   local field = 'g:' .. service_key
   local existing = reservations[field]
+  local used_text, requested = ARGV[position + 4], ARGV[position + 5] + 0
+  if used_text == 'all' then -- RULES.md "Refused usage": every unit the reservation granted
+    used_text = existing ~= nil and fmt(existing.units) or '0'
+  end
+  local used = used_text + 0
+  local release = ARGV[position + 6] == '1'
+  local tariff = tariff_of(ARGV[position + 7])
   local outcome, granted, final = 'ok', 0, false
   local committed_units, committed_micros = 0, 0
 
@@ -163,7 +168,7 @@ for _ = 1, item_count do
     end
   end
   if outcome == 'insufficient_funds' then refused_count = refused_count + 1 end
-  local units_text = committed_units == used and ARGV[position + 4] or fmt(committed_units)
+  local units_text = committed_units == used and used_text or fmt(committed_units)
   local micros_text = fmt(committed_micros)
   if committed_units > 0 then
     -- The usage record as JSON, written out by hand (cjson costs a table and a number format per

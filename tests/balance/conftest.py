@@ -9,7 +9,8 @@ Every Redis here is started by the test session in a temporary directory on a fr
   2 seconds: a master serves no earlier than 2 s after it started).
 - ``redis_cluster_client``: a redis-py asyncio cluster client on it, after FLUSHALL on every master.
 
-Helpers for tests of the embedded server's processes: ``redis_servers_of`` (the live
+``LosesMarks`` wraps a real caller so that the work-list marks after a charge fail (the store's
+money stays real). Helpers for tests of the embedded server's processes: ``redis_servers_of`` (the live
 redis-servers of a directory, from /proc), ``wait_until_gone``, ``start_orphan`` (a redis-server
 left behind on a directory, as a killed server leaves its own).
 
@@ -20,15 +21,18 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from balance.callers import Reply, ScriptCaller
 from balance.cluster import EmbeddedRedisCluster
 from balance.embedded import PID_FILE_NAME, EmbeddedRedis, find_redis_server, is_redis_server_of, pick_free_port
+from balance.errors import BalanceUnavailable
+from balance.scripts import Script
 
 SHARED_REDIS_PORT = 6379  # the machine's own Redis: tests must never touch it
 # How long a test waits for a process to come or go before it fails; never a measure of speed.
@@ -111,3 +115,26 @@ def start_orphan(directory: Path, executable: Path | None = None) -> int:
             return int(written)
         assert time.monotonic() < deadline, "the orphan did not start"
         time.sleep(0.05)
+
+
+class LosesMarks:
+    """The store's real caller, except that while ``losing`` the work-list marks (the separate
+    commands after a charge) fail as a Redis gone silent makes them fail."""
+
+    def __init__(self, inner: ScriptCaller) -> None:
+        self.inner = inner
+        self.losing = True
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        return await self.inner.run(script, keys, args)
+
+    async def execute(self, *parts: str) -> Reply:
+        if self.losing and parts[0] in ("ZADD", "SADD") and parts[1] in ("ocs:sessions", "ocs:outbox"):
+            raise BalanceUnavailable("the connection was lost")
+        return await self.inner.execute(*parts)
+
+    async def scan_keys(self, pattern: str) -> list[str]:
+        return await self.inner.scan_keys(pattern)
+
+    async def close(self) -> None:
+        await self.inner.close()

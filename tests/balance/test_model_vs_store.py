@@ -126,11 +126,25 @@ few_units = st.integers(0, 3)
 
 
 @st.composite
-def charge_items(draw: st.DrawFn, *, used: bool, requested: bool) -> tuple[ChargeItem, ...]:
-    """One to three items of distinct services, with zero often among the unit counts."""
+def charge_items(draw: st.DrawFn, *, used: bool, requested: bool, refused: bool = False) -> tuple[ChargeItem, ...]:
+    """One to three items of distinct services, with zero often among the unit counts; with
+    ``refused``, now and then one whose usage report was refused (RULES.md "Refused usage")."""
     chosen = draw(st.lists(st.sampled_from(SERVICES), min_size=1, max_size=3, unique=True))
     items = []
     for service in chosen:
+        if refused and draw(st.integers(0, 4)) == 0:
+            tariff = draw(st.sampled_from(service.tariffs))
+            items.append(
+                ChargeItem(
+                    service.rating_group,
+                    service.name,
+                    service.unit,
+                    tariff,
+                    service_identifier=service.service_identifier,
+                    commit_reserved=True,
+                )
+            )
+            continue
         units = st.one_of(st.just(0), st.integers(1, service.most_units))
         used_units = draw(units) if used else 0
         tariff = draw(st.sampled_from(service.tariffs))
@@ -294,7 +308,7 @@ class ModelVersusStore(RuleBasedStateMachine):
 
     @rule(
         session_id=sessions,
-        items=charge_items(used=True, requested=True),
+        items=charge_items(used=True, requested=True, refused=True),
         gap=st.sampled_from((1, 1, 1, 2)),
         validity=validities,
         terminate=st.integers(0, 3).map(lambda draw: draw == 0),

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 import pytest
 
 from balance.audit import audit
 from balance.callers import Reply, ScriptCaller
 from balance.embedded import EmbeddedRedis
-from balance.errors import BalanceScriptError
+from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.keys import account_key, session_key
 from balance.scripts import SCRIPTS, Operation, Script
 from balance.store import BalanceStore, parse_charge_reply
@@ -34,6 +35,7 @@ from balance.types import (
     Unit,
     UsageSplit,
 )
+from tests.balance.conftest import LosesMarks
 
 EUR = 1_000_000
 VOICE = Tariff(price_micros=600_000, per_units=60, block_units=60, first_units=60)
@@ -415,7 +417,7 @@ async def test_a_reply_stored_before_reserved_micros_still_replays(store: Balanc
     assert replayed.replayed and replayed.balance_micros == 400_000
     assert replayed.items == (ItemResult(1, Outcome.OK, 60),)
     assert parse_charge_reply("0 ok 5 1 0 2 1 ok 60 0 0 0 2 partial 9 0 0 1") == ChargeResult(
-        Outcome.OK, (ItemResult(1, Outcome.OK, 60), ItemResult(2, Outcome.PARTIAL, 9, final=True)), False, 5
+        Outcome.OK, (ItemResult(1, Outcome.OK, 60), ItemResult(2, Outcome.PARTIAL, 9, final=True)), False, 5, True
     )
     assert parse_charge_reply("0 ok 5 1 0 1 1 ok 60 0 0 0 600000").items == (
         ItemResult(1, Outcome.OK, 60, reserved_micros=600_000),
@@ -669,3 +671,54 @@ async def test_a_change_that_is_not_ahead_or_a_split_that_does_not_add_up_is_ref
     assert (await store.charge(ccr("vic", "r1", 0, past))).outcome is Outcome.INVALID
     short = across(100, split=UsageSplit(60, 30, 0))
     assert (await store.charge(ccr("vic", "r2", 0, short, event=True))).outcome is Outcome.INVALID
+
+
+async def test_a_charge_whose_marks_fail_stands_and_the_rescan_finds_its_work(store: BalanceStore) -> None:
+    """The script applied, then the marks failed: the charge is answered as applied (an error
+    here was answered 3004 for an SMS that was debited), and ``marks_lost`` calls for the rescan
+    that puts the hierarchy back on both work lists."""
+    caller, admin = LosesMarks(store.caller), LosesMarks(store.admin)
+    losing = BalanceStore(caller, admin=admin)
+    await losing.provision(Account("lou", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
+    opened = await losing.charge(ccr("lou", "call", 0, voice(used=60, requested=60), validity_seconds=60))
+    sms = ChargeItem(0, "sms", Unit.EVENTS, Tariff(price_micros=90_000), used_units=1)
+    event = await losing.charge(ccr("lou", "sms", 0, sms, event=True))
+    assert only(opened) == (Outcome.OK, 60, 60, 600_000) and only(event) == (Outcome.OK, 0, 1, 90_000)
+    assert await money(store, "lou") == 5 * EUR - 600_000 - 600_000 - 90_000  # used, held, the SMS
+    assert losing.marks_lost
+    assert await store.outbox_roots() == [] and await store.expire_due(NOW + 60) == []
+    # Still failing: the rescan fails too and the flag stays up for the next pass.
+    with pytest.raises(BalanceUnavailable):
+        await losing.rescan_work()
+    assert losing.marks_lost
+    caller.losing = admin.losing = False
+    assert await losing.rescan_work() == (1, 1) and not losing.marks_lost
+    assert await store.outbox_roots() == ["lou"]
+    assert await store.expire_due(NOW + 60) == [("lou", "call")]
+
+
+async def test_a_refused_usage_report_commits_the_reservation_in_full(store: BalanceStore) -> None:
+    """RULES.md "Refused usage": every unit the reservation granted, from allowances first, one
+    usage record; nothing without a reservation, and nothing reserved anew."""
+    allowance = Bucket(2, BucketKind.OCTETS, 400_000, ("data",))
+    await store.provision(Account("rex", buckets=(Bucket(1, BucketKind.MAIN, EUR), allowance)))
+    assert only(await store.charge(ccr("rex", "pdp", 0, data(10, requested=2_000_000)))) == (
+        Outcome.OK,
+        2_000_000,
+        0,
+        0,
+    )
+    refused = replace(data(10), commit_reserved=True)
+    settled = await store.charge(ccr("rex", "pdp", 1, refused))
+    # 400 kB of allowance, 1.6 MB priced: 2 MB at 0.01 (rounded up to MB).
+    assert only(settled) == (Outcome.OK, 0, 2_000_000, 20_000)
+    assert await money(store, "rex") == EUR - 20_000
+    assert [(record.units, record.micros) for record in await store.usage_records()] == [(2_000_000, 20_000)]
+    # No reservation left: the next refused report commits nothing.
+    assert only(await store.charge(ccr("rex", "pdp", 2, refused, terminate=True))) == (Outcome.OK, 0, 0, 0)
+    assert await money(store, "rex") == EUR - 20_000 and len(await store.usage_records()) == 1
+    # Used or requested units beside it, and events, are refused.
+    for item in (replace(refused, used_units=1), replace(refused, requested_units=1)):
+        assert (await store.charge(ccr("rex", "other", 0, item))).outcome is Outcome.INVALID
+    assert (await store.charge(ccr("rex", "event", 0, refused, event=True))).outcome is Outcome.INVALID
+    await assert_audit_clean(store)

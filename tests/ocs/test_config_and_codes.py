@@ -8,13 +8,23 @@ from pathlib import Path
 
 import pytest
 
+from balance.pipeline import DEFAULT_REPLY_TIMEOUT_SECONDS
+from balance.store import DEADLINE_MARGIN_SECONDS, SETTLE_TIMEOUT_SECONDS
 from balance.types import Outcome
 from ocs.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result
-from ocs.config import ConfigError, Settings, environment_names, load_settings, unused_environment
+from ocs.config import (
+    MIN_TOMBSTONE_SECONDS,
+    ConfigError,
+    Settings,
+    environment_names,
+    load_settings,
+    unused_environment,
+)
 from ocs.result_codes import RESULT_CODES, result_code
 from protocol.constants import ResultCode
 
 ROOT = Path(__file__).resolve().parents[2]
+CLIENT_TX_SECONDS = 10  # RFC 4006 section 13: the client's Tx timer, its default
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -38,6 +48,16 @@ def test_tombstone_lifetime_and_spool_retention_are_settings(tmp_path: Path) -> 
     settings = load_settings(write(tmp_path, "[spool]\nretention_batch_size = 100\n"), environment)
     assert settings.quota.tombstone_seconds == 300 and settings.spool.retention_seconds == 3_600
     assert settings.spool.retention_batch_size == 100 and Settings().quota.tombstone_seconds == 600
+
+
+def test_the_tombstone_floor_outlasts_the_settle_and_retransmission_window(tmp_path: Path) -> None:
+    """Issue 17 review: any lifetime above 0 was accepted; below the window in which the store
+    settles a call and the client retransmits it, an EVENT that applied is evaluated anew (3004
+    although charged, or charged twice). The floor covers that window and is accepted itself."""
+    window = DEFAULT_REPLY_TIMEOUT_SECONDS + DEADLINE_MARGIN_SECONDS + SETTLE_TIMEOUT_SECONDS + CLIENT_TX_SECONDS
+    assert window < MIN_TOMBSTONE_SECONDS
+    settings = load_settings(write(tmp_path, f"[quota]\ntombstone_seconds = {MIN_TOMBSTONE_SECONDS}\n"), {})
+    assert settings.quota.tombstone_seconds == MIN_TOMBSTONE_SECONDS
 
 
 def test_refund_limits_are_settings(tmp_path: Path) -> None:
@@ -148,6 +168,7 @@ def test_other_ocs_variables_are_not_settings_and_are_listed_not_refused(tmp_pat
         ("", {"OCS_SHUTDOWN_TIMEOUT_SECONDS": "soon"}, "environment OCS_SHUTDOWN_TIMEOUT_SECONDS: 'soon' is not"),
         ("not toml [", {}, "ocs.toml"),
         ("", {"OCS_QUOTA_TOMBSTONE_SECONDS": "0"}, "quota.tombstone_seconds"),
+        ("[quota]\ntombstone_seconds = 59\n", {}, "quota.tombstone_seconds (at least 60 s"),
         ("[spool]\nretention_seconds = -1\n", {}, "spool.retention_seconds"),
         ("[spool]\nretention_batch_size = 0\n", {}, "spool.retention_batch_size"),
         ("[spool]\nretention_interval_seconds = 0\n", {}, "spool.retention_interval_seconds"),
@@ -192,9 +213,15 @@ def answer(code: ResultCode, final: bool = False) -> ServiceAnswer:
         ([ResultCode.DIAMETER_SUCCESS, ResultCode.DIAMETER_CREDIT_LIMIT_REACHED], ResultCode.DIAMETER_SUCCESS),
         ([ResultCode.DIAMETER_CREDIT_LIMIT_REACHED], ResultCode.DIAMETER_CREDIT_LIMIT_REACHED),
         ([ResultCode.DIAMETER_CREDIT_LIMIT_REACHED] * 2, ResultCode.DIAMETER_CREDIT_LIMIT_REACHED),
+        # Every service failed, with different codes: a failure still (no session was opened),
+        # the first in request order (it was 2001, and the next CCR-U got 5002).
         (
-            [ResultCode.DIAMETER_CREDIT_LIMIT_REACHED, ResultCode.DIAMETER_END_USER_SERVICE_DENIED],
-            ResultCode.DIAMETER_SUCCESS,
+            [ResultCode.DIAMETER_CREDIT_LIMIT_REACHED, ResultCode.DIAMETER_RATING_FAILED],
+            ResultCode.DIAMETER_CREDIT_LIMIT_REACHED,
+        ),
+        (
+            [ResultCode.DIAMETER_RATING_FAILED, ResultCode.DIAMETER_CREDIT_LIMIT_REACHED],
+            ResultCode.DIAMETER_RATING_FAILED,
         ),
     ],
 )

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -332,9 +333,12 @@ def exported(
     until: datetime | None = None,
     account_id: str | None = None,
 ) -> tuple[int, str]:
-    out = io.StringIO(newline="")
-    written = export(path, since=since, until=until, fmt=fmt, out=out, account_id=account_id)
-    return written, out.getvalue()
+    """Export to a file beside the spool (a regular file: its records are marked exported)."""
+    target = path.with_name(f"export.{fmt}")
+    with target.open("w", encoding="utf-8", newline="") as out:
+        written = export(path, since=since, until=until, fmt=fmt, out=out, account_id=account_id)
+    with target.open(encoding="utf-8", newline="") as written_file:  # line ends as written
+        return written, written_file.read()
 
 
 async def test_export_csv_and_jsonl_for_a_period_and_an_account(store: BalanceStore, spool: Spool) -> None:
@@ -441,6 +445,23 @@ async def test_an_export_marks_exactly_the_records_it_wrote(store: BalanceStore,
     since = datetime.fromtimestamp(NOW, UTC)
     assert exported(spool.path, "csv", since=since, until=since + timedelta(hours=1))[0] == 1
     assert exported_ids(spool.path) == [first]
+
+
+async def test_an_export_to_standard_output_marks_nothing(store: BalanceStore, spool: Spool) -> None:
+    """Issue 17 review F4: an export to a terminal, /dev/null or a pipe was marked once flushed,
+    and the retention then deleted records that exist in no other copy. Only a regular file,
+    synced, marks."""
+    await prepaid(store, "hans")
+    await sms(store, "hans", "m-1", now=NOW)
+    await spool.drain_once(store)
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end) as reader, os.fdopen(write_end, "w") as pipe, open(os.devnull, "w") as null:
+        for out in (pipe, null, io.StringIO()):
+            assert export(spool.path, since=None, until=None, fmt="jsonl", out=out) == 1
+        pipe.close()
+        assert '"account_id":"hans"' in reader.read()
+    assert exported_ids(spool.path) == []
+    assert exported(spool.path, "jsonl")[0] == 1 and len(exported_ids(spool.path)) == 1
 
 
 async def test_retention_deletes_old_exported_records_only(store: BalanceStore, spool: Spool) -> None:

@@ -243,6 +243,24 @@ def test_unknown_peer_gets_3010_and_is_closed() -> None:
     assert s.close_requested and isinstance(events[-1], PeerClosed)
 
 
+@pytest.mark.parametrize(
+    ("allowed", "origin_host", "origin_realm"),
+    [("PGW.Allowed", "pgw.allowed", "test"), ("pgw.allowed", "PGW.ALLOWED", "TEST")],
+)
+def test_allowed_hosts_and_realms_compare_without_regard_to_case(
+    allowed: str, origin_host: str, origin_realm: str
+) -> None:
+    """DiameterIdentity is an FQDN (RFC 6733 section 4.3.1), matched case-insensitively (RFC
+    4343), as host networks and certificate names already were: a configured "PGW.Allowed" was
+    compared as written and refused "pgw.allowed" with 3010."""
+    policy = PeerPolicy(allowed_hosts=frozenset({allowed}), allowed_realms=frozenset({"Test"}))
+    s = server(policy)
+    events = s.receive_data(cer_bytes(LocalIdentity(origin_host, origin_realm)), 0.1)
+    (cea,) = answers(s)
+    assert cea.get("Result-Code") == 2001 and isinstance(events[0], PeerOpened)
+    assert policy.refusal("PGW.ALLOWED", "test") == "" and policy.refusal("pgw.other", "test") != ""
+
+
 def test_no_common_application_gets_5010() -> None:
     s = server()
     s.receive_data(cer_bytes(LocalIdentity("pgw.test", "test", auth_application_ids=(16777238,))), 0.1)
