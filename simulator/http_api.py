@@ -64,6 +64,19 @@ class BalanceSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class RateQuote:
+    """What ``units`` of a service cost at one moment (POST /rate): the engine's own arithmetic.
+
+    ``explanation`` is the server's rating explanation, which ends with the tariff's price
+    (``simulator.ledger`` reads it to price usage across a tariff change; the answer has no
+    separate tariff fields)."""
+
+    cost_micros: int
+    charged_units: int
+    explanation: str
+
+
+@dataclass(frozen=True, slots=True)
 class AuditFinding:
     account_id: str
     rule: str
@@ -166,12 +179,24 @@ class OcsApi:
         self, plan: str, context: str, rating_group: int | None, called: str | None, at_seconds: int, units: int
     ) -> int:
         """What ``units`` cost at ``at_seconds`` (POST /rate), in micros; balances are not touched."""
+        return (await self.quote(plan, context, rating_group, called, at_seconds, units)).cost_micros
+
+    async def quote(
+        self, plan: str, context: str, rating_group: int | None, called: str | None, at_seconds: int, units: int
+    ) -> RateQuote:
+        """The rating of ``units`` at ``at_seconds`` (POST /rate); balances are not touched."""
         body: dict[str, object] = {"plan": plan, "context": context, "at": at_seconds, "units": units}
         if rating_group is not None:
             body["rating_group"] = rating_group
         if called is not None:
             body["called"] = called
-        return _integer(await self._call("POST", "/rate", body), "cost_micros")
+        values = await self._call("POST", "/rate", body)
+        explanation = values.get("explanation")
+        return RateQuote(
+            _integer(values, "cost_micros"),
+            _integer(values, "charged_units"),
+            explanation if isinstance(explanation, str) else "",
+        )
 
     async def audit(self, *, sessions_ended: bool) -> AuditVerdict:
         query = "?sessions_ended=true" if sessions_ended else ""

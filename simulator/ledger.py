@@ -13,57 +13,132 @@ rating group of a line with a data allowance takes ``min(units, allowance left)`
 only the rest is priced. This is exact because a line runs one session at a time (the scenario
 guarantees it), so one reservation at most holds its allowance, and each commit is priced on
 its own (the engine rounds every commit to the tariff's blocks separately).
+
+A grant across a switch of tariff (Tariff-Time-Change, RFC 4006 section 5.1.1) was used on both
+sides of it, and the element itemised its report (Tariff-Change-Usage, section 8.27). RULES.md
+"Tariff change" prices such a commit once: the allowance covers the first units; of the ``M``
+money units the first ``Mb = clamp(before - allowance units, 0, M)`` are at the tariff of the
+grant and the rest, with the rounding of the usage (``C = charged(M)``), at the tariff from the
+switch on: ``ceil((Mb x price + (C - Mb) x after price) / per)``, one rounding to the micro.
+When one side has every unit this is the plain cost at that side's tariff, which POST /rate
+states. When both have some, /rate (a cost for N units at one moment) cannot state it: the
+price and ``per`` of each side are read from the two quotes' explanations, checked against the
+quotes' own costs (``C`` at each price must cost what the server says), and combined here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 
-from simulator.http_api import OcsApi
-from simulator.population import DATA_RATING_GROUP, SimulatedSubscriber
+from simulator.http_api import OcsApi, RateQuote
+from simulator.population import DATA_RATING_GROUP, MICROS_PER_UNIT, SimulatedSubscriber
 from simulator.records import Commit
 
 PRICING_CONCURRENCY = 16  # /rate calls in flight after the run
 
-PriceKey = tuple[str, str, int | None, str | None, int, int]  # plan, context, group, called, at, units
+QuoteKey = tuple[str, str, int | None, str | None, int, int]  # plan, context, group, called, at, units
+
+# The end of the server's rating explanation (ocs/rating.py ``_price_text``): the price in the
+# plan's currency, then what it is for. A minute is 60 seconds and a message one event, as the
+# tariff loader builds them (config/tariffs.toml "Services by kind").
+_PRICE_TEXT = re.compile(r"(\d+\.\d+) \S+ per (?:(minute)|(message)|(\d+) octets)")
+_SECONDS_PER_MINUTE = 60
 
 
-def money_units(commits: Iterable[Commit], subscribers: Sequence[SimulatedSubscriber]) -> list[tuple[Commit, int]]:
+class LedgerError(RuntimeError):
+    """The OCS's rating answer could not be used to price a commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyUnits:
+    """A commit's units left to pay for once its allowance covered theirs, and how many of
+    those were used before the grant's tariff change (all of them without one)."""
+
+    commit: Commit
+    units: int
+    before: int
+
+
+def money_units(commits: Iterable[Commit], subscribers: Sequence[SimulatedSubscriber]) -> list[MoneyUnits]:
     """Each commit with the units left to pay for once the data allowances have covered theirs."""
     allowance_left = {subscriber.account_id: subscriber.data_allowance_octets for subscriber in subscribers}
-    priced: list[tuple[Commit, int]] = []
+    priced: list[MoneyUnits] = []
     for commit in commits:
         units = commit.units
         left = allowance_left.get(commit.account_id, 0)
+        covered = 0
         if commit.rating_group == DATA_RATING_GROUP and left:
             covered = min(units, left)
             allowance_left[commit.account_id] = left - covered
             units -= covered
-        priced.append((commit, units))
+        before = units
+        if commit.tariff_change_at_seconds is not None:
+            # Allowances cover the first units used (RULES.md "Tariff change").
+            before = min(max(commit.units_before_change - covered, 0), units)
+        priced.append(MoneyUnits(commit, units, before))
     return priced
+
+
+def _quote_keys(item: MoneyUnits) -> tuple[QuoteKey, ...]:
+    """The quotes pricing ``item``: at the grant's moment, at the switch, or both."""
+    commit = item.commit
+    where = (commit.plan, commit.context, commit.rating_group, commit.called)
+    granted = (*where, commit.granted_at_seconds, item.units)
+    change_at = commit.tariff_change_at_seconds
+    if change_at is None or item.before == item.units:
+        return (granted,)
+    after = (*where, change_at, item.units)
+    return (after,) if item.before == 0 else (granted, after)
 
 
 async def believed_charges(
     api: OcsApi, commits: Sequence[Commit], subscribers: Sequence[SimulatedSubscriber]
 ) -> dict[str, int]:
     """Micros per account that the simulator's own usage should have cost."""
-    to_price = [(commit, units) for commit, units in money_units(commits, subscribers) if units]
-    keys: set[PriceKey] = {_key(commit, units) for commit, units in to_price}
+    to_price = [item for item in money_units(commits, subscribers) if item.units]
+    keys: set[QuoteKey] = {key for item in to_price for key in _quote_keys(item)}
     limit = asyncio.Semaphore(PRICING_CONCURRENCY)
-    prices: dict[PriceKey, int] = {}
+    quotes: dict[QuoteKey, RateQuote] = {}
 
-    async def price(key: PriceKey) -> None:
-        plan, context, rating_group, called, at_seconds, units = key
+    async def quote(key: QuoteKey) -> None:
         async with limit:
-            prices[key] = await api.price(plan, context, rating_group, called, at_seconds, units)
+            quotes[key] = await api.quote(*key)
 
-    await asyncio.gather(*(price(key) for key in keys))
+    await asyncio.gather(*(quote(key) for key in keys))
     charges = {subscriber.account_id: 0 for subscriber in subscribers}
-    for commit, units in to_price:
-        charges[commit.account_id] = charges.get(commit.account_id, 0) + prices[_key(commit, units)]
+    for item in to_price:
+        sides = [quotes[key] for key in _quote_keys(item)]
+        micros = sides[0].cost_micros if len(sides) == 1 else cost_across(item.before, sides[0], sides[1])
+        account_id = item.commit.account_id
+        charges[account_id] = charges.get(account_id, 0) + micros
     return charges
 
 
-def _key(commit: Commit, units: int) -> PriceKey:
-    return (commit.plan, commit.context, commit.rating_group, commit.called, commit.granted_at_seconds, units)
+def cost_across(before_units: int, before: RateQuote, after: RateQuote) -> int:
+    """Micros for one usage across a tariff change (module docstring): ``before`` and ``after``
+    quote all its money units at the tariff of the grant and at the one after the switch."""
+    price_micros, per_units = tariff_price(before)
+    after_price_micros, after_per_units = tariff_price(after)
+    charged_units = before.charged_units
+    if after_per_units != per_units or after.charged_units != charged_units:
+        raise LedgerError(f"the tariffs before and after a switch differ in more than price: {before} / {after}")
+    numerator = before_units * price_micros + (charged_units - before_units) * after_price_micros
+    return -(-numerator // per_units)
+
+
+def tariff_price(quote: RateQuote) -> tuple[int, int]:
+    """(price in micros, per how many units) of the tariff that ``quote`` was rated with, read
+    from its explanation and checked against its cost."""
+    found = _PRICE_TEXT.findall(quote.explanation)
+    if not found:
+        raise LedgerError(f"no price in the rating explanation {quote.explanation!r}")
+    price_text, minute, message, octets = found[-1]
+    price_micros = int(Decimal(price_text) * MICROS_PER_UNIT)
+    per_units = _SECONDS_PER_MINUTE if minute else 1 if message else int(octets)
+    if -(-quote.charged_units * price_micros // per_units) != quote.cost_micros:
+        raise LedgerError(f"the price read from {quote.explanation!r} does not give the quoted cost {quote}")
+    return price_micros, per_units

@@ -3,7 +3,8 @@
 Theory of operation: one ``Recorder`` is shared by every element of a run (one event loop, so
 no locks). Each answered request adds its latency and (request label, Result-Code); each session
 ends with one ``SessionOutcome``; each usage report the OCS applied adds a ``Commit`` naming the
-units and where and when they were granted, which is all ``simulator.ledger`` needs to price
+units, where and when they were granted, and, when the grant spanned a switch of tariff, how
+many were used on each side of it, which is all ``simulator.ledger`` needs to price
 them afterwards. Nothing here knows the server's internals: it is the client's own bookkeeping,
 which the end-of-run report holds against the server's balances and audit.
 
@@ -49,6 +50,11 @@ class Commit:
     called: str | None
     granted_at_seconds: int  # Event-Timestamp of the request that granted the units
     units: int
+    # The grant's Tariff-Time-Change (RFC 4006 section 8.20), epoch seconds, and how many of the
+    # units the element reported used before it (Tariff-Change-Usage, section 8.27); the rest
+    # were used after it. None: the grant spanned no change of tariff.
+    tariff_change_at_seconds: int | None = None
+    units_before_change: int = 0
 
 
 @dataclass(slots=True)

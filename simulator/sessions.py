@@ -15,9 +15,18 @@ Theory of operation:
 
 Time is compressed: a "120 s" call does not last 120 s. Each round of a session uses its grants
 at once and reports them as if the time had passed; a real pause (the simulated time over
-``time_compression``, or ``step_seconds``) between requests spreads the load. Everything the
-element believes (units, commits, outcomes, result codes, latencies) goes to the shared
-``Recorder``.
+``time_compression``, or ``step_seconds``) between requests spreads the load. Each session keeps
+its simulated clock: it starts at the first request's Event-Timestamp, moves on by the simulated
+length of every round, and never lags the wall clock. Event-Timestamps stay the wall clock's (the
+OCS trusts them only near its own clock).
+
+A grant may carry Tariff-Time-Change (RFC 4006 section 5.1.1: the tariff switches while the grant
+lasts). Its usage is then reported itemised, as a PGW or IMS node does: one Used-Service-Unit per
+side with Tariff-Change-Usage UNIT_BEFORE / UNIT_AFTER_TARIFF_CHANGE (section 8.27), split where
+the session's simulated clock passes the switch (seconds as they run, octets at the session's
+data rate, an event at the moment it is granted). The commit keeps the split for the ledger.
+Everything the element believes (units, commits, outcomes, result codes, latencies) goes to the
+shared ``Recorder``.
 """
 
 from __future__ import annotations
@@ -43,6 +52,10 @@ CREDIT_LIMIT_REACHED = int(ResultCode.DIAMETER_CREDIT_LIMIT_REACHED)
 FINAL_UNIT_TERMINATE = 0  # Final-Unit-Action TERMINATE, RFC 4006 section 8.35
 CCFH_TERMINATE = 0  # Credit-Control-Failure-Handling TERMINATE, RFC 4006 section 8.14
 SUBSCRIPTION_ID_E164 = 0  # Subscription-Id-Type END_USER_E164, RFC 4006 section 8.47
+# Tariff-Change-Usage values, RFC 4006 section 8.27 (UNIT_INDETERMINATE is not needed: the
+# simulated meter knows on which side of the switch every unit fell).
+UNIT_BEFORE_TARIFF_CHANGE = "UNIT_BEFORE_TARIFF_CHANGE"
+UNIT_AFTER_TARIFF_CHANGE = "UNIT_AFTER_TARIFF_CHANGE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +137,37 @@ def _units(unit_avp_name: str, unit_avp: str, value: int) -> Avp:
     return avp(unit_avp_name, [avp(unit_avp, value)])
 
 
+def used_service_units(unit_avp: str, units: int, before: int | None, *extra: Avp) -> list[Avp]:
+    """The Used-Service-Units reporting ``units``: one, or, when ``before`` (the units used
+    before the grant's Tariff-Time-Change) is given, one per side that has units, each with its
+    Tariff-Change-Usage (RFC 4006 sections 5.1.1 and 8.27). ``extra`` goes into each."""
+    if before is None:
+        return [avp("Used-Service-Unit", [avp(unit_avp, units), *extra])]
+    sides = ((UNIT_BEFORE_TARIFF_CHANGE, before), (UNIT_AFTER_TARIFF_CHANGE, units - before))
+    return [
+        avp("Used-Service-Unit", [avp("Tariff-Change-Usage", side), avp(unit_avp, amount), *extra])
+        for side, amount in sides
+        if amount
+    ]
+
+
+def tariff_time_change(grant: Avp) -> int | None:
+    """The Tariff-Time-Change of a Granted-Service-Unit (RFC 4006 section 8.20), epoch seconds."""
+    value = grant.get("Tariff-Time-Change")
+    if not isinstance(value, datetime):
+        return None
+    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # RFC 6733 section 4.3.1: UTC
+    return int(moment.timestamp())
+
+
+def units_before_change(change_at: int | None, start_seconds: float, units: int, units_per_second: float) -> int | None:
+    """Of ``units`` used at ``units_per_second`` from ``start_seconds`` on (simulated clock), how
+    many came before the switch at ``change_at``; None without one."""
+    if change_at is None:
+        return None
+    return min(units, max(0, int((change_at - start_seconds) * units_per_second)))
+
+
 def _applied(answer: Message) -> bool:
     """Whether the OCS applied the request (committed its usage): a success, or a 4012 for the
     services that still carries them (a request refused as a whole has no MSCC)."""
@@ -143,12 +187,14 @@ class MeteredService:
     request_units: int  # asked for in each Requested-Service-Unit
     granted: int = 0
     granted_at_seconds: int = 0
+    tariff_change_at: int | None = None  # the grant's Tariff-Time-Change, epoch seconds
     threshold: int = 0  # Time/Volume-Quota-Threshold of the grant: ask again when this much is left
     validity_seconds: int = 0  # Validity-Time of the grant (simulated seconds; 0: none)
     rate_octets_per_second: float = 0.0  # this session's data rate (0: the element's default)
     final: bool = False  # the grant carried Final-Unit-Indication
     active: bool = True  # holds a grant or may ask for one
     pending: int = 0  # used and not yet reported
+    pending_before: int | None = None  # of ``pending``, used before the tariff change; None: no change
     reason: str = "QUOTA_EXHAUSTED"  # why ``pending`` is reported (TS 32.299 clause 7.2.175); "": none
     forced: bool = False  # the next request re-authorises after a RAR
     cut: bool = False
@@ -163,12 +209,12 @@ class MeteredService:
         if ask and self.forced:  # the CCR-UPDATE a RAR asked for (RFC 4006 section 5.5)
             service_reason = "FORCED_REAUTHORISATION"
         if report and self.pending:
-            used = [avp(self.unit_avp, self.pending)]
+            reason: list[Avp] = []
             if self.reason in _MSCC_LEVEL_REASONS:
                 service_reason = self.reason
             elif self.reason:
-                used.append(avp("Reporting-Reason", self.reason))
-            children.append(avp("Used-Service-Unit", used))
+                reason.append(avp("Reporting-Reason", self.reason))
+            children.extend(used_service_units(self.unit_avp, self.pending, self.pending_before, *reason))
         if self.rating_group is not None:
             children.append(avp("Rating-Group", self.rating_group))
         if service_reason is not None:
@@ -183,6 +229,7 @@ class _Session:
     number: int = 0
     previous_update: Message | None = None  # the last CCR-UPDATE, for a late-update fault
     failure_handling: str = ""  # from the OCS's answers, else the element's default
+    clock_seconds: float = 0.0  # the session's simulated clock (module docstring)
     fixed: tuple[tuple[Avp, ...], Avp] = field(init=False)  # the AVPs every request of the session repeats
 
     def __post_init__(self) -> None:
@@ -190,6 +237,7 @@ class _Session:
 
     async def send(self, kind: str, request_type: str, *extra: Avp) -> tuple[Message | None, int]:
         at_seconds = int(time.time())
+        self.clock_seconds = max(self.clock_seconds, at_seconds)
         message = credit_control_request(self.caller, self.fixed, request_type, self.number, at_seconds, *extra)
         self.number += 1
         element = self.caller.element
@@ -224,10 +272,28 @@ class _Session:
         if answer is not None and result_code(answer) == SUCCESS:
             element.recorder.fault_problems.append(f"{label} {self.session_id}: a stale update was accepted")
 
-    def commit(self, rating_group: int | None, unit_avp: str, at_seconds: int, units: int) -> None:
+    def commit(
+        self,
+        rating_group: int | None,
+        unit_avp: str,
+        at_seconds: int,
+        units: int,
+        change_at: int | None = None,
+        before: int | None = None,
+    ) -> None:
+        """Record ``units`` the OCS applied, granted at ``at_seconds``; with the grant's tariff
+        change and how many of them were used before it, when there was one."""
         line = self.caller.line
         commit = Commit(
-            line.account_id, line.plan, self.caller.context, rating_group, self.caller.called, at_seconds, units
+            line.account_id,
+            line.plan,
+            self.caller.context,
+            rating_group,
+            self.caller.called,
+            at_seconds,
+            units,
+            change_at if before is not None else None,
+            before or 0,
         )
         self.caller.element.recorder.committed(self.caller.service, unit_avp, commit)
 
@@ -244,11 +310,12 @@ def _take_grants(services: list[MeteredService], answer: Message, at_seconds: in
         code = control.get("Result-Code") if control is not None else None
         grant = control.find("Granted-Service-Unit") if control is not None else None
         units = grant.get(service.unit_avp) if grant is not None else None
-        if control is None or code != SUCCESS or not isinstance(units, int) or units <= 0:
+        if control is None or grant is None or code != SUCCESS or not isinstance(units, int) or units <= 0:
             service.active, service.cut, service.granted = False, service.remaining > 0, 0
             continue
         final_unit = control.find("Final-Unit-Indication")
         service.granted, service.granted_at_seconds = units, at_seconds
+        service.tariff_change_at = tariff_time_change(grant)
         validity = control.get("Validity-Time")
         service.validity_seconds = validity if isinstance(validity, int) and validity > 0 else 0
         recorder.longest_validity_seconds = max(recorder.longest_validity_seconds, service.validity_seconds)
@@ -263,7 +330,11 @@ _MSCC_LEVEL_REASONS = frozenset({"VALIDITY_TIME"})  # TS 32.299 clause 7.2.175: 
 
 def _seconds_of(service: MeteredService, units: int, timing: ElementTiming) -> float:
     """How long ``units`` of the service last in simulated time."""
-    return units if service.unit_avp == "CC-Time" else units / _rate(service, timing)
+    return units / _units_per_second(service, timing)
+
+
+def _units_per_second(service: MeteredService, timing: ElementTiming) -> float:
+    return 1.0 if service.unit_avp == "CC-Time" else _rate(service, timing)
 
 
 def _rate(service: MeteredService, timing: ElementTiming) -> float:
@@ -282,10 +353,10 @@ def _within_validity(service: MeteredService, units: int, timing: ElementTiming)
     return max(1, int(service.validity_seconds * _rate(service, timing)))
 
 
-def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
-    """One round: each active service uses what it holds (or what it needs). Returns how long
-    that takes in real time: the simulated duration over the time compression, or the fixed
-    step when time is not compressed."""
+def _use_grants(services: list[MeteredService], timing: ElementTiming, start_seconds: float) -> float:
+    """One round, from ``start_seconds`` on the session's simulated clock: each active service
+    uses what it holds (or what it needs), on both sides of its grant's tariff change if there
+    is one. Returns how long that takes in simulated seconds."""
     simulated_seconds = 0.0
     for service in services:
         if service.active and service.granted:
@@ -303,7 +374,16 @@ def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
                 service.pending, service.reason = expired_at, "VALIDITY_TIME"
             service.remaining -= service.pending
             service.granted = 0
+            service.pending_before = units_before_change(
+                service.tariff_change_at, start_seconds, service.pending, _units_per_second(service, timing)
+            )
             simulated_seconds = max(simulated_seconds, _seconds_of(service, service.pending, timing))
+    return simulated_seconds
+
+
+def _real_pause(simulated_seconds: float, timing: ElementTiming) -> float:
+    """The real time a round takes: its simulated length over the time compression, or the
+    fixed step when time is not compressed."""
     if timing.time_compression > 0:
         return simulated_seconds / timing.time_compression
     return timing.step_seconds
@@ -312,7 +392,14 @@ def _use_grants(services: list[MeteredService], timing: ElementTiming) -> float:
 def _commit_pending(session: _Session, services: list[MeteredService]) -> None:
     for service in services:
         if service.pending:
-            session.commit(service.rating_group, service.unit_avp, service.granted_at_seconds, service.pending)
+            session.commit(
+                service.rating_group,
+                service.unit_avp,
+                service.granted_at_seconds,
+                service.pending,
+                service.tariff_change_at,
+                service.pending_before,
+            )
             session.caller.element.recorder.reporting_reasons[service.reason or "FINAL"] += 1
             service.pending = 0
 
@@ -347,7 +434,9 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
         while True:
             if any(service.final for service in services) and caller.on_final_units is not None:
                 caller.on_final_units(caller.line)
-            await asyncio.sleep(_use_grants(services, element.timing))
+            simulated_seconds = _use_grants(services, element.timing, session.clock_seconds)
+            session.clock_seconds += simulated_seconds
+            await asyncio.sleep(_real_pause(simulated_seconds, element.timing))
             stop = element.aborted(session.session_id)
             wanting = [s for s in services if s.active and s.remaining > 0 and not s.final and not stop]
             if not wanting and not stop:
@@ -435,11 +524,14 @@ async def run_sms_session(caller: CallerContext) -> SessionOutcome:
         if grant is None or grant.get("CC-Service-Specific-Units") != 1:
             return await _give_up(session)
         await asyncio.sleep(element.timing.step_seconds)  # the SMSC delivers the message
-        used = _units("Used-Service-Unit", "CC-Service-Specific-Units", 1)
-        answer, _ = await session.send("CCR-T", "TERMINATION_REQUEST", used)
+        # Delivered as granted, on the simulated clock: one event, one side of a tariff change.
+        change_at = tariff_time_change(grant)
+        before = units_before_change(change_at, session.clock_seconds, 1, 1.0)
+        used = used_service_units("CC-Service-Specific-Units", 1, before)
+        answer, _ = await session.send("CCR-T", "TERMINATION_REQUEST", *used)
         if answer is None or result_code(answer) != SUCCESS:
             return SessionOutcome.FAILED
-        session.commit(None, "CC-Service-Specific-Units", at_seconds, 1)
+        session.commit(None, "CC-Service-Specific-Units", at_seconds, 1, change_at, before)
         return SessionOutcome.COMPLETED
     finally:
         element.close_session(session.session_id)
