@@ -81,8 +81,10 @@ class Measurement:
         return self.instructions / self.requests if self.requests else 0.0
 
 
-def answered_requests(http_port: int) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as response:
+def answered_requests(http_port: int, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/metrics", headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
     return int(sum(float(value) for value in _REQUESTS_LINE.findall(text)))
 
@@ -119,6 +121,7 @@ def measure(tree: Path, label: str, data: Path, count_seconds: float) -> Measure
         "OCS_REDIS_DATA_DIRECTORY": str(data / "redis"),
         "OCS_SPOOL_PATH": str(data / "spool.sqlite3"),
     }
+    token = throughput.admin_token(environment, tree)
     out_file = data / "callgrind.out"
     command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}"]
     with (data / "server.log").open("wb") as server_log:
@@ -140,18 +143,19 @@ def measure(tree: Path, label: str, data: Path, count_seconds: float) -> Measure
                     *("--duration", str(duration), "--sessions", str(SESSIONS), "--connections", str(CONNECTIONS)),
                 ],
                 cwd=PROJECT_ROOT,
+                env=throughput.with_token(environment, token),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(WARMUP_SECONDS)
-            warm = answered_requests(http_port)
+            warm = answered_requests(http_port, token)
             time.sleep(1.0)
-            if answered_requests(http_port) <= warm:
+            if answered_requests(http_port, token) <= warm:
                 raise RuntimeError(f"no CCRs answered after {WARMUP_SECONDS + 1:.0f} s of warm-up of {label}")
             counting_started = midpoint(lambda: callgrind_control(server.pid, "--instr=on", "--zero"))
-            before, before_at = answered_requests(http_port), time.monotonic()
+            before, before_at = answered_requests(http_port, token), time.monotonic()
             time.sleep(count_seconds)
-            after, after_at = answered_requests(http_port), time.monotonic()
+            after, after_at = answered_requests(http_port, token), time.monotonic()
             counting_ended = midpoint(lambda: callgrind_control(server.pid, "--dump"))
             callgrind_control(server.pid, "--instr=off")
             if after <= before:

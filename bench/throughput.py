@@ -155,6 +155,27 @@ def redis_child(server_pid: int) -> int | None:
     return None
 
 
+def admin_token(environment: dict[str, str], tree: Path = PROJECT_ROOT) -> str | None:
+    """An admin token for the simulator, made offline (``ocs token create``) in the database the
+    server of ``environment`` will use; None for a tree from before the API had tokens."""
+    if not (tree / "ocs" / "token_commands.py").exists():
+        return None
+    made = subprocess.run(
+        [sys.executable, "-m", "ocs", "token", "create", "--role", "admin", "--name", "bench", "--expires", "1d"],
+        cwd=tree,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip()
+
+
+def with_token(environment: dict[str, str], token: str | None) -> dict[str, str]:
+    """The simulator's environment: the token in ``OCS_TOKEN``, not on its visible command line."""
+    return {**environment, "OCS_TOKEN": token} if token else environment
+
+
 def wait_for_health(
     http_port: int, server: subprocess.Popen[bytes], timeout_seconds: float = HEALTH_TIMEOUT_SECONDS
 ) -> None:
@@ -242,6 +263,7 @@ def measure(sessions: int, connections: int, duration_seconds: float, warmup_sec
             "OCS_SPOOL_PATH": str(directory / "spool.sqlite3"),
         }
         report_path = directory / "report.json"
+        token = admin_token(environment)
         with (directory / "server.log").open("wb") as server_log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "ocs", "serve"],
@@ -273,6 +295,7 @@ def measure(sessions: int, connections: int, duration_seconds: float, warmup_sec
                         str(report_path),
                     ],
                     cwd=PROJECT_ROOT,
+                    env=with_token(environment, token),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                 )

@@ -11,6 +11,14 @@ error ``{"error": <message>, "code": <word>}`` with its 4xx status (400 malforme
 account, 409 conflict, 413 body over the endpoint's limit, 422 refused by the rules), 503 when
 Redis does not answer, and records ``ocs_http_*`` metrics by route template (never by account).
 
+Who may call what (``ocs.access``): every route but ``/health`` needs ``Authorization: Bearer
+<token>``: 401 with ``WWW-Authenticate: Bearer`` without one or with an unknown, revoked or expired
+one, 403 when the token's role (admin, care, read-only, self-care) may not make the call. Every
+state-changing call by a known token, applied or refused, is recorded in the audit trail
+(``ocs.audit_trail``) after its outcome is known: who, the route, the account, the values before
+and after, the status. ``/metrics`` needs a token here; ``[http] metrics_port`` serves it open on
+a listener of its own for the scraper. With ``[http] tls_certificate`` the API speaks HTTPS only.
+
 This loop also answers Diameter, so no request may hold it: bodies are bounded per endpoint
 (``MAX_JSON_BODY_BYTES``, ``MAX_LOAD_BODY_BYTES``) and read chunk by chunk; a small JSON body is
 parsed in place, a bulk file is decoded in a thread and its rows parsed a group at a time as
@@ -25,6 +33,8 @@ GET    /health                          200 ``{"status": "ok"}`` when Redis answ
 GET    /metrics                         Prometheus text format (OpenMetrics if asked)
 GET    /audit[?sessions_ended=true]     the money audit (balance.audit) with the spool's usage
                                         totals: {"ok", "accounts", "spool_records", "findings"}
+GET    /audit-trail?since=&until=       the audit trail, oldest first: {"records": [...]};
+       &account=&actor=&limit=          actor is a token's name or id; since/until ISO or epoch
 POST   /subscribers                     create: account_id, payment_type (prepaid|postpaid),
                                         currency, credit_limit, parent_id, child_cap, status,
                                         buckets [{kind, amount, services, valid_from,
@@ -35,7 +45,8 @@ POST   /subscribers/load                CSV body (header line first; columns in
                                         in order; 200 with a result per row (line numbers)
 GET    /subscribers/{id}                profile and balance
 PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated}
-POST   /subscribers/{id}/topups         {"id", "amount", "kind": main|bonus, "valid_until"};
+POST   /subscribers/{id}/topups         {"id", "amount", "kind": main|bonus, "valid_until",
+                                        "payment_reference" (required with a self-care token)};
                                         idempotent by id: 201 first, 200 ``replayed`` after,
                                         409 if the id was applied with another amount or
                                         the account is terminated
@@ -53,6 +64,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,11 +75,17 @@ from typing import TYPE_CHECKING, NoReturn
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.audit import audit
 from balance.directory import IdentityKind, Subscriber
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.types import MAX_SERVICE_UNITS, MONETARY_KINDS, AccountStatus, BalanceView, Bucket, BucketKind
+from ocs.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
+from ocs.audit_trail import AuditTrail
+from ocs.db import audit as audit_records
+from ocs.db.audit import AuditEntry
+from ocs.db.tokens import Role
 from ocs.metrics import Metrics
 from ocs.provisioning import (
     ApiError,
@@ -78,6 +96,7 @@ from ocs.provisioning import (
     Unavailable,
     account_id_of,
     parse_bucket,
+    parse_instant,
     parse_new_subscriber,
     read_csv,
 )
@@ -113,18 +132,51 @@ class ApiContext:
     metrics: Metrics
     provisioning: Provisioning
     book: TariffBook
+    database: AsyncEngine
+    audit_trail: AuditTrail
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a state-changing handler did, for its audit record."""
+
+    resource_id: str | None
+    before: dict[str, object] | None
+    after: dict[str, object] | None
+    outcome: str = "applied"
+    detail: str = ""
 
 
 CONTEXT = web.AppKey("ocs_api", ApiContext)
+_ACTOR = web.RequestKey("ocs_actor", Actor)  # the authenticated caller
+_CHANGE = web.RequestKey("ocs_change", Change)  # what its call changed
+
+
+def _url(scheme: str, address: tuple[str, int]) -> str:
+    host, port = address
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class HttpServer:
-    """The running HTTP side; ``address`` is where it listens (the real port when 0 was asked)."""
+    """The running HTTP side; ``address`` is where it listens (the real port when 0 was asked),
+    ``metrics_address`` the open /metrics listener's when one is configured."""
 
-    def __init__(self, runner: web.AppRunner, address: tuple[str, int], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        address: tuple[str, int],
+        metrics: Metrics,
+        *,
+        scheme: str = "http",
+        metrics_runner: web.AppRunner | None = None,
+        metrics_address: tuple[str, int] | None = None,
+    ) -> None:
         self.runner = runner
         self.address = address
         self.metrics = metrics
+        self.scheme = scheme
+        self.metrics_runner = metrics_runner
+        self.metrics_address = metrics_address
 
     @property
     def port(self) -> int:
@@ -132,11 +184,12 @@ class HttpServer:
 
     @property
     def url(self) -> str:
-        host = self.address[0]
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        return _url(self.scheme, self.address)
 
     async def close(self) -> None:
         """Stop accepting, let requests in progress finish (up to the shutdown timeout), close."""
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         await self.runner.cleanup()
 
 
@@ -147,8 +200,8 @@ def _metrics_of(state: ServerState) -> Metrics:
 
 
 def build_app(state: ServerState, metrics: Metrics) -> web.Application:
-    if state.store is None or state.directory is None:
-        raise RuntimeError("start_http needs a started server (store and directory)")
+    if state.store is None or state.directory is None or state.database is None or state.audit_trail is None:
+        raise RuntimeError("start_http needs a started server (store, directory, database, audit trail)")
     settings = state.settings
     book = state.book if state.book is not None else load_book(Path(settings.tariffs.path))
     cache = state.credit_control.subscribers if state.credit_control is not None else None
@@ -163,9 +216,10 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     )
     # client_max_size bounds aiohttp's own readers too, should anything call request.read().
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_JSON_BODY_BYTES)
-    app[CONTEXT] = ApiContext(state, metrics, provisioning, book)
+    app[CONTEXT] = ApiContext(state, metrics, provisioning, book, state.database, state.audit_trail)
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/audit-trail", _audit_trail)
     app.router.add_get("/subscribers/{account_id}", _show)
     app.router.add_get("/subscribers/{account_id}/balance", _balance)
     app.router.add_get("/audit", _audit)
@@ -192,20 +246,48 @@ async def start_http(state: ServerState) -> HttpServer:
         open_sessions=lambda: state.notifier.open_sessions if state.notifier is not None else 0,
     )
     settings = state.settings
-    runner = web.AppRunner(
-        build_app(state, metrics), access_log=None, shutdown_timeout=settings.shutdown_timeout_seconds
-    )
+    http = settings.http
+    tls = _tls_context(http.tls_certificate, http.tls_private_key) if http.tls_certificate else None
+    app = build_app(state, metrics)
+    runner, bound = await _listen(app, http.host, http.port, settings.shutdown_timeout_seconds, tls)
+    log.info("http_listening", host=bound[0], port=bound[1], https=tls is not None)
+    server = HttpServer(runner, bound, metrics, scheme="https" if tls is not None else "http")
+    if http.metrics_port:
+        scrape = web.Application()
+        scrape[CONTEXT] = app[CONTEXT]
+        scrape.router.add_get("/metrics", _metrics)
+        try:
+            server.metrics_runner, server.metrics_address = await _listen(
+                scrape, http.metrics_host or http.host, http.metrics_port, settings.shutdown_timeout_seconds, None
+            )
+        except OSError:
+            await runner.cleanup()
+            raise
+        log.info("metrics_listening", host=server.metrics_address[0], port=server.metrics_address[1])
+    return server
+
+
+def _tls_context(certificate: str, private_key: str) -> ssl.SSLContext:
+    """HTTPS: TLS 1.2 at least (RFC 9325 section 3.1.1: no TLS 1.0 or 1.1), Python's default ciphers."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certificate, private_key or None)
+    return context
+
+
+async def _listen(
+    app: web.Application, host: str, port: int, shutdown_timeout: float, tls: ssl.SSLContext | None
+) -> tuple[web.AppRunner, tuple[str, int]]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, settings.http.host, settings.http.port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     try:
         await site.start()
     except OSError:
         await runner.cleanup()
         raise
     address = runner.addresses[0]
-    bound = (str(address[0]), int(address[1]))
-    log.info("http_listening", host=bound[0], port=bound[1])
-    return HttpServer(runner, bound, metrics)
+    return runner, (str(address[0]), int(address[1]))
 
 
 # -- errors and metrics -----------------------------------------------------------------------
@@ -220,24 +302,84 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
     started = time.perf_counter()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    try:
-        response = await handler(request)
-    except ApiError as error:
-        response = _error(error.status, error.code, error.message)
-    except BalanceUnavailable as error:
-        response = _error(Unavailable.status, Unavailable.code, f"Redis is unavailable: {error}")
-    except web.HTTPException as error:  # aiohttp's own: unknown path 404, method 405, body too large 413
-        response = _error(error.status, "http", error.text or error.reason)
-        if "Allow" in error.headers:
-            response.headers["Allow"] = error.headers["Allow"]
-    except BalanceScriptError as error:  # the engine refused to write: a bug or bad data, not input
-        log.error("api_engine_error", path=request.path, error=str(error))
-        response = _error(500, "engine", str(error))
-    except Exception:
-        log.exception("api_failed", path=request.path)
-        response = _error(500, "internal", "internal error; see the server log")
+    response, code, message = await _answer(request, route, handler)
+    actor = request.get(_ACTOR)
+    if isinstance(actor, Actor) and route != "unmatched" and is_change(request.method, route):
+        await _record(request, actor, route, response.status, code, message)
     request.app[CONTEXT].metrics.http_finished(route, request.method, response.status, time.perf_counter() - started)
     return response
+
+
+async def _answer(request: web.Request, route: str, handler: Handler) -> tuple[web.StreamResponse, str, str]:
+    """The response, and for a refusal its code and message (both "" on success)."""
+    try:
+        if route_key(request.method, route) not in OPEN_ROUTES:
+            await _authorize(request, route)
+        return await handler(request), "", ""
+    except ApiError as error:
+        response = _error(error.status, error.code, error.message)
+        if isinstance(error, Unauthenticated):
+            response.headers["WWW-Authenticate"] = error.challenge
+        return response, error.code, error.message
+    except BalanceUnavailable as error:
+        message = f"Redis is unavailable: {error}"
+        return _error(Unavailable.status, Unavailable.code, message), Unavailable.code, message
+    except web.HTTPException as error:  # aiohttp's own: unknown path 404, method 405, body too large 413
+        message = error.text or error.reason
+        response = _error(error.status, "http", message)
+        if "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+        return response, "http", message
+    except BalanceScriptError as error:  # the engine refused to write: a bug or bad data, not input
+        log.error("api_engine_error", path=request.path, error=str(error))
+        return _error(500, "engine", str(error)), "engine", str(error)
+    except Exception:
+        log.exception("api_failed", path=request.path)
+        return _error(500, "internal", "internal error; see the server log"), "internal", "internal error"
+
+
+async def _authorize(request: web.Request, route: str) -> None:
+    """401 without a usable token; 403 when its role may not make this call (ocs.access)."""
+    context = request.app[CONTEXT]
+    actor = await authenticate(
+        context.database,
+        request.headers.get("Authorization"),
+        care_adjust_limit_micros=context.state.settings.auth.care_adjust_limit_micros,
+    )
+    request[_ACTOR] = actor
+    if route != "unmatched":  # an unknown path or method is aiohttp's 404 or 405, for a known caller
+        authorize(actor, request.method, route, request.match_info.get("account_id"))
+
+
+async def _record(request: web.Request, actor: Actor, route: str, status: int, code: str, message: str) -> None:
+    """The call's audit record: what its handler said it changed, or the refusal."""
+    change = request.get(_CHANGE)
+    if not isinstance(change, Change):
+        change = Change(request.match_info.get("account_id"), None, None, code or "applied", message)
+    token = actor.token
+    entry = AuditEntry(
+        occurred_at=datetime.now(UTC),
+        token_id=token.token_id,
+        actor_name=token.name,
+        actor_role=token.role.value,
+        method=request.method,
+        route=route,
+        resource_id=change.resource_id,
+        status=status,
+        outcome=change.outcome,
+        before=change.before,
+        after=change.after,
+        detail=change.detail,
+    )
+    await request.app[CONTEXT].audit_trail.write(entry)
+
+
+def _changed(request: web.Request, change: Change) -> None:
+    request[_CHANGE] = change
+
+
+def _actor(request: web.Request) -> Actor:
+    return request[_ACTOR]  # _authorize ran: every route that calls this needs a token
 
 
 # -- input ------------------------------------------------------------------------------------
@@ -454,6 +596,8 @@ async def _create(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
     new = parse_new_subscriber(await _json_value(request), default_plan=provisioning.default_plan)
     view = await provisioning.create(new)
+    after = {**_audited_balance(view), "plan": new.profile.plan, "payment_type": view.account.payment_type.value}
+    _changed(request, Change(view.account.account_id, None, after))
     return web.json_response(
         _subscriber_json(new.profile, view), status=201, headers={"Location": f"/subscribers/{view.account.account_id}"}
     )
@@ -474,6 +618,10 @@ async def _status(request: web.Request) -> web.Response:
     status = AccountStatus(fields.choice("status", [status.value for status in AccountStatus]))
     fields.done()
     change = await _provisioning(request).set_status(account_id, status)
+    _changed(
+        request,
+        Change(account_id, {"status": change.previous.value}, {"status": change.view.account.status.value}),
+    )
     return web.json_response(
         {
             "account_id": account_id,
@@ -491,9 +639,18 @@ async def _top_up(request: web.Request) -> web.Response:
     micros = fields.money("amount")
     kind = BucketKind(fields.choice("kind", ("main", "bonus"), "main"))
     valid_until = fields.epoch("valid_until")
+    payment_reference = fields.text("payment_reference", "")
     fields.done()
-    applied = await _provisioning(request).top_up(account_id, top_up_id, micros, kind, valid_until)
+    if _actor(request).role is Role.SELF_CARE and not payment_reference.strip():
+        raise BadInput("payment_reference is required: a self-care top-up names the payment that funds it")
+    provisioning = _provisioning(request)
+    before = await provisioning.view(account_id)
+    applied = await provisioning.top_up(account_id, top_up_id, micros, kind, valid_until)
+    reference = f", payment reference {payment_reference}" if payment_reference else ""
+    _changed(request, _balance_change(before, applied, f"top-up {top_up_id} of {format_money(micros)}{reference}"))
     body = _applied_json(applied, top_up_id=top_up_id, **_money("amount", micros))
+    if payment_reference:
+        body["payment_reference"] = payment_reference
     return web.json_response(body, status=200 if applied.result.replayed else 201)
 
 
@@ -504,7 +661,13 @@ async def _adjust(request: web.Request) -> web.Response:
     micros = fields.money("amount")
     reason = fields.text("reason", "")
     fields.done()
-    applied = await _provisioning(request).adjust(account_id, adjustment_id, micros, reason)
+    _actor(request).check_adjustment(micros)
+    provisioning = _provisioning(request)
+    before = await provisioning.view(account_id)
+    applied = await provisioning.adjust(account_id, adjustment_id, micros, reason)
+    _changed(
+        request, _balance_change(before, applied, f"adjustment {adjustment_id} of {format_money(micros)}: {reason}")
+    )
     body = _applied_json(applied, adjustment_id=adjustment_id, **_money("amount", micros))
     return web.json_response(body, status=200 if applied.result.replayed else 201)
 
@@ -512,8 +675,26 @@ async def _adjust(request: web.Request) -> web.Response:
 async def _add_bucket(request: web.Request) -> web.Response:
     account_id = _account(request)
     bucket = parse_bucket(await _json_value(request), "body")
-    applied = await _provisioning(request).add_bucket(account_id, bucket)
+    provisioning = _provisioning(request)
+    before = await provisioning.view(account_id)
+    applied = await provisioning.add_bucket(account_id, bucket)
+    _changed(request, _balance_change(before, applied, f"{bucket.kind.value} bucket #{applied.result.bucket_id}"))
     return web.json_response(_applied_json(applied), status=201)
+
+
+def _audited_balance(view: BalanceView) -> dict[str, object]:
+    """The part of an account an audit record keeps: status, money available, buckets."""
+    return {
+        "status": view.account.status.value,
+        "available_micros": view.available_micros,
+        "buckets": len(view.account.buckets),
+    }
+
+
+def _balance_change(before: BalanceView, applied: Applied, detail: str) -> Change:
+    outcome = "replayed" if applied.result.replayed else "applied"
+    after = _audited_balance(applied.view)
+    return Change(before.account.account_id, _audited_balance(before), after, outcome, detail)
 
 
 def _decode_csv(raw: bytes) -> str:
@@ -536,6 +717,8 @@ async def _load(request: web.Request) -> web.Response:
         for result in results
     ]
     log.info("subscribers_loaded", rows=len(results), created=created)
+    summary: dict[str, object] = {"rows": len(results), "created": created, "failed": len(results) - created}
+    _changed(request, Change(None, None, summary, detail=f"bulk load of {len(results)} row(s)"))
     return web.json_response(
         {"rows": len(results), "created": created, "failed": len(results) - created, "results": rows}
     )
@@ -558,3 +741,19 @@ async def _rate(request: web.Request) -> web.Response:
     if isinstance(quote, RatingFailure):
         return web.json_response({"error": quote.reason, "code": "rating_failed", "avp": quote.avp_name}, status=422)
     return web.json_response(_quote_json(quote))
+
+
+async def _audit_trail(request: web.Request) -> web.Response:
+    """The audit trail, oldest first, filtered by ``since``/``until`` (ISO 8601 or epoch seconds),
+    ``account`` and ``actor`` (a token's name or id), at most ``limit`` records."""
+    fields = Fields(dict(request.query), "query")
+    since = parse_instant(fields.values["since"], "since") if fields.has("since") else None
+    until = parse_instant(fields.values["until"], "until") if fields.has("until") else None
+    account = fields.text("account", "") or None
+    actor = fields.text("actor", "") or None
+    limit = fields.integer("limit", audit_records.MAX_READ_ROWS, minimum=1, maximum=audit_records.MAX_READ_ROWS)
+    fields.done()
+    records = await audit_records.read(
+        request.app[CONTEXT].database, since=since, until=until, account_id=account, actor=actor, limit=limit
+    )
+    return web.json_response({"records": [record.as_json() for record in records]})

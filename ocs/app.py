@@ -12,7 +12,9 @@ line and exit status 1. Each CCR runs as a task; the number in progress over all
 bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section 5.7: the client
 fails over) instead of queueing. ``shutdown`` reverses it: stop accepting, DPR to every peer and
 let in-flight requests finish (bounded by the shutdown timeout), stop the tasks, close Redis. All
-of it is held in one ``ServerState``.
+of it is held in one ``ServerState``. The business database (``ocs.db``: API tokens, the audit
+trail) is opened and migrated before the HTTP side starts, and audit records a past outage kept
+in the fallback file are put back into it (``ocs.audit_trail``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ipaddress import ip_network
 from pathlib import Path
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.directory import Directory
 from balance.embedded import EmbeddedRedis
@@ -34,9 +37,11 @@ from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.scripts import LIBRARY_PREFIX
 from balance.store import BalanceStore
 from ocs.api import HttpServer, start_http
+from ocs.audit_trail import FALLBACK_FILE_NAME, AuditTrail
 from ocs.cca import error_answer
 from ocs.charging import CreditControl
 from ocs.config import DiameterSettings, Settings
+from ocs.db.engine import DatabaseUnavailable, database_url, open_database
 from ocs.logs import bind_request, configure_logging
 from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating import load_book
@@ -69,6 +74,8 @@ class ServerState:
     book: TariffBook | None = None
     metrics: Metrics = field(default_factory=Metrics)
     spool: Spool | None = None
+    database: AsyncEngine | None = None
+    audit_trail: AuditTrail | None = None
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
@@ -326,6 +333,9 @@ async def startup(state: ServerState) -> tuple[str, int]:
     spool_path = Path(settings.spool.path)
     spool_path.parent.mkdir(parents=True, exist_ok=True)
     state.spool = await Spool.open(spool_path)
+    state.database = await open_database(database_url(settings))
+    state.audit_trail = AuditTrail(state.database, spool_path.parent / FALLBACK_FILE_NAME, state.metrics.registry)
+    await state.audit_trail.recover()
     state.background.append(asyncio.create_task(_rescan_work(state)))
     state.background.append(asyncio.create_task(_supervise_sessions(state)))
     state.background.append(asyncio.create_task(_write_spool(state)))
@@ -379,6 +389,8 @@ async def shutdown(state: ServerState) -> None:
     await _bounded("background", _stop_background(state), timeout)
     if state.spool is not None:
         await _bounded("spool", _close_spool(state), timeout)
+    if state.database is not None:
+        await _bounded("database", state.database.dispose(), timeout)
     if state.store is not None:
         await _bounded("store", state.store.close(), timeout)
     if state.redis is not None:
@@ -402,7 +414,7 @@ async def serve(settings: Settings) -> None:
     try:
         try:
             await startup(state)
-        except BalanceUnavailable as error:  # DataDirectoryLocked among them: one line, no traceback
+        except (BalanceUnavailable, DatabaseUnavailable) as error:  # DataDirectoryLocked among them: one line
             log.error("startup_failed", reason=str(error))
             raise SystemExit(EXIT_STARTUP_FAILED) from None
         await state.stop.wait()

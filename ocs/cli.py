@@ -7,9 +7,13 @@ non-zero exit status: 2 for bad usage or configuration, 1 for a request the serv
 server that cannot be reached.
 
 Commands that manage subscribers talk to the running server's HTTP API (``ocs.api``) at the
-configured ``[http]`` host and port, or at ``--url``; ``--json`` prints the server's answer as
-it came. Two commands work offline, from files: ``ocs rate`` prices usage with the tariff file
-(``ocs.rating.explain``), and ``ocs cdr export`` reads the usage spool (``ocs.cdr.export``).
+configured ``[http]`` host and port (https when ``[http] tls_certificate`` is set), or at
+``--url``; ``--json`` prints the server's answer as it came. They send a bearer token: ``--token``,
+else ``--token-file``, else ``OCS_TOKEN``, else ``~/.config/ocs/token`` (``ocs.token_commands``);
+``--ca-file`` trusts a private CA (or a self-signed certificate) for https. Three commands work
+offline, from files: ``ocs rate`` prices usage with the tariff file (``ocs.rating.explain``),
+``ocs cdr export`` reads the usage spool (``ocs.cdr.export``), and ``ocs token`` makes, lists and
+revokes tokens on the business database (how the first admin token is made).
 
     ocs subscriber add ACCOUNT [--plan P] [--type mobile|fixed] [--msisdn N] [--balance 10.00] ...
     ocs subscriber show|suspend|reactivate|bar|terminate ACCOUNT
@@ -19,6 +23,10 @@ it came. Two commands work offline, from files: ``ocs rate`` prices usage with t
     ocs balance ACCOUNT
     ocs rate --plan P --context 32260@3gpp.org [--rating-group N] [--called N] [--at T] --units N
     ocs cdr export --since T --until T [--format csv|jsonl] [--account A] [--output FILE]
+    ocs token create --role admin|care|read-only|self-care --name NAME [--account ID]
+              [--adjust-limit 50.00] [--expires 90d]
+    ocs token list | ocs token revoke ID
+    ocs audit-trail [--since T] [--until T] [--account ID] [--actor NAME|ID] [--limit N]
 """
 
 from __future__ import annotations
@@ -41,9 +49,11 @@ from balance.errors import BalanceUnavailable
 from ocs.app import serve
 from ocs.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.config import ConfigError, Settings, load_settings, unused_environment
+from ocs.db.engine import DatabaseUnavailable
 from ocs.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
 from ocs.provisioning import ApiError, money_micros, parse_instant
 from ocs.rating import RatingFailure, RatingInput, TariffError, explain, load_book
+from ocs.token_commands import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
 
 USAGE_ERROR = 2  # argparse's own status for bad usage
 REFUSED = 1
@@ -55,6 +65,8 @@ Remote = Callable[[ApiClient, argparse.Namespace], Awaitable[ApiAnswer]]
 
 def _settings(arguments: argparse.Namespace) -> Settings:
     for variable in unused_environment(os.environ):  # not refused: build and test switches share the prefix
+        if variable == TOKEN_VARIABLE:  # the API commands' token, not a server setting
+            continue
         print(f"ocs: warning: {variable} names no setting; ignored", file=sys.stderr)
     return load_settings(Path(arguments.config) if arguments.config else None)
 
@@ -99,6 +111,13 @@ def _client_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--url", default=argparse.SUPPRESS, help="the server's HTTP API (default: from [http])")
     options.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the raw answer")
+    options.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help=f"API token (else --token-file, ${TOKEN_VARIABLE}, ~/.config/ocs/token)",
+    )
+    options.add_argument("--token-file", type=Path, default=argparse.SUPPRESS, help="a file holding the API token")
+    options.add_argument("--ca-file", default=argparse.SUPPRESS, help="PEM CA (or certificate) to trust for https")
     return options
 
 
@@ -154,7 +173,15 @@ def _parser() -> argparse.ArgumentParser:
         help="print the report as JSON on stdout (progress and the text report go to stderr)",
     )
     _subscriber_commands(commands)
+    add_token_commands(commands)
     client = _client_options()
+    trail = commands.add_parser("audit-trail", parents=[client], help="who changed what, when (the audit trail)")
+    trail.add_argument("--since", type=_instant, help="from (inclusive), ISO 8601 or epoch")
+    trail.add_argument("--until", type=_instant, help="to (exclusive)")
+    trail.add_argument("--account", help="one account's records")
+    trail.add_argument("--actor", help="one token's records: its name or id")
+    trail.add_argument("--limit", type=int, help="at most this many records")
+    trail.set_defaults(remote=_audit_trail, printer=_print_audit_trail)
     top_up = commands.add_parser("topup", parents=[client], help="top up an account (idempotent by --id)")
     top_up.add_argument("account")
     top_up.add_argument("amount", type=_amount)
@@ -252,6 +279,15 @@ async def _balance(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswe
     return await client.balance(arguments.account)
 
 
+async def _audit_trail(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    query = {
+        name: value.isoformat() if isinstance(value, datetime) else str(value)
+        for name in ("since", "until", "account", "actor", "limit")
+        if (value := getattr(arguments, name)) is not None
+    }
+    return await client.audit_trail(query)
+
+
 # -- output -------------------------------------------------------------------------------------
 
 
@@ -323,6 +359,18 @@ def _print_applied(body: Mapping[str, object]) -> None:
     print(f"{body.get('account_id')}: {what} {done}; available {view.get('available')} {view.get('currency')}")
 
 
+def _print_audit_trail(body: Mapping[str, object]) -> None:
+    for record in _items(body.get("records")):
+        actor = _mapping(record.get("actor"))
+        changed = f" {record.get('before')} -> {record.get('after')}" if record.get("after") is not None else ""
+        detail = f" ({record.get('detail')})" if record.get("detail") else ""
+        print(
+            f"{record.get('occurred_at')} #{record.get('record_id')} {actor.get('name')} [{actor.get('role')}] "
+            f"{record.get('method')} {record.get('route')} {record.get('resource_id') or '-'}: "
+            f"{record.get('status')} {record.get('outcome')}{changed}{detail}"
+        )
+
+
 def _print_load(body: Mapping[str, object]) -> None:
     print(f"{body.get('rows')} rows: {body.get('created')} created, {body.get('failed')} failed")
     for row in _items(body.get("results")):
@@ -331,10 +379,12 @@ def _print_load(body: Mapping[str, object]) -> None:
 
 
 async def _remote(arguments: argparse.Namespace, settings: Settings) -> int:
-    url = getattr(arguments, "url", None) or base_url(settings.http.host, settings.http.port)
+    http = settings.http
+    url = getattr(arguments, "url", None) or base_url(http.host, http.port, https=bool(http.tls_certificate))
     remote: Remote = arguments.remote
     try:
-        async with ApiClient(url) as client:
+        token = find_token(getattr(arguments, "token", None), getattr(arguments, "token_file", None))
+        async with ApiClient(url, token=token, ca_file=getattr(arguments, "ca_file", None)) as client:
             answer = await remote(client, arguments)
     except ApiUnreachable as error:
         print(f"ocs: {error}", file=sys.stderr)
@@ -344,6 +394,10 @@ async def _remote(arguments: argparse.Namespace, settings: Settings) -> int:
         return REFUSED
     if not answer.ok:
         print(f"ocs: {answer.error} (HTTP {answer.status})", file=sys.stderr)
+        if answer.status == 401 and token is None:
+            print(
+                f"ocs: give a token: --token, --token-file, ${TOKEN_VARIABLE} or ~/.config/ocs/token", file=sys.stderr
+            )
         return REFUSED
     if getattr(arguments, "json", False):
         print(json.dumps(answer.body, indent=2))
@@ -416,7 +470,7 @@ def _serve(settings: Settings) -> int:
     one line, not a traceback; ``serve`` has already undone whatever had started."""
     try:
         uvloop.run(serve(settings))
-    except (OSError, TariffError, BalanceUnavailable) as error:
+    except (OSError, TariffError, BalanceUnavailable, DatabaseUnavailable) as error:
         print(f"ocs serve: cannot start: {error}", file=sys.stderr)
         return REFUSED
     except KeyboardInterrupt:
@@ -467,4 +521,6 @@ def _main(argv: list[str] | None) -> int:
         return _rate(arguments, settings)
     if arguments.command == "cdr":
         return _cdr_export(arguments, settings)
+    if arguments.command == "token":
+        return asyncio.run(run_token_command(arguments, settings))
     return asyncio.run(_remote(arguments, settings))

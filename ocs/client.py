@@ -4,14 +4,18 @@ Theory of operation: one ``aiohttp.ClientSession`` per ``ApiClient`` (``async wi
 returns an ``ApiAnswer`` (status and JSON body) whatever the status, so the caller decides what a
 refusal means. Only a server that cannot be reached (refused connection, timeout, a reply that
 is not HTTP) raises ``ApiUnreachable``. Account ids are quoted into paths, never trusted raw.
+Every request carries the bearer token given (``Authorization: Bearer``, RFC 6750 section 2.1);
+an ``https://`` URL is verified against the system's CAs, or against ``ca_file`` when given (a
+private CA, or the server's self-signed certificate itself).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -38,23 +42,37 @@ class ApiAnswer:
         return str(message) if message is not None else f"HTTP {self.status}"
 
 
-def base_url(host: str, port: int) -> str:
+def base_url(host: str, port: int, *, https: bool = False) -> str:
     """The API's URL from ``[http]`` host and port; a wildcard listen address is reached on loopback."""
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if https else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class ApiClient:
-    def __init__(self, url: str, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        ca_file: str | None = None,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout_seconds = timeout_seconds
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.ca_file = ca_file
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiClient:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
+        tls = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+        connector = aiohttp.TCPConnector(ssl=tls) if tls is not None else None
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout_seconds), headers=self.headers, connector=connector
+        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -82,7 +100,7 @@ class ApiClient:
             ) as response:
                 text = await response.text()
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as error:
             raise ApiUnreachable(f"cannot reach the server at {self.url}: {error or type(error).__name__}") from None
         try:
             decoded = json.loads(text) if text else {}
@@ -109,6 +127,9 @@ class ApiClient:
 
     async def adjust(self, account_id: str, body: Mapping[str, object]) -> ApiAnswer:
         return await self.request("POST", f"/subscribers/{_segment(account_id)}/adjustments", body=body)
+
+    async def audit_trail(self, query: Mapping[str, str]) -> ApiAnswer:
+        return await self.request("GET", "/audit-trail?" + urlencode(query) if query else "/audit-trail")
 
     async def load(self, csv_bytes: bytes) -> ApiAnswer:
         return await self.request(

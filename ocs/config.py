@@ -73,6 +73,32 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080  # provisioning API, /metrics, /health
     enabled: bool = True
+    # HTTPS on the same port when a certificate is set (PEM; the key may be in the same file).
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    # /metrics without a token on a second listener for the Prometheus scraper (0: none; on the
+    # main port /metrics needs a token like any call). metrics_host empty: the same host as the API.
+    metrics_port: int = 0
+    metrics_host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Who may do what on the API (ocs/access.py); tokens themselves are in the database."""
+
+    # The most a care agent's token may adjust a balance by in one adjustment, either way, in
+    # micros of the account's currency; a token may carry its own lower limit. Larger amounts are
+    # an admin's, so that a mistake or a misused care account cannot move much money at once.
+    care_adjust_limit_micros: int = 50_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """The business database (ocs/db): SQLAlchemy URL with an asyncio driver, for example
+    ``postgresql+asyncpg://ocs@db.example/ocs``. Empty: the SQLite file ``ocs.sqlite3`` in the
+    directory of the usage spool (``[spool] path``: ``data/`` by default)."""
+
+    url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +212,8 @@ class Settings:
     tariffs: TariffSettings = field(default_factory=TariffSettings)
     rating: RatingSettings = field(default_factory=RatingSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     shutdown_timeout_seconds: float = 5.0
 
 
@@ -338,12 +366,24 @@ def _validate_diameter(diameter: DiameterSettings, origins: Mapping[str, str]) -
             raise ConfigError(f"{_place(origins, f'diameter.{name}')}: no file {path!r}")
 
 
+def _validate_http(http: HttpSettings, origins: Mapping[str, str]) -> None:
+    if http.tls_private_key and not http.tls_certificate:
+        raise ConfigError(f"{_place(origins, 'http.tls_private_key')} needs http.tls_certificate")
+    for name in ("tls_certificate", "tls_private_key"):
+        path = getattr(http, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{_place(origins, f'http.{name}')}: no file {path!r}")
+
+
 def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
     """Range checks over the built settings; an error names where the value came from."""
     _validate_diameter(settings.diameter, origins)
+    _validate_http(settings.http, origins)
     checks = [
         (0 <= settings.diameter.port < 65_536, "diameter.port", ""),
         (0 <= settings.http.port < 65_536, "http.port", ""),
+        (0 <= settings.http.metrics_port < 65_536, "http.metrics_port", ""),
+        (settings.auth.care_adjust_limit_micros >= 0, "auth.care_adjust_limit_micros", ""),
         (settings.diameter.max_in_flight > 0, "diameter.max_in_flight", ""),
         (settings.diameter.watchdog_seconds >= 6, "diameter.watchdog_seconds", " (RFC 3539: Tw >= 6 s)"),
         (settings.final_unit.action in _FINAL_UNIT_ACTIONS, "final_unit.action", ""),

@@ -5,7 +5,9 @@ is given), starts the server in this process exactly as ``ocs serve`` would (emb
 redis-server with AOF in that directory, the spool beside it, Diameter and HTTP on free
 loopback ports, its JSON log in ``server.log`` there), and then runs the network simulator as a
 separate process (``python -m simulator``) against those ports, as any client would: over
-Diameter and the provisioning API only. The simulator shows its live progress, prints its
+Diameter and the provisioning API only, with an admin token the demo makes for it in the data
+directory's database (handed over in ``OCS_TOKEN``, not on the visible command line, and valid
+for a day). The simulator shows its live progress, prints its
 report and the audit verdict, and writes ``report.json``. Then the server is stopped gracefully
 (DPR, drain, spool, Redis) and the temporary directory removed. With ``--json`` the report is
 printed as JSON on stdout and everything else (progress, the text report) goes to stderr, so
@@ -25,18 +27,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import shutil
 import sys
 import tempfile
 import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from ocs.app import new_state, shutdown, startup
 from ocs.config import ConfigError, Settings
+from ocs.db import tokens
+from ocs.db.engine import DatabaseUnavailable
+from ocs.db.tokens import Role
 from ocs.logs import configure_logging
 
 DEFAULT_SCENARIO = Path("config/scenarios/smoke.toml")
+DEMO_TOKEN_LIFETIME = timedelta(days=1)  # a kept data directory holds no token valid for long
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,7 +102,14 @@ async def run_demo(settings: Settings, options: DemoOptions) -> int:
         if options.json_report and (directory / "report.json").is_file():
             sys.stdout.write((directory / "report.json").read_text(encoding="utf-8"))
             sys.stdout.flush()
-    except (OSError, RuntimeError, ValueError, BalanceUnavailable, BalanceScriptError) as error:  # no server: no run
+    except (  # no server: no run
+        OSError,
+        RuntimeError,
+        ValueError,
+        BalanceUnavailable,
+        BalanceScriptError,
+        DatabaseUnavailable,
+    ) as error:
         print(f"ocs demo: the server could not start: {type(error).__name__}: {error}", file=sys.stderr)
     finally:
         if options.data_directory is None and status == 0:
@@ -108,7 +123,10 @@ async def _run(settings: Settings, options: DemoOptions, directory: Path) -> int
     state = new_state(settings)
     try:
         host, port = await startup(state)
-        assert state.http is not None
+        assert state.http is not None and state.database is not None
+        _, secret = await tokens.create(
+            state.database, name="ocs demo", role=Role.ADMIN, expires_at=datetime.now(UTC) + DEMO_TOKEN_LIFETIME
+        )
         print(
             f"ocs demo: server up (Diameter {host}:{port}, API {state.http.url}, data in {directory}); "
             f"running the simulator on {options.scenario}",
@@ -131,6 +149,7 @@ async def _run(settings: Settings, options: DemoOptions, directory: Path) -> int
             str(directory / "report.json"),
             *options.simulator_arguments,
             stdout=sys.stderr if options.json_report else None,  # stdout carries the JSON alone
+            env={**os.environ, "OCS_TOKEN": secret},
         )
         try:
             code = await simulator.wait()

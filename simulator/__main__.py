@@ -6,6 +6,8 @@ print the plain-text report (and write the JSON one with ``--json``). The exit c
 the run is clean, 1 when the audit failed or the money does not add up (``report.summarize``
 lists why), and 2 for a usage or connection error before any verdict: one line on stderr, never
 a traceback (the API client first retries for ``--api-retry-seconds`` while the server is away).
+The API needs an admin token: ``--token``, else the ``OCS_TOKEN`` environment variable (better:
+a command line is visible to every user of the machine; ``ocs demo`` passes it that way).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from simulator.scenario import ScenarioError, load_scenario
 
 DEFAULT_DIAMETER = "127.0.0.1:3868"  # RFC 6733 section 11.4: the IANA port for Diameter over TCP
 DEFAULT_API = "http://127.0.0.1:8080"  # ocs/config.py HttpSettings default
+TOKEN_VARIABLE = "OCS_TOKEN"  # as the ocs command line reads it (ocs/token_commands.py)
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -58,6 +62,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenario", type=Path, required=True, help="a TOML file, e.g. config/scenarios/smoke.toml")
     parser.add_argument("--diameter", type=_host_port, default=_host_port(DEFAULT_DIAMETER), help="host:port")
     parser.add_argument("--api", default=DEFAULT_API, help="base URL of the OCS HTTP API")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_VARIABLE) or None,
+        help=f"an admin token of the OCS API (default: ${TOKEN_VARIABLE})",
+    )
     parser.add_argument("--seed", type=int, default=1, help="population and arrivals (default 1)")
     parser.add_argument(
         "--run-number",
@@ -105,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_number=run_number,
                     progress=progress,
                     api_retry_seconds=arguments.api_retry_seconds,
+                    api_token=arguments.token,
                 )
             )
     except (OSError, RuntimeError, aiohttp.ClientError, ValueError) as error:

@@ -14,6 +14,10 @@ doubles up to ``RETRY_PAUSE_LIMIT_SECONDS``, for at most ``retry_limit_seconds``
 ``ApiUnreachable`` says so in one line. Every call is safe to repeat: reads, pricing, top-ups
 (idempotent by id), and creates, where a repeat that finds the account already there (409)
 means the first attempt was applied before its answer was lost.
+
+Every call carries the API token given (``Authorization: Bearer``, RFC 6750 section 2.1): the
+simulator provisions, tops up and audits, so it needs an admin token (``ocs token create --role
+admin``). A refusal for want of one (401, 403) is an ``ApiRefused`` like any other, never retried.
 """
 
 from __future__ import annotations
@@ -107,14 +111,17 @@ def _integer(values: dict[str, object], name: str) -> int:
 class OcsApi:
     """An aiohttp session on the API's base URL; use as ``async with OcsApi(url) as api``."""
 
-    def __init__(self, base_url: str, *, retry_limit_seconds: float = RETRY_LIMIT_SECONDS) -> None:
+    def __init__(
+        self, base_url: str, *, token: str | None = None, retry_limit_seconds: float = RETRY_LIMIT_SECONDS
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_limit_seconds = retry_limit_seconds
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> OcsApi:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
-        self._session = aiohttp.ClientSession(timeout=timeout)
+        self._session = aiohttp.ClientSession(timeout=timeout, headers=self.headers)
         return self
 
     async def __aexit__(

@@ -92,10 +92,11 @@ async def run_scenario(
     run_number: int,
     progress: Progress = _silent,
     api_retry_seconds: float = RETRY_LIMIT_SECONDS,
+    api_token: str | None = None,
 ) -> RunResult:
     population = build_population(scenario.population, random.Random(f"{seed}-population"), run_number)
     recorder = Recorder()
-    async with OcsApi(api_url, retry_limit_seconds=api_retry_seconds) as api:
+    async with OcsApi(api_url, token=api_token, retry_limit_seconds=api_retry_seconds) as api:
         await provision(api, population.subscribers)
         progress(f"provisioned {len(population.subscribers)} accounts (run number {run_number})", None)
         opening = await _snapshots(api, population.subscribers)

@@ -7,9 +7,12 @@ import dataclasses
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.directory import Identity, IdentityKind, Subscriber
 from balance.embedded import EmbeddedRedis
@@ -25,9 +28,12 @@ from ocs.config import (
     SpoolSettings,
     TariffSettings,
 )
+from ocs.db import tokens
+from ocs.db.tokens import Role, api_tokens, digest
 from protocol.aio import DiameterClient
 from protocol.capabilities import LocalIdentity
 from tests.balance.conftest import embedded_redis
+from tests.conftest import ADMIN_TOKEN
 
 __all__ = ["embedded_redis"]
 
@@ -87,12 +93,28 @@ async def running_server(redis_url: str, spool_path: Path, **quota: int) -> Asyn
         yield running
 
 
+async def ensure_admin_token(engine: AsyncEngine) -> None:
+    """``ADMIN_TOKEN`` in this database (once: servers restarted on one directory share it)."""
+    if await tokens.find(engine, ADMIN_TOKEN) is not None:
+        return
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(api_tokens).values(
+                name="tests",
+                role=Role.ADMIN.value,
+                token_sha256=digest(ADMIN_TOKEN),
+                created_at=datetime.now(UTC).replace(tzinfo=None),
+            )
+        )
+
+
 @contextlib.asynccontextmanager
 async def server_with(settings: Settings, *, flush: bool = True) -> AsyncIterator[RunningServer]:
     """The whole OCS with these settings, on a flushed Redis unless told; shut down on the way out."""
     state = new_state(settings)
     address = await startup(state)
-    assert state.store is not None and state.http is not None
+    assert state.store is not None and state.http is not None and state.database is not None
+    await ensure_admin_token(state.database)
     if flush:
         await state.store.flush_all()
     try:

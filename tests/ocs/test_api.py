@@ -20,7 +20,8 @@ from ocs.api import HttpServer, start_http
 from ocs.app import new_state, shutdown, startup
 from ocs.config import HttpSettings
 from protocol.message import Message
-from tests.ocs.conftest import RunningServer, server_settings
+from tests.conftest import ADMIN_HEADERS
+from tests.ocs.conftest import RunningServer, ensure_admin_token, server_settings
 from tests.ocs.test_credit_control import call_to, ccr, code, seconds
 
 EUR = 1_000_000
@@ -65,7 +66,7 @@ async def open_api(server: RunningServer) -> tuple[HttpServer, bool]:
 async def api(server: RunningServer) -> AsyncIterator[Api]:
     http, owned = await open_api(server)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=ADMIN_HEADERS) as session:
             yield Api(server, http, session)
     finally:
         if owned:
@@ -505,9 +506,11 @@ async def test_health_is_200_with_redis_and_503_without(tmp_path: Path) -> None:
     settings = dataclasses.replace(server_settings(redis_server.url), http=HttpSettings(port=0))
     state = new_state(settings)
     await startup(state)
+    assert state.database is not None
+    await ensure_admin_token(state.database)
     http, owned = await open_api(RunningServer(state, 0))
     try:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=ADMIN_HEADERS) as session:
             async with session.get(http.url + "/health") as response:
                 assert response.status == 200 and (await response.json())["status"] == "ok"
             await asyncio.to_thread(redis_server.stop)
@@ -549,7 +552,8 @@ async def raw_request(api: Api, head: str) -> tuple[asyncio.StreamReader, asynci
     host, port = api.http.address
     reader, writer = await asyncio.open_connection(host, port)
     request_line, _, headers = head.partition("\n")
-    writer.write(f"{request_line}\nHost: ocs.test\n{headers}\n".replace("\n", "\r\n").encode())
+    authorization = f"Authorization: {ADMIN_HEADERS['Authorization']}"
+    writer.write(f"{request_line}\nHost: ocs.test\n{authorization}\n{headers}\n".replace("\n", "\r\n").encode())
     await writer.drain()
     return reader, writer
 

@@ -22,6 +22,7 @@ from balance.embedded import EmbeddedRedis, pick_free_port
 from balance.types import ChargeItem, ChargeRequest, Outcome, Tariff, Unit
 from ocs.cli import main
 from ocs.spool import Spool
+from tests.conftest import ADMIN_TOKEN
 from tests.ocs.test_api import Api, api
 
 __all__ = ["api"]
@@ -297,3 +298,38 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
         errors = process.stderr.read()
         status = process.wait(timeout=120)
     assert (status, errors) == (141, "")
+
+
+async def test_tokens_are_made_listed_and_revoked_offline(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OCS_SPOOL_PATH", str(tmp_path / "data" / "spool.sqlite3"))  # the database beside it
+    status, out, err = await ocs(capsys, "token", "create", "--role", "care", "--name", "ana", "--adjust-limit", "20")
+    assert status == 0 and out.startswith("ocs_") and "token 1 (ana, care) made; it is shown once" in err
+    assert (tmp_path / "data" / "ocs.sqlite3").is_file()
+    status, _, err = await ocs(capsys, "token", "create", "--role", "self-care", "--name", "bo")
+    assert status == 1 and "a self-care token names the account it may see (--account)" in err
+    status, out, _ = await ocs(capsys, "token", "list")
+    assert status == 0 and out.split() == ["1", "care", "valid", "ana", "adjust_limit=20.00"]
+    assert (await ocs(capsys, "token", "revoke", "1"))[:2] == (0, "ocs: token 1 (ana) revoked\n")
+    status, out, _ = await ocs(capsys, "token", "list", "--json")
+    assert status == 0 and json.loads(out)[0]["state"] == "revoked"
+    status, _, err = await ocs(capsys, "token", "revoke", "7")
+    assert status == 1 and err == "ocs token revoke: no token 7\n"
+
+
+async def test_without_a_token_the_cli_says_where_to_give_one(
+    api: Api, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OCS_TOKEN")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no ~/.config/ocs/token either
+    status, _, err = await ocs(capsys, "--url", api.url, "balance", "alice")
+    assert status == 1 and "this call needs a token" in err and "give a token: --token, --token-file" in err
+    token_file = tmp_path / "ocs" / "token"
+    token_file.parent.mkdir()
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    token_file.chmod(0o600)
+    status, _, err = await ocs(capsys, "--url", api.url, "balance", "alice")  # the default file
+    assert status == 1 and "no account 'alice'" in err
+    status, _, err = await ocs(capsys, "--url", api.url, "--token", "ocs_wrong", "balance", "alice")
+    assert status == 1 and "the token is not known (HTTP 401)" in err

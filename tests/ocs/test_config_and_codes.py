@@ -95,6 +95,8 @@ _TLS_FILES = ("tls_certificate", "tls_private_key", "tls_ca_file")
 def _supporting(section: str, name: str, directory: Path) -> dict[str, str]:
     if section == "diameter" and name in (*_TLS_FILES, "require_tls", "clear_port_enabled"):
         return {f"OCS_DIAMETER_{other.upper()}": str(directory / other) for other in _TLS_FILES if other != name}
+    if section == "http" and name == "tls_private_key":  # HTTPS: a key needs its certificate
+        return {"OCS_HTTP_TLS_CERTIFICATE": str(directory / "tls_certificate")}
     return {}
 
 
@@ -111,7 +113,7 @@ def _other_value(section: str, name: str, default: object, directory: Path) -> t
         return str(default + 1.5), default + 1.5
     if isinstance(default, tuple):
         return "peer-a, peer-b", ("peer-a", "peer-b")
-    if section == "diameter" and name in _TLS_FILES:
+    if section in ("diameter", "http") and name in _TLS_FILES:
         return str(directory / name), str(directory / name)
     return f"/set/by/environment/{name}", f"/set/by/environment/{name}"
 

@@ -48,6 +48,7 @@ class ServerProcess:
     data_directory: Path
     lines: list[Line] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
+    token: str = ""  # an admin token, made offline in the server's database before it started
 
     @classmethod
     def start(cls, data_directory: Path, **environment: str) -> ServerProcess:
@@ -64,6 +65,14 @@ class ServerProcess:
             "OCS_QUOTA_SUPERVISION_INTERVAL_SECONDS": "0.05",
             "OCS_TARIFFS_PATH": str(ROOT / "config" / "tariffs.toml"),
         }
+        made = subprocess.run(
+            [sys.executable, "-m", "ocs", "token", "create", "--role", "admin", "--name", "tests"],
+            cwd=ROOT,
+            env={**os.environ, **settings, **environment},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         process = subprocess.Popen(
             [sys.executable, "-m", "ocs", "serve"],
             cwd=ROOT,
@@ -73,7 +82,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
-        server = cls(process, data_directory / "redis")
+        server = cls(process, data_directory / "redis", token=made.stdout.strip())
         threading.Thread(target=server._read, daemon=True).start()
         return server
 
@@ -177,7 +186,7 @@ async def test_second_server_on_the_same_data_directory_refuses_to_start(
     assert second.events("listening") == []
 
     assert redis_servers_of(first.data_directory) == [first.redis_pid()]
-    async with ApiClient(f"http://127.0.0.1:{first.port('http_listening')}") as api:
+    async with ApiClient(f"http://127.0.0.1:{first.port('http_listening')}", token=first.token) as api:
         assert (await api.request("GET", "/health")).status == 200
     assert first.stop() == 0
 
@@ -213,7 +222,7 @@ async def test_killed_embedded_redis_is_restarted_and_the_server_serves_again(
     server = ServerProcess.start(tmp_path, PATH=f"{bin_directory}{os.pathsep}{os.environ.get('PATH', '')}")
     servers.append(server)
     diameter_port, http_port = server.port("listening"), server.port("http_listening")
-    async with ApiClient(f"http://127.0.0.1:{http_port}") as api:
+    async with ApiClient(f"http://127.0.0.1:{http_port}", token=server.token) as api:
         assert (await api.create_subscriber(alice())).status == 201
 
         # Redis dies, and its first restarts fail: the outage lasts at least two attempts.

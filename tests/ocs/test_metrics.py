@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -168,7 +167,7 @@ async def test_metrics_endpoint_after_requests(api: Api, server: RunningServer) 
     for sample in found:
         if sample.name.startswith("ocs_"):
             assert set(sample.labels) <= ALLOWED_LABELS, sample
-    async with aiohttp.ClientSession() as session, session.get(api.url + "/metrics") as response:
+    async with api.session.get(api.url + "/metrics") as response:
         # A scrape is an HTTP request too: the first one is counted by the time of the second.
         found = samples(await response.text())
     assert value(found, http, route="/metrics", method="GET", status="200") == 1

@@ -24,6 +24,7 @@ from simulator.sessions import (
     sms_information,
     voice_information,
 )
+from tests.conftest import ADMIN_TOKEN
 from tests.ocs.conftest import RunningServer, running_server
 
 TIMING = ElementTiming(step_seconds=0.0, request_timeout_seconds=5.0, retransmissions=0)
@@ -47,7 +48,7 @@ async def test_calls_use_the_final_grant_then_end_and_money_matches(server: Runn
     poor = line("poor", "4915199990001", 150_000)  # 0.15 EUR: one or two minutes (peak / off-peak)
     rich = line("rich", "4915199990002", 5_000_000, allowance_octets=3_000_000)
     recorder = Recorder()
-    async with OcsApi(server.state.http.url) as api:
+    async with OcsApi(server.state.http.url, token=ADMIN_TOKEN) as api:
         await provision(api, [poor, rich])
         element = await NetworkElement.connect(
             "127.0.0.1", server.port, LocalIdentity("sim-test.simulator.test", "simulator.test"), recorder, TIMING
@@ -101,7 +102,7 @@ async def test_a_grant_whose_validity_time_runs_out_is_reported_and_asked_again(
     recorder = Recorder()
     async with running_server(embedded_redis.url, tmp_path / "spool.sqlite3", validity_seconds=10) as server:
         assert server.state.http is not None
-        async with OcsApi(server.state.http.url) as api:
+        async with OcsApi(server.state.http.url, token=ADMIN_TOKEN) as api:
             await provision(api, [surfer])
             element = await NetworkElement.connect(
                 "127.0.0.1", server.port, LocalIdentity("pgw-v.simulator.test", "simulator.test"), recorder, timing

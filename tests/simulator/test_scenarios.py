@@ -17,6 +17,7 @@ from simulator.records import Recorder, SessionOutcome
 from simulator.report import render_text, summarize
 from simulator.runner import RunResult, run_scenario
 from simulator.scenario import Scenario, load_scenario
+from tests.conftest import ADMIN_TOKEN
 from tests.ocs.conftest import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,7 @@ async def run_on_server(
             diameter_host="127.0.0.1",
             diameter_port=server.port,
             api_url=server.state.http.url,
+            api_token=ADMIN_TOKEN,
             seed=seed,
             run_number=run_number,
         )

@@ -23,6 +23,7 @@ from simulator.records import SessionOutcome
 from simulator.report import render_text, summarize
 from simulator.runner import RunResult, run_scenario
 from simulator.scenario import Scenario, load_scenario
+from tests.conftest import ADMIN_TOKEN
 from tests.ocs.conftest import RunningServer, running_server
 from tests.simulator.link import Link
 
@@ -91,7 +92,7 @@ async def test_provisioning_goes_on_after_the_server_comes_back(server: RunningS
     await link.start()
     population = build_population(load_scenario(SMOKE).population, random.Random(3), 4)
     try:
-        async with OcsApi(f"http://127.0.0.1:{link.port}", retry_limit_seconds=30.0) as api:
+        async with OcsApi(f"http://127.0.0.1:{link.port}", token=ADMIN_TOKEN, retry_limit_seconds=30.0) as api:
             provisioning = asyncio.create_task(provision(api, population.subscribers))
             while link.requests_in < 5:  # some creates are on their way: the server "dies"
                 await asyncio.sleep(0.001)
@@ -160,6 +161,7 @@ async def run_through_link(
                 diameter_host="127.0.0.1",
                 diameter_port=link.port,
                 api_url=server.state.http.url,
+                api_token=ADMIN_TOKEN,
                 seed=seed,
                 run_number=run_number,
             )

@@ -9,6 +9,7 @@ from simulator.records import SessionOutcome
 from simulator.report import render_text, summarize
 from simulator.runner import run_scenario
 from simulator.scenario import SERVICES, load_scenario
+from tests.conftest import ADMIN_TOKEN
 from tests.ocs.conftest import RunningServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ async def test_smoke_scenario_balances_agree_and_the_audit_passes(server: Runnin
         diameter_host="127.0.0.1",
         diameter_port=server.port,
         api_url=server.state.http.url,
+        api_token=ADMIN_TOKEN,
         seed=7,
         run_number=1,
     )

@@ -1,0 +1,25 @@
+"""Alembic's environment for the business database: migrations run on the connection the caller
+gives (``ocs.db.engine.migrate``), inside its transaction; never from a URL of their own."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection, text
+
+from ocs.db import audit, tokens
+from ocs.db.schema import metadata
+
+# Any number that is ours alone: PostgreSQL advisory locks are one namespace per database.
+MIGRATION_LOCK_KEY = 0x0C5_D8_01
+
+
+def run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":  # servers starting together migrate one at a time
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    context.configure(connection=connection, target_metadata=metadata)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+assert audit.audit_trail.metadata is tokens.api_tokens.metadata is metadata  # every table is known
+run(context.config.attributes["connection"])
