@@ -1,10 +1,10 @@
-# The OCS server image. Build and run (Diameter published, the data kept in a named volume):
+# The OCS server image. Build, make the first API token in the data volume, and run:
 #   docker build -t open-ocs .
-#   docker run -p 3868:3868 -v ocs-data:/var/lib/ocs/data open-ocs
-# The HTTP API (provisioning, /health, /metrics on 8080) has no authentication yet, so the image
-# binds it to the container's loopback: nothing outside the container reaches it. To open it on
-# a network you trust, bind it to every interface and publish it on the host's loopback only:
-#   docker run -p 3868:3868 -p 127.0.0.1:8080:8080 -e OCS_HTTP_HOST=0.0.0.0 -v ocs-data:/var/lib/ocs/data open-ocs
+#   docker run --rm -v ocs-data:/var/lib/ocs/data open-ocs token create --role admin --name operator
+#   docker run -p 3868:3868 -p 8080:8080 -v ocs-data:/var/lib/ocs/data open-ocs
+# Every HTTP route but /health needs a bearer token (README "Tokens and roles"); give the API a
+# certificate ([http] tls_certificate) before publishing it beyond a network you trust. Diameter
+# over TLS (5868) is on once [diameter] tls_certificate is set: publish it with -p 5868:5868.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
@@ -29,10 +29,10 @@ USER ocs
 # config/ocs.toml and config/tariffs.toml are read from here; data/ is written here.
 WORKDIR /var/lib/ocs
 VOLUME ["/var/lib/ocs/data"]
-# RFC 6733 section 11.4: 3868 is the IANA port for Diameter over TCP; 8080 the HTTP API.
-EXPOSE 3868 8080
-# Diameter on every interface (peers are checked by [diameter] allowed_hosts / allowed_realms);
-# the API on loopback until it has authentication (see the top of this file to open it).
-ENV OCS_DIAMETER_HOST=0.0.0.0 OCS_HTTP_HOST=127.0.0.1
+# RFC 6733 section 11.4: 3868 for Diameter over TCP, 5868 over TLS/TCP; 8080 the HTTP API.
+EXPOSE 3868 5868 8080
+# Diameter on every interface (peers are admitted by [diameter] allowed_addresses, allowed_hosts,
+# allowed_realms); the API too: every route but /health asks for a bearer token.
+ENV OCS_DIAMETER_HOST=0.0.0.0 OCS_HTTP_HOST=0.0.0.0
 ENTRYPOINT ["ocs"]
 CMD ["serve"]
