@@ -211,7 +211,7 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         book,
         default_plan=settings.tariffs.default_plan,
         forget=cache.forget if cache is not None else lambda identities: None,
-        notifier=state.notifier,
+        events=state.events,
         metrics=metrics,
     )
     # client_max_size bounds aiohttp's own readers too, should anything call request.read().

@@ -15,6 +15,10 @@ let in-flight requests finish (bounded by the shutdown timeout), stop the tasks,
 of it is held in one ``ServerState``. The business database (``ocs.db``: API tokens, the audit
 trail) is opened and migrated before the HTTP side starts, and audit records a past outage kept
 in the fallback file are put back into it (``ocs.audit_trail``).
+
+Account events: ``ServerState.events`` is the one seam (``ocs.events.AccountEvents``) on which the
+operator's side publishes what it changed about an account; the session notifier subscribes to
+it at startup. The answers to the notifier's RAR and ASR reach it from the Diameter event handler.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ocs.cca import error_answer
 from ocs.charging import CreditControl
 from ocs.config import DiameterSettings, Settings
 from ocs.db.engine import DatabaseUnavailable, database_url, open_database
+from ocs.events import AccountEvents
 from ocs.logs import bind_request, configure_logging
 from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating import load_book
@@ -54,7 +59,7 @@ from protocol.aio import DiameterServer, DiameterTransport
 from protocol.aio.tls import server_context
 from protocol.capabilities import IpNetwork, LocalIdentity, PeerPolicy
 from protocol.constants import CommandCode, ResultCode
-from protocol.events import DuplicateAnswered, Event, PeerClosed, PeerOpened, RequestRejected
+from protocol.events import AnswerReceived, DuplicateAnswered, Event, PeerClosed, PeerOpened, RequestRejected
 from protocol.message import Message
 
 log = structlog.get_logger("ocs")
@@ -73,6 +78,7 @@ class ServerState:
     notifier: SessionNotifier | None = None
     book: TariffBook | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    events: AccountEvents = field(default_factory=AccountEvents)
     spool: Spool | None = None
     database: AsyncEngine | None = None
     audit_trail: AuditTrail | None = None
@@ -133,8 +139,13 @@ def _on_event(state: ServerState, transport: DiameterTransport, event: Event) ->
     """Every Diameter event but a valid request: logged, and counted where it answers a request."""
     if isinstance(event, PeerOpened):
         log.info("peer_open", peer=event.capabilities.origin_host, address=str(transport.peername))
+    elif isinstance(event, AnswerReceived):
+        if state.notifier is None or not state.notifier.answered(event.message, event.context):
+            log.info("answer_unexpected", command_code=event.message.command_code)
     elif isinstance(event, PeerClosed):
         log.info("peer_closed", reason=event.reason, address=str(transport.peername))
+        if state.notifier is not None:
+            state.notifier.unanswered(event.unanswered)
     elif isinstance(event, RequestRejected):
         result_code = int(event.failure.result_code)
         log.info("request_rejected", result_code=result_code, reason=event.failure.reason)
@@ -299,7 +310,10 @@ async def startup(state: ServerState) -> tuple[str, int]:
     # Provisioning writes through redis-py; the CCR path's lookups share the charging connection.
     state.directory = Directory(state.store.admin, reader=state.store.caller)
     state.book = load_book(Path(settings.tariffs.path))
-    state.notifier = SessionNotifier(state.identity, lambda: state.diameter.connections if state.diameter else ())
+    state.notifier = SessionNotifier(
+        state.identity, lambda: state.diameter.connections if state.diameter else (), state.metrics
+    )
+    state.events.subscribe(state.notifier.on_account_event)
     state.credit_control = CreditControl(
         settings,
         state.store,

@@ -162,6 +162,8 @@ _CC_SERVICE_SPECIFIC_UNITS = _KEY("CC-Service-Specific-Units")
 _CC_MONEY = _KEY("CC-Money")
 _VALUE_DIGITS = _KEY("Value-Digits")
 _TARIFF_CHANGE_USAGE = _KEY("Tariff-Change-Usage")
+# UNIT_BEFORE_TARIFF_CHANGE, UNIT_AFTER_TARIFF_CHANGE, UNIT_INDETERMINATE, as the dictionary has them.
+_TARIFF_CHANGE_USAGE_VALUES = frozenset(DEFAULT_DICTIONARY.avp("Tariff-Change-Usage").enum_values.values())
 _EXPONENT = _KEY("Exponent")
 
 AvpIndex = dict[tuple[int, int], Avp]
@@ -253,7 +255,7 @@ def _bad_tariff_change_usage(avps: list[Avp]) -> Avp | None:
     define (0, 1 and 2): 5004 DIAMETER_INVALID_AVP_VALUE names it (RFC 6733 section 7.1.5)."""
     for used in _all(avps, _USED_SERVICE_UNIT):
         for member in _all(used.children, _TARIFF_CHANGE_USAGE):
-            if member.value not in (0, 1, 2):
+            if member.value not in _TARIFF_CHANGE_USAGE_VALUES:
                 return member
     return None
 

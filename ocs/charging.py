@@ -62,7 +62,7 @@ from ocs.ccr import (
 from ocs.config import FinalUnitSettings, Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.metrics import Metrics
-from ocs.queries import answer_query
+from ocs.queries import QueriedService, Queries
 from ocs.rating import Rated, RatingFailure, RatingInput, rate
 from ocs.rating_book import FinalUnitPolicy, RedirectAddressType, RedirectServer, Restriction, TariffBook
 from ocs.result_codes import result_code
@@ -136,6 +136,7 @@ class CreditControl:
         self.observer = observer
         self.clock = clock
         self._final_units = final_units(book, settings.final_unit)
+        self._queries = Queries(identity, store, settings.refund, book)
         quota = settings.quota
         # Per unit, the grant asked for when the request names no amount, and the most granted.
         self._default_units = {
@@ -189,7 +190,11 @@ class CreditControl:
         if ccr.request_type is RequestType.EVENT and ccr.requested_action in _QUERIES:
             if refused:
                 return self._refused_answer(message, ccr, refused)
-            return await answer_query(self, message, ccr, subscriber.account_id, served, now)
+            priced = [
+                QueriedService(item.request, item.rated, self.requested_units(item.request, item.rated.unit))
+                for item in served
+            ]
+            return await self._queries.answer(message, ccr, subscriber.account_id, priced, now)
         if refused and not served and ccr.request_type in (RequestType.INITIAL, RequestType.EVENT):
             # Nothing to charge, and no session to open: the answer is the refusal alone. An
             # UPDATE / TERMINATION goes on to the engine even so, which knows whether the session

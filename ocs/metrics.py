@@ -184,6 +184,14 @@ class Metrics:
         self.spool_lag = Gauge(
             "ocs_spool_lag_seconds", "Age of the oldest usage record not yet in the spool database", registry=registry
         )
+        self.server_requests = Counter(
+            "ocs_diameter_server_requests_total",
+            "Requests this server sent to clients (RAR, ASR), by the Result-Code of their answer "
+            "(a code of no known RFC as 'other', none as 'missing', no answer before the connection closed "
+            "as 'unanswered')",
+            ("command", "result_code"),
+            registry=registry,
+        )
         self.http_requests = Counter(
             "ocs_http_requests_total",
             "Provisioning API, /health and /metrics requests, by route template, method and status",
@@ -250,6 +258,11 @@ class Metrics:
     def sessions_expired_by_tcc(self, count: int) -> None:
         if count > 0:
             self.sessions_expired.inc(count)
+
+    def server_request_answered(self, command: str, result_code: str) -> None:
+        """The answer to a RAR or ASR this server sent: ``command`` "RAR" / "ASR", ``result_code``
+        a bounded label (``ocs.sessions.result_label``)."""
+        self.server_requests.labels(command, result_code).inc()
 
     # -- the spool writer --------------------------------------------------------------------
 

@@ -60,10 +60,10 @@ from balance.types import (
     PaymentType,
 )
 from balance.validation import invalid_account, invalid_bucket
+from ocs.events import AccountEvents, BalanceChanged, StatusChanged
 from ocs.metrics import Metrics
 from ocs.rating import format_money
 from ocs.rating_book import TariffBook
-from ocs.sessions import SessionNotifier
 
 if TYPE_CHECKING:
     from _csv import Reader  # what csv.reader returns
@@ -479,9 +479,6 @@ class RowResult:
     error: str | None = None
 
 
-_BLOCKING = (AccountStatus.BARRED, AccountStatus.TERMINATED)
-
-
 class Provisioning:
     """The operator's operations over the store, the directory and the tariff book."""
 
@@ -493,7 +490,7 @@ class Provisioning:
         *,
         default_plan: str,
         forget: Callable[[Sequence[Identity]], None] = lambda identities: None,
-        notifier: SessionNotifier | None = None,
+        events: AccountEvents | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -502,7 +499,7 @@ class Provisioning:
         self.book = book
         self.default_plan = default_plan
         self.forget = forget
-        self.notifier = notifier
+        self.events = events or AccountEvents()
         self.metrics = metrics
         self.clock = clock
 
@@ -579,10 +576,7 @@ class Provisioning:
             profile = await self.directory.profile(account_id)
             if profile is not None:
                 self.forget(profile.identities)
-            if self.notifier is not None and status in _BLOCKING:
-                notified = self.notifier.account_blocked(account_id)  # ASR to its open sessions
-            elif self.notifier is not None and status is AccountStatus.ACTIVE:
-                notified = self.notifier.account_topped_up(account_id)  # RAR: final-unit sessions come back
+            notified = self.events.publish(StatusChanged(account_id, previous, status))  # live sessions learn it
             log.info("status_changed", account_id=account_id, previous=previous.value, status=status.value)
         return StatusChange(previous, await self.view(account_id), notified)
 
@@ -628,8 +622,7 @@ class Provisioning:
         if not result.replayed:
             if self.metrics is not None:
                 self.metrics.money_credited(view.account.currency, operation, micros)
-            if self.notifier is not None and micros >= 0:
-                notified = self.notifier.account_topped_up(account_id)  # RAR to final-unit sessions
+            notified = self.events.publish(BalanceChanged(account_id, operation, micros))  # live sessions learn it
             log.info(operation, account_id=account_id, micros=micros, bucket_id=result.bucket_id, **details)
         return Applied(result, view, notified)
 

@@ -10,25 +10,32 @@ within limits: CC-Money in the account's own currency (Currency-Code, ISO 4217 n
 through ``CURRENCY_NUMBERS``; absent means the account's), at most ``[refund]
 max_request_micros`` per refund, and at most ``max_day_micros`` per account and calendar day of
 its plan's time zone, that sum kept in Redis and checked in the refund's own atomic call.
+
+``Queries`` is built once by the charging handler with only what it needs (identity, store, refund
+limits, tariff book); each service comes priced (``QueriedService``: the rating and the units
+asked for, sized by the handler's quota settings), so this module never reaches back into the
+handler.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
+from balance.store import BalanceStore
 from balance.tariff import cost
 from balance.types import Outcome
+from balance.value_type import value_type
 from ocs.cca import credit_answer, error_answer
 from ocs.ccr import CreditRequest, RequestedAction, ServiceRequest
-from ocs.rating_book import CURRENCY_NUMBERS
+from ocs.config import RefundSettings
+from ocs.rating import Rated
+from ocs.rating_book import CURRENCY_NUMBERS, TariffBook
 from ocs.result_codes import result_code
+from protocol.capabilities import LocalIdentity
 from protocol.constants import ResultCode
 from protocol.message import Avp, Message, avp
-
-if TYPE_CHECKING:
-    from ocs.charging import CreditControl, RatedService
 
 CHECK_BALANCE_ENOUGH_CREDIT = 0  # RFC 4006 section 8.6
 CHECK_BALANCE_NO_CREDIT = 1
@@ -45,27 +52,51 @@ def cost_information(micros: int, currency: str) -> Avp:
     )
 
 
-def price(handler: CreditControl, services: Sequence[RatedService]) -> int:
-    return sum(cost(handler.requested_units(item.request, item.rated.unit), item.rated.tariff) for item in services)
+@value_type
+class QueriedService:
+    """One service of the query: its request, its rating, and the units it asks for."""
+
+    request: ServiceRequest
+    rated: Rated
+    requested_units: int
 
 
-async def answer_query(
-    handler: CreditControl,
+def price(services: Sequence[QueriedService]) -> int:
+    return sum(cost(item.requested_units, item.rated.tariff) for item in services)
+
+
+@dataclass(frozen=True, slots=True)
+class Queries:
+    """What answering a query needs from the server, and nothing more."""
+
+    identity: LocalIdentity
+    store: BalanceStore
+    refund_limits: RefundSettings
+    book: TariffBook
+
+    async def answer(
+        self, message: Message, ccr: CreditRequest, account_id: str, services: Sequence[QueriedService], now: float
+    ) -> Message:
+        return await _answer(self, message, ccr, account_id, services, now)
+
+
+async def _answer(
+    queries: Queries,
     message: Message,
     ccr: CreditRequest,
     account_id: str,
-    services: Sequence[RatedService],
+    services: Sequence[QueriedService],
     now: float,
 ) -> Message:
-    identity = handler.identity
-    total = price(handler, services)
+    identity = queries.identity
+    total = price(services)
     currency = services[0].rated.currency if services else "EUR"
     if currency not in CURRENCY_NUMBERS:
         return error_answer(
             message, identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY, error_message=f"currency {currency}"
         )
     if ccr.requested_action is RequestedAction.CHECK_BALANCE:
-        view = await handler.store.balance(account_id, int(now))
+        view = await queries.store.balance(account_id, int(now))
         if view is None:
             return error_answer(message, identity, ResultCode.DIAMETER_USER_UNKNOWN)
         enough = view.available_micros >= total and (total > 0 or view.available_micros > 0)
@@ -75,28 +106,28 @@ async def answer_query(
     if ccr.requested_action is RequestedAction.PRICE_ENQUIRY:
         extra = [cost_information(total, currency)]
         return credit_answer(message, identity, ResultCode.DIAMETER_SUCCESS, [], multiple_services=False, extra=extra)
-    return await _refund(handler, message, ccr, account_id, services, now)
+    return await _refund(queries, message, ccr, account_id, services, now)
 
 
 async def _refund(
-    handler: CreditControl,
+    queries: Queries,
     message: Message,
     ccr: CreditRequest,
     account_id: str,
-    services: Sequence[RatedService],
+    services: Sequence[QueriedService],
     now: float,
 ) -> Message:
     """REFUND_ACCOUNT: the CC-Money asked for (or the price of the units), in the account's own
     currency, within the per-refund limit, and within the per-day limit in the same atomic call
     as the credit; any refusal credits nothing."""
-    identity = handler.identity
+    identity = queries.identity
     asking = next((item.request for item in services if item.request.requested is not None), None)
     money = asking.requested.money_micros if asking is not None and asking.requested is not None else None
-    amount = money if money else price(handler, services)
+    amount = money if money else price(services)
     requested_avp = _requested_unit_avp(message, asking)
     if amount <= 0:
         return error_answer(message, identity, ResultCode.DIAMETER_INVALID_AVP_VALUE, failed_avp=requested_avp)
-    view = await handler.store.balance(account_id, int(now))
+    view = await queries.store.balance(account_id, int(now))
     if view is None:
         return error_answer(message, identity, ResultCode.DIAMETER_USER_UNKNOWN)
     currency = view.account.currency
@@ -110,7 +141,7 @@ async def _refund(
         return error_answer(
             message, identity, ResultCode.DIAMETER_RATING_FAILED, failed_avp=money_avp, error_message=reason
         )
-    limits = handler.settings.refund
+    limits = queries.refund_limits
     if 0 < limits.max_request_micros < amount:
         # A permanent failure (RFC 6733 section 7.1.5): the same refund never passes. No code of
         # RFC 4006 / 6733 names an amount over a limit, so 5012 DIAMETER_UNABLE_TO_COMPLY, with
@@ -121,9 +152,9 @@ async def _refund(
             message, identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY, failed_avp=failed, error_message=reason
         )
     # The day the per-day limit counts in: the calendar day of the subscriber's plan, by our clock.
-    zone = handler.book.plans[services[0].rated.plan].time_zone if services else UTC
+    zone = queries.book.plans[services[0].rated.plan].time_zone if services else UTC
     day = datetime.fromtimestamp(now, zone).date().isoformat()
-    result = await handler.store.refund(
+    result = await queries.store.refund(
         account_id, ccr.session_id, ccr.request_number, amount, int(now), day, limits.max_day_micros
     )
     code = result_code(result.outcome)

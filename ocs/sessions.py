@@ -8,6 +8,16 @@ and is granted from the new balance; when an account is barred or terminated, ea
 sessions gets an Abort-Session-Request. Requests go to the connection whose peer is the
 session's Origin-Host. What this server knows is what it answered: with several server
 processes, each notifies the sessions it carries.
+
+The notifier learns of top-ups and status changes as account events (``ocs.events``): it
+subscribes ``on_account_event`` to the ``AccountEvents`` seam; nobody calls it to notify.
+
+Answers: each request is sent with a ``NotifierRequest`` as its context, so its RAA or ASA comes
+back to ``answered`` (through the server's event handler). The Result-Code is counted
+(``Metrics.server_request_answered``); 5002 DIAMETER_UNKNOWN_SESSION_ID means the client no longer
+has the session (RFC 6733 section 7.1.5; RFC 4006 section 5.5 for RAR, RFC 6733 section 8.5.2 for
+ASR), so the notifier forgets it; any other failure is logged with the Result-Code and the
+session. A request whose connection closed before its answer is counted as "unanswered".
 """
 
 from __future__ import annotations
@@ -17,15 +27,46 @@ from dataclasses import dataclass
 
 import structlog
 
-from ocs.events import ChargingEvent, FinalUnitGranted, SessionActive, SessionEnded
+from balance.types import AccountStatus
+from ocs.events import (
+    AccountEvent,
+    BalanceChanged,
+    ChargingEvent,
+    FinalUnitGranted,
+    SessionActive,
+    SessionEnded,
+)
+from ocs.metrics import Metrics
 from protocol.aio import DiameterTransport
 from protocol.capabilities import LocalIdentity
-from protocol.constants import ApplicationId, CommandCode
+from protocol.constants import ApplicationId, CommandCode, ResultCode
 from protocol.message import Message, avp, request
 
 log = structlog.get_logger("ocs.sessions")
 
 RE_AUTH_AUTHORIZE_ONLY = 0  # Re-Auth-Request-Type, RFC 6733 section 8.12
+_BLOCKING = (AccountStatus.BARRED, AccountStatus.TERMINATED)
+# The command label of the requests this server sends (RFC 6733 sections 8.3 and 8.5).
+_COMMAND_LABELS = {CommandCode.RE_AUTH: "RAR", CommandCode.ABORT_SESSION: "ASR"}
+UNANSWERED = "unanswered"  # the result label of a request whose connection closed first
+MISSING = "missing"  # an answer without Result-Code (RFC 6733 section 7.2: an Experimental-Result)
+OTHER = "other"  # a Result-Code of no RFC this server knows: the label set stays bounded
+_KNOWN_RESULT_CODES = frozenset(int(code) for code in ResultCode)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierRequest:
+    """The context of a RAR or ASR: what its answer is about."""
+
+    command: CommandCode
+    session_id: str
+
+
+def result_label(result_code: object) -> str:
+    """A peer's Result-Code as a bounded label: one of RFC 6733 / 4006's codes, else "other"."""
+    if result_code is None:
+        return MISSING
+    return str(result_code) if isinstance(result_code, int) and result_code in _KNOWN_RESULT_CODES else OTHER
 
 
 @dataclass(slots=True)
@@ -36,9 +77,15 @@ class _Session:
 
 
 class SessionNotifier:
-    def __init__(self, identity: LocalIdentity, connections: Callable[[], Iterable[DiameterTransport]]) -> None:
+    def __init__(
+        self,
+        identity: LocalIdentity,
+        connections: Callable[[], Iterable[DiameterTransport]],
+        metrics: Metrics,
+    ) -> None:
         self.identity = identity
         self.connections = connections
+        self.metrics = metrics
         self._sessions: dict[str, dict[str, _Session]] = {}  # account -> session id -> where
         self._account_of: dict[str, str] = {}  # session id -> account
         self.sent: list[Message] = []  # the last requests sent (bounded), for tests and logs
@@ -70,6 +117,40 @@ class SessionNotifier:
     @property
     def open_sessions(self) -> int:
         return len(self._account_of)
+
+    def on_account_event(self, event: AccountEvent) -> int:
+        """The subscriber of the ``AccountEvents`` seam: returns how many requests were sent."""
+        if isinstance(event, BalanceChanged):
+            # Money or units came in: final-unit sessions may be granted again. A withdrawal
+            # changes nothing for them (their final grant stands).
+            return self.account_topped_up(event.account_id) if event.micros >= 0 else 0
+        if event.status in _BLOCKING:
+            return self.account_blocked(event.account_id)  # ASR to its open sessions
+        if event.status is AccountStatus.ACTIVE:
+            return self.account_topped_up(event.account_id)  # RAR: final-unit sessions come back
+        return 0
+
+    def answered(self, answer: Message, context: object) -> bool:
+        """The RAA or ASA of a request sent here; False when ``context`` is not ours."""
+        if not isinstance(context, NotifierRequest):
+            return False
+        result_code = answer.get("Result-Code")
+        command = _COMMAND_LABELS[context.command]
+        self.metrics.server_request_answered(command, result_label(result_code))
+        if result_code == ResultCode.DIAMETER_UNKNOWN_SESSION_ID:
+            self.forget_session(context.session_id)
+            log.info("notify_session_unknown", command=command, session_id=context.session_id)
+        elif not (isinstance(result_code, int) and 2000 <= result_code < 3000):  # RFC 6733 section 7.1.2
+            log.warning("notify_failed", command=command, result_code=result_code, session_id=context.session_id)
+        return True
+
+    def unanswered(self, contexts: Iterable[object]) -> None:
+        """Requests whose connection closed before their answer came."""
+        for context in contexts:
+            if isinstance(context, NotifierRequest):
+                command = _COMMAND_LABELS[context.command]
+                self.metrics.server_request_answered(command, UNANSWERED)
+                log.warning("notify_unanswered", command=command, session_id=context.session_id)
 
     def account_topped_up(self, account_id: str) -> int:
         """RAR to every session of the account in final-unit state; returns how many were sent."""
@@ -111,7 +192,7 @@ class SessionNotifier:
         if command is CommandCode.RE_AUTH:
             avps.append(avp("Re-Auth-Request-Type", RE_AUTH_AUTHORIZE_ONLY))
         message = request(int(command), int(ApplicationId.CREDIT_CONTROL), avps)
-        transport.send_request(message)  # the RAA / ASA reaches the server's event log
+        transport.send_request(message, NotifierRequest(command, session_id))  # the answer: ``answered``
         self.sent = [*self.sent[-99:], message]
         log.info("notify_sent", command=command.name, session_id=session_id, peer=session.origin_host)
         return True
