@@ -542,6 +542,14 @@ def _quote_json(quote: Quote) -> dict[str, object]:
         "units": quote.units,
         "charged_units": quote.charged_units,
         **_money("cost", quote.cost_micros),
+        # The tariff itself (balance.types.Tariff), so a client can price usage split across a
+        # tariff change (balance/RULES.md "Tariff change") with the engine's own arithmetic.
+        "tariff": {
+            "price_micros": rated.tariff.price_micros,
+            "per_units": rated.tariff.per_units,
+            "block_units": rated.tariff.block_units,
+            "first_units": rated.tariff.first_units,
+        },
         "explanation": rated.explanation,
         "text": quote.text,
     }

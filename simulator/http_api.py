@@ -69,15 +69,14 @@ class BalanceSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class RateQuote:
-    """What ``units`` of a service cost at one moment (POST /rate): the engine's own arithmetic.
-
-    ``explanation`` is the server's rating explanation, which ends with the tariff's price
-    (``simulator.ledger`` reads it to price usage across a tariff change; the answer has no
-    separate tariff fields)."""
+    """What ``units`` of a service cost at one moment (POST /rate): the engine's own arithmetic,
+    and the tariff it used (``price_micros`` per ``per_units`` charged units), which
+    ``simulator.ledger`` needs to price usage split across a tariff change."""
 
     cost_micros: int
     charged_units: int
-    explanation: str
+    price_micros: int
+    per_units: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +197,14 @@ class OcsApi:
         if called is not None:
             body["called"] = called
         values = await self._call("POST", "/rate", body)
-        explanation = values.get("explanation")
+        tariff = values.get("tariff")
+        if not isinstance(tariff, dict):
+            raise ValueError(f"tariff: expected an object, got {tariff!r}")
         return RateQuote(
             _integer(values, "cost_micros"),
             _integer(values, "charged_units"),
-            explanation if isinstance(explanation, str) else "",
+            _integer(tariff, "price_micros"),
+            _integer(tariff, "per_units"),
         )
 
     async def audit(self, *, sessions_ended: bool) -> AuditVerdict:

@@ -3,7 +3,7 @@
 Theory of operation: every ``Commit`` the elements recorded is units the OCS applied as used,
 with the plan, service and destination they were rated for and the time of the grant they came
 from (a reservation keeps the tariff of the moment it was made, balance/RULES.md). The price of
-each commit is asked from the OCS's rating explanation (POST /rate), which states what the
+each commit is asked from the OCS's rating (POST /rate), which states what the
 engine charges for that many units; the engine itself is not consulted, so a commit priced
 wrongly by the Lua scripts, charged twice, or lost shows up as a difference against the
 balances.
@@ -22,31 +22,24 @@ grant and the rest, with the rounding of the usage (``C = charged(M)``), at the 
 switch on: ``ceil((Mb x price + (C - Mb) x after price) / per)``, one rounding to the micro.
 When one side has every unit this is the plain cost at that side's tariff, which POST /rate
 states. When both have some, /rate (a cost for N units at one moment) cannot state it: the
-price and ``per`` of each side are read from the two quotes' explanations, checked against the
-quotes' own costs (``C`` at each price must cost what the server says), and combined here.
+tariff of each side comes with its quote, checked against the quote's own cost (``C`` at its
+price must cost what the server says), and the two are combined here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 from simulator.http_api import OcsApi, RateQuote
-from simulator.population import DATA_RATING_GROUP, MICROS_PER_UNIT, SimulatedSubscriber
+from simulator.population import DATA_RATING_GROUP, SimulatedSubscriber
 from simulator.records import Commit
 
 PRICING_CONCURRENCY = 16  # /rate calls in flight after the run
 
 QuoteKey = tuple[str, str, int | None, str | None, int, int]  # plan, context, group, called, at, units
 
-# The end of the server's rating explanation (ocs/rating.py ``_price_text``): the price in the
-# plan's currency, then what it is for. A minute is 60 seconds and a message one event, as the
-# tariff loader builds them (config/tariffs.toml "Services by kind").
-_PRICE_TEXT = re.compile(r"(\d+\.\d+) \S+ per (?:(minute)|(message)|(\d+) octets)")
-_SECONDS_PER_MINUTE = 60
 
 
 class LedgerError(RuntimeError):
@@ -131,14 +124,9 @@ def cost_across(before_units: int, before: RateQuote, after: RateQuote) -> int:
 
 
 def tariff_price(quote: RateQuote) -> tuple[int, int]:
-    """(price in micros, per how many units) of the tariff that ``quote`` was rated with, read
-    from its explanation and checked against its cost."""
-    found = _PRICE_TEXT.findall(quote.explanation)
-    if not found:
-        raise LedgerError(f"no price in the rating explanation {quote.explanation!r}")
-    price_text, minute, message, octets = found[-1]
-    price_micros = int(Decimal(price_text) * MICROS_PER_UNIT)
-    per_units = _SECONDS_PER_MINUTE if minute else 1 if message else int(octets)
-    if -(-quote.charged_units * price_micros // per_units) != quote.cost_micros:
-        raise LedgerError(f"the price read from {quote.explanation!r} does not give the quoted cost {quote}")
+    """(price in micros, per how many units) of the tariff that ``quote`` was rated with, checked
+    against its cost."""
+    price_micros, per_units = quote.price_micros, quote.per_units
+    if per_units <= 0 or -(-quote.charged_units * price_micros // per_units) != quote.cost_micros:
+        raise LedgerError(f"the tariff of {quote} does not give its quoted cost")
     return price_micros, per_units

@@ -28,6 +28,7 @@ from simulator.population import DATA_RATING_GROUP
 from simulator.report import render_text, summarize
 from simulator.runner import run_scenario
 from simulator.scenario import DATA_CONTEXT, VOICE_CONTEXT, load_scenario
+from tests.conftest import ADMIN_TOKEN
 from tests.ocs.conftest import RunningServer, server_settings, server_with
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +105,7 @@ async def test_a_run_across_a_switch_of_tariff_keeps_the_ledger(embedded_redis: 
             diameter_host="127.0.0.1",
             diameter_port=server.port,
             api_url=server.state.http.url,
+            api_token=ADMIN_TOKEN,
             seed=17,
             run_number=3,
             progress=near_the_switch,
@@ -138,9 +140,9 @@ async def test_the_ledger_prices_usage_across_a_switch_as_the_server_does(server
     """The numbers of tests/ocs/test_credit_control.py: a fixed national call, 60/60, 0.04 a
     minute before 18:00 and 0.02 after: 60 s before and 45 s after cost 0.06. A mobile one,
     60/1, 0.09 before 20:00 and 0.05 after: 30 s and 40 s cost (30 x 0.09 + 40 x 0.05) / 60,
-    rounded up once. A data quote's price is read per its own octets."""
+    rounded up once. A data quote states its price per its own octets."""
     assert server.state.http is not None
-    async with OcsApi(server.state.http.url) as api:
+    async with OcsApi(server.state.http.url, token=ADMIN_TOKEN) as api:
 
         async def across(plan: str, before: int, after: int, switch: int) -> int:
             where = (plan, VOICE_CONTEXT, None, "tel:+4930123456")
