@@ -24,7 +24,8 @@ MAX_EXACT_INTEGER = 2**53
 # and walks their pools and caps in Redis's one thread (bench/script_cost.py --level 5: a line at
 # the fifth level paid from the root's pool, 514k instructions inside the call against 255k for an
 # individual, --level 1; each level adds a hash read and write); deeper trees are refused at
-# provisioning, and five covers company, branch, department, team, line. lib.lua's MAX_LEVELS is the same number (tests/balance/test_hierarchy.py).
+# provisioning, and five covers company, branch, department, team, line. lib.lua's MAX_LEVELS is
+# the same number (tests/balance/test_hierarchy.py).
 MAX_HIERARCHY_LEVELS = 5
 MAX_AMOUNT_MICROS = 10**15  # one billion units of currency: far beyond any prepaid balance
 MAX_SERVICE_UNITS = 10**13  # ten terabytes, or 300,000 years of seconds, in one request
