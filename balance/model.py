@@ -28,6 +28,7 @@ from balance.model_ledger import AccountState, Hold, Ledger
 from balance.tariff import charged, cost, cost_across, is_valid
 from balance.types import (
     MAX_AMOUNT_MICROS,
+    MAX_HIERARCHY_LEVELS,
     MAX_SERVICE_UNITS,
     MONETARY_KINDS,
     Account,
@@ -156,7 +157,10 @@ class ReferenceModel:
             return OperationResult(Outcome.INVALID)
         if account.parent_id:
             parent = accounts.get(account.parent_id)
-            if parent is None or parent.account.parent_id or parent.account.currency != account.currency:
+            if parent is None or parent.account.currency != account.currency:
+                return OperationResult(Outcome.INVALID)
+            # RULES.md "Company money": at most MAX_HIERARCHY_LEVELS levels, the root included.
+            if len(self._ledger.ancestors(account.parent_id)) + 2 > MAX_HIERARCHY_LEVELS:
                 return OperationResult(Outcome.INVALID)
         state = AccountState(replace(account, buckets=()), {bucket.bucket_id: bucket for bucket in account.buckets})
         state.credits = sum(bucket.amount for bucket in account.buckets if bucket.kind in MONETARY_KINDS)
@@ -191,8 +195,9 @@ class ReferenceModel:
 
     def root_of(self, account_id: str) -> str:
         """The hierarchy's root (the hash tag of its keys); an unknown id is its own root."""
-        state = self._ledger.accounts.get(account_id)
-        return state.account.parent_id or account_id if state is not None else account_id
+        if account_id not in self._ledger.accounts:
+            return account_id
+        return ([account_id, *self._ledger.ancestors(account_id)])[-1]
 
     # -- money in --------------------------------------------------------------------------------
 
@@ -553,4 +558,4 @@ class ReferenceModel:
             for drawer_id, reservation in live
             for hold in (*reservation.allowance_holds, *reservation.money_holds)
         ]
-        self._checker.check(self._ledger.accounts, holds, self._records)
+        self._checker.check(self._ledger, holds, self._records)

@@ -16,9 +16,9 @@ for ``pool_used``, the pool money committed) account for, so with no live reserv
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
-from balance.model_ledger import CREDIT_LINE, AccountState, Hold
+from balance.model_ledger import CREDIT_LINE, AccountState, Hold, Ledger
 from balance.types import MONETARY_KINDS, PaymentType, UsageRecord
 
 
@@ -33,12 +33,8 @@ class InvariantChecker:
         self._line_usage_seen: dict[str, int] = {}
         self._pool_used_seen: dict[str, int] = {}
 
-    def check(
-        self,
-        accounts: Mapping[str, AccountState],
-        holds: Iterable[tuple[str, Hold]],
-        records: Iterable[UsageRecord],
-    ) -> None:
+    def check(self, ledger: Ledger, holds: Iterable[tuple[str, Hold]], records: Iterable[UsageRecord]) -> None:
+        accounts = ledger.accounts
         held: Counter[str] = Counter()
         limit_held: Counter[str] = Counter()
         pool_held: Counter[str] = Counter()
@@ -49,8 +45,8 @@ class InvariantChecker:
                 limit_held[hold.owner_id] += hold.amount
             elif hold.money:
                 held[hold.owner_id] += hold.amount
-            if hold.from_pool:
-                pool_held[drawer_id] += hold.amount
+            for node in ledger.pool_path(drawer_id, hold):  # RULES.md "Company money"
+                pool_held[node] += hold.amount
         committed: Counter[str] = Counter()
         record_ids: Counter[str] = Counter()
         for record in records:
@@ -62,7 +58,7 @@ class InvariantChecker:
         repeated = sorted(record_id for record_id, count in record_ids.items() if count > 1)
         if repeated:
             _fail("usage records", "7 (no request applied twice)", f"repeated record ids {repeated}")
-        self._check_hierarchies(accounts)
+        self._check_hierarchies(ledger)
 
     def _check_account(self, account_id: str, state: AccountState, recorded_micros: int) -> None:
         subject = f"account {account_id}"
@@ -110,11 +106,11 @@ class InvariantChecker:
             )
 
     @staticmethod
-    def _check_hierarchies(accounts: Mapping[str, AccountState]) -> None:
+    def _check_hierarchies(ledger: Ledger) -> None:
         committed: defaultdict[str, int] = defaultdict(int)
         paid: defaultdict[str, int] = defaultdict(int)
-        for account_id, state in accounts.items():
-            root_id = state.account.parent_id or account_id
+        for account_id, state in ledger.accounts.items():
+            root_id = ([account_id, *ledger.ancestors(account_id)])[-1]
             committed[root_id] += state.committed
             paid[root_id] += state.debits + state.unbilled
         for root_id, total in committed.items():

@@ -2,17 +2,19 @@
 
 Theory of operation: a ``Ledger`` holds every account's buckets and counters (RULES.md "Accounts
 and buckets"). ``draw`` plans a reservation without changing anything: allowances first, then the
-money sources in drawing order (own bonus, own main, own credit line, then the parent's pool within
-the child cap), and the grant the money affords. ``take`` applies a plan (each hold leaves its bucket
+money sources in drawing order (own bonus, own main, own credit line, then each ancestor's pool,
+parent first, within the caps of every node below it: RULES.md "Company money"), and the grant the
+money affords. ``take`` applies a plan (each hold leaves its bucket
 or is added to ``limit_held``), ``commit_money`` / ``commit_units`` turn part of a hold into a
 debit, and ``release`` returns what a hold still has. Every counter change of the rules happens in
 exactly one of these functions, so each rule can be read in one place.
 
 A hold is owned by the account whose bucket or credit line it uses; the account that drew it (the
 "drawer") is the reservation's account, which differs from the owner for a child drawing on its
-parent's pool. Besides the counters of the rules the model keeps ``pool_committed`` per child (the
+ancestor's pool. Besides the counters of the rules the model keeps ``pool_committed`` per node (the
 committed part of ``pool_used``), so the invariant checks can account for every micro of
-``pool_used``.
+``pool_used``: a hold on the pool ``pool_level`` levels above its drawer counts in the
+``pool_used`` of the drawer and of every ancestor below that pool (``pool_path``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class Hold:
     bucket_id: int  # CREDIT_LINE for the owner's credit line
     amount: int  # micros, or units for an allowance hold
     money: bool = True
-    from_pool: bool = False  # drawn through the parent's pool: the drawer's pool_used counts it
+    pool_level: int = 0  # 0 the drawer's own; else the pool of its ancestor that many levels up
 
 
 @dataclass(slots=True)
@@ -100,27 +102,47 @@ class Ledger:
         ]
         return sorted(buckets, key=drawing_key)
 
-    def _own_money(self, account_id: str, now_seconds: int, from_pool: bool) -> list[Hold]:
+    def ancestors(self, account_id: str) -> list[str]:
+        """The account's ancestors, parent first, root last."""
+        chain: list[str] = []
+        parent_id = self.accounts[account_id].account.parent_id
+        while parent_id:
+            chain.append(parent_id)
+            parent_id = self.accounts[parent_id].account.parent_id
+        return chain
+
+    def pool_path(self, drawer_id: str, hold: Hold) -> list[str]:
+        """The nodes whose ``pool_used`` a hold counts in: the drawer and its ancestors below the pool."""
+        return [drawer_id, *self.ancestors(drawer_id)][: hold.pool_level]
+
+    def _own_money(self, account_id: str, now_seconds: int, pool_level: int) -> list[Hold]:
         """Bonus buckets, main buckets, then the credit line of one account, each at its full amount."""
         sources = [
-            Hold(account_id, bucket.bucket_id, bucket.amount, from_pool=from_pool)
+            Hold(account_id, bucket.bucket_id, bucket.amount, pool_level=pool_level)
             for kind in (BucketKind.BONUS, BucketKind.MAIN)
             for bucket in self.usable_buckets(account_id, kind, now_seconds)
         ]
         line = credit_line(self.accounts[account_id])
         if line > 0:
-            sources.append(Hold(account_id, CREDIT_LINE, line, from_pool=from_pool))
+            sources.append(Hold(account_id, CREDIT_LINE, line, pool_level=pool_level))
         return sources
 
     def money_sources(self, account_id: str, now_seconds: int) -> list[Hold]:
         """Every money source of the account in drawing order, each with what it can give now."""
-        state = self.accounts[account_id]
-        sources = self._own_money(account_id, now_seconds, from_pool=False)
-        parent_id = state.account.parent_id
-        if parent_id:
-            room = max(0, state.account.child_cap_micros - state.pool_used)
-            for source in self._own_money(parent_id, now_seconds, from_pool=True):
-                source.amount = min(source.amount, room)
+        sources = self._own_money(account_id, now_seconds, pool_level=0)
+        path = [account_id, *self.ancestors(account_id)]
+        for level in range(1, len(path)):
+            # RULES.md "Company money": a micro drawn from this pool counts against the cap of every
+            # node below it, node ``below`` levels up from the account having given already what
+            # the pools above it (levels > below) were drawn on in this plan.
+            room = min(
+                self.accounts[path[below]].account.child_cap_micros
+                - self.accounts[path[below]].pool_used
+                - sum(source.amount for source in sources if source.pool_level > below)
+                for below in range(level)
+            )
+            for source in self._own_money(path[level], now_seconds, pool_level=level):
+                source.amount = min(source.amount, max(0, room))
                 room -= source.amount
                 if source.amount > 0:
                     sources.append(source)
@@ -176,8 +198,8 @@ class Ledger:
             else:
                 self._add_to_bucket(hold.owner_id, hold.bucket_id, -hold.amount)
                 owner.held += hold.amount
-            if hold.from_pool:
-                self.accounts[drawer_id].pool_used += hold.amount
+            for node in self.pool_path(drawer_id, hold):
+                self.accounts[node].pool_used += hold.amount
 
     @staticmethod
     def commit_units(hold: Hold, units: int) -> None:
@@ -194,10 +216,9 @@ class Ledger:
         else:
             owner.held -= micros
             owner.debits += micros
-        drawer = self.accounts[drawer_id]
-        if hold.from_pool:
-            drawer.pool_committed += micros  # pool_used keeps it
-        drawer.committed += micros
+        for node in self.pool_path(drawer_id, hold):
+            self.accounts[node].pool_committed += micros  # pool_used keeps it
+        self.accounts[drawer_id].committed += micros
 
     def release(self, drawer_id: str, hold: Hold) -> None:
         """Return what a hold still has to its bucket, credit line and pool."""
@@ -208,8 +229,8 @@ class Ledger:
         else:
             self._add_to_bucket(hold.owner_id, hold.bucket_id, hold.amount)
             self.accounts[hold.owner_id].held -= hold.amount
-        if hold.from_pool:
-            self.accounts[drawer_id].pool_used -= hold.amount
+        for node in self.pool_path(drawer_id, hold):
+            self.accounts[node].pool_used -= hold.amount
         hold.amount = 0
 
     def next_bucket_id(self, account_id: str) -> int:

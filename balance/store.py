@@ -51,6 +51,7 @@ from balance.errors import BalanceScriptError, BalanceUnavailable, BalanceUnreac
 from balance.pipeline import DEFAULT_REPLY_TIMEOUT_SECONDS, PipelinedRedis
 from balance.scripts import LIBRARY, LIBRARY_PREFIX, SCRIPTS, Operation, Script, is_library_name
 from balance.types import (
+    MAX_HIERARCHY_LEVELS,
     Account,
     AccountStatus,
     BalanceView,
@@ -71,6 +72,7 @@ from balance.validation import invalid_account, invalid_bucket, invalid_charge
 from balance.views import read_balance
 
 Hierarchy = tuple[str, str]  # (root, parent id or "")
+Ancestors = tuple[str, ...]  # an account's ancestors' ids, parent first, root last
 
 
 def _text(reply: Reply) -> str:
@@ -203,6 +205,7 @@ class BalanceStore:
         self._tombstone_text = str(tombstone_seconds)
         self.clock = clock  # wall clock, epoch seconds: deadlines are compared with Redis's TIME
         self._hierarchies: dict[str, Hierarchy] = {}
+        self._ancestors: dict[str, Ancestors] = {}
         # Per account, what every charge needs besides the session key: built once (an account
         # never changes hierarchy) instead of four key functions per call.
         self._charge_parts: dict[str, _ChargeParts] = {}
@@ -260,6 +263,7 @@ class BalanceStore:
         """Tests only: forget everything."""
         await self.admin.execute("FLUSHALL")
         self._hierarchies.clear()
+        self._ancestors.clear()
         self._charge_parts.clear()
 
     # -- hierarchy ---------------------------------------------------------------------------
@@ -281,28 +285,72 @@ class BalanceStore:
         found = await self.hierarchy(account_id)
         return found[0] if found is not None else account_id
 
-    def _account_keys(self, root: str, account_id: str, parent: str) -> tuple[str, str]:
-        return keys.account_key(root, account_id), keys.account_key(root, parent or account_id)
+    async def ancestors(self, account_id: str) -> Ancestors | None:
+        """The account's ancestors, parent first, root last (empty for a root); None if unknown.
+        Walked up the ``ar:`` lookups (each cached: an account never moves), checked as the scripts
+        load them (lib.lua load_ancestors)."""
+        known = self._ancestors.get(account_id)
+        if known is not None:
+            return known
+        chain: list[str] = []
+        found = await self.hierarchy(account_id)
+        while found is not None and found[1] and len(chain) < MAX_HIERARCHY_LEVELS:
+            chain.append(found[1])
+            found = await self.hierarchy(found[1])
+        if found is None:
+            return None
+        self._ancestors[account_id] = tuple(chain)
+        return self._ancestors[account_id]
+
+    async def _chain(self, account_id: str) -> tuple[str, Ancestors] | None:
+        """(root, ancestors) of a known account, None for an unknown one."""
+        found = await self.hierarchy(account_id)
+        chain = await self.ancestors(account_id) if found is not None else None
+        return (found[0], chain) if found is not None and chain is not None else None
+
+    @staticmethod
+    def _account_keys(root: str, account_id: str, ancestors: Ancestors) -> tuple[str, str, list[str]]:
+        """The account's key, its parent's (its own again for a root) and the keys of the ancestors
+        above the parent: the order every script's KEYS takes them in."""
+        parent = ancestors[0] if ancestors else account_id
+        return (
+            keys.account_key(root, account_id),
+            keys.account_key(root, parent),
+            [keys.account_key(root, ancestor) for ancestor in ancestors[1:]],
+        )
 
     # -- provisioning ----------------------------------------------------------------------
 
     async def provision(self, account: Account) -> OperationResult:
-        if invalid_account(account):
-            return OperationResult(Outcome.INVALID)
-        root = account.parent_id or account.account_id
+        problem = invalid_account(account)
+        if problem is not None:
+            return OperationResult(Outcome.INVALID, reason=problem)
+        root, ancestors = account.account_id, Ancestors()
+        if account.parent_id:
+            # An unknown parent: the script refuses it (after the id's own check, as before).
+            root, above = await self._chain(account.parent_id) or (account.parent_id, ())
+            ancestors = (account.parent_id, *above)
         claim = f"{root} {account.parent_id}"
         lookup = keys.account_root_key(account.account_id)
         claimed = await self.admin.execute("SET", lookup, claim, "NX")
         if claimed is None and await self.admin.execute("GET", lookup) != claim:
             return OperationResult(Outcome.ALREADY_EXISTS)
-        account_key, parent_key = self._account_keys(root, account.account_id, account.parent_id)
+        if len(ancestors) >= MAX_HIERARCHY_LEVELS:
+            if claimed is not None:
+                await self.admin.execute("DEL", lookup)
+            return OperationResult(
+                Outcome.INVALID,
+                reason=f"parent_id: {account.parent_id} is at level {len(ancestors)} of a hierarchy of at most "
+                f"{MAX_HIERARCHY_LEVELS} levels (root included): it can have no children",
+            )
+        account_key, parent_key, _ = self._account_keys(root, account.account_id, ancestors)
         arguments = [
             account.account_id,
             account.currency,
             account.payment_type.value,
             account.status.value,
             str(account.credit_limit_micros),
-            account.parent_id,
+            " ".join(ancestors),
             str(account.child_cap_micros),
             str(len(account.buckets)),
         ]
@@ -311,8 +359,12 @@ class BalanceStore:
         outcome = Outcome(
             _text(await self.admin.run(SCRIPTS[Operation.PROVISION], [account_key, parent_key], arguments))
         )
-        if outcome is Outcome.INVALID and claimed is not None:
-            await self.admin.execute("DEL", lookup)
+        if outcome is Outcome.INVALID:
+            if claimed is not None:
+                await self.admin.execute("DEL", lookup)
+            return OperationResult(
+                outcome, reason=f"parent_id: {account.parent_id} does not exist or has another currency"
+            )
         return OperationResult(outcome)
 
     async def update(
@@ -394,16 +446,20 @@ class BalanceStore:
         account_id = request.account_id
         parts = self._charge_parts.get(account_id)
         if parts is None:
-            found = await self.hierarchy(account_id)
+            found = await self._chain(account_id)
             if found is None:
                 return ChargeResult(Outcome.UNKNOWN_ACCOUNT)
-            root, parent = found
-            account_key, parent_key = self._account_keys(root, account_id, parent)
-            parts = (root, parent, account_key, parent_key, keys.expiry_key(root), keys.outbox_key(root))
+            root, ancestors = found
+            account_key, parent_key, above = self._account_keys(root, account_id, ancestors)
+            parts = (
+                root,
+                " ".join(ancestors),
+                [account_key, parent_key, keys.expiry_key(root), keys.outbox_key(root), *above],
+            )
             self._charge_parts[account_id] = parts
         if invalid_charge(request):
             return ChargeResult(Outcome.INVALID)
-        root, parent, account_key, parent_key, expiry_key, outbox_key = parts
+        root, ancestor_ids, account_keys = parts
         session_key = keys.session_key(root, request.session_id)
         arguments = [
             account_id,
@@ -414,13 +470,13 @@ class BalanceStore:
             "1" if request.terminate else "0",
             "1" if request.event else "0",
             self._tombstone_text,
-            parent,
+            ancestor_ids,
             json_session_id(request.session_id),
             self._deadline_text(),
         ]
         for item in request.items:
             arguments += _item_arguments(item)
-        script_keys = [session_key, account_key, parent_key, expiry_key, outbox_key]
+        script_keys = [session_key, *account_keys]
         words = await self._run_in_time(self.caller, SCRIPTS[Operation.CHARGE], script_keys, arguments)
         if words[1] == "ok":
             # A replay too: its stored reply tells what the call that applied opened and wrote,
@@ -452,13 +508,13 @@ class BalanceStore:
         day: str = "",
         day_limit_micros: int = 0,
     ) -> ChargeResult:
-        found = await self.hierarchy(account_id)
+        found = await self._chain(account_id)
         if found is None:
             return ChargeResult(Outcome.UNKNOWN_ACCOUNT)
         if not 0 < amount_micros <= _MAX_AMOUNT or request_number < 0:
             return ChargeResult(Outcome.INVALID)
-        root, parent = found
-        account_key, parent_key = self._account_keys(root, account_id, parent)
+        root, ancestors = found
+        account_key, parent_key, above = self._account_keys(root, account_id, ancestors)
         arguments = [
             account_id,
             session_id,
@@ -466,7 +522,7 @@ class BalanceStore:
             str(amount_micros),
             str(now_seconds),
             self._tombstone_text,
-            parent,
+            " ".join(ancestors),
             self._deadline_text(),
             day,
             str(day_limit_micros),
@@ -476,6 +532,7 @@ class BalanceStore:
             account_key,
             parent_key,
             keys.refund_day_key(root, account_id),
+            *above,
         ]
         return _charge_result(await self._run_in_time(self.admin, SCRIPTS[Operation.REFUND], script_keys, arguments))
 
@@ -527,11 +584,10 @@ class BalanceStore:
         closed: list[str] = []
         for member in members if isinstance(members, list) else []:
             account_id, _, session_id = str(member).partition("|")
-            found = await self.hierarchy(account_id)
-            root, parent = found if found is not None else (root_id, "")
-            account_key, parent_key = self._account_keys(root, account_id, parent)
-            script_keys = [keys.session_key(root, session_id), account_key, parent_key, keys.expiry_key(root)]
-            arguments = [account_id, session_id, str(now_seconds), self._tombstone_text, parent]
+            root, ancestors = await self._chain(account_id) or (root_id, ())
+            account_key, parent_key, above = self._account_keys(root, account_id, ancestors)
+            script_keys = [keys.session_key(root, session_id), account_key, parent_key, keys.expiry_key(root), *above]
+            arguments = [account_id, session_id, str(now_seconds), self._tombstone_text, " ".join(ancestors)]
             if await self.admin.run(SCRIPTS[Operation.EXPIRE], script_keys, arguments) == 1:
                 closed.append(session_id)
         return sorted(closed)
@@ -586,7 +642,7 @@ class BalanceStore:
     # -- queries ---------------------------------------------------------------------------
 
     async def balance(self, account_id: str, now_seconds: int) -> BalanceView | None:
-        found = await self.hierarchy(account_id)
+        found = await self._chain(account_id)
         if found is None:
             return None
         return await read_balance(self.admin, found[0], account_id, found[1], now_seconds)
@@ -628,8 +684,9 @@ class BalanceStore:
 _MAX_AMOUNT = 10**15
 # Where the deadline sits in each script's ARGV, counted from 0 (their headers: 11 and 8).
 _DEADLINE_ARGUMENT = {Operation.CHARGE: 10, Operation.REFUND: 7}
-# (root, parent id or "", account key, parent account key, expiry zset key, outbox key)
-_ChargeParts = tuple[str, str, str, str, str, str]
+# (root, the ancestors' ids as charge.lua's ARGV[9], KEYS[2] on: account, parent, expiry zset,
+# outbox, the ancestors above the parent)
+_ChargeParts = tuple[str, str, list[str]]
 
 
 def _usage_record(entry: str) -> UsageRecord:

@@ -19,6 +19,14 @@ MICROS_PER_UNIT = 1_000_000
 # Redis Lua numbers are IEEE doubles: integers are exact up to 2**53. Every amount the engine
 # stores or computes stays below this bound; callers are refused anything larger.
 MAX_EXACT_INTEGER = 2**53
+# The most levels a customer hierarchy has, its root included (RULES.md "Company money"): company,
+# branch, department, team, line. Every charge of a line loads and checks each of its ancestors
+# and walks their pools and caps in Redis's one thread (bench/script_cost.py --level 5: a line at
+# the fifth level paid from the root's pool, 514k instructions inside the call against 255k for an
+# individual, --level 1; each level adds a hash read and write); deeper trees are refused at
+# provisioning, and five covers company, branch, department, team, line. lib.lua's MAX_LEVELS is
+# the same number (tests/balance/test_hierarchy.py).
+MAX_HIERARCHY_LEVELS = 5
 MAX_AMOUNT_MICROS = 10**15  # one billion units of currency: far beyond any prepaid balance
 MAX_SERVICE_UNITS = 10**13  # ten terabytes, or 300,000 years of seconds, in one request
 
@@ -233,6 +241,7 @@ class OperationResult:
     replayed: bool = False  # the idempotency key was seen before; nothing changed
     bucket_id: int = 0  # the bucket written (top-up, adjustment, add_bucket)
     applied_micros: int | None = None  # top-up, adjustment: the amount its id was applied with
+    reason: str = field(default="", compare=False)  # invalid: what is wrong, naming the field (provision)
 
 
 @dataclass(frozen=True, slots=True)

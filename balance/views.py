@@ -7,6 +7,8 @@ Live reservations are counted from the hierarchy's open sessions. Off the hot pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from balance import keys
 from balance.callers import ScriptCaller, hash_fields
 from balance.scripts import SCRIPTS, Operation
@@ -56,15 +58,16 @@ async def count_reservations(caller: ScriptCaller, root: str, account_id: str) -
 
 
 async def read_balance(
-    caller: ScriptCaller, root: str, account_id: str, parent_id: str, now_seconds: int
+    caller: ScriptCaller, root: str, account_id: str, ancestors: Sequence[str], now_seconds: int
 ) -> BalanceView | None:
+    """``ancestors``: the account's ancestors' ids, parent first, root last (view.lua's KEYS)."""
     account_key = keys.account_key(root, account_id)
     fields = hash_fields(await caller.execute("HGETALL", account_key))
     if not fields:
         return None
-    parent_key = keys.account_key(root, parent_id or account_id)
+    ancestor_keys = [keys.account_key(root, ancestor) for ancestor in ancestors] or [account_key]
     available = await caller.run(
-        SCRIPTS[Operation.VIEW], [account_key, parent_key], [account_id, parent_id, str(now_seconds)]
+        SCRIPTS[Operation.VIEW], [account_key, *ancestor_keys], [account_id, " ".join(ancestors), str(now_seconds)]
     )
 
     def counter(name: str) -> int:

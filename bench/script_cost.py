@@ -59,7 +59,7 @@ elif str(ROOT) not in sys.path:
 
 from balance.embedded import EmbeddedRedis, find_redis_server  # noqa: E402
 from balance.store import BalanceStore  # noqa: E402
-from balance.types import ChargeRequest, Outcome  # noqa: E402
+from balance.types import MAX_AMOUNT_MICROS, Account, Bucket, BucketKind, ChargeRequest, Outcome  # noqa: E402
 from bench import balance as bb  # noqa: E402  # its accounts, tariffs and session shapes: one definition of the mix
 
 ACCOUNT_COUNT = 200
@@ -154,7 +154,32 @@ class Collector:
         return read_profile(dump)
 
 
-async def play_sessions(store: BalanceStore, sessions: int) -> int:
+def line_id(index: int, level: int) -> str:
+    """The account the sessions charge: bench/balance.py's for level 1, else a line of the company
+    tree at that level (``provision_tree``)."""
+    return bb.account_id(index) if level == 1 else f"line-{index}"
+
+
+async def provision_tree(store: BalanceStore, level: int) -> None:
+    """A company tree whose ACCOUNT_COUNT lines sit at ``level`` (2 to MAX_HIERARCHY_LEVELS) and have no
+    money: each charge draws on the root's pool, through uncapped nodes, so the script walks, holds
+    and counts at every level (RULES.md "Company money")."""
+    uncapped = MAX_AMOUNT_MICROS
+    nodes = [Account("group", buckets=(Bucket(1, BucketKind.MAIN, uncapped),))]
+    nodes += [
+        Account(f"node-{depth}", parent_id=f"node-{depth - 1}" if depth > 1 else "group", child_cap_micros=uncapped)
+        for depth in range(1, level - 1)
+    ]
+    nodes += [
+        Account(line_id(index, level), parent_id=nodes[-1].account_id, child_cap_micros=uncapped)
+        for index in range(ACCOUNT_COUNT)
+    ]
+    for account in nodes:
+        if (await store.provision(account)).outcome is not Outcome.OK:
+            raise AssertionError(f"provisioning {account.account_id}")
+
+
+async def play_sessions(store: BalanceStore, sessions: int, level: int = 1) -> int:
     """bench/balance.py's session shape, a fixed number of times; returns the charge calls made."""
     rng = random.Random(SEED)
     semaphore = asyncio.Semaphore(CONCURRENCY)
@@ -168,7 +193,7 @@ async def play_sessions(store: BalanceStore, sessions: int) -> int:
         calls += 1
 
     async def session(serial: int) -> None:
-        account = bb.account_id(rng.randrange(ACCOUNT_COUNT))
+        account = line_id(rng.randrange(ACCOUNT_COUNT), level)
         session_id = f"{bb.SESSION_PREFIX}{serial}"
         is_voice = serial % 2 == 0
         item = bb.voice if is_voice else bb.data
@@ -223,28 +248,31 @@ class Measured:
     functions: bool
 
 
-async def charge_mix(store: BalanceStore, collector: Collector, sessions: int) -> tuple[int, Profile]:
-    """bench/balance.py's accounts, provisioned afresh, then the counted sessions."""
+async def charge_mix(store: BalanceStore, collector: Collector, sessions: int, level: int) -> tuple[int, Profile]:
+    """bench/balance.py's accounts (or, below level 1, a company tree's lines), provisioned afresh,
+    then the counted sessions."""
     await store.flush_all()
     await bb.provision_accounts(store, ACCOUNT_COUNT)
+    if level > 1:
+        await provision_tree(store, level)
     # One call first, so the script or library is loaded outside the counts.
     warm_up = ChargeRequest(bb.account_id(0), "warm-up", 0, (bb.voice(used=60),), bb.NOW, event=True)
     if (await store.charge(warm_up)).outcome is not Outcome.OK:
         raise AssertionError("the warm-up charge failed")
     collector.start()
-    calls = await play_sessions(store, sessions)
+    calls = await play_sessions(store, sessions, level)
     return calls, collector.stop()
 
 
-async def measure(server: EmbeddedRedis, collector: Collector, sessions: int) -> Measured:
+async def measure(server: EmbeddedRedis, collector: Collector, sessions: int, level: int) -> Measured:
     eval_store = await BalanceStore.connect(server.url, pipelined=True, functions=False)
     try:
-        _, charge_eval = await charge_mix(eval_store, collector, sessions)
+        _, charge_eval = await charge_mix(eval_store, collector, sessions, level)
     finally:
         await eval_store.close()
     store = await BalanceStore.connect(server.url, pipelined=True)
     try:
-        calls, charge = await charge_mix(store, collector, sessions)
+        calls, charge = await charge_mix(store, collector, sessions, level)
         functions = functions_used(store)
         await bb.provision_form_account(store)
         baselines = {"bench_floor": FLOOR_SCRIPT, "bench_data_model": DATA_MODEL_SCRIPT}
@@ -324,6 +352,9 @@ def report(measured: Measured, sessions: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--sessions", type=int, default=SESSION_COUNT)
+    parser.add_argument(
+        "--level", type=int, default=1, help="charge lines at this level of a company tree (1: individuals)"
+    )
     parser.add_argument("--redis-server", type=Path, default=None, help="default: the one EmbeddedRedis runs")
     parser.add_argument(
         "--keep", type=Path, default=None, help="copy the callgrind dumps (charge, floor, data-model floor) here"
@@ -346,7 +377,7 @@ def main() -> None:
             print(f"redis-server {server.server_version} ({executable}) under callgrind, append-only file on")
             assert server.pid is not None
             collector = Collector(server.pid, directory)
-            measured = uvloop.run(measure(server, collector, options.sessions))
+            measured = uvloop.run(measure(server, collector, options.sessions, options.level))
             if options.keep is not None:
                 options.keep.mkdir(parents=True, exist_ok=True)
                 dumps = sorted(directory.glob("callgrind.out.*.*"))

@@ -1,10 +1,13 @@
 -- charge.lua: all balance work of one credit-control request, atomically (RULES.md "A charge request").
 --
 -- KEYS: 1 session hash, 2 account hash, 3 parent account hash (the account's own key again when it
---       has no parent), 4 expiry zset of the hierarchy, 5 outbox list of the hierarchy.
+--       has no parent), 4 expiry zset of the hierarchy, 5 outbox list of the hierarchy, then the
+--       hashes of the ancestors above the parent, grandparent first, up to the root (none for a
+--       root or a child of the root).
 -- ARGV: 1 account id, 2 session id, 3 request number, 4 now (epoch s), 5 the session's expiry if
 --       it stays open (epoch s: now + validity), 6 terminate 0|1, 7 event 0|1, 8 tombstone
---       lifetime (s), 9 parent id ('' for none), 10 the session id as the body of a JSON string
+--       lifetime (s), 9 the ancestors' ids, parent first, root last, separated by spaces ('' for
+--       none: balance/store.py knows the chain, lib.lua load_ancestors checks it), 10 the session id as the body of a JSON string
 --       ('' when that is the session id itself), 11 deadline (epoch ms, Redis's clock: past it the
 --       caller has given up, see below), then per item 10 fields: rating group, service
 --       identifier ('' for none), service, unit (seconds|octets|events), used units ('all': every
@@ -29,17 +32,19 @@
 --       answered 3004, so applying it would charge for a service refused (RULES.md "Deadlines").
 --       A replay is answered first, so a late retransmission still learns what was applied.
 
-local session_key, account_key, parent_key, expiry_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local session_key, account_key, expiry_key, outbox_key = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
 local account_id, session_id = ARGV[1], ARGV[2]
 local number, now = ARGV[3] + 0, ARGV[4] + 0 -- ARGV[5], the expiry, goes to ZADD as is
 local terminate, event = ARGV[6] == '1', ARGV[7] == '1'
-local parent_id = ARGV[9] -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
+local ancestor_ids = ARGV[9] -- ARGV[8], the tombstone lifetime, goes to EXPIRE as is
 local item_count = (#ARGV - 11) / 10
 if item_count % 1 ~= 0 then return redis.error_reply('ARGV ' .. #ARGV .. ' arguments: not 11 + 10 per item') end
 
 local account = load_account(account_key, account_id)
 if account == nil then return '0 unknown_account 0 0 0 0' end
-if account.par ~= parent_id then return redis.error_reply('HIERARCHY ' .. account_id .. ' has parent ' .. account.par) end
+if account.par ~= parent_of(ancestor_ids) then
+  return redis.error_reply('HIERARCHY ' .. account_id .. ' has parent ' .. account.par)
+end
 
 -- The session's stored state: a, n, r, c and one g:<rating group> field per reservation, read
 -- straight from the reply (the reservations are decoded once the request is accepted). Its expiry
@@ -74,17 +79,14 @@ if past_deadline(ARGV[11]) then return '0 expired 0 0 0 0' end
 local closed_for_good = account.st == 'barred' or account.st == 'terminated'
 if (event and account.st ~= 'active') or (not exists and closed_for_good) then return '0 account_blocked 0 0 0 0' end
 
-local parent = nil
-if parent_id ~= '' then
-  parent = load_account(parent_key, parent_id)
-  if parent == nil then return redis.error_reply('HIERARCHY parent ' .. parent_id .. ' missing') end
-end
+local ancestors, wrong = load_ancestors(ancestor_ids, KEYS, 3, 6)
+if ancestors == nil then return redis.error_reply(wrong) end
 
 -- Reservations by field; only those made by this request are encoded and written back.
 local reservations, made = {}, nil
 if stored_reservations ~= nil then
   for _, i in ipairs(stored_reservations) do
-    reservations[stored[i]] = decode_reservation(stored[i + 1], account, parent)
+    reservations[stored[i]] = decode_reservation(stored[i + 1], account, ancestors)
   end
 end
 
@@ -113,30 +115,30 @@ for _ = 1, item_count do
   if used > 0 then
     if event then
       -- An event never draws on a session's quota: a reservation of its rating group goes back first.
-      if existing ~= nil then return_reservation(existing, account, parent) end
-      local direct = reserve(account, parent, service, unit, tariff, used, now)
+      if existing ~= nil then return_reservation(existing, account, ancestors) end
+      local direct = reserve(account, ancestors, service, unit, tariff, used, now)
       if direct.units < used then
         outcome = 'insufficient_funds'
       else
-        committed_units, committed_micros = commit(direct, used, account, parent)
+        committed_units, committed_micros = commit(direct, used, account, ancestors)
       end
-      return_reservation(direct, account, parent)
+      return_reservation(direct, account, ancestors)
     else
       if existing ~= nil then
         local before = priced_before(existing, used, ARGV[position + 9], unit, now)
-        committed_units, committed_micros = commit(existing, used, account, parent, before)
+        committed_units, committed_micros = commit(existing, used, account, ancestors, before)
       end
       local excess = used - committed_units
       if excess > 0 then
-        local direct = reserve(account, parent, service, unit, tariff, excess, now)
-        local units, micros = commit(direct, excess, account, parent)
-        return_reservation(direct, account, parent)
+        local direct = reserve(account, ancestors, service, unit, tariff, excess, now)
+        local units, micros = commit(direct, excess, account, ancestors)
+        return_reservation(direct, account, ancestors)
         committed_units, committed_micros = committed_units + units, committed_micros + micros
       end
     end
   end
   if existing ~= nil then
-    return_reservation(existing, account, parent)
+    return_reservation(existing, account, ancestors)
     reservations[field] = nil
   end
   local granted_text, reserved_text = '0', '0'
@@ -147,9 +149,9 @@ for _ = 1, item_count do
       local change_text = ARGV[position + 8]
       local reservation, is_final, reserved
       if change_text == '' then
-        reservation, is_final, reserved = reserve(account, parent, service, unit, tariff, requested, now)
+        reservation, is_final, reserved = reserve(account, ancestors, service, unit, tariff, requested, now)
       else
-        reservation, is_final, reserved = reserve_across(account, parent, service, unit, tariff, requested, now,
+        reservation, is_final, reserved = reserve_across(account, ancestors, service, unit, tariff, requested, now,
           change_text, ARGV[4])
       end
       granted = reservation.units
@@ -194,20 +196,20 @@ end
 
 if closing then
   for field, reservation in pairs(reservations) do
-    return_reservation(reservation, account, parent)
+    return_reservation(reservation, account, ancestors)
     reservations[field] = nil
   end
 end
 
 -- Every change is known: write it if it is consistent.
-local problem = save_checked(account, parent)
+local problem = save_checked(account, ancestors)
 if problem ~= nil then return problem end
 -- RULES.md "unopened": a first request whose every item was refused for lack of funds (its answer
 -- is 4012) leaves no session behind, so later requests of that session id are unknown_session.
 local unopened = not exists and not closing and item_count > 0 and refused_count == item_count
   and record_count == 0
 local opened = (not exists and not closing and not unopened) and ' 1 ' or ' 0 '
-local reply = 'ok ' .. fmt(available(account, parent, now)) .. opened .. fmt(record_count) .. ' ' .. fmt(item_count)
+local reply = 'ok ' .. fmt(available(account, ancestors, now)) .. opened .. fmt(record_count) .. ' ' .. fmt(item_count)
 if results ~= nil then reply = reply .. ' ' .. results end
 local member = account_id .. '|' .. session_id
 if closing then

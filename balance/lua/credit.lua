@@ -35,7 +35,7 @@ if bucket.amount + amount < 0 then return 'insufficient_funds 0 0' end
 bucket.amount, bucket.dirty = bucket.amount + amount, true
 if kind == 'main' or kind == 'bonus' then account.cr, account.dirty_cr = account.cr + amount, true end
 
-local problem = save_checked(account, nil)
+local problem = save_checked(account, NO_ANCESTORS)
 if problem ~= nil then return problem end
 if meta ~= nil then redis.call('HSET', account_key, 'm:' .. bucket.id, meta) end
 if marker ~= nil then

@@ -311,20 +311,81 @@ local function money_in_buckets(account, now)
   return total
 end
 
--- What a child may still draw from its parent's pool (`parent` is not nil).
-local function pool_room(child, parent, now)
-  local room = child.cap - child.pu
-  if room <= 0 then return 0 end
-  local pool = money_in_buckets(parent, now) + credit_line(parent)
-  if pool < room then return pool end
-  return room
+-- ---------------------------------------------------------------------------------------------
+-- the hierarchy (RULES.md "Company money")
+--
+-- `ancestors` lists an account's ancestors, parent first, root last (NO_ANCESTORS for a root).
+-- A hold on the pool of the ancestor `level` levels up names it by its source letter: bucket
+-- and credit line, p/P for the parent, q/Q, r/R, s/S above it (MAX_LEVELS bounds how many).
+
+-- The most levels a hierarchy has, its root included (balance/types.py MAX_HIERARCHY_LEVELS, which
+-- says why): the ancestors of an account are at most MAX_LEVELS - 1.
+local MAX_LEVELS = 5
+local NO_ANCESTORS = {} -- never written
+local POOL_BUCKET = {'p', 'q', 'r', 's'}
+local POOL_LINE = {'P', 'Q', 'R', 'S'}
+local POOL_LEVEL = {p = 1, P = 1, q = 2, Q = 2, r = 3, R = 3, s = 4, S = 4}
+local IS_LINE = {C = true, P = true, Q = true, R = true, S = true}
+
+-- The account's ancestors, loaded from keys[first] (the parent) and keys[more] on (the others),
+-- checked against `ids` (their ids, parent first, space-separated: the chain the store knows) and
+-- against the tree as stored (each names the next as its parent, the last none). Returns the list,
+-- or nil and the error reply's text when they differ (the store's chain is wrong).
+local function load_ancestors(ids, keys, first, more)
+  if ids == '' then return NO_ANCESTORS end
+  local ancestors, count = {}, 0
+  for id in gmatch(ids, '%S+') do
+    local ancestor = load_account(keys[count == 0 and first or more + count - 1], id)
+    if ancestor == nil then return nil, 'HIERARCHY ancestor ' .. id .. ' missing' end
+    if count > 0 and ancestors[count].par ~= id then
+      return nil, 'HIERARCHY ' .. ancestors[count].id .. ' has parent ' .. ancestors[count].par .. ', not ' .. id
+    end
+    count = count + 1
+    ancestors[count] = ancestor
+  end
+  if ancestors[count].par ~= '' then return nil, 'HIERARCHY ' .. ancestors[count].id .. ' is not a root' end
+  return ancestors
 end
 
--- RULES.md "balance_micros": what a new reservation could draw now.
-local function available(account, parent, now)
+-- The first id of `ids` (the parent's), '' for none.
+local function parent_of(ids)
+  local space = find(ids, ' ', 1, true)
+  if space == nil then return ids end
+  return sub(ids, 1, space - 1)
+end
+
+-- Adds `amount` (negative: gives back) to the pool used of every node from the account up to,
+-- not including, its ancestor `level` levels up: each of their subtrees drew it from above them.
+local function add_pool_used(account, ancestors, level, amount)
+  account.pu, account.dirty_pu = account.pu + amount, true
+  for i = 1, level - 1 do
+    local node = ancestors[i]
+    node.pu, node.dirty_pu = node.pu + amount, true
+  end
+end
+
+-- How much more node `level - 1` (0: the account) lets its subtree draw from above it.
+local function cap_room(account, ancestors, level)
+  local node = level == 1 and account or ancestors[level - 1]
+  return node.cap - node.pu
+end
+
+-- RULES.md "balance_micros": what a new reservation could draw now. The pools in drawing order,
+-- each within `room`, the least any node between the account and that pool still allows: every
+-- micro drawn from one pool counts against the caps of every node below it.
+local function available(account, ancestors, now)
   local total = money_in_buckets(account, now)
   if account.pay == 'postpaid' then total = total + credit_line(account) end
-  if parent ~= nil then total = total + pool_room(account, parent, now) end
+  local room = INFINITY
+  for level = 1, #ancestors do
+    local fresh = cap_room(account, ancestors, level)
+    if fresh < room then room = fresh end
+    if room <= 0 then break end
+    local ancestor = ancestors[level]
+    local pool = money_in_buckets(ancestor, now) + credit_line(ancestor)
+    local take = pool < room and pool or room
+    total, room = total + take, room - take
+  end
   return total
 end
 
@@ -375,12 +436,14 @@ end
 
 -- Checks the invariants of the accounts a script touched and, only if they hold, writes them.
 -- Returns the error reply to give back, or nil once both are saved.
-local function save_checked(account, parent)
+local function save_checked(account, ancestors)
   local problem = check_invariants(account)
-  if problem == nil and parent ~= nil then problem = check_invariants(parent) end
+  for i = 1, #ancestors do
+    if problem == nil then problem = check_invariants(ancestors[i]) end
+  end
   if problem ~= nil then return problem end
   save_account(account)
-  if parent ~= nil then save_account(parent) end
+  for i = 1, #ancestors do save_account(ancestors[i]) end
   return nil
 end
 
@@ -430,8 +493,9 @@ end
 -- holds and reservations
 --
 -- A hold is {src, bucket, amount}: src 'u' allowance units of an own bucket, 'c' micros of an
--- own monetary bucket, 'C' the own credit line, 'p' a parent bucket, 'P' the parent credit line;
--- bucket is the bucket's table (false for a credit line).
+-- own monetary bucket, 'C' the own credit line, 'p' a parent bucket, 'P' the parent credit line,
+-- and so on up the tree (POOL_BUCKET, POOL_LINE); bucket is the bucket's table (false for a
+-- credit line).
 
 -- Holds up to `left` micros from the usable bonus, then main buckets of `owner`; returns what
 -- is left.
@@ -466,25 +530,36 @@ local function hold_credit_line(owner, src, left, holds)
   return left - take
 end
 
--- Takes up to `want` micros from the money sources in drawing order into `holds`.
-local function hold_money(account, parent, want, now, holds)
+-- Takes up to `want` micros from the money sources in drawing order into `holds` (as available()
+-- walks them).
+local function hold_money(account, ancestors, want, now, holds)
   local left = hold_credit_line(account, 'C', hold_from_buckets(account, 'c', holds, want, now), holds)
-  if left > 0 and parent ~= nil then
-    local room = pool_room(account, parent, now)
+  local room = INFINITY
+  for level = 1, #ancestors do
+    if left <= 0 then return end
+    local fresh = cap_room(account, ancestors, level)
+    if fresh < room then room = fresh end
+    if room <= 0 then return end
+    local ancestor = ancestors[level]
     local pool_want = room < left and room or left
-    local pool_left = hold_credit_line(parent, 'P', hold_from_buckets(parent, 'p', holds, pool_want, now), holds)
-    account.pu, account.dirty_pu = account.pu + (pool_want - pool_left), true
+    local got = pool_want - hold_credit_line(ancestor, POOL_LINE[level],
+      hold_from_buckets(ancestor, POOL_BUCKET[level], holds, pool_want, now), holds)
+    if got > 0 then
+      add_pool_used(account, ancestors, level, got)
+      room, left = room - got, left - got
+    end
   end
 end
 
 -- Commits `amount` (> 0) of one hold: units were taken from their bucket when held; money
--- leaves the hold for the bucket owner's debits or its unbilled usage.
-local function commit_hold(hold, amount, account, parent)
+-- leaves the hold for the bucket owner's debits or its unbilled usage (pool used keeps it).
+local function commit_hold(hold, amount, account, ancestors)
   hold.amount = hold.amount - amount
   local src = hold.src
   if src == 'u' then return end
-  local owner = (src == 'p' or src == 'P') and parent or account
-  if src == 'c' or src == 'p' then
+  local level = POOL_LEVEL[src]
+  local owner = level and ancestors[level] or account
+  if not IS_LINE[src] then
     owner.hd, owner.db = owner.hd - amount, owner.db + amount
     owner.dirty_hd, owner.dirty_db = true, true
   else
@@ -493,21 +568,22 @@ local function commit_hold(hold, amount, account, parent)
   end
 end
 
--- Gives back whatever the hold still has, to its bucket or credit line (and the child's pool).
-local function return_hold(hold, account, parent)
+-- Gives back whatever the hold still has, to its bucket or credit line (and the pools used).
+local function return_hold(hold, account, ancestors)
   local amount = hold.amount
   if amount <= 0 then return end
   hold.amount = 0
   local src = hold.src
-  local owner = (src == 'p' or src == 'P') and parent or account
-  if src == 'C' or src == 'P' then
+  local level = POOL_LEVEL[src]
+  local owner = level and ancestors[level] or account
+  if IS_LINE[src] then
     owner.lh, owner.dirty_lh = owner.lh - amount, true
   else
     if src ~= 'u' then owner.hd, owner.dirty_hd = owner.hd - amount, true end
     local bucket = hold.bucket
     bucket.amount, bucket.dirty = bucket.amount + amount, true
   end
-  if src == 'p' or src == 'P' then account.pu, account.dirty_pu = account.pu - amount, true end
+  if level then add_pool_used(account, ancestors, level, -amount) end
 end
 
 -- A reservation: {units, allowance, tariff, change, holds}. Serialised as space-separated fields:
@@ -528,11 +604,12 @@ local function encode_reservation(r, units_text)
   return text
 end
 
--- A hold read back: its bucket by id among the account's (or, for 'p', the parent's) buckets.
-local function stored_hold(src, id, amount, account, parent)
+-- A hold read back: its bucket by id among its owner's buckets (the account's, or an ancestor's).
+local function stored_hold(src, id, amount, account, ancestors)
   local bucket = false
-  if src ~= 'C' and src ~= 'P' then
-    local buckets = src == 'p' and parent.buckets or account.buckets
+  if not IS_LINE[src] then
+    local level = POOL_LEVEL[src]
+    local buckets = (level and ancestors[level] or account).buckets
     for i = 1, #buckets do
       if buckets[i].id == id then bucket = buckets[i] end
     end
@@ -540,10 +617,10 @@ local function stored_hold(src, id, amount, account, parent)
   return {src = src, bucket = bucket, amount = amount}
 end
 
--- The reservation stored as `text` for `account` (and its `parent`, or nil). What
+-- The reservation stored as `text` for `account` (and its `ancestors`). What
 -- encode_reservation writes is read with one match and one find per hold; anything else (other
 -- spacing or number syntax) by the general reader.
-local function decode_reservation(text, account, parent)
+local function decode_reservation(text, account, ancestors)
   local units, allowance, tariff_text, rest = match(text, '^(%d+) (%d+) (%d+ %d+ %d+ %d+)(.*)$')
   local holds, change = {}, false
   if units ~= nil and byte(rest, 2) == 116 then -- ' t': a tariff change
@@ -563,7 +640,7 @@ local function decode_reservation(text, account, parent)
         units = nil
         break
       end
-      holds[#holds + 1] = stored_hold(src, id + 0, amount + 0, account, parent)
+      holds[#holds + 1] = stored_hold(src, id + 0, amount + 0, account, ancestors)
       at = stop + 1
     end
   end
@@ -582,7 +659,7 @@ local function decode_reservation(text, account, parent)
         change = {at = at + 0, price = price + 0, granted = granted + 0, text = ' ' .. fields[i]}
       else
         local src, id, amount = match(fields[i], '^(%a):(%d+):(%d+)$')
-        holds[#holds + 1] = stored_hold(src, tonumber(id), tonumber(amount), account, parent)
+        holds[#holds + 1] = stored_hold(src, tonumber(id), tonumber(amount), account, ancestors)
       end
     end
   end
@@ -592,8 +669,8 @@ end
 -- RULES.md "Drawing order": reserve `units` (> 0) of `service`/`unit` at tariff `t`.
 -- Returns the reservation (units 0 if nothing could be granted: then it holds nothing), whether
 -- the grant is final (less than the rounded request), and the micros it holds from money sources
--- (RULES.md "reserved_micros": buckets, credit lines and the parent pool; never allowance units).
-local function reserve(account, parent, service, unit, t, units, now)
+-- (RULES.md "reserved_micros": buckets, credit lines and the ancestors' pools; never allowance units).
+local function reserve(account, ancestors, service, unit, t, units, now)
   local want = charged(t, units)
   local holds = {}
   local allowance = 0
@@ -616,7 +693,7 @@ local function reserve(account, parent, service, unit, t, units, now)
   local need = cost(t, rest)
   local final = false
   if need > 0 then
-    local sources = available(account, parent, now)
+    local sources = available(account, ancestors, now)
     if sources < need then
       -- affordable(sources): the largest charged quantity it pays for (need > 0, so price > 0).
       local price, per, block = t.price, t.per, t.block
@@ -632,11 +709,11 @@ local function reserve(account, parent, service, unit, t, units, now)
     end
   end
   -- hold_money takes all of `need`: it never exceeds available() (the sum of its sources).
-  if need > 0 then hold_money(account, parent, need, now, holds) end
+  if need > 0 then hold_money(account, ancestors, need, now, holds) end
   local reservation = {units = allowance + money_units, allowance = allowance, tariff = t, change = false,
     holds = holds}
   if reservation.units == 0 then
-    for i = 1, #holds do return_hold(holds[i], account, parent) end
+    for i = 1, #holds do return_hold(holds[i], account, ancestors) end
     reservation.holds = {}
     need = 0
   end
@@ -646,14 +723,14 @@ end
 -- RULES.md "Tariff change": reserve as `reserve` does, priced at the dearer of `t` and the price
 -- after the change (so that no itemisation of the grant costs more than it holds); the
 -- reservation keeps `t` and the change. `change_text` is "<at> <after price>", `now_text` now.
-local function reserve_across(account, parent, service, unit, t, units, now, change_text, now_text)
+local function reserve_across(account, ancestors, service, unit, t, units, now, change_text, now_text)
   local at, price = match(change_text, '^(%d+) (%d+)$')
   local after_price = price + 0
   local dearer = t
   if after_price > t.price then
     dearer = tariff_of(price .. ' ' .. fmt(t.per) .. ' ' .. fmt(t.block) .. ' ' .. fmt(t.first))
   end
-  local reservation, final, reserved = reserve(account, parent, service, unit, dearer, units, now)
+  local reservation, final, reserved = reserve(account, ancestors, service, unit, dearer, units, now)
   if reservation.units > 0 then
     reservation.tariff = t
     reservation.change = {at = at + 0, price = after_price, granted = now,
@@ -666,7 +743,7 @@ end
 -- `before`: with a tariff change, how many of the used units, counted from the first, are priced
 -- before it (priced_before). Whatever the reservation still holds afterwards is left in it (the
 -- caller returns it).
-local function commit(reservation, used, account, parent, before)
+local function commit(reservation, used, account, ancestors, before)
   local covered = used < reservation.units and used or reservation.units
   if covered <= 0 then return 0, 0 end
   local units_left = covered < reservation.allowance and covered or reservation.allowance
@@ -688,11 +765,11 @@ local function commit(reservation, used, account, parent, before)
     local amount = hold.amount
     if hold.src == 'u' then
       local take = amount < units_left and amount or units_left
-      if take > 0 then commit_hold(hold, take, account, parent) end
+      if take > 0 then commit_hold(hold, take, account, ancestors) end
       units_left = units_left - take
     else
       local take = amount < micros_left and amount or micros_left
-      if take > 0 then commit_hold(hold, take, account, parent) end
+      if take > 0 then commit_hold(hold, take, account, ancestors) end
       micros_left = micros_left - take
     end
   end
@@ -723,7 +800,7 @@ local function priced_before(reservation, used, split, unit, now)
 end
 
 -- Gives back everything the reservation holds (its holds stay, emptied).
-local function return_reservation(reservation, account, parent)
+local function return_reservation(reservation, account, ancestors)
   local holds = reservation.holds
-  for i = 1, #holds do return_hold(holds[i], account, parent) end
+  for i = 1, #holds do return_hold(holds[i], account, ancestors) end
 end

@@ -1,21 +1,27 @@
 -- provision.lua: create an account with its buckets (RULES.md "provision").
 --
 -- KEYS: 1 account hash, 2 parent account hash (the account's own key again when it has no parent).
--- ARGV: 1 account id, 2 currency, 3 payment type, 4 status, 5 credit limit micros, 6 parent id
---       ('' for none), 7 child cap micros, 8 bucket count, then per bucket 7 fields: id, kind,
+-- ARGV: 1 account id, 2 currency, 3 payment type, 4 status, 5 credit limit micros, 6 the
+--       ancestors' ids, parent first, root last, separated by spaces ('' for none), 7 child cap micros, 8 bucket count, then per bucket 7 fields: id, kind,
 --       amount, services (comma-separated), valid from, valid until, priority.
 -- Returns: "<outcome>" (ok | already_exists | invalid).
--- Invariants: credits = the sum of the monetary buckets; a parent exists, has no parent itself
---       and has the same currency; bucket ids are unique and >= 1.
+-- Invariants: credits = the sum of the monetary buckets; a parent exists, has the same currency
+--       and the parent the store knows for it (the next id in ARGV[6], none for the root); the
+--       tree stays within MAX_LEVELS (lib.lua); bucket ids are unique and >= 1.
 
 local account_key, parent_key = KEYS[1], KEYS[2]
 local account_id, currency, payment, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local limit, parent_id, cap, count = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local limit, ancestor_ids, cap, count = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local parent_id = parent_of(ancestor_ids)
 
 if redis.call('EXISTS', account_key) == 1 then return 'already_exists' end
 if parent_id ~= '' then
   local parent = redis.call('HMGET', parent_key, 'cur', 'par')
-  if parent[1] == false or parent[1] ~= currency or (parent[2] or '') ~= '' then return 'invalid' end
+  local grandparent_id = parent_of(sub(ancestor_ids, #parent_id + 2))
+  if parent[1] == false or parent[1] ~= currency or (parent[2] or '') ~= grandparent_id then return 'invalid' end
+  local levels = 2 -- the account and its parent
+  for _ in gmatch(ancestor_ids, ' ') do levels = levels + 1 end
+  if levels > MAX_LEVELS then return 'invalid' end
 end
 
 local fields = {'cur', currency, 'pay', payment, 'st', status}

@@ -19,6 +19,7 @@ from balance.model import ReferenceModel
 from balance.tariff import affordable, charged, cost, is_valid
 from balance.types import (
     MAX_AMOUNT_MICROS,
+    MAX_HIERARCHY_LEVELS,
     MAX_SERVICE_UNITS,
     Account,
     AccountStatus,
@@ -237,9 +238,14 @@ def test_provision_counts_money_buckets_as_credits_and_refuses_bad_hierarchies()
     assert model.provision(Account("x", buckets=(money(0, 1),))).outcome is Outcome.INVALID
     assert model.provision(Account("x", buckets=(money(1, 1), money(1, 2)))).outcome is Outcome.INVALID
     assert model.provision(Account("branch", parent_id="co", child_cap_micros=10)).outcome is Outcome.OK
-    assert model.provision(Account("x", parent_id="branch")).outcome is Outcome.INVALID  # one level only
+    levels = ["co", "branch"]  # the hierarchy takes MAX_HIERARCHY_LEVELS levels, the root included
+    while len(levels) < MAX_HIERARCHY_LEVELS:
+        levels.append(f"level{len(levels)}")
+        assert model.provision(Account(levels[-1], parent_id=levels[-2], child_cap_micros=10)).outcome is Outcome.OK
+    assert model.provision(Account("x", parent_id=levels[-1])).outcome is Outcome.INVALID  # one too deep
     assert model.balance("x", NOW) is None
     assert model.root_of("branch") == "co"
+    assert model.root_of(levels[-1]) == "co"
     assert model.root_of("co") == "co"
 
 

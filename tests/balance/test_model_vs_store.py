@@ -43,6 +43,8 @@ from balance.errors import BalanceUnavailable
 from balance.model import ReferenceModel
 from balance.store import BalanceStore
 from balance.types import (
+    MAX_AMOUNT_MICROS,
+    MAX_HIERARCHY_LEVELS,
     Account,
     AccountStatus,
     Bucket,
@@ -50,6 +52,7 @@ from balance.types import (
     ChargeItem,
     ChargeRequest,
     ChargeResult,
+    Outcome,
     PaymentType,
     Tariff,
     TariffChange,
@@ -93,7 +96,11 @@ SERVICES = (
 )
 
 # Hierarchies: a prepaid individual, a postpaid individual, a prepaid company with two
-# branches, a postpaid company with one department.
+# branches, a postpaid company with one department, and a company tree of MAX_HIERARCHY_LEVELS
+# levels (RULES.md "Company money"): a prepaid group, a branch without money, a postpaid
+# department (a payer in the middle), a team without money, a line with a little money of its
+# own, and a line right under the branch; caps at every level below the root. A sixth level
+# under the deepest line is refused on both sides.
 PREPAID, POSTPAID, COMPANY, BRANCH, BARE_BRANCH, CORPORATE, DEPARTMENT = (
     "pre",
     "post",
@@ -103,13 +110,24 @@ PREPAID, POSTPAID, COMPANY, BRANCH, BARE_BRANCH, CORPORATE, DEPARTMENT = (
     "corp",
     "corp.dept",
 )
-ACCOUNTS = (PREPAID, POSTPAID, COMPANY, BRANCH, BARE_BRANCH, CORPORATE, DEPARTMENT)
-ROOTS = (PREPAID, POSTPAID, COMPANY, CORPORATE)
-CHILDREN = (BRANCH, BARE_BRANCH, DEPARTMENT)
-CREDIT_LINES = (POSTPAID, CORPORATE)
+GROUP, GROUP_BRANCH, GROUP_DEPARTMENT, GROUP_TEAM, DEEP_LINE, BRANCH_LINE = (
+    "grp",
+    "grp.b",
+    "grp.b.d",
+    "grp.b.d.t",
+    "grp.b.d.t.l",
+    "grp.b.l",
+)
+DEEP_TREE = (GROUP_BRANCH, GROUP_DEPARTMENT, GROUP_TEAM, DEEP_LINE, BRANCH_LINE)
+ACCOUNTS = (PREPAID, POSTPAID, COMPANY, BRANCH, BARE_BRANCH, CORPORATE, DEPARTMENT, GROUP, *DEEP_TREE)
+ROOTS = (PREPAID, POSTPAID, COMPANY, CORPORATE, GROUP)
+CHILDREN = (BRANCH, BARE_BRANCH, DEPARTMENT, *DEEP_TREE)
+CREDIT_LINES = (POSTPAID, CORPORATE, GROUP_DEPARTMENT)
 
 # Small amounts run out within a run (partial grants, refusals, short commits); large ones do not.
 money_amounts = st.one_of(st.just(0), st.integers(1, 300_000), st.integers(1, 2_000_000))
+# A cap of a node in the deep tree: as money_amounts, or so large that the node caps nothing.
+deep_caps = st.one_of(money_amounts, st.just(MAX_AMOUNT_MICROS))
 validities = st.integers(1, 900)
 lates = st.integers(0, 5).map(lambda draw: draw == 0)  # arrives after its deadline, one time in six
 
@@ -184,7 +202,13 @@ def usage_splits(draw: st.DrawFn, used_units: int) -> UsageSplit | None:
 
 
 def hierarchies(
-    main: int, bonus: int, allowance_seconds: int, credit_limit: int, company_main: int, caps: tuple[int, int, int]
+    main: int,
+    bonus: int,
+    allowance_seconds: int,
+    credit_limit: int,
+    company_main: int,
+    caps: tuple[int, int, int],
+    deep_caps: tuple[int, int, int, int, int],
 ) -> list[Account]:
     """The accounts every run starts with; buckets expire and start within the run's time span."""
     prepaid_buckets = (
@@ -211,6 +235,29 @@ def hierarchies(
         Account(
             DEPARTMENT, parent_id=CORPORATE, child_cap_micros=caps[2], buckets=(Bucket(1, BucketKind.SECONDS, 300),)
         ),
+        *deep_tree(company_main, credit_limit, deep_caps),
+    ]
+
+
+def deep_tree(group_main: int, credit_limit: int, caps: tuple[int, int, int, int, int]) -> list[Account]:
+    """The company tree of MAX_HIERARCHY_LEVELS levels, then one account too deep (refused)."""
+    postpaid = PaymentType.POSTPAID
+    return [
+        Account(GROUP, buckets=(Bucket(1, BucketKind.MAIN, group_main), Bucket(2, BucketKind.BONUS, 50_000))),
+        Account(GROUP_BRANCH, parent_id=GROUP, child_cap_micros=caps[0]),
+        Account(
+            GROUP_DEPARTMENT,
+            parent_id=GROUP_BRANCH,
+            child_cap_micros=caps[1],
+            payment_type=postpaid,
+            credit_limit_micros=credit_limit,
+        ),
+        Account(GROUP_TEAM, parent_id=GROUP_DEPARTMENT, child_cap_micros=caps[2]),
+        Account(
+            DEEP_LINE, parent_id=GROUP_TEAM, child_cap_micros=caps[3], buckets=(Bucket(1, BucketKind.MAIN, 20_000),)
+        ),
+        Account(BRANCH_LINE, parent_id=GROUP_BRANCH, child_cap_micros=caps[4]),
+        Account(f"{DEEP_LINE}.x", parent_id=DEEP_LINE, child_cap_micros=caps[4]),
     ]
 
 
@@ -278,6 +325,7 @@ class ModelVersusStore(RuleBasedStateMachine):
         credit_limit=money_amounts,
         company_main=money_amounts,
         caps=st.tuples(money_amounts, money_amounts, money_amounts),
+        deep_caps=st.tuples(deep_caps, deep_caps, deep_caps, deep_caps, deep_caps),
     )
     def provision(
         self,
@@ -287,10 +335,14 @@ class ModelVersusStore(RuleBasedStateMachine):
         credit_limit: int,
         company_main: int,
         caps: tuple[int, int, int],
+        deep_caps: tuple[int, int, int, int, int],
     ) -> None:
-        for account in hierarchies(main, bonus, allowance_seconds, credit_limit, company_main, caps):
+        accounts = hierarchies(main, bonus, allowance_seconds, credit_limit, company_main, caps, deep_caps)
+        for account in accounts:
             expected = self.model.provision(account)
             self._same(f"provision {account}", expected, self._store(partial(self.store.provision, account)))
+            levels = account.account_id.count(".") + 1
+            assert (expected.outcome is Outcome.OK) == (levels <= MAX_HIERARCHY_LEVELS), (account, expected)
 
     # -- charging --------------------------------------------------------------------------------
 
@@ -430,7 +482,7 @@ class ModelVersusStore(RuleBasedStateMachine):
         account_id=st.sampled_from(ACCOUNTS),
         status=st.sampled_from((AccountStatus.ACTIVE, AccountStatus.SUSPENDED, AccountStatus.BARRED)),
         limit=money_amounts,
-        cap=money_amounts,
+        cap=deep_caps,
         change=st.sampled_from(("status", "limit", "cap")),
     )
     def change_account(self, account_id: str, status: AccountStatus, limit: int, cap: int, change: str) -> None:
