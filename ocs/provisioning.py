@@ -519,11 +519,14 @@ class Provisioning:
 
     async def _create(self, new: NewSubscriber) -> None:
         account, profile = await self._checked(new)
-        outcome = (await self.store.provision(account)).outcome
+        provisioned = await self.store.provision(account)
+        outcome = provisioned.outcome
         if outcome is Outcome.ALREADY_EXISTS:
             raise Conflict(f"account {account.account_id!r} already exists")
         if outcome is not Outcome.OK:
-            raise Refused(f"account {account.account_id!r}: the money rules refuse it ({outcome.value})")
+            # The engine names what it refused, e.g. a company tree deeper than its bound.
+            why = provisioned.reason or outcome.value
+            raise Refused(f"account {account.account_id!r}: the money rules refuse it ({why})")
         if await self.directory.register(profile) is not Outcome.OK:
             raise Conflict(f"account {account.account_id!r} was created, but an identity was taken meanwhile")
         self.forget(profile.identities)  # a miss for these identities may be cached
@@ -550,8 +553,6 @@ class Provisioning:
             parent = await self.store.balance(account.parent_id, int(self.clock()))
             if parent is None:
                 raise Refused(f"parent account {account.parent_id!r} does not exist")
-            if parent.account.parent_id:
-                raise Refused(f"parent {account.parent_id!r} is itself a child: hierarchies have one level")
             if parent.account.currency != account.currency:
                 raise Refused(f"currency {account.currency} differs from the parent's {parent.account.currency}")
         if await self.store.hierarchy(account.account_id) is not None:

@@ -16,6 +16,7 @@ import pytest
 
 from balance.directory import Identity, IdentityKind
 from balance.embedded import EmbeddedRedis
+from balance.types import MAX_HIERARCHY_LEVELS
 from ocs.api import HttpServer, start_http
 from ocs.app import new_state, shutdown, startup
 from ocs.config import HttpSettings
@@ -222,9 +223,18 @@ async def test_company_with_postpaid_parent_and_capped_child(api: Api) -> None:
     balance = body["balance"]
     assert balance["parent_id"] == "acme" and balance["child_cap_micros"] == 50 * EUR
     assert balance["available"] == "50.00"  # drawn from the parent's credit line, within the cap
-    grandchild = {"account_id": "acme-sales-1", "plan": "mobile_postpaid", "parent_id": "acme-sales"}
-    status, body = await api.call("POST", "/subscribers", grandchild)
-    assert status == 422 and "one level" in body["error"]
+    # A company tree of MAX_HIERARCHY_LEVELS levels (root included): a line under each level, then
+    # one level too deep is refused, naming the field.
+    parent_id = "acme-sales"
+    for level in range(3, MAX_HIERARCHY_LEVELS + 1):
+        node = {"account_id": f"acme-{level}", "plan": "mobile_postpaid", "parent_id": parent_id, "child_cap": "10"}
+        status, body = await api.call("POST", "/subscribers", node)
+        assert status == 201, body
+        assert body["balance"]["available"] == "10.00"  # the least cap room on the way up
+        parent_id = node["account_id"]
+    too_deep = {"account_id": "acme-too-deep", "plan": "mobile_postpaid", "parent_id": parent_id}
+    status, body = await api.call("POST", "/subscribers", too_deep)
+    assert status == 422 and "parent_id" in body["error"], body
 
 
 async def test_show_and_balance_of_unknown_or_invalid_account(api: Api) -> None:
