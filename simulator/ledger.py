@@ -41,7 +41,6 @@ PRICING_CONCURRENCY = 16  # /rate calls in flight after the run
 QuoteKey = tuple[str, str, int | None, str | None, int, int]  # plan, context, group, called, at, units
 
 
-
 class LedgerError(RuntimeError):
     """The OCS's rating answer could not be used to price a commit."""
 
