@@ -1,5 +1,5 @@
 import sys
 
-from ocs.cli import main
+from ocs.cli.main import main
 
 sys.exit(main())

@@ -14,7 +14,7 @@ fails over) instead of queueing. ``shutdown`` reverses it: stop accepting, DPR t
 let in-flight requests finish (bounded by the shutdown timeout), stop the tasks, close Redis. All
 of it is held in one ``ServerState``. The business database (``ocs.db``: API tokens, the audit
 trail) is opened and migrated before the HTTP side starts, and audit records a past outage kept
-in the fallback file are put back into it (``ocs.audit_trail``).
+in the fallback file are put back into it (``ocs.api.audit_trail``).
 
 Account events: ``ServerState.events`` is the one seam (``ocs.events.AccountEvents``) on which the
 operator's side publishes what it changed about an account; the session notifier subscribes to
@@ -40,21 +40,21 @@ from balance.embedded import EmbeddedRedis
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.scripts import LIBRARY_PREFIX
 from balance.store import BalanceStore
-from ocs.api import HttpServer, start_http
-from ocs.audit_trail import FALLBACK_FILE_NAME, AuditTrail
-from ocs.cca import error_answer
-from ocs.charging import CreditControl
+from ocs.api.audit_trail import FALLBACK_FILE_NAME, AuditTrail
+from ocs.api.server import HttpServer, start_http
+from ocs.billing.spool import Spool
+from ocs.charging.cca import error_answer
+from ocs.charging.credit_control import CreditControl
+from ocs.charging.notifier import SessionNotifier
+from ocs.charging.subscribers import SubscriberCache
 from ocs.config import DiameterSettings, Settings
 from ocs.db.engine import DatabaseUnavailable, database_url, open_database
 from ocs.events import AccountEvents
 from ocs.logs import bind_request, configure_logging
 from ocs.metrics import Metrics, time_redis_calls
-from ocs.rating import load_book
-from ocs.rating_book import TariffBook
+from ocs.rating.book import TariffBook
+from ocs.rating.rate import load_book
 from ocs.redis_watch import Outage, RedisSupervisor
-from ocs.sessions import SessionNotifier
-from ocs.spool import Spool
-from ocs.subscribers import SubscriberCache
 from protocol.aio import DiameterServer, DiameterTransport
 from protocol.aio.tls import server_context
 from protocol.capabilities import IpNetwork, LocalIdentity, PeerPolicy
@@ -225,7 +225,7 @@ async def _write_spool(state: ServerState) -> None:
 
 
 async def _retain_spool(state: ServerState) -> None:
-    """Delete exported usage records past their retention age (ocs/spool.py "Retention")."""
+    """Delete exported usage records past their retention age (ocs/billing/spool.py "Retention")."""
     assert state.spool is not None
     settings = state.settings.spool
     while True:

@@ -84,7 +84,7 @@ class HttpSettings:
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
-    """Who may do what on the API (ocs/access.py); tokens themselves are in the database."""
+    """Who may do what on the API (ocs/api/access.py); tokens themselves are in the database."""
 
     # The most a care agent's token may adjust a balance by in one adjustment, either way, in
     # micros of the account's currency; a token may carry its own lower limit. Larger amounts are
@@ -161,7 +161,7 @@ class RefundSettings:
     """Limits on REFUND_ACCOUNT (RFC 4006 section 6.3/6.4), in micros of the account's currency;
     0: no limit. A refund from the network gives back what a service failed to deliver, cents
     rather than tens of units; larger amounts are an operator's adjustment (the API), recorded
-    with who and why. A refund over a limit is refused and credits nothing (ocs/queries.py)."""
+    with who and why. A refund over a limit is refused and credits nothing (ocs/charging/queries.py)."""
 
     max_request_micros: int = 20_000_000  # the most one refund may credit
     # The most the refunds of one account may credit in one calendar day of its plan's time zone.
@@ -191,7 +191,7 @@ class SpoolSettings:
     path: str = "data/spool.sqlite3"
     batch_size: int = 500
     interval_seconds: float = 0.2
-    # Retention (ocs/spool.py): records older than this that have been exported are deleted.
+    # Retention (ocs/billing/spool.py): records older than this that have been exported are deleted.
     # One day leaves room to export a period again after a failed transfer; records never
     # exported are kept whatever their age (nothing else copies them yet: no bill run exists).
     retention_seconds: int = 86_400

@@ -18,7 +18,7 @@ Between server processes: every account event is plain data (strings and integer
 example a Redis Pub/Sub channel or a Stream read by every process) is given to the seam; then
 ``publish`` also sends the encoded event on it, and the transport hands what other processes sent
 to ``receive``, which dispatches it here without sending it again. Each process notifies the
-sessions it carries (ocs/sessions.py), so a top-up made through any process reaches every session;
+sessions it carries (ocs/charging/notifier.py), so a top-up made through any process reaches every session;
 the count ``publish`` returns stays local (the other processes' requests are not known yet).
 """
 

@@ -34,7 +34,7 @@ from simulator.scenario import ScenarioError, load_scenario
 
 DEFAULT_DIAMETER = "127.0.0.1:3868"  # RFC 6733 section 11.4: the IANA port for Diameter over TCP
 DEFAULT_API = "http://127.0.0.1:8080"  # ocs/config.py HttpSettings default
-TOKEN_VARIABLE = "OCS_TOKEN"  # as the ocs command line reads it (ocs/token_commands.py)
+TOKEN_VARIABLE = "OCS_TOKEN"  # as the ocs command line reads it (ocs/cli/tokens.py)
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -1,4 +1,4 @@
-"""The simulator's view of the OCS provisioning API (``ocs/api.py``), over HTTP with aiohttp.
+"""The simulator's view of the OCS provisioning API (``ocs/api/server.py``), over HTTP with aiohttp.
 
 Theory of operation: the simulator is a client of the OCS like any operator tool, so it creates
 subscribers, reads balances, prices usage and asks for the audit through the documented HTTP
@@ -33,8 +33,8 @@ REQUEST_TIMEOUT_SECONDS = 30.0  # the audit scans every account; generous for la
 RETRY_LIMIT_SECONDS = 30.0  # how long a call keeps trying while the server is away
 RETRY_FIRST_PAUSE_SECONDS = 0.1
 RETRY_PAUSE_LIMIT_SECONDS = 2.0
-SERVICE_UNAVAILABLE = 503  # ocs/api.py: Redis does not answer; the same request may pass later
-CONFLICT = 409  # ocs/api.py: the account already exists
+SERVICE_UNAVAILABLE = 503  # ocs/api/server.py: Redis does not answer; the same request may pass later
+CONFLICT = 409  # ocs/api/server.py: the account already exists
 # The server went away mid-call: the request may or may not have been applied.
 _AWAY = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
 

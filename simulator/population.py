@@ -111,7 +111,7 @@ class SimulatedSubscriber:
         return self.customer_type.is_mobile
 
     def create_body(self) -> dict[str, object]:
-        """The JSON body of POST /subscribers (ocs/provisioning.py ``parse_new_subscriber``)."""
+        """The JSON body of POST /subscribers (ocs/api/provisioning.py ``parse_new_subscriber``)."""
         buckets: list[dict[str, object]] = []
         if self.main_micros:
             buckets.append({"kind": "main", "amount": money_text(self.main_micros)})

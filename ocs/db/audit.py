@@ -1,7 +1,7 @@
 """The audit trail: who changed what, when, the values before and after, and the outcome.
 
 Theory of operation: every state-changing API call (and every token made or revoked offline) is
-one row of ``audit_trail``, written in the same request once the change is known (``ocs.api``).
+one row of ``audit_trail``, written in the same request once the change is known (``ocs.api.server``).
 A row names the actor (token id, name and role; for the offline CLI, no token and the name of the
 local user), the call (method and route template, the resource id: the account), the values
 before and after as JSON (a balance, a status), and the outcome (the HTTP status and a word:

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from balance.embedded import EmbeddedRedis, pick_free_port
-from ocs.access import OPEN_ROUTES, PERMISSIONS, route_key
-from ocs.audit_trail import AuditTrail
+from ocs.api.access import OPEN_ROUTES, PERMISSIONS, route_key
+from ocs.api.audit_trail import AuditTrail
 from ocs.config import HttpSettings
 from ocs.db import audit, tokens
 from ocs.db.engine import DATABASE_FILE_NAME, make_engine, open_database

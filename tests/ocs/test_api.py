@@ -17,7 +17,7 @@ import pytest
 from balance.directory import Identity, IdentityKind
 from balance.embedded import EmbeddedRedis
 from balance.types import MAX_HIERARCHY_LEVELS
-from ocs.api import HttpServer, start_http
+from ocs.api.server import HttpServer, start_http
 from ocs.app import new_state, shutdown, startup
 from ocs.config import HttpSettings
 from protocol.message import Message

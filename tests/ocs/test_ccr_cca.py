@@ -1,4 +1,4 @@
-"""Reading CCRs (ocs.ccr) and laying out CCAs (ocs.cca), without a server: tables of messages."""
+"""Reading CCRs (ocs.charging.ccr) and laying out CCAs (ocs.charging.cca), without a server: tables of messages."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from balance.directory import Identity, IdentityKind
 from balance.types import Unit
-from ocs.cca import FinalUnit, FinalUnitAction, ServiceAnswer, credit_answer, error_answer
-from ocs.ccr import CcrProblem, CreditRequest, RequestedAction, RequestType, Units, read_ccr, request_time
+from ocs.charging.cca import FinalUnit, FinalUnitAction, ServiceAnswer, credit_answer, error_answer
+from ocs.charging.ccr import CcrProblem, CreditRequest, RequestedAction, RequestType, Units, read_ccr, request_time
 from protocol.capabilities import LocalIdentity
 from protocol.constants import ResultCode
 from protocol.message import Avp, Message, avp, request

@@ -20,8 +20,8 @@ import pytest
 
 from balance.embedded import EmbeddedRedis, pick_free_port
 from balance.types import ChargeItem, ChargeRequest, Outcome, Tariff, Unit
-from ocs.cli import main
-from ocs.spool import Spool
+from ocs.billing.spool import Spool
+from ocs.cli.main import main
 from tests.conftest import ADMIN_TOKEN
 from tests.ocs.test_api import Api, api
 

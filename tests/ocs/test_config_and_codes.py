@@ -11,7 +11,8 @@ import pytest
 from balance.pipeline import DEFAULT_REPLY_TIMEOUT_SECONDS
 from balance.store import DEADLINE_MARGIN_SECONDS, SETTLE_TIMEOUT_SECONDS
 from balance.types import Outcome
-from ocs.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result
+from ocs.charging.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result
+from ocs.charging.result_codes import RESULT_CODES, result_code
 from ocs.config import (
     MIN_TOMBSTONE_SECONDS,
     ConfigError,
@@ -20,7 +21,6 @@ from ocs.config import (
     load_settings,
     unused_environment,
 )
-from ocs.result_codes import RESULT_CODES, result_code
 from protocol.constants import ResultCode
 
 ROOT = Path(__file__).resolve().parents[2]

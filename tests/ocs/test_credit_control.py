@@ -14,9 +14,9 @@ from balance.audit import audit
 from balance.embedded import EmbeddedRedis
 from balance.types import Bucket, BucketKind, PaymentType
 from ocs.app import new_state, shutdown, startup
-from ocs.cdr import export
+from ocs.billing.cdr import export
 from ocs.config import RatingSettings
-from ocs.rating import parse_book
+from ocs.rating.rate import parse_book
 from protocol.message import Avp, Message, avp, request
 from tests.balance.conftest import LosesMarks
 from tests.ocs.conftest import ROOT, RunningServer, server_settings

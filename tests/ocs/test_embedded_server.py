@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from balance.embedded import choose_redis_server
-from ocs.client import ApiClient
+from ocs.cli.client import ApiClient
 from protocol.aio import DiameterClient
 from tests.balance.conftest import PROCESS_DEADLINE_SECONDS, redis_servers_of, start_orphan, wait_until_gone
 from tests.ocs.conftest import CLIENT, ROOT

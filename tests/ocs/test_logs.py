@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from ocs.charging import CreditControl
+from ocs.charging.credit_control import CreditControl
 from ocs.logs import bind_request, configure_logging
 from protocol.message import Message, avp, request
 from tests.ocs.conftest import RunningServer

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ocs.audit_trail import AuditTrail
+from ocs.api.audit_trail import AuditTrail
 from ocs.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,16 @@ from hypothesis import strategies as st
 
 from balance.tariff import cost, is_valid
 from balance.types import Tariff, Unit
-from ocs.rating import (
+from ocs.rating.book import (
+    KNOWN_CONTEXT_UNITS,
+    FinalUnitPolicy,
+    Numbering,
+    RedirectAddressType,
+    RedirectServer,
+    Restriction,
+    normalise_context_id,
+)
+from ocs.rating.rate import (
     Quote,
     Rated,
     RatingFailure,
@@ -33,15 +42,6 @@ from ocs.rating import (
     normalise_number,
     parse_book,
     rate,
-)
-from ocs.rating_book import (
-    KNOWN_CONTEXT_UNITS,
-    FinalUnitPolicy,
-    Numbering,
-    RedirectAddressType,
-    RedirectServer,
-    Restriction,
-    normalise_context_id,
 )
 
 DEFAULT_TARIFFS = Path(__file__).resolve().parents[2] / "config" / "tariffs.toml"

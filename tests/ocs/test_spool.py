@@ -37,8 +37,8 @@ from balance.types import (
     Unit,
     UsageRecord,
 )
-from ocs.cdr import FIELDS, decimal_amount, epoch_seconds_ceiling, export
-from ocs.spool import Spool
+from ocs.billing.cdr import FIELDS, decimal_amount, epoch_seconds_ceiling, export
+from ocs.billing.spool import Spool
 from tests.balance.conftest import embedded_redis
 
 __all__ = ["embedded_redis"]

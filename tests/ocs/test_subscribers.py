@@ -1,4 +1,4 @@
-"""The subscriber cache (ocs.subscribers) and where the directory's reads go (balance.directory).
+"""The subscriber cache (ocs.charging.subscribers) and where the directory's reads go (balance.directory).
 
 The cache is driven with a directory that counts its lookups and a clock the test moves; the
 directory's own test runs on the real embedded Redis, through callers that record each command.
@@ -14,7 +14,7 @@ from balance.callers import RedisPyCaller, Reply, ScriptCaller
 from balance.directory import Directory, Identity, IdentityKind, Subscriber
 from balance.embedded import EmbeddedRedis
 from balance.scripts import Script
-from ocs.subscribers import SubscriberCache
+from ocs.charging.subscribers import SubscriberCache
 
 ALICE = Identity(IdentityKind.E164, "4915100000001")
 ALICE_IMSI = Identity(IdentityKind.IMSI, "262010000000001")

@@ -27,12 +27,12 @@ from balance.store import BalanceStore
 from balance.tariff import cost
 from balance.types import Outcome
 from balance.value_type import value_type
-from ocs.cca import credit_answer, error_answer
-from ocs.ccr import CreditRequest, RequestedAction, ServiceRequest
+from ocs.charging.cca import credit_answer, error_answer
+from ocs.charging.ccr import CreditRequest, RequestedAction, ServiceRequest
+from ocs.charging.result_codes import result_code
 from ocs.config import RefundSettings
-from ocs.rating import Rated
-from ocs.rating_book import CURRENCY_NUMBERS, TariffBook
-from ocs.result_codes import result_code
+from ocs.rating.book import CURRENCY_NUMBERS, TariffBook
+from ocs.rating.rate import Rated
 from protocol.capabilities import LocalIdentity
 from protocol.constants import ResultCode
 from protocol.message import Avp, Message, avp

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from balance.tariff import is_valid
 from balance.types import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, Tariff
-from ocs.rating_book import (
+from ocs.rating.book import (
     CURRENCY_NUMBERS,
     FINAL_UNIT_ACTIONS,
     KNOWN_CONTEXT_UNITS,
@@ -253,7 +253,7 @@ def _plan(where: _Where, name: str, raw: object, zone_sets: Mapping[str, ZoneSet
         raise where.fail("currency", f'{currency!r} is not an ISO 4217 code such as "EUR"')
     if currency not in CURRENCY_NUMBERS:
         known = ", ".join(CURRENCY_NUMBERS)
-        raise where.fail("currency", f"{currency} has no ISO 4217 number here (known: {known}; ocs/rating_book.py)")
+        raise where.fail("currency", f"{currency} has no ISO 4217 number here (known: {known}; ocs/rating/book.py)")
     zone_set = None
     if "zone_set" in table:
         zone_set_name = where.text(table["zone_set"], "zone_set")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from balance.types import MICROS_PER_UNIT
-from ocs.spool import ExportMarker
+from ocs.billing.spool import ExportMarker
 
 FORMATS = ("csv", "jsonl")
 FIELDS = (

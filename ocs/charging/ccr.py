@@ -327,7 +327,7 @@ def read_ccr(message: Message) -> CreditRequest | CcrProblem:
             if bad is not None:
                 return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, bad, "Tariff-Change-Usage out of range")
             service = _service(members, _index(members), mscc)
-            # An absent Rating-Group is charged as 0 (ocs/charging.py): the same quota as 0.
+            # An absent Rating-Group is charged as 0 (ocs/charging/credit_control.py): the same quota as 0.
             key = (service.rating_group or 0, service.service_identifier)
             if key in seen:
                 return CcrProblem(ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES, mscc, "the same service twice")

@@ -42,7 +42,7 @@ from protocol.capabilities import LocalIdentity
 from protocol.constants import ApplicationId, CommandCode, ResultCode
 from protocol.message import Message, avp, request
 
-log = structlog.get_logger("ocs.sessions")
+log = structlog.get_logger("ocs.charging.notifier")
 
 RE_AUTH_AUTHORIZE_ONLY = 0  # Re-Auth-Request-Type, RFC 6733 section 8.12
 _BLOCKING = (AccountStatus.BARRED, AccountStatus.TERMINATED)

@@ -1,6 +1,6 @@
 """Rating: a credit-control request's context -> the ``balance.types.Tariff`` the engine charges.
 
-Theory of operation: ``rate`` is a pure function of a loaded ``TariffBook`` (``ocs.rating_load``),
+Theory of operation: ``rate`` is a pure function of a loaded ``TariffBook`` (``ocs.rating.load``),
 a plan name and a ``RatingInput``; it reads no clock, touches no balance and never raises. It
 walks four steps, each a lookup in tables built at load time:
 
@@ -38,7 +38,7 @@ from urllib.parse import unquote
 from balance.tariff import charged, cost
 from balance.types import MICROS_PER_UNIT, Tariff, Unit
 from balance.value_type import value_type
-from ocs.rating_book import (
+from ocs.rating.book import (
     UNZONED,
     ContextRule,
     Numbering,
@@ -48,7 +48,7 @@ from ocs.rating_book import (
     TariffBook,
     normalise_context_id,
 )
-from ocs.rating_load import TariffError, load_book, parse_book
+from ocs.rating.load import TariffError, load_book, parse_book
 
 __all__ = [
     "BandChange",

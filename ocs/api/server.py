@@ -5,17 +5,17 @@ Theory of operation: ``start_http(state)`` serves an aiohttp application on the 
 the Diameter server of the same process, sharing its store, directory, tariff book and metrics.
 aiohttp was chosen because it is a well-kept asyncio HTTP server and client in one package: it
 runs on the server's own event loop (uvloop) with no thread or second process, and the CLI uses
-its client. Handlers are thin: ``ocs.provisioning`` checks the input and applies it; this
+its client. Handlers are thin: ``ocs.api.provisioning`` checks the input and applies it; this
 module turns JSON into calls and results into JSON. One middleware maps every refusal to a JSON
 error ``{"error": <message>, "code": <word>}`` with its 4xx status (400 malformed, 404 unknown
 account, 409 conflict, 413 body over the endpoint's limit, 422 refused by the rules), 503 when
 Redis does not answer, and records ``ocs_http_*`` metrics by route template (never by account).
 
-Who may call what (``ocs.access``): every route but ``/health`` needs ``Authorization: Bearer
+Who may call what (``ocs.api.access``): every route but ``/health`` needs ``Authorization: Bearer
 <token>``: 401 with ``WWW-Authenticate: Bearer`` without one or with an unknown, revoked or expired
 one, 403 when the token's role (admin, care, read-only, self-care) may not make the call. Every
 state-changing call by a known token, applied or refused, is recorded in the audit trail
-(``ocs.audit_trail``) after its outcome is known: who, the route, the account, the values before
+(``ocs.api.audit_trail``) after its outcome is known: who, the route, the account, the values before
 and after, the status. ``/metrics`` needs a token here; ``[http] metrics_port`` serves it open on
 a listener of its own for the scraper. With ``[http] tls_certificate`` the API speaks HTTPS only.
 
@@ -81,13 +81,9 @@ from balance.audit import audit
 from balance.directory import IdentityKind, Subscriber
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.types import MAX_SERVICE_UNITS, MONETARY_KINDS, AccountStatus, BalanceView, Bucket, BucketKind
-from ocs.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
-from ocs.audit_trail import AuditTrail
-from ocs.db import audit as audit_records
-from ocs.db.audit import AuditEntry
-from ocs.db.tokens import Role
-from ocs.metrics import Metrics
-from ocs.provisioning import (
+from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
+from ocs.api.audit_trail import AuditTrail
+from ocs.api.provisioning import (
     ApiError,
     Applied,
     BadInput,
@@ -100,13 +96,17 @@ from ocs.provisioning import (
     parse_new_subscriber,
     read_csv,
 )
-from ocs.rating import Quote, RatingFailure, RatingInput, explain, format_money, load_book
-from ocs.rating_book import TariffBook
+from ocs.db import audit as audit_records
+from ocs.db.audit import AuditEntry
+from ocs.db.tokens import Role
+from ocs.metrics import Metrics
+from ocs.rating.book import TariffBook
+from ocs.rating.rate import Quote, RatingFailure, RatingInput, explain, format_money, load_book
 
 if TYPE_CHECKING:  # ocs.app starts this module's server: no import back at run time
     from ocs.app import ServerState
 
-log = structlog.get_logger("ocs.api")
+log = structlog.get_logger("ocs.api.server")
 
 # Bodies are bounded per endpoint and read in chunks, each one a chance for the event loop to
 # answer CCRs: a JSON request is a few hundred bytes, so 64 KiB is generous; a bulk file of about
@@ -339,7 +339,7 @@ async def _answer(request: web.Request, route: str, handler: Handler) -> tuple[w
 
 
 async def _authorize(request: web.Request, route: str) -> None:
-    """401 without a usable token; 403 when its role may not make this call (ocs.access)."""
+    """401 without a usable token; 403 when its role may not make this call (ocs.api.access)."""
     context = request.app[CONTEXT]
     actor = await authenticate(
         context.database,

@@ -1,4 +1,4 @@
-"""A small client of the server's HTTP API (``ocs.api``), used by the CLI.
+"""A small client of the server's HTTP API (``ocs.api.server``), used by the CLI.
 
 Theory of operation: one ``aiohttp.ClientSession`` per ``ApiClient`` (``async with``); each call
 returns an ``ApiAnswer`` (status and JSON body) whatever the status, so the caller decides what a

@@ -28,10 +28,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ocs.api.provisioning import ApiError
 from ocs.db import tokens
 from ocs.db.tokens import Role, Token
-from ocs.provisioning import ApiError
-from ocs.rating import format_money
+from ocs.rating.rate import format_money
 
 OPEN_ROUTES = frozenset({("GET", "/health")})  # a load balancer's probe carries no token
 _EVERYONE = frozenset(Role)

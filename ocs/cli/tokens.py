@@ -29,13 +29,13 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ocs.api.provisioning import ApiError, money_micros, parse_instant
 from ocs.config import Settings
 from ocs.db import audit, tokens
 from ocs.db.audit import AuditEntry
 from ocs.db.engine import DatabaseUnavailable, database_url, open_database
 from ocs.db.tokens import Role, Token, TokenError
-from ocs.provisioning import ApiError, money_micros, parse_instant
-from ocs.rating import format_money
+from ocs.rating.rate import format_money
 
 TOKEN_VARIABLE = "OCS_TOKEN"
 REFUSED = 1

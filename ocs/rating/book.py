@@ -1,4 +1,4 @@
-"""The tariff book: tariff plans as frozen, read-only values, built once by ``ocs.rating_load``.
+"""The tariff book: tariff plans as frozen, read-only values, built once by ``ocs.rating.load``.
 
 Theory of operation: a plan answers three questions for ``ocs.rating.rate``. Which service is
 this (service context, then Service-Identifier or Rating-Group)? Which destination zone and time

@@ -26,7 +26,7 @@ a power loss. In WAL mode SQLite's ``synchronous=NORMAL`` "might roll back" a co
 transaction after a power loss; ``FULL`` syncs the WAL at every commit (https://sqlite.org/
 pragma.html#pragma_synchronous). Batching makes that one sync per batch, not per record.
 
-Money stays integer micros in the database; amounts in decimal are made on export (ocs/cdr.py).
+Money stays integer micros in the database; amounts in decimal are made on export (ocs/billing/cdr.py).
 
 Retention: the spool grows by every record (about 0.87 MB/s in the soak of issue 17), so records
 are deleted once they are both old (``at_seconds`` before now minus ``[spool] retention_seconds``)
@@ -61,7 +61,7 @@ import structlog
 from balance.store import BalanceStore
 from balance.types import UsageRecord
 
-log = structlog.get_logger("ocs.spool")
+log = structlog.get_logger("ocs.billing.spool")
 
 SCHEMA_VERSION = 3  # PRAGMA user_version: bump with a migration when the table changes
 # Wait this long for a lock held by another connection (an export reading while we write needs

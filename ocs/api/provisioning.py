@@ -1,6 +1,6 @@
 """Provisioning: operator requests checked, then applied to the balance store and the directory.
 
-Theory of operation: the HTTP API (``ocs.api``) hands this module plain values (a JSON object,
+Theory of operation: the HTTP API (``ocs.api.server``) hands this module plain values (a JSON object,
 a CSV file) and gets typed results back, or an ``ApiError`` that names the HTTP status it
 stands for: 400 for input that is malformed, 404 for an unknown account, 409 for a conflict
 (the account exists, an identity belongs to someone else), 422 for a request the money rules
@@ -62,13 +62,13 @@ from balance.types import (
 from balance.validation import invalid_account, invalid_bucket
 from ocs.events import AccountEvents, BalanceChanged, StatusChanged
 from ocs.metrics import Metrics
-from ocs.rating import format_money
-from ocs.rating_book import TariffBook
+from ocs.rating.book import TariffBook
+from ocs.rating.rate import format_money
 
 if TYPE_CHECKING:
     from _csv import Reader  # what csv.reader returns
 
-log = structlog.get_logger("ocs.provisioning")
+log = structlog.get_logger("ocs.api.provisioning")
 
 CUSTOMER_TYPES = ("mobile", "fixed")
 _MONEY = re.compile(r"^(-?)([0-9]{1,16})(?:\.([0-9]+))?$")

@@ -1,15 +1,15 @@
 """The ``ocs`` command line: ``ocs serve`` runs the server; ``ocs demo`` runs the server and
-the network simulator together (``ocs.demo``); the other commands manage a running server.
+the network simulator together (``ocs.cli.demo``); the other commands manage a running server.
 
 Every command reads the same configuration (``--config``, default ``config/ocs.toml`` when
 present, then ``OCS_*`` environment overrides). Errors are one clear line on stderr and a
 non-zero exit status: 2 for bad usage or configuration, 1 for a request the server refused or a
 server that cannot be reached.
 
-Commands that manage subscribers talk to the running server's HTTP API (``ocs.api``) at the
+Commands that manage subscribers talk to the running server's HTTP API (``ocs.api.server``) at the
 configured ``[http]`` host and port (https when ``[http] tls_certificate`` is set), or at
 ``--url``; ``--json`` prints the server's answer as it came. They send a bearer token: ``--token``,
-else ``--token-file``, else ``OCS_TOKEN``, else ``~/.config/ocs/token`` (``ocs.token_commands``);
+else ``--token-file``, else ``OCS_TOKEN``, else ``~/.config/ocs/token`` (``ocs.cli.tokens``);
 ``--ca-file`` trusts a private CA (or a self-signed certificate) for https. Three commands work
 offline, from files: ``ocs rate`` prices usage with the tariff file (``ocs.rating.explain``),
 ``ocs cdr export`` reads the usage spool (``ocs.cdr.export``), and ``ocs token`` makes, lists and
@@ -46,14 +46,14 @@ from typing import TextIO
 import uvloop
 
 from balance.errors import BalanceUnavailable
+from ocs.api.provisioning import ApiError, money_micros, parse_instant
 from ocs.app import serve
-from ocs.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
+from ocs.cli.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
+from ocs.cli.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
+from ocs.cli.tokens import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
 from ocs.config import ConfigError, Settings, load_settings, unused_environment
 from ocs.db.engine import DatabaseUnavailable
-from ocs.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
-from ocs.provisioning import ApiError, money_micros, parse_instant
-from ocs.rating import RatingFailure, RatingInput, TariffError, explain, load_book
-from ocs.token_commands import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
+from ocs.rating.rate import RatingFailure, RatingInput, TariffError, explain, load_book
 
 USAGE_ERROR = 2  # argparse's own status for bad usage
 REFUSED = 1
@@ -436,7 +436,7 @@ def _rate(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cdr_export(arguments: argparse.Namespace, settings: Settings) -> int:
-    from ocs.cdr import export  # the spool reader; only this command needs it
+    from ocs.billing.cdr import export  # the spool reader; only this command needs it
 
     spool = arguments.spool or Path(settings.spool.path)
 

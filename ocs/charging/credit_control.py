@@ -1,6 +1,6 @@
 """The credit-control handler: a CCR in, one atomic balance call, a CCA out.
 
-Theory of operation: ``CreditControl.answer`` reads the CCR (``ocs.ccr``), refuses another
+Theory of operation: ``CreditControl.answer`` reads the CCR (``ocs.charging.ccr``), refuses another
 realm (3003), finds the subscriber (5030 if unknown; 5002 for an UPDATE / TERMINATION, whose
 session cannot exist), rates every service at the request's time (Event-Timestamp within the
 configured skew, else our clock) and refuses on its own each service that cannot be rated or
@@ -11,7 +11,7 @@ full when its used units are the ones refused (the units granted are taken as us
 operator's safe side; the client learns of it by the 5031; balance/RULES.md "Refused usage").
 The services go to the engine as ``ChargeItem``s (requested units sized by the configured default
 and maximum quota, used units from Used-Service-Unit) in the one ``BalanceStore.charge`` call
-for the whole request, and the outcome is laid out as a CCA (``ocs.cca``); a stored result that
+for the whole request, and the outcome is laid out as a CCA (``ocs.charging.cca``); a stored result that
 no longer matches the services rated now (a retransmission after the tariffs changed) is 5012.
 A grant whose Validity-Time spans a switch of tariff (rating looks ahead for INITIAL and UPDATE)
 carries Tariff-Time-Change and reaches the engine with the price after the switch; the
@@ -47,8 +47,8 @@ from balance.types import (
     UsageSplit,
 )
 from balance.value_type import value_type
-from ocs.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result, credit_answer, error_answer
-from ocs.ccr import (
+from ocs.charging.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result, credit_answer, error_answer
+from ocs.charging.ccr import (
     CcrProblem,
     CreditRequest,
     RequestedAction,
@@ -59,21 +59,21 @@ from ocs.ccr import (
     read_units,
     request_time,
 )
+from ocs.charging.queries import QueriedService, Queries
+from ocs.charging.result_codes import result_code
+from ocs.charging.subscribers import SubscriberCache
 from ocs.config import FinalUnitSettings, Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.metrics import Metrics
-from ocs.queries import QueriedService, Queries
-from ocs.rating import Rated, RatingFailure, RatingInput, rate
-from ocs.rating_book import FinalUnitPolicy, RedirectAddressType, RedirectServer, Restriction, TariffBook
-from ocs.result_codes import result_code
-from ocs.subscribers import SubscriberCache
+from ocs.rating.book import FinalUnitPolicy, RedirectAddressType, RedirectServer, Restriction, TariffBook
+from ocs.rating.rate import Rated, RatingFailure, RatingInput, rate
 from protocol.capabilities import LocalIdentity
 from protocol.constants import ResultCode
 from protocol.dictionary import DEFAULT_DICTIONARY
 from protocol.grammar import example_avp
 from protocol.message import Avp, Message, avp
 
-log = structlog.get_logger("ocs.charging")
+log = structlog.get_logger("ocs.charging.credit_control")
 
 _QUERIES = (RequestedAction.CHECK_BALANCE, RequestedAction.PRICE_ENQUIRY, RequestedAction.REFUND_ACCOUNT)
 
@@ -300,7 +300,7 @@ class CreditControl:
             items.append(
                 ChargeItem(
                     # An absent Rating-Group is charged and recorded as 0, the rating group of the
-                    # default service (ocs/rating.py); the record's service names what was rated.
+                    # default service (ocs/rating/rate.py); the record's service names what was rated.
                     rating_group=request.rating_group or 0,
                     service=rated.service,
                     unit=unit,

@@ -1,0 +1,1 @@
+"""The operator's and the customer's HTTP door: routes, bodies, answers."""

@@ -1,0 +1,1 @@
+"""The billing side: the usage spool and its export."""

@@ -1,0 +1,1 @@
+"""The command line: the operator's everyday commands and the demo."""

@@ -1,0 +1,1 @@
+"""The tariff book and the pure rating functions (used by charging and billing)."""
