@@ -14,7 +14,9 @@ from enum import IntEnum
 
 import pytest
 
-from ocs import app, cca, ccr, queries, rating_book, rating_load, sessions
+from ocs import app
+from ocs.charging import cca, ccr, notifier, queries
+from ocs.rating import book, load
 from protocol.capabilities import InbandSecurity
 from protocol.dictionary import DEFAULT_DICTIONARY
 from protocol.disconnect import DisconnectCause
@@ -38,11 +40,11 @@ WHOLE_ENUMERATIONS: list[tuple[str, Mapping[str, int], Callable[[str], str]]] = 
     ("CC-Request-Type", {name: value for value, name in enumerate(app._REQUEST_TYPES) if name}, _request_type),
     ("Requested-Action", _members(ccr.RequestedAction), _same),
     ("Final-Unit-Action", _members(cca.FinalUnitAction), _same),
-    ("Final-Unit-Action", {name: value for value, name in enumerate(rating_book.FINAL_UNIT_ACTIONS)}, _same),
-    ("Redirect-Address-Type", _members(rating_book.RedirectAddressType), str.upper),
+    ("Final-Unit-Action", {name: value for value, name in enumerate(book.FINAL_UNIT_ACTIONS)}, _same),
+    ("Redirect-Address-Type", _members(book.RedirectAddressType), str.upper),
     (
         "Redirect-Address-Type",
-        {name.replace(" ", "_"): int(value) for name, value in rating_load._REDIRECT_ADDRESS_TYPES.items()},
+        {name.replace(" ", "_"): int(value) for name, value in load._REDIRECT_ADDRESS_TYPES.items()},
         _same,
     ),
     (
@@ -57,7 +59,7 @@ WHOLE_ENUMERATIONS: list[tuple[str, Mapping[str, int], Callable[[str], str]]] = 
 # Single values named by a constant: (AVP, dictionary name, the constant's value).
 SINGLE_VALUES: list[tuple[str, str, int]] = [
     ("Redirect-Address-Type", "URL", cca.REDIRECT_ADDRESS_TYPE_URL),
-    ("Re-Auth-Request-Type", "AUTHORIZE_ONLY", sessions.RE_AUTH_AUTHORIZE_ONLY),
+    ("Re-Auth-Request-Type", "AUTHORIZE_ONLY", notifier.RE_AUTH_AUTHORIZE_ONLY),
     ("Check-Balance-Result", "ENOUGH_CREDIT", queries.CHECK_BALANCE_ENOUGH_CREDIT),
     ("Check-Balance-Result", "NO_CREDIT", queries.CHECK_BALANCE_NO_CREDIT),
     ("Reporting-Reason", "FINAL", ccr.REPORTING_REASON_FINAL),
