@@ -10,9 +10,9 @@ are refused with a ``ConfigError`` that names the file and field, or the variabl
 starts with a section's name but names none of its fields is refused as a mistyped setting; other
 ``OCS_`` variables are not settings and are ignored (``unused_environment`` lists them).
 
-Relative data paths (this file, the tariff file) are looked up in the current directory, then in
-the directory the packages were installed from (``find_data_file``), so the shipped defaults are
-found when ``ocs`` runs from anywhere.
+Relative data paths (this file, the tariff file, the credit classes file) are looked up in the
+current directory, then in the directory the packages were installed from (``find_data_file``), so
+the shipped defaults are found when ``ocs`` runs from anywhere.
 """
 
 from __future__ import annotations
@@ -175,6 +175,13 @@ class TariffSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomersSettings:
+    """The customer side's rule files (ocs/customers/): loaded once at startup, like the tariffs."""
+
+    credit_classes_path: str = "config/credit_classes.toml"  # credit check rules (ocs/customers/credit.py)
+
+
+@dataclass(frozen=True, slots=True)
 class RatingSettings:
     """How far rating trusts the client's clock (``ocs.ccr.request_time``)."""
 
@@ -213,6 +220,7 @@ class Settings:
     rating: RatingSettings = field(default_factory=RatingSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    customers: CustomersSettings = field(default_factory=CustomersSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     shutdown_timeout_seconds: float = 5.0
 
@@ -440,7 +448,7 @@ def _read_file(path: Path | None) -> tuple[dict[str, object], str]:
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (if given, else ``config/ocs.toml`` where ``find_data_file``
-    finds it), then the environment; a relative tariff path is resolved the same way."""
+    finds it), then the environment; a relative tariff or credit classes path is resolved the same way."""
     file_values, where = _read_file(path)
     hints = typing.get_type_hints(Settings)
     sections = set(_section_names())
@@ -468,6 +476,10 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     tariffs = find_data_file(settings.tariffs.path)
     if str(tariffs) != settings.tariffs.path:
         settings = dataclasses.replace(settings, tariffs=dataclasses.replace(settings.tariffs, path=str(tariffs)))
+    credit_classes = str(find_data_file(settings.customers.credit_classes_path))
+    if credit_classes != settings.customers.credit_classes_path:
+        customers = dataclasses.replace(settings.customers, credit_classes_path=credit_classes)
+        settings = dataclasses.replace(settings, customers=customers)
     return settings
 
 

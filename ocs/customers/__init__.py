@@ -1,0 +1,1 @@
+"""The customer side: parties, customers, lines, activation (identity validation, the credit check)."""
