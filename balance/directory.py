@@ -6,6 +6,16 @@ and each account has one profile hash ``pf:<account>``. These keys carry no hash
 read one at a time (and cached by the server), never inside a charging script. Binding an
 identity that belongs to another account is refused, so one identity names one account.
 
+Quarantine: when an account is terminated its identities are not freed at once (a number given
+to someone else days later would receive the old owner's calls and messages). ``quarantine``
+rewrites each lookup key to ``~<until> <account>``, which no account id can spell (keys.py's
+pattern starts alphanumeric): ``account_of`` answers None for it (the network gets 5030, as for
+any unknown identity), and ``register`` refuses it to any other account until ``<until>``. The
+quarantine ends by a check at registration time (claim.lua), not by a periodic job: nothing has
+to run for an identity to become free, nothing can free it early, and the check and the new
+binding are one script, so two registrations racing for it cannot both win. Redis key expiry
+would also free it, but by Redis's own clock, which tests and replays cannot set.
+
 Writes (``register``) go through ``caller``; reads (``lookup``) through ``reader`` when given: the
 server passes the store's pipelined charging client there, since a lookup sits on the path of a
 CCR whose subscriber is not cached yet, where a redis-py call costs about ten times as much.
@@ -13,13 +23,17 @@ CCR whose subscriber is not cached yet, where a redis-py call costs about ten ti
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from balance import keys
 from balance.callers import ScriptCaller, hash_fields
+from balance.scripts import SCRIPTS, Operation
 from balance.types import Outcome
+
+QUARANTINE_MARK = "~"  # the first character of a quarantined lookup key's value
 
 
 class IdentityKind(StrEnum):
@@ -64,14 +78,15 @@ class Directory:
         self.caller = caller
         self.reader = reader or caller
 
-    async def register(self, subscriber: Subscriber) -> Outcome:
-        """Bind the identities and write the profile; ``invalid`` if an identity is taken."""
+    async def register(self, subscriber: Subscriber, *, now_seconds: int | None = None) -> Outcome:
+        """Bind the identities and write the profile; ``invalid`` if an identity is taken (by
+        another account, or in quarantine after ``now_seconds``, by default the wall clock)."""
         if any(not identity.value or " " in identity.value for identity in subscriber.identities):
             return Outcome.INVALID
+        now = str(int(time.time() if now_seconds is None else now_seconds))
         for identity in subscriber.identities:
             key = keys.identity_key(identity.kind.value, identity.value)
-            claimed = await self.caller.execute("SET", key, subscriber.account_id, "NX")
-            if claimed is None and await self.caller.execute("GET", key) != subscriber.account_id:
+            if await self.caller.run(SCRIPTS[Operation.CLAIM], [key], [subscriber.account_id, now]) != "ok":
                 return Outcome.INVALID
         await self.caller.execute(
             "HSET",
@@ -88,8 +103,28 @@ class Directory:
         return Outcome.OK
 
     async def account_of(self, identity: Identity) -> str | None:
+        """The account the identity names; None when it names none (unknown, or in quarantine)."""
         found = await self.reader.execute("GET", keys.identity_key(identity.kind.value, identity.value))
-        return found if isinstance(found, str) else None
+        return found if isinstance(found, str) and not found.startswith(QUARANTINE_MARK) else None
+
+    async def quarantined_until(self, identity: Identity) -> int | None:
+        """When the identity's quarantine ends (epoch seconds), None when it is in none."""
+        found = await self.caller.execute("GET", keys.identity_key(identity.kind.value, identity.value))
+        if not isinstance(found, str) or not found.startswith(QUARANTINE_MARK):
+            return None
+        return int(found[1:].partition(" ")[0])
+
+    async def quarantine(self, account_id: str, identities: Sequence[Identity], until_seconds: int) -> int:
+        """Hold each identity still bound to ``account_id`` in quarantine until ``until_seconds``;
+        returns how many. Only the owner can be rewritten, so the GET before the SET races with
+        nothing: no other account can bind an identity this account holds."""
+        held = 0
+        for identity in identities:
+            key = keys.identity_key(identity.kind.value, identity.value)
+            if await self.caller.execute("GET", key) == account_id:
+                await self.caller.execute("SET", key, f"{QUARANTINE_MARK}{until_seconds} {account_id}")
+                held += 1
+        return held
 
     async def profile(self, account_id: str) -> Subscriber | None:
         fields = hash_fields(await self.reader.execute("HGETALL", keys.profile_key(account_id)))

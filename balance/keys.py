@@ -26,6 +26,10 @@ none. Field names are short because they are stored once per account and per ses
     "<session>|<request number>|<service key>".
 ``{R}:r:<account>`` hash: the account's refunds of one day (the day the limit counts in, as its
     caller names it): d the day, s micros refunded that day; expires two days after the last.
+``{R}:c:<account>`` set: the account's children (written by provision.lua with the child, so a
+    company node's descendants are listed level by level, at most MAX_HIERARCHY_LEVELS - 1
+    SMEMBERS, without scanning the keyspace). Accounts provisioned by versions before 2027-01
+    are not in it.
 ``{R}:k`` hash: idempotency keys of top-ups ("t:<id>") and adjustments ("j:<id>").
 ``ar:<account>`` string "<root> <parent>": which hierarchy an account belongs to (no hash tag;
     read once per account and cached by the store).
@@ -100,6 +104,10 @@ def outbox_key(root: str) -> str:
 
 def refund_day_key(root: str, account_id: str) -> str:
     return f"{{{root}}}:r:{account_id}"
+
+
+def children_key(root: str, account_id: str) -> str:
+    return f"{{{root}}}:c:{account_id}"
 
 
 def idempotency_key(root: str) -> str:

@@ -524,6 +524,28 @@ class ReferenceModel:
         self.check_invariants()
         return sorted(closed)
 
+    def release(self, account_id: str) -> list[str]:
+        """RULES.md "release": close every open session of the account, whatever its expiry."""
+        root_id = self.root_of(account_id)
+        closed = []
+        for (root, session_id), session in self._sessions.items():
+            if root == root_id and session.account_id == account_id and not session.closed:
+                self._close(session)
+                closed.append(session_id)
+        self.check_invariants()
+        return sorted(closed)
+
+    def descendants(self, account_id: str) -> list[str]:
+        """RULES.md "descendants": level by level, each level sorted."""
+        accounts = self._ledger.accounts
+        found: list[str] = []
+        level = [account_id]
+        while level:
+            parents = set(level)
+            level = sorted(other for other, state in accounts.items() if state.account.parent_id in parents)
+            found += level
+        return found
+
     def balance(self, account_id: str, now_seconds: int) -> BalanceView | None:
         state = self._ledger.accounts.get(account_id)
         if state is None:

@@ -41,6 +41,7 @@ class Operation(StrEnum):
     EXPIRE = "expire"
     VIEW = "view"
     ACK = "ack"
+    CLAIM = "claim"
 
 
 # Every operation is idempotent by its key except ``credit`` (add_bucket has no key), so every

@@ -344,6 +344,7 @@ class BalanceStore:
                 f"{MAX_HIERARCHY_LEVELS} levels (root included): it can have no children",
             )
         account_key, parent_key, _ = self._account_keys(root, account.account_id, ancestors)
+        children_key = keys.children_key(root, account.parent_id or account.account_id)
         arguments = [
             account.account_id,
             account.currency,
@@ -357,7 +358,9 @@ class BalanceStore:
         for bucket in account.buckets:
             arguments += _bucket_arguments(bucket)
         outcome = Outcome(
-            _text(await self.admin.run(SCRIPTS[Operation.PROVISION], [account_key, parent_key], arguments))
+            _text(
+                await self.admin.run(SCRIPTS[Operation.PROVISION], [account_key, parent_key, children_key], arguments)
+            )
         )
         if outcome is Outcome.INVALID:
             if claimed is not None:
@@ -576,6 +579,42 @@ class BalanceStore:
         except (BalanceUnavailable, TimeoutError):
             raise BalanceUnavailable(f"{failure}; past its deadline, nothing more can apply") from None
 
+    async def descendants(self, account_id: str) -> list[str]:
+        """Every account below ``account_id`` in its hierarchy, level by level (children first),
+        each level sorted; empty for a line or an unknown account. One SMEMBERS per node that
+        has children, all under the root's hash tag (RULES.md "descendants")."""
+        root = await self.root_of(account_id)
+        found: list[str] = []
+        level = [account_id]
+        while level:
+            below: list[str] = []
+            for node in level:
+                below += _strings(await self.admin.execute("SMEMBERS", keys.children_key(root, node)))
+            level = sorted(below)
+            found += level
+        return found
+
+    async def release(self, account_id: str) -> list[str]:
+        """Close every open session of the account at once, returning all it holds, as session
+        supervision does for an expired one (RULES.md "release"; expire.lua run with the end of
+        time as its ``now``); returns the ids closed, sorted. Usage already committed stays."""
+        root = await self.root_of(account_id)
+        members = await self.admin.execute("ZRANGE", keys.expiry_key(root), "0", "-1")
+        closed: list[str] = []
+        for member in members if isinstance(members, list) else []:
+            owner, _, session_id = str(member).partition("|")
+            if owner == account_id and await self._close_session(root, account_id, session_id, _END_OF_TIME):
+                closed.append(session_id)
+        return sorted(closed)
+
+    async def _close_session(self, root_id: str, account_id: str, session_id: str, now_text: str) -> bool:
+        """expire.lua on one session: closed if its expiry is at or before ``now_text``."""
+        root, ancestors = await self._chain(account_id) or (root_id, ())
+        account_key, parent_key, above = self._account_keys(root, account_id, ancestors)
+        script_keys = [keys.session_key(root, session_id), account_key, parent_key, keys.expiry_key(root), *above]
+        arguments = [account_id, session_id, now_text, self._tombstone_text, " ".join(ancestors)]
+        return await self.admin.run(SCRIPTS[Operation.EXPIRE], script_keys, arguments) == 1
+
     # -- session supervision -------------------------------------------------------------------
 
     async def expire(self, root_id: str, now_seconds: int) -> list[str]:
@@ -584,11 +623,7 @@ class BalanceStore:
         closed: list[str] = []
         for member in members if isinstance(members, list) else []:
             account_id, _, session_id = str(member).partition("|")
-            root, ancestors = await self._chain(account_id) or (root_id, ())
-            account_key, parent_key, above = self._account_keys(root, account_id, ancestors)
-            script_keys = [keys.session_key(root, session_id), account_key, parent_key, keys.expiry_key(root), *above]
-            arguments = [account_id, session_id, str(now_seconds), self._tombstone_text, " ".join(ancestors)]
-            if await self.admin.run(SCRIPTS[Operation.EXPIRE], script_keys, arguments) == 1:
+            if await self._close_session(root_id, account_id, session_id, str(now_seconds)):
                 closed.append(session_id)
         return sorted(closed)
 
@@ -682,6 +717,8 @@ class BalanceStore:
 
 
 _MAX_AMOUNT = 10**15
+# A ``now`` later than any session's expiry (2^53 - 1: Lua's doubles hold it exactly).
+_END_OF_TIME = str(2**53 - 1)
 # Where the deadline sits in each script's ARGV, counted from 0 (their headers: 11 and 8).
 _DEADLINE_ARGUMENT = {Operation.CHARGE: 10, Operation.REFUND: 7}
 # (root, the ancestors' ids as charge.lua's ARGV[9], KEYS[2] on: account, parent, expiry zset,

@@ -85,11 +85,16 @@ class BalanceChanged:
 
 @dataclass(frozen=True, slots=True)
 class StatusChanged:
-    """The account's status changed from ``previous`` to ``status`` (never published unchanged)."""
+    """The account's status changed from ``previous`` to ``status`` (never published unchanged),
+    by ``actor`` (the API token's name, or the job that made it) for ``reason`` (free text, may be
+    empty). A change to a company node is one event per account under it, each with the same
+    actor and reason. Events of versions without actor and reason decode with both empty."""
 
     account_id: str
     previous: AccountStatus
     status: AccountStatus
+    actor: str = ""
+    reason: str = ""
 
 
 AccountEvent = BalanceChanged | StatusChanged

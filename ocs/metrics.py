@@ -198,6 +198,14 @@ class Metrics:
             ("route", "method", "status"),
             registry=registry,
         )
+        self.lifecycle_enforcement_seconds = Histogram(
+            "ocs_lifecycle_enforcement_seconds",
+            "Time from a status change asked through the API to the last RAR or ASR sent for it, "
+            "by the status it set (only changes that reached a live session)",
+            ("change",),
+            buckets=HTTP_SECONDS_BUCKETS,
+            registry=registry,
+        )
         self.http_seconds = Histogram(
             "ocs_http_request_duration_seconds",
             "Time to answer an HTTP request, by route template",
@@ -263,6 +271,11 @@ class Metrics:
         """The answer to a RAR or ASR this server sent: ``command`` "RAR" / "ASR", ``result_code``
         a bounded label (``ocs.sessions.result_label``)."""
         self.server_requests.labels(command, result_code).inc()
+
+    def lifecycle_enforced(self, change: str, seconds: float) -> None:
+        """A status change reached the live sessions: ``change`` the status set (suspended,
+        active, barred, terminated: four labels), ``seconds`` from the call to the last request."""
+        self.lifecycle_enforcement_seconds.labels(change).observe(seconds)
 
     # -- the spool writer --------------------------------------------------------------------
 

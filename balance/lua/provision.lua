@@ -1,10 +1,12 @@
 -- provision.lua: create an account with its buckets (RULES.md "provision").
 --
--- KEYS: 1 account hash, 2 parent account hash (the account's own key again when it has no parent).
+-- KEYS: 1 account hash, 2 parent account hash (the account's own key again when it has no parent),
+--       3 the parent's children set (the account's own children set when it has no parent).
 -- ARGV: 1 account id, 2 currency, 3 payment type, 4 status, 5 credit limit micros, 6 the
 --       ancestors' ids, parent first, root last, separated by spaces ('' for none), 7 child cap micros, 8 bucket count, then per bucket 7 fields: id, kind,
 --       amount, services (comma-separated), valid from, valid until, priority.
--- Returns: "<outcome>" (ok | already_exists | invalid).
+-- Returns: "<outcome>" (ok | already_exists | invalid); with ok, a child is in its parent's
+--       children set (RULES.md "descendants").
 -- Invariants: credits = the sum of the monetary buckets; a parent exists, has the same currency
 --       and the parent the store knows for it (the next id in ARGV[6], none for the root); the
 --       tree stays within MAX_LEVELS (lib.lua); bucket ids are unique and >= 1.
@@ -44,4 +46,5 @@ for i = 0, count - 1 do
 end
 if credits ~= 0 then fields[#fields + 1] = 'cr'; fields[#fields + 1] = fmt(credits) end
 redis.call('HSET', account_key, unpack(fields))
+if parent_id ~= '' then redis.call('SADD', KEYS[3], account_id) end
 return 'ok'

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ocs.api.provisioning")
 
 CUSTOMER_TYPES = ("mobile", "fixed")
+SECONDS_PER_DAY = 86_400
 _MONEY = re.compile(r"^(-?)([0-9]{1,16})(?:\.([0-9]+))?$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _MONEY_DECIMALS = 6  # micros
@@ -466,9 +467,15 @@ class Applied:
 
 @dataclass(frozen=True, slots=True)
 class StatusChange:
+    """A status change: the account's previous status, its view after, the sessions told (of every
+    account changed), and each account changed (the account itself first, when it changed, then
+    those under it: one recorded change per account)."""
+
     previous: AccountStatus
     view: BalanceView
     notified_sessions: int
+    changed: tuple[StatusChanged, ...] = ()
+    released_sessions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,7 +500,9 @@ class Provisioning:
         events: AccountEvents | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        identity_quarantine_seconds: int = 90 * SECONDS_PER_DAY,
     ) -> None:
+        self.identity_quarantine_seconds = identity_quarantine_seconds
         self.store = store
         self.directory = directory
         self.book = book
@@ -527,7 +536,7 @@ class Provisioning:
             # The engine names what it refused, e.g. a company tree deeper than its bound.
             why = provisioned.reason or outcome.value
             raise Refused(f"account {account.account_id!r}: the money rules refuse it ({why})")
-        if await self.directory.register(profile) is not Outcome.OK:
+        if await self.directory.register(profile, now_seconds=int(self.clock())) is not Outcome.OK:
             raise Conflict(f"account {account.account_id!r} was created, but an identity was taken meanwhile")
         self.forget(profile.identities)  # a miss for these identities may be cached
         money = sum(bucket.amount for bucket in account.buckets if bucket.kind in MONETARY_KINDS)
@@ -561,25 +570,73 @@ class Provisioning:
             owner = await self.directory.account_of(identity)
             if owner is not None and owner != account.account_id:
                 raise Conflict(f"identity {identity.kind.value}:{identity.value} belongs to account {owner!r}")
+            until = await self.directory.quarantined_until(identity)
+            if until is not None and until > self.clock():
+                ends = datetime.fromtimestamp(until, UTC).isoformat()
+                raise Conflict(f"identity {identity.kind.value}:{identity.value} is in quarantine until {ends}")
         return account, profile
 
-    async def set_status(self, account_id: str, status: AccountStatus) -> StatusChange:
+    async def set_status(
+        self, account_id: str, status: AccountStatus, *, actor: str = "", reason: str = ""
+    ) -> StatusChange:
+        """Set the status of the account and of every account under it (a company node's lines:
+        RULES.md "descendants"), each change published on its own for its live sessions (RAR when
+        suspended or resumed, ASR when barred or terminated: ocs/charging/notifier.py), with who
+        (``actor``) and why (``reason``). Terminated is final: an account under the node that is
+        terminated stays so. Terminating releases every reservation of the account at once and
+        holds its identities in quarantine (balance/directory.py) for the configured period."""
+        started = time.perf_counter()
         previous = (await self.view(account_id)).account.status
         if previous is AccountStatus.TERMINATED and status is not AccountStatus.TERMINATED:
             raise Refused(f"account {account_id!r} is terminated; that is final")
-        notified = 0
-        if status is not previous:
-            outcome = (await self.store.update(account_id, status=status)).outcome
-            if outcome is Outcome.UNKNOWN_ACCOUNT:
-                raise NotFound(f"no account {account_id!r}")
-            if outcome is not Outcome.OK:
-                raise Refused(f"account {account_id!r}: status change refused ({outcome.value})")
-            profile = await self.directory.profile(account_id)
-            if profile is not None:
-                self.forget(profile.identities)
-            notified = self.events.publish(StatusChanged(account_id, previous, status))  # live sessions learn it
-            log.info("status_changed", account_id=account_id, previous=previous.value, status=status.value)
-        return StatusChange(previous, await self.view(account_id), notified)
+        changed: list[StatusChanged] = []
+        notified = released = 0
+        for target in [account_id, *await self.store.descendants(account_id)]:
+            outcome = await self._apply_status(target, status, actor, reason)
+            if outcome is not None:
+                changed.append(outcome[0])
+                notified += outcome[1]
+                released += outcome[2]
+        if notified and self.metrics is not None:  # the change reached the network: how fast
+            self.metrics.lifecycle_enforced(status.value, time.perf_counter() - started)
+        return StatusChange(previous, await self.view(account_id), notified, tuple(changed), released)
+
+    async def _apply_status(
+        self, account_id: str, status: AccountStatus, actor: str, reason: str
+    ) -> tuple[StatusChanged, int, int] | None:
+        """One account's change: (the event published, requests sent, sessions released), or
+        None when there was nothing to change (already so, or terminated for good)."""
+        previous = (await self.view(account_id)).account.status
+        if status is previous or previous is AccountStatus.TERMINATED:
+            return None
+        outcome = (await self.store.update(account_id, status=status)).outcome
+        if outcome is Outcome.UNKNOWN_ACCOUNT:
+            raise NotFound(f"no account {account_id!r}")
+        if outcome is not Outcome.OK:
+            raise Refused(f"account {account_id!r}: status change refused ({outcome.value})")
+        profile = await self.directory.profile(account_id)
+        identities = profile.identities if profile is not None else ()
+        event = StatusChanged(account_id, previous, status, actor, reason)
+        notified = self.events.publish(event)  # live sessions learn it: RAR or ASR
+        released: list[str] = []
+        if status is AccountStatus.TERMINATED:
+            # After the ASR, so a client quick to answer it reports its last usage first; what is
+            # still held then comes back now rather than after Tcc (RULES.md "release").
+            released = await self.store.release(account_id)
+            until = int(self.clock()) + self.identity_quarantine_seconds
+            await self.directory.quarantine(account_id, identities, until)
+        self.forget(identities)  # the cached subscriber has the old status, or no longer exists
+        log.info(
+            "status_changed",
+            account_id=account_id,
+            previous=previous.value,
+            status=status.value,
+            actor=actor,
+            reason=reason,
+            notified_sessions=notified,
+            released_sessions=len(released),
+        )
+        return event, notified, len(released)
 
     async def top_up(self, account_id: str, top_up_id: str, micros: int, kind: BucketKind, valid_until: int) -> Applied:
         if micros <= 0:

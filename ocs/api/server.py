@@ -84,6 +84,7 @@ from balance.types import MAX_SERVICE_UNITS, MONETARY_KINDS, AccountStatus, Bala
 from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
 from ocs.api.audit_trail import AuditTrail
 from ocs.api.provisioning import (
+    SECONDS_PER_DAY,
     ApiError,
     Applied,
     BadInput,
@@ -213,6 +214,7 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         forget=cache.forget if cache is not None else lambda identities: None,
         events=state.events,
         metrics=metrics,
+        identity_quarantine_seconds=settings.lifecycle.identity_quarantine_days * SECONDS_PER_DAY,
     )
     # client_max_size bounds aiohttp's own readers too, should anything call request.read().
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_JSON_BODY_BYTES)
@@ -624,18 +626,24 @@ async def _status(request: web.Request) -> web.Response:
     account_id = _account(request)
     fields = await _json(request)
     status = AccountStatus(fields.choice("status", [status.value for status in AccountStatus]))
+    reason = fields.text("reason", "")
     fields.done()
-    change = await _provisioning(request).set_status(account_id, status)
-    _changed(
-        request,
-        Change(account_id, {"status": change.previous.value}, {"status": change.view.account.status.value}),
-    )
+    actor = _actor(request).token.name
+    change = await _provisioning(request).set_status(account_id, status, actor=actor, reason=reason)
+    # The record names the reason, and every account under a company node that changed with it.
+    below = [f"{event.account_id} {event.previous.value}->{event.status.value}" for event in change.changed[1:]]
+    detail = "; ".join(part for part in (f"reason: {reason}" if reason else "", ", ".join(below)) if part)
+    after: dict[str, object] = {"status": change.view.account.status.value}
+    _changed(request, Change(account_id, {"status": change.previous.value}, after, detail=detail))
     return web.json_response(
         {
             "account_id": account_id,
             "previous_status": change.previous.value,
             "status": change.view.account.status.value,
+            "reason": reason,
+            "changed_accounts": [event.account_id for event in change.changed],
             "notified_sessions": change.notified_sessions,
+            "released_sessions": change.released_sessions,
         }
     )
 

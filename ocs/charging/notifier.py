@@ -4,8 +4,11 @@ RFC 6733 section 8.5).
 Theory of operation: the charging handler reports, as events, which sessions are open at which
 client and which got their final units. After a top-up, every session of the account in
 final-unit state gets a Re-Auth-Request (AUTHORIZE_ONLY), so the client comes back with a CCR-U
-and is granted from the new balance; when an account is barred or terminated, each of its open
-sessions gets an Abort-Session-Request. Requests go to the connection whose peer is the
+and is granted from the new balance. A status change reaches every open session of the account
+at once (issue 13, "The lifecycle, enforced on live sessions"): suspended or resumed, each gets a
+Re-Auth-Request, so its CCR-U in answer gets the suspended treatment (the plan's
+Final-Unit-Indication, RFC 8506 section 5.6) or normal grants again, instead of waiting out the
+Validity-Time; barred or terminated, each gets an Abort-Session-Request. Requests go to the connection whose peer is the
 session's Origin-Host. What this server knows is what it answered: with several server
 processes, each notifies the sessions it carries.
 
@@ -46,6 +49,9 @@ log = structlog.get_logger("ocs.charging.notifier")
 
 RE_AUTH_AUTHORIZE_ONLY = 0  # Re-Auth-Request-Type, RFC 6733 section 8.12
 _BLOCKING = (AccountStatus.BARRED, AccountStatus.TERMINATED)
+# Statuses whose treatment the sessions learn by asking again: suspended (the suspended
+# Final-Unit-Indication) and active (normal grants); RFC 4006 section 5.5.
+_RE_AUTHORIZED = (AccountStatus.SUSPENDED, AccountStatus.ACTIVE)
 # The command label of the requests this server sends (RFC 6733 sections 8.3 and 8.5).
 _COMMAND_LABELS = {CommandCode.RE_AUTH: "RAR", CommandCode.ABORT_SESSION: "ASR"}
 UNANSWERED = "unanswered"  # the result label of a request whose connection closed first
@@ -126,8 +132,8 @@ class SessionNotifier:
             return self.account_topped_up(event.account_id) if event.micros >= 0 else 0
         if event.status in _BLOCKING:
             return self.account_blocked(event.account_id)  # ASR to its open sessions
-        if event.status is AccountStatus.ACTIVE:
-            return self.account_topped_up(event.account_id)  # RAR: final-unit sessions come back
+        if event.status in _RE_AUTHORIZED:
+            return self.account_re_authorized(event.account_id)  # RAR: each asks again at once
         return 0
 
     def answered(self, answer: Message, context: object) -> bool:
@@ -154,9 +160,17 @@ class SessionNotifier:
 
     def account_topped_up(self, account_id: str) -> int:
         """RAR to every session of the account in final-unit state; returns how many were sent."""
+        return self._re_authorize(account_id, final_only=True)
+
+    def account_re_authorized(self, account_id: str) -> int:
+        """RAR to every open session of the account, in final-unit state or not; returns how
+        many were sent. Each comes back with a CCR-U answered under the account's new status."""
+        return self._re_authorize(account_id, final_only=False)
+
+    def _re_authorize(self, account_id: str, *, final_only: bool) -> int:
         sent = 0
         for session_id, session in list(self._sessions.get(account_id, {}).items()):
-            if session.final and self._send(CommandCode.RE_AUTH, session_id, session):
+            if (session.final or not final_only) and self._send(CommandCode.RE_AUTH, session_id, session):
                 session.final = False
                 sent += 1
         return sent

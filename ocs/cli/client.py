@@ -119,8 +119,9 @@ class ApiClient:
     async def balance(self, account_id: str) -> ApiAnswer:
         return await self.request("GET", f"/subscribers/{_segment(account_id)}/balance")
 
-    async def set_status(self, account_id: str, status: str) -> ApiAnswer:
-        return await self.request("PUT", f"/subscribers/{_segment(account_id)}/status", body={"status": status})
+    async def set_status(self, account_id: str, status: str, reason: str = "") -> ApiAnswer:
+        body = {"status": status, "reason": reason} if reason else {"status": status}
+        return await self.request("PUT", f"/subscribers/{_segment(account_id)}/status", body=body)
 
     async def top_up(self, account_id: str, body: Mapping[str, object]) -> ApiAnswer:
         return await self.request("POST", f"/subscribers/{_segment(account_id)}/topups", body=body)

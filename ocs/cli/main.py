@@ -16,7 +16,8 @@ offline, from files: ``ocs rate`` prices usage with the tariff file (``ocs.ratin
 revokes tokens on the business database (how the first admin token is made).
 
     ocs subscriber add ACCOUNT [--plan P] [--type mobile|fixed] [--msisdn N] [--balance 10.00] ...
-    ocs subscriber show|suspend|reactivate|bar|terminate ACCOUNT
+    ocs subscriber show ACCOUNT
+    ocs subscriber suspend|reactivate|bar|terminate ACCOUNT [--reason TEXT]
     ocs subscriber load FILE.csv
     ocs topup ACCOUNT AMOUNT --id ID [--bonus]
     ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
@@ -147,6 +148,7 @@ def _subscriber_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     for action, status in _STATUS_COMMANDS.items():
         change = actions.add_parser(action, parents=[client], help=f"set the account {status}")
         change.add_argument("account")
+        change.add_argument("--reason", default="", help="why (kept in the audit trail)")
         change.set_defaults(remote=_status, printer=_print_status, status=status)
     load = actions.add_parser("load", parents=[client], help="create subscribers from a CSV file")
     load.add_argument("file", type=Path)
@@ -254,7 +256,7 @@ async def _show(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
 
 
 async def _status(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
-    return await client.set_status(arguments.account, arguments.status)
+    return await client.set_status(arguments.account, arguments.status, arguments.reason)
 
 
 async def _load(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
@@ -350,6 +352,10 @@ def _print_status(body: Mapping[str, object]) -> None:
     notified = body.get("notified_sessions")
     print(f"{body.get('account_id')}: {body.get('previous_status')} -> {body.get('status')}", end="")
     print(f" ({notified} session(s) notified)" if notified else "")
+    changed = body.get("changed_accounts")
+    below = [str(name) for name in changed if name != body.get("account_id")] if isinstance(changed, list) else []
+    if below:
+        print(f"  with {len(below)} account(s) under it: {', '.join(below)}")
 
 
 def _print_applied(body: Mapping[str, object]) -> None:

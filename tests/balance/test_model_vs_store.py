@@ -498,6 +498,17 @@ class ModelVersusStore(RuleBasedStateMachine):
             f"update {account_id} {changes}", expected, self._store(lambda: self.store.update(account_id, **changes))
         )
 
+    @rule(account_id=st.sampled_from(ACCOUNTS))
+    def release(self, account_id: str) -> None:
+        """An account terminated: every session of it is closed at once (RULES.md "release")."""
+        expected = self.model.release(account_id)
+        self._same(f"release {account_id}", expected, self._store(lambda: self.store.release(account_id)))
+
+    @rule(account_id=st.sampled_from(ACCOUNTS))
+    def descendants(self, account_id: str) -> None:
+        expected = self.model.descendants(account_id)
+        self._same(f"descendants {account_id}", expected, self._store(lambda: self.store.descendants(account_id)))
+
     @rule(seconds=st.sampled_from((0, 1, 30, 299, 300, 600, 901)), root_id=st.sampled_from(ROOTS))
     def time_passes(self, seconds: int, root_id: str) -> None:
         """Time moves on and the session supervisor looks at one hierarchy."""

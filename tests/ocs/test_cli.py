@@ -82,6 +82,16 @@ async def test_subscriber_lifecycle(api: Api, capsys: pytest.CaptureFixture[str]
     assert status == 1 and out == "" and err.count("\n") == 1 and "terminated" in err and "HTTP 422" in err
 
 
+async def test_a_status_change_takes_a_reason_into_the_audit_trail(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await ocs(capsys, "--url", api.url, "subscriber", "add", "rhea")
+    status, out, _ = await ocs(capsys, "--url", api.url, "subscriber", "suspend", "rhea", "--reason", "lost phone")
+    assert (status, out) == (0, "rhea: active -> suspended\n")
+    code, trail = await api.call("GET", "/audit-trail", query={"account": "rhea"})
+    assert code == 200 and [record["detail"] for record in trail["records"]][-1] == "reason: lost phone"
+
+
 async def test_json_output_is_the_answer(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
     await ocs(capsys, "--url", api.url, "subscriber", "add", "pia", "--balance", "1")
     status, out, _ = await ocs(capsys, "--url", api.url, "--json", "balance", "pia")

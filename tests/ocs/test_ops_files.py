@@ -48,6 +48,7 @@ def _exposed() -> dict[str, frozenset[str]]:
     metrics.watch(in_flight=lambda: 1.0, peers=lambda: 1.0, open_sessions=lambda: 1.0)
     metrics.http_finished("/health", "GET", 200, 0.001)
     metrics.server_request_answered("ASR", "5012")
+    metrics.lifecycle_enforced("suspended", 0.01)
     # The audit trail's counter joins the server's registry (ocs/app.py); its engine is not used here.
     AuditTrail(cast(AsyncEngine, None), Path("audit-pending.jsonl"), registry=metrics.registry)
     exposed: dict[str, set[str]] = {}

@@ -80,13 +80,16 @@ async def test_an_event_published_on_the_seam_reaches_the_notifier_and_every_sub
     await wait_for(lambda: len(received) == 1)
     assert received[0].command_code == RE_AUTH and received[0].get("Session-Id") == "call-w"
     await wait_for(lambda: answered(state.metrics, "RAR", "2001") == 1)
-    # Suspending reaches the subscriber and changes nothing on the network (no RAR, no ASR).
+    # Suspending reaches the subscriber and every open session at once: a RAR (issue 13), in
+    # final-unit state or not (the top-up's RAR took this one out of it).
     suspended = StatusChanged("will", AccountStatus.ACTIVE, AccountStatus.SUSPENDED)
-    assert state.events.publish(suspended) == 0 and seen == [event, suspended]
-    barred = StatusChanged("will", AccountStatus.ACTIVE, AccountStatus.BARRED)
-    assert state.events.publish(barred) == 1
+    assert state.events.publish(suspended) == 1 and seen == [event, suspended]
     await wait_for(lambda: len(received) == 2)
-    assert received[1].command_code == ABORT_SESSION and received[1].get("Session-Id") == "call-w"
+    assert received[1].command_code == RE_AUTH and received[1].get("Session-Id") == "call-w"
+    barred = StatusChanged("will", AccountStatus.SUSPENDED, AccountStatus.BARRED)
+    assert state.events.publish(barred) == 1
+    await wait_for(lambda: len(received) == 3)
+    assert received[2].command_code == ABORT_SESSION and received[2].get("Session-Id") == "call-w"
     await client.close()
 
 
