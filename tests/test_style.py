@@ -156,6 +156,7 @@ WING_FORBIDDEN = {
     "db": ("ocs.charging", "ocs.billing", "ocs.rating", "ocs.api", "ocs.cli", "ocs.app"),
     "billing": ("ocs.charging", "ocs.api", "ocs.cli", "ocs.app"),
     "charging": ("ocs.billing", "ocs.api", "ocs.cli", "ocs.app"),
+    "customers": ("ocs.charging", "ocs.billing", "ocs.api", "ocs.cli", "ocs.app"),
 }
 
 
