@@ -66,6 +66,7 @@ from ocs.customers.values import (
 
 OPENAPI_VERSION = "3.1.0"  # pydantic writes JSON Schema 2020-12, the dialect of OpenAPI 3.1
 MAX_ERRORS_SHOWN = 5
+REF_TEMPLATE = "#/components/schemas/{model}"  # OpenAPI 3.1 section 4.8.7: schemas live in components
 
 
 class Invalid(ApiError):
@@ -359,7 +360,7 @@ def _operation(route: Route, refs: Mapping[Any, Any]) -> dict[str, object]:
         if "{" + name + "}" in route.path
     ]
     if route.query is not None:
-        properties = route.query.model_json_schema()["properties"]
+        properties = route.query.model_json_schema(ref_template=REF_TEMPLATE)["properties"]
         parameters += [{"name": name, "in": "query", "schema": schema} for name, schema in properties.items()]
     if parameters:
         operation["parameters"] = parameters
@@ -379,7 +380,11 @@ def openapi_document(extra_paths: Mapping[str, Mapping[str, object]] | None = No
         if route.body is not None:
             wanted.add((route.body, "validation"))
     ordered = sorted(wanted, key=lambda item: (item[0].__name__, item[1]))
-    refs, definitions = models_json_schema(ordered, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+    refs, definitions = models_json_schema(ordered, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
+    schemas = dict(definitions.get("$defs", {}))
+    for route in ROUTES:  # a query's enumerations (CustomerStatus) are components too
+        if route.query is not None:
+            schemas.update(route.query.model_json_schema(ref_template=REF_TEMPLATE).get("$defs", {}))
     paths: dict[str, dict[str, object]] = {path: dict(item) for path, item in (extra_paths or {}).items()}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, refs)
@@ -388,7 +393,7 @@ def openapi_document(extra_paths: Mapping[str, Mapping[str, object]] | None = No
         "info": {"title": "Open OCS operator API", "version": "1"},
         "paths": paths,
         "components": {
-            "schemas": definitions.get("$defs", {}),
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},  # RFC 6750
         },
         "security": [{"bearer": []}],
