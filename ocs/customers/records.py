@@ -54,7 +54,7 @@ def _values(row: Any) -> dict[str, Any]:
 def _party_row(party_id: str, new: NewCustomer, now: datetime) -> dict[str, object]:
     person, company = new.individual, new.organization
     document = person.identity_document if person is not None else None
-    media = (person or company).contact_media if (person or company) is not None else []  # type: ignore[union-attr]
+    media = person.contact_media if person is not None else company.contact_media if company is not None else []
     return {
         "party_id": party_id,
         "kind": "individual" if person is not None else "organization",
