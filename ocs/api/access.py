@@ -12,6 +12,8 @@ the route against ``PERMISSIONS``, keyed by method and route template, and answe
 - care: customer work (create, status, buckets), top-ups, adjustments up to a limit per
   adjustment (``adjust_limit_micros``: the configured one, or the token's own when lower);
   no bulk load, no audit;
+- customers, company nodes and lines (``/customers``, ``/lines``): admin and care create, they
+  and read-only read; self-care does not see them;
 - self-care: its own account only (the token names it): the profile, the balance, top-ups with a
   payment reference (``payment_reference``, required: the API says 400 without it); pricing.
 
@@ -33,11 +35,15 @@ from ocs.db import tokens
 from ocs.db.tokens import Role, Token
 from ocs.rating.rate import format_money
 
-OPEN_ROUTES = frozenset({("GET", "/health")})  # a load balancer's probe carries no token
+# A load balancer's probe carries no token; the API's description is public, as its code is.
+OPEN_ROUTES = frozenset({("GET", "/health"), ("GET", "/openapi.json")})
 _EVERYONE = frozenset(Role)
 _READERS = frozenset({Role.ADMIN, Role.READ_ONLY})
 _CUSTOMER_WORK = frozenset({Role.ADMIN, Role.CARE})
 _ACCOUNT_READERS = frozenset({Role.ADMIN, Role.READ_ONLY, Role.CARE, Role.SELF_CARE})
+# Customers are read by staff only: a self-care token names an account, not a customer, and
+# mapping one to the other on every read is left to a self-care resource of its own.
+_CUSTOMER_READERS = frozenset({Role.ADMIN, Role.CARE, Role.READ_ONLY})
 
 PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/metrics"): _READERS,
@@ -53,6 +59,13 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/subscribers/{account_id}/topups"): frozenset({Role.ADMIN, Role.CARE, Role.SELF_CARE}),
     ("POST", "/subscribers/{account_id}/adjustments"): _CUSTOMER_WORK,
     ("POST", "/subscribers/{account_id}/buckets"): _CUSTOMER_WORK,
+    ("GET", "/customers"): _CUSTOMER_READERS,
+    ("GET", "/customers/{customer_id}"): _CUSTOMER_READERS,
+    ("GET", "/customers/{customer_id}/tree"): _CUSTOMER_READERS,
+    ("GET", "/lines/{line_id}"): _CUSTOMER_READERS,
+    ("POST", "/customers"): _CUSTOMER_WORK,
+    ("POST", "/customers/{customer_id}/nodes"): _CUSTOMER_WORK,
+    ("POST", "/customers/{customer_id}/lines"): _CUSTOMER_WORK,
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
 _NOT_CHANGES = frozenset({("POST", "/rate")})

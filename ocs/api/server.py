@@ -83,6 +83,8 @@ from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.types import MAX_SERVICE_UNITS, MONETARY_KINDS, AccountStatus, BalanceView, Bucket, BucketKind
 from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
 from ocs.api.audit_trail import AuditTrail
+from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
+from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
 from ocs.api.provisioning import (
     SECONDS_PER_DAY,
     ApiError,
@@ -97,6 +99,7 @@ from ocs.api.provisioning import (
     parse_new_subscriber,
     read_csv,
 )
+from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
 from ocs.db.audit import AuditEntry
 from ocs.db.tokens import Role
@@ -149,6 +152,7 @@ class Change:
 
 
 CONTEXT = web.AppKey("ocs_api", ApiContext)
+CUSTOMERS = web.AppKey("ocs_customers", Customers)  # the customer side (ocs.api.customers)
 _ACTOR = web.RequestKey("ocs_actor", Actor)  # the authenticated caller
 _CHANGE = web.RequestKey("ocs_change", Change)  # what its call changed
 
@@ -237,6 +241,11 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     ]
     for method, path, handler in with_body:
         app.router.add_route(method, path, handler, expect_handler=_expect_continue)
+    app[CUSTOMERS] = Customers(state.database, ProvisioningAccounts(provisioning))
+    for route in CUSTOMER_ROUTES:
+        expect = _expect_continue if route.body is not None else None
+        app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
+    app.router.add_get("/openapi.json", _openapi)
     return app
 
 
@@ -251,6 +260,7 @@ async def start_http(state: ServerState) -> HttpServer:
     http = settings.http
     tls = _tls_context(http.tls_certificate, http.tls_private_key) if http.tls_certificate else None
     app = build_app(state, metrics)
+    await _resume_customer_provisioning(app[CUSTOMERS])
     runner, bound = await _listen(app, http.host, http.port, settings.shutdown_timeout_seconds, tls)
     log.info("http_listening", host=bound[0], port=bound[1], https=tls is not None)
     server = HttpServer(runner, bound, metrics, scheme="https" if tls is not None else "http")
@@ -290,6 +300,15 @@ async def _listen(
         raise
     address = runner.addresses[0]
     return runner, (str(address[0]), int(address[1]))
+
+
+async def _resume_customer_provisioning(customers: Customers) -> None:
+    """The startup pass: lines and pools a crash left ``provisioning`` are finished before the API
+    opens (DESIGN.md: "a recorded, idempotent step that a restart finishes")."""
+    try:
+        await customers.resume()
+    except BalanceUnavailable as error:  # they stay provisioning; the next start finishes them
+        log.error("customer_provisioning_not_resumed", error=str(error))
 
 
 # -- errors and metrics -----------------------------------------------------------------------
@@ -757,6 +776,39 @@ async def _rate(request: web.Request) -> web.Response:
     if isinstance(quote, RatingFailure):
         return web.json_response({"error": quote.reason, "code": "rating_failed", "avp": quote.avp_name}, status=422)
     return web.json_response(_quote_json(quote))
+
+
+def _customer_handler(route: Route, customers: Customers) -> Handler:
+    """A customer route (``ocs.api.customers``): its body read as every body is, its change audited."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await _json_value(request) if route.body is not None else None
+        answer = await route.call(customers, request.match_info, request.query, body)
+        if is_change(request.method, route.path):
+            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
+        headers = {"Location": answer.location} if answer.location else None
+        return web.json_response(answer.body, status=answer.status, headers=headers)
+
+    return handle
+
+
+_OPEN_OPERATIONS: dict[str, dict[str, object]] = {
+    "/health": {
+        "get": {
+            "summary": "Whether Redis answers",
+            "security": [],
+            "responses": {"200": {"description": "ok"}, "503": {"description": "Redis unavailable"}},
+        }
+    },
+    "/openapi.json": {
+        "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}
+    },
+}
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document, generated from the customer routes' pydantic models."""
+    return web.json_response(openapi_document(_OPEN_OPERATIONS))
 
 
 async def _audit_trail(request: web.Request) -> web.Response:

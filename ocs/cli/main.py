@@ -19,6 +19,7 @@ revokes tokens on the business database (how the first admin token is made).
     ocs subscriber show ACCOUNT
     ocs subscriber suspend|reactivate|bar|terminate ACCOUNT [--reason TEXT]
     ocs subscriber load FILE.csv
+    ocs customer add|show ..., ocs customer node add ..., ocs line add ... (``ocs.cli.customers``)
     ocs topup ACCOUNT AMOUNT --id ID [--bonus]
     ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
     ocs balance ACCOUNT
@@ -50,6 +51,7 @@ from balance.errors import BalanceUnavailable
 from ocs.api.provisioning import ApiError, money_micros, parse_instant
 from ocs.app import serve
 from ocs.cli.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
+from ocs.cli.customers import add_customer_commands
 from ocs.cli.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
 from ocs.cli.tokens import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
 from ocs.config import ConfigError, Settings, load_settings, unused_environment
@@ -175,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print the report as JSON on stdout (progress and the text report go to stderr)",
     )
     _subscriber_commands(commands)
+    add_customer_commands(commands, _client_options())
     add_token_commands(commands)
     client = _client_options()
     trail = commands.add_parser("audit-trail", parents=[client], help="who changed what, when (the audit trail)")

@@ -9,17 +9,21 @@ need it are skipped, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.embedded import pick_free_port
+from ocs.db.engine import DATABASE_FILE_NAME, open_database
 
 SEARCHED = [Path("/usr/lib/postgresql") / version / "bin" for version in ("17", "16", "15", "14")]
 START_DEADLINE_SECONDS = 60  # pg_ctl -w waits for the server to accept connections, at most this
@@ -65,3 +69,23 @@ def postgresql_url() -> Iterator[str]:
     finally:
         subprocess.run(_as_owner([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], user), **run)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def business_database(
+    request: pytest.FixtureRequest, tmp_path: Path, cleared: tuple[str, ...]
+) -> AsyncIterator[AsyncEngine]:
+    """The business database for a test parametrized over "sqlite" and "postgresql": migrated,
+    the ``cleared`` tables emptied (the schema stays), disposed of at the end."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'business' / DATABASE_FILE_NAME}"
+    else:
+        url = request.getfixturevalue("postgresql_url")
+    made = await open_database(url)
+    async with made.begin() as connection:
+        for table in cleared:
+            await connection.execute(text(f"DELETE FROM {table}"))
+    try:
+        yield made
+    finally:
+        await made.dispose()

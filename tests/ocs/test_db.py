@@ -16,7 +16,7 @@ from ocs.db import audit, tokens
 from ocs.db.audit import AuditEntry
 from ocs.db.engine import DATABASE_FILE_NAME, DatabaseUnavailable, database_url, migrate, open_database
 from ocs.db.tokens import Role, TokenError
-from tests.ocs.postgres_support import postgresql_url
+from tests.ocs.postgres_support import business_database, postgresql_url
 
 __all__ = ["postgresql_url"]
 
@@ -25,18 +25,8 @@ MOMENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'business' / DATABASE_FILE_NAME}"
-    else:
-        url = request.getfixturevalue("postgresql_url")
-    made = await open_database(url)
-    async with made.begin() as connection:  # each test starts empty; the schema stays
-        await connection.execute(text("DELETE FROM audit_trail"))
-        await connection.execute(text("DELETE FROM api_tokens"))
-    try:
+    async with business_database(request, tmp_path, ("audit_trail", "api_tokens")) as made:  # each test starts empty
         yield made
-    finally:
-        await made.dispose()
 
 
 def test_the_default_database_is_a_file_beside_the_spool(tmp_path: Path) -> None:
@@ -50,7 +40,7 @@ async def test_migrations_make_both_tables_and_run_again_as_nothing(engine: Asyn
         names = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
         revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     assert {"api_tokens", "audit_trail", "alembic_version"} <= names
-    assert revision == "0001"
+    assert revision == "0002"  # 0002: the customer tables
 
 
 async def test_an_unreachable_database_is_one_clear_error() -> None:
