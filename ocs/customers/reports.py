@@ -35,8 +35,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,13 +53,18 @@ MIXED = "mixed"
 NO_LINES = "no_lines"
 CHURN_FORMULA = "churn_rate = terminations / ((opening + closing) / 2)"
 RATE_DIGITS = 6
+# The epoch (no usage record is older) to the last date whose next day Python can still hold;
+# the inactivity window (at most 36,600 days) reaches back from the end, still within datetime.
+EARLIEST = date(1970, 1, 1)
+LATEST = date(9999, 12, 30)
+ReportDate = Annotated[date, Field(ge=EARLIEST, le=LATEST)]
 
 
 class Period(Closed):
     """``from`` and ``to`` are both included (whole UTC days)."""
 
-    start: date
-    end: date
+    start: ReportDate
+    end: ReportDate
 
     @model_validator(mode="after")
     def _ordered(self) -> Period:
