@@ -179,6 +179,10 @@ class CustomersSettings:
     """The customer side's rule files (ocs/customers/): loaded once at startup, like the tariffs."""
 
     credit_classes_path: str = "config/credit_classes.toml"  # credit check rules (ocs/customers/credit.py)
+    # A prepaid line with no usage for this long counts as inactive in the customer base report
+    # (ocs/customers/reports.py): about a quarter, the window operators commonly use for
+    # prepaid inactivity churn.
+    inactivity_days: int = 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +429,7 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
         (settings.refund.max_request_micros >= 0, "refund.max_request_micros", ""),
         (settings.refund.max_day_micros >= 0, "refund.max_day_micros", ""),
         (0 <= settings.lifecycle.identity_quarantine_days <= 36_600, "lifecycle.identity_quarantine_days", ""),
+        (0 < settings.customers.inactivity_days <= 36_600, "customers.inactivity_days", ""),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):

@@ -66,6 +66,13 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/customers"): _CUSTOMER_WORK,
     ("POST", "/customers/{customer_id}/nodes"): _CUSTOMER_WORK,
     ("POST", "/customers/{customer_id}/lines"): _CUSTOMER_WORK,
+    ("GET", "/customers/{customer_id}/notes"): _CUSTOMER_READERS,
+    ("POST", "/customers/{customer_id}/notes"): _CUSTOMER_WORK,
+    ("GET", "/troubleTickets"): _CUSTOMER_READERS,
+    ("GET", "/troubleTickets/{ticket_id}"): _CUSTOMER_READERS,
+    ("POST", "/troubleTickets"): _CUSTOMER_WORK,
+    ("PATCH", "/troubleTickets/{ticket_id}"): _CUSTOMER_WORK,
+    ("GET", "/reports/customers"): _CUSTOMER_READERS,
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
 _NOT_CHANGES = frozenset({("POST", "/rate")})

@@ -66,6 +66,7 @@ import asyncio
 import json
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -85,6 +86,10 @@ from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, au
 from ocs.api.audit_trail import AuditTrail
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
+from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
+from ocs.api.interactions import Route as InteractionRoute
+from ocs.api.interactions import Services as InteractionServices
+from ocs.api.interactions import extend_document
 from ocs.api.provisioning import (
     SECONDS_PER_DAY,
     ApiError,
@@ -99,6 +104,7 @@ from ocs.api.provisioning import (
     parse_new_subscriber,
     read_csv,
 )
+from ocs.customers.interactions import Interactions
 from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
 from ocs.db.audit import AuditEntry
@@ -245,8 +251,37 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     for route in CUSTOMER_ROUTES:
         expect = _expect_continue if route.body is not None else None
         app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
+    services = InteractionServices(Interactions(state.database), _last_usage(state), settings.customers.inactivity_days)
+    for interaction in INTERACTION_ROUTES:
+        expect = _expect_continue if interaction.body is not None else None
+        answer = _interaction_handler(interaction, services)
+        app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
     app.router.add_get("/openapi.json", _openapi)
     return app
+
+
+def _last_usage(state: ServerState) -> Callable[[], Awaitable[dict[str, int]]]:
+    """The newest usage record per line, from the server's spool (none when it keeps no spool)."""
+
+    async def read() -> dict[str, int]:
+        return await state.spool.last_usage_by_account() if state.spool is not None else {}
+
+    return read
+
+
+def _interaction_handler(route: InteractionRoute, services: InteractionServices) -> Handler:
+    """An interactions route (``ocs.api.interactions``): the author is the token's name."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await _json_value(request) if route.body is not None else None
+        author = _actor(request).token.name
+        answer = await route.call(services, request.match_info, request.query, body, author)
+        if is_change(request.method, route.path):
+            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
+        headers = {"Location": answer.location} if answer.location else None
+        return web.json_response(answer.body, status=answer.status, headers=headers)
+
+    return handle
 
 
 async def start_http(state: ServerState) -> HttpServer:
@@ -808,7 +843,7 @@ _OPEN_OPERATIONS: dict[str, dict[str, object]] = {
 
 async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
-    return web.json_response(openapi_document(_OPEN_OPERATIONS))
+    return web.json_response(extend_document(openapi_document(_OPEN_OPERATIONS)))
 
 
 async def _audit_trail(request: web.Request) -> web.Response:

@@ -325,6 +325,15 @@ class Spool:
         ) as cursor:
             return {str(account_id): int(total) for account_id, total in await cursor.fetchall()}
 
+    async def last_usage_by_account(self) -> dict[str, int]:
+        """The time of each account's newest usage record, epoch seconds (the customer base
+        report's prepaid inactivity, ocs/customers/reports.py); the (account_id, at_seconds)
+        index answers it without reading the rows."""
+        async with self._connection.execute(
+            "SELECT account_id, MAX(at_seconds) FROM usage_records GROUP BY account_id"
+        ) as cursor:
+            return {str(account_id): int(newest) for account_id, newest in await cursor.fetchall()}
+
     async def count(self) -> int:
         async with self._connection.execute("SELECT COUNT(*) FROM usage_records") as cursor:
             row = await cursor.fetchone()

@@ -17,6 +17,8 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ocs.customers import history
+from ocs.customers.history import EntityKind, StatusChange
 from ocs.customers.values import (
     BillingAccount,
     BillingAccountSpec,
@@ -114,6 +116,8 @@ async def insert_customer(
                     "created_at": utc_naive(now),
                 },
             )
+            status = StatusChange(EntityKind.CUSTOMER, customer_id, customer_id, None, new.status.value, now)
+            await history.record(connection, status)
             if root is not None:
                 await _insert(connection, customer_nodes, root)
             if new.billing_account is not None and billing_account_id is not None:
@@ -132,6 +136,7 @@ async def delete_customer(engine: AsyncEngine, customer_id: str) -> None:
         await connection.execute(delete(billing_accounts).where(billing_accounts.c.customer_id == customer_id))
         await connection.execute(delete(customer_nodes).where(customer_nodes.c.customer_id == customer_id))
         await connection.execute(delete(customers).where(customers.c.customer_id == customer_id))
+        await history.forget_customer(connection, customer_id)
         if party_id is not None:
             await connection.execute(delete(parties).where(parties.c.party_id == party_id))
 
@@ -399,14 +404,22 @@ async def lines_provisioning(engine: AsyncEngine) -> list[Line]:
         return await _lines(connection, lines.c.status == LineStatus.PROVISIONING.value)
 
 
-async def finish_line(engine: AsyncEngine, line_id: str) -> bool:
-    """``provisioning`` -> ``active``; False when the row was not provisioning (already finished)."""
+async def finish_line(engine: AsyncEngine, line_id: str, now: datetime) -> bool:
+    """``provisioning`` -> ``active``, recorded in the status history; False when the row was not
+    provisioning (already finished)."""
     async with engine.begin() as connection:
         result = await connection.execute(
             update(lines)
             .where(and_(lines.c.line_id == line_id, lines.c.status == LineStatus.PROVISIONING.value))
             .values(status=LineStatus.ACTIVE.value)
         )
+        if result.rowcount:
+            owner = await connection.execute(select(lines.c.customer_id).where(lines.c.line_id == line_id))
+            active = LineStatus.ACTIVE.value
+            change = StatusChange(
+                EntityKind.LINE, line_id, owner.scalar_one(), LineStatus.PROVISIONING.value, active, now
+            )
+            await history.record(connection, change)
     return bool(result.rowcount)
 
 

@@ -352,7 +352,7 @@ class Customers:
             )
         )
         if answer.outcome is EngineOutcome.OK:
-            await records.finish_line(self.engine, line.line_id)
+            await records.finish_line(self.engine, line.line_id, self._now())
         return answer
 
     # -- reading a tree -------------------------------------------------------------------------
