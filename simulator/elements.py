@@ -65,6 +65,7 @@ RECONNECT_PAUSE_LIMIT_SECONDS = 1.0
 class _Control:
     """What the server asked of one open session (RFC 4006 sections 5.5 and 5.6)."""
 
+    account_id: str = ""  # the line the session is of: a lifecycle change is timed by it
     aborted: bool = False
     reauthorise: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -128,10 +129,10 @@ class NetworkElement:
         client = await DiameterClient.connect(host, port, identity)
         return cls((host, port), client, identity, recorder, timing, dice or FaultDice(NO_FAULTS, random.Random(0)))
 
-    def open_session(self) -> str:
+    def open_session(self, account_id: str = "") -> str:
         """A new Session-Id, ``<DiameterIdentity>;<high 32 bits>;<low 32 bits>`` (RFC 6733 section 8.8)."""
         session_id = f"{self.identity.origin_host};{self._boot_seconds};{next(self._session_numbers)}"
-        self.controls[session_id] = _Control()
+        self.controls[session_id] = _Control(account_id)
         return session_id
 
     def close_session(self, session_id: str) -> None:
@@ -253,6 +254,8 @@ class NetworkElement:
         session_id = message.get("Session-Id")
         control = self.controls.get(session_id) if isinstance(session_id, str) else None
         code = SUCCESS
+        if control is not None and control.account_id:
+            self.recorder.server_request_seen(control.account_id, time.monotonic())
         if message.command_code == CommandCode.ABORT_SESSION:
             self.recorder.server_requests["ASR"] += 1
             if control is not None:

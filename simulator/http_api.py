@@ -12,8 +12,9 @@ The server may be restarting (a crash, a deployment): a request the connection d
 found no one listening, or that got 503 (Redis not answering), is sent again after a pause that
 doubles up to ``RETRY_PAUSE_LIMIT_SECONDS``, for at most ``retry_limit_seconds`` in all; then
 ``ApiUnreachable`` says so in one line. Every call is safe to repeat: reads, pricing, top-ups
-(idempotent by id), and creates, where a repeat that finds the account already there (409)
-means the first attempt was applied before its answer was lost.
+(idempotent by id), and creates (customers, nodes, lines, accounts), where a repeat that finds
+the thing already there (409) means the first attempt was applied before its answer was lost.
+Adding a bucket is not idempotent on the server, so ``add_allowance`` looks before each attempt.
 
 Every call carries the API token given (``Authorization: Bearer``, RFC 6750 section 2.1): the
 simulator provisions, tops up and audits, so it needs an admin token (``ocs token create --role
@@ -34,7 +35,7 @@ RETRY_LIMIT_SECONDS = 30.0  # how long a call keeps trying while the server is a
 RETRY_FIRST_PAUSE_SECONDS = 0.1
 RETRY_PAUSE_LIMIT_SECONDS = 2.0
 SERVICE_UNAVAILABLE = 503  # ocs/api/server.py: Redis does not answer; the same request may pass later
-CONFLICT = 409  # ocs/api/server.py: the account already exists
+CONFLICT = 409  # ocs/api/server.py, ocs/api/customers.py: the account, customer, node or line exists
 # The server went away mid-call: the request may or may not have been applied.
 _AWAY = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
 
@@ -62,6 +63,7 @@ class BalanceSnapshot:
     account_id: str
     available_micros: int
     committed_micros: int
+    status: str
     unbilled_micros: int
     held_micros: int
     reservations: int
@@ -130,7 +132,7 @@ class OcsApi:
             await self._session.close()
             self._session = None
 
-    async def _call(self, method: str, path: str, body: object = None) -> dict[str, object]:
+    async def _call(self, method: str, path: str, body: object = None, *, create: bool = False) -> dict[str, object]:
         """One API call, sent again while the server is away (see the module's docstring)."""
         deadline = time.monotonic() + self.retry_limit_seconds
         pause = RETRY_FIRST_PAUSE_SECONDS
@@ -139,7 +141,7 @@ class OcsApi:
             try:
                 return await self._call_once(method, path, body)
             except ApiRefused as refused:
-                if attempt and refused.status == CONFLICT and method == "POST" and path == "/subscribers":
+                if attempt and refused.status == CONFLICT and create:
                     return {}  # created by an earlier attempt whose answer was lost
                 if refused.status != SERVICE_UNAVAILABLE:
                     raise
@@ -162,7 +164,51 @@ class OcsApi:
             return _mapping(payload, f"{method} {path}")
 
     async def create_subscriber(self, body: dict[str, object]) -> None:
-        await self._call("POST", "/subscribers", body)
+        await self._call("POST", "/subscribers", body, create=True)
+
+    async def create_customer(self, body: dict[str, object]) -> None:
+        """POST /customers (ocs/api/customers.py): an individual or a company with its root pool."""
+        await self._call("POST", "/customers", body, create=True)
+
+    async def customer(self, customer_id: str) -> dict[str, object]:
+        return await self._call("GET", f"/customers/{customer_id}")
+
+    async def tree(self, customer_id: str) -> dict[str, object]:
+        """GET /customers/{id}/tree: the customer, its nodes and their lines."""
+        return await self._call("GET", f"/customers/{customer_id}/tree")
+
+    async def add_node(self, customer_id: str, body: dict[str, object]) -> None:
+        await self._call("POST", f"/customers/{customer_id}/nodes", body, create=True)
+
+    async def add_line(self, customer_id: str, body: dict[str, object]) -> None:
+        """Activate a line: its engine account and identities (a resumable step on the server)."""
+        await self._call("POST", f"/customers/{customer_id}/lines", body, create=True)
+
+    async def add_allowance(self, account_id: str, body: dict[str, object]) -> None:
+        """POST /subscribers/{id}/buckets once: a bucket add is not idempotent, so each attempt
+        first looks whether an earlier one (its answer lost) made a bucket of that kind."""
+        deadline = time.monotonic() + self.retry_limit_seconds
+        while True:
+            view = await self._call("GET", f"/subscribers/{account_id}/balance")
+            buckets = view.get("buckets")
+            if isinstance(buckets, list) and any(
+                isinstance(bucket, dict) and bucket.get("kind") == body.get("kind") for bucket in buckets
+            ):
+                return
+            try:
+                await self._call_once("POST", f"/subscribers/{account_id}/buckets", body)
+                return
+            except _AWAY as error:
+                if time.monotonic() > deadline:
+                    raise ApiUnreachable(
+                        self.base_url, "POST", "buckets", self.retry_limit_seconds, str(error)
+                    ) from None
+                await asyncio.sleep(RETRY_FIRST_PAUSE_SECONDS)
+
+    async def set_status(self, account_id: str, status: str, reason: str) -> dict[str, object]:
+        """PUT /subscribers/{id}/status: the account and every account under it change, and
+        their live sessions are told (RAR for suspended or active, ASR for barred or terminated)."""
+        return await self._call("PUT", f"/subscribers/{account_id}/status", {"status": status, "reason": reason})
 
     async def top_up(self, account_id: str, top_up_id: str, amount: str) -> None:
         """Credit the main balance (idempotent by ``top_up_id``); the OCS then re-authorises
@@ -176,6 +222,7 @@ class OcsApi:
             account_id=account_id,
             available_micros=_integer(values, "available_micros"),
             committed_micros=_integer(counters, "committed_micros"),
+            status=str(values.get("status")),
             unbilled_micros=_integer(counters, "unbilled_micros"),
             held_micros=_integer(counters, "held_micros"),
             reservations=_integer(values, "reservations"),

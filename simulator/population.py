@@ -1,23 +1,34 @@
-"""A seeded subscriber population and its provisioning through the HTTP API.
+"""A seeded population of customers and its activation through the customer API.
 
 Theory of operation: ``build_population`` draws, from a seeded ``random.Random``, the four
-customer types of DESIGN.md (mobile/fixed x prepaid/postpaid) in the configured shares, plus one
-company: a prepaid parent holding the pool and children that draw on it within a cap. Prepaid
+customer types of DESIGN.md (mobile/fixed x prepaid/postpaid) in the configured shares, each an
+individual customer with one line, plus one company customer: a tree of three levels (company ->
+branches -> departments -> lines). The money is pooled at the company (prepaid, the root
+account of the engine's tree); each department is a node with a cap and no money (its budget:
+what all its lines together may draw from the pool); branches carry no money and are no engine
+account; each line has a cap of its own under its department (RULES.md "Company money": a cap of
+0 would let it draw nothing). Prepaid
 lines get a main balance (a configured share of them a low one, so that Final-Unit-Indication
 and 4012 happen in a run); postpaid lines get a credit limit and no money; a share of the mobile
 lines also get a data allowance (an octets bucket scoped to the "data" service of
 ``config/tariffs.toml``, rating group 10). The same seed gives the same population.
 
-``provision`` creates everyone with POST /subscribers (parents before children). Account ids and
-numbers carry a run number so that several runs can share one server without colliding.
-Money is integer micros inside the simulator and a decimal string on the wire.
+``provision`` activates everyone through the customer API (ocs/api/customers.py): POST
+/customers for each individual and the company (whose root pool is an engine account the server
+names: its id is read back and put in place of the placeholder), POST /customers/{id}/nodes for
+branches and departments (parents first), POST /customers/{id}/lines for every line; then the
+prepaid money comes as a top-up (POST /subscribers/{id}/topups, idempotent by id) and a data
+allowance as a bucket. Ids and numbers carry a run number so that several runs can share one
+server without colliding. Money is integer micros inside the simulator; the customer API takes
+``*_micros`` integers, the subscriber API decimal strings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -37,7 +48,7 @@ class CustomerType(StrEnum):
     MOBILE_POSTPAID = "mobile_postpaid"
     FIXED_PREPAID = "fixed_prepaid"
     FIXED_POSTPAID = "fixed_postpaid"
-    COMPANY = "company"  # the parent and its children
+    COMPANY = "company"  # the company's pool, its departments and its lines
 
     @property
     def is_mobile(self) -> bool:
@@ -88,9 +99,12 @@ class PopulationSettings:
     postpaid_credit_limit_micros: int
     data_allowance_share: float  # of the mobile lines
     data_allowance_octets: int
-    company_children: int
+    company_children: int  # lines per department (0: no company)
     company_pool_micros: int
-    child_cap_micros: int
+    child_cap_micros: int  # each company line's cap
+    company_branches: int = 1
+    branch_departments: int = 1
+    department_cap_micros: int = 0  # 0: the caps of its lines together
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,33 +117,34 @@ class SimulatedSubscriber:
     main_micros: int = 0
     credit_limit_micros: int = 0
     data_allowance_octets: int = 0
-    parent_id: str = ""
+    parent_id: str = ""  # the engine account it draws on (a department, or the company's pool)
     child_cap_micros: int = 0
+    customer_id: str = ""  # "": a customer of its own, named after the account
+    node_id: str = ""  # a company line's department, or a department's branch
+    node_name: str = ""  # a company node's name (a department)
 
     @property
     def is_mobile(self) -> bool:
         return self.customer_type.is_mobile
 
-    def create_body(self) -> dict[str, object]:
-        """The JSON body of POST /subscribers (ocs/api/provisioning.py ``parse_new_subscriber``)."""
-        buckets: list[dict[str, object]] = []
-        if self.main_micros:
-            buckets.append({"kind": "main", "amount": money_text(self.main_micros)})
-        if self.data_allowance_octets:
-            buckets.append({"kind": "octets", "amount": self.data_allowance_octets, "services": [DATA_SERVICE]})
+    @property
+    def owner_id(self) -> str:
+        """The customer the line (or the company node) belongs to."""
+        return self.customer_id or f"{self.account_id}-customer"
+
+    def line_body(self) -> dict[str, object]:
+        """The JSON body of POST /customers/{id}/lines (ocs/customers/values.py ``NewLine``)."""
         body: dict[str, object] = {
-            "account_id": self.account_id,
+            "line_id": self.account_id,
+            "network": "mobile" if self.is_mobile else "fixed",
             "payment_type": "prepaid" if self.prepaid else "postpaid",
             "plan": self.plan,
-            "customer_type": "mobile" if self.is_mobile else "fixed",
-            "buckets": buckets,
+            "credit_limit_micros": self.credit_limit_micros,
+            "cap_micros": self.child_cap_micros,
             "identities": [{"kind": "msisdn", "value": self.msisdn}] if self.msisdn else [],
         }
-        if self.credit_limit_micros:
-            body["credit_limit"] = money_text(self.credit_limit_micros)
-        if self.parent_id:
-            body["parent_id"] = self.parent_id
-            body["child_cap"] = money_text(self.child_cap_micros)
+        if self.node_id:
+            body["node_id"] = self.node_id
         return body
 
 
@@ -200,36 +215,117 @@ def build_population(settings: PopulationSettings, rng: random.Random, run_numbe
 
 
 def _company(settings: PopulationSettings, run_number: int, first_index: int) -> list[SimulatedSubscriber]:
+    """The company customer: its pool (an account id the server gives, a placeholder until
+    then), a capped department per branch and department number, and lines under each."""
     if settings.company_children <= 0:
         return []
-    parent_id = f"sim{run_number:05d}-company"
-    parent = SimulatedSubscriber(
-        parent_id, CustomerType.COMPANY, _PLANS[CustomerType.COMPANY], True, None, settings.company_pool_micros
-    )
-    children = [
-        SimulatedSubscriber(
-            account_id=f"{parent_id}-child-{number}",
-            customer_type=CustomerType.COMPANY,
-            plan=_PLANS[CustomerType.COMPANY],
-            prepaid=True,
-            msisdn=_number(CustomerType.COMPANY, run_number, first_index + number),
-            parent_id=parent_id,
-            child_cap_micros=settings.child_cap_micros,
-        )
-        for number in range(settings.company_children)
-    ]
-    return [parent, *children]
+    customer_id = f"sim{run_number:05d}-company"
+    pool_id = f"{customer_id}-pool"
+    kind, plan = CustomerType.COMPANY, _PLANS[CustomerType.COMPANY]
+    department_cap = settings.department_cap_micros or settings.child_cap_micros * settings.company_children
+    pool = SimulatedSubscriber(pool_id, kind, plan, True, None, settings.company_pool_micros, customer_id=customer_id)
+    members = [pool]
+    index = first_index
+    for branch in range(settings.company_branches):
+        branch_id = f"{customer_id}-b{branch}"
+        for number in range(settings.branch_departments):
+            department_id = f"{branch_id}-d{number}"
+            members.append(
+                SimulatedSubscriber(
+                    department_id,
+                    kind,
+                    plan,
+                    True,
+                    None,
+                    parent_id=pool_id,
+                    child_cap_micros=department_cap,
+                    customer_id=customer_id,
+                    node_id=branch_id,
+                    node_name=f"department {number} of branch {branch}",
+                )
+            )
+            for line in range(settings.company_children):
+                members.append(
+                    SimulatedSubscriber(
+                        f"{department_id}-line-{line}",
+                        kind,
+                        plan,
+                        True,
+                        _number(kind, run_number, index),
+                        parent_id=department_id,
+                        child_cap_micros=settings.child_cap_micros,
+                        customer_id=customer_id,
+                        node_id=department_id,
+                    )
+                )
+                index += 1
+    return members
 
 
-async def provision(api: OcsApi, subscribers: Sequence[SimulatedSubscriber]) -> None:
-    """Create every subscriber; parents first, since a child names an existing parent."""
-    parents = [subscriber for subscriber in subscribers if not subscriber.parent_id]
-    children = [subscriber for subscriber in subscribers if subscriber.parent_id]
+def _customer_body(member: SimulatedSubscriber) -> dict[str, object]:
+    """POST /customers: an individual for a line of its own, the organization for a company pool."""
+    if not member.customer_id:
+        person = {"given_name": "Simulated", "family_name": member.account_id, "birth_date": "1980-01-01"}
+        return {"customer_id": member.owner_id, "individual": person}
+    organization = {"name": f"Simulated company {member.customer_id}", "registration_number": member.customer_id}
+    return {"customer_id": member.customer_id, "organization": organization, "money": {"payment_type": "prepaid"}}
+
+
+async def provision(api: OcsApi, subscribers: Sequence[SimulatedSubscriber]) -> tuple[SimulatedSubscriber, ...]:
+    """Activate everyone through the customer API (module docstring), parents before children;
+    returns ``subscribers`` with each company pool under the account id the server gave it."""
     limit = asyncio.Semaphore(PROVISIONING_CONCURRENCY)
 
-    async def create(subscriber: SimulatedSubscriber) -> None:
-        async with limit:
-            await api.create_subscriber(subscriber.create_body())
+    async def each(
+        items: Sequence[SimulatedSubscriber], call: Callable[[SimulatedSubscriber], Awaitable[None]]
+    ) -> None:
+        async def one(item: SimulatedSubscriber) -> None:
+            async with limit:
+                await call(item)
 
-    for group in (parents, children):
-        await asyncio.gather(*(create(subscriber) for subscriber in group))
+        await asyncio.gather(*(one(item) for item in items))
+
+    owners = [s for s in subscribers if not s.customer_id or (not s.parent_id and not s.msisdn)]
+    await each(owners, lambda member: api.create_customer(_customer_body(member)))
+    pools: dict[str, str] = {}
+    for pool in (s for s in owners if s.customer_id):
+        root = (await api.customer(pool.customer_id)).get("root_node_id")
+        pools[pool.account_id] = str(root)
+    made = tuple(
+        dataclasses.replace(
+            s, account_id=pools.get(s.account_id, s.account_id), parent_id=pools.get(s.parent_id, s.parent_id)
+        )
+        for s in subscribers
+    )
+    departments = [s for s in made if s.customer_id and s.parent_id and not s.msisdn]
+    branches = {(s.customer_id, s.node_id) for s in departments}
+    await each(
+        [
+            SimulatedSubscriber(node, CustomerType.COMPANY, "", True, None, customer_id=owner)
+            for owner, node in branches
+        ],
+        lambda branch: api.add_node(branch.customer_id, {"node_id": branch.account_id, "name": branch.account_id}),
+    )
+    await each(departments, lambda department: api.add_node(department.customer_id, _department_body(department)))
+    await each([s for s in made if s.msisdn], lambda line: api.add_line(line.owner_id, line.line_body()))
+    await each([s for s in made if s.main_micros or s.data_allowance_octets], lambda s: _fund(api, s))
+    return made
+
+
+def _department_body(department: SimulatedSubscriber) -> dict[str, object]:
+    return {
+        "node_id": department.account_id,
+        "parent_node_id": department.node_id,
+        "name": department.node_name or department.account_id,
+        "kind": "department",
+        "money": {"payment_type": "prepaid", "cap_micros": department.child_cap_micros},
+    }
+
+
+async def _fund(api: OcsApi, subscriber: SimulatedSubscriber) -> None:
+    """The opening money as a top-up (idempotent by its id), and the data allowance."""
+    if subscriber.main_micros:
+        await api.top_up(subscriber.account_id, f"opening-{subscriber.account_id}", money_text(subscriber.main_micros))
+    if subscriber.data_allowance_octets:
+        allowance = {"kind": "octets", "amount": subscriber.data_allowance_octets, "services": [DATA_SERVICE]}
+        await api.add_allowance(subscriber.account_id, allowance)

@@ -16,6 +16,7 @@ requests costs the same as a short one.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -75,6 +76,21 @@ class Recorder:
     reporting_reasons: Counter[str] = field(default_factory=Counter)  # usage reports, by Reporting-Reason
     longest_validity_seconds: int = 0  # the longest Validity-Time granted (Tcc is about twice it)
     tcc_wait: str = ""  # what the end of the run waited for before judging reservations, and how long
+    # By line: when (time.monotonic) each RAR or ASR for one of its sessions arrived, in order.
+    server_requests_by_line: dict[str, list[float]] = field(default_factory=dict)
+
+    def server_request_seen(self, account_id: str, at_monotonic: float) -> None:
+        self.server_requests_by_line.setdefault(account_id, []).append(at_monotonic)
+
+    def first_server_request(self, account_ids: Iterable[str], since_monotonic: float) -> float | None:
+        """When the first RAR or ASR for a session of ``account_ids`` arrived at or after ``since``."""
+        seen = [
+            moment
+            for account_id in account_ids
+            for moment in self.server_requests_by_line.get(account_id, ())
+            if moment >= since_monotonic
+        ]
+        return min(seen, default=None)
 
     def request_done(self, label: str, result_code: int, latency_seconds: float | None) -> None:
         self.requests[(label, result_code)] += 1

@@ -2,7 +2,7 @@
 
 Theory of operation: ``run_scenario``
 
-1. builds the population from the seed and provisions it through the HTTP API;
+1. builds the population from the seed and activates it through the customer API;
 2. reads every balance (the opening snapshot) and opens ``connections`` Diameter connections,
    each a network element with its own Origin-Host and its own seeded fault dice;
 3. makes traffic (``Traffic``): in the open mode, arrivals with exponential gaps at the rate the
@@ -97,7 +97,7 @@ async def run_scenario(
     population = build_population(scenario.population, random.Random(f"{seed}-population"), run_number)
     recorder = Recorder()
     async with OcsApi(api_url, token=api_token, retry_limit_seconds=api_retry_seconds) as api:
-        await provision(api, population.subscribers)
+        population = Population(run_number, await provision(api, population.subscribers))
         progress(f"provisioned {len(population.subscribers)} accounts (run number {run_number})", None)
         opening = await _snapshots(api, population.subscribers)
         elements = await asyncio.gather(

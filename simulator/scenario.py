@@ -147,6 +147,9 @@ def _population(table: Mapping[str, object]) -> PopulationSettings:
         company_children=_whole(table, "company_children", where),
         company_pool_micros=_money(table, "company_pool", where),
         child_cap_micros=_money(table, "child_cap", where),
+        company_branches=_whole({"company_branches": 1, **table}, "company_branches", where),
+        branch_departments=_whole({"branch_departments": 1, **table}, "branch_departments", where),
+        department_cap_micros=_money(table, "department_cap", where) if "department_cap" in table else 0,
     )
 
 
@@ -196,6 +199,9 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
             "company_children",
             "company_pool",
             "child_cap",
+            "company_branches",
+            "branch_departments",
+            "department_cap",
             "shares",
         }
     ),
@@ -339,6 +345,10 @@ def _check(scenario: Scenario) -> None:
         (any(weight for _, weight in scenario.destinations), "[[destinations]] a weight > 0"),
         (scenario.topups.delay_seconds >= 0 and scenario.topups.amount_micros >= 0, "[topups] values >= 0"),
         (scenario.population.size >= 1, "[population] size >= 1"),
+        (
+            scenario.population.company_branches >= 1 and scenario.population.branch_departments >= 1,
+            "[population] company_branches and branch_departments >= 1",
+        ),
     )
     for holds, rule in rules:
         if not holds:

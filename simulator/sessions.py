@@ -419,7 +419,7 @@ async def _reauthorised(session: _Session, services: list[MeteredService]) -> li
 async def run_metered_session(caller: CallerContext, services: list[MeteredService]) -> SessionOutcome:
     """A voice call or a data session, from CCR-I to CCR-T (RFC 4006 section 5.2 to 5.4)."""
     element = caller.element
-    session = _Session(caller, element.open_session())
+    session = _Session(caller, element.open_session(caller.line.account_id))
     abandon = element.dice.abandon()
     try:
         asks = [service.mscc(report=False, ask=True) for service in services]
@@ -476,6 +476,10 @@ async def _terminate(session: _Session, services: list[MeteredService], *, abort
     controls = [s.mscc(report=True, ask=False) for s in reported]
     indicator = [avp("Multiple-Services-Indicator", 1)] if controls else []
     answer, _ = await session.send("CCR-T", "TERMINATION_REQUEST", *indicator, *controls)
+    if aborted and answer is not None and result_code(answer) == ResultCode.DIAMETER_UNKNOWN_SESSION_ID:
+        # Terminated: the OCS released the session with its ASR (RULES.md "release"), so the
+        # last report finds it closed (RFC 6733 section 7.1.5): the OCS ended it, nothing to commit.
+        return SessionOutcome.CUT
     if answer is None or result_code(answer) != SUCCESS:
         return SessionOutcome.FAILED
     _commit_pending(session, reported)
@@ -492,7 +496,7 @@ async def _give_up(session: _Session) -> SessionOutcome:
 
 async def run_sms_event(caller: CallerContext) -> SessionOutcome:
     """One SMS as Immediate Event Charging: EVENT_REQUEST, DIRECT_DEBITING (RFC 4006 section 6.3)."""
-    session = _Session(caller, caller.element.open_session())
+    session = _Session(caller, caller.element.open_session(caller.line.account_id))
     try:
         action = avp("Requested-Action", "DIRECT_DEBITING")
         asked = _units("Requested-Service-Unit", "CC-Service-Specific-Units", 1)
@@ -513,7 +517,7 @@ async def run_sms_event(caller: CallerContext) -> SessionOutcome:
 async def run_sms_session(caller: CallerContext) -> SessionOutcome:
     """One SMS as Event Charging with Unit Reservation: INITIAL, deliver, TERMINATION (section 6.2)."""
     element = caller.element
-    session = _Session(caller, element.open_session())
+    session = _Session(caller, element.open_session(caller.line.account_id))
     try:
         asked = _units("Requested-Service-Unit", "CC-Service-Specific-Units", 1)
         answer, at_seconds = await session.send("CCR-I", "INITIAL_REQUEST", asked)

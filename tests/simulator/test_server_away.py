@@ -100,14 +100,14 @@ async def test_provisioning_goes_on_after_the_server_comes_back(server: RunningS
             await asyncio.sleep(0.3)
             assert not provisioning.done()
             await link.restore()
-            await provisioning
-            for subscriber in population.subscribers:
+            subscribers = await provisioning
+            for subscriber in subscribers:
                 view = await api.balance(subscriber.account_id)
                 assert view.available_micros >= 0
     finally:
         await link.close()
     # Each account was created once: its credits are its opening money, not twice that.
-    for subscriber in population.subscribers:
+    for subscriber in subscribers:
         balance = await server.state.store.balance(subscriber.account_id, 0)
         assert balance is not None and balance.credits_micros == subscriber.main_micros
 
@@ -135,7 +135,7 @@ async def test_a_server_that_keeps_hanging_up_ends_the_run_with_one_line(hanging
     assert process.returncode == 2, stderr.decode()
     assert len(lines) == 1 and "Traceback" not in stderr.decode(), stderr.decode()
     assert lines[0].startswith("run failed: ApiUnreachable: ")
-    assert "did not answer POST /subscribers" in lines[0] and "ServerDisconnectedError" in lines[0]
+    assert "did not answer POST /customers" in lines[0] and "ServerDisconnectedError" in lines[0]
     assert stdout == b""
 
 
