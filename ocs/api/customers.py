@@ -181,6 +181,7 @@ class PathIds(BaseModel):
 
     customer_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     line_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
+    order_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None  # ocs.api.orders
 
 
 class ErrorBody(BaseModel):
@@ -228,7 +229,7 @@ class Route:
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = field(default=(404,))
 
-    PATH_NAMES: ClassVar[tuple[str, ...]] = ("customer_id", "line_id")
+    PATH_NAMES: ClassVar[tuple[str, ...]] = ("customer_id", "line_id", "order_id")
 
     async def call(self, service: Customers, path: Mapping[str, str], query: Mapping[str, str], body: object) -> Answer:
         """Validate the inputs (422 naming the field), run the handler, map its refusal to HTTP."""

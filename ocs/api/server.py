@@ -85,6 +85,7 @@ from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, au
 from ocs.api.audit_trail import AuditTrail
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
+from ocs.api.orders import EngineLines, order_routes, with_order_paths
 from ocs.api.provisioning import (
     SECONDS_PER_DAY,
     ApiError,
@@ -99,6 +100,10 @@ from ocs.api.provisioning import (
     parse_new_subscriber,
     read_csv,
 )
+from ocs.customers.applications import Applications
+from ocs.customers.credit import RuleTable
+from ocs.customers.credit_load import load_credit_rules
+from ocs.customers.orders import Orders
 from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
 from ocs.db.audit import AuditEntry
@@ -153,6 +158,7 @@ class Change:
 
 CONTEXT = web.AppKey("ocs_api", ApiContext)
 CUSTOMERS = web.AppKey("ocs_customers", Customers)  # the customer side (ocs.api.customers)
+ORDERS = web.AppKey("ocs_orders", Orders)  # product orders (ocs.api.orders)
 _ACTOR = web.RequestKey("ocs_actor", Actor)  # the authenticated caller
 _CHANGE = web.RequestKey("ocs_change", Change)  # what its call changed
 
@@ -245,8 +251,19 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     for route in CUSTOMER_ROUTES:
         expect = _expect_continue if route.body is not None else None
         app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
+    _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
     app.router.add_get("/openapi.json", _openapi)
     return app
+
+
+def _add_activation(app: web.Application, database: AsyncEngine, provisioning: Provisioning, rules_path: str) -> None:
+    """Applications and product orders (ocs.api.orders); the credit rules are read once, here."""
+    rules = load_credit_rules(rules_path)
+    app[ORDERS] = Orders(database, app[CUSTOMERS], EngineLines(provisioning), rules)
+    applications = Applications(database, app[CUSTOMERS], RuleTable(rules))
+    for route in order_routes(applications, app[ORDERS]):
+        expect = _expect_continue if route.body is not None else None
+        app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
 
 
 async def start_http(state: ServerState) -> HttpServer:
@@ -261,6 +278,7 @@ async def start_http(state: ServerState) -> HttpServer:
     tls = _tls_context(http.tls_certificate, http.tls_private_key) if http.tls_certificate else None
     app = build_app(state, metrics)
     await _resume_customer_provisioning(app[CUSTOMERS])
+    await _resume_orders(app[ORDERS])
     runner, bound = await _listen(app, http.host, http.port, settings.shutdown_timeout_seconds, tls)
     log.info("http_listening", host=bound[0], port=bound[1], https=tls is not None)
     server = HttpServer(runner, bound, metrics, scheme="https" if tls is not None else "http")
@@ -309,6 +327,15 @@ async def _resume_customer_provisioning(customers: Customers) -> None:
         await customers.resume()
     except BalanceUnavailable as error:  # they stay provisioning; the next start finishes them
         log.error("customer_provisioning_not_resumed", error=str(error))
+
+
+async def _resume_orders(orders: Orders) -> None:
+    """The startup pass for product orders a crash left in progress (ocs.customers.orders), after
+    the line provisioning pass, which finishes the lines those orders made."""
+    try:
+        await orders.resume()
+    except BalanceUnavailable as error:  # they stay inProgress; the next start finishes them
+        log.error("orders_not_resumed", error=str(error))
 
 
 # -- errors and metrics -----------------------------------------------------------------------
@@ -808,7 +835,7 @@ _OPEN_OPERATIONS: dict[str, dict[str, object]] = {
 
 async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
-    return web.json_response(openapi_document(_OPEN_OPERATIONS))
+    return web.json_response(with_order_paths(openapi_document(_OPEN_OPERATIONS)))
 
 
 async def _audit_trail(request: web.Request) -> web.Response:

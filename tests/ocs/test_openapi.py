@@ -20,6 +20,7 @@ from openapi_spec_validator import validate
 
 from balance.embedded import EmbeddedRedis
 from ocs.api.customers import ROUTES
+from ocs.api.orders import with_order_paths
 from tests.conftest import ADMIN_HEADERS
 from tests.ocs.conftest import server_settings, server_with
 
@@ -70,6 +71,9 @@ def test_the_document_is_valid_openapi_and_covers_every_customer_route(served: s
     validate(document)  # raises on anything that is not OpenAPI 3.1
     for route in ROUTES:
         assert route.method.lower() in document["paths"][route.path]
+    for path, operations in with_order_paths({"paths": {}, "components": {"schemas": {}}})["paths"].items():
+        assert set(operations) <= set(document["paths"][path])  # applications and product orders
+    assert set(document["paths"]) >= {"/applications", "/productOrders", "/productOrders/{order_id}"}
 
 
 def test_a_bounded_property_based_run_finds_no_server_error(served: str) -> None:
