@@ -12,19 +12,13 @@ another, 422 naming the item and field the credit class refuses; ``GET /productO
 ``EngineLines`` is the orders' ``LineOperations`` port filled with ``Provisioning``: a status
 change through ``set_status`` (which publishes the account event that reaches live sessions), a
 bundle through the store's ``add_bucket`` with the item's operation id, applied once.
-``with_order_paths`` adds these routes to the OpenAPI document.
+``order_shapes`` gives these routes to the OpenAPI document.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
-
 from balance.types import AccountStatus, Bucket, BucketKind, Outcome
-from ocs.api.customers import REF_TEMPLATE, Answer, Call, ErrorBody, Handler, Route, _operation
+from ocs.api.customers import Answer, Call, Handler, Route
 from ocs.api.provisioning import NotFound, Provisioning, Refused
 from ocs.customers.applications import ApplicationResult, Applications, NewApplication
 from ocs.customers.orders import Bundle, NewProductOrder, Orders, ProductOrder
@@ -115,18 +109,6 @@ async def _never(service: Customers, call: Call) -> Answer:
     raise AssertionError("a documentation route is never called")
 
 
-def with_order_paths(document: dict[str, Any]) -> dict[str, Any]:
-    """``document`` (``ocs.api.customers.openapi_document``) with the activation routes added."""
-    shapes = _table(_never, _never, _never)
-    wanted: set[tuple[type[BaseModel], str]] = {(ErrorBody, "serialization")}
-    for route in shapes:
-        wanted.add((route.answer, "serialization"))
-        if route.body is not None:
-            wanted.add((route.body, "validation"))
-    ordered = sorted(wanted, key=lambda item: (item[0].__name__, item[1]))
-    refs, definitions = models_json_schema(ordered, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
-    components: Mapping[str, Any] = document["components"]
-    components["schemas"].update(definitions.get("$defs", {}))
-    for route in shapes:
-        document["paths"].setdefault(route.path, {})[route.method.lower()] = _operation(route, refs)
-    return document
+def order_shapes() -> tuple[Route, ...]:
+    """The routes for the OpenAPI document (``openapi_document(extra_routes=...)``), unbound."""
+    return _table(_never, _never, _never)

@@ -85,7 +85,7 @@ from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, au
 from ocs.api.audit_trail import AuditTrail
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
-from ocs.api.orders import EngineLines, order_routes, with_order_paths
+from ocs.api.orders import EngineLines, order_routes, order_shapes
 from ocs.api.provisioning import (
     SECONDS_PER_DAY,
     ApiError,
@@ -835,7 +835,7 @@ _OPEN_OPERATIONS: dict[str, dict[str, object]] = {
 
 async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
-    return web.json_response(with_order_paths(openapi_document(_OPEN_OPERATIONS)))
+    return web.json_response(openapi_document(_OPEN_OPERATIONS, order_shapes()))
 
 
 async def _audit_trail(request: web.Request) -> web.Response:
