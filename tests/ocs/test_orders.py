@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balance.embedded import EmbeddedRedis
 from balance.types import BucketKind
+from ocs.api.customers import ProvisioningAccounts
 from ocs.api.orders import EngineLines
 from ocs.api.provisioning import Provisioning
 from ocs.customers import records
@@ -23,6 +25,8 @@ from ocs.customers.credit_load import load_credit_rules
 from ocs.customers.orders import NewProductOrder, Orders, OrderState
 from ocs.customers.service import CustomerRefusal, Customers
 from ocs.customers.values import CustomerStatus, LineStatus, NewCustomer, NewLine
+from ocs.rating.rate import load_book
+from tests.ocs.conftest import server_settings, server_with
 from tests.ocs.postgres_support import business_database, postgresql_url
 from tests.ocs.test_api import Api, api
 from tests.ocs.test_customers import customers, provisioning
@@ -291,3 +295,45 @@ async def test_a_document_held_by_a_terminated_debtor_is_refused(database: Async
     accepted = await Applications(database, customers, RuleTable(RULES)).submit(new)
     assert accepted.customer.status is CustomerStatus.PROSPECT and accepted.decision.credit_class == "A"
     assert OrderState.COMPLETED.value == "completed"
+
+
+async def test_the_server_startup_pass_finishes_an_order_a_crash_left_in_progress(
+    embedded_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    settings = server_settings(embedded_redis.url, tmp_path / "spool.sqlite3")
+    async with server_with(settings) as first:
+        database, store, directory = first.state.database, first.state.store, first.state.directory
+        assert database is not None and store is not None and directory is not None
+        engine_side = Provisioning(
+            store, directory, load_book(ROOT / "config" / "tariffs.toml"), default_plan="mobile_prepaid"
+        )
+        service = Customers(database, ProvisioningAccounts(engine_side))
+        await service.create_customer(
+            NewCustomer.model_validate(
+                {
+                    "customer_id": "gus",
+                    "status": "prospect",
+                    "individual": {"given_name": "Gus", "family_name": "G", "birth_date": "1980-01-01"},
+                }
+            )
+        )
+
+        async def crash(order_id: str, item_id: str) -> None:
+            raise SimulatedCrash(order_id)
+
+        crashing = Orders(database, service, EngineLines(engine_side), RULES, after_item=crash)
+        with pytest.raises(SimulatedCrash):
+            await crashing.submit(
+                NewProductOrder.model_validate(
+                    order(
+                        "gus", {"id": "1", "action": "add_line", "line": {"line_id": "gus-1"}}, bundle("2", "gus-1", 3)
+                    )
+                )
+            )
+    async with server_with(settings, flush=False) as restarted:
+        database = restarted.state.database
+        assert database is not None
+        service = Customers(database, ProvisioningAccounts(engine_side))
+        assert (await service.customer("gus")).status is CustomerStatus.ACTIVE  # the order completed at startup
+        line = await records.get_line(database, "gus-1")
+        assert line is not None and line.status is LineStatus.ACTIVE
