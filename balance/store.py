@@ -413,10 +413,11 @@ class BalanceStore:
             return OperationResult(Outcome.INVALID)
         return await self._credit(account_id, "adjust", adjustment_id, amount_micros, Bucket(0, BucketKind.MAIN, 0))
 
-    async def add_bucket(self, account_id: str, bucket: Bucket) -> OperationResult:
+    async def add_bucket(self, account_id: str, bucket: Bucket, operation_id: str = "") -> OperationResult:
+        """A new bucket; with ``operation_id`` at most once per id (credit.lua's idempotency key)."""
         if invalid_bucket(replace(bucket, bucket_id=max(bucket.bucket_id, 1))):
             return OperationResult(Outcome.INVALID)
-        return await self._credit(account_id, "add_bucket", "", bucket.amount, bucket)
+        return await self._credit(account_id, "add_bucket", operation_id, bucket.amount, bucket)
 
     async def _credit(
         self, account_id: str, operation: str, operation_id: str, amount: int, bucket: Bucket

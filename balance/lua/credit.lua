@@ -2,8 +2,8 @@
 -- "adjust", "add_bucket").
 --
 -- KEYS: 1 account hash, 2 idempotency hash of the hierarchy.
--- ARGV: 1 account id, 2 operation (top_up | adjust | add_bucket), 3 idempotency id ('' for
---       add_bucket), 4 signed amount (micros, or units for an allowance bucket), 5 bucket kind,
+-- ARGV: 1 account id, 2 operation (top_up | adjust | add_bucket), 3 idempotency id (may be ''
+--       for add_bucket: then none is kept), 4 signed amount (micros, or units for an allowance bucket), 5 bucket kind,
 --       6 services (comma-separated), 7 valid from, 8 valid until, 9 priority.
 -- Returns: "<outcome> <replayed 0|1> <bucket id>", then for top_up and adjust " <amount applied>":
 --       on a replay the amount first applied (absent for ids recorded before it was kept).
@@ -17,8 +17,9 @@ local amount, kind = tonumber(ARGV[4]), ARGV[5]
 local account = load_account(account_key, account_id)
 if account == nil then return 'unknown_account 0 0' end
 local marker = nil
-if operation ~= 'add_bucket' then
-  marker = (operation == 'top_up' and 't:' or 'j:') .. account_id .. ':' .. operation_id
+local prefixes = {top_up = 't:', adjust = 'j:', add_bucket = 'b:'}
+if operation ~= 'add_bucket' or operation_id ~= '' then
+  marker = (prefixes[operation] or 'j:') .. account_id .. ':' .. operation_id
   local previous = redis.call('HGET', idempotency_key, marker) -- "<bucket id> <amount>"
   if previous then return 'ok 1 ' .. previous end
 end

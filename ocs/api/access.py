@@ -14,6 +14,7 @@ the route against ``PERMISSIONS``, keyed by method and route template, and answe
   no bulk load, no audit;
 - customers, company nodes and lines (``/customers``, ``/lines``): admin and care create, they
   and read-only read; self-care does not see them;
+- applications and product orders (``/applications``, ``/productOrders``): as customers;
 - self-care: its own account only (the token names it): the profile, the balance, top-ups with a
   payment reference (``payment_reference``, required: the API says 400 without it); pricing.
 
@@ -73,6 +74,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/troubleTickets"): _CUSTOMER_WORK,
     ("PATCH", "/troubleTickets/{ticket_id}"): _CUSTOMER_WORK,
     ("GET", "/reports/customers"): _CUSTOMER_READERS,
+    ("POST", "/applications"): _CUSTOMER_WORK,
+    ("POST", "/productOrders"): _CUSTOMER_WORK,
+    ("GET", "/productOrders/{order_id}"): _CUSTOMER_READERS,
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
 _NOT_CHANGES = frozenset({("POST", "/rate")})

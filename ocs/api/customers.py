@@ -23,7 +23,7 @@ profile missing after a crash between the account and the directory is registere
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
@@ -181,6 +181,7 @@ class PathIds(BaseModel):
 
     customer_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     line_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
+    order_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None  # ocs.api.orders
 
 
 class ErrorBody(BaseModel):
@@ -228,7 +229,7 @@ class Route:
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = field(default=(404,))
 
-    PATH_NAMES: ClassVar[tuple[str, ...]] = ("customer_id", "line_id")
+    PATH_NAMES: ClassVar[tuple[str, ...]] = ("customer_id", "line_id", "order_id")
 
     async def call(self, service: Customers, path: Mapping[str, str], query: Mapping[str, str], body: object) -> Answer:
         """Validate the inputs (422 naming the field), run the handler, map its refusal to HTTP."""
@@ -372,21 +373,25 @@ def _operation(route: Route, refs: Mapping[Any, Any]) -> dict[str, object]:
     return operation
 
 
-def openapi_document(extra_paths: Mapping[str, Mapping[str, object]] | None = None) -> dict[str, object]:
-    """The OpenAPI 3.1 document of the customer routes (and of ``extra_paths``, given whole)."""
+def openapi_document(
+    extra_paths: Mapping[str, Mapping[str, object]] | None = None, extra_routes: Sequence[Route] = ()
+) -> dict[str, object]:
+    """The OpenAPI 3.1 document of the customer routes and ``extra_routes`` (other resource
+    families built the same way, ``ocs.api.orders``), and of ``extra_paths``, given whole."""
+    routes = (*ROUTES, *extra_routes)
     wanted: set[tuple[type[BaseModel], str]] = {(ErrorBody, "serialization")}
-    for route in ROUTES:
+    for route in routes:
         wanted.add((route.answer, "serialization"))
         if route.body is not None:
             wanted.add((route.body, "validation"))
     ordered = sorted(wanted, key=lambda item: (item[0].__name__, item[1]))
     refs, definitions = models_json_schema(ordered, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
     schemas = dict(definitions.get("$defs", {}))
-    for route in ROUTES:  # a query's enumerations (CustomerStatus) are components too
+    for route in routes:  # a query's enumerations (CustomerStatus) are components too
         if route.query is not None:
             schemas.update(route.query.model_json_schema(ref_template=REF_TEMPLATE).get("$defs", {}))
     paths: dict[str, dict[str, object]] = {path: dict(item) for path, item in (extra_paths or {}).items()}
-    for route in ROUTES:
+    for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, refs)
     return {
         "openapi": OPENAPI_VERSION,

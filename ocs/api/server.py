@@ -90,6 +90,7 @@ from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
 from ocs.api.interactions import Route as InteractionRoute
 from ocs.api.interactions import Services as InteractionServices
 from ocs.api.interactions import extend_document
+from ocs.api.orders import EngineLines, order_routes, order_shapes
 from ocs.api.provisioning import (
     SECONDS_PER_DAY,
     ApiError,
@@ -104,7 +105,11 @@ from ocs.api.provisioning import (
     parse_new_subscriber,
     read_csv,
 )
+from ocs.customers.applications import Applications
+from ocs.customers.credit import RuleTable
+from ocs.customers.credit_load import load_credit_rules
 from ocs.customers.interactions import Interactions
+from ocs.customers.orders import Orders
 from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
 from ocs.db.audit import AuditEntry
@@ -159,6 +164,7 @@ class Change:
 
 CONTEXT = web.AppKey("ocs_api", ApiContext)
 CUSTOMERS = web.AppKey("ocs_customers", Customers)  # the customer side (ocs.api.customers)
+ORDERS = web.AppKey("ocs_orders", Orders)  # product orders (ocs.api.orders)
 _ACTOR = web.RequestKey("ocs_actor", Actor)  # the authenticated caller
 _CHANGE = web.RequestKey("ocs_change", Change)  # what its call changed
 
@@ -256,32 +262,11 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         expect = _expect_continue if interaction.body is not None else None
         answer = _interaction_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
+    _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
     app.router.add_get("/openapi.json", _openapi)
     return app
 
-
-def _last_usage(state: ServerState) -> Callable[[], Awaitable[dict[str, int]]]:
-    """The newest usage record per line, from the server's spool (none when it keeps no spool)."""
-
-    async def read() -> dict[str, int]:
-        return await state.spool.last_usage_by_account() if state.spool is not None else {}
-
-    return read
-
-
-def _interaction_handler(route: InteractionRoute, services: InteractionServices) -> Handler:
-    """An interactions route (``ocs.api.interactions``): the author is the token's name."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        body = await _json_value(request) if route.body is not None else None
-        author = _actor(request).token.name
-        answer = await route.call(services, request.match_info, request.query, body, author)
-        if is_change(request.method, route.path):
-            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
-        headers = {"Location": answer.location} if answer.location else None
-        return web.json_response(answer.body, status=answer.status, headers=headers)
-
-    return handle
+    return web.json_response(extend_document(openapi_document(_OPEN_OPERATIONS, order_shapes())))
 
 
 async def start_http(state: ServerState) -> HttpServer:
@@ -296,6 +281,7 @@ async def start_http(state: ServerState) -> HttpServer:
     tls = _tls_context(http.tls_certificate, http.tls_private_key) if http.tls_certificate else None
     app = build_app(state, metrics)
     await _resume_customer_provisioning(app[CUSTOMERS])
+    await _resume_orders(app[ORDERS])
     runner, bound = await _listen(app, http.host, http.port, settings.shutdown_timeout_seconds, tls)
     log.info("http_listening", host=bound[0], port=bound[1], https=tls is not None)
     server = HttpServer(runner, bound, metrics, scheme="https" if tls is not None else "http")
@@ -344,6 +330,15 @@ async def _resume_customer_provisioning(customers: Customers) -> None:
         await customers.resume()
     except BalanceUnavailable as error:  # they stay provisioning; the next start finishes them
         log.error("customer_provisioning_not_resumed", error=str(error))
+
+
+async def _resume_orders(orders: Orders) -> None:
+    """The startup pass for product orders a crash left in progress (ocs.customers.orders), after
+    the line provisioning pass, which finishes the lines those orders made."""
+    try:
+        await orders.resume()
+    except BalanceUnavailable as error:  # they stay inProgress; the next start finishes them
+        log.error("orders_not_resumed", error=str(error))
 
 
 # -- errors and metrics -----------------------------------------------------------------------
@@ -841,9 +836,43 @@ _OPEN_OPERATIONS: dict[str, dict[str, object]] = {
 }
 
 
+def _last_usage(state: ServerState) -> Callable[[], Awaitable[dict[str, int]]]:
+    """The newest usage record per line, from the server's spool (none when it keeps no spool)."""
+
+    async def read() -> dict[str, int]:
+        return await state.spool.last_usage_by_account() if state.spool is not None else {}
+
+    return read
+
+
+def _interaction_handler(route: InteractionRoute, services: InteractionServices) -> Handler:
+    """An interactions route (``ocs.api.interactions``): the author is the token's name."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await _json_value(request) if route.body is not None else None
+        author = _actor(request).token.name
+        answer = await route.call(services, request.match_info, request.query, body, author)
+        if is_change(request.method, route.path):
+            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
+        headers = {"Location": answer.location} if answer.location else None
+        return web.json_response(answer.body, status=answer.status, headers=headers)
+
+    return handle
+
+
+def _add_activation(app: web.Application, database: AsyncEngine, provisioning: Provisioning, rules_path: str) -> None:
+    """Applications and product orders (ocs.api.orders); the credit rules are read once, here."""
+    rules = load_credit_rules(rules_path)
+    app[ORDERS] = Orders(database, app[CUSTOMERS], EngineLines(provisioning), rules)
+    applications = Applications(database, app[CUSTOMERS], RuleTable(rules))
+    for route in order_routes(applications, app[ORDERS]):
+        expect = _expect_continue if route.body is not None else None
+        app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
+
+
 async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
-    return web.json_response(extend_document(openapi_document(_OPEN_OPERATIONS)))
+    return web.json_response(extend_document(openapi_document(_OPEN_OPERATIONS, order_shapes())))
 
 
 async def _audit_trail(request: web.Request) -> web.Response:

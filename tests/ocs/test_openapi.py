@@ -21,6 +21,7 @@ from openapi_spec_validator import validate
 from balance.embedded import EmbeddedRedis
 from ocs.api.customers import ROUTES
 from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
+from ocs.api.orders import order_shapes
 from tests.conftest import ADMIN_HEADERS
 from tests.ocs.conftest import server_settings, server_with
 
@@ -69,8 +70,9 @@ def _document(url: str) -> dict[str, Any]:
 def test_the_document_is_valid_openapi_and_covers_every_customer_route(served: str) -> None:
     document = _document(served)
     validate(document)  # raises on anything that is not OpenAPI 3.1
-    for route in (*ROUTES, *INTERACTION_ROUTES):
+    for route in (*ROUTES, *INTERACTION_ROUTES, *order_shapes()):  # customers, interactions, orders
         assert route.method.lower() in document["paths"][route.path]
+    assert set(document["paths"]) >= {"/applications", "/productOrders", "/productOrders/{order_id}"}
 
 
 def test_a_bounded_property_based_run_finds_no_server_error(served: str) -> None:

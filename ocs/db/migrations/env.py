@@ -7,6 +7,7 @@ from alembic import context
 from sqlalchemy import Connection, text
 
 from ocs.db import audit, customers, interactions, tokens
+from ocs.db import orders as order_tables
 from ocs.db.schema import metadata
 
 # Any number that is ours alone: PostgreSQL advisory locks are one namespace per database.
@@ -24,4 +25,5 @@ def run(connection: Connection) -> None:
 assert audit.audit_trail.metadata is tokens.api_tokens.metadata is metadata  # every table is known
 assert all(table.metadata is metadata for table in customers.CUSTOMER_TABLES)
 assert all(table.metadata is metadata for table in interactions.INTERACTION_TABLES)
+assert all(table.metadata is metadata for table in order_tables.ORDER_TABLES)
 run(context.config.attributes["connection"])

@@ -1,0 +1,381 @@
+"""Product orders (TM Forum TMF622 shape): what a customer asks for, fulfilled item by item,
+idempotently, and resumed after a crash.
+
+Theory of operation. ``submit`` checks the whole order before anything is written: the customer
+exists, every line acted on is the customer's, and every new line is within what the customer's
+credit class may be offered (``ocs.customers.credit``: a prepaid-only class gets no postpaid
+line, and no line gets a credit limit above the class's); a refusal names the item and the field
+(``items.1.line.payment_type``) and nothing is written. The order and its items are then stored
+``acknowledged``, each new line with its id already assigned, and fulfilled:
+
+    order:  acknowledged -> inProgress -> completed | failed      (TMF622 ProductOrderStateType)
+    item:   acknowledged -> completed | failed
+
+Each item is one step of the engine or the customer service that is idempotent by itself: a new
+line by its assigned id (a line already there is the earlier try's), a status change (setting a
+status twice is one change), a bundle by its operation id ``order:<order>:<item>``, which the
+engine's idempotency key applies once. The item's ``completed`` state is written in one
+transaction with what it changed here (the line's status). So a crash anywhere leaves each item
+either recorded, or to be run again with the same effect: ``resume``, at startup, runs every order
+left ``acknowledged`` or ``inProgress`` from its first unrecorded item, and each item happens once.
+
+A failed step leaves nothing half-done: an item is one engine call (a status change, a bundle) or
+a new line whose refused provisioning deletes its rows (``Customers.add_line``), so a refused item
+applied nothing; it is marked ``failed`` with the reason, the order ``failed`` and the items after
+it are not run. Items completed before it stay completed (each is a whole change of its own, shown
+in the order). An engine that does not answer (Redis down) raises: the order stays ``inProgress``
+and the startup pass finishes it. The first completed order turns a ``prospect`` customer
+``active``, in the transaction that completes the order.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Literal, Protocol
+
+import structlog
+from pydantic import Field, model_validator
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ocs.customers import order_records, records
+from ocs.customers.credit import CreditRules, OfferKind
+from ocs.customers.records import Duplicate
+from ocs.customers.service import (
+    CustomerRefusal,
+    Customers,
+    EngineAnswer,
+    EngineOutcome,
+    Problem,
+    made_id,
+)
+from ocs.customers.values import Closed, Customer, EntityId, LineStatus, NewLine
+from ocs.db.schema import utc_naive
+
+log = structlog.get_logger("ocs.customers.orders")
+
+MAX_ORDER_ITEMS = 32  # an order is a customer's request, not a bulk load
+MAX_BUNDLE_UNITS = 10**15  # balance/types.py MAX_SERVICE_UNITS order of magnitude
+SECONDS_PER_DAY = 86_400
+
+
+class OrderState(enum.StrEnum):
+    """TMF622 ProductOrderStateType, the states this fulfilment uses."""
+
+    ACKNOWLEDGED = "acknowledged"
+    IN_PROGRESS = "inProgress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ItemAction(enum.StrEnum):
+    """What an item does. TMF622's ``action`` is add/modify/delete of a product; ours names the
+    operation on the line, which is what an operator reads."""
+
+    ADD_LINE = "add_line"
+    ADD_BUNDLE = "add_bundle"
+    SUSPEND_LINE = "suspend_line"
+    RESUME_LINE = "resume_line"
+    TERMINATE_LINE = "terminate_line"
+
+
+# The line status each status item sets, in the engine and in the line's row.
+STATUS_OF_ACTION = {
+    ItemAction.SUSPEND_LINE: LineStatus.SUSPENDED,
+    ItemAction.RESUME_LINE: LineStatus.ACTIVE,
+    ItemAction.TERMINATE_LINE: LineStatus.TERMINATED,
+}
+
+
+class Bundle(Closed):
+    """An allowance bucket: units of one kind, for some services, valid some days from fulfilment."""
+
+    kind: Literal["seconds", "octets", "events"]
+    amount: Annotated[int, Field(ge=1, le=MAX_BUNDLE_UNITS)]
+    services: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=8)
+    valid_days: Annotated[int, Field(ge=1, le=3660)] | None = None  # None: no end
+
+
+class NewOrderItem(Closed):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,16}$")]  # TMF622 ProductOrderItem.id
+    action: ItemAction
+    line: NewLine | None = None  # add_line
+    line_id: EntityId | None = None  # every other action
+    bundle: Bundle | None = None  # add_bundle
+
+    @model_validator(mode="after")
+    def _fields_of_action(self) -> NewOrderItem:
+        adding = self.action is ItemAction.ADD_LINE
+        if adding != (self.line is not None):
+            raise ValueError("line: given with add_line, and only with it")
+        if adding == (self.line_id is not None):
+            raise ValueError("line_id: the line this item acts on (add_line gives line.line_id instead)")
+        if (self.action is ItemAction.ADD_BUNDLE) != (self.bundle is not None):
+            raise ValueError("bundle: given with add_bundle, and only with it")
+        return self
+
+
+class NewProductOrder(Closed):
+    customer_id: EntityId
+    external_id: EntityId | None = None  # TMF622 externalId: the client's key; re-submitting finds the order
+    items: list[NewOrderItem] = Field(min_length=1, max_length=MAX_ORDER_ITEMS)
+
+    @model_validator(mode="after")
+    def _distinct_items(self) -> NewProductOrder:
+        ids = [item.id for item in self.items]
+        if len(set(ids)) != len(ids):
+            raise ValueError("items: an item id is used twice")
+        return self
+
+
+class ProductOrderItem(Closed):
+    id: str
+    action: ItemAction
+    state: OrderState
+    line_id: str | None
+    failure: str | None
+    completed_at: datetime | None
+
+
+class ProductOrder(Closed):
+    id: str
+    external_id: str | None
+    customer_id: str
+    state: OrderState
+    items: list[ProductOrderItem]
+    failure: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class LineOperations(Protocol):
+    """The engine steps orders take on an existing line; the API door fills it."""
+
+    async def set_status(self, line_id: str, status: LineStatus, reason: str) -> EngineAnswer: ...
+
+    async def add_bundle(self, line_id: str, bundle: Bundle, valid_until: int, operation_id: str) -> EngineAnswer: ...
+
+
+class OrderConflict(CustomerRefusal):
+    def __init__(self, message: str) -> None:
+        super().__init__(Problem.CONFLICT, "external_id", message)
+
+
+ItemHook = Callable[[str, str], Awaitable[None]]  # (order id, item id), after the item is recorded
+
+
+class Orders:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        customers: Customers,
+        lines: LineOperations,
+        rules: CreditRules,
+        *,
+        clock: Callable[[], float] = time.time,
+        after_item: ItemHook | None = None,
+    ) -> None:
+        self.engine = engine
+        self.customers = customers
+        self.lines = lines
+        self.rules = rules
+        self.clock = clock
+        self.after_item = after_item  # tests: a crash between two items
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    async def submit(self, new: NewProductOrder) -> tuple[ProductOrder, bool]:
+        """The order, fulfilled; and whether it is new (False: the order of this external id)."""
+        request = new.model_dump(mode="json")
+        if new.external_id is not None:
+            found = await self._resubmitted(new.external_id, request)
+            if found is not None:
+                return found, False
+        customer = await self.customers.customer(new.customer_id)
+        order_id = made_id("PO")
+        items = [_item_row(order_id, index, item) for index, item in enumerate(new.items)]
+        added: set[str] = set()  # lines this order adds: later items may act on them
+        for index, item in enumerate(new.items):
+            await self._check_item(customer, index, item, added)
+            if item.action is ItemAction.ADD_LINE:
+                added.add(str(items[index]["line_id"]))
+        now = self._now()
+        row: dict[str, object] = {
+            "order_id": order_id,
+            "external_id": new.external_id,
+            "customer_id": new.customer_id,
+            "state": OrderState.ACKNOWLEDGED.value,
+            "request": request,
+            "created_at": utc_naive(now),
+        }
+        try:
+            await order_records.insert_order(self.engine, row, items)
+        except Duplicate:  # a racing submission of the same external id won
+            found = await self._resubmitted(str(new.external_id), request)
+            if found is None:
+                raise
+            return found, False
+        log.info("order_acknowledged", order_id=order_id, customer_id=new.customer_id, items=len(items))
+        return await self.fulfil(order_id), True
+
+    async def _resubmitted(self, external_id: str, request: dict[str, object]) -> ProductOrder | None:
+        order_id = await order_records.order_id_of_external(self.engine, external_id)
+        if order_id is None:
+            return None
+        stored = await order_records.order_row(self.engine, order_id)
+        assert stored is not None
+        if stored["request"] != request:
+            raise OrderConflict(f"{external_id!r} names order {order_id!r}, which asked for something else")
+        return await self.order(order_id)
+
+    async def _check_item(self, customer: Customer, index: int, item: NewOrderItem, added: set[str]) -> None:
+        where = f"items.{index}"
+        if item.line is not None:
+            self._check_offer(customer, item.line, f"{where}.line")
+            return
+        assert item.line_id is not None
+        if item.line_id in added:
+            return
+        line = await records.get_line(self.engine, item.line_id)
+        if line is None or line.customer_id != customer.customer_id:
+            raise CustomerRefusal(
+                Problem.NOT_FOUND, f"{where}.line_id", f"customer {customer.customer_id!r} has no line {item.line_id!r}"
+            )
+        if line.status is LineStatus.TERMINATED and item.action is not ItemAction.TERMINATE_LINE:
+            raise CustomerRefusal(Problem.REFUSED, f"{where}.line_id", f"line {item.line_id!r} is terminated")
+
+    def _check_offer(self, customer: Customer, line: NewLine, where: str) -> None:
+        """What the customer's credit class may be offered (``ocs.customers.credit``)."""
+        name = customer.credit_profile.credit_class
+        credit_class = next((found for found in self.rules.classes if found.name == name), None)
+        if line.payment_type == "prepaid":
+            return
+        if credit_class is None:
+            why = "the customer has no credit class: apply first (POST /applications)"
+            if name is not None:
+                why = f"credit class {name!r} is not in {self.rules.file}"
+            raise CustomerRefusal(Problem.REFUSED, f"{where}.payment_type", f"postpaid refused: {why}")
+        offer = credit_class.offer
+        if offer.kind is OfferKind.PREPAID_ONLY:
+            raise CustomerRefusal(
+                Problem.REFUSED, f"{where}.payment_type", f"credit class {name} is offered prepaid only"
+            )
+        if line.credit_limit_micros > offer.credit_limit_micros:
+            raise CustomerRefusal(
+                Problem.REFUSED,
+                f"{where}.credit_limit_micros",
+                f"{line.credit_limit_micros} micros is above credit class {name}'s limit of "
+                f"{offer.credit_limit_micros} micros",
+            )
+
+    async def order(self, order_id: str) -> ProductOrder:
+        stored = await order_records.order_row(self.engine, order_id)
+        if stored is None:
+            raise CustomerRefusal(Problem.NOT_FOUND, "order_id", f"no product order {order_id!r}")
+        items = [
+            ProductOrderItem(
+                id=row["item_id"],
+                action=ItemAction(row["action"]),
+                state=OrderState(row["state"]),
+                line_id=row["line_id"],
+                failure=row["failure"],
+                completed_at=order_records.stored_time(row["completed_at"]),
+            )
+            for row in await order_records.item_rows(self.engine, order_id)
+        ]
+        return ProductOrder(
+            id=order_id,
+            external_id=stored["external_id"],
+            customer_id=stored["customer_id"],
+            state=OrderState(stored["state"]),
+            items=items,
+            failure=stored["failure"],
+            created_at=order_records.stored_time(stored["created_at"]) or self._now(),
+            completed_at=order_records.stored_time(stored["completed_at"]),
+        )
+
+    # -- fulfilment -----------------------------------------------------------------------------
+
+    async def fulfil(self, order_id: str) -> ProductOrder:
+        """Run the order's unrecorded items in turn (see the module's theory)."""
+        stored = await order_records.order_row(self.engine, order_id)
+        assert stored is not None
+        if stored["state"] in (OrderState.COMPLETED.value, OrderState.FAILED.value):
+            return await self.order(order_id)
+        await order_records.set_order_state(self.engine, order_id, OrderState.IN_PROGRESS.value)
+        for row in await order_records.item_rows(self.engine, order_id):
+            if row["state"] == OrderState.COMPLETED.value:
+                continue  # recorded: done once already
+            item = NewOrderItem.model_validate(row["payload"])
+            failure, line_status = await self._apply(order_id, stored["customer_id"], item)
+            if failure is not None:
+                await order_records.fail_item(self.engine, order_id, item.id, failure, self._now())
+                log.warning("order_failed", order_id=order_id, item_id=item.id, failure=failure)
+                return await self.order(order_id)
+            await order_records.complete_item(self.engine, order_id, item.id, line_status, self._now())
+            if self.after_item is not None:
+                await self.after_item(order_id, item.id)
+        await order_records.complete_order(self.engine, order_id, stored["customer_id"], self._now())
+        log.info("order_completed", order_id=order_id)
+        return await self.order(order_id)
+
+    async def _apply(
+        self, order_id: str, customer_id: str, item: NewOrderItem
+    ) -> tuple[str | None, tuple[str, str] | None]:
+        """One item's step, idempotent: (why it failed or None, the line status it set or None)."""
+        if item.line is not None:
+            line_id = item.line.line_id
+            assert line_id is not None  # assigned when the order was acknowledged
+            if await records.get_line(self.engine, line_id) is not None:
+                return None, None  # made by an earlier try (a provisioning one is finished at startup)
+            try:
+                await self.customers.add_line(customer_id, item.line)
+            except CustomerRefusal as refusal:
+                return refusal.message, None
+            return None, None
+        assert item.line_id is not None
+        if item.bundle is not None:
+            valid_days = item.bundle.valid_days
+            valid_until = int(self.clock()) + valid_days * SECONDS_PER_DAY if valid_days else 0
+            answer = await self.lines.add_bundle(item.line_id, item.bundle, valid_until, f"order:{order_id}:{item.id}")
+            return _failure(answer), None
+        status = STATUS_OF_ACTION[item.action]
+        answer = await self.lines.set_status(item.line_id, status, f"product order {order_id} item {item.id}")
+        return _failure(answer), (item.line_id, status.value) if answer.outcome is EngineOutcome.OK else None
+
+    # -- the startup pass -----------------------------------------------------------------------
+
+    async def resume(self) -> int:
+        """Finish every order a crash left ``acknowledged`` or ``inProgress``; how many."""
+        pending = (OrderState.ACKNOWLEDGED.value, OrderState.IN_PROGRESS.value)
+        order_ids = await order_records.order_ids_in_state(self.engine, pending)
+        for order_id in order_ids:
+            await self.fulfil(order_id)
+        if order_ids:
+            log.warning("orders_resumed", orders=len(order_ids))
+        return len(order_ids)
+
+
+def _failure(answer: EngineAnswer) -> str | None:
+    return None if answer.outcome is EngineOutcome.OK else f"the balance engine refused it: {answer.reason}"
+
+
+def _item_row(order_id: str, position: int, item: NewOrderItem) -> dict[str, object]:
+    """An item as stored: a new line gets its id now, so every try makes the same line."""
+    if item.line is not None and item.line.line_id is None:
+        item = item.model_copy(update={"line": item.line.model_copy(update={"line_id": made_id("L")})})
+    line_id = item.line.line_id if item.line is not None else item.line_id
+    return {
+        "order_id": order_id,
+        "item_id": item.id,
+        "position": position,
+        "action": item.action.value,
+        "state": OrderState.ACKNOWLEDGED.value,
+        "line_id": line_id,
+        "payload": item.model_dump(mode="json"),
+        "failure": None,
+        "completed_at": None,
+    }
