@@ -124,6 +124,15 @@ def _valid_buckets(buckets: tuple[Bucket, ...]) -> bool:
     )
 
 
+# How bad each status is (lib.lua STATUS_RANK): an account counts as the worst of its chain.
+_STATUS_RANK = {
+    AccountStatus.ACTIVE: 0,
+    AccountStatus.SUSPENDED: 1,
+    AccountStatus.BARRED: 2,
+    AccountStatus.TERMINATED: 3,
+}
+
+
 def _refused(outcome: Outcome) -> ChargeResult:
     # RULES.md ambiguity: a request refused as a whole carries no items and balance_micros 0
     # (RULES.md defines balance_micros "after the request" only for requests that were applied).
@@ -192,6 +201,12 @@ class ReferenceModel:
         )
         self.check_invariants()
         return OperationResult(Outcome.OK)
+
+    def effective_status(self, account_id: str) -> AccountStatus:
+        """RULES.md "Effective status": the worst status of the account and its ancestors."""
+        accounts = self._ledger.accounts
+        chain = [account_id, *self._ledger.ancestors(account_id)]
+        return max((accounts[node].account.status for node in chain), key=_STATUS_RANK.__getitem__)
 
     def root_of(self, account_id: str) -> str:
         """The hierarchy's root (the hash tag of its keys); an unknown id is its own root."""
@@ -286,7 +301,7 @@ class ReferenceModel:
             return _refused(Outcome.UNKNOWN_SESSION)
         if late:
             raise BalanceUnavailable("reached the engine after its deadline; nothing was applied")
-        status = state.account.status
+        status = self.effective_status(account_id)
         closed_for_good = status in (AccountStatus.BARRED, AccountStatus.TERMINATED)
         if (event and status is not AccountStatus.ACTIVE) or (session is None and closed_for_good):
             return _refused(Outcome.ACCOUNT_BLOCKED)
@@ -427,7 +442,7 @@ class ReferenceModel:
                 item.rating_group, outcome, granted_units, committed_units, committed_micros, final, reserved
             )
 
-        if self._ledger.accounts[request.account_id].account.status is not AccountStatus.ACTIVE:
+        if self.effective_status(request.account_id) is not AccountStatus.ACTIVE:
             return result(Outcome.ACCOUNT_BLOCKED)
         rounded_units = charged(item.requested_units, item.tariff)
         change = item.tariff_change
