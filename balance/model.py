@@ -46,6 +46,7 @@ from balance.types import (
     TariffChange,
     Unit,
     UsageRecord,
+    worst_status,
 )
 
 
@@ -124,15 +125,6 @@ def _valid_buckets(buckets: tuple[Bucket, ...]) -> bool:
     )
 
 
-# How bad each status is (lib.lua STATUS_RANK): an account counts as the worst of its chain.
-_STATUS_RANK = {
-    AccountStatus.ACTIVE: 0,
-    AccountStatus.SUSPENDED: 1,
-    AccountStatus.BARRED: 2,
-    AccountStatus.TERMINATED: 3,
-}
-
-
 def _refused(outcome: Outcome) -> ChargeResult:
     # RULES.md ambiguity: a request refused as a whole carries no items and balance_micros 0
     # (RULES.md defines balance_micros "after the request" only for requests that were applied).
@@ -206,7 +198,7 @@ class ReferenceModel:
         """RULES.md "Effective status": the worst status of the account and its ancestors."""
         accounts = self._ledger.accounts
         chain = [account_id, *self._ledger.ancestors(account_id)]
-        return max((accounts[node].account.status for node in chain), key=_STATUS_RANK.__getitem__)
+        return worst_status(accounts[node].account.status for node in chain)
 
     def root_of(self, account_id: str) -> str:
         """The hierarchy's root (the hash tag of its keys); an unknown id is its own root."""
