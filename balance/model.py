@@ -46,6 +46,7 @@ from balance.types import (
     TariffChange,
     Unit,
     UsageRecord,
+    worst_status,
 )
 
 
@@ -193,6 +194,12 @@ class ReferenceModel:
         self.check_invariants()
         return OperationResult(Outcome.OK)
 
+    def effective_status(self, account_id: str) -> AccountStatus:
+        """RULES.md "Effective status": the worst status of the account and its ancestors."""
+        accounts = self._ledger.accounts
+        chain = [account_id, *self._ledger.ancestors(account_id)]
+        return worst_status(accounts[node].account.status for node in chain)
+
     def root_of(self, account_id: str) -> str:
         """The hierarchy's root (the hash tag of its keys); an unknown id is its own root."""
         if account_id not in self._ledger.accounts:
@@ -286,7 +293,7 @@ class ReferenceModel:
             return _refused(Outcome.UNKNOWN_SESSION)
         if late:
             raise BalanceUnavailable("reached the engine after its deadline; nothing was applied")
-        status = state.account.status
+        status = self.effective_status(account_id)
         closed_for_good = status in (AccountStatus.BARRED, AccountStatus.TERMINATED)
         if (event and status is not AccountStatus.ACTIVE) or (session is None and closed_for_good):
             return _refused(Outcome.ACCOUNT_BLOCKED)
@@ -427,7 +434,7 @@ class ReferenceModel:
                 item.rating_group, outcome, granted_units, committed_units, committed_micros, final, reserved
             )
 
-        if self._ledger.accounts[request.account_id].account.status is not AccountStatus.ACTIVE:
+        if self.effective_status(request.account_id) is not AccountStatus.ACTIVE:
             return result(Outcome.ACCOUNT_BLOCKED)
         rounded_units = charged(item.requested_units, item.tariff)
         change = item.tariff_change

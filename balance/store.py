@@ -67,6 +67,7 @@ from balance.types import (
     Tariff,
     Unit,
     UsageRecord,
+    worst_status,
 )
 from balance.validation import invalid_account, invalid_bucket, invalid_charge
 from balance.views import read_balance
@@ -579,6 +580,17 @@ class BalanceStore:
                 return await caller.run(script, script_keys, arguments)
         except (BalanceUnavailable, TimeoutError):
             raise BalanceUnavailable(f"{failure}; past its deadline, nothing more can apply") from None
+
+    async def effective_status(self, account_id: str, now_seconds: int) -> AccountStatus | None:
+        """The worst of the account's own status and its ancestors' (RULES.md "Effective status"),
+        as charge.lua checks it; None for an unknown account. One read per level."""
+        statuses: list[AccountStatus] = []
+        for node in (account_id, *(await self.ancestors(account_id) or ())):
+            view = await self.balance(node, now_seconds)
+            if view is None:
+                return None
+            statuses.append(view.account.status)
+        return worst_status(statuses)
 
     async def descendants(self, account_id: str) -> list[str]:
         """Every account below ``account_id`` in its hierarchy, level by level (children first),

@@ -10,6 +10,7 @@ outcomes are the ``Outcome`` enum, returned by value; only infrastructure failur
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -41,6 +42,20 @@ class AccountStatus(StrEnum):
     SUSPENDED = "suspended"  # e.g. for non-payment: no new reservations, open sessions may finish
     BARRED = "barred"
     TERMINATED = "terminated"
+
+
+# How bad each status is (lib.lua STATUS_RANK): RULES.md "Effective status".
+_STATUS_RANK = {
+    AccountStatus.ACTIVE: 0,
+    AccountStatus.SUSPENDED: 1,
+    AccountStatus.BARRED: 2,
+    AccountStatus.TERMINATED: 3,
+}
+
+
+def worst_status(statuses: Iterable[AccountStatus]) -> AccountStatus:
+    """The worst of ``statuses`` (an account's own and its ancestors': its effective status)."""
+    return max(statuses, key=_STATUS_RANK.__getitem__)
 
 
 class BucketKind(StrEnum):

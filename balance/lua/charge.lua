@@ -76,11 +76,12 @@ elseif number ~= 0 and not event then
   return '0 unknown_session 0 0 0 0'
 end
 if past_deadline(ARGV[11]) then return '0 expired 0 0 0 0' end
-local closed_for_good = account.st == 'barred' or account.st == 'terminated'
-if (event and account.st ~= 'active') or (not exists and closed_for_good) then return '0 account_blocked 0 0 0 0' end
-
 local ancestors, wrong = load_ancestors(ancestor_ids, KEYS, 3, 6)
 if ancestors == nil then return redis.error_reply(wrong) end
+-- RULES.md "Effective status": a node's status holds for every account under it.
+local status = effective_status(account, ancestors)
+local closed_for_good = status == 'barred' or status == 'terminated'
+if (event and status ~= 'active') or (not exists and closed_for_good) then return '0 account_blocked 0 0 0 0' end
 
 -- Reservations by field; only those made by this request are encoded and written back.
 local reservations, made = {}, nil
@@ -143,7 +144,7 @@ for _ = 1, item_count do
   end
   local granted_text, reserved_text = '0', '0'
   if requested > 0 and not release and not closing then
-    if account.st ~= 'active' then
+    if status ~= 'active' then
       outcome = 'account_blocked'
     else
       local change_text = ARGV[position + 8]

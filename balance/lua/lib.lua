@@ -347,6 +347,21 @@ local function load_ancestors(ids, keys, first, more)
   return ancestors
 end
 
+-- How bad each status is: an account counts as the worst of its own status and its ancestors'.
+local STATUS_RANK = {active = 0, suspended = 1, barred = 2, terminated = 3}
+
+-- RULES.md "Effective status": the worst status of the account and every ancestor, so a line
+-- under a suspended, barred or terminated node is treated as that node is, whatever its own
+-- status (a node's change never overwrites its lines': a barred line stays barred).
+local function effective_status(account, ancestors)
+  local worst = account.st
+  for i = 1, #ancestors do
+    local status = ancestors[i].st
+    if (STATUS_RANK[status] or 0) > (STATUS_RANK[worst] or 0) then worst = status end
+  end
+  return worst
+end
+
 -- The first id of `ids` (the parent's), '' for none.
 local function parent_of(ids)
   local space = find(ids, ' ', 1, true)

@@ -27,14 +27,15 @@ if session[2] then
   return '0 unknown_session 0 0 0 0'
 end
 if past_deadline(ARGV[8]) then return '0 expired 0 0 0 0' end
-if account.st ~= 'active' then return '0 account_blocked 0 0 0 0' end
+local ancestors, wrong = load_ancestors(ancestor_ids, KEYS, 3, 5)
+if ancestors == nil then return redis.error_reply(wrong) end
+-- RULES.md "Effective status": an event, so only an account active with all its ancestors.
+if effective_status(account, ancestors) ~= 'active' then return '0 account_blocked 0 0 0 0' end
 local day, day_limit = ARGV[9], tonumber(ARGV[10])
 local refunded = redis.call('HMGET', day_key, 'd', 's')
 local day_total = amount
 if refunded[1] == day then day_total = day_total + tonumber(refunded[2]) end
 if day_limit > 0 and day_total > day_limit then return '0 refund_limit 0 0 0 0' end
-local ancestors, wrong = load_ancestors(ancestor_ids, KEYS, 3, 5)
-if ancestors == nil then return redis.error_reply(wrong) end
 
 local bucket, meta = first_of_kind(account, 'main'), nil
 if bucket == nil then bucket, meta = new_bucket(account, 'main', '0', '0', '0', '') end

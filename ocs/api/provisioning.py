@@ -28,6 +28,7 @@ nothing is charged to it, since no identity leads there).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import itertools
@@ -72,6 +73,11 @@ log = structlog.get_logger("ocs.api.provisioning")
 
 CUSTOMER_TYPES = ("mobile", "fixed")
 SECONDS_PER_DAY = 86_400
+# How long a termination waits for the network's final usage (the CCR-T answering its ASR) before
+# it releases what is still held: RFC 4006 section 13 recommends Tx = 10 s, how long a client
+# waits for our answer; a client quick enough to be served reports within it.
+TERMINATION_GRACE_SECONDS = 10.0
+_TERMINATION_POLL_SECONDS = 0.1  # how often a waiting termination looks for the sessions' end
 _MONEY = re.compile(r"^(-?)([0-9]{1,16})(?:\.([0-9]+))?$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _MONEY_DECIMALS = 6  # micros
@@ -501,8 +507,12 @@ class Provisioning:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         identity_quarantine_seconds: int = 90 * SECONDS_PER_DAY,
+        termination_grace_seconds: float = TERMINATION_GRACE_SECONDS,
     ) -> None:
         self.identity_quarantine_seconds = identity_quarantine_seconds
+        self.termination_grace_seconds = termination_grace_seconds
+        self._terminations: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
         self.store = store
         self.directory = directory
         self.book = book
@@ -564,6 +574,7 @@ class Provisioning:
                 raise Refused(f"parent account {account.parent_id!r} does not exist")
             if parent.account.currency != account.currency:
                 raise Refused(f"currency {account.currency} differs from the parent's {parent.account.currency}")
+            await self._refuse_closed_parent(account.parent_id)
         if await self.store.hierarchy(account.account_id) is not None:
             raise Conflict(f"account {account.account_id!r} already exists")
         for identity in profile.identities:
@@ -579,64 +590,119 @@ class Provisioning:
     async def set_status(
         self, account_id: str, status: AccountStatus, *, actor: str = "", reason: str = ""
     ) -> StatusChange:
-        """Set the status of the account and of every account under it (a company node's lines:
-        RULES.md "descendants"), each change published on its own for its live sessions (RAR when
-        suspended or resumed, ASR when barred or terminated: ocs/charging/notifier.py), with who
-        (``actor``) and why (``reason``). Terminated is final: an account under the node that is
-        terminated stays so. Terminating releases every reservation of the account at once and
-        holds its identities in quarantine (balance/directory.py) for the configured period."""
+        """Set the account's own status, with who (``actor``) and why (``reason``). The accounts
+        under it keep their own: each counts as the worst of its own status and its ancestors'
+        (balance/RULES.md "Effective status"), so a barred line stays barred when its department is
+        suspended and resumed. Every account whose effective status changes (the account, then those
+        under it) gets its own event, for its live sessions (RAR when suspended or resumed, ASR when
+        barred or terminated: ocs/charging/notifier.py). Terminated is final: it is written on every
+        account under the node too, and each one's final usage is awaited, then its reservations
+        released and its identities quarantined (``_finish_termination``); terminating again
+        finishes what an earlier attempt left undone (review 13 L4)."""
         started = time.perf_counter()
         previous = (await self.view(account_id)).account.status
-        if previous is AccountStatus.TERMINATED and status is not AccountStatus.TERMINATED:
+        targets = [account_id, *await self.store.descendants(account_id)]
+        before = {target: await self._effective_status(target) for target in targets}
+        if before[account_id] is AccountStatus.TERMINATED and status is not AccountStatus.TERMINATED:
             raise Refused(f"account {account_id!r} is terminated; that is final")
+        for target in targets if status is AccountStatus.TERMINATED else [account_id]:
+            await self._write_status(target, status)
         changed: list[StatusChanged] = []
         notified = released = 0
-        for target in [account_id, *await self.store.descendants(account_id)]:
-            outcome = await self._apply_status(target, status, actor, reason)
-            if outcome is not None:
-                changed.append(outcome[0])
-                notified += outcome[1]
-                released += outcome[2]
+        for target in targets:
+            after, told = await self._effective_status(target), 0
+            if after is not before[target]:
+                event, told = await self._announce(StatusChanged(target, before[target], after, actor, reason))
+                changed.append(event)
+                notified += told
+            if after is AccountStatus.TERMINATED:  # a retry (nothing told now) finishes at once
+                released += await self._terminate(target, wait=told > 0)
         if notified and self.metrics is not None:  # the change reached the network: how fast
             self.metrics.lifecycle_enforced(status.value, time.perf_counter() - started)
         return StatusChange(previous, await self.view(account_id), notified, tuple(changed), released)
 
-    async def _apply_status(
-        self, account_id: str, status: AccountStatus, actor: str, reason: str
-    ) -> tuple[StatusChanged, int, int] | None:
-        """One account's change: (the event published, requests sent, sessions released), or
-        None when there was nothing to change (already so, or terminated for good)."""
-        previous = (await self.view(account_id)).account.status
-        if status is previous or previous is AccountStatus.TERMINATED:
-            return None
+    async def _refuse_closed_parent(self, parent_id: str) -> None:
+        """No new account under a barred or terminated node (review 13 L2): it could never be used,
+        and a terminated node is final (RULES.md "Effective status")."""
+        status = await self._effective_status(parent_id)
+        if status in (AccountStatus.BARRED, AccountStatus.TERMINATED):
+            raise Refused(f"parent_id: account {parent_id!r} is {status.value}; nothing new goes under it")
+
+    async def _effective_status(self, account_id: str) -> AccountStatus:
+        """The worst of the account's own status and its ancestors' (RULES.md "Effective status")."""
+        status = await self.store.effective_status(account_id, int(self.clock()))
+        if status is None:
+            raise NotFound(f"no account {account_id!r}")
+        return status
+
+    async def _write_status(self, account_id: str, status: AccountStatus) -> None:
+        """The account's own status; terminated stays so (final)."""
+        own = (await self.view(account_id)).account.status
+        if own is status or own is AccountStatus.TERMINATED:
+            return
         outcome = (await self.store.update(account_id, status=status)).outcome
         if outcome is Outcome.UNKNOWN_ACCOUNT:
             raise NotFound(f"no account {account_id!r}")
         if outcome is not Outcome.OK:
             raise Refused(f"account {account_id!r}: status change refused ({outcome.value})")
-        profile = await self.directory.profile(account_id)
-        identities = profile.identities if profile is not None else ()
-        event = StatusChanged(account_id, previous, status, actor, reason)
+
+    async def _announce(self, event: StatusChanged) -> tuple[StatusChanged, int]:
+        """Publish one account's change of effective status: (the event, sessions told)."""
         notified = self.events.publish(event)  # live sessions learn it: RAR or ASR
-        released: list[str] = []
-        if status is AccountStatus.TERMINATED:
-            # After the ASR, so a client quick to answer it reports its last usage first; what is
-            # still held then comes back now rather than after Tcc (RULES.md "release").
-            released = await self.store.release(account_id)
-            until = int(self.clock()) + self.identity_quarantine_seconds
-            await self.directory.quarantine(account_id, identities, until)
-        self.forget(identities)  # the cached subscriber has the old status, or no longer exists
+        profile = await self.directory.profile(event.account_id)
+        self.forget(profile.identities if profile is not None else ())  # the cached status is old
         log.info(
             "status_changed",
-            account_id=account_id,
-            previous=previous.value,
-            status=status.value,
-            actor=actor,
-            reason=reason,
+            account_id=event.account_id,
+            previous=event.previous.value,
+            status=event.status.value,
+            actor=event.actor,
+            reason=event.reason,
             notified_sessions=notified,
-            released_sessions=len(released),
         )
-        return event, notified, len(released)
+        return event, notified
+
+    async def _terminate(self, account_id: str, *, wait: bool) -> int:
+        """A terminated account's last step: its reservations released, its identities quarantined.
+        With ``wait`` (its sessions were just told by ASR) that runs in the background once the
+        network has reported their final usage (every session ended) or ``termination_grace_seconds``
+        passed, whichever is first, so that usage is charged, not released (RULES.md "Refused
+        usage": usage never passes free; review 13 L3). Returns the sessions released now."""
+        if not wait or self.termination_grace_seconds <= 0:
+            return await self._finish_termination(account_id)
+        task = asyncio.get_running_loop().create_task(self._finish_termination_later(account_id))
+        self._terminations.add(task)
+        task.add_done_callback(self._terminations.discard)
+        return 0
+
+    async def _finish_termination_later(self, account_id: str) -> None:
+        deadline = time.monotonic() + self.termination_grace_seconds
+        try:
+            while time.monotonic() < deadline and not self._closing.is_set():
+                view = await self.store.balance(account_id, int(self.clock()))
+                if view is None or view.reservations == 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), _TERMINATION_POLL_SECONDS)
+            await self._finish_termination(account_id)
+        except BalanceUnavailable as error:  # terminating it again finishes it (set_status)
+            log.error("termination_unfinished", account_id=account_id, error=str(error))
+
+    async def _finish_termination(self, account_id: str) -> int:
+        """Release what is still held (RULES.md "release") and quarantine the identities
+        (balance/directory.py); both idempotent, so a retry may run them again."""
+        released = await self.store.release(account_id)
+        profile = await self.directory.profile(account_id)
+        identities = profile.identities if profile is not None else ()
+        await self.directory.quarantine(account_id, identities, int(self.clock()) + self.identity_quarantine_seconds)
+        self.forget(identities)
+        log.info("termination_finished", account_id=account_id, released_sessions=len(released))
+        return len(released)
+
+    async def close(self) -> None:
+        """Finish every termination still waiting for its sessions' final usage, now."""
+        self._closing.set()
+        await asyncio.gather(*self._terminations, return_exceptions=True)
 
     async def top_up(self, account_id: str, top_up_id: str, micros: int, kind: BucketKind, valid_until: int) -> Applied:
         if micros <= 0:

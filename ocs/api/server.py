@@ -235,6 +235,8 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     # client_max_size bounds aiohttp's own readers too, should anything call request.read().
     app = web.Application(middlewares=[_errors_and_metrics], client_max_size=MAX_JSON_BODY_BYTES)
     app[CONTEXT] = ApiContext(state, metrics, provisioning, book, state.database, state.audit_trail)
+    # Terminations still waiting for their sessions' final usage are finished before Redis closes.
+    app.on_cleanup.append(lambda _: provisioning.close())
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/audit-trail", _audit_trail)

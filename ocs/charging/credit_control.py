@@ -350,8 +350,8 @@ class CreditControl:
                 continue
             assert item is not None
             if item.outcome is Outcome.ACCOUNT_BLOCKED and status is None:
-                view = await self.store.balance(account_id, int(self.clock()))
-                status = view.account.status if view is not None else AccountStatus.BARRED
+                # Its effective status (balance/RULES.md): a suspended node suspends its lines.
+                status = await self.store.effective_status(account_id, int(self.clock())) or AccountStatus.BARRED
             answers.append(self._service_answer(ccr, service, item, status))
             final = final or item.final
         code = command_result(answers)

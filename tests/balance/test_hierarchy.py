@@ -17,6 +17,7 @@ from balance.store import BalanceStore
 from balance.types import (
     MAX_HIERARCHY_LEVELS,
     Account,
+    AccountStatus,
     Bucket,
     BucketKind,
     ChargeItem,
@@ -119,3 +120,35 @@ async def test_expiry_returns_a_deep_lines_holds_to_every_pool(store: BalanceSto
         view = await store.balance(account_id, NOW)
         assert view is not None and view.pool_used_micros == view.limit_held_micros == view.held_micros == 0
     await assert_audit_clean(store)
+
+
+async def test_a_node_status_holds_for_every_account_under_it(store: BalanceStore) -> None:  # noqa: F811
+    """RULES.md "Effective status": a line counts as the worst of its own status and its ancestors',
+    so a node's change needs no copy onto its lines (review 13 L1, L2): under a barred node a line
+    still marked active opens nothing; under a suspended one it gets no reservation; a line barred
+    on its own stays barred once its node is active again."""
+    model = ReferenceModel()
+    for account in TREE:
+        assert (await store.provision(account)).outcome is model.provision(account).outcome is Outcome.OK
+
+    async def both(request: ChargeRequest) -> ChargeResult:
+        result = await store.charge(request)
+        assert result == model.charge(request)
+        return result
+
+    async def set_status(account_id: str, status: AccountStatus) -> None:
+        assert (await store.update(account_id, status=status)).outcome is Outcome.OK
+        assert model.update(account_id, status=status).outcome is Outcome.OK
+
+    await set_status(BRANCH, AccountStatus.BARRED)
+    assert (await both(reserve(LINE, "s1", 1))).outcome is Outcome.ACCOUNT_BLOCKED
+    assert (await both(reserve(BRANCH_LINE, "s2", 1))).outcome is Outcome.ACCOUNT_BLOCKED
+    await set_status(BRANCH, AccountStatus.SUSPENDED)
+    assert granted(await both(reserve(LINE, "s3", 1))) == (Outcome.ACCOUNT_BLOCKED, 0, 0)
+    await set_status(BRANCH, AccountStatus.ACTIVE)
+    await set_status(LINE, AccountStatus.BARRED)
+    assert (await both(reserve(LINE, "s4", 1))).outcome is Outcome.ACCOUNT_BLOCKED
+    assert granted(await both(reserve(BRANCH_LINE, "s5", 1))) == (Outcome.OK, 1, EUR)
+    assert model.effective_status(LINE) is AccountStatus.BARRED
+    assert model.effective_status(TEAM) is AccountStatus.ACTIVE
+    await assert_audit_clean(store, sessions_ended=False)

@@ -9,9 +9,11 @@ line's money from the group's pool within the caps (balance/RULES.md "Company mo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+from balance.directory import Identity, IdentityKind
 from balance.types import AccountStatus
 from ocs.api.server import CONTEXT
 from ocs.events import AccountEvent, StatusChanged
@@ -61,6 +63,15 @@ async def set_status(api: Api, account_id: str, status: str, reason: str = "") -
     assert code_ == 200, answer
     assert isinstance(answer, dict)
     return answer
+
+
+async def until_terminated(api: Api, account_id: str) -> None:
+    """Wait until the account's termination has finished in the background: nothing reserved, its
+    identities in quarantine (ocs/api/provisioning.py ``_terminate``)."""
+    provisioning = api.http.runner.app[CONTEXT].provisioning
+    await asyncio.gather(*provisioning._terminations)
+    view = await provisioning.view(account_id)
+    assert view.reservations == 0
 
 
 def enforcement_count(api: Api, change: str) -> float:
@@ -176,15 +187,22 @@ async def test_terminating_aborts_releases_the_reservation_and_quarantines_the_i
     assert group_before is not None and group_before.held_micros > 0  # the line's grant holds group money
 
     answer = await set_status(api, "line", "terminated", "contract ended")
-    assert answer["notified_sessions"] == 1 and answer["released_sessions"] == 1
+    assert answer["notified_sessions"] == 1 and answer["released_sessions"] == 0  # not before its last usage
     await wait_for(lambda: len(received) == 1)
     assert received[0].command_code == ABORT_SESSION and received[0].get("Session-Id") == "call-t"
+    # The client answers the ASR with its CCR-T and the usage since its last report: it is charged
+    # (review 13 L3: released at once, this CCR-T found a closed session and 30 s passed free).
+    final = await request(
+        client, "call-t", "TERMINATION_REQUEST", 2, seconds("Used-Service-Unit", 30), msisdn=LINE_MSISDN
+    )
+    assert code(final) == 2001
+    await until_terminated(api, "line")
     after = await store.balance("line", int(time.time()))
     group_after = await store.balance("group", int(time.time()))
     assert after is not None and group_after is not None
-    assert after.reservations == 0 and group_after.held_micros == 0  # the money is back at once
-    assert after.committed_micros == before.committed_micros  # what was used stays charged
-    assert len([record for record in await store.usage_records() if record.account_id == "line"]) == 1
+    assert after.reservations == 0 and group_after.held_micros == 0  # nothing is left held
+    # Both reports charged: the 30 s cost what the 60 s did (the plan charges whole minutes).
+    assert after.committed_micros == 2 * before.committed_micros
 
     # The identity names nobody on the network (5030), and no other account may take it...
     unknown = await request(
@@ -207,4 +225,60 @@ async def test_terminating_aborts_releases_the_reservation_and_quarantines_the_i
     )
     assert code(welcomed) == 2001 and granted_seconds(welcomed) == 60
     assert enforcement_count(api, "terminated") == 1
+    await client.close()
+
+
+async def test_a_line_keeps_its_own_status_through_its_departments_changes(api: Api) -> None:
+    """Review 13 L1: suspending and resuming the department used to copy each status onto the line,
+    so a line barred on its own came back active. Each account keeps its own now."""
+    await company(api)
+    client = await api.server.client()
+    client.on_request = answering(2001, [])
+    await set_status(api, "line", "barred", "fraud suspected")
+    answer = await set_status(api, "dept", "suspended", "invoice unpaid")
+    assert answer["changed_accounts"] == ["dept"]  # the line was barred already: worse than suspended
+    answer = await set_status(api, "dept", "active", "paid")
+    assert answer["changed_accounts"] == ["dept"]
+    store = api.server.state.store
+    assert store is not None
+    line = await store.balance("line", int(time.time()))
+    assert line is not None and line.account.status is AccountStatus.BARRED
+    refused = await request(
+        client, "call-l", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 60), msisdn=LINE_MSISDN
+    )
+    assert code(refused) == 4010  # DIAMETER_END_USER_SERVICE_DENIED, RFC 4006 section 9.1
+    await client.close()
+
+
+async def test_nothing_new_goes_under_a_barred_or_terminated_node(api: Api) -> None:
+    """Review 13 L2: a line provisioned under a terminated department was active and drew the pool."""
+    await company(api)
+    await set_status(api, "dept", "terminated", "closed")
+    second = node("line2", parent_id="dept", identities=[{"kind": "msisdn", "value": "4915100000202"}])
+    status, refused = await api.call("POST", "/subscribers", second)
+    assert status == 422 and "parent_id" in refused["error"] and "terminated" in refused["error"]
+    store = api.server.state.store
+    assert store is not None and await store.balance("line2", int(time.time())) is None
+
+
+async def test_terminating_again_finishes_what_a_failed_attempt_left(api: Api) -> None:
+    """Review 13 L4: a terminate that stopped after writing the status (here: the status written
+    straight into the engine, as that crash leaves it) left the reservation open and the identity
+    bound; terminating again must finish both."""
+    await company(api)
+    store = api.server.state.store
+    assert store is not None
+    client = await api.server.client()
+    client.on_request = answering(2001, [])
+    opened = await request(
+        client, "call-r", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 60), msisdn=LINE_MSISDN
+    )
+    assert code(opened) == 2001
+    await store.update("line", status=AccountStatus.TERMINATED)
+    answer = await set_status(api, "line", "terminated", "contract ended")
+    assert answer["released_sessions"] == 1
+    line = await store.balance("line", int(time.time()))
+    assert line is not None and line.reservations == 0
+    provisioning = api.http.runner.app[CONTEXT].provisioning
+    assert await provisioning.directory.quarantined_until(Identity(IdentityKind.E164, LINE_MSISDN)) is not None
     await client.close()
