@@ -16,8 +16,9 @@ engine does not know) 422 naming the field; Redis down 503 (a line then stays ``
 and the startup pass finishes it).
 
 ``ProvisioningAccounts`` is the customer wing's ``EngineAccounts`` port filled with the existing
-``ocs.api.provisioning.Provisioning``: creating the engine account is its ``create``; when the
-account is already there, the step is idempotent: identical terms and profile count as made (a
+``ocs.api.provisioning.Provisioning``: creating the engine account is its ``create`` in resuming
+mode (an ``ar:`` claim left by a crash before the provision script is finished, not refused); when
+the account is already there, the step is idempotent: identical terms and profile count as made (a
 profile missing after a crash between the account and the directory is registered then).
 """
 
@@ -130,7 +131,7 @@ class ProvisioningAccounts:
     async def ensure(self, account: EngineAccount) -> EngineAnswer:
         try:
             new = self._subscriber(account)
-            await self.provisioning.create(new)
+            await self.provisioning.create(new, resuming=True)  # the row owns the id (step 1)
         except Conflict as error:
             return await self._existing(new, error.message)
         except (Refused, BadInput) as error:

@@ -4,15 +4,17 @@ and company pools made in a real Redis through the provisioning service, and the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balance.callers import Reply, ScriptCaller
 from balance.directory import Directory, Identity, IdentityKind
 from balance.embedded import EmbeddedRedis
+from balance.scripts import SCRIPTS, Operation, Script
 from balance.store import BalanceStore
 from balance.types import MAX_HIERARCHY_LEVELS, PaymentType
 from ocs.api.customers import ProvisioningAccounts
@@ -239,3 +241,62 @@ async def test_a_company_pool_left_provisioning_is_finished_before_its_lines(
     assert await customers.resume() == 1
     assert (await provisioning.view("acme-west")).account.child_cap_micros == 10 * EUR
     assert (await customers.add_line("acme", NewLine(node_id="acme-west"))).engine_parent_id == "acme-west"
+
+
+class CrashingCaller:
+    """The store's real Redis client, with the process dying at the script call ``crashes`` picks
+    (the engine step is several Redis calls: the ``ar:`` claim, the provision script, one claim
+    per identity, the profile)."""
+
+    def __init__(self, inner: ScriptCaller, crashes: Callable[[Script, int], bool]) -> None:
+        self.inner = inner
+        self.crashes = crashes
+        self.calls: dict[Script, int] = {}
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        self.calls[script] = self.calls.get(script, 0) + 1
+        if self.crashes(script, self.calls[script]):
+            raise SimulatedCrash(script)
+        return await self.inner.run(script, keys, args)
+
+    async def execute(self, *parts: str) -> Reply:
+        return await self.inner.execute(*parts)
+
+    async def scan_keys(self, pattern: str) -> list[str]:
+        return await self.inner.scan_keys(pattern)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def crashing_provisioning(provisioning: Provisioning, crashes: Callable[[Script, int], bool]) -> Provisioning:
+    """A second process on the same Redis whose engine step dies where ``crashes`` says."""
+    store = BalanceStore(provisioning.store.caller, admin=CrashingCaller(provisioning.store.admin, crashes))
+    return Provisioning(store, Directory(store.admin), provisioning.book, default_plan=provisioning.default_plan)
+
+
+CRASH_WINDOWS = {
+    "after-the-ar-claim": lambda script, call: script is SCRIPTS[Operation.PROVISION],
+    "after-the-account": lambda script, call: script is SCRIPTS[Operation.CLAIM],
+    "after-one-identity": lambda script, call: script is SCRIPTS[Operation.CLAIM] and call == 2,
+}
+
+
+@pytest.mark.parametrize("window", list(CRASH_WINDOWS))
+async def test_a_crash_inside_the_engine_step_is_finished_at_startup(
+    customers: Customers, provisioning: Provisioning, window: str
+) -> None:
+    await customers.create_customer(ana())
+    dying = crashing_provisioning(provisioning, CRASH_WINDOWS[window])
+    crashing = Customers(customers.engine, ProvisioningAccounts(dying))
+    identities = [{"kind": "msisdn", "value": "4915400000002"}, {"kind": "sip", "value": "sip:ana2@ims.example"}]
+    with pytest.raises(SimulatedCrash):
+        await crashing.add_line("ana", NewLine(line_id="ana-inside", identities=identities))
+    assert await provisioning.store.hierarchy("ana-inside") is not None  # the ar: claim was made
+    assert await customers.resume() == 1
+    assert (await customers.line("ana-inside")).status is LineStatus.ACTIVE
+    profile, view = await provisioning.show("ana-inside")
+    assert view.account.account_id == "ana-inside" and profile is not None and profile.plan == "mobile_prepaid"
+    for kind, value in ((IdentityKind.E164, "4915400000002"), (IdentityKind.SIP_URI, "sip:ana2@ims.example")):
+        assert await provisioning.directory.account_of(Identity(kind, value)) == "ana-inside"
+    assert await customers.resume() == 0
