@@ -143,6 +143,10 @@ class ProvisioningAccounts:
         try:
             profile, view = await self.provisioning.show(new.account.account_id)
         except NotFound:
+            if await self.provisioning.store.hierarchy(new.account.account_id) is not None:
+                # An `ar:` claim without its account: perhaps this row's own earlier try (a crash
+                # before the provision script): the engine may hold something of ours.
+                return EngineAnswer(EngineOutcome.INCOMPLETE, conflict)
             return EngineAnswer(EngineOutcome.CONFLICT, conflict)
         wanted, there = new.account, view.account
         plan = self.provisioning.book.plans.get(new.profile.plan)
@@ -158,7 +162,7 @@ class ProvisioningAccounts:
             return EngineAnswer(EngineOutcome.CONFLICT, f"account {wanted.account_id!r} exists with other terms")
         if profile is None:  # a crash between the account and its profile: finish the profile
             if await self.provisioning.directory.register(new.profile) is not Outcome.OK:
-                return EngineAnswer(EngineOutcome.CONFLICT, f"an identity of {wanted.account_id!r} is held elsewhere")
+                return EngineAnswer(EngineOutcome.INCOMPLETE, f"an identity of {wanted.account_id!r} is held elsewhere")
             self.provisioning.forget(new.profile.identities)
             return EngineAnswer(EngineOutcome.OK)
         if profile.plan != new.profile.plan or set(profile.identities) != set(new.profile.identities):

@@ -16,8 +16,11 @@ A crash between 1 and 3 leaves the row ``provisioning``; ``resume()``, run at st
 step 2 and 3 for every such row (nodes first, parents before children, then lines), so the step
 is finished exactly once whatever happened to the first try. When the engine refuses (a currency
 that is not the plan's, an unknown plan) nothing was made there, so the row is deleted and the
-caller told why: a refusal means nothing was applied. When Redis does not answer, the exception
-goes up and the row stays ``provisioning`` for the next pass.
+caller told why: a refusal means nothing was applied. When the engine holds the account but an
+identity is held elsewhere (``INCOMPLETE``), the row is kept ``provisioning`` (deleting it would
+orphan the account) and the caller gets a conflict naming ``identities``; the pass finishes it once
+the identity is free. When Redis does not answer, the exception goes up and the row stays
+``provisioning`` for the next pass.
 
 The engine's hierarchy mirrors the tree: a node with money is an engine account whose parent is
 the nearest ancestor node with money; a line's parent is the nearest such node at or above its
@@ -83,6 +86,9 @@ class EngineOutcome(enum.StrEnum):
     OK = "ok"  # made now, or already there exactly so
     CONFLICT = "conflict"  # an account with this id but other terms, or an identity held elsewhere
     REFUSED = "refused"  # the money rules refuse it (unknown plan, currency, depth)
+    # The engine holds (or may hold) something of this id: the account made, an identity held
+    # elsewhere. Not "nothing was applied": the row stays provisioning for a retry or the pass.
+    INCOMPLETE = "incomplete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +173,8 @@ class Customers:
             assert root_node is not None
             answer = await self._provision_node(root_node)
             if answer.outcome is not EngineOutcome.OK:
-                await records.delete_customer(self.engine, customer_id)
+                if answer.outcome is not EngineOutcome.INCOMPLETE:  # else the pass finishes it
+                    await records.delete_customer(self.engine, customer_id)
                 raise _engine_refusal("money", answer)
         log.info("customer_created", customer_id=customer_id, kind="organization" if root else "individual")
         return await self.customer(customer_id)
@@ -217,7 +224,8 @@ class Customers:
         if node.account_id is not None:
             answer = await self._provision_node(node)
             if answer.outcome is not EngineOutcome.OK:
-                await records.delete_node(self.engine, node_id)
+                if answer.outcome is not EngineOutcome.INCOMPLETE:  # else the pass finishes it
+                    await records.delete_node(self.engine, node_id)
                 raise _engine_refusal("money", answer)
             node = await records.get_node(self.engine, node_id)
             assert node is not None
@@ -315,6 +323,13 @@ class Customers:
         line = await records.get_line(self.engine, line_id)
         assert line is not None
         answer = await self._provision_line(line)
+        if answer.outcome is EngineOutcome.INCOMPLETE:  # deleting the row would orphan the account
+            raise CustomerRefusal(
+                Problem.CONFLICT,
+                "identities",
+                f"{answer.reason}; line {line_id!r} stays provisioning until it is free "
+                "(a retry or a restart finishes it)",
+            )
         if answer.outcome is not EngineOutcome.OK:
             await records.delete_line(self.engine, line_id)
             raise _engine_refusal("line_id" if answer.outcome is EngineOutcome.CONFLICT else "plan", answer)
@@ -402,5 +417,5 @@ class Customers:
 
 
 def _engine_refusal(field: str, answer: EngineAnswer) -> CustomerRefusal:
-    problem = Problem.CONFLICT if answer.outcome is EngineOutcome.CONFLICT else Problem.REFUSED
+    problem = Problem.REFUSED if answer.outcome is EngineOutcome.REFUSED else Problem.CONFLICT
     return CustomerRefusal(problem, field, f"the balance engine refused it: {answer.reason}")

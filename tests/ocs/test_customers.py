@@ -269,10 +269,25 @@ class CrashingCaller:
         await self.inner.close()
 
 
+class RacedCaller(CrashingCaller):
+    """The store's real Redis client, with another actor binding the identity of the second
+    claim to its own account just before that claim runs (a /subscribers create racing)."""
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        if script is SCRIPTS[Operation.CLAIM] and self.calls.get(script, 0) == 1:
+            await self.inner.execute("SET", keys[0], "someone-else")
+        return await super().run(script, keys, args)
+
+
+def provisioning_over(provisioning: Provisioning, admin: ScriptCaller) -> Provisioning:
+    """A second process on the same Redis, its engine step going through ``admin``."""
+    store = BalanceStore(provisioning.store.caller, admin=admin)
+    return Provisioning(store, Directory(store.admin), provisioning.book, default_plan=provisioning.default_plan)
+
+
 def crashing_provisioning(provisioning: Provisioning, crashes: Callable[[Script, int], bool]) -> Provisioning:
     """A second process on the same Redis whose engine step dies where ``crashes`` says."""
-    store = BalanceStore(provisioning.store.caller, admin=CrashingCaller(provisioning.store.admin, crashes))
-    return Provisioning(store, Directory(store.admin), provisioning.book, default_plan=provisioning.default_plan)
+    return provisioning_over(provisioning, CrashingCaller(provisioning.store.admin, crashes))
 
 
 CRASH_WINDOWS = {
@@ -300,3 +315,29 @@ async def test_a_crash_inside_the_engine_step_is_finished_at_startup(
     for kind, value in ((IdentityKind.E164, "4915400000002"), (IdentityKind.SIP_URI, "sip:ana2@ims.example")):
         assert await provisioning.directory.account_of(Identity(kind, value)) == "ana-inside"
     assert await customers.resume() == 0
+
+
+async def test_an_identity_taken_during_the_engine_step_keeps_the_row_and_binds_no_identity(
+    customers: Customers, provisioning: Provisioning
+) -> None:
+    await customers.create_customer(ana())
+    raced = provisioning_over(provisioning, RacedCaller(provisioning.store.admin, lambda script, call: False))
+    racing = Customers(customers.engine, ProvisioningAccounts(raced))
+    identities = [{"kind": "msisdn", "value": "4915400000003"}, {"kind": "sip", "value": "sip:ana3@ims.example"}]
+    with pytest.raises(CustomerRefusal) as taken:
+        await racing.add_line("ana", NewLine(line_id="ana-raced", identities=identities))
+    assert taken.value.problem is Problem.CONFLICT and taken.value.field == "identities"
+    # The engine account exists, so the row stays (deleting it would orphan the account), and no
+    # identity is left bound to a line without a profile: the claims are all or nothing.
+    left = await records.get_line(customers.engine, "ana-raced")
+    assert left is not None and left.status is LineStatus.PROVISIONING
+    assert (await provisioning.view("ana-raced")).account.account_id == "ana-raced"
+    assert await provisioning.directory.account_of(Identity(IdentityKind.E164, "4915400000003")) is None
+    assert await provisioning.directory.profile("ana-raced") is None
+    assert await customers.resume() == 0  # still held elsewhere: stays provisioning
+    await provisioning.store.admin.execute("DEL", "id:sip:sip:ana3@ims.example")  # the other actor lets it go
+    assert await customers.resume() == 1
+    assert (await customers.line("ana-raced")).status is LineStatus.ACTIVE
+    assert (
+        await provisioning.directory.account_of(Identity(IdentityKind.SIP_URI, "sip:ana3@ims.example")) == "ana-raced"
+    )
