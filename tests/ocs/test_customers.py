@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balance.callers import Reply, ScriptCaller
 from balance.directory import Directory, Identity, IdentityKind
 from balance.embedded import EmbeddedRedis
+from balance.errors import BalanceUnavailable
 from balance.scripts import SCRIPTS, Operation, Script
 from balance.store import BalanceStore
 from balance.types import MAX_HIERARCHY_LEVELS, PaymentType
@@ -341,3 +342,46 @@ async def test_an_identity_taken_during_the_engine_step_keeps_the_row_and_binds_
     assert (
         await provisioning.directory.account_of(Identity(IdentityKind.SIP_URI, "sip:ana3@ims.example")) == "ana-raced"
     )
+
+
+class BlippingCaller(CrashingCaller):
+    """The store's real Redis client, Redis not answering the provision script once (the API's 503)."""
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        try:
+            return await super().run(script, keys, args)
+        except SimulatedCrash:
+            raise BalanceUnavailable("Redis did not answer") from None
+
+
+async def test_a_retry_with_the_same_terms_after_redis_did_not_answer_finishes_the_line(
+    customers: Customers, provisioning: Provisioning
+) -> None:
+    await customers.create_customer(ana())
+    blip = BlippingCaller(provisioning.store.admin, lambda script, call: script is SCRIPTS[Operation.PROVISION])
+    blipping = Customers(customers.engine, ProvisioningAccounts(provisioning_over(provisioning, blip)))
+    identities = [{"kind": "msisdn", "value": "4915400000004"}]
+    line = NewLine(line_id="ana-retry", name="Ana's phone", identities=identities)
+    with pytest.raises(BalanceUnavailable):
+        await blipping.add_line("ana", line)
+    assert (await customers.line("ana-retry")).status is LineStatus.PROVISIONING
+    with pytest.raises(CustomerRefusal) as other_terms:  # the id is taken by a line of other terms
+        await customers.add_line(
+            "ana",
+            NewLine(
+                line_id="ana-retry",
+                name="Ana's phone",
+                identities=identities,
+                cap_micros=0,
+                plan="mobile_postpaid",
+                payment_type="postpaid",
+            ),
+        )
+    assert other_terms.value.problem is Problem.CONFLICT
+    retried = await customers.add_line("ana", line)  # the client's retry: the same terms resume it
+    assert retried.status is LineStatus.ACTIVE and retried.line_id == "ana-retry"
+    assert await provisioning.directory.account_of(Identity(IdentityKind.E164, "4915400000004")) == "ana-retry"
+    assert await customers.resume() == 0
+    with pytest.raises(CustomerRefusal) as again:  # once active, the id is a duplicate again
+        await customers.add_line("ana", line)
+    assert again.value.problem is Problem.CONFLICT
