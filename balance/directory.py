@@ -13,7 +13,8 @@ pattern starts alphanumeric): ``account_of`` answers None for it (the network ge
 any unknown identity), and ``register`` refuses it to any other account until ``<until>``. The
 quarantine ends by a check at registration time (claim.lua), not by a periodic job: nothing has
 to run for an identity to become free, nothing can free it early, and the check and the new
-binding are one script, so two registrations racing for it cannot both win. Redis key expiry
+binding are one script, so two registrations racing for it cannot both win. A registration binds
+all its identities or none: when one is taken, the ones it bound are released again. Redis key expiry
 would also free it, but by Redis's own clock, which tests and replays cannot set.
 
 Writes (``register``) go through ``caller``; reads (``lookup``) through ``reader`` when given: the
@@ -84,10 +85,15 @@ class Directory:
         if any(not identity.value or " " in identity.value for identity in subscriber.identities):
             return Outcome.INVALID
         now = str(int(time.time() if now_seconds is None else now_seconds))
+        bound_now: list[str] = []
         for identity in subscriber.identities:
             key = keys.identity_key(identity.kind.value, identity.value)
+            before = await self.caller.execute("GET", key)
             if await self.caller.run(SCRIPTS[Operation.CLAIM], [key], [subscriber.account_id, now]) != "ok":
+                await self._unbind(subscriber.account_id, bound_now)
                 return Outcome.INVALID
+            if before != subscriber.account_id:
+                bound_now.append(key)
         await self.caller.execute(
             "HSET",
             keys.profile_key(subscriber.account_id),
@@ -101,6 +107,15 @@ class Directory:
             _encode_identities(subscriber.identities),
         )
         return Outcome.OK
+
+    async def _unbind(self, account_id: str, identity_keys: Sequence[str]) -> None:
+        """Undo the claims of a registration that failed part way, so it binds all its identities
+        or none (one identity bound to an account without a profile leads the network nowhere
+        useful, and holds the number from its next owner). As in ``quarantine``, the GET before
+        the DEL races with nothing: no other account can bind a key this account holds."""
+        for key in identity_keys:
+            if await self.caller.execute("GET", key) == account_id:
+                await self.caller.execute("DEL", key)
 
     async def account_of(self, identity: Identity) -> str | None:
         """The account the identity names; None when it names none (unknown, or in quarantine)."""

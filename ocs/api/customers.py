@@ -16,8 +16,9 @@ engine does not know) 422 naming the field; Redis down 503 (a line then stays ``
 and the startup pass finishes it).
 
 ``ProvisioningAccounts`` is the customer wing's ``EngineAccounts`` port filled with the existing
-``ocs.api.provisioning.Provisioning``: creating the engine account is its ``create``; when the
-account is already there, the step is idempotent: identical terms and profile count as made (a
+``ocs.api.provisioning.Provisioning``: creating the engine account is its ``create`` in resuming
+mode (an ``ar:`` claim left by a crash before the provision script is finished, not refused); when
+the account is already there, the step is idempotent: identical terms and profile count as made (a
 profile missing after a crash between the account and the directory is registered then).
 """
 
@@ -130,7 +131,7 @@ class ProvisioningAccounts:
     async def ensure(self, account: EngineAccount) -> EngineAnswer:
         try:
             new = self._subscriber(account)
-            await self.provisioning.create(new)
+            await self.provisioning.create(new, resuming=True)  # the row owns the id (step 1)
         except Conflict as error:
             return await self._existing(new, error.message)
         except (Refused, BadInput) as error:
@@ -142,6 +143,10 @@ class ProvisioningAccounts:
         try:
             profile, view = await self.provisioning.show(new.account.account_id)
         except NotFound:
+            if await self.provisioning.store.hierarchy(new.account.account_id) is not None:
+                # An `ar:` claim without its account: perhaps this row's own earlier try (a crash
+                # before the provision script): the engine may hold something of ours.
+                return EngineAnswer(EngineOutcome.INCOMPLETE, conflict)
             return EngineAnswer(EngineOutcome.CONFLICT, conflict)
         wanted, there = new.account, view.account
         plan = self.provisioning.book.plans.get(new.profile.plan)
@@ -157,7 +162,7 @@ class ProvisioningAccounts:
             return EngineAnswer(EngineOutcome.CONFLICT, f"account {wanted.account_id!r} exists with other terms")
         if profile is None:  # a crash between the account and its profile: finish the profile
             if await self.provisioning.directory.register(new.profile) is not Outcome.OK:
-                return EngineAnswer(EngineOutcome.CONFLICT, f"an identity of {wanted.account_id!r} is held elsewhere")
+                return EngineAnswer(EngineOutcome.INCOMPLETE, f"an identity of {wanted.account_id!r} is held elsewhere")
             self.provisioning.forget(new.profile.identities)
             return EngineAnswer(EngineOutcome.OK)
         if profile.plan != new.profile.plan or set(profile.identities) != set(new.profile.identities):

@@ -532,12 +532,15 @@ class Provisioning:
         view = await self.view(account_id)
         return await self.directory.profile(account_id), view
 
-    async def create(self, new: NewSubscriber) -> BalanceView:
-        await self._create(new)
+    async def create(self, new: NewSubscriber, *, resuming: bool = False) -> BalanceView:
+        """Make the subscriber. ``resuming``: the caller owns the id already (the customer wing's
+        row) and may be finishing its own earlier try, so an ``ar:`` claim without an account is
+        not a conflict: ``store.provision`` accepts its own identical claim and makes the account."""
+        await self._create(new, resuming=resuming)
         return await self.view(new.account.account_id)
 
-    async def _create(self, new: NewSubscriber) -> None:
-        account, profile = await self._checked(new)
+    async def _create(self, new: NewSubscriber, *, resuming: bool = False) -> None:
+        account, profile = await self._checked(new, resuming=resuming)
         provisioned = await self.store.provision(account)
         outcome = provisioned.outcome
         if outcome is Outcome.ALREADY_EXISTS:
@@ -554,7 +557,7 @@ class Provisioning:
             self.metrics.money_credited(account.currency, "provision", money)
         log.info("subscriber_created", account_id=account.account_id, plan=profile.plan, money_micros=money)
 
-    async def _checked(self, new: NewSubscriber) -> tuple[Account, Subscriber]:
+    async def _checked(self, new: NewSubscriber, *, resuming: bool = False) -> tuple[Account, Subscriber]:
         """Everything a create needs, checked before anything is written."""
         profile = new.profile
         plan = self.book.plans.get(profile.plan)
@@ -575,7 +578,9 @@ class Provisioning:
             if parent.account.currency != account.currency:
                 raise Refused(f"currency {account.currency} differs from the parent's {parent.account.currency}")
             await self._refuse_closed_parent(account.parent_id)
-        if await self.store.hierarchy(account.account_id) is not None:
+        # Resuming, the claim in store.provision decides: a crash between its `ar:` claim and the
+        # provision script left the lookup alone, which only the same claim may finish.
+        if not resuming and await self.store.hierarchy(account.account_id) is not None:
             raise Conflict(f"account {account.account_id!r} already exists")
         for identity in profile.identities:
             owner = await self.directory.account_of(identity)

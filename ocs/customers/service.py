@@ -12,12 +12,17 @@ and Redis is one recorded, idempotent step (DESIGN.md "The customer side"):
    idempotent: an identical account already there counts as made;
 3. the row is marked ``active``.
 
-A crash between 1 and 3 leaves the row ``provisioning``; ``resume()``, run at startup, repeats
-step 2 and 3 for every such row (nodes first, parents before children, then lines), so the step
+A client's retry of ``add_line`` with the same line id and exactly the same terms, while the row
+is still ``provisioning`` (Redis did not answer the first try: a 503), repeats step 2 and 3 instead
+of refusing the id as taken. A crash between 1 and 3 leaves the row ``provisioning``; ``resume()``,
+run at startup, repeats step 2 and 3 for every such row (nodes first, parents before children, then lines), so the step
 is finished exactly once whatever happened to the first try. When the engine refuses (a currency
 that is not the plan's, an unknown plan) nothing was made there, so the row is deleted and the
-caller told why: a refusal means nothing was applied. When Redis does not answer, the exception
-goes up and the row stays ``provisioning`` for the next pass.
+caller told why: a refusal means nothing was applied. When the engine holds the account but an
+identity is held elsewhere (``INCOMPLETE``), the row is kept ``provisioning`` (deleting it would
+orphan the account) and the caller gets a conflict naming ``identities``; the pass finishes it once
+the identity is free. When Redis does not answer, the exception goes up and the row stays
+``provisioning`` for the next pass.
 
 The engine's hierarchy mirrors the tree: a node with money is an engine account whose parent is
 the nearest ancestor node with money; a line's parent is the nearest such node at or above its
@@ -60,6 +65,18 @@ from ocs.customers.values import (
 
 log = structlog.get_logger("ocs.customers")
 
+# What a retry must repeat exactly to resume a line left provisioning (``Customers.add_line``).
+_LINE_TERMS = (
+    "customer_id",
+    "node_id",
+    "name",
+    "network",
+    "payment_type",
+    "plan",
+    "credit_limit_micros",
+    "cap_micros",
+    "engine_parent_id",
+)
 ID_RANDOM_BYTES = 8  # 64 bits: made ids never collide in practice; a collision is a 409, not a loss
 
 
@@ -83,6 +100,9 @@ class EngineOutcome(enum.StrEnum):
     OK = "ok"  # made now, or already there exactly so
     CONFLICT = "conflict"  # an account with this id but other terms, or an identity held elsewhere
     REFUSED = "refused"  # the money rules refuse it (unknown plan, currency, depth)
+    # The engine holds (or may hold) something of this id: the account made, an identity held
+    # elsewhere. Not "nothing was applied": the row stays provisioning for a retry or the pass.
+    INCOMPLETE = "incomplete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +187,8 @@ class Customers:
             assert root_node is not None
             answer = await self._provision_node(root_node)
             if answer.outcome is not EngineOutcome.OK:
-                await records.delete_customer(self.engine, customer_id)
+                if answer.outcome is not EngineOutcome.INCOMPLETE:  # else the pass finishes it
+                    await records.delete_customer(self.engine, customer_id)
                 raise _engine_refusal("money", answer)
         log.info("customer_created", customer_id=customer_id, kind="organization" if root else "individual")
         return await self.customer(customer_id)
@@ -217,7 +238,8 @@ class Customers:
         if node.account_id is not None:
             answer = await self._provision_node(node)
             if answer.outcome is not EngineOutcome.OK:
-                await records.delete_node(self.engine, node_id)
+                if answer.outcome is not EngineOutcome.INCOMPLETE:  # else the pass finishes it
+                    await records.delete_node(self.engine, node_id)
                 raise _engine_refusal("money", answer)
             node = await records.get_node(self.engine, node_id)
             assert node is not None
@@ -285,12 +307,6 @@ class Customers:
         if new.cap_micros and not money_above:
             raise CustomerRefusal(Problem.REFUSED, "cap_micros", "no pool above this line to cap")
         await self._check_pools_ready(money_above)
-        held = await records.identity_holders(self.engine, new.identities)
-        for index, identity in enumerate(new.identities):
-            if identity.key in held:
-                raise CustomerRefusal(
-                    Problem.CONFLICT, f"identities.{index}", f"{identity.value} belongs to line {held[identity.key]!r}"
-                )
         line_id = new.line_id or made_id("L")
         row: dict[str, object] = {
             "line_id": line_id,
@@ -306,6 +322,44 @@ class Customers:
             "status": LineStatus.PROVISIONING.value,  # step 1: recorded before the engine is touched
             "created_at": self._now(),
         }
+        left = await self._left_provisioning(row, new)
+        line = left if left is not None else await self._recorded(row, new)
+        answer = await self._provision_line(line)
+        if answer.outcome is EngineOutcome.INCOMPLETE:  # deleting the row would orphan the account
+            raise CustomerRefusal(
+                Problem.CONFLICT,
+                "identities",
+                f"{answer.reason}; line {line_id!r} stays provisioning until it is free "
+                "(a retry or a restart finishes it)",
+            )
+        if answer.outcome is not EngineOutcome.OK:
+            await records.delete_line(self.engine, line_id)
+            raise _engine_refusal("line_id" if answer.outcome is EngineOutcome.CONFLICT else "plan", answer)
+        log.info("line_added", customer_id=customer_id, line_id=line_id, plan=line.plan, resumed=left is not None)
+        return await self.line(line_id)
+
+    async def _left_provisioning(self, row: dict[str, object], new: NewLine) -> Line | None:
+        """The line of this id left ``provisioning`` (Redis did not answer: a 503) with exactly
+        these terms, which the client's retry resumes; None when there is none, or its terms differ
+        (then the id is a duplicate, refused by ``_recorded``)."""
+        if new.line_id is None:
+            return None
+        left = await records.get_line(self.engine, new.line_id)
+        if left is None or left.status is not LineStatus.PROVISIONING:
+            return None
+        same = all(getattr(left, name) == row[name] for name in _LINE_TERMS)
+        wanted = {identity.key for identity in new.identities}
+        return left if same and {identity.key for identity in left.identities} == wanted else None
+
+    async def _recorded(self, row: dict[str, object], new: NewLine) -> Line:
+        """Step 1: the row and its identities, after checking the identities are free."""
+        held = await records.identity_holders(self.engine, new.identities)
+        for index, identity in enumerate(new.identities):
+            if identity.key in held:
+                raise CustomerRefusal(
+                    Problem.CONFLICT, f"identities.{index}", f"{identity.value} belongs to line {held[identity.key]!r}"
+                )
+        line_id = str(row["line_id"])
         try:
             await records.insert_line(self.engine, row, new.identities)
         except Duplicate:  # the id, or an identity taken by a racing request
@@ -314,12 +368,7 @@ class Customers:
             ) from None
         line = await records.get_line(self.engine, line_id)
         assert line is not None
-        answer = await self._provision_line(line)
-        if answer.outcome is not EngineOutcome.OK:
-            await records.delete_line(self.engine, line_id)
-            raise _engine_refusal("line_id" if answer.outcome is EngineOutcome.CONFLICT else "plan", answer)
-        log.info("line_added", customer_id=customer_id, line_id=line_id, plan=line.plan)
-        return await self.line(line_id)
+        return line
 
     async def _check_pools_ready(self, money_above: list[str]) -> None:
         for account_id in money_above:
@@ -402,5 +451,5 @@ class Customers:
 
 
 def _engine_refusal(field: str, answer: EngineAnswer) -> CustomerRefusal:
-    problem = Problem.CONFLICT if answer.outcome is EngineOutcome.CONFLICT else Problem.REFUSED
+    problem = Problem.REFUSED if answer.outcome is EngineOutcome.REFUSED else Problem.CONFLICT
     return CustomerRefusal(problem, field, f"the balance engine refused it: {answer.reason}")

@@ -4,15 +4,18 @@ and company pools made in a real Redis through the provisioning service, and the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balance.callers import Reply, ScriptCaller
 from balance.directory import Directory, Identity, IdentityKind
 from balance.embedded import EmbeddedRedis
+from balance.errors import BalanceUnavailable
+from balance.scripts import SCRIPTS, Operation, Script
 from balance.store import BalanceStore
 from balance.types import MAX_HIERARCHY_LEVELS, PaymentType
 from ocs.api.customers import ProvisioningAccounts
@@ -239,3 +242,146 @@ async def test_a_company_pool_left_provisioning_is_finished_before_its_lines(
     assert await customers.resume() == 1
     assert (await provisioning.view("acme-west")).account.child_cap_micros == 10 * EUR
     assert (await customers.add_line("acme", NewLine(node_id="acme-west"))).engine_parent_id == "acme-west"
+
+
+class CrashingCaller:
+    """The store's real Redis client, with the process dying at the script call ``crashes`` picks
+    (the engine step is several Redis calls: the ``ar:`` claim, the provision script, one claim
+    per identity, the profile)."""
+
+    def __init__(self, inner: ScriptCaller, crashes: Callable[[Script, int], bool]) -> None:
+        self.inner = inner
+        self.crashes = crashes
+        self.calls: dict[Script, int] = {}
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        self.calls[script] = self.calls.get(script, 0) + 1
+        if self.crashes(script, self.calls[script]):
+            raise SimulatedCrash(script)
+        return await self.inner.run(script, keys, args)
+
+    async def execute(self, *parts: str) -> Reply:
+        return await self.inner.execute(*parts)
+
+    async def scan_keys(self, pattern: str) -> list[str]:
+        return await self.inner.scan_keys(pattern)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class RacedCaller(CrashingCaller):
+    """The store's real Redis client, with another actor binding the identity of the second
+    claim to its own account just before that claim runs (a /subscribers create racing)."""
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        if script is SCRIPTS[Operation.CLAIM] and self.calls.get(script, 0) == 1:
+            await self.inner.execute("SET", keys[0], "someone-else")
+        return await super().run(script, keys, args)
+
+
+def provisioning_over(provisioning: Provisioning, admin: ScriptCaller) -> Provisioning:
+    """A second process on the same Redis, its engine step going through ``admin``."""
+    store = BalanceStore(provisioning.store.caller, admin=admin)
+    return Provisioning(store, Directory(store.admin), provisioning.book, default_plan=provisioning.default_plan)
+
+
+def crashing_provisioning(provisioning: Provisioning, crashes: Callable[[Script, int], bool]) -> Provisioning:
+    """A second process on the same Redis whose engine step dies where ``crashes`` says."""
+    return provisioning_over(provisioning, CrashingCaller(provisioning.store.admin, crashes))
+
+
+CRASH_WINDOWS = {
+    "after-the-ar-claim": lambda script, call: script is SCRIPTS[Operation.PROVISION],
+    "after-the-account": lambda script, call: script is SCRIPTS[Operation.CLAIM],
+    "after-one-identity": lambda script, call: script is SCRIPTS[Operation.CLAIM] and call == 2,
+}
+
+
+@pytest.mark.parametrize("window", list(CRASH_WINDOWS))
+async def test_a_crash_inside_the_engine_step_is_finished_at_startup(
+    customers: Customers, provisioning: Provisioning, window: str
+) -> None:
+    await customers.create_customer(ana())
+    dying = crashing_provisioning(provisioning, CRASH_WINDOWS[window])
+    crashing = Customers(customers.engine, ProvisioningAccounts(dying))
+    identities = [{"kind": "msisdn", "value": "4915400000002"}, {"kind": "sip", "value": "sip:ana2@ims.example"}]
+    with pytest.raises(SimulatedCrash):
+        await crashing.add_line("ana", NewLine(line_id="ana-inside", identities=identities))
+    assert await provisioning.store.hierarchy("ana-inside") is not None  # the ar: claim was made
+    assert await customers.resume() == 1
+    assert (await customers.line("ana-inside")).status is LineStatus.ACTIVE
+    profile, view = await provisioning.show("ana-inside")
+    assert view.account.account_id == "ana-inside" and profile is not None and profile.plan == "mobile_prepaid"
+    for kind, value in ((IdentityKind.E164, "4915400000002"), (IdentityKind.SIP_URI, "sip:ana2@ims.example")):
+        assert await provisioning.directory.account_of(Identity(kind, value)) == "ana-inside"
+    assert await customers.resume() == 0
+
+
+async def test_an_identity_taken_during_the_engine_step_keeps_the_row_and_binds_no_identity(
+    customers: Customers, provisioning: Provisioning
+) -> None:
+    await customers.create_customer(ana())
+    raced = provisioning_over(provisioning, RacedCaller(provisioning.store.admin, lambda script, call: False))
+    racing = Customers(customers.engine, ProvisioningAccounts(raced))
+    identities = [{"kind": "msisdn", "value": "4915400000003"}, {"kind": "sip", "value": "sip:ana3@ims.example"}]
+    with pytest.raises(CustomerRefusal) as taken:
+        await racing.add_line("ana", NewLine(line_id="ana-raced", identities=identities))
+    assert taken.value.problem is Problem.CONFLICT and taken.value.field == "identities"
+    # The engine account exists, so the row stays (deleting it would orphan the account), and no
+    # identity is left bound to a line without a profile: the claims are all or nothing.
+    left = await records.get_line(customers.engine, "ana-raced")
+    assert left is not None and left.status is LineStatus.PROVISIONING
+    assert (await provisioning.view("ana-raced")).account.account_id == "ana-raced"
+    assert await provisioning.directory.account_of(Identity(IdentityKind.E164, "4915400000003")) is None
+    assert await provisioning.directory.profile("ana-raced") is None
+    assert await customers.resume() == 0  # still held elsewhere: stays provisioning
+    await provisioning.store.admin.execute("DEL", "id:sip:sip:ana3@ims.example")  # the other actor lets it go
+    assert await customers.resume() == 1
+    assert (await customers.line("ana-raced")).status is LineStatus.ACTIVE
+    assert (
+        await provisioning.directory.account_of(Identity(IdentityKind.SIP_URI, "sip:ana3@ims.example")) == "ana-raced"
+    )
+
+
+class BlippingCaller(CrashingCaller):
+    """The store's real Redis client, Redis not answering the provision script once (the API's 503)."""
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        try:
+            return await super().run(script, keys, args)
+        except SimulatedCrash:
+            raise BalanceUnavailable("Redis did not answer") from None
+
+
+async def test_a_retry_with_the_same_terms_after_redis_did_not_answer_finishes_the_line(
+    customers: Customers, provisioning: Provisioning
+) -> None:
+    await customers.create_customer(ana())
+    blip = BlippingCaller(provisioning.store.admin, lambda script, call: script is SCRIPTS[Operation.PROVISION])
+    blipping = Customers(customers.engine, ProvisioningAccounts(provisioning_over(provisioning, blip)))
+    identities = [{"kind": "msisdn", "value": "4915400000004"}]
+    line = NewLine(line_id="ana-retry", name="Ana's phone", identities=identities)
+    with pytest.raises(BalanceUnavailable):
+        await blipping.add_line("ana", line)
+    assert (await customers.line("ana-retry")).status is LineStatus.PROVISIONING
+    with pytest.raises(CustomerRefusal) as other_terms:  # the id is taken by a line of other terms
+        await customers.add_line(
+            "ana",
+            NewLine(
+                line_id="ana-retry",
+                name="Ana's phone",
+                identities=identities,
+                cap_micros=0,
+                plan="mobile_postpaid",
+                payment_type="postpaid",
+            ),
+        )
+    assert other_terms.value.problem is Problem.CONFLICT
+    retried = await customers.add_line("ana", line)  # the client's retry: the same terms resume it
+    assert retried.status is LineStatus.ACTIVE and retried.line_id == "ana-retry"
+    assert await provisioning.directory.account_of(Identity(IdentityKind.E164, "4915400000004")) == "ana-retry"
+    assert await customers.resume() == 0
+    with pytest.raises(CustomerRefusal) as again:  # once active, the id is a duplicate again
+        await customers.add_line("ana", line)
+    assert again.value.problem is Problem.CONFLICT

@@ -143,8 +143,9 @@ async def test_the_directory_writes_through_its_caller_and_reads_through_its_rea
     assert reader.commands == []
     assert await directory.lookup(ALICE_IMSI) == ALICE_SUBSCRIBER
     assert await directory.lookup(NOBODY) is None
-    # Each identity is claimed in one script (a quarantined one is refused; balance/lua/claim.lua).
-    assert writer.commands == ["script claim", "script claim", "HSET"]
+    # Each identity is claimed in one script (a quarantined one is refused; balance/lua/claim.lua),
+    # after a GET of its owner: only what this registration bound is released if a claim fails.
+    assert writer.commands == ["GET", "script claim", "GET", "script claim", "HSET"]
     assert reader.commands == ["GET", "HGETALL", "GET"]
     alone = RecordingCaller(redis_caller)
     assert await Directory(alone).lookup(ALICE) == ALICE_SUBSCRIBER  # no reader: the one caller does both
