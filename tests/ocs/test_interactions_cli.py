@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from balance.embedded import EmbeddedRedis
+from ocs.billing.spool import Spool, read_last_usage
 from tests.ocs.conftest import running_server
 from tests.ocs.test_api import Api, api, open_api
 from tests.ocs.test_cli import ocs
 from tests.ocs.test_customers_api import BEA
+from tests.ocs.test_spool import NOW, old_spool
 
 __all__ = ["api"]
 
@@ -108,3 +110,13 @@ async def test_the_report_remote_and_offline_on_the_server_s_data_directory(
     assert status == 1 and "no spool database at" in err and len(err.splitlines()) == 1
     status, _, err = await ocs(capsys, "report", "customers", "--from", "yesterday", "--to", today)
     assert status == 2 and "'yesterday': expected a day, YYYY-MM-DD" in err
+
+
+async def test_the_offline_report_reads_the_newest_usage_per_line_as_the_server_does(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    old_spool(path, 2)
+    spool = await Spool.open(path)  # upgrades the file to the current schema
+    try:
+        assert read_last_usage(path) == await spool.last_usage_by_account() == {"kay": NOW}
+    finally:
+        await spool.close()
