@@ -104,6 +104,8 @@ DELETE_EXPORTED = (
     "DELETE FROM usage_records WHERE rowid IN (SELECT rowid FROM usage_records"
     " WHERE exported_at IS NOT NULL AND at_seconds < ? LIMIT ?)"
 )
+# The newest record per account; the (account_id, at_seconds) index answers it without the rows.
+LAST_USAGE_QUERY = "SELECT account_id, MAX(at_seconds) FROM usage_records GROUP BY account_id"
 MARK_BATCH = 1_000  # records an export marks per transaction, each after flushing its output
 
 INSERT = (
@@ -329,9 +331,7 @@ class Spool:
         """The time of each account's newest usage record, epoch seconds (the customer base
         report's prepaid inactivity, ocs/customers/reports.py); the (account_id, at_seconds)
         index answers it without reading the rows."""
-        async with self._connection.execute(
-            "SELECT account_id, MAX(at_seconds) FROM usage_records GROUP BY account_id"
-        ) as cursor:
+        async with self._connection.execute(LAST_USAGE_QUERY) as cursor:
             return {str(account_id): int(newest) for account_id, newest in await cursor.fetchall()}
 
     async def count(self) -> int:
@@ -353,6 +353,19 @@ class Spool:
 
 
 T = TypeVar("T")
+
+
+def read_last_usage(path: Path) -> dict[str, int]:
+    """``Spool.last_usage_by_account`` of the spool file at ``path``, opened read-only with no
+    server (``ocs report customers --data``); FileNotFoundError when there is none."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no spool database at {path}")
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(LAST_USAGE_QUERY).fetchall()
+    finally:
+        connection.close()
+    return {str(account_id): int(newest) for account_id, newest in rows}
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

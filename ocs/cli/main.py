@@ -10,16 +10,18 @@ Commands that manage subscribers talk to the running server's HTTP API (``ocs.ap
 configured ``[http]`` host and port (https when ``[http] tls_certificate`` is set), or at
 ``--url``; ``--json`` prints the server's answer as it came. They send a bearer token: ``--token``,
 else ``--token-file``, else ``OCS_TOKEN``, else ``~/.config/ocs/token`` (``ocs.cli.tokens``);
-``--ca-file`` trusts a private CA (or a self-signed certificate) for https. Three commands work
+``--ca-file`` trusts a private CA (or a self-signed certificate) for https. Four commands work
 offline, from files: ``ocs rate`` prices usage with the tariff file (``ocs.rating.explain``),
-``ocs cdr export`` reads the usage spool (``ocs.cdr.export``), and ``ocs token`` makes, lists and
-revokes tokens on the business database (how the first admin token is made).
+``ocs cdr export`` reads the usage spool (``ocs.cdr.export``), ``ocs token`` makes, lists and
+revokes tokens on the business database (how the first admin token is made), and
+``ocs report customers --data DIR`` reads a data directory's business database and spool.
 
     ocs subscriber add ACCOUNT [--plan P] [--type mobile|fixed] [--msisdn N] [--balance 10.00] ...
     ocs subscriber show ACCOUNT
     ocs subscriber suspend|reactivate|bar|terminate ACCOUNT [--reason TEXT]
     ocs subscriber load FILE.csv
     ocs customer add|show ..., ocs customer node add ..., ocs line add ... (``ocs.cli.customers``)
+    ocs note add|list ..., ocs ticket open|show|move ..., ocs report customers ... (``ocs.cli.interactions``)
     ocs topup ACCOUNT AMOUNT --id ID [--bonus]
     ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
     ocs balance ACCOUNT
@@ -53,6 +55,7 @@ from ocs.app import serve
 from ocs.cli.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.cli.customers import add_customer_commands
 from ocs.cli.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
+from ocs.cli.interactions import add_interaction_commands, run_report_offline
 from ocs.cli.tokens import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
 from ocs.config import ConfigError, Settings, load_settings, unused_environment
 from ocs.db.engine import DatabaseUnavailable
@@ -159,7 +162,13 @@ def _subscriber_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ocs", description="Online charging server (Diameter Gy/Ro credit control)", parents=[_client_options()]
+        prog="ocs",
+        description="Online charging server (Diameter Gy/Ro credit control)",
+        parents=[_client_options()],
+        # The top level sees every word, even a command's own flags: with abbreviations on, a
+        # command's ``--to`` would be refused as an abbreviation of ``--token`` before the command
+        # parses it.
+        allow_abbrev=False,
     )
     parser.add_argument("--config", help="TOML configuration file (default: config/ocs.toml if present)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _subscriber_commands(commands)
     add_customer_commands(commands, _client_options())
+    add_interaction_commands(commands, _client_options())
     add_token_commands(commands)
     client = _client_options()
     trail = commands.add_parser("audit-trail", parents=[client], help="who changed what, when (the audit trail)")
@@ -532,4 +542,6 @@ def _main(argv: list[str] | None) -> int:
         return _cdr_export(arguments, settings)
     if arguments.command == "token":
         return asyncio.run(run_token_command(arguments, settings))
+    if arguments.command == "report" and arguments.data is not None:
+        return asyncio.run(run_report_offline(arguments, settings))
     return asyncio.run(_remote(arguments, settings))

@@ -37,7 +37,11 @@ SQLITE_BUSY_TIMEOUT_MILLISECONDS = 10_000  # a writer waits this long for anothe
 def database_url(settings: Settings) -> str:
     if settings.database.url:
         return settings.database.url
-    directory = Path(settings.spool.path).parent
+    return sqlite_url(Path(settings.spool.path).parent)
+
+
+def sqlite_url(directory: Path) -> str:
+    """The URL of the business database file in a data ``directory`` (the server's default)."""
     return f"sqlite+aiosqlite:///{directory.resolve() / DATABASE_FILE_NAME}"
 
 
