@@ -284,8 +284,14 @@ class AuditFinding:
 
 @dataclass(slots=True)
 class AuditReport:
+    """``findings`` break a rule; ``warnings`` are a usage above a lowered credit limit or cap that
+    has not grown since (RULES.md invariants 3 and 4: allowed). ``usage_seen``: each account's
+    (``unbilled + limit_held``, ``pool_used``), for the next audit's ``previous``."""
+
     accounts: int = 0
     findings: list[AuditFinding] = field(default_factory=list)
+    warnings: list[AuditFinding] = field(default_factory=list)
+    usage_seen: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

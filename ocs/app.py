@@ -48,6 +48,7 @@ from ocs.charging.credit_control import CreditControl
 from ocs.charging.notifier import SessionNotifier
 from ocs.charging.subscribers import SubscriberCache
 from ocs.config import DiameterSettings, Settings
+from ocs.customers.line_status import LineStatusMirror
 from ocs.db.engine import DatabaseUnavailable, database_url, open_database
 from ocs.events import AccountEvents
 from ocs.logs import bind_request, configure_logging
@@ -81,6 +82,7 @@ class ServerState:
     events: AccountEvents = field(default_factory=AccountEvents)
     spool: Spool | None = None
     database: AsyncEngine | None = None
+    line_status: LineStatusMirror | None = None  # lines' status changes into the database
     audit_trail: AuditTrail | None = None
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
@@ -348,6 +350,8 @@ async def startup(state: ServerState) -> tuple[str, int]:
     spool_path.parent.mkdir(parents=True, exist_ok=True)
     state.spool = await Spool.open(spool_path)
     state.database = await open_database(database_url(settings))
+    state.line_status = LineStatusMirror(state.database, clock=time.time)
+    state.events.subscribe(state.line_status.on_account_event)  # review 13 L5
     state.audit_trail = AuditTrail(state.database, spool_path.parent / FALLBACK_FILE_NAME, state.metrics.registry)
     await state.audit_trail.recover()
     state.background.append(asyncio.create_task(_rescan_work(state)))
@@ -403,6 +407,8 @@ async def shutdown(state: ServerState) -> None:
     await _bounded("background", _stop_background(state), timeout)
     if state.spool is not None:
         await _bounded("spool", _close_spool(state), timeout)
+    if state.line_status is not None:
+        await _bounded("line status", state.line_status.drain(), timeout)
     if state.database is not None:
         await _bounded("database", state.database.dispose(), timeout)
     if state.store is not None:

@@ -641,11 +641,13 @@ async def _audit(request: web.Request) -> web.Response:
         for record in await store.usage_records():  # anything that arrived after the drain
             usage[record.account_id] = usage.get(record.account_id, 0) + record.micros
     report = await audit(store, now_seconds=int(time.time()), usage_micros=usage, sessions_ended=sessions_ended)
-    findings = [{"account": f.account_id, "rule": f.rule, "detail": f.detail} for f in report.findings]
-    spooled = await state.spool.count() if state.spool is not None else 0
-    return web.json_response(
-        {"ok": report.ok, "accounts": report.accounts, "spool_records": spooled, "findings": findings}
+    findings, warnings = (
+        [{"account": f.account_id, "rule": f.rule, "detail": f.detail} for f in found]
+        for found in (report.findings, report.warnings)
     )
+    spooled = await state.spool.count() if state.spool is not None else 0
+    answer = {"ok": report.ok, "accounts": report.accounts, "spool_records": spooled, "findings": findings}
+    return web.json_response({**answer, "warnings": warnings})
 
 
 async def _metrics(request: web.Request) -> web.Response:

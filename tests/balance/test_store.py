@@ -22,6 +22,7 @@ from balance.store import BalanceStore, parse_charge_reply
 from balance.types import (
     Account,
     AccountStatus,
+    AuditReport,
     Bucket,
     BucketKind,
     ChargeItem,
@@ -301,6 +302,31 @@ async def test_child_draws_on_prepaid_parent_within_its_cap(store: BalanceStore)
     assert (parent.committed_micros, parent.debits_micros, parent.available_micros) == (0, 1_200_000, 98_800_000)
     assert child.available_micros == 800_000  # the cap left
     await assert_audit_clean(store)
+
+
+async def test_a_cap_lowered_below_the_use_is_a_warning_until_the_use_grows(store: BalanceStore) -> None:
+    """Review 13 A1: RULES.md invariant 4 allows a cap lowered below the current use (then nothing
+    new is granted), but the audit reported it as a finding. Now it applies the model's tolerance:
+    a warning, a finding only when the use grew since the previous audit."""
+    await store.provision(Account("acme", buckets=(Bucket(1, BucketKind.MAIN, 100 * EUR),)))
+    await store.provision(Account("acme-1", parent_id="acme", child_cap_micros=2 * EUR))
+    await store.charge(ccr("acme-1", "call", 0, voice(requested=120)))  # 1.20 held from the pool
+    assert (await store.update("acme-1", child_cap_micros=EUR)).outcome is Outcome.OK
+    first = await audit(store, now_seconds=NOW)
+    assert first.findings == [] and first.ok
+    assert [(warning.account_id, warning.detail) for warning in first.warnings] == [
+        ("acme-1", "pool used 1200000 over 1000000 (lowered), not grown since the previous audit")
+    ]
+    # Nothing new is granted above the cap, so the use cannot grow: the next audit agrees.
+    assert only(await store.charge(ccr("acme-1", "call-2", 0, voice(requested=60))))[0] is not Outcome.OK
+    second = await audit(store, now_seconds=NOW, previous=first)
+    assert second.findings == [] and len(second.warnings) == 1
+    # Had it grown since an earlier audit, that is a finding.
+    earlier = AuditReport(usage_seen={"acme-1": (0, 900_000)})
+    grown = await audit(store, now_seconds=NOW, previous=earlier)
+    assert [(finding.account_id, finding.detail) for finding in grown.findings] == [
+        ("acme-1", "pool used 1200000 over 1000000, grown from 900000 since the previous audit")
+    ]
 
 
 async def test_child_of_postpaid_company(store: BalanceStore) -> None:

@@ -4,7 +4,8 @@ what, the audit trail, and the startup pass finishing a line a crash left provis
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ import pytest
 from balance.embedded import EmbeddedRedis
 from balance.types import MAX_HIERARCHY_LEVELS
 from ocs.api.customers import PROBLEM_ERRORS
-from ocs.customers import records
+from ocs.api.server import CONTEXT
+from ocs.customers import history, records
+from ocs.customers.history import ReasonCategory
 from ocs.customers.service import Problem
 from ocs.customers.values import LineStatus, NewCustomer
 from ocs.db import audit
@@ -24,6 +27,7 @@ from tests.ocs.test_api import Api, api
 __all__ = ["api"]
 
 EUR = 1_000_000
+DAY_SECONDS = 86_400
 BEA = {
     "customer_id": "bea",
     "individual": {
@@ -187,3 +191,47 @@ def _line_row(line_id: str) -> dict[str, object]:
         "engine_parent_id": None,
         "created_at": datetime.now(UTC),
     }
+
+
+async def test_a_lines_status_changes_reach_the_database_and_its_number_comes_free_after_quarantine(
+    api: Api,
+) -> None:
+    """Review 13 L5: the lifecycle changed only the engine, so a terminated line stayed `active` in
+    the database and kept its identity there: the customer API refused the number for good, while
+    /subscribers took it once the quarantine was over."""
+    assert (await api.call("POST", "/customers", BEA))[0] == 201
+    number = {"kind": "msisdn", "value": "+4915500001"}
+    assert (await api.call("POST", "/customers/bea/lines", {"line_id": "bea-1", "identities": [number]}))[0] == 201
+    mirror, database = api.server.state.line_status, api.server.state.database
+    assert mirror is not None and database is not None
+
+    status, _ = await api.call("PUT", "/subscribers/bea-1/status", {"status": "barred", "reason": "fraud: sim box"})
+    assert status == 200
+    await mirror.drain()
+    assert (await api.call("GET", "/lines/bea-1"))[1]["status"] == "barred"
+    status, _ = await api.call("PUT", "/subscribers/bea-1/status", {"status": "terminated", "reason": "voluntary"})
+    assert status == 200
+    await mirror.drain()
+    assert (await api.call("GET", "/lines/bea-1"))[1]["status"] == "terminated"
+    changes = [
+        (change.from_status, change.to_status, change.reason_category, change.author)
+        for change in await history.read(database, until=datetime.now(UTC) + timedelta(days=1))
+        if change.entity_id == "bea-1"
+    ]
+    assert changes == [
+        ("provisioning", "active", None, "ocs"),
+        ("active", "barred", ReasonCategory.FRAUD, "tests"),
+        ("barred", "terminated", ReasonCategory.VOLUNTARY, "tests"),
+    ]
+
+    # The number is in quarantine: both APIs refuse it, and nothing is left of the refused line...
+    newcomer = {"line_id": "bea-2", "identities": [number]}
+    status, refused = await api.call("POST", "/customers/bea/lines", newcomer)
+    assert status == 409 and "quarantine" in str(refused), refused
+    assert (await api.call("GET", "/lines/bea-2"))[0] == 404
+    # ... until the quarantine is over: then the customer API takes it, as /subscribers does.
+    provisioning = api.http.runner.app[CONTEXT].provisioning
+    provisioning.clock = lambda: time.time() + 90 * DAY_SECONDS + 1
+    status, line = await api.call("POST", "/customers/bea/lines", newcomer)
+    assert status == 201, line
+    assert line["status"] == "active"
