@@ -12,9 +12,15 @@ receives for a session of a line the change covers (the OCS tells the sessions w
 suspended or resumed, ASR when barred or terminated: RFC 4006 section 5.5, RFC 6733 section
 8.5). A change that found no live session is counted but not timed.
 
-A barred or terminated line leaves the traffic for good. Right after a terminate is answered,
-the line must hold no reservation (the OCS releases its sessions at once): a line that still
-does is a problem of the run.
+A barred or terminated line leaves the traffic for good (``retired``, taken out before the API
+call so that no new session starts on it). What the run then checks (``audit``):
+
+- no line was charged on a request sent after its bar or terminate was answered: such a
+  request (other than the final CCR-TERMINATION, which reports usage from before) must not be
+  answered DIAMETER_SUCCESS (the OCS answers 4010 or 5030 to a barred or terminated line);
+- no session is left open on a terminated line: the OCS releases what its sessions hold after
+  their final CCR-T, or after Tx (10 s) without one, so the run looks for reservations only
+  after that grace (``wait_for_terminations``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ from simulator.records import Recorder
 
 STEPS = ("suspend_line", "resume_line", "suspend_department", "resume_department", "bar_line", "terminate_line")
 STATUS_OF_KIND = {"suspend": "suspended", "resume": "active", "bar": "barred", "terminate": "terminated"}
-ENFORCEMENT_WAIT_SECONDS = 5.0  # how long after the last change the run looks for its RAR/ASR
+TERMINATE_GRACE_SECONDS = 10.0  # the server releases a terminated line's sessions after their CCR-T or Tx
+GRACE_MARGIN_SECONDS = 3.0
+POLL_SECONDS = 0.5
+SUCCESS = 2001  # DIAMETER_SUCCESS, RFC 6733 section 7.1.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +57,7 @@ class LifecycleChange:
     lines: tuple[str, ...]  # the lines the change covers
     called_at: float  # time.monotonic() just before the API call
     notified_sessions: int  # as the OCS answered
+    answered_at: float  # time.monotonic() when the OCS answered the change
 
 
 @dataclass(slots=True)
@@ -109,16 +119,12 @@ class Lifecycle:
             self.retired.update(covered)
         called_at = time.monotonic()
         answer = await self.api.set_status(account_id, STATUS_OF_KIND[kind], f"simulated {step.replace('_', ' ')}")
+        answered_at = time.monotonic()
         notified = answer.get("notified_sessions")
-        self.changes.append(
-            LifecycleChange(step, account_id, covered, called_at, notified if isinstance(notified, int) else 0)
-        )
+        notified_sessions = notified if isinstance(notified, int) else 0
+        self.changes.append(LifecycleChange(step, account_id, covered, called_at, notified_sessions, answered_at))
         if kind == "suspend":
             self._suspended.setdefault(scope, []).append(account_id)
-        if kind == "terminate":
-            view = await self.api.balance(account_id)
-            if view.reservations:
-                self.problems.append(f"{account_id}: {view.reservations} session(s) left open after terminate")
 
     def _covered(self, account_id: str) -> tuple[str, ...]:
         """The lines a change of ``account_id`` reaches: the line, or a department's lines."""
@@ -134,16 +140,52 @@ class Lifecycle:
                 times.append((seen - change.called_at) * 1000.0)
         return times
 
-    def summary(self, statuses: Counter[str], customers: Counter[str]) -> dict[str, object]:
-        """The report's ``lifecycle`` object (issue 13, "What must be shown")."""
+    def _retiring(self, kinds: tuple[str, ...]) -> list[LifecycleChange]:
+        return [change for change in self.changes if change.step.partition("_")[0] in kinds]
+
+    async def wait_for_terminations(self) -> None:
+        """After the traffic: every terminated line must hold no reservation once the grace
+        (the sessions' final CCR-T, or Tx = 10 s) has passed since its terminate was answered."""
+        lines = {line for change in self._retiring(("terminate",)) for line in change.lines}
+        if not lines:
+            return
+        last_answer = max(change.answered_at for change in self._retiring(("terminate",)))
+        deadline = last_answer + TERMINATE_GRACE_SECONDS + GRACE_MARGIN_SECONDS
+        holding: dict[str, int] = {}
+        while True:
+            views = await asyncio.gather(*(self.api.balance(line) for line in sorted(lines)))
+            holding = {view.account_id: view.reservations for view in views if view.reservations}
+            if not holding or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        self.problems += [
+            f"{line}: {count} session(s) left open on a terminated line after the {TERMINATE_GRACE_SECONDS:.0f} s grace"
+            for line, count in sorted(holding.items())
+        ]
+
+    def audit_charging(self) -> None:
+        """No line charged on a request sent after its bar or terminate was answered."""
+        for change in self._retiring(("bar", "terminate")):
+            for line in change.lines:
+                for sent, kind, code in self.recorder.requests_by_line.get(line, ()):
+                    if sent >= change.answered_at and kind != "CCR-T" and code == SUCCESS:
+                        self.problems.append(
+                            f"{line}: {kind} sent {sent - change.answered_at:.3f} s after its {change.step} was "
+                            f"answered got {SUCCESS}"
+                        )
+
+    def summary(self, line_statuses: Counter[str]) -> dict[str, object]:
+        """The report's ``lifecycle`` object (issue 13, "What must be shown"). The simulator
+        changes lines and company departments, never a customer's own status: ``customers``
+        counts the lines by their effective status at the end of the run, and says so."""
         times = sorted(self.enforcement_ms())
         return {
             "changes": dict(Counter(change.step for change in self.changes)),
             "enforced": len(times),
             "enforcement_p50_ms": round(_percentile(times, 50.0), 3),
             "enforcement_p99_ms": round(_percentile(times, 99.0), 3),
-            "customers": dict(customers),
-            "lines": dict(statuses),
+            "customers": dict(line_statuses),
+            "customers_counts": "lines by effective status at the end of the run",
             "problems": list(self.problems),
         }
 

@@ -158,6 +158,11 @@ class Population:
         """The subscribers that can originate traffic (they have a number)."""
         return tuple(subscriber for subscriber in self.subscribers if subscriber.msisdn)
 
+    @property
+    def departments(self) -> tuple[SimulatedSubscriber, ...]:
+        """The company departments: nodes under the pool with lines of their own."""
+        return tuple(s for s in self.subscribers if s.customer_id and s.parent_id and not s.msisdn)
+
     def by_id(self) -> dict[str, SimulatedSubscriber]:
         return {subscriber.account_id: subscriber for subscriber in self.subscribers}
 

@@ -78,9 +78,14 @@ class Recorder:
     tcc_wait: str = ""  # what the end of the run waited for before judging reservations, and how long
     # By line: when (time.monotonic) each RAR or ASR for one of its sessions arrived, in order.
     server_requests_by_line: dict[str, list[float]] = field(default_factory=dict)
+    # By line: every Credit-Control request, (sent at time.monotonic, kind e.g. "CCR-I", Result-Code).
+    requests_by_line: dict[str, list[tuple[float, str, int]]] = field(default_factory=dict)
 
     def server_request_seen(self, account_id: str, at_monotonic: float) -> None:
         self.server_requests_by_line.setdefault(account_id, []).append(at_monotonic)
+
+    def line_request(self, account_id: str, sent_monotonic: float, kind: str, code: int) -> None:
+        self.requests_by_line.setdefault(account_id, []).append((sent_monotonic, kind, code))
 
     def first_server_request(self, account_ids: Iterable[str], since_monotonic: float) -> float | None:
         """When the first RAR or ASR for a session of ``account_ids`` arrived at or after ``since``."""

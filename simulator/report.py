@@ -17,7 +17,7 @@ agree and every fault was answered as it should be; ``problems`` lists why it is
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from hdrh.histogram import HdrHistogram
@@ -111,6 +111,11 @@ def summarize(result: RunResult) -> Summary:
     if not answered_any:
         problems.append("no request was answered")
     answered = sum(count for (_, code), count in recorder.requests.items() if code != NO_ANSWER)
+    lifecycle: Summary | None = None
+    if result.lifecycle is not None:
+        statuses = Counter(result.closing[line.account_id].status for line in result.population.lines)
+        lifecycle = result.lifecycle.summary(statuses)
+        problems += result.lifecycle.problems
     return {
         "scenario": result.scenario.name,
         "seed": result.seed,
@@ -138,6 +143,7 @@ def summarize(result: RunResult) -> Summary:
         "session_errors": list(result.session_errors),
         "uncertain_sessions": list(recorder.uncertain_sessions),
         "tcc_wait": recorder.tcc_wait,
+        **({"lifecycle": lifecycle} if lifecycle is not None else {}),
         "problems": problems,
         "ok": not problems,
     }
@@ -183,6 +189,13 @@ def render_text(summary: Summary) -> str:
     lines.append(f"top-ups during the run: {summary['topups']}")
     lines.append(f"usage reports by Reporting-Reason: {summary['reporting_reasons'] or 'none'}")
     lines.append(f"end of run: {summary['tcc_wait'] or 'no session left for Tcc to close'}")
+    lifecycle = summary.get("lifecycle")
+    if isinstance(lifecycle, dict):
+        lines.append(
+            f"lifecycle changes: {lifecycle['changes'] or 'none'}; enforced {lifecycle['enforced']}, "
+            f"p50 {lifecycle['enforcement_p50_ms']} ms, p99 {lifecycle['enforcement_p99_ms']} ms "
+            f"(API call to the first RAR/ASR); {lifecycle['customers_counts']}: {lifecycle['customers']}"
+        )
     money = summary["money"]
     assert isinstance(money, dict)
     lines += ["", "money by customer type (believed = own usage priced by POST /rate)"]

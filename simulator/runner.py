@@ -20,6 +20,10 @@ Theory of operation: ``run_scenario``
    connections (DPR), reads every balance again,
    prices what the elements believe was used, and asks for the audit with ``sessions_ended``.
 
+Beside the traffic, ``simulator.lifecycle`` makes the scenario's status changes (``[lifecycle]``):
+a line it bars or terminates is retired, so the traffic takes it no more; after the traffic it
+waits for the terminated lines' grace and checks that none was charged after its change.
+
 Given the seed, the population, the arrival sequence and the fault dice are the same on every
 run; what happens to each session depends on timing (answers interleave), as with real traffic.
 """
@@ -38,6 +42,7 @@ from simulator.elements import NetworkElement
 from simulator.faults import FaultDice
 from simulator.http_api import RETRY_LIMIT_SECONDS, ApiRefused, ApiUnreachable, AuditVerdict, BalanceSnapshot, OcsApi
 from simulator.ledger import believed_charges
+from simulator.lifecycle import Lifecycle
 from simulator.population import Population, SimulatedSubscriber, build_population, money_text, provision
 from simulator.records import Recorder, SessionOutcome
 from simulator.scenario import DATA_CONTEXT, SMS_CONTEXT, VOICE_CONTEXT, Scenario
@@ -75,6 +80,7 @@ class RunResult:
     audit: AuditVerdict
     traffic_seconds: float
     session_errors: list[str] = field(default_factory=list)
+    lifecycle: Lifecycle | None = None  # when the scenario makes status changes
 
 
 async def _snapshots(api: OcsApi, subscribers: Sequence[SimulatedSubscriber]) -> dict[str, BalanceSnapshot]:
@@ -114,19 +120,44 @@ async def run_scenario(
             )
         )
         traffic = Traffic(scenario, list(elements), population.lines, recorder, random.Random(f"{seed}-traffic"), api)
+        lifecycle = Lifecycle(
+            scenario.lifecycle,
+            api,
+            recorder,
+            population.lines,
+            population.departments,
+            lambda: traffic.busy,
+            random.Random(f"{seed}-lifecycle"),
+            retired=traffic.retired,
+        )
         started = time.perf_counter()
+        changes = asyncio.create_task(lifecycle.run(time.monotonic() + scenario.duration_seconds))
         try:
             await traffic.run(progress)
             traffic_seconds = time.perf_counter() - started
+            await changes
             await traffic.wait_for_tcc(progress, population.subscribers)
+            await lifecycle.wait_for_terminations()
+            lifecycle.audit_charging()
         finally:
+            changes.cancel()
             await asyncio.gather(*(element.close() for element in elements))
         progress(f"traffic done in {traffic_seconds:.1f} s; reading balances, pricing usage, auditing", None)
         closing = await _snapshots(api, population.subscribers)
         believed = await believed_charges(api, recorder.commits, population.subscribers)
         verdict = await api.audit(sessions_ended=True)
     return RunResult(
-        scenario, seed, population, recorder, opening, closing, believed, verdict, traffic_seconds, traffic.errors
+        scenario,
+        seed,
+        population,
+        recorder,
+        opening,
+        closing,
+        believed,
+        verdict,
+        traffic_seconds,
+        traffic.errors,
+        lifecycle if scenario.lifecycle.interval_seconds > 0 else None,
     )
 
 
@@ -145,6 +176,8 @@ class Traffic:
         self.scenario = scenario
         self.elements = elements
         self.idle = list(lines)  # lines without a session; taken and given back in O(1)
+        self.busy: set[str] = set()  # the lines in a session now
+        self.retired: set[str] = set()  # barred or terminated (simulator.lifecycle): no new session
         self.recorder = recorder
         self.rng = rng
         self.api = api
@@ -196,10 +229,10 @@ class Traffic:
             self.arrivals += 1
             if len(self.tasks) >= scenario.max_concurrent_sessions:
                 self.recorder.arrivals_dropped["concurrency cap"] += 1
-            elif not self.idle:
+            elif (line := self._take_line()) is None:
                 self.recorder.arrivals_dropped["no idle line"] += 1
             else:
-                task = asyncio.create_task(self._session(self._take_line()))
+                task = asyncio.create_task(self._session(line))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
 
@@ -208,11 +241,12 @@ class Traffic:
 
         async def worker() -> None:
             while loop.time() < deadline:
-                if not self.idle:
+                line = self._take_line()
+                if line is None:
                     await asyncio.sleep(0.001)
                     continue
                 self.arrivals += 1
-                await self._session(self._take_line())
+                await self._session(line)
 
         workers = [asyncio.create_task(worker()) for _ in range(self.scenario.max_concurrent_sessions)]
         self.tasks.update(workers)
@@ -220,10 +254,16 @@ class Traffic:
             task.add_done_callback(self.tasks.discard)
         await asyncio.wait(workers, timeout=self.scenario.duration_seconds + self.scenario.drain_timeout_seconds)
 
-    def _take_line(self) -> SimulatedSubscriber:
-        index = self.rng.randrange(len(self.idle))
-        self.idle[index], self.idle[-1] = self.idle[-1], self.idle[index]
-        return self.idle.pop()
+    def _take_line(self) -> SimulatedSubscriber | None:
+        """An idle line at random, or None; a retired line met on the way leaves the pool."""
+        while self.idle:
+            index = self.rng.randrange(len(self.idle))
+            self.idle[index], self.idle[-1] = self.idle[-1], self.idle[index]
+            line = self.idle.pop()
+            if line.account_id not in self.retired:
+                self.busy.add(line.account_id)
+                return line
+        return None
 
     async def _drop_connections(self, element: NetworkElement) -> None:
         while (pause := element.dice.next_connection_drop_seconds()) is not None:
@@ -301,6 +341,7 @@ class Traffic:
         """Back to the idle pool; after a session the OCS may still hold (abandoned, or ended
         without an answer) only once Tcc has closed it, about twice the longest Validity-Time:
         a line runs one session at a time as the OCS sees it, which simulator.ledger relies on."""
+        self.busy.discard(line.account_id)
         if outcome not in (SessionOutcome.ABANDONED, SessionOutcome.FAILED):
             self.idle.append(line)
             return

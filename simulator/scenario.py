@@ -16,7 +16,10 @@ round of a session pauses ``step_seconds``. ``[topups]`` makes the simulator top
 API, lines that reached their final units (the OCS then re-authorises their sessions with a RAR).
 ``[server]`` holds server settings the scenario needs (``ocs demo`` applies them; the simulator
 itself does not read them): for example a short Validity-Time so that abandoned sessions are
-closed by Tcc within the run.
+closed by Tcc within the run. ``[lifecycle]`` makes status changes while the traffic runs
+(``simulator.lifecycle``): one every ``interval_seconds``, cycling through ``steps`` (of
+``suspend_line``, ``resume_line``, ``suspend_department``, ``resume_department``, ``bar_line``,
+``terminate_line``).
 
 Every bad value is a ``ScenarioError`` naming the table and the field.
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from simulator.elements import FAILURE_HANDLING, ElementTiming
 from simulator.faults import NO_FAULTS, Faults
+from simulator.lifecycle import STEPS, LifecycleSettings
 from simulator.population import (
     DATA_RATING_GROUP,
     VIDEO_RATING_GROUP,
@@ -78,6 +82,7 @@ class Scenario:
     drain_timeout_seconds: float = 60.0  # for sessions still running when arrivals stop
     tcc_wait_limit_seconds: float = 30.0  # longest wait for Tcc to close abandoned sessions
     server: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # for ``ocs demo``
+    lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)  # no status changes unless [lifecycle] says
 
     def rate_at(self, elapsed_seconds: float) -> float:
         """The arrival rate at a moment of the run, shaped by ``profile``."""
@@ -160,7 +165,9 @@ def _destination(item: object) -> tuple[str, float]:
 
 
 KNOWN_FIELDS: dict[str, frozenset[str]] = {
-    "": frozenset({"run", "mix", "voice", "data", "destinations", "population", "faults", "topups", "server"}),
+    "": frozenset(
+        {"run", "mix", "voice", "data", "destinations", "population", "faults", "topups", "server", "lifecycle"}
+    ),
     "run": frozenset(
         {
             "name",
@@ -187,6 +194,7 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
         {"retransmit_share", "duplicate_share", "late_update_share", "abandon_share", "connection_drop_mean_seconds"}
     ),
     "topups": frozenset({"share", "amount", "delay_seconds"}),
+    "lifecycle": frozenset({"interval_seconds", "steps"}),
     "population": frozenset(
         {
             "size",
@@ -239,6 +247,19 @@ def _topups(table: Mapping[str, object]) -> TopUps:
         amount_micros=_money(table, "amount", "topups"),
         delay_seconds=_number(table, "delay_seconds", "topups", 0.0),
     )
+
+
+def _lifecycle(table: Mapping[str, object]) -> LifecycleSettings:
+    if not table:
+        return LifecycleSettings()
+    _known(table, "lifecycle")
+    interval = _number(table, "interval_seconds", "lifecycle")
+    if interval <= 0:
+        raise ScenarioError(f"[lifecycle] interval_seconds: a number of seconds > 0, got {interval}")
+    steps = table.get("steps", list(STEPS))
+    if not isinstance(steps, list) or not steps or any(step not in STEPS for step in steps):
+        raise ScenarioError(f"[lifecycle] steps: a list of {', '.join(STEPS)}, got {steps!r}")
+    return LifecycleSettings(interval_seconds=interval, steps=tuple(str(step) for step in steps))
 
 
 def _profile(run: Mapping[str, object]) -> tuple[float, ...]:
@@ -317,6 +338,7 @@ def load_scenario(path: Path) -> Scenario:
         tcc_wait_limit_seconds=_number(run, "tcc_wait_limit_seconds", "run", 30.0),
         drain_timeout_seconds=_number(run, "drain_timeout_seconds", "run", 60.0),
         server=_server(values),
+        lifecycle=_lifecycle(_table(values, "lifecycle")),
     )
     _check(scenario)
     return scenario

@@ -242,11 +242,14 @@ class _Session:
         self.number += 1
         element = self.caller.element
         handling = self.failure_handling or element.timing.failure_handling
+        sent_monotonic = time.monotonic()
         answer = await element.exchange(f"{self.caller.service} {kind}", message, retry_silence=handling != "TERMINATE")
         if answer is None:
             element.recorder.uncertain_sessions.append(self.session_id)
         else:
             self._note_failure_handling(answer)
+        code = NO_ANSWER if answer is None else result_code(answer)
+        element.recorder.line_request(self.caller.line.account_id, sent_monotonic, kind, code)
         late, self.previous_update = self.previous_update, message if request_type == "UPDATE_REQUEST" else None
         if late is not None and answer is not None and element.dice.late_update():
             await self._send_late(late)

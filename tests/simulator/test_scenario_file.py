@@ -36,6 +36,9 @@ def test_every_shipped_scenario_loads(path: Path) -> None:
         ("mobile_prepaid = 0.4", "mobile_prepiad = 0.4", "[population.shares]: unknown field(s)"),
         ("[mix]", "[mix]\nvideo_call = 1.0", "unknown service(s) ['video_call']"),
         ("[voice]", "[voise]\nx = 1\n[voice]", "the file: unknown field(s) ['voise']"),
+        ("[mix]", "[lifecycle]\ninterval_seconds = 0\n[mix]", "[lifecycle] interval_seconds: a number of seconds > 0"),
+        ("[mix]", '[lifecycle]\ninterval_seconds = 1\nsteps = ["ban_line"]\n[mix]', "[lifecycle] steps: a list of"),
+        ("[mix]", "[lifecycle]\ninterval = 1\n[mix]", "[lifecycle]: unknown field(s) ['interval']"),
     ],
 )
 def test_a_bad_scenario_is_refused_with_the_field_named(tmp_path: Path, old: str, new: str, message: str) -> None:

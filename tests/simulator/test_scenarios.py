@@ -27,6 +27,9 @@ SCENARIOS = ROOT / "config" / "scenarios"
 def shortened(scenario: Scenario) -> Scenario:
     """A few seconds of the scenario on a small population, keeping what it is about."""
     faults = scenario.faults
+    lifecycle = scenario.lifecycle
+    if lifecycle.interval_seconds:  # every step of the cycle within the shortened run
+        lifecycle = dataclasses.replace(lifecycle, interval_seconds=min(lifecycle.interval_seconds, 0.4))
     if faults.connection_drop_mean_seconds:
         faults = dataclasses.replace(faults, connection_drop_mean_seconds=0.6)
     return dataclasses.replace(
@@ -39,6 +42,7 @@ def shortened(scenario: Scenario) -> Scenario:
         timing=dataclasses.replace(scenario.timing, step_seconds=min(scenario.timing.step_seconds, 0.01)),
         population=dataclasses.replace(scenario.population, size=min(scenario.population.size, 30), company_children=2),
         drain_timeout_seconds=30.0,
+        lifecycle=lifecycle,
     )
 
 
@@ -98,6 +102,19 @@ def _check_max_throughput(recorder: Recorder, result: RunResult) -> None:
     assert sum(recorder.requests.values()) >= 100
 
 
+def _check_lifecycle(recorder: Recorder, result: RunResult) -> None:
+    lifecycle = summarize(result)["lifecycle"]
+    assert isinstance(lifecycle, dict)
+    assert set(lifecycle["changes"]) == set(result.scenario.lifecycle.steps), lifecycle
+    assert lifecycle["enforced"] >= 1, lifecycle
+    assert 0 < lifecycle["enforcement_p50_ms"] <= lifecycle["enforcement_p99_ms"] <= 2000.0, lifecycle
+    customers = lifecycle["customers"]
+    assert customers["barred"] >= 1 and customers["terminated"] >= 1, lifecycle
+    assert sum(customers.values()) == len(result.population.lines), lifecycle
+    assert recorder.server_requests["ASR"] >= 1 and recorder.server_requests["RAR"] >= 1
+    assert lifecycle["problems"] == []
+
+
 CHECKS: dict[str, Callable[[Recorder, RunResult], None]] = {
     "smoke": lambda recorder, result: None,
     "busy-hour": _check_busy_hour,
@@ -105,6 +122,7 @@ CHECKS: dict[str, Callable[[Recorder, RunResult], None]] = {
     "retransmission-storm": _check_retransmission_storm,
     "connection-loss": _check_connection_loss,
     "max-throughput": _check_max_throughput,
+    "lifecycle": _check_lifecycle,
 }
 
 

@@ -1,0 +1,35 @@
+"""The lifecycle audit's charging rule: a request sent after a bar or terminate was answered
+must not be answered DIAMETER_SUCCESS, except the final CCR-TERMINATION (usage from before).
+The whole scenario runs against the real server in test_scenarios.py; this pins the rule on
+recorded requests, so that a rule that could never fire would be caught."""
+
+from __future__ import annotations
+
+import random
+
+from simulator.http_api import OcsApi
+from simulator.lifecycle import Lifecycle, LifecycleChange, LifecycleSettings
+from simulator.records import Recorder
+
+LINE = "line-1"
+
+
+def _lifecycle_after_bar(requests: list[tuple[float, str, int]]) -> Lifecycle:
+    recorder = Recorder()
+    for sent, kind, code in requests:
+        recorder.line_request(LINE, sent, kind, code)
+    lifecycle = Lifecycle(LifecycleSettings(), OcsApi("http://127.0.0.1:9"), recorder, (), (), set, random.Random(1))
+    lifecycle.changes.append(LifecycleChange("bar_line", LINE, (LINE,), 10.0, 1, 10.5))
+    return lifecycle
+
+
+def test_a_success_after_the_bar_was_answered_is_a_problem() -> None:
+    lifecycle = _lifecycle_after_bar([(9.0, "CCR-I", 2001), (10.6, "CCR-U", 2001)])
+    lifecycle.audit_charging()
+    assert len(lifecycle.problems) == 1 and "CCR-U" in lifecycle.problems[0]
+
+
+def test_refusals_and_the_final_report_after_the_bar_are_fine() -> None:
+    lifecycle = _lifecycle_after_bar([(10.2, "CCR-U", 2001), (10.6, "CCR-I", 4010), (10.7, "CCR-T", 2001)])
+    lifecycle.audit_charging()
+    assert lifecycle.problems == []
