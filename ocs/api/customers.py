@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -220,6 +220,7 @@ class Answer:
 
 
 Handler = Callable[[Customers, Call], Awaitable[Answer]]
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,17 +239,27 @@ class Route:
 
     async def call(self, service: Customers, path: Mapping[str, str], query: Mapping[str, str], body: object) -> Answer:
         """Validate the inputs (422 naming the field), run the handler, map its refusal to HTTP."""
-        try:
-            ids = PathIds.model_validate(dict(path))
-            if self.query is not None:
-                self.query.model_validate(dict(query))
-            model = self.body.model_validate(body) if self.body is not None else None
-        except ValidationError as error:
-            raise Invalid(_validation_message(error)) from None
-        try:
-            return await self.handler(service, Call(ids, query, model))
-        except CustomerRefusal as refusal:
-            raise PROBLEM_ERRORS[refusal.problem](refusal.message) from None
+        ids = validated(PathIds, dict(path))
+        if self.query is not None:
+            validated(self.query, dict(query))
+        model = validated(self.body, body) if self.body is not None else None
+        return await refusals_as_http(self.handler(service, Call(ids, query, model)))
+
+
+def validated(kind: type[ModelT], value: object) -> ModelT:
+    """``value`` read as ``kind``, or ``Invalid`` (422) naming the field at fault."""
+    try:
+        return kind.model_validate(value)
+    except ValidationError as error:
+        raise Invalid(_validation_message(error)) from None
+
+
+async def refusals_as_http(answer: Awaitable[Answer]) -> Answer:
+    """What a route handler answers; the customer wing's refusal as its HTTP error (``PROBLEM_ERRORS``)."""
+    try:
+        return await answer
+    except CustomerRefusal as refusal:
+        raise PROBLEM_ERRORS[refusal.problem](refusal.message) from None
 
 
 def _validation_message(error: ValidationError) -> str:

@@ -21,17 +21,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from ocs.api.customers import (
-    PROBLEM_ERRORS,
-    REF_TEMPLATE,
-    Answer,
-    ErrorBody,
-    Invalid,
-    _validation_message,
-)
+from ocs.api.customers import REF_TEMPLATE, Answer, ErrorBody, refusals_as_http, validated
 from ocs.customers.interactions import (
     MAX_LIST_ROWS,
     Interactions,
@@ -45,7 +38,6 @@ from ocs.customers.interactions import (
     TroubleTicketUpdate,
 )
 from ocs.customers.reports import CustomerBaseReport, Period, ReportDate, customer_base_report
-from ocs.customers.service import CustomerRefusal
 from ocs.customers.values import ID_PATTERN
 
 
@@ -103,16 +95,10 @@ class Route:
     async def call(
         self, services: Services, path: Mapping[str, str], query: Mapping[str, str], body: object, author: str
     ) -> Answer:
-        try:
-            ids = Ids.model_validate(dict(path))
-            parsed = self.query.model_validate(dict(query)) if self.query is not None else None
-            model = self.body.model_validate(body) if self.body is not None else None
-        except ValidationError as error:
-            raise Invalid(_validation_message(error)) from None
-        try:
-            return await self.handler(services, Request(ids, parsed, model, author))
-        except CustomerRefusal as refusal:
-            raise PROBLEM_ERRORS[refusal.problem](refusal.message) from None
+        ids = validated(Ids, dict(path))
+        parsed = validated(self.query, dict(query)) if self.query is not None else None
+        model = validated(self.body, body) if self.body is not None else None
+        return await refusals_as_http(self.handler(services, Request(ids, parsed, model, author)))
 
 
 async def _add_note(services: Services, call: Request) -> Answer:
@@ -158,10 +144,7 @@ async def _move_ticket(services: Services, call: Request) -> Answer:
 async def _report(services: Services, call: Request) -> Answer:
     query = call.query
     assert isinstance(query, ReportQuery)
-    try:
-        period = Period(start=query.start, end=query.end)
-    except ValidationError as error:
-        raise Invalid(_validation_message(error)) from None
+    period = validated(Period, {"start": query.start, "end": query.end})
     report = await customer_base_report(
         services.interactions.engine,
         period,
