@@ -63,15 +63,13 @@ POST   /rate                            plan, context, rating_group, service_ide
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -79,11 +77,18 @@ from aiohttp.typedefs import Handler
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.audit import audit
-from balance.directory import IdentityKind, Subscriber
 from balance.errors import BalanceScriptError, BalanceUnavailable
-from balance.types import MAX_SERVICE_UNITS, MONETARY_KINDS, AccountStatus, BalanceView, Bucket, BucketKind
+from balance.types import MAX_SERVICE_UNITS, AccountStatus, BalanceView, BucketKind
 from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
 from ocs.api.audit_trail import AuditTrail
+from ocs.api.bodies import (
+    MAX_JSON_BODY_BYTES,
+    error_response,
+    expect_continue,
+    json_fields,
+    json_value,
+    read_body,
+)
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
 from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
@@ -105,6 +110,14 @@ from ocs.api.provisioning import (
     parse_new_subscriber,
     read_csv,
 )
+from ocs.api.render import (
+    applied_json,
+    audited_balance,
+    money_json,
+    quote_json,
+    subscriber_json,
+    view_json,
+)
 from ocs.customers.applications import Applications
 from ocs.customers.credit import RuleTable
 from ocs.customers.credit_load import load_credit_rules
@@ -116,29 +129,14 @@ from ocs.db.audit import AuditEntry
 from ocs.db.tokens import Role
 from ocs.metrics import Metrics
 from ocs.rating.book import TariffBook
-from ocs.rating.rate import Quote, RatingFailure, RatingInput, explain, format_money, load_book
+from ocs.rating.rate import RatingFailure, RatingInput, explain, format_money, load_book
 
 if TYPE_CHECKING:  # ocs.app starts this module's server: no import back at run time
     from ocs.app import ServerState
 
 log = structlog.get_logger("ocs.api.server")
 
-# Bodies are bounded per endpoint and read in chunks, each one a chance for the event loop to
-# answer CCRs: a JSON request is a few hundred bytes, so 64 KiB is generous; a bulk file of about
-# 150,000 subscribers (~100 bytes a row) fits in 16 MiB, and larger ones go as several loads. A
-# body declared larger (Content-Length) is refused before any of it is read, even before the
-# client sends it when it asked ``Expect: 100-continue`` (RFC 9110 section 10.1.1).
-MAX_JSON_BODY_BYTES = 64 * 1024
-MAX_LOAD_BODY_BYTES = 16 * 1024 * 1024
-_BODY_LIMITS = {"/subscribers/load": MAX_LOAD_BODY_BYTES}  # by route template; others: the JSON limit
 HEALTH_TIMEOUT_SECONDS = 2.0  # well inside a typical probe timeout, so a hung Redis reads as 503
-_IDENTITY_WORDS = {
-    IdentityKind.E164: "msisdn",
-    IdentityKind.IMSI: "imsi",
-    IdentityKind.SIP_URI: "sip",
-    IdentityKind.NAI: "nai",
-    IdentityKind.PRIVATE: "private",
-}
 
 
 @dataclass(slots=True)
@@ -254,14 +252,14 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         ("POST", "/rate", _rate),
     ]
     for method, path, handler in with_body:
-        app.router.add_route(method, path, handler, expect_handler=_expect_continue)
+        app.router.add_route(method, path, handler, expect_handler=expect_continue)
     app[CUSTOMERS] = Customers(state.database, ProvisioningAccounts(provisioning))
     for route in CUSTOMER_ROUTES:
-        expect = _expect_continue if route.body is not None else None
+        expect = expect_continue if route.body is not None else None
         app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
     services = InteractionServices(Interactions(state.database), _last_usage(state), settings.customers.inactivity_days)
     for interaction in INTERACTION_ROUTES:
-        expect = _expect_continue if interaction.body is not None else None
+        expect = expect_continue if interaction.body is not None else None
         answer = _interaction_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
     _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
@@ -346,10 +344,6 @@ async def _resume_orders(orders: Orders) -> None:
 # -- errors and metrics -----------------------------------------------------------------------
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
-
-
 @web.middleware
 async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -370,25 +364,25 @@ async def _answer(request: web.Request, route: str, handler: Handler) -> tuple[w
             await _authorize(request, route)
         return await handler(request), "", ""
     except ApiError as error:
-        response = _error(error.status, error.code, error.message)
+        response = error_response(error.status, error.code, error.message)
         if isinstance(error, Unauthenticated):
             response.headers["WWW-Authenticate"] = error.challenge
         return response, error.code, error.message
     except BalanceUnavailable as error:
         message = f"Redis is unavailable: {error}"
-        return _error(Unavailable.status, Unavailable.code, message), Unavailable.code, message
+        return error_response(Unavailable.status, Unavailable.code, message), Unavailable.code, message
     except web.HTTPException as error:  # aiohttp's own: unknown path 404, method 405, body too large 413
         message = error.text or error.reason
-        response = _error(error.status, "http", message)
+        response = error_response(error.status, "http", message)
         if "Allow" in error.headers:
             response.headers["Allow"] = error.headers["Allow"]
         return response, "http", message
     except BalanceScriptError as error:  # the engine refused to write: a bug or bad data, not input
         log.error("api_engine_error", path=request.path, error=str(error))
-        return _error(500, "engine", str(error)), "engine", str(error)
+        return error_response(500, "engine", str(error)), "engine", str(error)
     except Exception:
         log.exception("api_failed", path=request.path)
-        return _error(500, "internal", "internal error; see the server log"), "internal", "internal error"
+        return error_response(500, "internal", "internal error; see the server log"), "internal", "internal error"
 
 
 async def _authorize(request: web.Request, route: str) -> None:
@@ -435,177 +429,12 @@ def _actor(request: web.Request) -> Actor:
     return request[_ACTOR]  # _authorize ran: every route that calls this needs a token
 
 
-# -- input ------------------------------------------------------------------------------------
-
-
-class TooLarge(ApiError):
-    status = 413
-    code = "too_large"
-
-
-def _body_limit(request: web.Request) -> int:
-    resource = request.match_info.route.resource
-    return _BODY_LIMITS.get(resource.canonical if resource is not None else "", MAX_JSON_BODY_BYTES)
-
-
-def _too_large(request: web.Request, limit: int) -> TooLarge:
-    return TooLarge(f"the body of {request.method} {request.path} may be at most {limit} bytes ({limit // 1024} KiB)")
-
-
-async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
-    """``Expect: 100-continue``: refuse a declared oversize body before the client sends it."""
-    if request.headers.get("Expect", "").lower() != "100-continue":
-        return _error(417, "http", "the only expectation understood is 100-continue")  # RFC 9110 section 10.1.1
-    limit = _body_limit(request)
-    if request.content_length is not None and request.content_length > limit:
-        error = _too_large(request, limit)
-        return _error(error.status, error.code, error.message)
-    if request.version >= (1, 1):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    return None
-
-
-async def _body(request: web.Request) -> bytes:
-    """The body, read chunk by chunk up to the route's limit: 413 once it is over, without reading
-    the rest (aiohttp then discards what the client still sends, for at most its lingering time)."""
-    limit = _body_limit(request)
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(request, limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(request, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise BadInput(f"{name} is not a number JSON allows")
-
-
-async def _json(request: web.Request) -> Fields:
-    return Fields(await _json_value(request))
-
-
-async def _json_value(request: web.Request) -> object:
-    raw = await _body(request)  # at most MAX_JSON_BODY_BYTES: parsed here in well under a millisecond
-    try:
-        value = json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
-    except UnicodeDecodeError:
-        raise BadInput("the body is not UTF-8") from None
-    except json.JSONDecodeError as error:
-        raise BadInput(f"the body is not JSON: {error}") from None
-    except RecursionError:  # the parser recurses per level ([[[[...); no request nests beyond 4
-        raise BadInput("the body nests arrays or objects too deeply to be a request") from None
-    return value
-
-
 def _account(request: web.Request) -> str:
     return account_id_of(request.match_info["account_id"])
 
 
 def _provisioning(request: web.Request) -> Provisioning:
     return request.app[CONTEXT].provisioning
-
-
-# -- output -----------------------------------------------------------------------------------
-
-
-def _money(name: str, micros: int) -> dict[str, object]:
-    return {f"{name}_micros": micros, name: format_money(micros)}
-
-
-def _bucket_json(bucket: Bucket) -> dict[str, object]:
-    amount = _money("amount", bucket.amount) if bucket.kind in MONETARY_KINDS else {"amount": bucket.amount}
-    return {
-        "bucket_id": bucket.bucket_id,
-        "kind": bucket.kind.value,
-        **amount,
-        "services": list(bucket.services),
-        "valid_from": bucket.valid_from,
-        "valid_until": bucket.valid_until,
-        "priority": bucket.priority,
-    }
-
-
-def _view_json(view: BalanceView) -> dict[str, object]:
-    account = view.account
-    return {
-        "account_id": account.account_id,
-        "currency": account.currency,
-        "payment_type": account.payment_type.value,
-        "status": account.status.value,
-        "parent_id": account.parent_id,
-        **_money("available", view.available_micros),
-        **_money("credit_limit", account.credit_limit_micros),
-        **_money("child_cap", account.child_cap_micros),
-        "counters": {
-            **_money("credits", view.credits_micros),
-            **_money("debits", view.debits_micros),
-            **_money("committed", view.committed_micros),
-            **_money("held", view.held_micros),
-            **_money("limit_held", view.limit_held_micros),
-            **_money("unbilled", view.unbilled_micros),
-            **_money("pool_used", view.pool_used_micros),
-        },
-        "reservations": view.reservations,
-        "buckets": [_bucket_json(bucket) for bucket in account.buckets],
-    }
-
-
-def _subscriber_json(profile: Subscriber | None, view: BalanceView) -> dict[str, object]:
-    shown = None
-    if profile is not None:
-        shown = {
-            "plan": profile.plan,
-            "customer_type": profile.customer_type,
-            "name": profile.name,
-            "identities": [
-                {"kind": _IDENTITY_WORDS[identity.kind], "value": identity.value} for identity in profile.identities
-            ],
-        }
-    return {"account_id": view.account.account_id, "profile": shown, "balance": _view_json(view)}
-
-
-def _applied_json(applied: Applied, **extra: object) -> dict[str, object]:
-    return {
-        "account_id": applied.view.account.account_id,
-        **extra,
-        "replayed": applied.result.replayed,
-        "bucket_id": applied.result.bucket_id,
-        "notified_sessions": applied.notified_sessions,
-        "balance": _view_json(applied.view),
-    }
-
-
-def _quote_json(quote: Quote) -> dict[str, object]:
-    rated = quote.rated
-    return {
-        "plan": rated.plan,
-        "service": rated.service,
-        "unit": rated.unit.value,
-        "zone": rated.zone,
-        "band": rated.band,
-        "currency": rated.currency,
-        "selected_by": rated.selected_by,
-        "destination": rated.destination,
-        "local_time": rated.local_time.isoformat(),
-        "units": quote.units,
-        "charged_units": quote.charged_units,
-        **_money("cost", quote.cost_micros),
-        # The tariff itself (balance.types.Tariff), so a client can price usage split across a
-        # tariff change (balance/RULES.md "Tariff change") with the engine's own arithmetic.
-        "tariff": {
-            "price_micros": rated.tariff.price_micros,
-            "per_units": rated.tariff.per_units,
-            "block_units": rated.tariff.block_units,
-            "first_units": rated.tariff.first_units,
-        },
-        "explanation": rated.explanation,
-        "text": quote.text,
-    }
 
 
 # -- handlers -----------------------------------------------------------------------------------
@@ -657,27 +486,27 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _create(request: web.Request) -> web.Response:
     provisioning = _provisioning(request)
-    new = parse_new_subscriber(await _json_value(request), default_plan=provisioning.default_plan)
+    new = parse_new_subscriber(await json_value(request), default_plan=provisioning.default_plan)
     view = await provisioning.create(new)
-    after = {**_audited_balance(view), "plan": new.profile.plan, "payment_type": view.account.payment_type.value}
+    after = {**audited_balance(view), "plan": new.profile.plan, "payment_type": view.account.payment_type.value}
     _changed(request, Change(view.account.account_id, None, after))
     return web.json_response(
-        _subscriber_json(new.profile, view), status=201, headers={"Location": f"/subscribers/{view.account.account_id}"}
+        subscriber_json(new.profile, view), status=201, headers={"Location": f"/subscribers/{view.account.account_id}"}
     )
 
 
 async def _show(request: web.Request) -> web.Response:
     profile, view = await _provisioning(request).show(_account(request))
-    return web.json_response(_subscriber_json(profile, view))
+    return web.json_response(subscriber_json(profile, view))
 
 
 async def _balance(request: web.Request) -> web.Response:
-    return web.json_response(_view_json(await _provisioning(request).view(_account(request))))
+    return web.json_response(view_json(await _provisioning(request).view(_account(request))))
 
 
 async def _status(request: web.Request) -> web.Response:
     account_id = _account(request)
-    fields = await _json(request)
+    fields = await json_fields(request)
     status = AccountStatus(fields.choice("status", [status.value for status in AccountStatus]))
     reason = fields.text("reason", "")
     fields.done()
@@ -703,7 +532,7 @@ async def _status(request: web.Request) -> web.Response:
 
 async def _top_up(request: web.Request) -> web.Response:
     account_id = _account(request)
-    fields = await _json(request)
+    fields = await json_fields(request)
     top_up_id = fields.text("id")
     micros = fields.money("amount")
     kind = BucketKind(fields.choice("kind", ("main", "bonus"), "main"))
@@ -717,7 +546,7 @@ async def _top_up(request: web.Request) -> web.Response:
     applied = await provisioning.top_up(account_id, top_up_id, micros, kind, valid_until)
     reference = f", payment reference {payment_reference}" if payment_reference else ""
     _changed(request, _balance_change(before, applied, f"top-up {top_up_id} of {format_money(micros)}{reference}"))
-    body = _applied_json(applied, top_up_id=top_up_id, **_money("amount", micros))
+    body = applied_json(applied, top_up_id=top_up_id, **money_json("amount", micros))
     if payment_reference:
         body["payment_reference"] = payment_reference
     return web.json_response(body, status=200 if applied.result.replayed else 201)
@@ -725,7 +554,7 @@ async def _top_up(request: web.Request) -> web.Response:
 
 async def _adjust(request: web.Request) -> web.Response:
     account_id = _account(request)
-    fields = await _json(request)
+    fields = await json_fields(request)
     adjustment_id = fields.text("id")
     micros = fields.money("amount")
     reason = fields.text("reason", "")
@@ -737,33 +566,24 @@ async def _adjust(request: web.Request) -> web.Response:
     _changed(
         request, _balance_change(before, applied, f"adjustment {adjustment_id} of {format_money(micros)}: {reason}")
     )
-    body = _applied_json(applied, adjustment_id=adjustment_id, **_money("amount", micros))
+    body = applied_json(applied, adjustment_id=adjustment_id, **money_json("amount", micros))
     return web.json_response(body, status=200 if applied.result.replayed else 201)
 
 
 async def _add_bucket(request: web.Request) -> web.Response:
     account_id = _account(request)
-    bucket = parse_bucket(await _json_value(request), "body")
+    bucket = parse_bucket(await json_value(request), "body")
     provisioning = _provisioning(request)
     before = await provisioning.view(account_id)
     applied = await provisioning.add_bucket(account_id, bucket)
     _changed(request, _balance_change(before, applied, f"{bucket.kind.value} bucket #{applied.result.bucket_id}"))
-    return web.json_response(_applied_json(applied), status=201)
-
-
-def _audited_balance(view: BalanceView) -> dict[str, object]:
-    """The part of an account an audit record keeps: status, money available, buckets."""
-    return {
-        "status": view.account.status.value,
-        "available_micros": view.available_micros,
-        "buckets": len(view.account.buckets),
-    }
+    return web.json_response(applied_json(applied), status=201)
 
 
 def _balance_change(before: BalanceView, applied: Applied, detail: str) -> Change:
     outcome = "replayed" if applied.result.replayed else "applied"
-    after = _audited_balance(applied.view)
-    return Change(before.account.account_id, _audited_balance(before), after, outcome, detail)
+    after = audited_balance(applied.view)
+    return Change(before.account.account_id, audited_balance(before), after, outcome, detail)
 
 
 def _decode_csv(raw: bytes) -> str:
@@ -777,7 +597,7 @@ async def _load(request: web.Request) -> web.Response:
     """The file is checked whole (UTF-8, header) before any row is applied; decoding it runs in a
     thread, and its rows are parsed a group at a time as they are applied (``Provisioning.load``),
     so neither blocks the loop that answers CCRs nor holds every row in memory at once."""
-    text = await asyncio.to_thread(_decode_csv, await _body(request))
+    text = await asyncio.to_thread(_decode_csv, await read_body(request))
     results = await _provisioning(request).load(read_csv(text))
     created = sum(1 for result in results if result.status == 201)
     rows = [
@@ -795,7 +615,7 @@ async def _load(request: web.Request) -> web.Response:
 
 async def _rate(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
-    fields = await _json(request) if request.method == "POST" else Fields(dict(request.query), "query")
+    fields = await json_fields(request) if request.method == "POST" else Fields(dict(request.query), "query")
     plan = fields.text("plan", context.provisioning.default_plan)
     rating_input = RatingInput(
         service_context=fields.text("context"),
@@ -809,14 +629,14 @@ async def _rate(request: web.Request) -> web.Response:
     quote = explain(context.book, plan, rating_input, units)
     if isinstance(quote, RatingFailure):
         return web.json_response({"error": quote.reason, "code": "rating_failed", "avp": quote.avp_name}, status=422)
-    return web.json_response(_quote_json(quote))
+    return web.json_response(quote_json(quote))
 
 
 def _customer_handler(route: Route, customers: Customers) -> Handler:
     """A customer route (``ocs.api.customers``): its body read as every body is, its change audited."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        body = await _json_value(request) if route.body is not None else None
+        body = await json_value(request) if route.body is not None else None
         answer = await route.call(customers, request.match_info, request.query, body)
         if is_change(request.method, route.path):
             _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
@@ -853,7 +673,7 @@ def _interaction_handler(route: InteractionRoute, services: InteractionServices)
     """An interactions route (``ocs.api.interactions``): the author is the token's name."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        body = await _json_value(request) if route.body is not None else None
+        body = await json_value(request) if route.body is not None else None
         author = _actor(request).token.name
         answer = await route.call(services, request.match_info, request.query, body, author)
         if is_change(request.method, route.path):
@@ -870,7 +690,7 @@ def _add_activation(app: web.Application, database: AsyncEngine, provisioning: P
     app[ORDERS] = Orders(database, app[CUSTOMERS], EngineLines(provisioning), rules)
     applications = Applications(database, app[CUSTOMERS], RuleTable(rules))
     for route in order_routes(applications, app[ORDERS]):
-        expect = _expect_continue if route.body is not None else None
+        expect = expect_continue if route.body is not None else None
         app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
 
 
