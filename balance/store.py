@@ -39,8 +39,6 @@ drained). ``admin`` (redis-py) carries the rest: provisioning, queries, session 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -49,6 +47,17 @@ from balance import keys
 from balance.callers import PipelinedCaller, RedisPyCaller, Reply, ScriptCaller
 from balance.errors import BalanceScriptError, BalanceUnavailable, BalanceUnreached
 from balance.pipeline import DEFAULT_REPLY_TIMEOUT_SECONDS, PipelinedRedis
+from balance.script_io import (
+    bucket_arguments,
+    charge_result,
+    first_score,
+    item_arguments,
+    json_session_id,
+    reply_strings,
+    reply_text,
+    roots_of,
+    usage_record,
+)
 from balance.scripts import LIBRARY, LIBRARY_PREFIX, SCRIPTS, Operation, Script, is_library_name
 from balance.types import (
     MAX_HIERARCHY_LEVELS,
@@ -57,15 +66,10 @@ from balance.types import (
     BalanceView,
     Bucket,
     BucketKind,
-    ChargeItem,
     ChargeRequest,
     ChargeResult,
-    ItemResult,
     OperationResult,
     Outcome,
-    PaymentType,
-    Tariff,
-    Unit,
     UsageRecord,
     worst_status,
 )
@@ -74,107 +78,6 @@ from balance.views import read_balance
 
 Hierarchy = tuple[str, str]  # (root, parent id or "")
 Ancestors = tuple[str, ...]  # an account's ancestors' ids, parent first, root last
-
-
-def _text(reply: Reply) -> str:
-    if not isinstance(reply, str):
-        raise BalanceScriptError(f"unexpected reply {reply!r}")
-    return reply
-
-
-# Outcome by its text: a dict lookup, where ``Outcome(text)`` goes through the enum machinery
-# (parsing runs once per charge; bench/balance.py measures the charge path).
-_OUTCOMES: dict[str, Outcome] = {outcome.value: outcome for outcome in Outcome}
-
-
-def parse_charge_reply(reply: str) -> ChargeResult:
-    """Parse the charge.lua / refund.lua reply (format in charge.lua's header)."""
-    return _charge_result(reply.split(" "))
-
-
-def _charge_result(words: list[str]) -> ChargeResult:
-    outcomes = _OUTCOMES
-    items: list[ItemResult] = []
-    count = int(words[5])
-    # Seven fields per item, in ItemResult's field order: rating group, outcome, granted units,
-    # committed units, committed micros, final, reserved micros. A reply stored (for replays)
-    # before items carried their reserved micros has six; such sessions and tombstones outlive a
-    # script upgrade by up to the tombstone lifetime, and their replays report 0 reserved.
-    width = 7 if len(words) == 6 + 7 * count else 6
-    for base in range(6, 6 + width * count, width):
-        items.append(
-            ItemResult(
-                int(words[base]),
-                outcomes[words[base + 1]],
-                int(words[base + 2]),
-                int(words[base + 3]),
-                int(words[base + 4]),
-                words[base + 5] == "1",
-                int(words[base + 6]) if width == 7 else 0,
-            )
-        )
-    # outcome, items, replayed, balance_micros, opened
-    return ChargeResult(outcomes[words[1]], tuple(items), words[0] == "1", int(words[2]), words[3] == "1")
-
-
-def _bucket_arguments(bucket: Bucket) -> list[str]:
-    return [
-        str(bucket.bucket_id),
-        bucket.kind.value,
-        str(bucket.amount),
-        ",".join(bucket.services),
-        str(bucket.valid_from),
-        str(bucket.valid_until),
-        str(bucket.priority),
-    ]
-
-
-def _item_arguments(item: ChargeItem) -> list[str]:
-    identifier, change, split = item.service_identifier, item.tariff_change, item.used_split
-    return [
-        str(item.rating_group),
-        str(identifier) if identifier is not None else "",
-        item.service,
-        item.unit.value,
-        "all" if item.commit_reserved else str(item.used_units),
-        str(item.requested_units),
-        "1" if item.release else "0",
-        tariff_text(item.tariff),
-        f"{change.at_seconds} {change.after_price_micros}" if change is not None else "",
-        f"{split.before_units} {split.after_units} {split.indeterminate_units}" if split is not None else "",
-    ]
-
-
-@functools.lru_cache(maxsize=4096)
-def tariff_text(tariff: Tariff) -> str:
-    """A tariff as charge.lua reads it: "price_micros per_units block_units first_units"."""
-    return f"{tariff.price_micros} {tariff.per_units} {tariff.block_units} {tariff.first_units}"
-
-
-def json_session_id(session_id: str) -> str:
-    """ARGV[10] of charge.lua: the session id as the body of a JSON string, or "" when that is
-    the session id itself (no quote, backslash or control character: nearly always)."""
-    if '"' not in session_id and "\\" not in session_id and session_id.isprintable():
-        return ""
-    body = json.dumps(session_id, ensure_ascii=False)[1:-1]
-    return "" if body == session_id else body
-
-
-def _roots_of(names: Sequence[str], suffix: str) -> list[str]:
-    """The hierarchies of ``{root}<suffix>`` key names; a name that only looks like one (a
-    Session-Id ending in ``}:x``, say) is skipped."""
-    roots = [name[1 : -len("}" + suffix)] for name in names if name.startswith("{") and name.endswith("}" + suffix)]
-    return [root for root in roots if keys.is_valid_account_id(root)]
-
-
-def _first_score(reply: object) -> str | None:
-    """The score of ``ZRANGE key 0 0 WITHSCORES``: a flat ``[member, score]`` (RESP2) or
-    ``[[member, score]]`` (redis-py's RESP3 shape); None for an empty set."""
-    if isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], (list, tuple)):
-        reply = list(reply[0])
-    if isinstance(reply, list) and len(reply) == 2:
-        return str(reply[1])
-    return None
 
 
 # How far Redis's clock may lag the server's before a call reported failed could still apply
@@ -250,7 +153,7 @@ class BalanceStore:
             listed = await self.admin.execute("FUNCTION", "LIST", "LIBRARYNAME", f"{LIBRARY_PREFIX}*")
         except BalanceScriptError:
             return []  # a Redis without FUNCTION
-        found = {text for text in _strings(listed) if is_library_name(text) and text != LIBRARY.name}
+        found = {text for text in reply_strings(listed) if is_library_name(text) and text != LIBRARY.name}
         deleted = []
         for name in sorted(found):
             try:
@@ -357,9 +260,9 @@ class BalanceStore:
             str(len(account.buckets)),
         ]
         for bucket in account.buckets:
-            arguments += _bucket_arguments(bucket)
+            arguments += bucket_arguments(bucket)
         outcome = Outcome(
-            _text(
+            reply_text(
                 await self.admin.run(SCRIPTS[Operation.PROVISION], [account_key, parent_key, children_key], arguments)
             )
         )
@@ -391,7 +294,7 @@ class BalanceStore:
             str(child_cap_micros) if child_cap_micros is not None else "",
         ]
         account_key = keys.account_key(found[0], account_id)
-        reply = _text(await self.admin.run(SCRIPTS[Operation.UPDATE], [account_key], arguments))
+        reply = reply_text(await self.admin.run(SCRIPTS[Operation.UPDATE], [account_key], arguments))
         return OperationResult(Outcome(reply))
 
     async def top_up(
@@ -439,7 +342,7 @@ class BalanceStore:
             str(bucket.priority),
         ]
         script_keys = [keys.account_key(root, account_id), keys.idempotency_key(root)]
-        words = _text(await self.admin.run(SCRIPTS[Operation.CREDIT], script_keys, arguments)).split(" ")
+        words = reply_text(await self.admin.run(SCRIPTS[Operation.CREDIT], script_keys, arguments)).split(" ")
         applied = int(words[3]) if len(words) > 3 else None
         return OperationResult(
             Outcome(words[0]), replayed=words[1] == "1", bucket_id=int(words[2]), applied_micros=applied
@@ -480,7 +383,7 @@ class BalanceStore:
             self._deadline_text(),
         ]
         for item in request.items:
-            arguments += _item_arguments(item)
+            arguments += item_arguments(item)
         script_keys = [session_key, *account_keys]
         words = await self._run_in_time(self.caller, SCRIPTS[Operation.CHARGE], script_keys, arguments)
         if words[1] == "ok":
@@ -489,7 +392,7 @@ class BalanceStore:
             # look or the client's retransmission is the first to see it applied). ZADD LT and
             # SADD change nothing when repeated.
             await self._mark(root, words[3] == "1", words[4] != "0", request.now_seconds + request.validity_seconds)
-        return _charge_result(words)
+        return charge_result(words)
 
     async def _mark(self, root: str, opened: bool, recorded: bool, expiry_seconds: int) -> None:
         """Put the hierarchy on the supervisor's list (a session opened) and the spool writer's
@@ -539,7 +442,7 @@ class BalanceStore:
             keys.refund_day_key(root, account_id),
             *above,
         ]
-        return _charge_result(await self._run_in_time(self.admin, SCRIPTS[Operation.REFUND], script_keys, arguments))
+        return charge_result(await self._run_in_time(self.admin, SCRIPTS[Operation.REFUND], script_keys, arguments))
 
     # -- deadlines (module docstring) ----------------------------------------------------------
 
@@ -558,7 +461,7 @@ class BalanceStore:
             raise  # never sent: nothing to settle
         except BalanceUnavailable as failure:
             reply = await self._settle(caller, script, script_keys, arguments, failure)
-        words = _text(reply).split(" ")
+        words = reply_text(reply).split(" ")
         if words[1] == _EXPIRED:
             raise BalanceUnavailable(f"{script.operation}: Redis ran it after its deadline; nothing was applied")
         return words
@@ -602,7 +505,7 @@ class BalanceStore:
         while level:
             below: list[str] = []
             for node in level:
-                below += _strings(await self.admin.execute("SMEMBERS", keys.children_key(root, node)))
+                below += reply_strings(await self.admin.execute("SMEMBERS", keys.children_key(root, node)))
             level = sorted(below)
             found += level
         return found
@@ -650,9 +553,9 @@ class BalanceStore:
         self.marks_lost = False
         try:
             watched = delivered = 0
-            for root in _roots_of(await self.admin.scan_keys("{*}:x"), ":x"):
+            for root in roots_of(await self.admin.scan_keys("{*}:x"), ":x"):
                 watched += await self._watch_earliest_session(root)
-            for root in _roots_of(await self.admin.scan_keys("{*}:o"), ":o"):
+            for root in roots_of(await self.admin.scan_keys("{*}:o"), ":o"):
                 delivered += await self._list_if_records_wait(root)
         except BaseException:
             self.marks_lost = True
@@ -661,7 +564,7 @@ class BalanceStore:
 
     async def _watch_earliest_session(self, root: str) -> bool:
         """Put the hierarchy on the supervisor's list at its earliest session deadline, if any."""
-        earliest = _first_score(await self.admin.execute("ZRANGE", keys.expiry_key(root), "0", "0", "WITHSCORES"))
+        earliest = first_score(await self.admin.execute("ZRANGE", keys.expiry_key(root), "0", "0", "WITHSCORES"))
         if earliest is None:
             return False
         await self.admin.execute("ZADD", keys.SESSION_ROOTS, "LT", earliest, root)
@@ -702,7 +605,7 @@ class BalanceStore:
     async def read_outbox(self, root: str, limit: int = 1_000) -> list[UsageRecord]:
         """The oldest ``limit`` records of the hierarchy's outbox (left in place until acknowledged)."""
         entries = await self.caller.execute("LRANGE", keys.outbox_key(root), "0", str(limit - 1))
-        return [_usage_record(str(entry)) for entry in entries] if isinstance(entries, list) else []
+        return [usage_record(str(entry)) for entry in entries] if isinstance(entries, list) else []
 
     async def acknowledge_outbox(self, root: str, records: Sequence[UsageRecord]) -> int:
         """Drop ``records`` (read from the head of the outbox) once they are stored elsewhere.
@@ -737,37 +640,6 @@ _DEADLINE_ARGUMENT = {Operation.CHARGE: 10, Operation.REFUND: 7}
 # (root, the ancestors' ids as charge.lua's ARGV[9], KEYS[2] on: account, parent, expiry zset,
 # outbox, the ancestors above the parent)
 _ChargeParts = tuple[str, str, list[str]]
-
-
-def _usage_record(entry: str) -> UsageRecord:
-    data = json.loads(entry)
-    return UsageRecord(
-        record_id=data["id"],
-        account_id=data["account"],
-        session_id=data["session"],
-        request_number=int(data["number"]),
-        rating_group=int(data["rating_group"]),
-        service=data["service"],
-        unit=Unit(data["unit"]),
-        units=int(data["units"]),
-        micros=int(data["micros"]),
-        payment_type=PaymentType(data["payment"]),
-        at_seconds=int(data["at"]),
-        # Records written before items carried a Service-Identifier have no such field.
-        service_identifier=_optional_int(data.get("service_identifier")),
-    )
-
-
-def _optional_int(value: object) -> int | None:
-    return int(value) if isinstance(value, int) else None
-
-
-def _strings(reply: Reply) -> list[str]:
-    """Every string in a reply, however nested (FUNCTION LIST's shape differs by RESP version
-    and, on a cluster, by node)."""
-    if isinstance(reply, list):
-        return [text for part in reply for text in _strings(part)]
-    return [reply] if isinstance(reply, str) else []
 
 
 def _pipelined_client(url: str, reply_timeout_seconds: float) -> PipelinedRedis:

@@ -74,8 +74,9 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 from balance import keys
 from balance.callers import PipelinedCaller
 from balance.embedded import EmbeddedRedis
+from balance.script_io import parse_charge_reply, tariff_text
 from balance.scripts import SCRIPTS, Operation
-from balance.store import BalanceStore, parse_charge_reply, tariff_text
+from balance.store import BalanceStore
 from balance.tariff import cost
 from balance.types import (
     Account,

@@ -17,8 +17,9 @@ from balance.callers import Reply, ScriptCaller
 from balance.embedded import EmbeddedRedis
 from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.keys import account_key, session_key
+from balance.script_io import parse_charge_reply
 from balance.scripts import SCRIPTS, Operation, Script
-from balance.store import BalanceStore, parse_charge_reply
+from balance.store import BalanceStore
 from balance.types import (
     Account,
     AccountStatus,
