@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ocs.api.provisioning import ApiError
+from ocs.api.fields import ApiError
 from ocs.db import tokens
 from ocs.db.tokens import Role, Token
 from ocs.rating.rate import format_money

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from ocs.api.provisioning import ApiError, BadInput, Fields
+from ocs.api.fields import ApiError, BadInput, Fields
 
 # Bodies are bounded per endpoint and read in chunks, each one a chance for the event loop to
 # answer CCRs: a JSON request is a few hundred bytes, so 64 KiB is generous; a bulk file of about

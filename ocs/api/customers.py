@@ -33,16 +33,8 @@ from pydantic.json_schema import models_json_schema
 
 from balance.directory import Subscriber
 from balance.types import Account, AccountStatus, Outcome, PaymentType
-from ocs.api.provisioning import (
-    ApiError,
-    BadInput,
-    Conflict,
-    NewSubscriber,
-    NotFound,
-    Provisioning,
-    Refused,
-    parse_identity,
-)
+from ocs.api.fields import ApiError, BadInput, Conflict, NewSubscriber, NotFound, Refused, parse_identity
+from ocs.api.provisioning import Provisioning
 from ocs.customers.records import MAX_LIST_ROWS
 from ocs.customers.service import (
     CustomerRefusal,

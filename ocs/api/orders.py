@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from balance.types import AccountStatus, Bucket, BucketKind, Outcome
 from ocs.api.customers import Answer, Call, Handler, Route
-from ocs.api.provisioning import NotFound, Provisioning, Refused
+from ocs.api.fields import NotFound, Refused
+from ocs.api.provisioning import Provisioning
 from ocs.customers.applications import ApplicationResult, Applications, NewApplication
 from ocs.customers.orders import Bundle, NewProductOrder, Orders, ProductOrder
 from ocs.customers.service import Customers, EngineAnswer, EngineOutcome

@@ -41,7 +41,7 @@ POST   /subscribers                     create: account_id, payment_type (prepai
                                         valid_until, priority}], plan, customer_type
                                         (mobile|fixed), name, identities [{kind, value}]; 201
 POST   /subscribers/load                CSV body (header line first; columns in
-                                        ``ocs.provisioning.CSV_COLUMNS``): one create per row,
+                                        ``ocs.api.fields.CSV_COLUMNS``): one create per row,
                                         in order; 200 with a result per row (line numbers)
 GET    /subscribers/{id}                profile and balance
 PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated}
@@ -91,18 +91,11 @@ from ocs.api.bodies import (
 )
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
-from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
-from ocs.api.interactions import Route as InteractionRoute
-from ocs.api.interactions import Services as InteractionServices
-from ocs.api.interactions import extend_document
-from ocs.api.orders import EngineLines, order_routes, order_shapes
-from ocs.api.provisioning import (
+from ocs.api.fields import (
     SECONDS_PER_DAY,
     ApiError,
-    Applied,
     BadInput,
     Fields,
-    Provisioning,
     Unavailable,
     account_id_of,
     parse_bucket,
@@ -110,6 +103,12 @@ from ocs.api.provisioning import (
     parse_new_subscriber,
     read_csv,
 )
+from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
+from ocs.api.interactions import Route as InteractionRoute
+from ocs.api.interactions import Services as InteractionServices
+from ocs.api.interactions import extend_document
+from ocs.api.orders import EngineLines, order_routes, order_shapes
+from ocs.api.provisioning import Applied, Provisioning
 from ocs.api.render import (
     applied_json,
     audited_balance,

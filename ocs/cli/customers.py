@@ -26,7 +26,7 @@ import argparse
 from collections.abc import Mapping
 from urllib.parse import quote
 
-from ocs.api.provisioning import money_micros
+from ocs.api.fields import money_micros
 from ocs.cli.client import ApiAnswer, ApiClient
 from ocs.rating.rate import format_money
 

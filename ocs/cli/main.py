@@ -50,7 +50,7 @@ from typing import TextIO
 import uvloop
 
 from balance.errors import BalanceUnavailable
-from ocs.api.provisioning import ApiError, money_micros, parse_instant
+from ocs.api.fields import ApiError, money_micros, parse_instant
 from ocs.app import serve
 from ocs.cli.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.cli.customers import add_customer_commands

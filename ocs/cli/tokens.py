@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ocs.api.provisioning import ApiError, money_micros, parse_instant
+from ocs.api.fields import ApiError, money_micros, parse_instant
 from ocs.config import Settings
 from ocs.db import audit, tokens
 from ocs.db.audit import AuditEntry
