@@ -6,7 +6,8 @@ held (so opening + credits - commits = closing for any two points in time); noth
 floor; postpaid within its limit; a child within its cap; committed = the sum of its usage
 records (given by the caller, who knows where records went: outbox, spool); and, once every
 session has ended, nothing held and no open session left. Per hierarchy: committed = debits +
-unbilled + billed (a usage cut moves unbilled micros to billed: RULES.md "cut"). Every violation is a finding naming the account; an empty report is a pass.
+unbilled + billed (a usage cut moves unbilled micros to billed: RULES.md "cut"). Every violation
+is a finding naming the account; an empty report is a pass.
 
 A credit limit or cap lowered below the current use is allowed (RULES.md invariants 3 and 4: then
 nothing new is granted), so the audit applies the reference model's tolerance

@@ -44,9 +44,7 @@ def _result(reply: str, applied_units: bool = False) -> OperationResult:
     if outcome is Outcome.INVALID:
         return _refused(words[-1])
     if applied_units:
-        return OperationResult(
-            outcome, replayed=words[1] == "1", bucket_id=int(words[2]), applied_units=int(words[3])
-        )
+        return OperationResult(outcome, replayed=words[1] == "1", bucket_id=int(words[2]), applied_units=int(words[3]))
     return OperationResult(outcome, replayed=words[1] == "1", applied_micros=int(words[2]))
 
 
@@ -111,9 +109,7 @@ async def debit_rental(
     script_keys = [keys.account_key(root, account_id), keys.idempotency_key(root)]
     words = reply_text(await store.admin.run(SCRIPTS[Operation.CREDIT], script_keys, arguments)).split(" ")
     applied = -int(words[3]) if len(words) > 3 else None
-    return OperationResult(
-        Outcome(words[0]), replayed=words[1] == "1", bucket_id=int(words[2]), applied_micros=applied
-    )
+    return OperationResult(Outcome(words[0]), replayed=words[1] == "1", bucket_id=int(words[2]), applied_micros=applied)
 
 
 async def renew_bundle(
@@ -161,4 +157,3 @@ async def renew_bundle(
     script_keys = [keys.account_key(root, account_id), keys.idempotency_key(root)]
     reply = reply_text(await store.admin.run(SCRIPTS[Operation.BUNDLE], script_keys, arguments))
     return _result(reply, applied_units=True)
-

