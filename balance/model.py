@@ -5,7 +5,8 @@ Theory of operation: ``ReferenceModel`` offers the operations of the Redis store
 same random operations against both and compare every answer. Accounts, buckets and holds live in
 a ``Ledger`` (balance/model_ledger.py: the drawing order and every counter change); this module
 keeps the sessions, the idempotency keys and the order of a charge request (checks, then per
-item: commit, return, reserve; then terminate). After every operation that may change something
+item: commit, return, reserve; then terminate). The billing cycle's operations (usage cut, rental,
+bundle renewal) are in balance/model_cycle.py. After every operation that may change something
 it asserts the invariants of RULES.md (balance/model_invariants.py), as the Lua scripts do
 (TigerBeetle's "pair assertions").
 
