@@ -6,7 +6,8 @@ held (so opening + credits - commits = closing for any two points in time); noth
 floor; postpaid within its limit; a child within its cap; committed = the sum of its usage
 records (given by the caller, who knows where records went: outbox, spool); and, once every
 session has ended, nothing held and no open session left. Per hierarchy: committed = debits +
-unbilled. Every violation is a finding naming the account; an empty report is a pass.
+unbilled + billed (a usage cut moves unbilled micros to billed: RULES.md "cut"). Every violation
+is a finding naming the account; an empty report is a pass.
 
 A credit limit or cap lowered below the current use is allowed (RULES.md invariants 3 and 4: then
 nothing new is granted), so the audit applies the reference model's tolerance
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 
 from balance import keys
 from balance.store import BalanceStore
-from balance.types import MONETARY_KINDS, AuditFinding, AuditReport, BalanceView, PaymentType
+from balance.types import MONETARY_KINDS, AuditFinding, AuditReport, BalanceView, BucketKind, PaymentType
 
 
 async def account_ids(store: BalanceStore) -> list[str]:
@@ -63,12 +64,19 @@ def check_account(
         problems.append(
             f"credits {view.credits_micros} - debits {view.debits_micros} != buckets {money} + held {view.held_micros}"
         )
-    negative = [bucket.bucket_id for bucket in account.buckets if bucket.amount < 0]
+    # RULES.md "debit_rental": a main bucket's floor is minus the account's main floor.
+    negative = [
+        bucket.bucket_id
+        for bucket in account.buckets
+        if bucket.amount < (-view.main_floor_micros if bucket.kind is BucketKind.MAIN else 0)
+    ]
     counters = {
         "held": view.held_micros,
         "limit_held": view.limit_held_micros,
         "unbilled": view.unbilled_micros,
+        "billed": view.billed_micros,
         "pool_used": view.pool_used_micros,
+        "pool_drawn": min(view.pool_drawn_micros, default=0),
     }
     if negative or any(value < 0 for value in counters.values()):
         problems.append(f"below floor: buckets {negative}, counters {counters}")
@@ -100,7 +108,7 @@ async def audit(
     ``previous``: the last audit's report, against which a use over a lowered ceiling must not
     have grown."""
     report = AuditReport()
-    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # root -> committed, debits, unbilled
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # root -> committed, debits, unbilled + billed
     for account_id in await account_ids(store):
         view = await store.balance(account_id, now_seconds)
         if view is None:
@@ -116,10 +124,13 @@ async def audit(
         total = totals[await store.root_of(account_id)]
         total[0] += view.committed_micros
         total[1] += view.debits_micros
-        total[2] += view.unbilled_micros
+        total[2] += view.unbilled_micros + view.billed_micros
     for root, (committed, debits, unbilled) in sorted(totals.items()):
+        # RULES.md "cut": a cut moves micros from unbilled to billed.
         if committed != debits + unbilled:
             report.findings.append(
-                AuditFinding(root, "hierarchy", f"committed {committed} != debits {debits} + unbilled {unbilled}")
+                AuditFinding(
+                    root, "hierarchy", f"committed {committed} != debits {debits} + unbilled and billed {unbilled}"
+                )
             )
     return report

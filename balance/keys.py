@@ -8,8 +8,10 @@ none. Field names are short because they are stored once per account and per ses
 ``{R}:a:<account>`` hash, one per account:
     cur currency, pay prepaid|postpaid, st status, lim credit limit, par parent id, cap child cap;
     counters (RULES.md) cr credits, db debits, cm committed, hd held, lh limit held,
-    ub unbilled, pu pool used; per bucket ``q:<id>`` amount and
-    ``m:<id>`` "kind|valid_from|valid_until|priority|service,service".
+    ub unbilled, pu pool used; bl billed, d1..d4 pool drawn per ancestor level, fl main floor
+    (RULES.md "The billing cycle"; absent until first written); per bucket ``q:<id>`` amount and
+    ``m:<id>`` "kind|valid_from|valid_until|priority|service,service"; ``B:<bundle id>`` the
+    id of a bundle's allowance bucket (renew_bundle).
 ``{R}:s:<session>`` hash, one per session:
     a account id, n last request number applied, r its result (the reply string),
     c "1" once closed; ``g:<service key>`` one live reservation (``service_key`` below: the
@@ -30,7 +32,10 @@ none. Field names are short because they are stored once per account and per ses
     company node's descendants are listed level by level, at most MAX_HIERARCHY_LEVELS - 1
     SMEMBERS, without scanning the keyspace). Accounts provisioned by versions before 2027-01
     are not in it.
-``{R}:k`` hash: idempotency keys of top-ups ("t:<id>") and adjustments ("j:<id>").
+``{R}:k`` hash: idempotency keys, kept for the life of the hierarchy, each "<prefix><account>:<id>":
+    top-ups "t:", adjustments "j:", keyed new buckets "b:", rentals "n:", usage cuts "u:" (a cut
+    must never apply twice, however late a bill run is resumed or run again: RULES.md "cut"),
+    bundle renewals "w:".
 ``ar:<account>`` string "<root> <parent>": which hierarchy an account belongs to (no hash tag;
     read once per account and cached by the store).
 ``id:<kind>:<value>`` string: the account of a subscriber identity (kind e164, imsi, sip, nai,

@@ -5,7 +5,8 @@ Theory of operation: ``ReferenceModel`` offers the operations of the Redis store
 same random operations against both and compare every answer. Accounts, buckets and holds live in
 a ``Ledger`` (balance/model_ledger.py: the drawing order and every counter change); this module
 keeps the sessions, the idempotency keys and the order of a charge request (checks, then per
-item: commit, return, reserve; then terminate). After every operation that may change something
+item: commit, return, reserve; then terminate). The billing cycle's operations (usage cut, rental,
+bundle renewal) are in balance/model_cycle.py. After every operation that may change something
 it asserts the invariants of RULES.md (balance/model_invariants.py), as the Lua scripts do
 (TigerBeetle's "pair assertions").
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from balance.errors import BalanceUnavailable
 from balance.keys import service_key
+from balance.model_cycle import CycleModel
 from balance.model_invariants import InvariantChecker
 from balance.model_ledger import AccountState, Hold, Ledger
 from balance.tariff import charged, cost, cost_across, is_valid
@@ -42,6 +44,8 @@ from balance.types import (
     ItemResult,
     OperationResult,
     Outcome,
+    PoolDraw,
+    RentalPolicy,
     Tariff,
     TariffChange,
     Unit,
@@ -142,6 +146,7 @@ class ReferenceModel:
         self._records: list[UsageRecord] = []
         self._refund_days: dict[str, tuple[str, int]] = {}  # account -> (day, micros refunded that day)
         self._checker = InvariantChecker()
+        self._cycle = CycleModel(self._ledger)
 
     # -- accounts --------------------------------------------------------------------------------
 
@@ -199,6 +204,10 @@ class ReferenceModel:
         accounts = self._ledger.accounts
         chain = [account_id, *self._ledger.ancestors(account_id)]
         return worst_status(accounts[node].account.status for node in chain)
+
+    def ancestors(self, account_id: str) -> list[str]:
+        """The account's ancestors, parent first, root last (empty for a root or an unknown id)."""
+        return self._ledger.ancestors(account_id) if account_id in self._ledger.accounts else []
 
     def root_of(self, account_id: str) -> str:
         """The hierarchy's root (the hash tag of its keys); an unknown id is its own root."""
@@ -266,6 +275,35 @@ class ReferenceModel:
             state.credits += bucket.amount
         self.check_invariants()
         return OperationResult(Outcome.OK, bucket_id=bucket_id)
+
+    # -- the billing cycle (balance/model_cycle.py) -------------------------------------------------
+
+    def cut(self, account_id: str, cut_id: str, line_micros: int, pools: tuple[PoolDraw, ...] = ()) -> OperationResult:
+        result = self._cycle.cut(account_id, cut_id, line_micros, pools)
+        self.check_invariants()
+        return result
+
+    def debit_rental(self, account_id: str, rental_id: str, micros: int, policy: RentalPolicy) -> OperationResult:
+        result = self._cycle.debit_rental(account_id, rental_id, micros, policy)
+        self.check_invariants()
+        return result
+
+    def renew_bundle(
+        self,
+        account_id: str,
+        bundle_id: str,
+        kind: BucketKind,
+        units: int,
+        services: tuple[str, ...],
+        valid_until: int,
+        rollover_cap_units: int,
+        renewal_id: str,
+    ) -> OperationResult:
+        result = self._cycle.renew_bundle(
+            account_id, bundle_id, kind, units, services, valid_until, rollover_cap_units, renewal_id
+        )
+        self.check_invariants()
+        return result
 
     # -- charging --------------------------------------------------------------------------------
 
@@ -352,6 +390,7 @@ class ReferenceModel:
     def _charge_item(self, request: ChargeRequest, session: Session, item: ChargeItem) -> ItemResult:
         """One item: commit the used units, return the rest of its reservation, reserve anew."""
         reservation = session.reservations.pop(service_key(item.rating_group, item.service_identifier), None)
+        self._ledger.drawn.clear()  # what this item's commits draw, for its usage record
         if request.event and reservation is not None:
             # RULES.md: an event first returns its rating group's reservation, untouched; then it
             # debits all or nothing.
@@ -479,6 +518,12 @@ class ReferenceModel:
                 payment_type=state.account.payment_type,
                 at_seconds=request.now_seconds,
                 service_identifier=item.service_identifier,
+                line_micros=self._ledger.drawn.get((0, True), 0),
+                pools=tuple(
+                    PoolDraw(level, self._ledger.drawn.get((level, False), 0), self._ledger.drawn.get((level, True), 0))
+                    for level in range(1, MAX_HIERARCHY_LEVELS)
+                    if (level, False) in self._ledger.drawn or (level, True) in self._ledger.drawn
+                ),
             )
         )
 
@@ -570,6 +615,9 @@ class ReferenceModel:
             reservations=sum(
                 len(session.reservations) for session in self._sessions.values() if session.account_id == account_id
             ),
+            billed_micros=state.billed,
+            pool_drawn_micros=tuple(state.pool_drawn.get(level, 0) for level in range(1, MAX_HIERARCHY_LEVELS)),
+            main_floor_micros=state.main_floor,
         )
 
     def usage_records(self) -> list[UsageRecord]:

@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from balance.model_ledger import CREDIT_LINE, AccountState, Hold, Ledger
-from balance.types import MONETARY_KINDS, PaymentType, UsageRecord
+from balance.types import MONETARY_KINDS, BucketKind, PaymentType, UsageRecord
 
 
 def _fail(subject: str, rule: str, detail: str) -> None:
@@ -69,10 +69,16 @@ class InvariantChecker:
                 "1 (credits - debits == money buckets + held)",
                 f"{state.credits} - {state.debits} != {money} + {state.held}",
             )
-        negative = [f"bucket {bucket.bucket_id}" for bucket in state.buckets.values() if bucket.amount < 0]
-        for name in ("held", "limit_held", "unbilled", "pool_used"):
+        # RULES.md "debit_rental": a main bucket may go down to minus the account's main floor.
+        negative = [
+            f"bucket {bucket.bucket_id}"
+            for bucket in state.buckets.values()
+            if bucket.amount < (-state.main_floor if bucket.kind is BucketKind.MAIN else 0)
+        ]
+        for name in ("held", "limit_held", "unbilled", "billed", "pool_used"):
             if getattr(state, name) < 0:
                 negative.append(name)
+        negative += [f"pool_drawn[{level}]" for level, drawn in state.pool_drawn.items() if drawn < 0]
         if negative:
             _fail(subject, "2 (nothing below 0)", ", ".join(negative))
         line_usage = state.unbilled + state.limit_held
@@ -112,11 +118,11 @@ class InvariantChecker:
         for account_id, state in ledger.accounts.items():
             root_id = ([account_id, *ledger.ancestors(account_id)])[-1]
             committed[root_id] += state.committed
-            paid[root_id] += state.debits + state.unbilled
+            paid[root_id] += state.debits + state.unbilled + state.billed
         for root_id, total in committed.items():
             if total != paid[root_id]:
                 _fail(
                     f"hierarchy {root_id}",
-                    "sum(committed) == sum(debits) + sum(unbilled)",
+                    "sum(committed) == sum(debits) + sum(unbilled) + sum(billed)",
                     f"{total} != {paid[root_id]}",
                 )

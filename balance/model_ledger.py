@@ -60,6 +60,10 @@ class AccountState:
     unbilled: int = 0
     pool_used: int = 0
     pool_committed: int = 0  # model only: the committed part of pool_used
+    billed: int = 0  # RULES.md "cut": taken off unbilled by usage cuts
+    pool_drawn: dict[int, int] = field(default_factory=dict)  # ancestor level -> committed from its pool, not cut
+    main_floor: int = 0  # RULES.md "debit_rental": how far below 0 the main bucket may go
+    bundles: dict[str, int] = field(default_factory=dict)  # bundle id -> its allowance bucket id
 
 
 def usable(bucket: Bucket, now_seconds: int) -> bool:
@@ -84,10 +88,13 @@ def credit_line(state: AccountState) -> int:
 
 
 class Ledger:
-    __slots__ = ("accounts",)
+    __slots__ = ("accounts", "drawn")
 
     def __init__(self) -> None:
         self.accounts: dict[str, AccountState] = {}
+        # RULES.md "Where money came from": what the commits since the caller last emptied it drew
+        # from other than the drawer's own buckets, by (pool level, from a credit line).
+        self.drawn: dict[tuple[int, bool], int] = {}
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -218,7 +225,13 @@ class Ledger:
             owner.debits += micros
         for node in self.pool_path(drawer_id, hold):
             self.accounts[node].pool_committed += micros  # pool_used keeps it
-        self.accounts[drawer_id].committed += micros
+        drawer = self.accounts[drawer_id]
+        drawer.committed += micros
+        source = (hold.pool_level, hold.bucket_id == CREDIT_LINE)
+        if source != (0, False) and micros > 0:
+            self.drawn[source] = self.drawn.get(source, 0) + micros
+        if hold.pool_level:
+            drawer.pool_drawn[hold.pool_level] = drawer.pool_drawn.get(hold.pool_level, 0) + micros
 
     def release(self, drawer_id: str, hold: Hold) -> None:
         """Return what a hold still has to its bucket, credit line and pool."""

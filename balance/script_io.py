@@ -19,6 +19,7 @@ from balance.types import (
     ItemResult,
     Outcome,
     PaymentType,
+    PoolDraw,
     Tariff,
     Unit,
     UsageRecord,
@@ -142,6 +143,11 @@ def usage_record(entry: str) -> UsageRecord:
         at_seconds=int(data["at"]),
         # Records written before items carried a Service-Identifier have no such field.
         service_identifier=_optional_int(data.get("service_identifier")),
+        # RULES.md "Where money came from": absent when it all came out of the account's own buckets.
+        line_micros=int(data.get("line", 0)),
+        pools=tuple(
+            PoolDraw(int(pool["level"]), int(pool["bucket"]), int(pool["line"])) for pool in data.get("pools", ())
+        ),
     )
 
 

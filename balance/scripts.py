@@ -42,6 +42,8 @@ class Operation(StrEnum):
     VIEW = "view"
     ACK = "ack"
     CLAIM = "claim"
+    CUT = "cut"
+    BUNDLE = "bundle"
 
 
 # Every operation is idempotent by its key except ``credit`` (add_bucket has no key), so every

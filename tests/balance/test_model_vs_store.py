@@ -38,6 +38,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from balance import cycle
 from balance.embedded import EmbeddedRedis
 from balance.errors import BalanceUnavailable
 from balance.model import ReferenceModel
@@ -54,6 +55,8 @@ from balance.types import (
     ChargeResult,
     Outcome,
     PaymentType,
+    PoolDraw,
+    RentalPolicy,
     Tariff,
     TariffChange,
     Unit,
@@ -475,6 +478,80 @@ class ModelVersusStore(RuleBasedStateMachine):
         store = self.late_store if late else self.store
         self._same(f"refund {arguments}", expected, _answer(lambda: self._store(lambda: store.refund(*arguments))))
         self.refunds.append(arguments)
+
+    # -- the billing cycle (RULES.md "The billing cycle") ----------------------------------------
+
+    @rule(
+        account_id=st.sampled_from(ACCOUNTS),
+        cut_id=st.sampled_from(("c1", "c2", "c3")),
+        data=st.data(),
+        over=st.integers(0, 5).map(lambda draw: draw == 0),
+    )
+    def cut(self, account_id: str, cut_id: str, data: st.DataObject, over: bool) -> None:
+        """A usage cut of what the account's usage drew (as its records would tell), now and then
+        one micro too many on one part (refused), or a cut id used before (a replay)."""
+        view = self.model.balance(account_id, self.now)
+        if view is None:
+            return
+        ancestors = self.model.ancestors(account_id)
+        line = (
+            data.draw(st.integers(0, view.unbilled_micros)) if view.account.payment_type is PaymentType.POSTPAID else 0
+        )
+        pools = []
+        for level, drawn in enumerate(view.pool_drawn_micros[: len(ancestors)], start=1):
+            amount = data.draw(st.integers(0, drawn))
+            payer = self.model.balance(ancestors[level - 1], self.now)
+            assert payer is not None
+            from_line = data.draw(st.integers(0, min(amount, payer.unbilled_micros)))
+            if amount:
+                pools.append(PoolDraw(level, amount - from_line, from_line))
+        if over:
+            on_a_pool = data.draw(st.booleans())
+            if pools and on_a_pool:
+                pools[-1] = replace(pools[-1], bucket_micros=pools[-1].bucket_micros + 1)
+            else:
+                line += 1
+        arguments = (account_id, cut_id, line, tuple(pools))
+        expected = self.model.cut(*arguments)
+        self._same(f"cut {arguments}", expected, self._store(lambda: cycle.cut(self.store, *arguments)))
+
+    @rule(
+        account_id=st.sampled_from(ACCOUNTS),
+        rental_id=st.sampled_from(("n1", "n2", "n3")),
+        micros=st.integers(1, 1_500_000),
+        policy=st.sampled_from(tuple(RentalPolicy)),
+    )
+    def debit_rental(self, account_id: str, rental_id: str, micros: int, policy: RentalPolicy) -> None:
+        expected = self.model.debit_rental(account_id, rental_id, micros, policy)
+        actual = self._store(lambda: cycle.debit_rental(self.store, account_id, rental_id, micros, policy))
+        self._same(f"debit_rental {account_id} {rental_id} {micros} {policy}", expected, actual)
+
+    @rule(
+        account_id=st.sampled_from(ACCOUNTS),
+        bundle_id=st.sampled_from(("b1", "b2")),
+        kind=st.sampled_from((BucketKind.SECONDS, BucketKind.SECONDS, BucketKind.OCTETS, BucketKind.EVENTS)),
+        units=st.integers(0, 600),
+        services=st.sampled_from(((), ("voice",), ("sms", "data"))),
+        valid_until=st.sampled_from((0, START_SECONDS + 2_000)),
+        cap=st.sampled_from((0, 60, 10**6)),
+        renewal_id=st.sampled_from(("w1", "w2", "w3", "w4")),
+    )
+    def renew_bundle(
+        self,
+        account_id: str,
+        bundle_id: str,
+        kind: BucketKind,
+        units: int,
+        services: tuple[str, ...],
+        valid_until: int,
+        cap: int,
+        renewal_id: str,
+    ) -> None:
+        arguments = (account_id, bundle_id, kind, units, services, valid_until, cap, renewal_id)
+        expected = self.model.renew_bundle(*arguments)
+        self._same(
+            f"renew_bundle {arguments}", expected, self._store(lambda: cycle.renew_bundle(self.store, *arguments))
+        )
 
     # -- account changes and time ----------------------------------------------------------------
 

@@ -1,0 +1,159 @@
+"""The billing cycle's operations on the money engine: the usage cut, the prepaid rental debit and
+the bundle renewal (RULES.md "The billing cycle"), each one atomic script call on Redis.
+
+Theory of operation: like ``balance.store``, each function checks its input (a refusal names the
+field in ``OperationResult.reason`` and changes nothing), finds the account's hierarchy through
+the store (every key under the root's hash tag, so each call runs on Redis Cluster), sends the
+script, and turns its reply into an ``OperationResult``. Each is idempotent by its id, kept in the
+hierarchy's idempotency hash with the top-ups' and adjustments' (balance/keys.py): a repeat
+answers ``replayed`` with what the first call applied. They run off the hot path, on the store's
+``admin`` caller, and are safe to send again when a connection dies with the outcome unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from balance import keys
+from balance.script_io import reply_text
+from balance.scripts import SCRIPTS, Operation
+from balance.types import (
+    MAX_AMOUNT_MICROS,
+    MAX_SERVICE_UNITS,
+    MONETARY_KINDS,
+    BucketKind,
+    OperationResult,
+    Outcome,
+    PoolDraw,
+    RentalPolicy,
+)
+
+if TYPE_CHECKING:
+    from balance.store import BalanceStore
+
+
+def _refused(reason: str) -> OperationResult:
+    return OperationResult(Outcome.INVALID, reason=reason)
+
+
+def _result(reply: str, applied_units: bool = False) -> OperationResult:
+    """An ``OperationResult`` from "<outcome> <replayed> [<bucket id>] <applied> [<reason>]"."""
+    words = reply.split(" ", 4 if applied_units else 3)
+    outcome = Outcome(words[0])
+    if outcome is Outcome.INVALID:
+        return _refused(words[-1])
+    if applied_units:
+        return OperationResult(outcome, replayed=words[1] == "1", bucket_id=int(words[2]), applied_units=int(words[3]))
+    return OperationResult(outcome, replayed=words[1] == "1", applied_micros=int(words[2]))
+
+
+def cut_problem(line_micros: int, pools: Sequence[PoolDraw], depth: int) -> str | None:
+    """What is wrong with a cut's amounts (``depth``: how many ancestors the account has), or None."""
+    if not 0 <= line_micros <= MAX_AMOUNT_MICROS:
+        return f"line_micros: {line_micros} is not within 0..{MAX_AMOUNT_MICROS}"
+    levels = [pool.level for pool in pools]
+    if len(set(levels)) != len(levels):
+        return f"pools: a level is named twice in {levels}"
+    for pool in pools:
+        if not 1 <= pool.level <= depth:
+            return f"pools: level {pool.level} is not an ancestor's (the account has {depth} above it)"
+        for name, value in (("bucket_micros", pool.bucket_micros), ("line_micros", pool.line_micros)):
+            if not 0 <= value <= MAX_AMOUNT_MICROS:
+                return f"pools: level {pool.level} {name} {value} is not within 0..{MAX_AMOUNT_MICROS}"
+    return None
+
+
+async def cut(
+    store: BalanceStore, account_id: str, cut_id: str, line_micros: int, pools: Sequence[PoolDraw] = ()
+) -> OperationResult:
+    """RULES.md "cut": the bill run invoiced ``line_micros`` of the account's usage drawn from its
+    own credit line and, per ancestor level, what it drew from that ancestor's buckets and credit
+    line (its usage records say it: ``UsageRecord.line_micros`` and ``pools``). Lowers the
+    unbilled counters and the pool used of the caps on the way by exactly that."""
+    found = await store.hierarchy(account_id)
+    ancestors = await store.ancestors(account_id) if found is not None else None
+    if found is None or ancestors is None:
+        return OperationResult(Outcome.UNKNOWN_ACCOUNT)
+    root = found[0]
+    problem = cut_problem(line_micros, pools, len(ancestors))
+    if problem is not None:
+        return _refused(problem)
+    if not cut_id:
+        return _refused("cut_id: empty")
+    arguments = [account_id, cut_id, " ".join(ancestors), str(line_micros)]
+    for pool in sorted(pools, key=lambda pool: pool.level):
+        arguments += [str(pool.level), str(pool.bucket_micros), str(pool.line_micros)]
+    script_keys = [
+        keys.account_key(root, account_id),
+        keys.idempotency_key(root),
+        *(keys.account_key(root, ancestor) for ancestor in ancestors),
+    ]
+    return _result(reply_text(await store.admin.run(SCRIPTS[Operation.CUT], script_keys, arguments)))
+
+
+async def debit_rental(
+    store: BalanceStore, account_id: str, rental_id: str, micros: int, policy: RentalPolicy
+) -> OperationResult:
+    """RULES.md "debit_rental": a prepaid rental out of the first main bucket (credit.lua, as a
+    negative adjustment), refused or taken below 0 by ``policy`` when the bucket does not cover it."""
+    if not 0 < micros <= MAX_AMOUNT_MICROS:
+        return _refused(f"micros: {micros} is not within 1..{MAX_AMOUNT_MICROS}")
+    if not rental_id:
+        return _refused("rental_id: empty")
+    found = await store.hierarchy(account_id)
+    if found is None:
+        return OperationResult(Outcome.UNKNOWN_ACCOUNT)
+    root = found[0]
+    arguments = [account_id, "rental", rental_id, str(-micros), BucketKind.MAIN.value, "", "0", "0", "0", policy.value]
+    script_keys = [keys.account_key(root, account_id), keys.idempotency_key(root)]
+    words = reply_text(await store.admin.run(SCRIPTS[Operation.CREDIT], script_keys, arguments)).split(" ")
+    applied = -int(words[3]) if len(words) > 3 else None
+    return OperationResult(Outcome(words[0]), replayed=words[1] == "1", bucket_id=int(words[2]), applied_micros=applied)
+
+
+async def renew_bundle(
+    store: BalanceStore,
+    account_id: str,
+    bundle_id: str,
+    kind: BucketKind,
+    units: int,
+    services: Sequence[str],
+    valid_until: int,
+    rollover_cap_units: int,
+    renewal_id: str,
+) -> OperationResult:
+    """RULES.md "renew_bundle": the bundle's allowance bucket gets ``units`` plus at most
+    ``rollover_cap_units`` of what it still holds (0: no rollover), in place, so live holds on it
+    stay valid; the first renewal makes the bucket."""
+    if kind in MONETARY_KINDS:
+        return _refused(f"kind: {kind.value} is money, a bundle holds seconds, octets or events")
+    if not 0 <= units <= MAX_SERVICE_UNITS:
+        return _refused(f"units: {units} is not within 0..{MAX_SERVICE_UNITS}")
+    if not 0 <= rollover_cap_units <= MAX_SERVICE_UNITS:
+        return _refused(f"rollover_cap_units: {rollover_cap_units} is not within 0..{MAX_SERVICE_UNITS}")
+    if valid_until < 0:
+        return _refused(f"valid_until: {valid_until} is negative")
+    for name, value in (("bundle_id", bundle_id), ("renewal_id", renewal_id)):
+        if not keys.is_valid_account_id(value):
+            return _refused(f"{name}: {value!r} is not 1-64 letters, digits or ._:-")
+    bad = [service for service in services if not service or "," in service or "|" in service]
+    if bad:
+        return _refused(f"services: {bad} may not be empty nor hold ',' or '|'")
+    found = await store.hierarchy(account_id)
+    if found is None:
+        return OperationResult(Outcome.UNKNOWN_ACCOUNT)
+    root = found[0]
+    arguments = [
+        account_id,
+        bundle_id,
+        kind.value,
+        str(units),
+        ",".join(services),
+        str(valid_until),
+        str(rollover_cap_units),
+        renewal_id,
+    ]
+    script_keys = [keys.account_key(root, account_id), keys.idempotency_key(root)]
+    reply = reply_text(await store.admin.run(SCRIPTS[Operation.BUNDLE], script_keys, arguments))
+    return _result(reply, applied_units=True)
