@@ -40,7 +40,8 @@ local floor = nil
 if negative then
   if bucket.amount < 0 then return 'insufficient_funds 0 0' end
   if bucket.amount + amount < 0 then floor = -amount end
-elseif bucket.amount + amount < 0 then
+elseif amount < 0 and bucket.amount + amount < 0 then
+  -- A credit into a main bucket a rental took below 0 pays that debt down, whatever it leaves.
   return 'insufficient_funds 0 0'
 end
 if floor ~= nil then account.fl = floor end
