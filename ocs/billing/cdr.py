@@ -7,12 +7,13 @@ of one account, in commit-time order (ties in spool order), and streams them to 
 of ``MARK_BATCH`` records per query, so no transaction stays open for the whole export. Both
 formats carry the same fields: money as integer ``micros`` and, for people and spreadsheets,
 ``amount``, the same value in units of the currency as an exact decimal string made from the
-integer (``1234567`` micros is ``"1.234567"``), never a float. Times are epoch seconds and ISO 8601 UTC. ``rating_group`` and ``service_identifier`` are
-the MSCC's own values; a record of an MSCC without a Service-Identifier has an empty one (CSV) or
-null (JSON). Each record written to a regular file is marked exported in the spool
-(``ocs.billing.spool.ExportMarker``, after the file is flushed and synced): the spool's retention
-deletes only exported records, so an export to standard output (a terminal, a pipe, /dev/null)
-marks nothing: write the copy to keep with ``--output``.
+integer (``1234567`` micros is ``"1.234567"``), never a float. Times are epoch seconds and ISO
+8601 UTC. ``rating_group`` and ``service_identifier`` are the MSCC's own values; a record of an
+MSCC without a Service-Identifier has an empty one (CSV) or null (JSON). Each record written to a
+regular file is marked exported in the spool (``ocs.billing.spool.ExportMarker``, after the file
+is flushed and synced): the spool's retention deletes only exported records, so an export to
+standard output (a terminal, a pipe, /dev/null) marks nothing: write the copy to keep with
+``--output``.
 """
 
 from __future__ import annotations
