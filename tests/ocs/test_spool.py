@@ -295,7 +295,9 @@ async def test_a_restart_keeps_every_record(store: BalanceStore, tmp_path: Path)
         assert sorted(await spooled_ids(second)) == sorted(before + after)
         assert await second.totals_by_account() == await committed(store, ["carol", "dave"])
         async with engine.connect() as connection:
-            pragmas = [(await connection.execute(text(f"PRAGMA {name}"))).scalar() for name in ("journal_mode", "synchronous")]
+            pragmas = [
+                (await connection.execute(text(f"PRAGMA {name}"))).scalar() for name in ("journal_mode", "synchronous")
+            ]
         assert pragmas == ["wal", 2]  # 2: FULL, a commit survives a power loss (ocs.billing.spool)
     finally:
         await second.close()
