@@ -29,6 +29,7 @@ insert nothing, since a new record is never billed. Money is integer micros; tim
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -48,9 +49,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from balance.types import PaymentType, Unit, UsageRecord
 from ocs.db.schema import metadata
@@ -143,10 +146,10 @@ def record_of(row: Sequence[object]) -> UsageRecord:
         request_number=_integer(values["request_number"]),
         rating_group=_integer(values["rating_group"]),
         service=str(values["service"]),
-        unit=Unit(values["unit"]),
+        unit=Unit(str(values["unit"])),
         units=_integer(values["units"]),
         micros=_integer(values["micros"]),
-        payment_type=PaymentType(values["payment_type"]),
+        payment_type=PaymentType(str(values["payment_type"])),
         at_seconds=_integer(values["at_seconds"]),
         service_identifier=None if identifier is None else _integer(identifier),
     )
@@ -172,16 +175,31 @@ def _insert_ignoring_duplicates(dialect_name: str) -> Insert:
 
 
 async def store_records(connection: AsyncConnection, rows: Sequence[dict[str, object]]) -> int:
-    """Insert the rows (``row_of``) not already stored, in the caller's transaction; returns how many
-    were new (a row whose ``record_id`` is stored is skipped, whatever its other values)."""
+    """Insert the rows (``row_of``; every row with the same keys) not already stored, in the
+    caller's transaction; returns how many were new (a row whose ``record_id`` is stored is
+    skipped, whatever its other values)."""
     if not rows:
         return 0
+    names = tuple(rows[0])
+    if connection.dialect.name == "sqlite":
+        # The spool's hot path: the compiled statement run by the driver's executemany, whose
+        # rowcount sums the rows inserted (a skipped row changes none). Through Core's own
+        # parameter handling and RETURNING it ran at about 0.65 of the old spool's speed (bench/spool.py).
+        result = await connection.exec_driver_sql(
+            _sqlite_insert_sql(names), [tuple(row[name] for name in names) for row in rows]
+        )
+        return int(result.rowcount)
     statement = _insert_ignoring_duplicates(connection.dialect.name)
-    result = await connection.execute(statement, list(rows))
-    return len(result.all())
+    return len((await connection.execute(statement, list(rows))).all())
 
 
-def retention_condition(cut_seconds: int) -> object:
+@functools.cache
+def _sqlite_insert_sql(names: tuple[str, ...]) -> str:
+    statement = sqlite_insert(usage_records).on_conflict_do_nothing(index_elements=["record_id"])
+    return str(statement.compile(dialect=sqlite_dialect(), column_keys=list(names)))
+
+
+def retention_condition(cut_seconds: int) -> ColumnElement[bool]:
     """Rows the retention may delete: exported, older than the cut, and, if postpaid, billed."""
     table = usage_records.c
     return (
