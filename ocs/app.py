@@ -43,6 +43,7 @@ from balance.store import BalanceStore
 from ocs.api.audit_trail import FALLBACK_FILE_NAME, AuditTrail
 from ocs.api.server import HttpServer, start_http
 from ocs.billing.spool import Spool
+from ocs.billing.spool_upgrade import import_old_spool
 from ocs.charging.cca import error_answer
 from ocs.charging.credit_control import CreditControl
 from ocs.charging.notifier import SessionNotifier
@@ -348,8 +349,9 @@ async def startup(state: ServerState) -> tuple[str, int]:
         log.info("listening_tls", host=tls_address[0], port=tls_address[1], require_tls=diameter.require_tls)
     spool_path = Path(settings.spool.path)
     spool_path.parent.mkdir(parents=True, exist_ok=True)
-    state.spool = await Spool.open(spool_path)
     state.database = await open_database(database_url(settings))
+    await import_old_spool(state.database, spool_path)  # a file an older server wrote, copied in once
+    state.spool = Spool(state.database)
     state.line_status = LineStatusMirror(state.database, clock=time.time)
     state.events.subscribe(state.line_status.on_account_event)  # review 13 L5
     state.audit_trail = AuditTrail(state.database, spool_path.parent / FALLBACK_FILE_NAME, state.metrics.registry)

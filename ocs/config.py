@@ -199,16 +199,20 @@ class RatingSettings:
 
 @dataclass(frozen=True, slots=True)
 class SpoolSettings:
+    # The usage records live in the business database (ocs/db/usage.py). This path names the data
+    # directory (its directory holds ocs.sqlite3 when [database] url is empty: ocs/db/engine.py)
+    # and the spool file an older server wrote: if it exists at startup, its records are copied
+    # into the business database and it is renamed <name>.migrated (ocs/billing/spool_upgrade.py).
     path: str = "data/spool.sqlite3"
     batch_size: int = 500
     interval_seconds: float = 0.2
-    # Retention (ocs/billing/spool.py): records older than this that have been exported are deleted.
-    # One day leaves room to export a period again after a failed transfer; records never
-    # exported are kept whatever their age (nothing else copies them yet: no bill run exists).
+    # Retention (ocs/billing/spool.py): records older than this that have been exported (and, if
+    # postpaid, billed) are deleted. One day leaves room to export a period again after a failed
+    # transfer; records never exported, and postpaid ones not yet billed, are kept whatever their age.
     retention_seconds: int = 86_400
     retention_interval_seconds: float = 60.0  # how often the retention job looks
-    # Rows deleted per transaction: each batch holds the spool's one connection (and SQLite's
-    # write lock) for milliseconds, so the writer's inserts wait at most that long.
+    # Rows deleted per transaction: each batch holds SQLite's write lock for milliseconds, so the
+    # writer's inserts wait at most that long.
     retention_batch_size: int = 2_000
 
 

@@ -1,17 +1,23 @@
-"""The usage spool: every committed usage record (CDR), moved from the Redis outboxes to SQLite.
+"""The usage spool: every committed usage record (CDR), moved from the Redis outboxes to the
+business database's ``usage_records`` table (``ocs.db.usage``).
 
 Theory of operation: the money engine writes each usage record into its hierarchy's outbox (a
 Redis list) in the same atomic call as the debit, and marks the hierarchy in ``ocs:outbox``.
 One writer task (``Spool.run``) drains the outboxes: it reads the oldest records of each marked
-hierarchy, inserts them into one SQLite table in one transaction per batch, commits, and only
-then acknowledges (trims) exactly the records it read. So:
+hierarchy, inserts them into the table in one transaction per batch, commits, and only then
+acknowledges (trims) exactly the records it read. So:
 
 - a crash before the commit loses nothing: the records are still in Redis and are read again;
 - a crash after the commit and before the acknowledgement re-reads records already stored;
-  ``record_id`` is the table's primary key and the insert is ``INSERT OR IGNORE``, so each
-  record is stored exactly once whatever the number of retries;
-- a restart reopens the same file; the schema is created only if missing;
+  ``record_id`` is unique and the insert skips a stored one (``ON CONFLICT DO NOTHING``), so
+  each record is stored exactly once whatever the number of retries;
+- a restart finds the table where the migrations made it (``ocs.db.engine``);
 - a cancelled drain (shutdown) lets the batch in progress finish its commit and trims first.
+
+The records live in the business database, SQLite by default or PostgreSQL, so the bill run can
+mark them billed in the transaction that writes their invoice (``ocs.db.usage.mark_billed``). A
+spool file of an older server (``[spool] path``) is copied in at startup
+(``ocs.billing.spool_upgrade``).
 
 A hierarchy whose outbox is found empty leaves the work list (the next charge with usage puts it
 back), so a drain costs round trips per active hierarchy, not per hierarchy that ever had usage.
@@ -24,114 +30,52 @@ server processes must not each run a writer against the same Redis).
 Durability: the acknowledgement deletes the only other copy of a record, so a commit must survive
 a power loss. In WAL mode SQLite's ``synchronous=NORMAL`` "might roll back" a committed
 transaction after a power loss; ``FULL`` syncs the WAL at every commit (https://sqlite.org/
-pragma.html#pragma_synchronous). Batching makes that one sync per batch, not per record.
+pragma.html#pragma_synchronous), and the business database's engine sets it on every connection
+(``ocs.db.engine``: a commit there is as often followed by something outside the database, an
+acknowledgement, a Redis cut, a RAR). Batching makes that one sync per batch, not per record.
+PostgreSQL's default ``synchronous_commit=on`` flushes the WAL before a commit returns.
 
 Money stays integer micros in the database; amounts in decimal are made on export (ocs/billing/cdr.py).
 
 Retention: the spool grows by every record (about 0.87 MB/s in the soak of issue 17), so records
-are deleted once they are both old (``at_seconds`` before now minus ``[spool] retention_seconds``)
-and exported: ``ocs cdr export`` marks each record it wrote (``exported_at``, epoch seconds of its
-first export; ``ExportMarker``) when its output is a regular file, after flushing and syncing
-it; an export to standard output (a terminal, a pipe, /dev/null) marks nothing, since no copy it
-made can be vouched for. Only exported records are ever
-deleted: an export is the one other copy of a record. No bill run exists yet; when one does,
-postpaid records must also wait until billed, and this condition gains that term. The server runs
-``Spool.delete_exported`` every ``retention_interval_seconds``, in transactions of
-``retention_batch_size`` rows through a partial index over exported records only (so the
-records never exported are never scanned), each taking the spool's connection for milliseconds,
-with the writer's batches free to run between them.
+are deleted once they are old (``at_seconds`` before now minus ``[spool] retention_seconds``),
+exported, and, if postpaid, billed (``invoice_id`` set: the invoice is then their other copy):
+``ocs cdr export`` marks each record it wrote (``exported_at``, epoch seconds of its first
+export; ``ExportMarker``) when its output is a regular file, after flushing and syncing it; an
+export to standard output (a terminal, a pipe, /dev/null) marks nothing, since no copy it made
+can be vouched for. The server runs ``Spool.delete_exported`` every
+``retention_interval_seconds``, in transactions of ``retention_batch_size`` rows through a
+partial index over exported records only (so the records never exported are never scanned),
+with the writer's batches free to run between them (one transaction at a time per ``Spool``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sqlite3
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO, TypeVar
 
-import aiosqlite
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from balance.store import BalanceStore
 from balance.types import UsageRecord
+from ocs.db import usage
 
 log = structlog.get_logger("ocs.billing.spool")
 
-SCHEMA_VERSION = 3  # PRAGMA user_version: bump with a migration when the table changes
-# Wait this long for a lock held by another connection (an export reading while we write needs
-# none in WAL mode; a checkpoint or a second writer might) before failing the batch.
-BUSY_TIMEOUT_MILLISECONDS = 5_000
 # Outboxes read (or trimmed) at once: one hierarchy's round trip is mostly waiting. The reads share
 # the pipelined charging connection (balance/store.py), so a bounded number keeps a drain from
 # putting hundreds of large replies between two charges.
 CONCURRENT_REDIS_CALLS = 16
 CLOSE_WAIT_SECONDS = 5.0  # how long close waits for the batch in progress (its Redis may be gone)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage_records (
-    record_id TEXT PRIMARY KEY,          -- "<session>|<request number>|<service key>" (balance/keys.py)
-    account_id TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    request_number INTEGER NOT NULL,
-    rating_group INTEGER NOT NULL,
-    service TEXT NOT NULL,
-    unit TEXT NOT NULL,                  -- seconds | octets | events
-    units INTEGER NOT NULL,
-    micros INTEGER NOT NULL,             -- money in micro-units of the account currency
-    payment_type TEXT NOT NULL,          -- prepaid | postpaid
-    at_seconds INTEGER NOT NULL,         -- commit time, epoch seconds (UTC)
-    exported_at INTEGER,                 -- first export, epoch seconds (NULL: never exported)
-    service_identifier INTEGER           -- the MSCC's Service-Identifier (NULL: none named)
-);
-CREATE INDEX IF NOT EXISTS usage_records_by_time ON usage_records (at_seconds);
-CREATE INDEX IF NOT EXISTS usage_records_by_account ON usage_records (account_id, at_seconds);
-CREATE INDEX IF NOT EXISTS usage_records_exported ON usage_records (at_seconds) WHERE exported_at IS NOT NULL;
-"""
-# Schema 1 (before exports were marked) to 2; SCHEMA then adds the new index. Schema 2 to 3: records
-# name their Service-Identifier apart (before, a pair was packed into rating_group); older rows
-# keep NULL. ALTER TABLE ... ADD COLUMN changes no row (https://sqlite.org/lang_altertable.html).
-MIGRATE_FROM_1 = "ALTER TABLE usage_records ADD COLUMN exported_at INTEGER"
-MIGRATE_FROM_2 = "ALTER TABLE usage_records ADD COLUMN service_identifier INTEGER"
-MARK_EXPORTED = "UPDATE usage_records SET exported_at = ? WHERE record_id = ? AND exported_at IS NULL"
-# Exported and older than the cut: the partial index's rows only.
-DELETE_EXPORTED = (
-    "DELETE FROM usage_records WHERE rowid IN (SELECT rowid FROM usage_records"
-    " WHERE exported_at IS NOT NULL AND at_seconds < ? LIMIT ?)"
-)
-# The newest record per account; the (account_id, at_seconds) index answers it without the rows.
-LAST_USAGE_QUERY = "SELECT account_id, MAX(at_seconds) FROM usage_records GROUP BY account_id"
 MARK_BATCH = 1_000  # records an export marks per transaction, each after flushing its output
 
-INSERT = (
-    "INSERT OR IGNORE INTO usage_records (record_id, account_id, session_id, request_number, rating_group,"
-    " service, unit, units, micros, payment_type, at_seconds, service_identifier)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-Row = tuple[str, str, str, int, int, str, str, int, int, str, int, int | None]
-
-
-def _row(record: UsageRecord) -> Row:
-    return (
-        record.record_id,
-        record.account_id,
-        record.session_id,
-        record.request_number,
-        record.rating_group,
-        record.service,
-        record.unit.value,
-        record.units,
-        record.micros,
-        record.payment_type.value,
-        record.at_seconds,
-        record.service_identifier,
-    )
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +97,14 @@ class SpoolStats:
 
 
 class Spool:
-    """The SQLite spool of usage records; ``open`` it, ``run`` one writer task, ``close`` it."""
+    """The spool of usage records in the business database (``engine``); ``run`` one writer
+    task, ``close`` it before disposing of the engine."""
 
-    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
-        self._connection = connection
-        self.path = path
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
         self._drain_lock = asyncio.Lock()  # two drains at once would trim the same records twice
-        # One transaction at a time on the one connection: the writer's batches, retention's.
+        # One transaction at a time from this spool: the writer's batches, retention's. (SQLite
+        # would serialize them anyway, but by sleeping in its busy handler.)
         self._transaction_lock = asyncio.Lock()
         self._batch: asyncio.Future[int] | None = None  # the batch being committed and acknowledged
         self._opened_at = time.time()
@@ -170,26 +115,10 @@ class Spool:
         self._last_drain_at = 0.0
         self._last_drain_seconds = 0.0
 
-    @classmethod
-    async def open(cls, path: Path) -> Spool:
-        """Open (or create) the spool file; creating or upgrading the schema is idempotent."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(prepare_file, path)
-        # isolation_level=None: no implicit transactions; each batch says BEGIN and COMMIT itself.
-        connection = await aiosqlite.connect(path, isolation_level=None)
-        try:
-            await connection.execute("PRAGMA synchronous=FULL")  # see the module docstring
-            await connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MILLISECONDS}")
-        except BaseException:
-            await connection.close()
-            raise
-        return cls(connection, path)
-
     async def close(self) -> None:
-        """Close the file, once the batch in progress (if any) has finished or timed out."""
+        """Wait for the batch in progress (if any) to finish, or time out; the engine stays open."""
         if self._batch is not None and not self._batch.done():
             await asyncio.wait({self._batch}, timeout=CLOSE_WAIT_SECONDS)
-        await self._connection.close()
 
     # -- the writer --------------------------------------------------------------------------
 
@@ -249,7 +178,7 @@ class Spool:
         return await asyncio.shield(self._batch)
 
     async def _store_and_acknowledge(self, store: BalanceStore, batch: list[tuple[str, list[UsageRecord]]]) -> int:
-        rows = [_row(record) for _, records in batch for record in records]
+        rows = [usage.row_of(record) for _, records in batch for record in records]
         stored = await self._insert(rows)
         self._records_written += stored
         self._duplicates_ignored += len(rows) - stored
@@ -264,42 +193,30 @@ class Spool:
                 raise failure
         return stored
 
-    async def _insert(self, rows: list[Row]) -> int:
+    async def _insert(self, rows: list[dict[str, object]]) -> int:
         """One transaction: insert the rows not already stored; returns how many were new."""
-        # For executemany, rowcount sums the changes of every row; an ignored row changes none.
         # A failure before COMMIT returned leaves the rows only in Redis (_transaction). (If the
         # COMMIT itself went through, the rows are stored; they were not acknowledged, so the
-        # next drain finds them and the insert ignores them.)
-        return await self._transaction(INSERT, rows)
+        # next drain finds them and the insert skips them.)
+        return await self._transaction(lambda connection: usage.store_records(connection, rows))
 
-    async def _transaction(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
-        """``sql`` for each of ``rows`` in one transaction; returns the rows changed. Undone
-        (ROLLBACK) if anything fails before COMMIT returns."""
-        connection = self._connection
-        async with self._transaction_lock:
-            await connection.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = await connection.executemany(sql, rows)
-                changed = cursor.rowcount
-                await cursor.close()
-                await connection.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await connection.execute("ROLLBACK")
-                raise
-        return changed
+    async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[R]]) -> R:
+        """``work`` in one transaction; rolled back if anything fails before COMMIT returns."""
+        async with self._transaction_lock, self.engine.begin() as connection:
+            return await work(connection)
 
     # -- retention (module docstring) -----------------------------------------------------------
 
     async def delete_exported(self, *, older_than_seconds: int, batch_size: int, now: float | None = None) -> int:
-        """Delete the exported records committed more than ``older_than_seconds`` ago, in
-        transactions of at most ``batch_size`` rows; returns how many were deleted."""
+        """Delete the records past retention (exported, committed more than
+        ``older_than_seconds`` ago, and billed if postpaid), in transactions of at most
+        ``batch_size`` rows; returns how many were deleted."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         cut = int(time.time() if now is None else now) - older_than_seconds
         deleted = 0
         while True:
-            changed = await self._transaction(DELETE_EXPORTED, [(cut, batch_size)])
+            changed = await self._transaction(lambda connection: usage.delete_retained(connection, cut, batch_size))
             deleted += changed
             if changed < batch_size:
                 return deleted
@@ -322,22 +239,18 @@ class Spool:
 
     async def totals_by_account(self) -> dict[str, int]:
         """The sum of micros per account over every stored record (the audit's usage side)."""
-        async with self._connection.execute(
-            "SELECT account_id, SUM(micros) FROM usage_records GROUP BY account_id"
-        ) as cursor:
-            return {str(account_id): int(total) for account_id, total in await cursor.fetchall()}
+        async with self.engine.connect() as connection:
+            return await usage.totals_by_account(connection)
 
     async def last_usage_by_account(self) -> dict[str, int]:
         """The time of each account's newest usage record, epoch seconds (the customer base
-        report's prepaid inactivity, ocs/customers/reports.py); the (account_id, at_seconds)
-        index answers it without reading the rows."""
-        async with self._connection.execute(LAST_USAGE_QUERY) as cursor:
-            return {str(account_id): int(newest) for account_id, newest in await cursor.fetchall()}
+        report's prepaid inactivity, ocs/customers/reports.py)."""
+        async with self.engine.connect() as connection:
+            return await usage.last_usage_by_account(connection)
 
     async def count(self) -> int:
-        async with self._connection.execute("SELECT COUNT(*) FROM usage_records") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row is not None else 0
+        async with self.engine.connect() as connection:
+            return await usage.count_records(connection)
 
     def stats(self, now: float | None = None) -> SpoolStats:
         now = time.time() if now is None else now
@@ -355,51 +268,9 @@ class Spool:
 T = TypeVar("T")
 
 
-def read_last_usage(path: Path) -> dict[str, int]:
-    """``Spool.last_usage_by_account`` of the spool file at ``path``, opened read-only with no
-    server (``ocs report customers --data``); FileNotFoundError when there is none."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no spool database at {path}")
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        rows = connection.execute(LAST_USAGE_QUERY).fetchall()
-    finally:
-        connection.close()
-    return {str(account_id): int(newest) for account_id, newest in rows}
-
-
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def prepare_file(path: Path) -> None:
-    """Create the spool's schema in ``path``, or upgrade an older one (``Spool.open`` and
-    ``ExportMarker``); in WAL mode, so exports read while the writer writes."""
-    connection = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MILLISECONDS / 1000)
-    try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        # The version is read inside the write transaction: a server and an export preparing the
-        # same file at once upgrade it once. SCHEMA's statements carry no ";" but their ends.
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"spool schema version {version} is newer than this server's {SCHEMA_VERSION}")
-            if version == 1:
-                connection.execute(MIGRATE_FROM_1)
-            if version in (1, 2):
-                connection.execute(MIGRATE_FROM_2)
-            for statement in SCHEMA.split(";") if version < SCHEMA_VERSION else ():
-                if statement.strip():
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-    finally:
-        connection.close()
 
 
 class ExportMarker:
@@ -408,46 +279,33 @@ class ExportMarker:
     marked only once it is stored in the export. Only an ``out`` that is a regular file counts:
     a terminal, /dev/null, a pipe or a socket (standard output, mostly) keeps no copy we can
     vouch for, and marking would let the retention delete the only copy of a record; an export
-    there marks nothing. Use as a context manager; ``finish`` marks the last batch, and leaving
-    without it (the export failed) marks nothing more."""
+    there marks nothing. ``finish`` marks the last batch; an export that fails before it marks
+    nothing more."""
 
-    def __init__(self, path: Path, out: TextIO, now_seconds: int) -> None:
-        prepare_file(path)  # a spool written before marking existed gains its column here
-        self._connection = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MILLISECONDS / 1000)
+    def __init__(self, engine: AsyncEngine, out: TextIO, now_seconds: int) -> None:
+        self._engine = engine
         self._out = out
         self._now_seconds = now_seconds
-        self._pending: list[tuple[int, str]] = []
+        self._pending: list[str] = []
         self.marking = _is_regular_file(out)
 
-    def __enter__(self) -> ExportMarker:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._connection.close()
-
-    def add(self, record_id: str) -> None:
+    async def add(self, record_id: str) -> None:
         if not self.marking:
             return
-        self._pending.append((self._now_seconds, record_id))
+        self._pending.append(record_id)
         if len(self._pending) >= MARK_BATCH:
-            self._mark()
+            await self._mark()
 
-    def finish(self) -> None:
-        self._mark()
+    async def finish(self) -> None:
+        await self._mark()
 
-    def _mark(self) -> None:
+    async def _mark(self) -> None:
         if not self._pending:
             return
         self._out.flush()
         os.fsync(self._out.fileno())  # a failure raises: the batch stays unmarked
-        connection = self._connection
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            connection.executemany(MARK_EXPORTED, self._pending)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
+        async with self._engine.begin() as connection:
+            await usage.mark_exported(connection, self._pending, self._now_seconds)
         self._pending.clear()
 
 

@@ -8,10 +8,11 @@ and exit 1 for a refusal or an unreachable server, exit 2 for a malformed flag, 
 is sent). The note's and the ticket move's author is the token's name, set by the server.
 
 ``ocs report customers --data DIR`` needs no server: it reads DIR's business database
-(``ocs.sqlite3``, migrated as ``ocs token`` does) and the newest usage per line from DIR's usage
-spool (``spool.sqlite3``, opened read-only as ``ocs cdr export`` does), and runs the same
-``customer_base_report`` the API runs, with ``[customers] inactivity_days``. A directory without
-either file is refused (a report on an empty base would look like a real one).
+(``ocs.sqlite3``, migrated as ``ocs token`` does), the newest usage per line included (the usage
+spool's table), and runs the same ``customer_base_report`` the API runs, with ``[customers]
+inactivity_days``. A directory without the database is refused (a report on an empty base would
+look like a real one), and so is one whose old spool file (``spool.sqlite3``) a server has not
+yet copied into the database (``ocs.billing.spool_upgrade``): its usage would be missing.
 
     ocs note add CUSTOMER TEXT [--channel phone|email|shop|web|other]
     ocs note list CUSTOMER
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections.abc import Mapping
 from datetime import date
@@ -34,17 +34,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ocs.billing.spool import read_last_usage
+from ocs.billing.spool_upgrade import pending_upgrade
 from ocs.cli.client import ApiAnswer, ApiClient
 from ocs.cli.customers import _list, _mapping, _segment, _without_none
 from ocs.config import Settings
 from ocs.customers.interactions import Channel, Severity, TicketStatus
 from ocs.customers.reports import Period, customer_base_report
 from ocs.db.engine import DATABASE_FILE_NAME, DatabaseUnavailable, open_database, sqlite_url
+from ocs.db.usage import last_usage_by_account
 
 USAGE_ERROR = 2
 REFUSED = 1
-SPOOL_FILE_NAME = "spool.sqlite3"  # [spool] path's default file name (ocs.config)
+SPOOL_FILE_NAME = "spool.sqlite3"  # [spool] path's default file name (ocs.config): an old server's spool
 TITLE_CHARACTERS = 80  # a ticket's default name: the start of its description
 
 
@@ -154,10 +155,9 @@ async def run_report_offline(arguments: argparse.Namespace, settings: Settings) 
     if not database.is_file():
         print(f"ocs report customers: no business database at {database}", file=sys.stderr)
         return REFUSED
-    try:
-        last_usage = read_last_usage(directory / SPOOL_FILE_NAME)
-    except (OSError, sqlite3.Error) as error:
-        print(f"ocs report customers: spool: {error}", file=sys.stderr)
+    if pending_upgrade(directory / SPOOL_FILE_NAME):
+        message = f"{directory / SPOOL_FILE_NAME} is not yet copied into the business database: start the server once"
+        print(f"ocs report customers: {message}", file=sys.stderr)
         return REFUSED
     try:
         engine = await open_database(sqlite_url(directory))
@@ -165,6 +165,8 @@ async def run_report_offline(arguments: argparse.Namespace, settings: Settings) 
         print(f"ocs report customers: {error}", file=sys.stderr)
         return REFUSED
     try:
+        async with engine.connect() as connection:
+            last_usage = await last_usage_by_account(connection)
         report = await customer_base_report(
             engine, period, last_usage_seconds=last_usage, inactivity_days=settings.customers.inactivity_days
         )

@@ -12,9 +12,10 @@ configured ``[http]`` host and port (https when ``[http] tls_certificate`` is se
 else ``--token-file``, else ``OCS_TOKEN``, else ``~/.config/ocs/token`` (``ocs.cli.tokens``);
 ``--ca-file`` trusts a private CA (or a self-signed certificate) for https. Four commands work
 offline, from files: ``ocs rate`` prices usage with the tariff file (``ocs.rating.explain``),
-``ocs cdr export`` reads the usage spool (``ocs.cdr.export``), ``ocs token`` makes, lists and
-revokes tokens on the business database (how the first admin token is made), and
-``ocs report customers --data DIR`` reads a data directory's business database and spool.
+``ocs cdr export`` reads the usage records from the business database (``ocs.billing.cdr``; of
+``--data DIR``, else the configured one), ``ocs token`` makes, lists and revokes tokens on the
+business database (how the first admin token is made), and ``ocs report customers --data DIR``
+reads a data directory's business database.
 
     ocs subscriber add ACCOUNT [--plan P] [--type mobile|fixed] [--msisdn N] [--balance 10.00] ...
     ocs subscriber show ACCOUNT
@@ -26,7 +27,7 @@ revokes tokens on the business database (how the first admin token is made), and
     ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
     ocs balance ACCOUNT
     ocs rate --plan P --context 32260@3gpp.org [--rating-group N] [--called N] [--at T] --units N
-    ocs cdr export --since T --until T [--format csv|jsonl] [--account A] [--output FILE]
+    ocs cdr export --since T --until T [--format csv|jsonl] [--account A] [--output FILE] [--data DIR]
     ocs token create --role admin|care|read-only|self-care --name NAME [--account ID]
               [--adjust-limit 50.00] [--expires 90d]
     ocs token list | ocs token revoke ID
@@ -40,7 +41,6 @@ import asyncio
 import json
 import os
 import signal
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -48,17 +48,21 @@ from pathlib import Path
 from typing import TextIO
 
 import uvloop
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.errors import BalanceUnavailable
 from ocs.api.fields import ApiError, money_micros, parse_instant
 from ocs.app import serve
+from ocs.billing.spool_upgrade import pending_upgrade
 from ocs.cli.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.cli.customers import add_customer_commands
 from ocs.cli.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
 from ocs.cli.interactions import add_interaction_commands, run_report_offline
 from ocs.cli.tokens import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
 from ocs.config import ConfigError, Settings, load_settings, unused_environment
-from ocs.db.engine import DatabaseUnavailable
+from ocs.db.engine import DatabaseUnavailable, database_url, open_database, sqlite_url
 from ocs.rating.rate import RatingFailure, RatingInput, TariffError, explain, load_book
 
 USAGE_ERROR = 2  # argparse's own status for bad usage
@@ -230,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", dest="fmt", choices=("csv", "jsonl"), default="csv")
     export.add_argument("--account")
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
-    export.add_argument("--spool", type=Path, help="spool database (default: [spool] path)")
+    export.add_argument("--data", type=Path, help="data directory to read (default: [database])")
     return parser
 
 
@@ -457,31 +461,49 @@ def _rate(arguments: argparse.Namespace, settings: Settings) -> int:
 def _cdr_export(arguments: argparse.Namespace, settings: Settings) -> int:
     from ocs.billing.cdr import export  # the spool reader; only this command needs it
 
-    spool = arguments.spool or Path(settings.spool.path)
-
-    def run(out: TextIO) -> int:
-        return export(
-            spool,
-            since=arguments.since,
-            until=arguments.until,
-            fmt=arguments.fmt,
-            out=out,
-            account_id=arguments.account,
-        )
+    async def run(out: TextIO) -> int:
+        engine = await _usage_database(arguments.data, settings)
+        try:
+            return await export(
+                engine,
+                since=arguments.since,
+                until=arguments.until,
+                fmt=arguments.fmt,
+                out=out,
+                account_id=arguments.account,
+            )
+        finally:
+            await engine.dispose()
 
     try:
         if arguments.output is None:
-            written = run(sys.stdout)
+            written = asyncio.run(run(sys.stdout))
         else:
             with arguments.output.open("w", encoding="utf-8", newline="") as out:
-                written = run(out)
-    except (OSError, ValueError, sqlite3.Error) as error:  # no spool, not a database, unwritable output
+                written = asyncio.run(run(out))
+    except (OSError, ValueError, DatabaseUnavailable, SQLAlchemyError) as error:  # no database, unwritable output
         print(f"ocs: cdr export: {error}", file=sys.stderr)
         return REFUSED
     print(
         f"ocs: {written} record(s) exported" + (f" to {arguments.output}" if arguments.output else ""), file=sys.stderr
     )
     return 0
+
+
+async def _usage_database(data: Path | None, settings: Settings) -> AsyncEngine:
+    """The business database holding the usage records: ``data``'s SQLite file, else the
+    configured one. Refused (FileNotFoundError) when a SQLite file is missing (an export from an
+    empty database made here would look like a real one) or the data directory still holds a
+    spool file of an older server, not yet copied in (``ocs.billing.spool_upgrade``)."""
+    url = sqlite_url(data) if data is not None else database_url(settings)
+    directory = data if data is not None else Path(settings.spool.path).parent
+    old_spool = directory / Path(settings.spool.path).name
+    if pending_upgrade(old_spool):
+        raise FileNotFoundError(f"{old_spool} is not yet copied into the business database: start the server once")
+    database = make_url(url).database
+    if make_url(url).get_backend_name() == "sqlite" and database and not Path(database).is_file():
+        raise FileNotFoundError(f"no business database at {database}")
+    return await open_database(url)
 
 
 def _serve(settings: Settings) -> int:

@@ -6,7 +6,8 @@ directory: the directory of the usage spool (``[spool] path``, ``data/`` by defa
 business side's other SQLite file, so one directory holds all a host's business data and a demo or
 a test that moves the spool moves the database with it. ``open_database`` makes the engine (the
 SQLite file's directory created, WAL and a busy timeout on every SQLite connection, so the server
-and an offline ``ocs token`` command can share the file) and runs ``migrate``.
+and an offline ``ocs token`` command can share the file; ``synchronous=FULL``, so a commit survives a
+power loss: ``ocs.billing.spool``) and runs ``migrate``.
 
 ``migrate`` brings the schema to the newest Alembic revision in ``ocs/db/migrations`` (package
 data, so an installed ``ocs`` carries them) on the engine's own connection, in one transaction:
@@ -48,6 +49,10 @@ def sqlite_url(directory: Path) -> str:
 def _sqlite_pragmas(connection: Any, record: object) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
+    # A commit here often precedes an act outside the database (the spool's acknowledgement that
+    # deletes a record's only other copy, a Redis cut, a RAR): it must survive a power loss, which
+    # WAL's default NORMAL does not promise; FULL syncs the WAL at each commit (ocs.billing.spool).
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MILLISECONDS}")
     cursor.close()
 

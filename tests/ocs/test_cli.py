@@ -201,13 +201,15 @@ async def test_cdr_export_from_the_spool(api: Api, capsys: pytest.CaptureFixture
         item = ChargeItem(0, "sms", Unit.EVENTS, sms, used_units=1)
         request = ChargeRequest(account, f"sms-{number}", 0, (item,), now_seconds=at + number, event=True)
         assert (await store.charge(request)).outcome is Outcome.OK
-    spool = await Spool.open(tmp_path / "spool.sqlite3")
+    assert api.server.state.database is not None
+    spool = Spool(api.server.state.database)  # the server's business database, as its writer does
     assert await spool.drain_once(store) == 3
     await spool.close()
+    data = str(Path(api.server.state.settings.spool.path).parent)  # the server's data directory
     output = tmp_path / "wes.csv"
     status, out, err = await ocs(
         capsys,
-        *("cdr", "export", "--spool", str(tmp_path / "spool.sqlite3"), "--since", "2026-03-03T00:00:00Z"),
+        *("cdr", "export", "--data", data, "--since", "2026-03-03T00:00:00Z"),
         *("--until", "2026-03-04", "--account", "wes", "--output", str(output)),
     )
     assert (status, out) == (0, "") and err == f"ocs: 2 record(s) exported to {output}\n"
@@ -215,7 +217,7 @@ async def test_cdr_export_from_the_spool(api: Api, capsys: pytest.CaptureFixture
     assert lines[0].startswith("record_id,account_id,") and len(lines) == 3
     status, out, _ = await ocs(
         capsys,
-        *("cdr", "export", "--spool", str(tmp_path / "spool.sqlite3"), "--format", "jsonl"),
+        *("cdr", "export", "--data", data, "--format", "jsonl"),
         *("--since", str(at + 1), "--until", str(at + 3)),
     )
     records = [json.loads(line) for line in out.splitlines()]
@@ -224,9 +226,12 @@ async def test_cdr_export_from_the_spool(api: Api, capsys: pytest.CaptureFixture
         ("wes", "0.090000"),
     ]
     status, _, err = await ocs(
-        capsys, "cdr", "export", "--spool", str(tmp_path / "none.sqlite3"), "--since", "0", "--until", "1"
+        capsys, "cdr", "export", "--data", str(tmp_path / "none"), "--since", "0", "--until", "1"
     )
-    assert status == 1 and err.startswith("ocs: cdr export: no spool database")
+    assert status == 1 and err.startswith("ocs: cdr export: no business database at")
+    (tmp_path / "spool.sqlite3").write_bytes(b"")  # an older server's spool file, not yet copied in
+    status, _, err = await ocs(capsys, "cdr", "export", "--data", str(tmp_path), "--since", "0", "--until", "1")
+    assert status == 1 and "is not yet copied into the business database: start the server once" in err
 
 
 async def test_an_ocs_variable_that_is_no_setting_is_named_in_a_warning(

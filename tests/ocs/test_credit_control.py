@@ -771,7 +771,7 @@ async def exported_records(server: RunningServer, account_id: str, *, count: int
             break
         await asyncio.sleep(0.05)
     out = io.StringIO()
-    export(state.spool.path, since=None, until=None, fmt="jsonl", out=out, account_id=account_id)
+    await export(state.spool.engine, since=None, until=None, fmt="jsonl", out=out, account_id=account_id)
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 

@@ -40,7 +40,7 @@ def test_demo_runs_server_and_simulator_and_prints_the_audit_verdict(tmp_path: P
     report = json.loads((data / "report.json").read_text())
     assert report["ok"] is True and report["audit"]["ok"] is True
     assert sum(row["count"] for row in report["requests"]) > 0
-    assert (data / "spool.sqlite3").is_file() and (data / "redis").is_dir()
+    assert (data / "ocs.sqlite3").is_file() and (data / "redis").is_dir()  # the spool's table is in it
     log_lines = [json.loads(line) for line in (data / "server.log").read_text().splitlines()]
     assert {"listening", "stopped"} <= {line.get("event") for line in log_lines}
 

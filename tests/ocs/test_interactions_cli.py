@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 from balance.embedded import EmbeddedRedis
-from ocs.billing.spool import Spool, read_last_usage
+from ocs.billing.spool import Spool
+from ocs.billing.spool_upgrade import import_old_spool
+from ocs.db.engine import open_database, sqlite_url
+from ocs.db.usage import last_usage_by_account
 from tests.ocs.conftest import running_server
 from tests.ocs.test_api import Api, api, open_api
 from tests.ocs.test_cli import ocs
 from tests.ocs.test_customers_api import BEA
-from tests.ocs.test_spool import NOW, old_spool
+from tests.ocs.test_spool_upgrade import NOW, old_spool
 
 __all__ = ["api"]
 
@@ -105,9 +108,9 @@ async def test_the_report_remote_and_offline_on_the_server_s_data_directory(
     assert status == 2 and "to: " in err and len(err.splitlines()) == 1
     status, _, err = await ocs(capsys, *period, "--data", str(tmp_path / "nowhere"))
     assert status == 1 and "no business database at" in err and len(err.splitlines()) == 1
-    (tmp_path / "spool.sqlite3").unlink()
+    old_spool(tmp_path / "spool.sqlite3", 2)  # an older server's file, not yet copied in
     status, _, err = await ocs(capsys, *period, "--data", str(tmp_path))
-    assert status == 1 and "no spool database at" in err and len(err.splitlines()) == 1
+    assert status == 1 and "is not yet copied into the business database" in err and len(err.splitlines()) == 1
     status, _, err = await ocs(capsys, "report", "customers", "--from", "yesterday", "--to", today)
     assert status == 2 and "'yesterday': expected a day, YYYY-MM-DD" in err
 
@@ -115,8 +118,11 @@ async def test_the_report_remote_and_offline_on_the_server_s_data_directory(
 async def test_the_offline_report_reads_the_newest_usage_per_line_as_the_server_does(tmp_path: Path) -> None:
     path = tmp_path / "spool.sqlite3"
     old_spool(path, 2)
-    spool = await Spool.open(path)  # upgrades the file to the current schema
+    engine = await open_database(sqlite_url(tmp_path))
     try:
-        assert read_last_usage(path) == await spool.last_usage_by_account() == {"kay": NOW}
+        assert await import_old_spool(engine, path) == 1  # as the server does at startup
+        async with engine.connect() as connection:
+            assert await last_usage_by_account(connection) == await Spool(engine).last_usage_by_account()
+        assert await Spool(engine).last_usage_by_account() == {"kay": NOW}
     finally:
-        await spool.close()
+        await engine.dispose()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from balance.embedded import EmbeddedRedis
 from balance.pipeline import DEFAULT_REPLY_TIMEOUT_SECONDS
+from ocs.db.engine import DATABASE_FILE_NAME
 from protocol.message import Message, avp
 from tests.ocs.conftest import server_settings, server_with
 from tests.ocs.test_credit_control import EUR, balance_of, call_to, ccr, code, events, seconds, sms_to
@@ -37,7 +38,7 @@ async def _ping(redis_server: EmbeddedRedis) -> None:
 
 
 def _spooled_sessions(path: Path) -> list[str]:
-    with contextlib.closing(sqlite3.connect(path)) as database:
+    with contextlib.closing(sqlite3.connect(path.with_name(DATABASE_FILE_NAME))) as database:
         return [row[0] for row in database.execute("SELECT session_id FROM usage_records ORDER BY session_id")]
 
 

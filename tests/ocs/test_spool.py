@@ -1,4 +1,5 @@
-"""The usage spool and CDR export, on a private real Redis and a real SQLite file.
+"""The usage spool and CDR export, on a private real Redis and the business database (a real
+SQLite file; the spool's writing, reading and retention on PostgreSQL too, where installed).
 
 Every record here comes from a real charge through ``BalanceStore`` (prepaid buckets, postpaid
 credit lines, a company's children), so the outbox holds what the Lua script wrote. The checks:
@@ -16,12 +17,14 @@ import io
 import json
 import os
 import random
-import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.embedded import EmbeddedRedis
 from balance.store import BalanceStore
@@ -39,9 +42,12 @@ from balance.types import (
 )
 from ocs.billing.cdr import FIELDS, decimal_amount, epoch_seconds_ceiling, export
 from ocs.billing.spool import Spool
+from ocs.db import usage
+from ocs.db.engine import open_database, sqlite_url
 from tests.balance.conftest import embedded_redis
+from tests.ocs.postgres_support import business_database, postgresql_url
 
-__all__ = ["embedded_redis"]
+__all__ = ["embedded_redis", "postgresql_url"]
 
 EUR = 1_000_000
 NOW = 1_700_000_000  # 2023-11-14T22:13:20Z
@@ -61,12 +67,32 @@ async def store(embedded_redis: EmbeddedRedis) -> AsyncIterator[BalanceStore]:
 
 
 @pytest.fixture
-async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
-    opened = await Spool.open(tmp_path / "spool.sqlite3")
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    made = await open_database(sqlite_url(tmp_path / "data"))
+    try:
+        yield made
+    finally:
+        await made.dispose()
+
+
+@pytest.fixture
+async def spool(engine: AsyncEngine) -> AsyncIterator[Spool]:
+    opened = Spool(engine)
     try:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Spool]:
+    """The spool on each business database (the writer, the readers and the retention)."""
+    async with business_database(request, tmp_path, ("usage_records",)) as made:
+        opened = Spool(made)
+        try:
+            yield opened
+        finally:
+            await opened.close()
 
 
 class AcknowledgementLost(BalanceStore):
@@ -148,15 +174,17 @@ async def committed(store: BalanceStore, account_ids: list[str]) -> dict[str, in
     return totals
 
 
-def spooled_ids(path: Path) -> list[str]:
-    with sqlite3.connect(path) as connection:
-        return [row[0] for row in connection.execute("SELECT record_id FROM usage_records ORDER BY rowid")]
+async def spooled_ids(spool: Spool) -> list[str]:
+    async with spool.engine.connect() as connection:
+        query = text("SELECT record_id FROM usage_records ORDER BY record_number")
+        return [str(row[0]) for row in await connection.execute(query)]
 
 
 # -- exactly once ------------------------------------------------------------------------------
 
 
-async def test_committed_records_land_in_the_spool_once(store: BalanceStore, spool: Spool) -> None:
+async def test_committed_records_land_in_the_spool_once(store: BalanceStore, any_spool: Spool) -> None:
+    spool = any_spool
     await prepaid(store, "alice")
     await postpaid(store, "bob")
     expected = [await sms(store, "alice", 'sms "1";\\x'), *await call(store, "alice", "call-1", 75)]
@@ -164,7 +192,7 @@ async def test_committed_records_land_in_the_spool_once(store: BalanceStore, spo
     assert len(await store.usage_records()) == 6
 
     assert await spool.drain_once(store) == 6
-    assert sorted(spooled_ids(spool.path)) == sorted(expected)
+    assert sorted(await spooled_ids(spool)) == sorted(expected)
     assert await store.usage_records() == []  # acknowledged: the outboxes are empty
     assert await store.outbox_roots() == ["alice", "bob"]
     assert await spool.drain_once(store) == 0  # finds both outboxes empty: off the work list
@@ -176,8 +204,9 @@ async def test_committed_records_land_in_the_spool_once(store: BalanceStore, spo
     assert totals == {"alice": 1_234_567 + 1_200_000 + 30_000, "bob": 3 * 1_234_567 + 1_200_000 + 30_000}
     bob = await store.balance("bob", NOW)
     assert bob is not None and bob.unbilled_micros == totals["bob"]  # postpaid: billed on the credit line
-    with sqlite3.connect(spool.path) as connection:
-        payments = dict(connection.execute("SELECT account_id, payment_type FROM usage_records GROUP BY account_id"))
+    async with spool.engine.connect() as connection:
+        query = text("SELECT DISTINCT account_id, payment_type FROM usage_records")
+        payments = {str(row[0]): str(row[1]) for row in await connection.execute(query)}
     assert payments == {"alice": "prepaid", "bob": "postpaid"}
     stats = spool.stats()
     assert (stats.records_written, stats.duplicates_ignored, stats.backlog_records) == (6, 0, 0)
@@ -194,12 +223,12 @@ async def test_a_crash_between_commit_and_acknowledgement_stores_each_record_onc
 
     with pytest.raises(ConnectionError):
         await spool.drain_once(AcknowledgementLost(store, lost))
-    assert sorted(spooled_ids(spool.path)) == sorted(expected)  # committed before the crash
+    assert sorted(await spooled_ids(spool)) == sorted(expected)  # committed before the crash
     left = await store.usage_records()
     assert {record.account_id for record in left} == lost and len(left) == 4 * len(lost)  # not trimmed
 
     assert await spool.drain_once(store) == 0  # everything read again was already stored
-    assert sorted(spooled_ids(spool.path)) == sorted(expected)
+    assert sorted(await spooled_ids(spool)) == sorted(expected)
     assert await store.usage_records() == []
     assert spool.stats().duplicates_ignored == len(left)
 
@@ -218,7 +247,7 @@ async def test_a_cancelled_drain_leaves_each_record_once(store: BalanceStore, sp
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await spool.drain_once(store)
-    ids = spooled_ids(spool.path)
+    ids = await spooled_ids(spool)
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(expected)
     assert await store.usage_records() == []
 
@@ -228,7 +257,7 @@ async def test_concurrent_drains_do_not_trim_records_twice(store: BalanceStore, 
     expected = [await sms(store, "busy", f"e-{number}") for number in range(100)]
     drained = await asyncio.gather(*(spool.drain_once(store, batch_size=10) for _ in range(4)))
     assert sum(drained) == 100
-    assert sorted(spooled_ids(spool.path)) == sorted(expected)
+    assert sorted(await spooled_ids(spool)) == sorted(expected)
     assert await store.usage_records() == []
 
 
@@ -243,29 +272,36 @@ async def test_a_record_written_while_its_outbox_leaves_the_work_list_is_not_str
     assert racing.charged == ["late|0|1"]
     assert await store.outbox_roots() == ["hank"]  # still listed, so the next drain finds it
     assert await spool.drain_once(store) == 1
-    assert sorted(spooled_ids(spool.path)) == sorted([first, "late|0|1"])
+    assert sorted(await spooled_ids(spool)) == sorted([first, "late|0|1"])
 
 
 async def test_a_restart_keeps_every_record(store: BalanceStore, tmp_path: Path) -> None:
-    path = tmp_path / "restart" / "spool.sqlite3"  # the directory is created on open
+    directory = tmp_path / "restart"  # the directory is created on open
     await prepaid(store, "carol")
     await postpaid(store, "dave")
-    first = await Spool.open(path)
+    engine = await open_database(sqlite_url(directory))
+    first = Spool(engine)
     before = [await sms(store, "carol", "r-1"), *await call(store, "dave", "r-2", 30)]
     assert await first.drain_once(store) == 3
     await first.close()
+    await engine.dispose()
 
     after = [await sms(store, "dave", "r-3", events=2)]
-    second = await Spool.open(path)  # the schema exists: opening again changes nothing
+    engine = await open_database(sqlite_url(directory))  # the schema exists: migrating again changes nothing
+    second = Spool(engine)
     try:
         assert await second.count() == 3
         assert await second.drain_once(store) == 1
-        assert sorted(spooled_ids(path)) == sorted(before + after)
+        assert sorted(await spooled_ids(second)) == sorted(before + after)
         assert await second.totals_by_account() == await committed(store, ["carol", "dave"])
+        async with engine.connect() as connection:
+            pragmas = [
+                (await connection.execute(text(f"PRAGMA {name}"))).scalar() for name in ("journal_mode", "synchronous")
+            ]
+        assert pragmas == ["wal", 2]  # 2: FULL, a commit survives a power loss (ocs.billing.spool)
     finally:
         await second.close()
-    with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        await engine.dispose()
 
 
 async def test_thousands_of_records_across_many_hierarchies_while_charging(store: BalanceStore, spool: Spool) -> None:
@@ -298,7 +334,7 @@ async def test_thousands_of_records_across_many_hierarchies_while_charging(store
         await writer
     await spool.drain_once(store)  # what arrived after its last tick (a shutdown's final drain)
 
-    ids = spooled_ids(spool.path)
+    ids = await spooled_ids(spool)
     assert len(ids) == len(expected) == len(set(ids)) and set(ids) == set(expected)
     assert await spool.totals_by_account() == await committed(store, accounts)
     assert await store.usage_records() == []
@@ -325,23 +361,25 @@ async def test_batch_size_must_be_positive(store: BalanceStore, spool: Spool) ->
 # -- export ------------------------------------------------------------------------------------
 
 
-def exported(
-    path: Path,
+async def exported(
+    spool: Spool,
     fmt: str,
     *,
     since: datetime | None = None,
     until: datetime | None = None,
     account_id: str | None = None,
 ) -> tuple[int, str]:
-    """Export to a file beside the spool (a regular file: its records are marked exported)."""
-    target = path.with_name(f"export.{fmt}")
-    with target.open("w", encoding="utf-8", newline="") as out:
-        written = export(path, since=since, until=until, fmt=fmt, out=out, account_id=account_id)
-    with target.open(encoding="utf-8", newline="") as written_file:  # line ends as written
-        return written, written_file.read()
+    """Export to a file (a regular file: its records are marked exported)."""
+    with tempfile.TemporaryDirectory() as directory:
+        target = Path(directory) / f"export.{fmt}"
+        with target.open("w", encoding="utf-8", newline="") as out:
+            written = await export(spool.engine, since=since, until=until, fmt=fmt, out=out, account_id=account_id)
+        with target.open(encoding="utf-8", newline="") as written_file:  # line ends as written
+            return written, written_file.read()
 
 
-async def test_export_csv_and_jsonl_for_a_period_and_an_account(store: BalanceStore, spool: Spool) -> None:
+async def test_export_csv_and_jsonl_for_a_period_and_an_account(store: BalanceStore, any_spool: Spool) -> None:
+    spool = any_spool
     await prepaid(store, "frank")
     await postpaid(store, "grace")
     hour = 3_600
@@ -354,7 +392,7 @@ async def test_export_csv_and_jsonl_for_a_period_and_an_account(store: BalanceSt
 
     since = datetime.fromtimestamp(NOW, UTC)
     until = since + timedelta(hours=1)
-    written, text = exported(spool.path, "csv", since=since, until=until)
+    written, text = await exported(spool, "csv", since=since, until=until)
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     assert written == len(rows) == 4
     assert tuple(rows[0]) == FIELDS
@@ -369,7 +407,7 @@ async def test_export_csv_and_jsonl_for_a_period_and_an_account(store: BalanceSt
     assert rows[1]["payment_type"] == "postpaid" and rows[1]["units"] == "90" and rows[1]["unit"] == "seconds"
     assert text.endswith("\r\n")  # RFC 4180 line ends
 
-    written, text = exported(spool.path, "jsonl", since=since, until=until, account_id="grace")
+    written, text = await exported(spool, "jsonl", since=since, until=until, account_id="grace")
     records = [json.loads(line) for line in text.splitlines()]
     assert written == len(records) == 3
     assert [record["record_id"] for record in records] == ["x-4|1|1", "x-4|1|2", "x-2|0|1"]
@@ -391,21 +429,17 @@ async def test_export_csv_and_jsonl_for_a_period_and_an_account(store: BalanceSt
     }
 
     # Open bounds, and the same instant written in another time zone (bounds are instants).
-    assert (exported(spool.path, "jsonl"))[0] == 6
-    assert (exported(spool.path, "jsonl", until=since))[0] == 1
-    assert (exported(spool.path, "jsonl", since=until))[0] == 1
+    assert (await exported(spool, "jsonl"))[0] == 6
+    assert (await exported(spool, "jsonl", until=since))[0] == 1
+    assert (await exported(spool, "jsonl", since=until))[0] == 1
     paris = since.astimezone(timezone(timedelta(hours=1)))
-    assert (exported(spool.path, "csv", since=paris, until=until, account_id="frank"))[0] == 1
-    assert (exported(spool.path, "csv", account_id="nobody")) == (0, "\r\n".join([",".join(FIELDS), ""]))
+    assert (await exported(spool, "csv", since=paris, until=until, account_id="frank"))[0] == 1
+    assert (await exported(spool, "csv", account_id="nobody")) == (0, "\r\n".join([",".join(FIELDS), ""]))
 
 
-async def test_export_refuses_an_unknown_format_or_a_missing_file(tmp_path: Path) -> None:
-    opened = await Spool.open(tmp_path / "spool.sqlite3")
-    await opened.close()
+async def test_export_refuses_an_unknown_format(spool: Spool) -> None:
     with pytest.raises(ValueError, match="format"):
-        export(opened.path, since=None, until=None, fmt="xml", out=io.StringIO())
-    with pytest.raises(FileNotFoundError):
-        export(tmp_path / "missing.sqlite3", since=None, until=None, fmt="csv", out=io.StringIO())
+        await export(spool.engine, since=None, until=None, fmt="xml", out=io.StringIO())
 
 
 def test_decimal_amounts_are_exact() -> None:
@@ -430,10 +464,10 @@ def test_period_bounds_round_up_to_whole_seconds() -> None:
 DAY = 86_400
 
 
-def exported_ids(path: Path) -> list[str]:
-    with sqlite3.connect(path) as connection:
-        query = "SELECT record_id FROM usage_records WHERE exported_at IS NOT NULL ORDER BY rowid"
-        return [row[0] for row in connection.execute(query)]
+async def exported_ids(spool: Spool) -> list[str]:
+    async with spool.engine.connect() as connection:
+        query = text("SELECT record_id FROM usage_records WHERE exported_at IS NOT NULL ORDER BY record_number")
+        return [str(row[0]) for row in await connection.execute(query)]
 
 
 async def test_an_export_marks_exactly_the_records_it_wrote(store: BalanceStore, spool: Spool) -> None:
@@ -443,8 +477,8 @@ async def test_an_export_marks_exactly_the_records_it_wrote(store: BalanceStore,
     await sms(store, "hugo", "m-2", now=NOW + DAY)
     await spool.drain_once(store)
     since = datetime.fromtimestamp(NOW, UTC)
-    assert exported(spool.path, "csv", since=since, until=since + timedelta(hours=1))[0] == 1
-    assert exported_ids(spool.path) == [first]
+    assert (await exported(spool, "csv", since=since, until=since + timedelta(hours=1)))[0] == 1
+    assert await exported_ids(spool) == [first]
 
 
 async def test_an_export_to_standard_output_marks_nothing(store: BalanceStore, spool: Spool) -> None:
@@ -457,16 +491,17 @@ async def test_an_export_to_standard_output_marks_nothing(store: BalanceStore, s
     read_end, write_end = os.pipe()
     with os.fdopen(read_end) as reader, os.fdopen(write_end, "w") as pipe, open(os.devnull, "w") as null:
         for out in (pipe, null, io.StringIO()):
-            assert export(spool.path, since=None, until=None, fmt="jsonl", out=out) == 1
+            assert await export(spool.engine, since=None, until=None, fmt="jsonl", out=out) == 1
         pipe.close()
         assert '"account_id":"hans"' in reader.read()
-    assert exported_ids(spool.path) == []
-    assert exported(spool.path, "jsonl")[0] == 1 and len(exported_ids(spool.path)) == 1
+    assert await exported_ids(spool) == []
+    assert (await exported(spool, "jsonl"))[0] == 1 and len(await exported_ids(spool)) == 1
 
 
-async def test_retention_deletes_old_exported_records_only(store: BalanceStore, spool: Spool) -> None:
+async def test_retention_deletes_old_exported_records_only(store: BalanceStore, any_spool: Spool) -> None:
     """Old and exported: deleted, in batches. Old but never exported (prepaid or postpaid, not
     yet billed): kept. Exported but young: kept."""
+    spool = any_spool
     await prepaid(store, "ivy")
     await postpaid(store, "jon")
     old_exported = [await sms(store, "ivy", f"old-{index}", now=NOW) for index in range(5)]
@@ -474,55 +509,34 @@ async def test_retention_deletes_old_exported_records_only(store: BalanceStore, 
     young = await sms(store, "ivy", "young", now=NOW + 2 * DAY)
     await spool.drain_once(store)
     since = datetime.fromtimestamp(NOW, UTC)
-    with sqlite3.connect(spool.path) as connection:  # exported, as ExportMarker marks them
-        marks = [(NOW, record_id) for record_id in old_exported]
-        connection.executemany("UPDATE usage_records SET exported_at = ? WHERE record_id = ?", marks)
-    assert exported(spool.path, "jsonl", since=since + timedelta(days=2))[0] == 1  # marks `young`
+    async with spool.engine.begin() as connection:  # exported, as ExportMarker marks them
+        await usage.mark_exported(connection, old_exported, NOW)
+    assert (await exported(spool, "jsonl", since=since + timedelta(days=2)))[0] == 1  # marks `young`
 
     deleted = await spool.delete_exported(older_than_seconds=DAY, batch_size=2, now=NOW + 2 * DAY)
 
     assert deleted == 5
-    assert sorted(spooled_ids(spool.path)) == sorted([*old_kept, young])
+    assert sorted(await spooled_ids(spool)) == sorted([*old_kept, young])
     assert await spool.delete_exported(older_than_seconds=DAY, batch_size=2, now=NOW + 2 * DAY) == 0
     with pytest.raises(ValueError, match="batch_size"):
         await spool.delete_exported(older_than_seconds=DAY, batch_size=0)
 
 
-def old_spool(path: Path, version: int) -> None:
-    """A spool file with one record, as the version of schema ``version`` (1 or 2) left it."""
-    exported_at = ", exported_at INTEGER" if version == 2 else ""
-    with sqlite3.connect(path) as connection:
-        connection.executescript(
-            "CREATE TABLE usage_records (record_id TEXT PRIMARY KEY, account_id TEXT NOT NULL,"
-            " session_id TEXT NOT NULL, request_number INTEGER NOT NULL, rating_group INTEGER NOT NULL,"
-            " service TEXT NOT NULL, unit TEXT NOT NULL, units INTEGER NOT NULL, micros INTEGER NOT NULL,"
-            f" payment_type TEXT NOT NULL, at_seconds INTEGER NOT NULL{exported_at});"
-            "INSERT INTO usage_records (record_id, account_id, session_id, request_number, rating_group, service,"
-            " unit, units, micros, payment_type, at_seconds)"
-            f" VALUES ('s|0|1', 'kay', 's', 0, 1, 'sms', 'events', 1, 5, 'prepaid', {NOW});"
-            f"PRAGMA user_version={version};"
-        )
+async def test_retention_keeps_postpaid_records_until_billed(store: BalanceStore, any_spool: Spool) -> None:
+    """A postpaid record is the bill run's input: exported and old, it stays until an invoice
+    has billed it (issue 14); then it goes as a prepaid one does."""
+    spool = any_spool
+    await prepaid(store, "mia")
+    await postpaid(store, "ned")
+    prepaid_record = await sms(store, "mia", "p-1", now=NOW)
+    unbilled, billed = [await sms(store, "ned", f"b-{index}", now=NOW) for index in range(2)]
+    await spool.drain_once(store)
+    async with spool.engine.begin() as connection:
+        await usage.mark_exported(connection, [prepaid_record, unbilled, billed], NOW)
+        assert await usage.mark_billed(connection, [billed], "inv-1") == 1
 
-
-async def test_a_spool_of_schema_1_gains_the_export_mark_and_keeps_its_records(tmp_path: Path) -> None:
-    path = tmp_path / "spool.sqlite3"
-    old_spool(path, 1)
-    opened = await Spool.open(path)
-    await opened.close()
-    assert exported(path, "csv")[0] == 1 and exported_ids(path) == ["s|0|1"]
-    with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (3,)  # through 2: both columns
-
-
-async def test_a_spool_of_schema_2_gains_the_service_identifier_and_keeps_its_records(tmp_path: Path) -> None:
-    path = tmp_path / "spool.sqlite3"
-    old_spool(path, 2)
-    opened = await Spool.open(path)
-    await opened.close()
-    written, text = exported(path, "jsonl")
-    assert written == 1 and json.loads(text)["service_identifier"] is None
-    with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone() == (3,)
+    assert await spool.delete_exported(older_than_seconds=DAY, batch_size=10, now=NOW + 2 * DAY) == 2
+    assert await spooled_ids(spool) == [unbilled]
 
 
 async def test_records_name_rating_group_and_service_identifier_apart(store: BalanceStore, spool: Spool) -> None:
@@ -541,7 +555,7 @@ async def test_records_name_rating_group_and_service_identifier_apart(store: Bal
     request = ChargeRequest("lena", "si", 1, closing, now_seconds=NOW + 60, terminate=True)
     assert (await store.charge(request)).outcome is Outcome.OK
     assert await spool.drain_once(store) == 3
-    written, text = exported(spool.path, "csv", account_id="lena")
+    written, text = await exported(spool, "csv", account_id="lena")
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     assert written == 3
     assert [(row["record_id"], row["rating_group"], row["service_identifier"], row["units"]) for row in rows] == [

@@ -8,6 +8,7 @@ from sqlalchemy import Connection, text
 
 from ocs.db import audit, customers, interactions, tokens
 from ocs.db import orders as order_tables
+from ocs.db import usage as usage_tables
 from ocs.db.schema import metadata
 
 # Any number that is ours alone: PostgreSQL advisory locks are one namespace per database.
@@ -26,4 +27,5 @@ assert audit.audit_trail.metadata is tokens.api_tokens.metadata is metadata  # e
 assert all(table.metadata is metadata for table in customers.CUSTOMER_TABLES)
 assert all(table.metadata is metadata for table in interactions.INTERACTION_TABLES)
 assert all(table.metadata is metadata for table in order_tables.ORDER_TABLES)
+assert all(table.metadata is metadata for table in usage_tables.USAGE_TABLES)
 run(context.config.attributes["connection"])

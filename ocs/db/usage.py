@@ -1,0 +1,382 @@
+"""The usage records (CDRs) in the business database: the spool's table and its queries.
+
+Theory of operation: every usage record the money engine commits reaches ``usage_records`` once,
+through the spool writer (``ocs.billing.spool``), which calls ``store_records`` in one transaction
+per batch and acknowledges the Redis outbox only after that commit. ``record_id`` is unique and
+the insert skips a record already stored (SQLite ``INSERT ... ON CONFLICT DO NOTHING``, PostgreSQL
+the same clause), so a batch read again after a lost acknowledgement stores nothing twice; the
+rows it did store come back through ``RETURNING``, which counts them exactly on both databases.
+
+``record_number`` is the spool's own order (SQLite's rowid, a PostgreSQL identity): ties in time
+break on it, and the export pages on (``at_seconds``, ``record_number``) without holding a
+transaction open for the whole export.
+
+The bill run reads "the unbilled records of these accounts before the cut" (``unbilled_records``)
+and marks them billed (``mark_billed``) in the transaction that writes their invoice, so a record
+is billed by one invoice at most: the update only takes rows whose ``invoice_id`` is still NULL,
+and the count it returns tells the caller whether every record it priced was still free. Marking
+is by record id, not by (account, cut): the spool lags the engine by up to a drain, so a record
+committed in Redis before the cut may reach this table after the invoice was priced; marking by
+time would then bill it without pricing it. (The bill run should also wait until the spool's lag
+is past the cut: ``SpoolStats.lag_seconds``.)
+
+Indexes: by time (export of a period; the retention's partial index over exported rows only);
+(``account_id``, ``invoice_id``, ``at_seconds``) for one account's unbilled records up to a cut
+(``invoice_id IS NULL`` is an equality for the index), an account's export, and the newest usage
+per account; a partial index over billed rows answers "the records of invoice I" and costs an
+insert nothing, since a new record is never billed. Money is integer micros; times epoch seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
+
+from balance.types import PaymentType, Unit, UsageRecord
+from ocs.db.schema import metadata
+
+ID_LENGTH = 64  # balance account ids; invoice ids (the bill run's) share the length
+# Rows per statement where a list of ids becomes a list of parameters: far below SQLite's
+# 32,766 host parameters (https://sqlite.org/limits.html #9) and PostgreSQL's 65,535.
+IDS_PER_STATEMENT = 1_000
+ACCOUNTS_PER_QUERY = 200  # unbilled_records: accounts read per query (memory: their records only)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    # SQLite: INTEGER PRIMARY KEY is the rowid itself (the table's layout as the old spool file's).
+    Column("record_number", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("record_id", Text, nullable=False, unique=True),  # "<session>|<request number>|<service key>"
+    Column("account_id", String(ID_LENGTH), nullable=False),
+    Column("session_id", Text, nullable=False),
+    Column("request_number", BigInteger, nullable=False),  # CC-Request-Number: Unsigned32
+    Column("rating_group", BigInteger, nullable=False),  # Rating-Group: Unsigned32
+    Column("service", Text, nullable=False),  # a tariff's service name; unbounded: a batch never fails on it
+    Column("unit", String(16), nullable=False),  # seconds | octets | events
+    Column("units", BigInteger, nullable=False),
+    Column("micros", BigInteger, nullable=False),  # money in micro-units of the account currency
+    Column("payment_type", String(16), nullable=False),  # prepaid | postpaid
+    Column("at_seconds", BigInteger, nullable=False),  # commit time, epoch seconds (UTC)
+    Column("exported_at", BigInteger, nullable=True),  # first export, epoch seconds (NULL: never)
+    Column("service_identifier", BigInteger, nullable=True),  # the MSCC's Service-Identifier (NULL: none)
+    Column("invoice_id", String(ID_LENGTH), nullable=True),  # the invoice that billed it (NULL: unbilled)
+    Index("ix_usage_records_at_seconds", "at_seconds", "record_number"),
+    Index("ix_usage_records_account_id", "account_id", "invoice_id", "at_seconds"),
+    Index(
+        "ix_usage_records_exported",
+        "at_seconds",
+        sqlite_where=text("exported_at IS NOT NULL"),
+        postgresql_where=text("exported_at IS NOT NULL"),
+    ),
+    Index(
+        "ix_usage_records_invoice_id",
+        "invoice_id",
+        sqlite_where=text("invoice_id IS NOT NULL"),
+        postgresql_where=text("invoice_id IS NOT NULL"),
+    ),
+)
+
+USAGE_TABLES = (usage_records,)
+STORED_COLUMNS = (
+    "record_id",
+    "account_id",
+    "session_id",
+    "request_number",
+    "rating_group",
+    "service",
+    "unit",
+    "units",
+    "micros",
+    "payment_type",
+    "at_seconds",
+    "service_identifier",
+)
+_COLUMNS = tuple(usage_records.c[name] for name in STORED_COLUMNS)
+
+
+def row_of(record: UsageRecord) -> dict[str, object]:
+    """The table row of a record (its values as stored: enums by value)."""
+    return {
+        "record_id": record.record_id,
+        "account_id": record.account_id,
+        "session_id": record.session_id,
+        "request_number": record.request_number,
+        "rating_group": record.rating_group,
+        "service": record.service,
+        "unit": record.unit.value,
+        "units": record.units,
+        "micros": record.micros,
+        "payment_type": record.payment_type.value,
+        "at_seconds": record.at_seconds,
+        "service_identifier": record.service_identifier,
+    }
+
+
+def record_of(row: Sequence[object]) -> UsageRecord:
+    """A record from the values of ``STORED_COLUMNS`` in that order."""
+    values = dict(zip(STORED_COLUMNS, row, strict=True))
+    identifier = values["service_identifier"]
+    return UsageRecord(
+        record_id=str(values["record_id"]),
+        account_id=str(values["account_id"]),
+        session_id=str(values["session_id"]),
+        request_number=_integer(values["request_number"]),
+        rating_group=_integer(values["rating_group"]),
+        service=str(values["service"]),
+        unit=Unit(str(values["unit"])),
+        units=_integer(values["units"]),
+        micros=_integer(values["micros"]),
+        payment_type=PaymentType(str(values["payment_type"])),
+        at_seconds=_integer(values["at_seconds"]),
+        service_identifier=None if identifier is None else _integer(identifier),
+    )
+
+
+def _integer(value: object) -> int:
+    assert isinstance(value, int), value  # the columns are integers on both databases
+    return value
+
+
+def _insert_ignoring_duplicates(dialect_name: str) -> Insert:
+    """INSERT that skips a row whose ``record_id`` is stored already, returning those it stored."""
+    if dialect_name == "postgresql":
+        statement: Insert = postgresql_insert(usage_records).on_conflict_do_nothing(index_elements=["record_id"])
+    elif dialect_name == "sqlite":
+        statement = sqlite_insert(usage_records).on_conflict_do_nothing(index_elements=["record_id"])
+    else:
+        raise ValueError(f"usage records: unsupported database {dialect_name!r} (sqlite or postgresql)")
+    return statement.returning(usage_records.c.record_number)
+
+
+# -- the spool writer and its retention ------------------------------------------------------------
+
+
+async def store_records(connection: AsyncConnection, rows: Sequence[dict[str, object]]) -> int:
+    """Insert the rows (``row_of``; every row with the same keys) not already stored, in the
+    caller's transaction; returns how many were new (a row whose ``record_id`` is stored is
+    skipped, whatever its other values)."""
+    if not rows:
+        return 0
+    names = tuple(rows[0])
+    if connection.dialect.name == "sqlite":
+        # The spool's hot path: the compiled statement run by the driver's executemany, whose
+        # rowcount sums the rows inserted (a skipped row changes none). Through Core's own
+        # parameter handling and RETURNING it ran at about 0.65 of the old spool's speed (bench/spool.py).
+        result = await connection.exec_driver_sql(
+            _sqlite_insert_sql(names), [tuple(row[name] for name in names) for row in rows]
+        )
+        return int(result.rowcount)
+    statement = _insert_ignoring_duplicates(connection.dialect.name)
+    return len((await connection.execute(statement, list(rows))).all())
+
+
+@functools.cache
+def _sqlite_insert_sql(names: tuple[str, ...]) -> str:
+    statement = sqlite_insert(usage_records).on_conflict_do_nothing(index_elements=["record_id"])
+    return str(statement.compile(dialect=sqlite_dialect(), column_keys=list(names)))
+
+
+def retention_condition(cut_seconds: int) -> ColumnElement[bool]:
+    """Rows the retention may delete: exported, older than the cut, and, if postpaid, billed."""
+    table = usage_records.c
+    return (
+        table.exported_at.isnot(None)
+        & (table.at_seconds < cut_seconds)
+        & ((table.payment_type != PaymentType.POSTPAID.value) | table.invoice_id.isnot(None))
+    )
+
+
+async def delete_retained(connection: AsyncConnection, cut_seconds: int, limit: int) -> int:
+    """Delete at most ``limit`` rows past retention (``retention_condition``); returns how many."""
+    chosen = select(usage_records.c.record_number).where(retention_condition(cut_seconds)).limit(limit)
+    statement = delete(usage_records).where(usage_records.c.record_number.in_(chosen.scalar_subquery()))
+    result = await connection.execute(statement)
+    return int(result.rowcount)
+
+
+async def mark_exported(connection: AsyncConnection, record_ids: Sequence[str], now_seconds: int) -> int:
+    """Mark the records as exported at ``now_seconds`` unless marked before; returns how many."""
+    marked = 0
+    for start in range(0, len(record_ids), IDS_PER_STATEMENT):
+        chunk = record_ids[start : start + IDS_PER_STATEMENT]
+        statement = (
+            update(usage_records)
+            .where(usage_records.c.record_id.in_(chunk), usage_records.c.exported_at.is_(None))
+            .values(exported_at=now_seconds)
+        )
+        marked += int((await connection.execute(statement)).rowcount)
+    return marked
+
+
+# -- readers ---------------------------------------------------------------------------------------
+
+
+async def count_records(connection: AsyncConnection) -> int:
+    return int((await connection.execute(select(func.count()).select_from(usage_records))).scalar_one())
+
+
+async def totals_by_account(connection: AsyncConnection) -> dict[str, int]:
+    """The sum of micros per account over every stored record (the audit's usage side)."""
+    statement = select(usage_records.c.account_id, func.sum(usage_records.c.micros)).group_by(
+        usage_records.c.account_id
+    )
+    return {str(account_id): int(total) for account_id, total in await connection.execute(statement)}
+
+
+async def last_usage_by_account(connection: AsyncConnection) -> dict[str, int]:
+    """The time of each account's newest record, epoch seconds (the customer base report's
+    prepaid inactivity); the (account_id, invoice_id, at_seconds) index answers it without rows."""
+    statement = select(usage_records.c.account_id, func.max(usage_records.c.at_seconds)).group_by(
+        usage_records.c.account_id
+    )
+    return {str(account_id): int(newest) for account_id, newest in await connection.execute(statement)}
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPosition:
+    """Where an export page ends: the next page starts after (``at_seconds``, ``record_number``)."""
+
+    at_seconds: int
+    record_number: int
+
+
+async def export_page(
+    connection: AsyncConnection,
+    *,
+    since_seconds: int | None,
+    until_seconds: int | None,
+    account_id: str | None,
+    after: ExportPosition | None,
+    limit: int,
+) -> list[tuple[UsageRecord, ExportPosition]]:
+    """Up to ``limit`` records of ``[since, until)`` (and of one account), in commit-time order
+    (ties in spool order), after ``after``; each with its position for the next page."""
+    table = usage_records.c
+    statement = select(*_COLUMNS, table.record_number).order_by(table.at_seconds, table.record_number).limit(limit)
+    if account_id is not None:
+        statement = statement.where(table.account_id == account_id)
+    if since_seconds is not None:
+        statement = statement.where(table.at_seconds >= since_seconds)
+    if until_seconds is not None:
+        statement = statement.where(table.at_seconds < until_seconds)
+    if after is not None:
+        statement = statement.where(
+            tuple_(table.at_seconds, table.record_number) > tuple_(after.at_seconds, after.record_number)
+        )
+    page: list[tuple[UsageRecord, ExportPosition]] = []
+    for row in await connection.execute(statement):
+        record = record_of(row[:-1])
+        page.append((record, ExportPosition(record.at_seconds, _integer(row[-1]))))
+    return page
+
+
+# -- the bill run ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountUsage:
+    """One account's unbilled records before a cut, oldest first (``unbilled_records``)."""
+
+    account_id: str
+    records: tuple[UsageRecord, ...]
+
+
+async def unbilled_records(
+    connection: AsyncConnection,
+    account_ids: Iterable[str],
+    cut_at_seconds: int,
+    *,
+    payment_type: PaymentType = PaymentType.POSTPAID,
+    accounts_per_query: int = ACCOUNTS_PER_QUERY,
+) -> AsyncIterator[AccountUsage]:
+    """The records of each of ``account_ids`` that no invoice billed yet, committed before
+    ``cut_at_seconds`` (exclusive, as an export's ``until``), of ``payment_type`` (postpaid: a
+    prepaid record was paid when it was used), one account at a time, in the order given; an
+    account without such records is skipped.
+
+    Streaming: ``accounts_per_query`` accounts are read per query and nothing more is held, so
+    the memory is that of those accounts' records, whatever the number of accounts. No cursor
+    stays open between two yields: the caller may write (``mark_billed``) on the same connection
+    inside the same transaction while iterating."""
+    if accounts_per_query < 1:
+        raise ValueError(f"accounts_per_query must be at least 1, not {accounts_per_query}")
+    table = usage_records.c
+    pending: list[str] = []
+
+    async def read(chunk: list[str]) -> AsyncIterator[AccountUsage]:
+        statement = (
+            select(*_COLUMNS)
+            .where(
+                table.account_id.in_(chunk),
+                table.invoice_id.is_(None),
+                table.at_seconds < cut_at_seconds,
+                table.payment_type == payment_type.value,
+            )
+            .order_by(table.account_id, table.at_seconds, table.record_number)
+        )
+        by_account: dict[str, list[UsageRecord]] = {}
+        for row in await connection.execute(statement):
+            record = record_of(row)
+            by_account.setdefault(record.account_id, []).append(record)
+        for account_id in dict.fromkeys(chunk):  # the caller's order, each account once
+            if account_id in by_account:
+                yield AccountUsage(account_id, tuple(by_account.pop(account_id)))
+
+    for account_id in account_ids:
+        pending.append(account_id)
+        if len(pending) == accounts_per_query:
+            async for usage in read(pending):
+                yield usage
+            pending = []
+    if pending:
+        async for usage in read(pending):
+            yield usage
+
+
+async def mark_billed(connection: AsyncConnection, record_ids: Sequence[str], invoice_id: str) -> int:
+    """Mark the records as billed by ``invoice_id``, in the caller's transaction (the one that
+    writes the invoice); returns how many were marked. A record billed already (by this invoice
+    or another) is not marked again, so a count below ``len(record_ids)`` means some record was
+    billed meanwhile (or is not stored): the caller should roll its invoice back."""
+    if not invoice_id:
+        raise ValueError("invoice_id must not be empty")
+    marked = 0
+    for start in range(0, len(record_ids), IDS_PER_STATEMENT):
+        chunk = record_ids[start : start + IDS_PER_STATEMENT]
+        statement = (
+            update(usage_records)
+            .where(usage_records.c.record_id.in_(chunk), usage_records.c.invoice_id.is_(None))
+            .values(invoice_id=invoice_id)
+        )
+        marked += int((await connection.execute(statement)).rowcount)
+    return marked
+
+
+async def records_of_invoice(connection: AsyncConnection, invoice_id: str) -> list[UsageRecord]:
+    """The records ``invoice_id`` billed, oldest first (an invoice line explains itself by them)."""
+    table = usage_records.c
+    statement = select(*_COLUMNS).where(table.invoice_id == invoice_id).order_by(table.at_seconds, table.record_number)
+    return [record_of(row) for row in await connection.execute(statement)]

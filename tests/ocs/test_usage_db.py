@@ -1,0 +1,139 @@
+"""The usage records' table and the bill run's queries (ocs/db/usage.py), on SQLite and on a
+private PostgreSQL: the migration makes the table the code defines; ``unbilled_records`` streams
+one account at a time; ``mark_billed`` bills a record once, inside the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from balance.types import PaymentType, Unit, UsageRecord
+from ocs.db import usage
+from tests.ocs.postgres_support import business_database, postgresql_url
+
+__all__ = ["postgresql_url"]
+
+NOW = 1_700_000_000
+CUT = NOW + 1_000
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with business_database(request, tmp_path, ("usage_records",)) as made:
+        yield made
+
+
+def record(
+    account_id: str, number: int, at_seconds: int, payment_type: PaymentType = PaymentType.POSTPAID
+) -> UsageRecord:
+    return UsageRecord(
+        record_id=f"{account_id}-{number}|0|1",
+        account_id=account_id,
+        session_id=f"{account_id}-{number}",
+        request_number=4_294_967_295,  # CC-Request-Number is Unsigned32: beyond a 32-bit signed column
+        rating_group=number,
+        service="data",
+        unit=Unit.OCTETS,
+        units=10**12,  # a terabyte: octets need 64 bits
+        micros=1_000 + number,
+        payment_type=payment_type,
+        at_seconds=at_seconds,
+        service_identifier=number if number % 2 else None,
+    )
+
+
+async def stored(engine: AsyncEngine, *records: UsageRecord) -> None:
+    async with engine.begin() as connection:
+        assert await usage.store_records(connection, [usage.row_of(item) for item in records]) == len(records)
+
+
+def _differences(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection)
+    only_usage = MetaData()
+    usage.usage_records.to_metadata(only_usage)
+    return [
+        difference
+        for difference in compare_metadata(context, only_usage)
+        if "usage_records" in repr(difference) and difference[0] != "remove_table"
+    ]
+
+
+async def test_the_migration_makes_the_table_the_code_defines(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        assert await connection.run_sync(_differences) == []
+
+
+async def test_a_record_is_stored_once_and_read_back_as_it_was(engine: AsyncEngine) -> None:
+    first = record("ana", 1, NOW)
+    await stored(engine, first)
+    async with engine.begin() as connection:  # read again after a lost acknowledgement
+        assert await usage.store_records(connection, [usage.row_of(first), usage.row_of(record("ana", 2, NOW))]) == 1
+        assert await usage.count_records(connection) == 2
+        page = await usage.export_page(
+            connection, since_seconds=None, until_seconds=None, account_id="ana", after=None, limit=10
+        )
+    assert [item for item, _ in page] == [first, record("ana", 2, NOW)]
+
+
+async def test_unbilled_records_of_the_accounts_before_the_cut_one_account_at_a_time(engine: AsyncEngine) -> None:
+    ana = [record("ana", number, NOW + number) for number in (3, 1, 2)]
+    bo = [record("bo", 1, NOW), record("bo", 2, CUT)]  # the second at the cut: after it (exclusive)
+    prepaid = record("cy", 1, NOW, PaymentType.PREPAID)  # paid when used: never on an invoice
+    other = record("dee", 1, NOW)  # not asked for
+    await stored(engine, *ana, *bo, prepaid, other)
+
+    async with engine.connect() as connection:
+        found = [
+            (item.account_id, [each.record_id for each in item.records])
+            async for item in usage.unbilled_records(
+                connection, ["bo", "cy", "ana", "nobody"], CUT, accounts_per_query=2
+            )
+        ]
+    assert found == [("bo", ["bo-1|0|1"]), ("ana", ["ana-1|0|1", "ana-2|0|1", "ana-3|0|1"])]  # asked order; by time
+    async with engine.connect() as connection:
+        (prepaid_usage,) = [
+            item async for item in usage.unbilled_records(connection, ["cy"], CUT, payment_type=PaymentType.PREPAID)
+        ]
+    assert prepaid_usage.records == (prepaid,)
+    with pytest.raises(ValueError, match="accounts_per_query"):
+        async with engine.connect() as connection:
+            _ = [item async for item in usage.unbilled_records(connection, ["ana"], CUT, accounts_per_query=0)]
+
+
+async def test_mark_billed_bills_each_record_once_in_the_callers_transaction(engine: AsyncEngine) -> None:
+    records = [record("ana", number, NOW + number) for number in range(3)]
+    await stored(engine, *records)
+    ids = [item.record_id for item in records]
+
+    async with engine.connect() as connection:  # an invoice that fails after marking: nothing stays
+        transaction = await connection.begin()
+        assert await usage.mark_billed(connection, ids[:2], "inv-0") == 2
+        await transaction.rollback()
+    async with engine.begin() as connection:
+        usages = [item async for item in usage.unbilled_records(connection, ["ana"], CUT)]
+        assert [item.record_id for item in usages[0].records] == ids  # the rollback left them unbilled
+        assert await usage.mark_billed(connection, ids[:2], "inv-1") == 2
+        assert await usage.records_of_invoice(connection, "inv-1") == records[:2]
+    async with engine.begin() as connection:
+        # A second invoice over the same records (a rerun, a concurrent run) bills only what is free.
+        assert await usage.mark_billed(connection, ids, "inv-2") == 1
+        assert await usage.records_of_invoice(connection, "inv-2") == records[2:]
+        assert [item async for item in usage.unbilled_records(connection, ["ana"], CUT)] == []
+        assert await usage.mark_billed(connection, ["unknown|0|1"], "inv-3") == 0
+    with pytest.raises(ValueError, match="invoice_id"):
+        async with engine.begin() as connection:
+            await usage.mark_billed(connection, ids, "")
+
+
+async def test_many_records_are_marked_across_statements(engine: AsyncEngine) -> None:
+    records = [record("big", number, NOW) for number in range(usage.IDS_PER_STATEMENT + 5)]
+    await stored(engine, *records)
+    async with engine.begin() as connection:
+        assert await usage.mark_billed(connection, [item.record_id for item in records], "inv-big") == len(records)
+        assert len(await usage.records_of_invoice(connection, "inv-big")) == len(records)
