@@ -7,6 +7,7 @@ from alembic import context
 from sqlalchemy import Connection, text
 
 from ocs.db import audit, customers, interactions, tokens
+from ocs.db import billing as billing_tables
 from ocs.db import orders as order_tables
 from ocs.db.schema import metadata
 
@@ -26,4 +27,5 @@ assert audit.audit_trail.metadata is tokens.api_tokens.metadata is metadata  # e
 assert all(table.metadata is metadata for table in customers.CUSTOMER_TABLES)
 assert all(table.metadata is metadata for table in interactions.INTERACTION_TABLES)
 assert all(table.metadata is metadata for table in order_tables.ORDER_TABLES)
+assert all(table.metadata is metadata for table in billing_tables.BILLING_TABLES)
 run(context.config.attributes["connection"])
