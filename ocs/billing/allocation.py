@@ -143,7 +143,9 @@ async def apply_credit(connection: AsyncConnection, billing_account_id: str, now
             await reduce_remaining(connection, bill, amount)
             before = made.get(bill["invoice_id"])
             total = amount + (before.amount_micros if before is not None else 0)
-            made[bill["invoice_id"]] = Allocation(invoice_id=bill["invoice_id"], bill_no=bill["number"], amount_micros=total)
+            made[bill["invoice_id"]] = Allocation(
+                invoice_id=bill["invoice_id"], bill_no=bill["number"], amount_micros=total
+            )
     for fund in funds:
         await connection.execute(
             update(payments)

@@ -29,8 +29,14 @@ from pydantic import JsonValue
 from sqlalchemy import ColumnElement, and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ocs.billing.allocation import apply_credit, bill_state, document_number, held_by_disputes, lock_account
-from ocs.billing.allocation import next_sequence
+from ocs.billing.allocation import (
+    apply_credit,
+    bill_state,
+    document_number,
+    held_by_disputes,
+    lock_account,
+    next_sequence,
+)
 from ocs.billing.values import (
     BillingPeriod,
     BillLine,
@@ -197,7 +203,9 @@ class Invoices:
             )
         if draft.adjustment_ids:
             await connection.execute(
-                update(adjustments).where(adjustments.c.adjustment_id.in_(draft.adjustment_ids)).values(invoice_id=number)
+                update(adjustments)
+                .where(adjustments.c.adjustment_id.in_(draft.adjustment_ids))
+                .values(invoice_id=number)
             )
         await connection.execute(insert(delivery_outbox).values(**_issued_event(row, now)))
         await apply_credit(connection, draft.billing_account_id, now)

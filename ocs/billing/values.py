@@ -214,6 +214,7 @@ class Refund(Closed):
 
 
 class NewCreditNote(Closed):
+    credit_note_id: EntityId | None = None  # the idempotency key: None, one is made (no replay)
     amount_micros: PositiveMicros
     reason: Reason
 
@@ -237,6 +238,7 @@ class DisputeState(enum.StrEnum):
 
 
 class NewDispute(Closed):
+    dispute_id: EntityId | None = None  # the idempotency key: None, one is made (no replay)
     amount_micros: PositiveMicros
     reason: Reason
     ticket_id: EntityId | None = None  # the trouble ticket it comes from
@@ -268,6 +270,7 @@ class Dispute(Closed):
 
 
 class NewAdjustment(Closed):
+    adjustment_id: EntityId | None = None  # the idempotency key: None, one is made (no replay)
     amount_micros: SignedMicros  # a charge (+) or a rebate (-) carried by the next invoice
     reason: Reason
 
