@@ -54,7 +54,10 @@ async def test_amounts_come_from_the_lines_and_a_negative_bill_is_refused(databa
     store = Invoices(database, clock=clock)
     bill = (await store.issue(made.model_copy(update={"lines": lines}))).bill
     assert bill.tax_included_amount.value_micros == 115 * UNIT and bill.tax_excluded_amount.value_micros == 95 * UNIT
-    assert [(total.node_id, total.amount_micros) for total in bill.subtotals] == [(None, 100 * UNIT), ("dept-a", -5 * UNIT)]
+    assert [(total.node_id, total.amount_micros) for total in bill.subtotals] == [
+        (None, 100 * UNIT),
+        ("dept-a", -5 * UNIT),
+    ]
     negative = [DraftLine(kind=LineKind.DISCOUNT, description="too much", amount_micros=-1)]
     with pytest.raises(CustomerRefusal) as refused:
         await store.issue(draft("ba-1", 2, 1).model_copy(update={"lines": negative}))
