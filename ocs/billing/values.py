@@ -9,7 +9,8 @@ snake case; money is integer micros with its ISO 4217 currency (``Money``), neve
 
 Rules kept here, before anything is written (a refusal names the field): unknown fields are
 refused; a draft's period ends on or after its start and its due date is not before the period's
-end; amounts paid, credited, disputed or refunded are positive; a reference is 1 to 128 printable
+end; amounts are JSON integers of micros (a string or a fraction is refused, never rounded); amounts paid,
+credited, disputed or refunded are positive; a reference is 1 to 128 printable
 characters without spaces (it is the idempotency key, typed by people and banks).
 """
 
@@ -27,10 +28,14 @@ from ocs.customers.values import Closed, EntityId
 MAX_DRAFT_LINES = 100_000  # a company of many lines on one bill, not unbounded input
 MAX_REASON_CHARACTERS = 1_000
 
-Micros = Annotated[int, Field(ge=0, le=MAX_AMOUNT_MICROS, description="integer micros: 1 unit = 1,000,000")]
-PositiveMicros = Annotated[int, Field(gt=0, le=MAX_AMOUNT_MICROS, description="integer micros, more than 0")]
+Micros = Annotated[
+    int, Field(strict=True, ge=0, le=MAX_AMOUNT_MICROS, description="integer micros: 1 unit = 1,000,000")
+]
+PositiveMicros = Annotated[
+    int, Field(strict=True, gt=0, le=MAX_AMOUNT_MICROS, description="integer micros, more than 0")
+]
 SignedMicros = Annotated[
-    int, Field(ge=-MAX_AMOUNT_MICROS, le=MAX_AMOUNT_MICROS, description="integer micros, may be negative")
+    int, Field(strict=True, ge=-MAX_AMOUNT_MICROS, le=MAX_AMOUNT_MICROS, description="integer micros, may be negative")
 ]
 Reference = Annotated[str, Field(pattern=r"^[!-~]{1,128}$", description="1 to 128 printable characters, no spaces")]
 Reason = Annotated[str, Field(min_length=1, max_length=MAX_REASON_CHARACTERS)]
