@@ -115,7 +115,7 @@ class BankFileResult(Closed):
     rows: int
     recorded: int
     replayed: int
-    refused: int
+    failed: int  # rows refused
     results: list[BankFileRow]
 
 
@@ -274,10 +274,10 @@ async def _bank_file(services: Services, call: Request) -> Answer:
         rows=len(results),
         recorded=counts[201],
         replayed=counts[200],
-        refused=len(results) - counts[200] - counts[201],
+        failed=len(results) - counts[200] - counts[201],
         results=results,
     )
-    after: dict[str, object] = {"rows": result.rows, "recorded": result.recorded, "refused": result.refused}
+    after: dict[str, object] = {"rows": result.rows, "recorded": result.recorded, "failed": result.failed}
     return Answer(200, result, None, after, f"bank file of {result.rows} row(s)")
 
 

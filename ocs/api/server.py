@@ -81,6 +81,10 @@ from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.types import MAX_SERVICE_UNITS, AccountStatus, BalanceView, BucketKind
 from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
 from ocs.api.audit_trail import AuditTrail
+from ocs.api.billing import ROUTES as BILLING_ROUTES
+from ocs.api.billing import Route as BillingRoute
+from ocs.api.billing import Services as BillingServices
+from ocs.api.billing import extend_document as with_billing_routes
 from ocs.api.bodies import (
     MAX_JSON_BODY_BYTES,
     error_response,
@@ -89,10 +93,6 @@ from ocs.api.bodies import (
     json_value,
     read_body,
 )
-from ocs.api.billing import ROUTES as BILLING_ROUTES
-from ocs.api.billing import Route as BillingRoute
-from ocs.api.billing import Services as BillingServices
-from ocs.api.billing import extend_document as with_billing_routes
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
 from ocs.api.fields import (
