@@ -121,6 +121,8 @@ async def apply_credit(connection: AsyncConnection, billing_account_id: str, now
     ]
     if not funds:
         return []
+    for fund in funds:
+        fund["was_micros"] = fund["unallocated_micros"]
     bills = await open_invoices(connection, billing_account_id)
     held = await held_by_disputes(connection, [bill["invoice_id"] for bill in bills])
     made: dict[str, Allocation] = {}
@@ -147,6 +149,8 @@ async def apply_credit(connection: AsyncConnection, billing_account_id: str, now
                 invoice_id=bill["invoice_id"], bill_no=bill["number"], amount_micros=total
             )
     for fund in funds:
+        if fund["unallocated_micros"] == fund["was_micros"]:
+            continue
         await connection.execute(
             update(payments)
             .where(payments.c.payment_id == fund["payment_id"])

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ocs.billing.invoices import Invoices, draft_amounts
 from ocs.billing.values import BillState, DraftLine, LineKind
 from ocs.customers.service import CustomerRefusal, Problem
+from ocs.db.billing import BILLING_TABLES
 from ocs.db.billing import invoices as invoice_table
+from ocs.db.schema import metadata
 from tests.ocs.billing_support import UNIT, Clock, add_account, clock, database, draft
 from tests.ocs.postgres_support import postgresql_url
 
@@ -113,3 +118,17 @@ async def test_the_delivery_outbox_is_read_and_acknowledged_once(database: Async
     assert await store.undelivered() == []
     listed = await store.bills(billing_account_id="ba-1", state=BillState.SENT, limit=10, offset=0)
     assert [found.id for found in listed.bills] == [bill.id]
+
+
+async def test_the_migration_makes_the_billing_tables_as_they_are_defined(database: AsyncEngine) -> None:
+    names = {table.name for table in BILLING_TABLES}
+
+    def billing(item: Any, name: str | None, kind: str, reflected: bool, compare_to: Any) -> bool:
+        return (name if kind == "table" else item.table.name) in names
+
+    def differences(connection: Connection) -> list[Any]:
+        options = {"compare_type": True, "include_object": billing}
+        return list(compare_metadata(MigrationContext.configure(connection, opts=options), metadata))
+
+    async with database.connect() as connection:
+        assert await connection.run_sync(differences) == []
