@@ -15,6 +15,9 @@ the route against ``PERMISSIONS``, keyed by method and route template, and answe
 - customers, company nodes and lines (``/customers``, ``/lines``): admin and care create, they
   and read-only read; self-care does not see them;
 - applications and product orders (``/applications``, ``/productOrders``): as customers;
+- bills, payments, disputes and the receivables report: staff read them; admin and care record
+  payments, open disputes and add adjustments; credit notes, dispute resolutions, refunds and bank
+  files (money given back or away, or thousands of payments) are the admin's;
 - self-care: its own account only (the token names it): the profile, the balance, top-ups with a
   payment reference (``payment_reference``, required: the API says 400 without it); pricing.
 
@@ -77,6 +80,18 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/applications"): _CUSTOMER_WORK,
     ("POST", "/productOrders"): _CUSTOMER_WORK,
     ("GET", "/productOrders/{order_id}"): _CUSTOMER_READERS,
+    ("GET", "/customerBills"): _CUSTOMER_READERS,
+    ("GET", "/customerBills/{bill_id}"): _CUSTOMER_READERS,
+    ("GET", "/payments"): _CUSTOMER_READERS,
+    ("GET", "/disputes/{dispute_id}"): _CUSTOMER_READERS,
+    ("GET", "/reports/receivables"): _CUSTOMER_READERS,
+    ("POST", "/payments"): _CUSTOMER_WORK,
+    ("POST", "/payments/bank-file"): frozenset({Role.ADMIN}),  # thousands of payments at once
+    ("POST", "/customerBills/{bill_id}/creditNotes"): frozenset({Role.ADMIN}),  # money given away: not care's
+    ("POST", "/customerBills/{bill_id}/disputes"): _CUSTOMER_WORK,
+    ("PATCH", "/disputes/{dispute_id}"): frozenset({Role.ADMIN}),  # ends in a credit note
+    ("POST", "/billingAccounts/{billing_account_id}/refunds"): frozenset({Role.ADMIN}),
+    ("POST", "/billingAccounts/{billing_account_id}/adjustments"): _CUSTOMER_WORK,
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
 _NOT_CHANGES = frozenset({("POST", "/rate")})

@@ -17,9 +17,9 @@ field); bodies, paths and queries the models refuse are 422 naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
@@ -192,7 +192,28 @@ ROUTES = (
 PATH_NAMES = ("customer_id", "ticket_id")
 
 
-def _operation(route: Route, refs: Mapping[Any, Any]) -> dict[str, object]:
+class DocumentedRoute(Protocol):
+    """What the OpenAPI document needs of a route (this module's and ``ocs.api.billing``'s)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def answer(self) -> type[BaseModel]: ...
+    @property
+    def body(self) -> type[BaseModel] | None: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def query(self) -> type[BaseModel] | None: ...
+    @property
+    def errors(self) -> tuple[int, ...]: ...
+
+
+def _operation(route: DocumentedRoute, refs: Mapping[Any, Any], path_names: tuple[str, ...]) -> dict[str, object]:
     json = "application/json"
     error = {"content": {json: {"schema": refs[(ErrorBody, "serialization")]}}}
     responses: dict[str, object] = {
@@ -205,7 +226,7 @@ def _operation(route: Route, refs: Mapping[Any, Any]) -> dict[str, object]:
         responses[str(status)] = {"description": f"refused ({status})", **error}
     parameters: list[dict[str, object]] = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}}
-        for name in PATH_NAMES
+        for name in path_names
         if "{" + name + "}" in route.path
     ]
     if route.query is not None:
@@ -223,8 +244,15 @@ def _operation(route: Route, refs: Mapping[Any, Any]) -> dict[str, object]:
 
 def extend_document(document: dict[str, Any]) -> dict[str, Any]:
     """``document`` (``ocs.api.customers.openapi_document``) with these routes and their schemas."""
+    return document_routes(document, ROUTES, PATH_NAMES)
+
+
+def document_routes(
+    document: dict[str, Any], routes: Sequence[DocumentedRoute], path_names: tuple[str, ...]
+) -> dict[str, Any]:
+    """``document`` with ``routes`` (their path parameters among ``path_names``) and their schemas."""
     wanted: set[tuple[type[BaseModel], str]] = {(ErrorBody, "serialization")}
-    for route in ROUTES:
+    for route in routes:
         wanted.add((route.answer, "serialization"))
         if route.body is not None:
             wanted.add((route.body, "validation"))
@@ -232,8 +260,8 @@ def extend_document(document: dict[str, Any]) -> dict[str, Any]:
     refs, definitions = models_json_schema(ordered, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
     schemas = document["components"]["schemas"]
     schemas.update(definitions.get("$defs", {}))
-    for route in ROUTES:
+    for route in routes:
         if route.query is not None:
             schemas.update(route.query.model_json_schema(ref_template=REF_TEMPLATE).get("$defs", {}))
-        document["paths"].setdefault(route.path, {})[route.method.lower()] = _operation(route, refs)
+        document["paths"].setdefault(route.path, {})[route.method.lower()] = _operation(route, refs, path_names)
     return document

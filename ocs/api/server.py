@@ -81,6 +81,10 @@ from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.types import MAX_SERVICE_UNITS, AccountStatus, BalanceView, BucketKind
 from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
 from ocs.api.audit_trail import AuditTrail
+from ocs.api.billing import ROUTES as BILLING_ROUTES
+from ocs.api.billing import Route as BillingRoute
+from ocs.api.billing import Services as BillingServices
+from ocs.api.billing import extend_document as with_billing_routes
 from ocs.api.bodies import (
     MAX_JSON_BODY_BYTES,
     error_response,
@@ -117,6 +121,10 @@ from ocs.api.render import (
     subscriber_json,
     view_json,
 )
+from ocs.billing.corrections import Corrections
+from ocs.billing.invoices import Invoices
+from ocs.billing.payments import Payments
+from ocs.billing.receivables import Receivables
 from ocs.customers.applications import Applications
 from ocs.customers.credit import RuleTable
 from ocs.customers.credit_load import load_credit_rules
@@ -262,6 +270,7 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         answer = _interaction_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
     _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
+    _add_billing(app, state.database)
     app.router.add_get("/openapi.json", _openapi)
     return app
 
@@ -695,7 +704,30 @@ def _add_activation(app: web.Application, database: AsyncEngine, provisioning: P
 
 async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
-    return web.json_response(extend_document(openapi_document(_OPEN_OPERATIONS, order_shapes())))
+    document = extend_document(openapi_document(_OPEN_OPERATIONS, order_shapes()))
+    return web.json_response(with_billing_routes(document))
+
+
+def _add_billing(app: web.Application, database: AsyncEngine) -> None:
+    """Bills, payments and the ledger (ocs.api.billing); the author of a change is the token's name."""
+    services = BillingServices(Invoices(database), Payments(database), Corrections(database), Receivables(database))
+    for route in BILLING_ROUTES:
+        expect = expect_continue if route.body is not None or route.csv_body else None
+        app.router.add_route(route.method, route.path, _billing_handler(route, services), expect_handler=expect)
+
+
+def _billing_handler(route: BillingRoute, services: BillingServices) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if route.csv_body:
+            body: object = await asyncio.to_thread(_decode_csv, await read_body(request))
+        else:
+            body = await json_value(request) if route.body is not None else None
+        answer = await route.call(services, request.match_info, request.query, body, _actor(request).token.name)
+        if is_change(request.method, route.path):
+            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
+        return web.json_response(answer.body, status=answer.status)
+
+    return handle
 
 
 async def _audit_trail(request: web.Request) -> web.Response:

@@ -58,8 +58,9 @@ def _day(text: str) -> date:
 
 def add_interaction_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], client: argparse.ArgumentParser
-) -> None:
-    """``note``, ``ticket`` and ``report`` under ``commands``; ``client`` holds the API flags."""
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """``note``, ``ticket`` and ``report`` under ``commands``; ``client`` holds the API flags.
+    Answers the reports' subcommands, where other wings add theirs."""
     note = commands.add_parser("note", help="notes on a customer (calls, visits, mails)")
     note_actions = note.add_subparsers(dest="action", required=True)
     note_add = note_actions.add_parser("add", parents=[client], help="add a note to a customer")
@@ -96,6 +97,7 @@ def add_interaction_commands(
     customers.add_argument("--to", dest="end", type=_day, required=True, help="last day (included)")
     customers.add_argument("--data", type=Path, help="offline: the server's data directory (no server needed)")
     customers.set_defaults(remote=_report, printer=print_report)
+    return report_actions
 
 
 # -- requests -------------------------------------------------------------------------------------

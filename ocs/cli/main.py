@@ -23,6 +23,8 @@ reads a data directory's business database.
     ocs subscriber load FILE.csv
     ocs customer add|show ..., ocs customer node add ..., ocs line add ... (``ocs.cli.customers``)
     ocs note add|list ..., ocs ticket open|show|move ..., ocs report customers ... (``ocs.cli.interactions``)
+    ocs payment add|load ..., ocs bill show|list ..., ocs dispute open|resolve ..., ocs report receivables
+    (``ocs.cli.billing``)
     ocs topup ACCOUNT AMOUNT --id ID [--bonus]
     ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
     ocs balance ACCOUNT
@@ -56,6 +58,7 @@ from balance.errors import BalanceUnavailable
 from ocs.api.fields import ApiError, money_micros, parse_instant
 from ocs.app import serve
 from ocs.billing.spool_upgrade import pending_upgrade
+from ocs.cli.billing import add_billing_commands
 from ocs.cli.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.cli.customers import add_customer_commands
 from ocs.cli.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
@@ -191,7 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _subscriber_commands(commands)
     add_customer_commands(commands, _client_options())
-    add_interaction_commands(commands, _client_options())
+    reports = add_interaction_commands(commands, _client_options())
+    add_billing_commands(commands, reports, _client_options())
     add_token_commands(commands)
     client = _client_options()
     trail = commands.add_parser("audit-trail", parents=[client], help="who changed what, when (the audit trail)")

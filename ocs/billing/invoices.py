@@ -1,0 +1,303 @@
+"""The store of invoices: ``issue`` a draft once, read customer bills (TMF678), and the bill
+delivery outbox a mailer or print house reads and acknowledges.
+
+Theory of operation: the bill run computes an ``InvoiceDraft`` (what to bill and why, line by
+line) and calls ``issue``; everything about storing it is here. In one transaction, ``issue``
+takes the billing account's lock, looks for the account's invoice of that period (``(billing
+account, period start)`` is unique), and if there is one answers it and writes nothing: a rerun,
+or a race of two runs, issues a period once. Otherwise it draws the next number of the legal
+entity's series (gapless: a rollback gives the number back, ``ocs.billing.allocation``), stores
+the invoice with its amounts computed from its lines (subtotal = every line but discounts and
+taxes; discount = what discount lines take off; tax = each line's tax plus tax lines; total =
+subtotal - discount + tax, never negative), its lines, the pending adjustments it carries (marked
+billed by it), and an ``invoice_issued`` event in ``delivery_outbox``; then the account's credit
+(an earlier overpayment) pays what it can of the new bill. The invoice's id is its number.
+
+The caller may pass its own connection (``issue(draft, connection=...)``): then everything above
+is part of the caller's transaction, which the bill run uses to mark the usage records billed in
+the same commit, and the caller commits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import JsonValue
+from sqlalchemy import ColumnElement, and_, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ocs.billing.allocation import (
+    apply_credit,
+    bill_state,
+    document_number,
+    held_by_disputes,
+    lock_account,
+    next_sequence,
+)
+from ocs.billing.values import (
+    BillingPeriod,
+    BillLine,
+    BillState,
+    CustomerBill,
+    CustomerBillList,
+    InvoiceDraft,
+    LineKind,
+    Money,
+    NodeSubtotal,
+)
+from ocs.customers.service import CustomerRefusal, Problem
+from ocs.customers.values import Closed
+from ocs.db.billing import adjustments, delivery_outbox, invoice_lines, invoices
+from ocs.db.schema import utc_aware, utc_naive
+
+MAX_LIST_ROWS = 1_000
+INVOICE_ISSUED = "invoice_issued"
+
+
+class Issued(Closed):
+    bill: CustomerBill
+    created: bool  # False: the period was invoiced already; that invoice is answered, nothing written
+
+
+class DeliveryEvent(Closed):
+    event_id: int
+    kind: str
+    invoice_id: str | None
+    payload: dict[str, JsonValue]
+    created_at: datetime
+
+
+def draft_amounts(draft: InvoiceDraft) -> dict[str, int]:
+    """The invoice's subtotal, discount, tax and total from its lines (see the module docstring)."""
+    subtotal = sum(line.amount_micros for line in draft.lines if line.kind not in (LineKind.DISCOUNT, LineKind.TAX))
+    discount = -sum(line.amount_micros for line in draft.lines if line.kind is LineKind.DISCOUNT)
+    tax = sum(line.tax_micros for line in draft.lines) + sum(
+        line.amount_micros for line in draft.lines if line.kind is LineKind.TAX
+    )
+    return {
+        "subtotal_micros": subtotal,
+        "discount_micros": discount,
+        "tax_micros": tax,
+        "total_micros": subtotal - discount + tax,
+    }
+
+
+def _money(currency: str, value: int) -> Money:
+    return Money(unit=currency, value_micros=value)
+
+
+def _subtotals(lines: list[BillLine]) -> list[NodeSubtotal]:
+    sums: dict[str | None, tuple[int, int]] = {}
+    for line in lines:
+        amount, tax = sums.get(line.node_id, (0, 0))
+        sums[line.node_id] = (amount + line.amount_micros, tax + line.tax_micros)
+    ordered = sorted(sums.items(), key=lambda item: (item[0] is not None, item[0] or ""))
+    return [NodeSubtotal(node_id=node, amount_micros=amount, tax_micros=tax) for node, (amount, tax) in ordered]
+
+
+def customer_bill(row: dict[str, Any], lines: list[BillLine], held_micros: int) -> CustomerBill:
+    currency = row["currency"]
+    return CustomerBill(
+        id=row["invoice_id"],
+        bill_no=row["number"],
+        legal_entity=row["legal_entity"],
+        customer_id=row["customer_id"],
+        billing_account_id=row["billing_account_id"],
+        bill_date=utc_aware(row["issued_at"]),
+        billing_period=BillingPeriod(start_date=row["period_start"], end_date=row["period_end"]),
+        payment_due_date=row["due_date"],
+        state=BillState(row["state"]),
+        catalog_version=row["catalog_version"],
+        tax_excluded_amount=_money(currency, row["subtotal_micros"] - row["discount_micros"]),
+        discount_amount=_money(currency, row["discount_micros"]),
+        tax_amount=_money(currency, row["tax_micros"]),
+        tax_included_amount=_money(currency, row["total_micros"]),
+        amount_due=_money(currency, row["total_micros"]),
+        remaining_amount=_money(currency, row["remaining_micros"]),
+        disputed_amount=_money(currency, held_micros),
+        subtotals=_subtotals(lines),
+        lines=lines,
+    )
+
+
+async def read_bill(connection: AsyncConnection, invoice_id: str, *, with_lines: bool = True) -> CustomerBill | None:
+    row = (await connection.execute(select(invoices).where(invoices.c.invoice_id == invoice_id))).first()
+    if row is None:
+        return None
+    lines: list[BillLine] = []
+    if with_lines:
+        query = select(invoice_lines).where(invoice_lines.c.invoice_id == invoice_id).order_by(invoice_lines.c.position)
+        lines = [
+            BillLine.model_validate({key: value for key, value in line._mapping.items() if key != "invoice_id"})
+            for line in (await connection.execute(query)).all()
+        ]
+    held = await held_by_disputes(connection, [invoice_id])
+    return customer_bill(dict(row._mapping), lines, held.get(invoice_id, 0))
+
+
+class Invoices:
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    async def issue(self, draft: InvoiceDraft, *, connection: AsyncConnection | None = None) -> Issued:
+        """The draft stored as the period's invoice, once (see the module docstring)."""
+        if connection is not None:
+            return await self._issue(connection, draft)
+        async with self.engine.begin() as own:
+            return await self._issue(own, draft)
+
+    async def _issue(self, connection: AsyncConnection, draft: InvoiceDraft) -> Issued:
+        account = await lock_account(connection, draft.billing_account_id, "billing_account_id")
+        existing = await connection.execute(
+            select(invoices.c.invoice_id).where(
+                and_(
+                    invoices.c.billing_account_id == draft.billing_account_id,
+                    invoices.c.period_start == draft.period_start,
+                )
+            )
+        )
+        found = existing.scalar_one_or_none()
+        if found is not None:
+            bill = await read_bill(connection, found)
+            assert bill is not None
+            return Issued(bill=bill, created=False)
+        amounts = draft_amounts(draft)
+        if amounts["total_micros"] < 0:
+            raise CustomerRefusal(Problem.REFUSED, "lines", "the lines add up to less than zero; bill a credit note")
+        await self._check_adjustments(connection, draft)
+        now = self._now()
+        sequence = await next_sequence(connection, draft.legal_entity)
+        number = document_number(draft.legal_entity, sequence)
+        row = {
+            "invoice_id": number,
+            "legal_entity": draft.legal_entity,
+            "sequence": sequence,
+            "number": number,
+            "customer_id": account["customer_id"],
+            "billing_account_id": draft.billing_account_id,
+            "period_start": draft.period_start,
+            "period_end": draft.period_end,
+            "issued_at": utc_naive(now),
+            "due_date": draft.due_date,
+            "currency": account["currency"],
+            **amounts,
+            "remaining_micros": amounts["total_micros"],
+            "state": bill_state(amounts["total_micros"], amounts["total_micros"]).value,
+            "catalog_version": draft.catalog_version,
+        }
+        await connection.execute(insert(invoices).values(**row))
+        if draft.lines:
+            await connection.execute(
+                insert(invoice_lines),
+                [
+                    {"invoice_id": number, "position": position, **line.model_dump(mode="json")}
+                    for position, line in enumerate(draft.lines, start=1)
+                ],
+            )
+        if draft.adjustment_ids:
+            await connection.execute(
+                update(adjustments)
+                .where(adjustments.c.adjustment_id.in_(draft.adjustment_ids))
+                .values(invoice_id=number)
+            )
+        await connection.execute(insert(delivery_outbox).values(**_issued_event(row, now)))
+        await apply_credit(connection, draft.billing_account_id, now)
+        bill = await read_bill(connection, number)
+        assert bill is not None
+        return Issued(bill=bill, created=True)
+
+    async def _check_adjustments(self, connection: AsyncConnection, draft: InvoiceDraft) -> None:
+        if not draft.adjustment_ids:
+            return
+        query = select(adjustments.c.adjustment_id).where(
+            and_(
+                adjustments.c.adjustment_id.in_(draft.adjustment_ids),
+                adjustments.c.billing_account_id == draft.billing_account_id,
+                adjustments.c.invoice_id.is_(None),
+            )
+        )
+        pending = set((await connection.execute(query)).scalars().all())
+        missing = [adjustment for adjustment in draft.adjustment_ids if adjustment not in pending]
+        if missing:
+            raise CustomerRefusal(
+                Problem.REFUSED, "adjustment_ids", f"not pending on this account: {', '.join(missing)}"
+            )
+
+    async def bill(self, invoice_id: str) -> CustomerBill:
+        async with self.engine.connect() as connection:
+            found = await read_bill(connection, invoice_id)
+        if found is None:
+            raise CustomerRefusal(Problem.NOT_FOUND, "id", f"no customer bill {invoice_id!r}")
+        return found
+
+    async def bills(
+        self, *, billing_account_id: str | None, state: BillState | None, limit: int, offset: int
+    ) -> CustomerBillList:
+        condition: ColumnElement[bool] = invoices.c.invoice_id.is_not(None)
+        if billing_account_id is not None:
+            condition = and_(condition, invoices.c.billing_account_id == billing_account_id)
+        if state is not None:
+            condition = and_(condition, invoices.c.state == state.value)
+        query = (
+            select(invoices)
+            .where(condition)
+            .order_by(invoices.c.issued_at, invoices.c.legal_entity, invoices.c.sequence)
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self.engine.connect() as connection:
+            rows = [dict(row._mapping) for row in (await connection.execute(query)).all()]
+            held = await held_by_disputes(connection, [row["invoice_id"] for row in rows])
+        return CustomerBillList(bills=[customer_bill(row, [], held.get(row["invoice_id"], 0)) for row in rows])
+
+    async def undelivered(self, limit: int = MAX_LIST_ROWS) -> list[DeliveryEvent]:
+        """Delivery events no mailer has acknowledged yet, oldest first."""
+        query = (
+            select(delivery_outbox)
+            .where(delivery_outbox.c.delivered_at.is_(None))
+            .order_by(delivery_outbox.c.event_id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [
+            DeliveryEvent(
+                event_id=row.event_id,
+                kind=row.kind,
+                invoice_id=row.invoice_id,
+                payload=row.payload,
+                created_at=utc_aware(row.created_at),
+            )
+            for row in rows
+        ]
+
+    async def acknowledge(self, event_id: int) -> bool:
+        """The event delivered (once: a second acknowledgement changes nothing and says False)."""
+        async with self.engine.begin() as connection:
+            done = await connection.execute(
+                update(delivery_outbox)
+                .where(and_(delivery_outbox.c.event_id == event_id, delivery_outbox.c.delivered_at.is_(None)))
+                .values(delivered_at=utc_naive(self._now()))
+            )
+        return bool(done.rowcount)
+
+
+def _issued_event(row: dict[str, Any], now: datetime) -> dict[str, object]:
+    payload: dict[str, object] = {
+        "bill_no": row["number"],
+        "customer_id": row["customer_id"],
+        "billing_account_id": row["billing_account_id"],
+        "currency": row["currency"],
+        "total_micros": row["total_micros"],
+        "due_date": row["due_date"].isoformat(),
+        "period_start": row["period_start"].isoformat(),
+        "period_end": row["period_end"].isoformat(),
+    }
+    return {"kind": INVOICE_ISSUED, "invoice_id": row["invoice_id"], "payload": payload, "created_at": utc_naive(now)}
