@@ -14,7 +14,8 @@ the route against ``PERMISSIONS``, keyed by method and route template, and answe
   no bulk load, no audit;
 - customers, company nodes and lines (``/customers``, ``/lines``): admin and care create, they
   and read-only read; self-care does not see them;
-- applications and product orders (``/applications``, ``/productOrders``): as customers;
+- applications and product orders (``/applications``, ``/productOrders``), and the status of a
+  customer, a node or a line (``PUT .../status``, ``ocs.api.lifecycle``): as customers;
 - self-care: its own account only (the token names it): the profile, the balance, top-ups with a
   payment reference (``payment_reference``, required: the API says 400 without it); pricing.
 
@@ -77,6 +78,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/applications"): _CUSTOMER_WORK,
     ("POST", "/productOrders"): _CUSTOMER_WORK,
     ("GET", "/productOrders/{order_id}"): _CUSTOMER_READERS,
+    ("PUT", "/customers/{customer_id}/status"): _CUSTOMER_WORK,
+    ("PUT", "/customers/{customer_id}/nodes/{node_id}/status"): _CUSTOMER_WORK,
+    ("PUT", "/lines/{line_id}/status"): _CUSTOMER_WORK,
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
 _NOT_CHANGES = frozenset({("POST", "/rate")})
