@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ocs.customers import history, records
 from ocs.customers.history import EntityKind, ReasonCategory, StatusChange
 from ocs.customers.service import CustomerRefusal, EngineAnswer, EngineOutcome, Problem
-from ocs.customers.values import Closed, Customer, Line, LineStatus, Node, Text
+from ocs.customers.values import Closed, Customer, CustomerStatus, Line, LineStatus, Node, Text
 from ocs.db.customers import customer_nodes, customers, lifecycle_steps, line_identities, lines
 from ocs.db.schema import utc_naive
 
@@ -153,6 +153,7 @@ class Lifecycle:
         node = await records.get_node(self.engine, node_id)
         if node is None or node.customer_id != customer_id:
             raise CustomerRefusal(Problem.NOT_FOUND, "node_id", f"customer {customer_id!r} has no node {node_id!r}")
+        await self._check_open_above(customer_id, node.parent_node_id, f"node {node_id!r}")
         await self._change(EntityKind.NODE, node_id, customer_id, node.status.value, request, author)
         found = await records.get_node(self.engine, node_id)
         assert found is not None
@@ -164,10 +165,23 @@ class Lifecycle:
             raise CustomerRefusal(Problem.NOT_FOUND, "line_id", f"no line {line_id!r}")
         if line.status is LineStatus.PROVISIONING:
             raise CustomerRefusal(Problem.CONFLICT, "status", f"line {line_id!r} is still being provisioned")
+        await self._check_open_above(line.customer_id, line.node_id, f"line {line_id!r}")
         await self._change(EntityKind.LINE, line_id, line.customer_id, line.own_status.value, request, author)
         found = await records.get_line(self.engine, line_id)
         assert found is not None
         return found
+
+    async def _check_open_above(self, customer_id: str, node_id: str | None, what: str) -> None:
+        """Terminated is final for everything under it: a node or line below a terminated customer
+        or node takes no change (it could never be usable again)."""
+        customer = await records.get_customer(self.engine, customer_id)
+        closed = customer is not None and customer.status is CustomerStatus.TERMINATED
+        while node_id is not None and not closed:
+            node = await records.get_node(self.engine, node_id)
+            closed = node is not None and node.status is CustomerStatus.TERMINATED
+            node_id = node.parent_node_id if node is not None else None
+        if closed:
+            raise CustomerRefusal(Problem.CONFLICT, "status", f"{what} is under a terminated customer or node")
 
     async def _change(
         self, kind: EntityKind, entity_id: str, customer_id: str, now: str, request: StatusRequest, author: str
