@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from ocs.api.fields import money_micros
-from ocs.customers.history import ReasonCategory
 from ocs.cli.client import ApiAnswer, ApiClient
+from ocs.customers.history import ReasonCategory
 from ocs.rating.rate import format_money
 
 
@@ -146,7 +146,9 @@ def _status_commands(
 ) -> None:
     """suspend, resume, bar, terminate for a customer, a node (CUSTOMER NODE) or a line."""
     for command, status in STATUS_OF_COMMAND.items():
-        parser = actions.add_parser(command, parents=[client], help=f"make the {entity} {status} (and what is under it)")
+        parser = actions.add_parser(
+            command, parents=[client], help=f"make the {entity} {status} (and what is under it)"
+        )
         if entity == "node":
             parser.add_argument("customer")
         parser.add_argument("entity_id", metavar=entity.upper())
@@ -201,7 +203,9 @@ async def _add_customer(client: ApiClient, arguments: argparse.Namespace) -> Api
 
 
 async def _set_status(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
-    body = _without_none({"status": arguments.status, "reason": arguments.reason, "reason_category": arguments.category})
+    body = _without_none(
+        {"status": arguments.status, "reason": arguments.reason, "reason_category": arguments.category}
+    )
     entity_id = _segment(arguments.entity_id)
     path = {
         "customer": f"/customers/{entity_id}/status",

@@ -98,8 +98,9 @@ class EngineStatuses(Protocol):
     """The engine step: an account's own status in the balance engine (idempotent), published to
     live sessions as an account event. The API door fills it with the provisioning service."""
 
-    async def set_status(self, account_id: str, status: LineStatus, reason: str, *, actor: str = "") -> EngineAnswer:
-        ...
+    async def set_status(
+        self, account_id: str, status: LineStatus, reason: str, *, actor: str = ""
+    ) -> EngineAnswer: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,9 @@ def check_transition(now: str, asked: str, what: str) -> None:
 
 
 class Lifecycle:
-    def __init__(self, engine: AsyncEngine, statuses: EngineStatuses, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, engine: AsyncEngine, statuses: EngineStatuses, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.engine = engine
         self.statuses = statuses
         self.clock = clock

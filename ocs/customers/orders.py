@@ -18,9 +18,9 @@ takes: asking twice is one change, and its own step is resumed by the lifecycle'
 change (the engine profile's plan, then the line's row; both set the same plan again on a re-run),
 a bundle by its operation id ``order:<order>:<item>``, which the engine's idempotency key applies
 once. A ``change_plan`` item is refused at submission (422 naming ``items.<i>.plan``) for a plan
-the tariff book lacks or the customer's credit class may not take (``plans`` in the class). The item's ``completed`` state is written in one
-transaction with what it changed here (the line's status). So a crash anywhere leaves each item
-either recorded, or to be run again with the same effect: ``resume``, at startup, runs every order
+the tariff book lacks or the customer's credit class may not take (``plans`` in the class). The
+item's ``completed`` state is recorded after its step, so a crash anywhere leaves each item either
+recorded, or to be run again with the same effect: ``resume``, at startup, runs every order
 left ``acknowledged`` or ``inProgress`` from its first unrecorded item, and each item happens once.
 
 A failed step leaves nothing half-done: an item is one engine call (a status change, a bundle) or
@@ -163,8 +163,9 @@ class ProductOrder(Closed):
 class LineOperations(Protocol):
     """The engine steps orders take on an existing line; the API door fills it."""
 
-    async def set_status(self, account_id: str, status: LineStatus, reason: str, *, actor: str = "") -> EngineAnswer:
-        ...
+    async def set_status(
+        self, account_id: str, status: LineStatus, reason: str, *, actor: str = ""
+    ) -> EngineAnswer: ...
 
     async def add_bundle(self, line_id: str, bundle: Bundle, valid_until: int, operation_id: str) -> EngineAnswer: ...
 

@@ -14,7 +14,8 @@ Two columns make the database and Redis agree after a crash: ``lines.status`` is
 ``customer_nodes.account_state`` likewise for a node's pool; the startup pass finishes every row
 left so (``ocs.customers.service``). A lifecycle change is a ``lifecycle_steps`` row until every
 line and engine account under it has its new status (``ocs.customers.lifecycle``); a line keeps
-its own status (``own_status``) apart from the effective one (``status``). Money here is integer micros; times are naive UTC.
+its own status (``own_status``) apart from the effective one (``status``). Money here is integer
+micros; times are naive UTC.
 """
 
 from __future__ import annotations

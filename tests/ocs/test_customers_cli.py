@@ -76,7 +76,9 @@ async def test_customers_nodes_and_lines_are_suspended_resumed_and_terminated(
     assert status == 0 and "(organization, active)" in out, err
     status, out, err = await ocs(capsys, *url, "line", "resume", "o-1", "--reason", "found")
     assert status == 0 and "o-1 (mobile prepaid, plan mobile_prepaid, barred, its own active)" in out, err
-    status, out, err = await ocs(capsys, *url, "customer", "terminate", "orga", "--reason", "left", "--category", "voluntary")
+    status, out, err = await ocs(
+        capsys, *url, "customer", "terminate", "orga", "--reason", "left", "--category", "voluntary"
+    )
     assert status == 0 and "(organization, terminated)" in out, err
     status, out, err = await ocs(capsys, *url, "customer", "resume", "orga", "--reason", "back")
     assert status == 1 and "status:" in err and "HTTP 409" in err

@@ -75,7 +75,9 @@ async def test_a_customer_suspended_resumed_and_barred_reaches_its_line_session_
     await change(api, "/customers/dora/status", "barred", "fraud: sim box", "fraud")
     await wait_for(lambda: len(received) == 3)
     assert received[2].command_code == ABORT_SESSION and received[2].get("Session-Id") == "call-1"
-    refused = await request(client, "call-2", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 60), msisdn=MSISDN)
+    refused = await request(
+        client, "call-2", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 60), msisdn=MSISDN
+    )
     assert code(refused) == 4010  # DIAMETER_END_USER_SERVICE_DENIED, RFC 4006 section 9.1
     await client.close()
 

@@ -246,7 +246,9 @@ async def test_a_change_plan_item_changes_the_engine_profile_and_the_line(
 ) -> None:
     customer = {"given_name": "Fay", "family_name": "F", "birth_date": "1980-01-01"}
     await customers.create_customer(
-        NewCustomer.model_validate({"customer_id": "fay", "individual": customer, "credit_profile": {"credit_class": "D"}})
+        NewCustomer.model_validate(
+            {"customer_id": "fay", "individual": customer, "credit_profile": {"credit_class": "D"}}
+        )
     )
     await customers.add_line("fay", NewLine(line_id="fay-1"))  # the default plan: mobile_prepaid
     orders = Orders(database, customers, EngineLines(provisioning), RULES)

@@ -115,7 +115,9 @@ async def test_customer_terminations_through_the_lifecycle_are_counted_by_catego
     clock.now = datetime(2026, 3, 4, tzinfo=UTC).timestamp()
     unpaid = StatusRequest(status=TargetStatus.TERMINATED, reason="unpaid", reason_category=ReasonCategory.COLLECTIONS)
     await lifecycle.set_customer_status("hal", unpaid, "dunning")
-    suspended = StatusRequest(status=TargetStatus.SUSPENDED, reason="unpaid", reason_category=ReasonCategory.COLLECTIONS)
+    suspended = StatusRequest(
+        status=TargetStatus.SUSPENDED, reason="unpaid", reason_category=ReasonCategory.COLLECTIONS
+    )
     await lifecycle.set_customer_status("ida", suspended, "dunning")  # still in the base
     report = await customer_base_report(customers.engine, MARCH, last_usage_seconds={}, inactivity_days=90)
     totals = report.totals
