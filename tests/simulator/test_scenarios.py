@@ -29,7 +29,7 @@ def shortened(scenario: Scenario) -> Scenario:
     faults = scenario.faults
     lifecycle = scenario.lifecycle
     if lifecycle.interval_seconds:  # every step of the cycle within the shortened run
-        lifecycle = dataclasses.replace(lifecycle, interval_seconds=min(lifecycle.interval_seconds, 0.4))
+        lifecycle = dataclasses.replace(lifecycle, interval_seconds=min(lifecycle.interval_seconds, 0.25))
     if faults.connection_drop_mean_seconds:
         faults = dataclasses.replace(faults, connection_drop_mean_seconds=0.6)
     return dataclasses.replace(
