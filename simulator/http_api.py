@@ -210,6 +210,13 @@ class OcsApi:
         their live sessions are told (RAR for suspended or active, ASR for barred or terminated)."""
         return await self._call("PUT", f"/subscribers/{account_id}/status", {"status": status, "reason": reason})
 
+    async def set_lifecycle_status(self, path: str, status: str, reason: str, category: str) -> dict[str, object]:
+        """PUT {path}/status (ocs/api/lifecycle.py): a customer (``/customers/{id}``), a company
+        node (``/customers/{id}/nodes/{node}``) or a line (``/lines/{id}``) and every line under
+        it change; the OCS tells their live sessions. Answers the changed entity."""
+        body = {"status": status, "reason": reason, "reason_category": category}
+        return await self._call("PUT", f"{path}/status", body)
+
     async def top_up(self, account_id: str, top_up_id: str, amount: str) -> None:
         """Credit the main balance (idempotent by ``top_up_id``); the OCS then re-authorises
         the account's sessions in final-unit state (RAR)."""

@@ -1,11 +1,14 @@
 """Lifecycle changes made during a run, and how long each took to reach the live sessions.
 
 Theory of operation: while traffic runs, ``Lifecycle.run`` makes one change every
-``interval_seconds`` through the API (PUT /subscribers/{id}/status with a reason), cycling
-through ``steps``: a line or a company department is suspended and later resumed, a line is
-barred, a line is terminated. A change to a department reaches every line under it (the server
-changes each account below the node). Lines to change are taken among those in a session, so
-the change has live sessions to reach.
+``interval_seconds`` through the lifecycle API (``PUT /lines/{id}/status``,
+``/customers/{id}/nodes/{node}/status``, ``/customers/{id}/status`` with a reason and a reason
+category), cycling through ``steps``: a line, a company department or a whole customer (an
+individual or the company) is suspended and later resumed, a line is barred, a line or an
+individual customer is terminated. A change to a department or a customer reaches every line
+under it (the server sets each line's effective status). Lines to change are taken among those in
+a session, so the change has live sessions to reach; a change is timed when a line it covers was
+in a session when it was made.
 
 Enforcement is timed from just before the API call to the first RAR or ASR that an element
 receives for a session of a line the change covers (the OCS tells the sessions with RAR when
@@ -36,7 +39,18 @@ from simulator.http_api import ApiRefused, OcsApi
 from simulator.population import SimulatedSubscriber
 from simulator.records import Recorder
 
-STEPS = ("suspend_line", "resume_line", "suspend_department", "resume_department", "bar_line", "terminate_line")
+STEPS = (
+    "suspend_line",
+    "resume_line",
+    "suspend_department",
+    "resume_department",
+    "bar_line",
+    "terminate_line",
+    "suspend_customer",
+    "resume_customer",
+    "terminate_customer",
+)
+CATEGORY_OF_KIND = {"suspend": "collections", "resume": "other", "bar": "fraud", "terminate": "voluntary"}
 STATUS_OF_KIND = {"suspend": "suspended", "resume": "active", "bar": "barred", "terminate": "terminated"}
 TERMINATE_GRACE_SECONDS = 10.0  # the server releases a terminated line's sessions after their CCR-T or Tx
 GRACE_MARGIN_SECONDS = 3.0
@@ -72,7 +86,8 @@ class Lifecycle:
     retired: set[str] = field(default_factory=set)  # barred or terminated: out of the traffic
     changes: list[LifecycleChange] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    _suspended: dict[str, list[str]] = field(default_factory=dict)  # "line"/"department" -> ids
+    _suspended: dict[str, list[str]] = field(default_factory=dict)  # "line"/"department"/"customer" -> ids
+    customer_status: dict[str, str] = field(default_factory=dict)  # as the OCS answered; else active
 
     async def run(self, deadline: float) -> None:
         """One change per interval until ``deadline`` (time.monotonic)."""
@@ -104,6 +119,11 @@ class Lifecycle:
             if not waiting:
                 return
             account_id = waiting.pop(0)
+        elif scope == "customer":
+            chosen = self._customer_to_change(individual_only=kind == "terminate")
+            if chosen is None:
+                return
+            account_id = chosen
         elif scope == "department":
             choices = [d.account_id for d in self.departments if d.account_id not in self._suspended.get(scope, [])]
             if not choices:
@@ -114,22 +134,58 @@ class Lifecycle:
             if line is None:
                 return
             account_id = line.account_id
-        covered = self._covered(account_id)
+        covered = self._covered(scope, account_id)
         if kind in ("bar", "terminate"):
             self.retired.update(covered)
+        busy = self.busy()
+        live = sum(1 for line in covered if line in busy)
         called_at = time.monotonic()
-        answer = await self.api.set_status(account_id, STATUS_OF_KIND[kind], f"simulated {step.replace('_', ' ')}")
+        answer = await self.api.set_lifecycle_status(
+            self._path(scope, account_id),
+            STATUS_OF_KIND[kind],
+            f"simulated {step.replace('_', ' ')}",
+            CATEGORY_OF_KIND[kind],
+        )
         answered_at = time.monotonic()
-        notified = answer.get("notified_sessions")
-        notified_sessions = notified if isinstance(notified, int) else 0
-        self.changes.append(LifecycleChange(step, account_id, covered, called_at, notified_sessions, answered_at))
+        if scope == "customer" and isinstance(answer.get("status"), str):
+            self.customer_status[account_id] = str(answer["status"])
+        self.changes.append(LifecycleChange(step, account_id, covered, called_at, live, answered_at))
         if kind == "suspend":
             self._suspended.setdefault(scope, []).append(account_id)
 
-    def _covered(self, account_id: str) -> tuple[str, ...]:
-        """The lines a change of ``account_id`` reaches: the line, or a department's lines."""
+    def _covered(self, scope: str, account_id: str) -> tuple[str, ...]:
+        """The lines a change reaches: the line, a department's lines, or a customer's lines."""
+        if scope == "customer":
+            return tuple(line.account_id for line in self.lines if line.owner_id == account_id)
         under = tuple(line.account_id for line in self.lines if line.parent_id == account_id)
         return under or (account_id,)
+
+    def _path(self, scope: str, account_id: str) -> str:
+        if scope == "customer":
+            return f"/customers/{account_id}"
+        if scope == "department":
+            department = next(d for d in self.departments if d.account_id == account_id)
+            return f"/customers/{department.owner_id}/nodes/{department.account_id}"  # its node id
+        return f"/lines/{account_id}"
+
+    def customers(self) -> list[str]:
+        return sorted({line.owner_id for line in self.lines})
+
+    def _customer_to_change(self, *, individual_only: bool) -> str | None:
+        """An active customer with a line in a session if there is one; the company is never
+        terminated (its departments take their own changes)."""
+        companies = {line.owner_id for line in self.lines if line.customer_id}
+        busy = self.busy()
+        candidates = [
+            customer
+            for customer in self.customers()
+            if self.customer_status.get(customer, "active") == "active"
+            and not (individual_only and customer in companies)
+            and any(line.account_id not in self.retired for line in self.lines if line.owner_id == customer)
+        ]
+        live = [c for c in candidates if any(line.account_id in busy for line in self.lines if line.owner_id == c)]
+        pool = live or candidates
+        return self.rng.choice(pool) if pool else None
 
     def enforcement_ms(self) -> list[float]:
         """For every change that reached a live session: milliseconds to the first RAR or ASR."""
@@ -175,17 +231,17 @@ class Lifecycle:
                         )
 
     def summary(self, line_statuses: Counter[str]) -> dict[str, object]:
-        """The report's ``lifecycle`` object (issue 13, "What must be shown"). The simulator
-        changes lines and company departments, never a customer's own status: ``customers``
-        counts the lines by their effective status at the end of the run, and says so."""
+        """The report's ``lifecycle`` object (issue 13, "What must be shown"): ``customers`` counts
+        the customers by their status at the end of the run (as the OCS answered the last change
+        of each; a customer never changed is active), ``lines`` the lines by effective status."""
         times = sorted(self.enforcement_ms())
         return {
             "changes": dict(Counter(change.step for change in self.changes)),
             "enforced": len(times),
             "enforcement_p50_ms": round(_percentile(times, 50.0), 3),
             "enforcement_p99_ms": round(_percentile(times, 99.0), 3),
-            "customers": dict(line_statuses),
-            "customers_counts": "lines by effective status at the end of the run",
+            "customers": dict(Counter(self.customer_status.get(customer, "active") for customer in self.customers())),
+            "lines": dict(line_statuses),
             "problems": list(self.problems),
         }
 

@@ -194,7 +194,8 @@ def render_text(summary: Summary) -> str:
         lines.append(
             f"lifecycle changes: {lifecycle['changes'] or 'none'}; enforced {lifecycle['enforced']}, "
             f"p50 {lifecycle['enforcement_p50_ms']} ms, p99 {lifecycle['enforcement_p99_ms']} ms "
-            f"(API call to the first RAR/ASR); {lifecycle['customers_counts']}: {lifecycle['customers']}"
+            f"(API call to the first RAR/ASR); customers by status: {lifecycle['customers']}; "
+            f"lines by effective status: {lifecycle['lines']}"
         )
     money = summary["money"]
     assert isinstance(money, dict)

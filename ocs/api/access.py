@@ -14,10 +14,11 @@ the route against ``PERMISSIONS``, keyed by method and route template, and answe
   no bulk load, no audit;
 - customers, company nodes and lines (``/customers``, ``/lines``): admin and care create, they
   and read-only read; self-care does not see them;
-- applications and product orders (``/applications``, ``/productOrders``): as customers;
 - bills, payments, disputes and the receivables report: staff read them; admin and care record
   payments, open disputes and add adjustments; credit notes, dispute resolutions, refunds and bank
   files (money given back or away, or thousands of payments) are the admin's;
+- applications and product orders (``/applications``, ``/productOrders``), and the status of a
+  customer, a node or a line (``PUT .../status``, ``ocs.api.lifecycle``): as customers;
 - self-care: its own account only (the token names it): the profile, the balance, top-ups with a
   payment reference (``payment_reference``, required: the API says 400 without it); pricing.
 
@@ -92,6 +93,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("PATCH", "/disputes/{dispute_id}"): frozenset({Role.ADMIN}),  # ends in a credit note
     ("POST", "/billingAccounts/{billing_account_id}/refunds"): frozenset({Role.ADMIN}),
     ("POST", "/billingAccounts/{billing_account_id}/adjustments"): _CUSTOMER_WORK,
+    ("PUT", "/customers/{customer_id}/status"): _CUSTOMER_WORK,
+    ("PUT", "/customers/{customer_id}/nodes/{node_id}/status"): _CUSTOMER_WORK,
+    ("PUT", "/lines/{line_id}/status"): _CUSTOMER_WORK,
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
 _NOT_CHANGES = frozenset({("POST", "/rate")})

@@ -179,6 +179,7 @@ class PathIds(BaseModel):
     customer_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     line_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     order_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None  # ocs.api.orders
+    node_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None  # ocs.api.lifecycle
 
 
 class ErrorBody(BaseModel):
@@ -188,11 +189,13 @@ class ErrorBody(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One request, its inputs validated: path ids, the query, the body model."""
+    """One request, its inputs validated: path ids, the query, the body model; who made it (the
+    token's name: a lifecycle change records it)."""
 
     path: PathIds
     query: Mapping[str, str]
     body: BaseModel | None
+    author: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,15 +230,22 @@ class Route:
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = field(default=(404,))
 
-    PATH_NAMES: ClassVar[tuple[str, ...]] = ("customer_id", "line_id", "order_id")
+    PATH_NAMES: ClassVar[tuple[str, ...]] = ("customer_id", "line_id", "order_id", "node_id")
 
-    async def call(self, service: Customers, path: Mapping[str, str], query: Mapping[str, str], body: object) -> Answer:
+    async def call(
+        self, service: Customers, path: Mapping[str, str], query: Mapping[str, str], body: object, author: str = ""
+    ) -> Answer:
         """Validate the inputs (422 naming the field), run the handler, map its refusal to HTTP."""
         ids = validated(PathIds, dict(path))
         if self.query is not None:
             validated(self.query, dict(query))
         model = validated(self.body, body) if self.body is not None else None
-        return await refusals_as_http(self.handler(service, Call(ids, query, model)))
+        return await refusals_as_http(self.handler(service, Call(ids, query, model, author)))
+
+
+async def documentation_only(service: Customers, call: Call) -> Answer:
+    """The handler of a route given unbound to the OpenAPI document: never called."""
+    raise AssertionError("a documentation route is never called")
 
 
 def validated(kind: type[ModelT], value: object) -> ModelT:

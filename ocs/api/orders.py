@@ -17,8 +17,10 @@ bundle through the store's ``add_bucket`` with the item's operation id, applied 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from balance.types import AccountStatus, Bucket, BucketKind, Outcome
-from ocs.api.customers import Answer, Call, Handler, Route
+from ocs.api.customers import Answer, Call, Handler, Route, documentation_only
 from ocs.api.fields import NotFound, Refused
 from ocs.api.provisioning import Provisioning
 from ocs.customers.applications import ApplicationResult, Applications, NewApplication
@@ -29,6 +31,7 @@ from ocs.customers.values import LineStatus
 _ACCOUNT_STATUS = {
     LineStatus.ACTIVE: AccountStatus.ACTIVE,
     LineStatus.SUSPENDED: AccountStatus.SUSPENDED,
+    LineStatus.BARRED: AccountStatus.BARRED,
     LineStatus.TERMINATED: AccountStatus.TERMINATED,
 }
 
@@ -39,11 +42,37 @@ class EngineLines:
     def __init__(self, provisioning: Provisioning) -> None:
         self.provisioning = provisioning
 
-    async def set_status(self, line_id: str, status: LineStatus, reason: str) -> EngineAnswer:
+    async def set_status(
+        self, account_id: str, status: LineStatus, reason: str, *, actor: str = "product order"
+    ) -> EngineAnswer:
+        """The account's own status in the engine (also ``ocs.customers.lifecycle``'s port)."""
         try:
-            await self.provisioning.set_status(line_id, _ACCOUNT_STATUS[status], actor="product order", reason=reason)
+            await self.provisioning.set_status(account_id, _ACCOUNT_STATUS[status], actor=actor, reason=reason)
         except (NotFound, Refused) as error:
             return EngineAnswer(EngineOutcome.REFUSED, error.message)
+        return EngineAnswer(EngineOutcome.OK)
+
+    def knows_plan(self, plan: str) -> bool:
+        return plan in self.provisioning.book.plans
+
+    async def set_plan(self, line_id: str, plan: str) -> EngineAnswer:
+        """The plan in the account's directory profile, which charging reads at the next request
+        (the cached profile forgotten). There is no plan-changed account event (ocs/events.py), so
+        an open session keeps the tariff of its reservation until its next grant."""
+        tariff = self.provisioning.book.plans.get(plan)
+        try:
+            profile, view = await self.provisioning.show(line_id)
+        except NotFound as error:
+            return EngineAnswer(EngineOutcome.REFUSED, error.message)
+        if tariff is None or profile is None:
+            return EngineAnswer(EngineOutcome.REFUSED, f"no tariff plan {plan!r}" if tariff is None else "no profile")
+        if tariff.currency != view.account.currency:
+            reason = f"plan {plan} is in {tariff.currency}; account {line_id!r} is in {view.account.currency}"
+            return EngineAnswer(EngineOutcome.REFUSED, reason)
+        if profile.plan != plan:
+            if await self.provisioning.directory.register(replace(profile, plan=plan)) is not Outcome.OK:
+                return EngineAnswer(EngineOutcome.REFUSED, f"profile of {line_id!r} not written")
+            self.provisioning.forget(profile.identities)
         return EngineAnswer(EngineOutcome.OK)
 
     async def add_bundle(self, line_id: str, bundle: Bundle, valid_until: int, operation_id: str) -> EngineAnswer:
@@ -105,11 +134,6 @@ def _table(apply: Handler, order: Handler, show: Handler) -> tuple[Route, ...]:
     )
 
 
-# The routes' shapes for the OpenAPI document, without services (the handlers are never called).
-async def _never(service: Customers, call: Call) -> Answer:
-    raise AssertionError("a documentation route is never called")
-
-
 def order_shapes() -> tuple[Route, ...]:
     """The routes for the OpenAPI document (``openapi_document(extra_routes=...)``), unbound."""
-    return _table(_never, _never, _never)
+    return _table(documentation_only, documentation_only, documentation_only)

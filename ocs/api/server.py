@@ -111,6 +111,7 @@ from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
 from ocs.api.interactions import Route as InteractionRoute
 from ocs.api.interactions import Services as InteractionServices
 from ocs.api.interactions import extend_document
+from ocs.api.lifecycle import lifecycle_routes, lifecycle_shapes
 from ocs.api.orders import EngineLines, order_routes, order_shapes
 from ocs.api.provisioning import Applied, Provisioning
 from ocs.api.render import (
@@ -129,6 +130,7 @@ from ocs.customers.applications import Applications
 from ocs.customers.credit import RuleTable
 from ocs.customers.credit_load import load_credit_rules
 from ocs.customers.interactions import Interactions
+from ocs.customers.lifecycle import Lifecycle
 from ocs.customers.orders import Orders
 from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
@@ -170,6 +172,7 @@ class Change:
 CONTEXT = web.AppKey("ocs_api", ApiContext)
 CUSTOMERS = web.AppKey("ocs_customers", Customers)  # the customer side (ocs.api.customers)
 ORDERS = web.AppKey("ocs_orders", Orders)  # product orders (ocs.api.orders)
+LIFECYCLE = web.AppKey("ocs_lifecycle", Lifecycle)  # customer, node and line status (ocs.api.lifecycle)
 _ACTOR = web.RequestKey("ocs_actor", Actor)  # the authenticated caller
 _CHANGE = web.RequestKey("ocs_change", Change)  # what its call changed
 
@@ -274,8 +277,6 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     app.router.add_get("/openapi.json", _openapi)
     return app
 
-    return web.json_response(extend_document(openapi_document(_OPEN_OPERATIONS, order_shapes())))
-
 
 async def start_http(state: ServerState) -> HttpServer:
     metrics = _metrics_of(state)
@@ -289,6 +290,7 @@ async def start_http(state: ServerState) -> HttpServer:
     tls = _tls_context(http.tls_certificate, http.tls_private_key) if http.tls_certificate else None
     app = build_app(state, metrics)
     await _resume_customer_provisioning(app[CUSTOMERS])
+    await _resume_lifecycle(app[LIFECYCLE])
     await _resume_orders(app[ORDERS])
     runner, bound = await _listen(app, http.host, http.port, settings.shutdown_timeout_seconds, tls)
     log.info("http_listening", host=bound[0], port=bound[1], https=tls is not None)
@@ -338,6 +340,15 @@ async def _resume_customer_provisioning(customers: Customers) -> None:
         await customers.resume()
     except BalanceUnavailable as error:  # they stay provisioning; the next start finishes them
         log.error("customer_provisioning_not_resumed", error=str(error))
+
+
+async def _resume_lifecycle(lifecycle: Lifecycle) -> None:
+    """The startup pass for status changes a crash (or Redis down) left half-applied to a
+    customer's lines (ocs.customers.lifecycle), before the orders, whose status items use it."""
+    try:
+        await lifecycle.resume()
+    except BalanceUnavailable as error:  # they stay unfinished; the next start finishes them
+        log.error("lifecycle_not_resumed", error=str(error))
 
 
 async def _resume_orders(orders: Orders) -> None:
@@ -645,7 +656,7 @@ def _customer_handler(route: Route, customers: Customers) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await json_value(request) if route.body is not None else None
-        answer = await route.call(customers, request.match_info, request.query, body)
+        answer = await route.call(customers, request.match_info, request.query, body, _actor(request).token.name)
         if is_change(request.method, route.path):
             _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
         headers = {"Location": answer.location} if answer.location else None
@@ -695,16 +706,19 @@ def _interaction_handler(route: InteractionRoute, services: InteractionServices)
 def _add_activation(app: web.Application, database: AsyncEngine, provisioning: Provisioning, rules_path: str) -> None:
     """Applications and product orders (ocs.api.orders); the credit rules are read once, here."""
     rules = load_credit_rules(rules_path)
-    app[ORDERS] = Orders(database, app[CUSTOMERS], EngineLines(provisioning), rules)
+    lines = EngineLines(provisioning)
+    app[ORDERS] = Orders(database, app[CUSTOMERS], lines, rules)
+    app[LIFECYCLE] = Lifecycle(database, lines)
     applications = Applications(database, app[CUSTOMERS], RuleTable(rules))
-    for route in order_routes(applications, app[ORDERS]):
+    for route in (*order_routes(applications, app[ORDERS]), *lifecycle_routes(app[LIFECYCLE])):
         expect = expect_continue if route.body is not None else None
         app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
 
 
 async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
-    document = extend_document(openapi_document(_OPEN_OPERATIONS, order_shapes()))
+    shapes = (*order_shapes(), *lifecycle_shapes())
+    document = extend_document(openapi_document(_OPEN_OPERATIONS, shapes))
     return web.json_response(with_billing_routes(document))
 
 

@@ -18,6 +18,10 @@ refuses.
               [--pool postpaid|prepaid] [--credit-limit 100.00] [--cap 50.00]
     ocs line add CUSTOMER [--line-id ID] [--node NODE] [--type mobile|fixed] [--payment prepaid|postpaid]
               [--plan P] [--msisdn N] [--imsi N] [--sip URI] [--credit-limit 20.00] [--cap 10.00]
+    ocs customer suspend|resume|bar|terminate ID --reason R [--category C]
+    ocs customer node suspend|resume|bar|terminate CUSTOMER NODE --reason R [--category C]
+    ocs line suspend|resume|bar|terminate LINE --reason R [--category C]
+        (``PUT .../status``, ``ocs.api.lifecycle``; C: voluntary, collections, fraud, other)
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from urllib.parse import quote
 
 from ocs.api.fields import money_micros
 from ocs.cli.client import ApiAnswer, ApiClient
+from ocs.customers.history import ReasonCategory
 from ocs.rating.rate import format_money
 
 
@@ -125,6 +130,31 @@ def add_customer_commands(
         line_add.add_argument(f"--{kind}", action="append", default=[], help=f"{kind.upper()} (repeatable)")
     _money_flags(line_add, pool=False)
     line_add.set_defaults(remote=_add_line, printer=_print_line)
+    _status_commands(actions, client, "customer", _print_customer)
+    _status_commands(node_actions, client, "node", _print_node)
+    _status_commands(line_actions, client, "line", _print_line)
+
+
+STATUS_OF_COMMAND = {"suspend": "suspended", "resume": "active", "bar": "barred", "terminate": "terminated"}
+
+
+def _status_commands(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    client: argparse.ArgumentParser,
+    entity: str,
+    printer: object,
+) -> None:
+    """suspend, resume, bar, terminate for a customer, a node (CUSTOMER NODE) or a line."""
+    for command, status in STATUS_OF_COMMAND.items():
+        parser = actions.add_parser(
+            command, parents=[client], help=f"make the {entity} {status} (and what is under it)"
+        )
+        if entity == "node":
+            parser.add_argument("customer")
+        parser.add_argument("entity_id", metavar=entity.upper())
+        parser.add_argument("--reason", required=True, help="why (recorded with who and when)")
+        parser.add_argument("--category", choices=[category.value for category in ReasonCategory])
+        parser.set_defaults(remote=_set_status, printer=printer, status=status, entity=entity)
 
 
 # -- requests -------------------------------------------------------------------------------------
@@ -170,6 +200,19 @@ async def _add_customer(client: ApiClient, arguments: argparse.Namespace) -> Api
     if arguments.status is not None:
         body["status"] = arguments.status
     return await client.request("POST", "/customers", body=_without_none(body))
+
+
+async def _set_status(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    body = _without_none(
+        {"status": arguments.status, "reason": arguments.reason, "reason_category": arguments.category}
+    )
+    entity_id = _segment(arguments.entity_id)
+    path = {
+        "customer": f"/customers/{entity_id}/status",
+        "node": f"/customers/{_segment(getattr(arguments, 'customer', ''))}/nodes/{entity_id}/status",
+        "line": f"/lines/{entity_id}/status",
+    }[arguments.entity]
+    return await client.request("PUT", path, body=body)
 
 
 async def _show_customer(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
@@ -244,8 +287,14 @@ def _print_line(body: Mapping[str, object], indent: str = "") -> None:
     parent = f", draws on {body.get('engine_parent_id')}" if body.get("engine_parent_id") else ""
     print(
         f"{indent}line      {body.get('line_id')} ({body.get('network')} {body.get('payment_type')}, "
-        f"plan {body.get('plan')}, {body.get('status')}{parent}): {identities or 'no identities'}"
+        f"plan {body.get('plan')}, {body.get('status')}{_own(body)}{parent}): {identities or 'no identities'}"
     )
+
+
+def _own(body: Mapping[str, object]) -> str:
+    """A line's own status, when its customer or a node makes it count as another."""
+    own = body.get("own_status")
+    return f", its own {own}" if own is not None and own != body.get("status") else ""
 
 
 def _print_node(body: Mapping[str, object], indent: str = "") -> None:
@@ -256,7 +305,8 @@ def _print_node(body: Mapping[str, object], indent: str = "") -> None:
             f", {money.get('payment_type')} pool {body.get('account_id')} ({body.get('account_state')}), "
             f"limit {_money_text(money.get('credit_limit_micros'))}, cap {_money_text(money.get('cap_micros'))}"
         )
-    print(f"{indent}node      {body.get('node_id')} {body.get('kind')} {body.get('name')!r}{pool}")
+    status = body.get("status", "active")
+    print(f"{indent}node      {body.get('node_id')} {body.get('kind')} {body.get('name')!r} {status}{pool}")
 
 
 def _print_tree_node(tree: Mapping[str, object], indent: str) -> None:

@@ -231,6 +231,8 @@ def print_report(body: Mapping[str, object]) -> None:
     print(_figures_row("total", _mapping(body.get("totals"))))
     for kind, figures in _mapping(body.get("by_customer_type")).items():
         print(_figures_row(kind, _mapping(figures)))
+    if "lines" in body:
+        print(_figures_row("lines (not customers)", _mapping(body.get("lines"))))
     inactivity = _mapping(body.get("prepaid_inactivity"))
     rate = inactivity.get("inactivity_rate")
     share = f" ({rate:.2%})" if isinstance(rate, int | float) else ""

@@ -152,6 +152,10 @@ class Offer:
     kind: OfferKind
     credit_limit_micros: int  # 0 for prepaid only
     deposit_micros: int
+    plans: tuple[str, ...] | None = None  # the tariff plans a line may take; None: every plan
+
+    def allows_plan(self, plan: str) -> bool:
+        return self.plans is None or plan in self.plans
 
 
 @dataclass(frozen=True, slots=True)

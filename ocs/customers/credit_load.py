@@ -155,7 +155,7 @@ _INDIVIDUAL_KEYS = frozenset({"age", "employment", "income_band", "years_at_addr
 _ORGANIZATION_KEYS = frozenset({"years_trading", "registration", "employees"})
 _REGISTRATION_KEYS = frozenset({"present", "absent"})
 _HISTORY_KEYS = frozenset({"invoices", "worst_days_late", "open_debt"})
-_CLASS_KEYS = frozenset({"name", "description", "min_points", "offer", "credit_limit", "deposit"})
+_CLASS_KEYS = frozenset({"name", "description", "min_points", "offer", "credit_limit", "deposit", "plans"})
 
 
 def load_credit_rules(path: str | Path) -> CreditRules:
@@ -241,4 +241,14 @@ def _offer(table: _Table) -> Offer:
     if kind is OfferKind.PREPAID_ONLY and limit != 0:
         raise table.fail("credit_limit", "a prepaid-only class extends no credit: remove it")
     deposit = table.amount_micros("deposit") if "deposit" in table.values else 0
-    return Offer(kind, limit, deposit)
+    return Offer(kind, limit, deposit, _plans(table))
+
+
+def _plans(table: _Table) -> tuple[str, ...] | None:
+    """The plans a class's lines may take (a change_plan order item is refused another one)."""
+    if "plans" not in table.values:
+        return None
+    raw = table.values["plans"]
+    if not isinstance(raw, list) or not raw or not all(isinstance(plan, str) and plan for plan in raw):
+        raise table.fail("plans", "must be a non-empty array of tariff plan names")
+    return tuple(raw)

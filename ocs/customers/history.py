@@ -27,6 +27,7 @@ SYSTEM_AUTHOR = "ocs"  # a change the service makes itself (a line's provisionin
 
 class EntityKind(enum.StrEnum):
     CUSTOMER = "customer"
+    NODE = "node"  # a company node's own status (ocs.customers.lifecycle)
     LINE = "line"
 
 

@@ -12,11 +12,15 @@ line, and no line gets a credit limit above the class's); a refusal names the it
     item:   acknowledged -> completed | failed
 
 Each item is one step of the engine or the customer service that is idempotent by itself: a new
-line by its assigned id (a line already there is the earlier try's), a status change (setting a
-status twice is one change), a bundle by its operation id ``order:<order>:<item>``, which the
-engine's idempotency key applies once. The item's ``completed`` state is written in one
-transaction with what it changed here (the line's status). So a crash anywhere leaves each item
-either recorded, or to be run again with the same effect: ``resume``, at startup, runs every order
+line by its assigned id (a line already there is the earlier try's), a status change (the line's
+own status through ``ocs.customers.lifecycle``, the path the API's ``PUT /lines/{id}/status``
+takes: asking twice is one change, and its own step is resumed by the lifecycle's pass), a plan
+change (the engine profile's plan, then the line's row; both set the same plan again on a re-run),
+a bundle by its operation id ``order:<order>:<item>``, which the engine's idempotency key applies
+once. A ``change_plan`` item is refused at submission (422 naming ``items.<i>.plan``) for a plan
+the tariff book lacks or the customer's credit class may not take (``plans`` in the class). The
+item's ``completed`` state is recorded after its step, so a crash anywhere leaves each item either
+recorded, or to be run again with the same effect: ``resume``, at startup, runs every order
 left ``acknowledged`` or ``inProgress`` from its first unrecorded item, and each item happens once.
 
 A failed step leaves nothing half-done: an item is one engine call (a status change, a bundle) or
@@ -42,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ocs.customers import order_records, records
 from ocs.customers.credit import CreditRules, OfferKind
+from ocs.customers.lifecycle import Lifecycle, StatusRequest, TargetStatus
 from ocs.customers.records import Duplicate
 from ocs.customers.service import (
     CustomerRefusal,
@@ -79,14 +84,16 @@ class ItemAction(enum.StrEnum):
     SUSPEND_LINE = "suspend_line"
     RESUME_LINE = "resume_line"
     TERMINATE_LINE = "terminate_line"
+    CHANGE_PLAN = "change_plan"  # TMF622 modify: the line's tariff plan
 
 
-# The line status each status item sets, in the engine and in the line's row.
+# The line's own status each status item asks for (``ocs.customers.lifecycle`` applies it).
 STATUS_OF_ACTION = {
-    ItemAction.SUSPEND_LINE: LineStatus.SUSPENDED,
-    ItemAction.RESUME_LINE: LineStatus.ACTIVE,
-    ItemAction.TERMINATE_LINE: LineStatus.TERMINATED,
+    ItemAction.SUSPEND_LINE: TargetStatus.SUSPENDED,
+    ItemAction.RESUME_LINE: TargetStatus.ACTIVE,
+    ItemAction.TERMINATE_LINE: TargetStatus.TERMINATED,
 }
+ORDER_AUTHOR = "product order"
 
 
 class Bundle(Closed):
@@ -104,6 +111,7 @@ class NewOrderItem(Closed):
     line: NewLine | None = None  # add_line
     line_id: EntityId | None = None  # every other action
     bundle: Bundle | None = None  # add_bundle
+    plan: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # change_plan
 
     @model_validator(mode="after")
     def _fields_of_action(self) -> NewOrderItem:
@@ -114,6 +122,8 @@ class NewOrderItem(Closed):
             raise ValueError("line_id: the line this item acts on (add_line gives line.line_id instead)")
         if (self.action is ItemAction.ADD_BUNDLE) != (self.bundle is not None):
             raise ValueError("bundle: given with add_bundle, and only with it")
+        if (self.action is ItemAction.CHANGE_PLAN) != (self.plan is not None):
+            raise ValueError("plan: given with change_plan, and only with it")
         return self
 
 
@@ -153,9 +163,19 @@ class ProductOrder(Closed):
 class LineOperations(Protocol):
     """The engine steps orders take on an existing line; the API door fills it."""
 
-    async def set_status(self, line_id: str, status: LineStatus, reason: str) -> EngineAnswer: ...
+    async def set_status(
+        self, account_id: str, status: LineStatus, reason: str, *, actor: str = ""
+    ) -> EngineAnswer: ...
 
     async def add_bundle(self, line_id: str, bundle: Bundle, valid_until: int, operation_id: str) -> EngineAnswer: ...
+
+    def knows_plan(self, plan: str) -> bool:
+        """Whether the tariff book has the plan."""
+        ...
+
+    async def set_plan(self, line_id: str, plan: str) -> EngineAnswer:
+        """The account's tariff plan (idempotent: the plan it has already is OK)."""
+        ...
 
 
 class OrderConflict(CustomerRefusal):
@@ -183,6 +203,7 @@ class Orders:
         self.rules = rules
         self.clock = clock
         self.after_item = after_item  # tests: a crash between two items
+        self.lifecycle = Lifecycle(engine, lines, clock=clock)  # status items: one path with the API's
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -246,6 +267,20 @@ class Orders:
             )
         if line.status is LineStatus.TERMINATED and item.action is not ItemAction.TERMINATE_LINE:
             raise CustomerRefusal(Problem.REFUSED, f"{where}.line_id", f"line {item.line_id!r} is terminated")
+        if item.plan is not None:
+            self._check_plan(customer, item.plan, f"{where}.plan")
+
+    def _check_plan(self, customer: Customer, plan: str, where: str) -> None:
+        """A plan the tariff book has, and the customer's credit class may take."""
+        if not self.lines.knows_plan(plan):
+            raise CustomerRefusal(Problem.REFUSED, where, f"no tariff plan {plan!r}")
+        name = customer.credit_profile.credit_class
+        credit_class = next((found for found in self.rules.classes if found.name == name), None)
+        if credit_class is not None and not credit_class.offer.allows_plan(plan):
+            allowed = ", ".join(credit_class.offer.plans or ())
+            raise CustomerRefusal(
+                Problem.REFUSED, where, f"credit class {name} may take only these plans: {allowed} ({self.rules.file})"
+            )
 
     def _check_offer(self, customer: Customer, line: NewLine, where: str) -> None:
         """What the customer's credit class may be offered (``ocs.customers.credit``)."""
@@ -310,41 +345,47 @@ class Orders:
             if row["state"] == OrderState.COMPLETED.value:
                 continue  # recorded: done once already
             item = NewOrderItem.model_validate(row["payload"])
-            failure, line_status = await self._apply(order_id, stored["customer_id"], item)
+            failure = await self._apply(order_id, stored["customer_id"], item)
             if failure is not None:
                 await order_records.fail_item(self.engine, order_id, item.id, failure, self._now())
                 log.warning("order_failed", order_id=order_id, item_id=item.id, failure=failure)
                 return await self.order(order_id)
-            await order_records.complete_item(self.engine, order_id, item.id, line_status, self._now())
+            await order_records.complete_item(self.engine, order_id, item.id, None, self._now())
             if self.after_item is not None:
                 await self.after_item(order_id, item.id)
         await order_records.complete_order(self.engine, order_id, stored["customer_id"], self._now())
         log.info("order_completed", order_id=order_id)
         return await self.order(order_id)
 
-    async def _apply(
-        self, order_id: str, customer_id: str, item: NewOrderItem
-    ) -> tuple[str | None, tuple[str, str] | None]:
-        """One item's step, idempotent: (why it failed or None, the line status it set or None)."""
+    async def _apply(self, order_id: str, customer_id: str, item: NewOrderItem) -> str | None:
+        """One item's step, idempotent: why it failed, or None."""
         if item.line is not None:
             line_id = item.line.line_id
             assert line_id is not None  # assigned when the order was acknowledged
             if await records.get_line(self.engine, line_id) is not None:
-                return None, None  # made by an earlier try (a provisioning one is finished at startup)
+                return None  # made by an earlier try (a provisioning one is finished at startup)
             try:
                 await self.customers.add_line(customer_id, item.line)
             except CustomerRefusal as refusal:
-                return refusal.message, None
-            return None, None
+                return refusal.message
+            return None
         assert item.line_id is not None
         if item.bundle is not None:
             valid_days = item.bundle.valid_days
             valid_until = int(self.clock()) + valid_days * SECONDS_PER_DAY if valid_days else 0
             answer = await self.lines.add_bundle(item.line_id, item.bundle, valid_until, f"order:{order_id}:{item.id}")
-            return _failure(answer), None
-        status = STATUS_OF_ACTION[item.action]
-        answer = await self.lines.set_status(item.line_id, status, f"product order {order_id} item {item.id}")
-        return _failure(answer), (item.line_id, status.value) if answer.outcome is EngineOutcome.OK else None
+            return _failure(answer)
+        if item.plan is not None:  # both steps idempotent: a re-run after a crash sets the same plan
+            answer = await self.lines.set_plan(item.line_id, item.plan)
+            if answer.outcome is EngineOutcome.OK:
+                await records.set_line_plan(self.engine, item.line_id, item.plan)
+            return _failure(answer)
+        request = StatusRequest(status=STATUS_OF_ACTION[item.action], reason=f"product order {order_id} item {item.id}")
+        try:
+            await self.lifecycle.set_line_status(item.line_id, request, ORDER_AUTHOR)
+        except CustomerRefusal as refusal:
+            return refusal.message
+        return None
 
     # -- the startup pass -----------------------------------------------------------------------
 

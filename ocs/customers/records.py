@@ -257,6 +257,7 @@ def _node_of(values: dict[str, Any], billing: BillingAccount | None) -> Node:
         engine_parent_id=values["engine_parent_id"],
         account_state=values["account_state"],
         billing_account=billing,
+        status=CustomerStatus(values["status"]),
     )
 
 
@@ -381,7 +382,12 @@ async def _lines(connection: AsyncConnection, condition: Any) -> list[Line]:
     ordered = sorted(rows, key=lambda values: (values["created_at"], values["line_id"]))
     return [
         Line(
-            **{**values, "created_at": utc_aware(values["created_at"]), "status": LineStatus(values["status"])},
+            **{
+                **values,
+                "created_at": utc_aware(values["created_at"]),
+                "status": LineStatus(values["status"]),
+                "own_status": LineStatus(values["own_status"]),
+            },
             identities=held.get(values["line_id"], []),
         )
         for values in ordered
@@ -421,6 +427,11 @@ async def finish_line(engine: AsyncEngine, line_id: str, now: datetime) -> bool:
             )
             await history.record(connection, change)
     return bool(result.rowcount)
+
+
+async def set_line_plan(engine: AsyncEngine, line_id: str, plan: str) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(update(lines).where(lines.c.line_id == line_id).values(plan=plan))
 
 
 async def identity_holders(engine: AsyncEngine, identities: Sequence[LineIdentity]) -> dict[tuple[str, str], str]:

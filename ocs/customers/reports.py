@@ -12,6 +12,11 @@ instant; then, for the period:
 - ``terminations``: changes from in the base to out of it, counted by their reason category
   (``voluntary``, ``collections``, ``fraud``, ``other``; ``other`` when none was given).
 
+Customers terminate through the lifecycle (``ocs.customers.lifecycle``: ``PUT
+/customers/{id}/status`` with a reason category), which records the customer's change with its
+category. The same figures over lines (each line's effective status, its changes recorded with
+the category of the change that made them) are given apart as ``lines``; they are not customers.
+
 Every change that crosses the base's edge is one of the two, so ``closing = opening +
 gross_additions - terminations`` holds by construction, for the totals and for each type.
 ``churn_rate = terminations / ((opening + closing) / 2)``, the terminations over the average base
@@ -102,8 +107,9 @@ class CustomerBaseReport(Closed):
     period_from: date
     period_to: date
     churn_formula: str
-    totals: BaseFigures
+    totals: BaseFigures  # customers
     by_customer_type: dict[str, BaseFigures]
+    lines: BaseFigures  # the same figures counted over lines (a line's effective status), apart
     prepaid_inactivity: PrepaidInactivity
 
 
@@ -262,5 +268,6 @@ async def customer_base_report(
         churn_formula=CHURN_FORMULA,
         totals=totals,
         by_customer_type=by_type,
+        lines=base_figures(line_changes, {}, period)[0],
         prepaid_inactivity=prepaid_inactivity(line_changes, prepaid, last_usage_seconds, period, inactivity_days),
     )

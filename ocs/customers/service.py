@@ -211,6 +211,7 @@ class Customers:
         if customer.root_node_id is None:
             raise CustomerRefusal(Problem.REFUSED, "customer_id", "an individual has no company tree")
         parent = await self._node_of(customer_id, new.parent_node_id or customer.root_node_id, "parent_node_id")
+        await self._check_open(customer, parent, "parent_node_id")
         money_above = await self._money_chain(parent)
         await self._check_pools_ready(money_above)
         if new.money is not None:
@@ -245,6 +246,18 @@ class Customers:
             assert node is not None
         log.info("customer_node_added", customer_id=customer_id, node_id=node_id, pool=node.account_id is not None)
         return node
+
+    async def _check_open(self, customer: Customer, node: Node | None, field: str) -> None:
+        """Nothing new under a customer or a node that is not active (``ocs.customers.lifecycle``):
+        a line made there would be active in the engine while its customer is not."""
+        if customer.status not in (CustomerStatus.ACTIVE, CustomerStatus.PROSPECT):
+            raise CustomerRefusal(
+                Problem.CONFLICT, "customer_id", f"customer {customer.customer_id!r} is {customer.status.value}"
+            )
+        while node is not None:
+            if node.status is not CustomerStatus.ACTIVE:
+                raise CustomerRefusal(Problem.CONFLICT, field, f"node {node.node_id!r} is {node.status.value}")
+            node = await records.get_node(self.engine, node.parent_node_id) if node.parent_node_id else None
 
     async def _node_of(self, customer_id: str, node_id: str, field: str) -> Node:
         node = await records.get_node(self.engine, node_id)
@@ -302,6 +315,7 @@ class Customers:
             raise CustomerRefusal(Problem.REFUSED, "node_id", "an individual's lines hang under no node")
         if customer.root_node_id is not None:
             node = await self._node_of(customer_id, new.node_id or customer.root_node_id, "node_id")
+        await self._check_open(customer, node, "node_id")
         money_above = await self._money_chain(node) if node is not None else []
         self._check_depth(len(money_above) + 1, "node_id")
         if new.cap_micros and not money_above:

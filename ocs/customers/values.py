@@ -202,7 +202,8 @@ class Line(Closed):
     credit_limit_micros: int
     cap_micros: int
     engine_parent_id: str | None  # the engine account this line draws from (the nearest pool)
-    status: LineStatus
+    status: LineStatus  # effective: the worst of its own, its nodes' and its customer's (what charging applies)
+    own_status: LineStatus = LineStatus.ACTIVE  # the line's own, set on the line (ocs.customers.lifecycle)
     identities: list[LineIdentity]
     created_at: datetime
 
@@ -218,6 +219,7 @@ class Node(Closed):
     engine_parent_id: str | None
     account_state: str | None  # "provisioning" until its engine account exists, then "active"
     billing_account: BillingAccount | None
+    status: CustomerStatus = CustomerStatus.ACTIVE  # the node's own (ocs.customers.lifecycle)
 
 
 class Customer(Closed):

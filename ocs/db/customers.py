@@ -12,7 +12,10 @@ account whose id is ``line_id``. Its identities are rows of ``line_identities``,
 Two columns make the database and Redis agree after a crash: ``lines.status`` is
 ``provisioning`` from the moment the row is written until its engine account exists, and
 ``customer_nodes.account_state`` likewise for a node's pool; the startup pass finishes every row
-left so (``ocs.customers.service``). Money here is integer micros; times are naive UTC.
+left so (``ocs.customers.service``). A lifecycle change is a ``lifecycle_steps`` row until every
+line and engine account under it has its new status (``ocs.customers.lifecycle``); a line keeps
+its own status (``own_status``) apart from the effective one (``status``). Money here is integer
+micros; times are naive UTC.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ customer_nodes = Table(
     Column("currency", String(3), nullable=True),
     Column("credit_limit_micros", BigInteger, nullable=True),
     Column("cap_micros", BigInteger, nullable=True),
+    Column("status", String(16), nullable=False, server_default="active"),  # the node's own (0005l)
     Column("created_at", DateTime, nullable=False),
 )
 
@@ -107,7 +111,8 @@ lines = Table(
     Column("credit_limit_micros", BigInteger, nullable=False),
     Column("cap_micros", BigInteger, nullable=False),
     Column("engine_parent_id", String(ID_LENGTH), nullable=True),
-    Column("status", String(16), nullable=False, index=True),
+    Column("status", String(16), nullable=False, index=True),  # effective: what the engine applies
+    Column("own_status", String(16), nullable=False, server_default="active"),  # the line's own (0005l)
     Column("created_at", DateTime, nullable=False),
 )
 
@@ -119,4 +124,22 @@ line_identities = Table(
     Column("line_id", String(ID_LENGTH), ForeignKey("lines.line_id"), nullable=False, index=True),
 )
 
-CUSTOMER_TABLES = (parties, customers, customer_nodes, billing_accounts, lines, line_identities)
+# A lifecycle change of a customer, a node or a line, recorded before any line or engine account
+# is touched and marked finished after the last one (``ocs.customers.lifecycle``): the startup
+# pass finishes every row left unfinished.
+lifecycle_steps = Table(
+    "lifecycle_steps",
+    metadata,
+    Column("step_id", Integer, primary_key=True, autoincrement=True),
+    Column("entity_kind", String(16), nullable=False),  # customer | node | line
+    Column("entity_id", String(ID_LENGTH), nullable=False),
+    Column("customer_id", String(ID_LENGTH), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(256), nullable=False),
+    Column("reason_category", String(16), nullable=True),
+    Column("author", String(256), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=True, index=True),
+)
+
+CUSTOMER_TABLES = (parties, customers, customer_nodes, billing_accounts, lines, line_identities, lifecycle_steps)

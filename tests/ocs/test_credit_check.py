@@ -94,8 +94,10 @@ def test_each_class_carries_its_offer_from_the_file() -> None:
         "A": Offer(OfferKind.POSTPAID, 300 * EUR, 0),
         "B": Offer(OfferKind.POSTPAID, 100 * EUR, 0),
         "C": Offer(OfferKind.POSTPAID, 30 * EUR, 50 * EUR),
-        "D": Offer(OfferKind.PREPAID_ONLY, 0, 0),
+        "D": Offer(OfferKind.PREPAID_ONLY, 0, 0, ("mobile_prepaid", "fixed_prepaid")),
     }
+    assert RULES.classes[3].offer.allows_plan("fixed_prepaid") and not RULES.classes[3].offer.allows_plan("x")
+    assert RULES.classes[0].offer.allows_plan("any plan at all")  # no list: every plan
     assert [credit_class.minimum_points for credit_class in RULES.classes] == [70, 50, 30, None]
 
 
@@ -295,6 +297,8 @@ BAD_FILES = [
     ('deposit = "50.00"', 'deposit = "-50.00"', "classes[2]", "deposit"),
     ('deposit = "50.00"', "deposit = 50", "classes[2]", "deposit"),
     ('description = "prepaid only"', 'colour = "grey"', "classes[3]", "colour"),
+    ('plans = ["mobile_prepaid", "fixed_prepaid"]', "plans = []", "classes[3]", "plans"),
+    ('plans = ["mobile_prepaid", "fixed_prepaid"]', 'plans = "mobile_prepaid"', "classes[3]", "plans"),
 ]
 
 

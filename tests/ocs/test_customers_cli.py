@@ -1,4 +1,5 @@
-"""``ocs customer add|show``, ``ocs customer node add`` and ``ocs line add`` against a running server."""
+"""``ocs customer add|show``, ``ocs customer node add``, ``ocs line add`` and the lifecycle commands
+(``suspend|resume|bar|terminate`` of customers, nodes and lines) against a running server."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ async def test_a_company_with_a_branch_and_a_line_and_an_individual(
         "--cap",
         "100",
     )
-    assert status == 0 and "node      acme-n branch 'North', postpaid pool acme-n (active)" in out, err
+    assert status == 0 and "node      acme-n branch 'North' active, postpaid pool acme-n (active)" in out, err
     status, out, err = await ocs(
         capsys, *url, "line", "add", "acme", "--line-id", "acme-1", "--node", "acme-n", "--msisdn", "+4915600001"
     )
@@ -55,3 +56,31 @@ async def test_a_company_with_a_branch_and_a_line_and_an_individual(
     assert status == 1 and out == "" and "individual.birth_date" in err and "HTTP 422" in err
     status, _, err = await ocs(capsys, *url, "line", "add", "acme", "--cap", "lots")
     assert status == 2 and "lots" in err  # a usage error: nothing sent
+
+
+async def test_customers_nodes_and_lines_are_suspended_resumed_and_terminated(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ("--url", api.url)
+    company = ("customer", "add", "orga", "--company", "Orga AG", "--registration", "HRB 7", *url)
+    assert (await ocs(capsys, *company))[0] == 0
+    assert (await ocs(capsys, *url, "customer", "node", "add", "orga", "Ops", "--node-id", "ops"))[0] == 0
+    assert (await ocs(capsys, *url, "line", "add", "orga", "--line-id", "o-1", "--node", "ops"))[0] == 0
+    status, out, err = await ocs(capsys, *url, "line", "suspend", "o-1", "--reason", "lost", "--category", "voluntary")
+    assert status == 0 and "o-1 (mobile prepaid, plan mobile_prepaid, suspended)" in out, err
+    status, out, err = await ocs(capsys, *url, "customer", "node", "bar", "orga", "ops", "--reason", "abuse")
+    assert status == 0 and "node      ops branch 'Ops' barred" in out, err
+    status, out, err = await ocs(capsys, *url, "customer", "suspend", "orga", "--reason", "unpaid")
+    assert status == 0 and "customer  orga (organization, suspended)" in out, err
+    status, out, err = await ocs(capsys, *url, "customer", "resume", "orga", "--reason", "paid")
+    assert status == 0 and "(organization, active)" in out, err
+    status, out, err = await ocs(capsys, *url, "line", "resume", "o-1", "--reason", "found")
+    assert status == 0 and "o-1 (mobile prepaid, plan mobile_prepaid, barred, its own active)" in out, err
+    status, out, err = await ocs(
+        capsys, *url, "customer", "terminate", "orga", "--reason", "left", "--category", "voluntary"
+    )
+    assert status == 0 and "(organization, terminated)" in out, err
+    status, out, err = await ocs(capsys, *url, "customer", "resume", "orga", "--reason", "back")
+    assert status == 1 and "status:" in err and "HTTP 409" in err
+    status, _, err = await ocs(capsys, *url, "line", "bar", "o-1")
+    assert status == 2 and "--reason" in err  # a usage error: nothing sent

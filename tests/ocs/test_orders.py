@@ -39,6 +39,7 @@ RULES = load_credit_rules(ROOT / "config" / "credit_classes.toml")
 CLEARED = (
     "product_order_items",
     "product_orders",
+    "lifecycle_steps",
     "line_identities",
     "lines",
     "billing_accounts",
@@ -238,6 +239,35 @@ async def test_a_crash_between_two_items_is_resumed_each_item_once(
     assert (await provisioning.view("eve-1")).account.status.value == "suspended"
     assert (await customers.customer("eve")).status is CustomerStatus.ACTIVE
     assert await restarted.resume() == 0  # nothing left in progress
+
+
+async def test_a_change_plan_item_changes_the_engine_profile_and_the_line(
+    database: AsyncEngine, customers: Customers, provisioning: Provisioning
+) -> None:
+    customer = {"given_name": "Fay", "family_name": "F", "birth_date": "1980-01-01"}
+    await customers.create_customer(
+        NewCustomer.model_validate(
+            {"customer_id": "fay", "individual": customer, "credit_profile": {"credit_class": "D"}}
+        )
+    )
+    await customers.add_line("fay", NewLine(line_id="fay-1"))  # the default plan: mobile_prepaid
+    orders = Orders(database, customers, EngineLines(provisioning), RULES)
+    change = {"id": "1", "action": "change_plan", "line_id": "fay-1", "plan": "fixed_prepaid"}
+    made, _ = await orders.submit(NewProductOrder.model_validate(order("fay", change)))
+    assert made.state is OrderState.COMPLETED, made
+    profile = await provisioning.directory.profile("fay-1")
+    assert profile is not None and profile.plan == "fixed_prepaid"
+    assert (await customers.line("fay-1")).plan == "fixed_prepaid"
+    assert (await EngineLines(provisioning).set_plan("fay-1", "fixed_prepaid")).outcome.value == "ok"  # again: same
+
+    for plan, why in (("no_such_plan", "no tariff plan"), ("mobile_postpaid", "credit class D may take only")):
+        refused = {**change, "plan": plan}
+        with pytest.raises(CustomerRefusal) as refusal:
+            await orders.submit(NewProductOrder.model_validate(order("fay", refused)))
+        assert refusal.value.field == "items.0.plan" and why in refusal.value.message
+    assert (await customers.line("fay-1")).plan == "fixed_prepaid"  # nothing applied
+    with pytest.raises(ValueError, match="plan"):  # a plan only with change_plan
+        NewProductOrder.model_validate(order("fay", {**bundle("2", "fay-1", 1), "plan": "fixed_prepaid"}))
 
 
 async def test_a_bundle_step_run_twice_applies_once(

@@ -9,8 +9,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from ocs.api.orders import EngineLines
+from ocs.api.provisioning import Provisioning
 from ocs.customers import history
 from ocs.customers.history import EntityKind, ReasonCategory, StatusChange
+from ocs.customers.lifecycle import Lifecycle, StatusRequest, TargetStatus
 from ocs.customers.reports import CHURN_FORMULA, Period, customer_base_report
 from ocs.customers.service import Customers
 from ocs.customers.values import NewLine
@@ -95,3 +98,32 @@ def test_a_period_ending_before_it_starts_is_refused_naming_to() -> None:
     with pytest.raises(ValueError, match="to: "):
         Period(start=date(2026, 3, 2), end=date(2026, 3, 1))
     assert MARCH.after_last_instant - MARCH.first_instant == timedelta(days=31)
+
+
+async def test_customer_terminations_through_the_lifecycle_are_counted_by_category_and_lines_apart(
+    customers: Customers, clock: Clock, provisioning: Provisioning
+) -> None:
+    lifecycle = Lifecycle(customers.engine, EngineLines(provisioning), clock=lambda: clock.now)
+    clock.now = datetime(2026, 2, 10, tzinfo=UTC).timestamp()
+    for name in ("gus", "hal", "ida"):
+        await customers.create_customer(ana(**person(name)))
+        await customers.add_line(name, NewLine(line_id=f"{name}-1"))
+        await customers.add_line(name, NewLine(line_id=f"{name}-2"))
+    clock.now = datetime(2026, 3, 3, tzinfo=UTC).timestamp()
+    moved = StatusRequest(status=TargetStatus.TERMINATED, reason="moved", reason_category=ReasonCategory.VOLUNTARY)
+    await lifecycle.set_customer_status("gus", moved, "care")
+    clock.now = datetime(2026, 3, 4, tzinfo=UTC).timestamp()
+    unpaid = StatusRequest(status=TargetStatus.TERMINATED, reason="unpaid", reason_category=ReasonCategory.COLLECTIONS)
+    await lifecycle.set_customer_status("hal", unpaid, "dunning")
+    suspended = StatusRequest(
+        status=TargetStatus.SUSPENDED, reason="unpaid", reason_category=ReasonCategory.COLLECTIONS
+    )
+    await lifecycle.set_customer_status("ida", suspended, "dunning")  # still in the base
+    report = await customer_base_report(customers.engine, MARCH, last_usage_seconds={}, inactivity_days=90)
+    totals = report.totals
+    assert (totals.opening, totals.terminations, totals.closing) == (3, 2, 1)
+    assert totals.terminations_by_reason == {"collections": 1, "voluntary": 1}
+    lines = report.lines  # four lines left with their customers, counted apart
+    assert (lines.opening, lines.terminations, lines.closing) == (6, 4, 2)
+    assert lines.terminations_by_reason == {"collections": 2, "voluntary": 2}
+    assert lines.closing == lines.opening + lines.gross_additions - lines.terminations

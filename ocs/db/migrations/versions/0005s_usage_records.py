@@ -1,7 +1,7 @@
 """Usage records (the spool) move into the business database, with the invoice that billed each.
 
 Revision ID: 0005s
-Revises: 0004
+Revises: 0005l
 Create Date: 2026-12-07
 
 Written out column by column, as 0001 and 0002 are: a migration is the schema at its revision.
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005s"
-down_revision = "0004"
+down_revision = "0005l"
 branch_labels = None
 depends_on = None
 
