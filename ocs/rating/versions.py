@@ -10,8 +10,8 @@ cannot remove a service, a context or a zone, only change or add them.
 
 What an account or a running session depends on cannot change: ``currency`` (the account's
 money), ``time_zone`` (in which the dates of the file are read) and ``zone_set`` (the zones a
-rated session was put in) are refused in a version, and so is a new ``kind`` for an existing
-service (the unit it counts).
+rated session was put in) are refused in a version. Nor can a service's ``kind`` (the unit a
+session counts): the merged table keeps the old kind's keys, which the new kind refuses.
 
 ``effective_from`` is a TOML date or date-time: an offset date-time
 (``2026-07-01T00:00:00+02:00`` or ``...Z``) is that instant; a local date-time
@@ -82,11 +82,5 @@ def plan_timeline(
         current = merged(current, {key: value for key, value in changes.items() if key != EFFECTIVE_FROM})
         number = index + 2
         plan = build(where.at(f"{where.section} version {number} ({field})"), current)
-        for name, service in plan.services.items():
-            before = previous.services.get(name)
-            if before is not None and before.kind is not service.kind:
-                raise where.fail(
-                    f"{field}.services.{name}.kind", f"cannot change from {before.kind} (the unit a session counts)"
-                )
         plans.append(replace(plan, version=number, effective_from=moment))
     return PlanTimeline(tuple(plans))
