@@ -11,16 +11,19 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from balance.embedded import EmbeddedRedis
 from ocs.charging.credit_control import final_units
+from ocs.cli.main import main
 from ocs.config import FinalUnitSettings, TariffSettings
 from ocs.rating.book import PlanTimeline
 from ocs.rating.rate import Rated, RatingFailure, RatingInput, TariffError, explain, parse_book, rate
 from protocol.message import Message, avp, request
+from tests.conftest import ADMIN_HEADERS
 from tests.ocs.conftest import ROOT, server_settings, server_with
 from tests.ocs.test_rating import IMS, MINIMAL, SMS
 
@@ -187,6 +190,19 @@ def test_versions_must_be_an_array_of_tables() -> None:
         parse_book(MINIMAL + "[plans.p.versions]\neffective_from = 2026-07-01\n")
 
 
+def test_ocs_rate_at_a_date_names_the_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The offline ``ocs rate --at`` prints the explanation, which names the version it used."""
+    tariffs = tmp_path / "tariffs.toml"
+    tariffs.write_text(VERSIONED)
+    common = ("rate", "--tariffs", str(tariffs), "--plan", "p", "--context", SMS, "--called", "015123", "--units", "1")
+    assert main([*common, "--at", "2026-06-30T21:59:59Z"]) == 0
+    before = capsys.readouterr().out
+    assert "plan p (version 1)" in before and "0.09 EUR" in before
+    assert main([*common, "--at", "2026-07-01T00:00:00+02:00"]) == 0
+    after = capsys.readouterr().out
+    assert "plan p (version 2 from 2026-07-01 00:00 Europe/Berlin)" in after and "0.11 EUR (110000 micros)" in after
+
+
 # --- over the wire -----------------------------------------------------------------------------
 
 SMS_CHANGE = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)  # 1 December, midnight in Berlin
@@ -249,3 +265,14 @@ async def test_a_ccr_after_a_version_change_is_priced_at_the_new_price(
         view = await store.balance("vera", int(SMS_CHANGE.timestamp()))
         assert view is not None and view.available_micros == 1_000_000 - 90_000 - 110_000
         await client.close()
+        # The /rate API prices at ``at`` and names the version it used.
+        assert server.state.http is not None
+        query = {"plan": "mobile_prepaid", "context": SMS, "called": "+4917612345678", "units": "1"}
+        async with aiohttp.ClientSession(headers=ADMIN_HEADERS) as session:
+            for moment, version, micros in ((SMS_CHANGE - timedelta(seconds=1), 1, 90_000), (SMS_CHANGE, 2, 110_000)):
+                async with session.get(
+                    f"{server.state.http.url}/rate", params={**query, "at": moment.isoformat()}
+                ) as got:
+                    body = await got.json()
+                assert got.status == 200, body
+                assert (body["plan_version"], body["cost_micros"]) == (version, micros)
