@@ -22,7 +22,7 @@ from ocs.cli.main import main
 from ocs.config import FinalUnitSettings, TariffSettings
 from ocs.rating.book import PlanTimeline
 from ocs.rating.rate import Rated, RatingFailure, RatingInput, TariffError, explain, parse_book, rate
-from protocol.message import Message, avp, request
+from protocol.message import Avp, Message, avp, request
 from tests.conftest import ADMIN_HEADERS
 from tests.ocs.conftest import ROOT, server_settings, server_with
 from tests.ocs.test_rating import IMS, MINIMAL, SMS
@@ -209,12 +209,42 @@ SMS_CHANGE = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)  # 1 December, midnight i
 SERVER_VERSION = """
 [[plans.mobile_prepaid.versions]]
 effective_from = 2026-12-01
-services = { sms = { price_per_message = { national_mobile = "0.11" } } }
+services.sms.price_per_message.national_mobile = "0.11"
+services.voice.price_per_minute.national_mobile = "0.12"
 """
+
+
+def call_initial(session: str, at: datetime) -> Message:
+    """A voice CCR-I asking 300 s to a national mobile number, stamped ``at``."""
+    called = avp(
+        "IMS-Information", [avp("Node-Functionality", "AS"), avp("Called-Party-Address", "tel:+4917612345678")]
+    )
+    asked = avp("Multiple-Services-Credit-Control", [avp("Requested-Service-Unit", [avp("CC-Time", 300)])])
+    return _ccr(
+        session,
+        IMS,
+        "INITIAL_REQUEST",
+        at,
+        avp("Multiple-Services-Indicator", 1),
+        asked,
+        avp("Service-Information", [called]),
+    )
 
 
 def sms_event(session: str, at: datetime) -> Message:
     recipient = avp("Recipient-Info", [avp("Recipient-Address", [avp("Address-Data", "4917612345678")])])
+    return _ccr(
+        session,
+        SMS,
+        "EVENT_REQUEST",
+        at,
+        avp("Requested-Action", "DIRECT_DEBITING"),
+        avp("Requested-Service-Unit", [avp("CC-Service-Specific-Units", 1)]),
+        avp("Service-Information", [avp("SMS-Information", [recipient])]),
+    )
+
+
+def _ccr(session: str, context: str, request_type: str, at: datetime, *extra: Avp) -> Message:
     return request(
         272,
         4,
@@ -224,14 +254,12 @@ def sms_event(session: str, at: datetime) -> Message:
             avp("Origin-Realm", "test"),
             avp("Destination-Realm", "test"),
             avp("Auth-Application-Id", 4),
-            avp("Service-Context-Id", SMS),
-            avp("CC-Request-Type", "EVENT_REQUEST"),
+            avp("Service-Context-Id", context),
+            avp("CC-Request-Type", request_type),
             avp("CC-Request-Number", 0),
             avp("Subscription-Id", [avp("Subscription-Id-Type", 0), avp("Subscription-Id-Data", "4915100000077")]),
             avp("Event-Timestamp", at),
-            avp("Requested-Action", "DIRECT_DEBITING"),
-            avp("Requested-Service-Unit", [avp("CC-Service-Specific-Units", 1)]),
-            avp("Service-Information", [avp("SMS-Information", [recipient])]),
+            *extra,
         ],
     )
 
@@ -264,6 +292,17 @@ async def test_a_ccr_after_a_version_change_is_priced_at_the_new_price(
         assert result_code(after) == 2001
         view = await store.balance("vera", int(SMS_CHANGE.timestamp()))
         assert view is not None and view.available_micros == 1_000_000 - 90_000 - 110_000
+        # A call a minute before midnight: its grant reaches the new version, whose voice price
+        # differs, so the grant carries Tariff-Time-Change at the version's start.
+        handler = server.state.credit_control
+        assert handler is not None
+        handler.clock = (SMS_CHANGE - timedelta(seconds=60)).timestamp
+        call = await client.request(call_initial("call-v", SMS_CHANGE - timedelta(seconds=60)))
+        assert result_code(call) == 2001
+        service = call.find("Multiple-Services-Credit-Control")
+        grant = service.find("Granted-Service-Unit") if service is not None else None
+        change = grant.get("Tariff-Time-Change") if grant is not None else None
+        assert isinstance(change, datetime) and change.replace(tzinfo=UTC) == SMS_CHANGE
         await client.close()
         # The /rate API prices at ``at`` and names the version it used.
         assert server.state.http is not None
