@@ -10,7 +10,7 @@ are refused with a ``ConfigError`` that names the file and field, or the variabl
 starts with a section's name but names none of its fields is refused as a mistyped setting; other
 ``OCS_`` variables are not settings and are ignored (``unused_environment`` lists them).
 
-Relative data paths (this file, the tariff file, the credit classes file) are looked up in the
+Relative data paths (this file, the tariff file, the credit classes file, the catalog) are looked up in the
 current directory, then in the directory the packages were installed from (``find_data_file``), so
 the shipped defaults are found when ``ocs`` runs from anywhere.
 """
@@ -228,6 +228,13 @@ class LifecycleSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BillingSettings:
+    """The billing side's rule files (ocs/billing/): loaded once, like the tariffs."""
+
+    catalog: str = "config/catalog.toml"  # products, offers, discounts, taxes (ocs/billing/catalog_load.py)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     diameter: DiameterSettings = field(default_factory=DiameterSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
@@ -242,6 +249,7 @@ class Settings:
     customers: CustomersSettings = field(default_factory=CustomersSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
+    billing: BillingSettings = field(default_factory=BillingSettings)
     shutdown_timeout_seconds: float = 5.0
 
 
@@ -470,7 +478,7 @@ def _read_file(path: Path | None) -> tuple[dict[str, object], str]:
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (if given, else ``config/ocs.toml`` where ``find_data_file``
-    finds it), then the environment; a relative tariff or credit classes path is resolved the same way."""
+    finds it), then the environment; a relative tariff, credit classes or catalog path is resolved the same way."""
     file_values, where = _read_file(path)
     hints = typing.get_type_hints(Settings)
     sections = set(_section_names())
@@ -502,6 +510,9 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     if credit_classes != settings.customers.credit_classes_path:
         customers = dataclasses.replace(settings.customers, credit_classes_path=credit_classes)
         settings = dataclasses.replace(settings, customers=customers)
+    catalog = str(find_data_file(settings.billing.catalog))
+    if catalog != settings.billing.catalog:
+        settings = dataclasses.replace(settings, billing=dataclasses.replace(settings.billing, catalog=catalog))
     return settings
 
 

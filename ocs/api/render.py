@@ -88,6 +88,7 @@ def quote_json(quote: Quote) -> dict[str, object]:
     rated = quote.rated
     return {
         "plan": rated.plan,
+        "plan_version": rated.version,  # the version in force at ``at`` (config/tariffs.toml [[versions]])
         "service": rated.service,
         "unit": rated.unit.value,
         "zone": rated.zone,

@@ -396,7 +396,7 @@ class CreditControl:
                 ResultCode.DIAMETER_CREDIT_LIMIT_REACHED,
                 unit=unit,
                 validity_seconds=quota.validity_seconds,
-                final_unit=self._final_units[service.rated.plan, service.rated.service][1],
+                final_unit=self._final_units[service.rated.plan, service.rated.version, service.rated.service][1],
             )
         code = result_code(outcome)
         if outcome is not Outcome.OK and outcome is not Outcome.PARTIAL:
@@ -415,7 +415,9 @@ class CreditControl:
             validity_seconds=quota.validity_seconds,
             threshold_units=granted * quota.threshold_percent // 100,
             quota_holding_seconds=quota.quota_holding_seconds,
-            final_unit=self._final_units[service.rated.plan, service.rated.service][0] if item.final else None,
+            final_unit=self._final_units[service.rated.plan, service.rated.version, service.rated.service][0]
+            if item.final
+            else None,
             tariff_time_change=service.tariff_change.at_seconds if service.tariff_change is not None else None,
         )
 
@@ -493,17 +495,19 @@ def _failed_avps(refused: Sequence[RefusedService]) -> list[Avp]:
     return [avp("Failed-AVP", [service.failed_avp]) for service in refused]
 
 
-def final_units(book: TariffBook, settings: FinalUnitSettings) -> dict[tuple[str, str], tuple[FinalUnit, FinalUnit]]:
-    """Per (plan, service), the Final-Unit-Indication of an active account's last grant and of a
-    suspended account's: the service's ``final_unit`` over its plan's over ``[final_unit]``.
-    Built once, so answering is a lookup."""
-    chosen: dict[tuple[str, str], tuple[FinalUnit, FinalUnit]] = {}
-    for plan in book.plans.values():
+def final_units(
+    book: TariffBook, settings: FinalUnitSettings
+) -> dict[tuple[str, int, str], tuple[FinalUnit, FinalUnit]]:
+    """Per (plan, version, service), the Final-Unit-Indication of an active account's last grant
+    and of a suspended account's: the service's ``final_unit`` over its plan's over
+    ``[final_unit]``. Built once, so answering is a lookup."""
+    chosen: dict[tuple[str, int, str], tuple[FinalUnit, FinalUnit]] = {}
+    for plan in book.all_versions():
         for service in plan.services.values():
             policy = service.final_unit.over(plan.final_unit)
             active = _final_unit(policy.action or settings.action, policy, settings)
             suspended = _final_unit(policy.suspended_action or settings.suspended_action, policy, settings)
-            chosen[plan.name, service.name] = (active, suspended)
+            chosen[plan.name, plan.version, service.name] = (active, suspended)
     return chosen
 
 

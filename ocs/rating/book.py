@@ -15,13 +15,23 @@ Service contexts are compared by their ``service-context@domain`` core: TS 32.29
 allows "extensions".MNC.MCC."Release". in front of it (``8.32251@3gpp.org``), which names the
 same service specific document, so both the configuration keys and the request's value are
 reduced to the core before they meet.
+
+Versions: a plan may change at effective dates (``[[plans.X.versions]]``). Each version is a
+whole ``Plan`` (built by the loader from the one before and the version's changes), and a
+``PlanTimeline`` holds them in order. ``PlanTimeline.at(moment)`` answers which version was in
+force: the first version from the beginning of time, each later one from its
+``effective_from`` (an instant, UTC) until the next. The timeline remembers the window
+[start, next start) of the version it last returned, so on the hot path, where time only moves
+forward, selecting is one comparison pair (O(1) amortised); only a moment outside that window
+costs a binary search over the versions.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from enum import IntEnum, StrEnum
 from zoneinfo import ZoneInfo
 
@@ -238,10 +248,92 @@ class Plan:
     contexts: Mapping[str, ContextRule]  # by normalised service context id
     services: Mapping[str, ServiceRate]
     final_unit: FinalUnitPolicy = SILENT
+    version: int = 1  # 1: as the plan is first written; 2, 3, ...: its [[versions]] in order
+    effective_from: datetime | None = None  # aware, UTC; None: from the beginning of time
+
+    @property
+    def version_text(self) -> str:
+        """``"version 1"`` or ``"version 2 from 2026-07-01 00:00 Europe/Berlin"``, for explanations."""
+        if self.effective_from is None:
+            return f"version {self.version}"
+        local = self.effective_from.astimezone(self.time_zone)
+        return f"version {self.version} from {local:%Y-%m-%d %H:%M} {self.time_zone.key}"
+
+
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+_BEGINNING_OF_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class PlanTimeline:
+    """The versions of one plan in order of ``effective_from`` (the first from the beginning of time).
+
+    ``at`` caches the window of the version it last returned (compare=False: a cache, not data).
+    Asyncio runs one ``at`` at a time, and each cache field is written before it is trusted.
+    """
+
+    versions: tuple[Plan, ...]
+    _starts: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
+    _window: tuple[datetime, datetime, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.versions or self.versions[0].effective_from is not None:
+            raise ValueError("a timeline starts with a version in force from the beginning of time")
+        starts = [_BEGINNING_OF_TIME]
+        for plan in self.versions[1:]:
+            if plan.effective_from is None or plan.effective_from <= starts[-1]:
+                raise ValueError(f"plan {plan.name}: versions must have increasing effective_from dates")
+            starts.append(plan.effective_from)
+        self._starts = tuple(starts)
+        self._window = (_BEGINNING_OF_TIME, self._end_of(0), 0)
+
+    @property
+    def first(self) -> Plan:
+        return self.versions[0]
+
+    def _end_of(self, index: int) -> datetime:
+        return self._starts[index + 1] if index + 1 < len(self._starts) else _END_OF_TIME
+
+    def at(self, moment: datetime) -> tuple[Plan, datetime | None]:
+        """(the version in force at ``moment`` (aware), when the next version starts or None)."""
+        start, end, index = self._window
+        if not start <= moment < end:
+            index = bisect_right(self._starts, moment) - 1
+            start, end = self._starts[index], self._end_of(index)
+            self._window = (start, end, index)
+        return self.versions[index], (None if end is _END_OF_TIME else end)
+
+    def next_after(self, plan: Plan) -> Plan | None:
+        """The version after ``plan`` (one of this timeline's), or None for the last."""
+        return self.versions[plan.version] if plan.version < len(self.versions) else None
 
 
 @dataclass(frozen=True, slots=True)
 class TariffBook:
+    """The plans of one tariff file.
+
+    ``plans``: each plan's first version (in force from the beginning of time); what does not
+    change between versions (name, currency, time zone, zone set, services and their units) can
+    be read there. ``timelines``: every version of each plan, for rating at a moment.
+    """
+
     source: str  # the file the book was loaded from, for messages
     plans: Mapping[str, Plan]
     zone_sets: Mapping[str, ZoneSet]
+    timelines: Mapping[str, PlanTimeline] = field(default_factory=dict)
+
+    def plan_at(self, name: str, moment: datetime) -> tuple[Plan, datetime | None] | None:
+        """The version of plan ``name`` in force at ``moment`` (naive = UTC) and the next change, or None."""
+        timeline = self.timelines.get(name)
+        if timeline is None:
+            plan = self.plans.get(name)
+            return None if plan is None else (plan, None)
+        return timeline.at(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
+
+    def all_versions(self) -> tuple[Plan, ...]:
+        """Every version of every plan (the first when a plan has no timeline)."""
+        return tuple(
+            plan
+            for name, first in self.plans.items()
+            for plan in (self.timelines[name].versions if name in self.timelines else (first,))
+        )

@@ -14,6 +14,10 @@ A plan's ``final_unit`` table, and a service's, say what the network does at the
 section 8.34-8.39 lets a Final-Unit-Indication carry, and the merged plan-and-service policy
 against the actions it names (RESTRICT_ACCESS with nothing to restrict to is refused).
 
+A plan may have later versions by effective date (``[[plans.X.versions]]``): each is the
+version before with its changes merged in, built by ``_plan`` like the first
+(``ocs.rating.versions``); the book holds every plan's ``PlanTimeline``.
+
 The file format is documented by example in ``config/tariffs.toml``.
 """
 
@@ -23,7 +27,6 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -31,7 +34,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from balance.tariff import is_valid
-from balance.types import MAX_AMOUNT_MICROS, MICROS_PER_UNIT, Tariff
+from balance.types import Tariff
 from ocs.rating.book import (
     CURRENCY_NUMBERS,
     FINAL_UNIT_ACTIONS,
@@ -44,6 +47,7 @@ from ocs.rating.book import (
     FinalUnitPolicy,
     Numbering,
     Plan,
+    PlanTimeline,
     RedirectAddressType,
     RedirectServer,
     Restriction,
@@ -53,8 +57,9 @@ from ocs.rating.book import (
     ZoneSet,
     normalise_context_id,
 )
+from ocs.rating.load_text import TariffError, Where, kind_of
+from ocs.rating.versions import PlanBuilder, plan_timeline
 
-MICROS_DECIMALS = 6  # 1 unit = 10**6 micros (balance/types.py MICROS_PER_UNIT)
 SECONDS_PER_MINUTE = 60
 UNSIGNED32_MAX = 2**32 - 1  # Rating-Group, Service-Identifier: Unsigned32 (RFC 4006 8.28, 8.29)
 E164_MAX_DIGITS = 15  # ITU-T E.164: an international number has at most 15 digits
@@ -65,7 +70,6 @@ DEFAULT_PER_OCTETS = 1_000_000  # "per MB" in SI megabytes (the unit mobile tari
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MINUTES_PER_DAY = 24 * 60
 
-_PRICE = re.compile(r"^(\d+)(?:\.(\d+))?$")
 _INCREMENT = re.compile(r"^(\d+)/(\d+)$")
 _CLOCK = re.compile(r"^(\d\d):(\d\d)$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")  # ISO 4217 alphabetic code
@@ -87,6 +91,7 @@ _PLAN_KEYS = frozenset(
         "contexts",
         "services",
         "final_unit",
+        "versions",  # later versions by effective date (ocs/rating/versions.py)
     }
 )
 _BAND_KEYS = frozenset({"name", "days", "start", "end"})
@@ -115,79 +120,6 @@ _FILTER_ACTIONS = ("permit", "deny")
 _FILTER_DIRECTIONS = ("in", "out")
 
 
-class TariffError(ValueError):
-    """A tariff file that cannot be loaded; ``str()`` reads ``file: section: field: problem``."""
-
-    def __init__(self, file: str, section: str, field: str, problem: str) -> None:
-        super().__init__(f"{file}: {section}: {field}: {problem}")
-        self.file = file
-        self.section = section
-        self.field = field
-        self.problem = problem
-
-
-@dataclass(frozen=True, slots=True)
-class _Where:
-    """The file and section being read: every error is raised through ``fail``."""
-
-    file: str
-    section: str
-
-    def fail(self, field: str, problem: str) -> TariffError:
-        return TariffError(self.file, self.section, field, problem)
-
-    def table(self, value: object, field: str) -> dict[str, object]:
-        if not isinstance(value, dict):
-            raise self.fail(field, f"must be a table, not {_kind(value)}")
-        return value
-
-    def keys(self, table: Mapping[str, object], field: str, allowed: frozenset[str], required: frozenset[str]) -> None:
-        prefix = f"{field}." if field else ""
-        for key in table:
-            if key not in allowed:
-                raise self.fail(f"{prefix}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        for key in sorted(required - table.keys()):
-            raise self.fail(f"{prefix}{key}", "missing")
-
-    def text(self, value: object, field: str) -> str:
-        if not isinstance(value, str):
-            raise self.fail(field, f"must be a string, not {_kind(value)}")
-        return value
-
-    def digits(self, value: object, field: str, *, empty: bool = True) -> str:
-        text = self.text(value, field)
-        if (text or not empty) and not (text.isascii() and text.isdigit()):
-            raise self.fail(field, f"{text!r} must be digits 0-9")
-        return text
-
-    def integer(self, value: object, field: str, minimum: int = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(field, f"must be an integer, not {_kind(value)}")
-        if value < minimum:
-            raise self.fail(field, f"{value} is below {minimum}")
-        return value
-
-    def price_micros(self, value: object, field: str) -> int:
-        """A decimal string in units of currency -> integer micros, exactly."""
-        if isinstance(value, float | int) and not isinstance(value, bool):
-            raise self.fail(field, f'write the price as a string ("{value}"), so it stays exact')
-        text = self.text(value, field)
-        match = _PRICE.match(text)
-        if match is None:
-            raise self.fail(field, f'{text!r} is not a decimal price such as "0.12"')
-        whole, fraction = match[1], match[2] or ""
-        if len(fraction) > MICROS_DECIMALS:
-            raise self.fail(field, f"{text!r} has {len(fraction)} decimals; at most {MICROS_DECIMALS} (micros)")
-        micros = int(whole) * MICROS_PER_UNIT + int(fraction.ljust(MICROS_DECIMALS, "0"))
-        if micros > MAX_AMOUNT_MICROS:
-            raise self.fail(field, f"{text!r} is above the engine's limit of {MAX_AMOUNT_MICROS} micros")
-        return micros
-
-
-def _kind(value: object) -> str:
-    return type(value).__name__
-
-
 def load_book(path: str | Path) -> TariffBook:
     """Read and validate a tariff file; raises ``TariffError`` on the first problem."""
     file = str(path)
@@ -200,26 +132,27 @@ def load_book(path: str | Path) -> TariffBook:
 
 def parse_book(content: str, file: str = "<string>") -> TariffBook:
     """Validate TOML text into a ``TariffBook``; ``file`` names the source in errors."""
-    top = _Where(file, "(top level)")
+    top = Where(file, "(top level)")
     try:
         document = tomllib.loads(content)
     except tomllib.TOMLDecodeError as error:
         raise top.fail("(syntax)", str(error)) from None
     top.keys(document, "", _TOP_KEYS, frozenset({"plans"}))
     zone_sets = {
-        name: _zone_set(_Where(file, f"zone set {name}"), name, raw)
+        name: _zone_set(Where(file, f"zone set {name}"), name, raw)
         for name, raw in top.table(document.get("zone_sets", {}), "zone_sets").items()
     }
-    plans = {
-        name: _plan(_Where(file, f"plan {name}"), name, raw, zone_sets)
-        for name, raw in top.table(document["plans"], "plans").items()
-    }
-    if not plans:
+    timelines: dict[str, PlanTimeline] = {}
+    for name, raw in top.table(document["plans"], "plans").items():
+        where = Where(file, f"plan {name}")
+        timelines[name] = plan_timeline(where, where.table(raw, ""), _PLAN_KEYS, _plan_builder(name, zone_sets))
+    if not timelines:
         raise top.fail("plans", "no plan defined")
-    return TariffBook(file, MappingProxyType(plans), MappingProxyType(zone_sets))
+    plans = {name: timeline.first for name, timeline in timelines.items()}
+    return TariffBook(file, MappingProxyType(plans), MappingProxyType(zone_sets), MappingProxyType(timelines))
 
 
-def _zone_set(where: _Where, name: str, raw: object) -> ZoneSet:
+def _zone_set(where: Where, name: str, raw: object) -> ZoneSet:
     table = where.table(raw, "")
     where.keys(table, "", _ZONE_SET_KEYS, frozenset({"zones"}))
     if "default_zone" not in table:
@@ -232,7 +165,7 @@ def _zone_set(where: _Where, name: str, raw: object) -> ZoneSet:
     for zone, listed in zones.items():
         field = f"zones.{zone}"
         if not isinstance(listed, list):
-            raise where.fail(field, f"must be a list of prefixes, not {_kind(listed)}")
+            raise where.fail(field, f"must be a list of prefixes, not {kind_of(listed)}")
         for prefix_value in listed:
             prefix = where.digits(prefix_value, field, empty=False)
             if len(prefix) > E164_MAX_DIGITS:
@@ -244,7 +177,14 @@ def _zone_set(where: _Where, name: str, raw: object) -> ZoneSet:
     return ZoneSet(name, default_zone, tuple(zones), MappingProxyType(prefixes), longest)
 
 
-def _plan(where: _Where, name: str, raw: object, zone_sets: Mapping[str, ZoneSet]) -> Plan:
+def _plan_builder(name: str, zone_sets: Mapping[str, ZoneSet]) -> PlanBuilder:
+    def build(where: Where, table: Mapping[str, object]) -> Plan:
+        return _plan(where, name, table, zone_sets)
+
+    return build
+
+
+def _plan(where: Where, name: str, raw: object, zone_sets: Mapping[str, ZoneSet]) -> Plan:
     table = where.table(raw, "")
     required = frozenset({"currency", "time_zone", "default_band", "contexts", "services"})
     where.keys(table, "", _PLAN_KEYS, required)
@@ -289,7 +229,7 @@ def _plan(where: _Where, name: str, raw: object, zone_sets: Mapping[str, ZoneSet
     )
 
 
-def _time_zone(where: _Where, value: object) -> ZoneInfo:
+def _time_zone(where: Where, value: object) -> ZoneInfo:
     name = where.text(value, "time_zone")
     try:
         return ZoneInfo(name)
@@ -297,7 +237,7 @@ def _time_zone(where: _Where, value: object) -> ZoneInfo:
         raise where.fail("time_zone", f'{name!r} is not an IANA time zone such as "Europe/Berlin"') from None
 
 
-def _numbering(where: _Where, table: Mapping[str, object]) -> Numbering:
+def _numbering(where: Where, table: Mapping[str, object]) -> Numbering:
     country_code = where.digits(table.get("country_code", ""), "country_code")
     national_prefix = where.digits(table.get("national_prefix", ""), "national_prefix")
     international_prefix = where.digits(
@@ -310,7 +250,7 @@ def _numbering(where: _Where, table: Mapping[str, object]) -> Numbering:
     return Numbering(country_code, national_prefix, international_prefix)
 
 
-def _clock_minute(where: _Where, value: object, field: str, *, end: bool) -> int:
+def _clock_minute(where: Where, value: object, field: str, *, end: bool) -> int:
     text = where.text(value, field)
     match = _CLOCK.match(text)
     if match is None:
@@ -322,9 +262,9 @@ def _clock_minute(where: _Where, value: object, field: str, *, end: bool) -> int
     return minute
 
 
-def _bands(where: _Where, raw: object) -> tuple[BandWindow, ...]:
+def _bands(where: Where, raw: object) -> tuple[BandWindow, ...]:
     if not isinstance(raw, list):
-        raise where.fail("bands", f"must be an array of tables ([[...bands]]), not {_kind(raw)}")
+        raise where.fail("bands", f"must be an array of tables ([[...bands]]), not {kind_of(raw)}")
     windows: list[BandWindow] = []
     for index, raw_window in enumerate(raw):
         field = f"bands[{index}]"
@@ -355,9 +295,9 @@ def _bands(where: _Where, raw: object) -> tuple[BandWindow, ...]:
     return tuple(windows)
 
 
-def _holidays(where: _Where, raw: object) -> frozenset[date]:
+def _holidays(where: Where, raw: object) -> frozenset[date]:
     if not isinstance(raw, list):
-        raise where.fail("holidays", f"must be a list of dates (2026-12-25), not {_kind(raw)}")
+        raise where.fail("holidays", f"must be a list of dates (2026-12-25), not {kind_of(raw)}")
     for value in raw:
         # TOML local dates load as datetime.date; a datetime (date with a time) is refused.
         if not isinstance(value, date) or isinstance(value, datetime):
@@ -365,7 +305,7 @@ def _holidays(where: _Where, raw: object) -> frozenset[date]:
     return frozenset(raw)
 
 
-def _increment(where: _Where, value: object, field: str) -> tuple[int, int]:
+def _increment(where: Where, value: object, field: str) -> tuple[int, int]:
     """Charging increments "first/next" in seconds (e.g. "60/1"): first is a multiple of next."""
     text = where.text(value, field)
     match = _INCREMENT.match(text)
@@ -379,7 +319,7 @@ def _increment(where: _Where, value: object, field: str) -> tuple[int, int]:
     return first, following
 
 
-def _banded_prices(where: _Where, value: object, field: str, band_names: tuple[str, ...]) -> dict[str, int]:
+def _banded_prices(where: Where, value: object, field: str, band_names: tuple[str, ...]) -> dict[str, int]:
     """A price for every band: one string for all bands, or a table band -> price."""
     if not isinstance(value, dict):
         micros = where.price_micros(value, field)
@@ -394,7 +334,7 @@ def _banded_prices(where: _Where, value: object, field: str, band_names: tuple[s
 
 
 def _tariffs(
-    where: _Where, field: str, prices: Mapping[str, int], make: Mapping[str, int]
+    where: Where, field: str, prices: Mapping[str, int], make: Mapping[str, int]
 ) -> MappingProxyType[str, Tariff]:
     tariffs = {
         band: Tariff(
@@ -412,7 +352,7 @@ def _tariffs(
 
 
 def _zoned_prices(
-    where: _Where, field: str, value: object, zone_set: ZoneSet | None, band_names: tuple[str, ...]
+    where: Where, field: str, value: object, zone_set: ZoneSet | None, band_names: tuple[str, ...]
 ) -> dict[str, dict[str, int]]:
     if zone_set is None:
         raise where.fail(field, "a zoned price needs the plan's zone_set")
@@ -427,7 +367,7 @@ def _zoned_prices(
 
 
 def _service(
-    where: _Where, field: str, name: str, raw: object, zone_set: ZoneSet | None, band_names: tuple[str, ...]
+    where: Where, field: str, name: str, raw: object, zone_set: ZoneSet | None, band_names: tuple[str, ...]
 ) -> ServiceRate:
     table = where.table(raw, field)
     kind_text = where.text(table.get("kind"), f"{field}.kind") if "kind" in table else ""
@@ -478,7 +418,7 @@ def _service(
 
 
 def _identifier_map(
-    where: _Where, field: str, value: object, services: Mapping[str, ServiceRate]
+    where: Where, field: str, value: object, services: Mapping[str, ServiceRate]
 ) -> MappingProxyType[int, str]:
     table = where.table(value, field)
     mapped: dict[int, str] = {}
@@ -494,9 +434,7 @@ def _identifier_map(
     return MappingProxyType(mapped)
 
 
-def _contexts(
-    where: _Where, table: Mapping[str, object], services: Mapping[str, ServiceRate]
-) -> dict[str, ContextRule]:
+def _contexts(where: Where, table: Mapping[str, object], services: Mapping[str, ServiceRate]) -> dict[str, ContextRule]:
     if not table:
         raise where.fail("contexts", "no service context: the plan could rate nothing")
     contexts: dict[str, ContextRule] = {}
@@ -536,7 +474,7 @@ def _contexts(
     return contexts
 
 
-def _final_unit(where: _Where, field: str, raw: object) -> FinalUnitPolicy:
+def _final_unit(where: Where, field: str, raw: object) -> FinalUnitPolicy:
     """A ``final_unit`` table: each key it sets overrides the level above, none is required."""
     if raw is None:
         return SILENT
@@ -563,16 +501,16 @@ def _final_unit(where: _Where, field: str, raw: object) -> FinalUnitPolicy:
     )
 
 
-def _texts(where: _Where, field: str, value: object) -> tuple[str, ...]:
+def _texts(where: Where, field: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise where.fail(field, f"must be a list of strings, not {_kind(value)}")
+        raise where.fail(field, f"must be a list of strings, not {kind_of(value)}")
     texts = tuple(where.text(item, field) for item in value)
     if any(not text.strip() for text in texts):
         raise where.fail(field, "an entry is empty")
     return texts
 
 
-def _filter_rule(where: _Where, field: str, rule: str) -> None:
+def _filter_rule(where: Where, field: str, rule: str) -> None:
     """An IPFilterRule (RFC 6733 section 4.3.1): ASCII, "action dir proto from src to dst [options]"."""
     words = rule.split()
     shaped = (
@@ -587,7 +525,7 @@ def _filter_rule(where: _Where, field: str, rule: str) -> None:
         raise where.fail(field, f'{rule!r} is not an IPFilterRule such as "permit out ip from any to 10.0.0.1 80"')
 
 
-def _redirect(where: _Where, field: str, table: Mapping[str, object]) -> RedirectServer | None:
+def _redirect(where: Where, field: str, table: Mapping[str, object]) -> RedirectServer | None:
     """Redirect-Server (RFC 4006 section 8.37) from redirect_address and its type (section 8.38;
     "URL" when not given): the address must be of that type."""
     if "redirect_address" not in table:
@@ -624,7 +562,7 @@ def _is_address_of(address: str, address_type: RedirectAddressType) -> bool:
     return bool(parts.scheme and parts.netloc) and " " not in address
 
 
-def _check_final_unit(where: _Where, field: str, policy: FinalUnitPolicy) -> None:
+def _check_final_unit(where: Where, field: str, policy: FinalUnitPolicy) -> None:
     """RFC 4006 section 8.34: with RESTRICT_ACCESS "either the Restriction-Filter-Rule AVP or the
     Filter-Id AVP SHOULD be present"; an empty list set in the file would send neither."""
     restricting = "RESTRICT_ACCESS" in (policy.action, policy.suspended_action)

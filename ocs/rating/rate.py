@@ -22,6 +22,15 @@ walks four steps, each a lookup in tables built at load time:
    the local minutes where a window starts or ends and at local midnight (weekday, holiday), so
    those instants are the only ones looked at, in order, each rated by step 3.
 
+Versions: step 0 picks the version of the plan in force at the request's moment
+(``TariffBook.plan_at``: one comparison on the hot path, ``ocs.rating.book.PlanTimeline``), so
+each request is priced by the version in force when it happened (the CCR's Event-Timestamp
+when plausible, else the server's clock: ``ocs.charging.ccr.request_time``). A grant whose
+lookahead reaches the next version's start gets that start as its tariff change when the
+service's tariff differs there (a version change is a tariff change like a band's, RFC 4006
+section 5.1.1), so usage after it is priced at the new version; when the tariff is the same
+there, the new version's band changes are looked for in the rest of the lookahead.
+
 What cannot be rated is a ``RatingFailure`` naming the AVP at fault, so the server can answer
 5031 DIAMETER_RATING_FAILED with that AVP in Failed-AVP (RFC 4006 section 9.1). ``explain``
 adds the cost of N units with the engine's own arithmetic (``balance.tariff``), for
@@ -48,7 +57,8 @@ from ocs.rating.book import (
     TariffBook,
     normalise_context_id,
 )
-from ocs.rating.load import TariffError, load_book, parse_book
+from ocs.rating.load import load_book, parse_book
+from ocs.rating.load_text import TariffError
 
 __all__ = [
     "BandChange",
@@ -133,6 +143,8 @@ class Rated:
     time_zone: str
     holiday: bool
     change: BandChange | None = None  # within RatingInput.lookahead_seconds
+    version: int = 1  # the plan version in force at the moment rated (ocs.rating.book.Plan.version)
+    version_text: str = "version 1"  # "version 2 from 2026-07-01 00:00 Europe/Berlin"
 
     @property
     def explanation(self) -> str:
@@ -145,7 +157,8 @@ class Rated:
         day = _DAY_ABBREVIATIONS[self.local_time.weekday()]
         moment = f"{day} {self.local_time:%Y-%m-%d %H:%M} {self.time_zone}{' (holiday)' if self.holiday else ''}"
         return (
-            f"plan {self.plan}: {self.context_id}, {self.selected_by} -> service {self.service}{where}; "
+            f"plan {self.plan} ({self.version_text}): {self.context_id}, {self.selected_by} -> "
+            f"service {self.service}{where}; "
             f"{moment} -> band {self.band}; {_price_text(self.kind, self.tariff, self.currency)}"
         )
 
@@ -237,6 +250,22 @@ def band_change(
     return None  # not reached: the boundaries go on for ever
 
 
+def version_change(
+    following: Plan | None, service_name: str, zone: str, tariff: Tariff, start: datetime, end: datetime
+) -> BandChange | None:
+    """The first change of ``tariff`` in ``[start, end]`` when version ``following`` starts at
+    ``start``: its own tariff there if that differs, else its first band change before ``end``.
+    A version keeps every service and zone of the one before (``ocs.rating.versions``)."""
+    if following is None:
+        return None
+    service = following.services[service_name]
+    band, _ = band_at(following, start)
+    there = service.tariffs[zone][band]
+    if there != tariff:
+        return BandChange(start.astimezone(UTC), band, there)
+    return band_change(following, service, zone, tariff, start, int((end - start).total_seconds()))
+
+
 def _select_service(rule: ContextRule, request: RatingInput) -> tuple[str, str] | RatingFailure:
     """(service, why) by Service-Identifier, Rating-Group, then the context default."""
     identifier, group = request.service_identifier, request.rating_group
@@ -256,9 +285,11 @@ def _select_service(rule: ContextRule, request: RatingInput) -> tuple[str, str] 
 
 def rate(book: TariffBook, plan_name: str, request: RatingInput) -> Rated | RatingFailure:
     """The tariff for ``request`` under ``plan_name``, or why there is none."""
-    plan = book.plans.get(plan_name)
-    if plan is None:
+    moment = request.at if request.at.tzinfo is not None else request.at.replace(tzinfo=UTC)
+    found = book.plan_at(plan_name, moment)
+    if found is None:
         return RatingFailure(f"no tariff plan {plan_name!r} in {book.source}", None)
+    plan, next_version_at = found
     context_id = normalise_context_id(request.service_context)
     rule = plan.contexts.get(context_id)
     if rule is None:
@@ -288,7 +319,16 @@ def rate(book: TariffBook, plan_name: str, request: RatingInput) -> Rated | Rati
     change = None
     if request.lookahead_seconds > 0:
         try:
-            change = band_change(plan, service, zone_key, tariff, request.at, request.lookahead_seconds)
+            change = band_change(plan, service, zone_key, tariff, moment, request.lookahead_seconds)
+            end = moment + timedelta(seconds=request.lookahead_seconds)
+            if (
+                next_version_at is not None
+                and next_version_at <= end
+                and (change is None or next_version_at < change.at)
+            ):
+                change = version_change(
+                    book.timelines[plan_name].next_after(plan), service_name, zone_key, tariff, next_version_at, end
+                )
         except OverflowError:
             return RatingFailure(f"time {request.at!r} is out of range", EVENT_TIMESTAMP_AVP)
     return Rated(
@@ -309,6 +349,8 @@ def rate(book: TariffBook, plan_name: str, request: RatingInput) -> Rated | Rati
         time_zone=plan.time_zone.key,
         holiday=local.date() in plan.holidays,
         change=change,
+        version=plan.version,
+        version_text=plan.version_text,
     )
 
 
