@@ -10,7 +10,7 @@ all with the server's batch size (``[spool] batch_size``, 500). Rounds alternate
   raw aiosqlite, ``INSERT OR IGNORE`` by ``executemany`` in ``BEGIN IMMEDIATE``/``COMMIT``,
   ``synchronous=FULL``, the old table and indexes;
 - new: the business database through SQLAlchemy Core (``ocs.db.usage.store_records``: ``INSERT
-  ... ON CONFLICT DO NOTHING RETURNING``), the table of migration 0005s, ``synchronous=FULL``.
+  ... ON CONFLICT DO NOTHING RETURNING``), the table of migration 0006, ``synchronous=FULL``.
 
 Both go through the same ``drain_once`` (the Redis reads and acknowledgements are the same code);
 only the insert differs. The median of ``ROUNDS`` rounds of each is reported (the machine's two

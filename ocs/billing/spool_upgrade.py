@@ -1,6 +1,6 @@
 """The upgrade from the spool file of older servers into the business database.
 
-Theory of operation: servers before migration 0005s kept the usage records in a SQLite file of
+Theory of operation: servers before migration 0006 kept the usage records in a SQLite file of
 their own (``[spool] path``, ``data/spool.sqlite3`` by default). At startup, once the business
 database is migrated, ``import_old_spool`` copies every record of that file, if there is one,
 into ``usage_records`` (``ocs.db.usage``), ``COPY_BATCH`` rows per transaction in the file's own

@@ -81,7 +81,7 @@ customer_nodes = Table(
     Column("currency", String(3), nullable=True),
     Column("credit_limit_micros", BigInteger, nullable=True),
     Column("cap_micros", BigInteger, nullable=True),
-    Column("status", String(16), nullable=False, server_default="active"),  # the node's own (0005l)
+    Column("status", String(16), nullable=False, server_default="active"),  # the node's own (0005)
     Column("created_at", DateTime, nullable=False),
 )
 
@@ -112,7 +112,7 @@ lines = Table(
     Column("cap_micros", BigInteger, nullable=False),
     Column("engine_parent_id", String(ID_LENGTH), nullable=True),
     Column("status", String(16), nullable=False, index=True),  # effective: what the engine applies
-    Column("own_status", String(16), nullable=False, server_default="active"),  # the line's own (0005l)
+    Column("own_status", String(16), nullable=False, server_default="active"),  # the line's own (0005)
     Column("created_at", DateTime, nullable=False),
 )
 

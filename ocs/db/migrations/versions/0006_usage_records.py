@@ -1,7 +1,7 @@
 """Usage records (the spool) move into the business database, with the invoice that billed each.
 
-Revision ID: 0005s
-Revises: 0005l
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-07
 
 Written out column by column, as 0001 and 0002 are: a migration is the schema at its revision.
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005s"
-down_revision = "0005l"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -1,8 +1,8 @@
 """Invoices, number series, payments, allocations, refunds, credit notes, disputes, adjustments
 and the bill delivery outbox (the billing wing: ``ocs.db.billing``).
 
-Revision ID: 0005b
-Revises: 0005s
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-08
 
 Written out column by column, as 0001 to 0004 are: a migration is the schema at its revision.
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005b"
-down_revision = "0005s"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

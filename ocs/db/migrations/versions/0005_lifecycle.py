@@ -1,6 +1,6 @@
 """The customer lifecycle: a node's own status, a line's own status, the lifecycle steps.
 
-Revision ID: 0005l
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-14
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005l"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
