@@ -242,6 +242,18 @@ class RedisPyCaller:
         await self.client.aclose()
 
 
+# Error replies of a Redis that cannot serve yet or now (still replaying its append-only file, a
+# replica without its master, a script over its time): like no answer, the caller may try again
+# later; redis-py maps LOADING to a ConnectionError the same way (BusyLoadingError).
+UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "BUSY")
+
+
+def _reply_error(operation: str, error: RedisErrorReply) -> Exception:
+    if error.message.split(" ", 1)[0] in UNAVAILABLE_REPLIES:
+        return BalanceUnavailable(f"{operation}: {error}")
+    return BalanceScriptError(f"{operation}: {error}")
+
+
 class PipelinedCaller:
     """The pipelined client of ``balance.pipeline``: many calls per loop pass on one connection."""
 
@@ -267,13 +279,13 @@ class PipelinedCaller:
                 self._registered.add(script.sha)
             return _text(await self.client.evalsha(script.sha, keys, args))
         except RedisErrorReply as error:
-            raise BalanceScriptError(f"{script.operation}: {error}") from None
+            raise _reply_error(script.operation, error) from None
 
     async def execute(self, *parts: str) -> Reply:
         try:
             return _text(await self.client.execute(*parts))
         except RedisErrorReply as error:
-            raise BalanceScriptError(f"{parts[0]}: {error}") from None
+            raise _reply_error(parts[0], error) from None
 
     async def scan_keys(self, pattern: str) -> list[str]:
         found: set[str] = set()

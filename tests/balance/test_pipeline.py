@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from balance.callers import PipelinedCaller
 from balance.embedded import EmbeddedRedis, pick_free_port
 from balance.errors import BalanceUnavailable
 from balance.pipeline import DEFAULT_FLUSH_BYTES, PipelinedRedis, RedisErrorReply, RedisReply
@@ -400,3 +401,28 @@ async def test_a_write_that_raises_fails_the_calls_as_unavailable_and_the_next_c
 
         assert await client.execute("PING") == b"PONG"  # a new connection
         assert client._connection is not connection
+
+
+@pytest.mark.parametrize(
+    "reply", [b"-LOADING Redis is loading the dataset in memory", b"-MASTERDOWN Link with MASTER is down"]
+)
+async def test_a_redis_not_ready_to_serve_is_unavailable_not_a_script_error(reply: bytes) -> None:
+    """A restarted Redis answers LOADING while it replays its append-only file: a caller must see it
+    as unavailable (try again later), as redis-py does, not as a broken invariant."""
+
+    async def answer_not_ready(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(reply + b"\r\n")
+        await writer.drain()
+        await reader.read(1024)
+        writer.close()
+
+    server = await asyncio.start_server(answer_not_ready, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with PipelinedRedis(port=port) as client:
+            with pytest.raises(BalanceUnavailable, match=reply[1:8].decode()):
+                await PipelinedCaller(client).execute("SMEMBERS", "ocs:outbox")
+    finally:
+        server.close()
+        await server.wait_closed()
