@@ -118,7 +118,7 @@ class Lease:
     async def renew(self) -> bool:
         """Extend the lease if it is still ours; False (and not held) when it is not."""
         started = self.clock()
-        extended = await self.redis.eval(_RENEW, 1, self.key, self.owner, str(self._milliseconds))  # type: ignore[misc]
+        extended = await self.redis.eval(_RENEW, 1, self.key, self.owner, str(self._milliseconds))
         if extended == 1:
             self.valid_until = started + self.lease_seconds
             return True
@@ -128,8 +128,8 @@ class Lease:
     async def release(self) -> bool:
         """Give the lease up if it is still ours (a graceful shutdown: the next holder need not wait)."""
         self.valid_until = 0.0
-        released = await self.redis.eval(_RELEASE, 1, self.key, self.owner)  # type: ignore[misc]
-        return released == 1
+        released = await self.redis.eval(_RELEASE, 1, self.key, self.owner)
+        return bool(released == 1)
 
     async def holder(self) -> str | None:
         value = await self.redis.get(self.key)

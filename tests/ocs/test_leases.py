@@ -140,7 +140,8 @@ async def duty():
 async def main():
     duties = Duties()
     duties.register("spool_writer", duty)
-    await duties.run_under_leases(redis.asyncio.Redis.from_url(sys.argv[1]), sys.argv[2], lease_seconds=float(sys.argv[3]))
+    client = redis.asyncio.Redis.from_url(sys.argv[1])
+    await duties.run_under_leases(client, sys.argv[2], lease_seconds=float(sys.argv[3]))
 
 asyncio.run(main())
 """
