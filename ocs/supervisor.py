@@ -101,6 +101,7 @@ class Supervisor:
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.restarts: dict[int, int] = dict.fromkeys(range(workers), 0)
         self.stopping = asyncio.Event()
+        self.failed = False  # a worker could not start at all: the server does not start
 
     async def prepare(self) -> None:
         """Redis, the database's migration, the ports, the run directory: before any worker."""
@@ -162,12 +163,19 @@ class Supervisor:
     async def keep_running(self, index: int) -> None:
         """Start worker ``index``; start it again whenever it dies, until the server stops."""
         backoff = RESTART_BACKOFF_FIRST_SECONDS
+        first = True
         while not self.stopping.is_set():
             started = time.monotonic()
             process = await self._start(index)
             status = await process.wait()
             if self.stopping.is_set():
                 return
+            if first and status == EXIT_STARTUP_FAILED:  # a port in use, no tariff file: its line says
+                log.error("worker_cannot_start", worker=index)
+                self.failed = True
+                self.stopping.set()
+                return
+            first = False
             up_seconds = time.monotonic() - started
             with contextlib.suppress(FileNotFoundError):  # its metrics leave with it
                 (self.run_directory / f"worker-{index}.prom").unlink()
@@ -240,4 +248,4 @@ async def supervise(settings: Settings, workers: int, config_path: str | None) -
         if tasks:
             await asyncio.wait(tasks)
         await supervisor.close()
-    return 0
+    return EXIT_STARTUP_FAILED if supervisor.failed else 0
