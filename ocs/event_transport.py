@@ -120,7 +120,8 @@ class RedisStreamTransport:
         failing = False
         while True:
             try:
-                replies: Any = await self.redis.xread({self.key: self._last_id}, block=READ_BLOCK_MILLISECONDS, count=500)
+                streams: Any = {self.key: self._last_id}
+                replies: Any = await self.redis.xread(streams, block=READ_BLOCK_MILLISECONDS, count=500)
             except (RedisError, OSError) as error:
                 if not failing:
                     log.warning("event_read_failed", error=str(error), resume_after=self._last_id)

@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import prometheus_client
 import structlog
@@ -47,12 +47,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from redis.asyncio import Redis, RedisCluster
 
+from balance.directory import Directory
+from ocs.charging.credit_control import CreditControl
 from ocs.config import Settings
 from ocs.event_transport import RedisStreamTransport, SharedSubscriberCache
-from ocs.leases import mutex, new_owner_id
-
-if TYPE_CHECKING:  # ocs.app calls this module: no import back at run time
-    from ocs.app import ServerState
+from ocs.events import AccountEvents
+from ocs.leases import Duties, mutex, new_owner_id
+from ocs.metrics import Metrics
 
 log = structlog.get_logger("ocs.worker")
 
@@ -60,6 +61,18 @@ SUPERVISOR_FILE_NAME = "supervisor.json"
 SNAPSHOT_SECONDS = 1.0
 ALIVE_SECONDS = 5.0  # a snapshot older than this: the worker is not alive
 PARENT_CHECK_SECONDS = 1.0
+
+
+class ServerState(Protocol):
+    """What this module uses of ``ocs.app.ServerState`` (which it must not import: app imports it)."""
+
+    settings: Settings
+    events: AccountEvents
+    directory: Directory | None
+    credit_control: CreditControl | None
+    metrics: Metrics
+    duties: Duties
+    stop: asyncio.Event
 
 
 @dataclass(frozen=True, slots=True)
