@@ -126,7 +126,7 @@ def measure(tree: Path, label: str, data: Path, count_seconds: float) -> Measure
     command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}"]
     with (data / "server.log").open("wb") as server_log:
         server = subprocess.Popen(
-            [*command, sys.executable, "-m", "ocs", "serve"],
+            [*command, sys.executable, "-m", "ocs", "serve", "--workers", "1"],
             cwd=tree,
             env=environment,
             stdout=server_log,

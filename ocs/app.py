@@ -16,6 +16,12 @@ of it is held in one ``ServerState``. The business database (``ocs.db``: API tok
 trail) is opened and migrated before the HTTP side starts, and audit records a past outage kept
 in the fallback file are put back into it (``ocs.api.audit_trail``).
 
+Duties: the jobs that must run once for the whole server (the rescan, Tcc supervision, the spool
+writer and its retention; later schedulers register theirs the same way) are registered by name
+in ``ServerState.duties`` (``ocs.leases.Duties``): one process runs them directly, as always; a
+worker of ``ocs serve --workers N`` runs each only while it holds the duty's lease in Redis
+(ocs/worker.py, ocs/supervisor.py), and every drain of the outboxes holds ``spool_drain``.
+
 Account events: ``ServerState.events`` is the one seam (``ocs.events.AccountEvents``) on which the
 operator's side publishes what it changed about an account; the session notifier subscribes to
 it at startup. The answers to the notifier's RAR and ASR reach it from the Diameter event handler.
@@ -28,6 +34,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from pathlib import Path
@@ -52,11 +59,13 @@ from ocs.config import DiameterSettings, Settings
 from ocs.customers.line_status import LineStatusMirror
 from ocs.db.engine import DatabaseUnavailable, database_url, open_database
 from ocs.events import AccountEvents
+from ocs.leases import Duties
 from ocs.logs import bind_request, configure_logging
 from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating.book import TariffBook
 from ocs.rating.rate import load_book
 from ocs.redis_watch import Outage, RedisSupervisor
+from ocs.worker import WorkerRole, WorkerServices, new_cache, prepare_worker, start_worker, stop_worker
 from protocol.aio import DiameterServer, DiameterTransport
 from protocol.aio.tls import server_context
 from protocol.capabilities import IpNetwork, LocalIdentity, PeerPolicy
@@ -91,6 +100,14 @@ class ServerState:
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # Jobs that must run once for the whole server (ocs/leases.py): registered at startup, run
+    # directly in a single process, under leases in Redis with workers (ocs/worker.py).
+    duties: Duties = field(default_factory=Duties)
+    worker: WorkerServices | None = None  # set when this process is one of ``--workers N``
+
+    def spool_drain(self) -> AbstractAsyncContextManager[None]:
+        """Held around every drain of the outboxes: with workers, one drain at a time over all."""
+        return self.worker.spool_drain() if self.worker is not None else contextlib.nullcontext()
 
 
 _REQUEST_TYPES = ("", "INITIAL", "UPDATE", "TERMINATION", "EVENT")  # CC-Request-Type, RFC 4006 section 8.3
@@ -215,7 +232,8 @@ async def _write_spool(state: ServerState) -> None:
     outage = Outage("spool_writer")
     while True:
         try:
-            stored = await state.spool.drain_once(state.store, batch_size=settings.batch_size)
+            async with state.spool_drain():
+                stored = await state.spool.drain_once(state.store, batch_size=settings.batch_size)
             stats = state.spool.stats()
             state.metrics.spool_progress(stored, stats.backlog_records, stats.lag_seconds)
         except BalanceUnavailable as error:  # the records wait in the outboxes
@@ -320,7 +338,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.credit_control = CreditControl(
         settings,
         state.store,
-        SubscriberCache(state.directory),
+        SubscriberCache(state.directory) if state.worker is None else new_cache(state, state.worker.transport),
         state.book,
         state.identity,
         observer=state.notifier.observe,
@@ -340,6 +358,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
         tw_seconds=diameter.watchdog_seconds,
         tls_context=tls,
         require_tls=diameter.require_tls,
+        reuse_port=state.worker is not None,  # workers share the ports (ocs/supervisor.py)
     )
     if diameter.clear_port_enabled:
         state.diameter_address = await state.diameter.start(diameter.host, diameter.port)
@@ -356,12 +375,16 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.events.subscribe(state.line_status.on_account_event)  # review 13 L5
     state.audit_trail = AuditTrail(state.database, spool_path.parent / FALLBACK_FILE_NAME, state.metrics.registry)
     await state.audit_trail.recover()
-    state.background.append(asyncio.create_task(_rescan_work(state)))
-    state.background.append(asyncio.create_task(_supervise_sessions(state)))
-    state.background.append(asyncio.create_task(_write_spool(state)))
+    state.duties.register("rescan", lambda: _rescan_work(state))
+    state.duties.register("session_supervision", lambda: _supervise_sessions(state))
+    state.duties.register("spool_writer", lambda: _write_spool(state))
+    state.duties.register("spool_retention", lambda: _retain_spool(state))
     if state.redis is not None:
         state.background.append(asyncio.create_task(RedisSupervisor(state.redis).run()))
-    state.background.append(asyncio.create_task(_retain_spool(state)))
+    if state.worker is None:
+        state.background += state.duties.run_directly()
+    else:
+        await start_worker(state, state.worker)
     if settings.http.enabled:
         state.http = await start_http(state)
     assert state.diameter_address is not None  # ocs.config: clear port or TLS, at least one
@@ -392,7 +415,8 @@ async def _close_spool(state: ServerState) -> None:
     assert state.spool is not None
     if state.store is not None:
         with contextlib.suppress(Exception):  # Redis may be gone; the records wait in the outbox
-            await state.spool.drain_once(state.store, batch_size=state.settings.spool.batch_size)
+            async with state.spool_drain():
+                await state.spool.drain_once(state.store, batch_size=state.settings.spool.batch_size)
     await state.spool.close()
 
 
@@ -406,6 +430,8 @@ async def shutdown(state: ServerState) -> None:
         await _bounded("diameter", state.diameter.close(timeout), timeout + 1)
     if state.in_flight:
         await asyncio.wait(set(state.in_flight), timeout=timeout)
+    if state.worker is not None:  # its duties stopped and their leases released
+        await _bounded("worker", stop_worker(state, state.worker), timeout)
     await _bounded("background", _stop_background(state), timeout)
     if state.spool is not None:
         await _bounded("spool", _close_spool(state), timeout)
@@ -420,16 +446,22 @@ async def shutdown(state: ServerState) -> None:
     log.info("stopped")
 
 
-def new_state(settings: Settings) -> ServerState:
+def new_state(settings: Settings, origin_state_id: int | None = None) -> ServerState:
+    """``origin_state_id``: the supervisor's, for a worker; else this start's clock seconds."""
     identity = LocalIdentity(
-        settings.diameter.origin_host, settings.diameter.origin_realm, origin_state_id=int(time.time())
+        settings.diameter.origin_host,
+        settings.diameter.origin_realm,
+        origin_state_id=int(time.time()) if origin_state_id is None else origin_state_id,
     )
     return ServerState(settings, identity)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, role: WorkerRole | None = None) -> None:
+    """The server in this process: alone, or as worker ``role`` of ``ocs serve --workers N``."""
     configure_logging()
-    state = new_state(settings)
+    state = new_state(settings, None if role is None else role.origin_state_id)
+    if role is not None:
+        state.worker = prepare_worker(state, role)
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, state.stop.set)

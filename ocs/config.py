@@ -118,6 +118,8 @@ class RedisSettings:
 # 3004 although it was charged, or charged a second time. 60 s covers those ~16 s with room for a
 # slow client; the default (balance/keys.py DEFAULT_TOMBSTONE_SECONDS) is ten times that.
 MIN_TOMBSTONE_SECONDS = 60
+# More workers than this is a typo, not a machine: each holds Redis connections and a database pool.
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +237,16 @@ class BillingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The processes of ``ocs serve`` (ocs/supervisor.py)."""
+
+    # Worker processes sharing the ports: 0, one per core; 1, one process and no supervisor.
+    workers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
     diameter: DiameterSettings = field(default_factory=DiameterSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -416,6 +427,7 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
     _validate_diameter(settings.diameter, origins)
     _validate_http(settings.http, origins)
     checks = [
+        (0 <= settings.server.workers <= MAX_WORKERS, "server.workers", f" (0 to {MAX_WORKERS})"),
         (0 <= settings.diameter.port < 65_536, "diameter.port", ""),
         (0 <= settings.http.port < 65_536, "http.port", ""),
         (0 <= settings.http.metrics_port < 65_536, "http.metrics_port", ""),

@@ -144,6 +144,8 @@ class Metrics:
 
     def __init__(self, *, process_collectors: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # What /metrics answers: this registry, or the whole server's series (ocs/worker.py).
+        self.exposed = self.registry
         registry = self.registry
         if process_collectors:  # CPU, memory, file descriptors, GC: read at scrape time only
             ProcessCollector(registry=registry)
@@ -309,7 +311,7 @@ class Metrics:
     def exposition(self, accept_header: str = "") -> tuple[bytes, str]:
         """(body, Content-Type): the Prometheus text format, or OpenMetrics when the scraper asks."""
         encoder, content_type = choose_encoder(accept_header)
-        return encoder(self.registry), content_type
+        return encoder(self.exposed), content_type
 
 
 class TimedCaller:

@@ -292,7 +292,8 @@ async def start_http(state: ServerState) -> HttpServer:
     await _resume_customer_provisioning(app[CUSTOMERS])
     await _resume_lifecycle(app[LIFECYCLE])
     await _resume_orders(app[ORDERS])
-    runner, bound = await _listen(app, http.host, http.port, settings.shutdown_timeout_seconds, tls)
+    reuse_port = getattr(state, "worker", None) is not None  # workers share the port (ocs/supervisor.py)
+    runner, bound = await _listen(app, http.host, http.port, settings.shutdown_timeout_seconds, tls, reuse_port)
     log.info("http_listening", host=bound[0], port=bound[1], https=tls is not None)
     server = HttpServer(runner, bound, metrics, scheme="https" if tls is not None else "http")
     if http.metrics_port:
@@ -301,7 +302,12 @@ async def start_http(state: ServerState) -> HttpServer:
         scrape.router.add_get("/metrics", _metrics)
         try:
             server.metrics_runner, server.metrics_address = await _listen(
-                scrape, http.metrics_host or http.host, http.metrics_port, settings.shutdown_timeout_seconds, None
+                scrape,
+                http.metrics_host or http.host,
+                http.metrics_port,
+                settings.shutdown_timeout_seconds,
+                None,
+                reuse_port,
             )
         except OSError:
             await runner.cleanup()
@@ -319,11 +325,16 @@ def _tls_context(certificate: str, private_key: str) -> ssl.SSLContext:
 
 
 async def _listen(
-    app: web.Application, host: str, port: int, shutdown_timeout: float, tls: ssl.SSLContext | None
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown_timeout: float,
+    tls: ssl.SSLContext | None,
+    reuse_port: bool = False,
 ) -> tuple[web.AppRunner, tuple[str, int]]:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError:
@@ -471,7 +482,13 @@ async def _health(request: web.Request) -> web.Response:
         return web.json_response({"status": "unavailable", "redis": str(error)}, status=503)
     except TimeoutError:
         return web.json_response({"status": "unavailable", "redis": "no answer in time"}, status=503)
-    return web.json_response({"status": "ok", "redis": "ok"})
+    worker = getattr(request.app[CONTEXT].state, "worker", None)
+    if worker is None:
+        return web.json_response({"status": "ok", "redis": "ok"})
+    health = worker.health()  # the whole server: its workers alive against those started
+    workers = health["workers"]
+    whole = isinstance(workers, dict) and workers["alive"] >= workers["expected"]
+    return web.json_response({"status": "ok" if whole else "degraded", "redis": "ok", **health})
 
 
 async def _audit(request: web.Request) -> web.Response:
@@ -484,10 +501,11 @@ async def _audit(request: web.Request) -> web.Response:
     sessions_ended = request.query.get("sessions_ended", "false").lower() in ("1", "true", "yes")
     usage: dict[str, int] | None = None
     if state.spool is not None:
-        await state.spool.drain_once(store, batch_size=state.settings.spool.batch_size)
-        usage = await state.spool.totals_by_account()
-        for record in await store.usage_records():  # anything that arrived after the drain
-            usage[record.account_id] = usage.get(record.account_id, 0) + record.micros
+        async with state.spool_drain():  # with workers: no other drain moves records meanwhile
+            await state.spool.drain_once(store, batch_size=state.settings.spool.batch_size)
+            usage = await state.spool.totals_by_account()
+            for record in await store.usage_records():  # anything that arrived after the drain
+                usage[record.account_id] = usage.get(record.account_id, 0) + record.micros
     report = await audit(store, now_seconds=int(time.time()), usage_micros=usage, sessions_ended=sessions_ended)
     findings, warnings = (
         [{"account": f.account_id, "rule": f.rule, "detail": f.detail} for f in found]

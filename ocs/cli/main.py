@@ -64,9 +64,11 @@ from ocs.cli.customers import add_customer_commands
 from ocs.cli.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
 from ocs.cli.interactions import add_interaction_commands, run_report_offline
 from ocs.cli.tokens import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
-from ocs.config import ConfigError, Settings, load_settings, unused_environment
+from ocs.config import MAX_WORKERS, ConfigError, Settings, load_settings, unused_environment
 from ocs.db.engine import DatabaseUnavailable, database_url, open_database, sqlite_url
 from ocs.rating.rate import RatingFailure, RatingInput, TariffError, explain, load_book
+from ocs.supervisor import supervise, worker_count
+from ocs.worker import WorkerRole
 
 USAGE_ERROR = 2  # argparse's own status for bad usage
 REFUSED = 1
@@ -179,7 +181,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="TOML configuration file (default: config/ocs.toml if present)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    serve_command = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    serve_command.add_argument(
+        "--workers", type=_workers, help="worker processes sharing the ports (0: one per core; default: [server])"
+    )
+    # A worker of ``--workers N``, as the supervisor starts it (ocs/supervisor.py): not for operators.
+    serve_command.add_argument("--worker", type=_worker_index, help=argparse.SUPPRESS)
+    serve_command.add_argument("--origin-state-id", type=int, help=argparse.SUPPRESS)
+    serve_command.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     demo = commands.add_parser(
         "demo", help="embedded Redis + server + network simulator on a scenario; prints the report and the audit"
     )
@@ -510,11 +519,43 @@ async def _usage_database(data: Path | None, settings: Settings) -> AsyncEngine:
     return await open_database(url)
 
 
-def _serve(settings: Settings) -> int:
-    """``ocs serve``: what stops it starting (a port in use, a missing tariff file, no Redis) is
-    one line, not a traceback; ``serve`` has already undone whatever had started."""
+def _workers(text: str) -> int:
     try:
-        uvloop.run(serve(settings))
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers: {text!r} is not a whole number") from None
+    if not 0 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"--workers: {workers} is not between 0 and {MAX_WORKERS}")
+    return workers
+
+
+def _worker_index(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"--worker: {text!r} is not INDEX/COUNT")
+    return int(index), int(count)
+
+
+def _serve(settings: Settings, arguments: argparse.Namespace) -> int:
+    """``ocs serve``: what stops it starting (a port in use, a missing tariff file, no Redis) is
+    one line, not a traceback; ``serve`` has already undone whatever had started. With more than
+    one worker, this process is the supervisor (ocs/supervisor.py); ``--worker`` is one of them."""
+    role: WorkerRole | None = None
+    if arguments.worker is not None:
+        index, count = arguments.worker
+        if arguments.origin_state_id is None or arguments.supervisor_pid is None:
+            print("ocs serve: --worker needs --origin-state-id and --supervisor-pid", file=sys.stderr)
+            return USAGE_ERROR
+        role = WorkerRole(index, count, arguments.origin_state_id, arguments.supervisor_pid)
+    else:
+        workers = worker_count(arguments.workers if arguments.workers is not None else settings.server.workers)
+        if workers > 1:
+            try:
+                return uvloop.run(supervise(settings, workers, arguments.config))
+            except KeyboardInterrupt:
+                return 130
+    try:
+        uvloop.run(serve(settings, role))
     except (OSError, TariffError, BalanceUnavailable, DatabaseUnavailable) as error:
         print(f"ocs serve: cannot start: {error}", file=sys.stderr)
         return REFUSED
@@ -547,7 +588,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"ocs: configuration: {error}", file=sys.stderr)
         return USAGE_ERROR
     if arguments.command == "serve":
-        return _serve(settings)
+        return _serve(settings, arguments)
     if arguments.command == "demo":
         try:
             overrides = scenario_overrides(arguments.scenario)

@@ -120,12 +120,15 @@ class DiameterServer:
         duplicates: DuplicateCache | None = None,
         tls_context: ssl.SSLContext | None = None,
         require_tls: bool = False,
+        reuse_port: bool = False,
     ) -> None:
         assert tls_context is not None or not require_tls, "require_tls needs a TLS context"
         self.identity = identity
         self.policy = policy or PeerPolicy()
         self.tls_context = tls_context
         self.require_tls = require_tls
+        # SO_REUSEPORT: several processes listen on one port, the kernel spreads new connections.
+        self.reuse_port = reuse_port
         self.handler = handler
         self.on_event = on_event
         self.tw_seconds = tw_seconds
@@ -155,6 +158,7 @@ class DiameterServer:
             port,
             ssl=self.tls_context if tls_port else None,
             ssl_handshake_timeout=CAPABILITIES_TIMEOUT_SECONDS if tls_port else None,
+            reuse_port=self.reuse_port or None,
         )
         self._servers.append(server)
         address = server.sockets[0].getsockname()

@@ -260,6 +260,7 @@ def run_ocs(*arguments: str, cwd: Path = ROOT, **environment: str) -> subprocess
 def serve_environment(redis_url: str, directory: Path) -> dict[str, str]:
     return {
         "OCS_REDIS_URL": redis_url,
+        "OCS_SERVER_WORKERS": "1",  # one process (tests/ocs/test_workers.py runs several)
         "OCS_DIAMETER_PORT": "0",
         "OCS_HTTP_PORT": "0",
         "OCS_SPOOL_PATH": str(directory / "spool.sqlite3"),

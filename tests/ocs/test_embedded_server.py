@@ -55,6 +55,7 @@ class ServerProcess:
         settings = {
             "PYTHONPATH": str(ROOT),
             "OCS_REDIS_URL": "",
+            "OCS_SERVER_WORKERS": "1",  # one process (tests/ocs/test_workers.py runs several)
             "OCS_REDIS_DATA_DIRECTORY": str(data_directory / "redis"),
             "OCS_DIAMETER_PORT": "0",
             "OCS_DIAMETER_ORIGIN_HOST": "ocs.test",
