@@ -37,7 +37,12 @@ bill_cuts = Table(
     Column("created_at", DateTime, nullable=False),
     Column("done_at", DateTime, nullable=True),  # NULL: still to apply in Redis
     Column("outcome", String(32), nullable=True),  # the engine's answer (ok, or why not)
-    Index("ix_bill_cuts_pending", "created_at", sqlite_where=text("done_at IS NULL"), postgresql_where=text("done_at IS NULL")),
+    Index(
+        "ix_bill_cuts_pending",
+        "created_at",
+        sqlite_where=text("done_at IS NULL"),
+        postgresql_where=text("done_at IS NULL"),
+    ),
 )
 
 prepaid_rentals = Table(
