@@ -120,7 +120,8 @@ STORED_COLUMNS = (
     "line_micros",
     "pools",
 )
-_COLUMNS = tuple(usage_records.c[name] for name in STORED_COLUMNS)
+STORED = tuple(usage_records.c[name] for name in STORED_COLUMNS)  # the columns record_of reads
+_COLUMNS = STORED
 
 
 def row_of(record: UsageRecord) -> dict[str, object]:

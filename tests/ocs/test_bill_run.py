@@ -9,7 +9,7 @@ import asyncio
 from datetime import UTC, date, datetime
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.store import BalanceStore
@@ -19,6 +19,7 @@ from ocs.billing.bill_run import BillRun, PendingCut
 from ocs.billing.catalog_load import parse_catalog
 from ocs.billing.cycles import Period, prorate
 from ocs.billing.invoices import read_bill
+from ocs.billing.ledger_audit import ledger_audit
 from ocs.billing.values import LineKind
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
 from ocs.db.billing import invoices
@@ -36,6 +37,7 @@ from tests.ocs.bill_run_support import (
     catalog,
     charge,
     database,
+    events,
     spool,
 )
 from tests.ocs.postgres_support import postgresql_url
@@ -235,3 +237,23 @@ async def test_a_prepaid_rental_is_debited_once_at_the_cycle_start_by_its_plans_
     async with database.connect() as connection:
         rows = (await connection.execute(select(prepaid_rentals.c.outcome, prepaid_rentals.c.micros))).all()
     assert [tuple(row) for row in rows] == [("ok" if policy != "restrict" else "insufficient_funds", rental)]
+
+
+# -- the one-ledger audit -------------------------------------------------------------------------
+
+
+async def test_the_ledger_audit_ties_out_after_a_run_and_finds_a_planted_inconsistency(
+    database: AsyncEngine, balance_store: BalanceStore
+) -> None:
+    await postpaid_line_at_its_limit(database, balance_store)
+    assert await charge(balance_store, "L1", "s3", 0, IN_FEBRUARY) is Outcome.OK  # nothing used: no record
+    await BillRun(database, balance_store, catalog(), clock=CLOCK).run(RUN_DAY)
+    assert await ledger_audit(database, balance_store, IN_FEBRUARY) == []
+    async with database.begin() as connection:  # a record the invoice did not price, billed by it
+        await connection.execute(
+            update(usage_records).where(usage_records.c.invoice_id.is_not(None)).values(micros=2 * UNIT)
+        )
+    found = await ledger_audit(database, balance_store, IN_FEBRUARY)
+    assert found == ["invoice main-00000001: usage lines 3000000 micros, its records 2000000"]
+    await balance_store.charge(events("L1", "s5", 1, IN_FEBRUARY))  # used, not spooled: in the outbox
+    assert await ledger_audit(database, balance_store, IN_FEBRUARY) == found
