@@ -250,13 +250,14 @@ def main() -> None:
             results.append(found)
             print(json.dumps(found))
     small, large = results
-    rate = int(large["accounts"]) / float(large["seconds"])  # type: ignore[arg-type]
-    growth = float(large["peak_rss_mb"]) / float(small["peak_rss_mb"])  # type: ignore[arg-type]
+    rate = float(str(large["accounts"])) / float(str(large["seconds"]))
+    growth = float(str(large["peak_rss_mb"])) / float(str(small["peak_rss_mb"]))
+    rerun = int(str(small["rerun_new_invoices"])) + int(str(large["rerun_new_invoices"]))
     tie_out = "ok" if small["tie_out"] and large["tie_out"] else "fail"
+    peak = float(str(large["peak_rss_mb"]))
     print(
-        f"RESULT accounts={large['accounts']} accounts_per_s={rate:.0f} peak_rss_mb={float(large['peak_rss_mb']):.1f}"  # type: ignore[arg-type]
-        f" rss_growth={growth:.2f} rerun_new_invoices={int(small['rerun_new_invoices']) + int(large['rerun_new_invoices'])}"  # type: ignore[call-overload]
-        f" tie_out={tie_out}"
+        f"RESULT accounts={large['accounts']} accounts_per_s={rate:.0f} peak_rss_mb={peak:.1f}"
+        f" rss_growth={growth:.2f} rerun_new_invoices={rerun} tie_out={tie_out}"
     )
 
 
