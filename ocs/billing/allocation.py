@@ -48,15 +48,16 @@ async def lock_account(connection: AsyncConnection, billing_account_id: str, fie
     return dict(row._mapping)
 
 
-async def next_sequence(connection: AsyncConnection, series: str) -> int:
-    """The series' next number, taken in the caller's transaction (given back by its rollback)."""
+async def next_sequence(connection: AsyncConnection, series: str, count: int = 1) -> int:
+    """The series' next number, taken in the caller's transaction (given back by its rollback);
+    with ``count``, a block of that many consecutive numbers, of which the last is answered."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     first_use = dialect.insert(number_series).values(series=series, last_sequence=0).on_conflict_do_nothing()
     await connection.execute(first_use)
     moved = await connection.execute(
         update(number_series)
         .where(number_series.c.series == series)
-        .values(last_sequence=number_series.c.last_sequence + 1)
+        .values(last_sequence=number_series.c.last_sequence + count)
         .returning(number_series.c.last_sequence)
     )
     return int(moved.scalar_one())

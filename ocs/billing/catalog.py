@@ -23,7 +23,8 @@ Products (``Product``, one ``ProductKind`` each, each with a tax category):
   rental).
 
 An ``Offer`` says what a tariff plan (config/tariffs.toml) comes with: rentals each cycle,
-one-offs on activation, bundles each cycle.
+one-offs on activation, bundles each cycle, and for prepaid lines the ``rental_policy`` when the
+balance does not cover a rental (restrict, the default, or allow_negative).
 
 Discounts (``Discount``) are percentage (basis points of the amount) or fixed (micros), on
 rentals (and one-offs) or on usage, aimed at products, plans or customer segments (an empty
@@ -49,7 +50,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
-from balance.types import Unit
+from balance.types import RentalPolicy, Unit
 from ocs.billing.cycles import Period, divide_half_even, prorate
 from ocs.rating.rate import format_money
 
@@ -124,6 +125,9 @@ class Offer:
     rentals: tuple[str, ...]
     one_offs: tuple[str, ...]  # charged on activation
     bundles: tuple[str, ...]
+    # Prepaid lines: what a rental the main balance does not cover does (balance RULES.md
+    # "debit_rental"): restrict (nothing debited; the bill run reports the line) or allow_negative.
+    rental_policy: RentalPolicy = RentalPolicy.RESTRICT
 
 
 @dataclass(frozen=True, slots=True)

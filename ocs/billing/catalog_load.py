@@ -31,7 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
-from balance.types import Unit
+from balance.types import RentalPolicy, Unit
 from ocs.billing.catalog import (
     BASIS_POINTS_PER_WHOLE,
     Catalog,
@@ -70,7 +70,7 @@ _PRODUCT_REQUIRED: Mapping[ProductKind, frozenset[str]] = {
     ProductKind.ONE_OFF: frozenset({"tax_category", "price"}),
     ProductKind.BUNDLE: frozenset({"tax_category", "unit", "units", "services"}),
 }
-_OFFER_KEYS = frozenset({"rentals", "one_offs", "bundles", "effective_from", "versions"})
+_OFFER_KEYS = frozenset({"rentals", "one_offs", "bundles", "rental_policy", "effective_from", "versions"})
 _DISCOUNT_KEYS = frozenset(
     {
         "code",
@@ -308,7 +308,13 @@ def _offer_builder(plan: str, products: Mapping[str, Dated[Product]]) -> Builder
                     raise where.fail(field, f"product {code} is a {product.values[0].kind}, not a {kind}")
                 if not _starts_by(product, start):
                     raise where.fail(field, f"product {code} does not exist yet on the offer's first day")
-        return Offer(plan, version, start, lists["rentals"], lists["one_offs"], lists["bundles"])
+        raw_policy = table.get("rental_policy", RentalPolicy.RESTRICT.value)
+        policies = ", ".join(item.value for item in RentalPolicy)
+        if not isinstance(raw_policy, str) or raw_policy not in {item.value for item in RentalPolicy}:
+            raise where.fail("rental_policy", f"must be one of {policies}, not {raw_policy!r}")
+        return Offer(
+            plan, version, start, lists["rentals"], lists["one_offs"], lists["bundles"], RentalPolicy(raw_policy)
+        )
 
     return build
 

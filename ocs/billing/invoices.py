@@ -16,12 +16,21 @@ billed by it), and an ``invoice_issued`` event in ``delivery_outbox``; then the 
 The caller may pass its own connection (``issue(draft, connection=...)``): then everything above
 is part of the caller's transaction, which the bill run uses to mark the usage records billed in
 the same commit, and the caller commits.
+
+``issue_many(drafts, connection)`` is the bill run's bulk path, with the same rules for many
+drafts (of distinct accounts) in the caller's transaction: the accounts' rows locked in one
+statement (in id order, so concurrent runs queue instead of deadlocking), the periods invoiced
+already found in one query and skipped, one block of numbers drawn from each series (gapless:
+the numbers of one transaction are consecutive, and its rollback gives the block back), invoices,
+lines and delivery events inserted by executemany, and the credit applied only on the accounts
+that have some. It answers the drafts issued, each with its number, and the ones skipped.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +52,7 @@ from ocs.billing.values import (
     BillState,
     CustomerBill,
     CustomerBillList,
+    DraftLine,
     InvoiceDraft,
     LineKind,
     Money,
@@ -50,10 +60,12 @@ from ocs.billing.values import (
 )
 from ocs.customers.service import CustomerRefusal, Problem
 from ocs.customers.values import Closed
-from ocs.db.billing import adjustments, delivery_outbox, invoice_lines, invoices
+from ocs.db.billing import adjustments, delivery_outbox, invoice_lines, invoices, payments
+from ocs.db.customers import billing_accounts
 from ocs.db.schema import utc_aware, utc_naive
 
 MAX_LIST_ROWS = 1_000
+MAX_BATCH_DRAFTS = 1_000  # issue_many: the accounts' ids are one IN list (far below the drivers' limits)
 INVOICE_ISSUED = "invoice_issued"
 
 
@@ -168,30 +180,13 @@ class Invoices:
             bill = await read_bill(connection, found)
             assert bill is not None
             return Issued(bill=bill, created=False)
-        amounts = draft_amounts(draft)
-        if amounts["total_micros"] < 0:
+        if draft_amounts(draft)["total_micros"] < 0:
             raise CustomerRefusal(Problem.REFUSED, "lines", "the lines add up to less than zero; bill a credit note")
         await self._check_adjustments(connection, draft)
         now = self._now()
         sequence = await next_sequence(connection, draft.legal_entity)
-        number = document_number(draft.legal_entity, sequence)
-        row = {
-            "invoice_id": number,
-            "legal_entity": draft.legal_entity,
-            "sequence": sequence,
-            "number": number,
-            "customer_id": account["customer_id"],
-            "billing_account_id": draft.billing_account_id,
-            "period_start": draft.period_start,
-            "period_end": draft.period_end,
-            "issued_at": utc_naive(now),
-            "due_date": draft.due_date,
-            "currency": account["currency"],
-            **amounts,
-            "remaining_micros": amounts["total_micros"],
-            "state": bill_state(amounts["total_micros"], amounts["total_micros"]).value,
-            "catalog_version": draft.catalog_version,
-        }
+        row = _invoice_row(draft, sequence, account["customer_id"], account["currency"], now)
+        number = row["invoice_id"]
         await connection.execute(insert(invoices).values(**row))
         if draft.lines:
             await connection.execute(
@@ -213,7 +208,8 @@ class Invoices:
         assert bill is not None
         return Issued(bill=bill, created=True)
 
-    async def _check_adjustments(self, connection: AsyncConnection, draft: InvoiceDraft) -> None:
+    @staticmethod
+    async def _check_adjustments(connection: AsyncConnection, draft: InvoiceDraft) -> None:
         if not draft.adjustment_ids:
             return
         query = select(adjustments.c.adjustment_id).where(
@@ -287,6 +283,121 @@ class Invoices:
                 .values(delivered_at=utc_naive(self._now()))
             )
         return bool(done.rowcount)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchIssued:
+    """What ``issue_many`` did: (draft, its new invoice id) per issued draft, in the drafts'
+    order, and the drafts whose period was invoiced already (nothing written for them)."""
+
+    issued: list[tuple[InvoiceDraft, str]]
+    skipped: list[InvoiceDraft]
+
+
+async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft], now: datetime) -> BatchIssued:
+    """The drafts (one per billing account) issued in the caller's transaction (module docstring)."""
+    if len(drafts) > MAX_BATCH_DRAFTS:
+        raise ValueError(f"issue_many: at most {MAX_BATCH_DRAFTS} drafts per call, not {len(drafts)}")
+    by_account = {draft.billing_account_id: draft for draft in drafts}
+    if len(by_account) != len(drafts):
+        raise ValueError("issue_many: one draft per billing account")
+    if not drafts:
+        return BatchIssued([], [])
+    ids = sorted(by_account)
+    accounts = billing_accounts.c
+    await connection.execute(
+        update(billing_accounts).where(accounts.billing_account_id.in_(ids)).values(currency=accounts.currency)
+    )
+    found = await connection.execute(
+        select(accounts.billing_account_id, accounts.customer_id, accounts.currency).where(
+            accounts.billing_account_id.in_(ids)
+        )
+    )
+    account_rows = {row.billing_account_id: row for row in found}
+    missing = [account for account in ids if account not in account_rows]
+    if missing:
+        raise CustomerRefusal(Problem.NOT_FOUND, "billing_account_id", f"no billing account {missing[0]!r}")
+    existing = await connection.execute(
+        select(invoices.c.billing_account_id, invoices.c.period_start).where(invoices.c.billing_account_id.in_(ids))
+    )
+    invoiced = {(row.billing_account_id, row.period_start) for row in existing}
+    fresh = [draft for draft in drafts if (draft.billing_account_id, draft.period_start) not in invoiced]
+    skipped = [draft for draft in drafts if (draft.billing_account_id, draft.period_start) in invoiced]
+    for draft in fresh:
+        if draft_amounts(draft)["total_micros"] < 0:
+            raise CustomerRefusal(Problem.REFUSED, "lines", "the lines add up to less than zero; bill a credit note")
+        await Invoices._check_adjustments(connection, draft)
+    rows, lines, events, issued = [], [], [], []
+    for series in sorted({draft.legal_entity for draft in fresh}):
+        of_series = [draft for draft in fresh if draft.legal_entity == series]
+        last = await next_sequence(connection, series, len(of_series))
+        for sequence, draft in enumerate(of_series, start=last - len(of_series) + 1):
+            account = account_rows[draft.billing_account_id]
+            row = _invoice_row(draft, sequence, account.customer_id, account.currency, now)
+            rows.append(row)
+            number = row["invoice_id"]
+            issued.append((draft, number))
+            lines += [
+                {"invoice_id": number, "position": position, **_line_row(line)}
+                for position, line in enumerate(draft.lines, start=1)
+            ]
+            events.append(_issued_event(row, now))
+    if rows:
+        await connection.execute(insert(invoices), rows)
+    if lines:
+        await connection.execute(insert(invoice_lines), lines)
+    if events:
+        await connection.execute(insert(delivery_outbox), events)
+    for draft, number in issued:
+        if draft.adjustment_ids:
+            await connection.execute(
+                update(adjustments)
+                .where(adjustments.c.adjustment_id.in_(draft.adjustment_ids))
+                .values(invoice_id=number)
+            )
+    with_credit = await connection.execute(
+        select(payments.c.billing_account_id)
+        .where(payments.c.billing_account_id.in_([draft.billing_account_id for draft, _ in issued]))
+        .where(payments.c.unallocated_micros > 0)
+        .distinct()
+    )
+    for account_id in sorted(row[0] for row in with_credit):
+        await apply_credit(connection, account_id, now)
+    return BatchIssued(issued, skipped)
+
+
+def _line_row(line: DraftLine) -> dict[str, object]:
+    return {
+        "kind": line.kind.value,
+        "description": line.description,
+        "node_id": line.node_id,
+        "line_id": line.line_id,
+        "explanation": line.explanation,
+        "amount_micros": line.amount_micros,
+        "tax_micros": line.tax_micros,
+    }
+
+
+def _invoice_row(draft: InvoiceDraft, sequence: int, customer_id: str, currency: str, now: datetime) -> dict[str, Any]:
+    number = document_number(draft.legal_entity, sequence)
+    amounts = draft_amounts(draft)
+    return {
+        "invoice_id": number,
+        "legal_entity": draft.legal_entity,
+        "sequence": sequence,
+        "number": number,
+        "customer_id": customer_id,
+        "billing_account_id": draft.billing_account_id,
+        "period_start": draft.period_start,
+        "period_end": draft.period_end,
+        "issued_at": utc_naive(now),
+        "due_date": draft.due_date,
+        "currency": currency,
+        **amounts,
+        "remaining_micros": amounts["total_micros"],
+        "state": bill_state(amounts["total_micros"], amounts["total_micros"]).value,
+        "catalog_version": draft.catalog_version,
+    }
 
 
 def _issued_event(row: dict[str, Any], now: datetime) -> dict[str, object]:

@@ -32,7 +32,7 @@ log = structlog.get_logger("ocs.billing.spool_upgrade")
 
 COPY_BATCH = 5_000  # rows per transaction: one page read from the file, one insert
 MIGRATED_SUFFIX = ".migrated"
-OPTIONAL_COLUMNS = ("exported_at", "service_identifier")  # added by the old schemas 2 and 3
+OPTIONAL_COLUMNS = ("exported_at", "service_identifier", "line_micros", "pools")  # old schemas 2, 3; the DB's 0008
 _REQUIRED = tuple(name for name in usage.STORED_COLUMNS if name not in OPTIONAL_COLUMNS)
 
 

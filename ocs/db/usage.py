@@ -55,7 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from balance.types import PaymentType, Unit, UsageRecord
+from balance.types import PaymentType, PoolDraw, Unit, UsageRecord
 from ocs.db.schema import metadata
 
 ID_LENGTH = 64  # balance account ids; invoice ids (the bill run's) share the length
@@ -83,6 +83,10 @@ usage_records = Table(
     Column("exported_at", BigInteger, nullable=True),  # first export, epoch seconds (NULL: never)
     Column("service_identifier", BigInteger, nullable=True),  # the MSCC's Service-Identifier (NULL: none)
     Column("invoice_id", String(ID_LENGTH), nullable=True),  # the invoice that billed it (NULL: unbilled)
+    # Where the money came from (0008; NULL in older rows: see ``record_of``): the line's own
+    # credit line, and per ancestor level "level:bucket micros:line micros", ";"-separated.
+    Column("line_micros", BigInteger, nullable=True),
+    Column("pools", Text, nullable=True),
     Index("ix_usage_records_at_seconds", "at_seconds", "record_number"),
     Index("ix_usage_records_account_id", "account_id", "invoice_id", "at_seconds"),
     Index(
@@ -113,8 +117,11 @@ STORED_COLUMNS = (
     "payment_type",
     "at_seconds",
     "service_identifier",
+    "line_micros",
+    "pools",
 )
-_COLUMNS = tuple(usage_records.c[name] for name in STORED_COLUMNS)
+STORED = tuple(usage_records.c[name] for name in STORED_COLUMNS)  # the columns record_of reads
+_COLUMNS = STORED
 
 
 def row_of(record: UsageRecord) -> dict[str, object]:
@@ -132,13 +139,42 @@ def row_of(record: UsageRecord) -> dict[str, object]:
         "payment_type": record.payment_type.value,
         "at_seconds": record.at_seconds,
         "service_identifier": record.service_identifier,
+        "line_micros": record.line_micros,
+        "pools": format_pools(record.pools),
     }
+
+
+def format_pools(pools: Sequence[PoolDraw]) -> str:
+    """Pool draws as stored: "level:bucket micros:line micros" per level, ";"-separated ("": none)."""
+    return ";".join(f"{pool.level}:{pool.bucket_micros}:{pool.line_micros}" for pool in pools)
+
+
+def parse_pools(stored: str | None) -> tuple[PoolDraw, ...]:
+    """The inverse of ``format_pools`` (NULL or "": no pool drawn)."""
+    if not stored:
+        return ()
+    draws = []
+    for item in stored.split(";"):
+        level, bucket, line = item.split(":")
+        draws.append(PoolDraw(int(level), int(bucket), int(line)))
+    return tuple(draws)
 
 
 def record_of(row: Sequence[object]) -> UsageRecord:
     """A record from the values of ``STORED_COLUMNS`` in that order."""
     values = dict(zip(STORED_COLUMNS, row, strict=True))
     identifier = values["service_identifier"]
+    payment_type = PaymentType(str(values["payment_type"]))
+    micros = _integer(values["micros"])
+    stored_line = values["line_micros"]
+    if stored_line is None:
+        # A row from before 0008: where its money came from was not kept. A postpaid record then
+        # counts as drawn whole from the line's own credit line (every line without a paying
+        # ancestor drew so); a prepaid one from its own buckets.
+        line_micros = micros if payment_type is PaymentType.POSTPAID else 0
+    else:
+        line_micros = _integer(stored_line)
+    pools = values["pools"]
     return UsageRecord(
         record_id=str(values["record_id"]),
         account_id=str(values["account_id"]),
@@ -148,10 +184,12 @@ def record_of(row: Sequence[object]) -> UsageRecord:
         service=str(values["service"]),
         unit=Unit(str(values["unit"])),
         units=_integer(values["units"]),
-        micros=_integer(values["micros"]),
-        payment_type=PaymentType(str(values["payment_type"])),
+        micros=micros,
+        payment_type=payment_type,
         at_seconds=_integer(values["at_seconds"]),
         service_identifier=None if identifier is None else _integer(identifier),
+        line_micros=line_micros,
+        pools=parse_pools(None if pools is None else str(pools)),
     )
 
 

@@ -4,16 +4,17 @@ one account at a time; ``mark_billed`` bills a record once, inside the caller's 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, MetaData
+from sqlalchemy import Connection, MetaData, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balance.types import PaymentType, Unit, UsageRecord
+from balance.types import PaymentType, PoolDraw, Unit, UsageRecord
 from ocs.db import usage
 from tests.ocs.postgres_support import business_database, postgresql_url
 
@@ -137,3 +138,20 @@ async def test_many_records_are_marked_across_statements(engine: AsyncEngine) ->
     async with engine.begin() as connection:
         assert await usage.mark_billed(connection, [item.record_id for item in records], "inv-big") == len(records)
         assert len(await usage.records_of_invoice(connection, "inv-big")) == len(records)
+
+
+async def test_where_the_money_came_from_is_kept_and_an_older_row_counts_as_the_lines_own(engine: AsyncEngine) -> None:
+    drawn = dataclasses.replace(
+        record("dept-line", 1, NOW), line_micros=400, pools=(PoolDraw(1, 300, 0), PoolDraw(2, 0, 301))
+    )
+    older = record("ana", 2, NOW)
+    await stored(engine, drawn, older)
+    async with engine.begin() as connection:  # a row the spool wrote before 0008: no source kept
+        await connection.execute(
+            update(usage.usage_records)
+            .where(usage.usage_records.c.record_id == older.record_id)
+            .values(line_micros=None, pools=None)
+        )
+        found = {item.account_id: item async for item in usage.unbilled_records(connection, ["dept-line", "ana"], CUT)}
+    assert found["dept-line"].records == (drawn,)
+    assert found["ana"].records[0].line_micros == older.micros and found["ana"].records[0].pools == ()

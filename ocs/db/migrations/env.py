@@ -7,6 +7,7 @@ from alembic import context
 from sqlalchemy import Connection, text
 
 from ocs.db import audit, customers, interactions, tokens
+from ocs.db import bill_run as bill_run_tables
 from ocs.db import billing as billing_tables
 from ocs.db import orders as order_tables
 from ocs.db import usage as usage_tables
@@ -30,4 +31,5 @@ assert all(table.metadata is metadata for table in interactions.INTERACTION_TABL
 assert all(table.metadata is metadata for table in order_tables.ORDER_TABLES)
 assert all(table.metadata is metadata for table in usage_tables.USAGE_TABLES)
 assert all(table.metadata is metadata for table in billing_tables.BILLING_TABLES)
+assert all(table.metadata is metadata for table in bill_run_tables.BILL_RUN_TABLES)
 run(context.config.attributes["connection"])

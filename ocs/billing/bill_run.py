@@ -1,0 +1,433 @@
+"""The bill run: for a day D, every billing account whose cycle closed by D and has no invoice for
+that cycle is invoiced, its usage cut in Redis, its bundles renewed, its prepaid rentals debited
+and its prepaid statement written; resumable, and a rerun changes nothing.
+
+Theory of operation: accounts are streamed in pages of ``chunk_size`` by id (memory: one page).
+For each page:
+1. read (one read transaction): the periods invoiced already (those accounts are skipped), the
+   lines each account pays for (``ocs.billing.bill_facts``), their unbilled postpaid usage records
+   before the cut (the period's end, midnight UTC), the pending adjustments; draft each invoice
+   (``ocs.billing.bill_draft``: pure, so a rerun drafts the same invoice);
+2. the engine steps that must precede the invoice, each idempotent by its id in Redis, so a crash
+   before step 3 only repeats them as replays: bundles renewed for the next cycle (id: bundle and
+   the next cycle's start) and prepaid rentals debited for the cycle begun (id: rental and cycle
+   start; one ``prepaid_rentals`` row per line and cycle says what the engine answered);
+3. one write transaction: the invoices issued (``invoices.issue_many``, which skips a period a
+   concurrent run invoiced meanwhile), their records marked billed (a record billed by someone
+   else meanwhile rolls the page back: ``BillRunConflict``, and the page is drafted again), one
+   ``bill_cuts`` row per consuming account with what its records drew from its own credit line and
+   from each ancestor's pool, the prepaid statements;
+4. after the commit, the cuts in Redis (idempotent by cut id = invoice id | account), each marked
+   done. A run killed between 3 and 4 leaves cuts pending: ``finish_pending_cuts`` (the server's
+   startup pass, and the start of every run) applies them, so each cut is applied exactly once
+   and the line gets its credit back.
+
+A cut the engine refuses (an unknown account, or amounts it does not hold: records that never
+went through this engine) is marked done with the engine's answer and reported, not retried: the
+one-ledger audit (``ocs.billing.ledger_audit``) names it. A prepaid rental the balance does not
+cover under the ``restrict`` policy is not debited and is reported (``rentals_refused``, and the
+``prepaid_rentals`` row): the decision to suspend is the dunning ladder's, not the bill run's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from balance.cycle import cut, debit_rental, renew_bundle
+from balance.store import BalanceStore
+from balance.types import BucketKind, OperationResult, Outcome, PaymentType, PoolDraw, UsageRecord
+from ocs.billing.bill_draft import AccountFacts, LineFacts, draft_invoice, prepaid_rental, renewals
+from ocs.billing.bill_facts import PayingAccount, accounts_page, invoiced_periods, lines_of, pending_adjustments_of
+from ocs.billing.bill_statements import write_statements
+from ocs.billing.catalog import Catalog
+from ocs.billing.cycles import Period, cycle_containing, previous_cycle
+from ocs.billing.invoices import issue_many
+from ocs.billing.values import InvoiceDraft
+from ocs.db.bill_run import bill_cuts, prepaid_rentals
+from ocs.db.schema import utc_naive
+from ocs.db.usage import format_pools, parse_pools, unbilled_records, usage_records
+
+DEFAULT_CHUNK_SIZE = 500  # accounts per page: one read and one write transaction
+DEFAULT_PAYMENT_DAYS = 14  # due date: this many days after the period's last day
+CONCURRENT_ENGINE_CALLS = 64  # Redis calls in flight at once (cuts, renewals, rentals)
+PENDING_CUTS_PER_PASS = 1_000
+CONFLICT_RETRIES = 3  # a page drafted again after records were billed meanwhile
+
+
+class BillRunConflict(Exception):
+    """Records of a draft were billed by someone else before the commit: draft the page again."""
+
+
+@dataclass(slots=True)
+class BillRunReport:
+    day: date
+    accounts: int = 0  # billing accounts seen (that pay for themselves)
+    invoices: int = 0  # invoices made by this run
+    skipped: int = 0  # accounts whose period was invoiced already
+    empty: int = 0  # accounts with nothing to bill for the period
+    records: int = 0  # usage records billed
+    cuts: int = 0  # cuts applied in Redis (by this run, pending ones included)
+    cuts_refused: int = 0
+    renewals: int = 0  # bundle renewals asked of the engine (replays included)
+    rentals: int = 0  # prepaid rentals debited
+    rentals_refused: int = 0  # prepaid rentals the balance did not cover (restrict): reported
+    statements: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCut:
+    cut_id: str
+    account_id: str
+    line_micros: int
+    pools: tuple[PoolDraw, ...]
+
+
+def midnight_seconds(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
+def cuts_of(invoice_id: str, records: Sequence[UsageRecord], now: datetime) -> list[dict[str, object]]:
+    """One ``bill_cuts`` row per consuming account of ``records``: what they drew, summed."""
+    sums: dict[str, tuple[int, dict[int, tuple[int, int]], int]] = {}
+    for record in records:
+        line, pools, count = sums.get(record.account_id, (0, {}, 0))
+        for pool in record.pools:
+            bucket, pool_line = pools.get(pool.level, (0, 0))
+            pools[pool.level] = (bucket + pool.bucket_micros, pool_line + pool.line_micros)
+        sums[record.account_id] = (line + record.line_micros, pools, count + 1)
+    rows: list[dict[str, object]] = []
+    for account_id in sorted(sums):
+        line, pools, count = sums[account_id]
+        draws = tuple(PoolDraw(level, *pools[level]) for level in sorted(pools))
+        if line == 0 and not any(pool.bucket_micros or pool.line_micros for pool in draws):
+            continue  # all from its own money buckets: nothing unbilled to cut
+        rows.append(
+            {
+                "cut_id": f"{invoice_id}|{account_id}",
+                "invoice_id": invoice_id,
+                "account_id": account_id,
+                "line_micros": line,
+                "pools": format_pools(draws),
+                "records": count,
+                "created_at": utc_naive(now),
+            }
+        )
+    return rows
+
+
+EngineCall = Callable[[], Awaitable[OperationResult]]
+
+
+async def gather_limited(calls: Sequence[EngineCall], limit: int = CONCURRENT_ENGINE_CALLS) -> list[OperationResult]:
+    """Run the engine calls ``limit`` at a time, answers in order."""
+    answers: list[OperationResult] = []
+    for start in range(0, len(calls), limit):
+        answers += await asyncio.gather(*(call() for call in calls[start : start + limit]))
+    return answers
+
+
+class BillRun:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: BalanceStore,
+        catalog: Catalog,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        payment_days: int = DEFAULT_PAYMENT_DAYS,
+        legal_entity: str = "main",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
+        self.engine = engine
+        self.store = store
+        self.catalog = catalog
+        self.chunk_size = chunk_size
+        self.payment_days = payment_days
+        self.legal_entity = legal_entity
+        self.clock = clock
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    async def run(self, day: date) -> BillRunReport:
+        """Bill every account whose cycle closed by ``day`` (the module docstring)."""
+        report = BillRunReport(day)
+        await self.finish_pending_cuts(report)
+        after = ""
+        while True:
+            async with self.engine.connect() as connection:
+                page = await accounts_page(connection, after, self.chunk_size)
+            if not page:
+                return report
+            after = page[-1].billing_account_id
+            report.accounts += len(page)
+            for attempt in range(CONFLICT_RETRIES + 1):
+                try:
+                    await self._page(page, day, report)
+                    break
+                except BillRunConflict:
+                    if attempt == CONFLICT_RETRIES:
+                        raise
+
+    async def _page(self, page: list[PayingAccount], day: date, report: BillRunReport) -> None:
+        periods = {account.billing_account_id: previous_cycle(account.bill_cycle_day, day) for account in page}
+        async with self.engine.connect() as connection:
+            invoiced = await invoiced_periods(connection, list(periods))
+            todo = [
+                item
+                for item in page
+                if (item.billing_account_id, periods[item.billing_account_id].start) not in invoiced
+            ]
+            report.skipped += len(page) - len(todo)
+            if not todo:
+                return
+            paid_lines = await lines_of(connection, todo)
+            usage = await self._usage(connection, todo, periods, paid_lines)
+            pending = await pending_adjustments_of(connection, [item.billing_account_id for item in todo])
+            done_rentals = await self._rentals_recorded(connection, paid_lines, todo, day)
+        drafts: list[tuple[InvoiceDraft, AccountFacts]] = []
+        for account in todo:
+            period = periods[account.billing_account_id]
+            facts = AccountFacts(
+                billing_account_id=account.billing_account_id,
+                legal_entity=self.legal_entity,
+                segment=None,
+                lines=tuple(paid_lines.get(account.billing_account_id, ())),
+                usage=usage.get(account.billing_account_id, {}),
+                adjustments=tuple(pending.get(account.billing_account_id, ())),
+            )
+            due = date.fromordinal(period.end.toordinal() - 1) + timedelta(days=self.payment_days)
+            made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}")
+            if made is None:
+                report.empty += 1
+            else:
+                drafts.append((made, facts))
+        await self._renew(todo, periods, paid_lines, report)
+        rentals = await self._debit_rentals(todo, day, paid_lines, done_rentals, report)
+        cuts = await self._commit(drafts, todo, periods, paid_lines, rentals, report)
+        await self._apply_cuts(cuts, report)
+
+    async def _usage(
+        self,
+        connection: AsyncConnection,
+        todo: list[PayingAccount],
+        periods: dict[str, Period],
+        paid_lines: dict[str, list[LineFacts]],
+    ) -> dict[str, dict[str, tuple[UsageRecord, ...]]]:
+        """Per billing account, per postpaid line: its unbilled records before the period's end."""
+        by_cut: dict[date, list[tuple[str, str]]] = {}
+        for account in todo:
+            for line in paid_lines.get(account.billing_account_id, ()):
+                if line.payment_type is PaymentType.POSTPAID:
+                    end = periods[account.billing_account_id].end
+                    by_cut.setdefault(end, []).append((account.billing_account_id, line.line_id))
+        found: dict[str, dict[str, tuple[UsageRecord, ...]]] = {}
+        for end in sorted(by_cut):
+            owner = dict((line_id, account_id) for account_id, line_id in by_cut[end])
+            async for item in unbilled_records(
+                connection, [line_id for _, line_id in by_cut[end]], midnight_seconds(end)
+            ):
+                found.setdefault(owner[item.account_id], {})[item.account_id] = item.records
+        return found
+
+    async def _renew(
+        self,
+        todo: list[PayingAccount],
+        periods: dict[str, Period],
+        paid_lines: dict[str, list[LineFacts]],
+        report: BillRunReport,
+    ) -> None:
+        calls: list[EngineCall] = []
+        for account in todo:
+            period = periods[account.billing_account_id]
+            following = cycle_containing(account.bill_cycle_day, period.end)
+            for renewal in renewals(self.catalog, paid_lines.get(account.billing_account_id, ()), period):
+                bundle = renewal.bundle
+                assert bundle.unit is not None
+                calls.append(
+                    functools.partial(
+                        renew_bundle,
+                        self.store,
+                        renewal.line_id,
+                        bundle.code,
+                        BucketKind(bundle.unit.value),
+                        bundle.units,
+                        bundle.services,
+                        midnight_seconds(following.end),
+                        bundle.rollover_cap if bundle.rollover else 0,
+                        f"{bundle.code}.{following.start.isoformat()}",
+                    )
+                )
+        for answer in await gather_limited(calls):
+            report.renewals += 1
+            if answer.outcome is not Outcome.OK:
+                report.problems.append(f"bundle renewal: {answer.outcome.value} {answer.reason}".strip())
+
+    async def _rentals_recorded(
+        self, connection: AsyncConnection, paid_lines: dict[str, list[LineFacts]], todo: list[PayingAccount], day: date
+    ) -> set[tuple[str, date]]:
+        prepaid = [
+            line.line_id
+            for account in todo
+            for line in paid_lines.get(account.billing_account_id, ())
+            if line.payment_type is PaymentType.PREPAID
+        ]
+        if not prepaid:
+            return set()
+        statement = select(prepaid_rentals.c.line_id, prepaid_rentals.c.period_start).where(
+            prepaid_rentals.c.line_id.in_(prepaid)
+        )
+        return {(str(row[0]), row[1]) for row in await connection.execute(statement)}
+
+    async def _debit_rentals(
+        self,
+        todo: list[PayingAccount],
+        day: date,
+        paid_lines: dict[str, list[LineFacts]],
+        done: set[tuple[str, date]],
+        report: BillRunReport,
+    ) -> list[dict[str, object]]:
+        """Prepaid rentals of the cycle begun, each debited once (rows for ``prepaid_rentals``)."""
+        rows: list[dict[str, object]] = []
+        now = utc_naive(self._now())
+        for account in todo:
+            cycle = cycle_containing(account.bill_cycle_day, day)
+            for line in paid_lines.get(account.billing_account_id, ()):
+                if (line.line_id, cycle.start) in done:
+                    continue
+                owed = prepaid_rental(self.catalog, line, cycle)
+                if not owed:
+                    continue
+                offer = self.catalog.offer_at(line.plan_on(cycle.start), cycle.start)
+                assert offer is not None
+                outcomes = []
+                for product, micros in owed:
+                    rental_id = f"rental.{product.code}.{cycle.start.isoformat()}"
+                    answer = await debit_rental(self.store, line.line_id, rental_id, micros, offer.rental_policy)
+                    outcomes.append(answer.outcome)
+                worst = next((outcome for outcome in outcomes if outcome is not Outcome.OK), Outcome.OK)
+                if worst is Outcome.OK:
+                    report.rentals += 1
+                else:
+                    report.rentals_refused += 1
+                    report.problems.append(
+                        f"prepaid rental of {line.line_id} for {cycle}: {worst.value} ({offer.rental_policy.value})"
+                    )
+                rows.append(
+                    {
+                        "line_id": line.line_id,
+                        "period_start": cycle.start,
+                        "billing_account_id": account.billing_account_id,
+                        "product": ",".join(product.code for product, _ in owed)[:64],
+                        "micros": sum(micros for _, micros in owed),
+                        "policy": offer.rental_policy.value,
+                        "outcome": worst.value,
+                        "debited_at": now,
+                    }
+                )
+        return rows
+
+    async def _commit(
+        self,
+        drafts: list[tuple[InvoiceDraft, AccountFacts]],
+        todo: list[PayingAccount],
+        periods: dict[str, Period],
+        paid_lines: dict[str, list[LineFacts]],
+        rentals: list[dict[str, object]],
+        report: BillRunReport,
+    ) -> list[PendingCut]:
+        now = self._now()
+        facts_of = {draft.billing_account_id: facts for draft, facts in drafts}
+        async with self.engine.begin() as connection:
+            batch = await issue_many(connection, [draft for draft, _ in drafts], now)
+            marks: list[dict[str, str]] = []
+            cut_rows: list[dict[str, object]] = []
+            for draft, invoice_id in batch.issued:
+                records = [record for line in facts_of[draft.billing_account_id].usage.values() for record in line]
+                marks += [{"record": record.record_id, "invoice": invoice_id} for record in records]
+                cut_rows += cuts_of(invoice_id, records, now)
+            if marks:
+                table = usage_records.c
+                await connection.execute(
+                    update(usage_records)
+                    .where(table.record_id == bindparam("record"), table.invoice_id.is_(None))
+                    .values(invoice_id=bindparam("invoice")),
+                    marks,
+                )
+                billed = await connection.execute(
+                    select(func.count())
+                    .select_from(usage_records)
+                    .where(table.invoice_id.in_([invoice_id for _, invoice_id in batch.issued]))
+                )
+                if int(billed.scalar_one()) != len(marks):
+                    raise BillRunConflict("records were billed meanwhile")
+            if cut_rows:
+                await connection.execute(insert(bill_cuts), cut_rows)
+            if rentals:
+                await connection.execute(insert(prepaid_rentals), rentals)
+            report.statements += await write_statements(connection, todo, periods, paid_lines, now)
+        report.invoices += len(batch.issued)
+        report.skipped += len(batch.skipped)
+        report.records += len(marks)
+        return [
+            PendingCut(
+                str(row["cut_id"]), str(row["account_id"]), int(str(row["line_micros"])), parse_pools(str(row["pools"]))
+            )
+            for row in cut_rows
+        ]
+
+    async def _apply_cuts(self, cuts: Sequence[PendingCut], report: BillRunReport) -> None:
+        calls: list[EngineCall] = [
+            functools.partial(cut, self.store, item.account_id, item.cut_id, item.line_micros, item.pools)
+            for item in cuts
+        ]
+        answers = await gather_limited(calls)
+        done: list[dict[str, object]] = []
+        now = utc_naive(self._now())
+        for item, answer in zip(cuts, answers, strict=True):
+            if answer.outcome is Outcome.OK:
+                report.cuts += 1
+            else:
+                report.cuts_refused += 1
+                report.problems.append(f"cut {item.cut_id}: {answer.outcome.value} {answer.reason}".strip())
+            done.append({"cut": item.cut_id, "done_at": now, "outcome": answer.outcome.value[:32]})
+        if done:
+            async with self.engine.begin() as connection:
+                await connection.execute(
+                    update(bill_cuts)
+                    .where(bill_cuts.c.cut_id == bindparam("cut"))
+                    .values(done_at=bindparam("done_at"), outcome=bindparam("outcome")),
+                    done,
+                )
+
+    async def finish_pending_cuts(self, report: BillRunReport | None = None) -> int:
+        """Apply every cut a run committed but did not apply (a crash after its commit)."""
+        report = report if report is not None else BillRunReport(date.today())
+        applied = 0
+        while True:
+            async with self.engine.connect() as connection:
+                rows = (
+                    await connection.execute(
+                        select(bill_cuts.c.cut_id, bill_cuts.c.account_id, bill_cuts.c.line_micros, bill_cuts.c.pools)
+                        .where(bill_cuts.c.done_at.is_(None))
+                        .order_by(bill_cuts.c.created_at, bill_cuts.c.cut_id)
+                        .limit(PENDING_CUTS_PER_PASS)
+                    )
+                ).all()
+            if not rows:
+                return applied
+            await self._apply_cuts(
+                [PendingCut(row[0], row[1], int(row[2]), parse_pools(row[3])) for row in rows], report
+            )
+            applied += len(rows)

@@ -1,0 +1,114 @@
+"""The one-ledger audit (issue 14 "One ledger"): the invoices, the usage records and Redis agree.
+
+Theory of operation: read-only; answers the problems found (empty: the ledger is whole), each
+naming the invoice, the record or the account:
+- every invoice's usage lines add up to the micros of the records it billed (invoiced usage = the
+  usage records of the period), and an invoice with usage lines has records (no invoice without
+  its records);
+- no record is billed by an invoice that does not exist (a record's ``invoice_id`` is one column,
+  so no record is billed twice by construction; a dangling id is the way it could go wrong);
+- invoices - payments - credit notes = the open balance, row by row (``receivables.ledger_problems``);
+- every cut the bill run recorded was applied, and the engine accepted it;
+- with a balance store, per postpaid line: its unbilled counter in Redis = the line micros of its
+  records not billed yet (after the last cut), those still in the engine's outbox included (the
+  spool lags the engine by up to a drain).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from balance.store import BalanceStore
+from balance.types import PaymentType
+from ocs.billing.receivables import ledger_problems
+from ocs.billing.values import LineKind
+from ocs.db.bill_run import bill_cuts
+from ocs.db.billing import invoice_lines, invoices
+from ocs.db.customers import lines
+from ocs.db.usage import STORED, record_of, usage_records
+
+MAX_PROBLEMS = 1_000  # an answer, not a dump: the first ones name what to look at
+
+
+async def usage_problems(connection: AsyncConnection) -> list[str]:
+    invoiced = dict(
+        (
+            await connection.execute(
+                select(invoice_lines.c.invoice_id, func.sum(invoice_lines.c.amount_micros))
+                .where(invoice_lines.c.kind == LineKind.USAGE.value)
+                .group_by(invoice_lines.c.invoice_id)
+            )
+        ).all()
+    )
+    recorded = dict(
+        (
+            await connection.execute(
+                select(usage_records.c.invoice_id, func.sum(usage_records.c.micros))
+                .where(usage_records.c.invoice_id.is_not(None))
+                .group_by(usage_records.c.invoice_id)
+            )
+        ).all()
+    )
+    known = set((await connection.execute(select(invoices.c.invoice_id))).scalars().all())
+    problems = []
+    for invoice_id in sorted(set(invoiced) | set(recorded)):
+        lines_micros, records_micros = int(invoiced.get(invoice_id, 0)), int(recorded.get(invoice_id, 0))
+        if invoice_id not in known:
+            problems.append(f"records billed by {invoice_id}, which is no invoice ({records_micros} micros)")
+        elif invoice_id not in recorded:
+            problems.append(f"invoice {invoice_id}: usage lines of {lines_micros} micros without records")
+        elif lines_micros != records_micros:
+            problems.append(f"invoice {invoice_id}: usage lines {lines_micros} micros, its records {records_micros}")
+    return problems
+
+
+async def cut_problems(connection: AsyncConnection) -> list[str]:
+    rows = await connection.execute(
+        select(bill_cuts.c.cut_id, bill_cuts.c.outcome)
+        .where((bill_cuts.c.done_at.is_(None)) | (bill_cuts.c.outcome != "ok"))
+        .order_by(bill_cuts.c.cut_id)
+        .limit(MAX_PROBLEMS)
+    )
+    return [f"cut {cut_id}: {'pending' if outcome is None else outcome}" for cut_id, outcome in rows]
+
+
+async def unbilled_problems(connection: AsyncConnection, store: BalanceStore, now_seconds: int) -> list[str]:
+    """Per postpaid line: Redis unbilled = its unbilled records' line micros (outbox included)."""
+    in_outbox: dict[str, int] = {}
+    for root in await store.outbox_roots():
+        for record in await store.read_outbox(root, limit=100_000):
+            in_outbox[record.account_id] = in_outbox.get(record.account_id, 0) + record.line_micros
+    postpaid = (
+        (await connection.execute(select(lines.c.line_id).where(lines.c.payment_type == PaymentType.POSTPAID.value)))
+        .scalars()
+        .all()
+    )
+    problems = []
+    for line_id in sorted(postpaid):
+        view = await store.balance(line_id, now_seconds)
+        if view is None:
+            continue
+        rows = await connection.execute(
+            select(*STORED).where(usage_records.c.account_id == line_id, usage_records.c.invoice_id.is_(None))
+        )
+        stored = {record.record_id: record.line_micros for record in map(record_of, rows)}
+        expected = sum(stored.values()) + in_outbox.get(line_id, 0)
+        if view.unbilled_micros != expected:
+            problems.append(
+                f"line {line_id}: Redis unbilled {view.unbilled_micros} micros, records after the last cut {expected}"
+            )
+        if len(problems) >= MAX_PROBLEMS:
+            break
+    return problems
+
+
+async def ledger_audit(engine: AsyncEngine, store: BalanceStore | None = None, now_seconds: int = 0) -> list[str]:
+    """Every problem found (the module docstring); empty: both worlds tie out."""
+    async with engine.connect() as connection:
+        problems = await usage_problems(connection)
+        problems += await ledger_problems(connection)
+        problems += await cut_problems(connection)
+        if store is not None:
+            problems += await unbilled_problems(connection, store, now_seconds)
+    return problems[:MAX_PROBLEMS]
