@@ -35,6 +35,7 @@ RETRY_LIMIT_SECONDS = 30.0  # how long a call keeps trying while the server is a
 RETRY_FIRST_PAUSE_SECONDS = 0.1
 RETRY_PAUSE_LIMIT_SECONDS = 2.0
 SERVICE_UNAVAILABLE = 503  # ocs/api/server.py: Redis does not answer; the same request may pass later
+LIST_PAGE_ROWS = 500  # rows asked per page of a list (bills, payments)
 CONFLICT = 409  # ocs/api/server.py, ocs/api/customers.py: the account, customer, node or line exists
 # The server went away mid-call: the request may or may not have been applied.
 _AWAY = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
@@ -67,6 +68,7 @@ class BalanceSnapshot:
     unbilled_micros: int
     held_micros: int
     reservations: int
+    billed_micros: int = 0  # postpaid: what the bill run's cuts took off ``unbilled``
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,7 @@ class OcsApi:
             unbilled_micros=_integer(counters, "unbilled_micros"),
             held_micros=_integer(counters, "held_micros"),
             reservations=_integer(values, "reservations"),
+            billed_micros=_integer(counters, "billed_micros") if "billed_micros" in counters else 0,
         )
 
     async def price(
@@ -277,3 +280,80 @@ class OcsApi:
             spool_records=_integer(values, "spool_records"),
             findings=tuple(findings),
         )
+
+    # --- the billing cycle (ocs/api/billing.py, the bill run and dunning doors) -------------------
+    async def bill_run(self, day: str) -> dict[str, object]:
+        """POST /billRuns: the bill run for ``day`` (YYYY-MM-DD), answered with its counts; a
+        rerun for the same day makes nothing new, so a retried call is safe."""
+        return await self._call("POST", "/billRuns", {"date": day})
+
+    async def dunning_run(self, day: str) -> dict[str, object]:
+        """POST /dunningRuns: the dunning run for ``day``; each step is applied once, so a retry is safe."""
+        return await self._call("POST", "/dunningRuns", {"date": day})
+
+    async def bills(self, billing_account_id: str | None = None) -> list[dict[str, object]]:
+        """GET /customerBills (TMF678), every page, without their lines."""
+        found: list[dict[str, object]] = []
+        account = f"&billing_account={billing_account_id}" if billing_account_id else ""
+        while True:
+            page = await self._call("GET", f"/customerBills?limit={LIST_PAGE_ROWS}&offset={len(found)}{account}")
+            bills = page.get("bills")
+            rows = [_mapping(bill, "bill") for bill in bills] if isinstance(bills, list) else []
+            found += rows
+            if len(rows) < LIST_PAGE_ROWS:
+                return found
+
+    async def bill(self, bill_id: str) -> dict[str, object]:
+        return await self._call("GET", f"/customerBills/{bill_id}")
+
+    async def pay(
+        self, billing_account_id: str, reference: str, amount_micros: int, received_at: str
+    ) -> dict[str, object]:
+        """POST /payments, idempotent by ``reference``: a retry answers the first payment."""
+        body = {
+            "billing_account_id": billing_account_id,
+            "reference": reference,
+            "amount_micros": amount_micros,
+            "received_at": received_at,
+        }
+        return await self._call("POST", "/payments", body)
+
+    async def payments(self, billing_account_id: str) -> list[dict[str, object]]:
+        found: list[dict[str, object]] = []
+        while True:
+            path = f"/payments?billing_account={billing_account_id}&limit={LIST_PAGE_ROWS}&offset={len(found)}"
+            listed = (await self._call("GET", path)).get("payments")
+            rows = [_mapping(item, "payment") for item in listed] if isinstance(listed, list) else []
+            found += rows
+            if len(rows) < LIST_PAGE_ROWS:
+                return found
+
+    async def open_dispute(self, bill_id: str, dispute_id: str, amount_micros: int, reason: str) -> dict[str, object]:
+        """POST /customerBills/{id}/disputes, idempotent by ``dispute_id``."""
+        body = {"dispute_id": dispute_id, "amount_micros": amount_micros, "reason": reason}
+        return await self._call("POST", f"/customerBills/{bill_id}/disputes", body)
+
+    async def resolve_dispute(self, dispute_id: str, state: str, resolution: str) -> dict[str, object]:
+        """PATCH /disputes/{id}: ``credited`` (a credit note of the whole amount) or ``rejected``;
+        a 409 on a retry means the first attempt resolved it."""
+        body = {"state": state, "resolution": resolution}
+        return await self._call("PATCH", f"/disputes/{dispute_id}", body, create=True)
+
+    async def promise_to_pay(
+        self, billing_account_id: str, promise_id: str, amount_micros: int, promised_date: str
+    ) -> dict[str, object]:
+        """POST /billingAccounts/{id}/promisesToPay, idempotent by ``promise_id``."""
+        body = {"promise_id": promise_id, "amount_micros": amount_micros, "promised_date": promised_date}
+        return await self._call("POST", f"/billingAccounts/{billing_account_id}/promisesToPay", body)
+
+    async def dunning_history(self, billing_account_id: str) -> list[dict[str, object]]:
+        """GET /billingAccounts/{id}/dunning: the steps applied and lifted, oldest first."""
+        steps = (await self._call("GET", f"/billingAccounts/{billing_account_id}/dunning")).get("steps")
+        return [_mapping(step, "step") for step in steps] if isinstance(steps, list) else []
+
+    async def ledger_problems(self) -> list[str]:
+        """GET /reports/ledger: the one-ledger audit's problems (none: the ledger is whole)."""
+        problems = (await self._call("GET", "/reports/ledger")).get("problems")
+        if not isinstance(problems, list):
+            raise ValueError(f"GET /reports/ledger: problems: expected a list, got {problems!r}")
+        return [str(problem) for problem in problems]

@@ -238,15 +238,15 @@ class Lifecycle:
         return {
             "changes": dict(Counter(change.step for change in self.changes)),
             "enforced": len(times),
-            "enforcement_p50_ms": round(_percentile(times, 50.0), 3),
-            "enforcement_p99_ms": round(_percentile(times, 99.0), 3),
+            "enforcement_p50_ms": round(percentile(times, 50.0), 3),
+            "enforcement_p99_ms": round(percentile(times, 99.0), 3),
             "customers": dict(Counter(self.customer_status.get(customer, "active") for customer in self.customers())),
             "lines": dict(line_statuses),
             "problems": list(self.problems),
         }
 
 
-def _percentile(values: Sequence[float], percent: float) -> float:
+def percentile(values: Sequence[float], percent: float) -> float:
     """The nearest-rank percentile of sorted ``values`` (0.0 for none)."""
     if not values:
         return 0.0

@@ -41,6 +41,7 @@ MAX_RUN_NUMBER = 100_000  # five digits in account ids and numbers
 DATA_SERVICE = "data"  # the tariff service of rating group 10 (config/tariffs.toml)
 DATA_RATING_GROUP = 10  # rated as DATA_SERVICE, so the data allowance covers it
 VIDEO_RATING_GROUP = 20  # rated as "video": paid with money only
+CURRENCY = "EUR"  # of config/tariffs.toml's plans: a billing account's currency
 
 
 class CustomerType(StrEnum):
@@ -105,6 +106,12 @@ class PopulationSettings:
     company_branches: int = 1
     branch_departments: int = 1
     department_cap_micros: int = 0  # 0: the caps of its lines together
+    # The billing cycle (simulator.billing): postpaid customers and the company get a billing
+    # account with a bill-cycle day drawn from these (none: no billing accounts), and a credit
+    # class drawn from ``credit_classes`` (none: the customer has none).
+    bill_cycle_days: tuple[int, ...] = ()
+    credit_classes: tuple[str, ...] = ()
+    company_postpaid: bool = False  # the company's pool a credit line, its lines postpaid
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,8 @@ class SimulatedSubscriber:
     customer_id: str = ""  # "": a customer of its own, named after the account
     node_id: str = ""  # a company line's department, or a department's branch
     node_name: str = ""  # a company node's name (a department)
+    bill_cycle_day: int = 0  # the customer's billing account's (0: the customer has none)
+    credit_class: str = ""  # the customer's credit profile's ("": none)
 
     @property
     def is_mobile(self) -> bool:
@@ -202,6 +211,7 @@ def build_population(settings: PopulationSettings, rng: random.Random, run_numbe
             allowance = 0
             if customer_type.is_mobile and rng.random() < settings.data_allowance_share:
                 allowance = settings.data_allowance_octets
+            cycle_day, credit_class = _billing_profile(settings, rng) if not prepaid else (0, "")
             subscribers.append(
                 SimulatedSubscriber(
                     account_id=f"sim{run_number:05d}-{customer_type.value}-{index}",
@@ -212,23 +222,49 @@ def build_population(settings: PopulationSettings, rng: random.Random, run_numbe
                     main_micros=main,
                     credit_limit_micros=0 if prepaid else settings.postpaid_credit_limit_micros,
                     data_allowance_octets=allowance,
+                    bill_cycle_day=cycle_day,
+                    credit_class=credit_class,
                 )
             )
             index += 1
-    subscribers += _company(settings, run_number, index)
+    subscribers += _company(settings, run_number, index, _billing_profile(settings, rng))
     return Population(run_number, tuple(subscribers))
 
 
-def _company(settings: PopulationSettings, run_number: int, first_index: int) -> list[SimulatedSubscriber]:
+def _billing_profile(settings: PopulationSettings, rng: random.Random) -> tuple[int, str]:
+    """A billing account's cycle day and a credit class, drawn only when the settings ask for
+    them (so a population without billing draws the same numbers as before)."""
+    cycle_day = rng.choice(settings.bill_cycle_days) if settings.bill_cycle_days else 0
+    credit_class = rng.choice(settings.credit_classes) if settings.credit_classes else ""
+    return cycle_day, credit_class
+
+
+def _company(
+    settings: PopulationSettings, run_number: int, first_index: int, billing: tuple[int, str]
+) -> list[SimulatedSubscriber]:
     """The company customer: its pool (an account id the server gives, a placeholder until
-    then), a capped department per branch and department number, and lines under each."""
+    then; prepaid money, or with ``company_postpaid`` a credit line billed to the company's
+    billing account), a capped department per branch and department number, and lines under each."""
     if settings.company_children <= 0:
         return []
     customer_id = f"sim{run_number:05d}-company"
     pool_id = f"{customer_id}-pool"
-    kind, plan = CustomerType.COMPANY, _PLANS[CustomerType.COMPANY]
+    kind = CustomerType.COMPANY
+    prepaid = not settings.company_postpaid
+    plan = _PLANS[kind] if prepaid else _PLANS[CustomerType.MOBILE_POSTPAID]
     department_cap = settings.department_cap_micros or settings.child_cap_micros * settings.company_children
-    pool = SimulatedSubscriber(pool_id, kind, plan, True, None, settings.company_pool_micros, customer_id=customer_id)
+    pool = SimulatedSubscriber(
+        pool_id,
+        kind,
+        plan,
+        prepaid,
+        None,
+        settings.company_pool_micros if prepaid else 0,
+        0 if prepaid else settings.company_pool_micros,
+        customer_id=customer_id,
+        bill_cycle_day=billing[0],
+        credit_class=billing[1],
+    )
     members = [pool]
     index = first_index
     for branch in range(settings.company_branches):
@@ -240,7 +276,7 @@ def _company(settings: PopulationSettings, run_number: int, first_index: int) ->
                     department_id,
                     kind,
                     plan,
-                    True,
+                    prepaid,
                     None,
                     parent_id=pool_id,
                     child_cap_micros=department_cap,
@@ -255,7 +291,7 @@ def _company(settings: PopulationSettings, run_number: int, first_index: int) ->
                         f"{department_id}-line-{line}",
                         kind,
                         plan,
-                        True,
+                        prepaid,
                         _number(kind, run_number, index),
                         parent_id=department_id,
                         child_cap_micros=settings.child_cap_micros,
@@ -269,11 +305,19 @@ def _company(settings: PopulationSettings, run_number: int, first_index: int) ->
 
 def _customer_body(member: SimulatedSubscriber) -> dict[str, object]:
     """POST /customers: an individual for a line of its own, the organization for a company pool."""
+    billing: dict[str, object] = {}
+    if member.bill_cycle_day:
+        billing["billing_account"] = {"currency": CURRENCY, "bill_cycle_day": member.bill_cycle_day}
+    if member.credit_class:
+        billing["credit_profile"] = {"credit_class": member.credit_class}
     if not member.customer_id:
         person = {"given_name": "Simulated", "family_name": member.account_id, "birth_date": "1980-01-01"}
-        return {"customer_id": member.owner_id, "individual": person}
+        return {"customer_id": member.owner_id, "individual": person, **billing}
     organization = {"name": f"Simulated company {member.customer_id}", "registration_number": member.customer_id}
-    return {"customer_id": member.customer_id, "organization": organization, "money": {"payment_type": "prepaid"}}
+    money: dict[str, object] = {"payment_type": "prepaid"}
+    if not member.prepaid:
+        money = {"payment_type": "postpaid", "credit_limit_micros": member.credit_limit_micros}
+    return {"customer_id": member.customer_id, "organization": organization, "money": money, **billing}
 
 
 async def provision(api: OcsApi, subscribers: Sequence[SimulatedSubscriber]) -> tuple[SimulatedSubscriber, ...]:
@@ -323,7 +367,10 @@ def _department_body(department: SimulatedSubscriber) -> dict[str, object]:
         "parent_node_id": department.node_id,
         "name": department.node_name or department.account_id,
         "kind": "department",
-        "money": {"payment_type": "prepaid", "cap_micros": department.child_cap_micros},
+        "money": {
+            "payment_type": "prepaid" if department.prepaid else "postpaid",
+            "cap_micros": department.child_cap_micros,
+        },
     }
 
 

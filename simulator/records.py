@@ -26,6 +26,7 @@ NO_ANSWER = 0  # the result "code" of a request that got no answer in time
 LATENCY_LOWEST_MICROS = 1
 LATENCY_HIGHEST_MICROS = 120_000_000  # two minutes: longer than any request timeout
 LATENCY_SIGNIFICANT_DIGITS = 3
+FINAL_UNIT_ACTIONS = {0: "TERMINATE", 1: "REDIRECT", 2: "RESTRICT_ACCESS"}  # RFC 4006 section 8.35
 
 
 def new_latency_histogram() -> HdrHistogram:
@@ -80,9 +81,25 @@ class Recorder:
     server_requests_by_line: dict[str, list[float]] = field(default_factory=dict)
     # By line: every Credit-Control request, (sent at time.monotonic, kind e.g. "CCR-I", Result-Code).
     requests_by_line: dict[str, list[tuple[float, str, int]]] = field(default_factory=dict)
+    # By line: when (time.monotonic) each answer granting units arrived, and its Final-Unit-Action
+    # (RFC 4006 section 8.35), None for a normal grant; what simulator.billing times a lift by.
+    grants_by_line: dict[str, list[tuple[float, int | None]]] = field(default_factory=dict)
+    final_unit_actions: Counter[str] = field(default_factory=Counter)  # grants with a FUI, by action
 
     def server_request_seen(self, account_id: str, at_monotonic: float) -> None:
         self.server_requests_by_line.setdefault(account_id, []).append(at_monotonic)
+
+    def grant_seen(self, account_id: str, at_monotonic: float, final_unit_action: int | None) -> None:
+        self.grants_by_line.setdefault(account_id, []).append((at_monotonic, final_unit_action))
+        if final_unit_action is not None:
+            self.final_unit_actions[FINAL_UNIT_ACTIONS.get(final_unit_action, str(final_unit_action))] += 1
+
+    def first_normal_grant(self, account_id: str, since_monotonic: float) -> float | None:
+        """When the first grant without Final-Unit-Indication for the line arrived at or after ``since``."""
+        return next(
+            (at for at, action in self.grants_by_line.get(account_id, ()) if at >= since_monotonic and action is None),
+            None,
+        )
 
     def line_request(self, account_id: str, sent_monotonic: float, kind: str, code: int) -> None:
         self.requests_by_line.setdefault(account_id, []).append((sent_monotonic, kind, code))

@@ -45,7 +45,8 @@ def _balance_drop(subscriber: SimulatedSubscriber, result: RunResult) -> int:
     if subscriber.prepaid:
         topped_up = result.recorder.topups_micros.get(subscriber.account_id, 0)
         return before.available_micros + topped_up - after.available_micros
-    return after.unbilled_micros - before.unbilled_micros
+    # What the bill run's cuts took off unbilled was used all the same (and invoiced).
+    return after.unbilled_micros + after.billed_micros - before.unbilled_micros - before.billed_micros
 
 
 def _money(result: RunResult) -> tuple[dict[str, dict[str, object]], list[str]]:
@@ -116,6 +117,10 @@ def summarize(result: RunResult) -> Summary:
         statuses = Counter(result.closing[line.account_id].status for line in result.population.lines)
         lifecycle = result.lifecycle.summary(statuses)
         problems += result.lifecycle.problems
+    billing: Summary | None = None
+    if result.billing is not None:
+        billing = result.billing.summary()
+        problems += [f"billing: {problem}" for problem in result.billing.verdict_problems()]
     return {
         "scenario": result.scenario.name,
         "seed": result.seed,
@@ -144,6 +149,7 @@ def summarize(result: RunResult) -> Summary:
         "uncertain_sessions": list(recorder.uncertain_sessions),
         "tcc_wait": recorder.tcc_wait,
         **({"lifecycle": lifecycle} if lifecycle is not None else {}),
+        **({"billing": billing} if billing is not None else {}),
         "problems": problems,
         "ok": not problems,
     }
@@ -196,6 +202,17 @@ def render_text(summary: Summary) -> str:
             f"p50 {lifecycle['enforcement_p50_ms']} ms, p99 {lifecycle['enforcement_p99_ms']} ms "
             f"(API call to the first RAR/ASR); customers by status: {lifecycle['customers']}; "
             f"lines by effective status: {lifecycle['lines']}"
+        )
+    billing = summary.get("billing")
+    if isinstance(billing, dict):
+        lines.append(
+            f"billing calendar {billing['calendar']}: {billing['invoices']} invoice(s), billed {billing['billed']}, "
+            f"paid {billing['paid']} in {billing['payments']} payment(s); accounts by behaviour "
+            f"{billing['billing_accounts']}; disputes {billing['disputes'] or 'none'}; promises to pay "
+            f"{billing['promises_to_pay']}; dunning steps {billing['dunning_steps'] or 'none'}; lifted by payment "
+            f"{billing['lifted_by_payment']}; redirected grants {billing['redirected_grants']}; payment to normal "
+            f"grant p50 {billing['payment_to_grant_p50_ms']} ms, p99 {billing['payment_to_grant_p99_ms']} ms "
+            f"({billing['payment_to_grant_timed']} timed); ledger {'ok' if billing['ledger_ok'] else 'NOT OK'}"
         )
     money = summary["money"]
     assert isinstance(money, dict)

@@ -23,6 +23,10 @@ Theory of operation: ``run_scenario``
 Beside the traffic, ``simulator.lifecycle`` makes the scenario's status changes (``[lifecycle]``):
 a line it bars or terminates is retired, so the traffic takes it no more; after the traffic it
 waits for the terminated lines' grace and checks that none was charged after its change.
+``simulator.billing`` runs the scenario's billing calendar (``[billing]``) the same way: bill
+runs, payments and dunning runs through the API while the traffic runs; a line dunning
+terminates is retired; afterwards no line may have been charged while barred, and the one
+ledger must tie out.
 
 Given the seed, the population, the arrival sequence and the fault dice are the same on every
 run; what happens to each session depends on timing (answers interleave), as with real traffic.
@@ -38,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from protocol.capabilities import LocalIdentity
+from simulator.billing import BillingCycle
 from simulator.elements import NetworkElement
 from simulator.faults import FaultDice
 from simulator.http_api import RETRY_LIMIT_SECONDS, ApiRefused, ApiUnreachable, AuditVerdict, BalanceSnapshot, OcsApi
@@ -81,6 +86,7 @@ class RunResult:
     traffic_seconds: float
     session_errors: list[str] = field(default_factory=list)
     lifecycle: Lifecycle | None = None  # when the scenario makes status changes
+    billing: BillingCycle | None = None  # when the scenario runs a billing calendar
 
 
 async def _snapshots(api: OcsApi, subscribers: Sequence[SimulatedSubscriber]) -> dict[str, BalanceSnapshot]:
@@ -130,22 +136,39 @@ async def run_scenario(
             random.Random(f"{seed}-lifecycle"),
             retired=traffic.retired,
         )
+        billing = BillingCycle(
+            scenario.billing,
+            api,
+            recorder,
+            population.subscribers,
+            lambda: traffic.busy,
+            traffic.retired,
+            random.Random(f"{seed}-billing"),
+        )
+        if scenario.billing.enabled:
+            await billing.set_up()
         started = time.perf_counter()
         changes = asyncio.create_task(lifecycle.run(time.monotonic() + scenario.duration_seconds))
+        cycle = asyncio.create_task(billing.run())
         try:
             await traffic.run(progress)
             traffic_seconds = time.perf_counter() - started
             await changes
+            await cycle
             await traffic.wait_for_tcc(progress, population.subscribers)
             await lifecycle.wait_for_terminations()
             lifecycle.audit_charging()
+            billing.audit_charging()
         finally:
             changes.cancel()
+            cycle.cancel()
             await asyncio.gather(*(element.close() for element in elements))
         progress(f"traffic done in {traffic_seconds:.1f} s; reading balances, pricing usage, auditing", None)
         closing = await _snapshots(api, population.subscribers)
         believed = await believed_charges(api, recorder.commits, population.subscribers)
         verdict = await api.audit(sessions_ended=True)
+        if scenario.billing.enabled:
+            await billing.audit_ledger()
     return RunResult(
         scenario,
         seed,
@@ -158,6 +181,7 @@ async def run_scenario(
         traffic_seconds,
         traffic.errors,
         lifecycle if scenario.lifecycle.interval_seconds > 0 else None,
+        billing if scenario.billing.enabled else None,
     )
 
 

@@ -19,7 +19,13 @@ itself does not read them): for example a short Validity-Time so that abandoned 
 closed by Tcc within the run. ``[lifecycle]`` makes status changes while the traffic runs
 (``simulator.lifecycle``): one every ``interval_seconds``, cycling through ``steps`` (of
 ``suspend_line``, ``resume_line``, ``suspend_department``, ``resume_department``, ``bar_line``,
-``terminate_line``).
+``terminate_line``). ``[billing]`` runs a compressed calendar of bill runs, payments, disputes
+and dunning runs beside the traffic (``simulator.billing``): ``start_date`` (after today: the
+traffic's usage must fall in the calendar's first cycles), ``months``, ``day_seconds`` (wall time
+per simulated day; the traffic must last the whole calendar), the payment ``behaviours`` (weights of
+``on_time``, ``late``, ``partial``, ``never``) and the shares of disputes and promises to pay; the
+population's ``bill_cycle_days`` and ``credit_classes`` give the postpaid customers their billing
+accounts, and ``company_postpaid`` makes the company's lines postpaid lines billed to it.
 
 Every bad value is a ``ScenarioError`` naming the table and the field.
 """
@@ -29,8 +35,10 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 
+from simulator.billing import BEHAVIOURS, BillingSettings
 from simulator.elements import FAILURE_HANDLING, ElementTiming
 from simulator.faults import NO_FAULTS, Faults
 from simulator.lifecycle import STEPS, LifecycleSettings
@@ -83,6 +91,7 @@ class Scenario:
     tcc_wait_limit_seconds: float = 30.0  # longest wait for Tcc to close abandoned sessions
     server: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # for ``ocs demo``
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)  # no status changes unless [lifecycle] says
+    billing: BillingSettings = field(default_factory=BillingSettings)  # no calendar unless [billing] says
 
     def rate_at(self, elapsed_seconds: float) -> float:
         """The arrival rate at a moment of the run, shaped by ``profile``."""
@@ -155,7 +164,33 @@ def _population(table: Mapping[str, object]) -> PopulationSettings:
         company_branches=_whole({"company_branches": 1, **table}, "company_branches", where),
         branch_departments=_whole({"branch_departments": 1, **table}, "branch_departments", where),
         department_cap_micros=_money(table, "department_cap", where) if "department_cap" in table else 0,
+        bill_cycle_days=_cycle_days(table),
+        credit_classes=_credit_classes(table),
+        company_postpaid=_flag(table, "company_postpaid", where),
     )
+
+
+def _cycle_days(table: Mapping[str, object]) -> tuple[int, ...]:
+    days = table.get("bill_cycle_days", [])
+    if not isinstance(days, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 28 for d in days
+    ):
+        raise ScenarioError(f"[population] bill_cycle_days: a list of days of the month 1..28, got {days!r}")
+    return tuple(days)
+
+
+def _credit_classes(table: Mapping[str, object]) -> tuple[str, ...]:
+    classes = table.get("credit_classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        raise ScenarioError(f"[population] credit_classes: a list of credit class names, got {classes!r}")
+    return tuple(classes)
+
+
+def _flag(table: Mapping[str, object], name: str, where: str) -> bool:
+    value = table.get(name, False)
+    if not isinstance(value, bool):
+        raise ScenarioError(f"[{where}] {name}: true or false, got {value!r}")
+    return value
 
 
 def _destination(item: object) -> tuple[str, float]:
@@ -166,7 +201,19 @@ def _destination(item: object) -> tuple[str, float]:
 
 KNOWN_FIELDS: dict[str, frozenset[str]] = {
     "": frozenset(
-        {"run", "mix", "voice", "data", "destinations", "population", "faults", "topups", "server", "lifecycle"}
+        {
+            "run",
+            "mix",
+            "voice",
+            "data",
+            "destinations",
+            "population",
+            "faults",
+            "topups",
+            "server",
+            "lifecycle",
+            "billing",
+        }
     ),
     "run": frozenset(
         {
@@ -195,6 +242,23 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
     ),
     "topups": frozenset({"share", "amount", "delay_seconds"}),
     "lifecycle": frozenset({"interval_seconds", "steps"}),
+    "billing": frozenset(
+        {
+            "start_date",
+            "months",
+            "day_seconds",
+            "behaviours",
+            "late_days",
+            "partial_percent",
+            "dispute_share",
+            "dispute_percent",
+            "dispute_resolved_share",
+            "dispute_resolve_days",
+            "promise_share",
+            "promise_days",
+        }
+    ),
+    "billing.behaviours": frozenset(BEHAVIOURS),
     "population": frozenset(
         {
             "size",
@@ -211,6 +275,9 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
             "branch_departments",
             "department_cap",
             "shares",
+            "bill_cycle_days",
+            "credit_classes",
+            "company_postpaid",
         }
     ),
     "population.shares": frozenset(kind.value for kind in CustomerType if kind is not CustomerType.COMPANY),
@@ -260,6 +327,48 @@ def _lifecycle(table: Mapping[str, object]) -> LifecycleSettings:
     if not isinstance(steps, list) or not steps or any(step not in STEPS for step in steps):
         raise ScenarioError(f"[lifecycle] steps: a list of {', '.join(STEPS)}, got {steps!r}")
     return LifecycleSettings(interval_seconds=interval, steps=tuple(str(step) for step in steps))
+
+
+def _billing(table: Mapping[str, object]) -> BillingSettings:
+    if not table:
+        return BillingSettings()
+    where = "billing"
+    _known(table, where)
+    start = table.get("start_date", "tomorrow")
+    if start != "tomorrow" and (not isinstance(start, date) or isinstance(start, datetime)):
+        raise ScenarioError(f'[billing] start_date: a TOML date (2031-01-01) or "tomorrow", got {start!r}')
+    behaviours = _table(table, "behaviours")
+    _known(behaviours, "billing.behaviours")
+    weights = {name: _number(behaviours, name, "billing.behaviours") for name in behaviours}
+    if not weights or any(weight < 0 for weight in weights.values()) or not any(weights.values()):
+        raise ScenarioError(f"[billing.behaviours] weights >= 0, not all zero, of {', '.join(BEHAVIOURS)}")
+    settings = BillingSettings(
+        enabled=True,
+        start_date=start if isinstance(start, date) else None,
+        months=_whole(table, "months", where),
+        day_seconds=_number(table, "day_seconds", where),
+        behaviours=weights,
+        late_days=_whole({"late_days": 20, **table}, "late_days", where),
+        partial_percent=_whole({"partial_percent": 50, **table}, "partial_percent", where),
+        dispute_share=_share(table, "dispute_share", where),
+        dispute_percent=_whole({"dispute_percent": 20, **table}, "dispute_percent", where),
+        dispute_resolved_share=_share(table, "dispute_resolved_share", where),
+        dispute_resolve_days=_whole({"dispute_resolve_days": 5, **table}, "dispute_resolve_days", where),
+        promise_share=_share(table, "promise_share", where),
+        promise_days=_whole({"promise_days": 7, **table}, "promise_days", where),
+    )
+    rules = (
+        (1 <= settings.months <= 24, "months: 1 to 24"),
+        (settings.day_seconds > 0, "day_seconds > 0"),
+        (settings.late_days >= 0 and settings.dispute_resolve_days >= 1, "late_days >= 0, dispute_resolve_days >= 1"),
+        (settings.promise_days >= 1, "promise_days >= 1"),
+        (0 < settings.partial_percent < 100, "partial_percent: 1 to 99"),
+        (0 < settings.dispute_percent <= 100, "dispute_percent: 1 to 100"),
+    )
+    for holds, rule in rules:
+        if not holds:
+            raise ScenarioError(f"[billing] {rule} is required")
+    return settings
 
 
 def _profile(run: Mapping[str, object]) -> tuple[float, ...]:
@@ -339,6 +448,7 @@ def load_scenario(path: Path) -> Scenario:
         drain_timeout_seconds=_number(run, "drain_timeout_seconds", "run", 60.0),
         server=_server(values),
         lifecycle=_lifecycle(_table(values, "lifecycle")),
+        billing=_billing(_table(values, "billing")),
     )
     _check(scenario)
     return scenario
@@ -375,3 +485,12 @@ def _check(scenario: Scenario) -> None:
     for holds, rule in rules:
         if not holds:
             raise ScenarioError(f"{rule} is required")
+    billing = scenario.billing
+    if billing.enabled:
+        if billing.longest_wall_seconds > scenario.duration_seconds:
+            raise ScenarioError(
+                f"[run] duration_seconds: the traffic must last the [billing] calendar, up to "
+                f"{billing.longest_wall_seconds:.0f} s ({billing.months} month(s) of days of {billing.day_seconds} s)"
+            )
+        if not scenario.population.bill_cycle_days:
+            raise ScenarioError("[population] bill_cycle_days: the [billing] calendar needs billing accounts")

@@ -49,6 +49,15 @@ from simulator.population import SimulatedSubscriber
 from simulator.records import NO_ANSWER, Commit, Recorder, SessionOutcome
 
 CREDIT_LIMIT_REACHED = int(ResultCode.DIAMETER_CREDIT_LIMIT_REACHED)
+# A first request answered with one of these opened nothing (RFC 4006 section 5.2): no credit,
+# a barred line (4010) or a terminated one (5030; the dunning ladder's last step).
+REFUSED_START = frozenset(
+    {
+        CREDIT_LIMIT_REACHED,
+        int(ResultCode.DIAMETER_END_USER_SERVICE_DENIED),
+        int(ResultCode.DIAMETER_USER_UNKNOWN),
+    }
+)
 FINAL_UNIT_TERMINATE = 0  # Final-Unit-Action TERMINATE, RFC 4006 section 8.35
 CCFH_TERMINATE = 0  # Credit-Control-Failure-Handling TERMINATE, RFC 4006 section 8.14
 SUBSCRIPTION_ID_E164 = 0  # Subscription-Id-Type END_USER_E164, RFC 4006 section 8.47
@@ -301,9 +310,13 @@ class _Session:
         self.caller.element.recorder.committed(self.caller.service, unit_avp, commit)
 
 
-def _take_grants(services: list[MeteredService], answer: Message, at_seconds: int, recorder: Recorder) -> None:
+def _take_grants(
+    services: list[MeteredService], answer: Message, at_seconds: int, recorder: Recorder, account_id: str
+) -> None:
     """Read each asked service's MSCC: a grant (maybe final), or the end of that service; the
-    recorder keeps the longest Validity-Time seen (Tcc is about twice it)."""
+    recorder keeps the longest Validity-Time seen (Tcc is about twice it) and, per line, when a
+    grant came and with which Final-Unit-Action (REDIRECT: the element redirects the user)."""
+    granted, actions = False, []
     by_group: dict[int | None, Avp] = {}
     for received in answer.find_all("Multiple-Services-Credit-Control"):
         group = received.get("Rating-Group")
@@ -317,6 +330,9 @@ def _take_grants(services: list[MeteredService], answer: Message, at_seconds: in
             service.active, service.cut, service.granted = False, service.remaining > 0, 0
             continue
         final_unit = control.find("Final-Unit-Indication")
+        granted = True
+        if final_unit is not None and isinstance(action := final_unit.get("Final-Unit-Action"), int):
+            actions.append(action)
         service.granted, service.granted_at_seconds = units, at_seconds
         service.tariff_change_at = tariff_time_change(grant)
         validity = control.get("Validity-Time")
@@ -325,6 +341,8 @@ def _take_grants(services: list[MeteredService], answer: Message, at_seconds: in
         threshold = control.get(_THRESHOLD_AVPS[service.unit_avp])
         service.threshold = threshold if isinstance(threshold, int) and 0 < threshold < units else 0
         service.final = final_unit is not None and final_unit.get("Final-Unit-Action") == FINAL_UNIT_TERMINATE
+    if granted:
+        recorder.grant_seen(account_id, time.monotonic(), min(actions) if actions else None)
 
 
 _THRESHOLD_AVPS = {"CC-Time": "Time-Quota-Threshold", "CC-Total-Octets": "Volume-Quota-Threshold"}
@@ -429,11 +447,11 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
         answer, at_seconds = await session.send(
             "CCR-I", "INITIAL_REQUEST", avp("Multiple-Services-Indicator", 1), *asks
         )
-        if answer is None or result_code(answer) not in (SUCCESS, CREDIT_LIMIT_REACHED):
+        if answer is None or (result_code(answer) != SUCCESS and result_code(answer) not in REFUSED_START):
             return await _give_up(session)
-        if result_code(answer) == CREDIT_LIMIT_REACHED:
+        if result_code(answer) in REFUSED_START:
             return SessionOutcome.REFUSED  # nothing was granted: no session to end (section 5.2)
-        _take_grants(services, answer, at_seconds, element.recorder)
+        _take_grants(services, answer, at_seconds, element.recorder, caller.line.account_id)
         while True:
             if any(service.final for service in services) and caller.on_final_units is not None:
                 caller.on_final_units(caller.line)
@@ -458,7 +476,7 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
             for service in reported:
                 if service not in wanting:  # reported its last units (done or final)
                     service.active, service.cut = False, service.remaining > 0
-            _take_grants(wanting, answer, at_seconds, element.recorder)
+            _take_grants(wanting, answer, at_seconds, element.recorder, caller.line.account_id)
             for service in wanting:
                 service.forced = False
         if abandon:
@@ -505,7 +523,7 @@ async def run_sms_event(caller: CallerContext) -> SessionOutcome:
         asked = _units("Requested-Service-Unit", "CC-Service-Specific-Units", 1)
         answer, at_seconds = await session.send("CCR-E", "EVENT_REQUEST", action, asked)
         code = result_code(answer) if answer is not None else NO_ANSWER
-        if code == CREDIT_LIMIT_REACHED:
+        if code in REFUSED_START:
             return SessionOutcome.REFUSED  # all or nothing: nothing was debited
         if answer is None or code != SUCCESS:
             return SessionOutcome.FAILED
@@ -525,7 +543,7 @@ async def run_sms_session(caller: CallerContext) -> SessionOutcome:
         asked = _units("Requested-Service-Unit", "CC-Service-Specific-Units", 1)
         answer, at_seconds = await session.send("CCR-I", "INITIAL_REQUEST", asked)
         code = result_code(answer) if answer is not None else NO_ANSWER
-        if code == CREDIT_LIMIT_REACHED:
+        if code in REFUSED_START:
             return SessionOutcome.REFUSED
         grant = answer.find("Granted-Service-Unit") if answer is not None and code == SUCCESS else None
         if grant is None or grant.get("CC-Service-Specific-Units") != 1:

@@ -52,6 +52,7 @@ def view_json(view: BalanceView) -> dict[str, object]:
             **money_json("held", view.held_micros),
             **money_json("limit_held", view.limit_held_micros),
             **money_json("unbilled", view.unbilled_micros),
+            **money_json("billed", view.billed_micros),  # taken off unbilled by the bill run's cuts
             **money_json("pool_used", view.pool_used_micros),
         },
         "reservations": view.reservations,
