@@ -363,7 +363,10 @@ class BillingCycle:
 
     async def audit_ledger(self) -> None:
         """The one-ledger audit, and the simulator's own books against the OCS's."""
-        self.ledger_problems = await self.api.ledger_problems()
+        try:
+            self.ledger_problems = await self.api.ledger_problems()
+        except ApiRefused as refused:
+            self.ledger_problems = [f"the one-ledger audit: {refused}"]
         listed = [bill for bill in await self.api.bills() if str(bill.get("billing_account_id")) in self.payers]
         if len(listed) != self.invoices_answered:
             self.ledger_problems.append(

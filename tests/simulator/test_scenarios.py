@@ -32,9 +32,13 @@ def shortened(scenario: Scenario) -> Scenario:
         lifecycle = dataclasses.replace(lifecycle, interval_seconds=min(lifecycle.interval_seconds, 0.25))
     if faults.connection_drop_mean_seconds:
         faults = dataclasses.replace(faults, connection_drop_mean_seconds=0.6)
+    duration_seconds, billing = 3.0, scenario.billing
+    if billing.enabled:  # two months, quick days: bills, the quick ladder's restrict and bar, lifts
+        billing = dataclasses.replace(billing, months=2, day_seconds=0.25)
+        duration_seconds = billing.longest_wall_seconds
     return dataclasses.replace(
         scenario,
-        duration_seconds=3.0,
+        duration_seconds=duration_seconds,
         arrival_rate_per_second=min(scenario.arrival_rate_per_second, 15.0),
         max_concurrent_sessions=min(scenario.max_concurrent_sessions, 24),
         connections=2,
@@ -43,6 +47,7 @@ def shortened(scenario: Scenario) -> Scenario:
         population=dataclasses.replace(scenario.population, size=min(scenario.population.size, 30), company_children=2),
         drain_timeout_seconds=30.0,
         lifecycle=lifecycle,
+        billing=billing,
     )
 
 
@@ -118,6 +123,20 @@ def _check_lifecycle(recorder: Recorder, result: RunResult) -> None:
     assert lifecycle["problems"] == []
 
 
+def _check_billing_cycle(recorder: Recorder, result: RunResult) -> None:
+    billing = summarize(result)["billing"]
+    assert isinstance(billing, dict)
+    assert billing["invoices"] >= 10 and billing["billed_micros"] > 0 and billing["paid_micros"] > 0, billing
+    assert billing["ledger_ok"] is True and billing["problems"] == [], billing
+    steps = billing["dunning_steps"]
+    assert steps.get("letter", 0) >= 1 and steps.get("restrict", 0) >= 1 and steps.get("bar", 0) >= 1, billing
+    assert billing["disputes"].get("opened", 0) >= 1, billing
+    assert billing["lifted_by_payment"] >= 1 and billing["redirected_grants"] >= 1, billing
+    assert billing["payment_to_grant_timed"] >= 1, billing
+    assert 0 < billing["payment_to_grant_p50_ms"] <= billing["payment_to_grant_p99_ms"] <= 2000.0, billing
+    assert recorder.server_requests["RAR"] >= 1 and recorder.server_requests["ASR"] >= 1
+
+
 CHECKS: dict[str, Callable[[Recorder, RunResult], None]] = {
     "smoke": lambda recorder, result: None,
     "busy-hour": _check_busy_hour,
@@ -126,6 +145,7 @@ CHECKS: dict[str, Callable[[Recorder, RunResult], None]] = {
     "connection-loss": _check_connection_loss,
     "max-throughput": _check_max_throughput,
     "lifecycle": _check_lifecycle,
+    "billing-cycle": _check_billing_cycle,
 }
 
 
