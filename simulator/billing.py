@@ -411,7 +411,7 @@ class BillingCycle:
             "promises_to_pay": self.promises,
             "dunning_steps": dict(self.dunning_steps),
             "lifted_by_payment": len(self.lifted_calls),
-            "redirected_grants": self.recorder.final_unit_actions.get("REDIRECT", 0),
+            "redirects": self.recorder.final_unit_actions.get("REDIRECT", 0),
             "payment_to_grant_timed": len(times),
             "payment_to_grant_p50_ms": round(percentile(times, 50.0), 3),
             "payment_to_grant_p99_ms": round(p99, 3),

@@ -210,7 +210,7 @@ def render_text(summary: Summary) -> str:
             f"paid {billing['paid']} in {billing['payments']} payment(s); accounts by behaviour "
             f"{billing['billing_accounts']}; disputes {billing['disputes'] or 'none'}; promises to pay "
             f"{billing['promises_to_pay']}; dunning steps {billing['dunning_steps'] or 'none'}; lifted by payment "
-            f"{billing['lifted_by_payment']}; redirected grants {billing['redirected_grants']}; payment to normal "
+            f"{billing['lifted_by_payment']}; redirects {billing['redirects']}; payment to normal "
             f"grant p50 {billing['payment_to_grant_p50_ms']} ms, p99 {billing['payment_to_grant_p99_ms']} ms "
             f"({billing['payment_to_grant_timed']} timed); ledger {'ok' if billing['ledger_ok'] else 'NOT OK'}"
         )

@@ -59,6 +59,7 @@ REFUSED_START = frozenset(
     }
 )
 FINAL_UNIT_TERMINATE = 0  # Final-Unit-Action TERMINATE, RFC 4006 section 8.35
+REDIRECTING = frozenset({1, 2})  # Final-Unit-Action REDIRECT and RESTRICT_ACCESS (section 8.35)
 CCFH_TERMINATE = 0  # Credit-Control-Failure-Handling TERMINATE, RFC 4006 section 8.14
 SUBSCRIPTION_ID_E164 = 0  # Subscription-Id-Type END_USER_E164, RFC 4006 section 8.47
 # Tariff-Change-Usage values, RFC 4006 section 8.27 (UNIT_INDETERMINATE is not needed: the
@@ -326,6 +327,14 @@ def _take_grants(
         code = control.get("Result-Code") if control is not None else None
         grant = control.find("Granted-Service-Unit") if control is not None else None
         units = grant.get(service.unit_avp) if grant is not None else None
+        redirect = control.find("Final-Unit-Indication") if control is not None and grant is None else None
+        if redirect is not None and redirect.get("Final-Unit-Action") in REDIRECTING:
+            # A suspended line (RFC 8506 section 5.6): nothing granted, the user redirected to the
+            # portal at once. The element keeps the session, redirected, while a RAR may come.
+            action = redirect.get("Final-Unit-Action")
+            recorder.grant_seen(account_id, time.monotonic(), action if isinstance(action, int) else None)
+            service.granted, service.final = 0, True
+            continue
         if control is None or grant is None or code != SUCCESS or not isinstance(units, int) or units <= 0:
             service.active, service.cut, service.granted = False, service.remaining > 0, 0
             continue
