@@ -18,7 +18,7 @@ issued (``POST /customerBills/{id}/disputes``), some of those resolved later (cr
 rejected); some late or never payers promise to pay (``POST /billingAccounts/{id}/promisesToPay``).
 Payments carry the simulated date as when the bank received them and a reference that makes a
 retry harmless. A payment waits, within its day, for a line of the account to be in a session,
-so that a lift it causes has a live session to reach.
+so that a lift it causes has a live session to reach (within ``PAYMENT_WAIT_SECONDS``).
 
 What dunning did is read from each account's history (``GET /billingAccounts/{id}/dunning``)
 after a run that applied steps: a restrict, bar or terminate reaches the account's lines from the
@@ -54,6 +54,7 @@ CHARGING_STOPPED = ("bar", "terminate")  # no request may be charged while these
 SUCCESS = 2001  # DIAMETER_SUCCESS, RFC 6733 section 7.1.2
 BUSY_POLL_SECONDS = 0.05
 PAYMENT_TO_GRANT_TARGET_MS = 2000.0  # issue 14 "What must be shown"
+PAYMENT_WAIT_SECONDS = 2.0  # longest wait for a line of the account in a session before a payment
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,21 @@ class BillingSettings:
         """Wall time of the calendar at most (months of 31 days when the start is not fixed)."""
         days = self.days(date.min) if self.start_date is not None else 31 * self.months
         return days * self.day_seconds
+
+
+def behaviour_draw(weights: Mapping[str, float], count: int, rng: random.Random) -> list[str]:
+    """``count`` behaviours in the shares of ``weights`` (largest remainder, so a small population
+    has them all in proportion), in an order shuffled by ``rng``."""
+    total = sum(weights.values())
+    exact = {name: count * weight / total for name, weight in weights.items()}
+    counts = {name: int(value) for name, value in exact.items()}
+    for name in sorted(exact, key=lambda name: exact[name] - counts[name], reverse=True)[
+        : count - sum(counts.values())
+    ]:
+        counts[name] += 1
+    drawn = [name for name, number in counts.items() for _ in range(number)]
+    rng.shuffle(drawn)
+    return drawn
 
 
 def add_months(day: date, months: int) -> date:
@@ -163,14 +179,13 @@ class BillingCycle:
     async def set_up(self) -> None:
         """Find each customer's billing account and draw how it pays."""
         owners = sorted({s.owner_id for s in self.subscribers if s.bill_cycle_day})
-        for owner in owners:
+        behaviours = behaviour_draw(self.settings.behaviours, len(owners), self.rng)
+        for owner, behaviour in zip(owners, behaviours, strict=True):
             account = (await self.api.customer(owner)).get("billing_account")
             if not isinstance(account, dict):
                 self.problems.append(f"customer {owner}: no billing account after provisioning")
                 continue
             lines = tuple(s.account_id for s in self.subscribers if s.msisdn and s.owner_id == owner)
-            behaviours = list(self.settings.behaviours)
-            behaviour = self.rng.choices(behaviours, [self.settings.behaviours[b] for b in behaviours])[0]
             billing_account_id = str(account["billing_account_id"])
             self.payers[billing_account_id] = Payer(billing_account_id, owner, lines, behaviour)
 
@@ -277,7 +292,7 @@ class BillingCycle:
         """One payment, made when a line of the account is in a session (within the day)."""
         account = self.bills[item].billing_account_id if what != "pay_all" else item
         payer = self.payers[account]
-        deadline = time.monotonic() + self.settings.day_seconds
+        deadline = time.monotonic() + max(self.settings.day_seconds, PAYMENT_WAIT_SECONDS)
         while time.monotonic() < deadline and not any(line in self.busy() for line in payer.lines):
             await asyncio.sleep(BUSY_POLL_SECONDS)
         try:
