@@ -329,8 +329,9 @@ def _take_grants(
         units = grant.get(service.unit_avp) if grant is not None else None
         redirect = control.find("Final-Unit-Indication") if control is not None and code != SUCCESS else None
         if redirect is not None and redirect.get("Final-Unit-Action") in REDIRECTING:
-            # A suspended line (RFC 8506 section 5.6): nothing granted (4012 in the MSCC, a grant of
-            # 0), the user redirected to the portal at once. The element keeps the session, redirected, while a RAR may come.
+            # A suspended line (RFC 8506 section 5.6): nothing granted (4012 in the MSCC, a grant
+            # of 0), the user redirected to the portal at once. The element keeps the session,
+            # redirected, while a RAR may come.
             action = redirect.get("Final-Unit-Action")
             recorder.grant_seen(account_id, time.monotonic(), action if isinstance(action, int) else None)
             service.granted, service.final = 0, True
