@@ -41,7 +41,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from balance.cycle import cut, debit_rental, renew_bundle
+from balance.cycle import CutOrder, cut_many, debit_rental, renew_bundle
 from balance.store import BalanceStore
 from balance.types import BucketKind, OperationResult, Outcome, PaymentType, PoolDraw, UsageRecord
 from ocs.billing.bill_draft import AccountFacts, LineFacts, draft_invoice, prepaid_rental, renewals
@@ -388,11 +388,9 @@ class BillRun:
         ]
 
     async def _apply_cuts(self, cuts: Sequence[PendingCut], report: BillRunReport) -> None:
-        calls: list[EngineCall] = [
-            functools.partial(cut, self.store, item.account_id, item.cut_id, item.line_micros, item.pools)
-            for item in cuts
-        ]
-        answers = await gather_limited(calls)
+        answers = await cut_many(
+            self.store, [CutOrder(item.account_id, item.cut_id, item.line_micros, item.pools) for item in cuts]
+        )
         done: list[dict[str, object]] = []
         now = utc_naive(self._now())
         for item, answer in zip(cuts, answers, strict=True):
