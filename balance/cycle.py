@@ -130,8 +130,8 @@ async def _chains(store: BalanceStore, account_ids: Sequence[str]) -> dict[str, 
         replies = await asyncio.gather(*(store.caller.execute("GET", keys.account_root_key(item)) for item in wanted))
         for account, reply in zip(wanted, replies, strict=True):
             if isinstance(reply, str):
-                root, _, parent = reply.partition(" ")
-                links[account] = (root, parent)
+                root, _, above = reply.partition(" ")
+                links[account] = (root, above)
             else:
                 links[account] = None
         wanted = sorted({link[1] for link in links.values() if link and link[1] and link[1] not in links})
@@ -141,12 +141,12 @@ async def _chains(store: BalanceStore, account_ids: Sequence[str]) -> dict[str, 
         if link is None:
             continue
         chain: list[str] = []
-        parent: str | None = link[1]
-        while parent and len(chain) < MAX_HIERARCHY_LEVELS:
-            chain.append(parent)
-            above = links.get(parent)
-            parent = above[1] if above is not None else None  # None: a broken chain, as unknown
-        if parent is not None:
+        step: str | None = link[1]
+        while step and len(chain) < MAX_HIERARCHY_LEVELS:
+            chain.append(step)
+            next_link = links.get(step)
+            step = next_link[1] if next_link is not None else None  # None: a broken chain, as unknown
+        if step is not None:
             chains[account] = (link[0], tuple(chain))
     return chains
 

@@ -40,10 +40,11 @@ from datetime import date
 
 from pydantic import JsonValue
 
-from balance.types import PaymentType, UsageRecord
+from balance.types import PaymentType
 from ocs.billing.catalog import Catalog, Charge, Product, ProductKind, product_charge, usage_charge
 from ocs.billing.cycles import Period
 from ocs.billing.values import DraftLine, InvoiceDraft, LineKind
+from ocs.db.usage import LineUsage
 
 MAX_DESCRIPTION_CHARACTERS = 1_000  # DraftLine.description
 
@@ -98,7 +99,7 @@ class AccountFacts:
     legal_entity: str
     segment: str | None  # the customer segment the catalog's discounts aim at (None: none)
     lines: tuple[LineFacts, ...]  # in the order of their ids
-    usage: Mapping[str, Sequence[UsageRecord]]  # per line id: its unbilled postpaid records up to the cut
+    usage: Mapping[str, LineUsage]  # per line id: its unbilled postpaid records up to the cut, summed
     adjustments: tuple[PendingAdjustment, ...] = ()
 
 
@@ -163,18 +164,12 @@ def _charge_lines(
     return made
 
 
-def _usage_summary(records: Sequence[UsageRecord]) -> tuple[int, dict[str, JsonValue]]:
-    """(the records' micros, per service: records, unit, units, micros), services by name."""
-    services: dict[str, dict[str, int | str]] = {}
-    total = 0
-    for record in records:
-        total += record.micros
-        entry = services.setdefault(record.service, {"records": 0, "unit": record.unit.value, "units": 0, "micros": 0})
-        entry["records"] = int(entry["records"]) + 1
-        entry["units"] = int(entry["units"]) + record.units
-        entry["micros"] = int(entry["micros"]) + record.micros
-    ordered: dict[str, JsonValue] = {name: dict(services[name]) for name in sorted(services)}
-    return total, ordered
+def _usage_summary(usage: LineUsage) -> dict[str, JsonValue]:
+    """Per service: records, unit, units, micros; services by name."""
+    return {
+        item.service: {"records": item.records, "unit": item.unit, "units": item.units, "micros": item.micros}
+        for item in usage.services
+    }
 
 
 def line_charges(catalog: Catalog, facts: AccountFacts, line: LineFacts, period: Period) -> list[DraftLine]:
@@ -202,13 +197,13 @@ def line_charges(catalog: Catalog, facts: AccountFacts, line: LineFacts, period:
             if product.price_micros > 0:
                 charge = product_charge(catalog, product, period, period, plan, facts.segment)
                 made += _charge_lines(charge, LineKind.BUNDLE, f"{product.description} ({line.line_id})", line)
-    records = facts.usage.get(line.line_id, ())
-    if records:
-        total, services = _usage_summary(records)
+    usage = facts.usage.get(line.line_id)
+    if usage is not None and usage.record_ids:
+        records = len(usage.record_ids)
         plan = line.plan_on(period.start if line.activated_on < period.start else line.activated_on)
-        description = f"usage of {line.line_id}: {len(records)} records"
-        charge = usage_charge(catalog, total, description, period, plan, facts.segment)
-        extra: dict[str, JsonValue] = {"records": len(records), "services": services}
+        description = f"usage of {line.line_id}: {records} records"
+        charge = usage_charge(catalog, usage.micros, description, period, plan, facts.segment)
+        extra: dict[str, JsonValue] = {"records": records, "services": _usage_summary(usage)}
         made += _charge_lines(charge, LineKind.USAGE, description, line, extra)
     return made
 

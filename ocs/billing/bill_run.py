@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from balance.cycle import CutOrder, cut_many, debit_rental, renew_bundle
 from balance.store import BalanceStore
-from balance.types import BucketKind, OperationResult, Outcome, PaymentType, PoolDraw, UsageRecord
+from balance.types import BucketKind, OperationResult, Outcome, PaymentType, PoolDraw
 from ocs.billing.bill_draft import AccountFacts, LineFacts, draft_invoice, prepaid_rental, renewals
 from ocs.billing.bill_facts import PayingAccount, accounts_page, invoiced_periods, lines_of, pending_adjustments_of
 from ocs.billing.bill_statements import write_statements
@@ -53,7 +53,7 @@ from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
 from ocs.db.schema import utc_naive
-from ocs.db.usage import format_pools, parse_pools, unbilled_records, usage_records
+from ocs.db.usage import LineUsage, format_pools, parse_pools, unbilled_usage, usage_records
 
 DEFAULT_CHUNK_SIZE = 500  # accounts per page: one read and one write transaction
 DEFAULT_PAYMENT_DAYS = 14  # due date: this many days after the period's last day
@@ -95,29 +95,20 @@ def midnight_seconds(day: date) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
 
 
-def cuts_of(invoice_id: str, records: Sequence[UsageRecord], now: datetime) -> list[dict[str, object]]:
-    """One ``bill_cuts`` row per consuming account of ``records``: what they drew, summed."""
-    sums: dict[str, tuple[int, dict[int, tuple[int, int]], int]] = {}
-    for record in records:
-        line, pools, count = sums.get(record.account_id, (0, {}, 0))
-        for pool in record.pools:
-            bucket, pool_line = pools.get(pool.level, (0, 0))
-            pools[pool.level] = (bucket + pool.bucket_micros, pool_line + pool.line_micros)
-        sums[record.account_id] = (line + record.line_micros, pools, count + 1)
+def cuts_of(invoice_id: str, usages: Sequence[LineUsage], now: datetime) -> list[dict[str, object]]:
+    """One ``bill_cuts`` row per consuming account of ``usages``: what its records drew."""
     rows: list[dict[str, object]] = []
-    for account_id in sorted(sums):
-        line, pools, count = sums[account_id]
-        draws = tuple(PoolDraw(level, *pools[level]) for level in sorted(pools))
-        if line == 0 and not any(pool.bucket_micros or pool.line_micros for pool in draws):
+    for usage in sorted(usages, key=lambda item: item.account_id):
+        if usage.line_micros == 0 and not any(pool.bucket_micros or pool.line_micros for pool in usage.pools):
             continue  # all from its own money buckets: nothing unbilled to cut
         rows.append(
             {
-                "cut_id": f"{invoice_id}|{account_id}",
+                "cut_id": f"{invoice_id}|{usage.account_id}",
                 "invoice_id": invoice_id,
-                "account_id": account_id,
-                "line_micros": line,
-                "pools": format_pools(draws),
-                "records": count,
+                "account_id": usage.account_id,
+                "line_micros": usage.line_micros,
+                "pools": format_pools(usage.pools),
+                "records": len(usage.record_ids),
                 "created_at": utc_naive(now),
             }
         )
@@ -224,7 +215,7 @@ class BillRun:
         todo: list[PayingAccount],
         periods: dict[str, Period],
         paid_lines: dict[str, list[LineFacts]],
-    ) -> dict[str, dict[str, tuple[UsageRecord, ...]]]:
+    ) -> dict[str, dict[str, LineUsage]]:
         """Per billing account, per postpaid line: its unbilled records before the period's end."""
         by_cut: dict[date, list[tuple[str, str]]] = {}
         for account in todo:
@@ -232,13 +223,12 @@ class BillRun:
                 if line.payment_type is PaymentType.POSTPAID:
                     end = periods[account.billing_account_id].end
                     by_cut.setdefault(end, []).append((account.billing_account_id, line.line_id))
-        found: dict[str, dict[str, tuple[UsageRecord, ...]]] = {}
+        found: dict[str, dict[str, LineUsage]] = {}
         for end in sorted(by_cut):
             owner = dict((line_id, account_id) for account_id, line_id in by_cut[end])
-            async for item in unbilled_records(
-                connection, [line_id for _, line_id in by_cut[end]], midnight_seconds(end)
-            ):
-                found.setdefault(owner[item.account_id], {})[item.account_id] = item.records
+            usages = await unbilled_usage(connection, [line_id for _, line_id in by_cut[end]], midnight_seconds(end))
+            for line_id, usage in usages.items():
+                found.setdefault(owner[line_id], {})[line_id] = usage
         return found
 
     async def _renew(
@@ -354,9 +344,11 @@ class BillRun:
             marks: list[dict[str, str]] = []
             cut_rows: list[dict[str, object]] = []
             for draft, invoice_id in batch.issued:
-                records = [record for line in facts_of[draft.billing_account_id].usage.values() for record in line]
-                marks += [{"record": record.record_id, "invoice": invoice_id} for record in records]
-                cut_rows += cuts_of(invoice_id, records, now)
+                usages = list(facts_of[draft.billing_account_id].usage.values())
+                marks += [
+                    {"record": record_id, "invoice": invoice_id} for usage in usages for record_id in usage.record_ids
+                ]
+                cut_rows += cuts_of(invoice_id, usages, now)
             if marks:
                 table = usage_records.c
                 await connection.execute(
