@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from balance.cycle import CutOrder, cut_many, debit_rental, renew_bundle
@@ -52,14 +52,27 @@ from ocs.billing.cycles import Period, cycle_containing, previous_cycle
 from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
+from ocs.db.bulk import execute_many, insert_of
 from ocs.db.schema import utc_naive
-from ocs.db.usage import LineUsage, format_pools, parse_pools, unbilled_usage, usage_records
+from ocs.db.usage import IDS_PER_STATEMENT, LineUsage, format_pools, parse_pools, unbilled_usage, usage_records
 
 DEFAULT_CHUNK_SIZE = 500  # accounts per page: one read and one write transaction
 DEFAULT_PAYMENT_DAYS = 14  # due date: this many days after the period's last day
 CONCURRENT_ENGINE_CALLS = 64  # Redis calls in flight at once (cuts, renewals, rentals)
 PENDING_CUTS_PER_PASS = 1_000
 CONFLICT_RETRIES = 3  # a page drafted again after records were billed meanwhile
+
+
+MARK_BILLED = (
+    update(usage_records)
+    .where(usage_records.c.record_id == bindparam("record"), usage_records.c.invoice_id.is_(None))
+    .values(invoice_id=bindparam("invoice"))
+)
+CUT_DONE = (
+    update(bill_cuts)
+    .where(bill_cuts.c.cut_id == bindparam("cut"))
+    .values(done_at=bindparam("done_at"), outcome=bindparam("outcome"))
+)
 
 
 class BillRunConflict(Exception):
@@ -349,25 +362,11 @@ class BillRun:
                     {"record": record_id, "invoice": invoice_id} for usage in usages for record_id in usage.record_ids
                 ]
                 cut_rows += cuts_of(invoice_id, usages, now)
-            if marks:
-                table = usage_records.c
-                await connection.execute(
-                    update(usage_records)
-                    .where(table.record_id == bindparam("record"), table.invoice_id.is_(None))
-                    .values(invoice_id=bindparam("invoice")),
-                    marks,
-                )
-                billed = await connection.execute(
-                    select(func.count())
-                    .select_from(usage_records)
-                    .where(table.invoice_id.in_([invoice_id for _, invoice_id in batch.issued]))
-                )
-                if int(billed.scalar_one()) != len(marks):
-                    raise BillRunConflict("records were billed meanwhile")
-            if cut_rows:
-                await connection.execute(insert(bill_cuts), cut_rows)
-            if rentals:
-                await connection.execute(insert(prepaid_rentals), rentals)
+            issued_ids = [invoice_id for _, invoice_id in batch.issued]
+            if marks and await self._marked(connection, marks, issued_ids) != len(marks):
+                raise BillRunConflict("records were billed meanwhile")
+            await execute_many(connection, insert_of(bill_cuts), cut_rows)
+            await execute_many(connection, insert_of(prepaid_rentals), rentals)
             report.statements += await write_statements(connection, todo, periods, paid_lines, now)
         report.invoices += len(batch.issued)
         report.skipped += len(batch.skipped)
@@ -378,6 +377,22 @@ class BillRun:
             )
             for row in cut_rows
         ]
+
+    @staticmethod
+    async def _marked(connection: AsyncConnection, marks: list[dict[str, str]], invoice_ids: list[str]) -> int:
+        """The records of ``marks`` marked billed by their invoice: how many were still free."""
+        changed = await execute_many(connection, MARK_BILLED, marks)
+        if connection.dialect.name == "sqlite":
+            return changed  # sqlite3's executemany sums the rows each update changed
+        billed = 0
+        for start in range(0, len(invoice_ids), IDS_PER_STATEMENT):
+            counted = await connection.execute(
+                select(func.count())
+                .select_from(usage_records)
+                .where(usage_records.c.invoice_id.in_(invoice_ids[start : start + IDS_PER_STATEMENT]))
+            )
+            billed += int(counted.scalar_one())
+        return billed
 
     async def _apply_cuts(self, cuts: Sequence[PendingCut], report: BillRunReport) -> None:
         answers = await cut_many(
@@ -394,12 +409,7 @@ class BillRun:
             done.append({"cut": item.cut_id, "done_at": now, "outcome": answer.outcome.value[:32]})
         if done:
             async with self.engine.begin() as connection:
-                await connection.execute(
-                    update(bill_cuts)
-                    .where(bill_cuts.c.cut_id == bindparam("cut"))
-                    .values(done_at=bindparam("done_at"), outcome=bindparam("outcome")),
-                    done,
-                )
+                await execute_many(connection, CUT_DONE, done)
 
     async def finish_pending_cuts(self, report: BillRunReport | None = None) -> int:
         """Apply every cut a run committed but did not apply (a crash after its commit)."""

@@ -61,6 +61,7 @@ from ocs.billing.values import (
 from ocs.customers.service import CustomerRefusal, Problem
 from ocs.customers.values import Closed
 from ocs.db.billing import adjustments, delivery_outbox, invoice_lines, invoices, payments
+from ocs.db.bulk import execute_many, insert_of
 from ocs.db.customers import billing_accounts
 from ocs.db.schema import utc_aware, utc_naive
 
@@ -342,12 +343,9 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
                 for position, line in enumerate(draft.lines, start=1)
             ]
             events.append(_issued_event(row, now))
-    if rows:
-        await connection.execute(insert(invoices), rows)
-    if lines:
-        await connection.execute(insert(invoice_lines), lines)
-    if events:
-        await connection.execute(insert(delivery_outbox), events)
+    await execute_many(connection, insert_of(invoices), rows)
+    await execute_many(connection, insert_of(invoice_lines), lines)
+    await execute_many(connection, insert_of(delivery_outbox), events)
     for draft, number in issued:
         if draft.adjustment_ids:
             await connection.execute(

@@ -1,0 +1,71 @@
+"""Many rows in one statement run: the driver's own executemany on SQLite, Core's elsewhere.
+
+Theory of operation: SQLAlchemy Core's executemany prepares every row's parameters in Python
+(``construct_params`` and the type processors, per row and per call), which costs more than
+SQLite spends storing the row. For the bill run's pages (tens of thousands of rows a
+transaction) ``execute_many`` compiles the statement once per set of keys (cached), finds each
+parameter's type processor once (the same ones Core would apply: JSON serialized as Core does,
+dates and times in SQLAlchemy's SQLite text format, so rows read back through Core come out as
+they went in), and hands the driver a list of tuples: one ``executemany`` in sqlite3's C code.
+``ocs.db.usage.store_records`` does the same for the spool. On any other database the statement
+runs through Core unchanged (asyncpg's executemany is fast already).
+
+The answer is the rows the statement changed, summed over the parameter sets (sqlite3's
+``executemany`` rowcount; Core's ``rowcount`` elsewhere, which the caller must not rely on for
+an exact count on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Insert, Table, insert
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.base import Executable
+
+Processor = Callable[[Any], Any] | None
+
+
+@functools.cache
+def insert_of(table: Table) -> Insert:
+    """One ``INSERT INTO table`` per table, so ``execute_many``'s cache holds one entry for it."""
+    return insert(table)
+
+
+_compiled: dict[tuple[int, tuple[str, ...]], tuple[str, tuple[str, ...], tuple[Processor, ...]]] = {}
+_kept: dict[int, Executable] = {}  # the statements of ``_compiled``, so their ids stay theirs
+
+
+def _compile(
+    statement: Executable, names: tuple[str, ...], dialect: Dialect
+) -> tuple[str, tuple[str, ...], tuple[Processor, ...]]:
+    key = (id(statement), names)
+    found = _compiled.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(names))  # type: ignore[attr-defined]
+        order = tuple(compiled.positiontup or ())
+        processors = tuple(compiled.binds[name].type.bind_processor(dialect) for name in order)
+        found = (str(compiled), order, processors)
+        _kept[id(statement)] = statement
+        _compiled[key] = found
+    return found
+
+
+async def execute_many(connection: AsyncConnection, statement: Executable, rows: Sequence[Mapping[str, Any]]) -> int:
+    """``statement`` once per row of ``rows`` (every row with the same keys), in the caller's
+    transaction; answers the rows changed (module docstring). ``statement`` should be built once
+    (a module constant, ``insert_of``): the compiled form is cached by it."""
+    if not rows:
+        return 0
+    if connection.dialect.name != "sqlite":
+        return int((await connection.execute(statement, list(rows))).rowcount)
+    sql, order, processors = _compile(statement, tuple(rows[0]), connection.dialect)
+    pairs = tuple(zip(order, processors, strict=True))
+    parameters = [
+        tuple(row[name] if processor is None else processor(row[name]) for name, processor in pairs) for row in rows
+    ]
+    result = await connection.exec_driver_sql(sql, parameters)
+    return int(result.rowcount)
