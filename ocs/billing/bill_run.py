@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from balance.cycle import CutOrder, cut_many, debit_rental, renew_bundle
 from balance.store import BalanceStore
 from balance.types import BucketKind, OperationResult, Outcome, PaymentType, PoolDraw
-from ocs.billing.bill_draft import AccountFacts, LineFacts, draft_invoice, prepaid_rental, renewals
+from ocs.billing.bill_draft import AccountFacts, ChargeMemo, LineFacts, draft_invoice, prepaid_rental, renewals
 from ocs.billing.bill_facts import PayingAccount, accounts_page, invoiced_periods, lines_of, pending_adjustments_of
 from ocs.billing.bill_statements import write_statements
 from ocs.billing.catalog import Catalog
@@ -56,7 +56,7 @@ from ocs.db.bulk import execute_many, insert_of
 from ocs.db.schema import utc_naive
 from ocs.db.usage import IDS_PER_STATEMENT, LineUsage, format_pools, parse_pools, unbilled_usage, usage_records
 
-DEFAULT_CHUNK_SIZE = 500  # accounts per page: one read and one write transaction
+DEFAULT_CHUNK_SIZE = 1_000  # accounts per page: one read and one write transaction (issue_many takes 1,000)
 DEFAULT_PAYMENT_DAYS = 14  # due date: this many days after the period's last day
 CONCURRENT_ENGINE_CALLS = 64  # Redis calls in flight at once (cuts, renewals, rentals)
 PENDING_CUTS_PER_PASS = 1_000
@@ -201,6 +201,7 @@ class BillRun:
             pending = await pending_adjustments_of(connection, [item.billing_account_id for item in todo])
             done_rentals = await self._rentals_recorded(connection, paid_lines, todo, day)
         drafts: list[tuple[InvoiceDraft, AccountFacts]] = []
+        memo = ChargeMemo()
         for account in todo:
             period = periods[account.billing_account_id]
             facts = AccountFacts(
@@ -212,7 +213,7 @@ class BillRun:
                 adjustments=tuple(pending.get(account.billing_account_id, ())),
             )
             due = date.fromordinal(period.end.toordinal() - 1) + timedelta(days=self.payment_days)
-            made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}")
+            made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}", memo)
             if made is None:
                 report.empty += 1
             else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Insert, Table, insert
@@ -63,9 +64,19 @@ async def execute_many(connection: AsyncConnection, statement: Executable, rows:
     if connection.dialect.name != "sqlite":
         return int((await connection.execute(statement, list(rows))).rowcount)
     sql, order, processors = _compile(statement, tuple(rows[0]), connection.dialect)
-    pairs = tuple(zip(order, processors, strict=True))
-    parameters = [
-        tuple(row[name] if processor is None else processor(row[name]) for name, processor in pairs) for row in rows
-    ]
-    result = await connection.exec_driver_sql(sql, parameters)
+    getter = itemgetter(*order)
+    if len(order) == 1:
+        values: list[Sequence[Any]] = [(getter(row),) for row in rows]
+    else:
+        values = [getter(row) for row in rows]
+    processed = [(index, processor) for index, processor in enumerate(processors) if processor is not None]
+    if processed:
+        changed: list[Sequence[Any]] = []
+        for row_values in values:
+            row_list = list(row_values)
+            for index, processor in processed:
+                row_list[index] = processor(row_list[index])
+            changed.append(tuple(row_list))
+        values = changed
+    result = await connection.exec_driver_sql(sql, values)
     return int(result.rowcount)
