@@ -3,7 +3,11 @@ that cycle is invoiced, its usage cut in Redis, its bundles renewed, its prepaid
 and its prepaid statement written; resumable, and a rerun changes nothing.
 
 Theory of operation: accounts are streamed in pages of ``chunk_size`` by id (memory: one page).
-For each page:
+Each account's cycles to bill are ``ocs.billing.cycles.cycles_to_bill``: the last cycle closed by
+D, and, for an account invoiced before, every cycle closed since its newest invoice that a run
+missed (the server was down over its close), at most ``MAX_CATCH_UP_CYCLES`` (12) back, oldest
+first. A page is billed in passes, one cycle per account each (the oldest first), so each invoice
+takes only the records before its own cycle's end and numbers follow time. For each pass:
 1. read (one read transaction): the periods invoiced already (those accounts are skipped), the
    lines each account pays for (``ocs.billing.bill_facts``), their unbilled postpaid usage records
    before the cut (the period's end, midnight UTC), the pending adjustments; draft each invoice
@@ -48,7 +52,7 @@ from ocs.billing.bill_draft import AccountFacts, ChargeMemo, LineFacts, draft_in
 from ocs.billing.bill_facts import PayingAccount, accounts_page, invoiced_periods, lines_of, pending_adjustments_of
 from ocs.billing.bill_statements import write_statements
 from ocs.billing.catalog import Catalog
-from ocs.billing.cycles import Period, cycle_containing, previous_cycle
+from ocs.billing.cycles import Period, cycle_containing, cycles_to_bill
 from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
@@ -185,9 +189,39 @@ class BillRun:
                         raise
 
     async def _page(self, page: list[PayingAccount], day: date, report: BillRunReport) -> None:
-        periods = {account.billing_account_id: previous_cycle(account.bill_cycle_day, day) for account in page}
+        """Each account's cycles to bill (``cycles_to_bill``: the last closed one, and those a run
+        missed), in passes: the first bills every account's oldest such cycle, the next its
+        second, and so on, so a cycle's invoice only takes the records before its own end."""
         async with self.engine.connect() as connection:
-            invoiced = await invoiced_periods(connection, list(periods))
+            invoiced = await invoiced_periods(connection, [account.billing_account_id for account in page])
+        newest: dict[str, date] = {}
+        for account_id, start in invoiced:
+            newest[account_id] = max(start, newest.get(account_id, start))
+        plans = {
+            account.billing_account_id: cycles_to_bill(
+                account.bill_cycle_day, day, newest.get(account.billing_account_id)
+            )
+            for account in page
+        }
+        report.skipped += sum(1 for cycles in plans.values() if not cycles)
+        for index in range(max((len(cycles) for cycles in plans.values()), default=0)):
+            todo = [account for account in page if len(plans[account.billing_account_id]) > index]
+            periods = {account.billing_account_id: plans[account.billing_account_id][index] for account in todo}
+            await self._pass(todo, periods, day, report, invoiced if index == 0 else None)
+
+    async def _pass(
+        self,
+        page: list[PayingAccount],
+        periods: dict[str, Period],
+        day: date,
+        report: BillRunReport,
+        invoiced: set[tuple[str, date]] | None,
+    ) -> None:
+        """One period per account of ``page``: read, draft, engine steps, commit, cuts (module
+        docstring); ``invoiced``: the periods invoiced already, when just read."""
+        async with self.engine.connect() as connection:
+            if invoiced is None:
+                invoiced = await invoiced_periods(connection, list(periods))
             todo = [
                 item
                 for item in page
@@ -218,7 +252,7 @@ class BillRun:
                 report.empty += 1
             else:
                 drafts.append((made, facts))
-        await self._renew(todo, periods, paid_lines, report)
+        await self._renew(todo, periods, paid_lines, day, report)
         rentals = await self._debit_rentals(todo, day, paid_lines, done_rentals, report)
         cuts = await self._commit(drafts, todo, periods, paid_lines, rentals, report)
         await self._apply_cuts(cuts, report)
@@ -250,12 +284,15 @@ class BillRun:
         todo: list[PayingAccount],
         periods: dict[str, Period],
         paid_lines: dict[str, list[LineFacts]],
+        today: date,
         report: BillRunReport,
     ) -> None:
         calls: list[EngineCall] = []
         for account in todo:
             period = periods[account.billing_account_id]
             following = cycle_containing(account.bill_cycle_day, period.end)
+            if following.end <= today:
+                continue  # a missed cycle's: the bundles of a cycle already over are not renewed
             for renewal in renewals(self.catalog, paid_lines.get(account.billing_account_id, ()), period):
                 bundle = renewal.bundle
                 assert bundle.unit is not None
