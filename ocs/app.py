@@ -49,6 +49,7 @@ from balance.scripts import LIBRARY_PREFIX
 from balance.store import BalanceStore
 from ocs.api.audit_trail import FALLBACK_FILE_NAME, AuditTrail
 from ocs.api.server import HttpServer, start_http
+from ocs.billing.bill_runs import BillRuns
 from ocs.billing.spool import Spool
 from ocs.billing.spool_upgrade import import_old_spool
 from ocs.charging.cca import error_answer
@@ -94,6 +95,7 @@ class ServerState:
     database: AsyncEngine | None = None
     line_status: LineStatusMirror | None = None  # lines' status changes into the database
     audit_trail: AuditTrail | None = None
+    bill_runs: BillRuns | None = None  # the bill run's doors: API, CLI, the daily duty (ocs/billing/bill_runs.py)
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
@@ -379,6 +381,9 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.duties.register("session_supervision", lambda: _supervise_sessions(state))
     state.duties.register("spool_writer", lambda: _write_spool(state))
     state.duties.register("spool_retention", lambda: _retain_spool(state))
+    bill_runs = state.bill_runs = BillRuns.configured(state.database, state.store, state.book, settings.billing)
+    await bill_runs.startup_pass()  # cuts a run committed but did not apply before a crash
+    state.duties.register("bill_run", bill_runs.daily)
     if state.redis is not None:
         state.background.append(asyncio.create_task(RedisSupervisor(state.redis).run()))
     if state.worker is None:

@@ -234,6 +234,8 @@ class BillingSettings:
     """The billing side's rule files (ocs/billing/): loaded once, like the tariffs."""
 
     catalog: str = "config/catalog.toml"  # products, offers, discounts, taxes (ocs/billing/catalog_load.py)
+    run_hour: int = 2  # the daily bill run's hour, UTC (ocs/billing/bill_runs.py): after midnight's cycle close
+    page_size: int = 1_000  # billing accounts per bill run transaction (at most issue_many's 5,000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +456,8 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
         (settings.refund.max_day_micros >= 0, "refund.max_day_micros", ""),
         (0 <= settings.lifecycle.identity_quarantine_days <= 36_600, "lifecycle.identity_quarantine_days", ""),
         (0 < settings.customers.inactivity_days <= 36_600, "customers.inactivity_days", ""),
+        (0 <= settings.billing.run_hour <= 23, "billing.run_hour", " (an hour of the day, UTC: 0 to 23)"),
+        (1 <= settings.billing.page_size <= 5_000, "billing.page_size", " (1 to 5,000)"),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):

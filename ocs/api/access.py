@@ -17,6 +17,8 @@ the route against ``PERMISSIONS``, keyed by method and route template, and answe
 - bills, payments, disputes and the receivables report: staff read them; admin and care record
   payments, open disputes and add adjustments; credit notes, dispute resolutions, refunds and bank
   files (money given back or away, or thousands of payments) are the admin's;
+- the bill run (``POST /billRuns``: every account's invoice at once) is the admin's; the one-ledger
+  audit (``GET /reports/ledger``) is read as the money audit is (admin, read-only);
 - applications and product orders (``/applications``, ``/productOrders``), and the status of a
   customer, a node or a line (``PUT .../status``, ``ocs.api.lifecycle``): as customers;
 - self-care: its own account only (the token names it): the profile, the balance, top-ups with a
@@ -86,6 +88,8 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/payments"): _CUSTOMER_READERS,
     ("GET", "/disputes/{dispute_id}"): _CUSTOMER_READERS,
     ("GET", "/reports/receivables"): _CUSTOMER_READERS,
+    ("GET", "/reports/ledger"): _READERS,  # the one-ledger audit, as the money audit
+    ("POST", "/billRuns"): frozenset({Role.ADMIN}),  # every account's invoice at once
     ("POST", "/payments"): _CUSTOMER_WORK,
     ("POST", "/payments/bank-file"): frozenset({Role.ADMIN}),  # thousands of payments at once
     ("POST", "/customerBills/{bill_id}/creditNotes"): frozenset({Role.ADMIN}),  # money given away: not care's

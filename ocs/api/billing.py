@@ -1,5 +1,6 @@
 """The billing API: customer bills (TMF678), payments (TMF676 names), the bank file, credit notes,
-disputes, refunds, adjustments and the receivables aging report, over HTTP, in the OpenAPI document.
+disputes, refunds, adjustments, the receivables aging report, the bill run (``POST /billRuns``)
+and the one-ledger audit (``GET /reports/ledger``), over HTTP, in the OpenAPI document.
 
 Theory of operation: as ``ocs.api.interactions`` does, each route is a value (method, path, the
 pydantic models of its body, query and answer, the status of success) that ``ocs.api.server``
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ocs.api.customers import Answer, refusals_as_http, validated
 from ocs.api.fields import BadInput, money_micros
 from ocs.api.interactions import document_routes
+from ocs.billing.bill_runs import BillRuns
 from ocs.billing.corrections import Corrections
 from ocs.billing.invoices import MAX_LIST_ROWS, Invoices
 from ocs.billing.payments import Payments
@@ -58,6 +60,22 @@ from ocs.customers.service import CustomerRefusal
 from ocs.customers.values import ID_PATTERN, Closed
 
 BANK_FILE_HEADER = ("reference", "billing_account", "amount", "date")
+FIRST_BILL_RUN_DAY = date(1971, 1, 1)
+LAST_BILL_RUN_DAY = date(9998, 12, 31)
+MAX_PROBLEMS_SHOWN = 100  # a bill run's answer lists this many problems and counts the rest
+COUNTS = (
+    "accounts",
+    "invoices",
+    "skipped",
+    "empty",
+    "records",
+    "cuts",
+    "cuts_refused",
+    "renewals",
+    "rentals",
+    "rentals_refused",
+    "statements",
+)
 MAX_BANK_FILE_ROWS = 100_000
 
 
@@ -67,6 +85,7 @@ class Services:
     payments: Payments
     corrections: Corrections
     receivables: Receivables
+    bill_runs: BillRuns
 
 
 class _Query(BaseModel):
@@ -117,6 +136,41 @@ class BankFileResult(Closed):
     replayed: int
     failed: int  # rows refused
     results: list[BankFileRow]
+
+
+class NewBillRun(Closed):
+    """``POST /billRuns``: bill every account whose cycle closed by ``date`` (and missed ones)."""
+
+    # "date" on the wire (a field named after its type confuses pydantic); days whose cycles and
+    # the year of missed ones before them are ordinary dates
+    day: date = Field(alias="date", ge=FIRST_BILL_RUN_DAY, le=LAST_BILL_RUN_DAY)
+
+
+class BillRunResult(Closed):
+    """What a bill run did (``ocs.billing.bill_run.BillRunReport``)."""
+
+    date: str  # the run's day, YYYY-MM-DD
+    accounts: int  # billing accounts seen (that pay for themselves)
+    invoices: int  # invoices made by this run
+    skipped: int  # accounts with nothing left to bill (invoiced already)
+    empty: int  # cycles with nothing to bill
+    records: int  # usage records billed
+    cuts: int  # usage cuts applied in Redis
+    cuts_refused: int
+    renewals: int
+    rentals: int  # prepaid rentals debited
+    rentals_refused: int
+    statements: int  # prepaid statements written
+    problems: list[str]  # the first MAX_PROBLEMS_SHOWN
+    more_problems: int = 0
+
+
+class LedgerReport(Closed):
+    """The one-ledger audit (``ocs.billing.ledger_audit``): no problem is a ledger that ties out."""
+
+    ok: bool
+    failed: int  # how many problems (``ocs report ledger`` exits 1 on any)
+    problems: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +382,25 @@ async def _receivables(services: Services, call: Request) -> Answer:
     return Answer(200, await services.receivables.aging(as_of))
 
 
+async def _bill_run(services: Services, call: Request) -> Answer:
+    assert isinstance(call.body, NewBillRun)
+    report = await services.bill_runs.run(call.body.day)
+    counts = {name: getattr(report, name) for name in COUNTS}
+    result = BillRunResult(
+        date=report.day.isoformat(),
+        **counts,
+        problems=report.problems[:MAX_PROBLEMS_SHOWN],
+        more_problems=max(len(report.problems) - MAX_PROBLEMS_SHOWN, 0),
+    )
+    after: dict[str, object] = {"date": result.date, "invoices": report.invoices, "cuts": report.cuts}
+    return Answer(200, result, None, after, f"bill run for {result.date}")
+
+
+async def _ledger(services: Services, call: Request) -> Answer:
+    problems = await services.bill_runs.ledger()
+    return Answer(200, LedgerReport(ok=not problems, failed=len(problems), problems=problems))
+
+
 _CHANGE = (404, 409, 422)
 _ACCOUNT = "/billingAccounts/{billing_account_id}"
 ROUTES = (
@@ -387,6 +460,8 @@ ROUTES = (
         201,
         errors=_CHANGE,
     ),
+    Route("POST", "/billRuns", "Run the bill run for a day", _bill_run, BillRunResult, NewBillRun, errors=(409, 422)),
+    Route("GET", "/reports/ledger", "The one-ledger audit", _ledger, LedgerReport, errors=()),
     Route(
         "GET",
         "/reports/receivables",

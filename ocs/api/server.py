@@ -122,6 +122,7 @@ from ocs.api.render import (
     subscriber_json,
     view_json,
 )
+from ocs.billing.bill_runs import BillRuns
 from ocs.billing.corrections import Corrections
 from ocs.billing.invoices import Invoices
 from ocs.billing.payments import Payments
@@ -273,7 +274,8 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         answer = _interaction_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
     _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
-    _add_billing(app, state.database)
+    assert state.bill_runs is not None
+    _add_billing(app, state.database, state.bill_runs)
     app.router.add_get("/openapi.json", _openapi)
     return app
 
@@ -740,9 +742,11 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(with_billing_routes(document))
 
 
-def _add_billing(app: web.Application, database: AsyncEngine) -> None:
-    """Bills, payments and the ledger (ocs.api.billing); the author of a change is the token's name."""
-    services = BillingServices(Invoices(database), Payments(database), Corrections(database), Receivables(database))
+def _add_billing(app: web.Application, database: AsyncEngine, bill_runs: BillRuns) -> None:
+    """Bills, payments, the bill run and the ledger (ocs.api.billing); the author of a change is the token's name."""
+    services = BillingServices(
+        Invoices(database), Payments(database), Corrections(database), Receivables(database), bill_runs
+    )
     for route in BILLING_ROUTES:
         expect = expect_continue if route.body is not None or route.csv_body else None
         app.router.add_route(route.method, route.path, _billing_handler(route, services), expect_handler=expect)

@@ -60,7 +60,7 @@ from ocs.db.bulk import execute_many, insert_of
 from ocs.db.schema import utc_naive
 from ocs.db.usage import IDS_PER_STATEMENT, LineUsage, format_pools, parse_pools, unbilled_usage, usage_records
 
-DEFAULT_CHUNK_SIZE = 1_000  # accounts per page: one read and one write transaction (issue_many takes 1,000)
+DEFAULT_CHUNK_SIZE = 1_000  # accounts per page: one read and one write transaction (issue_many takes 5,000)
 DEFAULT_PAYMENT_DAYS = 14  # due date: this many days after the period's last day
 CONCURRENT_ENGINE_CALLS = 64  # Redis calls in flight at once (cuts, renewals, rentals)
 PENDING_CUTS_PER_PASS = 1_000

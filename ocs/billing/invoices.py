@@ -66,7 +66,7 @@ from ocs.db.customers import billing_accounts
 from ocs.db.schema import utc_aware, utc_naive
 
 MAX_LIST_ROWS = 1_000
-MAX_BATCH_DRAFTS = 1_000  # issue_many: the accounts' ids are one IN list (far below the drivers' limits)
+MAX_BATCH_DRAFTS = 5_000  # issue_many: the accounts' ids are one IN list (far below the drivers' limits)
 INVOICE_ISSUED = "invoice_issued"
 
 

@@ -23,7 +23,7 @@ reads a data directory's business database.
     ocs subscriber load FILE.csv
     ocs customer add|show ..., ocs customer node add ..., ocs line add ... (``ocs.cli.customers``)
     ocs note add|list ..., ocs ticket open|show|move ..., ocs report customers ... (``ocs.cli.interactions``)
-    ocs payment add|load ..., ocs bill show|list ..., ocs dispute open|resolve ..., ocs report receivables
+    ocs payment add|load ..., ocs bill show|list|run ..., ocs dispute open|resolve ..., ocs report receivables|ledger
     (``ocs.cli.billing``)
     ocs topup ACCOUNT AMOUNT --id ID [--bonus]
     ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
