@@ -160,9 +160,8 @@ def _charge_lines(
     validation (``model_construct``): every value is in range by construction (amounts from the
     catalog's integer arithmetic, descriptions cut to their maximum, ids from the database), and
     a test holds every draft against its validators."""
-    explanation = dict(explanation)
     if extra:
-        explanation.update(extra)
+        explanation = {**explanation, **extra}  # else shared with the page's other lines: never changed
     made = [
         DraftLine.model_construct(
             kind=kind,

@@ -36,23 +36,41 @@ def insert_of(table: Table) -> Insert:
     return insert(table)
 
 
-_compiled: dict[tuple[int, tuple[str, ...]], tuple[str, tuple[str, ...], tuple[Processor, ...]]] = {}
+Compiled = tuple[str, tuple[str, ...], tuple[Processor, ...], dict[str, Any]]  # sql, names, processors, constants
+_compiled: dict[tuple[int, tuple[str, ...]], Compiled] = {}
 _kept: dict[int, Executable] = {}  # the statements of ``_compiled``, so their ids stay theirs
 
 
-def _compile(
-    statement: Executable, names: tuple[str, ...], dialect: Dialect
-) -> tuple[str, tuple[str, ...], tuple[Processor, ...]]:
+def _compile(statement: Executable, names: tuple[str, ...], dialect: Dialect) -> Compiled:
     key = (id(statement), names)
     found = _compiled.get(key)
     if found is None:
         compiled = statement.compile(dialect=dialect, column_keys=list(names))  # type: ignore[attr-defined]
         order = tuple(compiled.positiontup or ())
         processors = tuple(compiled.binds[name].type.bind_processor(dialect) for name in order)
-        found = (str(compiled), order, processors)
+        constants = {name: value for name, value in compiled.params.items() if name in order and name not in names}
+        found = (str(compiled), order, processors, constants)
         _kept[id(statement)] = statement
         _compiled[key] = found
     return found
+
+
+def _once_per_object(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``processor`` that converts a dict or list once per object for one ``execute_many``: rows
+    that share one value object (the bill run's invoice lines share their rental's explanation)
+    serialize it once. The rows hold their values for the whole call, so an id stays its
+    object's; the cache dies with the call."""
+    done: dict[int, Any] = {}
+
+    def process(value: Any) -> Any:
+        if not isinstance(value, dict | list):
+            return processor(value)
+        found = done.get(id(value))
+        if found is None:
+            found = done[id(value)] = processor(value)
+        return found
+
+    return process
 
 
 async def execute_many(connection: AsyncConnection, statement: Executable, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -63,13 +81,15 @@ async def execute_many(connection: AsyncConnection, statement: Executable, rows:
         return 0
     if connection.dialect.name != "sqlite":
         return int((await connection.execute(statement, list(rows))).rowcount)
-    sql, order, processors = _compile(statement, tuple(rows[0]), connection.dialect)
+    sql, order, processors, constants = _compile(statement, tuple(rows[0]), connection.dialect)
+    if constants:  # values written in the statement itself (``column == "ok"``)
+        rows = [{**constants, **row} for row in rows]
     getter = itemgetter(*order)
     if len(order) == 1:
         values: list[Sequence[Any]] = [(getter(row),) for row in rows]
     else:
         values = [getter(row) for row in rows]
-    processed = [(index, processor) for index, processor in enumerate(processors) if processor is not None]
+    processed = [(index, _once_per_object(processor)) for index, processor in enumerate(processors) if processor]
     if processed:
         changed: list[Sequence[Any]] = []
         for row_values in values:
