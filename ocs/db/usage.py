@@ -413,6 +413,7 @@ class LineUsage:
 
     account_id: str
     record_ids: tuple[str, ...]  # oldest first
+    record_numbers: tuple[int, ...]  # theirs, in the same order (the rowid: marking finds a row by it)
     micros: int
     services: tuple[ServiceUsage, ...]  # by service name
     line_micros: int  # drawn from the account's own credit line
@@ -423,7 +424,7 @@ def _summed(account_id: str, rows: Sequence[Sequence[Any]]) -> LineUsage:
     services: dict[str, list[Any]] = {}
     pools: dict[int, list[int]] = {}
     total = own = 0
-    for _, _, service, unit, units, micros, line_micros, stored_pools in rows:
+    for _, _, _, service, unit, units, micros, line_micros, stored_pools in rows:
         total += micros
         # a row from before 0008 (no source kept): a postpaid record drew from its own credit line
         own += micros if line_micros is None else line_micros
@@ -441,6 +442,7 @@ def _summed(account_id: str, rows: Sequence[Sequence[Any]]) -> LineUsage:
     return LineUsage(
         account_id=account_id,
         record_ids=tuple(str(row[1]) for row in rows),
+        record_numbers=tuple(int(row[2]) for row in rows),
         micros=total,
         services=tuple(ServiceUsage(name, *services[name]) for name in sorted(services)),
         line_micros=own,
@@ -461,6 +463,7 @@ async def unbilled_usage(
             select(
                 table.account_id,
                 table.record_id,
+                table.record_number,
                 table.service,
                 table.unit,
                 table.units,

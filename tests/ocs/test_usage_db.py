@@ -178,9 +178,12 @@ async def test_unbilled_usage_sums_what_unbilled_records_lists(engine: AsyncEngi
         )
         found = await usage.unbilled_usage(connection, ["ana", "bo", "cy", "nobody"], CUT)
     assert sorted(found) == ["ana", "bo"]
+    numbers = found["ana"].record_numbers
+    assert len(set(numbers)) == 3 and list(numbers) == sorted(numbers)  # stored in this order
     assert found["ana"] == usage.LineUsage(
         account_id="ana",
         record_ids=("ana-1|0|1", "ana-2|0|1", "ana-3|0|1"),
+        record_numbers=found["ana"].record_numbers,
         micros=1_001 + 1_002 + 1_003,
         services=(
             usage.ServiceUsage("data", "octets", 2, 2 * 10**12, 1_001 + 1_003),
