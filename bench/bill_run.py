@@ -221,9 +221,10 @@ async def run(directory: Path, redis_url: str) -> dict[str, object]:
 
 async def redis_cpu_seconds(store: BalanceStore) -> float:
     """redis-server's CPU so far (INFO cpu: used_cpu_sys + used_cpu_user)."""
-    reply = await store.admin.execute("INFO", "cpu")
-    fields = dict(line.split(":", 1) for line in str(reply).splitlines() if ":" in line)
-    return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+    reply = await store.admin.execute("INFO", "cpu")  # redis-py parses it: name, value, name, value, ...
+    assert isinstance(reply, list), reply
+    fields = dict(zip(reply[::2], reply[1::2], strict=True))
+    return float(str(fields["used_cpu_sys"])) + float(str(fields["used_cpu_user"]))
 
 
 def child(step: str, directory: Path, redis_url: str, accounts: int) -> dict[str, object]:
