@@ -20,10 +20,15 @@ ids, each line's charges in this order:
   (the bundle itself is renewed into the balance engine for the next cycle by the running part:
   ``renewals``);
 - usage: one line with the sum of the line's unbilled postpaid records before the cut (they are
-  priced already: each record carries its micros), usage discounts, and the usage tax category.
+  priced already: each record carries its micros; the facts hold them summed, ``LineUsage``),
+  usage discounts, and the usage tax category.
 Then the account's pending adjustments, one ADJUSTMENT line each (no tax: an adjustment is an
 amount as the operator wrote it). A line's charges carry its ``node_id``: the invoice's subtotals
 per node (``ocs.billing.invoices``) follow from it.
+
+Speed (the bill run drafts thousands of accounts a second): a ``ChargeMemo`` computes each
+product's charge once for the accounts of a page that pay the same one, its explanation shared by
+their lines (never changed after), and the lines are built with ``model_construct``.
 
 Rentals are charged in advance in the catalog's sense (the price of a cycle is the price in force
 at its start), and invoiced when the cycle closes, for the days the line was in service in it:

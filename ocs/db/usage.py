@@ -11,14 +11,16 @@ rows it did store come back through ``RETURNING``, which counts them exactly on 
 break on it, and the export pages on (``at_seconds``, ``record_number``) without holding a
 transaction open for the whole export.
 
-The bill run reads "the unbilled records of these accounts before the cut" (``unbilled_records``)
-and marks them billed (``mark_billed``) in the transaction that writes their invoice, so a record
-is billed by one invoice at most: the update only takes rows whose ``invoice_id`` is still NULL,
-and the count it returns tells the caller whether every record it priced was still free. Marking
-is by record id, not by (account, cut): the spool lags the engine by up to a drain, so a record
-committed in Redis before the cut may reach this table after the invoice was priced; marking by
-time would then bill it without pricing it. (The bill run should also wait until the spool's lag
-is past the cut: ``SpoolStats.lag_seconds``.)
+The bill run reads "the unbilled records of these accounts before the cut", summed per account
+(``unbilled_usage``: what the invoice line says, the ids and numbers to mark, what the cut gives
+back; ``unbilled_records`` lists the same records one by one), and marks them billed
+(``mark_billed``, or the bill run's bulk update by number and id) in the transaction that writes
+their invoice, so a record is billed by one invoice at most: the update only takes rows whose
+``invoice_id`` is still NULL, and the count it returns tells the caller whether every record it
+priced was still free. Marking is by record, not by (account, cut): the spool lags the engine
+by up to a drain, so a record committed in Redis before the cut may reach this table after the
+invoice was priced; marking by time would then bill it without pricing it. (The bill run should
+also wait until the spool's lag is past the cut: ``SpoolStats.lag_seconds``.)
 
 Indexes: by time (export of a period; the retention's partial index over exported rows only);
 (``account_id``, ``invoice_id``, ``at_seconds``) for one account's unbilled records up to a cut
