@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -48,11 +49,9 @@ from ocs.billing.document_store import DocumentStore, data_directory
 from ocs.billing.documents import DocumentFormat, DocumentRenderer, InvoiceFacts, Issuer, Recipient
 from ocs.billing.invoices import INVOICE_ISSUED, DeliveryEvent, Invoices, read_bill
 from ocs.config import Settings
-from ocs.customers.records import get_customer
 from ocs.customers.service import CustomerRefusal, Problem
-from ocs.customers.values import Customer
 from ocs.db.billing import delivery_outbox
-from ocs.db.customers import customer_nodes, lines
+from ocs.db.customers import customer_nodes, customers, lines, parties
 from ocs.db.schema import utc_naive
 
 INVOICE_READY = "invoice_ready"
@@ -86,20 +85,22 @@ class DeliveryPass:
     pdf_unavailable: str | None = None
 
 
-def _recipient(customer: Customer | None, fallback: str) -> Recipient:
-    if customer is None:
+def _recipient(party: Any, fallback: str) -> Recipient:
+    """The customer's party row as the letter's recipient: the organization's name or the person's,
+    the postal address (each line of each postal contact) and the first e-mail address."""
+    if party is None:
         return Recipient(name=fallback)
-    party = customer.organization or customer.individual
-    contacts = party.contact_media if party is not None else []
-    postal = [line.strip() for medium in contacts if medium.kind == "postal" for line in medium.value.splitlines()]
-    email = next((medium.value for medium in contacts if medium.kind == "email"), "")
-    if customer.organization is not None:
-        name = customer.organization.name
-    elif customer.individual is not None:
-        name = f"{customer.individual.given_name} {customer.individual.family_name}"
-    else:
-        name = fallback
-    return Recipient(name=name, address_lines=tuple(line for line in postal if line), email=email)
+    contacts = [medium for medium in party.contact_media or [] if isinstance(medium, dict)]
+    postal = [
+        line.strip()
+        for medium in contacts
+        if medium.get("kind") == "postal"
+        for line in str(medium.get("value", "")).splitlines()
+        if line.strip()
+    ]
+    email = next((str(medium.get("value", "")) for medium in contacts if medium.get("kind") == "email"), "")
+    person = " ".join(part for part in (party.given_name, party.family_name) if part)
+    return Recipient(name=party.organization_name or person or fallback, address_lines=tuple(postal), email=email)
 
 
 class BillDocuments:
@@ -135,10 +136,16 @@ class BillDocuments:
             )
             node_names = {row.node_id: row.name for row in node_rows}
             line_names = {row.line_id: row.name for row in line_rows}
-        customer = await get_customer(self.engine, bill.customer_id)
+            party = (
+                await connection.execute(
+                    select(parties)
+                    .join(customers, customers.c.party_id == parties.c.party_id)
+                    .where(customers.c.customer_id == bill.customer_id)
+                )
+            ).first()
         return InvoiceFacts(
             bill=bill,
-            recipient=_recipient(customer, bill.customer_id),
+            recipient=_recipient(party, bill.customer_id),
             node_names=node_names,
             line_names=line_names,
         )
