@@ -109,8 +109,8 @@ _LABELS = {
     "days": "days",
     "discount": "discount applied",
     "discount_micros": "discount applied",
-    "percent": "percent",
-    "tax_rate_percent": "tax rate (%)",
+    "percent": "share",
+    "tax_rate_percent": "tax rate",
     "tax_category": "tax category",
     "product": "product",
     "plan": "plan",
@@ -120,6 +120,8 @@ _LABELS = {
 def _value_text(key: str, value: JsonValue, currency: str) -> str:
     if key.endswith("_micros") and isinstance(value, int) and not isinstance(value, bool):
         return money_text(value, currency)
+    if (key == "percent" or key.endswith("_percent")) and isinstance(value, int | str) and not isinstance(value, bool):
+        return f"{value} %"
     if isinstance(value, list) and len(value) == 2 and all(isinstance(item, str) for item in value):
         return f"{value[0]} to {value[1]}"  # a period: first and last day
     if isinstance(value, list):

@@ -133,7 +133,7 @@ def test_the_html_has_every_line_under_its_node_with_subtotals_and_totals(render
         "usage records:</span> 42",
         "units:</span> 7,380",
         "rate:</span> 0.10 EUR",
-        "percent:</span> 10",
+        "share:</span> 10 %",
         "1,507.448703 EUR",  # total and amount due
         "IBAN BE71 0961 2345 6769",
         '<meta name="dcterms.created" content="2026-03-01T09:00:00Z">',
