@@ -7,7 +7,8 @@ written atomically: the bytes go to a temporary file beside it, are flushed and 
 temporary file is renamed over the final name (``os.replace``: atomic on POSIX), then the directory
 is fsynced so the rename survives a power cut. A reader (a mailer, the API) therefore sees the old
 file or the new one, never a part. Writing the same bytes again changes nothing a reader can see:
-that is what lets a consumer that crashed render again. The calls are blocking file work: callers
+that is what lets a consumer that crashed render again. Files are made readable by the owner and
+its group (``DOCUMENT_MODE``): they hold customer data. The calls are blocking file work: callers
 on the event loop run them in a thread.
 """
 

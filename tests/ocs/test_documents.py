@@ -16,6 +16,7 @@ import pytest
 from ocs.billing.documents import DocumentRenderer, InvoiceFacts, Issuer, Recipient, money_text, pdf_printer
 from ocs.billing.invoices import customer_bill
 from ocs.billing.values import BillLine, CustomerBill, LineKind
+from ocs.metrics import Metrics
 
 UNIT = 1_000_000
 ISSUER = Issuer(
@@ -185,3 +186,14 @@ def test_without_pango_there_is_no_pdf_and_the_reason_says_why() -> None:
     html = renderer.invoice_html(facts(), ISSUER)  # the HTML is made all the same
     reason = renderer.pdf(html, identifier="x", created=datetime(2026, 3, 1, tzinfo=UTC))
     assert isinstance(reason, str) and "pango" in reason and "OSError" in reason
+
+
+def test_a_pass_is_counted_by_format_and_failures_by_reason() -> None:
+    metrics = Metrics(process_collectors=False)
+    metrics.documents_delivered(html=3, pdf=2, failed=1, without_pdf=1)
+    metrics.documents_delivered(html=0, pdf=0, failed=0, without_pdf=0)  # an idle pass adds nothing
+    registry = metrics.registry
+    assert registry.get_sample_value("ocs_bill_documents_rendered_total", {"format": "html"}) == 3
+    assert registry.get_sample_value("ocs_bill_documents_rendered_total", {"format": "pdf"}) == 2
+    assert registry.get_sample_value("ocs_bill_document_failures_total", {"reason": "render"}) == 1
+    assert registry.get_sample_value("ocs_bill_document_failures_total", {"reason": "no_pdf_printer"}) == 1
