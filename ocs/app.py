@@ -25,6 +25,10 @@ worker of ``ocs serve --workers N`` runs each only while it holds the duty's lea
 Account events: ``ServerState.events`` is the one seam (``ocs.events.AccountEvents``) on which the
 operator's side publishes what it changed about an account; the session notifier subscribes to
 it at startup. The answers to the notifier's RAR and ASR reach it from the Diameter event handler.
+
+Bill documents: one more background task, the delivery outbox's consumer (``_deliver_documents``,
+ocs/billing/delivery.py), renders issued invoices to HTML and PDF in the data directory; it runs
+once per server, like the spool writer.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from balance.scripts import LIBRARY_PREFIX
 from balance.store import BalanceStore
 from ocs.api.audit_trail import FALLBACK_FILE_NAME, AuditTrail
 from ocs.api.server import HttpServer, start_http
+from ocs.billing.delivery import DEFAULT_BATCH, BillDocuments, bill_documents
+from ocs.billing.documents import DocumentFormat, DocumentRenderer
 from ocs.billing.spool import Spool
 from ocs.billing.spool_upgrade import import_old_spool
 from ocs.charging.cca import error_answer
@@ -93,6 +99,7 @@ class ServerState:
     spool: Spool | None = None
     database: AsyncEngine | None = None
     line_status: LineStatusMirror | None = None  # lines' status changes into the database
+    documents: BillDocuments | None = None  # bill documents: the delivery consumer and the API's downloads
     audit_trail: AuditTrail | None = None
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
@@ -261,6 +268,37 @@ async def _retain_spool(state: ServerState) -> None:
             log.exception("spool_retention_failed")
 
 
+async def _deliver_documents(state: ServerState) -> None:
+    """The delivery outbox's consumer (ocs/billing/delivery.py): issued invoices rendered to HTML
+    and PDF in the data directory, handed on as ``invoice_ready``. A full batch is followed at
+    once by the next; a failing bill is logged once per error and tried again each pass."""
+    assert state.documents is not None
+    interval = state.settings.billing.documents_interval_seconds
+    reported: set[tuple[str, str]] = set()
+    pdf_reason_logged = False
+    while True:
+        full = False
+        try:
+            done = await state.documents.deliver_once()
+        except Exception:
+            log.exception("bill_documents_failed")
+        else:
+            full = done.events >= DEFAULT_BATCH
+            without_pdf = done.documents[DocumentFormat.HTML] - done.documents[DocumentFormat.PDF]
+            state.metrics.documents_delivered(
+                done.documents[DocumentFormat.HTML], done.documents[DocumentFormat.PDF], len(done.failures), without_pdf
+            )
+            for failure in done.failures:
+                if failure not in reported:
+                    reported.add(failure)
+                    log.warning("bill_document_failed", invoice_id=failure[0], error=failure[1])
+            if done.pdf_unavailable is not None and not pdf_reason_logged:
+                pdf_reason_logged = True
+                log.warning("bill_pdf_unavailable", reason=done.pdf_unavailable, delivered="html only")
+        if not full:
+            await asyncio.sleep(interval)
+
+
 async def _redis_url(state: ServerState) -> str:
     settings = state.settings.redis
     if settings.url:
@@ -381,6 +419,8 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.duties.register("spool_retention", lambda: _retain_spool(state))
     if state.redis is not None:
         state.background.append(asyncio.create_task(RedisSupervisor(state.redis).run()))
+    state.documents = bill_documents(settings, state.database, DocumentRenderer())
+    state.duties.register("bill_documents", lambda: _deliver_documents(state))
     if state.worker is None:
         state.background += state.duties.run_directly()
     else:

@@ -234,6 +234,14 @@ class BillingSettings:
     """The billing side's rule files (ocs/billing/): loaded once, like the tariffs."""
 
     catalog: str = "config/catalog.toml"  # products, offers, discounts, taxes (ocs/billing/catalog_load.py)
+    # The issuer printed on every bill document (ocs/billing/documents.py): name, postal address
+    # (one item per line), tax identification number, and how to pay.
+    issuer_name: str = "Open OCS Telecom"
+    issuer_address: tuple[str, ...] = ()
+    issuer_tax_id: str = ""
+    payment_instructions: str = "Pay by bank transfer, quoting the bill number as the payment reference."
+    # How often the document consumer looks for issued invoices to render (ocs/billing/delivery.py).
+    documents_interval_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +462,8 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
         (settings.refund.max_day_micros >= 0, "refund.max_day_micros", ""),
         (0 <= settings.lifecycle.identity_quarantine_days <= 36_600, "lifecycle.identity_quarantine_days", ""),
         (0 < settings.customers.inactivity_days <= 36_600, "customers.inactivity_days", ""),
+        (settings.billing.documents_interval_seconds > 0, "billing.documents_interval_seconds", ""),
+        (bool(settings.billing.issuer_name.strip()), "billing.issuer_name", " (empty)"),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):

@@ -83,6 +83,7 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/productOrders/{order_id}"): _CUSTOMER_READERS,
     ("GET", "/customerBills"): _CUSTOMER_READERS,
     ("GET", "/customerBills/{bill_id}"): _CUSTOMER_READERS,
+    ("GET", "/customerBills/{bill_id}/document"): _CUSTOMER_READERS,
     ("GET", "/payments"): _CUSTOMER_READERS,
     ("GET", "/disputes/{dispute_id}"): _CUSTOMER_READERS,
     ("GET", "/reports/receivables"): _CUSTOMER_READERS,

@@ -81,6 +81,7 @@ from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.types import MAX_SERVICE_UNITS, AccountStatus, BalanceView, BucketKind
 from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
 from ocs.api.audit_trail import AuditTrail
+from ocs.api.billing import DOCUMENT_PATH, bill_document
 from ocs.api.billing import ROUTES as BILLING_ROUTES
 from ocs.api.billing import Route as BillingRoute
 from ocs.api.billing import Services as BillingServices
@@ -123,6 +124,8 @@ from ocs.api.render import (
     view_json,
 )
 from ocs.billing.corrections import Corrections
+from ocs.billing.delivery import bill_documents
+from ocs.billing.documents import DocumentRenderer
 from ocs.billing.invoices import Invoices
 from ocs.billing.payments import Payments
 from ocs.billing.receivables import Receivables
@@ -273,7 +276,7 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         answer = _interaction_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
     _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
-    _add_billing(app, state.database)
+    _add_billing(app, state)
     app.router.add_get("/openapi.json", _openapi)
     return app
 
@@ -740,12 +743,34 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(with_billing_routes(document))
 
 
-def _add_billing(app: web.Application, database: AsyncEngine) -> None:
-    """Bills, payments and the ledger (ocs.api.billing); the author of a change is the token's name."""
-    services = BillingServices(Invoices(database), Payments(database), Corrections(database), Receivables(database))
+def _add_billing(app: web.Application, state: ServerState) -> None:
+    """Bills, payments and the ledger (ocs.api.billing); the author of a change is the token's name.
+    Bill documents come from the server's delivery consumer's store (one per process otherwise)."""
+    database = state.database
+    assert database is not None
+    documents = getattr(state, "documents", None) or bill_documents(state.settings, database, DocumentRenderer())
+    services = BillingServices(
+        Invoices(database), Payments(database), Corrections(database), Receivables(database), documents
+    )
     for route in BILLING_ROUTES:
         expect = expect_continue if route.body is not None or route.csv_body else None
         app.router.add_route(route.method, route.path, _billing_handler(route, services), expect_handler=expect)
+    app.router.add_get(DOCUMENT_PATH, _document_handler(services))
+
+
+def _document_handler(services: BillingServices) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        document = await bill_document(services, request.match_info, request.query)
+        headers = {
+            "Content-Type": document.content_type,
+            "Content-Disposition": f'inline; filename="{document.file_name}"',
+            # The document shows customer data: no script, no fetch, nothing but its own styles.
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff",
+        }
+        return web.Response(body=document.content, headers=headers)
+
+    return handle
 
 
 def _billing_handler(route: BillingRoute, services: BillingServices) -> Handler:
