@@ -227,8 +227,9 @@ class Dunning:
         log.info("dunning_step", billing_account_id=step.billing_account_id, action=action.value, outcome=outcome)
 
     async def _set_status(self, step: DunningStep, status: TargetStatus, reason: str) -> str:
+        """The target's status through the lifecycle: ``applied`` when the target's latest change
+        is now dunning's own to that status (made now, or by this step before a crash)."""
         request = StatusRequest(status=status, reason=reason[:256], reason_category=ReasonCategory.COLLECTIONS)
-        before = await self._own_status(step.target_kind, step.target_id)
         try:
             if step.target_kind == "node":
                 await self.lifecycle.set_node_status(step.customer_id, step.target_id, request, AUTHOR)
@@ -238,7 +239,9 @@ class Dunning:
             if refusal.problem is Problem.NOT_FOUND:
                 raise
             return f"refused: {refusal.message}"
-        return "unchanged" if before == status.value else "applied"
+        async with self.engine.connect() as connection:
+            last = await records.last_lifecycle_step(connection, step.target_kind, step.target_id)
+        return "applied" if _is_dunnings(last) and last.status == status.value else "unchanged"
 
     async def _own_status(self, kind: str, entity_id: str) -> str | None:
         column, key = _OWN_STATUS[kind]
@@ -315,13 +318,7 @@ class Dunning:
         async with self.engine.connect() as connection:
             last = await records.last_lifecycle_step(connection, lift.target_kind, lift.target_id)
         status = await self._own_status(lift.target_kind, lift.target_id)
-        ours = (
-            last is not None
-            and last.author == AUTHOR
-            and last.reason_category == ReasonCategory.COLLECTIONS.value
-            and last.status in ("suspended", "barred", "active")
-        )
-        if not ours or status not in ("suspended", "barred", "active"):
+        if not _is_dunnings(last) or status not in ("suspended", "barred", "active"):
             outcome = f"superseded: {status} set by {last.author if last is not None else 'nobody'}; not lifted"
         else:
             reason = f"dunning lifted: {format_money(lift.overdue_micros)} overdue after payment"
@@ -416,3 +413,7 @@ class Dunning:
             raise CustomerRefusal(Problem.NOT_FOUND, "billing_account_id", f"no billing account {billing_account_id!r}")
         return found
 
+
+def _is_dunnings(last: Any) -> bool:
+    """Whether a lifecycle step (a row of ``lifecycle_steps``) was made by dunning."""
+    return last is not None and last.author == AUTHOR and last.reason_category == ReasonCategory.COLLECTIONS.value
