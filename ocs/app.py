@@ -4,7 +4,7 @@ Theory of operation: ``startup`` brings the parts up in dependency order: Redis 
 redis-server in the data directory when no URL is configured: the directory is locked, an orphan of
 a killed server stopped, the newest redis-server binary chosen), the balance store and subscriber
 directory, the tariff book, the credit-control handler, the Diameter server, and the background
-tasks (Tcc session supervision, the spool writer, the spool's retention, and ``ocs.redis_watch``'s
+tasks (Tcc session supervision, the spool writer, the spool's retention, the daily dunning run, and ``ocs.redis_watch``'s
 restarts of the embedded Redis). The loops log one line when Redis becomes unavailable and one when
 it is back (``Outage``), never a traceback per pass. A startup that cannot have its Redis (the data
 directory held by another server, a redis-server that will not start) ends the process with one
@@ -29,6 +29,7 @@ import signal
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from balance.scripts import LIBRARY_PREFIX
 from balance.store import BalanceStore
 from ocs.api.audit_trail import FALLBACK_FILE_NAME, AuditTrail
 from ocs.api.server import HttpServer, start_http
+from ocs.billing.dunning import Dunning
 from ocs.billing.spool import Spool
 from ocs.billing.spool_upgrade import import_old_spool
 from ocs.charging.cca import error_answer
@@ -67,6 +69,7 @@ from protocol.message import Message
 log = structlog.get_logger("ocs")
 
 EXIT_STARTUP_FAILED = 1  # the process's status when startup cannot have its Redis
+DUNNING_LOOK_SECONDS = 300.0  # how often the daily dunning task looks whether the day changed
 
 
 @dataclass(slots=True)
@@ -85,6 +88,7 @@ class ServerState:
     database: AsyncEngine | None = None
     line_status: LineStatusMirror | None = None  # lines' status changes into the database
     audit_trail: AuditTrail | None = None
+    dunning: Dunning | None = None  # built with the HTTP side's lifecycle (ocs.api.server)
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
@@ -243,6 +247,21 @@ async def _retain_spool(state: ServerState) -> None:
             log.exception("spool_retention_failed")
 
 
+async def run_dunning_daily(state: ServerState) -> None:
+    """The dunning run for today (UTC) at startup and after every midnight; it first finishes
+    steps a crash left (ocs/billing/dunning.py). A plain loop a worker's lease can hold."""
+    done: date | None = None
+    while True:
+        today = datetime.now(UTC).date()
+        if state.dunning is not None and today != done:
+            try:
+                await state.dunning.run(today)
+                done = today
+            except Exception:  # the database or Redis away: tried again at the next look
+                log.exception("dunning_run_failed")
+        await asyncio.sleep(DUNNING_LOOK_SECONDS)
+
+
 async def _redis_url(state: ServerState) -> str:
     settings = state.settings.redis
     if settings.url:
@@ -364,6 +383,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.background.append(asyncio.create_task(_retain_spool(state)))
     if settings.http.enabled:
         state.http = await start_http(state)
+        state.background.append(asyncio.create_task(run_dunning_daily(state)))
     assert state.diameter_address is not None  # ocs.config: clear port or TLS, at least one
     log.info("listening", host=state.diameter_address[0], port=state.diameter_address[1])
     return state.diameter_address

@@ -94,6 +94,9 @@ from ocs.api.bodies import (
     read_body,
 )
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
+from ocs.api.dunning import ROUTES as DUNNING_ROUTES
+from ocs.api.dunning import Route as DunningRoute
+from ocs.api.dunning import extend_document as with_dunning_routes
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
 from ocs.api.fields import (
     SECONDS_PER_DAY,
@@ -123,6 +126,8 @@ from ocs.api.render import (
     view_json,
 )
 from ocs.billing.corrections import Corrections
+from ocs.billing.dunning import Dunning
+from ocs.billing.dunning_rules import load_dunning_rules
 from ocs.billing.invoices import Invoices
 from ocs.billing.payments import Payments
 from ocs.billing.receivables import Receivables
@@ -273,7 +278,8 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         answer = _interaction_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
     _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
-    _add_billing(app, state.database)
+    state.dunning = Dunning(state.database, load_dunning_rules(settings.billing.dunning), app[LIFECYCLE])
+    _add_billing(app, state.database, state.dunning)
     app.router.add_get("/openapi.json", _openapi)
     return app
 
@@ -719,15 +725,31 @@ async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
     shapes = (*order_shapes(), *lifecycle_shapes())
     document = extend_document(openapi_document(_OPEN_OPERATIONS, shapes))
-    return web.json_response(with_billing_routes(document))
+    return web.json_response(with_dunning_routes(with_billing_routes(document)))
 
 
-def _add_billing(app: web.Application, database: AsyncEngine) -> None:
-    """Bills, payments and the ledger (ocs.api.billing); the author of a change is the token's name."""
-    services = BillingServices(Invoices(database), Payments(database), Corrections(database), Receivables(database))
+def _add_billing(app: web.Application, database: AsyncEngine, dunning: Dunning) -> None:
+    """Bills, payments and the ledger (ocs.api.billing), dunning (ocs.api.dunning: a payment lifts
+    what dunning applied before it is answered); the author of a change is the token's name."""
+    payments = Payments(database, on_payment=(dunning.on_payment,))
+    services = BillingServices(Invoices(database), payments, Corrections(database), Receivables(database))
     for route in BILLING_ROUTES:
         expect = expect_continue if route.body is not None or route.csv_body else None
         app.router.add_route(route.method, route.path, _billing_handler(route, services), expect_handler=expect)
+    for step in DUNNING_ROUTES:
+        expect = expect_continue if step.body is not None else None
+        app.router.add_route(step.method, step.path, _dunning_handler(step, dunning), expect_handler=expect)
+
+
+def _dunning_handler(route: DunningRoute, dunning: Dunning) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await json_value(request) if route.body is not None else None
+        answer = await route.call(dunning, request.match_info, request.query, body, _actor(request).token.name)
+        if is_change(request.method, route.path):
+            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
+        return web.json_response(answer.body, status=answer.status)
+
+    return handle
 
 
 def _billing_handler(route: BillingRoute, services: BillingServices) -> Handler:

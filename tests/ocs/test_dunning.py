@@ -216,7 +216,9 @@ async def test_a_payment_of_what_is_overdue_lifts_the_restriction_at_once(
     await dunning.run(day(30))
     assert await engine_status(provisioning, "ana-1") is AccountStatus.BARRED
     payments = Payments(database, on_payment=(dunning.on_payment,))
-    await payments.record_payment(NewPayment(billing_account_id=account, reference="r-1", amount_micros=9 * UNIT), "bank")
+    await payments.record_payment(
+        NewPayment(billing_account_id=account, reference="r-1", amount_micros=9 * UNIT), "bank"
+    )
     assert await engine_status(provisioning, "ana-1") is AccountStatus.BARRED  # 1.00 still overdue: the threshold
     await payments.record_payment(NewPayment(billing_account_id=account, reference="r-2", amount_micros=UNIT), "bank")
     assert await engine_status(provisioning, "ana-1") is AccountStatus.ACTIVE
@@ -234,7 +236,9 @@ async def test_a_suspension_the_customer_asked_for_is_not_lifted_by_a_payment(
     await dunning.run(day(14))
     assert await actions(dunning, account) == [("letter", 14, "applied"), ("restrict", 14, "unchanged")]
     payments = Payments(database, on_payment=(dunning.on_payment,))
-    await payments.record_payment(NewPayment(billing_account_id=account, reference="r", amount_micros=10 * UNIT), "bank")
+    await payments.record_payment(
+        NewPayment(billing_account_id=account, reference="r", amount_micros=10 * UNIT), "bank"
+    )
     assert (await customers.customer("ana")).status.value == "suspended"
     assert await engine_status(provisioning, "ana-1") is AccountStatus.SUSPENDED
 
@@ -245,7 +249,9 @@ async def test_a_lift_a_crash_missed_is_made_by_the_next_run(
     account = await overdue_customer(customers, database)
     await dunning.run(day(14))
     payments = Payments(database)  # the listener never ran: the process died after the commit
-    await payments.record_payment(NewPayment(billing_account_id=account, reference="r", amount_micros=10 * UNIT), "bank")
+    await payments.record_payment(
+        NewPayment(billing_account_id=account, reference="r", amount_micros=10 * UNIT), "bank"
+    )
     assert await engine_status(provisioning, "ana-1") is AccountStatus.SUSPENDED
     assert (await dunning.run(day(15))).lifted == 1
     assert await engine_status(provisioning, "ana-1") is AccountStatus.ACTIVE
