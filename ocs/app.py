@@ -4,9 +4,10 @@ Theory of operation: ``startup`` brings the parts up in dependency order: Redis 
 redis-server in the data directory when no URL is configured: the directory is locked, an orphan of
 a killed server stopped, the newest redis-server binary chosen), the balance store and subscriber
 directory, the tariff book, the credit-control handler, the Diameter server, and the background
-tasks (Tcc session supervision, the spool writer, the spool's retention, the daily dunning run, and ``ocs.redis_watch``'s
-restarts of the embedded Redis). The loops log one line when Redis becomes unavailable and one when
-it is back (``Outage``), never a traceback per pass. A startup that cannot have its Redis (the data
+tasks (Tcc session supervision, the spool writer, the spool's retention, ``ocs.redis_watch``'s
+restarts of the embedded Redis, and with the HTTP side the daily dunning run). The loops log one
+line when Redis becomes unavailable and one when it is back (``Outage``), never a traceback per
+pass. A startup that cannot have its Redis (the data
 directory held by another server, a redis-server that will not start) ends the process with one
 line and exit status 1. Each CCR runs as a task; the number in progress over all connections is
 bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section 5.7: the client

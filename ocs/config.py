@@ -479,7 +479,8 @@ def _read_file(path: Path | None) -> tuple[dict[str, object], str]:
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (if given, else ``config/ocs.toml`` where ``find_data_file``
-    finds it), then the environment; a relative tariff, credit classes, catalog or dunning path is resolved the same way."""
+    finds it), then the environment; a relative tariff, credit classes, catalog or dunning path is
+    resolved the same way."""
     file_values, where = _read_file(path)
     hints = typing.get_type_hints(Settings)
     sections = set(_section_names())

@@ -94,10 +94,10 @@ from ocs.api.bodies import (
     read_body,
 )
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
+from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
 from ocs.api.dunning import ROUTES as DUNNING_ROUTES
 from ocs.api.dunning import Route as DunningRoute
 from ocs.api.dunning import extend_document as with_dunning_routes
-from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
 from ocs.api.fields import (
     SECONDS_PER_DAY,
     ApiError,

@@ -24,7 +24,7 @@ from diameter.node.application import Application
 
 from ocs.billing.invoices import Invoices
 from tests.ocs.billing_support import draft
-from tests.ocs.conftest import CLIENT, RunningServer
+from tests.ocs.conftest import CLIENT
 from tests.ocs.test_api import Api, api
 from tests.ocs.test_python_diameter_client import (
     INITIAL,
