@@ -48,7 +48,7 @@ def add_dunning_commands(
     revenue = reports.add_parser("revenue", parents=[client], help="revenue by product and customer type")
     revenue.add_argument("--from", dest="from_date", type=_day, required=True, help="first issue day (included)")
     revenue.add_argument("--to", dest="to_date", type=_day, required=True, help="last issue day (included)")
-    revenue.set_defaults(remote=_revenue, printer=print_revenue)
+    revenue.set_defaults(remote=_revenue, printer=print_revenue, data=None)  # no offline form (``report --data``)
 
 
 async def _run(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:

@@ -11,6 +11,7 @@ naming the field, the OpenAPI entries."""
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ocs.billing.invoices import Invoices
 from tests.ocs.billing_support import draft
 from tests.ocs.conftest import CLIENT
 from tests.ocs.test_api import Api, api
+from tests.ocs.test_cli import ocs
 from tests.ocs.test_python_diameter_client import (
     INITIAL,
     SERVER_HOST,
@@ -210,3 +212,28 @@ async def test_the_doors_record_promises_and_exemptions_and_name_the_field_they_
     document = (await api.call("GET", "/openapi.json"))[1]
     assert "post" in document["paths"]["/dunningRuns"]
     assert "get" in document["paths"]["/reports/revenue"]
+
+
+async def test_the_command_line_runs_dunning_shows_the_history_and_the_revenue_report(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ("--url", api.url)
+    account = await customer_with_a_bill(api, "gil")
+    status, out, err = await ocs(capsys, *url, "dunning", "run", "--date", "2026-02-23")
+    assert status == 0 and "1 step(s) applied (letter 1)" in out, err
+    status, out, err = await ocs(capsys, *url, "dunning", "run", "--date", "2026-02-23")
+    assert status == 0 and "0 step(s) applied" in out, err
+    status, out, err = await ocs(capsys, *url, "dunning", "run", "--date", "23.02.2026")
+    assert status == 2 and "23.02.2026" in err
+    status, out, err = await ocs(capsys, *url, "dunning", "promise", account, "10", "--date", "2099-01-01")
+    assert status == 0 and "10.00 by 2099-01-01" in out, err
+    status, out, err = await ocs(capsys, *url, "dunning", "history", account)
+    assert status == 0 and "letter" in out and "applied" in out and "promise" in out, err
+    today = date.today().isoformat()  # the bill was issued now, by the server's clock
+    status, out, err = await ocs(capsys, *url, "report", "revenue", "--from", today, "--to", today, "--json")
+    assert status == 0, err
+    assert json.loads(out)["totals"]["EUR"]["amount_micros"] == 10_000_000
+    status, out, err = await ocs(capsys, *url, "report", "revenue", "--from", today, "--to", today)
+    assert status == 0 and "rental" in out and "10.00" in out, err
+    status, out, err = await ocs(capsys, *url, "report", "revenue", "--from", today, "--to", "2000-01-01")
+    assert status == 1 and "to:" in err, err
