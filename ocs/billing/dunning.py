@@ -211,9 +211,8 @@ class Dunning:
         return {"kind": REMINDER, "invoice_id": values["invoice_id"], "payload": payload, "created_at": utc_naive(now)}
 
     async def _step(self, step_id: int) -> DunningStep:
-        found = [step for step in await records.unfinished_steps(self.engine) if step.step_id == step_id]
-        assert found, f"dunning step {step_id} is not unfinished"
-        return found[0]
+        async with self.engine.connect() as connection:
+            return await records.step(connection, step_id)
 
     async def _apply(self, step: DunningStep) -> None:
         """Steps 2 and 3 of a restrict, bar or terminate (the module docstring)."""

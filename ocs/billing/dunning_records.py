@@ -189,6 +189,10 @@ async def finish_step(engine: AsyncEngine, step_id: int, outcome: str, now: date
         )
 
 
+async def step(connection: AsyncConnection, step_id: int) -> DunningStep:
+    return step_of((await connection.execute(select(dunning_steps).where(dunning_steps.c.step_id == step_id))).one())
+
+
 async def unfinished_steps(engine: AsyncEngine) -> list[DunningStep]:
     query = select(dunning_steps).where(dunning_steps.c.finished_at.is_(None)).order_by(dunning_steps.c.step_id)
     async with engine.connect() as connection:
