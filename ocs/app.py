@@ -4,9 +4,10 @@ Theory of operation: ``startup`` brings the parts up in dependency order: Redis 
 redis-server in the data directory when no URL is configured: the directory is locked, an orphan of
 a killed server stopped, the newest redis-server binary chosen), the balance store and subscriber
 directory, the tariff book, the credit-control handler, the Diameter server, and the background
-tasks (Tcc session supervision, the spool writer, the spool's retention, and ``ocs.redis_watch``'s
-restarts of the embedded Redis). The loops log one line when Redis becomes unavailable and one when
-it is back (``Outage``), never a traceback per pass. A startup that cannot have its Redis (the data
+tasks (Tcc session supervision, the spool writer, the spool's retention, ``ocs.redis_watch``'s
+restarts of the embedded Redis, and with the HTTP side the daily dunning run). The loops log one
+line when Redis becomes unavailable and one when it is back (``Outage``), never a traceback per
+pass. A startup that cannot have its Redis (the data
 directory held by another server, a redis-server that will not start) ends the process with one
 line and exit status 1. Each CCR runs as a task; the number in progress over all connections is
 bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section 5.7: the client
@@ -40,6 +41,7 @@ import time
 from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -55,6 +57,7 @@ from ocs.api.audit_trail import FALLBACK_FILE_NAME, AuditTrail
 from ocs.api.server import HttpServer, start_http
 from ocs.billing.delivery import DEFAULT_BATCH, BillDocuments, bill_documents
 from ocs.billing.documents import DocumentFormat, DocumentRenderer
+from ocs.billing.dunning import Dunning
 from ocs.billing.spool import Spool
 from ocs.billing.spool_upgrade import import_old_spool
 from ocs.charging.cca import error_answer
@@ -82,6 +85,7 @@ from protocol.message import Message
 log = structlog.get_logger("ocs")
 
 EXIT_STARTUP_FAILED = 1  # the process's status when startup cannot have its Redis
+DUNNING_LOOK_SECONDS = 300.0  # how often the daily dunning task looks whether the day changed
 
 
 @dataclass(slots=True)
@@ -101,6 +105,7 @@ class ServerState:
     line_status: LineStatusMirror | None = None  # lines' status changes into the database
     documents: BillDocuments | None = None  # bill documents: the delivery consumer and the API's downloads
     audit_trail: AuditTrail | None = None
+    dunning: Dunning | None = None  # built with the HTTP side's lifecycle (ocs.api.server)
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
@@ -299,6 +304,21 @@ async def _deliver_documents(state: ServerState) -> None:
             await asyncio.sleep(interval)
 
 
+async def run_dunning_daily(state: ServerState) -> None:
+    """The dunning run for today (UTC) at startup and after every midnight; it first finishes
+    steps a crash left (ocs/billing/dunning.py). A plain loop a worker's lease can hold."""
+    done: date | None = None
+    while True:
+        today = datetime.now(UTC).date()
+        if state.dunning is not None and today != done:
+            try:
+                await state.dunning.run(today)
+                done = today
+            except Exception:  # the database or Redis away: tried again at the next look
+                log.exception("dunning_run_failed")
+        await asyncio.sleep(DUNNING_LOOK_SECONDS)
+
+
 async def _redis_url(state: ServerState) -> str:
     settings = state.settings.redis
     if settings.url:
@@ -421,6 +441,8 @@ async def startup(state: ServerState) -> tuple[str, int]:
         state.background.append(asyncio.create_task(RedisSupervisor(state.redis).run()))
     state.documents = bill_documents(settings, state.database, DocumentRenderer())
     state.duties.register("bill_documents", lambda: _deliver_documents(state))
+    # Dunning is built with the HTTP side's lifecycle (ocs.api.server); the loop waits for it.
+    state.duties.register("dunning", lambda: run_dunning_daily(state))
     if state.worker is None:
         state.background += state.duties.run_directly()
     else:

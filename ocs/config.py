@@ -242,6 +242,7 @@ class BillingSettings:
     payment_instructions: str = "Pay by bank transfer, quoting the bill number as the payment reference."
     # How often the document consumer looks for issued invoices to render (ocs/billing/delivery.py).
     documents_interval_seconds: float = 5.0
+    dunning: str = "config/dunning.toml"  # dunning ladders per credit class (ocs/billing/dunning_rules.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,7 +501,8 @@ def _read_file(path: Path | None) -> tuple[dict[str, object], str]:
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (if given, else ``config/ocs.toml`` where ``find_data_file``
-    finds it), then the environment; a relative tariff, credit classes or catalog path is resolved the same way."""
+    finds it), then the environment; a relative tariff, credit classes, catalog or dunning path is
+    resolved the same way."""
     file_values, where = _read_file(path)
     hints = typing.get_type_hints(Settings)
     sections = set(_section_names())
@@ -535,6 +537,9 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     catalog = str(find_data_file(settings.billing.catalog))
     if catalog != settings.billing.catalog:
         settings = dataclasses.replace(settings, billing=dataclasses.replace(settings.billing, catalog=catalog))
+    dunning = str(find_data_file(settings.billing.dunning))
+    if dunning != settings.billing.dunning:
+        settings = dataclasses.replace(settings, billing=dataclasses.replace(settings.billing, dunning=dunning))
     return settings
 
 

@@ -96,6 +96,9 @@ from ocs.api.bodies import (
 )
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
+from ocs.api.dunning import ROUTES as DUNNING_ROUTES
+from ocs.api.dunning import Route as DunningRoute
+from ocs.api.dunning import extend_document as with_dunning_routes
 from ocs.api.fields import (
     SECONDS_PER_DAY,
     ApiError,
@@ -126,6 +129,8 @@ from ocs.api.render import (
 from ocs.billing.corrections import Corrections
 from ocs.billing.delivery import bill_documents
 from ocs.billing.documents import DocumentRenderer
+from ocs.billing.dunning import Dunning
+from ocs.billing.dunning_rules import load_dunning_rules
 from ocs.billing.invoices import Invoices
 from ocs.billing.payments import Payments
 from ocs.billing.receivables import Receivables
@@ -276,7 +281,8 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         answer = _interaction_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
     _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
-    _add_billing(app, state)
+    state.dunning = Dunning(state.database, load_dunning_rules(settings.billing.dunning), app[LIFECYCLE])
+    _add_billing(app, state, state.dunning)
     app.router.add_get("/openapi.json", _openapi)
     return app
 
@@ -740,22 +746,25 @@ async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
     shapes = (*order_shapes(), *lifecycle_shapes())
     document = extend_document(openapi_document(_OPEN_OPERATIONS, shapes))
-    return web.json_response(with_billing_routes(document))
+    return web.json_response(with_dunning_routes(with_billing_routes(document)))
 
 
-def _add_billing(app: web.Application, state: ServerState) -> None:
-    """Bills, payments and the ledger (ocs.api.billing); the author of a change is the token's name.
+def _add_billing(app: web.Application, state: ServerState, dunning: Dunning) -> None:
+    """Bills, payments and the ledger (ocs.api.billing), dunning (ocs.api.dunning: a payment lifts
+    what dunning applied before it is answered); the author of a change is the token's name.
     Bill documents come from the server's delivery consumer's store (one per process otherwise)."""
     database = state.database
     assert database is not None
     documents = getattr(state, "documents", None) or bill_documents(state.settings, database, DocumentRenderer())
-    services = BillingServices(
-        Invoices(database), Payments(database), Corrections(database), Receivables(database), documents
-    )
+    payments = Payments(database, on_payment=(dunning.on_payment,))
+    services = BillingServices(Invoices(database), payments, Corrections(database), Receivables(database), documents)
     for route in BILLING_ROUTES:
         expect = expect_continue if route.body is not None or route.csv_body else None
         app.router.add_route(route.method, route.path, _billing_handler(route, services), expect_handler=expect)
     app.router.add_get(DOCUMENT_PATH, _document_handler(services))
+    for step in DUNNING_ROUTES:
+        expect = expect_continue if step.body is not None else None
+        app.router.add_route(step.method, step.path, _dunning_handler(step, dunning), expect_handler=expect)
 
 
 def _document_handler(services: BillingServices) -> Handler:
@@ -769,6 +778,17 @@ def _document_handler(services: BillingServices) -> Handler:
             "X-Content-Type-Options": "nosniff",
         }
         return web.Response(body=document.content, headers=headers)
+
+    return handle
+
+
+def _dunning_handler(route: DunningRoute, dunning: Dunning) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await json_value(request) if route.body is not None else None
+        answer = await route.call(dunning, request.match_info, request.query, body, _actor(request).token.name)
+        if is_change(request.method, route.path):
+            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
+        return web.json_response(answer.body, status=answer.status)
 
     return handle
 
