@@ -111,3 +111,53 @@ async def test_a_line_and_a_node_change_through_their_routes_and_refusals_name_t
     assert status == 404 and body["error"].startswith("node_id:"), body
     document = (await api.call("GET", "/openapi.json"))[1]
     assert "put" in document["paths"]["/customers/{customer_id}/nodes/{node_id}/status"]
+
+
+async def test_a_line_suspended_through_subscribers_stays_so_through_its_customers_suspend_and_resume(
+    api: Api,
+) -> None:
+    """The older /subscribers status route sets a customer's line's own status (the lifecycle), so
+    the customer's resume does not undo it; the answer keeps that route's shape."""
+    await dora_with_a_line(api)
+    status, answer = await api.call("PUT", "/subscribers/dora-1/status", {"status": "suspended", "reason": "lost"})
+    assert status == 200, answer
+    assert (answer["previous_status"], answer["status"], answer["changed_accounts"]) == (
+        "active",
+        "suspended",
+        ["dora-1"],
+    )
+    line = (await api.call("GET", "/lines/dora-1"))[1]
+    assert (line["status"], line["own_status"]) == ("suspended", "suspended")
+
+    await change(api, "/customers/dora/status", "suspended", "invoice unpaid", "collections")
+    await change(api, "/customers/dora/status", "active", "paid")
+    line = (await api.call("GET", "/lines/dora-1"))[1]
+    assert (line["status"], line["own_status"]) == ("suspended", "suspended")
+    assert (await api.call("GET", "/subscribers/dora-1"))[1]["balance"]["status"] == "suspended"
+
+    # The lifecycle's table holds here too: a barred line is not "suspended" (409 naming status).
+    await api.call("PUT", "/subscribers/dora-1/status", {"status": "barred"})
+    status, body = await api.call("PUT", "/subscribers/dora-1/status", {"status": "suspended"})
+    assert status == 409 and body["error"].startswith("status:"), body
+
+
+async def test_a_company_node_set_through_subscribers_keeps_its_own_status_in_the_lifecycle(api: Api) -> None:
+    company = {
+        "customer_id": "orgb",
+        "organization": {"name": "Orgb AG", "registration_number": "HRB 10"},
+        "money": {"payment_type": "prepaid"},
+    }
+    assert (await api.call("POST", "/customers", company))[0] == 201
+    status, node = await api.call("POST", "/customers/orgb/nodes", {"node_id": "sales", "name": "Sales", "money": {}})
+    assert status == 201, node
+    body = {"line_id": "orgb-1", "node_id": "sales", "identities": [{"kind": "msisdn", "value": "4915100000611"}]}
+    assert (await api.call("POST", "/customers/orgb/lines", body))[0] == 201
+
+    status, answer = await api.call("PUT", "/subscribers/sales/status", {"status": "suspended", "reason": "budget"})
+    assert status == 200 and answer["changed_accounts"] == ["sales", "orgb-1"], answer
+    await change(api, "/customers/orgb/status", "suspended", "invoice unpaid", "collections")
+    await change(api, "/customers/orgb/status", "active", "paid")
+    tree = (await api.call("GET", "/customers/orgb/tree"))[1]
+    assert tree["root"]["children"][0]["node"]["status"] == "suspended", tree
+    line = (await api.call("GET", "/lines/orgb-1"))[1]
+    assert (line["status"], line["own_status"]) == ("suspended", "active")
