@@ -18,7 +18,8 @@ A change touches the database and Redis, so it is one recorded, idempotent step 
 customer side"):
 
 1. one transaction: the own status, the status history row (``ocs.customers.history``, kinds
-   ``customer`` and ``node``), and a ``lifecycle_steps`` row (who, why, category);
+   ``customer``, ``node`` and ``line_own``: a line's own change is recorded even when its effective
+   status does not move), and a ``lifecycle_steps`` row (who, why, category);
 2. every line in scope whose effective status differs gets it, each in its own transaction with
    its history row (same who, why and category); a terminated line's identity rows go (the
    engine's quarantine holds the identities from here, as ``LineStatusMirror`` does);
@@ -217,11 +218,13 @@ class Lifecycle:
             )
             if not changed.rowcount:  # another request changed it meanwhile: nothing written
                 raise CustomerRefusal(Problem.CONFLICT, "status", f"{kind.value} {entity_id!r} changed meanwhile")
-            if kind is not EntityKind.LINE:  # a line's row is the effective change, step 2
-                change = StatusChange(
-                    kind, entity_id, customer_id, now, asked, when, author, request.reason, request.reason_category
-                )
-                await history.record(connection, change)
+            # A line's own status has its row too (its effective change gets another, step 2):
+            # a change that leaves the effective status as it was is still recorded.
+            recorded = EntityKind.LINE_OWN if kind is EntityKind.LINE else kind
+            change = StatusChange(
+                recorded, entity_id, customer_id, now, asked, when, author, request.reason, request.reason_category
+            )
+            await history.record(connection, change)
             values = {
                 "entity_kind": kind.value,
                 "entity_id": entity_id,

@@ -108,12 +108,33 @@ async def test_a_customer_suspended_then_resumed_keeps_a_line_suspended_on_its_o
     ]
     collections = ReasonCategory.COLLECTIONS
     assert changes == [
+        (EntityKind.LINE_OWN, "ana-1", "suspended", "care-1", "lost phone", ReasonCategory.VOLUNTARY),
         (EntityKind.LINE, "ana-1", "suspended", "care-1", "lost phone", ReasonCategory.VOLUNTARY),
         (EntityKind.CUSTOMER, "ana", "suspended", "care-2", "invoice unpaid", collections),
         (EntityKind.LINE, "ana-2", "suspended", "care-2", "invoice unpaid", collections),
         (EntityKind.CUSTOMER, "ana", "active", "care-2", "paid", None),
         (EntityKind.LINE, "ana-2", "active", "care-2", "paid", None),
     ]
+
+
+async def test_a_line_s_own_change_that_leaves_its_effective_status_is_in_the_status_history(
+    customers: Customers, lifecycle: Lifecycle
+) -> None:
+    """Suspended on its own while its customer is suspended: the effective status stays
+    ``suspended``, but the change asked of the line is recorded with who, when and why."""
+    await customers.create_customer(ana())
+    await customers.add_line("ana", line("ana-1", "4915100000305"))
+    await lifecycle.set_customer_status("ana", asked("suspended", "invoice unpaid", "collections"), "care-2")
+    before = await history.read(lifecycle.engine, until=_far(), entity_kind=EntityKind.LINE)
+
+    await lifecycle.set_line_status("ana-1", asked("suspended", "lost phone", "voluntary"), "care-1")
+    assert await statuses(customers, "ana-1") == [("suspended", "suspended")]
+    assert await history.read(lifecycle.engine, until=_far(), entity_kind=EntityKind.LINE) == before
+    own = await history.read(lifecycle.engine, until=_far(), entity_kind=EntityKind.LINE_OWN)
+    assert [
+        (change.entity_id, change.from_status, change.to_status, change.author, change.reason, change.reason_category)
+        for change in own
+    ] == [("ana-1", "active", "suspended", "care-1", "lost phone", ReasonCategory.VOLUNTARY)]
 
 
 @pytest.mark.parametrize(
