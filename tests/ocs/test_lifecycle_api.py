@@ -6,6 +6,10 @@ with 4010. Refusals name the field; the audit trail keeps who and why."""
 
 from __future__ import annotations
 
+import time
+
+from ocs.api.fields import SECONDS_PER_DAY
+from ocs.api.server import CONTEXT
 from protocol.message import Message
 from tests.ocs.test_api import Api, api, wait_for
 from tests.ocs.test_credit_control import code, seconds
@@ -161,3 +165,26 @@ async def test_a_company_node_set_through_subscribers_keeps_its_own_status_in_th
     assert tree["root"]["children"][0]["node"]["status"] == "suspended", tree
     line = (await api.call("GET", "/lines/orgb-1"))[1]
     assert (line["status"], line["own_status"]) == ("suspended", "active")
+
+
+async def test_a_terminated_customer_s_numbers_are_held_until_the_quarantine_ends(api: Api) -> None:
+    """Issue 13: terminate = "identities freed after a quarantine period", through the customer
+    route: the line's number is refused to a new line (nothing of it kept) until the quarantine is
+    over, then a new line of another customer takes it."""
+    await dora_with_a_line(api)
+    await change(api, "/customers/dora/status", "terminated", "moved abroad", "voluntary")
+    line = (await api.call("GET", "/lines/dora-1"))[1]
+    assert line["status"] == "terminated" and line["identities"] == []
+    assert (await api.call("POST", "/customers", {**DORA, "customer_id": "eve"}))[0] == 201
+    newcomer = {"line_id": "eve-1", "identities": [{"kind": "msisdn", "value": MSISDN}]}
+    status, refused = await api.call("POST", "/customers/eve/lines", newcomer)
+    assert status == 409 and "quarantine" in str(refused), refused
+    assert (await api.call("GET", "/lines/eve-1"))[0] == 404
+
+    provisioning = api.http.runner.app[CONTEXT].provisioning
+    quarantine = api.server.state.settings.lifecycle.identity_quarantine_days * SECONDS_PER_DAY
+    provisioning.clock = lambda: time.time() + quarantine - 60  # a minute before its end: still held
+    assert (await api.call("POST", "/customers/eve/lines", newcomer))[0] == 409
+    provisioning.clock = lambda: time.time() + quarantine + 1
+    status, taken = await api.call("POST", "/customers/eve/lines", newcomer)
+    assert status == 201 and taken["status"] == "active", taken
