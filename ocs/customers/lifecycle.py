@@ -32,14 +32,16 @@ customer side"):
 A crash or a Redis failure anywhere after 1 leaves the step unfinished; ``resume()``, run at
 startup, runs 2 to 4 again for every such step (each part writes only what differs), so the
 change is finished exactly once. Lines still ``provisioning`` are outside the scope: a new line is
-refused under a customer or a node that is not active (``Customers.add_line``).
+refused under a customer or a node that is not active (``Customers.add_line``), and one that was
+still being provisioned when its customer or a node above it changed takes its effective status
+when its provisioning finishes, whoever finishes it (``Customers._provision_line``).
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -51,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ocs.customers import history, records
 from ocs.customers.history import EntityKind, ReasonCategory, StatusChange
 from ocs.customers.service import CustomerRefusal, EngineAnswer, EngineOutcome, Problem
-from ocs.customers.values import Closed, Customer, CustomerStatus, Line, LineStatus, Node, Text
+from ocs.customers.values import Closed, Customer, CustomerStatus, Line, LineStatus, Node, Text, worst
 from ocs.db.customers import customer_nodes, customers, lifecycle_steps, line_identities, lines
 from ocs.db.schema import utc_naive
 
@@ -83,7 +85,6 @@ TRANSITIONS = frozenset(
         ("prospect", "terminated"),
     }
 )
-SEVERITY = {"prospect": 0, "active": 0, "suspended": 1, "barred": 2, "terminated": 3}
 ACTION_OF_STATUS = {"active": "resume", "suspended": "suspend", "barred": "bar", "terminated": "terminate"}
 
 
@@ -114,12 +115,6 @@ class Step:
     reason: str
     reason_category: ReasonCategory | None
     author: str
-
-
-def worst(statuses: Sequence[str]) -> LineStatus:
-    """The effective status of these own statuses (a prospect counts as active)."""
-    found = max(statuses, key=lambda status: SEVERITY[status], default="active")
-    return LineStatus.ACTIVE if found == "prospect" else LineStatus(found)
 
 
 def check_transition(now: str, asked: str, what: str) -> None:
