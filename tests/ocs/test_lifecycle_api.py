@@ -7,9 +7,10 @@ with 4010. Refusals name the field; the audit trail keeps who and why."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from ocs.api.fields import SECONDS_PER_DAY
-from ocs.api.server import CONTEXT
+from ocs.api.server import CONTEXT, CUSTOMERS
 from protocol.message import Message
 from tests.ocs.test_api import Api, api, wait_for
 from tests.ocs.test_credit_control import code, seconds
@@ -188,3 +189,35 @@ async def test_a_terminated_customer_s_numbers_are_held_until_the_quarantine_end
     provisioning.clock = lambda: time.time() + quarantine + 1
     status, taken = await api.call("POST", "/customers/eve/lines", newcomer)
     assert status == 201 and taken["status"] == "active", taken
+
+
+async def test_the_prepaid_inactivity_figure_is_counted_from_real_usage_records(api: Api) -> None:
+    """Issue 13: "prepaid inactivity churn (no usage in N days, configured)": two prepaid lines made
+    long ago, one used now by a CCR through the server; once the spool is drained into the business
+    database, the report counts only the other one as inactive."""
+    state = api.server.state
+    inactivity_days = state.settings.customers.inactivity_days
+    api.http.runner.app[CUSTOMERS].clock = lambda: time.time() - (inactivity_days + 10) * SECONDS_PER_DAY
+    await dora_with_a_line(api)
+    idle = {"line_id": "dora-2", "identities": [{"kind": "msisdn", "value": "4915100000602"}]}
+    assert (await api.call("POST", "/customers/dora/lines", idle))[0] == 201
+
+    client = await api.server.client()
+    opened = await request(client, "use-1", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 60), msisdn=MSISDN)
+    assert code(opened) == 2001
+    closed = await request(client, "use-1", "TERMINATION_REQUEST", 1, seconds("Used-Service-Unit", 30), msisdn=MSISDN)
+    assert code(closed) == 2001
+    await client.close()
+    assert state.spool is not None and state.store is not None
+    await state.spool.drain_once(state.store, batch_size=state.settings.spool.batch_size)
+    assert set(await state.spool.last_usage_by_account()) == {"dora-1"}
+
+    today = datetime.now(UTC).date().isoformat()
+    status, report = await api.call("GET", "/reports/customers", query={"from": today, "to": today})
+    assert status == 200, report
+    inactivity = report["prepaid_inactivity"]
+    assert (inactivity["inactivity_days"], inactivity["prepaid_lines"], inactivity["inactive_lines"]) == (
+        inactivity_days,
+        2,
+        1,
+    )
