@@ -44,7 +44,9 @@ POST   /subscribers/load                CSV body (header line first; columns in
                                         ``ocs.api.fields.CSV_COLUMNS``): one create per row,
                                         in order; 200 with a result per row (line numbers)
 GET    /subscribers/{id}                profile and balance
-PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated}
+PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated,
+                                        "reason"}; a customer's line or node: its own
+                                        status in the lifecycle (ocs.api.subscriber_status)
 POST   /subscribers/{id}/topups         {"id", "amount", "kind": main|bonus, "valid_until",
                                         "payment_reference" (required with a self-care token)};
                                         idempotent by id: 201 first, 200 ``replayed`` after,
@@ -126,6 +128,7 @@ from ocs.api.render import (
     subscriber_json,
     view_json,
 )
+from ocs.api.subscriber_status import set_subscriber_status
 from ocs.billing.corrections import Corrections
 from ocs.billing.delivery import bill_documents
 from ocs.billing.documents import DocumentRenderer
@@ -557,7 +560,10 @@ async def _status(request: web.Request) -> web.Response:
     reason = fields.text("reason", "")
     fields.done()
     actor = _actor(request).token.name
-    change = await _provisioning(request).set_status(account_id, status, actor=actor, reason=reason)
+    context = request.app[CONTEXT]  # a customer's line or node changes through its lifecycle
+    change = await set_subscriber_status(
+        context.database, context.provisioning, account_id, status, actor=actor, reason=reason
+    )
     # The record names the reason, and every account under a company node that changed with it.
     below = [f"{event.account_id} {event.previous.value}->{event.status.value}" for event in change.changed[1:]]
     detail = "; ".join(part for part in (f"reason: {reason}" if reason else "", ", ".join(below)) if part)

@@ -4,9 +4,13 @@ idempotently, and resumed after a crash.
 Theory of operation. ``submit`` checks the whole order before anything is written: the customer
 exists, every line acted on is the customer's, and every new line is within what the customer's
 credit class may be offered (``ocs.customers.credit``: a prepaid-only class gets no postpaid
-line, and no line gets a credit limit above the class's); a refusal names the item and the field
+line, and the class's credit limit is the customer's: the credit limits of its postpaid lines that
+are not terminated, with the order's new ones, may not add up to more); a refusal names the item and the field
 (``items.1.line.payment_type``) and nothing is written. The order and its items are then stored
-``acknowledged``, each new line with its id already assigned, and fulfilled:
+``acknowledged``, each new line with its id already assigned, in one transaction with the deposit
+the class asks for (``deposit``), when this order gives the customer its first postpaid line: a
+``pending`` row of ``deposits``, one per customer and class, which the billing wing invoices (this
+wing holds no money: the row is the outbox); the order's answer shows it. Then it is fulfilled:
 
     order:  acknowledged -> inProgress -> completed | failed      (TMF622 ProductOrderStateType)
     item:   acknowledged -> completed | failed
@@ -38,14 +42,14 @@ import enum
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import structlog
 from pydantic import Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ocs.customers import order_records, records
-from ocs.customers.credit import CreditRules, OfferKind
+from ocs.customers.credit import CreditClass, CreditRules, OfferKind
 from ocs.customers.lifecycle import Lifecycle, StatusRequest, TargetStatus
 from ocs.customers.records import Duplicate
 from ocs.customers.service import (
@@ -149,6 +153,16 @@ class ProductOrderItem(Closed):
     completed_at: datetime | None
 
 
+class Deposit(Closed):
+    """A deposit the customer's credit class requires, recorded with the order that first gave it
+    a postpaid line: ``pending`` until the billing wing invoices it (``ocs.db.orders.deposits``)."""
+
+    credit_class: str
+    amount_micros: int
+    currency: str
+    state: str
+
+
 class ProductOrder(Closed):
     id: str
     external_id: str | None
@@ -158,6 +172,7 @@ class ProductOrder(Closed):
     failure: str | None
     created_at: datetime
     completed_at: datetime | None
+    deposit: Deposit | None = None  # the deposit this order made due
 
 
 class LineOperations(Protocol):
@@ -219,10 +234,12 @@ class Orders:
         order_id = made_id("PO")
         items = [_item_row(order_id, index, item) for index, item in enumerate(new.items)]
         added: set[str] = set()  # lines this order adds: later items may act on them
+        credit = await self._credit_granted(customer.customer_id)  # the class's limit is the customer's
         for index, item in enumerate(new.items):
-            await self._check_item(customer, index, item, added)
-            if item.action is ItemAction.ADD_LINE:
+            await self._check_item(customer, index, item, added, credit)
+            if item.line is not None:
                 added.add(str(items[index]["line_id"]))
+                credit += item.line.credit_limit_micros if item.line.payment_type == "postpaid" else 0
         now = self._now()
         row: dict[str, object] = {
             "order_id": order_id,
@@ -233,7 +250,8 @@ class Orders:
             "created_at": utc_naive(now),
         }
         try:
-            await order_records.insert_order(self.engine, row, items)
+            deposit = await self._deposit_due(customer, new, order_id, now)
+            await order_records.insert_order(self.engine, row, items, deposit)
         except Duplicate:  # a racing submission of the same external id won
             found = await self._resubmitted(str(new.external_id), request)
             if found is None:
@@ -252,10 +270,47 @@ class Orders:
             raise OrderConflict(f"{external_id!r} names order {order_id!r}, which asked for something else")
         return await self.order(order_id)
 
-    async def _check_item(self, customer: Customer, index: int, item: NewOrderItem, added: set[str]) -> None:
+    async def _credit_granted(self, customer_id: str) -> int:
+        """The credit limits of the customer's postpaid lines that are not terminated (micros)."""
+        return sum(
+            line.credit_limit_micros
+            for line in await records.lines_of(self.engine, customer_id)
+            if line.payment_type == "postpaid" and line.status is not LineStatus.TERMINATED
+        )
+
+    async def _deposit_due(
+        self, customer: Customer, new: NewProductOrder, order_id: str, now: datetime
+    ) -> dict[str, object] | None:
+        """The deposit row this order makes due: its first postpaid line under a class that asks
+        for one, when the customer has none recorded for that class yet (the billing wing invoices
+        it; until then it stays ``pending``)."""
+        credit_class = self._class_of(customer)
+        postpaid = any(item.line is not None and item.line.payment_type == "postpaid" for item in new.items)
+        if credit_class is None or not postpaid or credit_class.offer.deposit_micros <= 0:
+            return None
+        name = credit_class.name
+        if await order_records.deposit_of(self.engine, customer_id=customer.customer_id, credit_class=name):
+            return None
+        return {
+            "customer_id": customer.customer_id,
+            "order_id": order_id,
+            "credit_class": name,
+            "amount_micros": credit_class.offer.deposit_micros,
+            "currency": self.rules.currency,
+            "state": "pending",
+            "created_at": utc_naive(now),
+        }
+
+    def _class_of(self, customer: Customer) -> CreditClass | None:
+        name = customer.credit_profile.credit_class
+        return next((found for found in self.rules.classes if found.name == name), None)
+
+    async def _check_item(
+        self, customer: Customer, index: int, item: NewOrderItem, added: set[str], credit: int
+    ) -> None:
         where = f"items.{index}"
         if item.line is not None:
-            self._check_offer(customer, item.line, f"{where}.line")
+            self._check_offer(customer, item.line, f"{where}.line", credit)
             return
         assert item.line_id is not None
         if item.line_id in added:
@@ -282,10 +337,12 @@ class Orders:
                 Problem.REFUSED, where, f"credit class {name} may take only these plans: {allowed} ({self.rules.file})"
             )
 
-    def _check_offer(self, customer: Customer, line: NewLine, where: str) -> None:
-        """What the customer's credit class may be offered (``ocs.customers.credit``)."""
+    def _check_offer(self, customer: Customer, line: NewLine, where: str, credit: int) -> None:
+        """What the customer's credit class may be offered (``ocs.customers.credit``): its credit
+        limit is the customer's, so ``credit`` (the limits of its postpaid lines, and of those the
+        order adds before this one) plus this line's may not exceed it."""
         name = customer.credit_profile.credit_class
-        credit_class = next((found for found in self.rules.classes if found.name == name), None)
+        credit_class = self._class_of(customer)
         if line.payment_type == "prepaid":
             return
         if credit_class is None:
@@ -303,6 +360,14 @@ class Orders:
                 Problem.REFUSED,
                 f"{where}.credit_limit_micros",
                 f"{line.credit_limit_micros} micros is above credit class {name}'s limit of "
+                f"{offer.credit_limit_micros} micros",
+            )
+        if credit + line.credit_limit_micros > offer.credit_limit_micros:
+            raise CustomerRefusal(
+                Problem.REFUSED,
+                f"{where}.credit_limit_micros",
+                f"the customer's lines would have {credit + line.credit_limit_micros} micros of credit "
+                f"({credit} granted already); credit class {name}'s limit for the customer is "
                 f"{offer.credit_limit_micros} micros",
             )
 
@@ -330,6 +395,7 @@ class Orders:
             failure=stored["failure"],
             created_at=order_records.stored_time(stored["created_at"]) or self._now(),
             completed_at=order_records.stored_time(stored["completed_at"]),
+            deposit=_deposit(await order_records.deposit_of_order(self.engine, order_id)),
         )
 
     # -- fulfilment -----------------------------------------------------------------------------
@@ -398,6 +464,17 @@ class Orders:
         if order_ids:
             log.warning("orders_resumed", orders=len(order_ids))
         return len(order_ids)
+
+
+def _deposit(row: dict[str, Any] | None) -> Deposit | None:
+    if row is None:
+        return None
+    return Deposit(
+        credit_class=row["credit_class"],
+        amount_micros=row["amount_micros"],
+        currency=row["currency"],
+        state=row["state"],
+    )
 
 
 def _failure(answer: EngineAnswer) -> str | None:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ocs.customers import history
-from ocs.customers.history import EntityKind, StatusChange
+from ocs.customers.history import EntityKind, ReasonCategory, StatusChange
 from ocs.customers.values import (
     BillingAccount,
     BillingAccountSpec,
@@ -410,23 +410,38 @@ async def lines_provisioning(engine: AsyncEngine) -> list[Line]:
         return await _lines(connection, lines.c.status == LineStatus.PROVISIONING.value)
 
 
-async def finish_line(engine: AsyncEngine, line_id: str, now: datetime) -> bool:
-    """``provisioning`` -> ``active``, recorded in the status history; False when the row was not
-    provisioning (already finished)."""
+async def settle_line(engine: AsyncEngine, line_id: str, status: LineStatus, now: datetime) -> bool:
+    """The line's row takes ``status``, its effective status, from whatever it is (``provisioning``
+    when its engine account was just made), recorded in the status history; a terminated line's
+    identity rows go (the engine's quarantine holds them). False when it had it already."""
     async with engine.begin() as connection:
+        row = (
+            await connection.execute(select(lines.c.customer_id, lines.c.status).where(lines.c.line_id == line_id))
+        ).first()
+        if row is None or row.status == status.value:
+            return False
         result = await connection.execute(
             update(lines)
-            .where(and_(lines.c.line_id == line_id, lines.c.status == LineStatus.PROVISIONING.value))
-            .values(status=LineStatus.ACTIVE.value)
+            .where(and_(lines.c.line_id == line_id, lines.c.status == row.status))
+            .values(status=status.value)
         )
-        if result.rowcount:
-            owner = await connection.execute(select(lines.c.customer_id).where(lines.c.line_id == line_id))
-            active = LineStatus.ACTIVE.value
-            change = StatusChange(
-                EntityKind.LINE, line_id, owner.scalar_one(), LineStatus.PROVISIONING.value, active, now
-            )
-            await history.record(connection, change)
-    return bool(result.rowcount)
+        if not result.rowcount:  # changed meanwhile (the lifecycle): its writer recorded it
+            return False
+        if status is LineStatus.TERMINATED:
+            await connection.execute(delete(line_identities).where(line_identities.c.line_id == line_id))
+        joined = row.status == LineStatus.PROVISIONING.value and status is not LineStatus.ACTIVE
+        change = StatusChange(
+            EntityKind.LINE,
+            line_id,
+            row.customer_id,
+            row.status,
+            status.value,
+            now,
+            reason=f"made while its customer or a node above it was {status.value}" if joined else "",
+            reason_category=None if status is LineStatus.ACTIVE else ReasonCategory.OTHER,
+        )
+        await history.record(connection, change)
+    return True
 
 
 async def set_line_plan(engine: AsyncEngine, line_id: str, plan: str) -> None:

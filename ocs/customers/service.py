@@ -61,6 +61,7 @@ from ocs.customers.values import (
     Node,
     NodeMoney,
     TreeNode,
+    worst,
 )
 
 log = structlog.get_logger("ocs.customers")
@@ -77,6 +78,10 @@ _LINE_TERMS = (
     "cap_micros",
     "engine_parent_id",
 )
+# A line's provisioning reads its customer's and nodes' statuses again after writing its row; a
+# change seen there is applied and read again, at most this many times (a change after the last
+# read finds the row finished and applies itself).
+SETTLE_ROUNDS = 3
 ID_RANDOM_BYTES = 8  # 64 bits: made ids never collide in practice; a collision is a 409, not a loss
 
 
@@ -119,6 +124,7 @@ class EngineAccount:
     network: str
     name: str
     identities: tuple[tuple[str, str], ...]  # (msisdn | imsi | sip, value)
+    status: LineStatus = LineStatus.ACTIVE  # the account's (effective) status once made
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +138,8 @@ class EngineAccounts(Protocol):
     def default_plan(self) -> str: ...
 
     async def ensure(self, account: EngineAccount) -> EngineAnswer:
-        """Make the account and its identities, or find them already made identically."""
+        """Make the account and its identities, or find them already made identically; then
+        give it ``status`` if it has another (published to live sessions as any change is)."""
         ...
 
 
@@ -399,24 +406,49 @@ class Customers:
         return found
 
     async def _provision_line(self, line: Line) -> EngineAnswer:
-        """Steps 2 and 3: the engine account (idempotent), then the row ``active``."""
-        answer = await self.accounts.ensure(
-            EngineAccount(
-                account_id=line.line_id,
-                payment_type=line.payment_type,
-                currency=None,
-                credit_limit_micros=line.credit_limit_micros,
-                parent_id=line.engine_parent_id,
-                cap_micros=line.cap_micros,
-                plan=line.plan,
-                network=line.network,
-                name=line.name,
-                identities=tuple(identity.key for identity in line.identities),
+        """Steps 2 and 3: the engine account (idempotent), then the row, both with the line's
+        effective status. The lifecycle skips a line still provisioning, so a customer or node
+        whose status changed meanwhile is read again once the row is written: a change committed
+        before that read is seen here, one committed after it sees the row finished and applies
+        itself (``ocs.customers.lifecycle``), so the line never keeps an old status."""
+        status = await self._effective_status(line)
+        for _ in range(SETTLE_ROUNDS):
+            answer = await self.accounts.ensure(
+                EngineAccount(
+                    account_id=line.line_id,
+                    payment_type=line.payment_type,
+                    currency=None,
+                    credit_limit_micros=line.credit_limit_micros,
+                    parent_id=line.engine_parent_id,
+                    cap_micros=line.cap_micros,
+                    plan=line.plan,
+                    network=line.network,
+                    name=line.name,
+                    identities=tuple(identity.key for identity in line.identities),
+                    status=status,
+                )
             )
-        )
-        if answer.outcome is EngineOutcome.OK:
-            await records.finish_line(self.engine, line.line_id, self._now())
+            if answer.outcome is not EngineOutcome.OK:
+                return answer
+            await records.settle_line(self.engine, line.line_id, status, self._now())
+            now = await self._effective_status(line)
+            if now is status:
+                break
+            status = now
         return answer
+
+    async def _effective_status(self, line: Line) -> LineStatus:
+        """The worst of the line's own status, its nodes' and its customer's, as stored now."""
+        customer = await self.customer(line.customer_id)
+        chain = [customer.status.value, line.own_status.value]
+        node_id = line.node_id
+        while node_id is not None:
+            node = await records.get_node(self.engine, node_id)
+            if node is None:
+                break
+            chain.append(node.status.value)
+            node_id = node.parent_node_id
+        return worst(chain)
 
     # -- reading a tree -------------------------------------------------------------------------
 

@@ -216,7 +216,7 @@ async def test_a_lines_status_changes_reach_the_database_and_its_number_comes_fr
     changes = [
         (change.from_status, change.to_status, change.reason_category, change.author)
         for change in await history.read(database, until=datetime.now(UTC) + timedelta(days=1))
-        if change.entity_id == "bea-1"
+        if change.entity_id == "bea-1" and change.entity_kind is history.EntityKind.LINE
     ]
     assert changes == [
         ("provisioning", "active", None, "ocs"),
