@@ -93,9 +93,12 @@ class Lifecycle:
         """One change per interval until ``deadline`` (time.monotonic)."""
         if self.settings.interval_seconds <= 0:
             return
+        # At a fixed rate: step k at start + k x interval, however long the API took to answer the
+        # one before (a slow answer must not push the cycle's last steps past the end of the run).
+        started = time.monotonic()
         step_number = 0
-        while time.monotonic() + self.settings.interval_seconds < deadline:
-            await asyncio.sleep(self.settings.interval_seconds)
+        while (due := started + (step_number + 1) * self.settings.interval_seconds) < deadline:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             step = self.settings.steps[step_number % len(self.settings.steps)]
             step_number += 1
             try:
