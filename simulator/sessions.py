@@ -179,12 +179,11 @@ def units_before_change(change_at: int | None, start_seconds: float, units: int,
 
 
 def _applied(answer: Message) -> bool:
-    """Whether the OCS applied the request (committed its usage): a success, or a 4012 for the
-    services that still carries them (a request refused as a whole has no MSCC)."""
+    """Whether the OCS applied the request (committed its usage): a success, or a 4012 or 4010
+    (the line barred meanwhile) for the services that still carries them: the usage was
+    committed, the new units refused (a request refused as a whole has no MSCC)."""
     code = result_code(answer)
-    return code == SUCCESS or (
-        code == CREDIT_LIMIT_REACHED and answer.find("Multiple-Services-Credit-Control") is not None
-    )
+    return code == SUCCESS or (code in REFUSALS and answer.find("Multiple-Services-Credit-Control") is not None)
 
 
 @dataclass(slots=True)

@@ -7,7 +7,8 @@ both counted as failed sessions, which the lifecycle demo then left waiting on T
 from __future__ import annotations
 
 from protocol.capabilities import LocalIdentity
-from simulator.elements import NetworkElement
+from protocol.message import avp
+from simulator.elements import SUCCESS, NetworkElement, result_code
 from simulator.http_api import OcsApi
 from simulator.population import SimulatedSubscriber, provision
 from simulator.records import Recorder, SessionOutcome
@@ -15,6 +16,8 @@ from simulator.scenario import SMS_CONTEXT, VOICE_CONTEXT
 from simulator.sessions import (
     CallerContext,
     MeteredService,
+    _applied,
+    _Session,
     run_metered_session,
     run_sms_event,
     run_sms_session,
@@ -71,3 +74,32 @@ async def test_sessions_on_a_suspended_barred_or_terminated_line_are_cut_or_refu
     assert all(view.committed_micros == view.held_micros == view.reservations == 0 for view in balances)
     refused_lines = sorted(recorder.status_refusals_by_line)
     assert refused_lines == ["barred", "suspended", "terminated"]
+
+
+async def test_a_usage_report_answered_4010_after_a_bar_was_applied(server: RunningServer) -> None:
+    """A CCR-U in flight when its line is barred: the OCS commits the usage it reports and
+    refuses the new units (4010 in the MSCC and at command level, balance/RULES.md: only a
+    request opening a session is refused whole). The element must count the commit as applied,
+    or its ledger misses money the OCS took."""
+    assert server.state.http is not None
+    caller_line = line("caller", "4915199990120", 5_000_000)
+    async with OcsApi(server.state.http.url, token=ADMIN_TOKEN) as api:
+        await provision(api, [caller_line])
+        element = await NetworkElement.connect(
+            "127.0.0.1", server.port, LocalIdentity("sim-test.simulator.test", "simulator.test"), Recorder(), TIMING
+        )
+        information = voice_information("4915199990120", NATIONAL_MOBILE)
+        call = CallerContext(element, caller_line, "voice", VOICE_CONTEXT, f"tel:+{NATIONAL_MOBILE}", information)
+        session = _Session(call, element.open_session(caller_line.account_id))
+        service = MeteredService(None, "CC-Time", 120, 60)
+        indicator = avp("Multiple-Services-Indicator", 1)
+        started, _ = await session.send("CCR-I", "INITIAL_REQUEST", indicator, service.mscc(report=False, ask=True))
+        await api.set_lifecycle_status("/lines/caller", "barred", "test", "fraud")
+        service.pending = 60
+        report, _ = await session.send("CCR-U", "UPDATE_REQUEST", indicator, service.mscc(report=True, ask=True))
+        await element.close()
+        view = await api.balance("caller")
+    assert started is not None and result_code(started) == SUCCESS
+    assert report is not None and result_code(report) == 4010
+    assert _applied(report)
+    assert view.committed_micros > 0
