@@ -313,8 +313,8 @@ class Orders:
     def _check_offer(self, customer: Customer, line: NewLine, where: str, credit: int) -> None:
         """What the customer's credit class may be offered (``ocs.customers.offers``): ``credit``
         is what the customer holds with the lines the order adds before this one."""
-        self.offers.check_plan(customer, line.plan or self.customers.accounts.default_plan, f"{where}.plan")
         self.offers.check_credit(customer, line.payment_type, line.credit_limit_micros, f"{where}.", credit)
+        self.offers.check_plan(customer, line.plan or self.customers.accounts.default_plan, f"{where}.plan")
 
     async def order(self, order_id: str) -> ProductOrder:
         stored = await order_records.order_row(self.engine, order_id)

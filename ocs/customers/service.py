@@ -367,12 +367,12 @@ class Customers:
         await self._check_pools_ready(money_above)
         plan = new.plan or self.accounts.default_plan
         if self.credit is not None:
-            self.credit.check_plan(customer, plan, "plan")
             granted = await self.credit.granted(customer_id)
             left = await records.get_line(self.engine, new.line_id) if new.line_id is not None else None
             if left is not None and left.status is LineStatus.PROVISIONING and left.payment_type == "postpaid":
                 granted -= left.credit_limit_micros  # a retry's own line is not credit held besides it
             self.credit.check_credit(customer, new.payment_type, new.credit_limit_micros, "", granted)
+            self.credit.check_plan(customer, plan, "plan")
         line_id = new.line_id or made_id("L")
         row: dict[str, object] = {
             "line_id": line_id,
