@@ -138,10 +138,11 @@ from ocs.billing.invoices import Invoices
 from ocs.billing.payments import Payments
 from ocs.billing.receivables import Receivables
 from ocs.customers.applications import Applications
-from ocs.customers.credit import RuleTable
+from ocs.customers.credit import CreditRules, RuleTable
 from ocs.customers.credit_load import load_credit_rules
 from ocs.customers.interactions import Interactions
 from ocs.customers.lifecycle import Lifecycle
+from ocs.customers.offers import CreditOffers
 from ocs.customers.orders import Orders
 from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
@@ -274,7 +275,9 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     ]
     for method, path, handler in with_body:
         app.router.add_route(method, path, handler, expect_handler=expect_continue)
-    app[CUSTOMERS] = Customers(state.database, ProvisioningAccounts(provisioning))
+    rules = load_credit_rules(settings.customers.credit_classes_path)  # read once, here
+    credit = CreditOffers(state.database, rules)
+    app[CUSTOMERS] = Customers(state.database, ProvisioningAccounts(provisioning), credit=credit)
     for route in CUSTOMER_ROUTES:
         expect = expect_continue if route.body is not None else None
         app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
@@ -283,7 +286,7 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         expect = expect_continue if interaction.body is not None else None
         answer = _interaction_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
-    _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
+    _add_activation(app, state.database, provisioning, rules)
     state.dunning = Dunning(state.database, load_dunning_rules(settings.billing.dunning), app[LIFECYCLE])
     _add_billing(app, state, state.dunning)
     app.router.add_get("/openapi.json", _openapi)
@@ -736,9 +739,10 @@ def _interaction_handler(route: InteractionRoute, services: InteractionServices)
     return handle
 
 
-def _add_activation(app: web.Application, database: AsyncEngine, provisioning: Provisioning, rules_path: str) -> None:
-    """Applications and product orders (ocs.api.orders); the credit rules are read once, here."""
-    rules = load_credit_rules(rules_path)
+def _add_activation(
+    app: web.Application, database: AsyncEngine, provisioning: Provisioning, rules: CreditRules
+) -> None:
+    """Applications and product orders (ocs.api.orders)."""
     lines = EngineLines(provisioning)
     app[ORDERS] = Orders(database, app[CUSTOMERS], lines, rules)
     app[LIFECYCLE] = Lifecycle(database, lines)

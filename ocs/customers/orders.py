@@ -3,10 +3,12 @@ idempotently, and resumed after a crash.
 
 Theory of operation. ``submit`` checks the whole order before anything is written: the customer
 exists, every line acted on is the customer's, and every new line is within what the customer's
-credit class may be offered (``ocs.customers.credit``: a prepaid-only class gets no postpaid
-line, and the class's credit limit is the customer's: the credit limits of its postpaid lines that
-are not terminated, with the order's new ones, may not add up to more); a refusal names the item and the field
-(``items.1.line.payment_type``) and nothing is written. The order and its items are then stored
+credit class may be offered (``ocs.customers.offers``, the rules the direct routes apply too: a
+prepaid-only class gets no postpaid line, a class's plans are the only ones its lines take, and
+the class's credit limit is the customer's: the credit limits of its postpaid lines and company
+pools that are not terminated, with the order's new ones, may not add up to more); a refusal
+names the item and the field (``items.1.line.payment_type``) and nothing is written. The order and
+its items are then stored
 ``acknowledged``, each new line with its id already assigned, in one transaction with the deposit
 the class asks for (``deposit``), when this order gives the customer its first postpaid line: a
 ``pending`` row of ``deposits``, one per customer and class, which the billing wing invoices (this
@@ -49,8 +51,9 @@ from pydantic import Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ocs.customers import order_records, records
-from ocs.customers.credit import CreditClass, CreditRules, OfferKind
+from ocs.customers.credit import CreditRules
 from ocs.customers.lifecycle import Lifecycle, StatusRequest, TargetStatus
+from ocs.customers.offers import CreditOffers
 from ocs.customers.records import Duplicate
 from ocs.customers.service import (
     CustomerRefusal,
@@ -216,6 +219,7 @@ class Orders:
         self.customers = customers
         self.lines = lines
         self.rules = rules
+        self.offers = CreditOffers(engine, rules)
         self.clock = clock
         self.after_item = after_item  # tests: a crash between two items
         self.lifecycle = Lifecycle(engine, lines, clock=clock)  # status items: one path with the API's
@@ -234,7 +238,7 @@ class Orders:
         order_id = made_id("PO")
         items = [_item_row(order_id, index, item) for index, item in enumerate(new.items)]
         added: set[str] = set()  # lines this order adds: later items may act on them
-        credit = await self._credit_granted(customer.customer_id)  # the class's limit is the customer's
+        credit = await self.offers.granted(customer.customer_id)  # the class's limit is the customer's
         for index, item in enumerate(new.items):
             await self._check_item(customer, index, item, added, credit)
             if item.line is not None:
@@ -270,40 +274,15 @@ class Orders:
             raise OrderConflict(f"{external_id!r} names order {order_id!r}, which asked for something else")
         return await self.order(order_id)
 
-    async def _credit_granted(self, customer_id: str) -> int:
-        """The credit limits of the customer's postpaid lines that are not terminated (micros)."""
-        return sum(
-            line.credit_limit_micros
-            for line in await records.lines_of(self.engine, customer_id)
-            if line.payment_type == "postpaid" and line.status is not LineStatus.TERMINATED
-        )
-
     async def _deposit_due(
         self, customer: Customer, new: NewProductOrder, order_id: str, now: datetime
     ) -> dict[str, object] | None:
-        """The deposit row this order makes due: its first postpaid line under a class that asks
-        for one, when the customer has none recorded for that class yet (the billing wing invoices
-        it; until then it stays ``pending``)."""
-        credit_class = self._class_of(customer)
+        """The deposit row this order makes due (``ocs.customers.offers``): its first postpaid line
+        under a class that asks for one (the billing wing invoices it; until then ``pending``)."""
         postpaid = any(item.line is not None and item.line.payment_type == "postpaid" for item in new.items)
-        if credit_class is None or not postpaid or credit_class.offer.deposit_micros <= 0:
+        if not postpaid:
             return None
-        name = credit_class.name
-        if await order_records.deposit_of(self.engine, customer_id=customer.customer_id, credit_class=name):
-            return None
-        return {
-            "customer_id": customer.customer_id,
-            "order_id": order_id,
-            "credit_class": name,
-            "amount_micros": credit_class.offer.deposit_micros,
-            "currency": self.rules.currency,
-            "state": "pending",
-            "created_at": utc_naive(now),
-        }
-
-    def _class_of(self, customer: Customer) -> CreditClass | None:
-        name = customer.credit_profile.credit_class
-        return next((found for found in self.rules.classes if found.name == name), None)
+        return await self.offers.deposit_due(customer, order_id=order_id, line_id=None, now=now)
 
     async def _check_item(
         self, customer: Customer, index: int, item: NewOrderItem, added: set[str], credit: int
@@ -329,47 +308,13 @@ class Orders:
         """A plan the tariff book has, and the customer's credit class may take."""
         if not self.lines.knows_plan(plan):
             raise CustomerRefusal(Problem.REFUSED, where, f"no tariff plan {plan!r}")
-        name = customer.credit_profile.credit_class
-        credit_class = next((found for found in self.rules.classes if found.name == name), None)
-        if credit_class is not None and not credit_class.offer.allows_plan(plan):
-            allowed = ", ".join(credit_class.offer.plans or ())
-            raise CustomerRefusal(
-                Problem.REFUSED, where, f"credit class {name} may take only these plans: {allowed} ({self.rules.file})"
-            )
+        self.offers.check_plan(customer, plan, where)
 
     def _check_offer(self, customer: Customer, line: NewLine, where: str, credit: int) -> None:
-        """What the customer's credit class may be offered (``ocs.customers.credit``): its credit
-        limit is the customer's, so ``credit`` (the limits of its postpaid lines, and of those the
-        order adds before this one) plus this line's may not exceed it."""
-        name = customer.credit_profile.credit_class
-        credit_class = self._class_of(customer)
-        if line.payment_type == "prepaid":
-            return
-        if credit_class is None:
-            why = "the customer has no credit class: apply first (POST /applications)"
-            if name is not None:
-                why = f"credit class {name!r} is not in {self.rules.file}"
-            raise CustomerRefusal(Problem.REFUSED, f"{where}.payment_type", f"postpaid refused: {why}")
-        offer = credit_class.offer
-        if offer.kind is OfferKind.PREPAID_ONLY:
-            raise CustomerRefusal(
-                Problem.REFUSED, f"{where}.payment_type", f"credit class {name} is offered prepaid only"
-            )
-        if line.credit_limit_micros > offer.credit_limit_micros:
-            raise CustomerRefusal(
-                Problem.REFUSED,
-                f"{where}.credit_limit_micros",
-                f"{line.credit_limit_micros} micros is above credit class {name}'s limit of "
-                f"{offer.credit_limit_micros} micros",
-            )
-        if credit + line.credit_limit_micros > offer.credit_limit_micros:
-            raise CustomerRefusal(
-                Problem.REFUSED,
-                f"{where}.credit_limit_micros",
-                f"the customer's lines would have {credit + line.credit_limit_micros} micros of credit "
-                f"({credit} granted already); credit class {name}'s limit for the customer is "
-                f"{offer.credit_limit_micros} micros",
-            )
+        """What the customer's credit class may be offered (``ocs.customers.offers``): ``credit``
+        is what the customer holds with the lines the order adds before this one."""
+        self.offers.check_credit(customer, line.payment_type, line.credit_limit_micros, f"{where}.", credit)
+        self.offers.check_plan(customer, line.plan or self.customers.accounts.default_plan, f"{where}.plan")
 
     async def order(self, order_id: str) -> ProductOrder:
         stored = await order_records.order_row(self.engine, order_id)

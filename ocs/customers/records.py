@@ -37,6 +37,7 @@ from ocs.customers.values import (
     Organization,
 )
 from ocs.db.customers import billing_accounts, customer_nodes, customers, line_identities, lines, parties
+from ocs.db.orders import deposits
 from ocs.db.schema import utc_aware, utc_naive
 
 MAX_LIST_ROWS = 1_000  # one page of a customer list
@@ -351,21 +352,30 @@ async def set_node_account_state(engine: AsyncEngine, node_id: str, state: str) 
 # -- lines --------------------------------------------------------------------------------------
 
 
-async def insert_line(engine: AsyncEngine, row: dict[str, object], identities: Sequence[LineIdentity]) -> None:
-    """The line and its identities, all or none; ``Duplicate`` when the id or an identity is taken."""
+async def insert_line(
+    engine: AsyncEngine,
+    row: dict[str, object],
+    identities: Sequence[LineIdentity],
+    deposit: dict[str, object] | None = None,
+) -> None:
+    """The line, its identities and the deposit it makes due, all or none; ``Duplicate`` when the
+    id or an identity is taken (or a racing line recorded the customer's deposit first)."""
     try:
         async with engine.begin() as connection:
             await _insert(connection, lines, {**row, "created_at": utc_naive(row["created_at"])})  # type: ignore[arg-type]
             for identity in identities:
                 kind, value = identity.key
                 await _insert(connection, line_identities, {"kind": kind, "value": value, "line_id": row["line_id"]})
+            if deposit is not None:
+                await _insert(connection, deposits, deposit)
     except IntegrityError as error:
         raise Duplicate(str(error.orig)) from None
 
 
 async def delete_line(engine: AsyncEngine, line_id: str) -> None:
-    """Undo ``insert_line`` (its engine step was refused)."""
+    """Undo ``insert_line`` (its engine step was refused), the deposit it made due included."""
     async with engine.begin() as connection:
+        await connection.execute(delete(deposits).where(deposits.c.line_id == line_id))
         await connection.execute(delete(line_identities).where(line_identities.c.line_id == line_id))
         await connection.execute(delete(lines).where(lines.c.line_id == line_id))
 

@@ -133,6 +133,20 @@ class EngineAnswer:
     reason: str = ""
 
 
+class CreditTerms(Protocol):
+    """What the customer's credit class may be offered (``ocs.customers.offers.CreditOffers``)."""
+
+    def check_plan(self, customer: Customer, plan: str, where: str) -> None: ...
+
+    def check_credit(self, customer: Customer, payment_type: str, limit: int, where: str, granted: int) -> None: ...
+
+    async def granted(self, customer_id: str) -> int: ...
+
+    async def deposit_due(
+        self, customer: Customer, *, order_id: str | None, line_id: str | None, now: datetime
+    ) -> dict[str, object] | None: ...
+
+
 class EngineAccounts(Protocol):
     @property
     def default_plan(self) -> str: ...
@@ -149,11 +163,17 @@ def made_id(prefix: str) -> str:
 
 class Customers:
     def __init__(
-        self, engine: AsyncEngine, accounts: EngineAccounts, *, clock: Callable[[], float] = time.time
+        self,
+        engine: AsyncEngine,
+        accounts: EngineAccounts,
+        *,
+        clock: Callable[[], float] = time.time,
+        credit: CreditTerms | None = None,
     ) -> None:
         self.engine = engine
         self.accounts = accounts
         self.clock = clock
+        self.credit = credit  # None: no credit class checked (tests of the tree and the engine step)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -225,6 +245,10 @@ class Customers:
             self._check_depth(len(money_above) + 1, "parent_node_id")
             if new.money.cap_micros and not money_above:
                 raise CustomerRefusal(Problem.REFUSED, "money.cap_micros", "no pool above this node to cap")
+            if self.credit is not None and new.money.credit_limit_micros > 0:  # a credit line, not a cap
+                money = new.money
+                granted = await self.credit.granted(customer_id)
+                self.credit.check_credit(customer, money.payment_type, money.credit_limit_micros, "money.", granted)
         node_id = new.node_id or made_id("N")
         row = records.node_row(
             node_id=node_id,
@@ -293,24 +317,37 @@ class Customers:
             )
 
     async def _provision_node(self, node: Node) -> EngineAnswer:
+        """Steps 2 and 3 for a node's pool, with the node's effective status (the worst of its
+        own, the nodes' above it and its customer's): the lifecycle skips a pool still
+        provisioning, so the statuses are read again once the row is marked active, as for a line
+        (``_provision_line``): a change committed before that read is applied here, one after it
+        finds the pool active and applies itself."""
         assert node.money is not None and node.account_id is not None
         money: NodeMoney = node.money
-        answer = await self.accounts.ensure(
-            EngineAccount(
-                account_id=node.account_id,
-                payment_type=money.payment_type,
-                currency=money.currency,
-                credit_limit_micros=money.credit_limit_micros,
-                parent_id=node.engine_parent_id,
-                cap_micros=money.cap_micros,
-                plan=None,
-                network="mobile",
-                name=node.name,
-                identities=(),
+        status = await self._chain_status(node.customer_id, [], node.node_id)
+        for _ in range(SETTLE_ROUNDS):
+            answer = await self.accounts.ensure(
+                EngineAccount(
+                    account_id=node.account_id,
+                    payment_type=money.payment_type,
+                    currency=money.currency,
+                    credit_limit_micros=money.credit_limit_micros,
+                    parent_id=node.engine_parent_id,
+                    cap_micros=money.cap_micros,
+                    plan=None,
+                    network="mobile",
+                    name=node.name,
+                    identities=(),
+                    status=status,
+                )
             )
-        )
-        if answer.outcome is EngineOutcome.OK:
+            if answer.outcome is not EngineOutcome.OK:
+                return answer
             await records.set_node_account_state(self.engine, node.node_id, "active")
+            now = await self._chain_status(node.customer_id, [], node.node_id)
+            if now is status:
+                break
+            status = now
         return answer
 
     # -- lines ------------------------------------------------------------------------------------
@@ -328,6 +365,14 @@ class Customers:
         if new.cap_micros and not money_above:
             raise CustomerRefusal(Problem.REFUSED, "cap_micros", "no pool above this line to cap")
         await self._check_pools_ready(money_above)
+        plan = new.plan or self.accounts.default_plan
+        if self.credit is not None:
+            granted = await self.credit.granted(customer_id)
+            left = await records.get_line(self.engine, new.line_id) if new.line_id is not None else None
+            if left is not None and left.status is LineStatus.PROVISIONING and left.payment_type == "postpaid":
+                granted -= left.credit_limit_micros  # a retry's own line is not credit held besides it
+            self.credit.check_credit(customer, new.payment_type, new.credit_limit_micros, "", granted)
+            self.credit.check_plan(customer, plan, "plan")
         line_id = new.line_id or made_id("L")
         row: dict[str, object] = {
             "line_id": line_id,
@@ -336,7 +381,7 @@ class Customers:
             "name": new.name,
             "network": new.network,
             "payment_type": new.payment_type,
-            "plan": new.plan or self.accounts.default_plan,
+            "plan": plan,
             "credit_limit_micros": new.credit_limit_micros,
             "cap_micros": new.cap_micros,
             "engine_parent_id": money_above[0] if money_above else None,
@@ -344,7 +389,7 @@ class Customers:
             "created_at": self._now(),
         }
         left = await self._left_provisioning(row, new)
-        line = left if left is not None else await self._recorded(row, new)
+        line = left if left is not None else await self._recorded(row, new, customer)
         answer = await self._provision_line(line)
         if answer.outcome is EngineOutcome.INCOMPLETE:  # deleting the row would orphan the account
             raise CustomerRefusal(
@@ -372,8 +417,9 @@ class Customers:
         wanted = {identity.key for identity in new.identities}
         return left if same and {identity.key for identity in left.identities} == wanted else None
 
-    async def _recorded(self, row: dict[str, object], new: NewLine) -> Line:
-        """Step 1: the row and its identities, after checking the identities are free."""
+    async def _recorded(self, row: dict[str, object], new: NewLine, customer: Customer) -> Line:
+        """Step 1: the row and its identities, after checking the identities are free, with the
+        deposit a first postpaid line makes due (``ocs.customers.offers``)."""
         held = await records.identity_holders(self.engine, new.identities)
         for index, identity in enumerate(new.identities):
             if identity.key in held:
@@ -381,8 +427,11 @@ class Customers:
                     Problem.CONFLICT, f"identities.{index}", f"{identity.value} belongs to line {held[identity.key]!r}"
                 )
         line_id = str(row["line_id"])
+        deposit = None
+        if self.credit is not None and new.payment_type == "postpaid":
+            deposit = await self.credit.deposit_due(customer, order_id=None, line_id=line_id, now=self._now())
         try:
-            await records.insert_line(self.engine, row, new.identities)
+            await records.insert_line(self.engine, row, new.identities, deposit)
         except Duplicate:  # the id, or an identity taken by a racing request
             raise CustomerRefusal(
                 Problem.CONFLICT, "line_id", f"{line_id!r} or one of its identities is taken"
@@ -439,9 +488,12 @@ class Customers:
 
     async def _effective_status(self, line: Line) -> LineStatus:
         """The worst of the line's own status, its nodes' and its customer's, as stored now."""
-        customer = await self.customer(line.customer_id)
-        chain = [customer.status.value, line.own_status.value]
-        node_id = line.node_id
+        return await self._chain_status(line.customer_id, [line.own_status.value], line.node_id)
+
+    async def _chain_status(self, customer_id: str, own: list[str], node_id: str | None) -> LineStatus:
+        """The worst of ``own``, the customer's status and every node's from ``node_id`` up."""
+        customer = await self.customer(customer_id)
+        chain = [customer.status.value, *own]
         while node_id is not None:
             node = await records.get_node(self.engine, node_id)
             if node is None:

@@ -7,7 +7,8 @@ makes a re-run after a crash do each item once (``ocs.customers.orders``). ``ext
 client's own key (TMF622 ``externalId``): unique, so a re-submitted order finds the first one.
 
 ``deposits`` is the outbox of deposits a credit class requires (``config/credit_classes.toml``
-``deposit``): written with the order that first gives the customer a postpaid line, ``pending``
+``deposit``): written with the order that first gives the customer a postpaid line (``order_id``),
+or with the line row when the operator adds it directly (``line_id``, ``ocs.customers.offers``), ``pending``
 until the billing wing invoices it (and marks it ``invoiced``). One per customer and credit class,
 so a re-run or a second order never asks for it twice. Amounts are integer micros.
 """
@@ -52,7 +53,8 @@ deposits = Table(
     metadata,
     Column("deposit_id", Integer, primary_key=True, autoincrement=True),
     Column("customer_id", String(ID_LENGTH), ForeignKey("customers.customer_id"), nullable=False),
-    Column("order_id", String(ID_LENGTH), ForeignKey("product_orders.order_id"), nullable=False),
+    Column("order_id", String(ID_LENGTH), ForeignKey("product_orders.order_id"), nullable=True),
+    Column("line_id", String(ID_LENGTH), nullable=True),  # a line added directly, not by an order
     Column("credit_class", String(8), nullable=False),
     Column("amount_micros", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),

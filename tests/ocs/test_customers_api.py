@@ -43,7 +43,8 @@ BEA = {
 ACME = {
     "customer_id": "acme",
     "organization": {"name": "ACME GmbH", "registration_number": "HRB 1"},
-    "money": {"payment_type": "postpaid", "credit_limit_micros": 500 * EUR},
+    "credit_profile": {"credit_class": "A"},  # 300.00 of credit (config/credit_classes.toml)
+    "money": {"payment_type": "postpaid", "credit_limit_micros": 300 * EUR},
 }
 
 
