@@ -158,7 +158,7 @@ def redis_child(server_pid: int) -> int | None:
 def admin_token(environment: dict[str, str], tree: Path = PROJECT_ROOT) -> str | None:
     """An admin token for the simulator, made offline (``ocs token create``) in the database the
     server of ``environment`` will use; None for a tree from before the API had tokens."""
-    if not (tree / "ocs" / "token_commands.py").exists():
+    if not any((tree / "ocs" / place).exists() for place in ("token_commands.py", "cli/tokens.py")):
         return None
     made = subprocess.run(
         [sys.executable, "-m", "ocs", "token", "create", "--role", "admin", "--name", "bench", "--expires", "1d"],
