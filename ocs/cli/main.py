@@ -67,6 +67,7 @@ from ocs.cli.tokens import TOKEN_VARIABLE, add_token_commands, find_token, run_t
 from ocs.config import ConfigError, Settings, load_settings, unused_environment
 from ocs.db.engine import DatabaseUnavailable, database_url, open_database, sqlite_url
 from ocs.rating.rate import RatingFailure, RatingInput, TariffError, explain, load_book
+from protocol.build import PURE_PYTHON_VARIABLE
 
 USAGE_ERROR = 2  # argparse's own status for bad usage
 REFUSED = 1
@@ -78,7 +79,7 @@ Remote = Callable[[ApiClient, argparse.Namespace], Awaitable[ApiAnswer]]
 
 def _settings(arguments: argparse.Namespace) -> Settings:
     for variable in unused_environment(os.environ):  # not refused: build and test switches share the prefix
-        if variable == TOKEN_VARIABLE:  # the API commands' token, not a server setting
+        if variable in (TOKEN_VARIABLE, PURE_PYTHON_VARIABLE):  # the API commands' token; the build switch
             continue
         print(f"ocs: warning: {variable} names no setting; ignored", file=sys.stderr)
     return load_settings(Path(arguments.config) if arguments.config else None)
