@@ -27,6 +27,18 @@ def test_the_application_and_the_codec_are_compiled_together() -> None:
     assert len(set(compiled.values())) == 1, f"{compiled}: rebuild (pip install -e .) or delete the .so files"
 
 
+def test_no_compiled_application_module_is_older_than_its_source() -> None:
+    # As tests/protocol/test_build.py checks the codec's: a stale .so would run the old code.
+    libraries = [Path(str(module.__file__)) for name, module in sys.modules.items() if name.endswith("__mypyc")]
+    for module in ocs.build.compiled_modules():
+        if not protocol.build.is_compiled(module):
+            continue
+        assert libraries, f"{module.__name__} is compiled but no mypyc library is loaded"
+        built = max(library.stat().st_mtime for library in libraries)
+        source = ROOT / f"{module.__name__.replace('.', '/')}.py"
+        assert source.stat().st_mtime <= built, f"{source.name} changed after the compiled build: pip install -e ."
+
+
 def test_pure_python_fallback_loads_the_application_sources() -> None:
     script = (
         "import ocs.charging.credit_control, ocs.build\n"
