@@ -70,6 +70,7 @@ from ocs.db.engine import DatabaseUnavailable, database_url, open_database, sqli
 from ocs.rating.rate import RatingFailure, RatingInput, TariffError, explain, load_book
 from ocs.supervisor import supervise, worker_count
 from ocs.worker import WorkerRole
+from protocol.build import PURE_PYTHON_VARIABLE
 
 USAGE_ERROR = 2  # argparse's own status for bad usage
 REFUSED = 1
@@ -81,7 +82,7 @@ Remote = Callable[[ApiClient, argparse.Namespace], Awaitable[ApiAnswer]]
 
 def _settings(arguments: argparse.Namespace) -> Settings:
     for variable in unused_environment(os.environ):  # not refused: build and test switches share the prefix
-        if variable == TOKEN_VARIABLE:  # the API commands' token, not a server setting
+        if variable in (TOKEN_VARIABLE, PURE_PYTHON_VARIABLE):  # the API commands' token; the build switch
             continue
         print(f"ocs: warning: {variable} names no setting; ignored", file=sys.stderr)
     return load_settings(Path(arguments.config) if arguments.config else None)
