@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints-dev.txt -e '.[dev]'
+# PIP_CONSTRAINT, not -c: pip applies it to the isolated build environment too (mypy, for mypyc).
+PIP_CONSTRAINT="$PWD/constraints-dev.txt" .venv/bin/python -m pip install --quiet -e '.[dev]'
 .venv/bin/python -m pytest "$@"
 if [ "$#" -eq 0 ]; then
   OCS_PURE_PYTHON=1 .venv/bin/python -m pytest tests/protocol tests/ocs/test_ccr_cca.py \
