@@ -6,7 +6,9 @@ Theory of operation: the class (``ocs.customers.credit``) decides three things. 
 class gets no postpaid line or credit line (refused naming ``payment_type``). Its plans, when it
 lists them, are the only tariff plans a line may take (``plan``). Its credit limit is the
 customer's, not each line's: the credit the customer holds already plus the new credit line may
-not exceed it (``credit_limit_micros``). A customer without a class gets prepaid only.
+not exceed it (``credit_limit_micros``). A customer without a class gets prepaid only through a
+product order; the operator's direct routes hold only a customer that has a class to it (one made
+directly, with no application, takes the operator's terms: ``Customers._assessed``).
 
 The credit the customer holds (``CreditOffers.granted``) is the sum of every postpaid credit
 limit it has that is not terminated: its lines' and its company nodes' pools' alike, since each is

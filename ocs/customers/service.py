@@ -175,6 +175,13 @@ class Customers:
         self.clock = clock
         self.credit = credit  # None: no credit class checked (tests of the tree and the engine step)
 
+    def _assessed(self, customer: Customer) -> CreditTerms | None:
+        """The credit terms the direct routes hold this customer to, when it has a class (from an
+        application's credit check). A customer the operator made directly, with no class, is not
+        assessed (None): the operator's terms stand, recorded in the audit trail (a product order
+        still asks for a class before postpaid: ``ocs.customers.orders``)."""
+        return self.credit if customer.credit_profile.credit_class is not None else None
+
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
@@ -245,10 +252,11 @@ class Customers:
             self._check_depth(len(money_above) + 1, "parent_node_id")
             if new.money.cap_micros and not money_above:
                 raise CustomerRefusal(Problem.REFUSED, "money.cap_micros", "no pool above this node to cap")
-            if self.credit is not None and new.money.credit_limit_micros > 0:  # a credit line, not a cap
+            credit = self._assessed(customer)
+            if credit is not None and new.money.credit_limit_micros > 0:  # a credit line, not a cap
                 money = new.money
-                granted = await self.credit.granted(customer_id)
-                self.credit.check_credit(customer, money.payment_type, money.credit_limit_micros, "money.", granted)
+                granted = await credit.granted(customer_id)
+                credit.check_credit(customer, money.payment_type, money.credit_limit_micros, "money.", granted)
         node_id = new.node_id or made_id("N")
         row = records.node_row(
             node_id=node_id,
@@ -366,13 +374,14 @@ class Customers:
             raise CustomerRefusal(Problem.REFUSED, "cap_micros", "no pool above this line to cap")
         await self._check_pools_ready(money_above)
         plan = new.plan or self.accounts.default_plan
-        if self.credit is not None:
-            granted = await self.credit.granted(customer_id)
+        credit = self._assessed(customer)
+        if credit is not None:
+            granted = await credit.granted(customer_id)
             left = await records.get_line(self.engine, new.line_id) if new.line_id is not None else None
             if left is not None and left.status is LineStatus.PROVISIONING and left.payment_type == "postpaid":
                 granted -= left.credit_limit_micros  # a retry's own line is not credit held besides it
-            self.credit.check_credit(customer, new.payment_type, new.credit_limit_micros, "", granted)
-            self.credit.check_plan(customer, plan, "plan")
+            credit.check_credit(customer, new.payment_type, new.credit_limit_micros, "", granted)
+            credit.check_plan(customer, plan, "plan")
         line_id = new.line_id or made_id("L")
         row: dict[str, object] = {
             "line_id": line_id,
@@ -428,8 +437,9 @@ class Customers:
                 )
         line_id = str(row["line_id"])
         deposit = None
-        if self.credit is not None and new.payment_type == "postpaid":
-            deposit = await self.credit.deposit_due(customer, order_id=None, line_id=line_id, now=self._now())
+        credit = self._assessed(customer)
+        if credit is not None and new.payment_type == "postpaid":
+            deposit = await credit.deposit_due(customer, order_id=None, line_id=line_id, now=self._now())
         try:
             await records.insert_line(self.engine, row, new.identities, deposit)
         except Duplicate:  # the id, or an identity taken by a racing request

@@ -77,6 +77,23 @@ async def test_a_line_added_directly_is_held_to_the_credit_class(database: Async
     assert [line.line_id for line in await records.lines_of(database, "rae")] == ["rae-2", "rae-4"]
 
 
+async def test_a_customer_made_without_a_class_takes_the_operator_s_terms_directly(
+    database: AsyncEngine, customers: Customers
+) -> None:
+    """A customer the operator made directly (no application, so no credit class) is not assessed on
+    the direct routes: its postpaid line stands and no deposit is due; a
+    product order for it still asks for a class (tests/ocs/test_orders.py)."""
+    await customers.create_customer(
+        NewCustomer.model_validate(
+            {"customer_id": "ivo", "individual": {"given_name": "Ivo", "family_name": "K", "birth_date": "1990-01-01"}}
+        )
+    )
+    line = await customers.add_line("ivo", postpaid("ivo-1", 500))
+    assert (line.payment_type, line.credit_limit_micros) == ("postpaid", 500 * EUR)
+    async with database.connect() as connection:
+        assert (await connection.execute(text("SELECT count(*) FROM deposits"))).scalar_one() == 0
+
+
 async def test_a_line_added_directly_records_the_deposit_once_and_a_refused_one_none(
     database: AsyncEngine, customers: Customers
 ) -> None:
