@@ -80,12 +80,17 @@ class Recorder:
     server_requests_by_line: dict[str, list[float]] = field(default_factory=dict)
     # By line: every Credit-Control request, (sent at time.monotonic, kind e.g. "CCR-I", Result-Code).
     requests_by_line: dict[str, list[tuple[float, str, int]]] = field(default_factory=dict)
+    # By line: when (time.monotonic) each request refused for the line's status (4010, 5030) was answered.
+    status_refusals_by_line: dict[str, list[float]] = field(default_factory=dict)
 
     def server_request_seen(self, account_id: str, at_monotonic: float) -> None:
         self.server_requests_by_line.setdefault(account_id, []).append(at_monotonic)
 
     def line_request(self, account_id: str, sent_monotonic: float, kind: str, code: int) -> None:
         self.requests_by_line.setdefault(account_id, []).append((sent_monotonic, kind, code))
+
+    def status_refused(self, account_id: str, answered_monotonic: float) -> None:
+        self.status_refusals_by_line.setdefault(account_id, []).append(answered_monotonic)
 
     def first_server_request(self, account_ids: Iterable[str], since_monotonic: float) -> float | None:
         """When the first RAR or ASR for a session of ``account_ids`` arrived at or after ``since``."""

@@ -22,7 +22,8 @@ Theory of operation: ``run_scenario``
 
 Beside the traffic, ``simulator.lifecycle`` makes the scenario's status changes (``[lifecycle]``):
 a line it bars or terminates is retired, so the traffic takes it no more; after the traffic it
-waits for the terminated lines' grace and checks that none was charged after its change.
+waits for the terminated lines' grace and checks that none was charged after its change and that
+no line was refused for a status the run never gave it.
 
 Given the seed, the population, the arrival sequence and the fault dice are the same on every
 run; what happens to each session depends on timing (answers interleave), as with real traffic.
@@ -80,7 +81,7 @@ class RunResult:
     audit: AuditVerdict
     traffic_seconds: float
     session_errors: list[str] = field(default_factory=list)
-    lifecycle: Lifecycle | None = None  # when the scenario makes status changes
+    lifecycle: Lifecycle | None = None  # its changes (if the scenario makes any) and audits
 
 
 async def _snapshots(api: OcsApi, subscribers: Sequence[SimulatedSubscriber]) -> dict[str, BalanceSnapshot]:
@@ -139,6 +140,7 @@ async def run_scenario(
             await traffic.wait_for_tcc(progress, population.subscribers)
             await lifecycle.wait_for_terminations()
             lifecycle.audit_charging()
+            lifecycle.audit_refusals()
         finally:
             changes.cancel()
             await asyncio.gather(*(element.close() for element in elements))
@@ -157,7 +159,7 @@ async def run_scenario(
         verdict,
         traffic_seconds,
         traffic.errors,
-        lifecycle if scenario.lifecycle.interval_seconds > 0 else None,
+        lifecycle,
     )
 
 

@@ -16,6 +16,12 @@ currency (``"12.50"``, at most 6 decimals), the date ``YYYY-MM-DD`` (when the ba
 Each row is one idempotent payment: a re-sent file replays its rows; a bad row is answered with
 its line number and the field at fault, and nothing of that row is applied, while the good rows
 are. The answer lists every row's outcome.
+
+``GET /customerBills/{bill_id}/document?format=html|pdf`` answers the bill's document itself
+(``text/html`` or ``application/pdf``, not JSON), as stored in the data directory by the delivery
+consumer (``ocs.billing.delivery``); a bill the consumer has not reached yet is rendered and
+stored on demand, so the answer never depends on timing. A PDF this server cannot make (no pango
+for WeasyPrint) is 503 naming ``format``; the HTML is always there.
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ocs.api.customers import Answer, refusals_as_http, validated
-from ocs.api.fields import BadInput, money_micros
+from ocs.api.customers import PROBLEM_ERRORS, Answer, refusals_as_http, validated
+from ocs.api.fields import BadInput, Unavailable, money_micros
 from ocs.api.interactions import document_routes
 from ocs.billing.bill_runs import BillRuns
 from ocs.billing.corrections import Corrections
+from ocs.billing.delivery import BillDocuments, DocumentUnavailable
+from ocs.billing.documents import CONTENT_TYPES, DocumentFormat
 from ocs.billing.invoices import MAX_LIST_ROWS, Invoices
 from ocs.billing.payments import Payments
 from ocs.billing.receivables import Receivables
@@ -85,6 +93,7 @@ class Services:
     payments: Payments
     corrections: Corrections
     receivables: Receivables
+    documents: BillDocuments
     bill_runs: BillRuns
 
 
@@ -107,6 +116,10 @@ class PaymentQuery(_Query):
 
 class ReceivablesQuery(_Query):
     as_of: date | None = None  # None: today (UTC)
+
+
+class DocumentQuery(_Query):
+    format: DocumentFormat = DocumentFormat.HTML
 
 
 class Ids(_Query):
@@ -401,6 +414,30 @@ async def _ledger(services: Services, call: Request) -> Answer:
     return Answer(200, LedgerReport(ok=not problems, failed=len(problems), problems=problems))
 
 
+DOCUMENT_PATH = "/customerBills/{bill_id}/document"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    content: bytes
+    content_type: str
+    file_name: str
+
+
+async def bill_document(services: Services, path: Mapping[str, str], query: Mapping[str, str]) -> Document:
+    """``GET /customerBills/{bill_id}/document``: the stored document, or rendered on demand."""
+    ids = validated(Ids, dict(path))
+    wanted = validated(DocumentQuery, dict(query)).format
+    assert ids.bill_id is not None
+    try:
+        content = await services.documents.document(ids.bill_id, wanted)
+    except CustomerRefusal as refusal:
+        raise PROBLEM_ERRORS[refusal.problem](refusal.message) from None
+    except DocumentUnavailable as error:
+        raise Unavailable(f"format: {wanted.value} cannot be made on this server: {error.reason}") from None
+    return Document(content, CONTENT_TYPES[wanted], f"{ids.bill_id}.{wanted.value}")
+
+
 _CHANGE = (404, 409, 422)
 _ACCOUNT = "/billingAccounts/{billing_account_id}"
 ROUTES = (
@@ -478,6 +515,37 @@ PATH_NAMES = ("bill_id", "dispute_id", "billing_account_id")
 def extend_document(document: dict[str, Any]) -> dict[str, Any]:
     """``document`` with the billing routes; the bank file's body is CSV text."""
     document = document_routes(document, ROUTES, PATH_NAMES)
+    document["paths"][DOCUMENT_PATH] = {"get": _document_operation()}
     upload = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
     document["paths"]["/payments/bank-file"]["post"]["requestBody"] = upload
     return document
+
+
+def _document_operation() -> dict[str, object]:
+    """The OpenAPI operation of ``GET /customerBills/{bill_id}/document`` (its answer is a file)."""
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    responses: dict[str, object] = {
+        "200": {
+            "description": "The bill's document as issued",
+            "content": {
+                CONTENT_TYPES[DocumentFormat.HTML].split(";")[0]: binary,
+                CONTENT_TYPES[DocumentFormat.PDF]: binary,
+            },
+        }
+    }
+    for status in (400, 401, 403, 404, 422, 503):
+        responses[str(status)] = {"description": f"refused ({status})", **error}
+    return {
+        "summary": "Read a bill's document (HTML or PDF)",
+        "parameters": [
+            {"name": "bill_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}},
+            {
+                "name": "format",
+                "in": "query",
+                "required": False,
+                "schema": {"enum": [item.value for item in DocumentFormat], "default": "html"},
+            },
+        ],
+        "responses": responses,
+    }

@@ -29,7 +29,7 @@ that have some. It answers the drafts issued, each with its number, and the ones
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -254,14 +254,14 @@ class Invoices:
             held = await held_by_disputes(connection, [row["invoice_id"] for row in rows])
         return CustomerBillList(bills=[customer_bill(row, [], held.get(row["invoice_id"], 0)) for row in rows])
 
-    async def undelivered(self, limit: int = MAX_LIST_ROWS) -> list[DeliveryEvent]:
-        """Delivery events no mailer has acknowledged yet, oldest first."""
-        query = (
-            select(delivery_outbox)
-            .where(delivery_outbox.c.delivered_at.is_(None))
-            .order_by(delivery_outbox.c.event_id)
-            .limit(limit)
-        )
+    async def undelivered(self, limit: int = MAX_LIST_ROWS, *, kinds: Collection[str] = ()) -> list[DeliveryEvent]:
+        """Delivery events not acknowledged yet, oldest first; of ``kinds`` only, when given (each
+        reader acknowledges its own kinds: the document consumer ``invoice_issued``, a mailer
+        ``invoice_ready`` and ``reminder``)."""
+        condition: ColumnElement[bool] = delivery_outbox.c.delivered_at.is_(None)
+        if kinds:
+            condition = and_(condition, delivery_outbox.c.kind.in_(sorted(kinds)))
+        query = select(delivery_outbox).where(condition).order_by(delivery_outbox.c.event_id).limit(limit)
         async with self.engine.connect() as connection:
             rows = (await connection.execute(query)).all()
         return [

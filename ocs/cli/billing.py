@@ -15,6 +15,7 @@ amount, date) and exits 1 when any row was refused (each refused row is printed 
     ocs payment load FILE
     ocs bill show ID
     ocs bill list [--account ACCOUNT] [--state sent|partiallyPaid|settled]
+    ocs bill document ID [--format html|pdf] --out FILE   (FILE "-": standard output)
     ocs dispute open BILL AMOUNT --reason TEXT [--ticket TICKET] [--dispute-id ID]
     ocs dispute resolve ID credited|rejected --resolution TEXT [--amount AMOUNT]
     ocs bill run --date YYYY-MM-DD
@@ -32,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from ocs.api.fields import money_micros
+from ocs.billing.documents import DocumentFormat
 from ocs.billing.values import BillState
 from ocs.cli.client import BULK_TIMEOUT_SECONDS, ApiAnswer, ApiClient
 from ocs.cli.customers import _list, _mapping, _segment, _without_none
@@ -87,6 +89,11 @@ def add_billing_commands(
     run = bill_actions.add_parser("run", parents=[client], help="the bill run: every cycle closed by a day")
     run.add_argument("--date", type=_day, required=True, help="the day (cycles closed by it, and missed ones)")
     run.set_defaults(remote=_bill_run, printer=_print_bill_run)
+    document = bill_actions.add_parser("document", parents=[client], help="a bill's document (HTML or PDF)")
+    document.add_argument("bill_id")
+    document.add_argument("--format", choices=[item.value for item in DocumentFormat], default="html")
+    document.add_argument("--out", required=True, help='the file to write ("-": standard output)')
+    document.set_defaults(remote=_bill_document, printer=_print_document)
     dispute = commands.add_parser("dispute", help="disputes of a bill's amount")
     dispute_actions = dispute.add_subparsers(dest="action", required=True)
     opening = dispute_actions.add_parser("open", parents=[client], help="hold an amount of a bill until resolved")
@@ -140,6 +147,24 @@ async def _show_bill(client: ApiClient, arguments: argparse.Namespace) -> ApiAns
 async def _list_bills(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
     query = _without_none({"billing_account": arguments.account, "state": arguments.state})
     return await client.request("GET", "/customerBills" + (f"?{urlencode(query)}" if query else ""))
+
+
+async def _bill_document(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    """The document fetched and written to ``--out`` (through a temporary file: a refused or failed
+    download leaves an existing file as it was)."""
+    path = f"/customerBills/{_segment(arguments.bill_id)}/document?{urlencode({'format': arguments.format})}"
+    answer, content = await client.download(path)
+    if not answer.ok:
+        return answer
+    if arguments.out == "-":
+        sys.stdout.buffer.write(content)
+        sys.stdout.buffer.flush()
+        return ApiAnswer(answer.status, {"quiet": True})
+    out = Path(arguments.out)
+    temporary = out.with_name(f".{out.name}.part")
+    temporary.write_bytes(content)
+    temporary.replace(out)
+    return ApiAnswer(answer.status, {"bill_id": arguments.bill_id, "file": str(out), "bytes": len(content)})
 
 
 async def _open_dispute(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
@@ -250,6 +275,11 @@ def _print_bill(body: Mapping[str, object]) -> None:
     disputed = _mapping(body.get("disputed_amount")).get("value_micros")
     if disputed:
         print(f"  disputed {_money(body.get('disputed_amount'))}")
+
+
+def _print_document(body: Mapping[str, object]) -> None:
+    if not body.get("quiet"):
+        print(f"bill {body.get('bill_id')}: {body.get('bytes')} bytes written to {body.get('file')}")
 
 
 def _print_bills(body: Mapping[str, object]) -> None:

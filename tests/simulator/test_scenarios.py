@@ -28,13 +28,15 @@ def shortened(scenario: Scenario) -> Scenario:
     """A few seconds of the scenario on a small population, keeping what it is about."""
     faults = scenario.faults
     lifecycle = scenario.lifecycle
-    if lifecycle.interval_seconds:  # every step of the cycle within the shortened run
+    duration_seconds = 3.0
+    if lifecycle.interval_seconds:  # every step of the cycle within the shortened run, with a margin
         lifecycle = dataclasses.replace(lifecycle, interval_seconds=min(lifecycle.interval_seconds, 0.25))
+        duration_seconds = max(duration_seconds, (len(lifecycle.steps) + 4) * lifecycle.interval_seconds)
     if faults.connection_drop_mean_seconds:
         faults = dataclasses.replace(faults, connection_drop_mean_seconds=0.6)
     return dataclasses.replace(
         scenario,
-        duration_seconds=3.0,
+        duration_seconds=duration_seconds,
         arrival_rate_per_second=min(scenario.arrival_rate_per_second, 15.0),
         max_concurrent_sessions=min(scenario.max_concurrent_sessions, 24),
         connections=2,
