@@ -33,6 +33,7 @@ from balance.pipeline import (
     library_exists,
     unknown_command,
 )
+from balance.pipeline_cluster import ClusterPipelinedRedis
 from balance.scripts import Script
 
 Reply = str | int | None | list["Reply"]
@@ -50,6 +51,7 @@ RETRY_SAFE_COMMANDS = frozenset(
         "ZRANGE",
         "ZRANGEBYSCORE",
         "LRANGE",
+        "LLEN",
         "SCAN",
         "EXISTS",
         "PING",
@@ -255,9 +257,12 @@ def _reply_error(operation: str, error: RedisErrorReply) -> Exception:
 
 
 class PipelinedCaller:
-    """The pipelined client of ``balance.pipeline``: many calls per loop pass on one connection."""
+    """The pipelined client of ``balance.pipeline``: many calls per loop pass on one connection;
+    on a Redis Cluster, ``balance.pipeline_cluster``'s: one such connection per master, each call
+    routed by its first key. The cluster client may resend a call after a node failed it if it is
+    safe to run twice: a script that is ``retry_safe``, a command of ``RETRY_SAFE_COMMANDS``."""
 
-    def __init__(self, client: PipelinedRedis, *, functions: bool = True) -> None:
+    def __init__(self, client: PipelinedRedis | ClusterPipelinedRedis, *, functions: bool = True) -> None:
         self.client = client
         self.functions = functions  # FCALL until Redis says it has no functions
         self._registered: set[str] = set()
@@ -269,7 +274,7 @@ class PipelinedCaller:
                     self.client.register_function(script.function, script.library.source)
                     self._registered.add(script.function)
                 try:
-                    return _text(await self.client.fcall(script.function, keys, args))
+                    return _text(await self._fcall(script, keys, args))
                 except RedisErrorReply as error:
                     if not unknown_command(error.message):
                         raise
@@ -277,27 +282,48 @@ class PipelinedCaller:
             if script.sha not in self._registered:
                 self.client.register_script(script.source)
                 self._registered.add(script.sha)
-            return _text(await self.client.evalsha(script.sha, keys, args))
+            return _text(await self._evalsha(script, keys, args))
         except RedisErrorReply as error:
             raise _reply_error(script.operation, error) from None
 
+    async def _fcall(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> RedisReply:
+        if isinstance(self.client, ClusterPipelinedRedis):
+            return await self.client.fcall(script.function, keys, args, idempotent=script.retry_safe)
+        return await self.client.fcall(script.function, keys, args)
+
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> RedisReply:
+        if isinstance(self.client, ClusterPipelinedRedis):
+            return await self.client.evalsha(script.sha, keys, args, idempotent=script.retry_safe)
+        return await self.client.evalsha(script.sha, keys, args)
+
     async def execute(self, *parts: str) -> Reply:
         try:
+            if isinstance(self.client, ClusterPipelinedRedis):
+                idempotent = parts[0].upper() in RETRY_SAFE_COMMANDS
+                return _text(await self.client.execute(*parts, idempotent=idempotent))
             return _text(await self.client.execute(*parts))
         except RedisErrorReply as error:
             raise _reply_error(parts[0], error) from None
 
     async def scan_keys(self, pattern: str) -> list[str]:
+        """Every key matching ``pattern``, from every master on a cluster."""
+        if isinstance(self.client, ClusterPipelinedRedis):
+            await self.client.load_slots()
         found: set[str] = set()
-        cursor = "0"
-        while True:
-            reply = await self.execute("SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
-            if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[1], list):
-                raise BalanceScriptError(f"SCAN: unexpected reply {reply!r}")
-            cursor = str(reply[0])
-            found.update(str(name) for name in reply[1])
-            if cursor == "0":
-                return sorted(found)
+        for node in self.client.masters():
+            cursor = "0"
+            while True:
+                try:
+                    reply = await node.execute("SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
+                except RedisErrorReply as error:
+                    raise BalanceScriptError(f"SCAN: {error}") from None
+                if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[1], list):
+                    raise BalanceScriptError(f"SCAN: unexpected reply {reply!r}")
+                cursor = str(_text(reply[0]))
+                found.update(str(_text(name)) for name in reply[1])
+                if cursor == "0":
+                    break
+        return sorted(found)
 
     async def close(self) -> None:
         await self.client.close()

@@ -8,11 +8,20 @@ script, and turns its reply into an ``OperationResult``. Each is idempotent by i
 hierarchy's idempotency hash with the top-ups' and adjustments' (balance/keys.py): a repeat
 answers ``replayed`` with what the first call applied. They run off the hot path, on the store's
 ``admin`` caller, and are safe to send again when a connection dies with the outcome unknown.
+
+``cut_many`` is the bill run's bulk path for a page of cuts, with the same checks and script: it
+reads each account's chain (root and ancestors) once for the page, level by level, every lookup
+of a level sent together, into a dictionary that lives for the call only (so a run over a
+hundred thousand lines does not grow the store's own caches), then sends every cut script at
+once on the store's ``caller``: on the pipelined client (``balance.pipeline``) they leave in one
+write and Redis answers them back to back, instead of three round trips a cut.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from balance import keys
@@ -20,6 +29,7 @@ from balance.script_io import reply_text
 from balance.scripts import SCRIPTS, Operation
 from balance.types import (
     MAX_AMOUNT_MICROS,
+    MAX_HIERARCHY_LEVELS,
     MAX_SERVICE_UNITS,
     MONETARY_KINDS,
     BucketKind,
@@ -30,6 +40,7 @@ from balance.types import (
 )
 
 if TYPE_CHECKING:
+    from balance.callers import ScriptCaller
     from balance.store import BalanceStore
 
 
@@ -75,21 +86,84 @@ async def cut(
     ancestors = await store.ancestors(account_id) if found is not None else None
     if found is None or ancestors is None:
         return OperationResult(Outcome.UNKNOWN_ACCOUNT)
-    root = found[0]
-    problem = cut_problem(line_micros, pools, len(ancestors))
+    order = CutOrder(account_id, cut_id, line_micros, tuple(pools))
+    return await _send_cut(store, order, found[0], ancestors, store.admin)
+
+
+@dataclass(frozen=True, slots=True)
+class CutOrder:
+    """One cut of ``cut_many``: ``cut``'s arguments."""
+
+    account_id: str
+    cut_id: str
+    line_micros: int
+    pools: tuple[PoolDraw, ...] = ()
+
+
+async def _send_cut(
+    store: BalanceStore, order: CutOrder, root: str, ancestors: Sequence[str], caller: ScriptCaller
+) -> OperationResult:
+    problem = cut_problem(order.line_micros, order.pools, len(ancestors))
     if problem is not None:
         return _refused(problem)
-    if not cut_id:
+    if not order.cut_id:
         return _refused("cut_id: empty")
-    arguments = [account_id, cut_id, " ".join(ancestors), str(line_micros)]
-    for pool in sorted(pools, key=lambda pool: pool.level):
+    arguments = [order.account_id, order.cut_id, " ".join(ancestors), str(order.line_micros)]
+    for pool in sorted(order.pools, key=lambda pool: pool.level):
         arguments += [str(pool.level), str(pool.bucket_micros), str(pool.line_micros)]
     script_keys = [
-        keys.account_key(root, account_id),
+        keys.account_key(root, order.account_id),
         keys.idempotency_key(root),
         *(keys.account_key(root, ancestor) for ancestor in ancestors),
     ]
-    return _result(reply_text(await store.admin.run(SCRIPTS[Operation.CUT], script_keys, arguments)))
+    return _result(reply_text(await caller.run(SCRIPTS[Operation.CUT], script_keys, arguments)))
+
+
+async def _chains(store: BalanceStore, account_ids: Sequence[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """(root, ancestors parent first) of each known account of ``account_ids`` (the unknown ones
+    are left out), read level by level with every lookup of a level sent at once."""
+    links: dict[str, tuple[str, str] | None] = {}  # account: (root, parent or ""), None: unknown
+    wanted = sorted({account for account in account_ids if keys.is_valid_account_id(account)})
+    for _ in range(MAX_HIERARCHY_LEVELS):
+        if not wanted:
+            break
+        replies = await asyncio.gather(*(store.caller.execute("GET", keys.account_root_key(item)) for item in wanted))
+        for account, reply in zip(wanted, replies, strict=True):
+            if isinstance(reply, str):
+                root, _, above = reply.partition(" ")
+                links[account] = (root, above)
+            else:
+                links[account] = None
+        wanted = sorted({link[1] for link in links.values() if link and link[1] and link[1] not in links})
+    chains: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for account in account_ids:
+        link = links.get(account)
+        if link is None:
+            continue
+        chain: list[str] = []
+        step: str | None = link[1]
+        while step and len(chain) < MAX_HIERARCHY_LEVELS:
+            chain.append(step)
+            next_link = links.get(step)
+            step = next_link[1] if next_link is not None else None  # None: a broken chain, as unknown
+        if step is not None:
+            chains[account] = (link[0], tuple(chain))
+    return chains
+
+
+async def cut_many(store: BalanceStore, orders: Sequence[CutOrder]) -> list[OperationResult]:
+    """``cut`` of each order, answers in order (the module docstring: the chains read once, the
+    scripts sent together on the store's ``caller``)."""
+    chains = await _chains(store, [order.account_id for order in orders])
+    unknown = OperationResult(Outcome.UNKNOWN_ACCOUNT)
+
+    async def one(order: CutOrder) -> OperationResult:
+        found = chains.get(order.account_id)
+        if found is None:
+            return unknown
+        return await _send_cut(store, order, found[0], found[1], store.caller)
+
+    return list(await asyncio.gather(*(one(order) for order in orders)))
 
 
 async def debit_rental(

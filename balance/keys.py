@@ -41,14 +41,32 @@ none. Field names are short because they are stored once per account and per ses
 ``id:<kind>:<value>`` string: the account of a subscriber identity (kind e164, imsi, sip, nai,
     private: RFC 4006 Subscription-Id-Type), cached by the server.
 ``pf:<account>`` hash: the subscriber profile (tariff plan, customer type, name, identities).
-``ocs:outbox`` set: roots whose outbox may hold records (the spool writer's work list).
-``ocs:sessions`` sorted set: roots with open sessions, scored by when to look at them next
-    (the session supervisor's work list).
+``ocs:outbox:{w<k>.<n>}`` set, one of ``WORK_SHARDS``: roots whose outbox may hold records (the
+    spool writer's work list), each root in the shard ``work_shard`` names.
+``ocs:sessions:{w<k>.<n>}`` sorted set, one of ``WORK_SHARDS``: roots with open sessions, scored
+    by when to look at them next (the session supervisor's work list), sharded the same way.
+    Both were one key each (``ocs:outbox``, ``ocs:sessions``: ``LEGACY_OUTBOX_ROOTS``,
+    ``LEGACY_SESSION_ROOTS``) before 2027-02; the store moves what those hold into the shards
+    once, at the server's startup rescan (balance/work_lists.py).
+
+Work-list shards: a charge marks its hierarchy on the work lists with separate commands (a script
+may touch one slot only, and a work list names many hierarchies). With one global key per list,
+every charge that opens a session or writes a record would go to the one master holding it, and
+that master would carry a share of every request. Shard ``k`` of ``WORK_SHARDS`` has a hash tag
+(``w<k>.<n>``, ``n`` the first number that works) whose slot lies in the ``k``-th equal range of
+the 16384 slots, and a root goes to the shard of its own slot's range: on a cluster whose masters
+hold contiguous equal ranges (what ``redis-cli --cluster create`` makes), a hierarchy's marks go
+to the master of its money, or a neighbour, and the marks spread over the masters exactly as the
+hierarchies do. On a single Redis the shards are simply ``WORK_SHARDS`` keys; the readers (spool
+writer, session supervision, rescans) walk all of them.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 # How long a closed session stays as a tombstone, answering retransmissions of its last request
 # with the stored answer (a duplicate, RFC 4006 section 5.7 and RFC 6733 section 5.5.4) instead
@@ -67,8 +85,43 @@ import re
 # quota.tombstone_seconds.
 DEFAULT_TOMBSTONE_SECONDS = 600
 
-OUTBOX_ROOTS = "ocs:outbox"
-SESSION_ROOTS = "ocs:sessions"
+# Enough shards for the marks to spread evenly over 32 masters; each pass of the spool writer and
+# of session supervision reads every shard (one pipelined command each), so not many more.
+WORK_SHARDS = 32
+LEGACY_OUTBOX_ROOTS = "ocs:outbox"
+LEGACY_SESSION_ROOTS = "ocs:sessions"
+
+
+def _shard_tags() -> tuple[str, ...]:
+    """The hash tag of each shard: ``w<k>.<n>`` with the first ``n`` whose slot is in range ``k``."""
+    width = REDIS_CLUSTER_HASH_SLOTS // WORK_SHARDS
+    tags = []
+    for shard in range(WORK_SHARDS):
+        number = 0
+        while key_slot(f"w{shard}.{number}".encode()) // width != shard:
+            number += 1
+        tags.append(f"w{shard}.{number}")
+    return tuple(tags)
+
+
+_SHARD_TAGS = _shard_tags()
+OUTBOX_ROOTS_SHARDS: tuple[str, ...] = tuple(f"ocs:outbox:{{{tag}}}" for tag in _SHARD_TAGS)
+SESSION_ROOTS_SHARDS: tuple[str, ...] = tuple(f"ocs:sessions:{{{tag}}}" for tag in _SHARD_TAGS)
+
+
+@lru_cache(maxsize=65_536)
+def work_shard(root: str) -> int:
+    """The work-list shard of a hierarchy: the range of its root's slot (module docstring)."""
+    return key_slot(root.encode()) * WORK_SHARDS // REDIS_CLUSTER_HASH_SLOTS
+
+
+def outbox_roots_key(root: str) -> str:
+    return OUTBOX_ROOTS_SHARDS[work_shard(root)]
+
+
+def session_roots_key(root: str) -> str:
+    return SESSION_ROOTS_SHARDS[work_shard(root)]
+
 
 # Account ids name Redis keys and zset members ("<account>|<session>"): keep them plain.
 ACCOUNT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")

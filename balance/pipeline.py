@@ -119,6 +119,9 @@ CommandPart: TypeAlias = bytes | str | int
 _pack_command: Callable[[tuple[CommandPart, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
 
 
+_ASKING: Final = _pack_command((b"ASKING",))
+
+
 class _StreamCorrupt(Exception):
     """hiredis could not parse the stream: the connection cannot be resynchronised."""
 
@@ -307,15 +310,21 @@ class PipelinedRedis:
         Redis does not know the function (never loaded, FUNCTION FLUSH, a new Redis)."""
         self._libraries[function] = library_source.encode() if isinstance(library_source, str) else library_source
 
-    async def evalsha(self, sha: str, keys: Sequence[CommandPart], args: Sequence[CommandPart]) -> RedisReply:
+    async def evalsha(
+        self, sha: str, keys: Sequence[CommandPart], args: Sequence[CommandPart], *, asking: bool = False
+    ) -> RedisReply:
+        """EVALSHA; ``asking`` sends ASKING right before it (a Redis Cluster ASK redirection:
+        balance/pipeline_cluster.py), and before its retry after a repair."""
         return await self._call_repairing(
-            _pack_command((b"EVALSHA", sha, len(keys), *keys, *args)), self._script_load_for, sha
+            _pack_command((b"EVALSHA", sha, len(keys), *keys, *args)), self._script_load_for, sha, asking
         )
 
-    async def fcall(self, function: str, keys: Sequence[CommandPart], args: Sequence[CommandPart]) -> RedisReply:
+    async def fcall(
+        self, function: str, keys: Sequence[CommandPart], args: Sequence[CommandPart], *, asking: bool = False
+    ) -> RedisReply:
         """FCALL; a RedisErrorReply "unknown command" if Redis has no functions (before 7.0)."""
         return await self._call_repairing(
-            _pack_command((b"FCALL", function, len(keys), *keys, *args)), self._function_load_for, function
+            _pack_command((b"FCALL", function, len(keys), *keys, *args)), self._function_load_for, function, asking
         )
 
     def _script_load_for(self, sha: str, error: RedisErrorReply) -> bytes | None:
@@ -331,7 +340,11 @@ class PipelinedRedis:
         return _pack_command((b"FUNCTION", b"LOAD", source))
 
     async def _call_repairing(
-        self, command: bytes, repair_for: Callable[[str, RedisErrorReply], bytes | None], name: str
+        self,
+        command: bytes,
+        repair_for: Callable[[str, RedisErrorReply], bytes | None],
+        name: str,
+        asking: bool = False,
     ) -> RedisReply:
         """``command``; if Redis answers an error that ``repair_for`` knows how to repair (a
         script or function it does not have), the repair and ``command`` again, back to back."""
@@ -339,7 +352,7 @@ class PipelinedRedis:
         if connection is None or connection.failure is not None:
             connection = await self._connect()
         try:
-            return await self._submit(connection, command)
+            return await self._submit(connection, command, asking)
         except RedisErrorReply as error:
             repair = repair_for(name, error)
             if repair is None:
@@ -348,8 +361,8 @@ class PipelinedRedis:
         connection = self._connection
         if connection is None or connection.failure is not None:
             connection = await self._connect()
-        load = self._submit(connection, repair)
-        retry = self._submit(connection, command)
+        load = self._submit(connection, repair, asking)
+        retry = self._submit(connection, command, asking)
         try:
             await load
         except RedisErrorReply as error:
@@ -361,13 +374,17 @@ class PipelinedRedis:
             raise
         return await retry
 
-    async def execute(self, *parts: CommandPart) -> RedisReply:
+    async def execute(self, *parts: CommandPart, asking: bool = False) -> RedisReply:
         """Any command, pipelined like ``evalsha`` (for the few non-script calls of the hot path)."""
         command = _pack_command(parts)
         connection = self._connection
         if connection is None or connection.failure is not None:
             connection = await self._connect()
-        return await self._submit(connection, command)
+        return await self._submit(connection, command, asking)
+
+    def masters(self) -> list[PipelinedRedis]:
+        """The clients of every node holding data: this one (a cluster client lists its masters)."""
+        return [self]
 
     async def close(self, timeout_seconds: float = DEFAULT_CLOSE_TIMEOUT_SECONDS) -> None:
         """Refuse new calls, let pending ones finish (up to the timeout), then close the connection."""
@@ -384,13 +401,17 @@ class PipelinedRedis:
         await connection.lost
 
     # --- internals ------------------------------------------------------------------------------
-    def _submit(self, connection: _Connection, command: bytes) -> asyncio.Future[RedisReply]:
+    def _submit(self, connection: _Connection, command: bytes, asking: bool = False) -> asyncio.Future[RedisReply]:
         if connection.failure is not None:
             raise BalanceUnreached(str(connection.failure))
         if self._closed:
             raise BalanceUnreached("Redis client is closed")
         if len(connection.pending) >= self.max_pending:
             raise BalanceUnreached(f"more than {self.max_pending} Redis calls pending")
+        if asking:
+            # The same connection, right before the command: Redis lets the next command in a
+            # slot being imported run there (cluster spec, "ASK redirection"). Its "+OK" is dropped.
+            connection.send(_ASKING).add_done_callback(_retrieve)
         return connection.send(command)
 
     async def _connect(self) -> _Connection:

@@ -6,7 +6,8 @@ provisioned), builds every key from ``balance.keys`` and the flat ARGV of the sc
 the script through a ``ScriptCaller``, and turns the reply into the types of ``balance.types``.
 After a charge that opened a session or wrote usage records (a replay of one included: the
 call that applied may not have sent them) it marks the hierarchy in the supervisor's and the
-spool writer's work lists; those marks live outside the hierarchy's slot, so they are separate
+spool writer's work lists (balance/work_lists.py, sharded so that on a Redis Cluster they spread
+over the masters); those marks live outside the hierarchy's slot, so they are separate
 commands, sent once the script has applied: their failure cannot undo the charge, so it is not
 raised but kept as state, ``marks_lost``, and a mark lost that way or in a crash is found again
 by ``rescan_work`` (the server runs it at startup and, while ``marks_lost`` is set, from its
@@ -30,10 +31,12 @@ Top-ups, adjustments, provisioning and updates carry no deadline: their callers 
 the CLI) wait for the true outcome, and a client that gives up retries with the same top-up or
 adjustment id. Session expiry and outbox acknowledgements have no caller waiting at all.
 
-Two callers: ``caller`` (the pipelined client on a single Redis) carries all the work whose
+Two callers: ``caller`` (the pipelined client: on a single Redis, or on a Redis Cluster one
+pipelined connection per master, balance/pipeline_cluster.py) carries all the work whose
 number grows with the traffic: charges, their marks, the hierarchy lookup of an account not yet
 cached, and the spool writer's reads and trims of the outboxes (a few calls per usage record
-drained). ``admin`` (redis-py) carries the rest: provisioning, queries, session supervision.
+drained). ``admin`` (redis-py, which routes a cluster's commands itself) carries the rest:
+provisioning, queries, session supervision.
 """
 
 from __future__ import annotations
@@ -43,14 +46,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from balance import keys
+from balance import keys, work_lists
 from balance.callers import PipelinedCaller, RedisPyCaller, Reply, ScriptCaller
 from balance.errors import BalanceScriptError, BalanceUnavailable, BalanceUnreached
 from balance.pipeline import DEFAULT_REPLY_TIMEOUT_SECONDS, PipelinedRedis
+from balance.pipeline_cluster import ClusterPipelinedRedis, startup_nodes_of
 from balance.script_io import (
     bucket_arguments,
     charge_result,
-    first_score,
     item_arguments,
     json_session_id,
     reply_strings,
@@ -128,14 +131,21 @@ class BalanceStore:
         reply_timeout_seconds: float = DEFAULT_REPLY_TIMEOUT_SECONDS,
         tombstone_seconds: int = keys.DEFAULT_TOMBSTONE_SECONDS,
     ) -> BalanceStore:
-        """``pipelined`` puts charges on ``balance.pipeline`` (single Redis only); ``functions=False``
-        runs the EVAL scripts even where Redis has functions (balance/scripts.py)."""
+        """``pipelined`` puts charges on the pipelined client (``balance.pipeline``; with ``cluster``,
+        ``balance.pipeline_cluster``, whose URL may list several nodes, comma-separated);
+        ``functions=False`` runs the EVAL scripts even where Redis has functions (balance/scripts.py)."""
         timeout = reply_timeout_seconds
-        admin = RedisPyCaller.from_url(url, cluster=cluster, functions=functions, reply_timeout_seconds=timeout)
+        admin_url = url.split(",", 1)[0]  # redis-py takes one node and finds the others itself
+        admin = RedisPyCaller.from_url(admin_url, cluster=cluster, functions=functions, reply_timeout_seconds=timeout)
         options = {"reply_timeout_seconds": timeout, "tombstone_seconds": tombstone_seconds}
-        if not pipelined or cluster:
+        if not pipelined:
             return cls(admin, **options)  # type: ignore[arg-type]
-        caller = PipelinedCaller(_pipelined_client(url, timeout), functions=functions)
+        client: PipelinedRedis | ClusterPipelinedRedis
+        if cluster:
+            client = ClusterPipelinedRedis(startup_nodes_of(url), reply_timeout_seconds=timeout)
+        else:
+            client = _pipelined_client(url, timeout)
+        caller = PipelinedCaller(client, functions=functions)
         return cls(caller, admin=admin, **options)  # type: ignore[arg-type]
 
     async def close(self) -> None:
@@ -399,10 +409,7 @@ class BalanceStore:
         (usage records written). Best effort: the charge has applied, so its outcome stands
         whatever happens here; a mark Redis did not take sets ``marks_lost`` (module docstring)."""
         try:
-            if opened:
-                await self.caller.execute("ZADD", keys.SESSION_ROOTS, "LT", str(expiry_seconds), root)
-            if recorded:
-                await self.caller.execute("SADD", keys.OUTBOX_ROOTS, root)
+            await work_lists.mark(self.caller, root, opened, recorded, expiry_seconds)
         except BalanceUnavailable:
             self.marks_lost = True
 
@@ -552,42 +559,26 @@ class BalanceStore:
         lost while it runs sets it again."""
         self.marks_lost = False
         try:
+            await work_lists.move_legacy_lists(self.admin)
             watched = delivered = 0
             for root in roots_of(await self.admin.scan_keys("{*}:x"), ":x"):
-                watched += await self._watch_earliest_session(root)
+                watched += await work_lists.watch_earliest_session(self.admin, root)
             for root in roots_of(await self.admin.scan_keys("{*}:o"), ":o"):
-                delivered += await self._list_if_records_wait(root)
+                delivered += await work_lists.list_if_records_wait(self.caller, root)
         except BaseException:
             self.marks_lost = True
             raise
         return watched, delivered
 
-    async def _watch_earliest_session(self, root: str) -> bool:
-        """Put the hierarchy on the supervisor's list at its earliest session deadline, if any."""
-        earliest = first_score(await self.admin.execute("ZRANGE", keys.expiry_key(root), "0", "0", "WITHSCORES"))
-        if earliest is None:
-            return False
-        await self.admin.execute("ZADD", keys.SESSION_ROOTS, "LT", earliest, root)
-        return True
-
-    async def _list_if_records_wait(self, root: str) -> bool:
-        """Put the hierarchy on the spool writer's list if its outbox holds records."""
-        if await self.caller.execute("LLEN", keys.outbox_key(root)) == 0:
-            return False
-        await self.caller.execute("SADD", keys.OUTBOX_ROOTS, root)
-        return True
-
     async def expire_due(self, now_seconds: int) -> list[tuple[str, str]]:
         """The supervisor's pass: every hierarchy due for a look; returns (root, session) closed."""
-        roots = await self.admin.execute("ZRANGEBYSCORE", keys.SESSION_ROOTS, "-inf", str(now_seconds))
         closed: list[tuple[str, str]] = []
-        for root in roots if isinstance(roots, list) else []:
-            root = str(root)
+        for root in await work_lists.roots_due(self.admin, now_seconds):
             closed += [(root, session_id) for session_id in await self.expire(root, now_seconds)]
             # Remove, then look again: a session opened meanwhile re-adds the root itself, and one
             # opened between our look and the removal is caught by the second look.
-            await self.admin.execute("ZREM", keys.SESSION_ROOTS, root)
-            await self._watch_earliest_session(root)
+            await work_lists.unwatch(self.admin, root)
+            await work_lists.watch_earliest_session(self.admin, root)
         return closed
 
     # -- queries ---------------------------------------------------------------------------
@@ -599,8 +590,7 @@ class BalanceStore:
         return await read_balance(self.admin, found[0], account_id, found[1], now_seconds)
 
     async def outbox_roots(self) -> list[str]:
-        members = await self.caller.execute("SMEMBERS", keys.OUTBOX_ROOTS)
-        return sorted(str(member) for member in members) if isinstance(members, list) else []
+        return await work_lists.roots_with_records(self.caller)
 
     async def read_outbox(self, root: str, limit: int = 1_000) -> list[UsageRecord]:
         """The oldest ``limit`` records of the hierarchy's outbox (left in place until acknowledged)."""
@@ -621,8 +611,7 @@ class BalanceStore:
     async def prune_outbox_root(self, root: str) -> None:
         """Take a hierarchy with an empty outbox off the spool writer's work list; a record that
         arrives meanwhile puts it back (the second look closes the race)."""
-        await self.caller.execute("SREM", keys.OUTBOX_ROOTS, root)
-        await self._list_if_records_wait(root)
+        await work_lists.unlist_outbox(self.caller, root)
 
     async def usage_records(self) -> list[UsageRecord]:
         """Every record still in any outbox (tests and audits), by hierarchy then commit order."""

@@ -470,8 +470,9 @@ def memory_breakdown(admin: redis.Redis) -> str:
         encoding = admin.object("encoding", name)
         encoding_text = encoding.decode() if isinstance(encoding, bytes) else str(encoding)
         parts.append(f"{label} {admin.memory_usage(name, samples=0)} B ({encoding_text})")
-    roots = int(admin.zcard(keys.SESSION_ROOTS)) or 1
-    parts.append(f"supervisor list {int(admin.memory_usage(keys.SESSION_ROOTS, samples=0) or 0) // roots} B per root")
+    shard = keys.session_roots_key(account)
+    roots = int(admin.zcard(shard)) or 1
+    parts.append(f"supervisor list {int(admin.memory_usage(shard, samples=0) or 0) // roots} B per root (one shard)")
     return "; ".join(parts)
 
 

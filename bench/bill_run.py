@@ -19,7 +19,9 @@ business database (the default: one file, ``synchronous=FULL``) and an emptied e
    the child reports its peak RSS (``ru_maxrss``) and the one-ledger audit without the per-line
    Redis check (the cuts' outcomes are checked instead, and a sample of 1,000 lines' unbilled
    counters are 0 in Redis).
-``rss_growth`` = the peak RSS of the run at N over that at N/10. The last line is
+``rss_growth`` = the peak RSS of the run at N over that at N/10. A ``CPU`` line gives what the run
+at N cost in CPU (this process, its SQLite thread included, and redis-server), a figure that a
+shared machine's load does not move as it moves the wall time. The last line is
 ``RESULT accounts=<n> accounts_per_s=<x> peak_rss_mb=<x> rss_growth=<x> rerun_new_invoices=<n>
 tie_out=<ok|fail>``.
 
@@ -186,9 +188,11 @@ async def run(directory: Path, redis_url: str) -> dict[str, object]:
     clock = datetime(2026, 3, 1, 3, tzinfo=UTC).timestamp
     try:
         bill_run = BillRun(engine, store, catalog, clock=clock)
-        started = time.perf_counter()
+        redis_before = await redis_cpu_seconds(store)
+        started, cpu_started = time.perf_counter(), time.process_time()
         first = await bill_run.run(RUN_DAY)
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        redis_seconds = await redis_cpu_seconds(store) - redis_before
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         second = await bill_run.run(RUN_DAY)
         problems = await ledger_audit(engine)
@@ -205,12 +209,22 @@ async def run(directory: Path, redis_url: str) -> dict[str, object]:
         "records": first.records,
         "cuts": first.cuts,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,  # this process's (its SQLite thread's included)
+        "redis_cpu_seconds": redis_seconds,
         "peak_rss_mb": peak_kb / 1024,
         "rerun_new_invoices": second.invoices,
         "rerun_cuts": second.cuts,
         "tie_out": tie_out,
         "problems": (problems + first.problems)[:5],
     }
+
+
+async def redis_cpu_seconds(store: BalanceStore) -> float:
+    """redis-server's CPU so far (INFO cpu: used_cpu_sys + used_cpu_user)."""
+    reply = await store.admin.execute("INFO", "cpu")  # redis-py parses it: name, value, name, value, ...
+    assert isinstance(reply, list), reply
+    fields = dict(zip(reply[::2], reply[1::2], strict=True))
+    return float(str(fields["used_cpu_sys"])) + float(str(fields["used_cpu_user"]))
 
 
 def child(step: str, directory: Path, redis_url: str, accounts: int) -> dict[str, object]:
@@ -255,6 +269,13 @@ def main() -> None:
     rerun = int(str(small["rerun_new_invoices"])) + int(str(large["rerun_new_invoices"]))
     tie_out = "ok" if small["tie_out"] and large["tie_out"] else "fail"
     peak = float(str(large["peak_rss_mb"]))
+    cpu = float(str(large["cpu_seconds"]))
+    redis_cpu = float(str(large["redis_cpu_seconds"]))
+    accounts = float(str(large["accounts"]))
+    print(  # what the run cost whatever else the machine was doing (a shared machine's wall time is not)
+        f"CPU run_cpu_seconds={cpu:.1f} accounts_per_cpu_s={accounts / cpu:.0f} redis_cpu_seconds={redis_cpu:.1f}"
+        f" accounts_per_cpu_s_with_redis={accounts / (cpu + redis_cpu):.0f}"
+    )
     print(
         f"RESULT accounts={large['accounts']} accounts_per_s={rate:.0f} peak_rss_mb={peak:.1f}"
         f" rss_growth={growth:.2f} rerun_new_invoices={rerun} tie_out={tie_out}"

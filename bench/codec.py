@@ -21,7 +21,7 @@ the minimum is the least disturbed measurement. The garbage collector is paused 
 as ``timeit`` does. ``grammar.validate`` of the CCR is printed too: it is not part of the
 comparison (python-diameter has no grammar check) but runs on the server's hot path.
 
-Our codec may run as pure Python (the default install) or compiled with mypyc (the opt-in build
+Our codec may run compiled with mypyc (the default install) or as pure Python (the fallback
 of protocol/README.md, "Compiled build"); the run says which, judging by the files the hot-path
 modules were loaded from, and says "mixed" when only some are compiled (stale ``.so`` files).
 

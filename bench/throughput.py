@@ -41,6 +41,13 @@ target) when 256 was measured, else for the row with the highest ccr_per_s. Targ
 >= 30,000 CCR/s at the best concurrency, p99 <= 5 ms at 4 x 64 in flight, <= 30 us of server CPU
 per CCR.
 
+``--cluster`` measures each concurrency twice: on the embedded single Redis as above, then on a
+fresh 3-master Redis Cluster (``balance.cluster.EmbeddedRedisCluster`` in the temporary directory,
+the server given every node's address with ``OCS_REDIS_CLUSTER=true``: charges on the pipelined
+cluster client, one connection per master); ``redis_us`` is then the three masters' CPU together.
+The RESULT line adds ``cluster_ccr_per_s`` and ``cluster_server_us_per_ccr`` of the same
+concurrency.
+
 Run from the project root: ``.venv/bin/python bench/throughput.py`` (about 60 s per concurrency:
 provisioning 4000 lines, the traffic, the audit).
 """
@@ -48,6 +55,7 @@ provisioning 4000 lines, the traffic, the audit).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -63,6 +71,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from balance.cluster import EmbeddedRedisCluster
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = PROJECT_ROOT / "config" / "scenarios" / "max-throughput.toml"
@@ -110,6 +121,7 @@ class Row:
     unanswered: int
     audit_ok: bool
     connections_per_worker: str  # how the simulator's connections landed: "worker:count,..."
+    redis: str = "single"  # or "cluster3": a 3-master Redis Cluster (--cluster)
 
 
 def free_port() -> int:
@@ -157,10 +169,10 @@ def redis_child(server_pid: int) -> int | None:
     return None
 
 
-def server_cpu_seconds(server_pid: int, redis_pid: int | None) -> float:
+def server_cpu_seconds(server_pid: int, redis_pids: list[int]) -> float:
     """The server's CPU: the process, and with ``--workers N`` its worker processes (every child
     but the embedded redis-server), looked up at each sample (a restarted worker is a new pid)."""
-    workers = [pid for pid in child_pids(server_pid) if pid != redis_pid]
+    workers = [pid for pid in child_pids(server_pid) if pid not in redis_pids]
     return process_cpu_seconds(server_pid) + sum(process_cpu_seconds(pid) for pid in workers)
 
 
@@ -183,7 +195,8 @@ def connections_per_worker(server_log: Path) -> str:
 def admin_token(environment: dict[str, str], tree: Path = PROJECT_ROOT) -> str | None:
     """An admin token for the simulator, made offline (``ocs token create``) in the database the
     server of ``environment`` will use; None for a tree from before the API had tokens."""
-    if not any((tree / "ocs" / path).exists() for path in ("token_commands.py", "cli/tokens.py")):
+    # ocs/cli/tokens.py now; ocs/token_commands.py in the trees of its first versions.
+    if not any((tree / "ocs" / name).exists() for name in ("cli/tokens.py", "token_commands.py")):
         return None
     made = subprocess.run(
         [sys.executable, "-m", "ocs", "token", "create", "--role", "admin", "--name", "bench", "--expires", "1d"],
@@ -232,10 +245,10 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 class ProgressWatcher:
     """Reads the simulator's stderr line by line and samples CPU at each progress line."""
 
-    def __init__(self, simulator: subprocess.Popen[bytes], server_pid: int, redis_pid: int | None) -> None:
+    def __init__(self, simulator: subprocess.Popen[bytes], server_pid: int, redis_pids: list[int]) -> None:
         self.simulator = simulator
         self.server_pid = server_pid
-        self.redis_pid = redis_pid
+        self.redis_pids = redis_pids
         self.samples: list[Sample] = []
         self.lines: list[str] = []
         self.traffic_done = False
@@ -258,8 +271,8 @@ class ProgressWatcher:
                     wall_seconds=now,
                     elapsed_seconds=float(match["elapsed"]),
                     requests=int(match["requests"]),
-                    server_seconds=server_cpu_seconds(self.server_pid, self.redis_pid),
-                    redis_seconds=process_cpu_seconds(self.redis_pid),
+                    server_seconds=server_cpu_seconds(self.server_pid, self.redis_pids),
+                    redis_seconds=sum(process_cpu_seconds(pid) for pid in self.redis_pids),
                     simulator_seconds=process_cpu_seconds(self.simulator.pid),
                     machine_busy_seconds=machine_busy_seconds(),
                 )
@@ -276,71 +289,104 @@ def window(samples: list[Sample], warmup_seconds: float, duration_seconds: float
     return steady[0], steady[-1]
 
 
-def measure(sessions: int, connections: int, duration_seconds: float, warmup_seconds: float, workers: int = 1) -> Row:
+def measure(
+    sessions: int,
+    connections: int,
+    duration_seconds: float,
+    warmup_seconds: float,
+    workers: int = 1,
+    *,
+    cluster: bool = False,
+) -> Row:
     with tempfile.TemporaryDirectory(prefix="ocs-throughput-") as temporary:
         directory = Path(temporary)
-        diameter_port, http_port = free_port(), free_port()
-        environment = {
-            **os.environ,
-            "OCS_DIAMETER_PORT": str(diameter_port),
-            "OCS_HTTP_PORT": str(http_port),
-            "OCS_REDIS_DATA_DIRECTORY": str(directory / "redis"),
-            "OCS_SPOOL_PATH": str(directory / "spool.sqlite3"),
-        }
-        report_path = directory / "report.json"
-        token = admin_token(environment)
-        with (directory / "server.log").open("wb") as server_log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "ocs", "serve", "--workers", str(workers)],
+        if not cluster:
+            return _measure_in(directory, sessions, connections, duration_seconds, warmup_seconds, workers, None)
+        with EmbeddedRedisCluster(directory / "cluster") as redis_cluster:
+            return _measure_in(
+                directory, sessions, connections, duration_seconds, warmup_seconds, workers, redis_cluster
+            )
+
+
+def _measure_in(
+    directory: Path,
+    sessions: int,
+    connections: int,
+    duration_seconds: float,
+    warmup_seconds: float,
+    workers: int,
+    redis_cluster: EmbeddedRedisCluster | None,
+) -> Row:
+    diameter_port, http_port = free_port(), free_port()
+    environment = {
+        **os.environ,
+        "OCS_DIAMETER_PORT": str(diameter_port),
+        "OCS_HTTP_PORT": str(http_port),
+        "OCS_REDIS_DATA_DIRECTORY": str(directory / "redis"),
+        "OCS_SPOOL_PATH": str(directory / "spool.sqlite3"),
+    }
+    if redis_cluster is not None:
+        nodes = ",".join(f"{host}:{port}" for host, port in redis_cluster.startup_nodes)
+        environment |= {"OCS_REDIS_URL": f"redis://{nodes}", "OCS_REDIS_CLUSTER": "true"}
+    report_path = directory / "report.json"
+    token = admin_token(environment)
+    with (directory / "server.log").open("wb") as server_log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ocs", "serve", "--workers", str(workers)],
+            cwd=PROJECT_ROOT,
+            env=environment,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_health(http_port, server)
+            simulator = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "simulator",
+                    "--scenario",
+                    str(SCENARIO),
+                    "--diameter",
+                    f"127.0.0.1:{diameter_port}",
+                    "--api",
+                    f"http://127.0.0.1:{http_port}",
+                    "--duration",
+                    str(duration_seconds),
+                    "--sessions",
+                    str(sessions),
+                    "--connections",
+                    str(connections),
+                    "--json",
+                    str(report_path),
+                ],
                 cwd=PROJECT_ROOT,
-                env=environment,
-                stdout=server_log,
-                stderr=subprocess.STDOUT,
+                env=with_token(environment, token),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
             try:
-                wait_for_health(http_port, server)
-                simulator = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "simulator",
-                        "--scenario",
-                        str(SCENARIO),
-                        "--diameter",
-                        f"127.0.0.1:{diameter_port}",
-                        "--api",
-                        f"http://127.0.0.1:{http_port}",
-                        "--duration",
-                        str(duration_seconds),
-                        "--sessions",
-                        str(sessions),
-                        "--connections",
-                        str(connections),
-                        "--json",
-                        str(report_path),
-                    ],
-                    cwd=PROJECT_ROOT,
-                    env=with_token(environment, token),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
-                try:
-                    watcher = ProgressWatcher(simulator, server.pid, redis_child(server.pid))
-                    simulator.wait()
-                    watcher.join()
-                finally:
-                    if simulator.poll() is None:  # interrupted: leave no load generator behind
-                        simulator.kill()
-                        simulator.wait()
+                if redis_cluster is not None:
+                    redis_pids = [node.pid for node in redis_cluster.nodes if node.pid is not None]
+                else:
+                    redis_pids = [pid for pid in [redis_child(server.pid)] if pid is not None]
+                watcher = ProgressWatcher(simulator, server.pid, redis_pids)
+                simulator.wait()
+                watcher.join()
             finally:
-                stop(server)
-        if simulator.returncode not in (0, 1) or not report_path.exists():  # 1: the audit found problems
-            tail = "\n".join(watcher.lines[-20:])
-            raise RuntimeError(f"simulator exited with status {simulator.returncode}:\n{tail}")
-        report: dict[str, Any] = json.loads(report_path.read_text())
-        landed = connections_per_worker(directory / "server.log")
+                if simulator.poll() is None:  # interrupted: leave no load generator behind
+                    simulator.kill()
+                    simulator.wait()
+        finally:
+            stop(server)
+    if simulator.returncode not in (0, 1) or not report_path.exists():  # 1: the audit found problems
+        tail = "\n".join(watcher.lines[-20:])
+        raise RuntimeError(f"simulator exited with status {simulator.returncode}:\n{tail}")
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    landed = connections_per_worker(directory / "server.log")
     first, last = window(watcher.samples, warmup_seconds, duration_seconds)
-    return _row(sessions, connections, first, last, report, workers, landed)
+    row = _row(sessions, connections, first, last, report, workers, landed)
+    return row if redis_cluster is None else dataclasses.replace(row, redis="cluster3")
 
 
 def _row(
@@ -388,7 +434,7 @@ HEADER = (
     f"{'workers':>7} {'sessions':>8} {'conns':>5} {'ccr/s':>8} {'p50_ms':>8} {'p99_ms':>8} {'p99.9_ms':>9} "
     f"{'srv_us':>7} {'redis_us':>8} {'sim_us':>7} {'srv/sim':>7} "
     f"{'srv_cpu%':>8} {'redis%':>6} {'sim_cpu%':>8} {'other%':>6} {'window_s':>8} {'run_ccr/s':>9} "
-    f"{'no_ans':>6} {'audit':>5} landed"
+    f"{'no_ans':>6} {'audit':>5} {'redis':>8} landed"
 )
 
 
@@ -400,7 +446,7 @@ def format_row(row: Row) -> str:
         f"{row.simulator_us_per_ccr:>7.0f} {row.server_us_per_ccr / row.simulator_us_per_ccr:>7.2f} "
         f"{row.server_cpu_pct:>8.0f} {row.redis_cpu_pct:>6.0f} {row.simulator_cpu_pct:>8.0f} "
         f"{row.other_cpu_pct:>6.0f} {row.window_seconds:>8.1f} {row.whole_run_ccr_per_s:>9.0f} "
-        f"{row.unanswered:>6} {'ok' if row.audit_ok else 'FAIL':>5} {row.connections_per_worker}"
+        f"{row.unanswered:>6} {'ok' if row.audit_ok else 'FAIL':>5} {row.redis:>8} {row.connections_per_worker}"
     )
 
 
@@ -420,6 +466,9 @@ def main() -> int:
     parser.add_argument(
         "--warmup", type=float, default=DEFAULT_WARMUP_SECONDS, help="seconds of traffic left out of the window"
     )
+    parser.add_argument(
+        "--cluster", action="store_true", help="each concurrency also on a 3-master Redis Cluster, after single Redis"
+    )
     arguments = parser.parse_args()
     concurrencies = [int(part) for part in arguments.sessions.split(",") if part.strip()]
     worker_counts = [int(part) for part in arguments.workers.split(",") if part.strip()]
@@ -431,16 +480,22 @@ def main() -> int:
     )
     print(HEADER, flush=True)
     rows: list[Row] = []
+    cluster_rows: list[Row] = []
     for workers in worker_counts:
         for sessions in concurrencies:
             row = measure(sessions, arguments.connections, arguments.duration, warmup, workers)
             rows.append(row)
             print(format_row(row), flush=True)
+            if arguments.cluster:
+                clustered = measure(sessions, arguments.connections, arguments.duration, warmup, workers, cluster=True)
+                cluster_rows.append(clustered)
+                print(format_row(clustered), flush=True)
     print(
         "srv_us / redis_us / sim_us: CPU microseconds per CCR of the server process, its embedded "
         "redis-server and the simulator; *_cpu%: of one core over the window; other%: the rest of the machine"
     )
-    # RESULT per worker count: the 4 x 64 row (the issue's p99 target) if measured, else the best.
+    # RESULT per worker count: the 4 x 64 row (the issue's p99 target) if measured, else the best;
+    # with --cluster, the same row's figures on the cluster beside it.
     for workers in worker_counts:
         measured = [row for row in rows if row.workers == workers]
         chosen = next((row for row in measured if row.sessions == RESULT_SESSIONS), None)
@@ -448,10 +503,15 @@ def main() -> int:
             chosen = max(measured, key=lambda row: row.ccr_per_s)
         print(
             f"RESULT ccr_per_s={chosen.ccr_per_s:.0f} p50_ms={chosen.p50_ms:.2f} p99_ms={chosen.p99_ms:.2f} "
-            f"server_us_per_ccr={chosen.server_us_per_ccr:.1f} simulator_cpu_pct={chosen.simulator_cpu_pct:.1f} "
-            f"workers={chosen.workers} audit={'ok' if chosen.audit_ok else 'FAIL'}"
+            f"server_us_per_ccr={chosen.server_us_per_ccr:.1f} simulator_cpu_pct={chosen.simulator_cpu_pct:.1f}"
+            + "".join(
+                f" cluster_ccr_per_s={row.ccr_per_s:.0f} cluster_server_us_per_ccr={row.server_us_per_ccr:.1f}"
+                for row in cluster_rows
+                if row.sessions == chosen.sessions and row.workers == workers
+            )
+            + f" workers={chosen.workers} audit={'ok' if chosen.audit_ok else 'FAIL'}"
         )
-    return 0 if all(row.audit_ok for row in rows) else 1
+    return 0 if all(row.audit_ok for row in (*rows, *cluster_rows)) else 1
 
 
 if __name__ == "__main__":

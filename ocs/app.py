@@ -4,9 +4,10 @@ Theory of operation: ``startup`` brings the parts up in dependency order: Redis 
 redis-server in the data directory when no URL is configured: the directory is locked, an orphan of
 a killed server stopped, the newest redis-server binary chosen), the balance store and subscriber
 directory, the tariff book, the credit-control handler, the Diameter server, and the background
-tasks (Tcc session supervision, the spool writer, the spool's retention, and ``ocs.redis_watch``'s
-restarts of the embedded Redis). The loops log one line when Redis becomes unavailable and one when
-it is back (``Outage``), never a traceback per pass. A startup that cannot have its Redis (the data
+tasks (Tcc session supervision, the spool writer, the spool's retention, ``ocs.redis_watch``'s
+restarts of the embedded Redis, and with the HTTP side the daily dunning run). The loops log one
+line when Redis becomes unavailable and one when it is back (``Outage``), never a traceback per
+pass. A startup that cannot have its Redis (the data
 directory held by another server, a redis-server that will not start) ends the process with one
 line and exit status 1. Each CCR runs as a task; the number in progress over all connections is
 bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section 5.7: the client
@@ -25,6 +26,10 @@ worker of ``ocs serve --workers N`` runs each only while it holds the duty's lea
 Account events: ``ServerState.events`` is the one seam (``ocs.events.AccountEvents``) on which the
 operator's side publishes what it changed about an account; the session notifier subscribes to
 it at startup. The answers to the notifier's RAR and ASR reach it from the Diameter event handler.
+
+Bill documents: one more background task, the delivery outbox's consumer (``_deliver_documents``,
+ocs/billing/delivery.py), renders issued invoices to HTML and PDF in the data directory; it runs
+once per server, like the spool writer.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import time
 from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -49,6 +55,10 @@ from balance.scripts import LIBRARY_PREFIX
 from balance.store import BalanceStore
 from ocs.api.audit_trail import FALLBACK_FILE_NAME, AuditTrail
 from ocs.api.server import HttpServer, start_http
+from ocs.billing.bill_runs import BillRuns
+from ocs.billing.delivery import DEFAULT_BATCH, BillDocuments, bill_documents
+from ocs.billing.documents import DocumentFormat, DocumentRenderer
+from ocs.billing.dunning import Dunning
 from ocs.billing.spool import Spool
 from ocs.billing.spool_upgrade import import_old_spool
 from ocs.charging.cca import error_answer
@@ -76,6 +86,7 @@ from protocol.message import Message
 log = structlog.get_logger("ocs")
 
 EXIT_STARTUP_FAILED = 1  # the process's status when startup cannot have its Redis
+DUNNING_LOOK_SECONDS = 300.0  # how often the daily dunning task looks whether the day changed
 
 
 @dataclass(slots=True)
@@ -93,7 +104,10 @@ class ServerState:
     spool: Spool | None = None
     database: AsyncEngine | None = None
     line_status: LineStatusMirror | None = None  # lines' status changes into the database
+    documents: BillDocuments | None = None  # bill documents: the delivery consumer and the API's downloads
     audit_trail: AuditTrail | None = None
+    bill_runs: BillRuns | None = None  # the bill run's doors: API, CLI, the daily duty (ocs/billing/bill_runs.py)
+    dunning: Dunning | None = None  # built with the HTTP side's lifecycle (ocs.api.server)
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
@@ -261,6 +275,52 @@ async def _retain_spool(state: ServerState) -> None:
             log.exception("spool_retention_failed")
 
 
+async def _deliver_documents(state: ServerState) -> None:
+    """The delivery outbox's consumer (ocs/billing/delivery.py): issued invoices rendered to HTML
+    and PDF in the data directory, handed on as ``invoice_ready``. A full batch is followed at
+    once by the next; a failing bill is logged once per error and tried again each pass."""
+    assert state.documents is not None
+    interval = state.settings.billing.documents_interval_seconds
+    reported: set[tuple[str, str]] = set()
+    pdf_reason_logged = False
+    while True:
+        full = False
+        try:
+            done = await state.documents.deliver_once()
+        except Exception:
+            log.exception("bill_documents_failed")
+        else:
+            full = done.events >= DEFAULT_BATCH
+            without_pdf = done.documents[DocumentFormat.HTML] - done.documents[DocumentFormat.PDF]
+            state.metrics.documents_delivered(
+                done.documents[DocumentFormat.HTML], done.documents[DocumentFormat.PDF], len(done.failures), without_pdf
+            )
+            for failure in done.failures:
+                if failure not in reported:
+                    reported.add(failure)
+                    log.warning("bill_document_failed", invoice_id=failure[0], error=failure[1])
+            if done.pdf_unavailable is not None and not pdf_reason_logged:
+                pdf_reason_logged = True
+                log.warning("bill_pdf_unavailable", reason=done.pdf_unavailable, delivered="html only")
+        if not full:
+            await asyncio.sleep(interval)
+
+
+async def run_dunning_daily(state: ServerState) -> None:
+    """The dunning run for today (UTC) at startup and after every midnight; it first finishes
+    steps a crash left (ocs/billing/dunning.py). A plain loop a worker's lease can hold."""
+    done: date | None = None
+    while True:
+        today = datetime.now(UTC).date()
+        if state.dunning is not None and today != done:
+            try:
+                await state.dunning.run(today)
+                done = today
+            except Exception:  # the database or Redis away: tried again at the next look
+                log.exception("dunning_run_failed")
+        await asyncio.sleep(DUNNING_LOOK_SECONDS)
+
+
 async def _redis_url(state: ServerState) -> str:
     settings = state.settings.redis
     if settings.url:
@@ -379,8 +439,15 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.duties.register("session_supervision", lambda: _supervise_sessions(state))
     state.duties.register("spool_writer", lambda: _write_spool(state))
     state.duties.register("spool_retention", lambda: _retain_spool(state))
+    bill_runs = state.bill_runs = BillRuns.configured(state.database, state.store, state.book, settings.billing)
+    await bill_runs.startup_pass()  # cuts a run committed but did not apply before a crash
+    state.duties.register("bill_run", bill_runs.daily)
     if state.redis is not None:
         state.background.append(asyncio.create_task(RedisSupervisor(state.redis).run()))
+    state.documents = bill_documents(settings, state.database, DocumentRenderer())
+    state.duties.register("bill_documents", lambda: _deliver_documents(state))
+    # Dunning is built with the HTTP side's lifecycle (ocs.api.server); the loop waits for it.
+    state.duties.register("dunning", lambda: run_dunning_daily(state))
     if state.worker is None:
         state.background += state.duties.run_directly()
     else:

@@ -234,6 +234,17 @@ class BillingSettings:
     """The billing side's rule files (ocs/billing/): loaded once, like the tariffs."""
 
     catalog: str = "config/catalog.toml"  # products, offers, discounts, taxes (ocs/billing/catalog_load.py)
+    run_hour: int = 2  # the daily bill run's hour, UTC (ocs/billing/bill_runs.py): after midnight's cycle close
+    page_size: int = 1_000  # billing accounts per bill run transaction (at most issue_many's 5,000)
+    # The issuer printed on every bill document (ocs/billing/documents.py): name, postal address
+    # (one item per line), tax identification number, and how to pay.
+    issuer_name: str = "Open OCS Telecom"
+    issuer_address: tuple[str, ...] = ()
+    issuer_tax_id: str = ""
+    payment_instructions: str = "Pay by bank transfer, quoting the bill number as the payment reference."
+    # How often the document consumer looks for issued invoices to render (ocs/billing/delivery.py).
+    documents_interval_seconds: float = 5.0
+    dunning: str = "config/dunning.toml"  # dunning ladders per credit class (ocs/billing/dunning_rules.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +465,10 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
         (settings.refund.max_day_micros >= 0, "refund.max_day_micros", ""),
         (0 <= settings.lifecycle.identity_quarantine_days <= 36_600, "lifecycle.identity_quarantine_days", ""),
         (0 < settings.customers.inactivity_days <= 36_600, "customers.inactivity_days", ""),
+        (0 <= settings.billing.run_hour <= 23, "billing.run_hour", " (an hour of the day, UTC: 0 to 23)"),
+        (1 <= settings.billing.page_size <= 5_000, "billing.page_size", " (1 to 5,000)"),
+        (settings.billing.documents_interval_seconds > 0, "billing.documents_interval_seconds", ""),
+        (bool(settings.billing.issuer_name.strip()), "billing.issuer_name", " (empty)"),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):
@@ -490,7 +505,8 @@ def _read_file(path: Path | None) -> tuple[dict[str, object], str]:
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (if given, else ``config/ocs.toml`` where ``find_data_file``
-    finds it), then the environment; a relative tariff, credit classes or catalog path is resolved the same way."""
+    finds it), then the environment; a relative tariff, credit classes, catalog or dunning path is
+    resolved the same way."""
     file_values, where = _read_file(path)
     hints = typing.get_type_hints(Settings)
     sections = set(_section_names())
@@ -525,6 +541,9 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     catalog = str(find_data_file(settings.billing.catalog))
     if catalog != settings.billing.catalog:
         settings = dataclasses.replace(settings, billing=dataclasses.replace(settings.billing, catalog=catalog))
+    dunning = str(find_data_file(settings.billing.dunning))
+    if dunning != settings.billing.dunning:
+        settings = dataclasses.replace(settings, billing=dataclasses.replace(settings.billing, dunning=dunning))
     return settings
 
 

@@ -208,6 +208,19 @@ class Metrics:
             buckets=HTTP_SECONDS_BUCKETS,
             registry=registry,
         )
+        self.documents_rendered = Counter(
+            "ocs_bill_documents_rendered_total",
+            "Bill documents rendered and stored in the data directory by the delivery consumer, by format",
+            ("format",),
+            registry=registry,
+        )
+        self.document_failures = Counter(
+            "ocs_bill_document_failures_total",
+            "Bills the delivery consumer could not render or store (reason render: tried again next pass), "
+            "and bills delivered without their PDF (reason no_pdf_printer: WeasyPrint cannot load pango)",
+            ("reason",),
+            registry=registry,
+        )
         self.http_seconds = Histogram(
             "ocs_http_request_duration_seconds",
             "Time to answer an HTTP request, by route template",
@@ -287,6 +300,17 @@ class Metrics:
             self.spool_written.inc(written)
         self.spool_backlog.set(backlog_records)
         self.spool_lag.set(max(lag_seconds, 0.0))
+
+    # -- bill documents ------------------------------------------------------------------------
+
+    def documents_delivered(self, html: int, pdf: int, failed: int, without_pdf: int) -> None:
+        """After each pass of the delivery consumer (ocs/billing/delivery.py)."""
+        for document_format, count in (("html", html), ("pdf", pdf)):
+            if count:
+                self.documents_rendered.labels(document_format).inc(count)
+        for reason, count in (("render", failed), ("no_pdf_printer", without_pdf)):
+            if count:
+                self.document_failures.labels(reason).inc(count)
 
     # -- values read at scrape time ------------------------------------------------------------
 

@@ -1,5 +1,11 @@
 """Diameter (RFC 6733, RFC 4006/8506, TS 32.299 Gy/Ro): a sans-IO core plus asyncio glue in ``aio``."""
 
+from protocol.build import prefer_sources, pure_python_requested
+
+if pure_python_requested():  # before the codec's modules are imported: protocol/build.py
+    prefer_sources()
+
+# The imports below come after the choice of build above.
 from protocol.codec import Decoded, FrameReader, decode, encode
 from protocol.constants import ApplicationId, CommandCode, CommandFlag, ResultCode
 from protocol.dictionary import DEFAULT_DICTIONARY, Dictionary

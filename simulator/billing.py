@@ -139,6 +139,7 @@ class Enforcement:
     billing_account_id: str
     lines: tuple[str, ...]
     since: float  # time.monotonic()
+    requested_at: float  # time.monotonic() before the dunning run that applied it was asked for
     until: float | None = None
 
 
@@ -221,13 +222,14 @@ class BillingCycle:
             await self._new_bills(day)
         for what, item in self._agenda.pop(day, []):
             await self._act(what, item, day)
+        requested = time.monotonic()
         run = await self.api.dunning_run(day.isoformat())
         answered = time.monotonic()
         steps = run.get("steps_by_action")
         if isinstance(steps, dict):
             self.dunning_steps.update({str(k): int(v) for k, v in steps.items() if isinstance(v, int)})
         if run.get("steps_applied"):
-            await self._observe_dunning(answered, day)
+            await self._observe_dunning(requested, answered, day)
 
     def _plan(self, day: date, what: str, item: str) -> None:
         self._agenda.setdefault(day, []).append((what, item))
@@ -319,7 +321,7 @@ class BillingCycle:
         owed = sum(_micros(bill.get("remaining_amount")) - _micros(bill.get("disputed_amount")) for bill in bills)
         return owed * self.settings.partial_percent // 100 if what == "pay_part" else owed
 
-    async def _observe_dunning(self, answered: float, day: date) -> None:
+    async def _observe_dunning(self, requested: float, answered: float, day: date) -> None:
         """After a run that applied steps: what reached the network, account by account."""
         for payer in self.payers.values():
             for step in await self.api.dunning_history(payer.billing_account_id):
@@ -327,12 +329,17 @@ class BillingCycle:
                 if not isinstance(step_id, int) or step_id in self.enforcements or action not in ENFORCING:
                     continue
                 self.enforcements[step_id] = Enforcement(
-                    step_id, action, payer.billing_account_id, payer.lines, answered
+                    step_id, action, payer.billing_account_id, payer.lines, answered, requested
                 )
                 if action == "terminate":
                     self.retired.update(payer.lines)
                 elif payer.behaviour == "late":  # pays the day after it was restricted or barred
                     self._plan(day + timedelta(days=1), "pay_all", payer.billing_account_id)
+
+    def status_changes(self) -> list[tuple[str, float]]:
+        """(line, when its restriction, bar or termination was asked for): what explains a later
+        refusal for the line's status (``Lifecycle.audit_refusals``)."""
+        return [(line, step.requested_at) for step in self.enforcements.values() for line in step.lines]
 
     async def _observe_lifts(self, call: PaymentCall) -> None:
         """Which of the account's restrictions or bars the payment lifted (its history says)."""

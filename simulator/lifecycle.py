@@ -23,7 +23,12 @@ call so that no new session starts on it). What the run then checks (``audit``):
   answered DIAMETER_SUCCESS (the OCS answers 4010 or 5030 to a barred or terminated line);
 - no session is left open on a terminated line: the OCS releases what its sessions hold after
   their final CCR-T, or after Tx (10 s) without one, so the run looks for reservations only
-  after that grace (``wait_for_terminations``).
+  after that grace (``wait_for_terminations``);
+- a request refused for its line's status (4010 END_USER_SERVICE_DENIED, 5030 USER_UNKNOWN: the
+  simulator counts that session ``refused``, not failed) was answered after a change that
+  suspended, barred or terminated the line had been asked for (``audit_refusals``): a line the
+  run never changed must not be refused so. This runs in every scenario: without lifecycle
+  changes every such refusal is a problem.
 """
 
 from __future__ import annotations
@@ -93,9 +98,12 @@ class Lifecycle:
         """One change per interval until ``deadline`` (time.monotonic)."""
         if self.settings.interval_seconds <= 0:
             return
+        # At a fixed rate: step k at start + k x interval, however long the API took to answer the
+        # one before (a slow answer must not push the cycle's last steps past the end of the run).
+        started = time.monotonic()
         step_number = 0
-        while time.monotonic() + self.settings.interval_seconds < deadline:
-            await asyncio.sleep(self.settings.interval_seconds)
+        while (due := started + (step_number + 1) * self.settings.interval_seconds) < deadline:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             step = self.settings.steps[step_number % len(self.settings.steps)]
             step_number += 1
             try:
@@ -229,6 +237,25 @@ class Lifecycle:
                             f"{line}: {kind} sent {sent - change.answered_at:.3f} s after its {change.step} was "
                             f"answered got {SUCCESS}"
                         )
+
+    def audit_refusals(self, other_changes: Sequence[tuple[str, float]] = ()) -> None:
+        """No request refused for its line's status unless a change had suspended, barred or
+        terminated the line before the refusal was answered (module docstring): one of this
+        scenario's, or one in ``other_changes`` (line, when it was asked for: the dunning ladder's,
+        ``simulator.billing``). Only that: the server tells which of the line's statuses applied,
+        the simulator cannot (scopes overlap)."""
+        for line, answered in sorted(self.recorder.status_refusals_by_line.items()):
+            changed = [
+                change.called_at
+                for change in self.changes
+                if line in change.lines and change.step.partition("_")[0] != "resume"
+            ] + [asked for changed_line, asked in other_changes if changed_line == line]
+            self.problems += [
+                f"{line}: a request was refused for the line's status (4010 or 5030) though no change had "
+                "suspended, barred or terminated it"
+                for moment in answered
+                if not any(called_at <= moment for called_at in changed)
+            ]
 
     def summary(self, line_statuses: Counter[str]) -> dict[str, object]:
         """The report's ``lifecycle`` object (issue 13, "What must be shown"): ``customers`` counts

@@ -85,6 +85,8 @@ class Recorder:
     # (RFC 4006 section 8.35), None for a normal grant; what simulator.billing times a lift by.
     grants_by_line: dict[str, list[tuple[float, int | None]]] = field(default_factory=dict)
     final_unit_actions: Counter[str] = field(default_factory=Counter)  # grants with a FUI, by action
+    # By line: when (time.monotonic) each request refused for the line's status (4010, 5030) was answered.
+    status_refusals_by_line: dict[str, list[float]] = field(default_factory=dict)
 
     def server_request_seen(self, account_id: str, at_monotonic: float) -> None:
         self.server_requests_by_line.setdefault(account_id, []).append(at_monotonic)
@@ -103,6 +105,9 @@ class Recorder:
 
     def line_request(self, account_id: str, sent_monotonic: float, kind: str, code: int) -> None:
         self.requests_by_line.setdefault(account_id, []).append((sent_monotonic, kind, code))
+
+    def status_refused(self, account_id: str, answered_monotonic: float) -> None:
+        self.status_refusals_by_line.setdefault(account_id, []).append(answered_monotonic)
 
     def first_server_request(self, account_ids: Iterable[str], since_monotonic: float) -> float | None:
         """When the first RAR or ASR for a session of ``account_ids`` arrived at or after ``since``."""

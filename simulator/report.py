@@ -114,8 +114,9 @@ def summarize(result: RunResult) -> Summary:
     answered = sum(count for (_, code), count in recorder.requests.items() if code != NO_ANSWER)
     lifecycle: Summary | None = None
     if result.lifecycle is not None:
-        statuses = Counter(result.closing[line.account_id].status for line in result.population.lines)
-        lifecycle = result.lifecycle.summary(statuses)
+        if result.lifecycle.settings.interval_seconds > 0:  # the scenario makes status changes
+            statuses = Counter(result.closing[line.account_id].status for line in result.population.lines)
+            lifecycle = result.lifecycle.summary(statuses)
         problems += result.lifecycle.problems
     billing: Summary | None = None
     if result.billing is not None:

@@ -22,7 +22,8 @@ Theory of operation: ``run_scenario``
 
 Beside the traffic, ``simulator.lifecycle`` makes the scenario's status changes (``[lifecycle]``):
 a line it bars or terminates is retired, so the traffic takes it no more; after the traffic it
-waits for the terminated lines' grace and checks that none was charged after its change.
+waits for the terminated lines' grace and checks that none was charged after its change and that
+no line was refused for a status the run never gave it.
 ``simulator.billing`` runs the scenario's billing calendar (``[billing]``) the same way: bill
 runs, payments and dunning runs through the API while the traffic runs; a line dunning
 terminates is retired; afterwards no line may have been charged while barred, and the one
@@ -85,7 +86,7 @@ class RunResult:
     audit: AuditVerdict
     traffic_seconds: float
     session_errors: list[str] = field(default_factory=list)
-    lifecycle: Lifecycle | None = None  # when the scenario makes status changes
+    lifecycle: Lifecycle | None = None  # its changes (if the scenario makes any) and audits
     billing: BillingCycle | None = None  # when the scenario runs a billing calendar
 
 
@@ -158,6 +159,7 @@ async def run_scenario(
             await traffic.wait_for_tcc(progress, population.subscribers)
             await lifecycle.wait_for_terminations()
             lifecycle.audit_charging()
+            lifecycle.audit_refusals(billing.status_changes())
             billing.audit_charging()
         finally:
             changes.cancel()
@@ -180,7 +182,7 @@ async def run_scenario(
         verdict,
         traffic_seconds,
         traffic.errors,
-        lifecycle if scenario.lifecycle.interval_seconds > 0 else None,
+        lifecycle,
         billing if scenario.billing.enabled else None,
     )
 

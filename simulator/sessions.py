@@ -13,6 +13,13 @@ Theory of operation:
 - ``run_sms_event``: Immediate Event Charging, EVENT_REQUEST with DIRECT_DEBITING (section 6.3).
 - ``run_sms_session``: Event Charging with Unit Reservation, INITIAL then TERMINATION (section 6.2).
 
+A first request the OCS refuses opened nothing (RFC 4006 section 5.2, balance/RULES.md): 4012
+(no credit), 4010 (the line is suspended, barred or terminated) or 5030 (a terminated line's
+identity is gone) is ``REFUSED``, with no CCR-TERMINATION; the lifecycle audit checks that a 4010
+or 5030 only meets a line that was changed. A suspended line's CCR-INITIAL may instead be a
+success granting no units with Final-Unit-Indication (immediate graceful service termination, RFC
+8506 section 5.6): the session is open, so it ends with its CCR-TERMINATION and is ``CUT``.
+
 Time is compressed: a "120 s" call does not last 120 s. Each round of a session uses its grants
 at once and reports them as if the time had passed; a real pause (the simulated time over
 ``time_compression``, or ``step_seconds``) between requests spreads the load. Each session keeps
@@ -49,15 +56,9 @@ from simulator.population import SimulatedSubscriber
 from simulator.records import NO_ANSWER, Commit, Recorder, SessionOutcome
 
 CREDIT_LIMIT_REACHED = int(ResultCode.DIAMETER_CREDIT_LIMIT_REACHED)
-# A first request answered with one of these opened nothing (RFC 4006 section 5.2): no credit,
-# a barred line (4010) or a terminated one (5030; the dunning ladder's last step).
-REFUSED_START = frozenset(
-    {
-        CREDIT_LIMIT_REACHED,
-        int(ResultCode.DIAMETER_END_USER_SERVICE_DENIED),
-        int(ResultCode.DIAMETER_USER_UNKNOWN),
-    }
-)
+# A start the OCS refused, nothing opened (module docstring): no credit, the line's status.
+STATUS_REFUSALS = frozenset({int(ResultCode.DIAMETER_END_USER_SERVICE_DENIED), int(ResultCode.DIAMETER_USER_UNKNOWN)})
+REFUSALS = STATUS_REFUSALS | {CREDIT_LIMIT_REACHED}
 FINAL_UNIT_TERMINATE = 0  # Final-Unit-Action TERMINATE, RFC 4006 section 8.35
 REDIRECTING = frozenset({1, 2})  # Final-Unit-Action REDIRECT and RESTRICT_ACCESS (section 8.35)
 CCFH_TERMINATE = 0  # Credit-Control-Failure-Handling TERMINATE, RFC 4006 section 8.14
@@ -179,12 +180,11 @@ def units_before_change(change_at: int | None, start_seconds: float, units: int,
 
 
 def _applied(answer: Message) -> bool:
-    """Whether the OCS applied the request (committed its usage): a success, or a 4012 for the
-    services that still carries them (a request refused as a whole has no MSCC)."""
+    """Whether the OCS applied the request (committed its usage): a success, or a 4012 or 4010
+    (the line barred meanwhile) for the services that still carries them: the usage was
+    committed, the new units refused (a request refused as a whole has no MSCC)."""
     code = result_code(answer)
-    return code == SUCCESS or (
-        code == CREDIT_LIMIT_REACHED and answer.find("Multiple-Services-Credit-Control") is not None
-    )
+    return code == SUCCESS or (code in REFUSALS and answer.find("Multiple-Services-Credit-Control") is not None)
 
 
 @dataclass(slots=True)
@@ -260,6 +260,8 @@ class _Session:
             self._note_failure_handling(answer)
         code = NO_ANSWER if answer is None else result_code(answer)
         element.recorder.line_request(self.caller.line.account_id, sent_monotonic, kind, code)
+        if code in STATUS_REFUSALS:
+            element.recorder.status_refused(self.caller.line.account_id, time.monotonic())
         late, self.previous_update = self.previous_update, message if request_type == "UPDATE_REQUEST" else None
         if late is not None and answer is not None and element.dice.late_update():
             await self._send_late(late)
@@ -457,9 +459,9 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
         answer, at_seconds = await session.send(
             "CCR-I", "INITIAL_REQUEST", avp("Multiple-Services-Indicator", 1), *asks
         )
-        if answer is None or (result_code(answer) != SUCCESS and result_code(answer) not in REFUSED_START):
+        if answer is None or (result_code(answer) != SUCCESS and result_code(answer) not in REFUSALS):
             return await _give_up(session)
-        if result_code(answer) in REFUSED_START:
+        if result_code(answer) in REFUSALS:
             return SessionOutcome.REFUSED  # nothing was granted: no session to end (section 5.2)
         _take_grants(services, answer, at_seconds, element.recorder, caller.line.account_id)
         while True:
@@ -525,6 +527,13 @@ async def _give_up(session: _Session) -> SessionOutcome:
     return SessionOutcome.FAILED
 
 
+async def _ended_at_once(session: _Session) -> SessionOutcome:
+    """A start granted nothing with Final-Unit-Indication (module docstring): the open session
+    ends at once with a CCR-TERMINATION reporting nothing, as the OCS asked."""
+    answer, _ = await session.send("CCR-T", "TERMINATION_REQUEST")
+    return SessionOutcome.CUT if answer is not None and result_code(answer) == SUCCESS else SessionOutcome.FAILED
+
+
 async def run_sms_event(caller: CallerContext) -> SessionOutcome:
     """One SMS as Immediate Event Charging: EVENT_REQUEST, DIRECT_DEBITING (RFC 4006 section 6.3)."""
     session = _Session(caller, caller.element.open_session(caller.line.account_id))
@@ -533,7 +542,7 @@ async def run_sms_event(caller: CallerContext) -> SessionOutcome:
         asked = _units("Requested-Service-Unit", "CC-Service-Specific-Units", 1)
         answer, at_seconds = await session.send("CCR-E", "EVENT_REQUEST", action, asked)
         code = result_code(answer) if answer is not None else NO_ANSWER
-        if code in REFUSED_START:
+        if code in REFUSALS:
             return SessionOutcome.REFUSED  # all or nothing: nothing was debited
         if answer is None or code != SUCCESS:
             return SessionOutcome.FAILED
@@ -553,10 +562,13 @@ async def run_sms_session(caller: CallerContext) -> SessionOutcome:
         asked = _units("Requested-Service-Unit", "CC-Service-Specific-Units", 1)
         answer, at_seconds = await session.send("CCR-I", "INITIAL_REQUEST", asked)
         code = result_code(answer) if answer is not None else NO_ANSWER
-        if code in REFUSED_START:
+        if code in REFUSALS:
             return SessionOutcome.REFUSED
         grant = answer.find("Granted-Service-Unit") if answer is not None and code == SUCCESS else None
-        if grant is None or grant.get("CC-Service-Specific-Units") != 1:
+        granted = grant.get("CC-Service-Specific-Units") if grant is not None else None
+        if answer is not None and code == SUCCESS and not granted and answer.find("Final-Unit-Indication") is not None:
+            return await _ended_at_once(session)
+        if grant is None or granted != 1:
             return await _give_up(session)
         await asyncio.sleep(element.timing.step_seconds)  # the SMSC delivers the message
         # Delivered as granted, on the simulated clock: one event, one side of a tariff change.

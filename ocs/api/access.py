@@ -17,6 +17,10 @@ the route against ``PERMISSIONS``, keyed by method and route template, and answe
 - bills, payments, disputes and the receivables report: staff read them; admin and care record
   payments, open disputes and add adjustments; credit notes, dispute resolutions, refunds and bank
   files (money given back or away, or thousands of payments) are the admin's;
+- the bill run (``POST /billRuns``: every account's invoice at once) is the admin's; the one-ledger
+  audit (``GET /reports/ledger``) is read as the money audit is (admin, read-only);
+- dunning (``ocs.api.dunning``): staff read a billing account's history and the revenue report;
+  admin and care record promises to pay; a run on demand and exemptions are the admin's;
 - applications and product orders (``/applications``, ``/productOrders``), and the status of a
   customer, a node or a line (``PUT .../status``, ``ocs.api.lifecycle``): as customers;
 - self-care: its own account only (the token names it): the profile, the balance, top-ups with a
@@ -83,9 +87,12 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/productOrders/{order_id}"): _CUSTOMER_READERS,
     ("GET", "/customerBills"): _CUSTOMER_READERS,
     ("GET", "/customerBills/{bill_id}"): _CUSTOMER_READERS,
+    ("GET", "/customerBills/{bill_id}/document"): _CUSTOMER_READERS,
     ("GET", "/payments"): _CUSTOMER_READERS,
     ("GET", "/disputes/{dispute_id}"): _CUSTOMER_READERS,
     ("GET", "/reports/receivables"): _CUSTOMER_READERS,
+    ("GET", "/reports/ledger"): _READERS,  # the one-ledger audit, as the money audit
+    ("POST", "/billRuns"): frozenset({Role.ADMIN}),  # every account's invoice at once
     ("POST", "/payments"): _CUSTOMER_WORK,
     ("POST", "/payments/bank-file"): frozenset({Role.ADMIN}),  # thousands of payments at once
     ("POST", "/customerBills/{bill_id}/creditNotes"): frozenset({Role.ADMIN}),  # money given away: not care's
@@ -96,6 +103,12 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("PUT", "/customers/{customer_id}/status"): _CUSTOMER_WORK,
     ("PUT", "/customers/{customer_id}/nodes/{node_id}/status"): _CUSTOMER_WORK,
     ("PUT", "/lines/{line_id}/status"): _CUSTOMER_WORK,
+    ("POST", "/dunningRuns"): frozenset({Role.ADMIN}),  # restricts, bars and terminates customers in bulk
+    ("GET", "/billingAccounts/{billing_account_id}/dunning"): _CUSTOMER_READERS,
+    ("POST", "/billingAccounts/{billing_account_id}/promisesToPay"): _CUSTOMER_WORK,
+    ("PUT", "/customers/{customer_id}/dunningExemption"): frozenset({Role.ADMIN}),  # never chased: not care's
+    ("DELETE", "/customers/{customer_id}/dunningExemption"): frozenset({Role.ADMIN}),
+    ("GET", "/reports/revenue"): _CUSTOMER_READERS,
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
 _NOT_CHANGES = frozenset({("POST", "/rate")})

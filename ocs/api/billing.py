@@ -1,5 +1,6 @@
 """The billing API: customer bills (TMF678), payments (TMF676 names), the bank file, credit notes,
-disputes, refunds, adjustments and the receivables aging report, over HTTP, in the OpenAPI document.
+disputes, refunds, adjustments, the receivables aging report, the bill run (``POST /billRuns``)
+and the one-ledger audit (``GET /reports/ledger``), over HTTP, in the OpenAPI document.
 
 Theory of operation: as ``ocs.api.interactions`` does, each route is a value (method, path, the
 pydantic models of its body, query and answer, the status of success) that ``ocs.api.server``
@@ -15,6 +16,12 @@ currency (``"12.50"``, at most 6 decimals), the date ``YYYY-MM-DD`` (when the ba
 Each row is one idempotent payment: a re-sent file replays its rows; a bad row is answered with
 its line number and the field at fault, and nothing of that row is applied, while the good rows
 are. The answer lists every row's outcome.
+
+``GET /customerBills/{bill_id}/document?format=html|pdf`` answers the bill's document itself
+(``text/html`` or ``application/pdf``, not JSON), as stored in the data directory by the delivery
+consumer (``ocs.billing.delivery``); a bill the consumer has not reached yet is rendered and
+stored on demand, so the answer never depends on timing. A PDF this server cannot make (no pango
+for WeasyPrint) is 503 naming ``format``; the HTML is always there.
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ocs.api.customers import Answer, refusals_as_http, validated
-from ocs.api.fields import BadInput, money_micros
+from ocs.api.customers import PROBLEM_ERRORS, Answer, refusals_as_http, validated
+from ocs.api.fields import BadInput, Unavailable, money_micros
 from ocs.api.interactions import document_routes
+from ocs.billing.bill_runs import BillRuns
 from ocs.billing.corrections import Corrections
+from ocs.billing.delivery import BillDocuments, DocumentUnavailable
+from ocs.billing.documents import CONTENT_TYPES, DocumentFormat
 from ocs.billing.invoices import MAX_LIST_ROWS, Invoices
 from ocs.billing.payments import Payments
 from ocs.billing.receivables import Receivables
@@ -58,6 +68,22 @@ from ocs.customers.service import CustomerRefusal
 from ocs.customers.values import ID_PATTERN, Closed
 
 BANK_FILE_HEADER = ("reference", "billing_account", "amount", "date")
+FIRST_BILL_RUN_DAY = date(1971, 1, 1)
+LAST_BILL_RUN_DAY = date(9998, 12, 31)
+MAX_PROBLEMS_SHOWN = 100  # a bill run's answer lists this many problems and counts the rest
+COUNTS = (
+    "accounts",
+    "invoices",
+    "skipped",
+    "empty",
+    "records",
+    "cuts",
+    "cuts_refused",
+    "renewals",
+    "rentals",
+    "rentals_refused",
+    "statements",
+)
 MAX_BANK_FILE_ROWS = 100_000
 
 
@@ -67,6 +93,8 @@ class Services:
     payments: Payments
     corrections: Corrections
     receivables: Receivables
+    documents: BillDocuments
+    bill_runs: BillRuns
 
 
 class _Query(BaseModel):
@@ -88,6 +116,10 @@ class PaymentQuery(_Query):
 
 class ReceivablesQuery(_Query):
     as_of: date | None = None  # None: today (UTC)
+
+
+class DocumentQuery(_Query):
+    format: DocumentFormat = DocumentFormat.HTML
 
 
 class Ids(_Query):
@@ -117,6 +149,41 @@ class BankFileResult(Closed):
     replayed: int
     failed: int  # rows refused
     results: list[BankFileRow]
+
+
+class NewBillRun(Closed):
+    """``POST /billRuns``: bill every account whose cycle closed by ``date`` (and missed ones)."""
+
+    # "date" on the wire (a field named after its type confuses pydantic); days whose cycles and
+    # the year of missed ones before them are ordinary dates
+    day: date = Field(alias="date", ge=FIRST_BILL_RUN_DAY, le=LAST_BILL_RUN_DAY)
+
+
+class BillRunResult(Closed):
+    """What a bill run did (``ocs.billing.bill_run.BillRunReport``)."""
+
+    date: str  # the run's day, YYYY-MM-DD
+    accounts: int  # billing accounts seen (that pay for themselves)
+    invoices: int  # invoices made by this run
+    skipped: int  # accounts with nothing left to bill (invoiced already)
+    empty: int  # cycles with nothing to bill
+    records: int  # usage records billed
+    cuts: int  # usage cuts applied in Redis
+    cuts_refused: int
+    renewals: int
+    rentals: int  # prepaid rentals debited
+    rentals_refused: int
+    statements: int  # prepaid statements written
+    problems: list[str]  # the first MAX_PROBLEMS_SHOWN
+    more_problems: int = 0
+
+
+class LedgerReport(Closed):
+    """The one-ledger audit (``ocs.billing.ledger_audit``): no problem is a ledger that ties out."""
+
+    ok: bool
+    failed: int  # how many problems (``ocs report ledger`` exits 1 on any)
+    problems: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +395,49 @@ async def _receivables(services: Services, call: Request) -> Answer:
     return Answer(200, await services.receivables.aging(as_of))
 
 
+async def _bill_run(services: Services, call: Request) -> Answer:
+    assert isinstance(call.body, NewBillRun)
+    report = await services.bill_runs.run(call.body.day)
+    counts = {name: getattr(report, name) for name in COUNTS}
+    result = BillRunResult(
+        date=report.day.isoformat(),
+        **counts,
+        problems=report.problems[:MAX_PROBLEMS_SHOWN],
+        more_problems=max(len(report.problems) - MAX_PROBLEMS_SHOWN, 0),
+    )
+    after: dict[str, object] = {"date": result.date, "invoices": report.invoices, "cuts": report.cuts}
+    return Answer(200, result, None, after, f"bill run for {result.date}")
+
+
+async def _ledger(services: Services, call: Request) -> Answer:
+    problems = await services.bill_runs.ledger()
+    return Answer(200, LedgerReport(ok=not problems, failed=len(problems), problems=problems))
+
+
+DOCUMENT_PATH = "/customerBills/{bill_id}/document"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    content: bytes
+    content_type: str
+    file_name: str
+
+
+async def bill_document(services: Services, path: Mapping[str, str], query: Mapping[str, str]) -> Document:
+    """``GET /customerBills/{bill_id}/document``: the stored document, or rendered on demand."""
+    ids = validated(Ids, dict(path))
+    wanted = validated(DocumentQuery, dict(query)).format
+    assert ids.bill_id is not None
+    try:
+        content = await services.documents.document(ids.bill_id, wanted)
+    except CustomerRefusal as refusal:
+        raise PROBLEM_ERRORS[refusal.problem](refusal.message) from None
+    except DocumentUnavailable as error:
+        raise Unavailable(f"format: {wanted.value} cannot be made on this server: {error.reason}") from None
+    return Document(content, CONTENT_TYPES[wanted], f"{ids.bill_id}.{wanted.value}")
+
+
 _CHANGE = (404, 409, 422)
 _ACCOUNT = "/billingAccounts/{billing_account_id}"
 ROUTES = (
@@ -387,6 +497,8 @@ ROUTES = (
         201,
         errors=_CHANGE,
     ),
+    Route("POST", "/billRuns", "Run the bill run for a day", _bill_run, BillRunResult, NewBillRun, errors=(409, 422)),
+    Route("GET", "/reports/ledger", "The one-ledger audit", _ledger, LedgerReport, errors=()),
     Route(
         "GET",
         "/reports/receivables",
@@ -403,6 +515,37 @@ PATH_NAMES = ("bill_id", "dispute_id", "billing_account_id")
 def extend_document(document: dict[str, Any]) -> dict[str, Any]:
     """``document`` with the billing routes; the bank file's body is CSV text."""
     document = document_routes(document, ROUTES, PATH_NAMES)
+    document["paths"][DOCUMENT_PATH] = {"get": _document_operation()}
     upload = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
     document["paths"]["/payments/bank-file"]["post"]["requestBody"] = upload
     return document
+
+
+def _document_operation() -> dict[str, object]:
+    """The OpenAPI operation of ``GET /customerBills/{bill_id}/document`` (its answer is a file)."""
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    responses: dict[str, object] = {
+        "200": {
+            "description": "The bill's document as issued",
+            "content": {
+                CONTENT_TYPES[DocumentFormat.HTML].split(";")[0]: binary,
+                CONTENT_TYPES[DocumentFormat.PDF]: binary,
+            },
+        }
+    }
+    for status in (400, 401, 403, 404, 422, 503):
+        responses[str(status)] = {"description": f"refused ({status})", **error}
+    return {
+        "summary": "Read a bill's document (HTML or PDF)",
+        "parameters": [
+            {"name": "bill_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}},
+            {
+                "name": "format",
+                "in": "query",
+                "required": False,
+                "schema": {"enum": [item.value for item in DocumentFormat], "default": "html"},
+            },
+        ],
+        "responses": responses,
+    }

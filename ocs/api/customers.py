@@ -125,9 +125,24 @@ class ProvisioningAccounts:
             new = self._subscriber(account)
             await self.provisioning.create(new, resuming=True)  # the row owns the id (step 1)
         except Conflict as error:
-            return await self._existing(new, error.message)
+            answer = await self._existing(new, error.message)
+            if answer.outcome is not EngineOutcome.OK:
+                return answer
         except (Refused, BadInput) as error:
             return EngineAnswer(EngineOutcome.REFUSED, error.message)
+        return await self._with_status(account)
+
+    async def _with_status(self, account: EngineAccount) -> EngineAnswer:
+        """The account made active takes the status its customer's lifecycle gives it (a line made
+        while its customer was suspended), through ``set_status`` like any change; terminated
+        releases and quarantines as a termination does."""
+        wanted = AccountStatus(account.status.value)
+        if (await self.provisioning.view(account.account_id)).account.status is wanted:
+            return EngineAnswer(EngineOutcome.OK)
+        try:
+            await self.provisioning.set_status(account.account_id, wanted, reason="made under a changed customer")
+        except Refused as error:  # terminated in the engine: it holds the account, not as asked
+            return EngineAnswer(EngineOutcome.INCOMPLETE, error.message)
         return EngineAnswer(EngineOutcome.OK)
 
     async def _existing(self, new: NewSubscriber, conflict: str) -> EngineAnswer:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from balance.types import AccountStatus, Bucket, BucketKind, Outcome
 from ocs.api.customers import Answer, Call, Handler, Route, documentation_only
 from ocs.api.fields import NotFound, Refused
-from ocs.api.provisioning import Provisioning
+from ocs.api.provisioning import Provisioning, StatusChange
 from ocs.customers.applications import ApplicationResult, Applications, NewApplication
 from ocs.customers.orders import Bundle, NewProductOrder, Orders, ProductOrder
 from ocs.customers.service import Customers, EngineAnswer, EngineOutcome
@@ -37,19 +37,25 @@ _ACCOUNT_STATUS = {
 
 
 class EngineLines:
-    """``LineOperations`` through the provisioning service and its store."""
+    """``LineOperations`` through the provisioning service and its store. With ``keep_changes``
+    every status change made is kept in ``changes`` (one request's port: ``ocs.api.subscriber_status``
+    answers with the sessions told); the server's long-lived port keeps none."""
 
-    def __init__(self, provisioning: Provisioning) -> None:
+    def __init__(self, provisioning: Provisioning, *, keep_changes: bool = False) -> None:
         self.provisioning = provisioning
+        self.keep_changes = keep_changes
+        self.changes: list[StatusChange] = []
 
     async def set_status(
         self, account_id: str, status: LineStatus, reason: str, *, actor: str = "product order"
     ) -> EngineAnswer:
         """The account's own status in the engine (also ``ocs.customers.lifecycle``'s port)."""
         try:
-            await self.provisioning.set_status(account_id, _ACCOUNT_STATUS[status], actor=actor, reason=reason)
+            change = await self.provisioning.set_status(account_id, _ACCOUNT_STATUS[status], actor=actor, reason=reason)
         except (NotFound, Refused) as error:
             return EngineAnswer(EngineOutcome.REFUSED, error.message)
+        if self.keep_changes:
+            self.changes.append(change)
         return EngineAnswer(EngineOutcome.OK)
 
     def knows_plan(self, plan: str) -> bool:

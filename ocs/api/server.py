@@ -44,7 +44,9 @@ POST   /subscribers/load                CSV body (header line first; columns in
                                         ``ocs.api.fields.CSV_COLUMNS``): one create per row,
                                         in order; 200 with a result per row (line numbers)
 GET    /subscribers/{id}                profile and balance
-PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated}
+PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated,
+                                        "reason"}; a customer's line or node: its own
+                                        status in the lifecycle (ocs.api.subscriber_status)
 POST   /subscribers/{id}/topups         {"id", "amount", "kind": main|bonus, "valid_until",
                                         "payment_reference" (required with a self-care token)};
                                         idempotent by id: 201 first, 200 ``replayed`` after,
@@ -81,6 +83,7 @@ from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.types import MAX_SERVICE_UNITS, AccountStatus, BalanceView, BucketKind
 from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
 from ocs.api.audit_trail import AuditTrail
+from ocs.api.billing import DOCUMENT_PATH, bill_document
 from ocs.api.billing import ROUTES as BILLING_ROUTES
 from ocs.api.billing import Route as BillingRoute
 from ocs.api.billing import Services as BillingServices
@@ -95,6 +98,9 @@ from ocs.api.bodies import (
 )
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
+from ocs.api.dunning import ROUTES as DUNNING_ROUTES
+from ocs.api.dunning import Route as DunningRoute
+from ocs.api.dunning import extend_document as with_dunning_routes
 from ocs.api.fields import (
     SECONDS_PER_DAY,
     ApiError,
@@ -122,15 +128,22 @@ from ocs.api.render import (
     subscriber_json,
     view_json,
 )
+from ocs.api.subscriber_status import set_subscriber_status
+from ocs.billing.bill_runs import BillRuns
 from ocs.billing.corrections import Corrections
+from ocs.billing.delivery import bill_documents
+from ocs.billing.documents import DocumentRenderer
+from ocs.billing.dunning import Dunning
+from ocs.billing.dunning_rules import load_dunning_rules
 from ocs.billing.invoices import Invoices
 from ocs.billing.payments import Payments
 from ocs.billing.receivables import Receivables
 from ocs.customers.applications import Applications
-from ocs.customers.credit import RuleTable
+from ocs.customers.credit import CreditRules, RuleTable
 from ocs.customers.credit_load import load_credit_rules
 from ocs.customers.interactions import Interactions
 from ocs.customers.lifecycle import Lifecycle
+from ocs.customers.offers import CreditOffers
 from ocs.customers.orders import Orders
 from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
@@ -263,7 +276,9 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     ]
     for method, path, handler in with_body:
         app.router.add_route(method, path, handler, expect_handler=expect_continue)
-    app[CUSTOMERS] = Customers(state.database, ProvisioningAccounts(provisioning))
+    rules = load_credit_rules(settings.customers.credit_classes_path)  # read once, here
+    credit = CreditOffers(state.database, rules)
+    app[CUSTOMERS] = Customers(state.database, ProvisioningAccounts(provisioning), credit=credit)
     for route in CUSTOMER_ROUTES:
         expect = expect_continue if route.body is not None else None
         app.router.add_route(route.method, route.path, _customer_handler(route, app[CUSTOMERS]), expect_handler=expect)
@@ -272,8 +287,10 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
         expect = expect_continue if interaction.body is not None else None
         answer = _interaction_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
-    _add_activation(app, state.database, provisioning, settings.customers.credit_classes_path)
-    _add_billing(app, state.database)
+    _add_activation(app, state.database, provisioning, rules)
+    state.dunning = Dunning(state.database, load_dunning_rules(settings.billing.dunning), app[LIFECYCLE])
+    assert state.bill_runs is not None
+    _add_billing(app, state, state.dunning, state.bill_runs)
     app.router.add_get("/openapi.json", _openapi)
     return app
 
@@ -548,7 +565,10 @@ async def _status(request: web.Request) -> web.Response:
     reason = fields.text("reason", "")
     fields.done()
     actor = _actor(request).token.name
-    change = await _provisioning(request).set_status(account_id, status, actor=actor, reason=reason)
+    context = request.app[CONTEXT]  # a customer's line or node changes through its lifecycle
+    change = await set_subscriber_status(
+        context.database, context.provisioning, account_id, status, actor=actor, reason=reason
+    )
     # The record names the reason, and every account under a company node that changed with it.
     below = [f"{event.account_id} {event.previous.value}->{event.status.value}" for event in change.changed[1:]]
     detail = "; ".join(part for part in (f"reason: {reason}" if reason else "", ", ".join(below)) if part)
@@ -721,9 +741,10 @@ def _interaction_handler(route: InteractionRoute, services: InteractionServices)
     return handle
 
 
-def _add_activation(app: web.Application, database: AsyncEngine, provisioning: Provisioning, rules_path: str) -> None:
-    """Applications and product orders (ocs.api.orders); the credit rules are read once, here."""
-    rules = load_credit_rules(rules_path)
+def _add_activation(
+    app: web.Application, database: AsyncEngine, provisioning: Provisioning, rules: CreditRules
+) -> None:
+    """Applications and product orders (ocs.api.orders)."""
     lines = EngineLines(provisioning)
     app[ORDERS] = Orders(database, app[CUSTOMERS], lines, rules)
     app[LIFECYCLE] = Lifecycle(database, lines)
@@ -737,15 +758,53 @@ async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
     shapes = (*order_shapes(), *lifecycle_shapes())
     document = extend_document(openapi_document(_OPEN_OPERATIONS, shapes))
-    return web.json_response(with_billing_routes(document))
+    return web.json_response(with_dunning_routes(with_billing_routes(document)))
 
 
-def _add_billing(app: web.Application, database: AsyncEngine) -> None:
-    """Bills, payments and the ledger (ocs.api.billing); the author of a change is the token's name."""
-    services = BillingServices(Invoices(database), Payments(database), Corrections(database), Receivables(database))
+def _add_billing(app: web.Application, state: ServerState, dunning: Dunning, bill_runs: BillRuns) -> None:
+    """Bills, payments, the bill run and the ledger (ocs.api.billing), dunning (ocs.api.dunning: a payment lifts
+    what dunning applied before it is answered); the author of a change is the token's name.
+    Bill documents come from the server's delivery consumer's store (one per process otherwise)."""
+    database = state.database
+    assert database is not None
+    documents = getattr(state, "documents", None) or bill_documents(state.settings, database, DocumentRenderer())
+    payments = Payments(database, on_payment=(dunning.on_payment,))
+    services = BillingServices(
+        Invoices(database), payments, Corrections(database), Receivables(database), documents, bill_runs
+    )
     for route in BILLING_ROUTES:
         expect = expect_continue if route.body is not None or route.csv_body else None
         app.router.add_route(route.method, route.path, _billing_handler(route, services), expect_handler=expect)
+    app.router.add_get(DOCUMENT_PATH, _document_handler(services))
+    for step in DUNNING_ROUTES:
+        expect = expect_continue if step.body is not None else None
+        app.router.add_route(step.method, step.path, _dunning_handler(step, dunning), expect_handler=expect)
+
+
+def _document_handler(services: BillingServices) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        document = await bill_document(services, request.match_info, request.query)
+        headers = {
+            "Content-Type": document.content_type,
+            "Content-Disposition": f'inline; filename="{document.file_name}"',
+            # The document shows customer data: no script, no fetch, nothing but its own styles.
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff",
+        }
+        return web.Response(body=document.content, headers=headers)
+
+    return handle
+
+
+def _dunning_handler(route: DunningRoute, dunning: Dunning) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await json_value(request) if route.body is not None else None
+        answer = await route.call(dunning, request.match_info, request.query, body, _actor(request).token.name)
+        if is_change(request.method, route.path):
+            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
+        return web.json_response(answer.body, status=answer.status)
+
+    return handle
 
 
 def _billing_handler(route: BillingRoute, services: BillingServices) -> Handler:

@@ -3,7 +3,11 @@ that cycle is invoiced, its usage cut in Redis, its bundles renewed, its prepaid
 and its prepaid statement written; resumable, and a rerun changes nothing.
 
 Theory of operation: accounts are streamed in pages of ``chunk_size`` by id (memory: one page).
-For each page:
+Each account's cycles to bill are ``ocs.billing.cycles.cycles_to_bill``: the last cycle closed by
+D, and, for an account invoiced before, every cycle closed since its newest invoice that a run
+missed (the server was down over its close), at most ``MAX_CATCH_UP_CYCLES`` (12) back, oldest
+first. A page is billed in passes, one cycle per account each (the oldest first), so each invoice
+takes only the records before its own cycle's end and numbers follow time. For each pass:
 1. read (one read transaction): the periods invoiced already (those accounts are skipped), the
    lines each account pays for (``ocs.billing.bill_facts``), their unbilled postpaid usage records
    before the cut (the period's end, midnight UTC), the pending adjustments; draft each invoice
@@ -37,29 +41,49 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from balance.cycle import cut, debit_rental, renew_bundle
+from balance.cycle import CutOrder, cut_many, debit_rental, renew_bundle
 from balance.store import BalanceStore
-from balance.types import BucketKind, OperationResult, Outcome, PaymentType, PoolDraw, UsageRecord
-from ocs.billing.bill_draft import AccountFacts, LineFacts, draft_invoice, prepaid_rental, renewals
+from balance.types import BucketKind, OperationResult, Outcome, PaymentType, PoolDraw
+from ocs.billing.bill_draft import AccountFacts, ChargeMemo, LineFacts, draft_invoice, prepaid_rental, renewals
 from ocs.billing.bill_facts import PayingAccount, accounts_page, invoiced_periods, lines_of, pending_adjustments_of
 from ocs.billing.bill_statements import write_statements
 from ocs.billing.catalog import Catalog
-from ocs.billing.cycles import Period, cycle_containing, previous_cycle
+from ocs.billing.cycles import Period, cycle_containing, cycles_to_bill
 from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
+from ocs.db.bulk import execute_many, insert_of
 from ocs.db.schema import utc_naive
-from ocs.db.usage import format_pools, parse_pools, unbilled_records, usage_records
+from ocs.db.usage import IDS_PER_STATEMENT, LineUsage, format_pools, parse_pools, unbilled_usage, usage_records
 
-DEFAULT_CHUNK_SIZE = 500  # accounts per page: one read and one write transaction
+DEFAULT_CHUNK_SIZE = 1_000  # accounts per page: one read and one write transaction (issue_many takes 5,000)
 DEFAULT_PAYMENT_DAYS = 14  # due date: this many days after the period's last day
 CONCURRENT_ENGINE_CALLS = 64  # Redis calls in flight at once (cuts, renewals, rentals)
 PENDING_CUTS_PER_PASS = 1_000
 CONFLICT_RETRIES = 3  # a page drafted again after records were billed meanwhile
+
+
+# A record found by its number (the rowid: one lookup, where its id is a walk of a big index in
+# random order), its id checked as well, so a number is never taken for another record's.
+MARK_BILLED = (
+    update(usage_records)
+    .where(
+        usage_records.c.record_number == bindparam("number"),
+        usage_records.c.record_id == bindparam("record"),
+        usage_records.c.invoice_id.is_(None),
+    )
+    .values(invoice_id=bindparam("invoice"))
+)
+CUT_DONE = (
+    update(bill_cuts)
+    .where(bill_cuts.c.cut_id == bindparam("cut"))
+    .values(done_at=bindparam("done_at"), outcome=bindparam("outcome"))
+)
 
 
 class BillRunConflict(Exception):
@@ -95,29 +119,20 @@ def midnight_seconds(day: date) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
 
 
-def cuts_of(invoice_id: str, records: Sequence[UsageRecord], now: datetime) -> list[dict[str, object]]:
-    """One ``bill_cuts`` row per consuming account of ``records``: what they drew, summed."""
-    sums: dict[str, tuple[int, dict[int, tuple[int, int]], int]] = {}
-    for record in records:
-        line, pools, count = sums.get(record.account_id, (0, {}, 0))
-        for pool in record.pools:
-            bucket, pool_line = pools.get(pool.level, (0, 0))
-            pools[pool.level] = (bucket + pool.bucket_micros, pool_line + pool.line_micros)
-        sums[record.account_id] = (line + record.line_micros, pools, count + 1)
+def cuts_of(invoice_id: str, usages: Sequence[LineUsage], now: datetime) -> list[dict[str, object]]:
+    """One ``bill_cuts`` row per consuming account of ``usages``: what its records drew."""
     rows: list[dict[str, object]] = []
-    for account_id in sorted(sums):
-        line, pools, count = sums[account_id]
-        draws = tuple(PoolDraw(level, *pools[level]) for level in sorted(pools))
-        if line == 0 and not any(pool.bucket_micros or pool.line_micros for pool in draws):
+    for usage in sorted(usages, key=lambda item: item.account_id):
+        if usage.line_micros == 0 and not any(pool.bucket_micros or pool.line_micros for pool in usage.pools):
             continue  # all from its own money buckets: nothing unbilled to cut
         rows.append(
             {
-                "cut_id": f"{invoice_id}|{account_id}",
+                "cut_id": f"{invoice_id}|{usage.account_id}",
                 "invoice_id": invoice_id,
-                "account_id": account_id,
-                "line_micros": line,
-                "pools": format_pools(draws),
-                "records": count,
+                "account_id": usage.account_id,
+                "line_micros": usage.line_micros,
+                "pools": format_pools(usage.pools),
+                "records": len(usage.record_ids),
                 "created_at": utc_naive(now),
             }
         )
@@ -181,9 +196,39 @@ class BillRun:
                         raise
 
     async def _page(self, page: list[PayingAccount], day: date, report: BillRunReport) -> None:
-        periods = {account.billing_account_id: previous_cycle(account.bill_cycle_day, day) for account in page}
+        """Each account's cycles to bill (``cycles_to_bill``: the last closed one, and those a run
+        missed), in passes: the first bills every account's oldest such cycle, the next its
+        second, and so on, so a cycle's invoice only takes the records before its own end."""
         async with self.engine.connect() as connection:
-            invoiced = await invoiced_periods(connection, list(periods))
+            invoiced = await invoiced_periods(connection, [account.billing_account_id for account in page])
+        newest: dict[str, date] = {}
+        for account_id, start in invoiced:
+            newest[account_id] = max(start, newest.get(account_id, start))
+        plans = {
+            account.billing_account_id: cycles_to_bill(
+                account.bill_cycle_day, day, newest.get(account.billing_account_id)
+            )
+            for account in page
+        }
+        report.skipped += sum(1 for cycles in plans.values() if not cycles)
+        for index in range(max((len(cycles) for cycles in plans.values()), default=0)):
+            todo = [account for account in page if len(plans[account.billing_account_id]) > index]
+            periods = {account.billing_account_id: plans[account.billing_account_id][index] for account in todo}
+            await self._pass(todo, periods, day, report, invoiced if index == 0 else None)
+
+    async def _pass(
+        self,
+        page: list[PayingAccount],
+        periods: dict[str, Period],
+        day: date,
+        report: BillRunReport,
+        invoiced: set[tuple[str, date]] | None,
+    ) -> None:
+        """One period per account of ``page``: read, draft, engine steps, commit, cuts (module
+        docstring); ``invoiced``: the periods invoiced already, when just read."""
+        async with self.engine.connect() as connection:
+            if invoiced is None:
+                invoiced = await invoiced_periods(connection, list(periods))
             todo = [
                 item
                 for item in page
@@ -197,6 +242,7 @@ class BillRun:
             pending = await pending_adjustments_of(connection, [item.billing_account_id for item in todo])
             done_rentals = await self._rentals_recorded(connection, paid_lines, todo, day)
         drafts: list[tuple[InvoiceDraft, AccountFacts]] = []
+        memo = ChargeMemo()
         for account in todo:
             period = periods[account.billing_account_id]
             facts = AccountFacts(
@@ -208,12 +254,12 @@ class BillRun:
                 adjustments=tuple(pending.get(account.billing_account_id, ())),
             )
             due = date.fromordinal(period.end.toordinal() - 1) + timedelta(days=self.payment_days)
-            made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}")
+            made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}", memo)
             if made is None:
                 report.empty += 1
             else:
                 drafts.append((made, facts))
-        await self._renew(todo, periods, paid_lines, report)
+        await self._renew(todo, periods, paid_lines, day, report)
         rentals = await self._debit_rentals(todo, day, paid_lines, done_rentals, report)
         cuts = await self._commit(drafts, todo, periods, paid_lines, rentals, report)
         await self._apply_cuts(cuts, report)
@@ -224,7 +270,7 @@ class BillRun:
         todo: list[PayingAccount],
         periods: dict[str, Period],
         paid_lines: dict[str, list[LineFacts]],
-    ) -> dict[str, dict[str, tuple[UsageRecord, ...]]]:
+    ) -> dict[str, dict[str, LineUsage]]:
         """Per billing account, per postpaid line: its unbilled records before the period's end."""
         by_cut: dict[date, list[tuple[str, str]]] = {}
         for account in todo:
@@ -232,13 +278,12 @@ class BillRun:
                 if line.payment_type is PaymentType.POSTPAID:
                     end = periods[account.billing_account_id].end
                     by_cut.setdefault(end, []).append((account.billing_account_id, line.line_id))
-        found: dict[str, dict[str, tuple[UsageRecord, ...]]] = {}
+        found: dict[str, dict[str, LineUsage]] = {}
         for end in sorted(by_cut):
             owner = dict((line_id, account_id) for account_id, line_id in by_cut[end])
-            async for item in unbilled_records(
-                connection, [line_id for _, line_id in by_cut[end]], midnight_seconds(end)
-            ):
-                found.setdefault(owner[item.account_id], {})[item.account_id] = item.records
+            usages = await unbilled_usage(connection, [line_id for _, line_id in by_cut[end]], midnight_seconds(end))
+            for line_id, usage in usages.items():
+                found.setdefault(owner[line_id], {})[line_id] = usage
         return found
 
     async def _renew(
@@ -246,12 +291,15 @@ class BillRun:
         todo: list[PayingAccount],
         periods: dict[str, Period],
         paid_lines: dict[str, list[LineFacts]],
+        today: date,
         report: BillRunReport,
     ) -> None:
         calls: list[EngineCall] = []
         for account in todo:
             period = periods[account.billing_account_id]
             following = cycle_containing(account.bill_cycle_day, period.end)
+            if following.end <= today:
+                continue  # a missed cycle's: the bundles of a cycle already over are not renewed
             for renewal in renewals(self.catalog, paid_lines.get(account.billing_account_id, ()), period):
                 bundle = renewal.bundle
                 assert bundle.unit is not None
@@ -351,31 +399,21 @@ class BillRun:
         facts_of = {draft.billing_account_id: facts for draft, facts in drafts}
         async with self.engine.begin() as connection:
             batch = await issue_many(connection, [draft for draft, _ in drafts], now)
-            marks: list[dict[str, str]] = []
+            marks: list[dict[str, Any]] = []
             cut_rows: list[dict[str, object]] = []
             for draft, invoice_id in batch.issued:
-                records = [record for line in facts_of[draft.billing_account_id].usage.values() for record in line]
-                marks += [{"record": record.record_id, "invoice": invoice_id} for record in records]
-                cut_rows += cuts_of(invoice_id, records, now)
-            if marks:
-                table = usage_records.c
-                await connection.execute(
-                    update(usage_records)
-                    .where(table.record_id == bindparam("record"), table.invoice_id.is_(None))
-                    .values(invoice_id=bindparam("invoice")),
-                    marks,
-                )
-                billed = await connection.execute(
-                    select(func.count())
-                    .select_from(usage_records)
-                    .where(table.invoice_id.in_([invoice_id for _, invoice_id in batch.issued]))
-                )
-                if int(billed.scalar_one()) != len(marks):
-                    raise BillRunConflict("records were billed meanwhile")
-            if cut_rows:
-                await connection.execute(insert(bill_cuts), cut_rows)
-            if rentals:
-                await connection.execute(insert(prepaid_rentals), rentals)
+                usages = list(facts_of[draft.billing_account_id].usage.values())
+                marks += [
+                    {"number": number, "record": record_id, "invoice": invoice_id}
+                    for usage in usages
+                    for number, record_id in zip(usage.record_numbers, usage.record_ids, strict=True)
+                ]
+                cut_rows += cuts_of(invoice_id, usages, now)
+            issued_ids = [invoice_id for _, invoice_id in batch.issued]
+            if marks and await self._marked(connection, marks, issued_ids) != len(marks):
+                raise BillRunConflict("records were billed meanwhile")
+            await execute_many(connection, insert_of(bill_cuts), cut_rows)
+            await execute_many(connection, insert_of(prepaid_rentals), rentals)
             report.statements += await write_statements(connection, todo, periods, paid_lines, now)
         report.invoices += len(batch.issued)
         report.skipped += len(batch.skipped)
@@ -387,12 +425,27 @@ class BillRun:
             for row in cut_rows
         ]
 
+    @staticmethod
+    async def _marked(connection: AsyncConnection, marks: list[dict[str, Any]], invoice_ids: list[str]) -> int:
+        """The records of ``marks`` marked billed by their invoice: how many were still free."""
+        marks.sort(key=lambda mark: mark["number"])  # the table's order: each page of it read once
+        changed = await execute_many(connection, MARK_BILLED, marks)
+        if connection.dialect.name == "sqlite":
+            return changed  # sqlite3's executemany sums the rows each update changed
+        billed = 0
+        for start in range(0, len(invoice_ids), IDS_PER_STATEMENT):
+            counted = await connection.execute(
+                select(func.count())
+                .select_from(usage_records)
+                .where(usage_records.c.invoice_id.in_(invoice_ids[start : start + IDS_PER_STATEMENT]))
+            )
+            billed += int(counted.scalar_one())
+        return billed
+
     async def _apply_cuts(self, cuts: Sequence[PendingCut], report: BillRunReport) -> None:
-        calls: list[EngineCall] = [
-            functools.partial(cut, self.store, item.account_id, item.cut_id, item.line_micros, item.pools)
-            for item in cuts
-        ]
-        answers = await gather_limited(calls)
+        answers = await cut_many(
+            self.store, [CutOrder(item.account_id, item.cut_id, item.line_micros, item.pools) for item in cuts]
+        )
         done: list[dict[str, object]] = []
         now = utc_naive(self._now())
         for item, answer in zip(cuts, answers, strict=True):
@@ -404,12 +457,7 @@ class BillRun:
             done.append({"cut": item.cut_id, "done_at": now, "outcome": answer.outcome.value[:32]})
         if done:
             async with self.engine.begin() as connection:
-                await connection.execute(
-                    update(bill_cuts)
-                    .where(bill_cuts.c.cut_id == bindparam("cut"))
-                    .values(done_at=bindparam("done_at"), outcome=bindparam("outcome")),
-                    done,
-                )
+                await execute_many(connection, CUT_DONE, done)
 
     async def finish_pending_cuts(self, report: BillRunReport | None = None) -> int:
         """Apply every cut a run committed but did not apply (a crash after its commit)."""

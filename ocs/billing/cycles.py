@@ -119,3 +119,22 @@ def prorate(full_micros: int, used: Period, cycle: Period) -> int:
     if cycle.days == 0:
         raise ValueError(f"cycle {cycle} has no days")
     return cumulative_micros(full_micros, cycle, used.end) - cumulative_micros(full_micros, cycle, used.start)
+
+
+MAX_CATCH_UP_CYCLES = 12  # a year of monthly cycles: how far back a run bills cycles it missed
+
+
+def cycles_to_bill(cycle_day: int, day: date, newest_invoiced_start: date | None) -> list[Period]:
+    """The cycles a run on ``day`` bills for an account, oldest first: every cycle closed by
+    ``day`` that starts after its newest invoiced cycle (those a server down over their close
+    missed), at most ``MAX_CATCH_UP_CYCLES``; for an account never invoiced, the last closed
+    cycle only (its first bill: the cycles before it are not guessed at)."""
+    last = previous_cycle(cycle_day, day)
+    if newest_invoiced_start is None:
+        return [last]
+    found: list[Period] = []
+    period = last
+    while len(found) < MAX_CATCH_UP_CYCLES and period.start > newest_invoiced_start:
+        found.append(period)
+        period = previous_cycle(cycle_day, period.start)
+    return found[::-1]

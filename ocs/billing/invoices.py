@@ -29,7 +29,7 @@ that have some. It answers the drafts issued, each with its number, and the ones
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -61,11 +61,12 @@ from ocs.billing.values import (
 from ocs.customers.service import CustomerRefusal, Problem
 from ocs.customers.values import Closed
 from ocs.db.billing import adjustments, delivery_outbox, invoice_lines, invoices, payments
+from ocs.db.bulk import execute_many, insert_of
 from ocs.db.customers import billing_accounts
 from ocs.db.schema import utc_aware, utc_naive
 
 MAX_LIST_ROWS = 1_000
-MAX_BATCH_DRAFTS = 1_000  # issue_many: the accounts' ids are one IN list (far below the drivers' limits)
+MAX_BATCH_DRAFTS = 5_000  # issue_many: the accounts' ids are one IN list (far below the drivers' limits)
 INVOICE_ISSUED = "invoice_issued"
 
 
@@ -253,14 +254,14 @@ class Invoices:
             held = await held_by_disputes(connection, [row["invoice_id"] for row in rows])
         return CustomerBillList(bills=[customer_bill(row, [], held.get(row["invoice_id"], 0)) for row in rows])
 
-    async def undelivered(self, limit: int = MAX_LIST_ROWS) -> list[DeliveryEvent]:
-        """Delivery events no mailer has acknowledged yet, oldest first."""
-        query = (
-            select(delivery_outbox)
-            .where(delivery_outbox.c.delivered_at.is_(None))
-            .order_by(delivery_outbox.c.event_id)
-            .limit(limit)
-        )
+    async def undelivered(self, limit: int = MAX_LIST_ROWS, *, kinds: Collection[str] = ()) -> list[DeliveryEvent]:
+        """Delivery events not acknowledged yet, oldest first; of ``kinds`` only, when given (each
+        reader acknowledges its own kinds: the document consumer ``invoice_issued``, a mailer
+        ``invoice_ready`` and ``reminder``)."""
+        condition: ColumnElement[bool] = delivery_outbox.c.delivered_at.is_(None)
+        if kinds:
+            condition = and_(condition, delivery_outbox.c.kind.in_(sorted(kinds)))
+        query = select(delivery_outbox).where(condition).order_by(delivery_outbox.c.event_id).limit(limit)
         async with self.engine.connect() as connection:
             rows = (await connection.execute(query)).all()
         return [
@@ -342,12 +343,9 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
                 for position, line in enumerate(draft.lines, start=1)
             ]
             events.append(_issued_event(row, now))
-    if rows:
-        await connection.execute(insert(invoices), rows)
-    if lines:
-        await connection.execute(insert(invoice_lines), lines)
-    if events:
-        await connection.execute(insert(delivery_outbox), events)
+    await execute_many(connection, insert_of(invoices), rows)
+    await execute_many(connection, insert_of(invoice_lines), lines)
+    await execute_many(connection, insert_of(delivery_outbox), events)
     for draft, number in issued:
         if draft.adjustment_ids:
             await connection.execute(

@@ -12,7 +12,9 @@ All of it runs under the account's lock in one transaction: a refusal or a crash
 The outcome says what the payment changed for dunning (DESIGN.md "a payment of what is overdue
 lifts it at once"): the allocations made, the invoices it settled, and the account's overdue
 amount before and after (``ocs.billing.receivables.overdue``); the dunning lift reads it, and
-``on_payment`` subscribers (the seam a later dunning wing joins) are called with it after commit.
+``on_payment`` subscribers (the dunning lift, ``ocs.billing.dunning``) are called with it after
+commit; one that returns an awaitable is awaited before the payment is answered, so a lift has
+reached the network when the caller hears of the payment.
 
 A refund pays account credit back to the customer: idempotent by its reference as a payment is,
 never more than the credit (422 naming ``amount_micros``); it takes the credit from the oldest
@@ -21,8 +23,9 @@ payments first.
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -50,7 +53,7 @@ from ocs.db.schema import utc_aware, utc_naive
 log = structlog.get_logger("ocs.billing.payments")
 
 MAX_LIST_ROWS = 1_000
-PaymentListener = Callable[[PaymentOutcome], None]
+PaymentListener = Callable[[PaymentOutcome], Awaitable[None] | None]  # awaited when it returns an awaitable
 
 
 async def _payment(connection: AsyncConnection, row: dict[str, Any]) -> Payment:
@@ -123,7 +126,9 @@ class Payments:
             )
             for listener in self.on_payment:
                 try:
-                    listener(outcome)
+                    reaction = listener(outcome)
+                    if inspect.isawaitable(reaction):  # the dunning lift: done before the payment is answered
+                        await reaction
                 except Exception:  # one subscriber's failure is not the payment's
                     log.exception("payment_listener_failed", billing_account_id=new.billing_account_id)
         return outcome

@@ -166,18 +166,32 @@ _TARIFF_CHANGE_USAGE = _KEY("Tariff-Change-Usage")
 _TARIFF_CHANGE_USAGE_VALUES = frozenset(DEFAULT_DICTIONARY.avp("Tariff-Change-Usage").enum_values.values())
 _EXPONENT = _KEY("Exponent")
 
-AvpIndex = dict[tuple[int, int], Avp]
+AvpGroups = dict[tuple[int, int], list[Avp]]
 
 
-def _index(avps: list[Avp]) -> AvpIndex:
-    """The first AVP of each (code, vendor id), in one pass: a CCR is read with some twenty
-    lookups, each of which would otherwise scan the AVP list from the start."""
-    return {(item.code, item.vendor_id): item for item in reversed(avps)}
+def _grouped(avps: list[Avp]) -> AvpGroups:
+    """The AVPs by (code, vendor id), in order, in one pass: a CCR is read with some twenty
+    lookups of the first AVP of a kind and a few of all of them (Subscription-Id, MSCC,
+    Used-Service-Unit), each of which would otherwise scan the AVP list from the start."""
+    groups: AvpGroups = {}
+    for item in avps:
+        key = (item.code, item.vendor_id)
+        found = groups.get(key)
+        if found is None:
+            groups[key] = [item]
+        else:
+            found.append(item)
+    return groups
 
 
-def _int(index: AvpIndex, key: tuple[int, int]) -> int | None:
-    found = index.get(key)
-    value = found.value if found is not None else None
+def _first(groups: AvpGroups, key: tuple[int, int]) -> Avp | None:
+    found = groups.get(key)
+    return found[0] if found is not None else None
+
+
+def _int(groups: AvpGroups, key: tuple[int, int]) -> int | None:
+    found = groups.get(key)
+    value = found[0].value if found is not None else None
     return value if isinstance(value, int) else None
 
 
@@ -186,9 +200,9 @@ def _money_micros(money: Avp | None) -> int | None:
     unit_value = money.find("Unit-Value") if money is not None else None
     if unit_value is None:
         return None
-    value_index = _index(unit_value.children)
-    digits = _int(value_index, _VALUE_DIGITS) or 0
-    exponent = _int(value_index, _EXPONENT) or 0
+    value_groups = _grouped(unit_value.children)
+    digits = _int(value_groups, _VALUE_DIGITS) or 0
+    exponent = _int(value_groups, _EXPONENT) or 0
     scale = exponent + 6  # micros: one unit of currency is 10^6
     return int(digits * 10**scale) if scale >= 0 else int(digits // 10**-scale)
 
@@ -232,17 +246,17 @@ def read_units(unit: Avp) -> Units:
     )
 
 
-def _service(children: list[Avp], index: AvpIndex, avp_of_service: Avp | None) -> ServiceRequest:
+def _service(groups: AvpGroups, avp_of_service: Avp | None) -> ServiceRequest:
     """One service from the AVPs that describe it: an MSCC's members, or the command's own."""
-    requested = index.get(_REQUESTED_SERVICE_UNIT)
-    used_avps = _all(children, _USED_SERVICE_UNIT)
+    requested = _first(groups, _REQUESTED_SERVICE_UNIT)
+    used_avps = groups.get(_USED_SERVICE_UNIT, [])
     reasons = [value for item in used_avps if isinstance(value := item.get("Reporting-Reason"), int)]
-    own_reason = _int(index, _REPORTING_REASON)
+    own_reason = _int(groups, _REPORTING_REASON)
     if own_reason is not None:
         reasons.append(own_reason)
     return ServiceRequest(
-        rating_group=_int(index, _RATING_GROUP) if avp_of_service is not None else None,
-        service_identifier=_int(index, _SERVICE_IDENTIFIER),
+        rating_group=_int(groups, _RATING_GROUP) if avp_of_service is not None else None,
+        service_identifier=_int(groups, _SERVICE_IDENTIFIER),
         requested=read_units(requested) if requested is not None else None,
         used=tuple(read_units(item) for item in used_avps),
         reporting_reasons=tuple(reasons),
@@ -250,23 +264,19 @@ def _service(children: list[Avp], index: AvpIndex, avp_of_service: Avp | None) -
     )
 
 
-def _bad_tariff_change_usage(avps: list[Avp]) -> Avp | None:
+def _bad_tariff_change_usage(groups: AvpGroups) -> Avp | None:
     """A Tariff-Change-Usage in a Used-Service-Unit with a value RFC 4006 section 8.27 does not
     define (0, 1 and 2): 5004 DIAMETER_INVALID_AVP_VALUE names it (RFC 6733 section 7.1.5)."""
-    for used in _all(avps, _USED_SERVICE_UNIT):
-        for member in _all(used.children, _TARIFF_CHANGE_USAGE):
-            if member.value not in _TARIFF_CHANGE_USAGE_VALUES:
+    for used in groups.get(_USED_SERVICE_UNIT, ()):
+        for member in used.children:
+            key = (member.code, member.vendor_id)
+            if key == _TARIFF_CHANGE_USAGE and member.value not in _TARIFF_CHANGE_USAGE_VALUES:
                 return member
     return None
 
 
-def _all(avps: list[Avp], key: tuple[int, int]) -> list[Avp]:
-    code, vendor_id = key
-    return [item for item in avps if item.code == code and item.vendor_id == vendor_id]
-
-
-def _called_party(index: AvpIndex) -> str | None:
-    information = index.get(_SERVICE_INFORMATION)
+def _called_party(groups: AvpGroups) -> str | None:
+    information = _first(groups, _SERVICE_INFORMATION)
     if information is None:
         return None
     ims = information.find("IMS-Information")
@@ -284,76 +294,74 @@ def _called_party(index: AvpIndex) -> str | None:
     return None
 
 
-def _text(index: AvpIndex, key: tuple[int, int]) -> str:
-    found = index.get(key)
-    return str(found.value or "") if found is not None else ""
+def _text(groups: AvpGroups, key: tuple[int, int]) -> str:
+    found = groups.get(key)
+    return str(found[0].value or "") if found is not None else ""
 
 
 def read_ccr(message: Message) -> CreditRequest | CcrProblem:
     """The CCR's meaning, or the problem to answer with."""
-    avps = message.avps
-    index = _index(avps)
+    groups = _grouped(message.avps)
     try:
-        request_type = RequestType(_int(index, _CC_REQUEST_TYPE) or 0)
+        request_type = RequestType(_int(groups, _CC_REQUEST_TYPE) or 0)
     except ValueError:
         return CcrProblem(
-            ResultCode.DIAMETER_INVALID_AVP_VALUE, index.get(_CC_REQUEST_TYPE), "CC-Request-Type out of range"
+            ResultCode.DIAMETER_INVALID_AVP_VALUE, _first(groups, _CC_REQUEST_TYPE), "CC-Request-Type out of range"
         )
     identities = []
-    for subscription in _all(avps, _SUBSCRIPTION_ID):
-        subscription_index = _index(subscription.children)
-        type_value = _int(subscription_index, _SUBSCRIPTION_ID_TYPE)
+    for subscription in groups.get(_SUBSCRIPTION_ID, ()):
+        subscription_groups = _grouped(subscription.children)
+        type_value = _int(subscription_groups, _SUBSCRIPTION_ID_TYPE)
         kind = _IDENTITY_KINDS.get(type_value) if type_value is not None else None
-        found = subscription_index.get(_SUBSCRIPTION_ID_DATA)
+        found = _first(subscription_groups, _SUBSCRIPTION_ID_DATA)
         data = found.value if found is not None else None
         if kind is not None and isinstance(data, str) and data:
             identities.append(Identity(kind, data))
     action: RequestedAction | None = None
     if request_type is RequestType.EVENT:
         try:
-            action = RequestedAction(_int(index, _REQUESTED_ACTION) or 0)
+            action = RequestedAction(_int(groups, _REQUESTED_ACTION) or 0)
         except ValueError:
-            return CcrProblem(
-                ResultCode.DIAMETER_INVALID_AVP_VALUE, index.get(_REQUESTED_ACTION), "Requested-Action out of range"
-            )
-    indicator = index.get(_MULTIPLE_SERVICES_INDICATOR)
+            failed = _first(groups, _REQUESTED_ACTION)
+            return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, failed, "Requested-Action out of range")
+    indicator = _first(groups, _MULTIPLE_SERVICES_INDICATOR)
     multiple = indicator is not None and indicator.value == 1
     services: list[ServiceRequest] = []
     if multiple:
         seen: set[tuple[int, int | None]] = set()
-        for mscc in _all(avps, _MULTIPLE_SERVICES_CREDIT_CONTROL):
-            members = mscc.children
+        for mscc in groups.get(_MULTIPLE_SERVICES_CREDIT_CONTROL, ()):
+            members = _grouped(mscc.children)
             bad = _bad_tariff_change_usage(members)
             if bad is not None:
                 return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, bad, "Tariff-Change-Usage out of range")
-            service = _service(members, _index(members), mscc)
+            service = _service(members, mscc)
             # An absent Rating-Group is charged as 0 (ocs/charging/credit_control.py): the same quota as 0.
             key = (service.rating_group or 0, service.service_identifier)
             if key in seen:
                 return CcrProblem(ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES, mscc, "the same service twice")
             seen.add(key)
             services.append(service)
-    elif _REQUESTED_SERVICE_UNIT in index or _USED_SERVICE_UNIT in index:
-        bad = _bad_tariff_change_usage(avps)
+    elif _REQUESTED_SERVICE_UNIT in groups or _USED_SERVICE_UNIT in groups:
+        bad = _bad_tariff_change_usage(groups)
         if bad is not None:
             return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, bad, "Tariff-Change-Usage out of range")
-        services.append(_service(avps, index, None))
-    timestamp = index.get(_EVENT_TIMESTAMP)
+        services.append(_service(groups, None))
+    timestamp = _first(groups, _EVENT_TIMESTAMP)
     event_time = timestamp.value if timestamp is not None else None
     return CreditRequest(
-        session_id=_text(index, _SESSION_ID),
-        origin_host=_text(index, _ORIGIN_HOST),
-        origin_realm=_text(index, _ORIGIN_REALM),
-        destination_realm=_text(index, _DESTINATION_REALM),
+        session_id=_text(groups, _SESSION_ID),
+        origin_host=_text(groups, _ORIGIN_HOST),
+        origin_realm=_text(groups, _ORIGIN_REALM),
+        destination_realm=_text(groups, _DESTINATION_REALM),
         request_type=request_type,
-        request_number=_int(index, _CC_REQUEST_NUMBER) or 0,
-        service_context=_text(index, _SERVICE_CONTEXT_ID),
+        request_number=_int(groups, _CC_REQUEST_NUMBER) or 0,
+        service_context=_text(groups, _SERVICE_CONTEXT_ID),
         identities=tuple(identities),
         multiple_services=multiple,
         services=tuple(services),
         requested_action=action,
         event_time=event_time if isinstance(event_time, datetime) else None,
-        called_party=_called_party(index),
+        called_party=_called_party(groups),
     )
 
 

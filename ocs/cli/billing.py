@@ -1,6 +1,6 @@
-"""``ocs payment``, ``ocs bill``, ``ocs dispute`` and ``ocs report receivables``: payments, customer
-bills, disputes and the receivables aging report, against the server's billing API
-(``ocs.api.billing``).
+"""``ocs payment``, ``ocs bill``, ``ocs dispute``, ``ocs report receivables`` and ``ocs report
+ledger``: payments, customer bills, the bill run, disputes, the receivables aging report and the
+one-ledger audit, against the server's billing API (``ocs.api.billing``).
 
 Theory of operation: as ``ocs.cli.interactions`` does, each command builds one API call from its
 flags and hands it to ``ocs.cli.main``'s remote runner (URL, token, ``--json``, one error line and
@@ -8,15 +8,19 @@ exit 1 for a refusal or an unreachable server, exit 2 for a malformed flag, befo
 sent). Amounts are typed as decimal strings in units of the account's currency (``12.50``) and
 sent as integer micros; a payment's reference is its idempotency key, so a command run twice
 records the payment once. ``payment load`` sends a bank file (CSV: reference, billing_account,
-amount, date) and exits 1 when any row was refused (each refused row is printed with its line).
+amount, date) and exits 1 when any row was refused (each refused row is printed with its line);
+``report ledger`` exits 1 when the ledger does not tie out.
 
     ocs payment add ACCOUNT AMOUNT --reference REF [--method bank_transfer] [--date YYYY-MM-DD]
     ocs payment load FILE
     ocs bill show ID
     ocs bill list [--account ACCOUNT] [--state sent|partiallyPaid|settled]
+    ocs bill document ID [--format html|pdf] --out FILE   (FILE "-": standard output)
     ocs dispute open BILL AMOUNT --reason TEXT [--ticket TICKET] [--dispute-id ID]
     ocs dispute resolve ID credited|rejected --resolution TEXT [--amount AMOUNT]
+    ocs bill run --date YYYY-MM-DD
     ocs report receivables [--as-of YYYY-MM-DD] [--json]
+    ocs report ledger [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from ocs.api.fields import money_micros
+from ocs.billing.documents import DocumentFormat
 from ocs.billing.values import BillState
 from ocs.cli.client import BULK_TIMEOUT_SECONDS, ApiAnswer, ApiClient
 from ocs.cli.customers import _list, _mapping, _segment, _without_none
@@ -81,6 +86,14 @@ def add_billing_commands(
     listing.add_argument("--account", help="one billing account's")
     listing.add_argument("--state", choices=[state.value for state in BillState])
     listing.set_defaults(remote=_list_bills, printer=_print_bills)
+    run = bill_actions.add_parser("run", parents=[client], help="the bill run: every cycle closed by a day")
+    run.add_argument("--date", type=_day, required=True, help="the day (cycles closed by it, and missed ones)")
+    run.set_defaults(remote=_bill_run, printer=_print_bill_run)
+    document = bill_actions.add_parser("document", parents=[client], help="a bill's document (HTML or PDF)")
+    document.add_argument("bill_id")
+    document.add_argument("--format", choices=[item.value for item in DocumentFormat], default="html")
+    document.add_argument("--out", required=True, help='the file to write ("-": standard output)')
+    document.set_defaults(remote=_bill_document, printer=_print_document)
     dispute = commands.add_parser("dispute", help="disputes of a bill's amount")
     dispute_actions = dispute.add_subparsers(dest="action", required=True)
     opening = dispute_actions.add_parser("open", parents=[client], help="hold an amount of a bill until resolved")
@@ -99,6 +112,8 @@ def add_billing_commands(
     receivables = reports.add_parser("receivables", parents=[client], help="receivables aging as of a day")
     receivables.add_argument("--as-of", type=_day, help="the day (default: today)")
     receivables.set_defaults(remote=_receivables, printer=print_receivables, data=None)
+    ledger = reports.add_parser("ledger", parents=[client], help="the one-ledger audit (exit 1 on a problem)")
+    ledger.set_defaults(remote=_ledger, printer=_print_ledger, data=None)
 
 
 # -- requests -------------------------------------------------------------------------------------
@@ -134,6 +149,24 @@ async def _list_bills(client: ApiClient, arguments: argparse.Namespace) -> ApiAn
     return await client.request("GET", "/customerBills" + (f"?{urlencode(query)}" if query else ""))
 
 
+async def _bill_document(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    """The document fetched and written to ``--out`` (through a temporary file: a refused or failed
+    download leaves an existing file as it was)."""
+    path = f"/customerBills/{_segment(arguments.bill_id)}/document?{urlencode({'format': arguments.format})}"
+    answer, content = await client.download(path)
+    if not answer.ok:
+        return answer
+    if arguments.out == "-":
+        sys.stdout.buffer.write(content)
+        sys.stdout.buffer.flush()
+        return ApiAnswer(answer.status, {"quiet": True})
+    out = Path(arguments.out)
+    temporary = out.with_name(f".{out.name}.part")
+    temporary.write_bytes(content)
+    temporary.replace(out)
+    return ApiAnswer(answer.status, {"bill_id": arguments.bill_id, "file": str(out), "bytes": len(content)})
+
+
 async def _open_dispute(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
     body = _without_none(
         {
@@ -158,7 +191,38 @@ async def _receivables(client: ApiClient, arguments: argparse.Namespace) -> ApiA
     return await client.request("GET", "/reports/receivables" + query)
 
 
+async def _bill_run(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    body = {"date": arguments.date.isoformat()}
+    return await client.request("POST", "/billRuns", body=body, timeout_seconds=BULK_TIMEOUT_SECONDS)
+
+
+async def _ledger(client: ApiClient, arguments: argparse.Namespace) -> ApiAnswer:
+    return await client.request("GET", "/reports/ledger", timeout_seconds=BULK_TIMEOUT_SECONDS)
+
+
 # -- output ---------------------------------------------------------------------------------------
+
+
+def _print_bill_run(body: Mapping[str, object]) -> None:
+    print(
+        f"bill run {body.get('date')}: {body.get('accounts')} account(s), {body.get('invoices')} invoice(s), "
+        f"{body.get('records')} record(s), {body.get('cuts')} cut(s), {body.get('skipped')} billed already, "
+        f"{body.get('empty')} with nothing to bill"
+    )
+    problems = body.get("problems")
+    for problem in problems if isinstance(problems, list) else ():
+        print(f"ocs: {problem}", file=sys.stderr)
+    more = body.get("more_problems")
+    if isinstance(more, int) and more:
+        print(f"ocs: and {more} more problem(s)", file=sys.stderr)
+
+
+def _print_ledger(body: Mapping[str, object]) -> None:
+    problems = body.get("problems")
+    listed = problems if isinstance(problems, list) else []
+    print("the ledger ties out" if not listed else f"{len(listed)} ledger problem(s)")
+    for problem in listed:
+        print(f"  {problem}")
 
 
 def _units(micros: object) -> str:
@@ -211,6 +275,11 @@ def _print_bill(body: Mapping[str, object]) -> None:
     disputed = _mapping(body.get("disputed_amount")).get("value_micros")
     if disputed:
         print(f"  disputed {_money(body.get('disputed_amount'))}")
+
+
+def _print_document(body: Mapping[str, object]) -> None:
+    if not body.get("quiet"):
+        print(f"bill {body.get('bill_id')}: {body.get('bytes')} bytes written to {body.get('file')}")
 
 
 def _print_bills(body: Mapping[str, object]) -> None:

@@ -90,23 +90,31 @@ class ApiClient:
         content_type: str = "application/json",
         timeout_seconds: float | None = None,
     ) -> ApiAnswer:
+        payload = json.dumps(body).encode() if body is not None else data
+        status, content = await self._send(method, path, payload, content_type, timeout_seconds)
+        return _answer(status, content)
+
+    async def download(self, path: str) -> tuple[ApiAnswer, bytes]:
+        """A GET whose answer is a file (a bill's document): its bytes, and the answer (the JSON
+        error when refused; empty when it succeeded)."""
+        status, content = await self._send("GET", path, None, "application/json", None)
+        if 200 <= status < 300:
+            return ApiAnswer(status, {}), content
+        return _answer(status, content), b""
+
+    async def _send(
+        self, method: str, path: str, payload: bytes | None, content_type: str, timeout_seconds: float | None
+    ) -> tuple[int, bytes]:
         if self._session is None:
             raise RuntimeError("use ApiClient in 'async with'")
-        payload = json.dumps(body).encode() if body is not None else data
         timeout = aiohttp.ClientTimeout(total=timeout_seconds or self.timeout_seconds)
         try:
             async with self._session.request(
                 method, self.url + path, data=payload, headers={"Content-Type": content_type}, timeout=timeout
             ) as response:
-                text = await response.text()
-                status = response.status
+                return response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as error:
             raise ApiUnreachable(f"cannot reach the server at {self.url}: {error or type(error).__name__}") from None
-        try:
-            decoded = json.loads(text) if text else {}
-        except json.JSONDecodeError:
-            decoded = {"error": f"HTTP {status}: {text[:200].strip()}"}
-        return ApiAnswer(status, decoded if isinstance(decoded, dict) else {"value": decoded})
 
     # -- the API's operations -------------------------------------------------------------------
 
@@ -136,6 +144,15 @@ class ApiClient:
         return await self.request(
             "POST", "/subscribers/load", data=csv_bytes, content_type="text/csv", timeout_seconds=BULK_TIMEOUT_SECONDS
         )
+
+
+def _answer(status: int, content: bytes) -> ApiAnswer:
+    text = content.decode("utf-8", errors="replace")
+    try:
+        decoded = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        decoded = {"error": f"HTTP {status}: {text[:200].strip()}"}
+    return ApiAnswer(status, decoded if isinstance(decoded, dict) else {"value": decoded})
 
 
 def _segment(account_id: str) -> str:

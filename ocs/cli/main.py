@@ -23,8 +23,8 @@ reads a data directory's business database.
     ocs subscriber load FILE.csv
     ocs customer add|show ..., ocs customer node add ..., ocs line add ... (``ocs.cli.customers``)
     ocs note add|list ..., ocs ticket open|show|move ..., ocs report customers ... (``ocs.cli.interactions``)
-    ocs payment add|load ..., ocs bill show|list ..., ocs dispute open|resolve ..., ocs report receivables
-    (``ocs.cli.billing``)
+    ocs payment add|load ..., ocs bill show|list|run|document ..., ocs dispute open|resolve ..., ocs report
+    receivables|ledger (``ocs.cli.billing``); ``ocs dunning`` and ``ocs report revenue`` (``ocs.cli.dunning``)
     ocs topup ACCOUNT AMOUNT --id ID [--bonus]
     ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
     ocs balance ACCOUNT
@@ -62,6 +62,7 @@ from ocs.cli.billing import add_billing_commands
 from ocs.cli.client import ApiAnswer, ApiClient, ApiUnreachable, base_url
 from ocs.cli.customers import add_customer_commands
 from ocs.cli.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
+from ocs.cli.dunning import add_dunning_commands
 from ocs.cli.interactions import add_interaction_commands, run_report_offline
 from ocs.cli.tokens import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
 from ocs.config import MAX_WORKERS, ConfigError, Settings, load_settings, unused_environment
@@ -69,6 +70,7 @@ from ocs.db.engine import DatabaseUnavailable, database_url, open_database, sqli
 from ocs.rating.rate import RatingFailure, RatingInput, TariffError, explain, load_book
 from ocs.supervisor import supervise, worker_count
 from ocs.worker import WorkerRole
+from protocol.build import PURE_PYTHON_VARIABLE
 
 USAGE_ERROR = 2  # argparse's own status for bad usage
 REFUSED = 1
@@ -80,7 +82,7 @@ Remote = Callable[[ApiClient, argparse.Namespace], Awaitable[ApiAnswer]]
 
 def _settings(arguments: argparse.Namespace) -> Settings:
     for variable in unused_environment(os.environ):  # not refused: build and test switches share the prefix
-        if variable == TOKEN_VARIABLE:  # the API commands' token, not a server setting
+        if variable in (TOKEN_VARIABLE, PURE_PYTHON_VARIABLE):  # the API commands' token; the build switch
             continue
         print(f"ocs: warning: {variable} names no setting; ignored", file=sys.stderr)
     return load_settings(Path(arguments.config) if arguments.config else None)
@@ -205,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     add_customer_commands(commands, _client_options())
     reports = add_interaction_commands(commands, _client_options())
     add_billing_commands(commands, reports, _client_options())
+    add_dunning_commands(commands, reports, _client_options())
     add_token_commands(commands)
     client = _client_options()
     trail = commands.add_parser("audit-trail", parents=[client], help="who changed what, when (the audit trail)")

@@ -1,5 +1,8 @@
 """The status history of customers and lines: one row per status entered, written in the
 transaction that changes the status, so the history and the status never disagree.
+A line has two: its own status (kind ``line_own``, every change asked of the line, recorded even
+when its effective status does not move, e.g. suspended on its own while its customer is
+suspended) and its effective status (kind ``line``, what the engine applies and the reports count).
 
 Theory of operation: whatever changes a customer's or a line's status (creating it included)
 calls ``record`` on its own connection, inside its own transaction (``ocs.customers.records``).
@@ -28,7 +31,8 @@ SYSTEM_AUTHOR = "ocs"  # a change the service makes itself (a line's provisionin
 class EntityKind(enum.StrEnum):
     CUSTOMER = "customer"
     NODE = "node"  # a company node's own status (ocs.customers.lifecycle)
-    LINE = "line"
+    LINE = "line"  # a line's effective status: what the engine applies, what the reports count
+    LINE_OWN = "line_own"  # a line's own status, set on the line (ocs.customers.lifecycle)
 
 
 class ReasonCategory(enum.StrEnum):

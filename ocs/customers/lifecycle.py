@@ -18,7 +18,8 @@ A change touches the database and Redis, so it is one recorded, idempotent step 
 customer side"):
 
 1. one transaction: the own status, the status history row (``ocs.customers.history``, kinds
-   ``customer`` and ``node``), and a ``lifecycle_steps`` row (who, why, category);
+   ``customer``, ``node`` and ``line_own``: a line's own change is recorded even when its effective
+   status does not move), and a ``lifecycle_steps`` row (who, why, category);
 2. every line in scope whose effective status differs gets it, each in its own transaction with
    its history row (same who, why and category); a terminated line's identity rows go (the
    engine's quarantine holds the identities from here, as ``LineStatusMirror`` does);
@@ -31,14 +32,16 @@ customer side"):
 A crash or a Redis failure anywhere after 1 leaves the step unfinished; ``resume()``, run at
 startup, runs 2 to 4 again for every such step (each part writes only what differs), so the
 change is finished exactly once. Lines still ``provisioning`` are outside the scope: a new line is
-refused under a customer or a node that is not active (``Customers.add_line``).
+refused under a customer or a node that is not active (``Customers.add_line``), and one that was
+still being provisioned when its customer or a node above it changed takes its effective status
+when its provisioning finishes, whoever finishes it (``Customers._provision_line``).
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -50,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ocs.customers import history, records
 from ocs.customers.history import EntityKind, ReasonCategory, StatusChange
 from ocs.customers.service import CustomerRefusal, EngineAnswer, EngineOutcome, Problem
-from ocs.customers.values import Closed, Customer, CustomerStatus, Line, LineStatus, Node, Text
+from ocs.customers.values import Closed, Customer, CustomerStatus, Line, LineStatus, Node, Text, worst
 from ocs.db.customers import customer_nodes, customers, lifecycle_steps, line_identities, lines
 from ocs.db.schema import utc_naive
 
@@ -82,7 +85,6 @@ TRANSITIONS = frozenset(
         ("prospect", "terminated"),
     }
 )
-SEVERITY = {"prospect": 0, "active": 0, "suspended": 1, "barred": 2, "terminated": 3}
 ACTION_OF_STATUS = {"active": "resume", "suspended": "suspend", "barred": "bar", "terminated": "terminate"}
 
 
@@ -113,12 +115,6 @@ class Step:
     reason: str
     reason_category: ReasonCategory | None
     author: str
-
-
-def worst(statuses: Sequence[str]) -> LineStatus:
-    """The effective status of these own statuses (a prospect counts as active)."""
-    found = max(statuses, key=lambda status: SEVERITY[status], default="active")
-    return LineStatus.ACTIVE if found == "prospect" else LineStatus(found)
 
 
 def check_transition(now: str, asked: str, what: str) -> None:
@@ -217,11 +213,13 @@ class Lifecycle:
             )
             if not changed.rowcount:  # another request changed it meanwhile: nothing written
                 raise CustomerRefusal(Problem.CONFLICT, "status", f"{kind.value} {entity_id!r} changed meanwhile")
-            if kind is not EntityKind.LINE:  # a line's row is the effective change, step 2
-                change = StatusChange(
-                    kind, entity_id, customer_id, now, asked, when, author, request.reason, request.reason_category
-                )
-                await history.record(connection, change)
+            # A line's own status has its row too (its effective change gets another, step 2):
+            # a change that leaves the effective status as it was is still recorded.
+            recorded = EntityKind.LINE_OWN if kind is EntityKind.LINE else kind
+            change = StatusChange(
+                recorded, entity_id, customer_id, now, asked, when, author, request.reason, request.reason_category
+            )
+            await history.record(connection, change)
             values = {
                 "entity_kind": kind.value,
                 "entity_id": entity_id,

@@ -19,19 +19,41 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ocs.customers.records import Duplicate
 from ocs.customers.values import CustomerStatus
 from ocs.db.customers import customers, lines
-from ocs.db.orders import product_order_items, product_orders
+from ocs.db.orders import deposits, product_order_items, product_orders
 from ocs.db.schema import utc_aware, utc_naive
 
 
-async def insert_order(engine: AsyncEngine, order: dict[str, object], items: list[dict[str, object]]) -> None:
-    """The order and its items, all or none; ``Duplicate`` when its id or external id is taken."""
+async def insert_order(
+    engine: AsyncEngine,
+    order: dict[str, object],
+    items: list[dict[str, object]],
+    deposit: dict[str, object] | None = None,
+) -> None:
+    """The order, its items and the deposit it makes due, all or none; ``Duplicate`` when its id
+    or external id is taken (or a racing order recorded the customer's deposit first)."""
     try:
         async with engine.begin() as connection:
             await connection.execute(insert(product_orders).values(**order))
             for item in items:
                 await connection.execute(insert(product_order_items).values(**item))
+            if deposit is not None:
+                await connection.execute(insert(deposits).values(**deposit))
     except IntegrityError as error:
         raise Duplicate(str(error.orig)) from None
+
+
+async def deposit_of(engine: AsyncEngine, *, customer_id: str, credit_class: str) -> dict[str, Any] | None:
+    """The customer's deposit for this credit class, if one was recorded."""
+    query = select(deposits).where(and_(deposits.c.customer_id == customer_id, deposits.c.credit_class == credit_class))
+    async with engine.connect() as connection:
+        row = (await connection.execute(query)).first()
+    return dict(row._mapping) if row is not None else None
+
+
+async def deposit_of_order(engine: AsyncEngine, order_id: str) -> dict[str, Any] | None:
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(deposits).where(deposits.c.order_id == order_id))).first()
+    return dict(row._mapping) if row is not None else None
 
 
 async def order_row(engine: AsyncEngine, order_id: str) -> dict[str, Any] | None:

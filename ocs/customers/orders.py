@@ -3,10 +3,16 @@ idempotently, and resumed after a crash.
 
 Theory of operation. ``submit`` checks the whole order before anything is written: the customer
 exists, every line acted on is the customer's, and every new line is within what the customer's
-credit class may be offered (``ocs.customers.credit``: a prepaid-only class gets no postpaid
-line, and no line gets a credit limit above the class's); a refusal names the item and the field
-(``items.1.line.payment_type``) and nothing is written. The order and its items are then stored
-``acknowledged``, each new line with its id already assigned, and fulfilled:
+credit class may be offered (``ocs.customers.offers``, the rules the direct routes apply too: a
+prepaid-only class gets no postpaid line, a class's plans are the only ones its lines take, and
+the class's credit limit is the customer's: the credit limits of its postpaid lines and company
+pools that are not terminated, with the order's new ones, may not add up to more); a refusal
+names the item and the field (``items.1.line.payment_type``) and nothing is written. The order and
+its items are then stored
+``acknowledged``, each new line with its id already assigned, in one transaction with the deposit
+the class asks for (``deposit``), when this order gives the customer its first postpaid line: a
+``pending`` row of ``deposits``, one per customer and class, which the billing wing invoices (this
+wing holds no money: the row is the outbox); the order's answer shows it. Then it is fulfilled:
 
     order:  acknowledged -> inProgress -> completed | failed      (TMF622 ProductOrderStateType)
     item:   acknowledged -> completed | failed
@@ -38,15 +44,16 @@ import enum
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import structlog
 from pydantic import Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ocs.customers import order_records, records
-from ocs.customers.credit import CreditRules, OfferKind
+from ocs.customers.credit import CreditRules
 from ocs.customers.lifecycle import Lifecycle, StatusRequest, TargetStatus
+from ocs.customers.offers import CreditOffers
 from ocs.customers.records import Duplicate
 from ocs.customers.service import (
     CustomerRefusal,
@@ -149,6 +156,16 @@ class ProductOrderItem(Closed):
     completed_at: datetime | None
 
 
+class Deposit(Closed):
+    """A deposit the customer's credit class requires, recorded with the order that first gave it
+    a postpaid line: ``pending`` until the billing wing invoices it (``ocs.db.orders.deposits``)."""
+
+    credit_class: str
+    amount_micros: int
+    currency: str
+    state: str
+
+
 class ProductOrder(Closed):
     id: str
     external_id: str | None
@@ -158,6 +175,7 @@ class ProductOrder(Closed):
     failure: str | None
     created_at: datetime
     completed_at: datetime | None
+    deposit: Deposit | None = None  # the deposit this order made due
 
 
 class LineOperations(Protocol):
@@ -201,6 +219,7 @@ class Orders:
         self.customers = customers
         self.lines = lines
         self.rules = rules
+        self.offers = CreditOffers(engine, rules)
         self.clock = clock
         self.after_item = after_item  # tests: a crash between two items
         self.lifecycle = Lifecycle(engine, lines, clock=clock)  # status items: one path with the API's
@@ -219,10 +238,12 @@ class Orders:
         order_id = made_id("PO")
         items = [_item_row(order_id, index, item) for index, item in enumerate(new.items)]
         added: set[str] = set()  # lines this order adds: later items may act on them
+        credit = await self.offers.granted(customer.customer_id)  # the class's limit is the customer's
         for index, item in enumerate(new.items):
-            await self._check_item(customer, index, item, added)
-            if item.action is ItemAction.ADD_LINE:
+            await self._check_item(customer, index, item, added, credit)
+            if item.line is not None:
                 added.add(str(items[index]["line_id"]))
+                credit += item.line.credit_limit_micros if item.line.payment_type == "postpaid" else 0
         now = self._now()
         row: dict[str, object] = {
             "order_id": order_id,
@@ -233,7 +254,8 @@ class Orders:
             "created_at": utc_naive(now),
         }
         try:
-            await order_records.insert_order(self.engine, row, items)
+            deposit = await self._deposit_due(customer, new, order_id, now)
+            await order_records.insert_order(self.engine, row, items, deposit)
         except Duplicate:  # a racing submission of the same external id won
             found = await self._resubmitted(str(new.external_id), request)
             if found is None:
@@ -252,10 +274,22 @@ class Orders:
             raise OrderConflict(f"{external_id!r} names order {order_id!r}, which asked for something else")
         return await self.order(order_id)
 
-    async def _check_item(self, customer: Customer, index: int, item: NewOrderItem, added: set[str]) -> None:
+    async def _deposit_due(
+        self, customer: Customer, new: NewProductOrder, order_id: str, now: datetime
+    ) -> dict[str, object] | None:
+        """The deposit row this order makes due (``ocs.customers.offers``): its first postpaid line
+        under a class that asks for one (the billing wing invoices it; until then ``pending``)."""
+        postpaid = any(item.line is not None and item.line.payment_type == "postpaid" for item in new.items)
+        if not postpaid:
+            return None
+        return await self.offers.deposit_due(customer, order_id=order_id, line_id=None, now=now)
+
+    async def _check_item(
+        self, customer: Customer, index: int, item: NewOrderItem, added: set[str], credit: int
+    ) -> None:
         where = f"items.{index}"
         if item.line is not None:
-            self._check_offer(customer, item.line, f"{where}.line")
+            self._check_offer(customer, item.line, f"{where}.line", credit)
             return
         assert item.line_id is not None
         if item.line_id in added:
@@ -274,37 +308,13 @@ class Orders:
         """A plan the tariff book has, and the customer's credit class may take."""
         if not self.lines.knows_plan(plan):
             raise CustomerRefusal(Problem.REFUSED, where, f"no tariff plan {plan!r}")
-        name = customer.credit_profile.credit_class
-        credit_class = next((found for found in self.rules.classes if found.name == name), None)
-        if credit_class is not None and not credit_class.offer.allows_plan(plan):
-            allowed = ", ".join(credit_class.offer.plans or ())
-            raise CustomerRefusal(
-                Problem.REFUSED, where, f"credit class {name} may take only these plans: {allowed} ({self.rules.file})"
-            )
+        self.offers.check_plan(customer, plan, where)
 
-    def _check_offer(self, customer: Customer, line: NewLine, where: str) -> None:
-        """What the customer's credit class may be offered (``ocs.customers.credit``)."""
-        name = customer.credit_profile.credit_class
-        credit_class = next((found for found in self.rules.classes if found.name == name), None)
-        if line.payment_type == "prepaid":
-            return
-        if credit_class is None:
-            why = "the customer has no credit class: apply first (POST /applications)"
-            if name is not None:
-                why = f"credit class {name!r} is not in {self.rules.file}"
-            raise CustomerRefusal(Problem.REFUSED, f"{where}.payment_type", f"postpaid refused: {why}")
-        offer = credit_class.offer
-        if offer.kind is OfferKind.PREPAID_ONLY:
-            raise CustomerRefusal(
-                Problem.REFUSED, f"{where}.payment_type", f"credit class {name} is offered prepaid only"
-            )
-        if line.credit_limit_micros > offer.credit_limit_micros:
-            raise CustomerRefusal(
-                Problem.REFUSED,
-                f"{where}.credit_limit_micros",
-                f"{line.credit_limit_micros} micros is above credit class {name}'s limit of "
-                f"{offer.credit_limit_micros} micros",
-            )
+    def _check_offer(self, customer: Customer, line: NewLine, where: str, credit: int) -> None:
+        """What the customer's credit class may be offered (``ocs.customers.offers``): ``credit``
+        is what the customer holds with the lines the order adds before this one."""
+        self.offers.check_credit(customer, line.payment_type, line.credit_limit_micros, f"{where}.", credit)
+        self.offers.check_plan(customer, line.plan or self.customers.accounts.default_plan, f"{where}.plan")
 
     async def order(self, order_id: str) -> ProductOrder:
         stored = await order_records.order_row(self.engine, order_id)
@@ -330,6 +340,7 @@ class Orders:
             failure=stored["failure"],
             created_at=order_records.stored_time(stored["created_at"]) or self._now(),
             completed_at=order_records.stored_time(stored["completed_at"]),
+            deposit=_deposit(await order_records.deposit_of_order(self.engine, order_id)),
         )
 
     # -- fulfilment -----------------------------------------------------------------------------
@@ -398,6 +409,17 @@ class Orders:
         if order_ids:
             log.warning("orders_resumed", orders=len(order_ids))
         return len(order_ids)
+
+
+def _deposit(row: dict[str, Any] | None) -> Deposit | None:
+    if row is None:
+        return None
+    return Deposit(
+        credit_class=row["credit_class"],
+        amount_micros=row["amount_micros"],
+        currency=row["currency"],
+        state=row["state"],
+    )
 
 
 def _failure(answer: EngineAnswer) -> str | None:

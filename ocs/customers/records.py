@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ocs.customers import history
-from ocs.customers.history import EntityKind, StatusChange
+from ocs.customers.history import EntityKind, ReasonCategory, StatusChange
 from ocs.customers.values import (
     BillingAccount,
     BillingAccountSpec,
@@ -37,6 +37,7 @@ from ocs.customers.values import (
     Organization,
 )
 from ocs.db.customers import billing_accounts, customer_nodes, customers, line_identities, lines, parties
+from ocs.db.orders import deposits
 from ocs.db.schema import utc_aware, utc_naive
 
 MAX_LIST_ROWS = 1_000  # one page of a customer list
@@ -351,21 +352,30 @@ async def set_node_account_state(engine: AsyncEngine, node_id: str, state: str) 
 # -- lines --------------------------------------------------------------------------------------
 
 
-async def insert_line(engine: AsyncEngine, row: dict[str, object], identities: Sequence[LineIdentity]) -> None:
-    """The line and its identities, all or none; ``Duplicate`` when the id or an identity is taken."""
+async def insert_line(
+    engine: AsyncEngine,
+    row: dict[str, object],
+    identities: Sequence[LineIdentity],
+    deposit: dict[str, object] | None = None,
+) -> None:
+    """The line, its identities and the deposit it makes due, all or none; ``Duplicate`` when the
+    id or an identity is taken (or a racing line recorded the customer's deposit first)."""
     try:
         async with engine.begin() as connection:
             await _insert(connection, lines, {**row, "created_at": utc_naive(row["created_at"])})  # type: ignore[arg-type]
             for identity in identities:
                 kind, value = identity.key
                 await _insert(connection, line_identities, {"kind": kind, "value": value, "line_id": row["line_id"]})
+            if deposit is not None:
+                await _insert(connection, deposits, deposit)
     except IntegrityError as error:
         raise Duplicate(str(error.orig)) from None
 
 
 async def delete_line(engine: AsyncEngine, line_id: str) -> None:
-    """Undo ``insert_line`` (its engine step was refused)."""
+    """Undo ``insert_line`` (its engine step was refused), the deposit it made due included."""
     async with engine.begin() as connection:
+        await connection.execute(delete(deposits).where(deposits.c.line_id == line_id))
         await connection.execute(delete(line_identities).where(line_identities.c.line_id == line_id))
         await connection.execute(delete(lines).where(lines.c.line_id == line_id))
 
@@ -410,23 +420,38 @@ async def lines_provisioning(engine: AsyncEngine) -> list[Line]:
         return await _lines(connection, lines.c.status == LineStatus.PROVISIONING.value)
 
 
-async def finish_line(engine: AsyncEngine, line_id: str, now: datetime) -> bool:
-    """``provisioning`` -> ``active``, recorded in the status history; False when the row was not
-    provisioning (already finished)."""
+async def settle_line(engine: AsyncEngine, line_id: str, status: LineStatus, now: datetime) -> bool:
+    """The line's row takes ``status``, its effective status, from whatever it is (``provisioning``
+    when its engine account was just made), recorded in the status history; a terminated line's
+    identity rows go (the engine's quarantine holds them). False when it had it already."""
     async with engine.begin() as connection:
+        row = (
+            await connection.execute(select(lines.c.customer_id, lines.c.status).where(lines.c.line_id == line_id))
+        ).first()
+        if row is None or row.status == status.value:
+            return False
         result = await connection.execute(
             update(lines)
-            .where(and_(lines.c.line_id == line_id, lines.c.status == LineStatus.PROVISIONING.value))
-            .values(status=LineStatus.ACTIVE.value)
+            .where(and_(lines.c.line_id == line_id, lines.c.status == row.status))
+            .values(status=status.value)
         )
-        if result.rowcount:
-            owner = await connection.execute(select(lines.c.customer_id).where(lines.c.line_id == line_id))
-            active = LineStatus.ACTIVE.value
-            change = StatusChange(
-                EntityKind.LINE, line_id, owner.scalar_one(), LineStatus.PROVISIONING.value, active, now
-            )
-            await history.record(connection, change)
-    return bool(result.rowcount)
+        if not result.rowcount:  # changed meanwhile (the lifecycle): its writer recorded it
+            return False
+        if status is LineStatus.TERMINATED:
+            await connection.execute(delete(line_identities).where(line_identities.c.line_id == line_id))
+        joined = row.status == LineStatus.PROVISIONING.value and status is not LineStatus.ACTIVE
+        change = StatusChange(
+            EntityKind.LINE,
+            line_id,
+            row.customer_id,
+            row.status,
+            status.value,
+            now,
+            reason=f"made while its customer or a node above it was {status.value}" if joined else "",
+            reason_category=None if status is LineStatus.ACTIVE else ReasonCategory.OTHER,
+        )
+        await history.record(connection, change)
+    return True
 
 
 async def set_line_plan(engine: AsyncEngine, line_id: str, plan: str) -> None:

@@ -61,6 +61,7 @@ from ocs.customers.values import (
     Node,
     NodeMoney,
     TreeNode,
+    worst,
 )
 
 log = structlog.get_logger("ocs.customers")
@@ -77,6 +78,10 @@ _LINE_TERMS = (
     "cap_micros",
     "engine_parent_id",
 )
+# A line's provisioning reads its customer's and nodes' statuses again after writing its row; a
+# change seen there is applied and read again, at most this many times (a change after the last
+# read finds the row finished and applies itself).
+SETTLE_ROUNDS = 3
 ID_RANDOM_BYTES = 8  # 64 bits: made ids never collide in practice; a collision is a 409, not a loss
 
 
@@ -119,6 +124,7 @@ class EngineAccount:
     network: str
     name: str
     identities: tuple[tuple[str, str], ...]  # (msisdn | imsi | sip, value)
+    status: LineStatus = LineStatus.ACTIVE  # the account's (effective) status once made
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +133,27 @@ class EngineAnswer:
     reason: str = ""
 
 
+class CreditTerms(Protocol):
+    """What the customer's credit class may be offered (``ocs.customers.offers.CreditOffers``)."""
+
+    def check_plan(self, customer: Customer, plan: str, where: str) -> None: ...
+
+    def check_credit(self, customer: Customer, payment_type: str, limit: int, where: str, granted: int) -> None: ...
+
+    async def granted(self, customer_id: str) -> int: ...
+
+    async def deposit_due(
+        self, customer: Customer, *, order_id: str | None, line_id: str | None, now: datetime
+    ) -> dict[str, object] | None: ...
+
+
 class EngineAccounts(Protocol):
     @property
     def default_plan(self) -> str: ...
 
     async def ensure(self, account: EngineAccount) -> EngineAnswer:
-        """Make the account and its identities, or find them already made identically."""
+        """Make the account and its identities, or find them already made identically; then
+        give it ``status`` if it has another (published to live sessions as any change is)."""
         ...
 
 
@@ -142,11 +163,24 @@ def made_id(prefix: str) -> str:
 
 class Customers:
     def __init__(
-        self, engine: AsyncEngine, accounts: EngineAccounts, *, clock: Callable[[], float] = time.time
+        self,
+        engine: AsyncEngine,
+        accounts: EngineAccounts,
+        *,
+        clock: Callable[[], float] = time.time,
+        credit: CreditTerms | None = None,
     ) -> None:
         self.engine = engine
         self.accounts = accounts
         self.clock = clock
+        self.credit = credit  # None: no credit class checked (tests of the tree and the engine step)
+
+    def _assessed(self, customer: Customer) -> CreditTerms | None:
+        """The credit terms the direct routes hold this customer to, when it has a class (from an
+        application's credit check). A customer the operator made directly, with no class, is not
+        assessed (None): the operator's terms stand, recorded in the audit trail (a product order
+        still asks for a class before postpaid: ``ocs.customers.orders``)."""
+        return self.credit if customer.credit_profile.credit_class is not None else None
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -218,6 +252,11 @@ class Customers:
             self._check_depth(len(money_above) + 1, "parent_node_id")
             if new.money.cap_micros and not money_above:
                 raise CustomerRefusal(Problem.REFUSED, "money.cap_micros", "no pool above this node to cap")
+            credit = self._assessed(customer)
+            if credit is not None and new.money.credit_limit_micros > 0:  # a credit line, not a cap
+                money = new.money
+                granted = await credit.granted(customer_id)
+                credit.check_credit(customer, money.payment_type, money.credit_limit_micros, "money.", granted)
         node_id = new.node_id or made_id("N")
         row = records.node_row(
             node_id=node_id,
@@ -286,24 +325,37 @@ class Customers:
             )
 
     async def _provision_node(self, node: Node) -> EngineAnswer:
+        """Steps 2 and 3 for a node's pool, with the node's effective status (the worst of its
+        own, the nodes' above it and its customer's): the lifecycle skips a pool still
+        provisioning, so the statuses are read again once the row is marked active, as for a line
+        (``_provision_line``): a change committed before that read is applied here, one after it
+        finds the pool active and applies itself."""
         assert node.money is not None and node.account_id is not None
         money: NodeMoney = node.money
-        answer = await self.accounts.ensure(
-            EngineAccount(
-                account_id=node.account_id,
-                payment_type=money.payment_type,
-                currency=money.currency,
-                credit_limit_micros=money.credit_limit_micros,
-                parent_id=node.engine_parent_id,
-                cap_micros=money.cap_micros,
-                plan=None,
-                network="mobile",
-                name=node.name,
-                identities=(),
+        status = await self._chain_status(node.customer_id, [], node.node_id)
+        for _ in range(SETTLE_ROUNDS):
+            answer = await self.accounts.ensure(
+                EngineAccount(
+                    account_id=node.account_id,
+                    payment_type=money.payment_type,
+                    currency=money.currency,
+                    credit_limit_micros=money.credit_limit_micros,
+                    parent_id=node.engine_parent_id,
+                    cap_micros=money.cap_micros,
+                    plan=None,
+                    network="mobile",
+                    name=node.name,
+                    identities=(),
+                    status=status,
+                )
             )
-        )
-        if answer.outcome is EngineOutcome.OK:
+            if answer.outcome is not EngineOutcome.OK:
+                return answer
             await records.set_node_account_state(self.engine, node.node_id, "active")
+            now = await self._chain_status(node.customer_id, [], node.node_id)
+            if now is status:
+                break
+            status = now
         return answer
 
     # -- lines ------------------------------------------------------------------------------------
@@ -321,6 +373,15 @@ class Customers:
         if new.cap_micros and not money_above:
             raise CustomerRefusal(Problem.REFUSED, "cap_micros", "no pool above this line to cap")
         await self._check_pools_ready(money_above)
+        plan = new.plan or self.accounts.default_plan
+        credit = self._assessed(customer)
+        if credit is not None:
+            granted = await credit.granted(customer_id)
+            left = await records.get_line(self.engine, new.line_id) if new.line_id is not None else None
+            if left is not None and left.status is LineStatus.PROVISIONING and left.payment_type == "postpaid":
+                granted -= left.credit_limit_micros  # a retry's own line is not credit held besides it
+            credit.check_credit(customer, new.payment_type, new.credit_limit_micros, "", granted)
+            credit.check_plan(customer, plan, "plan")
         line_id = new.line_id or made_id("L")
         row: dict[str, object] = {
             "line_id": line_id,
@@ -329,7 +390,7 @@ class Customers:
             "name": new.name,
             "network": new.network,
             "payment_type": new.payment_type,
-            "plan": new.plan or self.accounts.default_plan,
+            "plan": plan,
             "credit_limit_micros": new.credit_limit_micros,
             "cap_micros": new.cap_micros,
             "engine_parent_id": money_above[0] if money_above else None,
@@ -337,7 +398,7 @@ class Customers:
             "created_at": self._now(),
         }
         left = await self._left_provisioning(row, new)
-        line = left if left is not None else await self._recorded(row, new)
+        line = left if left is not None else await self._recorded(row, new, customer)
         answer = await self._provision_line(line)
         if answer.outcome is EngineOutcome.INCOMPLETE:  # deleting the row would orphan the account
             raise CustomerRefusal(
@@ -365,8 +426,9 @@ class Customers:
         wanted = {identity.key for identity in new.identities}
         return left if same and {identity.key for identity in left.identities} == wanted else None
 
-    async def _recorded(self, row: dict[str, object], new: NewLine) -> Line:
-        """Step 1: the row and its identities, after checking the identities are free."""
+    async def _recorded(self, row: dict[str, object], new: NewLine, customer: Customer) -> Line:
+        """Step 1: the row and its identities, after checking the identities are free, with the
+        deposit a first postpaid line makes due (``ocs.customers.offers``)."""
         held = await records.identity_holders(self.engine, new.identities)
         for index, identity in enumerate(new.identities):
             if identity.key in held:
@@ -374,8 +436,12 @@ class Customers:
                     Problem.CONFLICT, f"identities.{index}", f"{identity.value} belongs to line {held[identity.key]!r}"
                 )
         line_id = str(row["line_id"])
+        deposit = None
+        credit = self._assessed(customer)
+        if credit is not None and new.payment_type == "postpaid":
+            deposit = await credit.deposit_due(customer, order_id=None, line_id=line_id, now=self._now())
         try:
-            await records.insert_line(self.engine, row, new.identities)
+            await records.insert_line(self.engine, row, new.identities, deposit)
         except Duplicate:  # the id, or an identity taken by a racing request
             raise CustomerRefusal(
                 Problem.CONFLICT, "line_id", f"{line_id!r} or one of its identities is taken"
@@ -399,24 +465,52 @@ class Customers:
         return found
 
     async def _provision_line(self, line: Line) -> EngineAnswer:
-        """Steps 2 and 3: the engine account (idempotent), then the row ``active``."""
-        answer = await self.accounts.ensure(
-            EngineAccount(
-                account_id=line.line_id,
-                payment_type=line.payment_type,
-                currency=None,
-                credit_limit_micros=line.credit_limit_micros,
-                parent_id=line.engine_parent_id,
-                cap_micros=line.cap_micros,
-                plan=line.plan,
-                network=line.network,
-                name=line.name,
-                identities=tuple(identity.key for identity in line.identities),
+        """Steps 2 and 3: the engine account (idempotent), then the row, both with the line's
+        effective status. The lifecycle skips a line still provisioning, so a customer or node
+        whose status changed meanwhile is read again once the row is written: a change committed
+        before that read is seen here, one committed after it sees the row finished and applies
+        itself (``ocs.customers.lifecycle``), so the line never keeps an old status."""
+        status = await self._effective_status(line)
+        for _ in range(SETTLE_ROUNDS):
+            answer = await self.accounts.ensure(
+                EngineAccount(
+                    account_id=line.line_id,
+                    payment_type=line.payment_type,
+                    currency=None,
+                    credit_limit_micros=line.credit_limit_micros,
+                    parent_id=line.engine_parent_id,
+                    cap_micros=line.cap_micros,
+                    plan=line.plan,
+                    network=line.network,
+                    name=line.name,
+                    identities=tuple(identity.key for identity in line.identities),
+                    status=status,
+                )
             )
-        )
-        if answer.outcome is EngineOutcome.OK:
-            await records.finish_line(self.engine, line.line_id, self._now())
+            if answer.outcome is not EngineOutcome.OK:
+                return answer
+            await records.settle_line(self.engine, line.line_id, status, self._now())
+            now = await self._effective_status(line)
+            if now is status:
+                break
+            status = now
         return answer
+
+    async def _effective_status(self, line: Line) -> LineStatus:
+        """The worst of the line's own status, its nodes' and its customer's, as stored now."""
+        return await self._chain_status(line.customer_id, [line.own_status.value], line.node_id)
+
+    async def _chain_status(self, customer_id: str, own: list[str], node_id: str | None) -> LineStatus:
+        """The worst of ``own``, the customer's status and every node's from ``node_id`` up."""
+        customer = await self.customer(customer_id)
+        chain = [customer.status.value, *own]
+        while node_id is not None:
+            node = await records.get_node(self.engine, node_id)
+            if node is None:
+                break
+            chain.append(node.status.value)
+            node_id = node.parent_node_id
+        return worst(chain)
 
     # -- reading a tree -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ every month has it; identities are an MSISDN (E.164, at most 15 digits), an IMSI
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Annotated, Literal
 
@@ -55,6 +56,17 @@ class LineStatus(enum.StrEnum):
     SUSPENDED = "suspended"
     BARRED = "barred"
     TERMINATED = "terminated"
+
+
+# A line's effective status is the worst of its own, every node above it and its customer's
+# (ocs.customers.lifecycle; balance/RULES.md "Effective status"). A prospect counts as active.
+SEVERITY = {"prospect": 0, "provisioning": 0, "active": 0, "suspended": 1, "barred": 2, "terminated": 3}
+
+
+def worst(statuses: Sequence[str]) -> LineStatus:
+    """The effective status of these own statuses (a prospect counts as active)."""
+    found = max(statuses, key=lambda status: SEVERITY[status], default="active")
+    return LineStatus.ACTIVE if found in ("prospect", "provisioning") else LineStatus(found)
 
 
 class Closed(BaseModel):

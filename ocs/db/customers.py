@@ -63,6 +63,7 @@ customers = Table(
     Column("status", String(16), nullable=False),
     Column("credit_score", Integer, nullable=True),
     Column("credit_class", String(8), nullable=True),
+    Column("segment", String(32), nullable=True),  # free string (loyalty, operator): dunning exemptions (0009)
     Column("created_at", DateTime, nullable=False, index=True),
 )
 

@@ -60,7 +60,7 @@ status_changes = Table(
     "status_changes",
     metadata,
     Column("record_id", Integer, primary_key=True, autoincrement=True),
-    Column("entity_kind", String(16), nullable=False),  # customer | line
+    Column("entity_kind", String(16), nullable=False),  # customer | node | line | line_own
     Column("entity_id", String(ID_LENGTH), nullable=False, index=True),
     Column("customer_id", String(ID_LENGTH), nullable=False, index=True),
     Column("from_status", String(16), nullable=True),  # NULL: the entity was made with to_status

@@ -5,11 +5,17 @@ acknowledged. Fulfilment then moves each item to ``completed`` (or ``failed``) i
 transaction with whatever the item changed in this database (a line's status), which is what
 makes a re-run after a crash do each item once (``ocs.customers.orders``). ``external_id`` is the
 client's own key (TMF622 ``externalId``): unique, so a re-submitted order finds the first one.
+
+``deposits`` is the outbox of deposits a credit class requires (``config/credit_classes.toml``
+``deposit``): written with the order that first gives the customer a postpaid line (``order_id``),
+or with the line row when the operator adds it directly (``line_id``, ``ocs.customers.offers``), ``pending``
+until the billing wing invoices it (and marks it ``invoiced``). One per customer and credit class,
+so a re-run or a second order never asks for it twice. Amounts are integer micros.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Integer, String, Table, Text, UniqueConstraint
 
 from ocs.db.schema import metadata
 
@@ -42,4 +48,19 @@ product_order_items = Table(
     Column("completed_at", DateTime, nullable=True),
 )
 
-ORDER_TABLES = (product_orders, product_order_items)
+deposits = Table(
+    "deposits",
+    metadata,
+    Column("deposit_id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", String(ID_LENGTH), ForeignKey("customers.customer_id"), nullable=False),
+    Column("order_id", String(ID_LENGTH), ForeignKey("product_orders.order_id"), nullable=True),
+    Column("line_id", String(ID_LENGTH), nullable=True),  # a line added directly, not by an order
+    Column("credit_class", String(8), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("state", String(16), nullable=False, index=True),  # pending | invoiced (the billing wing)
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("customer_id", "credit_class"),
+)
+
+ORDER_TABLES = (product_orders, product_order_items, deposits)

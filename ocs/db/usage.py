@@ -11,14 +11,16 @@ rows it did store come back through ``RETURNING``, which counts them exactly on 
 break on it, and the export pages on (``at_seconds``, ``record_number``) without holding a
 transaction open for the whole export.
 
-The bill run reads "the unbilled records of these accounts before the cut" (``unbilled_records``)
-and marks them billed (``mark_billed``) in the transaction that writes their invoice, so a record
-is billed by one invoice at most: the update only takes rows whose ``invoice_id`` is still NULL,
-and the count it returns tells the caller whether every record it priced was still free. Marking
-is by record id, not by (account, cut): the spool lags the engine by up to a drain, so a record
-committed in Redis before the cut may reach this table after the invoice was priced; marking by
-time would then bill it without pricing it. (The bill run should also wait until the spool's lag
-is past the cut: ``SpoolStats.lag_seconds``.)
+The bill run reads "the unbilled records of these accounts before the cut", summed per account
+(``unbilled_usage``: what the invoice line says, the ids and numbers to mark, what the cut gives
+back; ``unbilled_records`` lists the same records one by one), and marks them billed
+(``mark_billed``, or the bill run's bulk update by number and id) in the transaction that writes
+their invoice, so a record is billed by one invoice at most: the update only takes rows whose
+``invoice_id`` is still NULL, and the count it returns tells the caller whether every record it
+priced was still free. Marking is by record, not by (account, cut): the spool lags the engine
+by up to a drain, so a record committed in Redis before the cut may reach this table after the
+invoice was priced; marking by time would then bill it without pricing it. (The bill run should
+also wait until the spool's lag is past the cut: ``SpoolStats.lag_seconds``.)
 
 Indexes: by time (export of a period; the retention's partial index over exported rows only);
 (``account_id``, ``invoice_id``, ``at_seconds``) for one account's unbilled records up to a cut
@@ -32,6 +34,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -392,6 +395,100 @@ async def unbilled_records(
     if pending:
         async for usage in read(pending):
             yield usage
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceUsage:
+    """One service's share of a ``LineUsage``."""
+
+    service: str
+    unit: str  # the unit of its first record
+    records: int
+    units: int
+    micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class LineUsage:
+    """One account's unbilled postpaid records before a cut, summed (``unbilled_usage``): what
+    its invoice line says, the ids to mark billed, and what the cut gives back."""
+
+    account_id: str
+    record_ids: tuple[str, ...]  # oldest first
+    record_numbers: tuple[int, ...]  # theirs, in the same order (the rowid: marking finds a row by it)
+    micros: int
+    services: tuple[ServiceUsage, ...]  # by service name
+    line_micros: int  # drawn from the account's own credit line
+    pools: tuple[PoolDraw, ...]  # per ancestor level, by level: drawn from its buckets and credit line
+
+
+def _summed(account_id: str, rows: Sequence[Sequence[Any]]) -> LineUsage:
+    services: dict[str, list[Any]] = {}
+    pools: dict[int, list[int]] = {}
+    total = own = 0
+    for _, _, _, service, unit, units, micros, line_micros, stored_pools in rows:
+        total += micros
+        # a row from before 0008 (no source kept): a postpaid record drew from its own credit line
+        own += micros if line_micros is None else line_micros
+        entry = services.get(service)
+        if entry is None:
+            services[service] = [unit, 1, units, micros]
+        else:
+            entry[1] += 1
+            entry[2] += units
+            entry[3] += micros
+        for pool in parse_pools(stored_pools) if stored_pools else ():
+            sums = pools.setdefault(pool.level, [0, 0])
+            sums[0] += pool.bucket_micros
+            sums[1] += pool.line_micros
+    return LineUsage(
+        account_id=account_id,
+        record_ids=tuple(str(row[1]) for row in rows),
+        record_numbers=tuple(int(row[2]) for row in rows),
+        micros=total,
+        services=tuple(ServiceUsage(name, *services[name]) for name in sorted(services)),
+        line_micros=own,
+        pools=tuple(PoolDraw(level, *pools[level]) for level in sorted(pools)),
+    )
+
+
+async def unbilled_usage(
+    connection: AsyncConnection, account_ids: Sequence[str], cut_at_seconds: int
+) -> dict[str, LineUsage]:
+    """Per account of ``account_ids`` with any, its postpaid records that no invoice billed yet,
+    committed before ``cut_at_seconds`` (exclusive), summed (the bill run's reader: the same
+    records as ``unbilled_records``, without a ``UsageRecord`` per row)."""
+    table = usage_records.c
+    found: dict[str, LineUsage] = {}
+    for start in range(0, len(account_ids), IDS_PER_STATEMENT):
+        statement = (
+            select(
+                table.account_id,
+                table.record_id,
+                table.record_number,
+                table.service,
+                table.unit,
+                table.units,
+                table.micros,
+                table.line_micros,
+                table.pools,
+            )
+            .where(
+                table.account_id.in_(account_ids[start : start + IDS_PER_STATEMENT]),
+                table.invoice_id.is_(None),
+                table.at_seconds < cut_at_seconds,
+                table.payment_type == PaymentType.POSTPAID.value,
+            )
+            .order_by(table.account_id, table.at_seconds, table.record_number)
+        )
+        rows = (await connection.execute(statement)).all()
+        first = 0
+        for index in range(1, len(rows) + 1):
+            if index == len(rows) or rows[index][0] != rows[first][0]:
+                account_id = str(rows[first][0])
+                found[account_id] = _summed(account_id, rows[first:index])
+                first = index
+    return found
 
 
 async def mark_billed(connection: AsyncConnection, record_ids: Sequence[str], invoice_id: str) -> int:

@@ -28,6 +28,7 @@ import pytest
 import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from balance import keys
 from balance.callers import Reply, ScriptCaller
 from balance.cluster import EmbeddedRedisCluster
 from balance.embedded import PID_FILE_NAME, EmbeddedRedis, find_redis_server, is_redis_server_of, pick_free_port
@@ -129,7 +130,8 @@ class LosesMarks:
         return await self.inner.run(script, keys, args)
 
     async def execute(self, *parts: str) -> Reply:
-        if self.losing and parts[0] in ("ZADD", "SADD") and parts[1] in ("ocs:sessions", "ocs:outbox"):
+        work_lists = (*keys.SESSION_ROOTS_SHARDS, *keys.OUTBOX_ROOTS_SHARDS)
+        if self.losing and parts[0] in ("ZADD", "SADD") and parts[1] in work_lists:
             raise BalanceUnavailable("the connection was lost")
         return await self.inner.execute(*parts)
 

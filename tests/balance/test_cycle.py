@@ -255,3 +255,33 @@ async def test_the_audit_ties_out_after_cuts(store: BalanceStore) -> None:  # no
     await cycle.cut(store, LINE, "inv-1", line, tuple(PoolDraw(level, *parts) for level, parts in pools.items()))
     assert (await view(store, GROUP)).debits_micros == 5 * EUR
     await assert_audit_clean(store)
+
+
+async def test_cut_many_answers_as_cut_does_and_keeps_no_chain(store: BalanceStore) -> None:  # noqa: F811
+    """The bill run's bulk cuts: the five-level line's pools, a root line, a replay, an unknown
+    account and a refusal, answered in order in one call; the chains it read are not kept."""
+    for account in (*TREE, POSTPAID):
+        assert (await store.provision(account)).outcome is Outcome.OK
+    await store.charge(events(LINE, "e1", 11))
+    await store.charge(events("post", "e2", 3))
+    _, pools = sources([record for record in await store.usage_records() if record.account_id == LINE])
+    fresh = BalanceStore(store.caller, admin=store.admin)  # nothing cached
+    orders = [
+        cycle.CutOrder(LINE, "inv-1", 0, tuple(PoolDraw(level, *parts) for level, parts in sorted(pools.items()))),
+        cycle.CutOrder("post", "inv-2", 2 * EUR),
+        cycle.CutOrder("post", "inv-2", 2 * EUR),  # the same id again: a replay
+        cycle.CutOrder("nobody", "inv-3", EUR),
+        cycle.CutOrder("post", "inv-4", 2 * EUR),  # more than is left unbilled: refused
+    ]
+    answers = await cycle.cut_many(fresh, orders)
+    assert [(answer.outcome, answer.replayed, answer.applied_micros) for answer in answers[:4]] == [
+        (Outcome.OK, False, 10 * EUR),
+        (Outcome.OK, False, 2 * EUR),
+        (Outcome.OK, True, 2 * EUR),
+        (Outcome.UNKNOWN_ACCOUNT, False, None),
+    ]
+    assert (answers[4].outcome, answers[4].reason.split(" ")[0]) == (Outcome.INVALID, "line_micros:")
+    assert (await view(store, LINE)).available_micros == 10 * EUR
+    assert (await view(store, "post")).unbilled_micros == EUR
+    assert (fresh._hierarchies, fresh._ancestors) == ({}, {})
+    await assert_audit_clean(store)

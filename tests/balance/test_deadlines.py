@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import pytest
 
+from balance import keys
 from balance.callers import PipelinedCaller, RedisPyCaller
 from balance.embedded import EmbeddedRedis
 from balance.errors import BalanceUnavailable
@@ -232,7 +233,7 @@ async def test_a_call_that_applied_before_its_deadline_is_answered_not_failed(
         assert (result.outcome, result.replayed) == (Outcome.OK, True)
         assert (await store.balance("fay", NOW)).available_micros == EUR - cost  # type: ignore[union-attr]
         assert await store.outbox_roots() == ["fay"]
-        sessions = await admin.execute("ZRANGE", "ocs:sessions", "0", "-1")
+        sessions = await admin.execute("ZRANGE", keys.session_roots_key("fay"), "0", "-1")
         assert sessions == (["fay"] if kind == "opening" else [])
     finally:
         await store.close()

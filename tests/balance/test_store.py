@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from balance import keys
 from balance.audit import audit
 from balance.callers import Reply, ScriptCaller
 from balance.embedded import EmbeddedRedis
@@ -495,7 +496,8 @@ async def test_rescan_finds_the_work_a_crash_left_unmarked(store: BalanceStore) 
     await store.provision(Account("jo", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))
     await store.charge(ccr("jo", "call", 0, voice(requested=60), validity_seconds=60))
     await store.charge(ccr("jo", "call", 1, voice(used=30, requested=60), validity_seconds=60))
-    await store.admin.execute("DEL", "ocs:sessions", "ocs:outbox")  # the marks, as if never written
+    # The marks, as if never written.
+    await store.admin.execute("DEL", keys.session_roots_key("jo"), keys.outbox_roots_key("jo"))
     assert await store.expire_due(NOW + 60) == [] and await store.outbox_roots() == []
     assert await store.rescan_work() == (1, 1)
     assert await store.outbox_roots() == ["jo"]
@@ -622,9 +624,10 @@ async def test_charging_and_draining_the_outbox_use_only_the_hot_path_caller(emb
         await store.prune_outbox_root("lena")
         assert await store.outbox_roots() == []
         assert admin.calls == []
+        every_shard = ("SMEMBERS",) * keys.WORK_SHARDS  # the spool writer's list, read shard by shard
         assert hot.calls == [
             *("GET", "charge", "ZADD", "charge", "SADD"),
-            *("SMEMBERS", "LRANGE", "ack", "SREM", "LLEN", "SMEMBERS"),
+            *(*every_shard, "LRANGE", "ack", "SREM", "LLEN", *every_shard),
         ]
         assert hot.calls.count("GET") == 1  # the hierarchy is looked up once, then cached
     finally:

@@ -9,6 +9,7 @@ import asyncio
 from datetime import UTC, date, datetime
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,7 +21,7 @@ from ocs.billing.catalog_load import parse_catalog
 from ocs.billing.cycles import Period, prorate
 from ocs.billing.invoices import read_bill
 from ocs.billing.ledger_audit import ledger_audit
-from ocs.billing.values import LineKind
+from ocs.billing.values import InvoiceDraft, LineKind
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
 from ocs.db.billing import invoices
 from ocs.db.usage import usage_records
@@ -89,6 +90,17 @@ def test_the_same_facts_draft_the_same_invoice_byte_for_byte() -> None:
     second = draft_invoice(catalog(), account, FEBRUARY, date(2026, 3, 14), "v")
     assert first is not None and second is not None
     assert first.model_dump_json() == second.model_dump_json()
+
+
+def test_a_draft_built_without_validation_passes_its_validators() -> None:
+    """Drafts are built with ``model_construct`` for speed: every one must still be valid."""
+    plans = ((date(2026, 1, 1), "fixed_postpaid"), (date(2026, 2, 15), "mobile_postpaid"))
+    account = facts(line(date(2026, 2, 3), date(2026, 2, 27)), line(date(2026, 1, 1), plans=plans))
+    made = draft_invoice(catalog(), account, FEBRUARY, date(2026, 3, 14), "v")
+    assert made is not None and len(made.lines) > 3
+    assert InvoiceDraft.model_validate(made.model_dump()) == made
+    with pytest.raises(ValidationError, match="due_date"):
+        draft_invoice(catalog(), account, FEBRUARY, date(2026, 2, 27), "v")
 
 
 def test_a_line_out_of_service_the_whole_period_bills_nothing() -> None:

@@ -243,6 +243,14 @@ async def test_an_ocs_variable_that_is_no_setting_is_named_in_a_warning(
     assert err == "ocs: warning: OCS_SHUTDOWN_TIMEOUT names no setting; ignored\n"
 
 
+async def test_the_pure_python_switch_is_no_setting_and_no_warning(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OCS_PURE_PYTHON", "1")  # protocol/build.py: read at import, not a setting
+    status, out, err = await ocs(capsys, "rate", "--tariffs", TARIFFS, "--context", "32260@3gpp.org", "--units", "60")
+    assert status == 0 and out and err == ""
+
+
 # -- the command as a user starts it: its own process, one line on stderr, never a traceback ------
 
 

@@ -10,12 +10,15 @@ import time as clock
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
 from balance.audit import audit
 from balance.embedded import EmbeddedRedis
 from balance.types import Bucket, BucketKind, PaymentType
 from ocs.app import new_state, shutdown, startup
 from ocs.billing.cdr import export
 from ocs.config import RatingSettings
+from ocs.db.usage import usage_records
 from ocs.rating.rate import parse_book
 from protocol.message import Avp, Message, avp, request
 from tests.balance.conftest import LosesMarks
@@ -562,12 +565,21 @@ def data_request(session: str, msisdn: str, kind: str, number: int, *services: A
 
 
 async def records_of(server: RunningServer, account_id: str) -> list[tuple[int, int, int]]:
-    assert server.state.store is not None
-    return [
-        (record.rating_group, record.units, record.micros)
-        for record in await server.state.store.usage_records()
-        if record.account_id == account_id
-    ]
+    """The account's usage records, in the order they were committed: the server's own spool
+    writer may already have moved some from the Redis outbox to the database, so every record is
+    drained there first and read from there."""
+    state = server.state
+    assert state.store is not None and state.spool is not None and state.database is not None
+    async with state.spool_drain():
+        await state.spool.drain_once(state.store)
+    table = usage_records
+    query = (
+        select(table.c.rating_group, table.c.units, table.c.micros)
+        .where(table.c.account_id == account_id)
+        .order_by(table.c.record_number)
+    )
+    async with state.database.connect() as connection:
+        return [(int(group), int(units), int(micros)) for group, units, micros in await connection.execute(query)]
 
 
 async def test_usage_in_a_unit_the_tariff_does_not_price_is_refused_never_free(server: RunningServer) -> None:

@@ -22,7 +22,7 @@ from ocs.api.provisioning import Provisioning
 from ocs.customers import history
 from ocs.customers.history import EntityKind, ReasonCategory
 from ocs.customers.lifecycle import Lifecycle, StatusRequest, TargetStatus, worst
-from ocs.customers.service import CustomerRefusal, Customers, EngineAnswer, Problem
+from ocs.customers.service import CustomerRefusal, Customers, EngineAccount, EngineAnswer, Problem
 from ocs.customers.values import CustomerStatus, LineStatus, NewLine, NewNode
 from ocs.db.customers import lifecycle_steps
 from tests.ocs.postgres_support import business_database, postgresql_url
@@ -108,12 +108,33 @@ async def test_a_customer_suspended_then_resumed_keeps_a_line_suspended_on_its_o
     ]
     collections = ReasonCategory.COLLECTIONS
     assert changes == [
+        (EntityKind.LINE_OWN, "ana-1", "suspended", "care-1", "lost phone", ReasonCategory.VOLUNTARY),
         (EntityKind.LINE, "ana-1", "suspended", "care-1", "lost phone", ReasonCategory.VOLUNTARY),
         (EntityKind.CUSTOMER, "ana", "suspended", "care-2", "invoice unpaid", collections),
         (EntityKind.LINE, "ana-2", "suspended", "care-2", "invoice unpaid", collections),
         (EntityKind.CUSTOMER, "ana", "active", "care-2", "paid", None),
         (EntityKind.LINE, "ana-2", "active", "care-2", "paid", None),
     ]
+
+
+async def test_a_line_s_own_change_that_leaves_its_effective_status_is_in_the_status_history(
+    customers: Customers, lifecycle: Lifecycle
+) -> None:
+    """Suspended on its own while its customer is suspended: the effective status stays
+    ``suspended``, but the change asked of the line is recorded with who, when and why."""
+    await customers.create_customer(ana())
+    await customers.add_line("ana", line("ana-1", "4915100000305"))
+    await lifecycle.set_customer_status("ana", asked("suspended", "invoice unpaid", "collections"), "care-2")
+    before = await history.read(lifecycle.engine, until=_far(), entity_kind=EntityKind.LINE)
+
+    await lifecycle.set_line_status("ana-1", asked("suspended", "lost phone", "voluntary"), "care-1")
+    assert await statuses(customers, "ana-1") == [("suspended", "suspended")]
+    assert await history.read(lifecycle.engine, until=_far(), entity_kind=EntityKind.LINE) == before
+    own = await history.read(lifecycle.engine, until=_far(), entity_kind=EntityKind.LINE_OWN)
+    assert [
+        (change.entity_id, change.from_status, change.to_status, change.author, change.reason, change.reason_category)
+        for change in own
+    ] == [("ana-1", "active", "suspended", "care-1", "lost phone", ReasonCategory.VOLUNTARY)]
 
 
 @pytest.mark.parametrize(
@@ -199,6 +220,43 @@ async def test_a_crash_half_way_through_the_lines_is_finished_by_the_restart_pas
     ]
     assert sorted(change.entity_id for change in line_changes) == made  # each recorded once
     assert await Lifecycle(database, real).resume() == 0
+
+
+class RedisDown:
+    """The engine-accounts port while Redis does not answer: a line's step 1 is left provisioning."""
+
+    default_plan = "mobile_prepaid"
+
+    async def ensure(self, account: EngineAccount) -> EngineAnswer:
+        raise BalanceUnavailable("Redis went away")
+
+
+async def test_a_line_still_provisioning_takes_its_customer_s_status_when_it_is_finished(
+    customers: Customers, database: AsyncEngine, lifecycle: Lifecycle, provisioning: Provisioning
+) -> None:
+    """The lifecycle skips a line still provisioning; the pass that finishes it gives it the
+    status its customer has by then, in its row and in the engine, and the customer's resume then
+    resumes it like any other line."""
+    await customers.create_customer(ana())
+    await customers.add_line("ana", line("ana-1", "4915100000331"))
+    with pytest.raises(BalanceUnavailable):
+        await Customers(database, RedisDown()).add_line("ana", line("ana-2", "4915100000332"))
+    assert (await customers.line("ana-2")).status is LineStatus.PROVISIONING
+
+    await lifecycle.set_customer_status("ana", asked("suspended", "invoice unpaid", "collections"), "care")
+    assert await customers.resume() == 1  # the startup pass (or the client's retry) finishes it
+    assert await statuses(customers, "ana-1", "ana-2") == [("suspended", "active"), ("suspended", "active")]
+    assert await engine_status(provisioning, "ana-2") is AccountStatus.SUSPENDED
+    made = [
+        (change.from_status, change.to_status)
+        for change in await history.read(database, until=_far(), entity_kind=EntityKind.LINE)
+        if change.entity_id == "ana-2"
+    ]
+    assert made == [("provisioning", "suspended")]
+
+    await lifecycle.set_customer_status("ana", asked("active", "paid"), "care")
+    assert await statuses(customers, "ana-1", "ana-2") == [("active", "active"), ("active", "active")]
+    assert await engine_status(provisioning, "ana-2") is AccountStatus.ACTIVE
 
 
 async def test_a_company_node_changes_every_line_under_it_and_only_those(

@@ -43,7 +43,8 @@ BEA = {
 ACME = {
     "customer_id": "acme",
     "organization": {"name": "ACME GmbH", "registration_number": "HRB 1"},
-    "money": {"payment_type": "postpaid", "credit_limit_micros": 500 * EUR},
+    "credit_profile": {"credit_class": "A"},  # 300.00 of credit (config/credit_classes.toml)
+    "money": {"payment_type": "postpaid", "credit_limit_micros": 300 * EUR},
 }
 
 
@@ -216,7 +217,7 @@ async def test_a_lines_status_changes_reach_the_database_and_its_number_comes_fr
     changes = [
         (change.from_status, change.to_status, change.reason_category, change.author)
         for change in await history.read(database, until=datetime.now(UTC) + timedelta(days=1))
-        if change.entity_id == "bea-1"
+        if change.entity_id == "bea-1" and change.entity_kind is history.EntityKind.LINE
     ]
     assert changes == [
         ("provisioning", "active", None, "ocs"),

@@ -6,6 +6,11 @@ with 4010. Refusals name the field; the audit trail keeps who and why."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
+from ocs.api.fields import SECONDS_PER_DAY
+from ocs.api.server import CONTEXT, CUSTOMERS
 from protocol.message import Message
 from tests.ocs.test_api import Api, api, wait_for
 from tests.ocs.test_credit_control import code, seconds
@@ -111,3 +116,108 @@ async def test_a_line_and_a_node_change_through_their_routes_and_refusals_name_t
     assert status == 404 and body["error"].startswith("node_id:"), body
     document = (await api.call("GET", "/openapi.json"))[1]
     assert "put" in document["paths"]["/customers/{customer_id}/nodes/{node_id}/status"]
+
+
+async def test_a_line_suspended_through_subscribers_stays_so_through_its_customers_suspend_and_resume(
+    api: Api,
+) -> None:
+    """The older /subscribers status route sets a customer's line's own status (the lifecycle), so
+    the customer's resume does not undo it; the answer keeps that route's shape."""
+    await dora_with_a_line(api)
+    status, answer = await api.call("PUT", "/subscribers/dora-1/status", {"status": "suspended", "reason": "lost"})
+    assert status == 200, answer
+    assert (answer["previous_status"], answer["status"], answer["changed_accounts"]) == (
+        "active",
+        "suspended",
+        ["dora-1"],
+    )
+    line = (await api.call("GET", "/lines/dora-1"))[1]
+    assert (line["status"], line["own_status"]) == ("suspended", "suspended")
+
+    await change(api, "/customers/dora/status", "suspended", "invoice unpaid", "collections")
+    await change(api, "/customers/dora/status", "active", "paid")
+    line = (await api.call("GET", "/lines/dora-1"))[1]
+    assert (line["status"], line["own_status"]) == ("suspended", "suspended")
+    assert (await api.call("GET", "/subscribers/dora-1"))[1]["balance"]["status"] == "suspended"
+
+    # The lifecycle's table holds here too: a barred line is not "suspended" (409 naming status).
+    await api.call("PUT", "/subscribers/dora-1/status", {"status": "barred"})
+    status, body = await api.call("PUT", "/subscribers/dora-1/status", {"status": "suspended"})
+    assert status == 409 and body["error"].startswith("status:"), body
+
+
+async def test_a_company_node_set_through_subscribers_keeps_its_own_status_in_the_lifecycle(api: Api) -> None:
+    company = {
+        "customer_id": "orgb",
+        "organization": {"name": "Orgb AG", "registration_number": "HRB 10"},
+        "money": {"payment_type": "prepaid"},
+    }
+    assert (await api.call("POST", "/customers", company))[0] == 201
+    status, node = await api.call("POST", "/customers/orgb/nodes", {"node_id": "sales", "name": "Sales", "money": {}})
+    assert status == 201, node
+    body = {"line_id": "orgb-1", "node_id": "sales", "identities": [{"kind": "msisdn", "value": "4915100000611"}]}
+    assert (await api.call("POST", "/customers/orgb/lines", body))[0] == 201
+
+    status, answer = await api.call("PUT", "/subscribers/sales/status", {"status": "suspended", "reason": "budget"})
+    assert status == 200 and answer["changed_accounts"] == ["sales", "orgb-1"], answer
+    await change(api, "/customers/orgb/status", "suspended", "invoice unpaid", "collections")
+    await change(api, "/customers/orgb/status", "active", "paid")
+    tree = (await api.call("GET", "/customers/orgb/tree"))[1]
+    assert tree["root"]["children"][0]["node"]["status"] == "suspended", tree
+    line = (await api.call("GET", "/lines/orgb-1"))[1]
+    assert (line["status"], line["own_status"]) == ("suspended", "active")
+
+
+async def test_a_terminated_customer_s_numbers_are_held_until_the_quarantine_ends(api: Api) -> None:
+    """Issue 13: terminate = "identities freed after a quarantine period", through the customer
+    route: the line's number is refused to a new line (nothing of it kept) until the quarantine is
+    over, then a new line of another customer takes it."""
+    await dora_with_a_line(api)
+    await change(api, "/customers/dora/status", "terminated", "moved abroad", "voluntary")
+    line = (await api.call("GET", "/lines/dora-1"))[1]
+    assert line["status"] == "terminated" and line["identities"] == []
+    assert (await api.call("POST", "/customers", {**DORA, "customer_id": "eve"}))[0] == 201
+    newcomer = {"line_id": "eve-1", "identities": [{"kind": "msisdn", "value": MSISDN}]}
+    status, refused = await api.call("POST", "/customers/eve/lines", newcomer)
+    assert status == 409 and "quarantine" in str(refused), refused
+    assert (await api.call("GET", "/lines/eve-1"))[0] == 404
+
+    provisioning = api.http.runner.app[CONTEXT].provisioning
+    quarantine = api.server.state.settings.lifecycle.identity_quarantine_days * SECONDS_PER_DAY
+    provisioning.clock = lambda: time.time() + quarantine - 60  # a minute before its end: still held
+    assert (await api.call("POST", "/customers/eve/lines", newcomer))[0] == 409
+    provisioning.clock = lambda: time.time() + quarantine + 1
+    status, taken = await api.call("POST", "/customers/eve/lines", newcomer)
+    assert status == 201 and taken["status"] == "active", taken
+
+
+async def test_the_prepaid_inactivity_figure_is_counted_from_real_usage_records(api: Api) -> None:
+    """Issue 13: "prepaid inactivity churn (no usage in N days, configured)": two prepaid lines made
+    long ago, one used now by a CCR through the server; once the spool is drained into the business
+    database, the report counts only the other one as inactive."""
+    state = api.server.state
+    inactivity_days = state.settings.customers.inactivity_days
+    api.http.runner.app[CUSTOMERS].clock = lambda: time.time() - (inactivity_days + 10) * SECONDS_PER_DAY
+    await dora_with_a_line(api)
+    idle = {"line_id": "dora-2", "identities": [{"kind": "msisdn", "value": "4915100000602"}]}
+    assert (await api.call("POST", "/customers/dora/lines", idle))[0] == 201
+
+    client = await api.server.client()
+    opened = await request(client, "use-1", "INITIAL_REQUEST", 0, seconds("Requested-Service-Unit", 60), msisdn=MSISDN)
+    assert code(opened) == 2001
+    closed = await request(client, "use-1", "TERMINATION_REQUEST", 1, seconds("Used-Service-Unit", 30), msisdn=MSISDN)
+    assert code(closed) == 2001
+    await client.close()
+    assert state.spool is not None and state.store is not None
+    await state.spool.drain_once(state.store, batch_size=state.settings.spool.batch_size)
+    assert set(await state.spool.last_usage_by_account()) == {"dora-1"}
+
+    today = datetime.now(UTC).date().isoformat()
+    status, report = await api.call("GET", "/reports/customers", query={"from": today, "to": today})
+    assert status == 200, report
+    inactivity = report["prepaid_inactivity"]
+    assert (inactivity["inactivity_days"], inactivity["prepaid_lines"], inactivity["inactive_lines"]) == (
+        inactivity_days,
+        2,
+        1,
+    )

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EUR = 1_000_000
 RULES = load_credit_rules(ROOT / "config" / "credit_classes.toml")
 CLEARED = (
+    "deposits",
     "product_order_items",
     "product_orders",
     "lifecycle_steps",
@@ -54,7 +55,7 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     async with business_database(request, tmp_path, CLEARED) as made:
         yield made
         async with made.begin() as connection:  # the orders refer to customers other tests clear
-            for table in CLEARED[:2]:
+            for table in CLEARED[:3]:
                 await connection.execute(text(f"DELETE FROM {table}"))
 
 
@@ -201,6 +202,83 @@ async def test_an_order_for_another_customers_line_is_refused(api: Api) -> None:
 
 class SimulatedCrash(Exception):
     pass
+
+
+def rated(customer_id: str, credit_class: str) -> NewCustomer:
+    return NewCustomer.model_validate(
+        {
+            "customer_id": customer_id,
+            "individual": {"given_name": "Rae", "family_name": "R", "birth_date": "1980-01-01"},
+            "status": "prospect",
+            "credit_profile": {"credit_class": credit_class},
+        }
+    )
+
+
+def postpaid_line(item_id: str, limit_units: int) -> dict[str, object]:
+    line = {"payment_type": "postpaid", "plan": "mobile_postpaid", "credit_limit_micros": limit_units * EUR}
+    return {"id": item_id, "action": "add_line", "line": line}
+
+
+async def test_the_credit_class_s_limit_is_the_customer_s_over_all_its_lines(
+    database: AsyncEngine, customers: Customers, provisioning: Provisioning
+) -> None:
+    """Class B may be granted 100.00 of credit: per customer, not per line (else any number of
+    lines of 100.00 each). A line that would take the total over it is refused naming the item's
+    field, in a later order or later in the same one, and nothing of that order is written."""
+    await customers.create_customer(rated("rae", "B"))
+    orders = Orders(database, customers, EngineLines(provisioning), RULES)
+    first, _ = await orders.submit(NewProductOrder.model_validate(order("rae", postpaid_line("1", 60))))
+    assert first.state is OrderState.COMPLETED
+
+    with pytest.raises(CustomerRefusal) as refused:
+        await orders.submit(NewProductOrder.model_validate(order("rae", postpaid_line("1", 41))))
+    assert refused.value.field == "items.0.line.credit_limit_micros" and "100000000" in refused.value.message
+    with pytest.raises(CustomerRefusal) as refused:
+        await orders.submit(
+            NewProductOrder.model_validate(order("rae", postpaid_line("1", 20), postpaid_line("2", 21)))
+        )
+    assert refused.value.field == "items.1.line.credit_limit_micros"
+    assert len(await records.lines_of(database, "rae")) == 1  # nothing of the refused orders
+
+    both, _ = await orders.submit(NewProductOrder.model_validate(order("rae", postpaid_line("1", 40))))
+    assert both.state is OrderState.COMPLETED  # exactly the limit
+    line_id = both.items[0].line_id
+    assert line_id is not None
+    terminate = {"id": "1", "action": "terminate_line", "line_id": line_id}
+    assert (await orders.submit(NewProductOrder.model_validate(order("rae", terminate))))[0].state.value == "completed"
+    again, _ = await orders.submit(NewProductOrder.model_validate(order("rae", postpaid_line("1", 40))))
+    assert again.state is OrderState.COMPLETED  # a terminated line's credit is no longer granted
+
+
+async def test_a_deposit_the_class_asks_for_is_recorded_once_with_the_first_postpaid_order(
+    database: AsyncEngine, customers: Customers, provisioning: Provisioning
+) -> None:
+    """Class C: postpaid against a deposit of 50.00. The order that gives the customer its first
+    postpaid line records the deposit, pending for the billing wing; later orders do not."""
+    await customers.create_customer(rated("cid", "C"))
+    await customers.create_customer(rated("bo", "B"))
+    orders = Orders(database, customers, EngineLines(provisioning), RULES)
+    prepaid, _ = await orders.submit(
+        NewProductOrder.model_validate(order("cid", {"id": "1", "action": "add_line", "line": {}}))
+    )
+    assert prepaid.deposit is None  # no postpaid line: nothing is due
+    first, _ = await orders.submit(NewProductOrder.model_validate(order("cid", postpaid_line("1", 10))))
+    assert first.deposit is not None
+    assert (first.deposit.credit_class, first.deposit.amount_micros, first.deposit.currency, first.deposit.state) == (
+        "C",
+        50 * EUR,
+        "EUR",
+        "pending",
+    )
+    assert (await orders.order(first.id)).deposit == first.deposit
+    second, _ = await orders.submit(NewProductOrder.model_validate(order("cid", postpaid_line("1", 10))))
+    assert second.deposit is None
+    no_deposit, _ = await orders.submit(NewProductOrder.model_validate(order("bo", postpaid_line("1", 10))))
+    assert no_deposit.deposit is None  # class B asks for none
+    async with database.connect() as connection:
+        rows = (await connection.execute(text("SELECT customer_id, amount_micros, state FROM deposits"))).all()
+    assert [tuple(row) for row in rows] == [("cid", 50 * EUR, "pending")]
 
 
 async def test_a_crash_between_two_items_is_resumed_each_item_once(

@@ -155,3 +155,41 @@ async def test_where_the_money_came_from_is_kept_and_an_older_row_counts_as_the_
         found = {item.account_id: item async for item in usage.unbilled_records(connection, ["dept-line", "ana"], CUT)}
     assert found["dept-line"].records == (drawn,)
     assert found["ana"].records[0].line_micros == older.micros and found["ana"].records[0].pools == ()
+
+
+async def test_unbilled_usage_sums_what_unbilled_records_lists(engine: AsyncEngine) -> None:
+    """The bill run's reader: per account, the same records as ``unbilled_records`` (before the
+    cut, unbilled, postpaid), summed by service and by where the money came from."""
+    ana = [
+        dataclasses.replace(record("ana", 1, NOW), line_micros=600, pools=(PoolDraw(1, 300, 101),)),
+        dataclasses.replace(record("ana", 2, NOW + 1), service="sms", unit=Unit.EVENTS, units=1, line_micros=0),
+        dataclasses.replace(record("ana", 3, NOW + 2), pools=(PoolDraw(1, 0, 3), PoolDraw(2, 5, 0))),
+        record("ana", 4, CUT),  # at the cut: after it
+    ]
+    billed = record("bo", 1, NOW)
+    older = record("bo", 2, NOW + 1)
+    await stored(engine, *ana, billed, older, record("cy", 1, NOW, PaymentType.PREPAID))
+    async with engine.begin() as connection:
+        await usage.mark_billed(connection, [billed.record_id], "inv-1")
+        await connection.execute(  # a row the spool wrote before 0008: no source kept
+            update(usage.usage_records)
+            .where(usage.usage_records.c.record_id == older.record_id)
+            .values(line_micros=None, pools=None)
+        )
+        found = await usage.unbilled_usage(connection, ["ana", "bo", "cy", "nobody"], CUT)
+    assert sorted(found) == ["ana", "bo"]
+    numbers = found["ana"].record_numbers
+    assert len(set(numbers)) == 3 and list(numbers) == sorted(numbers)  # stored in this order
+    assert found["ana"] == usage.LineUsage(
+        account_id="ana",
+        record_ids=("ana-1|0|1", "ana-2|0|1", "ana-3|0|1"),
+        record_numbers=found["ana"].record_numbers,
+        micros=1_001 + 1_002 + 1_003,
+        services=(
+            usage.ServiceUsage("data", "octets", 2, 2 * 10**12, 1_001 + 1_003),
+            usage.ServiceUsage("sms", "events", 1, 1, 1_002),
+        ),
+        line_micros=600 + 0 + 0,
+        pools=(PoolDraw(1, 300, 104), PoolDraw(2, 5, 0)),
+    )
+    assert (found["bo"].record_ids, found["bo"].line_micros, found["bo"].pools) == (("bo-2|0|1",), 1_002, ())

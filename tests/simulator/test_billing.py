@@ -78,7 +78,7 @@ def test_a_success_while_barred_is_a_problem_and_after_the_lift_it_is_not() -> N
         recorder.line_request("line-1", sent, kind, code)
     recorder.line_request("line-1", 12.5, "CCR-I", 2001)  # after the payment lifted the bar
     cycle = _cycle(recorder)
-    cycle.enforcements[7] = Enforcement(7, "bar", "B-1", ("line-1",), since=10.0, until=12.0)
+    cycle.enforcements[7] = Enforcement(7, "bar", "B-1", ("line-1",), since=10.0, requested_at=9.5, until=12.0)
     cycle.audit_charging()
     assert len(cycle.problems) == 1 and "CCR-U sent 0.500 s into its bar (dunning step 7)" in cycle.problems[0]
 

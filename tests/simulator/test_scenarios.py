@@ -29,8 +29,10 @@ def shortened(scenario: Scenario) -> Scenario:
     """A few seconds of the scenario on a small population, keeping what it is about."""
     faults = scenario.faults
     lifecycle = scenario.lifecycle
-    if lifecycle.interval_seconds:  # every step of the cycle within the shortened run
+    duration_seconds = 3.0
+    if lifecycle.interval_seconds:  # every step of the cycle within the shortened run, with a margin
         lifecycle = dataclasses.replace(lifecycle, interval_seconds=min(lifecycle.interval_seconds, 0.25))
+        duration_seconds = max(duration_seconds, (len(lifecycle.steps) + 4) * lifecycle.interval_seconds)
     if faults.connection_drop_mean_seconds:
         faults = dataclasses.replace(faults, connection_drop_mean_seconds=0.6)
     duration_seconds, billing = 3.0, scenario.billing

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, text
 from ocs.db import audit, customers, interactions, tokens
 from ocs.db import bill_run as bill_run_tables
 from ocs.db import billing as billing_tables
+from ocs.db import dunning as dunning_tables
 from ocs.db import orders as order_tables
 from ocs.db import usage as usage_tables
 from ocs.db.schema import metadata
@@ -32,4 +33,5 @@ assert all(table.metadata is metadata for table in order_tables.ORDER_TABLES)
 assert all(table.metadata is metadata for table in usage_tables.USAGE_TABLES)
 assert all(table.metadata is metadata for table in billing_tables.BILLING_TABLES)
 assert all(table.metadata is metadata for table in bill_run_tables.BILL_RUN_TABLES)
+assert all(table.metadata is metadata for table in dunning_tables.DUNNING_TABLES)
 run(context.config.attributes["connection"])

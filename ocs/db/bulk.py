@@ -1,0 +1,102 @@
+"""Many rows in one statement run: the driver's own executemany on SQLite, Core's elsewhere.
+
+Theory of operation: SQLAlchemy Core's executemany prepares every row's parameters in Python
+(``construct_params`` and the type processors, per row and per call), which costs more than
+SQLite spends storing the row. For the bill run's pages (tens of thousands of rows a
+transaction) ``execute_many`` compiles the statement once per set of keys (cached), finds each
+parameter's type processor once (the same ones Core would apply: JSON serialized as Core does,
+dates and times in SQLAlchemy's SQLite text format, so rows read back through Core come out as
+they went in), and hands the driver a list of tuples: one ``executemany`` in sqlite3's C code.
+``ocs.db.usage.store_records`` does the same for the spool. On any other database the statement
+runs through Core unchanged (asyncpg's executemany is fast already).
+
+The answer is the rows the statement changed, summed over the parameter sets (sqlite3's
+``executemany`` rowcount; Core's ``rowcount`` elsewhere, which the caller must not rely on for
+an exact count on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Insert, Table, insert
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.base import Executable
+
+Processor = Callable[[Any], Any] | None
+
+
+@functools.cache
+def insert_of(table: Table) -> Insert:
+    """One ``INSERT INTO table`` per table, so ``execute_many``'s cache holds one entry for it."""
+    return insert(table)
+
+
+Compiled = tuple[str, tuple[str, ...], tuple[Processor, ...], dict[str, Any]]  # sql, names, processors, constants
+_compiled: dict[tuple[int, tuple[str, ...]], Compiled] = {}
+_kept: dict[int, Executable] = {}  # the statements of ``_compiled``, so their ids stay theirs
+
+
+def _compile(statement: Executable, names: tuple[str, ...], dialect: Dialect) -> Compiled:
+    key = (id(statement), names)
+    found = _compiled.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(names))  # type: ignore[attr-defined]
+        order = tuple(compiled.positiontup or ())
+        processors = tuple(compiled.binds[name].type.bind_processor(dialect) for name in order)
+        constants = {name: value for name, value in compiled.params.items() if name in order and name not in names}
+        found = (str(compiled), order, processors, constants)
+        _kept[id(statement)] = statement
+        _compiled[key] = found
+    return found
+
+
+def _once_per_object(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``processor`` that converts a dict or list once per object for one ``execute_many``: rows
+    that share one value object (the bill run's invoice lines share their rental's explanation)
+    serialize it once. The rows hold their values for the whole call, so an id stays its
+    object's; the cache dies with the call."""
+    done: dict[int, Any] = {}
+
+    def process(value: Any) -> Any:
+        if not isinstance(value, dict | list):
+            return processor(value)
+        found = done.get(id(value))
+        if found is None:
+            found = done[id(value)] = processor(value)
+        return found
+
+    return process
+
+
+async def execute_many(connection: AsyncConnection, statement: Executable, rows: Sequence[Mapping[str, Any]]) -> int:
+    """``statement`` once per row of ``rows`` (every row with the same keys), in the caller's
+    transaction; answers the rows changed (module docstring). ``statement`` should be built once
+    (a module constant, ``insert_of``): the compiled form is cached by it."""
+    if not rows:
+        return 0
+    if connection.dialect.name != "sqlite":
+        return int((await connection.execute(statement, list(rows))).rowcount)
+    sql, order, processors, constants = _compile(statement, tuple(rows[0]), connection.dialect)
+    if constants:  # values written in the statement itself (``column == "ok"``)
+        rows = [{**constants, **row} for row in rows]
+    getter = itemgetter(*order)
+    if len(order) == 1:
+        values: list[Sequence[Any]] = [(getter(row),) for row in rows]
+    else:
+        values = [getter(row) for row in rows]
+    processed = [(index, _once_per_object(processor)) for index, processor in enumerate(processors) if processor]
+    if processed:
+        changed: list[Sequence[Any]] = []
+        for row_values in values:
+            row_list = list(row_values)
+            for index, processor in processed:
+                row_list[index] = processor(row_list[index])
+            changed.append(tuple(row_list))
+        values = changed
+    result = await connection.exec_driver_sql(sql, values)
+    return int(result.rowcount)
