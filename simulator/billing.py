@@ -230,6 +230,8 @@ class BillingCycle:
             self.dunning_steps.update({str(k): int(v) for k, v in steps.items() if isinstance(v, int)})
         if run.get("steps_applied"):
             await self._observe_dunning(requested, answered, day)
+        if run.get("lifted"):  # the run's own lift pass (a dispute or credit note took the debt below)
+            await self._observe_run_lifts(requested)
 
     def _plan(self, day: date, what: str, item: str) -> None:
         self._agenda.setdefault(day, []).append((what, item))
@@ -343,15 +345,25 @@ class BillingCycle:
 
     async def _observe_lifts(self, call: PaymentCall) -> None:
         """Which of the account's restrictions or bars the payment lifted (its history says)."""
+        if await self._lifted(call.billing_account_id, call.called_at):
+            self.lifted_calls.append(call)
+
+    async def _observe_run_lifts(self, requested: float) -> None:
+        """What a dunning run lifted by itself (its lift pass), from when the run was asked for."""
+        accounts = {step.billing_account_id for step in self.enforcements.values() if step.until is None}
+        for account in sorted(accounts):
+            await self._lifted(account, requested)
+
+    async def _lifted(self, billing_account_id: str, since: float) -> bool:
+        """Marks the account's enforcements its history shows lifted as ended at ``since``."""
         lifted = False
-        for step in await self.api.dunning_history(call.billing_account_id):
+        for step in await self.api.dunning_history(billing_account_id):
             lifts = step.get("lifts_step_id")
             enforcement = self.enforcements.get(lifts) if isinstance(lifts, int) else None
             if step.get("action") == "lift" and enforcement is not None and enforcement.until is None:
-                enforcement.until = call.called_at
+                enforcement.until = since
                 lifted = True
-        if lifted:
-            self.lifted_calls.append(call)
+        return lifted
 
     # --- after the traffic ------------------------------------------------------------------------
     def payment_to_grant_ms(self) -> list[float]:

@@ -112,6 +112,9 @@ class PopulationSettings:
     bill_cycle_days: tuple[int, ...] = ()
     credit_classes: tuple[str, ...] = ()
     company_postpaid: bool = False  # the company's pool a credit line, its lines postpaid
+    # The company's credit class ("": drawn from ``credit_classes`` like the others): its pool's
+    # credit line and its lines' limits count against that class's limit (ocs/customers/offers.py).
+    company_credit_class: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +230,9 @@ def build_population(settings: PopulationSettings, rng: random.Random, run_numbe
                 )
             )
             index += 1
-    subscribers += _company(settings, run_number, index, _billing_profile(settings, rng))
+    cycle_day, credit_class = _billing_profile(settings, rng)
+    billing = (cycle_day, settings.company_credit_class or credit_class)
+    subscribers += _company(settings, run_number, index, billing)
     return Population(run_number, tuple(subscribers))
 
 

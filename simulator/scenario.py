@@ -167,6 +167,7 @@ def _population(table: Mapping[str, object]) -> PopulationSettings:
         bill_cycle_days=_cycle_days(table),
         credit_classes=_credit_classes(table),
         company_postpaid=_flag(table, "company_postpaid", where),
+        company_credit_class=_credit_class(table, "company_credit_class", where),
     )
 
 
@@ -184,6 +185,13 @@ def _credit_classes(table: Mapping[str, object]) -> tuple[str, ...]:
     if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
         raise ScenarioError(f"[population] credit_classes: a list of credit class names, got {classes!r}")
     return tuple(classes)
+
+
+def _credit_class(table: Mapping[str, object], name: str, where: str) -> str:
+    value = table.get(name, "")
+    if not isinstance(value, str):
+        raise ScenarioError(f"[{where}] {name}: a credit class name, got {value!r}")
+    return value
 
 
 def _flag(table: Mapping[str, object], name: str, where: str) -> bool:
@@ -278,6 +286,7 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
             "bill_cycle_days",
             "credit_classes",
             "company_postpaid",
+            "company_credit_class",
         }
     ),
     "population.shares": frozenset(kind.value for kind in CustomerType if kind is not CustomerType.COMPANY),
