@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ocs.api.customers import PROBLEM_ERRORS, Answer, refusals_as_http, validated
+from ocs.api.customers import PROBLEM_ERRORS, Answer, validated
 from ocs.api.fields import BadInput, Unavailable, money_micros
 from ocs.api.interactions import document_routes
+from ocs.api.service_routes import ServiceRequest, ServiceRoute
 from ocs.billing.bill_runs import BillRuns
 from ocs.billing.corrections import Corrections
 from ocs.billing.delivery import BillDocuments, DocumentUnavailable
@@ -186,37 +187,12 @@ class LedgerReport(Closed):
     problems: list[str]
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    ids: Ids
-    query: BaseModel | None
-    body: object  # a validated model, or the bank file's text
-    author: str
+Request = ServiceRequest[Ids]
 
 
-Handler = Callable[[Services, Request], Awaitable[Answer]]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    method: str
-    path: str
-    summary: str
-    handler: Handler
-    answer: type[BaseModel]
-    body: type[BaseModel] | None = None
-    status: int = 200
-    query: type[BaseModel] | None = None
-    errors: tuple[int, ...] = (404,)
-    csv_body: bool = False  # the body is a CSV file, handed over as text
-
-    async def call(
-        self, services: Services, path: Mapping[str, str], query: Mapping[str, str], body: object, author: str
-    ) -> Answer:
-        ids = validated(Ids, dict(path))
-        parsed = validated(self.query, dict(query)) if self.query is not None else None
-        model = validated(self.body, body) if self.body is not None else body
-        return await refusals_as_http(self.handler(services, Request(ids, parsed, model, author)))
+class Route(ServiceRoute[Services, Ids]):
+    __slots__ = ()
+    ids_model = Ids
 
 
 def _created(made: bool) -> int:

@@ -19,15 +19,14 @@ the field); bodies and queries the models refuse are 422 naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ocs.api.customers import Answer, refusals_as_http, validated
+from ocs.api.customers import Answer
 from ocs.api.interactions import document_routes
+from ocs.api.service_routes import ServiceRequest, ServiceRoute
 from ocs.billing.dunning import Dunning
 from ocs.billing.dunning_records import (
     DunningHistory,
@@ -69,36 +68,12 @@ class ExemptionRemoved(Closed):
     removed: bool  # False: the customer was not exempt
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    ids: Ids
-    query: BaseModel | None
-    body: BaseModel | None
-    author: str
+Request = ServiceRequest[Ids]
 
 
-Handler = Callable[[Dunning, Request], Awaitable[Answer]]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    method: str
-    path: str
-    summary: str
-    handler: Handler
-    answer: type[BaseModel]
-    body: type[BaseModel] | None = None
-    status: int = 200
-    query: type[BaseModel] | None = None
-    errors: tuple[int, ...] = (404,)
-
-    async def call(
-        self, dunning: Dunning, path: Mapping[str, str], query: Mapping[str, str], body: object, author: str
-    ) -> Answer:
-        ids = validated(Ids, dict(path))
-        parsed = validated(self.query, dict(query)) if self.query is not None else None
-        model = validated(self.body, body) if self.body is not None else None
-        return await refusals_as_http(self.handler(dunning, Request(ids, parsed, model, author)))
+class Route(ServiceRoute[Dunning, Ids]):
+    __slots__ = ()
+    ids_model = Ids
 
 
 async def _run(dunning: Dunning, call: Request) -> Answer:

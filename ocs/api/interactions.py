@@ -24,7 +24,8 @@ from typing import Annotated, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from ocs.api.customers import REF_TEMPLATE, Answer, ErrorBody, refusals_as_http, validated
+from ocs.api.customers import REF_TEMPLATE, Answer, ErrorBody, validated
+from ocs.api.service_routes import ServiceRequest, ServiceRoute
 from ocs.customers.interactions import (
     MAX_LIST_ROWS,
     Interactions,
@@ -69,36 +70,12 @@ class Ids(_Query):
     ticket_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    ids: Ids
-    query: BaseModel | None
-    body: BaseModel | None
-    author: str
+Request = ServiceRequest[Ids]
 
 
-Handler = Callable[[Services, Request], Awaitable[Answer]]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    method: str
-    path: str
-    summary: str
-    handler: Handler
-    answer: type[BaseModel]
-    body: type[BaseModel] | None = None
-    status: int = 200
-    query: type[BaseModel] | None = None
-    errors: tuple[int, ...] = (404,)
-
-    async def call(
-        self, services: Services, path: Mapping[str, str], query: Mapping[str, str], body: object, author: str
-    ) -> Answer:
-        ids = validated(Ids, dict(path))
-        parsed = validated(self.query, dict(query)) if self.query is not None else None
-        model = validated(self.body, body) if self.body is not None else None
-        return await refusals_as_http(self.handler(services, Request(ids, parsed, model, author)))
+class Route(ServiceRoute[Services, Ids]):
+    __slots__ = ()
+    ids_model = Ids
 
 
 async def _add_note(services: Services, call: Request) -> Answer:
