@@ -71,7 +71,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -85,7 +85,6 @@ from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, au
 from ocs.api.audit_trail import AuditTrail
 from ocs.api.billing import DOCUMENT_PATH, bill_document
 from ocs.api.billing import ROUTES as BILLING_ROUTES
-from ocs.api.billing import Route as BillingRoute
 from ocs.api.billing import Services as BillingServices
 from ocs.api.billing import extend_document as with_billing_routes
 from ocs.api.bodies import (
@@ -99,7 +98,6 @@ from ocs.api.bodies import (
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
 from ocs.api.dunning import ROUTES as DUNNING_ROUTES
-from ocs.api.dunning import Route as DunningRoute
 from ocs.api.dunning import extend_document as with_dunning_routes
 from ocs.api.fields import (
     SECONDS_PER_DAY,
@@ -114,7 +112,6 @@ from ocs.api.fields import (
     read_csv,
 )
 from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
-from ocs.api.interactions import Route as InteractionRoute
 from ocs.api.interactions import Services as InteractionServices
 from ocs.api.interactions import extend_document
 from ocs.api.lifecycle import lifecycle_routes, lifecycle_shapes
@@ -128,6 +125,7 @@ from ocs.api.render import (
     subscriber_json,
     view_json,
 )
+from ocs.api.service_routes import ServiceRoute
 from ocs.api.subscriber_status import set_subscriber_status
 from ocs.billing.bill_runs import BillRuns
 from ocs.billing.corrections import Corrections
@@ -285,7 +283,7 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     services = InteractionServices(Interactions(state.database), _last_usage(state), settings.customers.inactivity_days)
     for interaction in INTERACTION_ROUTES:
         expect = expect_continue if interaction.body is not None else None
-        answer = _interaction_handler(interaction, services)
+        answer = _service_handler(interaction, services)
         app.router.add_route(interaction.method, interaction.path, answer, expect_handler=expect)
     _add_activation(app, state.database, provisioning, rules)
     state.dunning = Dunning(state.database, load_dunning_rules(settings.billing.dunning), app[LIFECYCLE])
@@ -726,13 +724,19 @@ def _last_usage(state: ServerState) -> Callable[[], Awaitable[dict[str, int]]]:
     return read
 
 
-def _interaction_handler(route: InteractionRoute, services: InteractionServices) -> Handler:
-    """An interactions route (``ocs.api.interactions``): the author is the token's name."""
+S = TypeVar("S")  # a door's services
+
+
+def _service_handler(route: ServiceRoute[S, Any], services: S) -> Handler:
+    """A route of a door built on one service (``ocs.api.service_routes``: interactions, billing,
+    dunning): a JSON body, or a CSV file's text; the author is the token's name."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        body = await json_value(request) if route.body is not None else None
-        author = _actor(request).token.name
-        answer = await route.call(services, request.match_info, request.query, body, author)
+        if route.csv_body:
+            body: object = await asyncio.to_thread(_decode_csv, await read_body(request))
+        else:
+            body = await json_value(request) if route.body is not None else None
+        answer = await route.call(services, request.match_info, request.query, body, _actor(request).token.name)
         if is_change(request.method, route.path):
             _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
         headers = {"Location": answer.location} if answer.location else None
@@ -774,11 +778,11 @@ def _add_billing(app: web.Application, state: ServerState, dunning: Dunning, bil
     )
     for route in BILLING_ROUTES:
         expect = expect_continue if route.body is not None or route.csv_body else None
-        app.router.add_route(route.method, route.path, _billing_handler(route, services), expect_handler=expect)
+        app.router.add_route(route.method, route.path, _service_handler(route, services), expect_handler=expect)
     app.router.add_get(DOCUMENT_PATH, _document_handler(services))
     for step in DUNNING_ROUTES:
         expect = expect_continue if step.body is not None else None
-        app.router.add_route(step.method, step.path, _dunning_handler(step, dunning), expect_handler=expect)
+        app.router.add_route(step.method, step.path, _service_handler(step, dunning), expect_handler=expect)
 
 
 def _document_handler(services: BillingServices) -> Handler:
@@ -792,31 +796,6 @@ def _document_handler(services: BillingServices) -> Handler:
             "X-Content-Type-Options": "nosniff",
         }
         return web.Response(body=document.content, headers=headers)
-
-    return handle
-
-
-def _dunning_handler(route: DunningRoute, dunning: Dunning) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        body = await json_value(request) if route.body is not None else None
-        answer = await route.call(dunning, request.match_info, request.query, body, _actor(request).token.name)
-        if is_change(request.method, route.path):
-            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
-        return web.json_response(answer.body, status=answer.status)
-
-    return handle
-
-
-def _billing_handler(route: BillingRoute, services: BillingServices) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        if route.csv_body:
-            body: object = await asyncio.to_thread(_decode_csv, await read_body(request))
-        else:
-            body = await json_value(request) if route.body is not None else None
-        answer = await route.call(services, request.match_info, request.query, body, _actor(request).token.name)
-        if is_change(request.method, route.path):
-            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
-        return web.json_response(answer.body, status=answer.status)
 
     return handle
 
