@@ -248,6 +248,18 @@ class BillingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoyaltySettings:
+    """The loyalty engine (ocs/loyalty/engine.py): programmes evaluated on every usage record the
+    spool stores and on every payment, bonus credited into the balance engine."""
+
+    enabled: bool = False  # off until an operator has written the programmes
+    rules: str = "config/loyalty.toml"  # the programmes and their rules (ocs/loyalty/rules_load.py)
+    # How often applications left pending (a crash, Redis away) are credited again; a batch's
+    # credits are made at once after its commit, so this only bounds the wait after a failure.
+    credit_interval_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The processes of ``ocs serve`` (ocs/supervisor.py)."""
 
@@ -272,6 +284,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
+    loyalty: LoyaltySettings = field(default_factory=LoyaltySettings)
     shutdown_timeout_seconds: float = 5.0
 
 
@@ -469,6 +482,7 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
         (1 <= settings.billing.page_size <= 5_000, "billing.page_size", " (1 to 5,000)"),
         (settings.billing.documents_interval_seconds > 0, "billing.documents_interval_seconds", ""),
         (bool(settings.billing.issuer_name.strip()), "billing.issuer_name", " (empty)"),
+        (settings.loyalty.credit_interval_seconds > 0, "loyalty.credit_interval_seconds", ""),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):
@@ -505,7 +519,7 @@ def _read_file(path: Path | None) -> tuple[dict[str, object], str]:
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (if given, else ``config/ocs.toml`` where ``find_data_file``
-    finds it), then the environment; a relative tariff, credit classes, catalog or dunning path is
+    finds it), then the environment; a relative tariff, credit classes, catalog, dunning or loyalty path is
     resolved the same way."""
     file_values, where = _read_file(path)
     hints = typing.get_type_hints(Settings)
@@ -544,6 +558,9 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     dunning = str(find_data_file(settings.billing.dunning))
     if dunning != settings.billing.dunning:
         settings = dataclasses.replace(settings, billing=dataclasses.replace(settings.billing, dunning=dunning))
+    loyalty = str(find_data_file(settings.loyalty.rules))
+    if loyalty != settings.loyalty.rules:
+        settings = dataclasses.replace(settings, loyalty=dataclasses.replace(settings.loyalty, rules=loyalty))
     return settings
 
 

@@ -772,7 +772,9 @@ def _add_billing(app: web.Application, state: ServerState, dunning: Dunning, bil
     database = state.database
     assert database is not None
     documents = getattr(state, "documents", None) or bill_documents(state.settings, database, DocumentRenderer())
-    payments = Payments(database, on_payment=(dunning.on_payment,))
+    loyalty = getattr(state, "loyalty", None)
+    listeners = (dunning.on_payment,) if loyalty is None else (dunning.on_payment, loyalty.on_payment)
+    payments = Payments(database, on_payment=listeners)
     services = BillingServices(
         Invoices(database), payments, Corrections(database), Receivables(database), documents, bill_runs
     )

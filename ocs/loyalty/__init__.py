@@ -1,0 +1,2 @@
+"""Loyalty (DESIGN.md "Loyalty"): programmes as rules over usage and payments, counters per member
+and period, and bonus credited into the balance engine exactly once per (rule, trigger)."""
