@@ -9,12 +9,16 @@ naming the invoice, the record or the account:
   so no record is billed twice by construction; a dangling id is the way it could go wrong);
 - invoices - payments - credit notes = the open balance, row by row (``receivables.ledger_problems``);
 - every cut the bill run recorded was applied, and the engine accepted it;
+- the loyalty ledger (``ocs.db.loyalty.audit_problems``): no rule applied twice to a trigger, every
+  application's trigger stored, budgets = what their applications cost, nothing left uncredited;
 - with a balance store, per postpaid line: its unbilled counter in Redis = the line micros of its
   records not billed yet (after the last cut), those still in the engine's outbox included (the
   spool lags the engine by up to a drain).
 """
 
 from __future__ import annotations
+
+import time
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -26,6 +30,7 @@ from ocs.billing.values import LineKind
 from ocs.db.bill_run import bill_cuts
 from ocs.db.billing import invoice_lines, invoices
 from ocs.db.customers import lines
+from ocs.db.loyalty import audit_problems as loyalty_audit_problems
 from ocs.db.usage import STORED, record_of, usage_records
 
 MAX_PROBLEMS = 1_000  # an answer, not a dump: the first ones name what to look at
@@ -109,6 +114,7 @@ async def ledger_audit(engine: AsyncEngine, store: BalanceStore | None = None, n
         problems = await usage_problems(connection)
         problems += await ledger_problems(connection)
         problems += await cut_problems(connection)
+        problems += await loyalty_audit_problems(connection, int(time.time() * 1000))
         if store is not None:
             problems += await unbilled_problems(connection, store, now_seconds)
     return problems[:MAX_PROBLEMS]

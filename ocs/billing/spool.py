@@ -18,9 +18,9 @@ A hook (``StoredRecordsHook``, given by the process: the loyalty engine, ocs/loy
 runs inside each batch's transaction with the rows that batch newly stored, so what it writes
 (counters, rule applications) commits or rolls back with the records, and a batch read again
 stores nothing new and so shows the hook nothing twice. It returns what to run after the commit
-(the credits), which runs once the batch is acknowledged; a failure there is logged, not the
-writer's (the hook keeps its own record of what is left to do). ocs/billing never imports the
-loyalty wing: the hook is a callable handed in.
+(the credits), which runs as soon as the batch has committed, before the acknowledgement; a
+failure there is logged, not the writer's (the hook keeps its own record of what is left to do).
+ocs/billing never imports the loyalty wing: the hook is a callable handed in.
 
 The records live in the business database, SQLite by default or PostgreSQL, so the bill run can
 mark them billed in the transaction that writes their invoice (``ocs.db.usage.mark_billed``). A
@@ -201,6 +201,11 @@ class Spool:
         stored, after_commit = await self._insert(rows)
         self._records_written += stored
         self._duplicates_ignored += len(rows) - stored
+        if after_commit is not None:  # committed: its work does not wait for Redis to forget the rows
+            try:
+                await after_commit()
+            except Exception:  # the hook's own business: it keeps what is left to do
+                log.exception("spool_hook_after_commit_failed")
         # Only now, with the rows committed, may Redis forget them. A failure here (Redis gone)
         # leaves them in the outbox: the next drain reads them again and the insert ignores them.
         for chunk in _chunks(batch, CONCURRENT_REDIS_CALLS):
@@ -210,11 +215,6 @@ class Spool:
             failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
             if failure is not None:
                 raise failure
-        if after_commit is not None:
-            try:
-                await after_commit()
-            except Exception:  # the hook's own business: it keeps what is left to do
-                log.exception("spool_hook_after_commit_failed")
         return stored
 
     async def _insert(self, rows: list[dict[str, object]]) -> tuple[int, AfterCommit | None]:

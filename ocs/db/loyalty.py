@@ -49,6 +49,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ocs.db.schema import metadata
+from ocs.db.usage import usage_records
 
 ID_LENGTH = 64
 KEYS_PER_STATEMENT = 300  # composite keys per IN (3 parameters each: under SQLite's 32,766)
@@ -386,3 +387,66 @@ async def consume_invoice_discount(connection: AsyncConnection, discount_id: int
         .values(state="consumed", invoice_id=invoice_id)
     )
     return int((await connection.execute(statement)).rowcount) == 1
+
+
+# -- the audit (issue 15 "One ledger, extended") ---------------------------------------------------
+
+PENDING_GRACE_MS = 60_000  # an application pending longer than this should have been credited
+MAX_AUDIT_PROBLEMS = 100
+
+
+async def audit_problems(
+    connection: AsyncConnection, now_ms: int, pending_grace_ms: int = PENDING_GRACE_MS
+) -> list[str]:
+    """The loyalty ledger's problems (empty: whole):
+    - no (rule, trigger) applied twice (the unique constraint's promise, checked);
+    - every application points at its trigger: a usage record (``usage_records``; a record the
+      retention deleted counts as missing, so audit before retention runs, as after a load run) or
+      an event of ``loyalty_events``;
+    - what the applications cost = each budget's spending (the credits recorded are exactly the
+      ones a budget paid for);
+    - nothing pending longer than ``pending_grace_ms`` (bonus credited = applications recorded)."""
+    table = loyalty_applications.c
+    problems: list[str] = []
+    twice = select(table.rule_id, table.trigger_id, func.count()).group_by(table.rule_id, table.trigger_id)
+    for rule_id, trigger_id, count in await connection.execute(twice.having(func.count() > 1)):
+        problems.append(f"rule {rule_id} applied {count} times to {trigger_id}")
+    missing_records = (
+        select(table.rule_id, table.trigger_id)
+        .select_from(loyalty_applications.outerjoin(usage_records, usage_records.c.record_id == table.trigger_id))
+        .where(table.trigger_kind == "usage", usage_records.c.record_id.is_(None))
+        .limit(MAX_AUDIT_PROBLEMS)
+    )
+    for rule_id, trigger_id in await connection.execute(missing_records):
+        problems.append(f"rule {rule_id} applied to usage record {trigger_id}, which is not stored")
+    missing_events = (
+        select(table.rule_id, table.trigger_id)
+        .select_from(loyalty_applications.outerjoin(loyalty_events, loyalty_events.c.trigger_id == table.trigger_id))
+        .where(table.trigger_kind != "usage", loyalty_events.c.trigger_id.is_(None))
+        .limit(MAX_AUDIT_PROBLEMS)
+    )
+    for rule_id, trigger_id in await connection.execute(missing_events):
+        problems.append(f"rule {rule_id} applied to event {trigger_id}, which is not recorded")
+    costs = dict(
+        (
+            await connection.execute(
+                select(table.programme_id, func.sum(table.cost_micros)).group_by(table.programme_id)
+            )
+        ).all()
+    )
+    spent = dict(
+        (await connection.execute(select(loyalty_budgets.c.programme_id, loyalty_budgets.c.spent_micros))).all()
+    )
+    for programme_id in sorted(set(spent)):
+        if int(costs.get(programme_id, 0)) != int(spent[programme_id]):
+            problems.append(
+                f"programme {programme_id}: applications cost {int(costs.get(programme_id, 0))} micros,"
+                f" its budget counts {int(spent[programme_id])}"
+            )
+    late = select(func.count()).where(
+        table.state == ApplicationState.PENDING, table.committed_at_ms < now_ms - pending_grace_ms
+    )
+    overdue = int((await connection.execute(late)).scalar_one())
+    if overdue:
+        problems.append(f"{overdue} applications pending for more than {pending_grace_ms} ms: bonus not credited")
+    return problems[:MAX_AUDIT_PROBLEMS]
