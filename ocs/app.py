@@ -504,6 +504,8 @@ async def _close_spool(state: ServerState) -> None:
             async with state.spool_drain():
                 await state.spool.drain_once(state.store, batch_size=state.settings.spool.batch_size)
     await state.spool.close()
+    if state.loyalty is not None:
+        await state.loyalty.settle()  # the last batches' credits (what fails stays pending)
 
 
 async def shutdown(state: ServerState) -> None:

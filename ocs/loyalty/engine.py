@@ -12,7 +12,8 @@ Theory of operation, in two steps per batch:
    ``pending``, invoice discounts ``recorded`` with their discount row. A record stored once is
    evaluated once: a replayed spool batch stores nothing new and so evaluates nothing; a rolled
    back batch rolls its counters and applications back with it.
-2. After the commit (``credit``): each pending application goes into the balance engine with an
+2. After the commit (``credit``, started beside the spool's next batch, so the writer does not
+   wait for Redis; ``settle`` waits for it): each pending application goes into the balance engine with an
    idempotency id made of its rule and trigger (``credit_id``): bonus money as a ``top_up`` of the
    BONUS kind (spent before main money at the next CCR), an allowance as a bucket
    (``add_bucket`` with the id as operation id); then the applications are marked ``credited`` (or
@@ -50,14 +51,15 @@ from ocs.loyalty.rules import (
     LoyaltyEvent,
     LoyaltyRules,
     Member,
-    counter_keys,
-    evaluate,
+    evaluate_matched,
+    matched,
 )
 
 log = structlog.get_logger("ocs.loyalty.engine")
 
-CONCURRENT_CREDITS = 16  # credits in flight at once (each one script call on the admin connection)
+CONCURRENT_CREDITS = 64  # credits in flight at once (each one script call on the admin connection pool)
 PENDING_PAGE = 500  # applications read per pass of ``credit_pending``
+CREDIT_TASKS = 4  # committed batches credited at once, beside the spool's next batches
 AfterCommit = Callable[[], Awaitable[None]]
 _CREDITED_STATES = frozenset({Outcome.OK})
 
@@ -103,6 +105,7 @@ class LoyaltyEngine:
             programme.programme_id for programme in rules.programmes.values() if programme.budget_micros is not None
         )
         self._usage_rules = bool(rules.for_event(EventKind.USAGE))
+        self._crediting: set[asyncio.Task[None]] = set()  # batches being credited (``_credit_beside``)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -123,7 +126,7 @@ class LoyaltyEngine:
             if (member := members.get(str(row["account_id"]))) is not None
         ]
         credits = await self.apply(connection, events)
-        return (lambda: self._credit_quietly(credits)) if credits else None
+        return (lambda: self._credit_beside(credits)) if credits else None
 
     async def apply(
         self, connection: AsyncConnection, events: Sequence[tuple[LoyaltyEvent, Member]]
@@ -132,9 +135,10 @@ class LoyaltyEngine:
         transaction; returns the credits to make once it commits."""
         if not events:
             return []
-        counters = await tables.read_counters(connection, counter_keys(self.rules, events))
+        matches = matched(self.rules, events)
+        counters = await tables.read_counters(connection, {match.key for match in matches})
         spent = await tables.read_spent(connection, self._budgeted)
-        outcome = evaluate(self.rules, events, counters, spent)
+        outcome = evaluate_matched(self.rules, matches, counters, spent)
         await tables.upsert_counters(connection, outcome.counters)
         await tables.write_spent(connection, outcome.spent)
         if outcome.over_budget:
@@ -201,6 +205,20 @@ class LoyaltyEngine:
         await self.events_recorded([event])
 
     # -- step 2: after the commit ----------------------------------------------------------------
+
+    async def _credit_beside(self, credits: Sequence[PendingCredit]) -> None:
+        """Start crediting a committed batch beside the spool's next one; at most
+        ``CREDIT_TASKS`` batches are credited at once (the spool waits beyond)."""
+        while len(self._crediting) >= CREDIT_TASKS:
+            await asyncio.wait(self._crediting, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.ensure_future(self._credit_quietly(credits))
+        self._crediting.add(task)
+        task.add_done_callback(self._crediting.discard)
+
+    async def settle(self) -> None:
+        """Wait for the credits in progress (shutdown, tests); what fails stays pending."""
+        while self._crediting:
+            await asyncio.wait(set(self._crediting))
 
     async def _credit_quietly(self, credits: Sequence[PendingCredit]) -> None:
         try:

@@ -30,6 +30,7 @@ Rules:
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -275,18 +276,60 @@ def firings(condition: Condition, before: int, after: int) -> int:
     return 1 if before < condition.value <= after else 0
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    """An event a rule's filters let through, in its programme's validity, and its counter."""
+
+    event: LoyaltyEvent
+    member: Member
+    rule: Rule
+    key: CounterKey
+
+
+def matched(rules: LoyaltyRules, events: Sequence[tuple[LoyaltyEvent, Member]]) -> list[Match]:
+    """Every (event, rule) pair that counts, in event order then rule order. Rules are indexed by
+    event kind and service (a rule without a service filter is a candidate for every service),
+    and an event's periods are named once, however many rules count it."""
+    index: dict[EventKind, tuple[dict[str, list[Rule]], list[Rule]]] = {}
+    found: list[Match] = []
+    last_at, names = -1, ("", "")
+    for event, member in events:
+        by_service = index.get(event.kind)
+        if by_service is None:
+            by_service = index[event.kind] = _index(rules.for_event(event.kind))
+        specific, general = by_service
+        candidates = specific.get(event.service, ()) if specific else ()
+        if event.at_seconds != last_at:
+            last_at, names = event.at_seconds, _period_names(event.at_seconds)
+        for rule in (*candidates, *general):
+            if admits(rule, event, member) and rules.programmes[rule.programme_id].valid_at(event.at_seconds):
+                period = names[0] if rule.counter.period is Period.DAY else names[1]
+                found.append(Match(event, member, rule, (rule.rule_id, member.customer_id, period)))
+    return found
+
+
+def _index(candidates: Sequence[Rule]) -> tuple[dict[str, list[Rule]], list[Rule]]:
+    specific: dict[str, list[Rule]] = {}
+    general: list[Rule] = []
+    for rule in candidates:
+        if rule.filters.services:
+            for service in sorted(rule.filters.services):
+                specific.setdefault(service, []).append(rule)
+        else:
+            general.append(rule)
+    return specific, general
+
+
+def _period_names(at_seconds: int) -> tuple[str, str]:
+    """(day, month) holding ``at_seconds``, as ``period_of`` names them."""
+    moment = time.gmtime(at_seconds)
+    month = f"{moment.tm_year:04d}-{moment.tm_mon:02d}"
+    return f"{month}-{moment.tm_mday:02d}", month
+
+
 def counter_keys(rules: LoyaltyRules, events: Sequence[tuple[LoyaltyEvent, Member]]) -> set[CounterKey]:
     """The counters ``evaluate`` will read for these events (the engine loads them first)."""
-    keys: set[CounterKey] = set()
-    by_kind: dict[EventKind, tuple[Rule, ...]] = {}
-    for event, member in events:
-        candidates = by_kind.get(event.kind)
-        if candidates is None:
-            candidates = by_kind[event.kind] = rules.for_event(event.kind)
-        for rule in candidates:
-            if admits(rule, event, member) and rules.programmes[rule.programme_id].valid_at(event.at_seconds):
-                keys.add((rule.rule_id, member.customer_id, period_of(rule.counter.period, event.at_seconds)))
-    return keys
+    return {match.key for match in matched(rules, events)}
 
 
 def evaluate(
@@ -296,33 +339,33 @@ def evaluate(
     spent: Mapping[str, int],
 ) -> Evaluation:
     """The events applied in order to the counters (missing: 0) and budgets' spending (missing: 0)."""
+    return evaluate_matched(rules, matched(rules, events), counters, spent)
+
+
+def evaluate_matched(
+    rules: LoyaltyRules, matches: Sequence[Match], counters: Mapping[CounterKey, int], spent: Mapping[str, int]
+) -> Evaluation:
+    """``evaluate`` of what ``matched`` found (the engine matches once, to load the counters)."""
     result = Evaluation(counters={}, spent={}, applications=[])
-    by_kind: dict[EventKind, tuple[Rule, ...]] = {}
-    for event, member in events:
-        candidates = by_kind.get(event.kind)
-        if candidates is None:
-            candidates = by_kind[event.kind] = rules.for_event(event.kind)
-        for rule in candidates:
-            programme = rules.programmes[rule.programme_id]
-            if not admits(rule, event, member) or not programme.valid_at(event.at_seconds):
+    for match in matches:
+        rule, event, key = match.rule, match.event, match.key
+        before = result.counters.get(key, counters.get(key, 0))
+        after = before + measured(rule.counter.measure, event)
+        result.counters[key] = after
+        fired = firings(rule.condition, before, after)
+        if fired <= 0:
+            continue
+        application = applied(rule, event, match.member, fired, after)
+        if application is None:
+            continue
+        programme = rules.programmes[rule.programme_id]
+        if programme.budget_micros is not None:
+            so_far = result.spent.get(programme.programme_id, spent.get(programme.programme_id, 0))
+            if so_far + application.cost_micros > programme.budget_micros:
+                result.over_budget += 1
                 continue
-            key = (rule.rule_id, member.customer_id, period_of(rule.counter.period, event.at_seconds))
-            before = result.counters.get(key, counters.get(key, 0))
-            after = before + measured(rule.counter.measure, event)
-            result.counters[key] = after
-            fired = firings(rule.condition, before, after)
-            if fired <= 0:
-                continue
-            application = applied(rule, event, member, fired, after)
-            if application is None:
-                continue
-            if programme.budget_micros is not None:
-                so_far = result.spent.get(programme.programme_id, spent.get(programme.programme_id, 0))
-                if so_far + application.cost_micros > programme.budget_micros:
-                    result.over_budget += 1
-                    continue
-                result.spent[programme.programme_id] = so_far + application.cost_micros
-            result.applications.append(application)
+            result.spent[programme.programme_id] = so_far + application.cost_micros
+        result.applications.append(application)
     return result
 
 

@@ -183,6 +183,14 @@ async def audit(engine: AsyncEngine, grace_ms: int = 60_000) -> list[str]:
         return await tables.audit_problems(connection, int(datetime.now(UTC).timestamp() * 1000), grace_ms)
 
 
+async def drain(spool: Spool, store: BalanceStore, loyalty: LoyaltyEngine) -> int:
+    """One drain of the outboxes, and the credits it started."""
+    try:
+        return await spool.drain_once(store)
+    finally:
+        await loyalty.settle()
+
+
 def engine_of(engine: AsyncEngine, store: BalanceStore, loyalty: LoyaltyRules, **options: Any) -> LoyaltyEngine:
     return LoyaltyEngine(engine, loyalty, store, **options)
 
@@ -198,10 +206,10 @@ async def test_the_tenth_sms_of_the_month_puts_a_free_sms_that_the_next_charge_u
     spool = Spool(engine, on_stored=loyalty.usage_stored)
     for index in range(9):
         await sms(store, "L1", f"s{index}")
-    assert await spool.drain_once(store) == 9
+    assert await drain(spool, store, loyalty) == 9
     assert BucketKind.EVENTS not in await buckets(store, "L1")
     await sms(store, "L1", "s9")
-    assert await spool.drain_once(store) == 1
+    assert await drain(spool, store, loyalty) == 1
     assert (await buckets(store, "L1"))[BucketKind.EVENTS] == 1  # credited at once after the commit
     [application] = await applications(engine)
     assert (application["rule_id"], application["trigger_id"], application["state"]) == (
@@ -232,7 +240,7 @@ async def test_ideal_bonus_money_is_spent_before_main_money_by_the_next_charge(
     spool = Spool(engine, on_stored=loyalty.usage_stored)
     await data(store, "L1", "d1", 30)  # 0.30: 0.15 back
     await data(store, "L2", "d2", 30)
-    await spool.drain_once(store)
+    await drain(spool, store, loyalty)
     assert (await buckets(store, "L1"))[BucketKind.BONUS] == 150_000
     assert BucketKind.BONUS not in await buckets(store, "L2")
     assert published == [BalanceChanged("L1", "loyalty_bonus", 150_000)]
@@ -266,9 +274,9 @@ async def test_a_replayed_spool_batch_counts_and_credits_nothing_twice(
         await sms(store, "L1", f"s{index}")
     await data(store, "L1", "d1", 20)
     with pytest.raises(ConnectionError):
-        await spool.drain_once(AcknowledgementLost(store))
+        await drain(spool, AcknowledgementLost(store), loyalty)
     assert len(await store.usage_records()) == 11  # still in the outbox
-    assert await spool.drain_once(store) == 0  # read again, nothing new stored
+    assert await drain(spool, store, loyalty) == 0  # read again, nothing new stored
     assert len(await store.usage_records()) == 0
     assert [(row["rule_id"], row["state"]) for row in await applications(engine)] == [
         ("sms_every_10th", "credited"),
@@ -306,7 +314,7 @@ async def test_a_crash_between_the_credit_and_its_record_is_credited_again_once(
     for index in range(10):
         await sms(store, "L1", f"s{index}")
     await data(store, "L1", "d1", 20)
-    await Spool(engine, on_stored=crashing.usage_stored).drain_once(store)
+    await drain(Spool(engine, on_stored=crashing.usage_stored), store, crashing)
     assert [row["state"] for row in await applications(engine)] == ["pending", "pending"]
     assert any("pending for more than" in problem for problem in await audit(engine, grace_ms=-1))
     held = await buckets(store, "L1")
@@ -344,12 +352,12 @@ async def test_a_programme_stops_crediting_when_its_budget_is_spent_across_batch
     loyalty = engine_of(engine, store, rules(budget="0.12"))
     spool = Spool(engine, on_stored=loyalty.usage_stored)
     await data(store, "L1", "d1", 10)  # 0.05 back
-    await spool.drain_once(store)
+    await drain(spool, store, loyalty)
     await data(store, "L1", "d2", 10)  # 0.05 more: 0.10
     await data(store, "L1", "d3", 10)  # would be 0.15: refused
-    await spool.drain_once(store)
+    await drain(spool, store, loyalty)
     await data(store, "L1", "d4", 4)  # 0.02: 0.12 exactly
-    await spool.drain_once(store)
+    await drain(spool, store, loyalty)
     assert [row["trigger_id"] for row in await applications(engine)] == ["d1|0|2", "d2|0|2", "d4|0|2"]
     view = await store.balance("L1", NOW)
     assert view is not None and view.credits_micros == 10 * EUR + 120_000  # the provisioned main money, the bonus
@@ -363,10 +371,10 @@ async def test_a_company_discount_is_recorded_for_the_next_invoice(store: Balanc
     loyalty = engine_of(engine, store, rules())
     spool = Spool(engine, on_stored=loyalty.usage_stored)
     await data(store, "L1", "d1", 12)
-    await spool.drain_once(store)
+    await drain(spool, store, loyalty)
     await data(store, "L2", "d2", 12)  # together 0.24 >= 0.20
     await data(store, "L2", "d3", 12)  # once a month
-    await spool.drain_once(store)
+    await drain(spool, store, loyalty)
     [application] = await applications(engine)
     assert (application["trigger_id"], application["member_id"], application["state"]) == ("d2|0|2", "ORG", "recorded")
     january = int(datetime(2027, 1, 1, tzinfo=UTC).timestamp())
@@ -388,7 +396,7 @@ async def test_records_of_accounts_without_a_line_are_stored_and_skipped(
     spool = Spool(engine, on_stored=loyalty.usage_stored)
     for index in range(10):
         await sms(store, "raw", f"s{index}")
-    assert await spool.drain_once(store) == 10
+    assert await drain(spool, store, loyalty) == 10
     assert await applications(engine) == []
 
 

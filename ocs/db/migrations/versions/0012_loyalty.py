@@ -26,11 +26,11 @@ def _number() -> sa.types.TypeEngine[int]:
 def upgrade() -> None:
     op.create_table(
         "loyalty_counters",
-        sa.Column("rule_id", sa.String(ID), nullable=False),
         sa.Column("member_id", sa.String(ID), nullable=False),
         sa.Column("period", sa.String(16), nullable=False),
+        sa.Column("rule_id", sa.String(ID), nullable=False),
         sa.Column("value", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("rule_id", "member_id", "period", name="pk_loyalty_counters"),
+        sa.PrimaryKeyConstraint("member_id", "period", "rule_id", name="pk_loyalty_counters"),
     )
     op.create_table(
         "loyalty_applications",
