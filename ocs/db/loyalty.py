@@ -321,11 +321,21 @@ async def pending_credits(connection: AsyncConnection, limit: int) -> list[Pendi
     return [pending_credit_of(row) for row in await connection.execute(statement)]
 
 
-async def mark_applications(
-    connection: AsyncConnection, keys: Sequence[tuple[str, str]], state: str, at_ms: int, outcome: str | None = None
-) -> int:
-    """Move pending applications (by rule and trigger) to ``state`` at ``at_ms``; returns how many moved."""
-    if not keys:
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """What became of a pending application's credit: ``credited`` or ``refused`` (``outcome``)."""
+
+    rule_id: str
+    trigger_id: str
+    state: str
+    at_ms: int
+    outcome: str | None = None
+
+
+async def mark_applications(connection: AsyncConnection, marks: Sequence[Mark]) -> int:
+    """Move pending applications to their marks' states; returns how many moved (one marked
+    before, by an earlier pass, stays as it is)."""
+    if not marks:
         return 0
     table = loyalty_applications.c
     statement = (
@@ -335,12 +345,19 @@ async def mark_applications(
             table.trigger_id == bindparam("key_trigger"),
             table.state == ApplicationState.PENDING,
         )
-        .values(state=state, credited_at_ms=at_ms, outcome=outcome)
+        .values(state=bindparam("new_state"), credited_at_ms=bindparam("at_ms"), outcome=bindparam("new_outcome"))
     )
-    result = await connection.execute(
-        statement, [{"key_rule": rule_id, "key_trigger": trigger_id} for rule_id, trigger_id in keys]
-    )
-    return int(result.rowcount)
+    rows = [
+        {
+            "key_rule": mark.rule_id,
+            "key_trigger": mark.trigger_id,
+            "new_state": mark.state,
+            "at_ms": mark.at_ms,
+            "new_outcome": mark.outcome,
+        }
+        for mark in marks
+    ]
+    return int((await connection.execute(statement, rows)).rowcount)
 
 
 async def credit_latencies_ms(connection: AsyncConnection) -> list[int]:

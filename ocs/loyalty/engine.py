@@ -17,13 +17,17 @@ Theory of operation, in two steps per batch:
    idempotency id made of its rule and trigger (``credit_id``): bonus money as a ``top_up`` of the
    BONUS kind (spent before main money at the next CCR), an allowance as a bucket
    (``add_bucket`` with the id as operation id); then the applications are marked ``credited`` (or
-   ``refused`` when the engine refuses: an account gone or terminated), and a ``BalanceChanged``
-   account event tells live sessions (a session on its final units is granted again).
+   ``refused`` when the engine refuses: an account gone or terminated), in the spool's next
+   batch's transaction (SQLite has one writer: a transaction of their own beside the spool's
+   made both wait), or by ``settle`` and the periodic pass when no batch comes; and a
+   ``BalanceChanged`` account event tells live sessions (a session on its final units is
+   granted again).
 
 Exactly once: a crash after step 1 leaves applications pending; ``credit_pending`` (at startup,
 then every ``[loyalty] credit_interval_seconds``) credits them again. A crash between the
 engine's credit and the ``credited`` mark credits again with the same id, which the engine answers
-as a replay and changes nothing. A credit that fails (Redis away) stays pending for the next pass.
+as a replay and changes nothing. A credit that fails (Redis away) stays pending for the next pass, and so does
+one whose mark is lost with a rolled-back batch (credited again: a replay).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from balance.store import BalanceStore
 from balance.types import Bucket, BucketKind, OperationResult, Outcome
 from ocs.billing.values import PaymentOutcome
 from ocs.db import loyalty as tables
-from ocs.db.loyalty import ApplicationState, PendingCredit
+from ocs.db.loyalty import ApplicationState, Mark, PendingCredit
 from ocs.db.schema import utc_aware
 from ocs.events import AccountEvents, BalanceChanged
 from ocs.loyalty.members import MemberDirectory, customer_of_billing_account, main_lines
@@ -106,6 +110,7 @@ class LoyaltyEngine:
         )
         self._usage_rules = bool(rules.for_event(EventKind.USAGE))
         self._crediting: set[asyncio.Task[None]] = set()  # batches being credited (``_credit_beside``)
+        self._marks: list[Mark] = []  # credits made, not yet marked (``credit``)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -117,6 +122,8 @@ class LoyaltyEngine:
     ) -> AfterCommit | None:
         """The spool's hook: evaluate the records this batch newly stored; returns what to run
         after the commit (the credits), or None when nothing is to be credited."""
+        if self._marks:
+            await self._write_marks(connection)  # rolled back with the batch: then they are pending
         if not self._usage_rules or not rows:
             return None
         members = await self.members.of_lines(connection, {str(row["account_id"]) for row in rows})
@@ -211,31 +218,35 @@ class LoyaltyEngine:
         ``CREDIT_TASKS`` batches are credited at once (the spool waits beyond)."""
         while len(self._crediting) >= CREDIT_TASKS:
             await asyncio.wait(self._crediting, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.ensure_future(self._credit_quietly(credits))
+        task = asyncio.ensure_future(self._credit_quietly(credits, mark_now=False))
         self._crediting.add(task)
         task.add_done_callback(self._crediting.discard)
 
     async def settle(self) -> None:
-        """Wait for the credits in progress (shutdown, tests); what fails stays pending."""
+        """Wait for the credits in progress and write their marks (shutdown, tests); what fails
+        stays pending."""
         while self._crediting:
             await asyncio.wait(set(self._crediting))
+        await self.write_marks()
 
-    async def _credit_quietly(self, credits: Sequence[PendingCredit]) -> None:
+    async def _credit_quietly(self, credits: Sequence[PendingCredit], *, mark_now: bool) -> None:
         try:
-            await self.credit(credits)
+            await self.credit(credits, mark_now=mark_now)
         except Exception:  # they stay pending: credit_pending takes them again
             log.exception("loyalty_credit_failed", applications=len(credits))
 
-    async def credit(self, credits: Sequence[PendingCredit]) -> int:
-        """Credit each application into the balance engine and mark it; returns how many were
-        credited (replays of credits made before included)."""
-        done: list[tuple[str, str]] = []
-        refused: dict[str, list[tuple[str, str]]] = {}
+    async def credit(self, credits: Sequence[PendingCredit], *, mark_now: bool = True) -> int:
+        """Credit each application into the balance engine; returns how many were credited
+        (replays of credits made before included). Their marks are written at once in a
+        transaction of their own, or with ``mark_now`` False kept for the next transaction the
+        engine writes in (``usage_stored``: the spool's next batch), so that crediting beside the
+        spool does not compete with it for SQLite's one writer; ``settle`` writes what is left."""
+        marks: list[Mark] = []
         for start in range(0, len(credits), CONCURRENT_CREDITS):
             chunk = credits[start : start + CONCURRENT_CREDITS]
             results = await asyncio.gather(*(self._credit_one(item) for item in chunk), return_exceptions=True)
+            now_ms = self._now_ms()
             for item, result in zip(chunk, results, strict=True):
-                key = (item.rule_id, item.trigger_id)
                 if isinstance(result, BaseException):
                     if not isinstance(result, BalanceUnavailable):
                         log.error(
@@ -243,18 +254,32 @@ class LoyaltyEngine:
                         )
                     continue  # stays pending
                 if result.outcome in _CREDITED_STATES:
-                    done.append(key)
+                    marks.append(Mark(item.rule_id, item.trigger_id, ApplicationState.CREDITED, now_ms))
                     if not result.replayed and self.events is not None:
                         self.events.publish(BalanceChanged(item.line_id, "loyalty_bonus", item.amount_micros))
                 else:
-                    refused.setdefault(result.outcome.value, []).append(key)
-        now_ms = self._now_ms()
-        async with self.database.begin() as connection:
-            await tables.mark_applications(connection, done, ApplicationState.CREDITED, now_ms)
-            for reason, keys in refused.items():
-                log.warning("loyalty_credit_refused", outcome=reason, applications=len(keys))
-                await tables.mark_applications(connection, keys, ApplicationState.REFUSED, now_ms, reason)
-        return len(done)
+                    log.warning("loyalty_credit_refused", outcome=result.outcome.value, rule_id=item.rule_id)
+                    marks.append(
+                        Mark(item.rule_id, item.trigger_id, ApplicationState.REFUSED, now_ms, result.outcome.value)
+                    )
+        self._marks += marks
+        if mark_now:
+            await self.write_marks()
+        return sum(1 for mark in marks if mark.state == ApplicationState.CREDITED)
+
+    async def write_marks(self) -> None:
+        """Write the marks kept so far in a transaction of their own."""
+        if self._marks:
+            async with self.database.begin() as connection:
+                await self._write_marks(connection)
+
+    async def _write_marks(self, connection: AsyncConnection) -> None:
+        marks, self._marks = self._marks, []
+        try:
+            await tables.mark_applications(connection, marks)
+        except BaseException:
+            self._marks = marks + self._marks  # kept for the next try (else: credited again, harmlessly)
+            raise
 
     async def _credit_one(self, item: PendingCredit) -> OperationResult:
         operation_id = credit_id(item.rule_id, item.trigger_id)
@@ -285,6 +310,7 @@ class LoyaltyEngine:
         """``credit_pending`` now and every ``interval_seconds``, for ever; cancel to stop."""
         while True:
             try:
+                await self.write_marks()  # the marks of credits made beside the spool, traffic or not
                 credited = await self.credit_pending()
                 if credited:
                     log.info("loyalty_pending_credited", applications=credited)

@@ -5,14 +5,18 @@ the credit and its record, and a replayed payment; budgets kept across batches; 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balance.embedded import EmbeddedRedis
 from balance.store import BalanceStore
 from balance.types import (
     Account,
@@ -26,14 +30,18 @@ from balance.types import (
     Unit,
     UsageRecord,
 )
+from ocs.billing.payments import Payments
 from ocs.billing.spool import Spool
+from ocs.billing.values import NewPayment
+from ocs.config import LoyaltySettings
 from ocs.db import loyalty as tables
-from ocs.db.customers import customers, lines, parties
+from ocs.db.customers import billing_accounts, customers, lines, parties
 from ocs.events import AccountEvent, AccountEvents, BalanceChanged
 from ocs.loyalty.engine import LoyaltyEngine, credit_id
 from ocs.loyalty.rules import EventKind, LoyaltyEvent, LoyaltyRules
 from ocs.loyalty.rules_load import parse_loyalty_rules
 from tests.balance.conftest import embedded_redis
+from tests.ocs.conftest import server_settings, server_with
 from tests.ocs.schema_support import migration_differences
 from tests.ocs.test_spool import engine, store
 
@@ -437,3 +445,50 @@ async def test_the_audit_finds_an_application_without_its_trigger_and_a_budget_t
 
 async def test_the_migration_makes_the_loyalty_tables_as_they_are_defined(engine: AsyncEngine) -> None:
     assert await migration_differences(engine, (table.name for table in tables.LOYALTY_TABLES)) == []
+
+
+async def test_a_payment_recorded_by_billing_credits_its_bonus_once(store: BalanceStore, engine: AsyncEngine) -> None:
+    await member(engine, store, "C1", ["L1"])
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(billing_accounts).values(
+                billing_account_id="BA1",
+                customer_id="C1",
+                currency="EUR",
+                bill_cycle_day=1,
+                payment_method="bank_transfer",
+                paid_by_parent=False,
+                created_at=datetime(2026, 1, 1),
+            )
+        )
+    loyalty = engine_of(engine, store, rules())
+    payments = Payments(engine, on_payment=(loyalty.on_payment,))
+    paid = NewPayment(billing_account_id="BA1", reference="bank-1", amount_micros=30 * EUR)
+    first = await payments.record_payment(paid, "test")
+    assert (await payments.record_payment(paid, "test")).replayed  # the bank sent it twice
+    assert (await buckets(store, "L1"))[BucketKind.BONUS] == EUR
+    [application] = await applications(engine)
+    assert (application["trigger_id"], application["trigger_kind"]) == (first.payment.payment_id, "payment")
+    assert await audit(engine) == []
+
+
+async def test_the_server_with_loyalty_enabled_credits_through_its_spool(
+    embedded_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    rules_path = tmp_path / "loyalty.toml"
+    rules_path.write_text(RULES.replace("BUDGET", "10.00"))
+    settings = server_settings(embedded_redis.url, tmp_path / "data" / "spool.sqlite3")
+    settings = replace(settings, loyalty=LoyaltySettings(enabled=True, rules=str(rules_path)))
+    async with server_with(settings) as running:
+        state = running.state
+        assert state.store is not None and state.database is not None and state.loyalty is not None
+        await member(state.database, state.store, "C1", ["L1"])
+        for index in range(10):
+            await sms(state.store, "L1", f"s{index}")
+        for _ in range(500):  # the spool drains every 0.05 s; a bound, not a timing assertion
+            if (await buckets(state.store, "L1")).get(BucketKind.EVENTS):
+                break
+            await asyncio.sleep(0.02)
+        assert (await buckets(state.store, "L1"))[BucketKind.EVENTS] == 1
+        await state.loyalty.settle()
+        assert [row["state"] for row in await applications(state.database)] == ["credited"]
