@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,7 +43,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
 
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from balance.embedded import EmbeddedRedis
 from balance.store import BalanceStore
@@ -51,7 +52,7 @@ from ocs.db import loyalty as tables
 from ocs.db import usage
 from ocs.db.customers import customers, lines, parties
 from ocs.db.engine import open_database, sqlite_url
-from ocs.loyalty.engine import LoyaltyEngine
+from ocs.loyalty.engine import AfterCommit, LoyaltyEngine
 from ocs.loyalty.rules_load import parse_loyalty_rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,6 +234,20 @@ async def main() -> None:
                 f" lines in {time.perf_counter() - began:.0f} s; {len(rules.rules)} rules"
             )
             loyalty = LoyaltyEngine(database, rules, store)
+            preloaded = time.perf_counter()
+            await loyalty.preload_members()
+            print(f"members preloaded in {time.perf_counter() - preloaded:.2f} s (the server does it at startup)")
+            hook = loyalty.usage_stored
+            evaluating = [0.0]
+
+            async def timed_hook(connection: AsyncConnection, new: Sequence[dict[str, object]]) -> AfterCommit | None:
+                started = time.perf_counter()
+                try:
+                    return await hook(connection, new)
+                finally:
+                    evaluating[0] += time.perf_counter() - started
+
+            loyalty.usage_stored = timed_hook  # type: ignore[method-assign]
             rows = record_rows(line_ids, arguments.records)
             elapsed, in_transactions = await run(database, loyalty, rows)
             async with database.connect() as connection:
@@ -248,6 +263,10 @@ async def main() -> None:
     print(
         f"{len(rows):,} records in {elapsed:.1f} s: {records_per_second:,.0f} records/s through store, evaluate,"
         f" commit and credit; {len(rows) / in_transactions:,.0f} records/s in the transactions alone"
+    )
+    print(
+        f"{len(rows) / evaluating[0]:,.0f} records/s through the rule engine alone"
+        " (members, counters, evaluation, writes)"
     )
     print(f"applications: {', '.join(f'{state} {count:,}' for state, count in sorted(by_state.items()))}")
     p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)

@@ -446,6 +446,7 @@ async def startup(state: ServerState) -> tuple[str, int]:
     if settings.loyalty.enabled:
         rules = load_loyalty_rules(settings.loyalty.rules)
         state.loyalty = LoyaltyEngine(state.database, rules, state.store, state.events)
+        await state.loyalty.preload_members()
         # Applications a crash left pending are credited at startup, then every interval.
         interval = settings.loyalty.credit_interval_seconds
         state.duties.register("loyalty_credit", lambda: _credit_loyalty(state, interval))

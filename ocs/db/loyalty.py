@@ -72,6 +72,7 @@ loyalty_counters = Table(
     Column("rule_id", String(ID_LENGTH), nullable=False),
     Column("value", BigInteger, nullable=False),
     PrimaryKeyConstraint("member_id", "period", "rule_id"),
+    sqlite_with_rowid=False,  # the key is the row: one B-tree to write per counter, not two
 )
 
 loyalty_applications = Table(

@@ -115,6 +115,11 @@ class LoyaltyEngine:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
+    async def preload_members(self) -> int:
+        """Read every line's member once (``MemberDirectory.preload``); returns how many lines."""
+        async with self.database.connect() as connection:
+            return await self.members.preload(connection)
+
     # -- step 1: in the triggers' transaction ---------------------------------------------------
 
     async def usage_stored(

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("rule_id", sa.String(ID), nullable=False),
         sa.Column("value", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("member_id", "period", "rule_id", name="pk_loyalty_counters"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "loyalty_applications",
