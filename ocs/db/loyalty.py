@@ -231,6 +231,7 @@ async def record_events(connection: AsyncConnection, rows: Sequence[Mapping[str,
     """Insert the events not seen before; returns the trigger ids that were new."""
     if not rows:
         return set()
+    rows = list({str(row["trigger_id"]): row for row in reversed(rows)}.values())[::-1]  # each once, first kept
     ids = [str(row["trigger_id"]) for row in rows]
     seen = set(
         (

@@ -171,6 +171,7 @@ class LoyaltyEngine:
     async def events_recorded(self, events: Sequence[LoyaltyEvent]) -> int:
         """Events other than usage (a payment, a birthday), each evaluated once by its trigger id,
         in one transaction, then credited; returns the applications credited."""
+        events = list({event.trigger_id: event for event in reversed(events)}.values())[::-1]  # each once
         async with self.database.begin() as connection:
             new = await tables.record_events(
                 connection,

@@ -6,7 +6,8 @@ the credit and its record, and a replayed payment; budgets kept across batches; 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,10 +43,11 @@ from ocs.loyalty.rules import EventKind, LoyaltyEvent, LoyaltyRules
 from ocs.loyalty.rules_load import parse_loyalty_rules
 from tests.balance.conftest import embedded_redis
 from tests.ocs.conftest import server_settings, server_with
+from tests.ocs.postgres_support import business_database, postgresql_url
 from tests.ocs.schema_support import migration_differences
 from tests.ocs.test_spool import engine, store
 
-__all__ = ["embedded_redis", "engine", "store"]
+__all__ = ["embedded_redis", "engine", "postgresql_url", "store"]
 
 EUR = 1_000_000
 NOW = int(datetime(2026, 12, 7, 12, 0, tzinfo=UTC).timestamp())
@@ -492,3 +494,39 @@ async def test_the_server_with_loyalty_enabled_credits_through_its_spool(
         assert (await buckets(state.store, "L1"))[BucketKind.EVENTS] == 1
         await state.loyalty.settle()
         assert [row["state"] for row in await applications(state.database)] == ["credited"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """The business database of each kind, the usage and loyalty tables emptied (the customers of
+    other tests stay: each test here names its own)."""
+    cleared = ("usage_records", *(table.name for table in tables.LOYALTY_TABLES))
+    async with business_database(request, tmp_path, cleared) as made:
+        yield made
+
+
+async def test_on_each_database_a_replayed_batch_and_a_payment_apply_once(
+    store: BalanceStore, any_database: AsyncEngine
+) -> None:
+    engine = any_database
+    customer, line = f"C-{uuid.uuid4().hex[:12]}", f"L-{uuid.uuid4().hex[:12]}"
+    await member(engine, store, customer, [line], segment="ideal")
+    loyalty = engine_of(engine, store, rules(budget="0.15"))
+    spool = Spool(engine, on_stored=loyalty.usage_stored)
+    for index in range(10):
+        await sms(store, line, f"s{index}")
+    for index in range(4):
+        await data(store, line, f"d{index}", 10)  # 0.05 back each: the budget takes three
+    with pytest.raises(ConnectionError):
+        await drain(spool, AcknowledgementLost(store), loyalty)
+    assert await drain(spool, store, loyalty) == 0
+    payment = LoyaltyEvent(EventKind.PAYMENT, f"PAY-{customer}", customer, line, NOW, micros=EUR)
+    assert await loyalty.events_recorded([payment, payment]) == 1
+    states = [(row["rule_id"], row["state"]) for row in await applications(engine)]
+    assert states == [("sms_every_10th", "credited")] + [("ideal_half_back", "credited")] * 3 + [
+        ("payment_bonus", "credited")
+    ]
+    view = await store.balance(line, NOW)
+    assert view is not None and view.credits_micros == 10 * EUR + 150_000 + EUR
+    assert (await buckets(store, line))[BucketKind.EVENTS] == 1
+    assert await audit(engine) == []
