@@ -23,6 +23,8 @@ Rules:
   (the cost of bonus money is its amount; of an allowance its declared ``cost``; of a discount 0
   until the bill run prices it); the counters still move.
 - An action worth nothing (5 % of a free record) makes no application.
+- The values made per record (events, members, matches, applications) are ``value_type``s:
+  immutable to the type checker without a frozen dataclass's cost per field at run time.
 - Rating discounts are part of the model only: the loader reads them, ``evaluate`` makes no
   application for them (rating does not consult loyalty yet).
 """
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 
 from balance.types import BucketKind
+from balance.value_type import value_type
 
 BASIS_POINTS_PER_WHOLE = 10_000
 SECONDS_PER_DAY = 86_400
@@ -167,7 +170,7 @@ class LoyaltyRules:
         return tuple(rule for rule in self.rules.values() if rule.event is kind)
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class LoyaltyEvent:
     """What a rule looks at: a usage record or a payment, made neutral."""
 
@@ -182,14 +185,14 @@ class LoyaltyEvent:
     payment_type: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Member:
     customer_id: str
     kind: str  # individual | organization
     segment: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Application:
     """One rule applied to one trigger: what to credit or record."""
 
@@ -276,7 +279,7 @@ def firings(condition: Condition, before: int, after: int) -> int:
     return 1 if before < condition.value <= after else 0
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Match:
     """An event a rule's filters let through, in its programme's validity, and its counter."""
 
