@@ -1,8 +1,8 @@
 """Loyalty: counters per (rule, member, period), rule applications, budgets, events other than
 usage, and discounts for a later invoice (ocs/db/loyalty.py).
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-07
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
