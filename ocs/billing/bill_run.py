@@ -26,6 +26,15 @@ takes only the records before its own cycle's end and numbers follow time. For e
    startup pass, and the start of every run) applies them, so each cut is applied exactly once
    and the line gets its credit back.
 
+Automatic garbage collection is paused for the run (``ocs.billing.collection_pause``: a page's
+objects, promoted while it lives, made CPython walk the whole heap every page or so).
+
+Steps 3 and 4 of a page's last pass run while the next page goes through steps 1 and 2 (its own
+accounts, lines and records: nothing the page being written touches), so SQLite's work in its
+thread and Redis's in its process overlap the drafting in Python. Commits keep the pages' order
+(a page's first commit waits for the previous page's), so numbers still follow the pages. Records
+billed meanwhile (``BillRunConflict``) make that one page drafted and written again, alone.
+
 A cut the engine refuses (an unknown account, or amounts it does not hold: records that never
 went through this engine) is marked done with the engine's answer and reported, not retried: the
 one-ledger audit (``ocs.billing.ledger_audit``) names it. A prepaid rental the balance does not
@@ -53,6 +62,7 @@ from ocs.billing.bill_draft import AccountFacts, ChargeMemo, LineFacts, draft_in
 from ocs.billing.bill_facts import PayingAccount, accounts_page, invoiced_periods, lines_of, pending_adjustments_of
 from ocs.billing.bill_statements import write_statements
 from ocs.billing.catalog import Catalog
+from ocs.billing.collection_pause import collect_young, paused_collection
 from ocs.billing.cycles import Period, cycle_containing, cycles_to_bill
 from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
@@ -105,6 +115,17 @@ class BillRunReport:
     rentals_refused: int = 0  # prepaid rentals the balance did not cover (restrict): reported
     statements: int = 0
     problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DraftedPass:
+    """One pass of a page read and drafted, its engine steps done: what ``_write`` commits."""
+
+    todo: list[PayingAccount]  # the accounts not invoiced for their period yet
+    periods: dict[str, Period]
+    paid_lines: dict[str, list[LineFacts]]
+    drafts: list[tuple[InvoiceDraft, AccountFacts]]
+    rentals: list[dict[str, object]]  # rows for ``prepaid_rentals``
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,26 +200,51 @@ class BillRun:
         """Bill every account whose cycle closed by ``day`` (the module docstring)."""
         report = BillRunReport(day)
         await self.finish_pending_cuts(report)
-        after = ""
-        while True:
-            async with self.engine.connect() as connection:
-                page = await accounts_page(connection, after, self.chunk_size)
-            if not page:
-                return report
-            after = page[-1].billing_account_id
-            report.accounts += len(page)
-            for attempt in range(CONFLICT_RETRIES + 1):
-                try:
-                    await self._page(page, day, report)
-                    break
-                except BillRunConflict:
-                    if attempt == CONFLICT_RETRIES:
-                        raise
+        with paused_collection():
+            await self._pages(day, report)
+        return report
 
-    async def _page(self, page: list[PayingAccount], day: date, report: BillRunReport) -> None:
+    async def _pages(self, day: date, report: BillRunReport) -> None:
+        """Page after page of accounts, each written while the next is drafted (module docstring)."""
+        after = ""
+        behind: asyncio.Task[None] | None = None  # the previous page's last pass, being written
+        try:
+            while True:
+                async with self.engine.connect() as connection:
+                    page = await accounts_page(connection, after, self.chunk_size)
+                if not page:
+                    break
+                after = page[-1].billing_account_id
+                report.accounts += len(page)
+                try:
+                    drafted = await self._page(page, day, report, behind)
+                except BillRunConflict:
+                    drafted = None
+                    if behind is not None:
+                        await behind
+                    await self._page_again(page, day, report)
+                if behind is not None:
+                    await behind
+                behind = None
+                if drafted is not None:
+                    behind = asyncio.create_task(self._finish_page(page, drafted, day, report))
+                collect_young()
+            if behind is not None:
+                await behind
+        except BaseException:
+            if behind is not None:  # never cut off in the middle: let it end, then report the first failure
+                await asyncio.gather(behind, return_exceptions=True)
+            raise
+
+    async def _page(
+        self, page: list[PayingAccount], day: date, report: BillRunReport, behind: asyncio.Task[None] | None
+    ) -> DraftedPass | None:
         """Each account's cycles to bill (``cycles_to_bill``: the last closed one, and those a run
         missed), in passes: the first bills every account's oldest such cycle, the next its
-        second, and so on, so a cycle's invoice only takes the records before its own end."""
+        second, and so on, so a cycle's invoice only takes the records before its own end. Every
+        pass but the last is written here (after ``behind``, the previous page's writing, so
+        commits keep the pages' order); the last is drafted and answered, for the caller to write
+        while it drafts the next page."""
         async with self.engine.connect() as connection:
             invoiced = await invoiced_periods(connection, [account.billing_account_id for account in page])
         newest: dict[str, date] = {}
@@ -211,21 +257,50 @@ class BillRun:
             for account in page
         }
         report.skipped += sum(1 for cycles in plans.values() if not cycles)
+        drafted: DraftedPass | None = None
         for index in range(max((len(cycles) for cycles in plans.values()), default=0)):
+            if drafted is not None:
+                if behind is not None:
+                    await behind
+                    behind = None
+                await self._write(drafted, report)
             todo = [account for account in page if len(plans[account.billing_account_id]) > index]
             periods = {account.billing_account_id: plans[account.billing_account_id][index] for account in todo}
-            await self._pass(todo, periods, day, report, invoiced if index == 0 else None)
+            drafted = await self._draft_pass(todo, periods, day, report, invoiced if index == 0 else None)
+        return drafted
 
-    async def _pass(
+    async def _finish_page(
+        self, page: list[PayingAccount], drafted: DraftedPass, day: date, report: BillRunReport
+    ) -> None:
+        """The page's last pass written; records billed meanwhile: the page drafted again."""
+        try:
+            await self._write(drafted, report)
+        except BillRunConflict:
+            await self._page_again(page, day, report)
+
+    async def _page_again(self, page: list[PayingAccount], day: date, report: BillRunReport) -> None:
+        """The page after a ``BillRunConflict``: drafted and written again, pass by pass (the
+        passes written already are found invoiced and skipped)."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                drafted = await self._page(page, day, report, None)
+                if drafted is not None:
+                    await self._write(drafted, report)
+                return
+            except BillRunConflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+
+    async def _draft_pass(
         self,
         page: list[PayingAccount],
         periods: dict[str, Period],
         day: date,
         report: BillRunReport,
         invoiced: set[tuple[str, date]] | None,
-    ) -> None:
-        """One period per account of ``page``: read, draft, engine steps, commit, cuts (module
-        docstring); ``invoiced``: the periods invoiced already, when just read."""
+    ) -> DraftedPass | None:
+        """One period per account of ``page``: read, draft and the engine steps (module
+        docstring), for ``_write``; ``invoiced``: the periods invoiced already, when just read."""
         async with self.engine.connect() as connection:
             if invoiced is None:
                 invoiced = await invoiced_periods(connection, list(periods))
@@ -236,7 +311,7 @@ class BillRun:
             ]
             report.skipped += len(page) - len(todo)
             if not todo:
-                return
+                return None
             paid_lines = await lines_of(connection, todo)
             usage = await self._usage(connection, todo, periods, paid_lines)
             pending = await pending_adjustments_of(connection, [item.billing_account_id for item in todo])
@@ -261,7 +336,13 @@ class BillRun:
                 drafts.append((made, facts))
         await self._renew(todo, periods, paid_lines, day, report)
         rentals = await self._debit_rentals(todo, day, paid_lines, done_rentals, report)
-        cuts = await self._commit(drafts, todo, periods, paid_lines, rentals, report)
+        return DraftedPass(todo, periods, paid_lines, drafts, rentals)
+
+    async def _write(self, drafted: DraftedPass, report: BillRunReport) -> None:
+        """A drafted pass committed, then its cuts applied (module docstring, steps 3 and 4)."""
+        cuts = await self._commit(
+            drafted.drafts, drafted.todo, drafted.periods, drafted.paid_lines, drafted.rentals, report
+        )
         await self._apply_cuts(cuts, report)
 
     async def _usage(
