@@ -50,7 +50,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from itertools import repeat
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -67,7 +67,7 @@ from ocs.billing.cycles import Period, cycle_containing, cycles_to_bill
 from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
-from ocs.db.bulk import execute_many, insert_of
+from ocs.db.bulk import execute_many, execute_many_values, insert_of
 from ocs.db.schema import utc_naive
 from ocs.db.usage import IDS_PER_STATEMENT, LineUsage, format_pools, parse_pools, unbilled_usage, usage_records
 
@@ -89,6 +89,7 @@ MARK_BILLED = (
     )
     .values(invoice_id=bindparam("invoice"))
 )
+MARK_NAMES = ("number", "record", "invoice")
 CUT_DONE = (
     update(bill_cuts)
     .where(bill_cuts.c.cut_id == bindparam("cut"))
@@ -480,15 +481,13 @@ class BillRun:
         facts_of = {draft.billing_account_id: facts for draft, facts in drafts}
         async with self.engine.begin() as connection:
             batch = await issue_many(connection, [draft for draft, _ in drafts], now)
-            marks: list[dict[str, Any]] = []
+            marks: list[tuple[int, str, str]] = []  # (number, record, invoice): ``MARK_BILLED``'s
             cut_rows: list[dict[str, object]] = []
             for draft, invoice_id in batch.issued:
                 usages = list(facts_of[draft.billing_account_id].usage.values())
-                marks += [
-                    {"number": number, "record": record_id, "invoice": invoice_id}
-                    for usage in usages
-                    for number, record_id in zip(usage.record_numbers, usage.record_ids, strict=True)
-                ]
+                for usage in usages:
+                    invoice_ids = repeat(invoice_id, len(usage.record_ids))
+                    marks += zip(usage.record_numbers, usage.record_ids, invoice_ids, strict=True)
                 cut_rows += cuts_of(invoice_id, usages, now)
             issued_ids = [invoice_id for _, invoice_id in batch.issued]
             if marks and await self._marked(connection, marks, issued_ids) != len(marks):
@@ -507,10 +506,10 @@ class BillRun:
         ]
 
     @staticmethod
-    async def _marked(connection: AsyncConnection, marks: list[dict[str, Any]], invoice_ids: list[str]) -> int:
+    async def _marked(connection: AsyncConnection, marks: list[tuple[int, str, str]], invoice_ids: list[str]) -> int:
         """The records of ``marks`` marked billed by their invoice: how many were still free."""
-        marks.sort(key=lambda mark: mark["number"])  # the table's order: each page of it read once
-        changed = await execute_many(connection, MARK_BILLED, marks)
+        marks.sort()  # by number, the table's order: each page of it read once
+        changed = await execute_many_values(connection, MARK_BILLED, MARK_NAMES, marks)
         if connection.dialect.name == "sqlite":
             return changed  # sqlite3's executemany sums the rows each update changed
         billed = 0
