@@ -84,12 +84,17 @@ class DeliveryEvent(Closed):
 
 
 def draft_amounts(draft: InvoiceDraft) -> dict[str, int]:
-    """The invoice's subtotal, discount, tax and total from its lines (see the module docstring)."""
-    subtotal = sum(line.amount_micros for line in draft.lines if line.kind not in (LineKind.DISCOUNT, LineKind.TAX))
-    discount = -sum(line.amount_micros for line in draft.lines if line.kind is LineKind.DISCOUNT)
-    tax = sum(line.tax_micros for line in draft.lines) + sum(
-        line.amount_micros for line in draft.lines if line.kind is LineKind.TAX
-    )
+    """The invoice's subtotal, discount, tax and total from its lines (see the module docstring);
+    one pass over the lines (the bill run sums a thousand drafts a page)."""
+    subtotal = discount = tax = 0
+    for line in draft.lines:
+        tax += line.tax_micros
+        if line.kind is LineKind.DISCOUNT:
+            discount -= line.amount_micros
+        elif line.kind is LineKind.TAX:
+            tax += line.amount_micros
+        else:
+            subtotal += line.amount_micros
     return {
         "subtotal_micros": subtotal,
         "discount_micros": discount,
@@ -324,8 +329,9 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
     invoiced = {(row.billing_account_id, row.period_start) for row in existing}
     fresh = [draft for draft in drafts if (draft.billing_account_id, draft.period_start) not in invoiced]
     skipped = [draft for draft in drafts if (draft.billing_account_id, draft.period_start) in invoiced]
+    amounts = {draft.billing_account_id: draft_amounts(draft) for draft in fresh}
     for draft in fresh:
-        if draft_amounts(draft)["total_micros"] < 0:
+        if amounts[draft.billing_account_id]["total_micros"] < 0:
             raise CustomerRefusal(Problem.REFUSED, "lines", "the lines add up to less than zero; bill a credit note")
         await Invoices._check_adjustments(connection, draft)
     rows, lines, events, issued = [], [], [], []
@@ -334,7 +340,9 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
         last = await next_sequence(connection, series, len(of_series))
         for sequence, draft in enumerate(of_series, start=last - len(of_series) + 1):
             account = account_rows[draft.billing_account_id]
-            row = _invoice_row(draft, sequence, account.customer_id, account.currency, now)
+            row = _invoice_row(
+                draft, sequence, account.customer_id, account.currency, now, amounts[draft.billing_account_id]
+            )
             rows.append(row)
             number = row["invoice_id"]
             issued.append((draft, number))
@@ -376,9 +384,16 @@ def _line_row(line: DraftLine) -> dict[str, object]:
     }
 
 
-def _invoice_row(draft: InvoiceDraft, sequence: int, customer_id: str, currency: str, now: datetime) -> dict[str, Any]:
+def _invoice_row(
+    draft: InvoiceDraft,
+    sequence: int,
+    customer_id: str,
+    currency: str,
+    now: datetime,
+    amounts: dict[str, int] | None = None,  # ``draft_amounts(draft)``, when the caller has it
+) -> dict[str, Any]:
     number = document_number(draft.legal_entity, sequence)
-    amounts = draft_amounts(draft)
+    amounts = amounts if amounts is not None else draft_amounts(draft)
     return {
         "invoice_id": number,
         "legal_entity": draft.legal_entity,
