@@ -42,7 +42,7 @@ product_order_items = Table(
     Column("position", Integer, nullable=False),  # fulfilment order
     Column("action", String(16), nullable=False),
     Column("state", String(16), nullable=False),
-    Column("line_id", String(ID_LENGTH), nullable=True),  # the line it makes or acts on
+    Column("line_id", String(ID_LENGTH), nullable=True, index=True),  # the line it makes or acts on (bill facts)
     Column("payload", JSON, nullable=False),  # the item as submitted (its line ids assigned)
     Column("failure", Text, nullable=True),
     Column("completed_at", DateTime, nullable=True),
