@@ -30,7 +30,10 @@ finishes its own step, so the effect happens once. A rerun of D finds every due 
 and does nothing new.
 
 The lift (``on_payment``, a ``Payments`` listener called after the payment's commit, and a pass of
-every run for a lift a crash missed): when the overdue amount is below the ladder's lift threshold
+every run for a lift a crash missed): on the payment's day (``PaymentOutcome.as_of``, the billing
+calendar's date the overdue amount was measured on, as a run's ``D`` is; never this process's
+clock, which may be the host's while the calendar is another), when the overdue amount is below
+the ladder's lift threshold
 (``Ladder.lift_below_micros``), every restrict and bar dunning applied and has not lifted is
 lifted at once: a lift row per step (recorded, then applied, then finished, as a step is) and one
 resume through the lifecycle, which RARs live sessions so their next request gets a normal grant.
@@ -268,7 +271,7 @@ class Dunning:
         """The ``Payments`` listener: lift at once when the payment brought the overdue amount down."""
         if outcome.replayed:
             return
-        await self.lift(outcome.payment.billing_account_id, outcome.overdue_after_micros, self._now().date())
+        await self.lift(outcome.payment.billing_account_id, outcome.overdue_after_micros, outcome.as_of)
 
     async def lift(self, billing_account_id: str, overdue_micros: int, day: date) -> int:
         """Lift what dunning applied on the account when ``overdue_micros`` is below the ladder's

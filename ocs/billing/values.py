@@ -196,6 +196,7 @@ class PaymentOutcome(Closed):
     settled_invoices: list[str]  # the invoices this call paid off
     overdue_before_micros: int
     overdue_after_micros: int
+    as_of: date  # the day both were measured on: the payment's (``payment_day``), which the lift uses
 
 
 class PaymentList(Closed):

@@ -10,7 +10,7 @@ itself applied. Invoices are issued directly (``Invoices.issue``), as the bill r
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -255,3 +255,27 @@ async def test_a_lift_a_crash_missed_is_made_by_the_next_run(
     assert await engine_status(provisioning, "ana-1") is AccountStatus.SUSPENDED
     assert (await dunning.run(day(15))).lifted == 1
     assert await engine_status(provisioning, "ana-1") is AccountStatus.ACTIVE
+
+
+async def test_a_payment_is_measured_and_lifted_on_the_billing_calendars_date_not_the_hosts(
+    customers: Customers, database: AsyncEngine, lifecycle: Lifecycle, provisioning: Provisioning
+) -> None:
+    """As in the simulator: the host's clock is before the bills' due dates, the calendar (the
+    dunning run's date, the payments' received date) after them."""
+    host = Clock()
+    host.now = datetime(2026, 2, 1, 12, 0, tzinfo=UTC).timestamp()  # nothing is due yet by this clock
+    dunning = Dunning(database, RULES, lifecycle, clock=host)
+    account = await overdue_customer(customers, database)
+    await dunning.run(day(30))
+    assert await engine_status(provisioning, "ana-1") is AccountStatus.BARRED
+    payments = Payments(database, clock=host, on_payment=(dunning.on_payment,))
+    received = datetime.combine(day(31), datetime.min.time(), UTC)
+    partial = NewPayment(billing_account_id=account, reference="r-1", amount_micros=9 * UNIT, received_at=received)
+    outcome = await payments.record_payment(partial, "bank")
+    assert (outcome.as_of, outcome.overdue_after_micros) == (day(31), UNIT)
+    assert await engine_status(provisioning, "ana-1") is AccountStatus.BARRED  # 1.00 still overdue on day 31
+    rest = NewPayment(billing_account_id=account, reference="r-2", amount_micros=UNIT, received_at=received)
+    await payments.record_payment(rest, "bank")
+    assert await engine_status(provisioning, "ana-1") is AccountStatus.ACTIVE
+    lifts = [step for step in (await dunning.history(account)).steps if step.action == "lift"]
+    assert [(step.run_date, step.days_past_due, step.outcome) for step in lifts] == [(day(31), 31, "applied")] * 2
