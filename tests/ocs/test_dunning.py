@@ -279,3 +279,28 @@ async def test_a_payment_is_measured_and_lifted_on_the_billing_calendars_date_no
     assert await engine_status(provisioning, "ana-1") is AccountStatus.ACTIVE
     lifts = [step for step in (await dunning.history(account)).steps if step.action == "lift"]
     assert [(step.run_date, step.days_past_due, step.outcome) for step in lifts] == [(day(31), 31, "applied")] * 2
+
+
+async def test_the_run_reads_overdue_accounts_in_pages_and_dunns_each_once(
+    customers: Customers, database: AsyncEngine, lifecycle: Lifecycle, provisioning: Provisioning
+) -> None:
+    accounts = []
+    for number in range(5):  # two full pages of two and a last one of one
+        made = await customers.create_customer(ana(customer_id=f"ana{number}"))
+        await customers.add_line(f"ana{number}", line(f"ana{number}-1", f"49151000005{number:02d}"))
+        assert made.billing_account is not None
+        accounts.append(made.billing_account.billing_account_id)
+        await Invoices(database, clock=Clock()).issue(draft(accounts[-1], 1, 10))
+    dunning = Dunning(database, RULES, lifecycle, clock=Clock(), page_size=2)
+    result = await dunning.run(day(14))
+    assert (result.accounts_overdue, result.steps_by_action) == (5, {"letter": 5, "restrict": 5})
+    for account in accounts:
+        assert await actions(dunning, account) == [("letter", 14, "applied"), ("restrict", 14, "applied")]
+    payments = Payments(database)  # no listener: the run's lift pass, paged the same way, lifts them
+    for account in accounts:
+        await payments.record_payment(
+            NewPayment(billing_account_id=account, reference="r", amount_micros=10 * UNIT), "bank"
+        )
+    assert (await dunning.run(day(15))).lifted == 5
+    for number in range(5):
+        assert await engine_status(provisioning, f"ana{number}-1") is AccountStatus.ACTIVE
