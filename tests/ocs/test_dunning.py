@@ -29,12 +29,13 @@ from ocs.billing.payments import Payments
 from ocs.billing.values import NewDispute, NewPayment
 from ocs.customers.lifecycle import Lifecycle
 from ocs.customers.service import Customers
+from ocs.customers.values import NewNode
 from ocs.db.billing import delivery_outbox
 from ocs.db.customers import customers as customer_rows
 from tests.ocs.billing_support import UNIT, Clock, draft
 from tests.ocs.postgres_support import business_database, postgresql_url
 from tests.ocs.test_customer_lifecycle import FailingAfter, asked, engine_status, line
-from tests.ocs.test_customers import ana, customers, provisioning
+from tests.ocs.test_customers import acme, ana, customers, provisioning
 
 __all__ = ["customers", "postgresql_url", "provisioning"]
 
@@ -304,3 +305,73 @@ async def test_the_run_reads_overdue_accounts_in_pages_and_dunns_each_once(
     assert (await dunning.run(day(15))).lifted == 5
     for number in range(5):
         assert await engine_status(provisioning, f"ana{number}-1") is AccountStatus.ACTIVE
+
+
+async def overdue_node(customers: Customers, database: AsyncEngine) -> str:
+    """ACME whose Sales branch pays for its lines (s-1 in its North department, s-2) and has
+    January's bill unpaid; the head office's line h-1 is the company's. Sales' billing account."""
+    await customers.create_customer(acme())
+    spec = {"currency": "EUR", "bill_cycle_day": 1, "payment_method": "bank_transfer"}
+    sales = await customers.add_node("acme", NewNode(node_id="sales", name="Sales", billing_account=spec))
+    await customers.add_node("acme", NewNode(node_id="north", parent_node_id="sales", name="North", kind="department"))
+    await customers.add_line("acme", line("s-1", "4915100000601", node_id="north"))
+    await customers.add_line("acme", line("s-2", "4915100000602", node_id="sales"))
+    await customers.add_line("acme", line("h-1", "4915100000603"))
+    assert sales.billing_account is not None
+    await Invoices(database, clock=Clock()).issue(draft(sales.billing_account.billing_account_id, 1, 10))
+    return sales.billing_account.billing_account_id
+
+
+async def test_a_paying_nodes_overdue_bill_restricts_and_bars_the_lines_under_it_and_only_those(
+    customers: Customers, database: AsyncEngine, dunning: Dunning, provisioning: Provisioning
+) -> None:
+    account = await overdue_node(customers, database)
+
+    assert (await dunning.run(day(14))).steps_by_action == {"letter": 1, "restrict": 1}
+    history = (await dunning.history(account)).steps
+    assert [(step.action, step.target_kind, step.target_id) for step in history] == [
+        ("letter", "node", "sales"),
+        ("restrict", "node", "sales"),
+    ]
+    assert [await engine_status(provisioning, each) for each in ("s-1", "s-2", "h-1")] == [
+        AccountStatus.SUSPENDED,
+        AccountStatus.SUSPENDED,
+        AccountStatus.ACTIVE,
+    ]
+    assert (await customers.customer("acme")).status.value == "active"
+    assert (await dunning.run(day(30))).steps_by_action == {"letter": 1, "bar": 1}
+    assert [await engine_status(provisioning, each) for each in ("s-1", "s-2", "h-1")] == [
+        AccountStatus.BARRED,
+        AccountStatus.BARRED,
+        AccountStatus.ACTIVE,
+    ]
+    payments = Payments(database, on_payment=(dunning.on_payment,))
+    await payments.record_payment(
+        NewPayment(billing_account_id=account, reference="r", amount_micros=10 * UNIT), "bank"
+    )
+    assert [await engine_status(provisioning, each) for each in ("s-1", "s-2", "h-1")] == [AccountStatus.ACTIVE] * 3
+    assert [(step.action, step.outcome) for step in (await dunning.history(account)).steps][-2:] == [
+        ("lift", "applied"),
+        ("lift", "applied"),
+    ]
+
+
+async def test_a_paying_nodes_termination_ends_its_lines_and_asks_for_its_final_invoice(
+    customers: Customers, database: AsyncEngine, dunning: Dunning, provisioning: Provisioning
+) -> None:
+    account = await overdue_node(customers, database)
+    assert (await dunning.run(day(60))).steps_by_action == {"letter": 2, "restrict": 1, "bar": 1, "terminate": 1}
+    assert [outcome for _, _, outcome in await actions(dunning, account)] == ["applied"] * 5
+    assert [(await customers.line(each)).status.value for each in ("s-1", "s-2", "h-1")] == [
+        "terminated",
+        "terminated",
+        "active",
+    ]
+    assert await engine_status(provisioning, "h-1") is AccountStatus.ACTIVE
+    assert (await customers.customer("acme")).status.value == "active"
+    async with database.connect() as connection:
+        final = await connection.execute(
+            select(delivery_outbox.c.payload).where(delivery_outbox.c.kind == "final_invoice_requested")
+        )
+        assert [payload["billing_account_id"] for payload in final.scalars()] == [account]
+    assert (await dunning.run(day(61))).steps_applied == 0
