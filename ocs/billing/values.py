@@ -109,8 +109,10 @@ class BillLine(Closed):
     description: str
     node_id: str | None
     line_id: str | None
-    amount_micros: int
+    amount_micros: int  # rounded to the currency's minor unit (ocs.billing.minor_units)
     tax_micros: int
+    priced_amount_micros: int  # as priced, before rounding: the rounding is amount_micros - priced_amount_micros
+    priced_tax_micros: int
     explanation: dict[str, JsonValue]
 
 
