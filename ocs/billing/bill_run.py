@@ -54,6 +54,7 @@ from ocs.billing.bill_facts import PayingAccount, accounts_page, invoiced_period
 from ocs.billing.bill_statements import write_statements
 from ocs.billing.catalog import Catalog
 from ocs.billing.cycles import Period, cycle_containing, cycles_to_bill
+from ocs.billing.deposits import pending_deposits_of
 from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
@@ -240,6 +241,7 @@ class BillRun:
             paid_lines = await lines_of(connection, todo)
             usage = await self._usage(connection, todo, periods, paid_lines)
             pending = await pending_adjustments_of(connection, [item.billing_account_id for item in todo])
+            deposits_due = await pending_deposits_of(connection, [item.billing_account_id for item in todo])
             done_rentals = await self._rentals_recorded(connection, paid_lines, todo, day)
         drafts: list[tuple[InvoiceDraft, AccountFacts]] = []
         memo = ChargeMemo()
@@ -252,6 +254,7 @@ class BillRun:
                 lines=tuple(paid_lines.get(account.billing_account_id, ())),
                 usage=usage.get(account.billing_account_id, {}),
                 adjustments=tuple(pending.get(account.billing_account_id, ())),
+                deposits=tuple(deposits_due.get(account.billing_account_id, ())),
             )
             due = date.fromordinal(period.end.toordinal() - 1) + timedelta(days=self.payment_days)
             made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}", memo)

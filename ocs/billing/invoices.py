@@ -7,11 +7,14 @@ takes the billing account's lock, looks for the account's invoice of that period
 account, period start)`` is unique), and if there is one answers it and writes nothing: a rerun,
 or a race of two runs, issues a period once. Otherwise it draws the next number of the legal
 entity's series (gapless: a rollback gives the number back, ``ocs.billing.allocation``), stores
-the invoice with its amounts computed from its lines (subtotal = every line but discounts and
-taxes; discount = what discount lines take off; tax = each line's tax plus tax lines; total =
-subtotal - discount + tax, never negative), its lines, the pending adjustments it carries (marked
-billed by it), and an ``invoice_issued`` event in ``delivery_outbox``; then the account's credit
-(an earlier overpayment) pays what it can of the new bill. The invoice's id is its number.
+the invoice with its amounts computed from its lines, each amount and tax rounded to the
+currency's minor unit with the amounts as priced kept beside (``line_rows``; subtotal = every line
+but discounts and taxes; discount = what discount lines take off; tax = each line's tax plus tax
+lines; total = subtotal - discount + tax, never negative), its lines, the pending adjustments it
+carries (marked billed by it) and the deposits it charges (marked invoiced by it,
+``ocs.billing.deposits``), and an ``invoice_issued`` event in ``delivery_outbox``; then the
+account's credit (an earlier overpayment) pays what it can of the new bill. The invoice's id is
+its number.
 
 The caller may pass its own connection (``issue(draft, connection=...)``): then everything above
 is part of the caller's transaction, which the bill run uses to mark the usage records billed in
@@ -46,6 +49,7 @@ from ocs.billing.allocation import (
     lock_account,
     next_sequence,
 )
+from ocs.billing.deposits import mark_invoiced
 from ocs.billing.minor_units import round_to_minor_unit
 from ocs.billing.values import (
     BillingPeriod,
@@ -224,6 +228,7 @@ class Invoices:
                 .where(adjustments.c.adjustment_id.in_(draft.adjustment_ids))
                 .values(invoice_id=number)
             )
+        await mark_invoiced(connection, draft.deposit_ids, number)
         await connection.execute(insert(delivery_outbox).values(**_issued_event(row, now)))
         await apply_credit(connection, draft.billing_account_id, now)
         bill = await read_bill(connection, number)
@@ -374,6 +379,7 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
                 .where(adjustments.c.adjustment_id.in_(draft.adjustment_ids))
                 .values(invoice_id=number)
             )
+        await mark_invoiced(connection, draft.deposit_ids, number)
     with_credit = await connection.execute(
         select(payments.c.billing_account_id)
         .where(payments.c.billing_account_id.in_([draft.billing_account_id for draft, _ in issued]))
