@@ -26,6 +26,9 @@ takes only the records before its own cycle's end and numbers follow time. For e
    startup pass, and the start of every run) applies them, so each cut is applied exactly once
    and the line gets its credit back.
 
+After the last page, the final invoices dunning asked for (terminated accounts: their last
+cycle up to the termination date, billed at once; ``ocs.billing.final_invoices``).
+
 A cut the engine refuses (an unknown account, or amounts it does not hold: records that never
 went through this engine) is marked done with the engine's answer and reported, not retried: the
 one-ledger audit (``ocs.billing.ledger_audit``) names it. A prepaid rental the balance does not
@@ -55,6 +58,7 @@ from ocs.billing.bill_statements import write_statements
 from ocs.billing.catalog import Catalog
 from ocs.billing.cycles import Period, cycle_containing, cycles_to_bill
 from ocs.billing.deposits import pending_deposits_of
+from ocs.billing.final_invoices import bill_final_invoices
 from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
@@ -105,6 +109,7 @@ class BillRunReport:
     rentals: int = 0  # prepaid rentals debited
     rentals_refused: int = 0  # prepaid rentals the balance did not cover (restrict): reported
     statements: int = 0
+    final_invoices: int = 0  # of terminated accounts (ocs.billing.final_invoices)
     problems: list[str] = field(default_factory=list)
 
 
@@ -185,6 +190,7 @@ class BillRun:
             async with self.engine.connect() as connection:
                 page = await accounts_page(connection, after, self.chunk_size)
             if not page:
+                await bill_final_invoices(self, day, report)
                 return report
             after = page[-1].billing_account_id
             report.accounts += len(page)

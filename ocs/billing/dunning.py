@@ -17,7 +17,8 @@ recorded in the episode is applied, in ladder order, each once:
 1. one transaction: the step row (who: the oldest overdue invoice, the days and the amount: its
    reason), and, for a letter, the reminder rendered into the delivery outbox (kind ``reminder``;
    the step is finished in the same commit), for a terminate, a ``final_invoice_requested`` event
-   for the bill run (TODO(bill run): consume it and issue the final invoice at once);
+   with the termination date (the run's) for the bill run, whose next run bills the account's
+   last cycle up to that date at once (``ocs.billing.final_invoices``);
 2. a restrict, bar or terminate goes through the customer lifecycle
    (``ocs.customers.lifecycle``), with reason category ``collections``: the customer's status, or
    the paying company node's when the billing account belongs to a node; the lifecycle pushes it
@@ -201,6 +202,7 @@ class Dunning:
                     "billing_account_id": values["billing_account_id"],
                     "customer_id": values["customer_id"],
                     "dunning_step_id": step_id,
+                    "termination_date": str(values["run_date"]),  # a date: ISO 8601
                     "reason": f"dunning: terminated at {values['days_past_due']} days past due",
                 }
                 await connection.execute(
