@@ -273,6 +273,14 @@ class BillRun:
         cuts = await self._commit(drafts, todo, periods, paid_lines, rentals, report)
         await self._apply_cuts(cuts, report)
 
+    async def commit_final(
+        self, draft: InvoiceDraft, facts: AccountFacts, account: PayingAccount, cycle: Period, report: BillRunReport
+    ) -> None:
+        """A final invoice (``ocs.billing.final_invoices``) committed and cut as a page's invoices are."""
+        paid = {account.billing_account_id: list(facts.lines)}
+        cuts = await self._commit([(draft, facts)], [account], {account.billing_account_id: cycle}, paid, [], report)
+        await self._apply_cuts(cuts, report)
+
     async def _usage(
         self,
         connection: AsyncConnection,

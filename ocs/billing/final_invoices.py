@@ -12,7 +12,7 @@ delivery outbox (``ocs.billing.dunning``), naming the billing account and the te
    whole cycle, no bundle renewed or charged for a cycle the account leaves), with every
    unbilled usage record of its postpaid lines up to the end of the run's day, and the pending
    adjustments; its period runs from the cycle's start to the termination date. It is committed
-   and cut in Redis as the bill run commits and cuts (``BillRun._commit``, ``_apply_cuts``): the
+   and cut in Redis as the bill run commits and cuts a page (``BillRun.commit_final``): the
    records marked billed in the invoice's transaction, a regular run of that cycle later finds it
    invoiced (``(billing account, period start)`` is unique) and bills nothing twice;
 2. one transaction acknowledges the event (only if still unacknowledged, so two runs consume it
@@ -25,28 +25,44 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.types import PaymentType
 from ocs.billing.bill_draft import AccountFacts, LineFacts, draft_invoice
 from ocs.billing.bill_facts import PayingAccount, invoiced_periods, lines_of, pending_adjustments_of
-from ocs.billing.cycles import cycle_containing
+from ocs.billing.catalog import Catalog
+from ocs.billing.cycles import Period, cycle_containing
 from ocs.billing.deposits import credit_held
 from ocs.billing.dunning import FINAL_INVOICE_REQUESTED
+from ocs.billing.values import InvoiceDraft
 from ocs.db.billing import delivery_outbox
 from ocs.db.customers import billing_accounts
 from ocs.db.schema import utc_naive
 from ocs.db.usage import unbilled_usage
 
-if TYPE_CHECKING:
-    from ocs.billing.bill_run import BillRun, BillRunReport
-
 EVENTS_PER_PASS = 100
 
 
-async def bill_final_invoices(run: BillRun, day: date, report: BillRunReport) -> None:
+class FinalBiller(Protocol):
+    """What the final invoices need of the bill run (``ocs.billing.bill_run.BillRun``), whose
+    report (``BillRunReport``) counts them in ``final_invoices``."""
+
+    engine: AsyncEngine
+    catalog: Catalog
+    legal_entity: str
+    payment_days: int
+
+    def _now(self) -> datetime: ...
+
+    async def commit_final(
+        self, draft: InvoiceDraft, facts: AccountFacts, account: PayingAccount, cycle: Period, report: Any
+    ) -> None: ...
+
+
+async def bill_final_invoices(run: FinalBiller, day: date, report: Any) -> None:
     """Every final invoice asked for and not yet made (the module docstring)."""
     after = 0
     while True:
@@ -77,7 +93,7 @@ def _termination_day(payload: dict[str, Any], fallback: date) -> date:
     return date.fromisoformat(found) if isinstance(found, str) else fallback
 
 
-async def _final_invoice(run: BillRun, account_id: str, terminated: date, day: date, report: BillRunReport) -> None:
+async def _final_invoice(run: FinalBiller, account_id: str, terminated: date, day: date, report: Any) -> None:
     """Step 1 of the module docstring for one billing account."""
     async with run.engine.connect() as connection:
         row = (
@@ -106,8 +122,7 @@ async def _final_invoice(run: BillRun, account_id: str, terminated: date, day: d
         return
     due = last_day + timedelta(days=run.payment_days)
     final = made.model_copy(update={"period_end": last_day, "due_date": due})
-    cuts = await run._commit([(final, facts)], [account], {account_id: cycle}, {account_id: ended}, [], report)
-    await run._apply_cuts(cuts, report)
+    await run.commit_final(final, facts, account, cycle, report)
     report.final_invoices += 1
 
 
@@ -118,7 +133,7 @@ def _ended_by(line: LineFacts, terminated: date) -> LineFacts:
     return dataclasses.replace(line, terminated_on=max(terminated, line.activated_on))
 
 
-async def _acknowledge(run: BillRun, event_id: int, account_id: str) -> None:
+async def _acknowledge(run: FinalBiller, event_id: int, account_id: str) -> None:
     """Step 2 of the module docstring: the event consumed once, the held deposit credited with it."""
     now = run._now()
     async with run.engine.begin() as connection:
