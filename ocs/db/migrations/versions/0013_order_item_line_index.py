@@ -1,8 +1,8 @@
 """An index on ``product_order_items.line_id``: the bill run's facts find each line's plan history
 by it (``ocs.billing.bill_facts``), which was a scan of every order item.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-07
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

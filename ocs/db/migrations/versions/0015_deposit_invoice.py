@@ -1,7 +1,7 @@
 """The invoice that charged a deposit (``ocs.billing.deposits``).
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-07
 
 ``deposits.invoice_id``: set with ``state = 'invoiced'`` in the invoice's transaction; the states
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Invoice lines rounded to the currency's minor unit keep their amounts as priced.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-07
 
 ``invoice_lines.priced_amount_micros`` and ``priced_tax_micros``: the line's amount and tax
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
