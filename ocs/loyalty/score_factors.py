@@ -53,6 +53,7 @@ class CustomerFacts:
     invoices_due: int = 0  # invoices due in the window, before the day
     invoices_late: int = 0
     most_days_late: int = 0
+    invoices_overdue: int = 0  # of those, still open at the day
     dunning_steps: int = 0
     open_disputes: int = 0
     tickets: int = 0
@@ -150,6 +151,8 @@ def _behaviour(kind: Measure, facts: CustomerFacts) -> tuple[int | None, str]:
             f"at most {late} days late ({facts.invoices_late} of {facts.invoices_due} invoices due in "
             f"{facts.months} months paid late or unpaid)"
         )
+    if kind is Measure.OVERDUE_INVOICES:
+        return facts.invoices_overdue, f"{facts.invoices_overdue} invoices overdue and unpaid"
     if kind is Measure.DUNNING_STEPS:
         return facts.dunning_steps, f"{facts.dunning_steps} dunning steps in {facts.months} months"
     if kind is Measure.OPEN_DISPUTES:

@@ -11,7 +11,7 @@ customer, never one query per customer, so the daily run over 100,000 customers 
 - usage by unit (seconds, events, octets: voice, SMS, data) and month, from the usage records of
   the customer's lines; the month is a ``CASE`` over the window's month boundaries, inside SQL;
 - lateness: the invoices due in the window before the day, with the time of their last payment
-  allocation (late = paid after the due date, or still unpaid at the day);
+  allocation (late = paid after the due date, or still unpaid at the day: then also overdue);
 - dunning steps applied in the window (lifts not counted), open disputes, trouble tickets opened in
   the ticket period, and lines not terminated.
 
@@ -184,6 +184,7 @@ async def _lateness(
         late = max((_settled(window.day, due_date, remaining, paid_at) - due_date).days, 0)
         found.invoices_due += 1
         found.invoices_late += 1 if late > 0 else 0
+        found.invoices_overdue += 1 if remaining > 0 else 0
         found.most_days_late = max(found.most_days_late, late)
 
 

@@ -193,7 +193,7 @@ class Scoring:
                     statement = (
                         update(customers)
                         .where(customers.c.customer_id == bindparam("scored_customer"))
-                        .where(or_(customers.c.segment.is_(None), customers.c.segment.in_(names)))
+                        .where(or_(customers.c.segment.is_(None), *(customers.c.segment == name for name in names)))
                         .values(segment=bindparam("scored_segment"))
                     )
                     await connection.execute(statement, segments)

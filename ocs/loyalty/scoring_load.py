@@ -57,6 +57,7 @@ class Measure(enum.StrEnum):
     DATA_USAGE = "data_usage"  # octets a month
     DATA_TREND = "data_trend"
     DAYS_LATE = "days_late"  # the most days an invoice due in the window was paid late (or is unpaid)
+    OVERDUE_INVOICES = "overdue_invoices"  # invoices past their due date and still open at the day
     DUNNING_STEPS = "dunning_steps"  # dunning steps applied in the window (letters, restrict, bar, ...)
     OPEN_DISPUTES = "open_disputes"  # disputes open now
     TROUBLE_TICKETS = "trouble_tickets"  # tickets opened in the last ``ticket_days``
@@ -75,6 +76,7 @@ UNITS: Mapping[Measure, str] = MappingProxyType(
         Measure.DATA_USAGE: "octets a month",
         Measure.DATA_TREND: "percent",
         Measure.DAYS_LATE: "days",
+        Measure.OVERDUE_INVOICES: "invoices",
         Measure.DUNNING_STEPS: "steps",
         Measure.OPEN_DISPUTES: "disputes",
         Measure.TROUBLE_TICKETS: "tickets",
