@@ -24,7 +24,7 @@ months are bound as epoch seconds and dates).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -58,11 +58,12 @@ class Window:
     day: date  # the scoring day (facts up to its end)
     months: int
     ticket_days: int
+    # The window's months' first days, oldest first, and the day's month's first day (the end).
+    boundaries: tuple[date, ...] = field(init=False)
 
-    @property
-    def boundaries(self) -> tuple[date, ...]:
-        """The window's months' first days, oldest first, and the day's month's first day (the end)."""
-        return tuple(_month_start(self.day, back) for back in range(self.months, -1, -1))
+    def __post_init__(self) -> None:  # computed once: every record's month is looked up in it
+        bounds = tuple(_month_start(self.day, back) for back in range(self.months, -1, -1))
+        object.__setattr__(self, "boundaries", bounds)
 
     @property
     def start(self) -> date:

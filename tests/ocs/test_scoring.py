@@ -282,3 +282,16 @@ def test_a_score_keeps_its_standing_when_only_the_facts_moved() -> None:
     assert made.same_standing(10, "bad", stored)
     assert not made.same_standing(10, "average", stored)
     assert not made.same_standing(10, "bad", [{"factor": "tenure", "points": 5}])
+
+
+async def test_the_daily_duty_runs_once_a_day_from_its_hour(database: AsyncEngine) -> None:
+    await add_customer(database, "ana", date(2024, 1, 1))
+    scoring = Scoring(database, RULES, run_hour=3, clock=Clock())
+    assert await scoring.run_due(datetime(2026, 5, 10, 2, 59, tzinfo=UTC)) is None  # before the hour
+    done = await scoring.run_due(datetime(2026, 5, 10, 3, 0, tzinfo=UTC))
+    assert done is not None and (done.scored, done.stored) == (1, 1)
+    assert await scoring.run_due(datetime(2026, 5, 10, 23, 0, tzinfo=UTC)) is None  # once that day
+    again = await scoring.run_due(datetime(2026, 5, 11, 3, 0, tzinfo=UTC))
+    assert again is not None and (again.scored, again.stored) == (1, 0)
+    with pytest.raises(ValueError, match="run_hour"):
+        Scoring(database, RULES, run_hour=24)

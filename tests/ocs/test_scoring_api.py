@@ -123,3 +123,15 @@ async def test_ocs_customer_score_explains_the_score_factor_by_factor(
     assert status == 0 and out == "segment movements from 2026-05-01 to 2026-05-02: 0 customer(s)\n"
     status, _, err = await ocs(capsys, "--url", api.url, "customer", "score", "nobody")
     assert status == 1 and "nobody" in err
+
+
+async def test_the_server_rescores_on_a_line_terminated_and_scores_everyone_daily(api: Api) -> None:
+    await customer_with_an_overdue_bill(api, "gus")
+    state = api.server.state
+    assert state.scoring is not None and "scoring" in state.duties.names
+    body = {"status": "terminated", "reason": "moved abroad"}
+    status, answer = await api.call("PUT", "/lines/gus-1/status", body)
+    assert status == 200, answer
+    await state.scoring.drain()
+    [stored] = (await api.call("GET", "/customers/gus/score-history"))[1]["scores"]
+    assert stored["cause"] == "status"
