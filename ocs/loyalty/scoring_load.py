@@ -228,7 +228,3 @@ def _segments(where: Where, value: object) -> tuple[Segment, ...]:
             raise at.fail("min_points", f"{min_points} is not above the segment before ({before}): ascending")
         segments.append(Segment(name, min_points))
     return tuple(segments)
-
-
-def rules_by_measure(rules: ScoringRules) -> Mapping[Measure, Factor]:
-    return MappingProxyType({factor.measure: factor for factor in rules.factors})
