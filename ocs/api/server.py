@@ -87,6 +87,8 @@ from ocs.api.interactions import extend_document
 from ocs.api.lifecycle import lifecycle_routes, lifecycle_shapes
 from ocs.api.orders import EngineLines, order_routes, order_shapes
 from ocs.api.provisioning import Provisioning
+from ocs.api.scores import ROUTES as SCORE_ROUTES
+from ocs.api.scores import extend_document as with_score_routes
 from ocs.api.service_routes import ServiceRoute
 from ocs.api.subscribers import SubscriberDoor, add_subscriber_routes
 from ocs.billing.bill_runs import BillRuns
@@ -108,6 +110,8 @@ from ocs.customers.orders import Orders
 from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
 from ocs.db.audit import AuditEntry
+from ocs.loyalty.scoring import Scoring
+from ocs.loyalty.scoring_load import load_scoring_rules
 from ocs.metrics import Metrics
 from ocs.rating.book import TariffBook
 from ocs.rating.rate import load_book
@@ -223,7 +227,10 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     _add_activation(app, state.database, provisioning, rules)
     state.dunning = Dunning(state.database, load_dunning_rules(settings.billing.dunning), app[LIFECYCLE])
     assert state.bill_runs is not None
-    _add_billing(app, state, state.dunning, state.bill_runs)
+    scoring = _scoring(state)
+    _add_billing(app, state, state.dunning, state.bill_runs, scoring)
+    for score_route in SCORE_ROUTES:
+        app.router.add_route(score_route.method, score_route.path, _service_handler(score_route, scoring))
     app.router.add_get("/openapi.json", _openapi)
     return app
 
@@ -530,17 +537,31 @@ async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
     shapes = (*order_shapes(), *lifecycle_shapes())
     document = extend_document(openapi_document(_OPEN_OPERATIONS, shapes))
-    return web.json_response(with_dunning_routes(with_billing_routes(document)))
+    return web.json_response(with_score_routes(with_dunning_routes(with_billing_routes(document))))
 
 
-def _add_billing(app: web.Application, state: ServerState, dunning: Dunning, bill_runs: BillRuns) -> None:
+def _scoring(state: ServerState) -> Scoring:
+    """The server's customer scoring (``ServerState.scoring``, built at startup with its duty and its
+    account-event subscription), else one of this HTTP side's own."""
+    found = getattr(state, "scoring", None)
+    if isinstance(found, Scoring):
+        return found
+    assert state.database is not None
+    scoring = state.settings.scoring
+    return Scoring(state.database, load_scoring_rules(scoring.rules), run_hour=scoring.run_hour)
+
+
+def _add_billing(
+    app: web.Application, state: ServerState, dunning: Dunning, bill_runs: BillRuns, scoring: Scoring
+) -> None:
     """Bills, payments, the bill run and the ledger (ocs.api.billing), dunning (ocs.api.dunning: a payment lifts
-    what dunning applied before it is answered); the author of a change is the token's name.
-    Bill documents come from the server's delivery consumer's store (one per process otherwise)."""
+    what dunning applied before it is answered, then rescores the customer: ocs.loyalty.scoring); the author of a
+    change is the token's name. Bill documents come from the server's delivery consumer's store (one per process
+    otherwise)."""
     database = state.database
     assert database is not None
     documents = getattr(state, "documents", None) or bill_documents(state.settings, database, DocumentRenderer())
-    payments = Payments(database, on_payment=(dunning.on_payment,))
+    payments = Payments(database, on_payment=(dunning.on_payment, scoring.on_payment))
     services = BillingServices(
         Invoices(database), payments, Corrections(database), Receivables(database), documents, bill_runs
     )

@@ -40,7 +40,7 @@ async def test_migrations_make_both_tables_and_run_again_as_nothing(engine: Asyn
         names = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
         revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     assert {"api_tokens", "audit_trail", "alembic_version"} <= names
-    assert revision == "0011"  # 0011: a line's deposit; 0010: deposits; 0009: dunning; 0008: the bill run
+    assert revision == "0012"  # 0012: scores; 0011: a line's deposit; 0010: deposits; 0009: dunning; 0008: bill run
 
 
 async def test_an_unreachable_database_is_one_clear_error() -> None:
