@@ -35,6 +35,9 @@ thread and Redis's in its process overlap the drafting in Python. Commits keep t
 (a page's first commit waits for the previous page's), so numbers still follow the pages. Records
 billed meanwhile (``BillRunConflict``) make that one page drafted and written again, alone.
 
+After the last page, the final invoices dunning asked for (terminated accounts: their last
+cycle up to the termination date, billed at once; ``ocs.billing.final_invoices``).
+
 A cut the engine refuses (an unknown account, or amounts it does not hold: records that never
 went through this engine) is marked done with the engine's answer and reported, not retried: the
 one-ledger audit (``ocs.billing.ledger_audit``) names it. A prepaid rental the balance does not
@@ -64,6 +67,8 @@ from ocs.billing.bill_statements import write_statements
 from ocs.billing.catalog import Catalog
 from ocs.billing.collection_pause import collect_young, paused_collection
 from ocs.billing.cycles import Period, cycle_containing, cycles_to_bill
+from ocs.billing.deposits import pending_deposits_of
+from ocs.billing.final_invoices import bill_final_invoices
 from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
@@ -123,6 +128,7 @@ class BillRunReport:
     rentals: int = 0  # prepaid rentals debited
     rentals_refused: int = 0  # prepaid rentals the balance did not cover (restrict): reported
     statements: int = 0
+    final_invoices: int = 0  # of terminated accounts (ocs.billing.final_invoices)
     problems: list[str] = field(default_factory=list)
 
 
@@ -211,6 +217,7 @@ class BillRun:
         await self.finish_pending_cuts(report)
         with paused_collection():
             await self._pages(day, report)
+        await bill_final_invoices(self, day, report)
         return report
 
     async def _pages(self, day: date, report: BillRunReport) -> None:
@@ -324,6 +331,7 @@ class BillRun:
             paid_lines = await lines_of(connection, todo)
             usage = await self._usage(connection, todo, periods, paid_lines)
             pending = await pending_adjustments_of(connection, [item.billing_account_id for item in todo])
+            deposits_due = await pending_deposits_of(connection, [item.billing_account_id for item in todo])
             done_rentals = await self._rentals_recorded(connection, paid_lines, todo, day)
         drafts: list[tuple[InvoiceDraft, AccountFacts]] = []
         memo = ChargeMemo()
@@ -336,6 +344,7 @@ class BillRun:
                 lines=tuple(paid_lines.get(account.billing_account_id, ())),
                 usage=usage.get(account.billing_account_id, {}),
                 adjustments=tuple(pending.get(account.billing_account_id, ())),
+                deposits=tuple(deposits_due.get(account.billing_account_id, ())),
             )
             due = date.fromordinal(period.end.toordinal() - 1) + timedelta(days=self.payment_days)
             made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}", memo)
@@ -352,6 +361,14 @@ class BillRun:
         cuts = await self._commit(
             drafted.drafts, drafted.todo, drafted.periods, drafted.paid_lines, drafted.rentals, report
         )
+        await self._apply_cuts(cuts, report)
+
+    async def commit_final(
+        self, draft: InvoiceDraft, facts: AccountFacts, account: PayingAccount, cycle: Period, report: BillRunReport
+    ) -> None:
+        """A final invoice (``ocs.billing.final_invoices``) committed and cut as a page's invoices are."""
+        paid = {account.billing_account_id: list(facts.lines)}
+        cuts = await self._commit([(draft, facts)], [account], {account.billing_account_id: cycle}, paid, [], report)
         await self._apply_cuts(cuts, report)
 
     async def _usage(
