@@ -31,6 +31,10 @@ Loyalty (``[loyalty] enabled``): the engine is the spool writer's hook (each bat
 are evaluated in the batch's transaction and credited after its commit) and a listener of payments;
 the duty ``loyalty_credit`` credits what a crash left pending.
 
+Customer scores (``ocs.loyalty.scoring``): built at startup, subscribed to the account events (a
+status change rescores its customer), the ``scoring`` duty scoring everyone once a day from
+``[scoring] run_hour``; the HTTP side's payments rescore the paying customer.
+
 Bill documents: one more background task, the delivery outbox's consumer (``_deliver_documents``,
 ocs/billing/delivery.py), renders issued invoices to HTML and PDF in the data directory; it runs
 once per server, like the spool writer.
@@ -77,6 +81,8 @@ from ocs.leases import Duties
 from ocs.logs import bind_request, configure_logging
 from ocs.loyalty.engine import LoyaltyEngine
 from ocs.loyalty.rules_load import load_loyalty_rules
+from ocs.loyalty.scoring import Scoring
+from ocs.loyalty.scoring_load import load_scoring_rules
 from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating.book import TariffBook
 from ocs.rating.rate import load_book
@@ -115,6 +121,7 @@ class ServerState:
     bill_runs: BillRuns | None = None  # the bill run's doors: API, CLI, the daily duty (ocs/billing/bill_runs.py)
     dunning: Dunning | None = None  # built with the HTTP side's lifecycle (ocs.api.server)
     loyalty: LoyaltyEngine | None = None  # with [loyalty] enabled: the spool's hook, payments' listener
+    scoring: Scoring | None = None  # customer scores: the API, the rescore on events, the daily duty
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
@@ -468,6 +475,11 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.duties.register("bill_documents", lambda: _deliver_documents(state))
     # Dunning is built with the HTTP side's lifecycle (ocs.api.server); the loop waits for it.
     state.duties.register("dunning", lambda: run_dunning_daily(state))
+    scoring = state.scoring = Scoring(
+        state.database, load_scoring_rules(settings.scoring.rules), run_hour=settings.scoring.run_hour
+    )
+    state.events.subscribe(scoring.on_account_event)  # a status change rescores its customer at once
+    state.duties.register("scoring", scoring.daily)
     if state.worker is None:
         state.background += state.duties.run_directly()
     else:
@@ -526,6 +538,8 @@ async def shutdown(state: ServerState) -> None:
         await _bounded("spool", _close_spool(state), timeout)
     if state.line_status is not None:
         await _bounded("line status", state.line_status.drain(), timeout)
+    if state.scoring is not None:  # the rescores of status changes noted before the stop
+        await _bounded("scoring", state.scoring.drain(), timeout)
     if state.database is not None:
         await _bounded("database", state.database.dispose(), timeout)
     if state.store is not None:

@@ -260,6 +260,16 @@ class LoyaltySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoringSettings:
+    """Customer scores and segments (ocs/loyalty/scoring.py): loaded once, like the tariffs."""
+
+    rules: str = "config/scoring.toml"  # factors, weights, bands, segments (ocs/loyalty/scoring_load.py)
+    # The daily scoring of every customer: after the bill run (billing.run_hour), whose invoices
+    # are part of the spend and the payment behaviour it reads.
+    run_hour: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The processes of ``ocs serve`` (ocs/supervisor.py)."""
 
@@ -285,6 +295,7 @@ class Settings:
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
     loyalty: LoyaltySettings = field(default_factory=LoyaltySettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
     shutdown_timeout_seconds: float = 5.0
 
 
@@ -479,6 +490,7 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
         (0 <= settings.lifecycle.identity_quarantine_days <= 36_600, "lifecycle.identity_quarantine_days", ""),
         (0 < settings.customers.inactivity_days <= 36_600, "customers.inactivity_days", ""),
         (0 <= settings.billing.run_hour <= 23, "billing.run_hour", " (an hour of the day, UTC: 0 to 23)"),
+        (0 <= settings.scoring.run_hour <= 23, "scoring.run_hour", " (an hour of the day, UTC: 0 to 23)"),
         (1 <= settings.billing.page_size <= 5_000, "billing.page_size", " (1 to 5,000)"),
         (settings.billing.documents_interval_seconds > 0, "billing.documents_interval_seconds", ""),
         (bool(settings.billing.issuer_name.strip()), "billing.issuer_name", " (empty)"),
@@ -519,7 +531,7 @@ def _read_file(path: Path | None) -> tuple[dict[str, object], str]:
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (if given, else ``config/ocs.toml`` where ``find_data_file``
-    finds it), then the environment; a relative tariff, credit classes, catalog, dunning or loyalty path is
+    finds it), then the environment; a relative tariff, credit classes, catalog, dunning, scoring or loyalty path is
     resolved the same way."""
     file_values, where = _read_file(path)
     hints = typing.get_type_hints(Settings)
@@ -561,6 +573,9 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     loyalty = str(find_data_file(settings.loyalty.rules))
     if loyalty != settings.loyalty.rules:
         settings = dataclasses.replace(settings, loyalty=dataclasses.replace(settings.loyalty, rules=loyalty))
+    scoring = str(find_data_file(settings.scoring.rules))
+    if scoring != settings.scoring.rules:
+        settings = dataclasses.replace(settings, scoring=dataclasses.replace(settings.scoring, rules=scoring))
     return settings
 
 

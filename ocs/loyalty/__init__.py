@@ -1,2 +1,3 @@
-"""Loyalty (DESIGN.md "Loyalty"): programmes as rules over usage and payments, counters per member
-and period, and bonus credited into the balance engine exactly once per (rule, trigger)."""
+"""The loyalty wing (DESIGN.md "Loyalty"): customer scores and segments; programmes as rules over
+usage and payments, counters per member and period, and bonus credited into the balance engine
+exactly once per (rule, trigger)."""
