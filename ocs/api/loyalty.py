@@ -42,6 +42,7 @@ from ocs.loyalty.reports import (
 )
 
 SEGMENT_LENGTH = 32  # customers.segment
+MAX_OFFSET = 1_000_000_000  # within a database integer, beyond any history
 
 
 class Ids(BaseModel):
@@ -55,7 +56,7 @@ class ApplicationsQuery(BaseModel):
     member: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     programme: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 100
-    offset: Annotated[int, Field(ge=0)] = 0
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0
 
 
 class NewSegment(Closed):
