@@ -286,6 +286,35 @@ class PipelinedCaller:
         except RedisErrorReply as error:
             raise _reply_error(script.operation, error) from None
 
+    async def run_all(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Reply]:
+        """``run`` of each (keys, args) of ``calls``, answers in order. On one Redis they leave
+        together, with no task each (``PipelinedRedis.execute_all``); a call answered with an
+        error (the function not loaded yet, a script's refusal) goes again through ``run``,
+        which loads the function or raises as it would have. On a cluster, or once Redis said it
+        has no functions, each is a ``run``."""
+        if isinstance(self.client, ClusterPipelinedRedis) or not self.functions:
+            return list(await asyncio.gather(*(self.run(script, keys, args) for keys, args in calls)))
+        if script.function not in self._registered:
+            self.client.register_function(script.function, script.library.source)
+            self._registered.add(script.function)
+        replies = await self.client.execute_all(
+            [(b"FCALL", script.function, len(keys), *keys, *args) for keys, args in calls]
+        )
+        return [
+            await self.run(script, keys, args) if isinstance(reply, RedisErrorReply) else _text(reply)
+            for (keys, args), reply in zip(calls, replies, strict=True)
+        ]
+
+    async def execute_all(self, commands: Sequence[tuple[str, ...]]) -> list[Reply]:
+        """``execute`` of each command, answers in order, sent together as ``run_all`` sends."""
+        if isinstance(self.client, ClusterPipelinedRedis):
+            return list(await asyncio.gather(*(self.execute(*command) for command in commands)))
+        replies = await self.client.execute_all(commands)
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, RedisErrorReply):
+                raise _reply_error(command[0], reply)
+        return [_text(reply) for reply in replies]
+
     async def _fcall(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> RedisReply:
         if isinstance(self.client, ClusterPipelinedRedis):
             return await self.client.fcall(script.function, keys, args, idempotent=script.retry_safe)

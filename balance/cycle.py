@@ -14,7 +14,9 @@ reads each account's chain (root and ancestors) once for the page, level by leve
 of a level sent together, into a dictionary that lives for the call only (so a run over a
 hundred thousand lines does not grow the store's own caches), then sends every cut script at
 once on the store's ``caller``: on the pipelined client (``balance.pipeline``) they leave in one
-write and Redis answers them back to back, instead of three round trips a cut.
+write and Redis answers them back to back, instead of three round trips a cut, each a future
+without a task of its own (``PipelinedCaller.run_all``; an asyncio task a cut cost more than the
+cut's own packing).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from balance import keys
+from balance.callers import PipelinedCaller, Reply
 from balance.script_io import reply_text
-from balance.scripts import SCRIPTS, Operation
+from balance.scripts import SCRIPTS, Operation, Script
 from balance.types import (
     MAX_AMOUNT_MICROS,
     MAX_HIERARCHY_LEVELS,
@@ -103,6 +106,14 @@ class CutOrder:
 async def _send_cut(
     store: BalanceStore, order: CutOrder, root: str, ancestors: Sequence[str], caller: ScriptCaller
 ) -> OperationResult:
+    call = _cut_call(order, root, ancestors)
+    if isinstance(call, OperationResult):
+        return call
+    return _result(reply_text(await caller.run(SCRIPTS[Operation.CUT], *call)))
+
+
+def _cut_call(order: CutOrder, root: str, ancestors: Sequence[str]) -> OperationResult | tuple[list[str], list[str]]:
+    """The cut script's keys and arguments for ``order``, or the refusal of its input."""
     problem = cut_problem(order.line_micros, order.pools, len(ancestors))
     if problem is not None:
         return _refused(problem)
@@ -116,7 +127,7 @@ async def _send_cut(
         keys.idempotency_key(root),
         *(keys.account_key(root, ancestor) for ancestor in ancestors),
     ]
-    return _result(reply_text(await caller.run(SCRIPTS[Operation.CUT], script_keys, arguments)))
+    return script_keys, arguments
 
 
 async def _chains(store: BalanceStore, account_ids: Sequence[str]) -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -127,7 +138,7 @@ async def _chains(store: BalanceStore, account_ids: Sequence[str]) -> dict[str, 
     for _ in range(MAX_HIERARCHY_LEVELS):
         if not wanted:
             break
-        replies = await asyncio.gather(*(store.caller.execute("GET", keys.account_root_key(item)) for item in wanted))
+        replies = await _execute_all(store.caller, [("GET", keys.account_root_key(item)) for item in wanted])
         for account, reply in zip(wanted, replies, strict=True):
             if isinstance(reply, str):
                 root, _, above = reply.partition(" ")
@@ -155,15 +166,33 @@ async def cut_many(store: BalanceStore, orders: Sequence[CutOrder]) -> list[Oper
     """``cut`` of each order, answers in order (the module docstring: the chains read once, the
     scripts sent together on the store's ``caller``)."""
     chains = await _chains(store, [order.account_id for order in orders])
-    unknown = OperationResult(Outcome.UNKNOWN_ACCOUNT)
-
-    async def one(order: CutOrder) -> OperationResult:
+    answers: list[OperationResult | None] = []
+    calls: list[tuple[list[str], list[str]]] = []
+    for order in orders:
         found = chains.get(order.account_id)
-        if found is None:
-            return unknown
-        return await _send_cut(store, order, found[0], found[1], store.caller)
+        call = OperationResult(Outcome.UNKNOWN_ACCOUNT) if found is None else _cut_call(order, *found)
+        if isinstance(call, OperationResult):
+            answers.append(call)
+        else:
+            answers.append(None)  # the script's answer, below
+            calls.append(call)
+    replies = iter(await _run_all(store.caller, SCRIPTS[Operation.CUT], calls))
+    return [answer if answer is not None else _result(reply_text(next(replies))) for answer in answers]
 
-    return list(await asyncio.gather(*(one(order) for order in orders)))
+
+async def _run_all(
+    caller: ScriptCaller, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[str]]]
+) -> list[Reply]:
+    """The script once per (keys, args), together: with no task each on the pipelined caller."""
+    if isinstance(caller, PipelinedCaller):
+        return await caller.run_all(script, calls)
+    return list(await asyncio.gather(*(caller.run(script, *call) for call in calls)))
+
+
+async def _execute_all(caller: ScriptCaller, commands: Sequence[tuple[str, ...]]) -> list[Reply]:
+    if isinstance(caller, PipelinedCaller):
+        return await caller.execute_all(commands)
+    return list(await asyncio.gather(*(caller.execute(*command) for command in commands)))
 
 
 async def debit_rental(

@@ -388,6 +388,30 @@ class PipelinedRedis:
             connection = await self._connect()
         return await self._submit(connection, command, asking)
 
+    async def execute_all(self, commands: Sequence[tuple[CommandPart, ...]]) -> list[RedisReply]:
+        """Every command of ``commands`` at once, answers in order, an error reply as its
+        ``RedisErrorReply`` in its place: one future a command and no task, for a caller that
+        sends thousands together (``balance.cycle.cut_many``). Nothing is repaired here: a
+        caller that gets NOSCRIPT or an unknown function sends that one again by ``fcall``."""
+        connection = self._connection
+        if connection is None or connection.failure is not None:
+            connection = await self._connect()
+        futures: list[asyncio.Future[RedisReply]] = []
+        try:
+            for command in commands:
+                futures.append(self._submit(connection, _pack_command(command)))
+        except BaseException:
+            for future in futures:
+                future.add_done_callback(_retrieve)
+            raise
+        replies: list[RedisReply] = []
+        for answer in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(answer, RedisErrorReply) or not isinstance(answer, BaseException):
+                replies.append(answer)
+            else:
+                raise answer  # the connection's failure: every call of it failed the same way
+        return replies
+
     def masters(self) -> list[PipelinedRedis]:
         """The clients of every node holding data: this one (a cluster client lists its masters)."""
         return [self]

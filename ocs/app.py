@@ -27,6 +27,14 @@ Account events: ``ServerState.events`` is the one seam (``ocs.events.AccountEven
 operator's side publishes what it changed about an account; the session notifier subscribes to
 it at startup. The answers to the notifier's RAR and ASR reach it from the Diameter event handler.
 
+Loyalty (``[loyalty] enabled``): the engine is the spool writer's hook (each batch's new records
+are evaluated in the batch's transaction and credited after its commit) and a listener of payments;
+the duty ``loyalty_credit`` credits what a crash left pending.
+
+Customer scores (``ocs.loyalty.scoring``): built at startup, subscribed to the account events (a
+status change rescores its customer), the ``scoring`` duty scoring everyone once a day from
+``[scoring] run_hour``; the HTTP side's payments rescore the paying customer.
+
 Bill documents: one more background task, the delivery outbox's consumer (``_deliver_documents``,
 ocs/billing/delivery.py), renders issued invoices to HTML and PDF in the data directory; it runs
 once per server, like the spool writer.
@@ -71,6 +79,10 @@ from ocs.db.engine import DatabaseUnavailable, database_url, open_database
 from ocs.events import AccountEvents
 from ocs.leases import Duties
 from ocs.logs import bind_request, configure_logging
+from ocs.loyalty.engine import LoyaltyEngine
+from ocs.loyalty.rules_load import load_loyalty_rules
+from ocs.loyalty.scoring import Scoring
+from ocs.loyalty.scoring_load import load_scoring_rules
 from ocs.metrics import Metrics, time_redis_calls
 from ocs.rating.book import TariffBook
 from ocs.rating.rate import load_book
@@ -108,6 +120,8 @@ class ServerState:
     audit_trail: AuditTrail | None = None
     bill_runs: BillRuns | None = None  # the bill run's doors: API, CLI, the daily duty (ocs/billing/bill_runs.py)
     dunning: Dunning | None = None  # built with the HTTP side's lifecycle (ocs.api.server)
+    loyalty: LoyaltyEngine | None = None  # with [loyalty] enabled: the spool's hook, payments' listener
+    scoring: Scoring | None = None  # customer scores: the API, the rescore on events, the daily duty
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
@@ -257,6 +271,12 @@ async def _write_spool(state: ServerState) -> None:
         else:
             outage.succeeded()
         await asyncio.sleep(settings.interval_seconds)
+
+
+async def _credit_loyalty(state: ServerState, interval_seconds: float) -> None:
+    """Credit the loyalty applications a crash or an outage left pending (ocs/loyalty/engine.py)."""
+    assert state.loyalty is not None
+    await state.loyalty.run(interval_seconds)
 
 
 async def _retain_spool(state: ServerState) -> None:
@@ -430,7 +450,14 @@ async def startup(state: ServerState) -> tuple[str, int]:
     spool_path.parent.mkdir(parents=True, exist_ok=True)
     state.database = await open_database(database_url(settings))
     await import_old_spool(state.database, spool_path)  # a file an older server wrote, copied in once
-    state.spool = Spool(state.database)
+    if settings.loyalty.enabled:
+        rules = load_loyalty_rules(settings.loyalty.rules)
+        state.loyalty = LoyaltyEngine(state.database, rules, state.store, state.events)
+        await state.loyalty.preload_members()
+        # Applications a crash left pending are credited at startup, then every interval.
+        interval = settings.loyalty.credit_interval_seconds
+        state.duties.register("loyalty_credit", lambda: _credit_loyalty(state, interval))
+    state.spool = Spool(state.database, on_stored=state.loyalty.usage_stored if state.loyalty is not None else None)
     state.line_status = LineStatusMirror(state.database, clock=time.time)
     state.events.subscribe(state.line_status.on_account_event)  # review 13 L5
     state.audit_trail = AuditTrail(state.database, spool_path.parent / FALLBACK_FILE_NAME, state.metrics.registry)
@@ -448,6 +475,11 @@ async def startup(state: ServerState) -> tuple[str, int]:
     state.duties.register("bill_documents", lambda: _deliver_documents(state))
     # Dunning is built with the HTTP side's lifecycle (ocs.api.server); the loop waits for it.
     state.duties.register("dunning", lambda: run_dunning_daily(state))
+    scoring = state.scoring = Scoring(
+        state.database, load_scoring_rules(settings.scoring.rules), run_hour=settings.scoring.run_hour
+    )
+    state.events.subscribe(scoring.on_account_event)  # a status change rescores its customer at once
+    state.duties.register("scoring", scoring.daily)
     if state.worker is None:
         state.background += state.duties.run_directly()
     else:
@@ -485,6 +517,8 @@ async def _close_spool(state: ServerState) -> None:
             async with state.spool_drain():
                 await state.spool.drain_once(state.store, batch_size=state.settings.spool.batch_size)
     await state.spool.close()
+    if state.loyalty is not None:
+        await state.loyalty.settle()  # the last batches' credits (what fails stays pending)
 
 
 async def shutdown(state: ServerState) -> None:
@@ -504,6 +538,8 @@ async def shutdown(state: ServerState) -> None:
         await _bounded("spool", _close_spool(state), timeout)
     if state.line_status is not None:
         await _bounded("line status", state.line_status.drain(), timeout)
+    if state.scoring is not None:  # the rescores of status changes noted before the stop
+        await _bounded("scoring", state.scoring.drain(), timeout)
     if state.database is not None:
         await _bounded("database", state.database.dispose(), timeout)
     if state.store is not None:

@@ -248,6 +248,28 @@ class BillingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoyaltySettings:
+    """The loyalty engine (ocs/loyalty/engine.py): programmes evaluated on every usage record the
+    spool stores and on every payment, bonus credited into the balance engine."""
+
+    enabled: bool = False  # off until an operator has written the programmes
+    rules: str = "config/loyalty.toml"  # the programmes and their rules (ocs/loyalty/rules_load.py)
+    # How often applications left pending (a crash, Redis away) are credited again; a batch's
+    # credits are made at once after its commit, so this only bounds the wait after a failure.
+    credit_interval_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringSettings:
+    """Customer scores and segments (ocs/loyalty/scoring.py): loaded once, like the tariffs."""
+
+    rules: str = "config/scoring.toml"  # factors, weights, bands, segments (ocs/loyalty/scoring_load.py)
+    # The daily scoring of every customer: after the bill run (billing.run_hour), whose invoices
+    # are part of the spend and the payment behaviour it reads.
+    run_hour: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The processes of ``ocs serve`` (ocs/supervisor.py)."""
 
@@ -272,6 +294,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)
     billing: BillingSettings = field(default_factory=BillingSettings)
+    loyalty: LoyaltySettings = field(default_factory=LoyaltySettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
     shutdown_timeout_seconds: float = 5.0
 
 
@@ -466,9 +490,11 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
         (0 <= settings.lifecycle.identity_quarantine_days <= 36_600, "lifecycle.identity_quarantine_days", ""),
         (0 < settings.customers.inactivity_days <= 36_600, "customers.inactivity_days", ""),
         (0 <= settings.billing.run_hour <= 23, "billing.run_hour", " (an hour of the day, UTC: 0 to 23)"),
+        (0 <= settings.scoring.run_hour <= 23, "scoring.run_hour", " (an hour of the day, UTC: 0 to 23)"),
         (1 <= settings.billing.page_size <= 5_000, "billing.page_size", " (1 to 5,000)"),
         (settings.billing.documents_interval_seconds > 0, "billing.documents_interval_seconds", ""),
         (bool(settings.billing.issuer_name.strip()), "billing.issuer_name", " (empty)"),
+        (settings.loyalty.credit_interval_seconds > 0, "loyalty.credit_interval_seconds", ""),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):
@@ -505,7 +531,7 @@ def _read_file(path: Path | None) -> tuple[dict[str, object], str]:
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the TOML file (if given, else ``config/ocs.toml`` where ``find_data_file``
-    finds it), then the environment; a relative tariff, credit classes, catalog or dunning path is
+    finds it), then the environment; a relative tariff, credit classes, catalog, dunning, scoring or loyalty path is
     resolved the same way."""
     file_values, where = _read_file(path)
     hints = typing.get_type_hints(Settings)
@@ -544,6 +570,12 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     dunning = str(find_data_file(settings.billing.dunning))
     if dunning != settings.billing.dunning:
         settings = dataclasses.replace(settings, billing=dataclasses.replace(settings.billing, dunning=dunning))
+    loyalty = str(find_data_file(settings.loyalty.rules))
+    if loyalty != settings.loyalty.rules:
+        settings = dataclasses.replace(settings, loyalty=dataclasses.replace(settings.loyalty, rules=loyalty))
+    scoring = str(find_data_file(settings.scoring.rules))
+    if scoring != settings.scoring.rules:
+        settings = dataclasses.replace(settings, scoring=dataclasses.replace(settings.scoring, rules=scoring))
     return settings
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pypdfium2
 
 from ocs.billing.documents import DocumentRenderer, InvoiceFacts, Issuer, Recipient
-from ocs.billing.invoices import customer_bill, draft_amounts
-from ocs.billing.values import BillLine, DraftLine, InvoiceDraft, LineKind
+from ocs.billing.invoices import bill_line, customer_bill, invoice_amounts, line_rows
+from ocs.billing.values import DraftLine, InvoiceDraft, LineKind
 
 DEFAULT_OUT = Path("docs/invoice-example.png")
 DOTS_PER_INCH = 110  # a README-sized page: about 910 x 1290 pixels for A4
@@ -103,7 +103,8 @@ def example_facts() -> InvoiceFacts:
         catalog_version="2026-01",
         lines=lines,
     )
-    amounts = draft_amounts(draft)
+    stored = line_rows(draft, "EUR")
+    amounts = invoice_amounts(stored)
     row = {
         "invoice_id": "main-00000042",
         "number": "main-00000042",
@@ -120,9 +121,7 @@ def example_facts() -> InvoiceFacts:
         **amounts,
         "remaining_micros": amounts["total_micros"],
     }
-    bill_lines = [
-        BillLine(position=position, **line.model_dump()) for position, line in enumerate(draft.lines, start=1)
-    ]
+    bill_lines = [bill_line(row) for row in stored]
     return InvoiceFacts(
         bill=customer_bill(row, bill_lines, 0),
         recipient=Recipient(

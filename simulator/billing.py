@@ -408,7 +408,11 @@ class BillingCycle:
                 "for the run's accounts"
             )
         for payer in self.payers.values():
-            recorded = sum(_integer(p.get("amount_micros")) for p in await self.api.payments(payer.billing_account_id))
+            recorded = sum(
+                _integer(p.get("amount_micros"))
+                for p in await self.api.payments(payer.billing_account_id)
+                if p.get("source") != "deposit"  # a held deposit the OCS credited back at termination
+            )
             if recorded != payer.paid_micros:
                 self.ledger_problems.append(
                     f"billing account {payer.billing_account_id}: the simulator paid {payer.paid_micros} micros, "

@@ -157,6 +157,7 @@ WING_FORBIDDEN = {
     "billing": ("ocs.charging", "ocs.api", "ocs.cli", "ocs.app"),
     "charging": ("ocs.billing", "ocs.api", "ocs.cli", "ocs.app"),
     "customers": ("ocs.charging", "ocs.billing", "ocs.loyalty", "ocs.api", "ocs.cli", "ocs.app"),
+    "loyalty": ("ocs.charging", "ocs.api", "ocs.cli", "ocs.app"),
 }
 
 

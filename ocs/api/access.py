@@ -21,6 +21,8 @@ the route against ``PERMISSIONS``, keyed by method and route template, and answe
   audit (``GET /reports/ledger``) is read as the money audit is (admin, read-only);
 - dunning (``ocs.api.dunning``): staff read a billing account's history and the revenue report;
   admin and care record promises to pay; a run on demand and exemptions are the admin's;
+- scores (``ocs.api.scores``): a customer's score, its history and the segment movements are read
+  as customers are (staff);
 - applications and product orders (``/applications``, ``/productOrders``), and the status of a
   customer, a node or a line (``PUT .../status``, ``ocs.api.lifecycle``): as customers;
 - self-care: its own account only (the token names it): the profile, the balance, top-ups with a
@@ -109,6 +111,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("PUT", "/customers/{customer_id}/dunningExemption"): frozenset({Role.ADMIN}),  # never chased: not care's
     ("DELETE", "/customers/{customer_id}/dunningExemption"): frozenset({Role.ADMIN}),
     ("GET", "/reports/revenue"): _CUSTOMER_READERS,
+    ("GET", "/customers/{customer_id}/score"): _CUSTOMER_READERS,
+    ("GET", "/customers/{customer_id}/score-history"): _CUSTOMER_READERS,
+    ("GET", "/reports/segment-movements"): _CUSTOMER_READERS,
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
 _NOT_CHANGES = frozenset({("POST", "/rate")})

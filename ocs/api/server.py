@@ -26,7 +26,7 @@ they are applied.
 
 Money in answers comes twice: ``<name>_micros`` (integer) and ``<name>`` (decimal string).
 
-Endpoints (``{id}`` is an account id):
+Endpoints (the subscriber door's, ``/subscribers`` and ``/rate``, are ``ocs.api.subscribers``'s):
 
 ====== ================================ =====================================================
 GET    /health                          200 ``{"status": "ok"}`` when Redis answers, else 503
@@ -35,30 +35,6 @@ GET    /audit[?sessions_ended=true]     the money audit (balance.audit) with the
                                         totals: {"ok", "accounts", "spool_records", "findings"}
 GET    /audit-trail?since=&until=       the audit trail, oldest first: {"records": [...]};
        &account=&actor=&limit=          actor is a token's name or id; since/until ISO or epoch
-POST   /subscribers                     create: account_id, payment_type (prepaid|postpaid),
-                                        currency, credit_limit, parent_id, child_cap, status,
-                                        buckets [{kind, amount, services, valid_from,
-                                        valid_until, priority}], plan, customer_type
-                                        (mobile|fixed), name, identities [{kind, value}]; 201
-POST   /subscribers/load                CSV body (header line first; columns in
-                                        ``ocs.api.fields.CSV_COLUMNS``): one create per row,
-                                        in order; 200 with a result per row (line numbers)
-GET    /subscribers/{id}                profile and balance
-PUT    /subscribers/{id}/status         {"status": active|suspended|barred|terminated,
-                                        "reason"}; a customer's line or node: its own
-                                        status in the lifecycle (ocs.api.subscriber_status)
-POST   /subscribers/{id}/topups         {"id", "amount", "kind": main|bonus, "valid_until",
-                                        "payment_reference" (required with a self-care token)};
-                                        idempotent by id: 201 first, 200 ``replayed`` after,
-                                        409 if the id was applied with another amount or
-                                        the account is terminated
-POST   /subscribers/{id}/adjustments    {"id", "amount" (signed), "reason"}; idempotent by id
-                                        (409 for the id with another amount)
-POST   /subscribers/{id}/buckets        a bucket as in create; 201 with its ``bucket_id``
-GET    /subscribers/{id}/balance        the balance view alone
-GET    /rate?plan=&context=&units=...   what units would cost and why (also POST with JSON):
-POST   /rate                            plan, context, rating_group, service_identifier,
-                                        called, at, units; balances are not touched
 ====== ================================ =====================================================
 """
 
@@ -80,7 +56,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.audit import audit
 from balance.errors import BalanceScriptError, BalanceUnavailable
-from balance.types import MAX_SERVICE_UNITS, AccountStatus, BalanceView, BucketKind
 from ocs.api.access import OPEN_ROUTES, Actor, Unauthenticated, authenticate, authorize, is_change, route_key
 from ocs.api.audit_trail import AuditTrail
 from ocs.api.billing import DOCUMENT_PATH, bill_document
@@ -91,10 +66,10 @@ from ocs.api.bodies import (
     MAX_JSON_BODY_BYTES,
     error_response,
     expect_continue,
-    json_fields,
     json_value,
     read_body,
 )
+from ocs.api.changes import ACTOR, CHANGE, Change, actor_of, decode_csv, record_change
 from ocs.api.customers import ROUTES as CUSTOMER_ROUTES
 from ocs.api.customers import ProvisioningAccounts, Route, openapi_document
 from ocs.api.dunning import ROUTES as DUNNING_ROUTES
@@ -102,31 +77,20 @@ from ocs.api.dunning import extend_document as with_dunning_routes
 from ocs.api.fields import (
     SECONDS_PER_DAY,
     ApiError,
-    BadInput,
     Fields,
     Unavailable,
-    account_id_of,
-    parse_bucket,
     parse_instant,
-    parse_new_subscriber,
-    read_csv,
 )
 from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
 from ocs.api.interactions import Services as InteractionServices
 from ocs.api.interactions import extend_document
 from ocs.api.lifecycle import lifecycle_routes, lifecycle_shapes
 from ocs.api.orders import EngineLines, order_routes, order_shapes
-from ocs.api.provisioning import Applied, Provisioning
-from ocs.api.render import (
-    applied_json,
-    audited_balance,
-    money_json,
-    quote_json,
-    subscriber_json,
-    view_json,
-)
+from ocs.api.provisioning import Provisioning
+from ocs.api.scores import ROUTES as SCORE_ROUTES
+from ocs.api.scores import extend_document as with_score_routes
 from ocs.api.service_routes import ServiceRoute
-from ocs.api.subscriber_status import set_subscriber_status
+from ocs.api.subscribers import SubscriberDoor, add_subscriber_routes
 from ocs.billing.bill_runs import BillRuns
 from ocs.billing.corrections import Corrections
 from ocs.billing.delivery import bill_documents
@@ -146,10 +110,11 @@ from ocs.customers.orders import Orders
 from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
 from ocs.db.audit import AuditEntry
-from ocs.db.tokens import Role
+from ocs.loyalty.scoring import Scoring
+from ocs.loyalty.scoring_load import load_scoring_rules
 from ocs.metrics import Metrics
 from ocs.rating.book import TariffBook
-from ocs.rating.rate import RatingFailure, RatingInput, explain, format_money, load_book
+from ocs.rating.rate import load_book
 
 if TYPE_CHECKING:  # ocs.app starts this module's server: no import back at run time
     from ocs.app import ServerState
@@ -169,23 +134,10 @@ class ApiContext:
     audit_trail: AuditTrail
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What a state-changing handler did, for its audit record."""
-
-    resource_id: str | None
-    before: dict[str, object] | None
-    after: dict[str, object] | None
-    outcome: str = "applied"
-    detail: str = ""
-
-
 CONTEXT = web.AppKey("ocs_api", ApiContext)
 CUSTOMERS = web.AppKey("ocs_customers", Customers)  # the customer side (ocs.api.customers)
 ORDERS = web.AppKey("ocs_orders", Orders)  # product orders (ocs.api.orders)
 LIFECYCLE = web.AppKey("ocs_lifecycle", Lifecycle)  # customer, node and line status (ocs.api.lifecycle)
-_ACTOR = web.RequestKey("ocs_actor", Actor)  # the authenticated caller
-_CHANGE = web.RequestKey("ocs_change", Change)  # what its call changed
 
 
 def _url(scheme: str, address: tuple[str, int]) -> str:
@@ -259,21 +211,8 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/audit-trail", _audit_trail)
-    app.router.add_get("/subscribers/{account_id}", _show)
-    app.router.add_get("/subscribers/{account_id}/balance", _balance)
     app.router.add_get("/audit", _audit)
-    app.router.add_get("/rate", _rate)
-    with_body = [
-        ("POST", "/subscribers", _create),
-        ("POST", "/subscribers/load", _load),
-        ("PUT", "/subscribers/{account_id}/status", _status),
-        ("POST", "/subscribers/{account_id}/topups", _top_up),
-        ("POST", "/subscribers/{account_id}/adjustments", _adjust),
-        ("POST", "/subscribers/{account_id}/buckets", _add_bucket),
-        ("POST", "/rate", _rate),
-    ]
-    for method, path, handler in with_body:
-        app.router.add_route(method, path, handler, expect_handler=expect_continue)
+    add_subscriber_routes(app, SubscriberDoor(provisioning, book, state.database))
     rules = load_credit_rules(settings.customers.credit_classes_path)  # read once, here
     credit = CreditOffers(state.database, rules)
     app[CUSTOMERS] = Customers(state.database, ProvisioningAccounts(provisioning), credit=credit)
@@ -288,7 +227,10 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     _add_activation(app, state.database, provisioning, rules)
     state.dunning = Dunning(state.database, load_dunning_rules(settings.billing.dunning), app[LIFECYCLE])
     assert state.bill_runs is not None
-    _add_billing(app, state, state.dunning, state.bill_runs)
+    scoring = _scoring(state)
+    _add_billing(app, state, state.dunning, state.bill_runs, scoring)
+    for score_route in SCORE_ROUTES:
+        app.router.add_route(score_route.method, score_route.path, _service_handler(score_route, scoring))
     app.router.add_get("/openapi.json", _openapi)
     return app
 
@@ -395,7 +337,7 @@ async def _errors_and_metrics(request: web.Request, handler: Handler) -> web.Str
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     response, code, message = await _answer(request, route, handler)
-    actor = request.get(_ACTOR)
+    actor = request.get(ACTOR)
     if isinstance(actor, Actor) and route != "unmatched" and is_change(request.method, route):
         await _record(request, actor, route, response.status, code, message)
     request.app[CONTEXT].metrics.http_finished(route, request.method, response.status, time.perf_counter() - started)
@@ -438,14 +380,14 @@ async def _authorize(request: web.Request, route: str) -> None:
         request.headers.get("Authorization"),
         care_adjust_limit_micros=context.state.settings.auth.care_adjust_limit_micros,
     )
-    request[_ACTOR] = actor
+    request[ACTOR] = actor
     if route != "unmatched":  # an unknown path or method is aiohttp's 404 or 405, for a known caller
         authorize(actor, request.method, route, request.match_info.get("account_id"))
 
 
 async def _record(request: web.Request, actor: Actor, route: str, status: int, code: str, message: str) -> None:
     """The call's audit record: what its handler said it changed, or the refusal."""
-    change = request.get(_CHANGE)
+    change = request.get(CHANGE)
     if not isinstance(change, Change):
         change = Change(request.match_info.get("account_id"), None, None, code or "applied", message)
     token = actor.token
@@ -464,22 +406,6 @@ async def _record(request: web.Request, actor: Actor, route: str, status: int, c
         detail=change.detail,
     )
     await request.app[CONTEXT].audit_trail.write(entry)
-
-
-def _changed(request: web.Request, change: Change) -> None:
-    request[_CHANGE] = change
-
-
-def _actor(request: web.Request) -> Actor:
-    return request[_ACTOR]  # _authorize ran: every route that calls this needs a token
-
-
-def _account(request: web.Request) -> str:
-    return account_id_of(request.match_info["account_id"])
-
-
-def _provisioning(request: web.Request) -> Provisioning:
-    return request.app[CONTEXT].provisioning
 
 
 # -- handlers -----------------------------------------------------------------------------------
@@ -536,165 +462,14 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-async def _create(request: web.Request) -> web.Response:
-    provisioning = _provisioning(request)
-    new = parse_new_subscriber(await json_value(request), default_plan=provisioning.default_plan)
-    view = await provisioning.create(new)
-    after = {**audited_balance(view), "plan": new.profile.plan, "payment_type": view.account.payment_type.value}
-    _changed(request, Change(view.account.account_id, None, after))
-    return web.json_response(
-        subscriber_json(new.profile, view), status=201, headers={"Location": f"/subscribers/{view.account.account_id}"}
-    )
-
-
-async def _show(request: web.Request) -> web.Response:
-    profile, view = await _provisioning(request).show(_account(request))
-    return web.json_response(subscriber_json(profile, view))
-
-
-async def _balance(request: web.Request) -> web.Response:
-    return web.json_response(view_json(await _provisioning(request).view(_account(request))))
-
-
-async def _status(request: web.Request) -> web.Response:
-    account_id = _account(request)
-    fields = await json_fields(request)
-    status = AccountStatus(fields.choice("status", [status.value for status in AccountStatus]))
-    reason = fields.text("reason", "")
-    fields.done()
-    actor = _actor(request).token.name
-    context = request.app[CONTEXT]  # a customer's line or node changes through its lifecycle
-    change = await set_subscriber_status(
-        context.database, context.provisioning, account_id, status, actor=actor, reason=reason
-    )
-    # The record names the reason, and every account under a company node that changed with it.
-    below = [f"{event.account_id} {event.previous.value}->{event.status.value}" for event in change.changed[1:]]
-    detail = "; ".join(part for part in (f"reason: {reason}" if reason else "", ", ".join(below)) if part)
-    after: dict[str, object] = {"status": change.view.account.status.value}
-    _changed(request, Change(account_id, {"status": change.previous.value}, after, detail=detail))
-    return web.json_response(
-        {
-            "account_id": account_id,
-            "previous_status": change.previous.value,
-            "status": change.view.account.status.value,
-            "reason": reason,
-            "changed_accounts": [event.account_id for event in change.changed],
-            "notified_sessions": change.notified_sessions,
-            "released_sessions": change.released_sessions,
-        }
-    )
-
-
-async def _top_up(request: web.Request) -> web.Response:
-    account_id = _account(request)
-    fields = await json_fields(request)
-    top_up_id = fields.text("id")
-    micros = fields.money("amount")
-    kind = BucketKind(fields.choice("kind", ("main", "bonus"), "main"))
-    valid_until = fields.epoch("valid_until")
-    payment_reference = fields.text("payment_reference", "")
-    fields.done()
-    if _actor(request).role is Role.SELF_CARE and not payment_reference.strip():
-        raise BadInput("payment_reference is required: a self-care top-up names the payment that funds it")
-    provisioning = _provisioning(request)
-    before = await provisioning.view(account_id)
-    applied = await provisioning.top_up(account_id, top_up_id, micros, kind, valid_until)
-    reference = f", payment reference {payment_reference}" if payment_reference else ""
-    _changed(request, _balance_change(before, applied, f"top-up {top_up_id} of {format_money(micros)}{reference}"))
-    body = applied_json(applied, top_up_id=top_up_id, **money_json("amount", micros))
-    if payment_reference:
-        body["payment_reference"] = payment_reference
-    return web.json_response(body, status=200 if applied.result.replayed else 201)
-
-
-async def _adjust(request: web.Request) -> web.Response:
-    account_id = _account(request)
-    fields = await json_fields(request)
-    adjustment_id = fields.text("id")
-    micros = fields.money("amount")
-    reason = fields.text("reason", "")
-    fields.done()
-    _actor(request).check_adjustment(micros)
-    provisioning = _provisioning(request)
-    before = await provisioning.view(account_id)
-    applied = await provisioning.adjust(account_id, adjustment_id, micros, reason)
-    _changed(
-        request, _balance_change(before, applied, f"adjustment {adjustment_id} of {format_money(micros)}: {reason}")
-    )
-    body = applied_json(applied, adjustment_id=adjustment_id, **money_json("amount", micros))
-    return web.json_response(body, status=200 if applied.result.replayed else 201)
-
-
-async def _add_bucket(request: web.Request) -> web.Response:
-    account_id = _account(request)
-    bucket = parse_bucket(await json_value(request), "body")
-    provisioning = _provisioning(request)
-    before = await provisioning.view(account_id)
-    applied = await provisioning.add_bucket(account_id, bucket)
-    _changed(request, _balance_change(before, applied, f"{bucket.kind.value} bucket #{applied.result.bucket_id}"))
-    return web.json_response(applied_json(applied), status=201)
-
-
-def _balance_change(before: BalanceView, applied: Applied, detail: str) -> Change:
-    outcome = "replayed" if applied.result.replayed else "applied"
-    after = audited_balance(applied.view)
-    return Change(before.account.account_id, audited_balance(before), after, outcome, detail)
-
-
-def _decode_csv(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8-sig")  # spreadsheet exports often start with a byte order mark
-    except UnicodeDecodeError as error:
-        raise BadInput(f"the file is not UTF-8 (byte {error.start})") from None
-
-
-async def _load(request: web.Request) -> web.Response:
-    """The file is checked whole (UTF-8, header) before any row is applied; decoding it runs in a
-    thread, and its rows are parsed a group at a time as they are applied (``Provisioning.load``),
-    so neither blocks the loop that answers CCRs nor holds every row in memory at once."""
-    text = await asyncio.to_thread(_decode_csv, await read_body(request))
-    results = await _provisioning(request).load(read_csv(text))
-    created = sum(1 for result in results if result.status == 201)
-    rows = [
-        {"line": result.line, "account_id": result.account_id, "status": result.status}
-        | ({"error": result.error} if result.error else {})
-        for result in results
-    ]
-    log.info("subscribers_loaded", rows=len(results), created=created)
-    summary: dict[str, object] = {"rows": len(results), "created": created, "failed": len(results) - created}
-    _changed(request, Change(None, None, summary, detail=f"bulk load of {len(results)} row(s)"))
-    return web.json_response(
-        {"rows": len(results), "created": created, "failed": len(results) - created, "results": rows}
-    )
-
-
-async def _rate(request: web.Request) -> web.Response:
-    context = request.app[CONTEXT]
-    fields = await json_fields(request) if request.method == "POST" else Fields(dict(request.query), "query")
-    plan = fields.text("plan", context.provisioning.default_plan)
-    rating_input = RatingInput(
-        service_context=fields.text("context"),
-        rating_group=fields.optional_integer("rating_group", maximum=2**32 - 1),
-        service_identifier=fields.optional_integer("service_identifier", maximum=2**32 - 1),
-        called_party=fields.text("called", "") or None,
-        at=fields.instant("at", datetime.now(UTC)),
-    )
-    units = fields.integer("units", maximum=MAX_SERVICE_UNITS)
-    fields.done()
-    quote = explain(context.book, plan, rating_input, units)
-    if isinstance(quote, RatingFailure):
-        return web.json_response({"error": quote.reason, "code": "rating_failed", "avp": quote.avp_name}, status=422)
-    return web.json_response(quote_json(quote))
-
-
 def _customer_handler(route: Route, customers: Customers) -> Handler:
     """A customer route (``ocs.api.customers``): its body read as every body is, its change audited."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await json_value(request) if route.body is not None else None
-        answer = await route.call(customers, request.match_info, request.query, body, _actor(request).token.name)
+        answer = await route.call(customers, request.match_info, request.query, body, actor_of(request).token.name)
         if is_change(request.method, route.path):
-            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
+            record_change(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
         headers = {"Location": answer.location} if answer.location else None
         return web.json_response(answer.body, status=answer.status, headers=headers)
 
@@ -733,12 +508,12 @@ def _service_handler(route: ServiceRoute[S, Any], services: S) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if route.csv_body:
-            body: object = await asyncio.to_thread(_decode_csv, await read_body(request))
+            body: object = await asyncio.to_thread(decode_csv, await read_body(request))
         else:
             body = await json_value(request) if route.body is not None else None
-        answer = await route.call(services, request.match_info, request.query, body, _actor(request).token.name)
+        answer = await route.call(services, request.match_info, request.query, body, actor_of(request).token.name)
         if is_change(request.method, route.path):
-            _changed(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
+            record_change(request, Change(answer.resource_id, None, answer.after, detail=answer.detail))
         headers = {"Location": answer.location} if answer.location else None
         return web.json_response(answer.body, status=answer.status, headers=headers)
 
@@ -762,17 +537,33 @@ async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
     shapes = (*order_shapes(), *lifecycle_shapes())
     document = extend_document(openapi_document(_OPEN_OPERATIONS, shapes))
-    return web.json_response(with_dunning_routes(with_billing_routes(document)))
+    return web.json_response(with_score_routes(with_dunning_routes(with_billing_routes(document))))
 
 
-def _add_billing(app: web.Application, state: ServerState, dunning: Dunning, bill_runs: BillRuns) -> None:
+def _scoring(state: ServerState) -> Scoring:
+    """The server's customer scoring (``ServerState.scoring``, built at startup with its duty and its
+    account-event subscription), else one of this HTTP side's own."""
+    found = getattr(state, "scoring", None)
+    if isinstance(found, Scoring):
+        return found
+    assert state.database is not None
+    scoring = state.settings.scoring
+    return Scoring(state.database, load_scoring_rules(scoring.rules), run_hour=scoring.run_hour)
+
+
+def _add_billing(
+    app: web.Application, state: ServerState, dunning: Dunning, bill_runs: BillRuns, scoring: Scoring
+) -> None:
     """Bills, payments, the bill run and the ledger (ocs.api.billing), dunning (ocs.api.dunning: a payment lifts
-    what dunning applied before it is answered); the author of a change is the token's name.
-    Bill documents come from the server's delivery consumer's store (one per process otherwise)."""
+    what dunning applied before it is answered, then rescores the customer: ocs.loyalty.scoring); the author of a
+    change is the token's name. Bill documents come from the server's delivery consumer's store (one per process
+    otherwise)."""
     database = state.database
     assert database is not None
     documents = getattr(state, "documents", None) or bill_documents(state.settings, database, DocumentRenderer())
-    payments = Payments(database, on_payment=(dunning.on_payment,))
+    loyalty = getattr(state, "loyalty", None)
+    listeners = (dunning.on_payment, scoring.on_payment) + ((loyalty.on_payment,) if loyalty is not None else ())
+    payments = Payments(database, on_payment=listeners)
     services = BillingServices(
         Invoices(database), payments, Corrections(database), Receivables(database), documents, bill_runs
     )

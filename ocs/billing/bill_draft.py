@@ -22,9 +22,10 @@ ids, each line's charges in this order:
 - usage: one line with the sum of the line's unbilled postpaid records before the cut (they are
   priced already: each record carries its micros; the facts hold them summed, ``LineUsage``),
   usage discounts, and the usage tax category.
-Then the account's pending adjustments, one ADJUSTMENT line each (no tax: an adjustment is an
-amount as the operator wrote it). A line's charges carry its ``node_id``: the invoice's subtotals
-per node (``ocs.billing.invoices``) follow from it.
+Then the customer's pending deposits on its own billing account, one untaxed DEPOSIT line each
+(``ocs.billing.deposits``), then the account's pending adjustments, one ADJUSTMENT line each (no
+tax: an adjustment is an amount as the operator wrote it). A line's charges carry its
+``node_id``: the invoice's subtotals per node (``ocs.billing.invoices``) follow from it.
 
 Speed (the bill run drafts thousands of accounts a second): a ``ChargeMemo`` computes each
 product's charge once for the accounts of a page that pay the same one, its explanation shared by
@@ -48,6 +49,7 @@ from pydantic import JsonValue
 from balance.types import PaymentType
 from ocs.billing.catalog import Catalog, Charge, Product, ProductKind, product_charge, usage_charge
 from ocs.billing.cycles import Period
+from ocs.billing.deposits import PendingDeposit, deposit_lines
 from ocs.billing.values import MAX_DRAFT_LINES, DraftLine, InvoiceDraft, LineKind
 from ocs.db.usage import LineUsage
 
@@ -106,6 +108,7 @@ class AccountFacts:
     lines: tuple[LineFacts, ...]  # in the order of their ids
     usage: Mapping[str, LineUsage]  # per line id: its unbilled postpaid records up to the cut, summed
     adjustments: tuple[PendingAdjustment, ...] = ()
+    deposits: tuple[PendingDeposit, ...] = ()  # the customer's, on its own billing account (ocs.billing.deposits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +282,7 @@ def draft_invoice(
     for line in facts.lines:
         if line.payment_type is PaymentType.POSTPAID:
             lines += line_charges(catalog, facts, line, period, memo)
+    lines += deposit_lines(facts.deposits)
     charged = sum(item.amount_micros + item.tax_micros for item in lines)
     adjustment_lines = [
         DraftLine.model_construct(
@@ -309,6 +313,7 @@ def draft_invoice(
         catalog_version=catalog_version,
         lines=[],
         adjustment_ids=[item.adjustment_id for item in facts.adjustments] if carried else [],
+        deposit_ids=[item.deposit_id for item in facts.deposits],
     )
     return head.model_copy(update={"lines": lines})
 

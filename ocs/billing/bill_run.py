@@ -26,6 +26,18 @@ takes only the records before its own cycle's end and numbers follow time. For e
    startup pass, and the start of every run) applies them, so each cut is applied exactly once
    and the line gets its credit back.
 
+Automatic garbage collection is paused for the run (``ocs.billing.collection_pause``: a page's
+objects, promoted while it lives, made CPython walk the whole heap every page or so).
+
+Steps 3 and 4 of a page's last pass run while the next page goes through steps 1 and 2 (its own
+accounts, lines and records: nothing the page being written touches), so SQLite's work in its
+thread and Redis's in its process overlap the drafting in Python. Commits keep the pages' order
+(a page's first commit waits for the previous page's), so numbers still follow the pages. Records
+billed meanwhile (``BillRunConflict``) make that one page drafted and written again, alone.
+
+After the last page, the final invoices dunning asked for (terminated accounts: their last
+cycle up to the termination date, billed at once; ``ocs.billing.final_invoices``).
+
 A cut the engine refuses (an unknown account, or amounts it does not hold: records that never
 went through this engine) is marked done with the engine's answer and reported, not retried: the
 one-ledger audit (``ocs.billing.ledger_audit``) names it. A prepaid rental the balance does not
@@ -37,11 +49,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -53,11 +65,14 @@ from ocs.billing.bill_draft import AccountFacts, ChargeMemo, LineFacts, draft_in
 from ocs.billing.bill_facts import PayingAccount, accounts_page, invoiced_periods, lines_of, pending_adjustments_of
 from ocs.billing.bill_statements import write_statements
 from ocs.billing.catalog import Catalog
+from ocs.billing.collection_pause import collect_young, paused_collection
 from ocs.billing.cycles import Period, cycle_containing, cycles_to_bill
+from ocs.billing.deposits import pending_deposits_of
+from ocs.billing.final_invoices import bill_final_invoices
 from ocs.billing.invoices import issue_many
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
-from ocs.db.bulk import execute_many, insert_of
+from ocs.db.bulk import execute_many, execute_many_values, insert_of
 from ocs.db.schema import utc_naive
 from ocs.db.usage import IDS_PER_STATEMENT, LineUsage, format_pools, parse_pools, unbilled_usage, usage_records
 
@@ -78,6 +93,15 @@ MARK_BILLED = (
         usage_records.c.invoice_id.is_(None),
     )
     .values(invoice_id=bindparam("invoice"))
+)
+MARK_NAMES = ("number", "record", "invoice")
+# On SQLite, one statement a line instead of one a record (its numbers and ids as JSON arrays):
+# each executemany step takes and gives back the GIL, which the drafting thread holds most of the
+# time, so ten steps an account cost more in waiting than SQLite spends on them.
+MARK_LINE_BILLED_SQLITE = (
+    "UPDATE usage_records SET invoice_id = ?"
+    " WHERE record_number IN (SELECT value FROM json_each(?))"
+    " AND record_id IN (SELECT value FROM json_each(?)) AND invoice_id IS NULL"
 )
 CUT_DONE = (
     update(bill_cuts)
@@ -104,7 +128,19 @@ class BillRunReport:
     rentals: int = 0  # prepaid rentals debited
     rentals_refused: int = 0  # prepaid rentals the balance did not cover (restrict): reported
     statements: int = 0
+    final_invoices: int = 0  # of terminated accounts (ocs.billing.final_invoices)
     problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DraftedPass:
+    """One pass of a page read and drafted, its engine steps done: what ``_write`` commits."""
+
+    todo: list[PayingAccount]  # the accounts not invoiced for their period yet
+    periods: dict[str, Period]
+    paid_lines: dict[str, list[LineFacts]]
+    drafts: list[tuple[InvoiceDraft, AccountFacts]]
+    rentals: list[dict[str, object]]  # rows for ``prepaid_rentals``
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,26 +215,52 @@ class BillRun:
         """Bill every account whose cycle closed by ``day`` (the module docstring)."""
         report = BillRunReport(day)
         await self.finish_pending_cuts(report)
-        after = ""
-        while True:
-            async with self.engine.connect() as connection:
-                page = await accounts_page(connection, after, self.chunk_size)
-            if not page:
-                return report
-            after = page[-1].billing_account_id
-            report.accounts += len(page)
-            for attempt in range(CONFLICT_RETRIES + 1):
-                try:
-                    await self._page(page, day, report)
-                    break
-                except BillRunConflict:
-                    if attempt == CONFLICT_RETRIES:
-                        raise
+        with paused_collection():
+            await self._pages(day, report)
+        await bill_final_invoices(self, day, report)
+        return report
 
-    async def _page(self, page: list[PayingAccount], day: date, report: BillRunReport) -> None:
+    async def _pages(self, day: date, report: BillRunReport) -> None:
+        """Page after page of accounts, each written while the next is drafted (module docstring)."""
+        after = ""
+        behind: asyncio.Task[None] | None = None  # the previous page's last pass, being written
+        try:
+            while True:
+                async with self.engine.connect() as connection:
+                    page = await accounts_page(connection, after, self.chunk_size)
+                if not page:
+                    break
+                after = page[-1].billing_account_id
+                report.accounts += len(page)
+                try:
+                    drafted = await self._page(page, day, report, behind)
+                except BillRunConflict:
+                    drafted = None
+                    if behind is not None:
+                        await behind
+                    await self._page_again(page, day, report)
+                if behind is not None:
+                    await behind
+                behind = None
+                if drafted is not None:
+                    behind = asyncio.create_task(self._finish_page(page, drafted, day, report))
+                collect_young()
+            if behind is not None:
+                await behind
+        except BaseException:
+            if behind is not None:  # never cut off in the middle: let it end, then report the first failure
+                await asyncio.gather(behind, return_exceptions=True)
+            raise
+
+    async def _page(
+        self, page: list[PayingAccount], day: date, report: BillRunReport, behind: asyncio.Task[None] | None
+    ) -> DraftedPass | None:
         """Each account's cycles to bill (``cycles_to_bill``: the last closed one, and those a run
         missed), in passes: the first bills every account's oldest such cycle, the next its
-        second, and so on, so a cycle's invoice only takes the records before its own end."""
+        second, and so on, so a cycle's invoice only takes the records before its own end. Every
+        pass but the last is written here (after ``behind``, the previous page's writing, so
+        commits keep the pages' order); the last is drafted and answered, for the caller to write
+        while it drafts the next page."""
         async with self.engine.connect() as connection:
             invoiced = await invoiced_periods(connection, [account.billing_account_id for account in page])
         newest: dict[str, date] = {}
@@ -211,21 +273,50 @@ class BillRun:
             for account in page
         }
         report.skipped += sum(1 for cycles in plans.values() if not cycles)
+        drafted: DraftedPass | None = None
         for index in range(max((len(cycles) for cycles in plans.values()), default=0)):
+            if drafted is not None:
+                if behind is not None:
+                    await behind
+                    behind = None
+                await self._write(drafted, report)
             todo = [account for account in page if len(plans[account.billing_account_id]) > index]
             periods = {account.billing_account_id: plans[account.billing_account_id][index] for account in todo}
-            await self._pass(todo, periods, day, report, invoiced if index == 0 else None)
+            drafted = await self._draft_pass(todo, periods, day, report, invoiced if index == 0 else None)
+        return drafted
 
-    async def _pass(
+    async def _finish_page(
+        self, page: list[PayingAccount], drafted: DraftedPass, day: date, report: BillRunReport
+    ) -> None:
+        """The page's last pass written; records billed meanwhile: the page drafted again."""
+        try:
+            await self._write(drafted, report)
+        except BillRunConflict:
+            await self._page_again(page, day, report)
+
+    async def _page_again(self, page: list[PayingAccount], day: date, report: BillRunReport) -> None:
+        """The page after a ``BillRunConflict``: drafted and written again, pass by pass (the
+        passes written already are found invoiced and skipped)."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                drafted = await self._page(page, day, report, None)
+                if drafted is not None:
+                    await self._write(drafted, report)
+                return
+            except BillRunConflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+
+    async def _draft_pass(
         self,
         page: list[PayingAccount],
         periods: dict[str, Period],
         day: date,
         report: BillRunReport,
         invoiced: set[tuple[str, date]] | None,
-    ) -> None:
-        """One period per account of ``page``: read, draft, engine steps, commit, cuts (module
-        docstring); ``invoiced``: the periods invoiced already, when just read."""
+    ) -> DraftedPass | None:
+        """One period per account of ``page``: read, draft and the engine steps (module
+        docstring), for ``_write``; ``invoiced``: the periods invoiced already, when just read."""
         async with self.engine.connect() as connection:
             if invoiced is None:
                 invoiced = await invoiced_periods(connection, list(periods))
@@ -236,10 +327,11 @@ class BillRun:
             ]
             report.skipped += len(page) - len(todo)
             if not todo:
-                return
+                return None
             paid_lines = await lines_of(connection, todo)
             usage = await self._usage(connection, todo, periods, paid_lines)
             pending = await pending_adjustments_of(connection, [item.billing_account_id for item in todo])
+            deposits_due = await pending_deposits_of(connection, [item.billing_account_id for item in todo])
             done_rentals = await self._rentals_recorded(connection, paid_lines, todo, day)
         drafts: list[tuple[InvoiceDraft, AccountFacts]] = []
         memo = ChargeMemo()
@@ -252,6 +344,7 @@ class BillRun:
                 lines=tuple(paid_lines.get(account.billing_account_id, ())),
                 usage=usage.get(account.billing_account_id, {}),
                 adjustments=tuple(pending.get(account.billing_account_id, ())),
+                deposits=tuple(deposits_due.get(account.billing_account_id, ())),
             )
             due = date.fromordinal(period.end.toordinal() - 1) + timedelta(days=self.payment_days)
             made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}", memo)
@@ -261,7 +354,21 @@ class BillRun:
                 drafts.append((made, facts))
         await self._renew(todo, periods, paid_lines, day, report)
         rentals = await self._debit_rentals(todo, day, paid_lines, done_rentals, report)
-        cuts = await self._commit(drafts, todo, periods, paid_lines, rentals, report)
+        return DraftedPass(todo, periods, paid_lines, drafts, rentals)
+
+    async def _write(self, drafted: DraftedPass, report: BillRunReport) -> None:
+        """A drafted pass committed, then its cuts applied (module docstring, steps 3 and 4)."""
+        cuts = await self._commit(
+            drafted.drafts, drafted.todo, drafted.periods, drafted.paid_lines, drafted.rentals, report
+        )
+        await self._apply_cuts(cuts, report)
+
+    async def commit_final(
+        self, draft: InvoiceDraft, facts: AccountFacts, account: PayingAccount, cycle: Period, report: BillRunReport
+    ) -> None:
+        """A final invoice (``ocs.billing.final_invoices``) committed and cut as a page's invoices are."""
+        paid = {account.billing_account_id: list(facts.lines)}
+        cuts = await self._commit([(draft, facts)], [account], {account.billing_account_id: cycle}, paid, [], report)
         await self._apply_cuts(cuts, report)
 
     async def _usage(
@@ -399,25 +506,22 @@ class BillRun:
         facts_of = {draft.billing_account_id: facts for draft, facts in drafts}
         async with self.engine.begin() as connection:
             batch = await issue_many(connection, [draft for draft, _ in drafts], now)
-            marks: list[dict[str, Any]] = []
+            marks: list[tuple[str, LineUsage]] = []  # (invoice, the line's records it bills)
             cut_rows: list[dict[str, object]] = []
             for draft, invoice_id in batch.issued:
                 usages = list(facts_of[draft.billing_account_id].usage.values())
-                marks += [
-                    {"number": number, "record": record_id, "invoice": invoice_id}
-                    for usage in usages
-                    for number, record_id in zip(usage.record_numbers, usage.record_ids, strict=True)
-                ]
+                marks += ((invoice_id, usage) for usage in usages if usage.record_ids)
                 cut_rows += cuts_of(invoice_id, usages, now)
+            records = sum(len(usage.record_ids) for _, usage in marks)
             issued_ids = [invoice_id for _, invoice_id in batch.issued]
-            if marks and await self._marked(connection, marks, issued_ids) != len(marks):
+            if records and await self._marked(connection, marks, issued_ids) != records:
                 raise BillRunConflict("records were billed meanwhile")
             await execute_many(connection, insert_of(bill_cuts), cut_rows)
             await execute_many(connection, insert_of(prepaid_rentals), rentals)
             report.statements += await write_statements(connection, todo, periods, paid_lines, now)
         report.invoices += len(batch.issued)
         report.skipped += len(batch.skipped)
-        report.records += len(marks)
+        report.records += records
         return [
             PendingCut(
                 str(row["cut_id"]), str(row["account_id"]), int(str(row["line_micros"])), parse_pools(str(row["pools"]))
@@ -426,12 +530,24 @@ class BillRun:
         ]
 
     @staticmethod
-    async def _marked(connection: AsyncConnection, marks: list[dict[str, Any]], invoice_ids: list[str]) -> int:
+    async def _marked(connection: AsyncConnection, marks: list[tuple[str, LineUsage]], invoice_ids: list[str]) -> int:
         """The records of ``marks`` marked billed by their invoice: how many were still free."""
-        marks.sort(key=lambda mark: mark["number"])  # the table's order: each page of it read once
-        changed = await execute_many(connection, MARK_BILLED, marks)
-        if connection.dialect.name == "sqlite":
-            return changed  # sqlite3's executemany sums the rows each update changed
+        if connection.dialect.name == "sqlite":  # sqlite3's executemany sums the rows each update changed
+            lines = [
+                (invoice_id, json.dumps(usage.record_numbers), json.dumps(usage.record_ids))
+                for invoice_id, usage in sorted(marks, key=lambda mark: mark[1].record_numbers[0])
+            ]
+            return int((await connection.exec_driver_sql(MARK_LINE_BILLED_SQLITE, lines)).rowcount)
+        await execute_many_values(
+            connection,
+            MARK_BILLED,
+            MARK_NAMES,
+            [
+                (number, record_id, invoice_id)
+                for invoice_id, usage in marks
+                for number, record_id in zip(usage.record_numbers, usage.record_ids, strict=True)
+            ],
+        )
         billed = 0
         for start in range(0, len(invoice_ids), IDS_PER_STATEMENT):
             counted = await connection.execute(

@@ -19,6 +19,7 @@ take effect from a day's start, as the bill run gives them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date
 
@@ -85,6 +86,7 @@ def _month_shift(year: int, month: int, months: int) -> tuple[int, int]:
     return index // MONTHS_PER_YEAR, index % MONTHS_PER_YEAR + 1
 
 
+@functools.lru_cache(maxsize=4_096)  # the bill run asks it for every account of a page, about the same few days
 def cycle_containing(cycle_day: int, day: date) -> Period:
     """The bill cycle [start, end) of an account with ``cycle_day`` that holds ``day``."""
     check_cycle_day(cycle_day)

@@ -38,8 +38,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from pydantic import JsonValue
 
+from ocs.billing.minor_units import MICROS_PER_UNIT, exponent
 from ocs.billing.values import BillLine, CustomerBill, LineKind
-from ocs.rating.rate import format_money
 
 TEMPLATE_PACKAGE = "ocs.billing"
 
@@ -88,11 +88,13 @@ class InvoiceFacts:
 
 
 def money_text(micros: int, currency: str) -> str:
-    """Integer micros as the amount printed, exactly: thousands grouped, 2 to 6 decimals, and the
-    currency: ``-1234567891`` -> ``-1,234.567891 EUR``."""
-    whole, _, fraction = format_money(micros).lstrip("-").partition(".")
+    """Integer micros as the amount printed, exactly: thousands grouped, at least the currency's
+    decimals (ISO 4217: 2 for EUR, none for JPY; ``ocs.billing.minor_units``) and at most 6, and
+    the currency: ``-1234567891`` -> ``-1,234.567891 EUR``, ``1235000000`` -> ``1,235 JPY``."""
+    whole, fraction = divmod(abs(micros), MICROS_PER_UNIT)
+    digits = f"{fraction:06d}".rstrip("0").ljust(exponent(currency), "0")
     sign = "-" if micros < 0 else ""
-    return f"{sign}{int(whole):,}.{fraction} {currency}"
+    return f"{sign}{whole:,}{'.' if digits else ''}{digits} {currency}"
 
 
 # Labels of the explanation fields the bill run writes (records, units, rate, period, discount);

@@ -3,10 +3,13 @@ lift when a payment brings the overdue amount down, promises to pay and exemptio
 
 Theory of operation: ``run(D)`` first finishes every step a crash left unfinished (``resume``),
 then looks at every billing account with an unpaid invoice due before D
-(``dunning_records.overdue_accounts``) and asks ``receivables.overdue_in`` what it owes past due
-at D, disputed amounts held out. Nothing is done for an account whose overdue amount is all
-disputed, whose customer is exempt (by flag, ``dunning_exemptions``, or by a segment the dunning
-file lists), or that promised to pay on or after D. Otherwise its customer's credit class chooses
+(``dunning_records.overdue_accounts``, read in pages of ``page_size`` by id, each page starting
+after the last id of the one before: keyset pagination, so the run holds one page in memory and
+an account whose steps change during the run is neither skipped nor seen twice) and asks
+``receivables.overdue_in`` what it owes past due at D, disputed amounts held out. Nothing is
+done for an account whose overdue amount is all disputed, whose customer is exempt (by flag,
+``dunning_exemptions``, or by a segment the dunning file lists), or that promised to pay on or
+after D. Otherwise its customer's credit class chooses
 the ladder (``ocs.billing.dunning_rules``); the days past due count from the oldest unpaid due
 date, which also names the *episode*; every step due at those days and that amount and not yet
 recorded in the episode is applied, in ladder order, each once:
@@ -14,7 +17,8 @@ recorded in the episode is applied, in ladder order, each once:
 1. one transaction: the step row (who: the oldest overdue invoice, the days and the amount: its
    reason), and, for a letter, the reminder rendered into the delivery outbox (kind ``reminder``;
    the step is finished in the same commit), for a terminate, a ``final_invoice_requested`` event
-   for the bill run (TODO(bill run): consume it and issue the final invoice at once);
+   with the termination date (the run's) for the bill run, whose next run bills the account's
+   last cycle up to that date at once (``ocs.billing.final_invoices``);
 2. a restrict, bar or terminate goes through the customer lifecycle
    (``ocs.customers.lifecycle``), with reason category ``collections``: the customer's status, or
    the paying company node's when the billing account belongs to a node; the lifecycle pushes it
@@ -30,7 +34,10 @@ finishes its own step, so the effect happens once. A rerun of D finds every due 
 and does nothing new.
 
 The lift (``on_payment``, a ``Payments`` listener called after the payment's commit, and a pass of
-every run for a lift a crash missed): when the overdue amount is below the ladder's lift threshold
+every run for a lift a crash missed): on the payment's day (``PaymentOutcome.as_of``, the billing
+calendar's date the overdue amount was measured on, as a run's ``D`` is; never this process's
+clock, which may be the host's while the calendar is another), when the overdue amount is below
+the ladder's lift threshold
 (``Ladder.lift_below_micros``), every restrict and bar dunning applied and has not lifted is
 lifted at once: a lift row per step (recorded, then applied, then finished, as a step is) and one
 resume through the lifecycle, which RARs live sessions so their next request gets a normal grant.
@@ -70,6 +77,7 @@ log = structlog.get_logger("ocs.billing.dunning")
 AUTHOR = "dunning"  # the lifecycle's author of every change dunning makes: how a lift knows its own
 REMINDER = "reminder"
 FINAL_INVOICE_REQUESTED = "final_invoice_requested"
+DEFAULT_PAGE_SIZE = 1_000  # overdue accounts read at once: the run's memory is one page, however many owe
 _STATUS_OF = {Action.RESTRICT: TargetStatus.SUSPENDED, Action.BAR: TargetStatus.BARRED}
 _STATUS_OF[Action.TERMINATE] = TargetStatus.TERMINATED
 _OWN_STATUS = {
@@ -80,12 +88,21 @@ _OWN_STATUS = {
 
 class Dunning:
     def __init__(
-        self, engine: AsyncEngine, rules: DunningRules, lifecycle: Lifecycle, *, clock: Callable[[], float] = time.time
+        self,
+        engine: AsyncEngine,
+        rules: DunningRules,
+        lifecycle: Lifecycle,
+        *,
+        clock: Callable[[], float] = time.time,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> None:
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, not {page_size}")
         self.engine = engine
         self.rules = rules
         self.lifecycle = lifecycle
         self.clock = clock
+        self.page_size = page_size
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -96,19 +113,26 @@ class Dunning:
         """Every due step of every overdue account applied once (see the module docstring)."""
         counts: dict[str, int] = {"resumed": await self.resume()}
         by_action: dict[str, int] = {}
-        async with self.engine.connect() as connection:
-            accounts = await records.overdue_accounts(connection, day)
-        for account in accounts:
-            try:
-                verdict = await self._account(account, day, by_action)
-            except Exception:  # Redis down, a database hiccup: the next run (or resume) finishes it
-                log.exception("dunning_account_failed", billing_account_id=account.billing_account_id)
-                verdict = "failed"
-            counts[verdict] = counts.get(verdict, 0) + 1
+        overdue = 0
+        after = ""
+        while True:
+            async with self.engine.connect() as connection:
+                accounts = await records.overdue_accounts(connection, day, after, self.page_size)
+            if not accounts:
+                break
+            after = accounts[-1].billing_account_id
+            overdue += len(accounts)
+            for account in accounts:
+                try:
+                    verdict = await self._account(account, day, by_action)
+                except Exception:  # Redis down, a database hiccup: the next run (or resume) finishes it
+                    log.exception("dunning_account_failed", billing_account_id=account.billing_account_id)
+                    verdict = "failed"
+                counts[verdict] = counts.get(verdict, 0) + 1
         lifted = await self._lift_pass(day)
         result = DunningRunResult(
             date=day,
-            accounts_overdue=len(accounts),
+            accounts_overdue=overdue,
             steps_applied=sum(by_action.values()),
             steps_by_action=by_action,
             held_by_disputes=counts.get("held", 0),
@@ -178,6 +202,7 @@ class Dunning:
                     "billing_account_id": values["billing_account_id"],
                     "customer_id": values["customer_id"],
                     "dunning_step_id": step_id,
+                    "termination_date": str(values["run_date"]),  # a date: ISO 8601
                     "reason": f"dunning: terminated at {values['days_past_due']} days past due",
                 }
                 await connection.execute(
@@ -268,7 +293,7 @@ class Dunning:
         """The ``Payments`` listener: lift at once when the payment brought the overdue amount down."""
         if outcome.replayed:
             return
-        await self.lift(outcome.payment.billing_account_id, outcome.overdue_after_micros, self._now().date())
+        await self.lift(outcome.payment.billing_account_id, outcome.overdue_after_micros, outcome.as_of)
 
     async def lift(self, billing_account_id: str, overdue_micros: int, day: date) -> int:
         """Lift what dunning applied on the account when ``overdue_micros`` is below the ladder's
@@ -328,14 +353,18 @@ class Dunning:
 
     async def _lift_pass(self, day: date) -> int:
         """Lift what a payment should have lifted when its listener did not run (a crash)."""
-        async with self.engine.connect() as connection:
-            accounts = sorted({step.billing_account_id for step in await records.enforcing(connection)})
         lifted = 0
-        for account in accounts:
+        after = ""
+        while True:
             async with self.engine.connect() as connection:
-                overdue = await overdue_in(connection, account, day)
-            lifted += await self.lift(account, overdue.amount_micros, day)
-        return lifted
+                accounts = await records.enforcing_accounts(connection, after, self.page_size)
+            if not accounts:
+                return lifted
+            after = accounts[-1]
+            for account in accounts:
+                async with self.engine.connect() as connection:
+                    overdue = await overdue_in(connection, account, day)
+                lifted += await self.lift(account, overdue.amount_micros, day)
 
     # -- promises and exemptions ----------------------------------------------------------------
 

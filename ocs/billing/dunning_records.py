@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import ColumnElement, and_, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -117,9 +117,10 @@ def step_of(row: Any) -> DunningStep:
     return DunningStep.model_validate(values)
 
 
-async def overdue_accounts(connection: AsyncConnection, day: date) -> list[Any]:
+async def overdue_accounts(connection: AsyncConnection, day: date, after: str, limit: int) -> list[Any]:
     """Billing accounts with an unpaid invoice due before ``day``, with what the run needs of the
-    customer: credit class, segment, node, exemption."""
+    customer: credit class, segment, node, exemption; a page of at most ``limit`` by id, from the
+    first after ``after`` (keyset pagination: ``""`` for the first page, then the page's last id)."""
     overdue = exists().where(
         and_(
             invoices.c.billing_account_id == billing_accounts.c.billing_account_id,
@@ -139,8 +140,9 @@ async def overdue_accounts(connection: AsyncConnection, day: date) -> list[Any]:
         )
         .join(customers, customers.c.customer_id == billing_accounts.c.customer_id)
         .outerjoin(dunning_exemptions, dunning_exemptions.c.customer_id == customers.c.customer_id)
-        .where(overdue)
+        .where(overdue, billing_accounts.c.billing_account_id > after)
         .order_by(billing_accounts.c.billing_account_id)
+        .limit(limit)
     )
     return list((await connection.execute(query)).all())
 
@@ -199,19 +201,31 @@ async def unfinished_steps(engine: AsyncEngine) -> list[DunningStep]:
         return [step_of(row) for row in (await connection.execute(query)).all()]
 
 
-async def enforcing(connection: AsyncConnection, billing_account_id: str | None = None) -> list[DunningStep]:
-    """Restrict and bar steps applied and not lifted, oldest first (of one account, or of all)."""
+def _enforcing() -> ColumnElement[bool]:
+    """A restrict or bar step applied and not lifted."""
     lift = dunning_steps.alias("lift")
     lifted = exists().where(lift.c.lifts_step_id == dunning_steps.c.step_id)
-    condition = and_(
-        dunning_steps.c.action.in_(ENFORCING_ACTIONS),
-        dunning_steps.c.outcome == "applied",
-        ~lifted,
-    )
-    if billing_account_id is not None:
-        condition = and_(condition, dunning_steps.c.billing_account_id == billing_account_id)
+    return and_(dunning_steps.c.action.in_(ENFORCING_ACTIONS), dunning_steps.c.outcome == "applied", ~lifted)
+
+
+async def enforcing(connection: AsyncConnection, billing_account_id: str) -> list[DunningStep]:
+    """The account's restrict and bar steps applied and not lifted, oldest first."""
+    condition = and_(_enforcing(), dunning_steps.c.billing_account_id == billing_account_id)
     query = select(dunning_steps).where(condition).order_by(dunning_steps.c.step_id)
     return [step_of(row) for row in (await connection.execute(query)).all()]
+
+
+async def enforcing_accounts(connection: AsyncConnection, after: str, limit: int) -> list[str]:
+    """Billing accounts with a restrict or bar applied and not lifted: a page of ``limit`` ids
+    after ``after``, in order (as ``overdue_accounts``)."""
+    query = (
+        select(dunning_steps.c.billing_account_id)
+        .where(_enforcing(), dunning_steps.c.billing_account_id > after)
+        .group_by(dunning_steps.c.billing_account_id)
+        .order_by(dunning_steps.c.billing_account_id)
+        .limit(limit)
+    )
+    return list((await connection.execute(query)).scalars().all())
 
 
 async def last_lifecycle_step(connection: AsyncConnection, kind: str, entity_id: str) -> Any:

@@ -7,11 +7,14 @@ takes the billing account's lock, looks for the account's invoice of that period
 account, period start)`` is unique), and if there is one answers it and writes nothing: a rerun,
 or a race of two runs, issues a period once. Otherwise it draws the next number of the legal
 entity's series (gapless: a rollback gives the number back, ``ocs.billing.allocation``), stores
-the invoice with its amounts computed from its lines (subtotal = every line but discounts and
-taxes; discount = what discount lines take off; tax = each line's tax plus tax lines; total =
-subtotal - discount + tax, never negative), its lines, the pending adjustments it carries (marked
-billed by it), and an ``invoice_issued`` event in ``delivery_outbox``; then the account's credit
-(an earlier overpayment) pays what it can of the new bill. The invoice's id is its number.
+the invoice with its amounts computed from its lines, each amount and tax rounded to the
+currency's minor unit with the amounts as priced kept beside (``line_rows``; subtotal = every line
+but discounts and taxes; discount = what discount lines take off; tax = each line's tax plus tax
+lines; total = subtotal - discount + tax, never negative), its lines, the pending adjustments it
+carries (marked billed by it) and the deposits it charges (marked invoiced by it,
+``ocs.billing.deposits``), and an ``invoice_issued`` event in ``delivery_outbox``; then the
+account's credit (an earlier overpayment) pays what it can of the new bill. The invoice's id is
+its number.
 
 The caller may pass its own connection (``issue(draft, connection=...)``): then everything above
 is part of the caller's transaction, which the bill run uses to mark the usage records billed in
@@ -46,13 +49,14 @@ from ocs.billing.allocation import (
     lock_account,
     next_sequence,
 )
+from ocs.billing.deposits import mark_invoiced
+from ocs.billing.minor_units import round_to_minor_unit
 from ocs.billing.values import (
     BillingPeriod,
     BillLine,
     BillState,
     CustomerBill,
     CustomerBillList,
-    DraftLine,
     InvoiceDraft,
     LineKind,
     Money,
@@ -68,6 +72,7 @@ from ocs.db.schema import utc_aware, utc_naive
 MAX_LIST_ROWS = 1_000
 MAX_BATCH_DRAFTS = 5_000  # issue_many: the accounts' ids are one IN list (far below the drivers' limits)
 INVOICE_ISSUED = "invoice_issued"
+_NOT_SUBTOTAL = (LineKind.DISCOUNT.value, LineKind.TAX.value)
 
 
 class Issued(Closed):
@@ -83,12 +88,32 @@ class DeliveryEvent(Closed):
     created_at: datetime
 
 
-def draft_amounts(draft: InvoiceDraft) -> dict[str, int]:
-    """The invoice's subtotal, discount, tax and total from its lines (see the module docstring)."""
-    subtotal = sum(line.amount_micros for line in draft.lines if line.kind not in (LineKind.DISCOUNT, LineKind.TAX))
-    discount = -sum(line.amount_micros for line in draft.lines if line.kind is LineKind.DISCOUNT)
-    tax = sum(line.tax_micros for line in draft.lines) + sum(
-        line.amount_micros for line in draft.lines if line.kind is LineKind.TAX
+def line_rows(draft: InvoiceDraft, currency: str) -> list[dict[str, Any]]:
+    """The draft's lines as stored, by position: each amount and tax rounded to the currency's
+    minor unit (``ocs.billing.minor_units``), the amounts as priced kept beside them."""
+    return [
+        {
+            "position": position,
+            "kind": line.kind.value,
+            "description": line.description,
+            "node_id": line.node_id,
+            "line_id": line.line_id,
+            "explanation": line.explanation,
+            "amount_micros": round_to_minor_unit(line.amount_micros, currency),
+            "tax_micros": round_to_minor_unit(line.tax_micros, currency),
+            "priced_amount_micros": line.amount_micros,
+            "priced_tax_micros": line.tax_micros,
+        }
+        for position, line in enumerate(draft.lines, start=1)
+    ]
+
+
+def invoice_amounts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The invoice's subtotal, discount, tax and total from its (rounded) lines (module docstring)."""
+    subtotal = sum(row["amount_micros"] for row in rows if row["kind"] not in _NOT_SUBTOTAL)
+    discount = -sum(row["amount_micros"] for row in rows if row["kind"] == LineKind.DISCOUNT.value)
+    tax = sum(row["tax_micros"] for row in rows) + sum(
+        row["amount_micros"] for row in rows if row["kind"] == LineKind.TAX.value
     )
     return {
         "subtotal_micros": subtotal,
@@ -136,6 +161,15 @@ def customer_bill(row: dict[str, Any], lines: list[BillLine], held_micros: int) 
     )
 
 
+def bill_line(row: dict[str, Any]) -> BillLine:
+    """A stored line; one issued before amounts were rounded was priced as it stands."""
+    row.pop("invoice_id", None)
+    for priced, stored in (("priced_amount_micros", "amount_micros"), ("priced_tax_micros", "tax_micros")):
+        if row.get(priced) is None:
+            row[priced] = row[stored]
+    return BillLine.model_validate(row)
+
+
 async def read_bill(connection: AsyncConnection, invoice_id: str, *, with_lines: bool = True) -> CustomerBill | None:
     row = (await connection.execute(select(invoices).where(invoices.c.invoice_id == invoice_id))).first()
     if row is None:
@@ -143,10 +177,7 @@ async def read_bill(connection: AsyncConnection, invoice_id: str, *, with_lines:
     lines: list[BillLine] = []
     if with_lines:
         query = select(invoice_lines).where(invoice_lines.c.invoice_id == invoice_id).order_by(invoice_lines.c.position)
-        lines = [
-            BillLine.model_validate({key: value for key, value in line._mapping.items() if key != "invoice_id"})
-            for line in (await connection.execute(query)).all()
-        ]
+        lines = [bill_line(dict(line._mapping)) for line in (await connection.execute(query)).all()]
     held = await held_by_disputes(connection, [invoice_id])
     return customer_bill(dict(row._mapping), lines, held.get(invoice_id, 0))
 
@@ -181,28 +212,23 @@ class Invoices:
             bill = await read_bill(connection, found)
             assert bill is not None
             return Issued(bill=bill, created=False)
-        if draft_amounts(draft)["total_micros"] < 0:
-            raise CustomerRefusal(Problem.REFUSED, "lines", "the lines add up to less than zero; bill a credit note")
+        lines = line_rows(draft, account["currency"])
+        _check_total(lines)
         await self._check_adjustments(connection, draft)
         now = self._now()
         sequence = await next_sequence(connection, draft.legal_entity)
-        row = _invoice_row(draft, sequence, account["customer_id"], account["currency"], now)
+        row = _invoice_row(draft, sequence, account["customer_id"], account["currency"], now, lines)
         number = row["invoice_id"]
         await connection.execute(insert(invoices).values(**row))
-        if draft.lines:
-            await connection.execute(
-                insert(invoice_lines),
-                [
-                    {"invoice_id": number, "position": position, **line.model_dump(mode="json")}
-                    for position, line in enumerate(draft.lines, start=1)
-                ],
-            )
+        if lines:
+            await connection.execute(insert(invoice_lines), [{"invoice_id": number, **line} for line in lines])
         if draft.adjustment_ids:
             await connection.execute(
                 update(adjustments)
                 .where(adjustments.c.adjustment_id.in_(draft.adjustment_ids))
                 .values(invoice_id=number)
             )
+        await mark_invoiced(connection, draft.deposit_ids, number)
         await connection.execute(insert(delivery_outbox).values(**_issued_event(row, now)))
         await apply_credit(connection, draft.billing_account_id, now)
         bill = await read_bill(connection, number)
@@ -324,9 +350,11 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
     invoiced = {(row.billing_account_id, row.period_start) for row in existing}
     fresh = [draft for draft in drafts if (draft.billing_account_id, draft.period_start) not in invoiced]
     skipped = [draft for draft in drafts if (draft.billing_account_id, draft.period_start) in invoiced]
+    drafted = {
+        draft.billing_account_id: line_rows(draft, account_rows[draft.billing_account_id].currency) for draft in fresh
+    }
     for draft in fresh:
-        if draft_amounts(draft)["total_micros"] < 0:
-            raise CustomerRefusal(Problem.REFUSED, "lines", "the lines add up to less than zero; bill a credit note")
+        _check_total(drafted[draft.billing_account_id])
         await Invoices._check_adjustments(connection, draft)
     rows, lines, events, issued = [], [], [], []
     for series in sorted({draft.legal_entity for draft in fresh}):
@@ -334,14 +362,12 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
         last = await next_sequence(connection, series, len(of_series))
         for sequence, draft in enumerate(of_series, start=last - len(of_series) + 1):
             account = account_rows[draft.billing_account_id]
-            row = _invoice_row(draft, sequence, account.customer_id, account.currency, now)
+            of_draft = drafted[draft.billing_account_id]
+            row = _invoice_row(draft, sequence, account.customer_id, account.currency, now, of_draft)
             rows.append(row)
             number = row["invoice_id"]
             issued.append((draft, number))
-            lines += [
-                {"invoice_id": number, "position": position, **_line_row(line)}
-                for position, line in enumerate(draft.lines, start=1)
-            ]
+            lines += [{"invoice_id": number, **line} for line in of_draft]
             events.append(_issued_event(row, now))
     await execute_many(connection, insert_of(invoices), rows)
     await execute_many(connection, insert_of(invoice_lines), lines)
@@ -353,6 +379,7 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
                 .where(adjustments.c.adjustment_id.in_(draft.adjustment_ids))
                 .values(invoice_id=number)
             )
+        await mark_invoiced(connection, draft.deposit_ids, number)
     with_credit = await connection.execute(
         select(payments.c.billing_account_id)
         .where(payments.c.billing_account_id.in_([draft.billing_account_id for draft, _ in issued]))
@@ -364,21 +391,19 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
     return BatchIssued(issued, skipped)
 
 
-def _line_row(line: DraftLine) -> dict[str, object]:
-    return {
-        "kind": line.kind.value,
-        "description": line.description,
-        "node_id": line.node_id,
-        "line_id": line.line_id,
-        "explanation": line.explanation,
-        "amount_micros": line.amount_micros,
-        "tax_micros": line.tax_micros,
-    }
+def _check_total(lines: Sequence[dict[str, Any]]) -> None:
+    """Never a negative invoice, as priced or as rounded (a credit is a credit note)."""
+    rounded = sum(line["amount_micros"] + line["tax_micros"] for line in lines)
+    priced = sum(line["priced_amount_micros"] + line["priced_tax_micros"] for line in lines)
+    if min(rounded, priced) < 0:
+        raise CustomerRefusal(Problem.REFUSED, "lines", "the lines add up to less than zero; bill a credit note")
 
 
-def _invoice_row(draft: InvoiceDraft, sequence: int, customer_id: str, currency: str, now: datetime) -> dict[str, Any]:
+def _invoice_row(
+    draft: InvoiceDraft, sequence: int, customer_id: str, currency: str, now: datetime, lines: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     number = document_number(draft.legal_entity, sequence)
-    amounts = draft_amounts(draft)
+    amounts = invoice_amounts(lines)
     return {
         "invoice_id": number,
         "legal_entity": draft.legal_entity,

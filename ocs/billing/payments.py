@@ -11,7 +11,11 @@ All of it runs under the account's lock in one transaction: a refusal or a crash
 
 The outcome says what the payment changed for dunning (DESIGN.md "a payment of what is overdue
 lifts it at once"): the allocations made, the invoices it settled, and the account's overdue
-amount before and after (``ocs.billing.receivables.overdue``); the dunning lift reads it, and
+amount before and after (``ocs.billing.receivables.overdue``), measured on the payment's day
+(``payment_day``: the day the bank received it, ``received_at``, when the payment says, else
+today by the service's clock; the dunning run takes its day from the same billing calendar, so
+a lift is decided and recorded on the calendar's date, never on the host's); the dunning lift
+reads it (``as_of`` is that day), and
 ``on_payment`` subscribers (the dunning lift, ``ocs.billing.dunning``) are called with it after
 commit; one that returns an awaitable is awaited before the payment is answered, so a lift has
 reached the network when the caller hears of the payment.
@@ -96,6 +100,11 @@ def _replay_or_conflict(found: Any, amount_micros: int, kind: str) -> None:
         )
 
 
+def payment_day(new: NewPayment, now: datetime) -> date:
+    """The day a payment counts on (module docstring): when the bank received it, else today."""
+    return (new.received_at or now).astimezone(UTC).date()
+
+
 class Payments:
     def __init__(
         self,
@@ -114,9 +123,8 @@ class Payments:
     async def record_payment(self, new: NewPayment, author: str) -> PaymentOutcome:
         """The payment, once per reference, allocated (see the module docstring)."""
         now = self._now()
-        today = now.date()
         async with self.engine.begin() as connection:
-            outcome = await self._record(connection, new, author, now, today)
+            outcome = await self._record(connection, new, author, now, payment_day(new, now))
         if not outcome.replayed:
             log.info(
                 "payment_recorded",
@@ -149,6 +157,7 @@ class Payments:
                 settled_invoices=[],
                 overdue_before_micros=overdue,
                 overdue_after_micros=overdue,
+                as_of=today,
             )
         before = (await overdue_in(connection, new.billing_account_id, today)).amount_micros
         row = {
@@ -175,6 +184,7 @@ class Payments:
             settled_invoices=settled,
             overdue_before_micros=before,
             overdue_after_micros=after,
+            as_of=today,
         )
 
     async def payments(self, *, billing_account_id: str | None, limit: int, offset: int) -> PaymentList:

@@ -14,6 +14,14 @@ acknowledges (trims) exactly the records it read. So:
 - a restart finds the table where the migrations made it (``ocs.db.engine``);
 - a cancelled drain (shutdown) lets the batch in progress finish its commit and trims first.
 
+A hook (``StoredRecordsHook``, given by the process: the loyalty engine, ocs/loyalty/engine.py)
+runs inside each batch's transaction with the rows that batch newly stored, so what it writes
+(counters, rule applications) commits or rolls back with the records, and a batch read again
+stores nothing new and so shows the hook nothing twice. It returns what to run after the commit
+(the credits), which runs as soon as the batch has committed, before the acknowledgement; a
+failure there is logged, not the writer's (the hook keeps its own record of what is left to do).
+ocs/billing never imports the loyalty wing: the hook is a callable handed in.
+
 The records live in the business database, SQLite by default or PostgreSQL, so the bill run can
 mark them billed in the transaction that writes their invoice (``ocs.db.usage.mark_billed``). A
 spool file of an older server (``[spool] path``) is copied in at startup
@@ -57,7 +65,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TextIO, TypeVar
+from typing import Protocol, TextIO, TypeVar
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -76,6 +84,16 @@ CLOSE_WAIT_SECONDS = 5.0  # how long close waits for the batch in progress (its 
 MARK_BATCH = 1_000  # records an export marks per transaction, each after flushing its output
 
 R = TypeVar("R")
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+class StoredRecordsHook(Protocol):
+    """Called in a batch's transaction with the rows (``usage.row_of``) it newly stored; returns
+    what to run after the commit, or None."""
+
+    def __call__(
+        self, connection: AsyncConnection, rows: Sequence[dict[str, object]], /
+    ) -> Awaitable[AfterCommit | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +118,9 @@ class Spool:
     """The spool of usage records in the business database (``engine``); ``run`` one writer
     task, ``close`` it before disposing of the engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, on_stored: StoredRecordsHook | None = None) -> None:
         self.engine = engine
+        self.on_stored = on_stored
         self._drain_lock = asyncio.Lock()  # two drains at once would trim the same records twice
         # One transaction at a time from this spool: the writer's batches, retention's. (SQLite
         # would serialize them anyway, but by sleeping in its busy handler.)
@@ -179,9 +198,14 @@ class Spool:
 
     async def _store_and_acknowledge(self, store: BalanceStore, batch: list[tuple[str, list[UsageRecord]]]) -> int:
         rows = [usage.row_of(record) for _, records in batch for record in records]
-        stored = await self._insert(rows)
+        stored, after_commit = await self._insert(rows)
         self._records_written += stored
         self._duplicates_ignored += len(rows) - stored
+        if after_commit is not None:  # committed: its work does not wait for Redis to forget the rows
+            try:
+                await after_commit()
+            except Exception:  # the hook's own business: it keeps what is left to do
+                log.exception("spool_hook_after_commit_failed")
         # Only now, with the rows committed, may Redis forget them. A failure here (Redis gone)
         # leaves them in the outbox: the next drain reads them again and the insert ignores them.
         for chunk in _chunks(batch, CONCURRENT_REDIS_CALLS):
@@ -193,12 +217,21 @@ class Spool:
                 raise failure
         return stored
 
-    async def _insert(self, rows: list[dict[str, object]]) -> int:
-        """One transaction: insert the rows not already stored; returns how many were new."""
+    async def _insert(self, rows: list[dict[str, object]]) -> tuple[int, AfterCommit | None]:
+        """One transaction: insert the rows not already stored, and run the hook on those;
+        returns how many were new and the hook's after-commit work."""
         # A failure before COMMIT returned leaves the rows only in Redis (_transaction). (If the
         # COMMIT itself went through, the rows are stored; they were not acknowledged, so the
         # next drain finds them and the insert skips them.)
-        return await self._transaction(lambda connection: usage.store_records(connection, rows))
+        hook = self.on_stored
+        if hook is None:
+            return await self._transaction(lambda connection: usage.store_records(connection, rows)), None
+
+        async def store_and_evaluate(connection: AsyncConnection) -> tuple[int, AfterCommit | None]:
+            stored, new = await usage.store_new_records(connection, rows)
+            return stored, (await hook(connection, new) if new else None)
+
+        return await self._transaction(store_and_evaluate)
 
     async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[R]]) -> R:
         """``work`` in one transaction; rolled back if anything fails before COMMIT returns."""

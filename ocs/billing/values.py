@@ -50,6 +50,7 @@ class LineKind(enum.StrEnum):
     TAX = "tax"  # a tax not carried on a line's own tax_micros
     ADJUSTMENT = "adjustment"
     BUNDLE = "bundle"
+    DEPOSIT = "deposit"  # a credit class's deposit: untaxed, held, credited back at termination
 
 
 class BillState(enum.StrEnum):
@@ -81,6 +82,7 @@ class InvoiceDraft(Closed):
     catalog_version: Annotated[str, Field(min_length=1, max_length=64)]
     lines: list[DraftLine] = Field(max_length=MAX_DRAFT_LINES)
     adjustment_ids: list[EntityId] = Field(default_factory=list)  # pending adjustments this bill carries
+    deposit_ids: list[int] = Field(default_factory=list)  # pending deposits it charges (ocs.billing.deposits)
 
     @model_validator(mode="after")
     def _dates(self) -> InvoiceDraft:
@@ -109,8 +111,10 @@ class BillLine(Closed):
     description: str
     node_id: str | None
     line_id: str | None
-    amount_micros: int
+    amount_micros: int  # rounded to the currency's minor unit (ocs.billing.minor_units)
     tax_micros: int
+    priced_amount_micros: int  # as priced, before rounding: the rounding is amount_micros - priced_amount_micros
+    priced_tax_micros: int
     explanation: dict[str, JsonValue]
 
 
@@ -154,6 +158,7 @@ class PaymentSource(enum.StrEnum):
     API = "api"
     CLI = "cli"
     BANK_FILE = "bank_file"
+    DEPOSIT = "deposit"  # a held deposit credited back at termination (ocs.billing.deposits), never sent
 
 
 PaymentMethod = Literal["cash", "card", "direct_debit", "bank_transfer", "voucher"]
@@ -166,6 +171,12 @@ class NewPayment(Closed):
     method: PaymentMethod = "bank_transfer"
     received_at: datetime | None = None  # None: now
     source: PaymentSource = PaymentSource.API
+
+    @model_validator(mode="after")
+    def _source(self) -> NewPayment:
+        if self.source is PaymentSource.DEPOSIT:
+            raise ValueError("source: deposit credits are made by the billing wing at termination")
+        return self
 
 
 class Allocation(Closed):
@@ -196,6 +207,7 @@ class PaymentOutcome(Closed):
     settled_invoices: list[str]  # the invoices this call paid off
     overdue_before_micros: int
     overdue_after_micros: int
+    as_of: date  # the day both were measured on: the payment's (``payment_day``), which the lift uses
 
 
 class PaymentList(Closed):

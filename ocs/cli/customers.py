@@ -97,8 +97,9 @@ def _customer_add(
 
 def add_customer_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], client: argparse.ArgumentParser
-) -> None:
-    """``customer`` and ``line`` under ``commands``; ``client`` holds the API flags (--url, --token, ...)."""
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """``customer`` and ``line`` under ``commands``; ``client`` holds the API flags (--url, --token, ...).
+    Answers the ``customer`` command's actions, for the commands other modules add (``score``)."""
     customer = commands.add_parser("customer", help="create and show customers and their company trees")
     actions = customer.add_subparsers(dest="action", required=True)
     _customer_add(actions, client)
@@ -133,6 +134,7 @@ def add_customer_commands(
     _status_commands(actions, client, "customer", _print_customer)
     _status_commands(node_actions, client, "node", _print_node)
     _status_commands(line_actions, client, "line", _print_line)
+    return actions
 
 
 STATUS_OF_COMMAND = {"suspend": "suspended", "resume": "active", "bar": "barred", "terminate": "terminated"}

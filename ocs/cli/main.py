@@ -25,6 +25,7 @@ reads a data directory's business database.
     ocs note add|list ..., ocs ticket open|show|move ..., ocs report customers ... (``ocs.cli.interactions``)
     ocs payment add|load ..., ocs bill show|list|run|document ..., ocs dispute open|resolve ..., ocs report
     receivables|ledger (``ocs.cli.billing``); ``ocs dunning`` and ``ocs report revenue`` (``ocs.cli.dunning``)
+    ocs customer score ID [--history] and ocs report segments --from D --to D (``ocs.cli.scores``)
     ocs topup ACCOUNT AMOUNT --id ID [--bonus]
     ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
     ocs balance ACCOUNT
@@ -64,6 +65,7 @@ from ocs.cli.customers import add_customer_commands
 from ocs.cli.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
 from ocs.cli.dunning import add_dunning_commands
 from ocs.cli.interactions import add_interaction_commands, run_report_offline
+from ocs.cli.scores import add_score_commands, add_segment_report
 from ocs.cli.tokens import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
 from ocs.config import MAX_WORKERS, ConfigError, Settings, load_settings, unused_environment
 from ocs.db.engine import DatabaseUnavailable, database_url, open_database, sqlite_url
@@ -204,10 +206,12 @@ def _parser() -> argparse.ArgumentParser:
         help="print the report as JSON on stdout (progress and the text report go to stderr)",
     )
     _subscriber_commands(commands)
-    add_customer_commands(commands, _client_options())
+    customer_actions = add_customer_commands(commands, _client_options())
+    add_score_commands(customer_actions, _client_options())
     reports = add_interaction_commands(commands, _client_options())
     add_billing_commands(commands, reports, _client_options())
     add_dunning_commands(commands, reports, _client_options())
+    add_segment_report(reports, _client_options())
     add_token_commands(commands)
     client = _client_options()
     trail = commands.add_parser("audit-trail", parents=[client], help="who changed what, when (the audit trail)")

@@ -6,7 +6,10 @@ Theory of operation: an invoice is written once, with its lines and its delivery
 transaction (``ocs.billing.invoices``); afterwards only ``remaining_micros`` and ``state`` change,
 each time in the transaction that writes the allocation or credit note that changed them, so
 ``total = allocations + credit notes + remaining`` holds row by row (the ledger check,
-``ocs.billing.receivables``, verifies it). ``(billing_account_id, period_start)`` is unique: a
+``ocs.billing.receivables``, verifies it). A line's amount and tax are rounded to the currency's
+minor unit (``ocs.billing.minor_units``); ``priced_amount_micros`` and ``priced_tax_micros`` keep
+them as priced, so the rounding of each line is explicit (NULL on lines issued before rounding,
+which were stored as priced). ``(billing_account_id, period_start)`` is unique: a
 period is invoiced once, whoever races. ``number_series`` holds one counter row per series (a
 legal entity's invoices, and its credit notes): the counter moves in the transaction that inserts
 the document, so a rolled-back issue consumes no number and concurrent issuers queue on the row.
@@ -87,8 +90,10 @@ invoice_lines = Table(
     Column("kind", String(16), nullable=False),  # usage | rental | one_off | discount | tax | adjustment | bundle
     Column("description", Text, nullable=False),
     Column("explanation", JSON, nullable=False),  # records, units, rate, period, discount applied
-    Column("amount_micros", BigInteger, nullable=False),  # signed: a discount is negative
-    Column("tax_micros", BigInteger, nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),  # signed: a discount is negative; in minor units
+    Column("tax_micros", BigInteger, nullable=False),  # in minor units
+    Column("priced_amount_micros", BigInteger, nullable=True),  # before rounding (NULL: issued unrounded)
+    Column("priced_tax_micros", BigInteger, nullable=True),
 )
 
 payments = Table(

@@ -100,3 +100,21 @@ async def execute_many(connection: AsyncConnection, statement: Executable, rows:
         values = changed
     result = await connection.exec_driver_sql(sql, values)
     return int(result.rowcount)
+
+
+async def execute_many_values(
+    connection: AsyncConnection, statement: Executable, names: tuple[str, ...], rows: Sequence[Sequence[Any]]
+) -> int:
+    """``execute_many`` with each row the values of ``names`` in that order: no dict a row (the
+    bill run marks hundreds of thousands of records billed). Answers the rows changed."""
+    if not rows:
+        return 0
+    if connection.dialect.name != "sqlite":
+        return await execute_many(connection, statement, [dict(zip(names, row, strict=True)) for row in rows])
+    sql, order, processors, constants = _compile(statement, names, connection.dialect)
+    if constants or any(processors) or len(order) < 2:
+        return await execute_many(connection, statement, [dict(zip(names, row, strict=True)) for row in rows])
+    if order != names:  # the statement's placeholders in another order than the caller's values
+        reorder = itemgetter(*(names.index(name) for name in order))
+        rows = [reorder(row) for row in rows]
+    return int((await connection.exec_driver_sql(sql, rows)).rowcount)

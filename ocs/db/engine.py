@@ -13,6 +13,34 @@ power loss: ``ocs.billing.spool``) and runs ``migrate``.
 data, so an installed ``ocs`` carries them) on the engine's own connection, in one transaction:
 a migration that fails leaves the schema as it was. On PostgreSQL, several servers starting at
 once take turns through an advisory lock (``migrations/env.py``).
+
+Transactions on SQLite. Python's sqlite3 driver (under aiosqlite) by default runs in its legacy
+mode: it sends ``BEGIN`` itself, deferred, and only before an INSERT, UPDATE or DELETE. A
+transaction's reads before its first write then ran outside it (a writer that committed between
+them and the write went unseen: a lost update), and a ``SAVEPOINT`` before any write opened a
+transaction of its own that its ``RELEASE`` committed (the enclosing rollback did not undo it).
+A deferred ``BEGIN`` sent for every transaction would fix that and break concurrency instead: a
+transaction that reads and then writes holds a WAL snapshot, and if another connection of the
+pool committed meanwhile, its first write fails at once with ``SQLITE_BUSY_SNAPSHOT`` ("database
+is locked"), since the busy timeout does not apply to upgrading a read into a write. So the
+engine takes the job from the driver (SQLAlchemy's documented recipe: ``isolation_level = None``
+on the driver connection, and a ``begin`` listener that sends the ``BEGIN``):
+
+- a transaction opened with ``begin()`` (``engine.begin()``, every write path here) sends
+  ``BEGIN IMMEDIATE``: it takes the write lock first, waiting up to the busy timeout for the
+  writer before it, so what it reads stays true until it commits and its writes never fail on
+  an upgrade; writers take turns, as SQLite allows one at a time anyway;
+- a transaction SQLAlchemy opens by itself at the first statement of a connection used without
+  ``begin()`` (``engine.connect()``, the read paths) sends a deferred ``BEGIN``: a WAL reader,
+  one consistent snapshot, never waiting for a writer nor making one wait. Such a connection
+  must not write (its transaction is never committed here; a read path that wrote would be
+  rolled back). A statement sent with ``exec_driver_sql`` outside ``begin()`` counts as a
+  writer's: the safe side.
+
+The two are told apart by ``before_execute``, which runs before SQLAlchemy's own begin and marks
+the connection when a statement arrives outside a transaction; the mark is cleared at every
+check-out, so a failed statement cannot leave it for the next user. PostgreSQL keeps its driver's
+transactions (READ COMMITTED) and no listener.
 """
 
 from __future__ import annotations
@@ -33,6 +61,7 @@ from ocs.config import Settings
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DATABASE_FILE_NAME = "ocs.sqlite3"
 SQLITE_BUSY_TIMEOUT_MILLISECONDS = 10_000  # a writer waits this long for another's lock, then fails
+_READER = "ocs_sqlite_reader"  # connection info: the transaction about to begin is a reader's
 
 
 def database_url(settings: Settings) -> str:
@@ -47,14 +76,30 @@ def sqlite_url(directory: Path) -> str:
 
 
 def _sqlite_pragmas(connection: Any, record: object) -> None:
+    connection.isolation_level = None  # the driver sends no BEGIN: ``_sqlite_begin`` does
     cursor = connection.cursor()
+    # First: the journal mode may need the database's lock, worth waiting for as any other.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MILLISECONDS}")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
     # A commit here often precedes an act outside the database (the spool's acknowledgement that
     # deletes a record's only other copy, a Redis cut, a RAR): it must survive a power loss, which
     # WAL's default NORMAL does not promise; FULL syncs the WAL at each commit (ocs.billing.spool).
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MILLISECONDS}")
     cursor.close()
+
+
+def _sqlite_checkout(connection: Any, record: Any, proxy: object) -> None:
+    record.info.pop(_READER, None)
+
+
+def _sqlite_mark_reader(connection: Connection, *statement: object) -> None:
+    if not connection.in_transaction():  # SQLAlchemy is about to begin for this statement
+        connection.info[_READER] = True
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    reader = connection.info.pop(_READER, False)
+    connection.exec_driver_sql("BEGIN" if reader else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -64,6 +109,9 @@ def make_engine(url: str) -> AsyncEngine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "checkout", _sqlite_checkout)
+        event.listen(engine.sync_engine, "before_execute", _sqlite_mark_reader)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
 

@@ -9,8 +9,10 @@ client's own key (TMF622 ``externalId``): unique, so a re-submitted order finds 
 ``deposits`` is the outbox of deposits a credit class requires (``config/credit_classes.toml``
 ``deposit``): written with the order that first gives the customer a postpaid line (``order_id``),
 or with the line row when the operator adds it directly (``line_id``, ``ocs.customers.offers``), ``pending``
-until the billing wing invoices it (and marks it ``invoiced``). One per customer and credit class,
-so a re-run or a second order never asks for it twice. Amounts are integer micros.
+until the billing wing invoices it (and marks it ``invoiced``, with the invoice's id), held then,
+and ``credited`` back (or ``cancelled`` if never invoiced) at termination (``ocs.billing.deposits``).
+One per customer and credit class, so a re-run or a second order never asks for it twice. Amounts
+are integer micros.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ product_order_items = Table(
     Column("position", Integer, nullable=False),  # fulfilment order
     Column("action", String(16), nullable=False),
     Column("state", String(16), nullable=False),
-    Column("line_id", String(ID_LENGTH), nullable=True),  # the line it makes or acts on
+    Column("line_id", String(ID_LENGTH), nullable=True, index=True),  # the line it makes or acts on (bill facts)
     Column("payload", JSON, nullable=False),  # the item as submitted (its line ids assigned)
     Column("failure", Text, nullable=True),
     Column("completed_at", DateTime, nullable=True),
@@ -58,7 +60,8 @@ deposits = Table(
     Column("credit_class", String(8), nullable=False),
     Column("amount_micros", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
-    Column("state", String(16), nullable=False, index=True),  # pending | invoiced (the billing wing)
+    Column("state", String(16), nullable=False, index=True),  # pending | invoiced | credited | cancelled
+    Column("invoice_id", String(ID_LENGTH), nullable=True),  # the invoice that charged it (ocs.billing.deposits)
     Column("created_at", DateTime, nullable=False),
     UniqueConstraint("customer_id", "credit_class"),
 )

@@ -40,7 +40,14 @@ async def test_migrations_make_both_tables_and_run_again_as_nothing(engine: Asyn
         names = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
         revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     assert {"api_tokens", "audit_trail", "alembic_version"} <= names
-    assert revision == "0011"  # 0011: a line's deposit; 0010: deposits; 0009: dunning; 0008: the bill run
+    assert revision == "0016"  # 0016: loyalty; 0015: deposit invoiced; 0014: rounded lines; 0013: order items
+
+
+async def test_order_items_are_found_by_line_through_an_index(engine: AsyncEngine) -> None:
+    """The bill run's facts read each line's plan history by ``product_order_items.line_id``."""
+    async with engine.connect() as connection:
+        indexes = await connection.run_sync(lambda sync: inspect(sync).get_indexes("product_order_items"))
+    assert ["line_id"] in [index["column_names"] for index in indexes]
 
 
 async def test_an_unreachable_database_is_one_clear_error() -> None:

@@ -36,6 +36,8 @@ def _line(position: int, kind: LineKind, description: str, amount: int, tax: int
         line_id=more.get("line_id"),
         amount_micros=amount,
         tax_micros=tax,
+        priced_amount_micros=amount,
+        priced_tax_micros=tax,
         explanation=more.get("explanation", {}),
     )
 
@@ -111,6 +113,12 @@ def renderer() -> DocumentRenderer:
 )
 def test_money_is_printed_exactly_from_micros(micros: int, text: str) -> None:
     assert money_text(micros, "EUR") == text
+
+
+def test_money_is_printed_with_at_least_the_currencys_decimals() -> None:
+    assert money_text(1_235_000_000, "JPY") == "1,235 JPY"
+    assert money_text(1_235_000, "KWD") == "1.235 KWD"
+    assert money_text(423_210_000, "USD") == "423.21 USD"
 
 
 def test_the_html_has_every_line_under_its_node_with_subtotals_and_totals(renderer: DocumentRenderer) -> None:

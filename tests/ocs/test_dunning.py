@@ -10,7 +10,7 @@ itself applied. Invoices are issued directly (``Invoices.issue``), as the bill r
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -29,12 +29,13 @@ from ocs.billing.payments import Payments
 from ocs.billing.values import NewDispute, NewPayment
 from ocs.customers.lifecycle import Lifecycle
 from ocs.customers.service import Customers
+from ocs.customers.values import NewNode
 from ocs.db.billing import delivery_outbox
 from ocs.db.customers import customers as customer_rows
 from tests.ocs.billing_support import UNIT, Clock, draft
 from tests.ocs.postgres_support import business_database, postgresql_url
 from tests.ocs.test_customer_lifecycle import FailingAfter, asked, engine_status, line
-from tests.ocs.test_customers import ana, customers, provisioning
+from tests.ocs.test_customers import acme, ana, customers, provisioning
 
 __all__ = ["customers", "postgresql_url", "provisioning"]
 
@@ -255,3 +256,122 @@ async def test_a_lift_a_crash_missed_is_made_by_the_next_run(
     assert await engine_status(provisioning, "ana-1") is AccountStatus.SUSPENDED
     assert (await dunning.run(day(15))).lifted == 1
     assert await engine_status(provisioning, "ana-1") is AccountStatus.ACTIVE
+
+
+async def test_a_payment_is_measured_and_lifted_on_the_billing_calendars_date_not_the_hosts(
+    customers: Customers, database: AsyncEngine, lifecycle: Lifecycle, provisioning: Provisioning
+) -> None:
+    """As in the simulator: the host's clock is before the bills' due dates, the calendar (the
+    dunning run's date, the payments' received date) after them."""
+    host = Clock()
+    host.now = datetime(2026, 2, 1, 12, 0, tzinfo=UTC).timestamp()  # nothing is due yet by this clock
+    dunning = Dunning(database, RULES, lifecycle, clock=host)
+    account = await overdue_customer(customers, database)
+    await dunning.run(day(30))
+    assert await engine_status(provisioning, "ana-1") is AccountStatus.BARRED
+    payments = Payments(database, clock=host, on_payment=(dunning.on_payment,))
+    received = datetime.combine(day(31), datetime.min.time(), UTC)
+    partial = NewPayment(billing_account_id=account, reference="r-1", amount_micros=9 * UNIT, received_at=received)
+    outcome = await payments.record_payment(partial, "bank")
+    assert (outcome.as_of, outcome.overdue_after_micros) == (day(31), UNIT)
+    assert await engine_status(provisioning, "ana-1") is AccountStatus.BARRED  # 1.00 still overdue on day 31
+    rest = NewPayment(billing_account_id=account, reference="r-2", amount_micros=UNIT, received_at=received)
+    await payments.record_payment(rest, "bank")
+    assert await engine_status(provisioning, "ana-1") is AccountStatus.ACTIVE
+    lifts = [step for step in (await dunning.history(account)).steps if step.action == "lift"]
+    assert [(step.run_date, step.days_past_due, step.outcome) for step in lifts] == [(day(31), 31, "applied")] * 2
+
+
+async def test_the_run_reads_overdue_accounts_in_pages_and_dunns_each_once(
+    customers: Customers, database: AsyncEngine, lifecycle: Lifecycle, provisioning: Provisioning
+) -> None:
+    accounts = []
+    for number in range(5):  # two full pages of two and a last one of one
+        made = await customers.create_customer(ana(customer_id=f"ana{number}"))
+        await customers.add_line(f"ana{number}", line(f"ana{number}-1", f"49151000005{number:02d}"))
+        assert made.billing_account is not None
+        accounts.append(made.billing_account.billing_account_id)
+        await Invoices(database, clock=Clock()).issue(draft(accounts[-1], 1, 10))
+    dunning = Dunning(database, RULES, lifecycle, clock=Clock(), page_size=2)
+    result = await dunning.run(day(14))
+    assert (result.accounts_overdue, result.steps_by_action) == (5, {"letter": 5, "restrict": 5})
+    for account in accounts:
+        assert await actions(dunning, account) == [("letter", 14, "applied"), ("restrict", 14, "applied")]
+    payments = Payments(database)  # no listener: the run's lift pass, paged the same way, lifts them
+    for account in accounts:
+        await payments.record_payment(
+            NewPayment(billing_account_id=account, reference="r", amount_micros=10 * UNIT), "bank"
+        )
+    assert (await dunning.run(day(15))).lifted == 5
+    for number in range(5):
+        assert await engine_status(provisioning, f"ana{number}-1") is AccountStatus.ACTIVE
+
+
+async def overdue_node(customers: Customers, database: AsyncEngine) -> str:
+    """ACME whose Sales branch pays for its lines (s-1 in its North department, s-2) and has
+    January's bill unpaid; the head office's line h-1 is the company's. Sales' billing account."""
+    await customers.create_customer(acme())
+    spec = {"currency": "EUR", "bill_cycle_day": 1, "payment_method": "bank_transfer"}
+    sales = await customers.add_node("acme", NewNode(node_id="sales", name="Sales", billing_account=spec))
+    await customers.add_node("acme", NewNode(node_id="north", parent_node_id="sales", name="North", kind="department"))
+    await customers.add_line("acme", line("s-1", "4915100000601", node_id="north"))
+    await customers.add_line("acme", line("s-2", "4915100000602", node_id="sales"))
+    await customers.add_line("acme", line("h-1", "4915100000603"))
+    assert sales.billing_account is not None
+    await Invoices(database, clock=Clock()).issue(draft(sales.billing_account.billing_account_id, 1, 10))
+    return sales.billing_account.billing_account_id
+
+
+async def test_a_paying_nodes_overdue_bill_restricts_and_bars_the_lines_under_it_and_only_those(
+    customers: Customers, database: AsyncEngine, dunning: Dunning, provisioning: Provisioning
+) -> None:
+    account = await overdue_node(customers, database)
+
+    assert (await dunning.run(day(14))).steps_by_action == {"letter": 1, "restrict": 1}
+    history = (await dunning.history(account)).steps
+    assert [(step.action, step.target_kind, step.target_id) for step in history] == [
+        ("letter", "node", "sales"),
+        ("restrict", "node", "sales"),
+    ]
+    assert [await engine_status(provisioning, each) for each in ("s-1", "s-2", "h-1")] == [
+        AccountStatus.SUSPENDED,
+        AccountStatus.SUSPENDED,
+        AccountStatus.ACTIVE,
+    ]
+    assert (await customers.customer("acme")).status.value == "active"
+    assert (await dunning.run(day(30))).steps_by_action == {"letter": 1, "bar": 1}
+    assert [await engine_status(provisioning, each) for each in ("s-1", "s-2", "h-1")] == [
+        AccountStatus.BARRED,
+        AccountStatus.BARRED,
+        AccountStatus.ACTIVE,
+    ]
+    payments = Payments(database, on_payment=(dunning.on_payment,))
+    await payments.record_payment(
+        NewPayment(billing_account_id=account, reference="r", amount_micros=10 * UNIT), "bank"
+    )
+    assert [await engine_status(provisioning, each) for each in ("s-1", "s-2", "h-1")] == [AccountStatus.ACTIVE] * 3
+    assert [(step.action, step.outcome) for step in (await dunning.history(account)).steps][-2:] == [
+        ("lift", "applied"),
+        ("lift", "applied"),
+    ]
+
+
+async def test_a_paying_nodes_termination_ends_its_lines_and_asks_for_its_final_invoice(
+    customers: Customers, database: AsyncEngine, dunning: Dunning, provisioning: Provisioning
+) -> None:
+    account = await overdue_node(customers, database)
+    assert (await dunning.run(day(60))).steps_by_action == {"letter": 2, "restrict": 1, "bar": 1, "terminate": 1}
+    assert [outcome for _, _, outcome in await actions(dunning, account)] == ["applied"] * 5
+    assert [(await customers.line(each)).status.value for each in ("s-1", "s-2", "h-1")] == [
+        "terminated",
+        "terminated",
+        "active",
+    ]
+    assert await engine_status(provisioning, "h-1") is AccountStatus.ACTIVE
+    assert (await customers.customer("acme")).status.value == "active"
+    async with database.connect() as connection:
+        final = await connection.execute(
+            select(delivery_outbox.c.payload).where(delivery_outbox.c.kind == "final_invoice_requested")
+        )
+        assert [payload["billing_account_id"] for payload in final.scalars()] == [account]
+    assert (await dunning.run(day(61))).steps_applied == 0

@@ -11,16 +11,19 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ocs.billing.invoices import Invoices, draft_amounts
-from ocs.billing.values import BillState, DraftLine, LineKind
+from ocs.billing.invoices import Invoices, invoice_amounts, issue_many, line_rows
+from ocs.billing.ledger_audit import rounding_problems
+from ocs.billing.minor_units import minor_unit_micros, round_to_minor_unit
+from ocs.billing.payments import Payments
+from ocs.billing.values import BillState, DraftLine, LineKind, NewPayment
 from ocs.customers.service import CustomerRefusal, Problem
-from ocs.db.billing import BILLING_TABLES
+from ocs.db.billing import BILLING_TABLES, invoice_lines
 from ocs.db.billing import invoices as invoice_table
 from ocs.db.schema import metadata
-from tests.ocs.billing_support import UNIT, Clock, add_account, clock, database, draft
+from tests.ocs.billing_support import MOMENT, UNIT, Clock, add_account, clock, database, draft
 from tests.ocs.postgres_support import postgresql_url
 
 __all__ = ["clock", "database", "postgresql_url"]
@@ -50,7 +53,7 @@ async def test_amounts_come_from_the_lines_and_a_negative_bill_is_refused(databa
         DraftLine(kind=LineKind.DISCOUNT, description="10% off", amount_micros=-10 * UNIT, node_id="dept-a"),
         DraftLine(kind=LineKind.USAGE, description="calls", amount_micros=5 * UNIT, node_id="dept-a"),
     ]
-    assert draft_amounts(made.model_copy(update={"lines": lines})) == {
+    assert invoice_amounts(line_rows(made.model_copy(update={"lines": lines}), "EUR")) == {
         "subtotal_micros": 105 * UNIT,
         "discount_micros": 10 * UNIT,
         "tax_micros": 20 * UNIT,
@@ -132,3 +135,57 @@ async def test_the_migration_makes_the_billing_tables_as_they_are_defined(databa
 
     async with database.connect() as connection:
         assert await connection.run_sync(differences) == []
+
+
+def test_amounts_round_half_away_from_zero_to_the_currencys_minor_unit() -> None:
+    eur = [423_207_985, 423_205_000, 423_204_999, -5_000, -4_999, 0]
+    assert [round_to_minor_unit(micros, "EUR") for micros in eur] == [
+        423_210_000,
+        423_210_000,
+        423_200_000,
+        -10_000,
+        0,
+        0,
+    ]
+    assert round_to_minor_unit(1_234_500_000, "JPY") == 1_235_000_000  # no decimals
+    assert round_to_minor_unit(1_234_567, "KWD") == 1_235_000  # three
+    assert [minor_unit_micros(currency) for currency in ("USD", "JPY", "KWD", "CLF")] == [10_000, UNIT, 1_000, 100]
+
+
+async def test_an_invoice_is_in_minor_units_with_its_lines_as_priced_kept_and_paid_by_its_rounded_total(
+    database: AsyncEngine, clock: Clock
+) -> None:
+    await add_account(database, "ba-1")
+    usage = DraftLine(kind=LineKind.USAGE, description="calls", amount_micros=423_207_985, tax_micros=80_409_517)
+    discount = DraftLine(kind=LineKind.DISCOUNT, description="5% off", amount_micros=-21_160_399)
+    made = draft("ba-1", 1, 1).model_copy(update={"lines": [usage, discount]})
+    bill = (await Invoices(database, clock=clock).issue(made)).bill
+    assert [
+        (line.amount_micros, line.tax_micros, line.priced_amount_micros, line.priced_tax_micros) for line in bill.lines
+    ] == [(423_210_000, 80_410_000, 423_207_985, 80_409_517), (-21_160_000, 0, -21_160_399, 0)]
+    total = 423_210_000 - 21_160_000 + 80_410_000  # 482.46 EUR: the sum of the rounded lines
+    assert (bill.amount_due.value_micros, bill.tax_amount.value_micros) == (total, 80_410_000)
+    assert bill.tax_excluded_amount.value_micros == 402_050_000
+    paid = NewPayment(billing_account_id="ba-1", reference="r-1", amount_micros=total)
+    outcome = await Payments(database, clock=clock).record_payment(paid, "bank")
+    assert outcome.settled_invoices == [bill.id] and outcome.payment.unallocated_micros == 0
+    async with database.connect() as connection:
+        assert await rounding_problems(connection) == []
+
+
+async def test_the_bill_runs_batch_issues_in_the_accounts_currency_and_the_audit_finds_a_line_not_rounded(
+    database: AsyncEngine,
+) -> None:
+    await add_account(database, "ba-jpy", currency="JPY")
+    line = DraftLine(kind=LineKind.RENTAL, description="rental", amount_micros=1_234_500_000, tax_micros=246_900_000)
+    async with database.begin() as connection:
+        batch = await issue_many(connection, [draft("ba-jpy", 1, 1).model_copy(update={"lines": [line]})], MOMENT)
+    bill = await Invoices(database).bill(batch.issued[0][1])
+    assert (bill.lines[0].amount_micros, bill.lines[0].tax_micros) == (1_235_000_000, 247_000_000)
+    assert bill.amount_due.value_micros == 1_482_000_000
+    async with database.begin() as connection:
+        await connection.execute(update(invoice_lines).values(tax_micros=246_900_000))  # as priced: not in yen
+        assert await rounding_problems(connection) == [
+            f"invoice {bill.id} line 1: tax 246900000 micros is not 246900000 micros rounded to the JPY minor unit"
+            " (1000000 micros)"
+        ]

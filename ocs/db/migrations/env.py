@@ -10,6 +10,8 @@ from ocs.db import audit, customers, interactions, tokens
 from ocs.db import bill_run as bill_run_tables
 from ocs.db import billing as billing_tables
 from ocs.db import dunning as dunning_tables
+from ocs.db import loyalty as loyalty_tables
+from ocs.db import loyalty_scores as loyalty_score_tables
 from ocs.db import orders as order_tables
 from ocs.db import usage as usage_tables
 from ocs.db.schema import metadata
@@ -34,4 +36,6 @@ assert all(table.metadata is metadata for table in usage_tables.USAGE_TABLES)
 assert all(table.metadata is metadata for table in billing_tables.BILLING_TABLES)
 assert all(table.metadata is metadata for table in bill_run_tables.BILL_RUN_TABLES)
 assert all(table.metadata is metadata for table in dunning_tables.DUNNING_TABLES)
+assert all(table.metadata is metadata for table in loyalty_tables.LOYALTY_TABLES)
+assert all(table.metadata is metadata for table in loyalty_score_tables.LOYALTY_SCORE_TABLES)
 run(context.config.attributes["connection"])

@@ -1,0 +1,417 @@
+"""Loyalty programmes as values, and the pure evaluation of events against them.
+
+Theory of operation: a programme (TMF658 "loyalty program": an id, a name, validity dates and a
+budget in the currency) holds rules; a rule is "on an event of this kind, for a member passing
+these filters, move this counter; when its condition holds, take this action". Everything here is
+a frozen value or a pure function: ``evaluate`` takes the events, their members, the counters and
+the budgets' spending as they stand, and returns the counters and spending after, and the
+applications the rules made. The engine (``ocs.loyalty.engine``) loads those inputs from the
+business database and writes the outputs in the transaction that stored the events; a dry run
+(``ocs loyalty simulate``) can call the same function with counters of its own.
+
+Rules:
+- A member is a customer (``customers.customer_id``): the usage of every line of a company counts
+  towards the company's counters.
+- A counter is per (rule, member, period); a period is a calendar day or month in UTC, named by
+  its first day (``2026-12`` or ``2026-12-07``); the next period starts the counter from 0.
+- The counter counts events, units, or spend (micros) of the events the filters let through.
+- ``every`` N fires each time the counter passes a multiple of N (a spend counter may pass
+  several at once: the action is taken that many times); ``threshold`` T fires once per period,
+  when the counter goes from below T to T or more.
+- An event outside its programme's validity dates counts for nothing.
+- A programme with a budget makes no application that would take its spending past the budget
+  (the cost of bonus money is its amount; of an allowance its declared ``cost``; of a discount 0
+  until the bill run prices it); the counters still move.
+- An action worth nothing (5 % of a free record) makes no application.
+- The values made per record (events, members, matches, applications) are ``value_type``s:
+  immutable to the type checker without a frozen dataclass's cost per field at run time.
+- Rating discounts are part of the model only: the loader reads them, ``evaluate`` makes no
+  application for them (rating does not consult loyalty yet).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+
+from balance.types import BucketKind
+from balance.value_type import value_type
+
+BASIS_POINTS_PER_WHOLE = 10_000
+SECONDS_PER_DAY = 86_400
+
+CounterKey = tuple[str, str, str]  # (rule id, member id, period)
+
+
+class EventKind(enum.StrEnum):
+    USAGE = "usage"  # a committed usage record, as it leaves the outbox
+    PAYMENT = "payment"  # a payment recorded by billing
+    TOP_UP = "top_up"  # model only: not fed yet
+    LIFECYCLE = "lifecycle"  # model only
+    BIRTHDAY = "birthday"  # model only: a daily job will feed them
+    ANNIVERSARY = "anniversary"  # model only
+
+
+WIRED_EVENT_KINDS = frozenset({EventKind.USAGE, EventKind.PAYMENT})
+
+
+class Period(enum.StrEnum):
+    DAY = "day"
+    MONTH = "month"
+
+
+class Measure(enum.StrEnum):
+    EVENTS = "events"
+    UNITS = "units"
+    SPEND = "spend"  # micros
+
+
+class ConditionKind(enum.StrEnum):
+    EVERY = "every"
+    THRESHOLD = "threshold"
+
+
+class ActionKind(enum.StrEnum):
+    BONUS_MONEY = "bonus_money"
+    UNIT_ALLOWANCE = "unit_allowance"
+    INVOICE_DISCOUNT = "invoice_discount"
+    RATING_DISCOUNT = "rating_discount"  # model only (module docstring)
+
+
+class PercentOf(enum.StrEnum):
+    TRIGGER_SPEND = "trigger_spend"  # the micros of the event that fired the rule
+    COUNTED_SPEND = "counted_spend"  # the counter after the event (a spend counter's period total)
+
+
+class DiscountTarget(enum.StrEnum):
+    SERVICE = "service"  # the usage of one service on the next invoice
+    RENTALS = "rentals"  # the rentals of the next invoice
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which events count; an empty set lets everything through."""
+
+    services: frozenset[str] = frozenset()
+    segments: frozenset[str] = frozenset()
+    payment_types: frozenset[str] = frozenset()  # prepaid | postpaid
+    customer_kinds: frozenset[str] = frozenset()  # individual | organization
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    period: Period
+    measure: Measure
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    kind: ConditionKind
+    value: int  # N for every, T for threshold; in the counter's measure (micros for spend)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: ActionKind
+    amount_micros: int = 0  # bonus money: a fixed amount per firing
+    percent_basis_points: int = 0  # bonus money (instead of a fixed amount), discounts
+    percent_of: PercentOf | None = None  # bonus money given as a percent
+    unit_kind: BucketKind | None = None  # allowance: seconds | octets | events
+    units: int = 0  # allowance: units per firing
+    services: tuple[str, ...] = ()  # allowance: the services it serves (empty: every service of its unit)
+    expiry_days: int = 0  # bonus money and allowances: valid this many days from the event (0: no end)
+    cost_micros: int = 0  # allowance: what one firing costs the programme's budget
+    target: DiscountTarget | None = None  # invoice discount
+    service: str = ""  # invoice or rating discount of a service
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    rule_id: str
+    programme_id: str
+    event: EventKind
+    filters: Filters
+    counter: Counter
+    condition: Condition
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Programme:
+    programme_id: str
+    name: str
+    valid_from: date
+    valid_until: date | None  # the last day it counts (None: open-ended)
+    budget_micros: int | None  # None: no budget
+    rules: tuple[Rule, ...]
+    valid_from_seconds: int = field(init=False)
+    valid_until_seconds: int | None = field(init=False)  # exclusive
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "valid_from_seconds", _day_start(self.valid_from))
+        until = None if self.valid_until is None else _day_start(self.valid_until) + SECONDS_PER_DAY
+        object.__setattr__(self, "valid_until_seconds", until)
+
+    def valid_at(self, at_seconds: int) -> bool:
+        return self.valid_from_seconds <= at_seconds and (
+            self.valid_until_seconds is None or at_seconds < self.valid_until_seconds
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoyaltyRules:
+    programmes: Mapping[str, Programme]
+    rules: Mapping[str, Rule]
+
+    def for_event(self, kind: EventKind) -> tuple[Rule, ...]:
+        return tuple(rule for rule in self.rules.values() if rule.event is kind)
+
+
+@value_type
+class LoyaltyEvent:
+    """What a rule looks at: a usage record or a payment, made neutral."""
+
+    kind: EventKind
+    trigger_id: str  # the record id, or the event's own (a payment id, "birthday|C|2026")
+    member_id: str
+    line_id: str  # the balance account a credit goes to ("" : none known, nothing credited)
+    at_seconds: int
+    service: str = ""
+    units: int = 0
+    micros: int = 0
+    payment_type: str = ""
+
+
+@value_type
+class Member:
+    customer_id: str
+    kind: str  # individual | organization
+    segment: str | None
+
+
+@value_type
+class Application:
+    """One rule applied to one trigger: what to credit or record."""
+
+    rule_id: str
+    programme_id: str
+    member_id: str
+    line_id: str
+    trigger_id: str
+    trigger_kind: EventKind
+    action: ActionKind
+    at_seconds: int
+    amount_micros: int = 0  # bonus money
+    units: int = 0  # allowance
+    unit_kind: BucketKind | None = None
+    services: tuple[str, ...] = ()
+    valid_until: int = 0  # epoch seconds (0: no end)
+    cost_micros: int = 0  # what it took from the programme's budget
+    percent_basis_points: int = 0  # invoice discount
+    target: DiscountTarget | None = None
+    service: str = ""
+    applies_from: int = 0  # invoice discount: the next period, [from, until) epoch seconds
+    applies_until: int = 0
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """What ``evaluate`` decided: counters changed (values after), budgets' spending after, and
+    the applications, in event order; ``over_budget`` counts the applications a budget refused."""
+
+    counters: dict[CounterKey, int]
+    spent: dict[str, int]
+    applications: list[Application]
+    over_budget: int = 0
+
+
+# -- periods -----------------------------------------------------------------------------------
+
+
+def _day_start(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
+def period_of(period: Period, at_seconds: int) -> str:
+    """The period holding ``at_seconds`` (UTC), named by its first day."""
+    day = datetime.fromtimestamp(at_seconds, UTC)
+    return f"{day.year:04d}-{day.month:02d}" if period is Period.MONTH else f"{day.date().isoformat()}"
+
+
+def next_period_bounds(period: Period, at_seconds: int) -> tuple[int, int]:
+    """The period after the one holding ``at_seconds``: [start, end) in epoch seconds."""
+    day = datetime.fromtimestamp(at_seconds, UTC).date()
+    if period is Period.DAY:
+        start = _day_start(day) + SECONDS_PER_DAY
+        return start, start + SECONDS_PER_DAY
+    following = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    after = date(following.year + following.month // 12, following.month % 12 + 1, 1)
+    return _day_start(following), _day_start(after)
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+def admits(rule: Rule, event: LoyaltyEvent, member: Member) -> bool:
+    """Whether the rule's filters let this member's event through."""
+    filters = rule.filters
+    return (
+        (not filters.services or event.service in filters.services)
+        and (not filters.segments or member.segment in filters.segments)
+        and (not filters.payment_types or event.payment_type in filters.payment_types)
+        and (not filters.customer_kinds or member.kind in filters.customer_kinds)
+    )
+
+
+def measured(measure: Measure, event: LoyaltyEvent) -> int:
+    if measure is Measure.EVENTS:
+        return 1
+    return event.units if measure is Measure.UNITS else event.micros
+
+
+def firings(condition: Condition, before: int, after: int) -> int:
+    """How many times the condition holds as the counter goes from ``before`` to ``after``."""
+    if condition.kind is ConditionKind.EVERY:
+        return after // condition.value - before // condition.value
+    return 1 if before < condition.value <= after else 0
+
+
+@value_type
+class Match:
+    """An event a rule's filters let through, in its programme's validity, and its counter."""
+
+    event: LoyaltyEvent
+    member: Member
+    rule: Rule
+    key: CounterKey
+
+
+def matched(rules: LoyaltyRules, events: Sequence[tuple[LoyaltyEvent, Member]]) -> list[Match]:
+    """Every (event, rule) pair that counts, in event order then rule order. Rules are indexed by
+    event kind and service (a rule without a service filter is a candidate for every service),
+    and an event's periods are named once, however many rules count it."""
+    index: dict[EventKind, tuple[dict[str, list[Rule]], list[Rule]]] = {}
+    found: list[Match] = []
+    last_at, names = -1, ("", "")
+    for event, member in events:
+        by_service = index.get(event.kind)
+        if by_service is None:
+            by_service = index[event.kind] = _index(rules.for_event(event.kind))
+        specific, general = by_service
+        candidates = specific.get(event.service, ()) if specific else ()
+        if event.at_seconds != last_at:
+            last_at, names = event.at_seconds, _period_names(event.at_seconds)
+        for rule in (*candidates, *general):
+            if admits(rule, event, member) and rules.programmes[rule.programme_id].valid_at(event.at_seconds):
+                period = names[0] if rule.counter.period is Period.DAY else names[1]
+                found.append(Match(event, member, rule, (rule.rule_id, member.customer_id, period)))
+    return found
+
+
+def _index(candidates: Sequence[Rule]) -> tuple[dict[str, list[Rule]], list[Rule]]:
+    specific: dict[str, list[Rule]] = {}
+    general: list[Rule] = []
+    for rule in candidates:
+        if rule.filters.services:
+            for service in sorted(rule.filters.services):
+                specific.setdefault(service, []).append(rule)
+        else:
+            general.append(rule)
+    return specific, general
+
+
+def _period_names(at_seconds: int) -> tuple[str, str]:
+    """(day, month) holding ``at_seconds``, as ``period_of`` names them."""
+    moment = time.gmtime(at_seconds)
+    month = f"{moment.tm_year:04d}-{moment.tm_mon:02d}"
+    return f"{month}-{moment.tm_mday:02d}", month
+
+
+def counter_keys(rules: LoyaltyRules, events: Sequence[tuple[LoyaltyEvent, Member]]) -> set[CounterKey]:
+    """The counters ``evaluate`` will read for these events (the engine loads them first)."""
+    return {match.key for match in matched(rules, events)}
+
+
+def evaluate(
+    rules: LoyaltyRules,
+    events: Sequence[tuple[LoyaltyEvent, Member]],
+    counters: Mapping[CounterKey, int],
+    spent: Mapping[str, int],
+) -> Evaluation:
+    """The events applied in order to the counters (missing: 0) and budgets' spending (missing: 0)."""
+    return evaluate_matched(rules, matched(rules, events), counters, spent)
+
+
+def evaluate_matched(
+    rules: LoyaltyRules, matches: Sequence[Match], counters: Mapping[CounterKey, int], spent: Mapping[str, int]
+) -> Evaluation:
+    """``evaluate`` of what ``matched`` found (the engine matches once, to load the counters)."""
+    result = Evaluation(counters={}, spent={}, applications=[])
+    for match in matches:
+        rule, event, key = match.rule, match.event, match.key
+        before = result.counters.get(key, counters.get(key, 0))
+        after = before + measured(rule.counter.measure, event)
+        result.counters[key] = after
+        fired = firings(rule.condition, before, after)
+        if fired <= 0:
+            continue
+        application = applied(rule, event, match.member, fired, after)
+        if application is None:
+            continue
+        programme = rules.programmes[rule.programme_id]
+        if programme.budget_micros is not None:
+            so_far = result.spent.get(programme.programme_id, spent.get(programme.programme_id, 0))
+            if so_far + application.cost_micros > programme.budget_micros:
+                result.over_budget += 1
+                continue
+            result.spent[programme.programme_id] = so_far + application.cost_micros
+        result.applications.append(application)
+    return result
+
+
+def applied(rule: Rule, event: LoyaltyEvent, member: Member, fired: int, counted: int) -> Application | None:
+    """The application of ``rule`` fired ``fired`` times by ``event`` (None: worth nothing)."""
+    action = rule.action
+    base = Application(
+        rule_id=rule.rule_id,
+        programme_id=rule.programme_id,
+        member_id=member.customer_id,
+        line_id=event.line_id,
+        trigger_id=event.trigger_id,
+        trigger_kind=event.kind,
+        action=action.kind,
+        at_seconds=event.at_seconds,
+    )
+    valid_until = event.at_seconds + action.expiry_days * SECONDS_PER_DAY if action.expiry_days else 0
+    if action.kind is ActionKind.BONUS_MONEY:
+        if action.percent_of is None:
+            amount = action.amount_micros * fired
+        else:
+            spend = event.micros if action.percent_of is PercentOf.TRIGGER_SPEND else counted
+            amount = spend * action.percent_basis_points // BASIS_POINTS_PER_WHOLE
+        if amount <= 0:
+            return None
+        return replace(base, amount_micros=amount, valid_until=valid_until, cost_micros=amount)
+    if action.kind is ActionKind.UNIT_ALLOWANCE:
+        return replace(
+            base,
+            units=action.units * fired,
+            unit_kind=action.unit_kind,
+            services=action.services,
+            valid_until=valid_until,
+            cost_micros=action.cost_micros * fired,
+        )
+    if action.kind is ActionKind.INVOICE_DISCOUNT:
+        start, end = next_period_bounds(rule.counter.period, event.at_seconds)
+        return replace(
+            base,
+            percent_basis_points=action.percent_basis_points,
+            target=action.target,
+            service=action.service,
+            applies_from=start,
+            applies_until=end,
+        )
+    return None  # a rating discount: model only (module docstring)
