@@ -399,7 +399,7 @@ class PipelinedRedis:
         futures: list[asyncio.Future[RedisReply]] = []
         try:
             for command in commands:
-                futures.append(self._submit(connection, _pack_command(command)))
+                futures.append(self._submit(connection, resp.pack(command)))
         except BaseException:
             for future in futures:
                 future.add_done_callback(_retrieve)
