@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -47,6 +46,7 @@ from ocs.db import usage
 from ocs.db.engine import open_database, sqlite_url
 from tests.balance.conftest import embedded_redis
 from tests.ocs.postgres_support import business_database, postgresql_url
+from tests.ocs.store_stand_in import StoreStandIn
 
 __all__ = ["embedded_redis", "postgresql_url"]
 
@@ -96,18 +96,7 @@ async def any_spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             await opened.close()
 
 
-class _StoreStandIn:
-    """The real store behind every attribute a test's stand-in does not override (the store is
-    compiled in the default install, and an interpreted class cannot subclass it)."""
-
-    def __init__(self, store: BalanceStore) -> None:
-        self.store = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-
-class AcknowledgementLost(_StoreStandIn):
+class AcknowledgementLost(StoreStandIn):
     """The real store, except that trimming the outboxes of ``lost`` hierarchies raises: the
     process dies after the SQLite commit, before those outboxes are trimmed."""
 
@@ -121,7 +110,7 @@ class AcknowledgementLost(_StoreStandIn):
         return await self.store.acknowledge_outbox(root, records)
 
 
-class ChargeAfterEmptyRead(_StoreStandIn):
+class ChargeAfterEmptyRead(StoreStandIn):
     """The real store, where a charge commits right after the spool found an outbox empty and
     before it takes that hierarchy off the work list: the race the length check is for."""
 
