@@ -11,7 +11,9 @@ models refuse are 422 naming the field.
 - ``GET /loyalty/members/{customer_id}``: the member's kind, segment, counters per rule and period,
   and its applications (the oldest 1,000).
 - ``PUT /loyalty/members/{customer_id}/segment {"segment": "ideal"}`` (admin): an operator's
-  segment (``null`` clears it); the engine reads the member again at its next record.
+  segment, pinned: the daily scoring and its rescores leave it (``null`` clears it and the pin, and
+  the next score sets it again); the engine reads the member again at its next record (in the
+  worker that runs it; another worker's engine within ``members.SEGMENT_TTL_SECONDS``).
 - ``GET /loyalty/applications?member=&programme=&limit=&offset=``: the bonus history, oldest first.
 - ``GET /loyalty/reports/segments``: members by segment.
 - ``GET /loyalty/reports/programmes``: per programme bonus issued, pending, spent and expired
@@ -114,7 +116,15 @@ ROUTES = (
     Route("GET", "/loyalty/programmes", "The loyalty programmes and their rules", _programmes, ProgrammeList),
     Route("GET", "/loyalty/programmes/{programme_id}", "A loyalty programme", _programme, ProgrammeView),
     Route("GET", _MEMBER, "A member: segment, counters, applications", _member, MemberView),
-    Route("PUT", f"{_MEMBER}/segment", "Set a customer's segment", _segment, MemberView, NewSegment, errors=(404, 422)),
+    Route(
+        "PUT",
+        f"{_MEMBER}/segment",
+        "Set (and pin) a customer's segment",
+        _segment,
+        MemberView,
+        NewSegment,
+        errors=(404, 422),
+    ),
     Route(
         "GET",
         "/loyalty/applications",

@@ -88,8 +88,10 @@ async def member(connection: AsyncConnection, customer_id: str) -> MemberRow | N
 
 
 async def set_segment(connection: AsyncConnection, customer_id: str, segment: str | None) -> bool:
-    """Write ``customers.segment``; False when there is no such customer."""
-    statement = update(customers).where(customers.c.customer_id == customer_id).values(segment=segment)
+    """Write ``customers.segment`` by an operator's hand: a segment pins it (the scoring leaves it),
+    None unpins it (the scoring's next score sets it again); False when there is no such customer."""
+    values = {"segment": segment, "segment_pinned": segment is not None}
+    statement = update(customers).where(customers.c.customer_id == customer_id).values(**values)
     return int((await connection.execute(statement)).rowcount) == 1
 
 
