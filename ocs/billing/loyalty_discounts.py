@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ocs.billing.values import DraftLine, LineKind
 from ocs.db.customers import billing_accounts
-from ocs.db.loyalty import InvoiceDiscount, consume_invoice_discount, pending_invoice_discounts
+from ocs.db.loyalty import InvoiceDiscount, consume_invoice_discount, pending_invoice_discounts_of
 from ocs.db.usage import LineUsage
 
 BASIS_POINTS_PER_WHOLE = 10_000
@@ -54,12 +54,18 @@ async def pending_loyalty_discounts(
             account.billing_account_id.in_(list(periods)), account.node_id.is_(None)
         )
     )
+    owners = sorted((str(account_id), str(customer_id)) for account_id, customer_id in rows.all())
+    of_members = await pending_invoice_discounts_of(connection, [customer_id for _, customer_id in owners])
     found: dict[str, list[InvoiceDiscount]] = {}
-    for billing_account_id, customer_id in sorted(rows.all()):
-        start, end = periods[str(billing_account_id)]
-        discounts = await pending_invoice_discounts(connection, str(customer_id), start, end)
-        if discounts:
-            found[str(billing_account_id)] = discounts
+    for billing_account_id, customer_id in owners:
+        start, end = periods[billing_account_id]
+        overlapping = [
+            discount
+            for discount in of_members.get(customer_id, ())
+            if discount.applies_from < end and discount.applies_until > start
+        ]
+        if overlapping:
+            found[billing_account_id] = overlapping
     return found
 
 

@@ -19,7 +19,8 @@ come from (the spool's batch for usage, the engine's own for payments):
 - ``loyalty_events``: events other than usage records (payments, birthdays), each once by its
   trigger id: a replayed payment is not evaluated again, and the audit finds every trigger.
 - ``loyalty_invoice_discounts``: discounts for a later invoice, ``pending`` until the bill run
-  takes one (``invoice_id``, state ``consumed``); ``pending_invoice_discounts`` is its query.
+  takes one (``invoice_id``, state ``consumed``); ``pending_invoice_discounts`` is its query
+  (``pending_invoice_discounts_of`` for a page of members at once: the bill run).
 
 Times are epoch integers (seconds, or milliseconds where latency is measured), money integer micros.
 """
@@ -142,6 +143,21 @@ loyalty_invoice_discounts = Table(
     UniqueConstraint("rule_id", "trigger_id"),
     Index("ix_loyalty_invoice_discounts_member_id", "member_id", "state", "applies_from"),
 )
+
+_INVOICE_DISCOUNT_COLUMNS = tuple(
+    loyalty_invoice_discounts.c[name]
+    for name in (
+        "discount_id",
+        "rule_id",
+        "programme_id",
+        "member_id",
+        "target",
+        "service",
+        "percent_basis_points",
+        "applies_from",
+        "applies_until",
+    )
+)  # an ``InvoiceDiscount``'s fields, in order
 
 LOYALTY_TABLES = (loyalty_counters, loyalty_applications, loyalty_budgets, loyalty_events, loyalty_invoice_discounts)
 
@@ -398,17 +414,7 @@ async def pending_invoice_discounts(
     """The member's discounts not yet taken whose time overlaps [``period_start``, ``period_end``)."""
     table = loyalty_invoice_discounts.c
     statement = (
-        select(
-            table.discount_id,
-            table.rule_id,
-            table.programme_id,
-            table.member_id,
-            table.target,
-            table.service,
-            table.percent_basis_points,
-            table.applies_from,
-            table.applies_until,
-        )
+        select(*_INVOICE_DISCOUNT_COLUMNS)
         .where(
             table.member_id == member_id,
             table.state == "pending",
@@ -418,6 +424,26 @@ async def pending_invoice_discounts(
         .order_by(table.discount_id)
     )
     return [InvoiceDiscount(*row) for row in await connection.execute(statement)]
+
+
+async def pending_invoice_discounts_of(
+    connection: AsyncConnection, member_ids: Sequence[str]
+) -> dict[str, list[InvoiceDiscount]]:
+    """Every discount not yet taken of each of ``member_ids`` that has some, by id: one query per
+    ``IDS_PER_STATEMENT`` members (the bill run's page, which filters each by its own period)."""
+    table = loyalty_invoice_discounts.c
+    members = sorted(set(member_ids))
+    found: dict[str, list[InvoiceDiscount]] = {}
+    for first in range(0, len(members), IDS_PER_STATEMENT):
+        statement = (
+            select(*_INVOICE_DISCOUNT_COLUMNS)
+            .where(table.member_id.in_(members[first : first + IDS_PER_STATEMENT]), table.state == "pending")
+            .order_by(table.discount_id)
+        )
+        for row in await connection.execute(statement):
+            discount = InvoiceDiscount(*row)
+            found.setdefault(discount.member_id, []).append(discount)
+    return found
 
 
 async def consume_invoice_discount(connection: AsyncConnection, discount_id: int, invoice_id: str) -> bool:
