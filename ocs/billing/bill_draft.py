@@ -126,21 +126,37 @@ class Renewal:
     bundle: Product
 
 
+@dataclass(frozen=True, slots=True)
+class Explained:
+    """A charge with its line's explanation and its DISCOUNT line's (``_charge_lines``)."""
+
+    charge: Charge
+    explanation: dict[str, JsonValue]
+    discount_explanation: dict[str, JsonValue]
+
+
+def explained(charge: Charge, extra: Mapping[str, JsonValue] | None = None) -> Explained:
+    explanation = _explanation(charge)
+    if extra:
+        explanation.update(extra)
+    return Explained(charge, explanation, {"on": charge.product, "discounts": explanation["discounts"]})
+
+
 class ChargeMemo:
     """The charges of one product for the same days, cycle, plan and segment, computed once for a
-    page of accounts (most lines of a page pay the same rentals): (charge, explanation)."""
+    page of accounts (most lines of a page pay the same rentals), their explanations shared by
+    the lines that charge them (never changed after: ``execute_many`` serializes each once)."""
 
     def __init__(self) -> None:
-        self._found: dict[tuple[int, Period, Period, str, str | None], tuple[Charge, dict[str, JsonValue]]] = {}
+        self._found: dict[tuple[int, Period, Period, str, str | None], Explained] = {}
 
     def product_charge(
         self, catalog: Catalog, product: Product, used: Period, cycle: Period, plan: str, segment: str | None
-    ) -> tuple[Charge, dict[str, JsonValue]]:
+    ) -> Explained:
         key = (id(product), used, cycle, plan, segment)  # the catalog holds its products: ids stay theirs
         found = self._found.get(key)
         if found is None:
-            charge = product_charge(catalog, product, used, cycle, plan, segment)
-            found = self._found[key] = (charge, _explanation(charge))
+            found = self._found[key] = explained(product_charge(catalog, product, used, cycle, plan, segment))
         return found
 
 
@@ -162,22 +178,14 @@ def _explanation(charge: Charge) -> dict[str, JsonValue]:
     }
 
 
-def _charge_lines(
-    charge: Charge,
-    kind: LineKind,
-    description: str,
-    line: LineFacts,
-    explanation: dict[str, JsonValue],
-    extra: Mapping[str, JsonValue] | None = None,
-) -> list[DraftLine]:
+def _charge_lines(made: Explained, kind: LineKind, description: str, line: LineFacts) -> list[DraftLine]:
     """The charge as a line at its amount before discounts, taxed on its net, then one DISCOUNT
     line with what the discounts took (when they took anything). The lines are built without
     validation (``model_construct``): every value is in range by construction (amounts from the
     catalog's integer arithmetic, descriptions cut to their maximum, ids from the database), and
     a test holds every draft against its validators."""
-    if extra:
-        explanation = {**explanation, **extra}  # else shared with the page's other lines: never changed
-    made = [
+    charge = made.charge
+    lines = [
         DraftLine.model_construct(
             kind=kind,
             description=description[:MAX_DESCRIPTION_CHARACTERS],
@@ -185,13 +193,13 @@ def _charge_lines(
             tax_micros=charge.tax_micros,
             node_id=line.node_id,
             line_id=line.line_id,
-            explanation=explanation,
+            explanation=made.explanation,
         )
     ]
     taken = charge.prorated_micros - charge.net_micros
     if taken:
         codes = ", ".join(item.code for item in charge.discounts)
-        made.append(
+        lines.append(
             DraftLine.model_construct(
                 kind=LineKind.DISCOUNT,
                 description=f"{description} - discount {codes}"[:MAX_DESCRIPTION_CHARACTERS],
@@ -199,10 +207,10 @@ def _charge_lines(
                 tax_micros=0,
                 node_id=line.node_id,
                 line_id=line.line_id,
-                explanation={"on": charge.product, "discounts": explanation["discounts"]},
+                explanation=made.discount_explanation,
             )
         )
-    return made
+    return lines
 
 
 def _usage_summary(usage: LineUsage) -> dict[str, JsonValue]:
@@ -225,27 +233,22 @@ def line_charges(
             product = catalog.product_at(code, period.start)
             if product is None:
                 continue
-            charge, explained = memo.product_charge(catalog, product, span, period, plan, facts.segment)
-            description = f"{product.description} ({line.line_id}, {plan})"
-            made += _charge_lines(charge, LineKind.RENTAL, description, line, explained)
+            charged = memo.product_charge(catalog, product, span, period, plan, facts.segment)
+            made += _charge_lines(charged, LineKind.RENTAL, f"{product.description} ({line.line_id}, {plan})", line)
     if period.contains(line.activated_on):
         plan = line.plan_on(line.activated_on)
         offer = catalog.offer_at(plan, line.activated_on)
         for code in offer.one_offs if offer is not None else ():
             product = catalog.product_at(code, line.activated_on)
             if product is not None and product.kind is ProductKind.ONE_OFF:
-                charge, explained = memo.product_charge(catalog, product, period, period, plan, facts.segment)
-                made += _charge_lines(
-                    charge, LineKind.ONE_OFF, f"{product.description} ({line.line_id})", line, explained
-                )
+                charged = memo.product_charge(catalog, product, period, period, plan, facts.segment)
+                made += _charge_lines(charged, LineKind.ONE_OFF, f"{product.description} ({line.line_id})", line)
     if line.in_service_on(period.end):
         plan = line.plan_on(period.end)
         for product in _bundles(catalog, plan, period.end):
             if product.price_micros > 0:
-                charge, explained = memo.product_charge(catalog, product, period, period, plan, facts.segment)
-                made += _charge_lines(
-                    charge, LineKind.BUNDLE, f"{product.description} ({line.line_id})", line, explained
-                )
+                charged = memo.product_charge(catalog, product, period, period, plan, facts.segment)
+                made += _charge_lines(charged, LineKind.BUNDLE, f"{product.description} ({line.line_id})", line)
     usage = facts.usage.get(line.line_id)
     if usage is not None and usage.record_ids:
         records = len(usage.record_ids)
@@ -253,7 +256,7 @@ def line_charges(
         description = f"usage of {line.line_id}: {records} records"
         charge = usage_charge(catalog, usage.micros, description, period, plan, facts.segment)
         extra: dict[str, JsonValue] = {"records": records, "services": _usage_summary(usage)}
-        made += _charge_lines(charge, LineKind.USAGE, description, line, _explanation(charge), extra)
+        made += _charge_lines(explained(charge, extra), LineKind.USAGE, description, line)
     return made
 
 

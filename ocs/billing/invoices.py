@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from pydantic import JsonValue
@@ -50,7 +51,7 @@ from ocs.billing.allocation import (
     next_sequence,
 )
 from ocs.billing.deposits import mark_invoiced
-from ocs.billing.minor_units import round_to_minor_unit
+from ocs.billing.minor_units import minor_unit_micros, round_to_unit
 from ocs.billing.values import (
     BillingPeriod,
     BillLine,
@@ -65,7 +66,7 @@ from ocs.billing.values import (
 from ocs.customers.service import CustomerRefusal, Problem
 from ocs.customers.values import Closed
 from ocs.db.billing import adjustments, delivery_outbox, invoice_lines, invoices, payments
-from ocs.db.bulk import execute_many, insert_of
+from ocs.db.bulk import execute_many, execute_many_values, insert_of
 from ocs.db.customers import billing_accounts
 from ocs.db.schema import utc_aware, utc_naive
 
@@ -73,6 +74,19 @@ MAX_LIST_ROWS = 1_000
 MAX_BATCH_DRAFTS = 5_000  # issue_many: the accounts' ids are one IN list (far below the drivers' limits)
 INVOICE_ISSUED = "invoice_issued"
 _NOT_SUBTOTAL = (LineKind.DISCOUNT.value, LineKind.TAX.value)
+LINE_ROW_NAMES = (  # ``line_rows``' keys, in order
+    "position",
+    "kind",
+    "description",
+    "node_id",
+    "line_id",
+    "explanation",
+    "amount_micros",
+    "tax_micros",
+    "priced_amount_micros",
+    "priced_tax_micros",
+)
+_line_values = itemgetter(*LINE_ROW_NAMES)
 
 
 class Issued(Closed):
@@ -91,6 +105,7 @@ class DeliveryEvent(Closed):
 def line_rows(draft: InvoiceDraft, currency: str) -> list[dict[str, Any]]:
     """The draft's lines as stored, by position: each amount and tax rounded to the currency's
     minor unit (``ocs.billing.minor_units``), the amounts as priced kept beside them."""
+    unit = minor_unit_micros(currency)
     return [
         {
             "position": position,
@@ -99,8 +114,8 @@ def line_rows(draft: InvoiceDraft, currency: str) -> list[dict[str, Any]]:
             "node_id": line.node_id,
             "line_id": line.line_id,
             "explanation": line.explanation,
-            "amount_micros": round_to_minor_unit(line.amount_micros, currency),
-            "tax_micros": round_to_minor_unit(line.tax_micros, currency),
+            "amount_micros": round_to_unit(line.amount_micros, unit),
+            "tax_micros": round_to_unit(line.tax_micros, unit),
             "priced_amount_micros": line.amount_micros,
             "priced_tax_micros": line.tax_micros,
         }
@@ -356,7 +371,10 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
     for draft in fresh:
         _check_total(drafted[draft.billing_account_id])
         await Invoices._check_adjustments(connection, draft)
-    rows, lines, events, issued = [], [], [], []
+    rows: list[dict[str, Any]] = []
+    lines: list[tuple[Any, ...]] = []  # LINE_ROW_NAMES after the invoice's id
+    events: list[dict[str, object]] = []
+    issued: list[tuple[InvoiceDraft, str]] = []
     for series in sorted({draft.legal_entity for draft in fresh}):
         of_series = [draft for draft in fresh if draft.legal_entity == series]
         last = await next_sequence(connection, series, len(of_series))
@@ -367,10 +385,10 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
             rows.append(row)
             number = row["invoice_id"]
             issued.append((draft, number))
-            lines += [{"invoice_id": number, **line} for line in of_draft]
+            lines += [(number, *_line_values(line)) for line in of_draft]
             events.append(_issued_event(row, now))
     await execute_many(connection, insert_of(invoices), rows)
-    await execute_many(connection, insert_of(invoice_lines), lines)
+    await execute_many_values(connection, insert_of(invoice_lines), ("invoice_id", *LINE_ROW_NAMES), lines)
     await execute_many(connection, insert_of(delivery_outbox), events)
     for draft, number in issued:
         if draft.adjustment_ids:

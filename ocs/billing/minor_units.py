@@ -43,7 +43,11 @@ def minor_unit_micros(currency: str) -> int:
 
 def round_to_minor_unit(micros: int, currency: str) -> int:
     """``micros`` rounded to a whole number of the currency's minor units, half away from zero."""
-    unit = minor_unit_micros(currency)
+    return round_to_unit(micros, minor_unit_micros(currency))
+
+
+def round_to_unit(micros: int, unit: int) -> int:
+    """``micros`` rounded to a whole number of ``unit`` (``minor_unit_micros``), half away from zero."""
     units, rest = divmod(abs(micros), unit)
     if 2 * rest >= unit:
         units += 1

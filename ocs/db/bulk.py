@@ -89,32 +89,37 @@ async def execute_many(connection: AsyncConnection, statement: Executable, rows:
         values: list[Sequence[Any]] = [(getter(row),) for row in rows]
     else:
         values = [getter(row) for row in rows]
-    processed = [(index, _once_per_object(processor)) for index, processor in enumerate(processors) if processor]
-    if processed:
-        changed: list[Sequence[Any]] = []
-        for row_values in values:
-            row_list = list(row_values)
-            for index, processor in processed:
-                row_list[index] = processor(row_list[index])
-            changed.append(tuple(row_list))
-        values = changed
-    result = await connection.exec_driver_sql(sql, values)
+    result = await connection.exec_driver_sql(sql, _processed(values, processors))
     return int(result.rowcount)
+
+
+def _processed(rows: Sequence[Sequence[Any]], processors: Sequence[Processor]) -> Sequence[Sequence[Any]]:
+    """``rows`` with each value through its column's type processor, where it has one."""
+    processed = [(index, _once_per_object(processor)) for index, processor in enumerate(processors) if processor]
+    if not processed:
+        return rows
+    changed: list[Sequence[Any]] = []
+    for row_values in rows:
+        row_list = list(row_values)
+        for index, processor in processed:
+            row_list[index] = processor(row_list[index])
+        changed.append(tuple(row_list))
+    return changed
 
 
 async def execute_many_values(
     connection: AsyncConnection, statement: Executable, names: tuple[str, ...], rows: Sequence[Sequence[Any]]
 ) -> int:
     """``execute_many`` with each row the values of ``names`` in that order: no dict a row (the
-    bill run marks hundreds of thousands of records billed). Answers the rows changed."""
+    bill run's invoice lines, hundreds of thousands a run). Answers the rows changed."""
     if not rows:
         return 0
     if connection.dialect.name != "sqlite":
         return await execute_many(connection, statement, [dict(zip(names, row, strict=True)) for row in rows])
     sql, order, processors, constants = _compile(statement, names, connection.dialect)
-    if constants or any(processors) or len(order) < 2:
+    if constants or len(order) < 2:
         return await execute_many(connection, statement, [dict(zip(names, row, strict=True)) for row in rows])
     if order != names:  # the statement's placeholders in another order than the caller's values
         reorder = itemgetter(*(names.index(name) for name in order))
         rows = [reorder(row) for row in rows]
-    return int((await connection.exec_driver_sql(sql, rows)).rowcount)
+    return int((await connection.exec_driver_sql(sql, _processed(rows, processors))).rowcount)
