@@ -31,7 +31,8 @@ amount as the operator wrote it). A line's charges carry its
 
 Speed (the bill run drafts thousands of accounts a second): a ``ChargeMemo`` computes each
 product's charge once for the accounts of a page that pay the same one, its explanation shared by
-their lines (never changed after), and the lines are built with ``model_construct``.
+their lines (never changed after), and the lines are built as ``model_construct`` would
+(``ocs.billing.draft_line``).
 
 Rentals are charged in advance in the catalog's sense (the price of a cycle is the price in force
 at its start), and invoiced when the cycle closes, for the days the line was in service in it:
@@ -52,6 +53,7 @@ from balance.types import PaymentType
 from ocs.billing.catalog import Catalog, Charge, Product, ProductKind, product_charge, usage_charge
 from ocs.billing.cycles import Period
 from ocs.billing.deposits import PendingDeposit, deposit_lines
+from ocs.billing.draft_line import draft_line
 from ocs.billing.loyalty_discounts import loyalty_discount_lines
 from ocs.billing.values import MAX_DRAFT_LINES, DraftLine, InvoiceDraft, LineKind
 from ocs.db.loyalty import InvoiceDiscount
@@ -181,33 +183,33 @@ def _explanation(charge: Charge) -> dict[str, JsonValue]:
 def _charge_lines(made: Explained, kind: LineKind, description: str, line: LineFacts) -> list[DraftLine]:
     """The charge as a line at its amount before discounts, taxed on its net, then one DISCOUNT
     line with what the discounts took (when they took anything). The lines are built without
-    validation (``model_construct``): every value is in range by construction (amounts from the
-    catalog's integer arithmetic, descriptions cut to their maximum, ids from the database), and
-    a test holds every draft against its validators."""
+    validation (``draft_line``, as ``model_construct`` would): every value is in range by
+    construction (amounts from the catalog's integer arithmetic, descriptions cut to their
+    maximum, ids from the database), and a test holds every draft against its validators."""
     charge = made.charge
     lines = [
-        DraftLine.model_construct(
-            kind=kind,
-            description=description[:MAX_DESCRIPTION_CHARACTERS],
-            amount_micros=charge.prorated_micros,
-            tax_micros=charge.tax_micros,
-            node_id=line.node_id,
-            line_id=line.line_id,
-            explanation=made.explanation,
+        draft_line(
+            kind,
+            description[:MAX_DESCRIPTION_CHARACTERS],
+            charge.prorated_micros,
+            charge.tax_micros,
+            line.node_id,
+            line.line_id,
+            made.explanation,
         )
     ]
     taken = charge.prorated_micros - charge.net_micros
     if taken:
         codes = ", ".join(item.code for item in charge.discounts)
         lines.append(
-            DraftLine.model_construct(
-                kind=LineKind.DISCOUNT,
-                description=f"{description} - discount {codes}"[:MAX_DESCRIPTION_CHARACTERS],
-                amount_micros=-taken,
-                tax_micros=0,
-                node_id=line.node_id,
-                line_id=line.line_id,
-                explanation=made.discount_explanation,
+            draft_line(
+                LineKind.DISCOUNT,
+                f"{description} - discount {codes}"[:MAX_DESCRIPTION_CHARACTERS],
+                -taken,
+                0,
+                line.node_id,
+                line.line_id,
+                made.discount_explanation,
             )
         )
     return lines
