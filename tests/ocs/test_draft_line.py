@@ -36,4 +36,4 @@ def test_the_line_is_model_constructs_and_valid(
 
 
 def test_the_fast_path_is_taken_with_the_pinned_pydantic() -> None:
-    assert module.draft_line is module._constructed
+    assert module._fast
