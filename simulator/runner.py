@@ -153,7 +153,7 @@ async def run_scenario(
         changes = asyncio.create_task(lifecycle.run(time.monotonic() + scenario.duration_seconds))
         cycle = asyncio.create_task(billing.run())
         try:
-            await traffic.run(progress)
+            await traffic.run(progress, calendar=cycle)
             traffic_seconds = time.perf_counter() - started
             await changes
             await cycle
@@ -217,7 +217,10 @@ class Traffic:
         self.started = 0
 
     # --- the load ------------------------------------------------------------------------------
-    async def run(self, progress: Progress) -> None:
+    async def run(self, progress: Progress, *, calendar: asyncio.Task[None] | None = None) -> None:
+        """The traffic; at its end the sessions still running go on until ``calendar`` (the
+        billing calendar, late on a loaded machine) has finished, at most the drain timeout,
+        so its last days still meet live sessions; then they are hung up and drained."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         droppers = [asyncio.create_task(self._drop_connections(element)) for element in self.elements]
@@ -229,6 +232,8 @@ class Traffic:
                 await self._open_loop(start)
             for dropper in droppers:
                 dropper.cancel()
+            if calendar is not None and self.tasks:
+                await asyncio.wait({calendar}, timeout=self.scenario.drain_timeout_seconds)
             for element in self.elements:
                 element.hang_up()
             await self._drain()
