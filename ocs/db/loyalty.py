@@ -3,10 +3,15 @@
 Theory of operation: four tables, all written in the transaction that stores the events they
 come from (the spool's batch for usage, the engine's own for payments):
 
-- ``loyalty_counters``: one row per (rule, member, period) with the counter's value, keyed by
-  member and period first (a batch reads its members' counters of its periods in one statement);
-  the engine reads the rows a batch needs, computes, and writes back absolute values
-  (``upsert_counters``).
+- ``loyalty_member_counters``: one row per (member, period) holding every rule's counter of that
+  member and period, a JSON object ``{"rule id": value}`` (migration 0017; 0016 kept a row per
+  rule). A usage record moves about five counters of its member, over a day and a month: a row
+  per rule wrote about five rows per record, a row per period writes one or two per member a
+  batch touches. The engine reads the rows a batch needs (by member and period, the key) and
+  writes back the counters it changed, absolute values, merged into the stored object by the
+  database (``json_patch`` on SQLite, ``jsonb ||`` on PostgreSQL: ``upsert_counters``), so a
+  transaction never rewrites a counter it did not change: a payment's transaction and the
+  spool's, each moving its own rules' counters of one member and month, keep each other's.
 - ``loyalty_applications``: one row per rule applied to one trigger, unique on (``rule_id``,
   ``trigger_id``): the same record or payment can never be applied twice by one rule. Its
   ``state`` is ``pending`` (a credit to make), ``credited`` (the balance engine took it,
@@ -26,6 +31,7 @@ Times are epoch integers (seconds, or milliseconds where latency is measured), m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,11 +46,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     bindparam,
+    cast,
     func,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -64,15 +72,14 @@ class ApplicationState:
     REFUSED = "refused"
 
 
-loyalty_counters = Table(
-    "loyalty_counters",
+loyalty_member_counters = Table(
+    "loyalty_member_counters",
     metadata,
     Column("member_id", String(ID_LENGTH), nullable=False),
     Column("period", String(16), nullable=False),  # "2026-12" or "2026-12-07" (ocs.loyalty.rules.period_of)
-    Column("rule_id", String(ID_LENGTH), nullable=False),
-    Column("value", BigInteger, nullable=False),
-    PrimaryKeyConstraint("member_id", "period", "rule_id"),
-    sqlite_with_rowid=False,  # the key is the row: one B-tree to write per counter, not two
+    Column("counters", Text, nullable=False),  # JSON object: rule id -> value (a counter never moved: absent)
+    PrimaryKeyConstraint("member_id", "period"),
+    sqlite_with_rowid=False,  # the key is the row: one B-tree to write per row, not two
 )
 
 loyalty_applications = Table(
@@ -143,7 +150,13 @@ loyalty_invoice_discounts = Table(
     Index("ix_loyalty_invoice_discounts_member_id", "member_id", "state", "applies_from"),
 )
 
-LOYALTY_TABLES = (loyalty_counters, loyalty_applications, loyalty_budgets, loyalty_events, loyalty_invoice_discounts)
+LOYALTY_TABLES = (
+    loyalty_member_counters,
+    loyalty_applications,
+    loyalty_budgets,
+    loyalty_events,
+    loyalty_invoice_discounts,
+)
 
 CounterKey = tuple[str, str, str]
 
@@ -160,47 +173,64 @@ def _insert(connection: AsyncConnection, table: Table):  # type: ignore[no-untyp
 async def read_counters(connection: AsyncConnection, keys: Iterable[CounterKey]) -> dict[CounterKey, int]:
     """The stored values of these counters (a counter never written is absent: 0).
 
-    Read by member and period (the primary key's leading columns): one statement per
-    ``IDS_PER_STATEMENT`` members, however many rules, instead of a lookup per counter; the
-    other rules' counters of those members and periods come along and are dropped."""
+    Read by member and period (the key): one statement per ``IDS_PER_STATEMENT`` members, however
+    many rules; the other rules' counters of those rows come along and are dropped."""
     wanted = set(keys)
     members = sorted({key[1] for key in wanted})
     periods = sorted({key[2] for key in wanted})
-    table = loyalty_counters.c
+    table = loyalty_member_counters.c
     found: dict[CounterKey, int] = {}
     for start in range(0, len(members), IDS_PER_STATEMENT):
-        statement = select(table.rule_id, table.member_id, table.period, table.value).where(
+        statement = select(table.member_id, table.period, table.counters).where(
             table.member_id.in_(members[start : start + IDS_PER_STATEMENT]), table.period.in_(periods)
         )
-        for rule_id, member_id, period, value in await connection.execute(statement):
-            key = (rule_id, member_id, period)
-            if key in wanted:
-                found[key] = int(value)
+        for member_id, period, packed in await connection.execute(statement):
+            for rule_id, value in json.loads(packed).items():
+                key = (rule_id, member_id, period)
+                if key in wanted:
+                    found[key] = int(value)
     return found
 
 
+def packed_counters(values: Mapping[CounterKey, int]) -> list[tuple[str, str, str]]:
+    """The counters grouped by (member, period): (member id, period, JSON object of rule -> value)."""
+    rows: dict[tuple[str, str], dict[str, int]] = {}
+    for (rule_id, member_id, period), value in values.items():
+        found = rows.get((member_id, period))
+        if found is None:
+            rows[(member_id, period)] = {rule_id: value}
+        else:
+            found[rule_id] = value
+    return [(member_id, period, _json(counters)) for (member_id, period), counters in rows.items()]
+
+
+_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 async def upsert_counters(connection: AsyncConnection, values: Mapping[CounterKey, int]) -> None:
-    """Write the counters' values (absolute: the engine read them in this transaction)."""
+    """Write the counters' values (absolute: the engine read them in this transaction), one row
+    per (member, period), merged into the stored row: the counters of rules not in ``values``
+    stay as they are."""
     if not values:
         return
+    rows = packed_counters(values)
     if connection.dialect.name == "sqlite":
         # The spool's hot path, as ``usage.store_records``: the compiled statement run by the
         # driver's executemany; through Core's parameter handling it took about twice as long.
-        await connection.exec_driver_sql(
-            _SQLITE_UPSERT_COUNTERS, [(key[1], key[2], key[0], value) for key, value in values.items()]
-        )
+        await connection.exec_driver_sql(_SQLITE_UPSERT_COUNTERS, rows)
         return
-    statement = postgresql_insert(loyalty_counters)
-    statement = statement.on_conflict_do_update(
-        index_elements=["member_id", "period", "rule_id"], set_={"value": statement.excluded.value}
+    statement = postgresql_insert(loyalty_member_counters)
+    stored = loyalty_member_counters.c.counters
+    merged = cast(cast(stored, JSONB).op("||")(cast(statement.excluded.counters, JSONB)), Text)
+    statement = statement.on_conflict_do_update(index_elements=["member_id", "period"], set_={"counters": merged})
+    await connection.execute(
+        statement, [{"member_id": member, "period": period, "counters": packed} for member, period, packed in rows]
     )
-    rows = [{"rule_id": key[0], "member_id": key[1], "period": key[2], "value": value} for key, value in values.items()]
-    await connection.execute(statement, rows)
 
 
 _SQLITE_UPSERT_COUNTERS = (
-    "INSERT INTO loyalty_counters (member_id, period, rule_id, value) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (member_id, period, rule_id) DO UPDATE SET value = excluded.value"
+    "INSERT INTO loyalty_member_counters (member_id, period, counters) VALUES (?, ?, ?) "
+    "ON CONFLICT (member_id, period) DO UPDATE SET counters = json_patch(counters, excluded.counters)"
 )
 
 
