@@ -3,8 +3,8 @@
 about five counters of its member, which were five rows to write (ocs/db/loyalty.py). The
 counters stored are carried over, grouped by member and period; the downgrade unpacks them.
 
-Revision ID: 0017
-Revises: 0016
+Revision ID: 0019
+Revises: 0018
 Create Date: 2026-12-07
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017"
-down_revision = "0016"
+revision = "0019"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
