@@ -29,7 +29,9 @@ it at startup. The answers to the notifier's RAR and ASR reach it from the Diame
 
 Loyalty (``[loyalty] enabled``): the engine is the spool writer's hook (each batch's new records
 are evaluated in the batch's transaction and credited after its commit) and a listener of payments;
-the duty ``loyalty_credit`` credits what a crash left pending.
+the duty ``loyalty_credit`` credits what a crash left pending; the duty ``loyalty_feed``
+(``ocs.loyalty.daily_feed``) feeds the day's birthdays and anniversaries and the payments whose
+event a crash lost.
 
 Customer scores (``ocs.loyalty.scoring``): built at startup, subscribed to the account events (a
 status change rescores its customer), the ``scoring`` duty scoring everyone once a day from
@@ -79,6 +81,7 @@ from ocs.db.engine import DatabaseUnavailable, database_url, open_database
 from ocs.events import AccountEvents
 from ocs.leases import Duties
 from ocs.logs import bind_request, configure_logging
+from ocs.loyalty.daily_feed import DailyFeed
 from ocs.loyalty.engine import LoyaltyEngine
 from ocs.loyalty.rules_load import load_loyalty_rules
 from ocs.loyalty.scoring import Scoring
@@ -457,6 +460,8 @@ async def startup(state: ServerState) -> tuple[str, int]:
         # Applications a crash left pending are credited at startup, then every interval.
         interval = settings.loyalty.credit_interval_seconds
         state.duties.register("loyalty_credit", lambda: _credit_loyalty(state, interval))
+        feed = DailyFeed(state.database, state.loyalty, occasions_hour=settings.loyalty.occasions_hour)
+        state.duties.register("loyalty_feed", feed.run)  # birthdays, anniversaries, lost payments
     state.spool = Spool(state.database, on_stored=state.loyalty.usage_stored if state.loyalty is not None else None)
     state.line_status = LineStatusMirror(state.database, clock=time.time)
     state.events.subscribe(state.line_status.on_account_event)  # review 13 L5
