@@ -21,7 +21,8 @@ from setuptools import setup
 # The codec's hot path: decode/encode, the dictionary tables it reads, the AVP types and the
 # message classes it builds, and the grammar check that runs on every request (protocol/build.py);
 # then the CCR's path through the application: read the CCR, rate it, the credit-control handler
-# around the engine call, lay out the CCA (ocs/build.py).
+# around the engine call, lay out the CCA; the charge's side of the balance store, its argument
+# checks and reply parsing, and the pipelined Redis client with its RESP packing (ocs/build.py).
 COMPILED_MODULES = [
     "protocol/constants.py",
     "protocol/avp_types.py",
@@ -29,10 +30,22 @@ COMPILED_MODULES = [
     "protocol/message.py",
     "protocol/codec.py",
     "protocol/grammar.py",
+    "protocol/pending.py",
+    "protocol/duplicates.py",
+    "protocol/watchdog.py",
+    "protocol/peer.py",
+    "protocol/aio/transport.py",
+    "protocol/aio/tls.py",
+    "protocol/aio/server.py",
     "ocs/charging/ccr.py",
     "ocs/charging/cca.py",
     "ocs/rating/rate.py",
     "ocs/charging/credit_control.py",
+    "balance/resp.py",
+    "balance/pipeline.py",
+    "balance/script_io.py",
+    "balance/validation.py",
+    "balance/store.py",
 ]
 # pip builds in an isolated environment that has mypy but not the project's dependencies
 # (structlog, redis, prometheus-client, ...): their types are unknown there, which is no error for

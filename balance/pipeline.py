@@ -1,18 +1,20 @@
 """A tiny pipelined asyncio Redis client for the charging hot path.
 
 Theory of operation: one connection (``asyncio.Protocol``) carries every call. A call packs its
-command with hiredis (``pack_command``), appends it to an outgoing buffer and a FIFO of pending
-futures, and awaits its future. The first call in a loop pass schedules one ``flush`` with
-``call_soon``, so the commands issued in that pass leave together: under load dozens of calls
-share one syscall and one Redis read. A pass that has packed ``flush_bytes`` (16 KB, what Redis
-reads from a fresh client at a time) writes them at once and goes on: Redis starts on them while
-the rest of the pass is still packing, instead of idling until the whole batch is built (with 384
-calls in flight, Redis's main thread went from 81-88 % busy to 92-94 %: bench/balance.py prints
-it, ``--flush-bytes 0`` for the old way). Redis answers the commands of one connection in order
-(RESP, "pipelining"), so each reply parsed by ``hiredis.Reader`` resolves the oldest pending
-future. This is why it is fast: redis-py spends about 100 us of Python per call on its connection
-pool and command machinery; here a call is a pack, two appends and an await (the numbers are in
-bench/redis_client.py and the README).
+command (``balance.resp``: ``FCALL name`` or ``EVALSHA sha`` packed once per function or script,
+the lengths from a table instead of hiredis's ``sprintf`` per part), appends it to an outgoing
+buffer and a FIFO of pending futures, and awaits its future. The first call in a loop pass
+schedules one ``flush`` with ``call_soon``, so the commands issued in that pass leave together:
+under load dozens of calls share one syscall and one Redis read. A pass that has packed
+``flush_bytes`` (16 KB, what Redis reads from a fresh client at a time) writes them at once and
+goes on: Redis starts on them while the rest of the pass is still packing, instead of idling
+until the whole batch is built (with 384 calls in flight, Redis's main thread went from 81-88 %
+busy to 92-94 %: bench/balance.py prints it, ``--flush-bytes 0`` for the old way). Redis answers
+the commands of one connection in order (RESP, "pipelining"), so each reply parsed by
+``hiredis.Reader`` resolves the oldest pending future. This is why it is fast: redis-py spends
+about 100 us of Python per call on its connection pool and command machinery; here a call is a
+pack, two appends and an await (the numbers are in bench/redis_client.py and the README). The
+module is compiled with mypyc in the default install (ocs/build.py).
 
 Rules it keeps:
 
@@ -55,7 +57,9 @@ from typing import Final, TypeAlias
 
 import hiredis
 
+from balance import resp
 from balance.errors import BalanceUnavailable, BalanceUnreached
+from balance.resp import CommandPart
 
 # Twice the number of calls the server can have in flight at 75k calls/s with a 100 ms Redis
 # stall; each pending call holds one future and one packed command (a few hundred bytes), so the
@@ -113,13 +117,8 @@ class RedisErrorReply(Exception):
 # RESP2 as hiredis decodes it: status and bulk strings are bytes, nil is None, an error nested in
 # an array (a script may return one) is a RedisErrorReply value.
 RedisReply: TypeAlias = bytes | int | RedisErrorReply | list["RedisReply"] | None
-CommandPart: TypeAlias = bytes | str | int
 
-# hiredis's stub types the command as a one-element tuple; it takes any number of parts.
-_pack_command: Callable[[tuple[CommandPart, ...]], bytes] = hiredis.pack_command  # type: ignore[assignment]
-
-
-_ASKING: Final = _pack_command((b"ASKING",))
+_ASKING: Final = resp.pack((b"ASKING",))
 
 
 class _StreamCorrupt(Exception):
@@ -283,6 +282,9 @@ class PipelinedRedis:
         self.flush_bytes = flush_bytes
         self._scripts: dict[str, bytes] = {}
         self._libraries: dict[str, bytes] = {}  # function name -> the library's source
+        # "EVALSHA sha" and "FCALL name", packed once per script and function (balance.resp).
+        self._prepared_evalsha: dict[str, resp.Prepared] = {}
+        self._prepared_fcall: dict[str, resp.Prepared] = {}
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._closed = False
@@ -315,29 +317,33 @@ class PipelinedRedis:
     ) -> RedisReply:
         """EVALSHA; ``asking`` sends ASKING right before it (a Redis Cluster ASK redirection:
         balance/pipeline_cluster.py), and before its retry after a repair."""
-        return await self._call_repairing(
-            _pack_command((b"EVALSHA", sha, len(keys), *keys, *args)), self._script_load_for, sha, asking
-        )
+        prepared = self._prepared_evalsha.get(sha)
+        if prepared is None:
+            prepared = self._prepared_evalsha[sha] = resp.prepare(b"EVALSHA", sha)
+        return await self._call_repairing(resp.pack_call(prepared, keys, args), self._script_load_for, sha, asking)
 
     async def fcall(
         self, function: str, keys: Sequence[CommandPart], args: Sequence[CommandPart], *, asking: bool = False
     ) -> RedisReply:
         """FCALL; a RedisErrorReply "unknown command" if Redis has no functions (before 7.0)."""
+        prepared = self._prepared_fcall.get(function)
+        if prepared is None:
+            prepared = self._prepared_fcall[function] = resp.prepare(b"FCALL", function)
         return await self._call_repairing(
-            _pack_command((b"FCALL", function, len(keys), *keys, *args)), self._function_load_for, function, asking
+            resp.pack_call(prepared, keys, args), self._function_load_for, function, asking
         )
 
     def _script_load_for(self, sha: str, error: RedisErrorReply) -> bytes | None:
         source = self._scripts.get(sha)
         if source is None or error.code != "NOSCRIPT":
             return None
-        return _pack_command((b"SCRIPT", b"LOAD", source))
+        return resp.pack((b"SCRIPT", b"LOAD", source))
 
     def _function_load_for(self, function: str, error: RedisErrorReply) -> bytes | None:
         source = self._libraries.get(function)
         if source is None or not function_not_found(error.message):
             return None
-        return _pack_command((b"FUNCTION", b"LOAD", source))
+        return resp.pack((b"FUNCTION", b"LOAD", source))
 
     async def _call_repairing(
         self,
@@ -376,7 +382,7 @@ class PipelinedRedis:
 
     async def execute(self, *parts: CommandPart, asking: bool = False) -> RedisReply:
         """Any command, pipelined like ``evalsha`` (for the few non-script calls of the hot path)."""
-        command = _pack_command(parts)
+        command = resp.pack(parts)
         connection = self._connection
         if connection is None or connection.failure is not None:
             connection = await self._connect()
@@ -393,7 +399,7 @@ class PipelinedRedis:
         futures: list[asyncio.Future[RedisReply]] = []
         try:
             for command in commands:
-                futures.append(self._submit(connection, _pack_command(command)))
+                futures.append(self._submit(connection, resp.pack(command)))
         except BaseException:
             for future in futures:
                 future.add_done_callback(_retrieve)

@@ -56,11 +56,11 @@ from balance.pipeline import (
     DEFAULT_FLUSH_BYTES,
     DEFAULT_MAX_PENDING,
     DEFAULT_REPLY_TIMEOUT_SECONDS,
-    CommandPart,
     PipelinedRedis,
     RedisErrorReply,
     RedisReply,
 )
+from balance.resp import CommandPart
 
 Address = tuple[str, int]
 # redis-py's cluster client follows up to 16 redirections, the Redis cluster tutorial's clients 5;

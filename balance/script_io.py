@@ -1,13 +1,20 @@
 """What the store sends to the money engine's scripts and reads back: the flat ARGV of items,
 buckets and tariffs, the charge reply's words, usage records from the outbox, and the shapes of
 Redis replies the store looks into. Pure functions, no Redis: ``balance.store`` calls them.
+
+A usage record is read for every charge that used units (the spool writer drains the outbox), so
+its JSON goes straight to the json module's C scanner (``json.loads`` adds two regular
+expression matches and a Python call or two around it) and its unit and payment type are looked
+up in tables instead of calling the enums (a Python-level ``EnumType.__call__`` each).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import json.scanner
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from balance import keys
 from balance.callers import Reply
@@ -24,6 +31,8 @@ from balance.types import (
     Unit,
     UsageRecord,
 )
+
+_Member = TypeVar("_Member", Unit, PaymentType)
 
 
 def reply_text(reply: Reply) -> str:
@@ -127,8 +136,33 @@ def first_score(reply: object) -> str | None:
     return None
 
 
+# What json.loads runs underneath: the C scanner over a default decoder's settings (typeshed
+# types its context as a scanner; CPython's JSONDecoder makes its own ``scan_once`` this way).
+_SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_UNITS = {unit.value: unit for unit in Unit}
+_PAYMENT_TYPES = {payment_type.value: payment_type for payment_type in PaymentType}
+
+
+def _json_object(entry: str) -> dict[str, Any]:
+    """``json.loads`` of a record: one JSON object, nothing before or after it."""
+    try:
+        data, end = _SCAN_JSON(entry, 0)
+    except StopIteration as error:
+        raise ValueError(f"a usage record is not JSON at character {error.value}: {entry[:80]!r}") from None
+    if end != len(entry) or not isinstance(data, dict):
+        raise ValueError(f"a usage record is not one JSON object: {entry[:80]!r}")
+    return data
+
+
+def _member(members: dict[str, _Member], value: object, name: str) -> _Member:
+    found = members.get(value) if isinstance(value, str) else None
+    if found is None:
+        raise ValueError(f"{value!r} is not a valid {name}")
+    return found
+
+
 def usage_record(entry: str) -> UsageRecord:
-    data = json.loads(entry)
+    data = _json_object(entry)
     return UsageRecord(
         record_id=data["id"],
         account_id=data["account"],
@@ -136,10 +170,10 @@ def usage_record(entry: str) -> UsageRecord:
         request_number=int(data["number"]),
         rating_group=int(data["rating_group"]),
         service=data["service"],
-        unit=Unit(data["unit"]),
+        unit=_member(_UNITS, data["unit"], "Unit"),
         units=int(data["units"]),
         micros=int(data["micros"]),
-        payment_type=PaymentType(data["payment"]),
+        payment_type=_member(_PAYMENT_TYPES, data["payment"], "PaymentType"),
         at_seconds=int(data["at"]),
         # Records written before items carried a Service-Identifier have no such field.
         service_identifier=_optional_int(data.get("service_identifier")),

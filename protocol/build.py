@@ -31,6 +31,13 @@ COMPILED_MODULES = (
     "protocol.message",
     "protocol.codec",
     "protocol.grammar",
+    "protocol.pending",
+    "protocol.duplicates",
+    "protocol.watchdog",
+    "protocol.peer",
+    "protocol.aio.transport",
+    "protocol.aio.tls",
+    "protocol.aio.server",
 )
 
 

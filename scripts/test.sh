@@ -14,5 +14,6 @@ PIP_CONSTRAINT="$PWD/constraints-dev.txt" .venv/bin/python -m pip install --quie
 if [ "$#" -eq 0 ]; then
   OCS_PURE_PYTHON=1 .venv/bin/python -m pytest tests/protocol tests/ocs/test_ccr_cca.py \
     tests/ocs/test_credit_control.py tests/ocs/test_final_unit.py tests/ocs/test_python_diameter_client.py \
-    tests/ocs/test_sessions.py tests/ocs/test_refunds.py tests/ocs/test_rating.py tests/ocs/test_build.py
+    tests/ocs/test_sessions.py tests/ocs/test_refunds.py tests/ocs/test_rating.py tests/ocs/test_build.py \
+    tests/balance/test_resp.py tests/balance/test_pipeline.py tests/balance/test_deadlines.py
 fi

@@ -50,13 +50,13 @@ CounterKey = tuple[str, str, str]  # (rule id, member id, period)
 class EventKind(enum.StrEnum):
     USAGE = "usage"  # a committed usage record, as it leaves the outbox
     PAYMENT = "payment"  # a payment recorded by billing
-    TOP_UP = "top_up"  # model only: not fed yet
-    LIFECYCLE = "lifecycle"  # model only
-    BIRTHDAY = "birthday"  # model only: a daily job will feed them
-    ANNIVERSARY = "anniversary"  # model only
+    TOP_UP = "top_up"  # a top-up through the API (ocs.loyalty.account_feed)
+    LIFECYCLE = "lifecycle"  # a line's status change; ``service`` is the new status (account_feed)
+    BIRTHDAY = "birthday"  # fed once a day (ocs.loyalty.daily_feed)
+    ANNIVERSARY = "anniversary"  # the customer's, in whole years; fed once a day (daily_feed)
 
 
-WIRED_EVENT_KINDS = frozenset({EventKind.USAGE, EventKind.PAYMENT})
+WIRED_EVENT_KINDS = frozenset(EventKind)
 
 
 class Period(enum.StrEnum):

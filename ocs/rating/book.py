@@ -250,6 +250,15 @@ class Plan:
     final_unit: FinalUnitPolicy = SILENT
     version: int = 1  # 1: as the plan is first written; 2, 3, ...: its [[versions]] in order
     effective_from: datetime | None = None  # aware, UTC; None: from the beginning of time
+    # The local minutes of the day at which the band may change, sorted: where a window starts or
+    # ends, and midnight. Derived from windows_by_day once, for the lookahead of every grant
+    # (ocs.rating.rate.band_change).
+    boundary_minutes: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        windows = [window for day in self.windows_by_day for window in day]
+        minutes = {0} | {window.start_minute % 1440 for window in windows} | {w.end_minute % 1440 for w in windows}
+        object.__setattr__(self, "boundary_minutes", tuple(sorted(minutes)))
 
     @property
     def version_text(self) -> str:

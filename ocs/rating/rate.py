@@ -39,6 +39,7 @@ adds the cost of N units with the engine's own arithmetic (``balance.tariff``), 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -87,6 +88,9 @@ EVENT_TIMESTAMP_AVP = "Event-Timestamp"
 _VISUAL_SEPARATORS = str.maketrans("", "", " -.()/")
 _DAY_ABBREVIATIONS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _SUNDAY = 6
+# A local minute this much before another of the same day is earlier in absolute time too,
+# whatever daylight-saving change lies between them (the largest in the tz database is 2 hours).
+_DST_MARGIN_MINUTES = 180
 _UNIT_WORDS = {Unit.SECONDS: "s", Unit.OCTETS: "octets", Unit.EVENTS: "events"}
 
 
@@ -218,18 +222,20 @@ def band_at(plan: Plan, at: datetime) -> tuple[str, datetime]:
 def _boundaries(plan: Plan, after: datetime) -> Iterator[datetime]:
     """Every instant after ``after`` (aware) at which the plan's band may change, in order: the
     local minutes where a window starts or ends, and local midnight, day after day. A local
-    time that a daylight-saving change skips or repeats is read as zoneinfo reads it (fold 0)."""
-    minutes = sorted(
-        {0}
-        | {window.start_minute % 1440 for day in plan.windows_by_day for window in day}
-        | {window.end_minute % 1440 for day in plan.windows_by_day for window in day}
-    )
-    day: date = after.astimezone(plan.time_zone).date()
+    time that a daylight-saving change skips or repeats is read as zoneinfo reads it (fold 0).
+    On the first day the minutes more than ``_DST_MARGIN_MINUTES`` before ``after``'s local
+    minute are not looked at: they lie before it whatever the offset change between them."""
+    minutes = plan.boundary_minutes
+    local_after = after.astimezone(plan.time_zone)
+    day: date = local_after.date()
+    first = bisect_left(minutes, local_after.hour * 60 + local_after.minute - _DST_MARGIN_MINUTES)
     while True:
-        for minute in minutes:
+        for index in range(first, len(minutes)):
+            minute = minutes[index]
             local = datetime.combine(day, time(minute // 60, minute % 60), tzinfo=plan.time_zone)
             if local > after:
                 yield local.astimezone(UTC)
+        first = 0
         day += timedelta(days=1)
 
 

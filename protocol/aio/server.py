@@ -161,7 +161,9 @@ class DiameterServer:
             reuse_port=self.reuse_port or None,
         )
         self._servers.append(server)
-        address = server.sockets[0].getsockname()
+        # uvloop's Server.sockets is a list, asyncio's (and typeshed's) a tuple: read untyped, or the
+        # compiled build's check for a tuple refuses uvloop's.
+        address = typing.cast(typing.Any, server).sockets[0].getsockname()
         return str(address[0]), int(address[1])
 
     def _inband_security(self, tls_port: bool) -> tuple[InbandSecurity, ...]:

@@ -39,13 +39,34 @@ def test_no_compiled_application_module_is_older_than_its_source() -> None:
         assert source.stat().st_mtime <= built, f"{source.name} changed after the compiled build: pip install -e ."
 
 
+def _pure_python_files(script: str) -> list[str]:
+    """What ``script`` prints, run in a fresh interpreter on the pure-Python fallback."""
+    environment = {**os.environ, protocol.build.PURE_PYTHON_VARIABLE: "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
+def _sources(names: list[str] | tuple[str, ...]) -> list[str]:
+    return [str(ROOT / f"{name.replace('.', '/')}.py") for name in names]
+
+
 def test_pure_python_fallback_loads_the_application_sources() -> None:
     script = (
         "import ocs.charging.credit_control, ocs.build\n"
         "print(*(module.__file__ for module in ocs.build.compiled_modules()))\n"
     )
-    environment = {**os.environ, protocol.build.PURE_PYTHON_VARIABLE: "1", "PYTHONPATH": str(ROOT)}
-    printed = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert printed == [str(ROOT / f"{name.replace('.', '/')}.py") for name in ocs.build.COMPILED_MODULES]
+    assert _pure_python_files(script) == _sources(ocs.build.COMPILED_MODULES)
+
+
+def test_pure_python_fallback_holds_for_balance_imported_before_ocs() -> None:
+    # The tests of the engine (and their fixtures) import balance first: its own switch
+    # (balance/__init__.py) must choose the sources before ocs's can.
+    balance_modules = [name for name in ocs.build.COMPILED_MODULES if name.startswith("balance.")]
+    script = (
+        "import importlib, sys\n"
+        f"modules = [importlib.import_module(name) for name in {balance_modules!r}]\n"
+        "assert 'ocs' not in sys.modules\n"
+        "print(*(module.__file__ for module in modules))\n"
+    )
+    assert balance_modules and _pure_python_files(script) == _sources(balance_modules)

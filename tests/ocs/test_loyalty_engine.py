@@ -49,6 +49,7 @@ from tests.balance.conftest import embedded_redis
 from tests.ocs.conftest import server_settings, server_with
 from tests.ocs.postgres_support import business_database, postgresql_url
 from tests.ocs.schema_support import migration_differences
+from tests.ocs.store_stand_in import StoreStandIn
 from tests.ocs.test_spool import engine, store
 
 __all__ = ["embedded_redis", "engine", "postgresql_url", "store"]
@@ -267,12 +268,9 @@ async def test_ideal_bonus_money_is_spent_before_main_money_by_the_next_charge(
 # -- exactly once --------------------------------------------------------------------------------
 
 
-class AcknowledgementLost(BalanceStore):
+class AcknowledgementLost(StoreStandIn):
     """The real store whose outbox trims fail: the spool's commit went through, the process died
     before Redis forgot the records, which the next drain reads again."""
-
-    def __init__(self, store: BalanceStore) -> None:
-        super().__init__(store.caller, admin=store.admin)
 
     async def acknowledge_outbox(self, root: str, records: Sequence[UsageRecord]) -> int:
         raise ConnectionError("crash before the acknowledgement")
@@ -304,19 +302,16 @@ async def test_a_replayed_spool_batch_counts_and_credits_nothing_twice(
     assert await audit(engine) == []
 
 
-class CreditedThenCrashed(BalanceStore):
+class CreditedThenCrashed(StoreStandIn):
     """The real store where a top-up or a bucket applies in Redis and the process dies before it
     hears back: the credit is made, its application is not marked."""
 
-    def __init__(self, store: BalanceStore) -> None:
-        super().__init__(store.caller, admin=store.admin)
-
     async def top_up(self, *args: Any, **options: Any) -> OperationResult:
-        await super().top_up(*args, **options)
+        await self.store.top_up(*args, **options)
         raise ConnectionError("crash after the credit")
 
     async def add_bucket(self, *args: Any, **options: Any) -> OperationResult:
-        await super().add_bucket(*args, **options)
+        await self.store.add_bucket(*args, **options)
         raise ConnectionError("crash after the credit")
 
 

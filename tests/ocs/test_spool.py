@@ -46,6 +46,7 @@ from ocs.db import usage
 from ocs.db.engine import open_database, sqlite_url
 from tests.balance.conftest import embedded_redis
 from tests.ocs.postgres_support import business_database, postgresql_url
+from tests.ocs.store_stand_in import StoreStandIn
 
 __all__ = ["embedded_redis", "postgresql_url"]
 
@@ -95,32 +96,32 @@ async def any_spool(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
             await opened.close()
 
 
-class AcknowledgementLost(BalanceStore):
+class AcknowledgementLost(StoreStandIn):
     """The real store, except that trimming the outboxes of ``lost`` hierarchies raises: the
     process dies after the SQLite commit, before those outboxes are trimmed."""
 
     def __init__(self, store: BalanceStore, lost: set[str]) -> None:
-        super().__init__(store.caller, admin=store.admin)
+        super().__init__(store)
         self.lost = lost
 
     async def acknowledge_outbox(self, root: str, records: Sequence[UsageRecord]) -> int:
         if root in self.lost:
             raise ConnectionError("crash before the acknowledgement")
-        return await super().acknowledge_outbox(root, records)
+        return await self.store.acknowledge_outbox(root, records)
 
 
-class ChargeAfterEmptyRead(BalanceStore):
+class ChargeAfterEmptyRead(StoreStandIn):
     """The real store, where a charge commits right after the spool found an outbox empty and
     before it takes that hierarchy off the work list: the race the length check is for."""
 
     def __init__(self, store: BalanceStore) -> None:
-        super().__init__(store.caller, admin=store.admin)
+        super().__init__(store)
         self.charged: list[str] = []
 
     async def read_outbox(self, root: str, limit: int = 1_000) -> list[UsageRecord]:
-        records = await super().read_outbox(root, limit)
+        records = await self.store.read_outbox(root, limit)
         if not records and not self.charged:
-            self.charged.append(await sms(self, root, "late"))  # its SADD finds the root still listed
+            self.charged.append(await sms(self.store, root, "late"))  # its SADD finds the root still listed
         return records
 
 
