@@ -81,6 +81,7 @@ class RateQuote:
     charged_units: int
     price_micros: int
     per_units: int
+    service: str = ""  # the tariff's service the units were rated as (scopes allowances; loyalty rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +263,7 @@ class OcsApi:
             _integer(values, "charged_units"),
             _integer(tariff, "price_micros"),
             _integer(tariff, "per_units"),
+            str(values.get("service", "")),
         )
 
     async def audit(self, *, sessions_ended: bool) -> AuditVerdict:
@@ -350,6 +352,27 @@ class OcsApi:
         """GET /billingAccounts/{id}/dunning: the steps applied and lifted, oldest first."""
         steps = (await self._call("GET", f"/billingAccounts/{billing_account_id}/dunning")).get("steps")
         return [_mapping(step, "step") for step in steps] if isinstance(steps, list) else []
+
+    # --- loyalty (ocs/api/loyalty.py) ---------------------------------------------------------------
+    async def set_segment(self, customer_id: str, segment: str | None) -> None:
+        """PUT /loyalty/members/{id}/segment: the customer's segment, as scoring or an operator sets it."""
+        await self._call("PUT", f"/loyalty/members/{customer_id}/segment", {"segment": segment})
+
+    async def loyalty_applications(self) -> list[dict[str, object]]:
+        """Every rule application (GET /loyalty/applications), oldest first, page by page."""
+        found: list[dict[str, object]] = []
+        while True:
+            page = await self._call("GET", f"/loyalty/applications?limit={LIST_PAGE_ROWS}&offset={len(found)}")
+            rows = page.get("applications")
+            items = [_mapping(item, "application") for item in rows] if isinstance(rows, list) else []
+            found += items
+            if len(items) < LIST_PAGE_ROWS:
+                return found
+
+    async def loyalty_ledger(self) -> list[str]:
+        """The loyalty ledger's problems (GET /loyalty/reports/ledger): empty when whole."""
+        problems = (await self._call("GET", "/loyalty/reports/ledger")).get("problems")
+        return [str(item) for item in problems] if isinstance(problems, list) else ["no problems list in the answer"]
 
     async def ledger_problems(self) -> list[str]:
         """GET /reports/ledger: the one-ledger audit's problems (none: the ledger is whole)."""

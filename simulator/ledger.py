@@ -87,10 +87,20 @@ def _quote_keys(item: MoneyUnits) -> tuple[QuoteKey, ...]:
     return (after,) if item.before == 0 else (granted, after)
 
 
-async def believed_charges(
+@dataclass(frozen=True, slots=True)
+class PricedCommit:
+    """A commit with what it cost (one usage record's micros) and the service it was rated as."""
+
+    commit: Commit
+    micros: int
+    service: str
+
+
+async def priced_commits(
     api: OcsApi, commits: Sequence[Commit], subscribers: Sequence[SimulatedSubscriber]
-) -> dict[str, int]:
-    """Micros per account that the simulator's own usage should have cost."""
+) -> list[PricedCommit]:
+    """Each commit with money units to pay, priced (commits an allowance covered cost nothing and
+    are left out)."""
     to_price = [item for item in money_units(commits, subscribers) if item.units]
     keys: set[QuoteKey] = {key for item in to_price for key in _quote_keys(item)}
     limit = asyncio.Semaphore(PRICING_CONCURRENCY)
@@ -101,13 +111,28 @@ async def believed_charges(
             quotes[key] = await api.quote(*key)
 
     await asyncio.gather(*(quote(key) for key in keys))
-    charges = {subscriber.account_id: 0 for subscriber in subscribers}
+    priced: list[PricedCommit] = []
     for item in to_price:
         sides = [quotes[key] for key in _quote_keys(item)]
         micros = sides[0].cost_micros if len(sides) == 1 else cost_across(item.before, sides[0], sides[1])
+        priced.append(PricedCommit(item.commit, micros, sides[0].service))
+    return priced
+
+
+def charges_of(priced: Iterable[PricedCommit], subscribers: Sequence[SimulatedSubscriber]) -> dict[str, int]:
+    """Micros per account of the priced commits (every subscriber, 0 when it used nothing)."""
+    charges = {subscriber.account_id: 0 for subscriber in subscribers}
+    for item in priced:
         account_id = item.commit.account_id
-        charges[account_id] = charges.get(account_id, 0) + micros
+        charges[account_id] = charges.get(account_id, 0) + item.micros
     return charges
+
+
+async def believed_charges(
+    api: OcsApi, commits: Sequence[Commit], subscribers: Sequence[SimulatedSubscriber]
+) -> dict[str, int]:
+    """Micros per account that the simulator's own usage should have cost."""
+    return charges_of(await priced_commits(api, commits, subscribers), subscribers)
 
 
 def cost_across(before_units: int, before: RateQuote, after: RateQuote) -> int:

@@ -44,6 +44,8 @@ def _balance_drop(subscriber: SimulatedSubscriber, result: RunResult) -> int:
         return 0  # a child's money is its parent's pool: counted on the parent
     if subscriber.prepaid:
         topped_up = result.recorder.topups_micros.get(subscriber.account_id, 0)
+        if result.loyalty is not None:  # loyalty bonus is money on the balance, as a top-up is
+            topped_up += result.loyalty.bonus_by_line().get(subscriber.account_id, 0)
         return before.available_micros + topped_up - after.available_micros
     # What the bill run's cuts took off unbilled was used all the same (and invoiced).
     return after.unbilled_micros + after.billed_micros - before.unbilled_micros - before.billed_micros
@@ -122,6 +124,10 @@ def summarize(result: RunResult) -> Summary:
     if result.billing is not None:
         billing = result.billing.summary()
         problems += [f"billing: {problem}" for problem in result.billing.verdict_problems()]
+    loyalty: Summary | None = None
+    if result.loyalty is not None:
+        loyalty = result.loyalty.summary()
+        problems += [f"loyalty: {problem}" for problem in result.loyalty.verdict_problems()]
     return {
         "scenario": result.scenario.name,
         "seed": result.seed,
@@ -151,6 +157,7 @@ def summarize(result: RunResult) -> Summary:
         "tcc_wait": recorder.tcc_wait,
         **({"lifecycle": lifecycle} if lifecycle is not None else {}),
         **({"billing": billing} if billing is not None else {}),
+        **({"loyalty": loyalty} if loyalty is not None else {}),
         "problems": problems,
         "ok": not problems,
     }
@@ -214,6 +221,15 @@ def render_text(summary: Summary) -> str:
             f"{billing['lifted_by_payment']}; redirects {billing['redirects']}; payment to normal "
             f"grant p50 {billing['payment_to_grant_p50_ms']} ms, p99 {billing['payment_to_grant_p99_ms']} ms "
             f"({billing['payment_to_grant_timed']} timed); ledger {'ok' if billing['ledger_ok'] else 'NOT OK'}"
+        )
+    loyalty = summary.get("loyalty")
+    if isinstance(loyalty, dict):
+        lines.append(
+            f"loyalty: members by segment {loyalty['members_by_segment']}; credits by programme "
+            f"{loyalty['credits'] or 'none'}; bonus issued {loyalty['bonus_issued']}; commit to credit p50 "
+            f"{loyalty['credit_latency_p50_ms']} ms, p99 {loyalty['credit_latency_p99_ms']} ms (target "
+            f"{loyalty['credit_latency_target_ms']:.0f} ms, {loyalty['credits_timed']} timed); ledger "
+            f"{'ok' if loyalty['ledger_ok'] else 'NOT OK'}"
         )
     money = summary["money"]
     assert isinstance(money, dict)

@@ -25,6 +25,9 @@ Beside the traffic, ``simulator.lifecycle`` makes the scenario's status changes 
 a line it bars or terminates is retired, so the traffic takes it no more; after the traffic it
 waits for the terminated lines' grace and checks that none was charged after its change and that
 no line was refused for a status the run never gave it.
+``simulator.loyalty`` gives the customers their segments before the traffic (``[loyalty]``) and,
+after it, waits for the OCS's last credits and checks each member's bonus against its own ledger,
+before the closing balances are read (bonus is money on them).
 ``simulator.billing`` runs the scenario's billing calendar (``[billing]``) the same way: bill
 runs, payments and dunning runs through the API while the traffic runs; a line dunning
 terminates is retired; afterwards no line may have been charged while barred, and the one
@@ -48,8 +51,9 @@ from simulator.billing import BillingCycle
 from simulator.elements import NetworkElement
 from simulator.faults import FaultDice
 from simulator.http_api import RETRY_LIMIT_SECONDS, ApiRefused, ApiUnreachable, AuditVerdict, BalanceSnapshot, OcsApi
-from simulator.ledger import believed_charges
+from simulator.ledger import charges_of, priced_commits
 from simulator.lifecycle import Lifecycle
+from simulator.loyalty import LoyaltyLedger, read_rules
 from simulator.population import Population, SimulatedSubscriber, build_population, money_text, provision
 from simulator.records import Recorder, SessionOutcome
 from simulator.scenario import DATA_CONTEXT, SMS_CONTEXT, VOICE_CONTEXT, Scenario
@@ -89,6 +93,7 @@ class RunResult:
     session_errors: list[str] = field(default_factory=list)
     lifecycle: Lifecycle | None = None  # its changes (if the scenario makes any) and audits
     billing: BillingCycle | None = None  # when the scenario runs a billing calendar
+    loyalty: LoyaltyLedger | None = None  # when the scenario checks loyalty programmes
 
 
 async def _snapshots(api: OcsApi, subscribers: Sequence[SimulatedSubscriber]) -> dict[str, BalanceSnapshot]:
@@ -149,6 +154,13 @@ async def run_scenario(
         )
         if scenario.billing.enabled:
             await billing.set_up()
+        loyalty: LoyaltyLedger | None = None
+        if scenario.loyalty.enabled:
+            rules = read_rules(scenario.loyalty_rules)
+            loyalty = LoyaltyLedger(
+                scenario.loyalty, api, population.subscribers, rules, random.Random(f"{seed}-loyalty")
+            )
+            await loyalty.set_up()
         started = time.perf_counter()
         changes = asyncio.create_task(lifecycle.run(time.monotonic() + scenario.duration_seconds))
         cycle = asyncio.create_task(billing.run())
@@ -166,9 +178,12 @@ async def run_scenario(
             changes.cancel()
             cycle.cancel()
             await asyncio.gather(*(element.close() for element in elements))
-        progress(f"traffic done in {traffic_seconds:.1f} s; reading balances, pricing usage, auditing", None)
+        progress(f"traffic done in {traffic_seconds:.1f} s; pricing usage, reading balances, auditing", None)
+        priced = await priced_commits(api, recorder.commits, population.subscribers)
+        believed = charges_of(priced, population.subscribers)
+        if loyalty is not None:  # before the balances: the last bonus credited is on them
+            await loyalty.settle(priced)
         closing = await _snapshots(api, population.subscribers)
-        believed = await believed_charges(api, recorder.commits, population.subscribers)
         verdict = await api.audit(sessions_ended=True)
         if scenario.billing.enabled:
             await billing.audit_ledger()
@@ -185,6 +200,7 @@ async def run_scenario(
         traffic.errors,
         lifecycle,
         billing if scenario.billing.enabled else None,
+        loyalty,
     )
 
 

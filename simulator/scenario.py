@@ -26,6 +26,11 @@ per simulated day; the traffic must last the whole calendar), the payment ``beha
 ``on_time``, ``late``, ``partial``, ``never``) and the shares of disputes and promises to pay; the
 population's ``bill_cycle_days`` and ``credit_classes`` give the postpaid customers their billing
 accounts, and ``company_postpaid`` makes the company's lines postpaid lines billed to it.
+``[loyalty]`` gives the customers segments (``segments``: weights of the individual customers'
+segments; ``company_segment``) and checks the bonus the OCS's programmes give against the
+simulator's own ledger (``simulator.loyalty``; the programmes are ``[server.loyalty] rules``,
+which must be given with ``enabled = true``; ``settle_seconds``: the longest wait after the
+traffic for the last credits).
 
 Every bad value is a ``ScenarioError`` naming the table and the field.
 """
@@ -42,6 +47,7 @@ from simulator.billing import BEHAVIOURS, BillingSettings
 from simulator.elements import FAILURE_HANDLING, ElementTiming
 from simulator.faults import NO_FAULTS, Faults
 from simulator.lifecycle import STEPS, LifecycleSettings
+from simulator.loyalty import LoyaltySettings
 from simulator.population import (
     DATA_RATING_GROUP,
     VIDEO_RATING_GROUP,
@@ -92,6 +98,12 @@ class Scenario:
     server: Mapping[str, Mapping[str, object]] = field(default_factory=dict)  # for ``ocs demo``
     lifecycle: LifecycleSettings = field(default_factory=LifecycleSettings)  # no status changes unless [lifecycle] says
     billing: BillingSettings = field(default_factory=BillingSettings)  # no calendar unless [billing] says
+    loyalty: LoyaltySettings = field(default_factory=LoyaltySettings)  # no segments nor bonus check unless [loyalty]
+
+    @property
+    def loyalty_rules(self) -> Path:
+        """The programmes the server runs (``[server.loyalty] rules``), which the ledger reads too."""
+        return Path(str(self.server.get("loyalty", {}).get("rules", "")))
 
     def rate_at(self, elapsed_seconds: float) -> float:
         """The arrival rate at a moment of the run, shaped by ``profile``."""
@@ -221,6 +233,7 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
             "server",
             "lifecycle",
             "billing",
+            "loyalty",
         }
     ),
     "run": frozenset(
@@ -267,6 +280,7 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
         }
     ),
     "billing.behaviours": frozenset(BEHAVIOURS),
+    "loyalty": frozenset({"segments", "company_segment", "settle_seconds"}),
     "population": frozenset(
         {
             "size",
@@ -380,6 +394,28 @@ def _billing(table: Mapping[str, object]) -> BillingSettings:
     return settings
 
 
+def _loyalty(table: Mapping[str, object], server: Mapping[str, Mapping[str, object]]) -> LoyaltySettings:
+    if not table:
+        return LoyaltySettings()
+    _known(table, "loyalty")
+    segments = _table(table, "segments")
+    weights = {str(name): _number(segments, name, "loyalty.segments") for name in segments}
+    if not weights or any(weight < 0 for weight in weights.values()) or not any(weights.values()):
+        raise ScenarioError("[loyalty.segments] weights >= 0 of segment names, not all zero")
+    company = table.get("company_segment")
+    if company is not None and not isinstance(company, str):
+        raise ScenarioError(f"[loyalty] company_segment: a segment name, got {company!r}")
+    loyalty = server.get("loyalty", {})
+    if loyalty.get("enabled") is not True or not isinstance(loyalty.get("rules"), str):
+        raise ScenarioError(
+            "[server.loyalty] enabled = true and rules (the programmes' file) are required by [loyalty]"
+        )
+    settle = _number(table, "settle_seconds", "loyalty", 20.0)
+    if settle <= 0:
+        raise ScenarioError("[loyalty] settle_seconds > 0 is required")
+    return LoyaltySettings(enabled=True, segments=weights, company_segment=company, settle_seconds=settle)
+
+
 def _profile(run: Mapping[str, object]) -> tuple[float, ...]:
     profile = run.get("profile", [1.0])
     if (
@@ -458,6 +494,7 @@ def load_scenario(path: Path) -> Scenario:
         server=_server(values),
         lifecycle=_lifecycle(_table(values, "lifecycle")),
         billing=_billing(_table(values, "billing")),
+        loyalty=_loyalty(_table(values, "loyalty"), _server(values)),
     )
     _check(scenario)
     return scenario

@@ -23,6 +23,9 @@ the route against ``PERMISSIONS``, keyed by method and route template, and answe
   admin and care record promises to pay; a run on demand and exemptions are the admin's;
 - scores (``ocs.api.scores``): a customer's score, its history and the segment movements are read
   as customers are (staff);
+- loyalty (``ocs.api.loyalty``): programmes, members, bonus history and the programme reports are
+  read as customers are (staff); the loyalty ledger as the money audit; setting a segment is the
+  admin's;
 - applications and product orders (``/applications``, ``/productOrders``), and the status of a
   customer, a node or a line (``PUT .../status``, ``ocs.api.lifecycle``): as customers;
 - self-care: its own account only (the token names it): the profile, the balance, top-ups with a
@@ -114,6 +117,14 @@ PERMISSIONS: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/customers/{customer_id}/score"): _CUSTOMER_READERS,
     ("GET", "/customers/{customer_id}/score-history"): _CUSTOMER_READERS,
     ("GET", "/reports/segment-movements"): _CUSTOMER_READERS,
+    ("GET", "/loyalty/programmes"): _CUSTOMER_READERS,
+    ("GET", "/loyalty/programmes/{programme_id}"): _CUSTOMER_READERS,
+    ("GET", "/loyalty/members/{customer_id}"): _CUSTOMER_READERS,
+    ("PUT", "/loyalty/members/{customer_id}/segment"): frozenset({Role.ADMIN}),
+    ("GET", "/loyalty/applications"): _CUSTOMER_READERS,
+    ("GET", "/loyalty/reports/segments"): _CUSTOMER_READERS,
+    ("GET", "/loyalty/reports/programmes"): _CUSTOMER_READERS,
+    ("GET", "/loyalty/reports/ledger"): _READERS,
 }
 READ_METHODS = frozenset({"GET", "HEAD"})
 _NOT_CHANGES = frozenset({("POST", "/rate")})

@@ -85,6 +85,8 @@ from ocs.api.interactions import ROUTES as INTERACTION_ROUTES
 from ocs.api.interactions import Services as InteractionServices
 from ocs.api.interactions import extend_document
 from ocs.api.lifecycle import lifecycle_routes, lifecycle_shapes
+from ocs.api.loyalty import ROUTES as LOYALTY_ROUTES
+from ocs.api.loyalty import extend_document as with_loyalty_routes
 from ocs.api.orders import EngineLines, order_routes, order_shapes
 from ocs.api.provisioning import Provisioning
 from ocs.api.scores import ROUTES as SCORE_ROUTES
@@ -110,6 +112,8 @@ from ocs.customers.orders import Orders
 from ocs.customers.service import Customers
 from ocs.db import audit as audit_records
 from ocs.db.audit import AuditEntry
+from ocs.loyalty.reports import LoyaltyReports
+from ocs.loyalty.rules_load import load_loyalty_rules
 from ocs.loyalty.scoring import Scoring
 from ocs.loyalty.scoring_load import load_scoring_rules
 from ocs.metrics import Metrics
@@ -231,6 +235,11 @@ def build_app(state: ServerState, metrics: Metrics) -> web.Application:
     _add_billing(app, state, state.dunning, state.bill_runs, scoring)
     for score_route in SCORE_ROUTES:
         app.router.add_route(score_route.method, score_route.path, _service_handler(score_route, scoring))
+    reports = _loyalty_reports(state)
+    for loyalty_route in LOYALTY_ROUTES:
+        expect = expect_continue if loyalty_route.body is not None else None
+        answer = _service_handler(loyalty_route, reports)
+        app.router.add_route(loyalty_route.method, loyalty_route.path, answer, expect_handler=expect)
     app.router.add_get("/openapi.json", _openapi)
     return app
 
@@ -537,7 +546,7 @@ async def _openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the customer routes' pydantic models."""
     shapes = (*order_shapes(), *lifecycle_shapes())
     document = extend_document(openapi_document(_OPEN_OPERATIONS, shapes))
-    return web.json_response(with_score_routes(with_dunning_routes(with_billing_routes(document))))
+    return web.json_response(with_loyalty_routes(with_score_routes(with_dunning_routes(with_billing_routes(document)))))
 
 
 def _scoring(state: ServerState) -> Scoring:
@@ -549,6 +558,16 @@ def _scoring(state: ServerState) -> Scoring:
     assert state.database is not None
     scoring = state.settings.scoring
     return Scoring(state.database, load_scoring_rules(scoring.rules), run_hour=scoring.run_hour)
+
+
+def _loyalty_reports(state: ServerState) -> LoyaltyReports:
+    """The loyalty programmes' reports: on the engine's rules and member cache when loyalty runs,
+    else on the configured rules file (programmes and history can be read with the engine off)."""
+    assert state.database is not None
+    engine = getattr(state, "loyalty", None)
+    if engine is not None:
+        return LoyaltyReports(state.database, engine.rules, state.store, engine.members)
+    return LoyaltyReports(state.database, load_loyalty_rules(state.settings.loyalty.rules), state.store)
 
 
 def _add_billing(

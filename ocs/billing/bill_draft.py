@@ -22,9 +22,11 @@ ids, each line's charges in this order:
 - usage: one line with the sum of the line's unbilled postpaid records before the cut (they are
   priced already: each record carries its micros; the facts hold them summed, ``LineUsage``),
   usage discounts, and the usage tax category.
-Then the customer's pending deposits on its own billing account, one untaxed DEPOSIT line each
-(``ocs.billing.deposits``), then the account's pending adjustments, one ADJUSTMENT line each (no
-tax: an adjustment is an amount as the operator wrote it). A line's charges carry its
+Then, when there are charges, the customer's loyalty discounts for the period, one DISCOUNT line
+each, aimed at the charges above (``ocs.billing.loyalty_discounts``); then the customer's pending
+deposits on its own billing account, one untaxed DEPOSIT line each (``ocs.billing.deposits``),
+then the account's pending adjustments, one ADJUSTMENT line each (no tax: an adjustment is an
+amount as the operator wrote it). A line's charges carry its
 ``node_id``: the invoice's subtotals per node (``ocs.billing.invoices``) follow from it.
 
 Speed (the bill run drafts thousands of accounts a second): a ``ChargeMemo`` computes each
@@ -50,7 +52,9 @@ from balance.types import PaymentType
 from ocs.billing.catalog import Catalog, Charge, Product, ProductKind, product_charge, usage_charge
 from ocs.billing.cycles import Period
 from ocs.billing.deposits import PendingDeposit, deposit_lines
+from ocs.billing.loyalty_discounts import loyalty_discount_lines
 from ocs.billing.values import MAX_DRAFT_LINES, DraftLine, InvoiceDraft, LineKind
+from ocs.db.loyalty import InvoiceDiscount
 from ocs.db.usage import LineUsage
 
 MAX_DESCRIPTION_CHARACTERS = 1_000  # DraftLine.description
@@ -109,6 +113,9 @@ class AccountFacts:
     usage: Mapping[str, LineUsage]  # per line id: its unbilled postpaid records up to the cut, summed
     adjustments: tuple[PendingAdjustment, ...] = ()
     deposits: tuple[PendingDeposit, ...] = ()  # the customer's, on its own billing account (ocs.billing.deposits)
+    loyalty_discounts: tuple[
+        InvoiceDiscount, ...
+    ] = ()  # the customer's, for this period (ocs.billing.loyalty_discounts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +289,8 @@ def draft_invoice(
     for line in facts.lines:
         if line.payment_type is PaymentType.POSTPAID:
             lines += line_charges(catalog, facts, line, period, memo)
+    taken = facts.loyalty_discounts if lines else ()  # for the next invoice with charges
+    lines += loyalty_discount_lines(taken, lines, facts.usage)
     lines += deposit_lines(facts.deposits)
     charged = sum(item.amount_micros + item.tax_micros for item in lines)
     adjustment_lines = [
@@ -314,6 +323,7 @@ def draft_invoice(
         lines=[],
         adjustment_ids=[item.adjustment_id for item in facts.adjustments] if carried else [],
         deposit_ids=[item.deposit_id for item in facts.deposits],
+        loyalty_discount_ids=[item.discount_id for item in taken],
     )
     return head.model_copy(update={"lines": lines})
 

@@ -10,7 +10,8 @@ first. A page is billed in passes, one cycle per account each (the oldest first)
 takes only the records before its own cycle's end and numbers follow time. For each pass:
 1. read (one read transaction): the periods invoiced already (those accounts are skipped), the
    lines each account pays for (``ocs.billing.bill_facts``), their unbilled postpaid usage records
-   before the cut (the period's end, midnight UTC), the pending adjustments; draft each invoice
+   before the cut (the period's end, midnight UTC), the pending adjustments, the customers' loyalty
+   discounts for the period (``ocs.billing.loyalty_discounts``); draft each invoice
    (``ocs.billing.bill_draft``: pure, so a rerun drafts the same invoice);
 2. the engine steps that must precede the invoice, each idempotent by its id in Redis, so a crash
    before step 3 only repeats them as replays: bundles renewed for the next cycle (id: bundle and
@@ -20,7 +21,8 @@ takes only the records before its own cycle's end and numbers follow time. For e
    concurrent run invoiced meanwhile), their records marked billed (a record billed by someone
    else meanwhile rolls the page back: ``BillRunConflict``, and the page is drafted again), one
    ``bill_cuts`` row per consuming account with what its records drew from its own credit line and
-   from each ancestor's pool, the prepaid statements;
+   from each ancestor's pool, the prepaid statements, the loyalty discounts taken marked consumed
+   (one taken meanwhile rolls the page back as records billed meanwhile do);
 4. after the commit, the cuts in Redis (idempotent by cut id = invoice id | account), each marked
    done. A run killed between 3 and 4 leaves cuts pending: ``finish_pending_cuts`` (the server's
    startup pass, and the start of every run) applies them, so each cut is applied exactly once
@@ -70,6 +72,7 @@ from ocs.billing.cycles import Period, cycle_containing, cycles_to_bill
 from ocs.billing.deposits import pending_deposits_of
 from ocs.billing.final_invoices import bill_final_invoices
 from ocs.billing.invoices import issue_many
+from ocs.billing.loyalty_discounts import LoyaltyDiscountTaken, mark_consumed, pending_loyalty_discounts
 from ocs.billing.values import InvoiceDraft
 from ocs.db.bill_run import bill_cuts, prepaid_rentals
 from ocs.db.bulk import execute_many, execute_many_values, insert_of
@@ -333,6 +336,16 @@ class BillRun:
             pending = await pending_adjustments_of(connection, [item.billing_account_id for item in todo])
             deposits_due = await pending_deposits_of(connection, [item.billing_account_id for item in todo])
             done_rentals = await self._rentals_recorded(connection, paid_lines, todo, day)
+            loyalty = await pending_loyalty_discounts(
+                connection,
+                {
+                    item.billing_account_id: (
+                        midnight_seconds(periods[item.billing_account_id].start),
+                        midnight_seconds(periods[item.billing_account_id].end),
+                    )
+                    for item in todo
+                },
+            )
         drafts: list[tuple[InvoiceDraft, AccountFacts]] = []
         memo = ChargeMemo()
         for account in todo:
@@ -345,6 +358,7 @@ class BillRun:
                 usage=usage.get(account.billing_account_id, {}),
                 adjustments=tuple(pending.get(account.billing_account_id, ())),
                 deposits=tuple(deposits_due.get(account.billing_account_id, ())),
+                loyalty_discounts=tuple(loyalty.get(account.billing_account_id, ())),
             )
             due = date.fromordinal(period.end.toordinal() - 1) + timedelta(days=self.payment_days)
             made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}", memo)
@@ -511,6 +525,10 @@ class BillRun:
             for draft, invoice_id in batch.issued:
                 usages = list(facts_of[draft.billing_account_id].usage.values())
                 marks += ((invoice_id, usage) for usage in usages if usage.record_ids)
+                try:
+                    await mark_consumed(connection, draft, invoice_id)
+                except LoyaltyDiscountTaken as taken:
+                    raise BillRunConflict(str(taken)) from None
                 cut_rows += cuts_of(invoice_id, usages, now)
             records = sum(len(usage.record_ids) for _, usage in marks)
             issued_ids = [invoice_id for _, invoice_id in batch.issued]

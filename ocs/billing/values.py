@@ -83,6 +83,7 @@ class InvoiceDraft(Closed):
     lines: list[DraftLine] = Field(max_length=MAX_DRAFT_LINES)
     adjustment_ids: list[EntityId] = Field(default_factory=list)  # pending adjustments this bill carries
     deposit_ids: list[int] = Field(default_factory=list)  # pending deposits it charges (ocs.billing.deposits)
+    loyalty_discount_ids: list[int] = Field(default_factory=list)  # loyalty discounts it takes (bill run)
 
     @model_validator(mode="after")
     def _dates(self) -> InvoiceDraft:

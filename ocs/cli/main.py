@@ -26,6 +26,7 @@ reads a data directory's business database.
     ocs payment add|load ..., ocs bill show|list|run|document ..., ocs dispute open|resolve ..., ocs report
     receivables|ledger (``ocs.cli.billing``); ``ocs dunning`` and ``ocs report revenue`` (``ocs.cli.dunning``)
     ocs customer score ID [--history] and ocs report segments --from D --to D (``ocs.cli.scores``)
+    ocs loyalty programmes|member|applications|report|simulate ... (``ocs.cli.loyalty``)
     ocs topup ACCOUNT AMOUNT --id ID [--bonus]
     ocs adjust ACCOUNT AMOUNT --id ID [--reason TEXT]
     ocs balance ACCOUNT
@@ -65,6 +66,7 @@ from ocs.cli.customers import add_customer_commands
 from ocs.cli.demo import DEFAULT_SCENARIO, DemoOptions, run_demo, scenario_overrides
 from ocs.cli.dunning import add_dunning_commands
 from ocs.cli.interactions import add_interaction_commands, run_report_offline
+from ocs.cli.loyalty import add_loyalty_commands, run_simulate
 from ocs.cli.scores import add_score_commands, add_segment_report
 from ocs.cli.tokens import TOKEN_VARIABLE, add_token_commands, find_token, run_token_command
 from ocs.config import MAX_WORKERS, ConfigError, Settings, load_settings, unused_environment
@@ -212,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     add_billing_commands(commands, reports, _client_options())
     add_dunning_commands(commands, reports, _client_options())
     add_segment_report(reports, _client_options())
+    add_loyalty_commands(commands, _client_options())
     add_token_commands(commands)
     client = _client_options()
     trail = commands.add_parser("audit-trail", parents=[client], help="who changed what, when (the audit trail)")
@@ -614,6 +617,8 @@ def _main(argv: list[str] | None) -> int:
         return _rate(arguments, settings)
     if arguments.command == "cdr":
         return _cdr_export(arguments, settings)
+    if arguments.command == "loyalty" and arguments.action == "simulate":
+        return asyncio.run(run_simulate(arguments, settings))
     if arguments.command == "token":
         return asyncio.run(run_token_command(arguments, settings))
     if arguments.command == "report" and arguments.data is not None:

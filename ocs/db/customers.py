@@ -31,6 +31,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    false,
 )
 
 from ocs.db.schema import metadata
@@ -64,6 +65,8 @@ customers = Table(
     Column("credit_score", Integer, nullable=True),
     Column("credit_class", String(8), nullable=True),
     Column("segment", String(32), nullable=True),  # free string (loyalty, operator): dunning exemptions (0009)
+    # True: an operator set the segment by hand and the scoring leaves it (0017, ocs.loyalty.scoring)
+    Column("segment_pinned", Boolean, nullable=False, server_default=false()),
     Column("created_at", DateTime, nullable=False, index=True),
 )
 

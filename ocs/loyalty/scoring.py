@@ -6,8 +6,9 @@ the facts are read set-based (``ocs.loyalty.score_facts``); what this module add
 step and the triggers. ``apply`` compares each new score with the customer's newest stored one
 (``ocs.db.loyalty_scores``) and, only where the points, a factor's points or the segment differ,
 inserts a history row and writes the segment to ``customers.segment``, the column dunning
-exemptions and catalog discounts read. A segment an operator set that is not one of the scoring
-file's (``vip``, ``government``) is never overwritten: the operator's word stands over the score.
+exemptions and catalog discounts read. A segment an operator set by hand (``customers.
+segment_pinned``, ``PUT /loyalty/members/{id}/segment``), or one that is not one of the scoring
+file's (``vip``, ``government``), is never overwritten: the operator's word stands over the score.
 So the daily run and every rescore are idempotent: the same facts store nothing new, and a run
 that crashed is simply run again. The apply is chunked (``APPLY_CHUNK`` customers a transaction)
 so the daily run never holds SQLite's write lock for long against the spool writer.
@@ -35,7 +36,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ocs.billing.values import PaymentOutcome
@@ -161,16 +162,26 @@ class Scoring:
             return found
 
     async def apply(self, scores: Sequence[Score], at: datetime, cause: str) -> Applied:
-        """Store the scores whose standing changed and their segments (module docstring)."""
+        """Store the scores whose standing changed, and write each scored segment where the
+        customer's differs from it and is the scoring's to write (module docstring)."""
         stored = moved = 0
-        names = sorted(self.rules.segment_names)
+        names = self.rules.segment_names
         for start in range(0, len(scores), APPLY_CHUNK):
             part = scores[start : start + APPLY_CHUNK]
             async with self.engine.begin() as connection:
-                latest = await latest_scores(connection, [item.customer_id for item in part])
+                ids = [item.customer_id for item in part]
+                latest = await latest_scores(connection, ids)
+                query = select(customers.c.customer_id, customers.c.segment, customers.c.segment_pinned)
+                held = {
+                    row[0]: (row[1], row[2])
+                    for row in await connection.execute(query.where(customers.c.customer_id.in_(ids)))
+                }
                 rows: list[dict[str, object]] = []
                 segments: list[dict[str, object]] = []
                 for item in part:
+                    segment, pinned = held.get(item.customer_id, (None, True))
+                    if not pinned and (segment is None or segment in names) and segment != item.segment:
+                        segments.append({"scored_customer": item.customer_id, "scored_segment": item.segment})
                     before = latest.get(item.customer_id)
                     if before is not None and item.same_standing(
                         before["points"], before["segment"], before["factors"]
@@ -187,18 +198,17 @@ class Scoring:
                         }
                     )
                     if before is None or before["segment"] != item.segment:
-                        segments.append({"scored_customer": item.customer_id, "scored_segment": item.segment})
+                        moved += 1
                 await insert_scores(connection, rows)
-                if segments:
+                if segments:  # the pin checked again in the write: an operator's PUT may have come between
                     statement = (
                         update(customers)
                         .where(customers.c.customer_id == bindparam("scored_customer"))
-                        .where(or_(customers.c.segment.is_(None), *(customers.c.segment == name for name in names)))
+                        .where(customers.c.segment_pinned.is_(False))
                         .values(segment=bindparam("scored_segment"))
                     )
                     await connection.execute(statement, segments)
                 stored += len(rows)
-                moved += len(segments)
         return Applied(len(scores), stored, moved)
 
     async def rescore(self, customer_ids: Sequence[str], cause: str = "request") -> Applied:

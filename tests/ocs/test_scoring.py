@@ -15,6 +15,7 @@ from balance.types import AccountStatus
 from ocs.billing.payments import Payments
 from ocs.billing.values import NewPayment
 from ocs.db.customers import customers, lines
+from ocs.db.loyalty_reports import set_segment
 from ocs.events import AccountEvents, BalanceChanged, StatusChanged
 from ocs.loyalty.score_factors import FactorScore, Score
 from ocs.loyalty.scoring import Scoring
@@ -204,6 +205,26 @@ async def test_the_daily_run_stores_what_changed_and_writes_the_segment_but_not_
     history = await scoring.history("ana")
     assert [(item.points, item.segment, item.cause) for item in history] == [(77, "ideal", "daily")]
     assert history[0].factors[0].explanation.startswith("tenure 1590 days")
+
+
+async def test_a_segment_an_operator_pinned_stands_over_the_daily_run_until_it_is_cleared(
+    database: AsyncEngine,
+) -> None:
+    """``PUT /loyalty/members/{id}/segment`` pins a scoring segment: "bad" on a customer the rules
+    call ideal stays through the daily run; cleared, the next run sets the scoring's again."""
+    await good_and_bad(database)
+    async with database.begin() as connection:
+        assert await set_segment(connection, "ana", "bad")
+    scoring = Scoring(database, RULES, clock=Clock())
+    await scoring.run(DAY)
+    assert await scoring.segment_of("ana") == "bad"
+    assert await scoring.segment_of("bo") == "bad"  # unpinned: the scoring's own
+    async with database.begin() as connection:
+        assert await set_segment(connection, "ana", None)
+    async with database.begin() as connection:  # drifted by hand, unpinned: the scoring writes its own again
+        await connection.execute(update(customers).where(customers.c.customer_id == "bo").values(segment="ideal"))
+    await Scoring(database, RULES, clock=Clock()).rescore(["ana", "bo"])
+    assert (await scoring.segment_of("ana"), await scoring.segment_of("bo")) == ("ideal", "bad")
 
 
 async def test_the_movement_report_shows_who_moved_between_two_days_and_which_factors_moved_them(

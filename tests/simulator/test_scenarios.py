@@ -62,10 +62,16 @@ async def run_shortened(embedded_redis: EmbeddedRedis, tmp_path: Path, name: str
 
 
 def _settings(redis_url: str, spool: Path, scenario: Scenario, **quota: int) -> Settings:
-    """The test server's settings, with the scenario's [server.billing] (as ``ocs demo`` applies it)."""
+    """The test server's settings, with the scenario's [server.billing] and [server.loyalty] (as
+    ``ocs demo`` applies them)."""
     settings = server_settings(redis_url, spool, **quota)
     billing = {key: str(value) for key, value in scenario.server.get("billing", {}).items()}
-    return dataclasses.replace(settings, billing=dataclasses.replace(settings.billing, **billing))
+    loyalty = dict(scenario.server.get("loyalty", {}))
+    return dataclasses.replace(
+        settings,
+        billing=dataclasses.replace(settings.billing, **billing),
+        loyalty=dataclasses.replace(settings.loyalty, **loyalty),
+    )
 
 
 async def run_on_server(
@@ -147,6 +153,18 @@ def _check_billing_cycle(recorder: Recorder, result: RunResult) -> None:
     assert recorder.server_requests["RAR"] >= 1 and recorder.server_requests["ASR"] >= 1
 
 
+def _check_loyalty(recorder: Recorder, result: RunResult) -> None:
+    loyalty = summarize(result)["loyalty"]
+    assert isinstance(loyalty, dict)
+    assert loyalty["ledger_ok"] is True and loyalty["problems"] == [], loyalty
+    assert set(loyalty["members_by_segment"]) == {"ideal", "average", "bad"}, loyalty
+    credits = loyalty["credits"]
+    assert credits.get("ideal_cashback", 0) >= 1 and credits.get("company_rentals", 0) == 1, loyalty
+    assert credits.get("voice_to_data", 0) >= 1, loyalty  # the cross-discount
+    assert loyalty["bonus_issued_micros"] > 0 and loyalty["credits_timed"] >= 1, loyalty
+    assert 0 <= loyalty["credit_latency_p50_ms"] <= loyalty["credit_latency_p99_ms"], loyalty
+
+
 CHECKS: dict[str, Callable[[Recorder, RunResult], None]] = {
     "smoke": lambda recorder, result: None,
     "busy-hour": _check_busy_hour,
@@ -156,6 +174,7 @@ CHECKS: dict[str, Callable[[Recorder, RunResult], None]] = {
     "max-throughput": _check_max_throughput,
     "lifecycle": _check_lifecycle,
     "billing-cycle": _check_billing_cycle,
+    "loyalty": _check_loyalty,
 }
 
 
