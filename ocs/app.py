@@ -29,7 +29,10 @@ it at startup. The answers to the notifier's RAR and ASR reach it from the Diame
 
 Loyalty (``[loyalty] enabled``): the engine is the spool writer's hook (each batch's new records
 are evaluated in the batch's transaction and credited after its commit) and a listener of payments;
-the duty ``loyalty_credit`` credits what a crash left pending.
+the duty ``loyalty_credit`` credits what a crash left pending; the duty ``loyalty_feed``
+(``ocs.loyalty.daily_feed``) feeds the day's birthdays and anniversaries and the payments whose
+event a crash lost; ``ocs.loyalty.account_feed`` turns the account events' top-ups and status
+changes into loyalty events.
 
 Customer scores (``ocs.loyalty.scoring``): built at startup, subscribed to the account events (a
 status change rescores its customer), the ``scoring`` duty scoring everyone once a day from
@@ -79,6 +82,8 @@ from ocs.db.engine import DatabaseUnavailable, database_url, open_database
 from ocs.events import AccountEvents
 from ocs.leases import Duties
 from ocs.logs import bind_request, configure_logging
+from ocs.loyalty.account_feed import AccountFeed
+from ocs.loyalty.daily_feed import DailyFeed
 from ocs.loyalty.engine import LoyaltyEngine
 from ocs.loyalty.rules_load import load_loyalty_rules
 from ocs.loyalty.scoring import Scoring
@@ -121,6 +126,7 @@ class ServerState:
     bill_runs: BillRuns | None = None  # the bill run's doors: API, CLI, the daily duty (ocs/billing/bill_runs.py)
     dunning: Dunning | None = None  # built with the HTTP side's lifecycle (ocs.api.server)
     loyalty: LoyaltyEngine | None = None  # with [loyalty] enabled: the spool's hook, payments' listener
+    loyalty_accounts: AccountFeed | None = None  # with loyalty: top-ups and status changes as its events
     scoring: Scoring | None = None  # customer scores: the API, the rescore on events, the daily duty
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
@@ -457,6 +463,11 @@ async def startup(state: ServerState) -> tuple[str, int]:
         # Applications a crash left pending are credited at startup, then every interval.
         interval = settings.loyalty.credit_interval_seconds
         state.duties.register("loyalty_credit", lambda: _credit_loyalty(state, interval))
+        feed = DailyFeed(state.database, state.loyalty, occasions_hour=settings.loyalty.occasions_hour)
+        state.duties.register("loyalty_feed", feed.run)  # birthdays, anniversaries, lost payments
+        # Every process hears every account event; the one crediting feeds them (ocs/loyalty/account_feed.py).
+        state.loyalty_accounts = AccountFeed(state.loyalty, active=lambda: "loyalty_credit" in state.duties.held)
+        state.events.subscribe(state.loyalty_accounts.on_account_event)
     state.spool = Spool(state.database, on_stored=state.loyalty.usage_stored if state.loyalty is not None else None)
     state.line_status = LineStatusMirror(state.database, clock=time.time)
     state.events.subscribe(state.line_status.on_account_event)  # review 13 L5
@@ -538,6 +549,8 @@ async def shutdown(state: ServerState) -> None:
         await _bounded("spool", _close_spool(state), timeout)
     if state.line_status is not None:
         await _bounded("line status", state.line_status.drain(), timeout)
+    if state.loyalty_accounts is not None:  # the top-ups and status changes noted before the stop
+        await _bounded("loyalty events", state.loyalty_accounts.drain(), timeout)
     if state.scoring is not None:  # the rescores of status changes noted before the stop
         await _bounded("scoring", state.scoring.drain(), timeout)
     if state.database is not None:

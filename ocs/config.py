@@ -257,6 +257,8 @@ class LoyaltySettings:
     # How often applications left pending (a crash, Redis away) are credited again; a batch's
     # credits are made at once after its commit, so this only bounds the wait after a failure.
     credit_interval_seconds: float = 5.0
+    # The hour of the day (UTC) from which the day's birthdays and anniversaries are fed (ocs/loyalty/daily_feed.py).
+    occasions_hour: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +497,7 @@ def validate(settings: Settings, origins: Mapping[str, str]) -> Settings:
         (settings.billing.documents_interval_seconds > 0, "billing.documents_interval_seconds", ""),
         (bool(settings.billing.issuer_name.strip()), "billing.issuer_name", " (empty)"),
         (settings.loyalty.credit_interval_seconds > 0, "loyalty.credit_interval_seconds", ""),
+        (0 <= settings.loyalty.occasions_hour <= 23, "loyalty.occasions_hour", " (an hour of the day, UTC: 0 to 23)"),
     ]
     quota = settings.quota
     for unit in ("seconds", "octets", "events"):

@@ -76,11 +76,14 @@ def ignore_charging_events(event: ChargingEvent) -> None:
 @dataclass(frozen=True, slots=True)
 class BalanceChanged:
     """Money or units were put into (``micros`` >= 0) or taken from (< 0) the account by the
-    operator: ``operation`` is "top_up", "adjustment" or "bucket" (a bucket of units counts 0)."""
+    operator: ``operation`` is "top_up", "adjustment" or "bucket" (a bucket of units counts 0);
+    ``operation_id`` is the top-up's or adjustment's own id (empty for the others, and in events
+    of versions without it)."""
 
     account_id: str
     operation: str
     micros: int
+    operation_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

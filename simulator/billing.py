@@ -14,7 +14,8 @@ lines under its departments) has a payment behaviour drawn from the seed: ``on_t
 bill the day before it is due, ``partial`` pays part of it on the due date, ``late`` pays all it
 owes the day after the dunning ladder restricted or barred it (at the latest ``late_days``
 after the due date), ``never`` pays nothing. Some bills are disputed the day after they are
-issued (``POST /customerBills/{id}/disputes``), some of those resolved later (credited or
+issued (``POST /customerBills/{id}/disputes``, at most what is still open: a payment may come
+first), some of those resolved later (credited or
 rejected); some late or never payers promise to pay (``POST /billingAccounts/{id}/promisesToPay``).
 Payments carry the simulated date as when the bank received them and a reference that makes a
 retry harmless. A payment waits, within its day, for a line of the account to be in a session,
@@ -278,7 +279,12 @@ class BillingCycle:
             self._pay_later(what, item, day)
 
     async def _dispute(self, bill: Bill, day: date) -> None:
-        amount = bill.amount_micros * self.settings.dispute_percent // 100
+        """Dispute ``dispute_percent`` of the bill, at most what is still open and undisputed: a
+        payment made meanwhile (a task that waited for a busy line, or a late payer paying all it
+        owes) may have settled the bill first, and the OCS refuses to dispute a paid amount."""
+        listed = await self.api.bill(bill.bill_id)
+        left = _micros(listed.get("remaining_amount")) - _micros(listed.get("disputed_amount"))
+        amount = min(bill.amount_micros * self.settings.dispute_percent // 100, left)
         if amount <= 0:
             return
         dispute = await self.api.open_dispute(bill.bill_id, f"dispute-{bill.bill_id}", amount, "simulated dispute")

@@ -18,6 +18,13 @@ simulator's ledger never counted, which shows up later as money where the ledger
 allowance to pay. The
 element also plays the faults of ``simulator.faults`` and answers the server's RAR (RAA 2002,
 then the session re-authorises) and ASR. What the sessions on it do is ``simulator.sessions``.
+
+When the run's traffic ends, ``hang_up`` tells every session on the element, and every one
+opened after, that its user hangs up: a session ends at its next round with a CCR-TERMINATION
+reporting what it used, and one waiting for a RAR (a redirected line, final units) stops waiting.
+The run's end is thereby a bounded wait for the sessions' last requests, whatever length they
+were drawn: a long call under a loaded CPU (its rounds slower than planned) used to run past the
+runner's drain timeout, be cancelled between requests and leave its reservation in the OCS.
 """
 
 from __future__ import annotations
@@ -66,7 +73,8 @@ class _Control:
     """What the server asked of one open session (RFC 4006 sections 5.5 and 5.6)."""
 
     account_id: str = ""  # the line the session is of: a lifecycle change is timed by it
-    aborted: bool = False
+    aborted: bool = False  # an Abort-Session-Request came: the OCS ended the session
+    hung_up: bool = False  # the run's traffic ended: the user ends the session at its next round
     reauthorise: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -114,6 +122,7 @@ class NetworkElement:
         self._session_numbers = itertools.count(1)
         self._boot_seconds = int(time.time()) & 0xFFFFFFFF  # Session-Id high part, RFC 6733 section 8.8
         self._reconnecting: asyncio.Lock = asyncio.Lock()
+        self._hanging_up = False  # the run's traffic ended: every session, open or new, hangs up
         client.on_request = self._server_request
 
     @classmethod
@@ -132,7 +141,7 @@ class NetworkElement:
     def open_session(self, account_id: str = "") -> str:
         """A new Session-Id, ``<DiameterIdentity>;<high 32 bits>;<low 32 bits>`` (RFC 6733 section 8.8)."""
         session_id = f"{self.identity.origin_host};{self._boot_seconds};{next(self._session_numbers)}"
-        self.controls[session_id] = _Control(account_id)
+        self.controls[session_id] = _Control(account_id, hung_up=self._hanging_up)
         return session_id
 
     def close_session(self, session_id: str) -> None:
@@ -142,10 +151,24 @@ class NetworkElement:
         control = self.controls.get(session_id)
         return control is not None and control.aborted
 
-    async def reauthorised(self, session_id: str, wait_seconds: float) -> bool:
-        """Whether a RAR for the session comes within ``wait_seconds`` (or came already)."""
+    def hung_up(self, session_id: str) -> bool:
+        """Whether the session's user hangs up: the run's traffic ended (``hang_up``)."""
         control = self.controls.get(session_id)
-        if control is None:
+        return control is not None and control.hung_up
+
+    def hang_up(self) -> None:
+        """The run's traffic ended: every session on the element, open now or opened later, ends
+        at its next round with its CCR-TERMINATION; a session waiting for a RAR is woken."""
+        self._hanging_up = True
+        for control in self.controls.values():
+            control.hung_up = True
+            control.reauthorise.set()  # ends a wait in ``reauthorised``, which then answers False
+
+    async def reauthorised(self, session_id: str, wait_seconds: float) -> bool:
+        """Whether a RAR for the session comes within ``wait_seconds`` (or came already); False
+        at once when an ASR or the run's end (``hang_up``) comes first."""
+        control = self.controls.get(session_id)
+        if control is None or control.hung_up:
             return False
         if not control.reauthorise.is_set():
             if wait_seconds <= 0:
@@ -155,7 +178,7 @@ class NetworkElement:
             except TimeoutError:
                 return False
         control.reauthorise.clear()
-        return not control.aborted
+        return not control.aborted and not control.hung_up
 
     async def _open_client(self) -> DiameterClient:
         """The open connection, after reconnecting if it broke; while the server refuses, tries

@@ -11,14 +11,15 @@ Theory of operation: ``run_scenario``
    an idle line (a line runs one session at a time, which keeps the allowance arithmetic of
    ``simulator.ledger`` exact) and runs on the next connection. An open-mode arrival with no idle
    line, or over the cap, is dropped and counted. Connection-drop faults run beside it;
-4. at the end stops arriving, lets every session finish (each ends with its CCR-T, unless a fault
-   abandoned it), waits for the top-ups it started, and when sessions ended without the OCS
-   confirming their end (abandoned, or failed: the server hung or crashed) waits, polling the
-   balances, until the OCS's Tcc has released what they held (Tcc is about twice the longest
-   Validity-Time granted, RFC 4006 section 13; the wait is bounded by that plus a margin, and by
-   ``tcc_wait_limit_seconds``) and notes what it waited for and how long; then closes the
-   connections (DPR), reads every balance again,
-   prices what the elements believe was used, and asks for the audit with ``sessions_ended``.
+4. at the end stops arriving and hangs up every session (``NetworkElement.hang_up``: each ends at
+   its next round with its CCR-T, unless a fault abandoned it; the drain waits for those last
+   requests, never for the rest of a long call), waits for the top-ups it started, and when
+   sessions ended without the OCS confirming their end (abandoned, or failed: the server hung or
+   crashed) waits, polling the balances, until the OCS's Tcc has released what they held (Tcc is
+   about twice the longest Validity-Time granted, RFC 4006 section 13; the wait is bounded by
+   that plus a margin, and by ``tcc_wait_limit_seconds``) and notes what it waited for and how
+   long; then closes the connections (DPR), reads every balance again, prices what the elements
+   believe was used, and asks for the audit with ``sessions_ended``.
 
 Beside the traffic, ``simulator.lifecycle`` makes the scenario's status changes (``[lifecycle]``):
 a line it bars or terminates is retired, so the traffic takes it no more; after the traffic it
@@ -164,7 +165,7 @@ async def run_scenario(
         changes = asyncio.create_task(lifecycle.run(time.monotonic() + scenario.duration_seconds))
         cycle = asyncio.create_task(billing.run())
         try:
-            await traffic.run(progress)
+            await traffic.run(progress, calendar=cycle)
             traffic_seconds = time.perf_counter() - started
             await changes
             await cycle
@@ -232,7 +233,10 @@ class Traffic:
         self.started = 0
 
     # --- the load ------------------------------------------------------------------------------
-    async def run(self, progress: Progress) -> None:
+    async def run(self, progress: Progress, *, calendar: asyncio.Task[None] | None = None) -> None:
+        """The traffic; at its end the sessions still running go on until ``calendar`` (the
+        billing calendar, late on a loaded machine) has finished, at most the drain timeout,
+        so its last days still meet live sessions; then they are hung up and drained."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         droppers = [asyncio.create_task(self._drop_connections(element)) for element in self.elements]
@@ -244,6 +248,10 @@ class Traffic:
                 await self._open_loop(start)
             for dropper in droppers:
                 dropper.cancel()
+            if calendar is not None and self.tasks:
+                await asyncio.wait({calendar}, timeout=self.scenario.drain_timeout_seconds)
+            for element in self.elements:
+                element.hang_up()
             await self._drain()
             if self.side_tasks:
                 await asyncio.wait(set(self.side_tasks))
@@ -294,7 +302,8 @@ class Traffic:
         self.tasks.update(workers)
         for task in workers:
             task.add_done_callback(self.tasks.discard)
-        await asyncio.wait(workers, timeout=self.scenario.duration_seconds + self.scenario.drain_timeout_seconds)
+        # Until the deadline; then the sessions are hung up and drained with the open mode's.
+        await asyncio.wait(workers, timeout=max(0.0, deadline - loop.time()))
 
     def _take_line(self) -> SimulatedSubscriber | None:
         """An idle line at random, or None; a retired line met on the way leaves the pool."""
@@ -313,7 +322,8 @@ class Traffic:
             element.drop_connection()
 
     async def _drain(self) -> None:
-        """Let every session end with its CCR-T; cancel what is still running at the timeout."""
+        """Let every session, hung up, end with its CCR-T; cancel what is still running at the
+        timeout (a session cancelled between requests leaves what it holds to the OCS's Tcc)."""
         if not self.tasks:
             return
         _, late = await asyncio.wait(set(self.tasks), timeout=self.scenario.drain_timeout_seconds)

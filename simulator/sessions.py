@@ -9,7 +9,10 @@ Theory of operation:
   (Used-Service-Unit, Reporting-Reason) and asks again; CCR-TERMINATION reports the last usage.
   A grant with Final-Unit-Indication is used and then the service ends (section 5.6.1, action
   TERMINATE) unless a RAR re-authorises it meanwhile; 4012 for a service ends it at once; an
-  Abort-Session-Request ends the session.
+  Abort-Session-Request ends the session. When the run's traffic ends (``NetworkElement.hang_up``)
+  the user hangs up: the session ends at its next round, or at once if it waits for a RAR, with
+  its CCR-TERMINATION reporting what it used, so the OCS releases what it holds; the call's drawn
+  length ends there and it counts as completed (cut if the OCS had already cut a service).
 - ``run_sms_event``: Immediate Event Charging, EVENT_REQUEST with DIRECT_DEBITING (section 6.3).
 - ``run_sms_session``: Event Charging with Unit Reservation, INITIAL then TERMINATION (section 6.2).
 
@@ -470,7 +473,7 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
             simulated_seconds = _use_grants(services, element.timing, session.clock_seconds)
             session.clock_seconds += simulated_seconds
             await asyncio.sleep(_real_pause(simulated_seconds, element.timing))
-            stop = element.aborted(session.session_id)
+            stop = element.aborted(session.session_id) or element.hung_up(session.session_id)
             wanting = [s for s in services if s.active and s.remaining > 0 and not s.final and not stop]
             if not wanting and not stop:
                 wanting = await _reauthorised(session, services)
@@ -493,9 +496,19 @@ async def run_metered_session(caller: CallerContext, services: list[MeteredServi
                 service.forced = False
         if abandon:
             return _abandoned(element)
+        if element.hung_up(session.session_id):
+            _hang_up(services)
         return await _terminate(session, services, aborted=element.aborted(session.session_id))
     finally:
         element.close_session(session.session_id)
+
+
+def _hang_up(services: list[MeteredService]) -> None:
+    """The user ends the session at the run's end: what each service had still to use is
+    dropped, except where the OCS already cut it (final units, a redirect, a refusal)."""
+    for service in services:
+        if not service.final and not service.cut:
+            service.remaining = 0
 
 
 def _abandoned(element: NetworkElement) -> SessionOutcome:

@@ -373,7 +373,9 @@ class Provisioning:
         if not result.replayed:
             if self.metrics is not None:
                 self.metrics.money_credited(view.account.currency, operation, micros)
-            notified = self.events.publish(BalanceChanged(account_id, operation, micros))  # live sessions learn it
+            operation_id = details.get("top_up_id") or details.get("adjustment_id") or ""
+            changed = BalanceChanged(account_id, operation, micros, operation_id)
+            notified = self.events.publish(changed)  # live sessions learn it (and loyalty a top-up)
             log.info(operation, account_id=account_id, micros=micros, bucket_id=result.bucket_id, **details)
         return Applied(result, view, notified)
 

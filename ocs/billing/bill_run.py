@@ -526,7 +526,7 @@ class BillRun:
                 usages = list(facts_of[draft.billing_account_id].usage.values())
                 marks += ((invoice_id, usage) for usage in usages if usage.record_ids)
                 try:
-                    await mark_consumed(connection, draft.loyalty_discount_ids, invoice_id)
+                    await mark_consumed(connection, draft, invoice_id)
                 except LoyaltyDiscountTaken as taken:
                     raise BillRunConflict(str(taken)) from None
                 cut_rows += cuts_of(invoice_id, usages, now)

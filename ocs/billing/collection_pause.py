@@ -15,6 +15,9 @@ generation 0 (all that was allocated since and is still alive, since nothing is 
 collection is off): the cycles the pages made are freed, the page in flight is walked once, not
 at every 700 allocations. What survives waits for the first full collection after the job.
 
+The loyalty engine's hook (ocs/loyalty/engine.py) uses it the same way around each spool batch it
+evaluates, a batch being its page.
+
 The collector is the process's: the pause is counted, so jobs that overlap in one process (two
 runs at once, a run and the scheduler's) share it, and the last one out turns collection back on,
 and only if it was on when the first came in (a caller that had turned it off keeps it off).

@@ -18,7 +18,9 @@ applies to, ``[applies_from, applies_until)``. The bill run takes them:
 3. write: the invoice's ``loyalty_discount_ids`` are marked ``consumed`` with its invoice id in the
    transaction that issues it (``mark_consumed``); one taken meanwhile by another run raises
    ``LoyaltyDiscountTaken`` and the transaction rolls back. A rerun finds the period invoiced and
-   drafts nothing, and the discount is no longer pending: nothing is applied twice.
+   drafts nothing, and the discount is no longer pending: nothing is applied twice. In the same
+   transaction what each discount line took off is counted as its application's cost and against
+   its programme's budget (``ocs.db.loyalty_costs``): a priced discount spends the budget.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ocs.billing.values import DraftLine, LineKind
+from ocs.billing.values import DraftLine, InvoiceDraft, LineKind
 from ocs.db.customers import billing_accounts
 from ocs.db.loyalty import InvoiceDiscount, consume_invoice_discount, pending_invoice_discounts_of
+from ocs.db.loyalty_costs import count_discount_cost
 from ocs.db.usage import LineUsage
 
 BASIS_POINTS_PER_WHOLE = 10_000
@@ -119,8 +122,20 @@ def loyalty_discount_lines(
     return made
 
 
-async def mark_consumed(connection: AsyncConnection, discount_ids: Sequence[int], invoice_id: str) -> None:
-    """The discounts taken by ``invoice_id``, in its transaction (module docstring, step 3)."""
-    for discount_id in discount_ids:
+def priced_discounts(lines: Sequence[DraftLine]) -> dict[int, int]:
+    """What each loyalty discount line of a draft takes off (micros, >= 0), by discount id."""
+    return {
+        int(line.explanation["loyalty_discount_id"]): -line.amount_micros  # type: ignore[arg-type]
+        for line in lines
+        if line.kind is LineKind.DISCOUNT and "loyalty_discount_id" in line.explanation
+    }
+
+
+async def mark_consumed(connection: AsyncConnection, draft: InvoiceDraft, invoice_id: str) -> None:
+    """The discounts taken by ``invoice_id``, in its transaction, and what each cost counted
+    against its programme (module docstring, step 3)."""
+    priced = priced_discounts(draft.lines)
+    for discount_id in draft.loyalty_discount_ids:
         if not await consume_invoice_discount(connection, discount_id, invoice_id):
             raise LoyaltyDiscountTaken(f"loyalty discount {discount_id} was taken by another invoice")
+        await count_discount_cost(connection, discount_id, priced.get(discount_id, 0))

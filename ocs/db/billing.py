@@ -114,7 +114,8 @@ payments = Table(
     Column("source", String(16), nullable=False),  # api | cli | bank_file
     Column("received_at", DateTime, nullable=False),
     Column("recorded_by", String(256), nullable=False),
-    Column("recorded_at", DateTime, nullable=False),
+    # indexed (0018): loyalty's catch-up reads the payments of the last days (ocs.db.loyalty_feeds)
+    Column("recorded_at", DateTime, nullable=False, index=True),
     UniqueConstraint("billing_account_id", "reference", name="uq_payments_account_reference"),
 )
 

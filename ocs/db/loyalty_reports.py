@@ -9,6 +9,7 @@ here is on the engine's hot path. Lists are ordered by their keys and paged by `
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select, update
@@ -19,8 +20,8 @@ from ocs.db.loyalty import (
     ApplicationState,
     loyalty_applications,
     loyalty_budgets,
-    loyalty_counters,
     loyalty_invoice_discounts,
+    loyalty_member_counters,
 )
 
 NO_SEGMENT = "none"  # how a customer without a segment is counted in ``members_by_segment``
@@ -107,14 +108,13 @@ async def members_by_segment(connection: AsyncConnection) -> dict[str, int]:
 
 
 async def counters_of(connection: AsyncConnection, member_id: str) -> list[CounterRow]:
-    table = loyalty_counters.c
-    statement = (
-        select(table.rule_id, table.period, table.value)
-        .where(table.member_id == member_id)
-        .order_by(table.period, table.rule_id)
-    )
+    """The member's counters by period and rule (``loyalty_member_counters``: one row a period)."""
+    table = loyalty_member_counters.c
+    statement = select(table.period, table.counters).where(table.member_id == member_id).order_by(table.period)
     return [
-        CounterRow(str(rule), str(period), int(value)) for rule, period, value in await connection.execute(statement)
+        CounterRow(str(rule), str(period), int(value))
+        for period, packed in await connection.execute(statement)
+        for rule, value in sorted(json.loads(packed).items())
     ]
 
 

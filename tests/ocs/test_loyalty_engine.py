@@ -6,6 +6,7 @@ the credit and its record, and a replayed payment; budgets kept across batches; 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balance.embedded import EmbeddedRedis
@@ -37,9 +40,10 @@ from ocs.billing.values import NewPayment
 from ocs.config import LoyaltySettings
 from ocs.db import loyalty as tables
 from ocs.db.customers import billing_accounts, customers, lines, parties
+from ocs.db.engine import MIGRATIONS
 from ocs.events import AccountEvent, AccountEvents, BalanceChanged
 from ocs.loyalty.engine import LoyaltyEngine, credit_id
-from ocs.loyalty.rules import EventKind, LoyaltyEvent, LoyaltyRules
+from ocs.loyalty.rules import EventKind, LoyaltyEvent, LoyaltyRules, Member
 from ocs.loyalty.rules_load import parse_loyalty_rules
 from tests.balance.conftest import embedded_redis
 from tests.ocs.conftest import server_settings, server_with
@@ -525,3 +529,99 @@ async def test_on_each_database_a_replayed_batch_and_a_payment_apply_once(
     assert view is not None and view.credits_micros == 10 * EUR + 150_000 + EUR
     assert (await buckets(store, line))[BucketKind.EVENTS] == 1
     assert await audit(engine) == []
+
+
+# -- counters: a row per member and period (migration 0017) ---------------------------------------
+
+NOVEMBER_LAST = int(datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC).timestamp())
+DECEMBER_FIRST = int(datetime(2026, 12, 1, 0, 0, 0, tzinfo=UTC).timestamp())
+
+
+async def stored_counters(engine: AsyncEngine) -> dict[tuple[str, str], dict[str, int]]:
+    """Every row of ``loyalty_member_counters``: (member, period) -> rule -> value."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(select(tables.loyalty_member_counters))
+        return {(row.member_id, row.period): json.loads(row.counters) for row in rows}
+
+
+async def test_counters_are_a_row_per_member_and_period_and_start_again_in_the_next_period(
+    store: BalanceStore, any_database: AsyncEngine
+) -> None:
+    """The last second of November and the first of December: each day and month a row of its
+    own holding every rule's counter; the second transaction adds to December's row without
+    losing the counter the first wrote there, and a replayed payment moves nothing."""
+    engine = any_database
+    customer, line = f"C-{uuid.uuid4().hex[:12]}", f"L-{uuid.uuid4().hex[:12]}"
+    await member(engine, store, customer, [line], segment="ideal", kind="organization")
+    loyalty = engine_of(engine, store, rules())
+    company = Member(customer, "organization", "ideal")
+
+    def usage(trigger_id: str, at_seconds: int, service: str, micros: int) -> tuple[LoyaltyEvent, Member]:
+        return LoyaltyEvent(EventKind.USAGE, trigger_id, customer, line, at_seconds, service, 1, micros), company
+
+    async with engine.begin() as connection:
+        made = await loyalty.apply(
+            connection,
+            [usage("r1", NOVEMBER_LAST, "sms", 90_000), usage("r2", DECEMBER_FIRST, "data", 40_000)],
+        )
+    assert [item.trigger_id for item in made] == ["r2"]  # ideal_half_back on the data record
+    async with engine.begin() as connection:
+        await loyalty.apply(connection, [usage("r3", DECEMBER_FIRST + 1, "sms", 90_000)])
+    payment = LoyaltyEvent(EventKind.PAYMENT, f"PAY-{customer}", customer, line, DECEMBER_FIRST, micros=EUR)
+    assert await loyalty.events_recorded([payment]) == 1
+    assert await loyalty.events_recorded([payment]) == 0  # a replay: evaluated once
+    assert await stored_counters(engine) == {
+        (customer, "2026-11"): {"sms_every_10th": 1, "company_rentals": 90_000},
+        (customer, "2026-12-01"): {"ideal_half_back": 1},
+        (customer, "2026-12"): {"company_rentals": 130_000, "sms_every_10th": 1, "payment_bonus": 1},
+    }
+    async with engine.connect() as connection:
+        wanted = [("company_rentals", customer, "2026-12"), ("sms_every_10th", customer, "2026-12-01")]
+        assert await tables.read_counters(connection, wanted) == {("company_rentals", customer, "2026-12"): 130_000}
+
+
+async def test_a_transaction_writes_only_the_counters_it_changed(any_database: AsyncEngine) -> None:
+    """Two transactions moving different rules' counters of one member and month (a payment's and
+    the spool's, which PostgreSQL may run at once) each keep the other's."""
+    engine = any_database
+    async with engine.begin() as connection:
+        await tables.upsert_counters(connection, {("a", "C-merge", "2026-12"): 5, ("b", "C-merge", "2026-12"): 1})
+    async with engine.begin() as connection:
+        await tables.upsert_counters(connection, {("b", "C-merge", "2026-12"): 7, ("c", "C-merge", "2026-12"): 2})
+    assert await stored_counters(engine) == {("C-merge", "2026-12"): {"a": 5, "b": 7, "c": 2}}
+
+
+def _migrate_to(connection: Connection, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    if revision == "head":
+        command.upgrade(config, revision)
+    else:
+        command.downgrade(config, revision)
+
+
+async def test_the_migration_packs_the_counters_by_member_and_period_and_back(any_database: AsyncEngine) -> None:
+    engine = any_database
+    old = [("C1", "2026-12", "r1", 3), ("C1", "2026-12", "r2", 10**12), ("C1", "2026-12-07", "r1", 1)]
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_migrate_to, "0016")
+            for row in old:
+                await connection.execute(
+                    text("INSERT INTO loyalty_counters (member_id, period, rule_id, value) VALUES (:m, :p, :r, :v)"),
+                    dict(zip("mprv", row, strict=True)),
+                )
+            await connection.run_sync(_migrate_to, "head")
+        assert await stored_counters(engine) == {
+            ("C1", "2026-12"): {"r1": 3, "r2": 10**12},
+            ("C1", "2026-12-07"): {"r1": 1},
+        }
+        async with engine.begin() as connection:
+            await connection.run_sync(_migrate_to, "0016")
+            unpacked = await connection.execute(text("SELECT member_id, period, rule_id, value FROM loyalty_counters"))
+            assert sorted(tuple(row) for row in unpacked) == sorted(old)
+    finally:
+        async with engine.begin() as connection:
+            await connection.run_sync(_migrate_to, "head")
+            await connection.execute(tables.loyalty_member_counters.delete())

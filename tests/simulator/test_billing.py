@@ -1,7 +1,8 @@
 """The billing calendar's own rules, without a server: the calendar's length, behaviours in their
 shares, the scenario's [billing] table refused with the field named, the audit of charging while
-barred, payment_to_grant timed from the payment to the normal grant after the RAR, and the
-verdict failing on ledger problems and on a slow lift (the full run is in test_scenarios.py)."""
+barred, a dispute asking at most what is left open, payment_to_grant timed from the payment to
+the normal grant after the RAR, and the verdict failing on ledger problems and on a slow lift
+(the full run is in test_scenarios.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from simulator.billing import BillingCycle, BillingSettings, Enforcement, PaymentCall, add_months, behaviour_draw
+from simulator.billing import (
+    Bill,
+    BillingCycle,
+    BillingSettings,
+    Enforcement,
+    PaymentCall,
+    add_months,
+    behaviour_draw,
+)
 from simulator.http_api import OcsApi
 from simulator.records import Recorder
 from simulator.scenario import ScenarioError, load_scenario
@@ -112,3 +121,45 @@ def test_the_verdict_fails_on_ledger_problems_a_slow_lift_and_no_invoice() -> No
     cycle.lifted_calls.append(PaymentCall("B-1", 20.0, ("line-1",)))
     assert cycle.summary()["payment_to_grant_p99_ms"] == pytest.approx(2500.0)
     assert any("over the 2000 ms target" in problem for problem in cycle.verdict_problems())
+
+
+class _BillsApi(OcsApi):
+    """The API as the calendar's disputes see it: one bill with what is left on it, and the
+    disputes asked for (a stand-in for the HTTP client only: no money is kept here)."""
+
+    def __init__(self, remaining_micros: int, disputed_micros: int) -> None:
+        super().__init__("http://127.0.0.1:9")
+        self.listed = {
+            "remaining_amount": {"unit": "EUR", "value_micros": remaining_micros},
+            "disputed_amount": {"unit": "EUR", "value_micros": disputed_micros},
+        }
+        self.disputed: list[int] = []
+
+    async def bill(self, bill_id: str) -> dict[str, object]:
+        return dict(self.listed)
+
+    async def open_dispute(self, bill_id: str, dispute_id: str, amount_micros: int, reason: str) -> dict[str, object]:
+        self.disputed.append(amount_micros)
+        return {"dispute_id": dispute_id}
+
+
+@pytest.mark.parametrize(
+    ("remaining", "disputed", "expected"),
+    [
+        (50_000_000, 0, [10_000_000]),  # open in full: dispute_percent (20) of the bill
+        (0, 0, []),  # a payment settled it before the dispute day: nothing left to dispute
+        (4_000_000, 1_000_000, [3_000_000]),  # partly paid, partly disputed: at most what is left
+    ],
+)
+async def test_a_dispute_asks_at_most_what_is_left_open_on_the_bill(
+    remaining: int, disputed: int, expected: list[int]
+) -> None:
+    """Before, a payment that came first (a task that found a line busy at once, or a late payer
+    paying all it owed) left nothing to dispute, the OCS refused the dispute (422) and the run's
+    verdict failed, now and then, with the timing."""
+    api = _BillsApi(remaining, disputed)
+    settings = BillingSettings(enabled=True, months=1, day_seconds=0.1, dispute_percent=20, dispute_resolved_share=0.0)
+    cycle = BillingCycle(settings, api, Recorder(), (), set, set(), random.Random(1))
+    await cycle._dispute(Bill("main-1", "B-1", 50_000_000, date(2027, 1, 20)), date(2027, 1, 6))
+    assert api.disputed == expected
+    assert cycle.disputes["opened"] == len(expected) and cycle.problems == []
