@@ -51,6 +51,7 @@ from dataclasses import replace
 
 from balance import keys, work_lists
 from balance.callers import PipelinedCaller, RedisPyCaller, Reply, ScriptCaller
+from balance.deadline import within
 from balance.errors import BalanceScriptError, BalanceUnavailable, BalanceUnreached
 from balance.pipeline import DEFAULT_REPLY_TIMEOUT_SECONDS, PipelinedRedis
 from balance.pipeline_cluster import ClusterPipelinedRedis, startup_nodes_of
@@ -504,8 +505,8 @@ class BalanceStore:
         deadline = int(arguments[_DEADLINE_ARGUMENT[script.operation]]) / 1000
         await asyncio.sleep(max(0.0, deadline + DEADLINE_MARGIN_SECONDS - self.clock()))
         try:
-            async with asyncio.timeout(min(self.reply_timeout_seconds, SETTLE_TIMEOUT_SECONDS)):
-                return await caller.run(script, script_keys, arguments)
+            look = caller.run(script, script_keys, arguments)
+            return await within(min(self.reply_timeout_seconds, SETTLE_TIMEOUT_SECONDS), look)
         except (BalanceUnavailable, TimeoutError):
             raise BalanceUnavailable(f"{failure}; past its deadline, nothing more can apply") from None
 
