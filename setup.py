@@ -21,8 +21,9 @@ from setuptools import setup
 # The codec's hot path: decode/encode, the dictionary tables it reads, the AVP types and the
 # message classes it builds, and the grammar check that runs on every request (protocol/build.py);
 # then the CCR's path through the application: read the CCR, rate it, the credit-control handler
-# around the engine call, lay out the CCA; the charge's side of the balance store, its argument
-# checks and reply parsing, and the pipelined Redis client with its RESP packing (ocs/build.py).
+# around the engine call, lay out the CCA, the driver that runs each answer without a task; the
+# charge's side of the balance store, its argument checks and reply parsing, and the pipelined
+# Redis client with its RESP packing (ocs/build.py).
 COMPILED_MODULES = [
     "protocol/constants.py",
     "protocol/avp_types.py",
@@ -41,6 +42,7 @@ COMPILED_MODULES = [
     "ocs/charging/cca.py",
     "ocs/rating/rate.py",
     "ocs/charging/credit_control.py",
+    "ocs/in_flight.py",
     "balance/resp.py",
     "balance/pipeline.py",
     "balance/script_io.py",

@@ -8,6 +8,11 @@ translate failures the same way, and nothing above them imports redis: a connect
 an error reply is ``BalanceScriptError`` (the script refused to write). Replies come back as
 ``str`` or ``int`` (or lists of them).
 
+redis-py's asyncio client bounds its own waits with ``asyncio.timeout`` (its pool, its reads), as
+``RedisPyCaller.run`` bounds a script call, and that needs a current task; a CCR is answered
+without one (ocs/in_flight.py), so a call made where no task runs (a balance query or a refund
+of the request path) is run as a task of its own.
+
 Both run an operation as a function of the library (FCALL, balance/scripts.py) unless made with
 ``functions=False``; the first time Redis answers that it does not know FCALL (before 7.0), a
 caller runs the EVAL scripts from then on. Either way a script or library Redis does not have is
@@ -126,6 +131,8 @@ class RedisPyCaller:
         )
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        if asyncio.current_task() is None:  # module docstring: redis-py needs a current task
+            return await asyncio.ensure_future(self.run(script, keys, args))
         try:
             async with asyncio.timeout(self.reply_timeout_seconds):
                 try:
@@ -205,6 +212,8 @@ class RedisPyCaller:
             await self.client.script_load(source)
 
     async def execute(self, *parts: str) -> Reply:
+        if asyncio.current_task() is None:
+            return await asyncio.ensure_future(self.execute(*parts))
         if isinstance(self.client, redis_asyncio.RedisCluster) and len(parts) > 1:
             # redis-py's cluster routes a command with a subcommand (FUNCTION LIST: to every
             # master) only when the two come as one word; it splits them again to send them.
@@ -229,6 +238,8 @@ class RedisPyCaller:
         """Every key matching ``pattern``; on a cluster, from every master. SCAN changes nothing,
         so a pooled connection found dead (e.g. after a Redis restart) gets one retry, as
         ``execute`` gives the commands of ``RETRY_SAFE_COMMANDS``."""
+        if asyncio.current_task() is None:
+            return await asyncio.ensure_future(self.scan_keys(pattern))
         try:
             try:
                 return await self._scan(pattern)

@@ -36,7 +36,8 @@ Rules it keeps:
   answers 3004 over its own in-flight limit rather than queueing, DESIGN.md) instead of growing
   memory while Redis is stalled.
 - A cancelled caller leaves its slot in the FIFO; its reply is read and dropped, so the order of
-  the others is kept. Per-call deadlines are therefore the caller's ``asyncio.timeout``; the
+  the others is kept. Per-call deadlines are therefore the caller's (``balance.deadline.within``,
+  which needs no current task, or ``asyncio.timeout``); the
   client's own deadline is for the connection: calls pending and not one byte from Redis for
   ``reply_timeout_seconds`` (a hung server, a half-open TCP connection) drops the connection and
   fails them all. Blocking commands (BLPOP and the like) therefore do not belong on this client.

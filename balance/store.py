@@ -5,13 +5,16 @@ values), finds the account's hierarchy (``ar:<account>``, cached: it never chang
 provisioned), builds every key from ``balance.keys`` and the flat ARGV of the script header, runs
 the script through a ``ScriptCaller``, and turns the reply into the types of ``balance.types``.
 After a charge that opened a session or wrote usage records (a replay of one included: the
-call that applied may not have sent them) it marks the hierarchy in the supervisor's and the
+call that applied may not have sent them) the hierarchy is marked in the supervisor's and the
 spool writer's work lists (balance/work_lists.py, sharded so that on a Redis Cluster they spread
-over the masters); those marks live outside the hierarchy's slot, so they are separate
-commands, sent once the script has applied: their failure cannot undo the charge, so it is not
-raised but kept as state, ``marks_lost``, and a mark lost that way or in a crash is found again
-by ``rescan_work`` (the server runs it at startup and, while ``marks_lost`` is set, from its
-session supervision).
+over the masters). On a single Redis (``marks_in_charge``, set by ``connect`` without
+``cluster``) the charge script marks them itself: their keys follow the script's own, and the
+marks apply with the charge or not at all, for no command of their own (two fewer round trips'
+worth of packing, parsing and awaiting per CCR). On a Redis Cluster those lists live outside the
+hierarchy's slot, so the marks are separate commands, sent once the script has applied: their
+failure cannot undo the charge, so it is not raised but kept as state, ``marks_lost``, and a
+mark lost that way or in a crash is found again by ``rescan_work`` (the server runs it at
+startup and, while ``marks_lost`` is set, from its session supervision).
 Only infrastructure failures raise (``BalanceUnavailable``, ``BalanceScriptError``).
 
 Deadlines (RULES.md "Deadlines"): a charge or refund is sent with a deadline, the store's clock
@@ -48,6 +51,7 @@ from dataclasses import replace
 
 from balance import keys, work_lists
 from balance.callers import PipelinedCaller, RedisPyCaller, Reply, ScriptCaller
+from balance.deadline import within
 from balance.errors import BalanceScriptError, BalanceUnavailable, BalanceUnreached
 from balance.pipeline import DEFAULT_REPLY_TIMEOUT_SECONDS, PipelinedRedis
 from balance.pipeline_cluster import ClusterPipelinedRedis, startup_nodes_of
@@ -102,6 +106,7 @@ class BalanceStore:
         reply_timeout_seconds: float = DEFAULT_REPLY_TIMEOUT_SECONDS,
         tombstone_seconds: int = keys.DEFAULT_TOMBSTONE_SECONDS,
         clock: Callable[[], float] = time.time,
+        marks_in_charge: bool = False,
     ) -> None:
         self.caller = caller  # the hot path: charge
         self.admin = admin or caller  # everything else
@@ -119,6 +124,10 @@ class BalanceStore:
         # A charge applied but its work-list marks did not reach Redis: ``rescan_work`` is due
         # (the server's session supervision runs it once Redis answers again).
         self.marks_lost = False
+        # On a single Redis the charge script marks the work lists itself, in the same atomic
+        # call (no marks to lose); on a Redis Cluster, or a caller not known to be a single Redis,
+        # the marks are commands of their own after it (module docstring). ``connect`` sets it.
+        self.marks_in_charge = marks_in_charge
 
     @classmethod
     async def connect(
@@ -137,7 +146,11 @@ class BalanceStore:
         timeout = reply_timeout_seconds
         admin_url = url.split(",", 1)[0]  # redis-py takes one node and finds the others itself
         admin = RedisPyCaller.from_url(admin_url, cluster=cluster, functions=functions, reply_timeout_seconds=timeout)
-        options = {"reply_timeout_seconds": timeout, "tombstone_seconds": tombstone_seconds}
+        options = {
+            "reply_timeout_seconds": timeout,
+            "tombstone_seconds": tombstone_seconds,
+            "marks_in_charge": not cluster,
+        }
         if not pipelined:
             return cls(admin, **options)  # type: ignore[arg-type]
         client: PipelinedRedis | ClusterPipelinedRedis
@@ -373,11 +386,12 @@ class BalanceStore:
                 root,
                 " ".join(ancestors),
                 [account_key, parent_key, keys.expiry_key(root), keys.outbox_key(root), *above],
+                (keys.session_roots_key(root), keys.outbox_roots_key(root)),
             )
             self._charge_parts[account_id] = parts
         if invalid_charge(request):
             return ChargeResult(Outcome.INVALID)
-        root, ancestor_ids, account_keys = parts
+        root, ancestor_ids, account_keys, work_list_keys = parts
         session_key = keys.session_key(root, request.session_id)
         arguments = [
             account_id,
@@ -394,6 +408,11 @@ class BalanceStore:
         ]
         for item in request.items:
             arguments += item_arguments(item)
+        if self.marks_in_charge:  # the script marks the work lists itself (module docstring)
+            script_keys = [session_key, *account_keys, *work_list_keys]
+            return charge_result(
+                await self._run_in_time(self.caller, SCRIPTS[Operation.CHARGE], script_keys, arguments)
+            )
         script_keys = [session_key, *account_keys]
         words = await self._run_in_time(self.caller, SCRIPTS[Operation.CHARGE], script_keys, arguments)
         if words[1] == "ok":
@@ -486,8 +505,8 @@ class BalanceStore:
         deadline = int(arguments[_DEADLINE_ARGUMENT[script.operation]]) / 1000
         await asyncio.sleep(max(0.0, deadline + DEADLINE_MARGIN_SECONDS - self.clock()))
         try:
-            async with asyncio.timeout(min(self.reply_timeout_seconds, SETTLE_TIMEOUT_SECONDS)):
-                return await caller.run(script, script_keys, arguments)
+            look = caller.run(script, script_keys, arguments)
+            return await within(min(self.reply_timeout_seconds, SETTLE_TIMEOUT_SECONDS), look)
         except (BalanceUnavailable, TimeoutError):
             raise BalanceUnavailable(f"{failure}; past its deadline, nothing more can apply") from None
 
@@ -628,7 +647,7 @@ _END_OF_TIME = str(2**53 - 1)
 _DEADLINE_ARGUMENT = {Operation.CHARGE: 10, Operation.REFUND: 7}
 # (root, the ancestors' ids as charge.lua's ARGV[9], KEYS[2] on: account, parent, expiry zset,
 # outbox, the ancestors above the parent)
-_ChargeParts = tuple[str, str, list[str]]
+_ChargeParts = tuple[str, str, list[str], tuple[str, str]]  # root, ancestors, keys, work lists
 
 
 def _pipelined_client(url: str, reply_timeout_seconds: float) -> PipelinedRedis:

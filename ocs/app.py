@@ -9,10 +9,12 @@ restarts of the embedded Redis, and with the HTTP side the daily dunning run). T
 line when Redis becomes unavailable and one when it is back (``Outage``), never a traceback per
 pass. A startup that cannot have its Redis (the data
 directory held by another server, a redis-server that will not start) ends the process with one
-line and exit status 1. Each CCR runs as a task; the number in progress over all connections is
-bounded, and a CCR beyond the bound is answered 3004 at once (RFC 4006 section 5.7: the client
-fails over) instead of queueing. ``shutdown`` reverses it: stop accepting, DPR to every peer and
-let in-flight requests finish (bounded by the shutdown timeout), stop the tasks, close Redis. All
+line and exit status 1. Each CCR's answer runs without a task of its own (``ocs.in_flight``:
+from the Diameter reader's call up to the charge, and on from the reply that completes it); the
+number in progress over all connections is bounded, and a CCR beyond the bound is answered
+3004 at once (RFC 4006 section 5.7: the client fails over) instead of queueing. ``shutdown``
+reverses it: stop accepting, DPR to every peer and let in-flight requests finish (bounded by
+the shutdown timeout), stop the tasks, close Redis. All
 of it is held in one ``ServerState``. The business database (``ocs.db``: API tokens, the audit
 trail) is opened and migrated before the HTTP side starts, and audit records a past outage kept
 in the fallback file are put back into it (``ocs.api.audit_trail``).
@@ -80,6 +82,7 @@ from ocs.config import DiameterSettings, Settings
 from ocs.customers.line_status import LineStatusMirror
 from ocs.db.engine import DatabaseUnavailable, database_url, open_database
 from ocs.events import AccountEvents
+from ocs.in_flight import InFlight
 from ocs.leases import Duties
 from ocs.logs import bind_request, configure_logging
 from ocs.loyalty.account_feed import AccountFeed
@@ -131,7 +134,7 @@ class ServerState:
     http: HttpServer | None = None
     diameter: DiameterServer | None = None
     diameter_address: tuple[str, int] | None = None
-    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    in_flight: InFlight = field(default_factory=InFlight)  # the CCRs being answered
     background: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     # Jobs that must run once for the whole server (ocs/leases.py): registered at startup, run
@@ -159,14 +162,12 @@ def _respond(state: ServerState, transport: DiameterTransport, message: Message)
         state.metrics.request_shed("CCR", _request_type(message))
         transport.send_answer(error_answer(message, state.identity, ResultCode.DIAMETER_TOO_BUSY))
         return
-    task = asyncio.ensure_future(_answer(state, handler, transport, message))
-    state.in_flight.add(task)
-    task.add_done_callback(state.in_flight.discard)
+    state.in_flight.start(_answer(state, handler, transport, message))  # no task of its own: ocs/in_flight.py
 
 
 async def _answer(state: ServerState, handler: CreditControl, transport: DiameterTransport, message: Message) -> None:
     started = time.perf_counter()
-    bind_request(message)  # this task's own context: its log lines name this request
+    bind_request(message)  # this request's own context (ocs/in_flight.py): its log lines name it
     try:
         answer = await handler.answer(message)
     except Exception:  # a bug must not leave the client waiting for its Tx timer
@@ -540,8 +541,7 @@ async def shutdown(state: ServerState) -> None:
         await _bounded("http", state.http.close(), timeout)
     if state.diameter is not None:
         await _bounded("diameter", state.diameter.close(timeout), timeout + 1)
-    if state.in_flight:
-        await asyncio.wait(set(state.in_flight), timeout=timeout)
+    await state.in_flight.wait(timeout)
     if state.worker is not None:  # its duties stopped and their leases released
         await _bounded("worker", stop_worker(state, state.worker), timeout)
     await _bounded("background", _stop_background(state), timeout)

@@ -3,7 +3,10 @@
 -- KEYS: 1 session hash, 2 account hash, 3 parent account hash (the account's own key again when it
 --       has no parent), 4 expiry zset of the hierarchy, 5 outbox list of the hierarchy, then the
 --       hashes of the ancestors above the parent, grandparent first, up to the root (none for a
---       root or a child of the root).
+--       root or a child of the root); then, on a single Redis only, the supervisor's and the spool
+--       writer's work-list shards of the hierarchy (balance/work_lists.py), which the script marks
+--       itself after an "ok" (a replay's included); on a Redis Cluster they live in other slots,
+--       are not sent, and the store marks them with commands of their own.
 -- ARGV: 1 account id, 2 session id, 3 request number, 4 now (epoch s), 5 the session's expiry if
 --       it stays open (epoch s: now + validity), 6 terminate 0|1, 7 event 0|1, 8 tombstone
 --       lifetime (s), 9 the ancestors' ids, parent first, root last, separated by spaces ('' for
@@ -42,6 +45,20 @@ local ancestor_ids = ARGV[9] -- ARGV[8], the tombstone lifetime, goes to EXPIRE 
 local item_count = (#ARGV - 11) / 10
 if item_count % 1 ~= 0 then return redis.error_reply('ARGV ' .. #ARGV .. ' arguments: not 11 + 10 per item') end
 
+-- The work-list marks when their keys follow the ancestors' (KEYS above): the root on the
+-- supervisor's list by the session's expiry (ZADD LT: the earliest look stays) when a session
+-- opened, on the spool writer's when usage records were written; both idempotent.
+local function mark_work(opened, recorded)
+  local above = 0
+  for _ in gmatch(ancestor_ids, '%S+') do above = above + 1 end
+  local first = 5 + (above > 1 and above - 1 or 0) + 1
+  local sessions_key, outboxes_key = KEYS[first], KEYS[first + 1]
+  if outboxes_key == nil then return end
+  local root = match(ancestor_ids, '(%S+)$') or account_id
+  if opened then call('ZADD', sessions_key, 'LT', ARGV[5], root) end
+  if recorded then call('SADD', outboxes_key, root) end
+end
+
 local account = load_account(account_key, account_id)
 if account == nil then return '0 unknown_account 0 0 0 0' end
 if account.par ~= parent_of(ancestor_ids) then
@@ -71,7 +88,11 @@ for i = 1, #stored, 2 do
 end
 local exists = last ~= nil
 if exists then
-  if number == last and owner == account_id then return '1 ' .. last_reply end
+  if number == last and owner == account_id then
+    local outcome, opened, records = match(last_reply, '^(%S+) %S+ (%S+) (%S+)')
+    if outcome == 'ok' then mark_work(opened == '1', records ~= '0') end
+    return '1 ' .. last_reply
+  end
   if number < last then return '0 stale_request 0 0 0 0' end
   if closed or owner ~= account_id then return '0 unknown_session 0 0 0 0' end
 elseif number ~= 0 and not event then
@@ -259,4 +280,5 @@ if record_count == 1 then
 elseif record_count > 1 then
   call('RPUSH', outbox_key, unpack(records))
 end
+mark_work(opened == ' 1 ', record_count > 0)
 return '0 ' .. reply

@@ -726,6 +726,32 @@ async def test_a_charge_whose_marks_fail_stands_and_the_rescan_finds_its_work(st
     assert await store.expire_due(NOW + 60) == [("lou", "call")]
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+async def test_on_one_redis_the_charge_marks_its_work_lists_in_the_same_call(store: BalanceStore, depth: int) -> None:
+    """On a single Redis (``marks_in_charge``, as ``connect`` sets it) the charge script puts the
+    hierarchy's root on both work lists itself: no separate mark to lose (``LosesMarks`` fails
+    every one), whatever the depth of the hierarchy, and a replay marks again (its first call's
+    marks may have been lost with the reply, on a cluster)."""
+    assert store.marks_in_charge
+    caller, admin = LosesMarks(store.caller), LosesMarks(store.admin)
+    marking = BalanceStore(caller, admin=admin, marks_in_charge=True)
+    names = ["top", "mid", "line"][-depth:]
+    parent = ""
+    for name in names:
+        funds = (Bucket(1, BucketKind.MAIN, 5 * EUR),) if name == names[-1] else ()
+        prepaid = Account(name, parent_id=parent, buckets=funds) if parent else Account(name, buckets=funds)
+        assert (await store.provision(prepaid)).outcome is Outcome.OK
+        parent = name
+    root, line = names[0], names[-1]
+    opened = await marking.charge(ccr(line, "call", 0, voice(used=60, requested=60), validity_seconds=60))
+    assert opened.outcome is Outcome.OK and not marking.marks_lost
+    assert await store.outbox_roots() == [root]
+    assert await store.expire_due(NOW + 60) == [(root, "call")]
+    await store.admin.execute("DEL", keys.session_roots_key(root), keys.outbox_roots_key(root))
+    replayed = await marking.charge(ccr(line, "call", 0, voice(used=60, requested=60), validity_seconds=60))
+    assert replayed.replayed and await store.outbox_roots() == [root]
+
+
 async def test_a_refused_usage_report_commits_the_reservation_in_full(store: BalanceStore) -> None:
     """RULES.md "Refused usage": every unit the reservation granted, from allowances first, one
     usage record; nothing without a reservation, and nothing reserved anew."""
