@@ -7,8 +7,10 @@ import dataclasses
 import io
 import json
 import time as clock
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -867,8 +869,18 @@ async def test_an_event_timestamp_far_from_our_clock_is_not_trusted(server: Runn
 
 # -- issue 17: Tariff-Time-Change (RFC 4006 section 5.1.1) ------------------------------------------
 
-BEFORE_SIX = datetime(2026, 11, 23, 16, 59, tzinfo=UTC)  # a Monday, 17:59 in Berlin: peak ends at 18:00
-SIX = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)
+
+def _a_monday_ahead_at(hour: int, minute: int) -> datetime:
+    """A Monday at least a week ahead, at this time in Berlin. Ahead: the server's Tcc supervision
+    reads the real clock, and a reservation made at a handler's clock in the past is already
+    overdue, so a slow machine's supervision could close the session before its TERMINATION."""
+    day = date.today() + timedelta(days=7)
+    day += timedelta(days=-day.weekday() % 7)
+    return datetime.combine(day, dt_time(hour, minute), ZoneInfo("Europe/Berlin")).astimezone(UTC)
+
+
+BEFORE_SIX = _a_monday_ahead_at(17, 59)  # peak ends at 18:00
+SIX = BEFORE_SIX + timedelta(minutes=1)
 REPORTED = BEFORE_SIX + timedelta(seconds=110)
 
 
