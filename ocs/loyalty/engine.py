@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -65,8 +66,10 @@ from ocs.loyalty.rules import (
     LoyaltyEvent,
     LoyaltyRules,
     Member,
-    evaluate_matched,
-    matched,
+    Trigger,
+    counter_periods,
+    evaluate_triggers,
+    triggers_of,
 )
 
 log = structlog.get_logger("ocs.loyalty.engine")
@@ -132,23 +135,33 @@ class LoyaltyEngine:
 
     # -- step 1: in the triggers' transaction ---------------------------------------------------
 
-    async def usage_stored(
-        self, connection: AsyncConnection, rows: Sequence[Mapping[str, object]]
-    ) -> AfterCommit | None:
+    async def usage_stored(self, connection: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> AfterCommit | None:
         """The spool's hook: evaluate the records this batch newly stored; returns what to run
-        after the commit (the credits), or None when nothing is to be credited."""
+        after the commit (the credits), or None when nothing is to be credited. A record is read
+        straight into a ``Trigger`` tuple (the row's values are typed as stored: ``usage.row_of``)."""
         with paused_collection():
             if self._marks:
                 await self._write_marks(connection)  # rolled back with the batch: then they are pending
             if not self._usage_rules or not rows:
                 return None
-            members = await self.members.of_lines(connection, {str(row["account_id"]) for row in rows})
-            events = [
-                (usage_event(row, member), member)
+            members = await self.members.of_lines(connection, {row["account_id"] for row in rows})
+            usage = EventKind.USAGE
+            triggers: list[Trigger] = [
+                (
+                    usage,
+                    row["record_id"],
+                    row["account_id"],
+                    row["at_seconds"],
+                    row["service"],
+                    row["units"],
+                    row["micros"],
+                    row["payment_type"],
+                    member,
+                )
                 for row in rows
-                if (member := members.get(str(row["account_id"]))) is not None
+                if (member := members.get(row["account_id"])) is not None
             ]
-            credits = await self.apply(connection, events)
+            credits = await self._apply(connection, triggers)
         collect_young()
         return (lambda: self._credit_beside(credits)) if credits else None
 
@@ -157,13 +170,16 @@ class LoyaltyEngine:
     ) -> list[PendingCredit]:
         """Evaluate ``events`` and write counters, budgets and applications in the caller's
         transaction; returns the credits to make once it commits."""
-        if not events:
+        return await self._apply(connection, triggers_of(events))
+
+    async def _apply(self, connection: AsyncConnection, triggers: Sequence[Trigger]) -> list[PendingCredit]:
+        if not triggers:
             return []
-        matches = matched(self.rules, events)
-        counters = await tables.read_counters(connection, {match.key for match in matches})
+        member_ids = {trigger[8].customer_id for trigger in triggers}
+        counters = await tables.read_counter_rows(connection, member_ids, counter_periods(triggers))
         spent = await tables.read_spent(connection, self._budgeted)
-        outcome = evaluate_matched(self.rules, matches, counters, spent)
-        await tables.upsert_counters(connection, outcome.counters)
+        outcome = evaluate_triggers(self.rules, triggers, counters, spent)
+        await tables.upsert_counter_rows(connection, outcome.changed)
         await tables.write_spent(connection, outcome.spent)
         if outcome.over_budget:
             log.info("loyalty_budget_refused", applications=outcome.over_budget)
