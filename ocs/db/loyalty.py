@@ -36,7 +36,9 @@ import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.scanner import make_scanner
 from typing import Any
+from typing import cast as cast_type
 
 from sqlalchemy import (
     BigInteger,
@@ -214,12 +216,18 @@ async def read_counter_rows(
     members = list(set(member_ids))
     wanted_periods = list(set(periods))
     found: dict[CounterRow, dict[str, int]] = {}
-    loads = json.loads
+    decode = _DECODE_OBJECT
     for start in range(0, len(members), IDS_PER_STATEMENT):
         chunk = members[start : start + IDS_PER_STATEMENT]
         for member_id, period, packed in await _counter_rows(connection, chunk, wanted_periods):
-            found[(member_id, period)] = loads(packed)
+            found[(member_id, period)] = decode(packed, 0)[0]
     return found
+
+
+# The JSON decoder's own scanner: ``json.loads`` of a row's small object spent two thirds of its
+# time around it (the checks for whitespace before and after, which a stored object, written by
+# ``packed_counters`` or PostgreSQL's jsonb, starting with its brace, does not need).
+_DECODE_OBJECT = make_scanner(cast_type(Any, json.JSONDecoder()))  # the decoder is its context
 
 
 async def _counter_rows(connection: AsyncConnection, members: Sequence[str], periods: Sequence[str]) -> Sequence[Any]:

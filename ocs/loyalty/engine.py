@@ -78,6 +78,16 @@ CONCURRENT_CREDITS = 64  # credits in flight at once (each one script call on th
 PENDING_PAGE = 500  # applications read per pass of ``credit_pending``
 CREDIT_TASKS = 4  # committed batches credited at once, beside the spool's next batches
 AfterCommit = Callable[[], Awaitable[None]]
+# SQLite's page cache of a connection the spool's batches run on (the hook's), in KiB: SQLite's
+# default is 2 MiB (``cache_size=-2000``), a few hundred pages, while a batch reads and writes the
+# counter rows of about 500 random members (a day's and a month's row each), beside the usage
+# insert's pages: at 100,000 members the counters alone are tens of MiB, and with 2 MiB a batch
+# read them again from the file, between its read and its upsert and from one batch to the next.
+# Set once per connection that runs the hook, not for the whole pool: SQLite allocates pages as
+# they are read, so a connection that never runs a batch costs nothing more. bench/loyalty.py:
+# the hook's CPU -13 %, its counters' upsert -49 %, the usage insert before it -40 % (load 8-10).
+SPOOL_PAGE_CACHE_KIB = 65_536
+_PAGE_CACHE_SET = "ocs_loyalty_page_cache"  # connection info: the pragma was sent on it
 _CREDITED_STATES = frozenset({Outcome.OK})
 
 
@@ -144,6 +154,9 @@ class LoyaltyEngine:
                 await self._write_marks(connection)  # rolled back with the batch: then they are pending
             if not self._usage_rules or not rows:
                 return None
+            if connection.dialect.name == "sqlite" and not connection.info.get(_PAGE_CACHE_SET):
+                await connection.exec_driver_sql(f"PRAGMA cache_size=-{SPOOL_PAGE_CACHE_KIB}")
+                connection.info[_PAGE_CACHE_SET] = True  # the pooled connection's: kept while it lives
             members = await self.members.of_lines(connection, {row["account_id"] for row in rows})
             usage = EventKind.USAGE
             triggers: list[Trigger] = [
