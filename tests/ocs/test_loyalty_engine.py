@@ -243,9 +243,8 @@ async def test_the_connection_a_spool_batch_ran_on_keeps_a_larger_page_cache_and
 ) -> None:
     await member(engine, store, "C1", ["L1"])
     loyalty = engine_of(engine, store, rules())
-    spool = Spool(engine, on_stored=loyalty.usage_stored)
     await sms(store, "L1", "s1")
-    assert await drain(spool, store, loyalty) == 1
+    assert await drain(Spool(engine, on_stored=loyalty.usage_stored), store, loyalty) == 1
     async with engine.connect() as used, engine.connect() as fresh:  # the pool's one, then a new one
         sizes = [(await connection.execute(text("PRAGMA cache_size"))).scalar_one() for connection in (used, fresh)]
     assert sizes == [-SPOOL_PAGE_CACHE_KIB, -2000]  # SQLite's default: 2,000 KiB
