@@ -23,9 +23,9 @@ Theory of operation, in two steps per batch:
    ``BalanceChanged`` account event tells live sessions (a session on its final units is
    granted again).
 
-Garbage collection: a batch makes a few objects per record (events, matches, counters,
-applications) that live across the hook's awaits, so the collector's young collections caught
-them alive and promoted them, and the promotions triggered full collections, each walking every
+Garbage collection: a batch makes a few objects per record (triggers, counters, applications)
+that live across the hook's awaits, so the collector's young collections caught them alive and
+promoted them, and the promotions triggered full collections, each walking every
 long-lived object of the process (the member directory alone holds 200,000 at 100,000 members):
 17 of them, about 3 s, in bench/loyalty.py's 200,000 records. The hook therefore runs with
 automatic collection paused and collects the young generation every few batches

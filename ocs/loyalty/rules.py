@@ -23,7 +23,13 @@ Rules:
   (the cost of bonus money is its amount; of an allowance its declared ``cost``; of a discount 0
   until the bill run prices it); the counters still move.
 - An action worth nothing (5 % of a free record) makes no application.
-- The values made per record (events, members, matches, applications) are ``value_type``s:
+- The evaluation's hot loop (``evaluate_triggers``, the engine's) reads plain tuples: an event is
+  a ``Trigger``, the rules counting it are chosen once per combination of what the filters look
+  at and made ready as tuples, and the counters are read and moved by stored row (member,
+  period); a usage record makes no object but its tuple and its counters' values (an event and
+  five matches per record, with their keys, were most of the engine's Python time).
+  ``evaluate`` takes ``LoyaltyEvent``s and counters by (rule, member, period), for the dry run
+  and the tests. The values made per event (events, members, applications) are ``value_type``s:
   immutable to the type checker without a frozen dataclass's cost per field at run time.
 - Rating discounts are part of the model only: the loader reads them, ``evaluate`` makes no
   application for them (rating does not consult loyalty yet).
