@@ -22,6 +22,7 @@ from types import ModuleType
 COMPILED_MODULES = (
     "ocs.charging.ccr",
     "ocs.charging.cca",
+    "ocs.charging.answer_template",
     "ocs.rating.rate",
     "ocs.charging.credit_control",
     "ocs.in_flight",

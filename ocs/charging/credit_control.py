@@ -47,6 +47,7 @@ from balance.types import (
     UsageSplit,
 )
 from balance.value_type import value_type
+from ocs.charging.answer_template import AnswerTemplate
 from ocs.charging.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result, credit_answer, error_answer
 from ocs.charging.ccr import (
     CcrProblem,
@@ -68,8 +69,10 @@ from ocs.metrics import Metrics
 from ocs.rating.book import FinalUnitPolicy, RedirectAddressType, RedirectServer, Restriction, TariffBook
 from ocs.rating.rate import Rated, RatingFailure, RatingInput, rate
 from protocol.capabilities import LocalIdentity
+from protocol.codec import decode
 from protocol.constants import ResultCode
 from protocol.dictionary import DEFAULT_DICTIONARY
+from protocol.encoded import EncodedAnswer
 from protocol.grammar import example_avp
 from protocol.message import Avp, Message, avp
 
@@ -137,6 +140,7 @@ class CreditControl:
         self.clock = clock
         self._final_units = final_units(book, settings.final_unit)
         self._queries = Queries(identity, store, settings.refund, book)
+        self._template = AnswerTemplate(identity)
         quota = settings.quota
         # Per unit, the grant asked for when the request names no amount, and the most granted.
         self._default_units = {
@@ -151,6 +155,12 @@ class CreditControl:
         }
 
     async def answer(self, message: Message) -> Message:
+        """The answer to ``message`` as its client reads it (``respond``'s, decoded if encoded)."""
+        answered = await self.respond(message)
+        return answered if isinstance(answered, Message) else decode(answered.data).message
+
+    async def respond(self, message: Message) -> Message | EncodedAnswer:
+        """The answer to send: the common CCAs already encoded (``ocs.charging.answer_template``)."""
         try:
             return await self._answer(message)
         except BalanceUnavailable as error:
@@ -158,7 +168,7 @@ class CreditControl:
         except BalanceScriptError as error:
             return error_answer(message, self.identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY, error_message=str(error))
 
-    async def _answer(self, message: Message) -> Message:
+    async def _answer(self, message: Message) -> Message | EncodedAnswer:
         ccr = read_ccr(message)
         if isinstance(ccr, CcrProblem):
             return error_answer(
@@ -332,7 +342,7 @@ class CreditControl:
         account_id: str,
         services: Sequence[RatedService | RefusedService],
         result: ChargeResult,
-    ) -> Message:
+    ) -> Message | EncodedAnswer:
         """The CCA: one answer per service in the order of the request, the charged ones from the
         engine's items (which follow the charged services in order), the refused ones with their
         own Result-Code and their AVP in Failed-AVP (RFC 6733 section 7.5: "not fully processed")."""
@@ -366,6 +376,10 @@ class CreditControl:
         if final:  # after SessionActive: the notifier follows the sessions it knows
             self.observer(FinalUnitGranted(account_id, ccr.session_id, ccr.origin_host))
         refused = [service for service in services if isinstance(service, RefusedService)]
+        if not refused:
+            encoded = self._template.credit_answer(message, code, answers, multiple_services=ccr.multiple_services)
+            if encoded is not None:
+                return encoded
         return credit_answer(
             message, self.identity, code, answers, multiple_services=ccr.multiple_services, extra=_failed_avps(refused)
         )
