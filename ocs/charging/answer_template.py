@@ -67,22 +67,23 @@ _VALUE_FORMATS: Final = {
 
 class _FixedAvp:
     """An AVP of a fixed-size integer type with the flags its definition requires: its header
-    as the codec writes it, and the packer of its value."""
+    as the codec writes it, its value's ``struct`` format, and its whole length."""
 
     def __init__(self, name: str) -> None:
         value_format = _VALUE_FORMATS[DEFAULT_DICTIONARY.avp(name).type]
         encoded = encode_avp(avp(name, 0))
-        self.header: bytes = encoded[: len(encoded) - struct.calcsize(value_format)]
+        self.value_format = value_format[1:]
+        self.length = len(encoded)
+        self.header: bytes = encoded[: self.length - struct.calcsize(value_format)]
         # The header as a string field and the value: one call and one append per AVP.
-        self.packer = struct.Struct(f">{len(self.header)}s{value_format[1:]}")
+        self.packer = struct.Struct(f">{len(self.header)}s{self.value_format}")
 
     def append(self, out: bytearray, value: int) -> None:
         out += self.packer.pack(self.header, value)
 
 
 class _GroupedAvp:
-    """A Grouped AVP without a Vendor-ID: its header written first, its length filled in after
-    its members."""
+    """A Grouped AVP without a Vendor-ID: its header for a length."""
 
     def __init__(self, name: str) -> None:
         definition = DEFAULT_DICTIONARY.avp(name)
@@ -90,73 +91,120 @@ class _GroupedAvp:
             raise ValueError(f"{name} carries a Vendor-ID: not laid out by the template")
         self.code = definition.code
         self.flag_bits = (definition.must_flags & _SENT_AVP_FLAGS) << 24
-        self.placeholder = encode_avp(avp(name, []))
 
-    def close(self, out: bytearray, start: int) -> None:
-        _AVP_HEADER.pack_into(out, start, self.code, self.flag_bits | (len(out) - start))
+    def header(self, length: int) -> bytes:
+        return _AVP_HEADER.pack(self.code, self.flag_bits | length)
+
+
+# A service answer's shape: which members it has, as bits (``_ServiceParts``). Every member is
+# of fixed size, so a shape has one length and its headers are constants.
+_UNIT_BITS: Final = 3  # 0: no grant; 1, 2, 3: CC-Time, CC-Total-Octets, CC-Service-Specific-Units
+_WITH_SERVICE_IDENTIFIER: Final = 4
+_WITH_RATING_GROUP: Final = 8
+_WITH_VALIDITY_TIME: Final = 16
+_WITH_RESULT_CODE: Final = 32
+_WITH_THRESHOLD: Final = 64
+_WITH_QUOTA_HOLDING_TIME: Final = 128
+_IN_CONTROL: Final = 256  # inside a Multiple-Services-Credit-Control (with its Result-Code)
+
+
+class _Shape:
+    """One layout of a service's answer: before each value the constant bytes that precede it
+    (its header, and before the first the headers of the groups around it), one packer for all;
+    ``empty``: the bytes of a shape without values."""
+
+    def __init__(self, pieces: list[bytes], value_formats: list[str], empty: bytes) -> None:
+        self.pieces = pieces
+        fields = (f"{len(piece)}s{value_format}" for piece, value_format in zip(pieces, value_formats, strict=True))
+        self.packer = struct.Struct(">" + "".join(fields))
+        self.empty = empty
 
 
 class _ServiceParts:
-    """The prepared AVPs of one service's answer, in ``cca._service_avps``'s order."""
+    """A service's answer in ``cca._service_avps``'s order, packed in one call by its shape."""
 
     def __init__(self) -> None:
         self.control = _GroupedAvp("Multiple-Services-Credit-Control")
         self.granted = _GroupedAvp("Granted-Service-Unit")
-        self.time = _FixedAvp("CC-Time")
-        self.octets = _FixedAvp("CC-Total-Octets")
-        self.events = _FixedAvp("CC-Service-Specific-Units")
+        self.grants = (_FixedAvp("CC-Time"), _FixedAvp("CC-Total-Octets"), _FixedAvp("CC-Service-Specific-Units"))
         self.service_identifier = _FixedAvp("Service-Identifier")
         self.rating_group = _FixedAvp("Rating-Group")
         self.validity_time = _FixedAvp("Validity-Time")
         self.result_code = _FixedAvp("Result-Code")
-        self.time_threshold = _FixedAvp("Time-Quota-Threshold")
-        self.volume_threshold = _FixedAvp("Volume-Quota-Threshold")
-        self.unit_threshold = _FixedAvp("Unit-Quota-Threshold")
+        self.thresholds = (
+            _FixedAvp("Time-Quota-Threshold"),
+            _FixedAvp("Volume-Quota-Threshold"),
+            _FixedAvp("Unit-Quota-Threshold"),
+        )
         self.quota_holding_time = _FixedAvp("Quota-Holding-Time")
+        self.shapes: dict[int, _Shape] = {}  # made on first use: at most 512
 
-    def append(self, out: bytearray, service: ServiceAnswer, *, with_result_code: bool) -> None:
+    def append(self, out: bytearray, service: ServiceAnswer, *, in_control: bool) -> None:
         """The service's AVPs as ``cca._service_avps`` lists them (less a Final-Unit-Indication
-        and a Tariff-Time-Change, which the caller has left to the general path)."""
-        # Each field read once: ``ServiceAnswer`` is not a native class, so every read is a lookup.
+        and a Tariff-Time-Change, which the caller has left to the general path); in a
+        Multiple-Services-Credit-Control with the service's Result-Code, else without it."""
+        values: list[int] = []
+        shape = _IN_CONTROL | _WITH_RESULT_CODE if in_control else 0
         unit = service.unit
-        if unit is None:
-            self._append_ids(out, service)
-            if with_result_code:
-                self.result_code.append(out, int(service.result_code))
-            return
-        granted = service.granted_units
-        start = len(out)
-        out += self.granted.placeholder
-        if unit is _SECONDS:
-            self.time.append(out, granted)
-            threshold = self.time_threshold
-        elif unit is _OCTETS:
-            self.octets.append(out, granted)
-            threshold = self.volume_threshold
-        else:
-            self.events.append(out, granted)
-            threshold = self.unit_threshold
-        self.granted.close(out, start)
-        self._append_ids(out, service)
-        validity_seconds = service.validity_seconds
-        if validity_seconds:
-            self.validity_time.append(out, validity_seconds)
-        if with_result_code:
-            self.result_code.append(out, int(service.result_code))
-        threshold_units = service.threshold_units
-        if threshold_units:
-            threshold.append(out, threshold_units)
-        quota_holding_seconds = service.quota_holding_seconds
-        if quota_holding_seconds:
-            self.quota_holding_time.append(out, quota_holding_seconds)
-
-    def _append_ids(self, out: bytearray, service: ServiceAnswer) -> None:
+        if unit is not None:
+            shape |= 1 if unit is _SECONDS else 2 if unit is _OCTETS else 3
+            values.append(service.granted_units)
         service_identifier = service.service_identifier
         if service_identifier is not None:
-            self.service_identifier.append(out, service_identifier)
+            shape |= _WITH_SERVICE_IDENTIFIER
+            values.append(service_identifier)
         rating_group = service.rating_group
         if rating_group is not None:
-            self.rating_group.append(out, rating_group)
+            shape |= _WITH_RATING_GROUP
+            values.append(rating_group)
+        if unit is not None and service.validity_seconds:
+            shape |= _WITH_VALIDITY_TIME
+            values.append(service.validity_seconds)
+        if in_control:
+            values.append(int(service.result_code))
+        if unit is not None and service.threshold_units:
+            shape |= _WITH_THRESHOLD
+            values.append(service.threshold_units)
+        if unit is not None and service.quota_holding_seconds:
+            shape |= _WITH_QUOTA_HOLDING_TIME
+            values.append(service.quota_holding_seconds)
+        layout = self.shapes.get(shape)
+        if layout is None:
+            layout = self.shapes[shape] = self._shape(shape)
+        if not values:
+            out += layout.empty
+            return
+        pieces = layout.pieces
+        arguments: list[object] = []
+        for index in range(len(values)):
+            arguments.append(pieces[index])
+            arguments.append(values[index])
+        out += layout.packer.pack(*arguments)
+
+    def _shape(self, shape: int) -> _Shape:
+        unit_index = (shape & _UNIT_BITS) - 1
+        members: list[_FixedAvp] = []
+        if unit_index >= 0:
+            members.append(self.grants[unit_index])
+        for bit, member in (
+            (_WITH_SERVICE_IDENTIFIER, self.service_identifier),
+            (_WITH_RATING_GROUP, self.rating_group),
+            (_WITH_VALIDITY_TIME, self.validity_time),
+            (_WITH_RESULT_CODE, self.result_code),
+            (_WITH_THRESHOLD, self.thresholds[unit_index]),
+            (_WITH_QUOTA_HOLDING_TIME, self.quota_holding_time),
+        ):
+            if shape & bit:
+                members.append(member)
+        pieces = [member.header for member in members]
+        length = sum(member.length for member in members)
+        if unit_index >= 0:
+            pieces[0] = self.granted.header(_AVP_HEADER_LENGTH + members[0].length) + pieces[0]
+            length += _AVP_HEADER_LENGTH
+        head = self.control.header(_AVP_HEADER_LENGTH + length) if shape & _IN_CONTROL else b""
+        if pieces:
+            pieces[0] = head + pieces[0]
+        return _Shape(pieces, [member.value_format for member in members], head)
 
 
 class AnswerTemplate:
@@ -187,14 +235,10 @@ class AnswerTemplate:
                 return None
             parts = self._services
             if multiple_services:
-                control = parts.control
                 for service in services:
-                    start = len(out)
-                    out += control.placeholder
-                    parts.append(out, service, with_result_code=True)
-                    control.close(out, start)
+                    parts.append(out, service, in_control=True)
             elif services:
-                parts.append(out, services[0], with_result_code=False)
+                parts.append(out, services[0], in_control=False)
         except struct.error:  # a value out of its AVP's range: the general path's encoder names it
             return None
         length = len(out)
