@@ -8,6 +8,10 @@ level (RFC 4006 section 5.1.2). Grants carry Validity-Time, the quota threshold 
 Tariff-Time-Change when the grant spans a switch of tariff (RFC 4006 section 5.1.1) and, when they
 are the last units the balance affords, a Final-Unit-Indication (RFC 4006 section 8.34).
 Error answers with a protocol error code set the E bit (RFC 6733 section 7.1.3).
+
+This is the general path, and the reference: the handler sends the common answers (no
+Final-Unit-Indication, no Tariff-Time-Change, no Failed-AVP) already encoded by
+``ocs.charging.answer_template``, which writes the bytes ``encode(credit_answer(...))`` would.
 """
 
 from __future__ import annotations

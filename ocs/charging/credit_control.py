@@ -11,7 +11,9 @@ full when its used units are the ones refused (the units granted are taken as us
 operator's safe side; the client learns of it by the 5031; balance/RULES.md "Refused usage").
 The services go to the engine as ``ChargeItem``s (requested units sized by the configured default
 and maximum quota, used units from Used-Service-Unit) in the one ``BalanceStore.charge`` call
-for the whole request, and the outcome is laid out as a CCA (``ocs.charging.cca``); a stored result that
+for the whole request, and the outcome is laid out as a CCA (``ocs.charging.cca``; the common ones
+straight to bytes, ``ocs.charging.answer_template``, which ``respond`` returns as they are sent
+and ``answer`` decoded, as the client reads them); a stored result that
 no longer matches the services rated now (a retransmission after the tariffs changed) is 5012.
 A grant whose Validity-Time spans a switch of tariff (rating looks ahead for INITIAL and UPDATE)
 carries Tariff-Time-Change and reaches the engine with the price after the switch; the
