@@ -1,6 +1,6 @@
 """The credit-control handler: a CCR in, one atomic balance call, a CCA out.
 
-Theory of operation: ``CreditControl.answer`` reads the CCR (``ocs.charging.ccr``), refuses another
+Theory of operation: ``CreditControl.respond`` reads the CCR (``ocs.charging.ccr``), refuses another
 realm (3003), finds the subscriber (5030 if unknown; 5002 for an UPDATE / TERMINATION, whose
 session cannot exist), rates every service at the request's time (Event-Timestamp within the
 configured skew, else our clock) and refuses on its own each service that cannot be rated or
