@@ -66,7 +66,7 @@ from ocs.config import FinalUnitSettings, Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.metrics import Metrics
 from ocs.rating.book import FinalUnitPolicy, RedirectAddressType, RedirectServer, Restriction, TariffBook
-from ocs.rating.rate import Rated, RatingFailure, RatingInput, rate
+from ocs.rating.rate import MemoizedRating, Rated, RatingFailure, RatingInput
 from protocol.capabilities import LocalIdentity
 from protocol.constants import ResultCode
 from protocol.dictionary import DEFAULT_DICTIONARY
@@ -132,6 +132,7 @@ class CreditControl:
         self.store = store
         self.subscribers = subscribers
         self.book = book
+        self._rating = MemoizedRating(book)  # rate() of this book, each input once a minute
         self.identity = identity
         self.observer = observer
         self.clock = clock
@@ -232,9 +233,10 @@ class CreditControl:
         # reserves nothing.
         granting = ccr.request_type in (RequestType.INITIAL, RequestType.UPDATE)
         lookahead = self.settings.quota.validity_seconds if granting else 0
+        if self._rating.book is not self.book:  # a book put in place of the one we were made with
+            self._rating = MemoizedRating(self.book)
         for service in services:
-            outcome = rate(
-                self.book,
+            outcome = self._rating.rate(
                 plan,
                 RatingInput(
                     ccr.service_context,
