@@ -13,6 +13,10 @@ redis-py's asyncio client bounds its own waits with ``asyncio.timeout`` (its poo
 without one (ocs/in_flight.py), so a call made where no task runs (a balance query or a refund
 of the request path) is run as a task of its own.
 
+The pipelined caller tells its ``observer`` (the server's metrics: ``CallObserver``) of every
+call it made, timed inside its own methods: a wrapper caller would put a coroutine of its own
+around every call of the hot path. It is compiled with the charge's path (ocs/build.py).
+
 Both run an operation as a function of the library (FCALL, balance/scripts.py) unless made with
 ``functions=False``; the first time Redis answers that it does not know FCALL (before 7.0), a
 caller runs the EVAL scripts from then on. Either way a script or library Redis does not have is
