@@ -41,8 +41,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import unquote
 
 from balance.tariff import charged, cost
@@ -377,21 +377,24 @@ class _MinuteRating:
     # Rated at the minute's start, its change looked for up to a minute further; None when the
     # minute does not meet ``MemoizedRating``'s conditions (then ``rate`` answers each time).
     rated: Rated | None
-    time_zone: tzinfo
 
 
 class MemoizedRating:
     """``rate`` of one book for the server's hot path, each input rated once a minute.
 
-    Within one UTC minute the answer to an input is the same but for the moment's local time
-    and the tariff change, provided the plan's version does not change within that minute and
-    its lookahead, and its time zone's offset is the same whole number of minutes all minute:
+    Within one UTC minute the answer to an input is the same but for the tariff change and the
+    moment's local time, which the memo gives as the minute's start (``Rated.explanation`` names
+    only the minute; the credit-control handler never reads it), provided the plan's version
+    does not change within that minute and its lookahead, and its time zone's offset is the
+    same whole number of minutes all minute:
     bands change at local minutes (``band_at``), so nothing in (the minute's start, the moment]
     changes a band. The change ahead of a moment in the minute is then the first change after
     the minute's start (looked for up to a minute further) if it lies within the moment's own
     lookahead, else none. A minute that does not meet those conditions, or whose rating fails,
-    is rated by ``rate`` every time. Equal to ``rate`` on every input (tests/ocs/test_rating.py
-    compares the two across band, daylight-saving and version changes).
+    is rated by ``rate`` every time. Equal to ``rate`` on every input but for that local time
+    (tests/ocs/test_rating_memo.py compares the two across band, daylight-saving and version
+    changes). A remembered answer is handed out as it is, to every request of its minute: like
+    every value type, nobody changes one.
     """
 
     def __init__(self, book: TariffBook, capacity: int = RATING_MEMO_CAPACITY) -> None:
@@ -424,29 +427,9 @@ class MemoizedRating:
         if found is None:
             return rate(self.book, plan_name, request)
         change = found.change
-        if change is not None and change.at > moment + timedelta(seconds=request.lookahead_seconds):
-            change = None
-        return Rated(
-            plan=found.plan,
-            currency=found.currency,
-            service=found.service,
-            kind=found.kind,
-            unit=found.unit,
-            tariff=found.tariff,
-            zone=found.zone,
-            band=found.band,
-            destination=found.destination,
-            context_id=found.context_id,
-            selected_by=found.selected_by,
-            called_party=found.called_party,
-            matched_prefix=found.matched_prefix,
-            local_time=moment.astimezone(known.time_zone),
-            time_zone=found.time_zone,
-            holiday=found.holiday,
-            change=change,
-            version=found.version,
-            version_text=found.version_text,
-        )
+        if change is None or change.at <= moment + timedelta(seconds=request.lookahead_seconds):
+            return found  # the same value for the whole minute: nothing made per request
+        return replace(found, change=None)  # the change lies beyond this moment's lookahead
 
     def _remember(self, key: _MemoKey, plan_name: str, request: RatingInput, minute: int) -> _MinuteRating:
         if len(self._minutes) >= self.capacity:
@@ -455,7 +438,7 @@ class MemoizedRating:
         try:
             known = self._minute_rating(plan_name, request, minute)
         except (OverflowError, ValueError):
-            known = _MinuteRating(minute, None, UTC)
+            known = _MinuteRating(minute, None)
         self._minutes[key] = known
         return known
 
@@ -463,9 +446,9 @@ class MemoizedRating:
         start = datetime.fromtimestamp(minute * 60, UTC)
         found = self.book.plan_at(plan_name, start)
         if found is None:
-            return _MinuteRating(minute, None, UTC)
+            return _MinuteRating(minute, None)
         plan, next_version_at = found
-        unmemoized = _MinuteRating(minute, None, plan.time_zone)
+        unmemoized = _MinuteRating(minute, None)
         reach = start + _MINUTE + timedelta(seconds=request.lookahead_seconds)
         if next_version_at is not None and next_version_at <= reach:
             return unmemoized
@@ -483,7 +466,7 @@ class MemoizedRating:
             lookahead,
         )
         rated = rate(self.book, plan_name, at_start)
-        return _MinuteRating(minute, None if isinstance(rated, RatingFailure) else rated, plan.time_zone)
+        return _MinuteRating(minute, None if isinstance(rated, RatingFailure) else rated)
 
 
 def explain(book: TariffBook, plan_name: str, request: RatingInput, units: int) -> Quote | RatingFailure:

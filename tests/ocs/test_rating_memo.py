@@ -1,4 +1,5 @@
-"""``MemoizedRating``: each input rated once a minute, and equal to ``rate`` on every input.
+"""``MemoizedRating``: each input rated once a minute, and equal to ``rate`` on every input but
+for the local time, which it gives at the start of the moment's minute.
 
 The comparisons walk moments in seconds' steps across what changes a rating within a minute's
 reach: a band's start and end with a grant's lookahead, daylight-saving changes, a holiday's
@@ -7,6 +8,7 @@ midnight, a plan version's start, and a time zone's offset of seconds (local mea
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ocs.rating.rate import MemoizedRating, RatingInput, TariffBook, load_book, parse_book, rate
+from ocs.rating.rate import MemoizedRating, Rated, RatingFailure, RatingInput, TariffBook, load_book, parse_book, rate
 from tests.ocs.test_rating import DEFAULT_TARIFFS, IMS, PS, SMS
 from tests.ocs.test_rating_versions import JULY, OCTOBER, VERSIONED
 
@@ -44,13 +46,20 @@ def moments(start: datetime, end: datetime, step_seconds: int) -> Iterable[datet
         at += timedelta(seconds=step_seconds)
 
 
+def at_minute(rated: Rated | RatingFailure) -> Rated | RatingFailure:
+    """``rated`` with its local time at the start of its minute, as the memo gives it."""
+    if isinstance(rated, RatingFailure):
+        return rated
+    return dataclasses.replace(rated, local_time=rated.local_time.replace(second=0, microsecond=0))
+
+
 def assert_same_as_rate(book: TariffBook, plan: str, times: Iterable[datetime]) -> int:
     """Every input at every moment rated by the memo and by ``rate``; returns the number compared."""
     memo = MemoizedRating(book)
     compared = 0
     for at in times:
         for request in inputs_at(at):
-            assert memo.rate(plan, request) == rate(book, plan, request), (plan, request)
+            assert at_minute(memo.rate(plan, request)) == at_minute(rate(book, plan, request)), (plan, request)
             compared += 1
     return compared
 
@@ -107,7 +116,7 @@ def test_the_memo_rates_as_rate_does_at_any_moment(book: TariffBook, times: list
     for at in times:
         for near in (at, at + timedelta(seconds=1), at + timedelta(seconds=59)):
             request = RatingInput(PS, 10, None, None, near, lookahead)
-            assert memo.rate("mobile_prepaid", request) == rate(book, "mobile_prepaid", request)
+            assert at_minute(memo.rate("mobile_prepaid", request)) == at_minute(rate(book, "mobile_prepaid", request))
 
 
 def test_an_input_is_rated_once_a_minute(book: TariffBook) -> None:
@@ -117,6 +126,9 @@ def test_an_input_is_rated_once_a_minute(book: TariffBook) -> None:
         memo.rate("mobile_prepaid", RatingInput(PS, 10, None, None, at, LOOKAHEAD_SECONDS))
         memo.rate("mobile_prepaid", RatingInput(PS, 20, None, None, at, LOOKAHEAD_SECONDS))
     assert (memo.minutes_rated, memo.remembered()) == (4, 2)  # two inputs, two minutes
+    # One value for the minute: nothing is made per request.
+    first = memo.rate("mobile_prepaid", RatingInput(PS, 10, None, None, start, LOOKAHEAD_SECONDS))
+    assert memo.rate("mobile_prepaid", RatingInput(PS, 10, None, None, start + timedelta(seconds=42), 1800)) is first
 
 
 def test_the_memo_forgets_all_at_its_capacity(book: TariffBook) -> None:
@@ -124,5 +136,5 @@ def test_the_memo_forgets_all_at_its_capacity(book: TariffBook) -> None:
     at = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
     for number in range(10):
         request = RatingInput(IMS, None, None, f"+49301234{number}", at, 0)
-        assert memo.rate("mobile_prepaid", request) == rate(book, "mobile_prepaid", request)
+        assert memo.rate("mobile_prepaid", request) == rate(book, "mobile_prepaid", request)  # at 09:00:00
     assert memo.remembered() <= 3
