@@ -252,8 +252,8 @@ def line_charges(
                 charged = memo.product_charge(catalog, product, period, period, plan, facts.segment)
                 made += _charge_lines(charged, LineKind.BUNDLE, f"{product.description} ({line.line_id})", line)
     usage = facts.usage.get(line.line_id)
-    if usage is not None and usage.record_ids:
-        records = len(usage.record_ids)
+    if usage is not None and usage.records:
+        records = usage.records
         plan = line.plan_on(period.start if line.activated_on < period.start else line.activated_on)
         description = f"usage of {line.line_id}: {records} records"
         charge = usage_charge(catalog, usage.micros, description, period, plan, facts.segment)

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -171,7 +170,7 @@ def cuts_of(invoice_id: str, usages: Sequence[LineUsage], now: datetime) -> list
                 "account_id": usage.account_id,
                 "line_micros": usage.line_micros,
                 "pools": format_pools(usage.pools),
-                "records": len(usage.record_ids),
+                "records": usage.records,
                 "created_at": utc_naive(now),
             }
         )
@@ -524,13 +523,13 @@ class BillRun:
             cut_rows: list[dict[str, object]] = []
             for draft, invoice_id in batch.issued:
                 usages = list(facts_of[draft.billing_account_id].usage.values())
-                marks += ((invoice_id, usage) for usage in usages if usage.record_ids)
+                marks += ((invoice_id, usage) for usage in usages if usage.records)
                 try:
                     await mark_consumed(connection, draft, invoice_id)
                 except LoyaltyDiscountTaken as taken:
                     raise BillRunConflict(str(taken)) from None
                 cut_rows += cuts_of(invoice_id, usages, now)
-            records = sum(len(usage.record_ids) for _, usage in marks)
+            records = sum(usage.records for _, usage in marks)
             issued_ids = [invoice_id for _, invoice_id in batch.issued]
             if records and await self._marked(connection, marks, issued_ids) != records:
                 raise BillRunConflict("records were billed meanwhile")
@@ -552,8 +551,8 @@ class BillRun:
         """The records of ``marks`` marked billed by their invoice: how many were still free."""
         if connection.dialect.name == "sqlite":  # sqlite3's executemany sums the rows each update changed
             lines = [
-                (invoice_id, json.dumps(usage.record_numbers), json.dumps(usage.record_ids))
-                for invoice_id, usage in sorted(marks, key=lambda mark: mark[1].record_numbers[0])
+                (invoice_id, usage.record_numbers, usage.record_ids)
+                for invoice_id, usage in sorted(marks, key=lambda mark: mark[1].first_record_number)
             ]
             return int((await connection.exec_driver_sql(MARK_LINE_BILLED_SQLITE, lines)).rowcount)
         await execute_many_values(
@@ -563,7 +562,7 @@ class BillRun:
             [
                 (number, record_id, invoice_id)
                 for invoice_id, usage in marks
-                for number, record_id in zip(usage.record_numbers, usage.record_ids, strict=True)
+                for number, record_id in zip(usage.record_number_list(), usage.record_id_list(), strict=True)
             ],
         )
         billed = 0
