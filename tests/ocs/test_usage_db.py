@@ -200,15 +200,18 @@ async def test_unbilled_usage_sums_what_unbilled_records_lists(engine: AsyncEngi
     assert (bo_usage.record_id_list(), bo_usage.line_micros, bo_usage.pools) == (["bo-2|0|1"], 1_002, ())
 
 
+def sms(made: UsageRecord) -> UsageRecord:
+    return dataclasses.replace(made, service="sms", unit=Unit.EVENTS, units=1)
+
+
 async def test_unbilled_usage_gives_each_services_records_oldest_first_however_stored(engine: AsyncEngine) -> None:
     """The records' ids and numbers come as the JSON arrays the bill run's marks take, in an
     order fixed by the database query: by service, and within a service oldest first (ties in
     time in spool order), whatever order they were stored in; the unit is the oldest record's."""
     stored_order = [  # newest first, two records a second, every third one an SMS
-        dataclasses.replace(
-            record(account_id, number, NOW + 500 - number // 2),
-            **({"service": "sms", "unit": Unit.EVENTS, "units": 1} if number % 3 == 0 else {}),
-        )
+        sms(record(account_id, number, NOW + 500 - number // 2))
+        if number % 3 == 0
+        else record(account_id, number, NOW + 500 - number // 2)
         for account_id in ("ana", "bo")
         for number in range(600)
     ]
