@@ -511,14 +511,21 @@ def _joined_arrays(arrays: Iterable[str]) -> str:
 
 def _line_usage(account_id: str, rows: Sequence[Sequence[Any]]) -> LineUsage:
     """One account's rows of the reader (one per service) as its ``LineUsage``."""
+    if len(rows) == 1:  # the common case, made directly
+        _, service, unit, records, units, micros, line_micros, pools, ids, numbers, first = rows[0]
+        return LineUsage(
+            account_id,
+            int(records),
+            ids,
+            numbers,
+            int(first),
+            int(micros),
+            (ServiceUsage(str(service), str(unit), int(records), int(units), int(micros)),),
+            int(line_micros),
+            _summed_pools(parse_pools(pools)),
+        )
     if len(rows) > 1:
         rows = sorted(rows, key=lambda row: str(row[1]))  # by name whatever the database's collation
-    pools: dict[int, list[int]] = {}
-    for row in rows:
-        for pool in parse_pools(row[7]):
-            sums = pools.setdefault(pool.level, [0, 0])
-            sums[0] += pool.bucket_micros
-            sums[1] += pool.line_micros
     return LineUsage(
         account_id=account_id,
         records=sum(int(row[3]) for row in rows),
@@ -528,8 +535,20 @@ def _line_usage(account_id: str, rows: Sequence[Sequence[Any]]) -> LineUsage:
         micros=sum(int(row[5]) for row in rows),
         services=tuple(ServiceUsage(str(row[1]), str(row[2]), int(row[3]), int(row[4]), int(row[5])) for row in rows),
         line_micros=sum(int(row[6]) for row in rows),
-        pools=tuple(PoolDraw(level, *pools[level]) for level in sorted(pools)),
+        pools=_summed_pools([pool for row in rows for pool in parse_pools(row[7])]),
     )
+
+
+def _summed_pools(draws: Sequence[PoolDraw]) -> tuple[PoolDraw, ...]:
+    """Draws summed per ancestor level, by level."""
+    if not draws:
+        return ()
+    pools: dict[int, list[int]] = {}
+    for pool in draws:
+        sums = pools.setdefault(pool.level, [0, 0])
+        sums[0] += pool.bucket_micros
+        sums[1] += pool.line_micros
+    return tuple(PoolDraw(level, *pools[level]) for level in sorted(pools))
 
 
 async def unbilled_usage(
