@@ -322,25 +322,13 @@ def draft_invoice(
         if line.payment_type is PaymentType.POSTPAID:
             lines += line_charges(catalog, facts, line, period, memo)
     taken = facts.loyalty_discounts if lines else ()  # for the next invoice with charges
-    lines += loyalty_discount_lines(taken, lines, facts.usage)
-    lines += deposit_lines(facts.deposits)
-    charged = sum(item.amount_micros + item.tax_micros for item in lines)
-    adjustment_lines = [
-        DraftLine.model_construct(
-            kind=LineKind.ADJUSTMENT,
-            description=f"adjustment {item.adjustment_id}: {item.reason}"[:MAX_DESCRIPTION_CHARACTERS],
-            amount_micros=item.amount_micros,
-            tax_micros=0,
-            node_id=None,
-            line_id=None,
-            explanation={"adjustment_id": item.adjustment_id, "reason": item.reason},
-        )
-        for item in facts.adjustments
-    ]
-    adjustment_total = sum(item.amount_micros for item in facts.adjustments)
-    carried = charged + adjustment_total >= 0
+    if taken:  # (each of these makes nothing of nothing: skipped, most accounts have none)
+        lines += loyalty_discount_lines(taken, lines, facts.usage)
+    if facts.deposits:
+        lines += deposit_lines(facts.deposits)
+    carried = not facts.adjustments or _carries(lines, facts.adjustments)
     if carried:
-        lines += adjustment_lines
+        lines += _adjustment_lines(facts.adjustments)
     if not lines:
         return None
     if len(lines) > MAX_DRAFT_LINES:
@@ -361,6 +349,27 @@ def draft_invoice(
     # this call's own (made just above, seen by no one), "lines" among its fields set already.
     head.__dict__["lines"] = lines
     return head
+
+
+def _carries(lines: Sequence[DraftLine], adjustments: Sequence[PendingAdjustment]) -> bool:
+    """The adjustments go on this invoice unless they would take its total below zero."""
+    charged = sum(item.amount_micros + item.tax_micros for item in lines)
+    return charged + sum(item.amount_micros for item in adjustments) >= 0
+
+
+def _adjustment_lines(adjustments: Sequence[PendingAdjustment]) -> list[DraftLine]:
+    return [
+        DraftLine.model_construct(
+            kind=LineKind.ADJUSTMENT,
+            description=f"adjustment {item.adjustment_id}: {item.reason}"[:MAX_DESCRIPTION_CHARACTERS],
+            amount_micros=item.amount_micros,
+            tax_micros=0,
+            node_id=None,
+            line_id=None,
+            explanation={"adjustment_id": item.adjustment_id, "reason": item.reason},
+        )
+        for item in adjustments
+    ]
 
 
 @functools.lru_cache(maxsize=64)
