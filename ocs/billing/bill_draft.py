@@ -359,14 +359,14 @@ def _carries(lines: Sequence[DraftLine], adjustments: Sequence[PendingAdjustment
 
 def _adjustment_lines(adjustments: Sequence[PendingAdjustment]) -> list[DraftLine]:
     return [
-        DraftLine.model_construct(
-            kind=LineKind.ADJUSTMENT,
-            description=f"adjustment {item.adjustment_id}: {item.reason}"[:MAX_DESCRIPTION_CHARACTERS],
-            amount_micros=item.amount_micros,
-            tax_micros=0,
-            node_id=None,
-            line_id=None,
-            explanation={"adjustment_id": item.adjustment_id, "reason": item.reason},
+        draft_line(
+            LineKind.ADJUSTMENT,
+            f"adjustment {item.adjustment_id}: {item.reason}"[:MAX_DESCRIPTION_CHARACTERS],
+            item.amount_micros,
+            0,
+            None,
+            None,
+            {"adjustment_id": item.adjustment_id, "reason": item.reason},
         )
         for item in adjustments
     ]
