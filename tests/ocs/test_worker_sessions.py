@@ -24,7 +24,7 @@ from protocol.message import Message
 from tests.balance.conftest import PROCESS_DEADLINE_SECONDS
 from tests.ocs.conftest import CLIENT
 from tests.ocs.test_api import alice
-from tests.ocs.test_credit_control import call_to, ccr, seconds
+from tests.ocs.test_credit_control import call_to, ccr, code, seconds
 from tests.ocs.test_embedded_server import ServerProcess, servers
 from tests.ocs.test_workers import MSISDN, _fresh_request, _metrics, _until, start_workers
 
@@ -81,6 +81,32 @@ async def test_a_session_closed_by_tcc_in_another_worker_is_forgotten_where_it_w
     assert [message.get("Session-Id") for message in received] == ["live"]
     assert not server.events("notify_sent", session_id="silent")
     await client.close()
+    assert server.stop() == 0
+
+
+async def test_a_session_ended_through_another_worker_is_swept_where_it_began(
+    tmp_path: Path, servers: list[ServerProcess]
+) -> None:
+    """Its CCR-T came on a connection of the other worker: no event says so to the first, whose
+    sweep (every Tcc, 2 s here) forgets it after two Tcc without a request."""
+    server, diameter_port, url, _ = await start_workers(
+        tmp_path, servers, "session_supervision", OCS_QUOTA_VALIDITY_SECONDS="1"
+    )
+    async with ApiClient(url, token=server.token) as api:
+        identities = [{"kind": "msisdn", "value": MSISDN}]
+        assert (await api.create_subscriber(alice(identities=identities))).status == 201
+    first, began_on = await _connect_away_from(server, diameter_port, None)
+    second, _ = await _connect_away_from(server, diameter_port, began_on)
+    asked = seconds("Requested-Service-Unit", 60)
+    began = await first.request(ccr("moved", "INITIAL_REQUEST", 0, asked, call_to("4917612345678"), msisdn=MSISDN))
+    assert code(began) == 2001
+    ended = await second.request(ccr("moved", "TERMINATION_REQUEST", 1, seconds("Used-Service-Unit", 5), msisdn=MSISDN))
+    assert code(ended) == 2001
+    await _until_open_sessions(url, server.token, began_on, 1.0)  # in its snapshot first
+    await _until_open_sessions(url, server.token, began_on, 0.0)
+    await _until("the sweep's line", lambda: server.events("idle_sessions_forgotten", worker=began_on))
+    await first.close()
+    await second.close()
     assert server.stop() == 0
 
 
