@@ -14,21 +14,24 @@ import re
 import time
 from pathlib import Path
 
+from redis.asyncio import Redis
+
 from ocs.charging.notifier import SessionNotifier
 from ocs.cli.client import ApiClient
+from ocs.event_transport import SESSIONS, SESSIONS_PER_ENTRY, STREAM_KEY, RedisStreamTransport
 from ocs.events import SessionActive
 from ocs.metrics import Metrics
 from protocol.aio import DiameterClient
 from protocol.capabilities import LocalIdentity
 from protocol.message import Message
-from tests.balance.conftest import PROCESS_DEADLINE_SECONDS
+from tests.balance.conftest import PROCESS_DEADLINE_SECONDS, embedded_redis, redis_client
 from tests.ocs.conftest import CLIENT
 from tests.ocs.test_api import alice
 from tests.ocs.test_credit_control import call_to, ccr, code, seconds
 from tests.ocs.test_embedded_server import ServerProcess, servers
 from tests.ocs.test_workers import MSISDN, _fresh_request, _metrics, _until, start_workers
 
-__all__ = ["servers"]
+__all__ = ["embedded_redis", "redis_client", "servers"]
 
 
 async def _connect_away_from(server: ServerProcess, port: int, worker: object) -> tuple[DiameterClient, object]:
@@ -139,3 +142,27 @@ def test_closed_sessions_are_forgotten_only_where_they_were_carried() -> None:
     notifier.observe(SessionActive("will", "carried", "pgw.test", "test"))
     assert notifier.forget_sessions(["carried", "answered-by-another-worker"]) == 1
     assert notifier.open_sessions == 0
+
+
+async def test_closed_sessions_travel_on_the_stream_to_the_other_workers_only(redis_client: Redis) -> None:
+    """Two workers' ends of the stream on one real Redis: what one sends, the other hands to its
+    notifier, in entries of at most SESSIONS_PER_ENTRY ids; the sender skips its own; an entry
+    that is not a list of ids is logged and skipped."""
+    closing, carrying = RedisStreamTransport(redis_client, "worker-0"), RedisStreamTransport(redis_client, "worker-1")
+    heard: dict[str, list[list[str]]] = {"worker-0": [], "worker-1": []}
+    for transport in (closing, carrying):
+        transport.on_sessions_closed = heard[transport.origin].append  # type: ignore[assignment]
+        await transport.start_at_end()
+    session_ids = [f"closed-{index}" for index in range(SESSIONS_PER_ENTRY + 1)]
+    closing.send_closed_sessions(session_ids)
+    await closing.flush()
+    await redis_client.xadd(STREAM_KEY, {"origin": "worker-0", "kind": SESSIONS, "data": b'{"not": "a list"}'})
+    readers = [asyncio.create_task(transport.run_reader()) for transport in (closing, carrying)]
+    try:
+        await _until("the entries read", lambda: carrying.received == 3)
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    assert heard["worker-1"] == [session_ids[:SESSIONS_PER_ENTRY], session_ids[SESSIONS_PER_ENTRY:]]
+    assert heard["worker-0"] == []
