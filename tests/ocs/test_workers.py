@@ -132,7 +132,7 @@ async def test_a_killed_worker_is_restarted_and_its_duties_move_within_the_lease
         assert (await api.create_subscriber(alice(buckets=[{"kind": "main", "amount": "100000.00"}]))).status == 201
 
     stop = asyncio.Event()
-    answered: list[int] = []
+    answered: list[int | None] = []  # the Result-Code of each TERMINATION
 
     async def load(connection: int) -> None:
         """Calls on one connection until told to stop; a connection the kill cuts opens again."""
