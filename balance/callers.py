@@ -269,9 +269,10 @@ class RedisPyCaller:
 
 
 # Error replies of a Redis that cannot serve yet or now (still replaying its append-only file, a
-# replica without its master, a script over its time): like no answer, the caller may try again
-# later; redis-py maps LOADING to a ConnectionError the same way (BusyLoadingError).
-UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "BUSY")
+# replica without its master, a script over its time, a master whose replicas lag past
+# min-replicas-max-lag): like no answer, the caller may try again later; redis-py maps LOADING to
+# a ConnectionError the same way (BusyLoadingError).
+UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "BUSY", "NOREPLICAS")
 
 
 def _reply_error(operation: str, error: RedisErrorReply) -> Exception:
