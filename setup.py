@@ -22,8 +22,8 @@ from setuptools import setup
 # message classes it builds, and the grammar check that runs on every request (protocol/build.py);
 # then the CCR's path through the application: read the CCR, rate it, the credit-control handler
 # around the engine call, lay out the CCA, the driver that runs each answer without a task; the
-# charge's side of the balance store, its argument checks and reply parsing, and the pipelined
-# Redis client with its RESP packing (ocs/build.py).
+# charge's side of the balance store, its argument checks and reply parsing, the caller over the
+# pipelined Redis client, and that client with its RESP packing (ocs/build.py).
 COMPILED_MODULES = [
     "protocol/constants.py",
     "protocol/avp_types.py",
@@ -47,6 +47,7 @@ COMPILED_MODULES = [
     "ocs/in_flight.py",
     "balance/resp.py",
     "balance/pipeline.py",
+    "balance/callers.py",
     "balance/script_io.py",
     "balance/validation.py",
     "balance/store.py",

@@ -245,10 +245,11 @@ async def _supervise_sessions(state: ServerState) -> None:
             if state.store.marks_lost:  # balance/store.py: a charge applied, its marks did not
                 watched, undelivered = await state.store.rescan_work()
                 log.info("work_rescanned", hierarchies_with_sessions=watched, hierarchies_with_records=undelivered)
-            closed = await state.store.expire_due(int(time.time()))
-            for _, session_id in closed:
-                if state.notifier is not None:
-                    state.notifier.forget_session(session_id)
+            closed = [session_id for _, session_id in await state.store.expire_due(int(time.time()))]
+            if state.notifier is not None:
+                state.notifier.forget_sessions(closed)
+            if closed and state.worker is not None:  # the worker carrying one may be another
+                state.worker.transport.send_closed_sessions(closed)
             if closed:
                 state.metrics.sessions_expired_by_tcc(len(closed))
                 log.info("sessions_expired", count=len(closed))

@@ -69,7 +69,7 @@ from ocs.config import FinalUnitSettings, Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.metrics import Metrics
 from ocs.rating.book import FinalUnitPolicy, RedirectAddressType, RedirectServer, Restriction, TariffBook
-from ocs.rating.rate import Rated, RatingFailure, RatingInput, rate
+from ocs.rating.rate import MemoizedRating, Rated, RatingFailure, RatingInput
 from protocol.capabilities import LocalIdentity
 from protocol.codec import decode
 from protocol.constants import ResultCode
@@ -137,6 +137,7 @@ class CreditControl:
         self.store = store
         self.subscribers = subscribers
         self.book = book
+        self._rating = MemoizedRating(book)  # rate() of this book, each input once a minute
         self.identity = identity
         self.observer = observer
         self.clock = clock
@@ -244,9 +245,10 @@ class CreditControl:
         # reserves nothing.
         granting = ccr.request_type in (RequestType.INITIAL, RequestType.UPDATE)
         lookahead = self.settings.quota.validity_seconds if granting else 0
+        if self._rating.book is not self.book:  # a book put in place of the one we were made with
+            self._rating = MemoizedRating(self.book)
         for service in services:
-            outcome = rate(
-                self.book,
+            outcome = self._rating.rate(
                 plan,
                 RatingInput(
                     ccr.service_context,
@@ -299,7 +301,7 @@ class CreditControl:
         for service, rated in services:
             request, unit = service.request, rated.unit
             requested = self.requested_units(request, unit)
-            used = sum(units_of(units, unit) or 0 for units in request.used)
+            used = _used_units(request.used, unit)
             split = None if direct else _usage_split(request.used, unit)
             commit_reserved = False
             if isinstance(service, RefusedService):  # its docstring: settle what is held, grant nothing
@@ -460,11 +462,22 @@ def _tariff_change(rated: Rated, now: float) -> TariffChange | None:
     return TariffChange(at_seconds, change.tariff.price_micros)
 
 
+def _used_units(used: Sequence[Units], unit: Unit) -> int:
+    """The units of ``unit`` in every Used-Service-Unit (a loop: a generator costs more, compiled)."""
+    total = 0
+    for units in used:
+        total += units_of(units, unit) or 0
+    return total
+
+
 def _usage_split(used: Sequence[Units], unit: Unit) -> UsageSplit | None:
     """The used units as the client itemised them with Tariff-Change-Usage (RFC 4006 section
     8.27), or None when no Used-Service-Unit carries one. A Used-Service-Unit without it among
     itemised ones counts as before the change ("no tariff change has occurred" for those units)."""
-    if all(units.tariff_change_usage is None for units in used):
+    for units in used:
+        if units.tariff_change_usage is not None:
+            break
+    else:
         return None
     parts = [0, 0, 0]  # UNIT_BEFORE_TARIFF_CHANGE, UNIT_AFTER_TARIFF_CHANGE, UNIT_INDETERMINATE
     for units in used:
@@ -489,8 +502,10 @@ def _unpriced_units(message: Message, service: ServiceRequest, unit: Unit) -> Av
     a free 2001. An empty Requested-Service-Unit leaves the amount to us (sized in the priced
     unit); a unit AVP of the priced unit with the value 0 reports that nothing was used.
     """
-    requested = (service.requested,) if service.requested is not None else ()
-    if all(units_of(units, unit) is not None or not units.counted for units in requested + service.used):
+    priced = _priced(service.requested, unit)
+    for units in service.used:  # a loop, not all(): a generator costs more, compiled
+        priced = priced and _priced(units, unit)
+    if priced:
         return None
     members = service.avp.children if service.avp is not None else message.avps
     for found in members:
@@ -499,6 +514,11 @@ def _unpriced_units(message: Message, service: ServiceRequest, unit: Unit) -> Av
             if units.counted and units_of(units, unit) is None:
                 return found
     return None  # not reached: the units above were read from these AVPs
+
+
+def _priced(units: Units | None, unit: Unit) -> bool:
+    """Whether ``units`` count in ``unit``, or count nothing (absent, or an empty unit AVP)."""
+    return units is None or units_of(units, unit) is not None or not units.counted
 
 
 def _refused_service_answer(service: RefusedService) -> ServiceAnswer:
