@@ -48,7 +48,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
+from typing import Final, cast
 
 from protocol.avp_types import MINIMUM_PAYLOAD_SIZE, NTP_EPOCH, AvpLengthError, AvpType, AvpValueError
 from protocol.constants import (
@@ -137,8 +137,9 @@ _FIXED_FORMATS: dict[AvpType, str] = {
     AvpType.INTEGER64: "q",
 }
 
-# (kind, must flags, the flags checked against them (the V bit, and P unless allowed), definition)
-_DecodeEntry = tuple[int, int, int, AvpDefinition]
+# (kind, must flags, the flags checked against them (the V bit, and P unless allowed), definition,
+# and the packed key as an object, which ``Decoded.shape`` takes without boxing it per AVP)
+_DecodeEntry = tuple[int, int, int, AvpDefinition, object]
 # (kind, whole-AVP packer without and with Vendor-ID (None unless fixed-size), their lengths, definition)
 _EncodeEntry = tuple[int, struct.Struct | None, int, struct.Struct | None, int, AvpDefinition]
 
@@ -161,7 +162,7 @@ def _compile(dictionary: Dictionary) -> _Tables:
         must = definition.must_flags & _VENDOR_BIT
         # The P bit is checked only where the AVP's flag table does not allow it.
         checked = must if definition.may_flags & _PROTECTED_BIT else must | _PROTECTED_BIT
-        decoders[key] = (kind, must, checked, definition)
+        decoders[key] = (kind, must, checked, definition, key)
         fixed_format = _FIXED_FORMATS.get(definition.type)
         if fixed_format is None:
             encoders[key] = (kind, None, 0, None, 0, definition)
@@ -359,7 +360,7 @@ def _decode_avps(
     table: dict[int, _DecodeEntry],
     failures: list[Failure],
     counter: list[int] | None,
-    shape: list[int],
+    shape: list[object],
 ) -> list[Avp]:
     """The AVPs in ``buffer[offset:end]``; ``counter`` totals them when the frame is large
     enough to hold more than ``MAX_AVP_COUNT`` (checked per level: the frame size bounds the work).
@@ -411,13 +412,14 @@ def _decode_avps(
             key = (vendor_id << 32) | code
             entry = table.get(key)
         flags = flags_length >> 24
-        shape.append(key)
         if entry is None:
+            shape.append(key)
             value = buffer[start:avp_end]
             if flags & 0x60:  # M or P bit on an AVP we do not know
                 _fail_flags(failures, None, flags, buffer, offset, avp_end)
         else:
-            kind, must, checked, definition = entry
+            kind, must, checked, definition, boxed_key = entry
+            shape.append(boxed_key)
             if kind == _UNSIGNED32:
                 if avp_end - start == 4:
                     value = word if word >= 0 else _read_word(buffer, start)
@@ -485,7 +487,7 @@ def decode(frame: bytes, dictionary: Dictionary = DEFAULT_DICTIONARY) -> Decoded
     counter = [0] if (length - HEADER_LENGTH) // AVP_HEADER_LENGTH > MAX_AVP_COUNT else None
     failures: list[Failure] = []
     table = _DEFAULT_TABLES.decoders if dictionary is DEFAULT_DICTIONARY else _tables(dictionary).decoders
-    shape: list[int] = []
+    shape: list[object] = []  # packed keys (ints), some of them as the table holds them
     avps = _decode_avps(buffer, HEADER_LENGTH, length, 0, table, failures, counter, shape)
     flags = flags_code >> 24
     if flags & _REQUEST_AND_ERROR_BITS == _REQUEST_AND_ERROR_BITS:
@@ -499,7 +501,7 @@ def decode(frame: bytes, dictionary: Dictionary = DEFAULT_DICTIONARY) -> Decoded
         # only to echo the Session-Id, and this failure comes first: it is the one answered.
         failures.insert(0, Failure(ResultCode.DIAMETER_UNSUPPORTED_VERSION, None, f"version {version}"))
     message = Message(flags_code & 0xFFFFFF, flags, application_id, hop_by_hop, end_to_end, avps)
-    return Decoded(message, failures, tuple(shape))
+    return Decoded(message, failures, cast("tuple[int, ...]", tuple(shape)))
 
 
 # --- encoding ---------------------------------------------------------------------------------
