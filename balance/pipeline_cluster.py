@@ -24,6 +24,11 @@ resharding"):
 
 At most ``MAX_REDIRECTIONS`` redirections per call (a loop of MOVED means a broken cluster).
 
+The map is asked of one node at a time, each given ``MAP_ASK_SECONDS``: a node that stops
+answering without closing its connections (a frozen host, one cut off by the network; a failover
+follows) would otherwise hold every map load, and with it every call waiting for a new map, for
+its connection's whole reply timeout before the next node is asked.
+
 A node that cannot be reached (connection refused, lost) gets the map refreshed and the call
 resent, within ``RESEND_WINDOW_SECONDS`` and with backoff. A call refused before it was sent
 (``BalanceUnreached``) is always resent: nothing can have applied. A call whose connection was
@@ -50,6 +55,7 @@ from typing import Final
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from balance.deadline import within
 from balance.errors import BalanceUnavailable, BalanceUnreached
 from balance.pipeline import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
@@ -72,6 +78,10 @@ MAX_REDIRECTIONS: Final = 5
 # store's deadline and its settling look (balance/store.py) come on top; both end before the
 # client's Tx timer (RFC 4006 section 13, 10 s).
 RESEND_WINDOW_SECONDS: Final = 1.0
+# How long the slot map's question waits for one node before it asks the next (module
+# docstring): a live node answers CLUSTER SLOTS within a millisecond or two, a loaded one within
+# tens; a frozen one never, and its connection's silence check takes the whole reply timeout.
+MAP_ASK_SECONDS: Final = 0.5
 # Backoff between attempts after a failure (not after a redirection, which is followed at once).
 FIRST_BACKOFF_SECONDS: Final = 0.01
 MAX_BACKOFF_SECONDS: Final = 0.2
@@ -311,9 +321,12 @@ class ClusterPipelinedRedis:
         problems: list[str] = []
         for address in candidates:
             try:
-                reply = await self._node(address).execute("CLUSTER", "SLOTS")
+                reply = await within(MAP_ASK_SECONDS, self._node(address).execute("CLUSTER", "SLOTS"))
             except (BalanceUnavailable, RedisErrorReply) as error:
                 problems.append(f"{address[0]}:{address[1]}: {error}")
+                continue
+            except TimeoutError:  # its late reply, if any, is read and dropped (balance/pipeline.py)
+                problems.append(f"{address[0]}:{address[1]}: no answer within {MAP_ASK_SECONDS} s")
                 continue
             slots = self._slot_map(reply, address[0])
             if slots is not None:

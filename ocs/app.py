@@ -100,6 +100,7 @@ from protocol.aio import DiameterServer, DiameterTransport
 from protocol.aio.tls import server_context
 from protocol.capabilities import IpNetwork, LocalIdentity, PeerPolicy
 from protocol.constants import CommandCode, ResultCode
+from protocol.encoded import EncodedAnswer
 from protocol.events import AnswerReceived, DuplicateAnswered, Event, PeerClosed, PeerOpened, RequestRejected
 from protocol.message import Message
 
@@ -169,12 +170,12 @@ async def _answer(state: ServerState, handler: CreditControl, transport: Diamete
     started = time.perf_counter()
     bind_request(message)  # this request's own context (ocs/in_flight.py): its log lines name it
     try:
-        answer = await handler.answer(message)
+        answer = await handler.respond(message)
     except Exception:  # a bug must not leave the client waiting for its Tx timer
         log.exception("credit_control_failed")
         answer = error_answer(message, handler.identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY)
     transport.send_answer(answer)
-    result = answer.get("Result-Code")
+    result = answer.result_code if isinstance(answer, EncodedAnswer) else answer.get("Result-Code")
     state.metrics.request_finished(
         "CCR", _request_type(message), result if isinstance(result, int) else 0, time.perf_counter() - started
     )
@@ -244,10 +245,11 @@ async def _supervise_sessions(state: ServerState) -> None:
             if state.store.marks_lost:  # balance/store.py: a charge applied, its marks did not
                 watched, undelivered = await state.store.rescan_work()
                 log.info("work_rescanned", hierarchies_with_sessions=watched, hierarchies_with_records=undelivered)
-            closed = await state.store.expire_due(int(time.time()))
-            for _, session_id in closed:
-                if state.notifier is not None:
-                    state.notifier.forget_session(session_id)
+            closed = [session_id for _, session_id in await state.store.expire_due(int(time.time()))]
+            if state.notifier is not None:
+                state.notifier.forget_sessions(closed)
+            if closed and state.worker is not None:  # the worker carrying one may be another
+                state.worker.transport.send_closed_sessions(closed)
             if closed:
                 state.metrics.sessions_expired_by_tcc(len(closed))
                 log.info("sessions_expired", count=len(closed))

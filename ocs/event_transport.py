@@ -23,13 +23,23 @@ Caches: provisioning tells the subscriber cache to forget identities whose mappi
 (``kind`` "identities"); every other worker's reader makes its own cache forget them. The tariff
 book has no change at run time yet (it is read from its file at startup); a reload would travel
 the same way.
+
+Closed sessions: the Tcc supervision duty (ocs/app.py) runs in one worker and closes the
+sessions that went silent, whichever worker carried them. Each worker's notifier keeps the
+sessions it answered (ocs/charging/notifier.py) so that a top-up or a status change reaches them;
+a session closed elsewhere would stay there for ever (memory, and a RAR or ASR to a session the
+OCS has closed). ``send_closed_sessions`` puts the closed session ids on the stream (kind
+"sessions", at most ``SESSIONS_PER_ENTRY`` to an entry) and every other worker's reader hands
+them to ``on_sessions_closed`` (the notifier's ``forget_sessions``). Nothing is sent per CCR: a
+CCR-T answered by another worker, or an entry lost with a stream trimmed past it, is caught by
+the notifier's own sweep (``SessionNotifier.sweep``, run by ocs/worker.py every Tcc).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -46,8 +56,10 @@ STREAM_KEY = "ocs:events"
 STREAM_MAX_ENTRIES = 100_000  # approximate (MAXLEN ~): Redis trims whole nodes of the stream
 READ_BLOCK_MILLISECONDS = 1_000  # a reader's XREAD waits this long, then asks again
 RETRY_SECONDS = 0.5  # after a failed read or append: Redis is away; the entries wait
+SESSIONS_PER_ENTRY = 1_000  # closed session ids in one stream entry: tens of kilobytes at most
 ACCOUNT = "account"
 IDENTITIES = "identities"
+SESSIONS = "sessions"
 
 
 def encode_identities(identities: Sequence[Identity]) -> bytes:
@@ -67,6 +79,7 @@ class RedisStreamTransport:
         self.key = key
         self.events: AccountEvents | None = None
         self.cache: SubscriberCache | None = None
+        self.on_sessions_closed: Callable[[Sequence[str]], object] | None = None
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._last_id = "0-0"
         self.received = 0  # entries of other workers handled
@@ -82,6 +95,11 @@ class RedisStreamTransport:
     def send_identities(self, identities: Sequence[Identity]) -> None:
         if identities:
             self._queue.put_nowait((IDENTITIES, encode_identities(identities)))
+
+    def send_closed_sessions(self, session_ids: Sequence[str]) -> None:
+        for start in range(0, len(session_ids), SESSIONS_PER_ENTRY):
+            chunk = list(session_ids[start : start + SESSIONS_PER_ENTRY])
+            self._queue.put_nowait((SESSIONS, json.dumps(chunk).encode()))
 
     async def start_at_end(self) -> None:
         """Begin after the newest entry: older events concern sessions this worker never had."""
@@ -150,6 +168,16 @@ class RedisStreamTransport:
                 log.warning("identities_unreadable", reason=str(error))
                 return
             SubscriberCache.forget(self.cache, identities)  # this worker's cache only: no echo
+        elif kind == SESSIONS and self.on_sessions_closed is not None:
+            try:
+                session_ids = json.loads(data)
+            except ValueError as error:
+                log.warning("closed_sessions_unreadable", reason=str(error))
+                return
+            if isinstance(session_ids, list) and all(isinstance(session_id, str) for session_id in session_ids):
+                self.on_sessions_closed(session_ids)
+            else:
+                log.warning("closed_sessions_unreadable", reason="not a list of session ids")
         else:
             log.warning("event_kind_unknown", kind=kind)
 

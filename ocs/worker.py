@@ -11,6 +11,10 @@ differences from a single process, all started by ``start_worker`` after the ser
 - Account events and subscriber-cache invalidations travel on a Redis stream
   (ocs/event_transport.py), so a top-up through any worker reaches the worker that holds the
   session's connection.
+- Sessions closed by the Tcc supervision duty in one worker travel on the same stream, so the
+  worker that carried one forgets it too (ocs/event_transport.py "Closed sessions"); each worker
+  also sweeps, every Tcc, the sessions it has not answered for longer than the engine keeps them
+  (``SessionNotifier.sweep``).
 - Metrics for the whole server: each worker writes its own series, in the Prometheus text format,
   to ``worker-<index>.prom`` in the run directory every ``SNAPSHOT_SECONDS`` (and at shutdown);
   /metrics on any worker answers its own series as they are now and the others' last snapshots,
@@ -49,6 +53,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from balance.directory import Directory
 from ocs.charging.credit_control import CreditControl
+from ocs.charging.notifier import SessionNotifier
 from ocs.config import Settings
 from ocs.event_transport import RedisStreamTransport, SharedSubscriberCache
 from ocs.events import AccountEvents
@@ -70,6 +75,7 @@ class ServerState(Protocol):
     events: AccountEvents
     directory: Directory | None
     credit_control: CreditControl | None
+    notifier: SessionNotifier | None
     metrics: Metrics
     duties: Duties
     stop: asyncio.Event
@@ -154,6 +160,9 @@ async def start_worker(state: ServerState, services: WorkerServices) -> None:
     await services.transport.start_at_end()
     if state.credit_control is not None and isinstance(state.credit_control.subscribers, SharedSubscriberCache):
         services.transport.cache = state.credit_control.subscribers
+    if state.notifier is not None:
+        services.transport.on_sessions_closed = state.notifier.forget_sessions
+        services.tasks.append(asyncio.create_task(_sweep_sessions(state.notifier, state.settings.quota.tcc_seconds)))
     state.metrics.exposed = CollectorRegistry(auto_describe=False)
     state.metrics.exposed.register(WholeServerCollector(state.metrics.registry, services))
     services.tasks += [
@@ -185,6 +194,14 @@ async def _snapshots(state: ServerState, services: WorkerServices) -> None:
         except OSError as error:
             log.warning("metrics_snapshot_failed", error=str(error))
         await asyncio.sleep(SNAPSHOT_SECONDS)
+
+
+async def _sweep_sessions(notifier: SessionNotifier, tcc_seconds: float) -> None:
+    while True:
+        await asyncio.sleep(tcc_seconds)
+        forgotten = notifier.sweep()
+        if forgotten:
+            log.info("idle_sessions_forgotten", count=forgotten)
 
 
 async def _watch_parent(state: ServerState, role: WorkerRole) -> None:

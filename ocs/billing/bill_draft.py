@@ -43,6 +43,7 @@ its balance at the start of each cycle (``prepaid_rental``), its usage was paid 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -50,7 +51,7 @@ from datetime import date
 from pydantic import JsonValue
 
 from balance.types import PaymentType
-from ocs.billing.catalog import Catalog, Charge, Product, ProductKind, product_charge, usage_charge
+from ocs.billing.catalog import Catalog, Charge, Offer, Product, ProductKind, product_charge, usage_charge
 from ocs.billing.cycles import Period
 from ocs.billing.deposits import PendingDeposit, deposit_lines
 from ocs.billing.draft_line import draft_line
@@ -151,6 +152,29 @@ class ChargeMemo:
 
     def __init__(self) -> None:
         self._found: dict[tuple[int, Period, Period, str, str | None], Explained] = {}
+        self._offers: dict[tuple[str, date], Offer | None] = {}
+        self._products: dict[tuple[str, date], Product | None] = {}
+        self._bundles: dict[tuple[str, date], list[Product]] = {}
+
+    def offer_at(self, catalog: Catalog, plan: str, day: date) -> Offer | None:
+        key = (plan, day)
+        if key not in self._offers:
+            self._offers[key] = catalog.offer_at(plan, day)
+        return self._offers[key]
+
+    def product_at(self, catalog: Catalog, code: str, day: date) -> Product | None:
+        key = (code, day)
+        if key not in self._products:
+            self._products[key] = catalog.product_at(code, day)
+        return self._products[key]
+
+    def bundles(self, catalog: Catalog, plan: str, day: date) -> list[Product]:
+        """The bundles of ``plan``'s offer on ``day`` (the list is shared: never changed)."""
+        key = (plan, day)
+        found = self._bundles.get(key)
+        if found is None:
+            found = self._bundles[key] = _bundles(catalog, plan, day)
+        return found
 
     def product_charge(
         self, catalog: Catalog, product: Product, used: Period, cycle: Period, plan: str, segment: str | None
@@ -230,9 +254,9 @@ def line_charges(
     memo = memo if memo is not None else ChargeMemo()
     made: list[DraftLine] = []
     for span, plan in line.spans(period):
-        offer = catalog.offer_at(plan, period.start)
+        offer = memo.offer_at(catalog, plan, period.start)
         for code in offer.rentals if offer is not None else ():
-            product = catalog.product_at(code, period.start)
+            product = memo.product_at(catalog, code, period.start)
             if product is None:
                 continue
             charged = memo.product_charge(catalog, product, span, period, plan, facts.segment)
@@ -247,13 +271,13 @@ def line_charges(
                 made += _charge_lines(charged, LineKind.ONE_OFF, f"{product.description} ({line.line_id})", line)
     if line.in_service_on(period.end):
         plan = line.plan_on(period.end)
-        for product in _bundles(catalog, plan, period.end):
+        for product in memo.bundles(catalog, plan, period.end):
             if product.price_micros > 0:
                 charged = memo.product_charge(catalog, product, period, period, plan, facts.segment)
                 made += _charge_lines(charged, LineKind.BUNDLE, f"{product.description} ({line.line_id})", line)
     usage = facts.usage.get(line.line_id)
-    if usage is not None and usage.record_ids:
-        records = len(usage.record_ids)
+    if usage is not None and usage.records:
+        records = usage.records
         plan = line.plan_on(period.start if line.activated_on < period.start else line.activated_on)
         description = f"usage of {line.line_id}: {records} records"
         charge = usage_charge(catalog, usage.micros, description, period, plan, facts.segment)
@@ -268,13 +292,16 @@ def _bundles(catalog: Catalog, plan: str, day: date) -> list[Product]:
     return [product for product in found if product is not None and product.kind is ProductKind.BUNDLE]
 
 
-def renewals(catalog: Catalog, lines: Sequence[LineFacts], period: Period) -> list[Renewal]:
+def renewals(
+    catalog: Catalog, lines: Sequence[LineFacts], period: Period, memo: ChargeMemo | None = None
+) -> list[Renewal]:
     """The bundles each line still in service when ``period`` ends gets for the next cycle."""
+    memo = memo if memo is not None else ChargeMemo()
     return [
         Renewal(line.line_id, product)
         for line in lines
         if line.in_service_on(period.end)
-        for product in _bundles(catalog, line.plan_on(period.end), period.end)
+        for product in memo.bundles(catalog, line.plan_on(period.end), period.end)
     ]
 
 
@@ -295,25 +322,13 @@ def draft_invoice(
         if line.payment_type is PaymentType.POSTPAID:
             lines += line_charges(catalog, facts, line, period, memo)
     taken = facts.loyalty_discounts if lines else ()  # for the next invoice with charges
-    lines += loyalty_discount_lines(taken, lines, facts.usage)
-    lines += deposit_lines(facts.deposits)
-    charged = sum(item.amount_micros + item.tax_micros for item in lines)
-    adjustment_lines = [
-        DraftLine.model_construct(
-            kind=LineKind.ADJUSTMENT,
-            description=f"adjustment {item.adjustment_id}: {item.reason}"[:MAX_DESCRIPTION_CHARACTERS],
-            amount_micros=item.amount_micros,
-            tax_micros=0,
-            node_id=None,
-            line_id=None,
-            explanation={"adjustment_id": item.adjustment_id, "reason": item.reason},
-        )
-        for item in facts.adjustments
-    ]
-    adjustment_total = sum(item.amount_micros for item in facts.adjustments)
-    carried = charged + adjustment_total >= 0
+    if taken:  # (each of these makes nothing of nothing: skipped, most accounts have none)
+        lines += loyalty_discount_lines(taken, lines, facts.usage)
+    if facts.deposits:
+        lines += deposit_lines(facts.deposits)
+    carried = not facts.adjustments or _carries(lines, facts.adjustments)
     if carried:
-        lines += adjustment_lines
+        lines += _adjustment_lines(facts.adjustments)
     if not lines:
         return None
     if len(lines) > MAX_DRAFT_LINES:
@@ -322,7 +337,7 @@ def draft_invoice(
         legal_entity=facts.legal_entity,
         billing_account_id=facts.billing_account_id,
         period_start=period.start,
-        period_end=date.fromordinal(period.end.toordinal() - 1),
+        period_end=last_day_of(period),
         due_date=due_date,
         catalog_version=catalog_version,
         lines=[],
@@ -330,7 +345,38 @@ def draft_invoice(
         deposit_ids=[item.deposit_id for item in facts.deposits],
         loyalty_discount_ids=[item.discount_id for item in taken],
     )
-    return head.model_copy(update={"lines": lines})
+    # What ``head.model_copy(update={"lines": lines})`` makes, without the copy: the head is
+    # this call's own (made just above, seen by no one), "lines" among its fields set already.
+    head.__dict__["lines"] = lines
+    return head
+
+
+def _carries(lines: Sequence[DraftLine], adjustments: Sequence[PendingAdjustment]) -> bool:
+    """The adjustments go on this invoice unless they would take its total below zero."""
+    charged = sum(item.amount_micros + item.tax_micros for item in lines)
+    return charged + sum(item.amount_micros for item in adjustments) >= 0
+
+
+def _adjustment_lines(adjustments: Sequence[PendingAdjustment]) -> list[DraftLine]:
+    return [
+        draft_line(
+            LineKind.ADJUSTMENT,
+            f"adjustment {item.adjustment_id}: {item.reason}"[:MAX_DESCRIPTION_CHARACTERS],
+            item.amount_micros,
+            0,
+            None,
+            None,
+            {"adjustment_id": item.adjustment_id, "reason": item.reason},
+        )
+        for item in adjustments
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def last_day_of(period: Period) -> date:
+    """The period's last day (its end is exclusive); one object for the accounts of a period, so
+    the bill run's rows that hold it convert it once (``ocs.db.bulk``)."""
+    return date.fromordinal(period.end.toordinal() - 1)
 
 
 def prepaid_rental(catalog: Catalog, line: LineFacts, cycle: Period) -> list[tuple[Product, int]]:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,7 +62,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from balance.cycle import CutOrder, cut_many, debit_rental, renew_bundle
 from balance.store import BalanceStore
 from balance.types import BucketKind, OperationResult, Outcome, PaymentType, PoolDraw
-from ocs.billing.bill_draft import AccountFacts, ChargeMemo, LineFacts, draft_invoice, prepaid_rental, renewals
+from ocs.billing.bill_draft import (
+    AccountFacts,
+    ChargeMemo,
+    LineFacts,
+    draft_invoice,
+    last_day_of,
+    prepaid_rental,
+    renewals,
+)
 from ocs.billing.bill_facts import PayingAccount, accounts_page, invoiced_periods, lines_of, pending_adjustments_of
 from ocs.billing.bill_statements import write_statements
 from ocs.billing.catalog import Catalog
@@ -161,6 +168,7 @@ def midnight_seconds(day: date) -> int:
 def cuts_of(invoice_id: str, usages: Sequence[LineUsage], now: datetime) -> list[dict[str, object]]:
     """One ``bill_cuts`` row per consuming account of ``usages``: what its records drew."""
     rows: list[dict[str, object]] = []
+    created_at = utc_naive(now)  # one object for the rows: converted once (``ocs.db.bulk``)
     for usage in sorted(usages, key=lambda item: item.account_id):
         if usage.line_micros == 0 and not any(pool.bucket_micros or pool.line_micros for pool in usage.pools):
             continue  # all from its own money buckets: nothing unbilled to cut
@@ -171,8 +179,8 @@ def cuts_of(invoice_id: str, usages: Sequence[LineUsage], now: datetime) -> list
                 "account_id": usage.account_id,
                 "line_micros": usage.line_micros,
                 "pools": format_pools(usage.pools),
-                "records": len(usage.record_ids),
-                "created_at": utc_naive(now),
+                "records": usage.records,
+                "created_at": created_at,
             }
         )
     return rows
@@ -269,9 +277,12 @@ class BillRun:
         newest: dict[str, date] = {}
         for account_id, start in invoiced:
             newest[account_id] = max(start, newest.get(account_id, start))
+        # Most accounts of a page share their cycles: computed once, the same periods (and their
+        # dates: converted once when written, ``ocs.db.bulk``) for all of them.
+        to_bill = functools.cache(functools.partial(cycles_to_bill, day=day))
         plans = {
-            account.billing_account_id: cycles_to_bill(
-                account.bill_cycle_day, day, newest.get(account.billing_account_id)
+            account.billing_account_id: to_bill(
+                account.bill_cycle_day, newest_invoiced_start=newest.get(account.billing_account_id)
             )
             for account in page
         }
@@ -348,6 +359,7 @@ class BillRun:
             )
         drafts: list[tuple[InvoiceDraft, AccountFacts]] = []
         memo = ChargeMemo()
+        due_of: dict[Period, date] = {}  # one due date object per period (see ``_page``)
         for account in todo:
             period = periods[account.billing_account_id]
             facts = AccountFacts(
@@ -360,7 +372,9 @@ class BillRun:
                 deposits=tuple(deposits_due.get(account.billing_account_id, ())),
                 loyalty_discounts=tuple(loyalty.get(account.billing_account_id, ())),
             )
-            due = date.fromordinal(period.end.toordinal() - 1) + timedelta(days=self.payment_days)
+            due = due_of.get(period)
+            if due is None:
+                due = due_of[period] = last_day_of(period) + timedelta(days=self.payment_days)
             made = draft_invoice(self.catalog, facts, period, due, f"catalog@{period.start.isoformat()}", memo)
             if made is None:
                 report.empty += 1
@@ -416,12 +430,13 @@ class BillRun:
         report: BillRunReport,
     ) -> None:
         calls: list[EngineCall] = []
+        memo = ChargeMemo()  # each plan's bundles looked up once
         for account in todo:
             period = periods[account.billing_account_id]
             following = cycle_containing(account.bill_cycle_day, period.end)
             if following.end <= today:
                 continue  # a missed cycle's: the bundles of a cycle already over are not renewed
-            for renewal in renewals(self.catalog, paid_lines.get(account.billing_account_id, ()), period):
+            for renewal in renewals(self.catalog, paid_lines.get(account.billing_account_id, ()), period, memo):
                 bundle = renewal.bundle
                 assert bundle.unit is not None
                 calls.append(
@@ -524,13 +539,13 @@ class BillRun:
             cut_rows: list[dict[str, object]] = []
             for draft, invoice_id in batch.issued:
                 usages = list(facts_of[draft.billing_account_id].usage.values())
-                marks += ((invoice_id, usage) for usage in usages if usage.record_ids)
+                marks += ((invoice_id, usage) for usage in usages if usage.records)
                 try:
                     await mark_consumed(connection, draft, invoice_id)
                 except LoyaltyDiscountTaken as taken:
                     raise BillRunConflict(str(taken)) from None
                 cut_rows += cuts_of(invoice_id, usages, now)
-            records = sum(len(usage.record_ids) for _, usage in marks)
+            records = sum(usage.records for _, usage in marks)
             issued_ids = [invoice_id for _, invoice_id in batch.issued]
             if records and await self._marked(connection, marks, issued_ids) != records:
                 raise BillRunConflict("records were billed meanwhile")
@@ -552,8 +567,8 @@ class BillRun:
         """The records of ``marks`` marked billed by their invoice: how many were still free."""
         if connection.dialect.name == "sqlite":  # sqlite3's executemany sums the rows each update changed
             lines = [
-                (invoice_id, json.dumps(usage.record_numbers), json.dumps(usage.record_ids))
-                for invoice_id, usage in sorted(marks, key=lambda mark: mark[1].record_numbers[0])
+                (invoice_id, usage.record_numbers, usage.record_ids)
+                for invoice_id, usage in sorted(marks, key=lambda mark: mark[1].first_record_number)
             ]
             return int((await connection.exec_driver_sql(MARK_LINE_BILLED_SQLITE, lines)).rowcount)
         await execute_many_values(
@@ -563,7 +578,7 @@ class BillRun:
             [
                 (number, record_id, invoice_id)
                 for invoice_id, usage in marks
-                for number, record_id in zip(usage.record_numbers, usage.record_ids, strict=True)
+                for number, record_id in zip(usage.record_number_list(), usage.record_id_list(), strict=True)
             ],
         )
         billed = 0

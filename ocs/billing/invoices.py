@@ -66,14 +66,13 @@ from ocs.billing.values import (
 from ocs.customers.service import CustomerRefusal, Problem
 from ocs.customers.values import Closed
 from ocs.db.billing import adjustments, delivery_outbox, invoice_lines, invoices, payments
-from ocs.db.bulk import execute_many, execute_many_values, insert_of
+from ocs.db.bulk import execute_many_values, insert_of
 from ocs.db.customers import billing_accounts
 from ocs.db.schema import utc_aware, utc_naive
 
 MAX_LIST_ROWS = 1_000
 MAX_BATCH_DRAFTS = 5_000  # issue_many: the accounts' ids are one IN list (far below the drivers' limits)
 INVOICE_ISSUED = "invoice_issued"
-_NOT_SUBTOTAL = (LineKind.DISCOUNT.value, LineKind.TAX.value)
 LINE_ROW_NAMES = (  # ``line_rows``' keys, in order
     "position",
     "kind",
@@ -87,6 +86,27 @@ LINE_ROW_NAMES = (  # ``line_rows``' keys, in order
     "priced_tax_micros",
 )
 _line_values = itemgetter(*LINE_ROW_NAMES)
+_KIND, _AMOUNT, _TAX, _PRICED_AMOUNT, _PRICED_TAX = 1, 6, 7, 8, 9  # positions in LINE_ROW_NAMES
+_DISCOUNT, _TAX_LINE = LineKind.DISCOUNT.value, LineKind.TAX.value
+AMOUNT_NAMES = ("subtotal_micros", "discount_micros", "tax_micros", "total_micros")
+INVOICE_NAMES = (  # ``_invoice_values``' order
+    "invoice_id",
+    "legal_entity",
+    "sequence",
+    "number",
+    "customer_id",
+    "billing_account_id",
+    "period_start",
+    "period_end",
+    "issued_at",
+    "due_date",
+    "currency",
+    *AMOUNT_NAMES,
+    "remaining_micros",
+    "state",
+    "catalog_version",
+)
+EVENT_NAMES = ("kind", "invoice_id", "payload", "created_at")
 
 
 class Issued(Closed):
@@ -102,40 +122,51 @@ class DeliveryEvent(Closed):
     created_at: datetime
 
 
-def line_rows(draft: InvoiceDraft, currency: str) -> list[dict[str, Any]]:
-    """The draft's lines as stored, by position: each amount and tax rounded to the currency's
-    minor unit (``ocs.billing.minor_units``), the amounts as priced kept beside them."""
+def line_values(draft: InvoiceDraft, currency: str) -> list[tuple[Any, ...]]:
+    """The draft's lines as stored, by position, as the values of ``LINE_ROW_NAMES``: each
+    amount and tax rounded to the currency's minor unit (``ocs.billing.minor_units``), the
+    amounts as priced kept beside them (the bill run's path: no dict a line)."""
     unit = minor_unit_micros(currency)
     return [
-        {
-            "position": position,
-            "kind": line.kind.value,
-            "description": line.description,
-            "node_id": line.node_id,
-            "line_id": line.line_id,
-            "explanation": line.explanation,
-            "amount_micros": round_to_unit(line.amount_micros, unit),
-            "tax_micros": round_to_unit(line.tax_micros, unit),
-            "priced_amount_micros": line.amount_micros,
-            "priced_tax_micros": line.tax_micros,
-        }
+        (
+            position,
+            line.kind.value,
+            line.description,
+            line.node_id,
+            line.line_id,
+            line.explanation,
+            round_to_unit(line.amount_micros, unit),
+            round_to_unit(line.tax_micros, unit),
+            line.amount_micros,
+            line.tax_micros,
+        )
         for position, line in enumerate(draft.lines, start=1)
     ]
 
 
+def line_rows(draft: InvoiceDraft, currency: str) -> list[dict[str, Any]]:
+    """``line_values`` as rows by name."""
+    return [dict(zip(LINE_ROW_NAMES, values, strict=True)) for values in line_values(draft, currency)]
+
+
+def _amounts(lines: Sequence[Sequence[Any]]) -> tuple[int, int, int, int]:
+    """(subtotal, discount, tax, total) of lines given as ``line_values`` (module docstring)."""
+    subtotal = discount = tax = 0
+    for line in lines:
+        kind, amount = line[_KIND], line[_AMOUNT]
+        tax += line[_TAX]
+        if kind == _DISCOUNT:
+            discount -= amount
+        elif kind == _TAX_LINE:
+            tax += amount
+        else:
+            subtotal += amount
+    return subtotal, discount, tax, subtotal - discount + tax
+
+
 def invoice_amounts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     """The invoice's subtotal, discount, tax and total from its (rounded) lines (module docstring)."""
-    subtotal = sum(row["amount_micros"] for row in rows if row["kind"] not in _NOT_SUBTOTAL)
-    discount = -sum(row["amount_micros"] for row in rows if row["kind"] == LineKind.DISCOUNT.value)
-    tax = sum(row["tax_micros"] for row in rows) + sum(
-        row["amount_micros"] for row in rows if row["kind"] == LineKind.TAX.value
-    )
-    return {
-        "subtotal_micros": subtotal,
-        "discount_micros": discount,
-        "tax_micros": tax,
-        "total_micros": subtotal - discount + tax,
-    }
+    return dict(zip(AMOUNT_NAMES, _amounts([_line_values(row) for row in rows]), strict=True))
 
 
 def _money(currency: str, value: int) -> Money:
@@ -228,7 +259,7 @@ class Invoices:
             assert bill is not None
             return Issued(bill=bill, created=False)
         lines = line_rows(draft, account["currency"])
-        _check_total(lines)
+        _check_total([_line_values(line) for line in lines])
         await self._check_adjustments(connection, draft)
         now = self._now()
         sequence = await next_sequence(connection, draft.legal_entity)
@@ -244,7 +275,7 @@ class Invoices:
                 .values(invoice_id=number)
             )
         await mark_invoiced(connection, draft.deposit_ids, number)
-        await connection.execute(insert(delivery_outbox).values(**_issued_event(row, now)))
+        await connection.execute(insert(delivery_outbox).values(**_issued_event(row, draft, now)))
         await apply_credit(connection, draft.billing_account_id, now)
         bill = await read_bill(connection, number)
         assert bill is not None
@@ -366,14 +397,15 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
     fresh = [draft for draft in drafts if (draft.billing_account_id, draft.period_start) not in invoiced]
     skipped = [draft for draft in drafts if (draft.billing_account_id, draft.period_start) in invoiced]
     drafted = {
-        draft.billing_account_id: line_rows(draft, account_rows[draft.billing_account_id].currency) for draft in fresh
+        draft.billing_account_id: line_values(draft, account_rows[draft.billing_account_id].currency) for draft in fresh
     }
     for draft in fresh:
         _check_total(drafted[draft.billing_account_id])
         await Invoices._check_adjustments(connection, draft)
-    rows: list[dict[str, Any]] = []
+    issued_at = utc_naive(now)  # one object for every row: converted once (``execute_many_values``)
+    rows: list[tuple[Any, ...]] = []  # INVOICE_NAMES
     lines: list[tuple[Any, ...]] = []  # LINE_ROW_NAMES after the invoice's id
-    events: list[dict[str, object]] = []
+    events: list[tuple[Any, ...]] = []  # EVENT_NAMES
     issued: list[tuple[InvoiceDraft, str]] = []
     for series in sorted({draft.legal_entity for draft in fresh}):
         of_series = [draft for draft in fresh if draft.legal_entity == series]
@@ -381,15 +413,17 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
         for sequence, draft in enumerate(of_series, start=last - len(of_series) + 1):
             account = account_rows[draft.billing_account_id]
             of_draft = drafted[draft.billing_account_id]
-            row = _invoice_row(draft, sequence, account.customer_id, account.currency, now, of_draft)
+            amounts = _amounts(of_draft)
+            row = _invoice_values(draft, sequence, account.customer_id, account.currency, issued_at, amounts)
             rows.append(row)
-            number = row["invoice_id"]
+            number = row[0]
             issued.append((draft, number))
-            lines += [(number, *_line_values(line)) for line in of_draft]
-            events.append(_issued_event(row, now))
-    await execute_many(connection, insert_of(invoices), rows)
+            lines += [(number, *line) for line in of_draft]
+            payload = _issued_payload(number, account.customer_id, draft, account.currency, amounts[3])
+            events.append((INVOICE_ISSUED, number, payload, issued_at))
+    await execute_many_values(connection, insert_of(invoices), INVOICE_NAMES, rows)
     await execute_many_values(connection, insert_of(invoice_lines), ("invoice_id", *LINE_ROW_NAMES), lines)
-    await execute_many(connection, insert_of(delivery_outbox), events)
+    await execute_many_values(connection, insert_of(delivery_outbox), EVENT_NAMES, events)
     for draft, number in issued:
         if draft.adjustment_ids:
             await connection.execute(
@@ -409,47 +443,68 @@ async def issue_many(connection: AsyncConnection, drafts: Sequence[InvoiceDraft]
     return BatchIssued(issued, skipped)
 
 
-def _check_total(lines: Sequence[dict[str, Any]]) -> None:
-    """Never a negative invoice, as priced or as rounded (a credit is a credit note)."""
-    rounded = sum(line["amount_micros"] + line["tax_micros"] for line in lines)
-    priced = sum(line["priced_amount_micros"] + line["priced_tax_micros"] for line in lines)
+def _check_total(lines: Sequence[Sequence[Any]]) -> None:
+    """Never a negative invoice, as priced or as rounded (a credit is a credit note); ``lines``
+    as ``line_values``."""
+    rounded = sum(line[_AMOUNT] + line[_TAX] for line in lines)
+    priced = sum(line[_PRICED_AMOUNT] + line[_PRICED_TAX] for line in lines)
     if min(rounded, priced) < 0:
         raise CustomerRefusal(Problem.REFUSED, "lines", "the lines add up to less than zero; bill a credit note")
+
+
+def _invoice_values(
+    draft: InvoiceDraft,
+    sequence: int,
+    customer_id: str,
+    currency: str,
+    issued_at: datetime,
+    amounts: tuple[int, int, int, int],
+) -> tuple[Any, ...]:
+    """The invoice's row as the values of ``INVOICE_NAMES`` (``issued_at`` naive UTC)."""
+    number = document_number(draft.legal_entity, sequence)
+    total = amounts[3]
+    return (
+        number,
+        draft.legal_entity,
+        sequence,
+        number,
+        customer_id,
+        draft.billing_account_id,
+        draft.period_start,
+        draft.period_end,
+        issued_at,
+        draft.due_date,
+        currency,
+        *amounts,
+        total,
+        bill_state(total, total).value,
+        draft.catalog_version,
+    )
 
 
 def _invoice_row(
     draft: InvoiceDraft, sequence: int, customer_id: str, currency: str, now: datetime, lines: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
-    number = document_number(draft.legal_entity, sequence)
-    amounts = invoice_amounts(lines)
+    amounts = _amounts([_line_values(line) for line in lines])
+    values = _invoice_values(draft, sequence, customer_id, currency, utc_naive(now), amounts)
+    return dict(zip(INVOICE_NAMES, values, strict=True))
+
+
+def _issued_payload(
+    number: str, customer_id: str, draft: InvoiceDraft, currency: str, total_micros: int
+) -> dict[str, object]:
     return {
-        "invoice_id": number,
-        "legal_entity": draft.legal_entity,
-        "sequence": sequence,
-        "number": number,
+        "bill_no": number,
         "customer_id": customer_id,
         "billing_account_id": draft.billing_account_id,
-        "period_start": draft.period_start,
-        "period_end": draft.period_end,
-        "issued_at": utc_naive(now),
-        "due_date": draft.due_date,
         "currency": currency,
-        **amounts,
-        "remaining_micros": amounts["total_micros"],
-        "state": bill_state(amounts["total_micros"], amounts["total_micros"]).value,
-        "catalog_version": draft.catalog_version,
+        "total_micros": total_micros,
+        "due_date": draft.due_date.isoformat(),
+        "period_start": draft.period_start.isoformat(),
+        "period_end": draft.period_end.isoformat(),
     }
 
 
-def _issued_event(row: dict[str, Any], now: datetime) -> dict[str, object]:
-    payload: dict[str, object] = {
-        "bill_no": row["number"],
-        "customer_id": row["customer_id"],
-        "billing_account_id": row["billing_account_id"],
-        "currency": row["currency"],
-        "total_micros": row["total_micros"],
-        "due_date": row["due_date"].isoformat(),
-        "period_start": row["period_start"].isoformat(),
-        "period_end": row["period_end"].isoformat(),
-    }
+def _issued_event(row: dict[str, Any], draft: InvoiceDraft, now: datetime) -> dict[str, object]:
+    payload = _issued_payload(row["number"], row["customer_id"], draft, row["currency"], row["total_micros"])
     return {"kind": INVOICE_ISSUED, "invoice_id": row["invoice_id"], "payload": payload, "created_at": utc_naive(now)}

@@ -20,10 +20,11 @@ import enum
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue, model_validator
+from pydantic import Field, JsonValue, computed_field, model_validator
 
 from balance.types import MAX_AMOUNT_MICROS
 from ocs.customers.values import Closed, EntityId
+from ocs.rating.rate import format_money
 
 MAX_DRAFT_LINES = 100_000  # a company of many lines on one bill, not unbounded input
 MAX_REASON_CHARACTERS = 1_000
@@ -95,10 +96,17 @@ class InvoiceDraft(Closed):
 
 
 class Money(Closed):
-    """TMF678 Money, in integer micros."""
+    """TMF678 Money: ``unit`` (ISO 4217) and ``value``, here in integer micros (``value_micros``,
+    what a program should read) and as the decimal amount TMF678 names ``value`` (a string, so no
+    reader meets a float: ``value_micros=30_500_000`` is ``"30.50"``)."""
 
     unit: str  # ISO 4217
     value_micros: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def value(self) -> str:
+        return format_money(self.value_micros)
 
 
 class BillingPeriod(Closed):

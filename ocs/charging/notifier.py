@@ -21,6 +21,14 @@ back to ``answered`` (through the server's event handler). The Result-Code is co
 has the session (RFC 6733 section 7.1.5; RFC 4006 section 5.5 for RAR, RFC 6733 section 8.5.2 for
 ASR), so the notifier forgets it; any other failure is logged with the Result-Code and the
 session. A request whose connection closed before its answer is counted as "unanswered".
+
+Sessions that end elsewhere: a session closed by Tcc supervision is forgotten here by
+``forget_sessions``, called by the supervision pass of this process or, with several workers,
+from the pass of the worker holding the duty through the event stream (ocs/event_transport.py).
+What no event reports (a session's CCR-T answered by another worker, after its client moved to
+another connection) ``sweep`` catches: run every Tcc (ocs/worker.py), it forgets the sessions
+this process has not answered for ``SWEEP_IDLE_PASSES`` passes, longer than the engine keeps a
+silent session. Keeping the mark costs one attribute store per CCR-U; no clock is read.
 """
 
 from __future__ import annotations
@@ -58,6 +66,12 @@ UNANSWERED = "unanswered"  # the result label of a request whose connection clos
 MISSING = "missing"  # an answer without Result-Code (RFC 6733 section 7.2: an Experimental-Result)
 OTHER = "other"  # a Result-Code of no RFC this server knows: the label set stays bounded
 _KNOWN_RESULT_CODES = frozenset(int(code) for code in ResultCode)
+# A session the sweep forgets was last answered here before the pass SWEEP_IDLE_PASSES - 1
+# passes back: more than two Tcc ago, so the engine has closed it (its deadline is its last
+# request's time + Tcc, that time ours or the request's Event-Timestamp, at most a skew ahead) or
+# another process answers it now. Forgetting one too early costs at most a RAR not sent: the
+# session asks again at its Validity-Time.
+SWEEP_IDLE_PASSES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +94,7 @@ class _Session:
     origin_host: str
     origin_realm: str
     final: bool = False
+    seen: int = 0  # the sweep pass during which this process last answered the session
 
 
 class SessionNotifier:
@@ -94,14 +109,18 @@ class SessionNotifier:
         self.metrics = metrics
         self._sessions: dict[str, dict[str, _Session]] = {}  # account -> session id -> where
         self._account_of: dict[str, str] = {}  # session id -> account
+        self._pass = 0  # sweep passes so far
         self.sent: list[Message] = []  # the last requests sent (bounded), for tests and logs
 
     def observe(self, event: ChargingEvent) -> None:
         if isinstance(event, SessionActive):
             sessions = self._sessions.setdefault(event.account_id, {})
-            if event.session_id not in sessions:
-                sessions[event.session_id] = _Session(event.origin_host, event.origin_realm)
+            known = sessions.get(event.session_id)
+            if known is None:
+                sessions[event.session_id] = _Session(event.origin_host, event.origin_realm, seen=self._pass)
                 self._account_of[event.session_id] = event.account_id
+            else:
+                known.seen = self._pass
         elif isinstance(event, FinalUnitGranted):
             session = self._sessions.get(event.account_id, {}).get(event.session_id)
             if session is not None:
@@ -119,6 +138,31 @@ class SessionNotifier:
         account_id = self._account_of.get(session_id)
         if account_id is not None:
             self.observe(SessionEnded(account_id, session_id))
+
+    def forget_sessions(self, session_ids: Iterable[str]) -> int:
+        """Sessions closed by Tcc supervision, here or in another worker; returns how many of
+        them this process carried."""
+        carried = 0
+        for session_id in session_ids:
+            if session_id in self._account_of:
+                self.forget_session(session_id)
+                carried += 1
+        return carried
+
+    def sweep(self) -> int:
+        """One pass (every Tcc): forget the sessions not answered here for ``SWEEP_IDLE_PASSES``
+        passes (see the module docstring); returns how many."""
+        self._pass += 1
+        oldest_kept = self._pass - SWEEP_IDLE_PASSES + 1
+        idle = [
+            session_id
+            for sessions in self._sessions.values()
+            for session_id, session in sessions.items()
+            if session.seen < oldest_kept
+        ]
+        for session_id in idle:
+            self.forget_session(session_id)
+        return len(idle)
 
     @property
     def open_sessions(self) -> int:

@@ -56,17 +56,17 @@ def _compile(statement: Executable, names: tuple[str, ...], dialect: Dialect) ->
 
 
 def _once_per_object(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``processor`` that converts a dict or list once per object for one ``execute_many``: rows
-    that share one value object (the bill run's invoice lines share their rental's explanation)
-    serialize it once. The rows hold their values for the whole call, so an id stays its
-    object's; the cache dies with the call."""
+    """``processor`` that converts each value object once for one ``execute_many``: rows that
+    share one value object (the bill run's invoice lines share their rental's explanation, a
+    page's rows their period's dates and their time of writing) convert it once. Only values of
+    columns with a processor come here (JSON, dates, times: a processor is a pure function of
+    its value). The rows hold their values for the whole call, so an id stays its object's;
+    the cache dies with the call."""
     done: dict[int, Any] = {}
 
     def process(value: Any) -> Any:
-        if not isinstance(value, dict | list):
-            return processor(value)
-        found = done.get(id(value))
-        if found is None:
+        found = done.get(id(value), done)
+        if found is done:
             found = done[id(value)] = processor(value)
         return found
 

@@ -32,6 +32,7 @@ insert nothing, since a new record is never billed. Money is integer micros; tim
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    cast,
     delete,
     func,
     select,
@@ -51,10 +53,12 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -435,45 +439,116 @@ class ServiceUsage:
 @dataclass(frozen=True, slots=True)
 class LineUsage:
     """One account's unbilled postpaid records before a cut, summed (``unbilled_usage``): what
-    its invoice line says, the ids to mark billed, and what the cut gives back."""
+    its invoice line says, the records to mark billed, and what the cut gives back. The records'
+    ids and numbers are kept as the JSON arrays the marks take (``ocs.billing.bill_run``), by
+    service (by name), oldest first within each: read as text, never as a Python list a record."""
 
     account_id: str
-    record_ids: tuple[str, ...]  # oldest first
-    record_numbers: tuple[int, ...]  # theirs, in the same order (the rowid: marking finds a row by it)
+    records: int
+    record_ids: str  # JSON array of the records' ids (the docstring's order)
+    record_numbers: str  # JSON array of their numbers, in the same order (the rowid: marking finds a row by it)
+    first_record_number: int  # the smallest of them (the marks go in table order)
     micros: int
     services: tuple[ServiceUsage, ...]  # by service name
     line_micros: int  # drawn from the account's own credit line
     pools: tuple[PoolDraw, ...]  # per ancestor level, by level: drawn from its buckets and credit line
 
+    def record_id_list(self) -> list[str]:
+        return [str(record_id) for record_id in json.loads(self.record_ids)]
 
-def _summed(account_id: str, rows: Sequence[Sequence[Any]]) -> LineUsage:
-    services: dict[str, list[Any]] = {}
-    pools: dict[int, list[int]] = {}
-    total = own = 0
-    for _, _, _, service, unit, units, micros, line_micros, stored_pools in rows:
-        total += micros
-        # a row from before 0008 (no source kept): a postpaid record drew from its own credit line
-        own += micros if line_micros is None else line_micros
-        entry = services.get(service)
-        if entry is None:
-            services[service] = [unit, 1, units, micros]
-        else:
-            entry[1] += 1
-            entry[2] += units
-            entry[3] += micros
-        for pool in parse_pools(stored_pools) if stored_pools else ():
-            sums = pools.setdefault(pool.level, [0, 0])
-            sums[0] += pool.bucket_micros
-            sums[1] += pool.line_micros
+    def record_number_list(self) -> list[int]:
+        return [int(number) for number in json.loads(self.record_numbers)]
+
+
+# The bill run's reader: one row per (account, service), its records summed in SQL, their ids and
+# numbers aggregated oldest first as JSON arrays, the unit of the oldest record, and the pools'
+# draws concatenated (the ";"-separated format, summed per level in Python). On SQLite
+# (3.40: no ORDER BY inside an aggregate) the records come from a subquery in the index's order
+# (account, at_seconds, record number), and GROUP BY's sorter keeps that order within a group;
+# a test holds it. The account ids are one JSON array (``json_each``): no list of parameters.
+UNBILLED_USAGE_SQLITE = (
+    "SELECT account_id, service, json_extract(json_group_array(unit), '$[0]'), count(*), sum(units), sum(micros),"
+    " sum(coalesce(line_micros, micros)), group_concat(nullif(pools, ''), ';'),"
+    " json_group_array(record_id), json_group_array(record_number), min(record_number)"
+    " FROM (SELECT account_id, service, unit, units, micros, line_micros, pools, record_id, record_number"
+    " FROM usage_records WHERE account_id IN (SELECT value FROM json_each(?)) AND invoice_id IS NULL"
+    " AND at_seconds < ? AND payment_type = ? ORDER BY account_id, at_seconds, record_number)"
+    " GROUP BY account_id, service ORDER BY account_id, service"
+)
+
+
+def _unbilled_usage_postgresql(account_ids: Sequence[str], cut_at_seconds: int) -> Executable:
+    table = usage_records.c
+    oldest_first = (table.at_seconds, table.record_number)
+    return (
+        select(
+            table.account_id,
+            table.service,
+            func.array_agg(aggregate_order_by(table.unit, *oldest_first))[1],
+            func.count(),
+            func.sum(table.units),
+            func.sum(table.micros),
+            func.sum(func.coalesce(table.line_micros, table.micros)),
+            func.string_agg(func.nullif(table.pools, ""), ";"),
+            cast(func.json_agg(aggregate_order_by(table.record_id, *oldest_first)), Text),
+            cast(func.json_agg(aggregate_order_by(table.record_number, *oldest_first)), Text),
+            func.min(table.record_number),
+        )
+        .where(
+            table.account_id.in_(account_ids),
+            table.invoice_id.is_(None),
+            table.at_seconds < cut_at_seconds,
+            table.payment_type == PaymentType.POSTPAID.value,
+        )
+        .group_by(table.account_id, table.service)
+    )
+
+
+def _joined_arrays(arrays: Iterable[str]) -> str:
+    """JSON arrays (as text) made one, in order."""
+    return "[" + ",".join(array[1:-1] for array in arrays) + "]"
+
+
+def _line_usage(account_id: str, rows: Sequence[Sequence[Any]]) -> LineUsage:
+    """One account's rows of the reader (one per service) as its ``LineUsage``."""
+    if len(rows) == 1:  # the common case, made directly
+        _, service, unit, records, units, micros, line_micros, pools, ids, numbers, first = rows[0]
+        return LineUsage(
+            account_id,
+            int(records),
+            ids,
+            numbers,
+            int(first),
+            int(micros),
+            (ServiceUsage(str(service), str(unit), int(records), int(units), int(micros)),),
+            int(line_micros),
+            _summed_pools(parse_pools(pools)),
+        )
+    if len(rows) > 1:
+        rows = sorted(rows, key=lambda row: str(row[1]))  # by name whatever the database's collation
     return LineUsage(
         account_id=account_id,
-        record_ids=tuple(str(row[1]) for row in rows),
-        record_numbers=tuple(int(row[2]) for row in rows),
-        micros=total,
-        services=tuple(ServiceUsage(name, *services[name]) for name in sorted(services)),
-        line_micros=own,
-        pools=tuple(PoolDraw(level, *pools[level]) for level in sorted(pools)),
+        records=sum(int(row[3]) for row in rows),
+        record_ids=rows[0][8] if len(rows) == 1 else _joined_arrays(row[8] for row in rows),
+        record_numbers=rows[0][9] if len(rows) == 1 else _joined_arrays(row[9] for row in rows),
+        first_record_number=min(int(row[10]) for row in rows),
+        micros=sum(int(row[5]) for row in rows),
+        services=tuple(ServiceUsage(str(row[1]), str(row[2]), int(row[3]), int(row[4]), int(row[5])) for row in rows),
+        line_micros=sum(int(row[6]) for row in rows),
+        pools=_summed_pools([pool for row in rows for pool in parse_pools(row[7])]),
     )
+
+
+def _summed_pools(draws: Sequence[PoolDraw]) -> tuple[PoolDraw, ...]:
+    """Draws summed per ancestor level, by level."""
+    if not draws:
+        return ()
+    pools: dict[int, list[int]] = {}
+    for pool in draws:
+        sums = pools.setdefault(pool.level, [0, 0])
+        sums[0] += pool.bucket_micros
+        sums[1] += pool.line_micros
+    return tuple(PoolDraw(level, *pools[level]) for level in sorted(pools))
 
 
 async def unbilled_usage(
@@ -481,36 +556,21 @@ async def unbilled_usage(
 ) -> dict[str, LineUsage]:
     """Per account of ``account_ids`` with any, its postpaid records that no invoice billed yet,
     committed before ``cut_at_seconds`` (exclusive), summed (the bill run's reader: the same
-    records as ``unbilled_records``, without a ``UsageRecord`` per row)."""
-    table = usage_records.c
+    records as ``unbilled_records``, summed in the database; a record from before 0008, whose
+    source was not kept, drew from the account's own credit line)."""
     found: dict[str, LineUsage] = {}
     for start in range(0, len(account_ids), IDS_PER_STATEMENT):
-        statement = (
-            select(
-                table.account_id,
-                table.record_id,
-                table.record_number,
-                table.service,
-                table.unit,
-                table.units,
-                table.micros,
-                table.line_micros,
-                table.pools,
-            )
-            .where(
-                table.account_id.in_(account_ids[start : start + IDS_PER_STATEMENT]),
-                table.invoice_id.is_(None),
-                table.at_seconds < cut_at_seconds,
-                table.payment_type == PaymentType.POSTPAID.value,
-            )
-            .order_by(table.account_id, table.at_seconds, table.record_number)
-        )
-        rows = (await connection.execute(statement)).all()
+        chunk = account_ids[start : start + IDS_PER_STATEMENT]
+        if connection.dialect.name == "sqlite":
+            parameters = (json.dumps(list(chunk)), cut_at_seconds, PaymentType.POSTPAID.value)
+            rows = (await connection.exec_driver_sql(UNBILLED_USAGE_SQLITE, parameters)).all()
+        else:
+            rows = (await connection.execute(_unbilled_usage_postgresql(chunk, cut_at_seconds))).all()
         first = 0
         for index in range(1, len(rows) + 1):
             if index == len(rows) or rows[index][0] != rows[first][0]:
                 account_id = str(rows[first][0])
-                found[account_id] = _summed(account_id, rows[first:index])
+                found[account_id] = _line_usage(account_id, rows[first:index])
                 first = index
     return found
 

@@ -1,9 +1,12 @@
 """The pipelined client on a real 3-master Redis Cluster: charges routed by slot, the work-list
 marks spread over the masters, MOVED from a stale map and ASK during a slot migration followed,
-the old global work lists moved into their shards once."""
+the old global work lists moved into their shards once; a node that accepts connections and
+never answers (a frozen host) does not hold up the slot map."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,6 +19,7 @@ from balance.cluster import EmbeddedRedisCluster
 from balance.pipeline_cluster import ClusterPipelinedRedis, startup_nodes_of
 from balance.store import BalanceStore
 from balance.types import Account, Bucket, BucketKind, ChargeItem, ChargeRequest, Outcome, Tariff, Unit
+from tests.balance.conftest import PROCESS_DEADLINE_SECONDS
 from tests.balance.test_cluster import ROOTS, command_calls, play_on_a_cluster, reset_stats
 
 EUR = 1_000_000
@@ -176,3 +180,35 @@ async def test_the_old_global_work_lists_are_moved_into_their_shards(pipelined_s
     assert await admin.execute("EXISTS", keys.LEGACY_SESSION_ROOTS) == 0
     await pipelined_store.rescan_work()  # again: nothing more to move, nothing lost
     assert await pipelined_store.outbox_roots() == sorted(ROOTS[:2])
+
+
+@contextlib.asynccontextmanager
+async def frozen_node() -> AsyncIterator[tuple[str, int]]:
+    """A TCP listener that accepts connections and never answers: a Redis whose host froze."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield "127.0.0.1", server.sockets[0].getsockname()[1]
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_node_that_never_answers_does_not_hold_up_the_slot_map(
+    redis_cluster: EmbeddedRedisCluster,
+) -> None:
+    # Named first, as a frozen master is when the map lists it first; the reply timeout is long
+    # (a minute), so only the map's own bound on each question lets the next node be asked.
+    async with frozen_node() as frozen:
+        client = ClusterPipelinedRedis([frozen, *redis_cluster.startup_nodes], reply_timeout_seconds=60.0)
+        try:
+            await asyncio.wait_for(client.load_slots(), PROCESS_DEADLINE_SECONDS)
+            assert len(client.masters()) == len(redis_cluster.nodes)
+        finally:
+            await client.close()

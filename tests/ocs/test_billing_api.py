@@ -33,7 +33,7 @@ async def test_bills_payments_and_disputes_over_http(api: Api) -> None:
     status, listed = await api.call("GET", "/customerBills", query={"billing_account": account})
     assert status == 200 and [bill["id"] for bill in listed["bills"]] == [bill_id]
     status, bill = await api.call("GET", f"/customerBills/{bill_id}")
-    assert status == 200 and bill["amount_due"] == {"unit": "EUR", "value_micros": 30_000_000}
+    assert status == 200 and bill["amount_due"] == {"unit": "EUR", "value_micros": 30_000_000, "value": "30.00"}
     assert bill["lines"][0]["kind"] == "rental" and bill["state"] == "sent"
     payment = {"billing_account_id": account, "reference": "tx-1", "amount_micros": 10_000_000}
     status, first = await api.call("POST", "/payments", payment)

@@ -10,10 +10,11 @@ fixture is this module's, on the cluster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,14 @@ __all__ = [
 
 @pytest.fixture
 async def server(redis_cluster: EmbeddedRedisCluster, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    async with server_on_cluster(redis_cluster.startup_node_urls[1], tmp_path) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def server_on_cluster(node_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
     """The server of tests/ocs/conftest.py, on the cluster: any node's URL, ``cluster = true``."""
-    settings = server_settings(redis_cluster.startup_node_urls[1], tmp_path / "spool.sqlite3")
+    settings = server_settings(node_url, tmp_path / "spool.sqlite3")
     settings = dataclasses.replace(settings, redis=RedisSettings(url=settings.redis.url, cluster=True))
     async with server_with(settings) as running:
         cluster_client(running)  # charges on the pipelined cluster client
@@ -79,10 +86,23 @@ async def restart_node(cluster: EmbeddedRedisCluster, index: int) -> None:
 async def test_a_master_restarted_mid_run_loses_nothing_and_the_audit_passes(
     server: RunningServer, redis_cluster: EmbeddedRedisCluster
 ) -> None:
+    # Once traffic flows (the population is provisioned first), restart the master of slots
+    # 5461-10922; calls in flight on it fail as 3004 and are retried by the elements.
+    await smoke_run_with(server, 6.0, lambda: restart_node(redis_cluster, 1))
+    # The restart happened under traffic: calls to the master were resent once it was back (and
+    # those it was down for too long were answered 3004, which the elements retried).
+    assert cluster_client(server).resends > 0
+
+
+async def smoke_run_with(
+    server: RunningServer, duration_seconds: float, disturb: Callable[[], Awaitable[None]]
+) -> None:
+    """The smoke scenario, small, against ``server``; ``disturb`` runs once traffic flows (the
+    population provisioned, usage in the outboxes). Then the audit passes and nothing is lost."""
     full = load_scenario(SMOKE)
     scenario = dataclasses.replace(
         full,
-        duration_seconds=6.0,
+        duration_seconds=duration_seconds,
         arrival_rate_per_second=15.0,
         connections=2,
         timing=dataclasses.replace(full.timing, step_seconds=0.005),
@@ -101,23 +121,18 @@ async def test_a_master_restarted_mid_run_loses_nothing_and_the_audit_passes(
             run_number=1,
         )
     )
-    # Once traffic flows (the population is provisioned first), restart the master of slots
-    # 5461-10922; calls in flight on it fail as 3004 and are retried by the elements.
     store = server.state.store
     assert store is not None
     while not run.done() and not await store.outbox_roots():
         await asyncio.sleep(0.05)
     assert not run.done()
-    await restart_node(redis_cluster, 1)
+    await disturb()
     result = await run
     report = render_text(summarize(result))
     assert result.audit.ok, report
     assert summarize(result)["problems"] == [], report
     assert result.recorder.uncertain_sessions == [], report
     assert sum(result.recorder.sessions.values()) >= 30, report
-    # The restart happened under traffic: calls to the master were resent once it was back (and
-    # those it was down for too long were answered 3004, which the elements retried).
-    assert cluster_client(server).resends > 0
 
 
 def cluster_client(running: RunningServer) -> ClusterPipelinedRedis:

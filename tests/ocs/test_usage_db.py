@@ -178,12 +178,16 @@ async def test_unbilled_usage_sums_what_unbilled_records_lists(engine: AsyncEngi
         )
         found = await usage.unbilled_usage(connection, ["ana", "bo", "cy", "nobody"], CUT)
     assert sorted(found) == ["ana", "bo"]
-    numbers = found["ana"].record_numbers
-    assert len(set(numbers)) == 3 and list(numbers) == sorted(numbers)  # stored in this order
-    assert found["ana"] == usage.LineUsage(
+    ana_usage = found["ana"]
+    numbers = ana_usage.record_number_list()
+    assert ana_usage.record_id_list() == ["ana-1|0|1", "ana-3|0|1", "ana-2|0|1"]  # by service, oldest first in each
+    assert len(set(numbers)) == 3 and numbers[0] < numbers[1] and ana_usage.first_record_number == min(numbers)
+    assert dataclasses.replace(ana_usage, record_ids="", record_numbers="") == usage.LineUsage(
         account_id="ana",
-        record_ids=("ana-1|0|1", "ana-2|0|1", "ana-3|0|1"),
-        record_numbers=found["ana"].record_numbers,
+        records=3,
+        record_ids="",
+        record_numbers="",
+        first_record_number=min(numbers),
         micros=1_001 + 1_002 + 1_003,
         services=(
             usage.ServiceUsage("data", "octets", 2, 2 * 10**12, 1_001 + 1_003),
@@ -192,4 +196,41 @@ async def test_unbilled_usage_sums_what_unbilled_records_lists(engine: AsyncEngi
         line_micros=600 + 0 + 0,
         pools=(PoolDraw(1, 300, 104), PoolDraw(2, 5, 0)),
     )
-    assert (found["bo"].record_ids, found["bo"].line_micros, found["bo"].pools) == (("bo-2|0|1",), 1_002, ())
+    bo_usage = found["bo"]
+    assert (bo_usage.record_id_list(), bo_usage.line_micros, bo_usage.pools) == (["bo-2|0|1"], 1_002, ())
+
+
+def sms(made: UsageRecord) -> UsageRecord:
+    return dataclasses.replace(made, service="sms", unit=Unit.EVENTS, units=1)
+
+
+async def test_unbilled_usage_gives_each_services_records_oldest_first_however_stored(engine: AsyncEngine) -> None:
+    """The records' ids and numbers come as the JSON arrays the bill run's marks take, in an
+    order fixed by the database query: by service, and within a service oldest first (ties in
+    time in spool order), whatever order they were stored in; the unit is the oldest record's."""
+    stored_order = [  # newest first, two records a second, every third one an SMS
+        sms(record(account_id, number, NOW + 500 - number // 2))
+        if number % 3 == 0
+        else record(account_id, number, NOW + 500 - number // 2)
+        for account_id in ("ana", "bo")
+        for number in range(600)
+    ]
+    stored_order[1] = dataclasses.replace(stored_order[1], unit=Unit.SECONDS)  # ana's newest data record
+    await stored(engine, *stored_order)
+    async with engine.connect() as connection:
+        found = await usage.unbilled_usage(connection, ["bo", "ana"], CUT)
+        numbers = {
+            str(row[0]): int(row[1])
+            for row in await connection.execute(
+                usage.usage_records.select().with_only_columns(
+                    usage.usage_records.c.record_id, usage.usage_records.c.record_number
+                )
+            )
+        }
+    for account_id in ("ana", "bo"):
+        mine = [item for item in stored_order if item.account_id == account_id]
+        expected = sorted(mine, key=lambda item: (item.service, item.at_seconds, numbers[item.record_id]))
+        assert found[account_id].record_id_list() == [item.record_id for item in expected]
+        assert found[account_id].record_number_list() == [numbers[item.record_id] for item in expected]
+        assert found[account_id].records == 600
+    assert [item.unit for item in found["ana"].services] == ["octets", "events"]  # the oldest data record's unit

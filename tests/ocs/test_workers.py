@@ -49,6 +49,20 @@ def _workers_up(server: ServerProcess) -> dict[int, int]:
     return {int(line["worker"]): int(line["pid"]) for line in server.events("worker_started")}  # type: ignore[call-overload]
 
 
+async def start_workers(
+    tmp_path: Path, servers: list[ServerProcess], duty: str, **environment: str
+) -> tuple[ServerProcess, int, str, object]:
+    """``ocs serve --workers 2`` up, with both workers listening and ``duty`` taken: the server,
+    its Diameter port, its HTTP URL and the index of the worker holding the duty."""
+    server = ServerProcess.start(tmp_path, **environment, **WORKERS)
+    servers.append(server)
+    diameter_port, http_port = server.port("listening"), server.port("http_listening")
+    await _until("two workers listening", lambda: len(server.events("http_listening")) == 2)
+    await _until(f"{duty} taken", lambda: server.events("duty_taken", duty=duty))
+    holder = server.events("duty_taken", duty=duty)[0]["worker"]
+    return server, diameter_port, f"http://127.0.0.1:{http_port}", holder
+
+
 async def _fresh_request(url: str, method: str, path: str, token: str, body: object = None) -> tuple[int, object]:
     """One request on a new connection: SO_REUSEPORT hashes each new connection to a worker."""
     connector = aiohttp.TCPConnector(force_close=True)
@@ -110,18 +124,15 @@ async def test_a_killed_worker_is_restarted_and_its_duties_move_within_the_lease
     tmp_path: Path, servers: list[ServerProcess]
 ) -> None:
     # Validity-Time 1 s: the calls the kill cuts are closed by Tcc (2 s) before the audit.
-    server = ServerProcess.start(tmp_path, OCS_QUOTA_VALIDITY_SECONDS="1", **WORKERS)
-    servers.append(server)
-    diameter_port, http_port = server.port("listening"), server.port("http_listening")
-    await _until("two workers listening", lambda: len(server.events("http_listening")) == 2)
-    await _until("the spool writer taken", lambda: server.events("duty_taken", duty="spool_writer"))
+    server, diameter_port, url, writer = await start_workers(
+        tmp_path, servers, "spool_writer", OCS_QUOTA_VALIDITY_SECONDS="1"
+    )
     origin_state_id = server.wait_for("supervising")["origin_state_id"]
-    url = f"http://127.0.0.1:{http_port}"
     async with ApiClient(url, token=server.token) as api:
         assert (await api.create_subscriber(alice(buckets=[{"kind": "main", "amount": "100000.00"}]))).status == 201
 
     stop = asyncio.Event()
-    answered: list[int] = []
+    answered: list[int | None] = []  # the Result-Code of each TERMINATION
 
     async def load(connection: int) -> None:
         """Calls on one connection until told to stop; a connection the kill cuts opens again."""
@@ -150,7 +161,6 @@ async def test_a_killed_worker_is_restarted_and_its_duties_move_within_the_lease
 
     loads = [asyncio.create_task(load(index)) for index in range(6)]
     await _until("traffic", lambda: len(answered) > 50)
-    writer = server.events("duty_taken", duty="spool_writer")[0]["worker"]
     victim = _workers_up(server)[int(writer)]  # type: ignore[call-overload]
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
