@@ -253,7 +253,7 @@ class PeerConnection:
             # table has no row for it, so the connection closes as a protocol violation.
             self._apply(PeerInput.APPLICATION_REQUEST, message)
             return
-        failures = failures or validate(message, self._applications())
+        failures = failures or validate(message, self._applications(), shape=decoded.shape)
         if failures:
             self._reject(message, failures[0])
             return
