@@ -23,7 +23,8 @@ from setuptools import setup
 # then the CCR's path through the application: read the CCR, rate it, the credit-control handler
 # around the engine call, lay out the CCA, the driver that runs each answer without a task; the
 # charge's side of the balance store, its argument checks and reply parsing, the caller over the
-# pipelined Redis client, and that client with its RESP packing (ocs/build.py).
+# pipelined Redis client, and that client with its RESP packing; the loyalty rule engine's
+# per-record evaluation beside the spool (ocs/build.py).
 COMPILED_MODULES = [
     "protocol/constants.py",
     "protocol/avp_types.py",
@@ -45,6 +46,7 @@ COMPILED_MODULES = [
     "ocs/rating/rate.py",
     "ocs/charging/credit_control.py",
     "ocs/in_flight.py",
+    "ocs/loyalty/rules.py",
     "balance/resp.py",
     "balance/pipeline.py",
     "balance/callers.py",

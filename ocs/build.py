@@ -6,9 +6,11 @@ credit-control handler around the engine call, laying out the CCA, ``ocs.in_flig
 each answer) and the charge's side of the balance store (``BalanceStore.charge``, its argument
 checks and reply words, the caller and the pipelined Redis client under it, and its RESP packing)
 run for every request, and compiled they cost a fraction of their interpreted instructions (bench/server_cost.py, and
-bench/README.md for the figures). setup.py compiles the modules named here; a test holds the two
-lists together. With ``OCS_PURE_PYTHON=1`` ``ocs/__init__.py`` has them imported from their sources,
-like the codec's, so the pure-Python fallback is the whole path. The balance modules are named here,
+bench/README.md for the figures). The loyalty rule engine's per-record evaluation
+(``ocs.loyalty.rules``) runs for every usage record the spool stores (bench/loyalty.py).
+setup.py compiles the modules named here; a test holds the two lists together. With
+``OCS_PURE_PYTHON=1`` ``ocs/__init__.py`` has them imported from their sources, like the
+codec's, so the pure-Python fallback is the whole path. The balance modules are named here,
 not in a ``balance`` list of their own, because balance imports neither ocs nor protocol
 (DESIGN.md's layers): the choice is made when ``ocs`` is imported, which the server and the tests of
 the charging path do first.
@@ -26,6 +28,7 @@ COMPILED_MODULES = (
     "ocs.rating.rate",
     "ocs.charging.credit_control",
     "ocs.in_flight",
+    "ocs.loyalty.rules",
     "balance.resp",
     "balance.pipeline",
     "balance.callers",
