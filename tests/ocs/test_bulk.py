@@ -27,18 +27,22 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield made
 
 
+def statement_row(index: int, content: object, created_at: datetime) -> dict[str, object]:
+    return {
+        "statement_id": f"ST-{index}",
+        "billing_account_id": f"B{index}",
+        "period_start": date(2026, 2, 1),
+        "period_end": date(2026, 2, 28),
+        "content": content,
+        "created_at": created_at,
+    }
+
+
 async def test_rows_go_in_as_core_would_write_them_and_updates_count(engine: AsyncEngine) -> None:
     shared = {"lines": {"L1": {"usage": {}, "rentals": [1, 2]}}, "text": "ä €"}
     made = datetime(2026, 3, 1, 3, 0, 0)
     rows = [
-        {
-            "statement_id": f"ST-{index}",
-            "billing_account_id": f"B{index}",
-            "period_start": date(2026, 2, 1),
-            "period_end": date(2026, 2, 28),
-            "content": shared if index < 2 else {"other": index},
-            "created_at": made.replace(microsecond=index),
-        }
+        statement_row(index, shared if index < 2 else {"other": index}, made.replace(microsecond=index))
         for index in range(3)
     ]
     async with engine.begin() as connection:
@@ -80,17 +84,7 @@ STATEMENT_IDS = select(statements.c.statement_id, statements.c.created_at).order
 
 async def test_rows_of_ids_reads_the_rows_of_the_ids_as_a_reader(engine: AsyncEngine, tmp_path: Path) -> None:
     made = datetime(2026, 3, 1, 3, 0, 0)
-    rows = [
-        {
-            "statement_id": f"ST-{index}",
-            "billing_account_id": f"B{index}",
-            "period_start": date(2026, 2, 1),
-            "period_end": date(2026, 2, 28),
-            "content": {},
-            "created_at": made,
-        }
-        for index in range(3)
-    ]
+    rows = [statement_row(index, {}, made) for index in range(3)]
     async with engine.begin() as connection:
         await execute_many(connection, insert_of(statements), rows)
     async with engine.connect() as connection:  # the read opens the transaction: a reader's
