@@ -22,14 +22,15 @@ from setuptools import setup
 # message classes it builds, and the grammar check that runs on every request (protocol/build.py);
 # then the CCR's path through the application: read the CCR, rate it, the credit-control handler
 # around the engine call, lay out the CCA, the driver that runs each answer without a task; the
-# charge's side of the balance store, its argument checks and reply parsing, and the pipelined
-# Redis client with its RESP packing (ocs/build.py).
+# charge's side of the balance store, its argument checks and reply parsing, the caller over the
+# pipelined Redis client, and that client with its RESP packing (ocs/build.py).
 COMPILED_MODULES = [
     "protocol/constants.py",
     "protocol/avp_types.py",
     "protocol/dictionary/__init__.py",
     "protocol/message.py",
     "protocol/codec.py",
+    "protocol/encoded.py",
     "protocol/grammar.py",
     "protocol/pending.py",
     "protocol/duplicates.py",
@@ -40,11 +41,13 @@ COMPILED_MODULES = [
     "protocol/aio/server.py",
     "ocs/charging/ccr.py",
     "ocs/charging/cca.py",
+    "ocs/charging/answer_template.py",
     "ocs/rating/rate.py",
     "ocs/charging/credit_control.py",
     "ocs/in_flight.py",
     "balance/resp.py",
     "balance/pipeline.py",
+    "balance/callers.py",
     "balance/script_io.py",
     "balance/validation.py",
     "balance/store.py",

@@ -13,6 +13,10 @@ redis-py's asyncio client bounds its own waits with ``asyncio.timeout`` (its poo
 without one (ocs/in_flight.py), so a call made where no task runs (a balance query or a refund
 of the request path) is run as a task of its own.
 
+The pipelined caller tells its ``observer`` (the server's metrics: ``CallObserver``) of every
+call it made, timed inside its own methods: a wrapper caller would put a coroutine of its own
+around every call of the hot path. It is compiled with the charge's path (ocs/build.py).
+
 Both run an operation as a function of the library (FCALL, balance/scripts.py) unless made with
 ``functions=False``; the first time Redis answers that it does not know FCALL (before 7.0), a
 caller runs the EVAL scripts from then on. Either way a script or library Redis does not have is
@@ -22,7 +26,8 @@ loaded and the call sent again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from time import perf_counter
 from typing import Protocol
 
 import redis.asyncio as redis_asyncio
@@ -74,6 +79,14 @@ def hash_fields(reply: Reply) -> dict[str, str]:
     if not isinstance(reply, list):
         return {}
     return {str(reply[index]): str(reply[index + 1]) for index in range(0, len(reply) - 1, 2)}
+
+
+class CallObserver(Protocol):
+    """Told of each call a caller made: the script's operation ("charge") or the command's name
+    in lower case ("get"), its seconds, and whether it failed (the server's metrics,
+    ocs/metrics.py ``Metrics.redis_call``). A cancelled call is not told."""
+
+    def __call__(self, operation: str, seconds: float, *, failed: bool = False) -> None: ...
 
 
 class ScriptCaller(Protocol):
@@ -278,25 +291,43 @@ class PipelinedCaller:
         self.client = client
         self.functions = functions  # FCALL until Redis says it has no functions
         self._registered: set[str] = set()
+        self.observer: CallObserver | None = None  # told of every call (module docstring)
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        # The observer's timing is written out here, not in a wrapper: a coroutine of its own
+        # around every call of the hot path cost some 4 us a call (bench/README.md).
+        started = perf_counter()
         try:
             if self.functions:
                 if script.function not in self._registered:
                     self.client.register_function(script.function, script.library.source)
                     self._registered.add(script.function)
                 try:
-                    return _text(await self._fcall(script, keys, args))
+                    reply = _text(await self._fcall(script, keys, args))
                 except RedisErrorReply as error:
                     if not unknown_command(error.message):
                         raise
                     self.functions = False
+                else:
+                    self._observe(script.operation.value, started, False)
+                    return reply
             if script.sha not in self._registered:
                 self.client.register_script(script.source)
                 self._registered.add(script.sha)
-            return _text(await self._evalsha(script, keys, args))
+            reply = _text(await self._evalsha(script, keys, args))
         except RedisErrorReply as error:
+            self._observe(script.operation.value, started, True)
             raise _reply_error(script.operation, error) from None
+        except Exception:  # BalanceUnavailable, passed on unchanged
+            self._observe(script.operation.value, started, True)
+            raise
+        self._observe(script.operation.value, started, False)
+        return reply
+
+    def _observe(self, name: str, started: float, failed: bool) -> None:
+        observer = self.observer
+        if observer is not None:
+            observer(name, perf_counter() - started, failed=failed)
 
     async def run_all(self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[Reply]:
         """``run`` of each (keys, args) of ``calls``, answers in order. On one Redis they leave
@@ -309,45 +340,80 @@ class PipelinedCaller:
         if script.function not in self._registered:
             self.client.register_function(script.function, script.library.source)
             self._registered.add(script.function)
-        replies = await self.client.execute_all(
-            [(b"FCALL", script.function, len(keys), *keys, *args) for keys, args in calls]
-        )
-        return [
-            await self.run(script, keys, args) if isinstance(reply, RedisErrorReply) else _text(reply)
-            for (keys, args), reply in zip(calls, replies, strict=True)
-        ]
+        operation = script.operation.value
+        started = perf_counter()
+        try:
+            replies = await self.client.execute_all(
+                [(b"FCALL", script.function, len(keys), *keys, *args) for keys, args in calls]
+            )
+        except Exception:
+            for _ in calls:
+                self._observe(operation, started, True)
+            raise
+        answers: list[Reply] = []
+        for (keys, args), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, RedisErrorReply):
+                answers.append(await self.run(script, keys, args))  # observed there
+            else:
+                self._observe(operation, started, False)
+                answers.append(_text(reply))
+        return answers
 
     async def execute_all(self, commands: Sequence[tuple[str, ...]]) -> list[Reply]:
         """``execute`` of each command, answers in order, sent together as ``run_all`` sends."""
         if isinstance(self.client, ClusterPipelinedRedis):
             return list(await asyncio.gather(*(self.execute(*command) for command in commands)))
-        replies = await self.client.execute_all(commands)
+        started = perf_counter()
+        try:
+            replies = await self.client.execute_all(commands)
+        except Exception:
+            for command in commands:
+                self._observe(command[0].lower(), started, True)
+            raise
+        for command, reply in zip(commands, replies, strict=True):
+            self._observe(command[0].lower(), started, isinstance(reply, RedisErrorReply))
         for command, reply in zip(commands, replies, strict=True):
             if isinstance(reply, RedisErrorReply):
                 raise _reply_error(command[0], reply)
         return [_text(reply) for reply in replies]
 
-    async def _fcall(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> RedisReply:
+    # The client's own coroutine, not one of ours around it (one await fewer per call).
+    def _fcall(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Awaitable[RedisReply]:
         if isinstance(self.client, ClusterPipelinedRedis):
-            return await self.client.fcall(script.function, keys, args, idempotent=script.retry_safe)
-        return await self.client.fcall(script.function, keys, args)
+            return self.client.fcall(script.function, keys, args, idempotent=script.retry_safe)
+        return self.client.fcall(script.function, keys, args)
 
-    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> RedisReply:
+    def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Awaitable[RedisReply]:
         if isinstance(self.client, ClusterPipelinedRedis):
-            return await self.client.evalsha(script.sha, keys, args, idempotent=script.retry_safe)
-        return await self.client.evalsha(script.sha, keys, args)
+            return self.client.evalsha(script.sha, keys, args, idempotent=script.retry_safe)
+        return self.client.evalsha(script.sha, keys, args)
 
     async def execute(self, *parts: str) -> Reply:
+        started = perf_counter()
         try:
             if isinstance(self.client, ClusterPipelinedRedis):
                 idempotent = parts[0].upper() in RETRY_SAFE_COMMANDS
-                return _text(await self.client.execute(*parts, idempotent=idempotent))
-            return _text(await self.client.execute(*parts))
+                reply = _text(await self.client.execute(*parts, idempotent=idempotent))
+            else:
+                reply = _text(await self.client.execute(*parts))
         except RedisErrorReply as error:
+            self._observe(parts[0].lower(), started, True)
             raise _reply_error(parts[0], error) from None
+        except Exception:
+            self._observe(parts[0].lower(), started, True)
+            raise
+        self._observe(parts[0].lower(), started, False)
+        return reply
 
     async def scan_keys(self, pattern: str) -> list[str]:
         """Every key matching ``pattern``, from every master on a cluster."""
+        started = perf_counter()
+        try:
+            return await self._scan_keys(pattern)
+        finally:
+            self._observe("scan", started, False)
+
+    async def _scan_keys(self, pattern: str) -> list[str]:
         if isinstance(self.client, ClusterPipelinedRedis):
             await self.client.load_slots()
         found: set[str] = set()

@@ -179,10 +179,14 @@ def usage_record(entry: str) -> UsageRecord:
         service_identifier=_optional_int(data.get("service_identifier")),
         # RULES.md "Where money came from": absent when it all came out of the account's own buckets.
         line_micros=int(data.get("line", 0)),
-        pools=tuple(
-            PoolDraw(int(pool["level"]), int(pool["bucket"]), int(pool["line"])) for pool in data.get("pools", ())
-        ),
+        pools=_pool_draws(data["pools"]) if "pools" in data else (),
     )
+
+
+def _pool_draws(pools: list[dict[str, Any]]) -> tuple[PoolDraw, ...]:
+    """A record's draws on pooled funds (RULES.md "Where money came from"); most records have
+    none, and then no generator is made for them (mypyc's cost more than this test)."""
+    return tuple(PoolDraw(int(pool["level"]), int(pool["bucket"]), int(pool["line"])) for pool in pools)
 
 
 def _optional_int(value: object) -> int | None:

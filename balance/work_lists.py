@@ -75,7 +75,21 @@ async def list_if_records_wait(caller: ScriptCaller, root: str) -> bool:
 
 async def unlist_outbox(caller: ScriptCaller, root: str) -> None:
     """Take a hierarchy with an empty outbox off the spool writer's list; a record that arrives
-    meanwhile puts it back (the second look closes the race)."""
+    meanwhile puts it back (the second look closes the race).
+
+    The two steps are one unit even when the caller is cancelled (a writer stopped at shutdown or
+    at a duty's handover): cancelled between them, the hierarchy would stay off the list with
+    records in its outbox until the next rescan, and a final drain would miss them. So the steps
+    run as a task of their own, which a cancellation waits for before it goes on."""
+    steps = asyncio.ensure_future(_unlist_then_look_again(caller, root))
+    try:
+        await asyncio.shield(steps)
+    except asyncio.CancelledError:
+        await steps
+        raise
+
+
+async def _unlist_then_look_again(caller: ScriptCaller, root: str) -> None:
     await caller.execute("SREM", keys.outbox_roots_key(root), root)
     await list_if_records_wait(caller, root)
 

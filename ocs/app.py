@@ -100,6 +100,7 @@ from protocol.aio import DiameterServer, DiameterTransport
 from protocol.aio.tls import server_context
 from protocol.capabilities import IpNetwork, LocalIdentity, PeerPolicy
 from protocol.constants import CommandCode, ResultCode
+from protocol.encoded import EncodedAnswer
 from protocol.events import AnswerReceived, DuplicateAnswered, Event, PeerClosed, PeerOpened, RequestRejected
 from protocol.message import Message
 
@@ -169,12 +170,12 @@ async def _answer(state: ServerState, handler: CreditControl, transport: Diamete
     started = time.perf_counter()
     bind_request(message)  # this request's own context (ocs/in_flight.py): its log lines name it
     try:
-        answer = await handler.answer(message)
+        answer = await handler.respond(message)
     except Exception:  # a bug must not leave the client waiting for its Tx timer
         log.exception("credit_control_failed")
         answer = error_answer(message, handler.identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY)
     transport.send_answer(answer)
-    result = answer.get("Result-Code")
+    result = answer.result_code if isinstance(answer, EncodedAnswer) else answer.get("Result-Code")
     state.metrics.request_finished(
         "CCR", _request_type(message), result if isinstance(result, int) else 0, time.perf_counter() - started
     )

@@ -34,7 +34,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from balance.callers import Reply, ScriptCaller
+from balance.callers import PipelinedCaller, Reply, ScriptCaller
 from balance.scripts import Script
 from balance.store import BalanceStore
 
@@ -378,10 +378,19 @@ class TimedCaller:
 
 
 def time_redis_calls(store: BalanceStore, metrics: Metrics) -> None:
-    """Put the store's callers behind ``TimedCaller``, once. Call it right after
-    ``BalanceStore.connect``, before anything (the directory) keeps a reference to a caller."""
-    if isinstance(store.caller, TimedCaller):
-        return
+    """Report every call of the store's callers to ``Metrics.redis_call``, once: the pipelined
+    caller of the hot path times its own calls (its ``observer``: no coroutine around each call),
+    any other goes behind ``TimedCaller``. Call it right after ``BalanceStore.connect``, before
+    anything (the directory) keeps a reference to a caller."""
     shared = store.admin is store.caller  # one client for both: keep it one, so close() runs once
-    store.caller = TimedCaller(store.caller, metrics)
-    store.admin = store.caller if shared else TimedCaller(store.admin, metrics)
+    store.caller = _timed(store.caller, metrics)
+    store.admin = store.caller if shared else _timed(store.admin, metrics)
+
+
+def _timed(caller: ScriptCaller, metrics: Metrics) -> ScriptCaller:
+    if isinstance(caller, TimedCaller):
+        return caller
+    if isinstance(caller, PipelinedCaller):
+        caller.observer = metrics.redis_call
+        return caller
+    return TimedCaller(caller, metrics)

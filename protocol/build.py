@@ -30,6 +30,7 @@ COMPILED_MODULES = (
     "protocol.dictionary",
     "protocol.message",
     "protocol.codec",
+    "protocol.encoded",
     "protocol.grammar",
     "protocol.pending",
     "protocol.duplicates",

@@ -38,16 +38,19 @@ the time; IntFlag arithmetic, per-AVP tuple keys and attribute lookups were the 
 The same source also compiles with mypyc (opt-in, protocol/README.md "Compiled build"), about three
 times faster. Compiled, the one ``struct`` call per AVP header becomes the largest cost (a tuple
 and four boxed integers, unboxed again), so there the header is read byte by byte
-(``_read_word``), which compiles to array reads; ``MYPYC_COMPILED`` chooses, once per call.
+(``_read_word``), which compiles to array reads; ``MYPYC_COMPILED`` chooses, once per call. There
+only the words a value needs are read (none for a string or a Grouped AVP), and Time, which a CCR
+carries as Event-Timestamp, has its inline branch instead of the type's decoder.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final
+from datetime import timedelta
+from typing import Final, cast
 
-from protocol.avp_types import MINIMUM_PAYLOAD_SIZE, AvpLengthError, AvpType, AvpValueError
+from protocol.avp_types import MINIMUM_PAYLOAD_SIZE, NTP_EPOCH, AvpLengthError, AvpType, AvpValueError
 from protocol.constants import (
     AVP_HEADER_LENGTH,
     AVP_VENDOR_HEADER_LENGTH,
@@ -92,6 +95,11 @@ _SENT_COMMAND_FLAGS: Final = 0xF0  # R, P, E, T
 _REQUEST_AND_ERROR_BITS: Final = 0xA0  # RFC 6733 section 3: R and E
 _SIGN_BIT_32: Final = 0x80000000
 _WRAP_32: Final = 0x100000000
+# RFC 6733 section 4.3.1: Time wraps in 2036; values with the top bit clear are in NTP era 1
+# (as ``avp_types.decode_time`` reads them).
+_NTP_ERA_PIVOT: Final = 0x80000000
+# In ``Decoded.shape``: the end of a Grouped AVP's members (packed keys are never negative).
+SHAPE_GROUP_END: Final = -1
 
 # True when this module runs as a mypyc-compiled extension rather than from its .py file.
 MYPYC_COMPILED: Final = not __file__.endswith(".py")
@@ -104,7 +112,8 @@ _ASCII: Final = 3  # DiameterIdentity, DiameterURI, IPFilterRule
 _GROUPED: Final = 4
 _OCTETS: Final = 5
 _UNSIGNED64: Final = 6
-_CALL: Final = 7  # Integer64, Float32/64, Address, Time: the avp_types decoder
+_CALL: Final = 7  # Integer64, Float32/64, Address: the avp_types decoder
+_TIME: Final = 8
 
 _KINDS: dict[AvpType, int] = {
     AvpType.UNSIGNED32: _UNSIGNED32,
@@ -117,6 +126,7 @@ _KINDS: dict[AvpType, int] = {
     AvpType.GROUPED: _GROUPED,
     AvpType.OCTET_STRING: _OCTETS,
     AvpType.UNSIGNED64: _UNSIGNED64,
+    AvpType.TIME: _TIME,
 }
 # The fixed-size integer types the encoder packs in one call together with the AVP header.
 _FIXED_FORMATS: dict[AvpType, str] = {
@@ -127,8 +137,9 @@ _FIXED_FORMATS: dict[AvpType, str] = {
     AvpType.INTEGER64: "q",
 }
 
-# (kind, must flags, the flags checked against them (the V bit, and P unless allowed), definition)
-_DecodeEntry = tuple[int, int, int, AvpDefinition]
+# (kind, must flags, the flags checked against them (the V bit, and P unless allowed), definition,
+# and the packed key as an object, which ``Decoded.shape`` takes without boxing it per AVP)
+_DecodeEntry = tuple[int, int, int, AvpDefinition, object]
 # (kind, whole-AVP packer without and with Vendor-ID (None unless fixed-size), their lengths, definition)
 _EncodeEntry = tuple[int, struct.Struct | None, int, struct.Struct | None, int, AvpDefinition]
 
@@ -151,7 +162,7 @@ def _compile(dictionary: Dictionary) -> _Tables:
         must = definition.must_flags & _VENDOR_BIT
         # The P bit is checked only where the AVP's flag table does not allow it.
         checked = must if definition.may_flags & _PROTECTED_BIT else must | _PROTECTED_BIT
-        decoders[key] = (kind, must, checked, definition)
+        decoders[key] = (kind, must, checked, definition, key)
         fixed_format = _FIXED_FORMATS.get(definition.type)
         if fixed_format is None:
             encoders[key] = (kind, None, 0, None, 0, definition)
@@ -183,22 +194,28 @@ def _tables(dictionary: Dictionary) -> _Tables:
 class Decoded:
     """What ``decode`` returns: the message, and the problems found in it (empty when none).
 
+    ``shape`` is the message's AVP keys as the decoder met them, each Grouped AVP's members
+    followed by ``SHAPE_GROUP_END``: all ``protocol.grammar.validate`` needs to recognise a
+    message shaped like one it found clean before (None: not known, as for a message not
+    decoded). Derived from the message, so not compared.
+
     A plain class, as ``Message`` is, behaving as ``@dataclass(slots=True)`` would."""
 
-    __slots__ = ("failures", "message")
+    __slots__ = ("failures", "message", "shape")
     __hash__ = None  # type: ignore[assignment]
 
-    def __init__(self, message: Message, failures: list[Failure]) -> None:
+    def __init__(self, message: Message, failures: list[Failure], shape: tuple[int, ...] | None = None) -> None:
         self.message = message
         self.failures = failures
+        self.shape = shape
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__ or not isinstance(other, Decoded):
             return NotImplemented
         return self.message == other.message and self.failures == other.failures
 
-    def __reduce__(self) -> tuple[type[Decoded], tuple[Message, list[Failure]]]:
-        return (Decoded, (self.message, self.failures))
+    def __reduce__(self) -> tuple[type[Decoded], tuple[Message, list[Failure], tuple[int, ...] | None]]:
+        return (Decoded, (self.message, self.failures, self.shape))
 
     def __repr__(self) -> str:
         return f"Decoded(message={self.message!r}, failures={self.failures!r})"
@@ -343,9 +360,11 @@ def _decode_avps(
     table: dict[int, _DecodeEntry],
     failures: list[Failure],
     counter: list[int] | None,
+    shape: list[object],
 ) -> list[Avp]:
     """The AVPs in ``buffer[offset:end]``; ``counter`` totals them when the frame is large
     enough to hold more than ``MAX_AVP_COUNT`` (checked per level: the frame size bounds the work).
+    ``shape`` gets each AVP's packed key, and after a Grouped AVP's members ``SHAPE_GROUP_END``.
 
     Longer than a function should be, on purpose: a helper call per AVP would cost about as
     much as everything else the loop does for it; only the failure paths are split out."""
@@ -354,18 +373,21 @@ def _decode_avps(
     avps: list[Avp] = []
     # Declared for a compiler (mypyc), which then keeps them as machine integers.
     code: int
+    key: int
     flags_length: int
     word: int
     next_word: int
     value: Value
     compiled = MYPYC_COMPILED
     while offset < end:
-        # Code, flags and length, then the Vendor-ID or the payload's first word, then one more.
+        # Code, flags and length, then the Vendor-ID or the payload's first word, then one more;
+        # compiled, only the header here, and the payload's words (-1: not read) by the branches
+        # that take them.
         if compiled:
             code = _read_word(buffer, offset)
             flags_length = _read_word(buffer, offset + 4)
-            word = _read_word(buffer, offset + 8)
-            next_word = _read_word(buffer, offset + 12)
+            word = -1
+            next_word = -1
         else:
             code, flags_length, word, next_word = _FOUR_WORDS.unpack_from(buffer, offset)
         length = flags_length & 0xFFFFFF
@@ -377,42 +399,57 @@ def _decode_avps(
                 break
             vendor_id = 0
             start = offset + AVP_HEADER_LENGTH
+            key = code
             entry = table.get(code)
         else:
             if length < AVP_VENDOR_HEADER_LENGTH or avp_end > end:
                 _fail_delimiting(failures, buffer, offset, end, table)
                 break
-            vendor_id = word
-            word = next_word
+            vendor_id = _read_word(buffer, offset + AVP_HEADER_LENGTH) if compiled else word
+            word = next_word  # -1 compiled
             next_word = -1  # the payload's second word was not read
             start = offset + AVP_VENDOR_HEADER_LENGTH
-            entry = table.get((vendor_id << 32) | code)
+            key = (vendor_id << 32) | code
+            entry = table.get(key)
         flags = flags_length >> 24
         if entry is None:
+            shape.append(key)
             value = buffer[start:avp_end]
             if flags & 0x60:  # M or P bit on an AVP we do not know
                 _fail_flags(failures, None, flags, buffer, offset, avp_end)
         else:
-            kind, must, checked, definition = entry
+            kind, must, checked, definition, boxed_key = entry
+            shape.append(boxed_key)
             if kind == _UNSIGNED32:
                 if avp_end - start == 4:
-                    value = word
+                    value = word if word >= 0 else _read_word(buffer, start)
                 else:
                     value = _decode_checked(failures, definition, buffer, offset, start, avp_end)
             elif kind == _INTEGER32:
                 if avp_end - start == 4:
+                    if word < 0:
+                        word = _read_word(buffer, start)
                     value = word - _WRAP_32 if word & _SIGN_BIT_32 else word
                 else:
                     value = _decode_checked(failures, definition, buffer, offset, start, avp_end)
             elif kind == _GROUPED:
-                value = _decode_avps(buffer, start, avp_end, depth + 1, table, failures, counter)
+                value = _decode_avps(buffer, start, avp_end, depth + 1, table, failures, counter, shape)
+                shape.append(SHAPE_GROUP_END)
             elif kind == _UTF8:
                 try:
                     value = buffer[start:avp_end].decode()
                 except UnicodeDecodeError:
                     value = _decode_checked(failures, definition, buffer, offset, start, avp_end)
-            elif kind == _UNSIGNED64 and next_word >= 0 and avp_end - start == 8:
+            elif kind == _UNSIGNED64 and avp_end - start == 8:
+                if word < 0:
+                    word = _read_word(buffer, start)
+                if next_word < 0:
+                    next_word = _read_word(buffer, start + 4)
                 value = (word << 32) | next_word
+            elif kind == _TIME and avp_end - start == 4:
+                if word < 0:
+                    word = _read_word(buffer, start)
+                value = NTP_EPOCH + timedelta(seconds=word if word >= _NTP_ERA_PIVOT else word + _WRAP_32)
             elif kind == _ASCII:
                 try:
                     value = buffer[start:avp_end].decode("ascii")
@@ -450,7 +487,8 @@ def decode(frame: bytes, dictionary: Dictionary = DEFAULT_DICTIONARY) -> Decoded
     counter = [0] if (length - HEADER_LENGTH) // AVP_HEADER_LENGTH > MAX_AVP_COUNT else None
     failures: list[Failure] = []
     table = _DEFAULT_TABLES.decoders if dictionary is DEFAULT_DICTIONARY else _tables(dictionary).decoders
-    avps = _decode_avps(buffer, HEADER_LENGTH, length, 0, table, failures, counter)
+    shape: list[object] = []  # packed keys (ints), some of them as the table holds them
+    avps = _decode_avps(buffer, HEADER_LENGTH, length, 0, table, failures, counter, shape)
     flags = flags_code >> 24
     if flags & _REQUEST_AND_ERROR_BITS == _REQUEST_AND_ERROR_BITS:
         # RFC 6733 section 3: the E bit MUST NOT be set in request messages.
@@ -462,7 +500,8 @@ def decode(frame: bytes, dictionary: Dictionary = DEFAULT_DICTIONARY) -> Decoded
         # the frame), so the answer can carry the identifiers; the body was read as version 1
         # only to echo the Session-Id, and this failure comes first: it is the one answered.
         failures.insert(0, Failure(ResultCode.DIAMETER_UNSUPPORTED_VERSION, None, f"version {version}"))
-    return Decoded(Message(flags_code & 0xFFFFFF, flags, application_id, hop_by_hop, end_to_end, avps), failures)
+    message = Message(flags_code & 0xFFFFFF, flags, application_id, hop_by_hop, end_to_end, avps)
+    return Decoded(message, failures, cast("tuple[int, ...]", tuple(shape)))
 
 
 # --- encoding ---------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from protocol.constants import (
 )
 from protocol.disconnect import DisconnectCause, build_dpa, build_dpr, build_dwa, build_dwr
 from protocol.duplicates import DuplicateCache, request_identity
+from protocol.encoded import EncodedAnswer
 from protocol.errors import EncodeError, Failure, PeerError, StateError
 from protocol.events import (
     AnswerReceived,
@@ -176,12 +177,13 @@ class PeerConnection:
         self._send_buffer.append(encode(message))
         return message
 
-    def send_answer(self, answer: Message) -> None:
-        """Queue the answer to a ``RequestReceived``; remembers it for duplicate detection."""
+    def send_answer(self, answer: Message | EncodedAnswer) -> None:
+        """Queue the answer to a ``RequestReceived`` (a message, or one the application encoded
+        itself: ``protocol.encoded``); remembers it for duplicate detection."""
         pending = self._incoming.pop(answer.hop_by_hop)
         if self.state is PeerState.CLOSED:
             return
-        encoded = encode(answer)
+        encoded = answer.data if isinstance(answer, EncodedAnswer) else encode(answer)
         # A protocol error (E bit, RFC 6733 section 7.1.3; 3004 above all) means the request was
         # not processed: a retransmission must be processed anew, not answered from the cache.
         if pending is not None and self.duplicates is not None and not answer.is_error:
@@ -251,7 +253,7 @@ class PeerConnection:
             # table has no row for it, so the connection closes as a protocol violation.
             self._apply(PeerInput.APPLICATION_REQUEST, message)
             return
-        failures = failures or validate(message, self._applications())
+        failures = failures or validate(message, self._applications(), shape=decoded.shape)
         if failures:
             self._reject(message, failures[0])
             return

@@ -8,6 +8,10 @@ level (RFC 4006 section 5.1.2). Grants carry Validity-Time, the quota threshold 
 Tariff-Time-Change when the grant spans a switch of tariff (RFC 4006 section 5.1.1) and, when they
 are the last units the balance affords, a Final-Unit-Indication (RFC 4006 section 8.34).
 Error answers with a protocol error code set the E bit (RFC 6733 section 7.1.3).
+
+This is the general path, and the reference: the handler sends the common answers (no
+Final-Unit-Indication, no Tariff-Time-Change, no Failed-AVP) already encoded by
+``ocs.charging.answer_template``, which writes the bytes ``encode(credit_answer(...))`` would.
 """
 
 from __future__ import annotations
@@ -63,18 +67,82 @@ class FinalUnit:
         return avp("Final-Unit-Indication", children)
 
 
-@value_type
 class ServiceAnswer:
-    rating_group: int | None
-    service_identifier: int | None
-    result_code: ResultCode
-    unit: Unit | None = None  # the unit of the grant; None: no Granted-Service-Unit
-    granted_units: int = 0
-    validity_seconds: int = 0
-    threshold_units: int = 0
-    quota_holding_seconds: int = 0
-    final_unit: FinalUnit | None = None
-    tariff_time_change: int | None = None  # epoch seconds: the grant spans a switch of tariff
+    """What one service's answer says: its result code and, when granted, the grant and its
+    companions (``_service_avps`` lays it out).
+
+    A plain class rather than a ``value_type``, as ``protocol.message.Avp`` is: one is made per
+    service of every answer and read field by field to lay it out, and compiled (mypyc) a plain
+    class's fields are read directly, a dataclass's through an attribute lookup each. It behaves as
+    ``@dataclass(slots=True)`` would: positional or keyword construction, equality field by field,
+    a repr naming the fields.
+    """
+
+    __slots__ = (
+        "final_unit",
+        "granted_units",
+        "quota_holding_seconds",
+        "rating_group",
+        "result_code",
+        "service_identifier",
+        "tariff_time_change",
+        "threshold_units",
+        "unit",
+        "validity_seconds",
+    )
+    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value, like an eq dataclass
+
+    def __init__(
+        self,
+        rating_group: int | None,
+        service_identifier: int | None,
+        result_code: ResultCode,
+        unit: Unit | None = None,  # the unit of the grant; None: no Granted-Service-Unit
+        granted_units: int = 0,
+        validity_seconds: int = 0,
+        threshold_units: int = 0,
+        quota_holding_seconds: int = 0,
+        final_unit: FinalUnit | None = None,
+        tariff_time_change: int | None = None,  # epoch seconds: the grant spans a switch of tariff
+    ) -> None:
+        self.rating_group = rating_group
+        self.service_identifier = service_identifier
+        self.result_code = result_code
+        self.unit = unit
+        self.granted_units = granted_units
+        self.validity_seconds = validity_seconds
+        self.threshold_units = threshold_units
+        self.quota_holding_seconds = quota_holding_seconds
+        self.final_unit = final_unit
+        self.tariff_time_change = tariff_time_change
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.rating_group,
+            self.service_identifier,
+            self.result_code,
+            self.unit,
+            self.granted_units,
+            self.validity_seconds,
+            self.threshold_units,
+            self.quota_holding_seconds,
+            self.final_unit,
+            self.tariff_time_change,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__ or not isinstance(other, ServiceAnswer):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return (
+            f"ServiceAnswer(rating_group={self.rating_group!r}, service_identifier={self.service_identifier!r}, "
+            f"result_code={self.result_code!r}, unit={self.unit!r}, granted_units={self.granted_units!r}, "
+            f"validity_seconds={self.validity_seconds!r}, threshold_units={self.threshold_units!r}, "
+            f"quota_holding_seconds={self.quota_holding_seconds!r}, final_unit={self.final_unit!r}, "
+            f"tariff_time_change={self.tariff_time_change!r})"
+        )
 
 
 _RESULT_CODE = DEFAULT_DICTIONARY.key("Result-Code")

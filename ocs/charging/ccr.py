@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import IntEnum
+from typing import Final
 
 from balance.directory import Identity, IdentityKind
 from balance.value_type import value_type
 from protocol.constants import ResultCode
-from protocol.dictionary import DEFAULT_DICTIONARY
+from protocol.dictionary import DEFAULT_DICTIONARY, packed_key
 from protocol.message import Avp, Message
 
 
@@ -132,236 +133,326 @@ class CcrProblem:
     reason: str
 
 
-# The AVPs read below, as (code, vendor id): looked up once here, not by name per request.
-_KEY = DEFAULT_DICTIONARY.key
-_SESSION_ID = _KEY("Session-Id")
-_ORIGIN_HOST = _KEY("Origin-Host")
-_ORIGIN_REALM = _KEY("Origin-Realm")
-_DESTINATION_REALM = _KEY("Destination-Realm")
-_SERVICE_CONTEXT_ID = _KEY("Service-Context-Id")
-_CC_REQUEST_TYPE = _KEY("CC-Request-Type")
-_CC_REQUEST_NUMBER = _KEY("CC-Request-Number")
-_SUBSCRIPTION_ID = _KEY("Subscription-Id")
-_SUBSCRIPTION_ID_TYPE = _KEY("Subscription-Id-Type")
-_SUBSCRIPTION_ID_DATA = _KEY("Subscription-Id-Data")
-_REQUESTED_ACTION = _KEY("Requested-Action")
-_MULTIPLE_SERVICES_INDICATOR = _KEY("Multiple-Services-Indicator")
-_MULTIPLE_SERVICES_CREDIT_CONTROL = _KEY("Multiple-Services-Credit-Control")
-_REQUESTED_SERVICE_UNIT = _KEY("Requested-Service-Unit")
-_USED_SERVICE_UNIT = _KEY("Used-Service-Unit")
-_REPORTING_REASON = _KEY("Reporting-Reason")
-_RATING_GROUP = _KEY("Rating-Group")
-_SERVICE_IDENTIFIER = _KEY("Service-Identifier")
-_EVENT_TIMESTAMP = _KEY("Event-Timestamp")
-_SERVICE_INFORMATION = _KEY("Service-Information")
-_CC_TIME = _KEY("CC-Time")
-_CC_TOTAL_OCTETS = _KEY("CC-Total-Octets")
-_CC_INPUT_OCTETS = _KEY("CC-Input-Octets")
-_CC_OUTPUT_OCTETS = _KEY("CC-Output-Octets")
-_CC_SERVICE_SPECIFIC_UNITS = _KEY("CC-Service-Specific-Units")
-_CC_MONEY = _KEY("CC-Money")
-_VALUE_DIGITS = _KEY("Value-Digits")
-_TARIFF_CHANGE_USAGE = _KEY("Tariff-Change-Usage")
+# The AVPs read below as packed keys (``protocol.dictionary.packed_key``: the code, the Vendor-ID
+# above it), looked up once here, not by name per request; integers compare without a tuple.
+def _key(name: str) -> int:
+    return packed_key(*DEFAULT_DICTIONARY.key(name))
+
+
+_SESSION_ID: Final = _key("Session-Id")
+_ORIGIN_HOST: Final = _key("Origin-Host")
+_ORIGIN_REALM: Final = _key("Origin-Realm")
+_DESTINATION_REALM: Final = _key("Destination-Realm")
+_SERVICE_CONTEXT_ID: Final = _key("Service-Context-Id")
+_CC_REQUEST_TYPE: Final = _key("CC-Request-Type")
+_CC_REQUEST_NUMBER: Final = _key("CC-Request-Number")
+_SUBSCRIPTION_ID: Final = _key("Subscription-Id")
+_SUBSCRIPTION_ID_TYPE: Final = _key("Subscription-Id-Type")
+_SUBSCRIPTION_ID_DATA: Final = _key("Subscription-Id-Data")
+_REQUESTED_ACTION: Final = _key("Requested-Action")
+_MULTIPLE_SERVICES_INDICATOR: Final = _key("Multiple-Services-Indicator")
+_MULTIPLE_SERVICES_CREDIT_CONTROL: Final = _key("Multiple-Services-Credit-Control")
+_REQUESTED_SERVICE_UNIT: Final = _key("Requested-Service-Unit")
+_USED_SERVICE_UNIT: Final = _key("Used-Service-Unit")
+_REPORTING_REASON: Final = _key("Reporting-Reason")
+_RATING_GROUP: Final = _key("Rating-Group")
+_SERVICE_IDENTIFIER: Final = _key("Service-Identifier")
+_EVENT_TIMESTAMP: Final = _key("Event-Timestamp")
+_SERVICE_INFORMATION: Final = _key("Service-Information")
+_IMS_INFORMATION: Final = _key("IMS-Information")
+_CALLED_PARTY_ADDRESS: Final = _key("Called-Party-Address")
+_SMS_INFORMATION: Final = _key("SMS-Information")
+_RECIPIENT_INFO: Final = _key("Recipient-Info")
+_RECIPIENT_ADDRESS: Final = _key("Recipient-Address")
+_ADDRESS_DATA: Final = _key("Address-Data")
+_CC_TIME: Final = _key("CC-Time")
+_CC_TOTAL_OCTETS: Final = _key("CC-Total-Octets")
+_CC_INPUT_OCTETS: Final = _key("CC-Input-Octets")
+_CC_OUTPUT_OCTETS: Final = _key("CC-Output-Octets")
+_CC_SERVICE_SPECIFIC_UNITS: Final = _key("CC-Service-Specific-Units")
+_CC_MONEY: Final = _key("CC-Money")
+_UNIT_VALUE: Final = _key("Unit-Value")
+_VALUE_DIGITS: Final = _key("Value-Digits")
+_EXPONENT: Final = _key("Exponent")
+_TARIFF_CHANGE_USAGE: Final = _key("Tariff-Change-Usage")
 # UNIT_BEFORE_TARIFF_CHANGE, UNIT_AFTER_TARIFF_CHANGE, UNIT_INDETERMINATE, as the dictionary has them.
-_TARIFF_CHANGE_USAGE_VALUES = frozenset(DEFAULT_DICTIONARY.avp("Tariff-Change-Usage").enum_values.values())
-_EXPONENT = _KEY("Exponent")
+_TARIFF_CHANGE_USAGE_VALUES: Final = frozenset(DEFAULT_DICTIONARY.avp("Tariff-Change-Usage").enum_values.values())
+# CC-Request-Type and Requested-Action by value: an enum's call costs a lookup through its class.
+_REQUEST_TYPES: Final = {int(member): member for member in RequestType}
+_REQUESTED_ACTIONS: Final = {int(member): member for member in RequestedAction}
 
-AvpGroups = dict[tuple[int, int], list[Avp]]
+
+def _key_of(item: Avp) -> int:
+    return (item.vendor_id << 32) | item.code
 
 
-def _grouped(avps: list[Avp]) -> AvpGroups:
-    """The AVPs by (code, vendor id), in order, in one pass: a CCR is read with some twenty
-    lookups of the first AVP of a kind and a few of all of them (Subscription-Id, MSCC,
-    Used-Service-Unit), each of which would otherwise scan the AVP list from the start."""
-    groups: AvpGroups = {}
+def _members(item: Avp | None) -> list[Avp]:
+    """A Grouped AVP's members (none for an absent AVP or any other)."""
+    value = item.value if item is not None else None
+    return value if isinstance(value, list) else []
+
+
+def _first(avps: list[Avp], key: int) -> Avp | None:
     for item in avps:
-        key = (item.code, item.vendor_id)
-        found = groups.get(key)
-        if found is None:
-            groups[key] = [item]
-        else:
-            found.append(item)
-    return groups
+        if (item.vendor_id << 32) | item.code == key:
+            return item
+    return None
 
 
-def _first(groups: AvpGroups, key: tuple[int, int]) -> Avp | None:
-    found = groups.get(key)
-    return found[0] if found is not None else None
-
-
-def _int(groups: AvpGroups, key: tuple[int, int]) -> int | None:
-    found = groups.get(key)
-    value = found[0].value if found is not None else None
+def _int(item: Avp | None) -> int | None:
+    value = item.value if item is not None else None
     return value if isinstance(value, int) else None
 
 
-def _money_micros(money: Avp | None) -> int | None:
+def _text(item: Avp | None) -> str:
+    return str(item.value or "") if item is not None else ""
+
+
+def _money_micros(money: Avp) -> int | None:
     """CC-Money's Unit-Value as micros: Value-Digits x 10^Exponent (RFC 4006 section 8.8)."""
-    unit_value = money.find("Unit-Value") if money is not None else None
+    unit_value = _first(_members(money), _UNIT_VALUE)
     if unit_value is None:
         return None
-    value_groups = _grouped(unit_value.children)
-    digits = _int(value_groups, _VALUE_DIGITS) or 0
-    exponent = _int(value_groups, _EXPONENT) or 0
+    members = _members(unit_value)
+    digits = _int(_first(members, _VALUE_DIGITS)) or 0
+    exponent = _int(_first(members, _EXPONENT)) or 0
     scale = exponent + 6  # micros: one unit of currency is 10^6
     return int(digits * 10**scale) if scale >= 0 else int(digits // 10**-scale)
 
 
+_ABSENT: Final = object()
 # Where each unit AVP goes in ``Units``; CC-Money is read apart (a Grouped AVP).
-_UNIT_FIELDS = {
+_UNIT_FIELDS: Final = {
     _CC_TIME: 0,
     _CC_TOTAL_OCTETS: 1,
     _CC_INPUT_OCTETS: 2,
     _CC_OUTPUT_OCTETS: 3,
     _CC_SERVICE_SPECIFIC_UNITS: 4,
 }
-_ABSENT = object()
+
+
+def _counted(value: object) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def read_units(unit: Avp) -> Units:
-    """Requested-, Used- or Granted-Service-Unit as ``Units``: the first of each AVP, in one pass
-    over the members (an UPDATE carries one or two of these per service)."""
+    """Requested-, Used- or Granted-Service-Unit as ``Units``: the first of each AVP (the last
+    Tariff-Change-Usage), in one pass over the members (an UPDATE carries one or two of these
+    per service)."""
+    # The first AVP of each kind counts, even when its value is no integer: None then.
     values: list[object] = [_ABSENT] * len(_UNIT_FIELDS)
     money: Avp | None = None
     change_usage: object = None
-    for member in unit.children:
-        key = (member.code, member.vendor_id)
+    for member in _members(unit):
+        key = (member.vendor_id << 32) | member.code
         field = _UNIT_FIELDS.get(key)
         if field is not None:
             if values[field] is _ABSENT:
                 values[field] = member.value
-        elif money is None and key == _CC_MONEY:
-            money = member
+        elif key == _CC_MONEY:
+            if money is None:
+                money = member
         elif key == _TARIFF_CHANGE_USAGE:
             change_usage = member.value
     time_seconds, total_octets, input_octets, output_octets, service_specific = values
-    return Units(
-        time_seconds=time_seconds if isinstance(time_seconds, int) else None,
-        total_octets=total_octets if isinstance(total_octets, int) else None,
-        input_octets=input_octets if isinstance(input_octets, int) else None,
-        output_octets=output_octets if isinstance(output_octets, int) else None,
-        service_specific=service_specific if isinstance(service_specific, int) else None,
-        money_micros=_money_micros(money) if money is not None else None,
-        tariff_change_usage=change_usage if isinstance(change_usage, int) else None,
+    return Units(  # by position: keywords cost twice as much to pass (balance.value_type)
+        _counted(time_seconds),
+        _counted(total_octets),
+        _counted(input_octets),
+        _counted(output_octets),
+        _counted(service_specific),
+        _money_micros(money) if money is not None else None,  # money_micros
+        _counted(change_usage),  # tariff_change_usage
     )
 
 
-def _service(groups: AvpGroups, avp_of_service: Avp | None) -> ServiceRequest:
-    """One service from the AVPs that describe it: an MSCC's members, or the command's own."""
-    requested = _first(groups, _REQUESTED_SERVICE_UNIT)
-    used_avps = groups.get(_USED_SERVICE_UNIT, [])
-    reasons = [value for item in used_avps if isinstance(value := item.get("Reporting-Reason"), int)]
-    own_reason = _int(groups, _REPORTING_REASON)
-    if own_reason is not None:
-        reasons.append(own_reason)
-    return ServiceRequest(
-        rating_group=_int(groups, _RATING_GROUP) if avp_of_service is not None else None,
-        service_identifier=_int(groups, _SERVICE_IDENTIFIER),
-        requested=read_units(requested) if requested is not None else None,
-        used=tuple(read_units(item) for item in used_avps),
-        reporting_reasons=tuple(reasons),
-        avp=avp_of_service,
-    )
-
-
-def _bad_tariff_change_usage(groups: AvpGroups) -> Avp | None:
+def _bad_tariff_change_usage(used_avps: list[Avp]) -> Avp | None:
     """A Tariff-Change-Usage in a Used-Service-Unit with a value RFC 4006 section 8.27 does not
     define (0, 1 and 2): 5004 DIAMETER_INVALID_AVP_VALUE names it (RFC 6733 section 7.1.5)."""
-    for used in groups.get(_USED_SERVICE_UNIT, ()):
-        for member in used.children:
-            key = (member.code, member.vendor_id)
-            if key == _TARIFF_CHANGE_USAGE and member.value not in _TARIFF_CHANGE_USAGE_VALUES:
+    for used in used_avps:
+        for member in _members(used):
+            if _key_of(member) == _TARIFF_CHANGE_USAGE and member.value not in _TARIFF_CHANGE_USAGE_VALUES:
                 return member
     return None
 
 
-def _called_party(groups: AvpGroups) -> str | None:
-    information = _first(groups, _SERVICE_INFORMATION)
-    if information is None:
-        return None
-    ims = information.find("IMS-Information")
+# The AVPs of a service of which the first counts, by their place in ``_service``'s list.
+_SERVICE_FIRSTS: Final = {
+    key: slot
+    for slot, key in enumerate((_REQUESTED_SERVICE_UNIT, _RATING_GROUP, _REPORTING_REASON, _SERVICE_IDENTIFIER))
+}
+
+
+def _service(members: list[Avp], avp_of_service: Avp | None) -> ServiceRequest | CcrProblem:
+    """One service from the AVPs that describe it: an MSCC's members, or the command's own;
+    or the Tariff-Change-Usage out of range in one of its Used-Service-Units."""
+    used_avps: list[Avp] = []
+    firsts: list[Avp | None] = [None] * len(_SERVICE_FIRSTS)
+    for item in members:
+        key = (item.vendor_id << 32) | item.code
+        if key == _USED_SERVICE_UNIT:
+            used_avps.append(item)
+        else:
+            slot = _SERVICE_FIRSTS.get(key)
+            if slot is not None and firsts[slot] is None:
+                firsts[slot] = item
+    requested, rating_group, own_reason, service_identifier = firsts
+    bad = _bad_tariff_change_usage(used_avps)
+    if bad is not None:
+        return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, bad, "Tariff-Change-Usage out of range")
+    reasons: list[int] = []
+    for used in used_avps:
+        reason = _int(_first(_members(used), _REPORTING_REASON))
+        if reason is not None:
+            reasons.append(reason)
+    reason = _int(own_reason)
+    if reason is not None:
+        reasons.append(reason)
+    return ServiceRequest(  # by position, as in read_units
+        _int(rating_group) if avp_of_service is not None else None,
+        _int(service_identifier),
+        read_units(requested) if requested is not None else None,
+        tuple([read_units(item) for item in used_avps]),  # used
+        tuple(reasons),  # reporting_reasons
+        avp_of_service,  # avp
+    )
+
+
+def _called_party(information: Avp | None) -> str | None:
+    members = _members(information)
+    ims = _first(members, _IMS_INFORMATION)
     if ims is not None:
-        called = ims.get("Called-Party-Address")
-        if isinstance(called, str):
-            return called
-    sms = information.find("SMS-Information")
+        called = _first(_members(ims), _CALLED_PARTY_ADDRESS)
+        if called is not None and isinstance(called.value, str):
+            return called.value
+    sms = _first(members, _SMS_INFORMATION)
     if sms is not None:
-        recipient = sms.find("Recipient-Info")
-        address = recipient.find("Recipient-Address") if recipient is not None else None
-        data = address.get("Address-Data") if address is not None else None
-        if isinstance(data, str):
-            return data
+        recipient = _first(_members(sms), _RECIPIENT_INFO)
+        address = _first(_members(recipient), _RECIPIENT_ADDRESS)
+        data = _first(_members(address), _ADDRESS_DATA)
+        if data is not None and isinstance(data.value, str):
+            return data.value
     return None
 
 
-def _text(groups: AvpGroups, key: tuple[int, int]) -> str:
-    found = groups.get(key)
-    return str(found[0].value or "") if found is not None else ""
-
-
-def read_ccr(message: Message) -> CreditRequest | CcrProblem:
-    """The CCR's meaning, or the problem to answer with."""
-    groups = _grouped(message.avps)
-    try:
-        request_type = RequestType(_int(groups, _CC_REQUEST_TYPE) or 0)
-    except ValueError:
-        return CcrProblem(
-            ResultCode.DIAMETER_INVALID_AVP_VALUE, _first(groups, _CC_REQUEST_TYPE), "CC-Request-Type out of range"
-        )
-    identities = []
-    for subscription in groups.get(_SUBSCRIPTION_ID, ()):
-        subscription_groups = _grouped(subscription.children)
-        type_value = _int(subscription_groups, _SUBSCRIPTION_ID_TYPE)
+def _identities(subscriptions: list[Avp]) -> tuple[Identity, ...]:
+    """The subscriber identities of the Subscription-Ids a kind of which we know."""
+    identities: list[Identity] = []
+    for subscription in subscriptions:
+        members = _members(subscription)
+        type_value = _int(_first(members, _SUBSCRIPTION_ID_TYPE))
         kind = _IDENTITY_KINDS.get(type_value) if type_value is not None else None
-        found = _first(subscription_groups, _SUBSCRIPTION_ID_DATA)
+        found = _first(members, _SUBSCRIPTION_ID_DATA)
         data = found.value if found is not None else None
         if kind is not None and isinstance(data, str) and data:
             identities.append(Identity(kind, data))
-    action: RequestedAction | None = None
-    if request_type is RequestType.EVENT:
-        try:
-            action = RequestedAction(_int(groups, _REQUESTED_ACTION) or 0)
-        except ValueError:
-            failed = _first(groups, _REQUESTED_ACTION)
-            return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, failed, "Requested-Action out of range")
-    indicator = _first(groups, _MULTIPLE_SERVICES_INDICATOR)
-    multiple = indicator is not None and indicator.value == 1
+    return tuple(identities)
+
+
+def _services(message: Message, msccs: list[Avp], multiple: bool, single: bool) -> list[ServiceRequest] | CcrProblem:
+    """One service per MSCC, or the command's own single service (RFC 4006 section 5.1.2)."""
     services: list[ServiceRequest] = []
     if multiple:
         seen: set[tuple[int, int | None]] = set()
-        for mscc in groups.get(_MULTIPLE_SERVICES_CREDIT_CONTROL, ()):
-            members = _grouped(mscc.children)
-            bad = _bad_tariff_change_usage(members)
-            if bad is not None:
-                return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, bad, "Tariff-Change-Usage out of range")
-            service = _service(members, mscc)
+        for mscc in msccs:
+            service = _service(_members(mscc), mscc)
+            if isinstance(service, CcrProblem):
+                return service
             # An absent Rating-Group is charged as 0 (ocs/charging/credit_control.py): the same quota as 0.
             key = (service.rating_group or 0, service.service_identifier)
             if key in seen:
                 return CcrProblem(ResultCode.DIAMETER_AVP_OCCURS_TOO_MANY_TIMES, mscc, "the same service twice")
             seen.add(key)
             services.append(service)
-    elif _REQUESTED_SERVICE_UNIT in groups or _USED_SERVICE_UNIT in groups:
-        bad = _bad_tariff_change_usage(groups)
-        if bad is not None:
-            return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, bad, "Tariff-Change-Usage out of range")
-        services.append(_service(groups, None))
-    timestamp = _first(groups, _EVENT_TIMESTAMP)
+    elif single:
+        service = _service(message.avps, None)
+        if isinstance(service, CcrProblem):
+            return service
+        services.append(service)
+    return services
+
+
+# The command-level AVPs of which the first counts, by their place in ``read_ccr``'s list.
+_COMMAND_FIRSTS: Final = {
+    key: slot
+    for slot, key in enumerate(
+        (
+            _SESSION_ID,
+            _ORIGIN_HOST,
+            _ORIGIN_REALM,
+            _DESTINATION_REALM,
+            _SERVICE_CONTEXT_ID,
+            _CC_REQUEST_TYPE,
+            _CC_REQUEST_NUMBER,
+            _EVENT_TIMESTAMP,
+            _MULTIPLE_SERVICES_INDICATOR,
+            _SERVICE_INFORMATION,
+            _REQUESTED_ACTION,
+        )
+    )
+}
+
+
+def read_ccr(message: Message) -> CreditRequest | CcrProblem:
+    """The CCR's meaning, or the problem to answer with: the command's AVPs in one pass, each
+    kind's first (all of Subscription-Id and MSCC), then the Grouped ones read."""
+    firsts: list[Avp | None] = [None] * len(_COMMAND_FIRSTS)
+    subscriptions: list[Avp] = []
+    msccs: list[Avp] = []
+    single = False  # a Requested- or Used-Service-Unit at command level
+    for item in message.avps:
+        key = (item.vendor_id << 32) | item.code
+        if key == _MULTIPLE_SERVICES_CREDIT_CONTROL:
+            msccs.append(item)
+        elif key == _SUBSCRIPTION_ID:
+            subscriptions.append(item)
+        else:
+            slot = _COMMAND_FIRSTS.get(key)
+            if slot is not None:
+                if firsts[slot] is None:
+                    firsts[slot] = item
+            elif key in (_REQUESTED_SERVICE_UNIT, _USED_SERVICE_UNIT):
+                single = True
+    (
+        session_id,
+        origin_host,
+        origin_realm,
+        destination_realm,
+        service_context,
+        request_type_avp,
+        request_number,
+        timestamp,
+        indicator,
+        information,
+        requested_action,
+    ) = firsts
+    request_type = _REQUEST_TYPES.get(_int(request_type_avp) or 0)
+    if request_type is None:
+        return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, request_type_avp, "CC-Request-Type out of range")
+    action: RequestedAction | None = None
+    if request_type is RequestType.EVENT:
+        action = _REQUESTED_ACTIONS.get(_int(requested_action) or 0)
+        if action is None:
+            return CcrProblem(ResultCode.DIAMETER_INVALID_AVP_VALUE, requested_action, "Requested-Action out of range")
+    multiple = indicator is not None and indicator.value == 1
+    services = _services(message, msccs, multiple, single)
+    if isinstance(services, CcrProblem):
+        return services
     event_time = timestamp.value if timestamp is not None else None
-    return CreditRequest(
-        session_id=_text(groups, _SESSION_ID),
-        origin_host=_text(groups, _ORIGIN_HOST),
-        origin_realm=_text(groups, _ORIGIN_REALM),
-        destination_realm=_text(groups, _DESTINATION_REALM),
-        request_type=request_type,
-        request_number=_int(groups, _CC_REQUEST_NUMBER) or 0,
-        service_context=_text(groups, _SERVICE_CONTEXT_ID),
-        identities=tuple(identities),
-        multiple_services=multiple,
-        services=tuple(services),
-        requested_action=action,
-        event_time=event_time if isinstance(event_time, datetime) else None,
-        called_party=_called_party(groups),
+    return CreditRequest(  # by position, as in read_units
+        _text(session_id),
+        _text(origin_host),
+        _text(origin_realm),
+        _text(destination_realm),
+        request_type,
+        _int(request_number) or 0,
+        _text(service_context),
+        _identities(subscriptions),  # identities
+        multiple,  # multiple_services
+        tuple(services),
+        action,  # requested_action
+        event_time if isinstance(event_time, datetime) else None,
+        _called_party(information) if information is not None else None,  # called_party
     )
 
 

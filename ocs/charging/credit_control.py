@@ -1,6 +1,6 @@
 """The credit-control handler: a CCR in, one atomic balance call, a CCA out.
 
-Theory of operation: ``CreditControl.answer`` reads the CCR (``ocs.charging.ccr``), refuses another
+Theory of operation: ``CreditControl.respond`` reads the CCR (``ocs.charging.ccr``), refuses another
 realm (3003), finds the subscriber (5030 if unknown; 5002 for an UPDATE / TERMINATION, whose
 session cannot exist), rates every service at the request's time (Event-Timestamp within the
 configured skew, else our clock) and refuses on its own each service that cannot be rated or
@@ -11,7 +11,9 @@ full when its used units are the ones refused (the units granted are taken as us
 operator's safe side; the client learns of it by the 5031; balance/RULES.md "Refused usage").
 The services go to the engine as ``ChargeItem``s (requested units sized by the configured default
 and maximum quota, used units from Used-Service-Unit) in the one ``BalanceStore.charge`` call
-for the whole request, and the outcome is laid out as a CCA (``ocs.charging.cca``); a stored result that
+for the whole request, and the outcome is laid out as a CCA (``ocs.charging.cca``; the common ones
+straight to bytes, ``ocs.charging.answer_template``, which ``respond`` returns as they are sent
+and ``answer`` decoded, as the client reads them); a stored result that
 no longer matches the services rated now (a retransmission after the tariffs changed) is 5012.
 A grant whose Validity-Time spans a switch of tariff (rating looks ahead for INITIAL and UPDATE)
 carries Tariff-Time-Change and reaches the engine with the price after the switch; the
@@ -47,6 +49,7 @@ from balance.types import (
     UsageSplit,
 )
 from balance.value_type import value_type
+from ocs.charging.answer_template import AnswerTemplate
 from ocs.charging.cca import FinalUnit, FinalUnitAction, ServiceAnswer, command_result, credit_answer, error_answer
 from ocs.charging.ccr import (
     CcrProblem,
@@ -66,10 +69,12 @@ from ocs.config import FinalUnitSettings, Settings
 from ocs.events import ChargingObserver, FinalUnitGranted, SessionActive, SessionEnded, ignore_charging_events
 from ocs.metrics import Metrics
 from ocs.rating.book import FinalUnitPolicy, RedirectAddressType, RedirectServer, Restriction, TariffBook
-from ocs.rating.rate import Rated, RatingFailure, RatingInput, rate
+from ocs.rating.rate import MemoizedRating, Rated, RatingFailure, RatingInput
 from protocol.capabilities import LocalIdentity
+from protocol.codec import decode
 from protocol.constants import ResultCode
 from protocol.dictionary import DEFAULT_DICTIONARY
+from protocol.encoded import EncodedAnswer
 from protocol.grammar import example_avp
 from protocol.message import Avp, Message, avp
 
@@ -132,11 +137,13 @@ class CreditControl:
         self.store = store
         self.subscribers = subscribers
         self.book = book
+        self._rating = MemoizedRating(book)  # rate() of this book, each input once a minute
         self.identity = identity
         self.observer = observer
         self.clock = clock
         self._final_units = final_units(book, settings.final_unit)
         self._queries = Queries(identity, store, settings.refund, book)
+        self._template = AnswerTemplate(identity)
         quota = settings.quota
         # Per unit, the grant asked for when the request names no amount, and the most granted.
         self._default_units = {
@@ -151,6 +158,12 @@ class CreditControl:
         }
 
     async def answer(self, message: Message) -> Message:
+        """The answer to ``message`` as its client reads it (``respond``'s, decoded if encoded)."""
+        answered = await self.respond(message)
+        return answered if isinstance(answered, Message) else decode(answered.data).message
+
+    async def respond(self, message: Message) -> Message | EncodedAnswer:
+        """The answer to send: the common CCAs already encoded (``ocs.charging.answer_template``)."""
         try:
             return await self._answer(message)
         except BalanceUnavailable as error:
@@ -158,7 +171,7 @@ class CreditControl:
         except BalanceScriptError as error:
             return error_answer(message, self.identity, ResultCode.DIAMETER_UNABLE_TO_COMPLY, error_message=str(error))
 
-    async def _answer(self, message: Message) -> Message:
+    async def _answer(self, message: Message) -> Message | EncodedAnswer:
         ccr = read_ccr(message)
         if isinstance(ccr, CcrProblem):
             return error_answer(
@@ -232,9 +245,10 @@ class CreditControl:
         # reserves nothing.
         granting = ccr.request_type in (RequestType.INITIAL, RequestType.UPDATE)
         lookahead = self.settings.quota.validity_seconds if granting else 0
+        if self._rating.book is not self.book:  # a book put in place of the one we were made with
+            self._rating = MemoizedRating(self.book)
         for service in services:
-            outcome = rate(
-                self.book,
+            outcome = self._rating.rate(
                 plan,
                 RatingInput(
                     ccr.service_context,
@@ -287,7 +301,7 @@ class CreditControl:
         for service, rated in services:
             request, unit = service.request, rated.unit
             requested = self.requested_units(request, unit)
-            used = sum(units_of(units, unit) or 0 for units in request.used)
+            used = _used_units(request.used, unit)
             split = None if direct else _usage_split(request.used, unit)
             commit_reserved = False
             if isinstance(service, RefusedService):  # its docstring: settle what is held, grant nothing
@@ -332,7 +346,7 @@ class CreditControl:
         account_id: str,
         services: Sequence[RatedService | RefusedService],
         result: ChargeResult,
-    ) -> Message:
+    ) -> Message | EncodedAnswer:
         """The CCA: one answer per service in the order of the request, the charged ones from the
         engine's items (which follow the charged services in order), the refused ones with their
         own Result-Code and their AVP in Failed-AVP (RFC 6733 section 7.5: "not fully processed")."""
@@ -366,6 +380,10 @@ class CreditControl:
         if final:  # after SessionActive: the notifier follows the sessions it knows
             self.observer(FinalUnitGranted(account_id, ccr.session_id, ccr.origin_host))
         refused = [service for service in services if isinstance(service, RefusedService)]
+        if not refused:
+            encoded = self._template.credit_answer(message, code, answers, multiple_services=ccr.multiple_services)
+            if encoded is not None:
+                return encoded
         return credit_answer(
             message, self.identity, code, answers, multiple_services=ccr.multiple_services, extra=_failed_avps(refused)
         )
@@ -444,11 +462,22 @@ def _tariff_change(rated: Rated, now: float) -> TariffChange | None:
     return TariffChange(at_seconds, change.tariff.price_micros)
 
 
+def _used_units(used: Sequence[Units], unit: Unit) -> int:
+    """The units of ``unit`` in every Used-Service-Unit (a loop: a generator costs more, compiled)."""
+    total = 0
+    for units in used:
+        total += units_of(units, unit) or 0
+    return total
+
+
 def _usage_split(used: Sequence[Units], unit: Unit) -> UsageSplit | None:
     """The used units as the client itemised them with Tariff-Change-Usage (RFC 4006 section
     8.27), or None when no Used-Service-Unit carries one. A Used-Service-Unit without it among
     itemised ones counts as before the change ("no tariff change has occurred" for those units)."""
-    if all(units.tariff_change_usage is None for units in used):
+    for units in used:
+        if units.tariff_change_usage is not None:
+            break
+    else:
         return None
     parts = [0, 0, 0]  # UNIT_BEFORE_TARIFF_CHANGE, UNIT_AFTER_TARIFF_CHANGE, UNIT_INDETERMINATE
     for units in used:
@@ -473,8 +502,10 @@ def _unpriced_units(message: Message, service: ServiceRequest, unit: Unit) -> Av
     a free 2001. An empty Requested-Service-Unit leaves the amount to us (sized in the priced
     unit); a unit AVP of the priced unit with the value 0 reports that nothing was used.
     """
-    requested = (service.requested,) if service.requested is not None else ()
-    if all(units_of(units, unit) is not None or not units.counted for units in requested + service.used):
+    priced = _priced(service.requested, unit)
+    for units in service.used:  # a loop, not all(): a generator costs more, compiled
+        priced = priced and _priced(units, unit)
+    if priced:
         return None
     members = service.avp.children if service.avp is not None else message.avps
     for found in members:
@@ -483,6 +514,11 @@ def _unpriced_units(message: Message, service: ServiceRequest, unit: Unit) -> Av
             if units.counted and units_of(units, unit) is None:
                 return found
     return None  # not reached: the units above were read from these AVPs
+
+
+def _priced(units: Units | None, unit: Unit) -> bool:
+    """Whether ``units`` count in ``unit``, or count nothing (absent, or an empty unit AVP)."""
+    return units is None or units_of(units, unit) is not None or not units.counted
 
 
 def _refused_service_answer(service: RefusedService) -> ServiceAnswer:

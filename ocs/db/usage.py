@@ -243,19 +243,19 @@ async def store_new_records(
 ) -> tuple[int, Sequence[dict[str, object]]]:
     """``store_records``, and which of the rows were new (what a hook evaluates: the spool's
     loyalty hook). SQLite: every row new is the common case and costs nothing more (the count
-    says so); otherwise the new rows are those numbered past the largest number before the
-    insert (one writer per spool). PostgreSQL: ``RETURNING`` names them."""
+    says so); otherwise the new rows are the ``stored`` last numbered: SQLite numbers a new row
+    past the largest number stored (an INTEGER PRIMARY KEY given no value), and the transaction
+    holds the write lock (``BEGIN IMMEDIATE``), so no other row came in between. PostgreSQL:
+    ``RETURNING`` names them."""
     if not rows:
         return 0, ()
     if connection.dialect.name == "sqlite":
-        newest = (await connection.execute(select(func.max(usage_records.c.record_number)))).scalar_one_or_none()
         stored = await store_records(connection, rows)
         if stored == len(rows):
             return stored, rows
         table = usage_records.c
-        ids = set(
-            (await connection.execute(select(table.record_id).where(table.record_number > (newest or 0)))).scalars()
-        )
+        newest = select(table.record_id).order_by(table.record_number.desc()).limit(stored)
+        ids = set((await connection.execute(newest)).scalars())
         return stored, [row for row in rows if row["record_id"] in ids]
     statement = _insert_ignoring_duplicates(connection.dialect.name).returning(usage_records.c.record_id)
     ids = {str(record_id) for _, record_id in await connection.execute(statement, list(rows))}

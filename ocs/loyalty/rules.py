@@ -23,7 +23,13 @@ Rules:
   (the cost of bonus money is its amount; of an allowance its declared ``cost``; of a discount 0
   until the bill run prices it); the counters still move.
 - An action worth nothing (5 % of a free record) makes no application.
-- The values made per record (events, members, matches, applications) are ``value_type``s:
+- The evaluation's hot loop (``evaluate_triggers``, the engine's) reads plain tuples: an event is
+  a ``Trigger``, the rules counting it are chosen once per combination of what the filters look
+  at and made ready as tuples, and the counters are read and moved by stored row (member,
+  period); a usage record makes no object but its tuple and its counters' values (an event and
+  five matches per record, with their keys, were most of the engine's Python time).
+  ``evaluate`` takes ``LoyaltyEvent``s and counters by (rule, member, period), for the dry run
+  and the tests. The values made per event (events, members, applications) are ``value_type``s:
   immutable to the type checker without a frozen dataclass's cost per field at run time.
 - Rating discounts are part of the model only: the loader reads them, ``evaluate`` makes no
   application for them (rating does not consult loyalty yet).
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -218,15 +224,33 @@ class Application:
     applies_until: int = 0
 
 
+CounterRow = tuple[str, str]  # (member id, period): one stored row of counters (ocs.db.loyalty)
+CounterRows = dict[CounterRow, dict[str, int]]  # each row's counters: rule id -> value
+
+# An event as the evaluation reads it, a plain tuple (a usage record makes no object but this):
+# (kind, trigger id, line id, at_seconds, service, units, micros, payment type, member).
+Trigger = tuple[EventKind, str, str, int, str, int, int, str, Member]
+
+
 @dataclass(slots=True)
 class Evaluation:
-    """What ``evaluate`` decided: counters changed (values after), budgets' spending after, and
-    the applications, in event order; ``over_budget`` counts the applications a budget refused."""
+    """What ``evaluate`` decided: the counters it moved (values after, by row), budgets' spending
+    after, and the applications, in event order; ``over_budget`` counts the applications a
+    budget refused."""
 
-    counters: dict[CounterKey, int]
+    changed: CounterRows
     spent: dict[str, int]
     applications: list[Application]
     over_budget: int = 0
+
+    @property
+    def counters(self) -> dict[CounterKey, int]:
+        """The counters moved, one key per (rule, member, period)."""
+        return {
+            (rule_id, member_id, period): value
+            for (member_id, period), values in self.changed.items()
+            for rule_id, value in values.items()
+        }
 
 
 # -- periods -----------------------------------------------------------------------------------
@@ -255,85 +279,56 @@ def next_period_bounds(period: Period, at_seconds: int) -> tuple[int, int]:
 
 # -- evaluation --------------------------------------------------------------------------------
 
+_MEASURE_INDEX = {Measure.EVENTS: 0, Measure.UNITS: 1, Measure.SPEND: 2}  # in (1, units, micros)
 
-def admits(rule: Rule, event: LoyaltyEvent, member: Member) -> bool:
-    """Whether the rule's filters let this member's event through."""
+# A rule counting an event, made ready for the loop: (rule, rule id, whether its period is a
+# day, its measure's index in (1, units, micros), N of ``every`` (0 for a threshold), T of a
+# threshold (N for every)).
+_Counting = tuple[Rule, str, bool, int, int, int]
+_Combination = tuple[EventKind, str, str | None, str, str, int]
+
+
+def admits(rule: Rule, service: str, payment_type: str, member: Member) -> bool:
+    """Whether the rule's filters let this member's event (of this service and payment type) through."""
     filters = rule.filters
     return (
-        (not filters.services or event.service in filters.services)
+        (not filters.services or service in filters.services)
         and (not filters.segments or member.segment in filters.segments)
-        and (not filters.payment_types or event.payment_type in filters.payment_types)
+        and (not filters.payment_types or payment_type in filters.payment_types)
         and (not filters.customer_kinds or member.kind in filters.customer_kinds)
     )
 
 
-def measured(measure: Measure, event: LoyaltyEvent) -> int:
-    if measure is Measure.EVENTS:
-        return 1
-    return event.units if measure is Measure.UNITS else event.micros
+def triggers_of(events: Iterable[tuple[LoyaltyEvent, Member]]) -> list[Trigger]:
+    """The events as the evaluation reads them."""
+    return [
+        (
+            event.kind,
+            event.trigger_id,
+            event.line_id,
+            event.at_seconds,
+            event.service,
+            event.units,
+            event.micros,
+            event.payment_type,
+            member,
+        )
+        for event, member in events
+    ]
 
 
-def firings(condition: Condition, before: int, after: int) -> int:
-    """How many times the condition holds as the counter goes from ``before`` to ``after``."""
-    if condition.kind is ConditionKind.EVERY:
-        return after // condition.value - before // condition.value
-    return 1 if before < condition.value <= after else 0
-
-
-@value_type
-class Match:
-    """An event a rule's filters let through, in its programme's validity, and its counter."""
-
-    event: LoyaltyEvent
-    member: Member
-    rule: Rule
-    key: CounterKey
-
-
-def matched(rules: LoyaltyRules, events: Sequence[tuple[LoyaltyEvent, Member]]) -> list[Match]:
-    """Every (event, rule) pair that counts, in event order then rule order.
-
-    Which rules count an event depends only on its kind, service and payment type, its member's
-    segment and kind (the filters) and its UTC day (a programme's validity starts and ends at a
-    day's start), so the rules are chosen once per such combination a call meets (a few dozen
-    per batch of records) and an event costs one dict lookup; its periods are named once a day."""
-    chosen: dict[tuple[EventKind, str, str | None, str, str, int], tuple[tuple[Rule, bool], ...]] = {}
-    found: list[Match] = []
-    last_day, day_name, month_name = -1, "", ""
-    for event, member in events:
-        day = event.at_seconds // SECONDS_PER_DAY
-        if day != last_day:
-            last_day = day
-            day_name, month_name = _period_names(event.at_seconds)
-        combination = (event.kind, event.service, member.segment, member.kind, event.payment_type, day)
-        counting = chosen.get(combination)
-        if counting is None:
-            counting = chosen[combination] = _counting(rules, event, member)
-        customer_id = member.customer_id
-        for rule, daily in counting:
-            found.append(Match(event, member, rule, (rule.rule_id, customer_id, day_name if daily else month_name)))
-    return found
-
-
-def _counting(rules: LoyaltyRules, event: LoyaltyEvent, member: Member) -> tuple[tuple[Rule, bool], ...]:
-    """The rules counting ``event`` of ``member``, in rule order, each with whether its period is a day."""
-    return tuple(
-        (rule, rule.counter.period is Period.DAY)
-        for rule in rules.for_event(event.kind)
-        if admits(rule, event, member) and rules.programmes[rule.programme_id].valid_at(event.at_seconds)
-    )
-
-
-def _period_names(at_seconds: int) -> tuple[str, str]:
-    """(day, month) holding ``at_seconds``, as ``period_of`` names them."""
-    moment = time.gmtime(at_seconds)
-    month = f"{moment.tm_year:04d}-{moment.tm_mon:02d}"
-    return f"{month}-{moment.tm_mday:02d}", month
+def counter_periods(triggers: Iterable[Trigger]) -> set[str]:
+    """The periods (days and months) the triggers' counters fall in: with their members, the
+    counter rows an evaluation may read."""
+    periods: set[str] = set()
+    for day in {trigger[3] // SECONDS_PER_DAY for trigger in triggers}:
+        periods.update(_period_names(day * SECONDS_PER_DAY))
+    return periods
 
 
 def counter_keys(rules: LoyaltyRules, events: Sequence[tuple[LoyaltyEvent, Member]]) -> set[CounterKey]:
-    """The counters ``evaluate`` will read for these events (the engine loads them first)."""
-    return {match.key for match in matched(rules, events)}
+    """The counters ``evaluate`` reads for these events (each one it reads, it moves)."""
+    return set(evaluate(rules, events, {}, {}).counters)
 
 
 def evaluate(
@@ -343,60 +338,147 @@ def evaluate(
     spent: Mapping[str, int],
 ) -> Evaluation:
     """The events applied in order to the counters (missing: 0) and budgets' spending (missing: 0)."""
-    return evaluate_matched(rules, matched(rules, events), counters, spent)
+    return evaluate_triggers(rules, triggers_of(events), _RowsOfKeys(counters), spent)
 
 
-def evaluate_matched(
-    rules: LoyaltyRules, matches: Sequence[Match], counters: Mapping[CounterKey, int], spent: Mapping[str, int]
+def evaluate_triggers(
+    rules: LoyaltyRules,
+    triggers: Iterable[Trigger],
+    stored: Mapping[CounterRow, Mapping[str, int]],
+    spent: Mapping[str, int],
 ) -> Evaluation:
-    """``evaluate`` of what ``matched`` found (the engine matches once, to load the counters)."""
-    result = Evaluation(counters={}, spent={}, applications=[])
-    moved = result.counters
-    for match in matches:
-        rule, event, key = match.rule, match.event, match.key
-        before = moved.get(key)
-        if before is None:
-            before = counters.get(key, 0)
-        after = before + measured(rule.counter.measure, event)
-        moved[key] = after
-        fired = firings(rule.condition, before, after)
-        if fired <= 0:
-            continue
-        application = applied(rule, event, match.member, fired, after)
-        if application is None:
-            continue
-        programme = rules.programmes[rule.programme_id]
-        if programme.budget_micros is not None:
-            so_far = result.spent.get(programme.programme_id, spent.get(programme.programme_id, 0))
-            if so_far + application.cost_micros > programme.budget_micros:
-                result.over_budget += 1
-                continue
-            result.spent[programme.programme_id] = so_far + application.cost_micros
-        result.applications.append(application)
+    """``evaluate`` of triggers, on the stored counters by row (missing: 0): the engine's form.
+
+    Which rules count an event depends only on its kind, service and payment type, its member's
+    segment and kind (the filters) and its UTC day (a programme's validity starts and ends at a
+    day's start), so the rules are chosen once per such combination a call meets (a few dozen
+    per batch of records), each made ready as a tuple (``_Counting``); an event then costs one
+    dict lookup, and each rule counting it a few more (its row, its counter), with no object
+    made but the counters' values; its periods are named once a day."""
+    result = Evaluation(changed={}, spent={}, applications=[])
+    changed = result.changed
+    chosen: dict[_Combination, tuple[_Counting, ...]] = {}
+    nothing: Mapping[str, int] = {}
+    last_day, day_name, month_name = -1, "", ""
+    for trigger in triggers:
+        kind, _, _, at_seconds, service, units, micros, payment_type, member = trigger
+        day = at_seconds // SECONDS_PER_DAY
+        if day != last_day:
+            last_day = day
+            day_name, month_name = _period_names(at_seconds)
+        combination = (kind, service, member.segment, member.kind, payment_type, day)
+        counting = chosen.get(combination)
+        if counting is None:
+            counting = chosen[combination] = _counting(rules, trigger)
+        amounts = (1, units, micros)
+        customer_id = member.customer_id
+        for rule, rule_id, daily, measure, every, threshold in counting:
+            row = (customer_id, day_name if daily else month_name)
+            moved = changed.get(row)
+            if moved is None:
+                moved = changed[row] = {}
+            before = moved.get(rule_id)
+            if before is None:
+                before = stored.get(row, nothing).get(rule_id, 0)
+            after = moved[rule_id] = before + amounts[measure]
+            # every N: once per multiple of N passed; a threshold T: once, as the counter reaches T
+            fired = after // every - before // every if every else int(before < threshold <= after)
+            if fired > 0:
+                _take(rules, applied(rule, trigger, fired, after), spent, result)
     return result
 
 
-def applied(rule: Rule, event: LoyaltyEvent, member: Member, fired: int, counted: int) -> Application | None:
-    """The application of ``rule`` fired ``fired`` times by ``event`` (None: worth nothing).
+def _counting(rules: LoyaltyRules, trigger: Trigger) -> tuple[_Counting, ...]:
+    """The rules counting ``trigger``, in rule order, made ready for the loop."""
+    kind, _, _, at_seconds, service, _, _, payment_type, member = trigger
+    return tuple(
+        (
+            rule,
+            rule.rule_id,
+            rule.counter.period is Period.DAY,
+            _MEASURE_INDEX[rule.counter.measure],
+            rule.condition.value if rule.condition.kind is ConditionKind.EVERY else 0,
+            rule.condition.value,
+        )
+        for rule in rules.for_event(kind)
+        if admits(rule, service, payment_type, member) and rules.programmes[rule.programme_id].valid_at(at_seconds)
+    )
+
+
+def _take(rules: LoyaltyRules, application: Application | None, spent: Mapping[str, int], result: Evaluation) -> None:
+    """Add the application to the result unless it is worth nothing or its budget refuses it."""
+    if application is None:
+        return
+    programme = rules.programmes[application.programme_id]
+    if programme.budget_micros is not None:
+        so_far = result.spent.get(programme.programme_id, spent.get(programme.programme_id, 0))
+        if so_far + application.cost_micros > programme.budget_micros:
+            result.over_budget += 1
+            return
+        result.spent[programme.programme_id] = so_far + application.cost_micros
+    result.applications.append(application)
+
+
+def _period_names(at_seconds: int) -> tuple[str, str]:
+    """(day, month) holding ``at_seconds``, as ``period_of`` names them."""
+    moment = time.gmtime(at_seconds)
+    month = f"{moment.tm_year:04d}-{moment.tm_mon:02d}"
+    return f"{month}-{moment.tm_mday:02d}", month
+
+
+class _RowsOfKeys(Mapping[CounterRow, Mapping[str, int]]):
+    """Counters keyed by (rule, member, period), as ``evaluate``'s callers keep them, seen by
+    row as ``evaluate_triggers`` reads them (the view reads the mapping: nothing is copied)."""
+
+    def __init__(self, counters: Mapping[CounterKey, int]) -> None:
+        self.counters = counters
+
+    def __getitem__(self, row: CounterRow) -> Mapping[str, int]:
+        return _RowOfKeys(self.counters, row)
+
+    def __iter__(self) -> Iterator[CounterRow]:
+        return iter({(member_id, period) for _, member_id, period in self.counters})
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _RowOfKeys(Mapping[str, int]):
+    def __init__(self, counters: Mapping[CounterKey, int], row: CounterRow) -> None:
+        self.counters = counters
+        self.row = row
+
+    def __getitem__(self, rule_id: str) -> int:
+        return self.counters[(rule_id, *self.row)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([rule_id for rule_id, *row in self.counters if tuple(row) == self.row])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def applied(rule: Rule, trigger: Trigger, fired: int, counted: int) -> Application | None:
+    """The application of ``rule`` fired ``fired`` times by ``trigger`` (None: worth nothing).
 
     Made with the action's fields in one call (``dataclasses.replace`` of a common base cost
     about 8 us an application, a tenth of the evaluation of a batch)."""
     action = rule.action
-    valid_until = event.at_seconds + action.expiry_days * SECONDS_PER_DAY if action.expiry_days else 0
+    at_seconds = trigger[3]
+    valid_until = at_seconds + action.expiry_days * SECONDS_PER_DAY if action.expiry_days else 0
     if action.kind is ActionKind.BONUS_MONEY:
         if action.percent_of is None:
             amount = action.amount_micros * fired
         else:
-            spend = event.micros if action.percent_of is PercentOf.TRIGGER_SPEND else counted
+            spend = trigger[6] if action.percent_of is PercentOf.TRIGGER_SPEND else counted
             amount = spend * action.percent_basis_points // BASIS_POINTS_PER_WHOLE
         if amount <= 0:
             return None
-        return _application(rule, event, member, amount_micros=amount, valid_until=valid_until, cost_micros=amount)
+        return _application(rule, trigger, amount_micros=amount, valid_until=valid_until, cost_micros=amount)
     if action.kind is ActionKind.UNIT_ALLOWANCE:
         return _application(
             rule,
-            event,
-            member,
+            trigger,
             units=action.units * fired,
             unit_kind=action.unit_kind,
             services=action.services,
@@ -404,11 +486,10 @@ def applied(rule: Rule, event: LoyaltyEvent, member: Member, fired: int, counted
             cost_micros=action.cost_micros * fired,
         )
     if action.kind is ActionKind.INVOICE_DISCOUNT:
-        start, end = next_period_bounds(rule.counter.period, event.at_seconds)
+        start, end = next_period_bounds(rule.counter.period, at_seconds)
         return _application(
             rule,
-            event,
-            member,
+            trigger,
             percent_basis_points=action.percent_basis_points,
             target=action.target,
             service=action.service,
@@ -418,15 +499,16 @@ def applied(rule: Rule, event: LoyaltyEvent, member: Member, fired: int, counted
     return None  # a rating discount: model only (module docstring)
 
 
-def _application(rule: Rule, event: LoyaltyEvent, member: Member, **action_fields: Any) -> Application:
+def _application(rule: Rule, trigger: Trigger, **action_fields: Any) -> Application:
+    kind, trigger_id, line_id, at_seconds, _, _, _, _, member = trigger
     return Application(
         rule_id=rule.rule_id,
         programme_id=rule.programme_id,
         member_id=member.customer_id,
-        line_id=event.line_id,
-        trigger_id=event.trigger_id,
-        trigger_kind=event.kind,
+        line_id=line_id,
+        trigger_id=trigger_id,
+        trigger_kind=kind,
         action=rule.action.kind,
-        at_seconds=event.at_seconds,
+        at_seconds=at_seconds,
         **action_fields,
     )

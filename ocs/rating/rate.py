@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import unquote
 
@@ -63,6 +63,7 @@ from ocs.rating.load_text import TariffError
 
 __all__ = [
     "BandChange",
+    "MemoizedRating",
     "Quote",
     "Rated",
     "RatingFailure",
@@ -358,6 +359,114 @@ def rate(book: TariffBook, plan_name: str, request: RatingInput) -> Rated | Rati
         version=plan.version,
         version_text=plan.version_text,
     )
+
+
+# How many inputs ``MemoizedRating`` remembers before it starts again: a voice call's called
+# party is part of the input, so distinct inputs grow with the traffic; a minute's worth of them
+# is what the memo is for (each entry holds for one minute).
+RATING_MEMO_CAPACITY = 10_000
+_MINUTE = timedelta(minutes=1)
+_MemoKey = tuple[str, str, int | None, int | None, str | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _MinuteRating:
+    """What ``rate`` answers for one input throughout one UTC minute, but the moment itself."""
+
+    minute: int  # since the epoch
+    # Rated at the minute's start, its change looked for up to a minute further; None when the
+    # minute does not meet ``MemoizedRating``'s conditions (then ``rate`` answers each time).
+    rated: Rated | None
+
+
+class MemoizedRating:
+    """``rate`` of one book for the server's hot path, each input rated once a minute.
+
+    Within one UTC minute the answer to an input is the same but for the tariff change and the
+    moment's local time, which the memo gives as the minute's start (``Rated.explanation`` names
+    only the minute; the credit-control handler never reads it), provided the plan's version
+    does not change within that minute and its lookahead, and its time zone's offset is the
+    same whole number of minutes all minute:
+    bands change at local minutes (``band_at``), so nothing in (the minute's start, the moment]
+    changes a band. The change ahead of a moment in the minute is then the first change after
+    the minute's start (looked for up to a minute further) if it lies within the moment's own
+    lookahead, else none. A minute that does not meet those conditions, or whose rating fails,
+    is rated by ``rate`` every time. Equal to ``rate`` on every input but for that local time
+    (tests/ocs/test_rating_memo.py compares the two across band, daylight-saving and version
+    changes). A remembered answer is handed out as it is, to every request of its minute: like
+    every value type, nobody changes one.
+    """
+
+    def __init__(self, book: TariffBook, capacity: int = RATING_MEMO_CAPACITY) -> None:
+        self.book = book
+        self.capacity = capacity
+        self._minutes: dict[_MemoKey, _MinuteRating] = {}
+        self.minutes_rated = 0  # inputs rated for a minute of their own: what the memo saves is the rest
+
+    def remembered(self) -> int:
+        return len(self._minutes)
+
+    def rate(self, plan_name: str, request: RatingInput) -> Rated | RatingFailure:
+        moment = request.at if request.at.tzinfo is not None else request.at.replace(tzinfo=UTC)
+        try:
+            minute = int(moment.timestamp() // 60)
+        except (OverflowError, ValueError):
+            return rate(self.book, plan_name, request)
+        key = (
+            plan_name,
+            request.service_context,
+            request.rating_group,
+            request.service_identifier,
+            request.called_party,
+            request.lookahead_seconds,
+        )
+        known = self._minutes.get(key)
+        if known is None or known.minute != minute:
+            known = self._remember(key, plan_name, request, minute)
+        found = known.rated
+        if found is None:
+            return rate(self.book, plan_name, request)
+        change = found.change
+        if change is None or change.at <= moment + timedelta(seconds=request.lookahead_seconds):
+            return found  # the same value for the whole minute: nothing made per request
+        return replace(found, change=None)  # the change lies beyond this moment's lookahead
+
+    def _remember(self, key: _MemoKey, plan_name: str, request: RatingInput, minute: int) -> _MinuteRating:
+        if len(self._minutes) >= self.capacity:
+            self._minutes.clear()
+        self.minutes_rated += 1
+        try:
+            known = self._minute_rating(plan_name, request, minute)
+        except (OverflowError, ValueError):
+            known = _MinuteRating(minute, None)
+        self._minutes[key] = known
+        return known
+
+    def _minute_rating(self, plan_name: str, request: RatingInput, minute: int) -> _MinuteRating:
+        start = datetime.fromtimestamp(minute * 60, UTC)
+        found = self.book.plan_at(plan_name, start)
+        if found is None:
+            return _MinuteRating(minute, None)
+        plan, next_version_at = found
+        unmemoized = _MinuteRating(minute, None)
+        reach = start + _MINUTE + timedelta(seconds=request.lookahead_seconds)
+        if next_version_at is not None and next_version_at <= reach:
+            return unmemoized
+        offset = start.astimezone(plan.time_zone).utcoffset()
+        last = start + _MINUTE - timedelta(microseconds=1)
+        if offset is None or offset.total_seconds() % 60 or last.astimezone(plan.time_zone).utcoffset() != offset:
+            return unmemoized
+        lookahead = request.lookahead_seconds + 60 if request.lookahead_seconds > 0 else 0
+        at_start = RatingInput(
+            request.service_context,
+            request.rating_group,
+            request.service_identifier,
+            request.called_party,
+            start,
+            lookahead,
+        )
+        rated = rate(self.book, plan_name, at_start)
+        return _MinuteRating(minute, None if isinstance(rated, RatingFailure) else rated)
 
 
 def explain(book: TariffBook, plan_name: str, request: RatingInput, units: int) -> Quote | RatingFailure:

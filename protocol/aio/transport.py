@@ -24,6 +24,7 @@ import socket
 from collections.abc import Callable
 
 from protocol.disconnect import DisconnectCause
+from protocol.encoded import EncodedAnswer
 from protocol.events import Event, PeerClosed
 from protocol.message import Message
 from protocol.peer import PeerConnection
@@ -96,7 +97,7 @@ class DiameterTransport(asyncio.Protocol):
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
     # --- owner API ------------------------------------------------------------------------------
-    def send_answer(self, answer: Message) -> None:
+    def send_answer(self, answer: Message | EncodedAnswer) -> None:
         self.peer.send_answer(answer)
         self._schedule_flush()
 

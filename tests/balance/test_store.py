@@ -777,3 +777,48 @@ async def test_a_refused_usage_report_commits_the_reservation_in_full(store: Bal
         assert (await store.charge(ccr("rex", "other", 0, item))).outcome is Outcome.INVALID
     assert (await store.charge(ccr("rex", "event", 0, refused, event=True))).outcome is Outcome.INVALID
     await assert_audit_clean(store)
+
+
+class PausesAfterUnlisting:
+    """The store's real caller, except that it holds after the spool writer's unlisting (SREM
+    on the outbox list) until ``go`` is set: the moment a writer can be cancelled."""
+
+    def __init__(self, inner: ScriptCaller) -> None:
+        self.inner = inner
+        self.unlisted = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[str]) -> Reply:
+        return await self.inner.run(script, keys, args)
+
+    async def execute(self, *parts: str) -> Reply:
+        reply = await self.inner.execute(*parts)
+        if parts[0] == "SREM":
+            self.unlisted.set()
+            await self.go.wait()
+        return reply
+
+    async def scan_keys(self, pattern: str) -> list[str]:
+        return await self.inner.scan_keys(pattern)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_a_writer_cancelled_while_unlisting_leaves_a_hierarchy_with_records_listed(store: BalanceStore) -> None:
+    """Cancelled between taking the hierarchy off the list and the second look (a record came
+    in meanwhile), the unlisting still finishes its look: the record's hierarchy stays listed for
+    the final drain instead of waiting for the next rescan."""
+    assert (await store.provision(Account("ann", buckets=(Bucket(1, BucketKind.MAIN, 5 * EUR),)))).outcome is Outcome.OK
+    assert (await store.charge(ccr("ann", "call", 0, voice(used=60, requested=60)))).outcome is Outcome.OK
+    assert await store.outbox_roots() == ["ann"]
+    caller = PausesAfterUnlisting(store.caller)
+    pausing = BalanceStore(caller, admin=store.admin, marks_in_charge=True)
+    unlisting = asyncio.create_task(pausing.prune_outbox_root("ann"))
+    await caller.unlisted.wait()
+    unlisting.cancel()
+    await asyncio.sleep(0)
+    caller.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await unlisting
+    assert await store.outbox_roots() == ["ann"]

@@ -22,6 +22,8 @@ from ocs.billing.cdr import export
 from ocs.config import RatingSettings
 from ocs.db.usage import usage_records
 from ocs.rating.rate import parse_book
+from protocol.codec import decode
+from protocol.encoded import EncodedAnswer
 from protocol.message import Avp, Message, avp, request
 from tests.balance.conftest import LosesMarks
 from tests.ocs.conftest import ROOT, RunningServer, server_settings
@@ -705,6 +707,22 @@ async def test_a_replay_with_fewer_services_than_rated_now_is_5012(server: Runni
     assert code(again) == 5012 and "does not match" in str(again.get("Error-Message"))
     assert await balance_of(server, "jens") == EUR - 10_000
     await client.close()
+
+
+async def test_common_answers_leave_the_handler_encoded_and_the_others_as_messages(server: RunningServer) -> None:
+    """ocs.charging.answer_template: a plain grant is sent as the template wrote it; an answer
+    with a Failed-AVP (one service refused) takes the general path, a ``Message`` for the codec."""
+    handler = server.state.credit_control
+    assert handler is not None
+    await server.subscriber("olga", "4915100000035", micros=EUR)
+    asked = rating_group(10, octets("Requested-Service-Unit", 1_000_000))
+    plain = await handler.respond(data_request("pdp-e", "4915100000035", "INITIAL_REQUEST", 0, asked))
+    assert isinstance(plain, EncodedAnswer) and plain.result_code == 2001
+    answer = decode(plain.data).message
+    assert code(answer) == 2001 and granted(services_by_group(answer)[10], "CC-Total-Octets") == 1_000_000
+    unrated = rating_group(999, octets("Requested-Service-Unit", 1_000_000))
+    mixed = await handler.respond(data_request("pdp-f", "4915100000035", "INITIAL_REQUEST", 0, asked, unrated))
+    assert isinstance(mixed, Message) and code(mixed) == 2001 and len(failed_avps(mixed)) == 1
 
 
 async def test_a_rating_group_that_cannot_be_rated_fails_alone(server: RunningServer) -> None:

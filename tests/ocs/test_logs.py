@@ -91,7 +91,7 @@ async def test_the_server_names_the_request_in_its_lines(
     async def broken(self: CreditControl, message: Message) -> Message:
         raise RuntimeError("a bug in the handler")
 
-    monkeypatch.setattr(CreditControl, "answer", broken)
+    monkeypatch.setattr(CreditControl, "respond", broken)  # what the server calls
     client = await server.client()
     try:
         answer = await client.request(full_ccr("pgw;logs;1", "INITIAL_REQUEST", 0))

@@ -42,7 +42,7 @@ from ocs.db import loyalty as tables
 from ocs.db.customers import billing_accounts, customers, lines, parties
 from ocs.db.engine import MIGRATIONS
 from ocs.events import AccountEvent, AccountEvents, BalanceChanged
-from ocs.loyalty.engine import LoyaltyEngine, credit_id
+from ocs.loyalty.engine import SPOOL_PAGE_CACHE_KIB, LoyaltyEngine, credit_id
 from ocs.loyalty.rules import EventKind, LoyaltyEvent, LoyaltyRules, Member
 from ocs.loyalty.rules_load import parse_loyalty_rules
 from tests.balance.conftest import embedded_redis
@@ -236,6 +236,18 @@ async def test_the_tenth_sms_of_the_month_puts_a_free_sms_that_the_next_charge_u
     assert await sms(store, "L1", "s10") == 0  # the free SMS pays
     assert await sms(store, "L1", "s11") == SMS.price_micros
     assert await audit(engine) == []
+
+
+async def test_the_connection_a_spool_batch_ran_on_keeps_a_larger_page_cache_and_no_other_does(
+    store: BalanceStore, engine: AsyncEngine
+) -> None:
+    await member(engine, store, "C1", ["L1"])
+    loyalty = engine_of(engine, store, rules())
+    await sms(store, "L1", "s1")
+    assert await drain(Spool(engine, on_stored=loyalty.usage_stored), store, loyalty) == 1
+    async with engine.connect() as used, engine.connect() as fresh:  # the pool's one, then a new one
+        sizes = [(await connection.execute(text("PRAGMA cache_size"))).scalar_one() for connection in (used, fresh)]
+    assert sizes == [-SPOOL_PAGE_CACHE_KIB, -2000]  # SQLite's default: 2,000 KiB
 
 
 async def test_ideal_bonus_money_is_spent_before_main_money_by_the_next_charge(

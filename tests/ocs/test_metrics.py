@@ -9,8 +9,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from balance.callers import PipelinedCaller
 from balance.embedded import EmbeddedRedis, pick_free_port
-from balance.errors import BalanceUnavailable
+from balance.errors import BalanceScriptError, BalanceUnavailable
 from balance.store import BalanceStore
 from balance.types import Account, BucketKind
 from ocs.metrics import Metrics, TimedCaller, time_redis_calls
@@ -109,11 +110,16 @@ async def test_redis_calls_are_timed_by_operation(embedded_redis: EmbeddedRedis)
     store = await BalanceStore.connect(embedded_redis.url, pipelined=True)
     time_redis_calls(store, metrics)
     time_redis_calls(store, metrics)  # once only
-    assert isinstance(store.caller, TimedCaller) and not isinstance(store.caller.caller, TimedCaller)
+    assert isinstance(store.admin, TimedCaller) and not isinstance(store.admin.caller, TimedCaller)
+    # The hot path's pipelined caller times its own calls, with no coroutine around them.
+    assert isinstance(store.caller, PipelinedCaller) and store.caller.observer == metrics.redis_call
     try:
         await store.flush_all()
         assert (await store.provision(Account("timed"))).outcome.value == "ok"
         await store.top_up("timed", "t-1", 1_000_000, kind=BucketKind.MAIN)
+        assert await store.caller.execute("GET", "nothing") is None
+        with pytest.raises(BalanceScriptError):
+            await store.caller.execute("NOSUCHCOMMAND")
     finally:
         await store.close()
     found = exposition(metrics)
@@ -121,6 +127,8 @@ async def test_redis_calls_are_timed_by_operation(embedded_redis: EmbeddedRedis)
     assert value(found, count, operation="provision") == 1
     assert value(found, count, operation="credit") == 1
     assert value(found, count, operation="set") == 1  # the account's hierarchy claim
+    assert value(found, count, operation="get") == 2  # the top-up's hierarchy lookup, and ours
+    assert value(found, "ocs_redis_errors_total", operation="nosuchcommand") == 1
     assert value(found, "ocs_redis_errors_total", operation="provision") is None
     # Nothing listens here: the failure is counted and passed on unchanged.
     dead = await BalanceStore.connect(f"redis://127.0.0.1:{pick_free_port()}")

@@ -82,6 +82,16 @@ async def test_a_record_is_stored_once_and_read_back_as_it_was(engine: AsyncEngi
     assert [item for item, _ in page] == [first, record("ana", 2, NOW)]
 
 
+async def test_a_batch_partly_stored_before_names_only_its_new_rows(engine: AsyncEngine) -> None:
+    await stored(engine, record("ana", 2, NOW), record("bob", 1, NOW))
+    batch = [usage.row_of(record(account, number, NOW)) for account, number in [("ana", 1), ("ana", 2), ("bob", 2)]]
+    async with engine.begin() as connection:  # the spool's batch read again, with records new since
+        count, new = await usage.store_new_records(connection, batch)
+    assert (count, [row["record_id"] for row in new]) == (2, ["ana-1|0|1", "bob-2|0|1"])
+    async with engine.begin() as connection:
+        assert await usage.store_new_records(connection, batch) == (0, [])
+
+
 async def test_unbilled_records_of_the_accounts_before_the_cut_one_account_at_a_time(engine: AsyncEngine) -> None:
     ana = [record("ana", number, NOW + number) for number in (3, 1, 2)]
     bo = [record("bo", 1, NOW), record("bo", 2, CUT)]  # the second at the cut: after it (exclusive)

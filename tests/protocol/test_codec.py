@@ -7,8 +7,9 @@ import struct
 import pytest
 
 from protocol import codec
-from protocol.codec import FrameReader, decode, encode, encode_avp
+from protocol.codec import SHAPE_GROUP_END, FrameReader, decode, encode, encode_avp
 from protocol.constants import MAX_AVP_COUNT, MAX_MESSAGE_LENGTH, MAX_NESTING_DEPTH, ResultCode
+from protocol.dictionary import DEFAULT_DICTIONARY, packed_key
 from protocol.errors import EncodeError, InvalidMessageLength, LimitExceeded, PeerError
 from protocol.message import Avp, Message, avp, request
 from tests.protocol.test_fuzz import FUZZ_SEED, fuzz_input
@@ -331,3 +332,34 @@ def test_another_version_is_delimited_and_decoded_with_5011_first() -> None:
         (ResultCode.DIAMETER_UNSUPPORTED_VERSION, None)
     ]
     assert decoded.message.get("Session-Id") == "pgw;1" and decoded.message.hop_by_hop == 0x11223344
+
+
+def test_decoded_shape_lists_the_keys_with_the_end_of_each_grouped_avp() -> None:
+    subscription = avp("Subscription-Id", [avp("Subscription-Id-Type", 0), avp("Subscription-Id-Data", "49")])
+    information = avp("Service-Information", [avp("IMS-Information", [avp("Node-Functionality", "AS")])])
+    message = request(272, 4, [avp("Session-Id", "s"), subscription, information, Avp(99999, 0, 0, b"x")])
+    keys = {name: packed_key(*DEFAULT_DICTIONARY.key(name)) for name in _SHAPE_NAMES}
+    assert decode(encode(message)).shape == (
+        keys["Session-Id"],
+        keys["Subscription-Id"],
+        keys["Subscription-Id-Type"],
+        keys["Subscription-Id-Data"],
+        SHAPE_GROUP_END,
+        keys["Service-Information"],
+        keys["IMS-Information"],
+        keys["Node-Functionality"],
+        SHAPE_GROUP_END,
+        SHAPE_GROUP_END,
+        99999,  # not in the dictionary: its key all the same
+    )
+
+
+_SHAPE_NAMES = (
+    "Session-Id",
+    "Subscription-Id",
+    "Subscription-Id-Type",
+    "Subscription-Id-Data",
+    "Service-Information",
+    "IMS-Information",
+    "Node-Functionality",
+)

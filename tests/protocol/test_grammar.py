@@ -9,7 +9,7 @@ from protocol.codec import decode, encode
 from protocol.constants import ResultCode
 from protocol.dictionary import DEFAULT_DICTIONARY
 from protocol.errors import Failure
-from protocol.grammar import _check, _is_clean, validate
+from protocol.grammar import _check, _clean_shapes, _is_clean, validate
 from protocol.message import Avp, Message, answer_to, avp, request
 
 APPLICATIONS = {0, 4}
@@ -164,3 +164,27 @@ def test_quick_check_agrees_with_the_full_walk() -> None:
         assert validate(message, APPLICATIONS) == walked
         verdicts[clean] += 1
     assert min(verdicts.values()) > 500  # both outcomes well represented
+
+
+def test_a_message_shaped_like_a_clean_one_is_answered_from_the_shapes_and_alike() -> None:
+    """validate() with the decoder's shape: a shape found clean is remembered and answers the
+    next message of that shape at once; any other shape (a missing, repeated or misplaced AVP,
+    members moved between levels) takes the full check, and the verdicts are those without it."""
+    subscription = avp("Subscription-Id", [avp("Subscription-Id-Type", 0), avp("Subscription-Id-Data", "49")])
+    mscc = avp("Multiple-Services-Credit-Control", [avp("Requested-Service-Unit", []), avp("Rating-Group", 1)])
+    base = ccr(subscription, mscc)
+    grammar = DEFAULT_DICTIONARY.commands[272].request
+    rng = random.Random(4006)
+    remembered = 0
+    refused = 0
+    for _ in range(2000):
+        decoded = decode(encode(_mutated(base, rng)))
+        if decoded.failures:
+            continue  # the peer answers those with the decoder's failure, validating nothing
+        assert decoded.shape is not None
+        message = decoded.message
+        remembered += decoded.shape in _clean_shapes(grammar, DEFAULT_DICTIONARY)
+        found = validate(message, APPLICATIONS, shape=decoded.shape)
+        assert found == validate(message, APPLICATIONS)
+        refused += found != []
+    assert remembered > 200 and refused > 500  # both outcomes well represented
