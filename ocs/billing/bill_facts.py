@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select
@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from balance.types import PaymentType
 from ocs.billing.bill_draft import LineFacts, PendingAdjustment
 from ocs.db.billing import adjustments, invoices
+from ocs.db.bulk import day_of, rows_of_ids
 from ocs.db.customers import billing_accounts, customer_nodes, lines
 from ocs.db.interactions import status_changes
 from ocs.db.orders import product_order_items
@@ -103,71 +104,63 @@ async def _rows(connection: AsyncConnection, statement: Any, column: Any, ids: S
     return found
 
 
-def _day(moment: datetime) -> date:
-    return moment.date()
+# The page's facts, each statement built once (``rows_of_ids`` caches its compiled form by it).
+NODES = select(customer_nodes.c.node_id, customer_nodes.c.parent_node_id)
+ACCOUNTS = select(
+    billing_accounts.c.billing_account_id,
+    billing_accounts.c.customer_id,
+    billing_accounts.c.node_id,
+    billing_accounts.c.paid_by_parent,
+)
+LINES = select(
+    lines.c.line_id,
+    lines.c.customer_id,
+    lines.c.node_id,
+    lines.c.payment_type,
+    lines.c.plan,
+    lines.c.status,
+    lines.c.created_at,
+).order_by(lines.c.line_id)
+HISTORY = (
+    select(status_changes.c.entity_id, status_changes.c.to_status, status_changes.c.changed_at)
+    .where(status_changes.c.entity_kind == "line")
+    .order_by(status_changes.c.entity_id, status_changes.c.changed_at, status_changes.c.record_id)
+)
 
 
 async def lines_of(connection: AsyncConnection, accounts: Sequence[PayingAccount]) -> dict[str, list[LineFacts]]:
     """Per billing account of ``accounts``, the lines it pays for, in the order of their ids."""
     customer_ids = sorted({account.customer_id for account in accounts})
     wanted = {account.billing_account_id for account in accounts}
-    node_rows = await _rows(
-        connection,
-        select(customer_nodes.c.node_id, customer_nodes.c.parent_node_id),
-        customer_nodes.c.customer_id,
-        customer_ids,
-    )
+    node_rows = await rows_of_ids(connection, NODES, customer_nodes.c.customer_id, customer_ids)
     parent_of: dict[str, str | None] = {row[0]: row[1] for row in node_rows}
-    account_rows = await _rows(
-        connection,
-        select(
-            billing_accounts.c.billing_account_id,
-            billing_accounts.c.customer_id,
-            billing_accounts.c.node_id,
-            billing_accounts.c.paid_by_parent,
-        ),
-        billing_accounts.c.customer_id,
-        customer_ids,
-    )
+    account_rows = await rows_of_ids(connection, ACCOUNTS, billing_accounts.c.customer_id, customer_ids)
     node_account = {row[2]: (row[0], bool(row[3])) for row in account_rows if row[2] is not None}
     customer_account = {row[1]: row[0] for row in account_rows if row[2] is None}
-    line_rows = await _rows(
-        connection,
-        select(
-            lines.c.line_id,
-            lines.c.customer_id,
-            lines.c.node_id,
-            lines.c.payment_type,
-            lines.c.plan,
-            lines.c.status,
-            lines.c.created_at,
-        ).order_by(lines.c.line_id),
-        lines.c.customer_id,
-        customer_ids,
-    )
-    paid: list[tuple[str, Any]] = []
-    for row in line_rows:
-        if row.status == PROVISIONING:
+    paid: list[tuple[str, Sequence[Any]]] = []
+    for row in await rows_of_ids(connection, LINES, lines.c.customer_id, customer_ids):
+        if row[5] == PROVISIONING:
             continue
-        payer = payer_of(row.node_id, row.customer_id, parent_of, node_account, customer_account)
+        payer = payer_of(row[2], row[1], parent_of, node_account, customer_account)
         if payer in wanted:
             paid.append((payer, row))
-    line_ids = sorted(row.line_id for _, row in paid)
+    paid.sort(key=lambda item: str(item[1][0]))
+    line_ids = [row[0] for _, row in paid]
     history = await _history(connection, line_ids)
     plans = await _plan_history(connection, line_ids)
     found: dict[str, list[LineFacts]] = {}
-    for payer, row in sorted(paid, key=lambda item: item[1].line_id):
-        activated, terminated = history.get(row.line_id, (None, None))
-        activated_on = activated or _day(row.created_at)
-        initial, changes = plans.get(row.line_id, (None, []))
+    for payer, (line_id, _, node_id, payment_type, plan, _, created_at) in paid:
+        activated, terminated = history.get(line_id, (None, None))
+        activated_on = activated or day_of(created_at)
+        initial, changes = plans.get(line_id, (None, []))
         found.setdefault(payer, []).append(
             LineFacts(
-                line_id=row.line_id,
-                node_id=row.node_id,
-                payment_type=PaymentType(row.payment_type),
+                line_id=line_id,
+                node_id=node_id,
+                payment_type=PaymentType(payment_type),
                 activated_on=activated_on,
                 terminated_on=terminated,
-                plans=((activated_on, initial or (changes[0][1] if changes else row.plan)), *changes),
+                plans=((activated_on, initial or (changes[0][1] if changes else plan)), *changes),
             )
         )
     return found
@@ -175,19 +168,13 @@ async def lines_of(connection: AsyncConnection, accounts: Sequence[PayingAccount
 
 async def _history(connection: AsyncConnection, line_ids: Sequence[str]) -> dict[str, tuple[date | None, date | None]]:
     """Per line: the day it came into service and the day it was terminated (None: not recorded)."""
-    table = status_changes.c
-    statement = (
-        select(table.entity_id, table.to_status, table.changed_at)
-        .where(table.entity_kind == "line")
-        .order_by(table.entity_id, table.changed_at, table.record_id)
-    )
     found: dict[str, tuple[date | None, date | None]] = {}
-    for line_id, status, moment in await _rows(connection, statement, table.entity_id, line_ids):
+    for line_id, status, moment in await rows_of_ids(connection, HISTORY, status_changes.c.entity_id, line_ids):
         activated, terminated = found.get(line_id, (None, None))
         if activated is None and status in IN_SERVICE:
-            activated = _day(moment)
+            activated = day_of(moment)
         if terminated is None and status == TERMINATED:
-            terminated = _day(moment)
+            terminated = day_of(moment)
         found[line_id] = (activated, terminated)
     return found
 
@@ -210,7 +197,7 @@ async def _plan_history(
             plan = line.get("plan") if isinstance(line, dict) else None
             initial = plan if isinstance(plan, str) else initial
         elif isinstance(payload, dict) and isinstance(payload.get("plan"), str) and completed_at is not None:
-            changes.append((_day(completed_at), payload["plan"]))
+            changes.append((completed_at.date(), payload["plan"]))
         found[line_id] = (initial, changes)
     return found
 

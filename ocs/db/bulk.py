@@ -10,6 +10,11 @@ they went in), and hands the driver a list of tuples: one ``executemany`` in sql
 ``ocs.db.usage.store_records`` does the same for the spool. On any other database the statement
 runs through Core unchanged (asyncpg's executemany is fast already).
 
+Reading, ``rows_of_ids`` does the same for a select of the rows whose column is one of many ids
+(the bill run's facts of a page): on SQLite one statement, the ids one JSON array
+(``json_each``), compiled once, its rows the driver's own values without Core's result
+processing (a date or time read as SQLAlchemy's SQLite text: ``day_of`` reads either form).
+
 The answer is the rows the statement changed, summed over the parameter sets (sqlite3's
 ``executemany`` rowcount; Core's ``rowcount`` elsewhere, which the caller must not rely on for
 an exact count on PostgreSQL).
@@ -18,11 +23,14 @@ an exact count on PostgreSQL).
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Insert, Table, insert
+from sqlalchemy import ColumnElement, Insert, Select, Table, TextClause, bindparam, func, insert, select, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.base import Executable
@@ -123,3 +131,51 @@ async def execute_many_values(
         reorder = itemgetter(*(names.index(name) for name in order))
         rows = [reorder(row) for row in rows]
     return int((await connection.exec_driver_sql(sql, _processed(rows, processors))).rowcount)
+
+
+IDS_PER_STATEMENT = 1_000  # ids bound per IN (...) where they are not one JSON array
+_selects: dict[tuple[int, int], tuple[TextClause, dict[str, Any]]] = {}  # the SQL as text, its constants
+_kept_selects: dict[tuple[int, int], tuple[Select[Any], ColumnElement[Any]]] = {}  # so the ids stay theirs
+_NAMED = sqlite.dialect(paramstyle="named")  # so the compiled SQL can be a ``text`` clause
+
+
+def _compile_select(statement: Select[Any], column: ColumnElement[Any]) -> tuple[TextClause, dict[str, Any]]:
+    key = (id(statement), id(column))
+    found = _selects.get(key)
+    if found is None:
+        ids = func.json_each(bindparam("ids")).table_valued("value")
+        compiled = statement.where(column.in_(select(ids.c.value))).compile(dialect=_NAMED)
+        found = (text(str(compiled)), {name: value for name, value in compiled.params.items() if name != "ids"})
+        _kept_selects[key] = (statement, column)
+        _selects[key] = found
+    return found
+
+
+async def rows_of_ids(
+    connection: AsyncConnection, statement: Select[Any], column: ColumnElement[Any], ids: Sequence[str]
+) -> list[Sequence[Any]]:
+    """The rows of ``statement`` whose ``column`` is one of ``ids`` (the module docstring):
+    on SQLite in the statement's order, as the driver gives them (dates and times as text);
+    elsewhere Core's rows, ``IDS_PER_STATEMENT`` ids a statement, each statement's rows in its
+    order. ``statement`` should be built once (a module constant): its compiled form is cached.
+    On SQLite the SQL goes as a ``text`` clause, not by ``exec_driver_sql``: a statement that
+    opens the connection's transaction must reach the engine's ``before_execute`` to begin it as
+    a reader's (``ocs.db.engine``), or the read would hold the write lock."""
+    if not ids:
+        return []
+    if connection.dialect.name != "sqlite":
+        found: list[Sequence[Any]] = []
+        for start in range(0, len(ids), IDS_PER_STATEMENT):
+            part = ids[start : start + IDS_PER_STATEMENT]
+            found += list(await connection.execute(statement.where(column.in_(part))))
+        return found
+    clause, constants = _compile_select(statement, column)
+    return list((await connection.execute(clause, {**constants, "ids": json.dumps(list(ids))})).all())
+
+
+def day_of(moment: datetime | str) -> date:
+    """The day of a time read by ``rows_of_ids``: a ``datetime``, or SQLAlchemy's SQLite text of
+    one (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+    if isinstance(moment, str):
+        return date.fromisoformat(moment[:10])
+    return moment.date()
