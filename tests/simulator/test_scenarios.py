@@ -139,11 +139,19 @@ def _check_lifecycle(recorder: Recorder, result: RunResult) -> None:
     assert lifecycle["problems"] == []
 
 
+def untimed(problems: object) -> list[str]:
+    """A verdict's problems less its latency targets (the billing calendar's payment-to-grant p99,
+    loyalty's commit-to-credit p99): those are for the demo and the benchmarks to show on a full
+    run, never a timed assertion of a shortened one on a shared test machine."""
+    assert isinstance(problems, list), problems
+    return [str(problem) for problem in problems if not str(problem).endswith("ms target")]
+
+
 def _check_billing_cycle(recorder: Recorder, result: RunResult) -> None:
     billing = summarize(result)["billing"]
     assert isinstance(billing, dict)
     assert billing["invoices"] >= 10 and billing["billed_micros"] > 0 and billing["paid_micros"] > 0, billing
-    assert billing["ledger_ok"] is True and billing["problems"] == [], billing
+    assert billing["ledger_ok"] is True and untimed(billing["problems"]) == [], billing
     steps = billing["dunning_steps"]
     assert steps.get("letter", 0) >= 1 and steps.get("restrict", 0) >= 1 and steps.get("bar", 0) >= 1, billing
     assert billing["disputes"].get("opened", 0) >= 1, billing
@@ -156,7 +164,7 @@ def _check_billing_cycle(recorder: Recorder, result: RunResult) -> None:
 def _check_loyalty(recorder: Recorder, result: RunResult) -> None:
     loyalty = summarize(result)["loyalty"]
     assert isinstance(loyalty, dict)
-    assert loyalty["ledger_ok"] is True and loyalty["problems"] == [], loyalty
+    assert loyalty["ledger_ok"] is True and untimed(loyalty["problems"]) == [], loyalty
     assert set(loyalty["members_by_segment"]) == {"ideal", "average", "bad"}, loyalty
     credits = loyalty["credits"]
     assert credits.get("ideal_cashback", 0) >= 1 and credits.get("company_rentals", 0) == 1, loyalty
@@ -187,9 +195,7 @@ async def test_scenario_runs_and_its_audit_passes(embedded_redis: EmbeddedRedis,
     result, report = await run_shortened(embedded_redis, tmp_path, name)
     summary = summarize(result)
     assert result.audit.ok, report
-    # A latency target in the verdict (the billing calendar's payment-to-grant p99) is for the demo
-    # and the benchmarks to show on a full run, never a timed assertion of a shortened one here.
-    assert [problem for problem in summary["problems"] if not problem.endswith("ms target")] == [], report
+    assert untimed(summary["problems"]) == [], report
     assert result.session_errors == [], report
     assert SessionOutcome.FAILED not in {outcome for _, outcome in result.recorder.sessions}, report
     for subscriber in result.population.subscribers:
