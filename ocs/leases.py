@@ -260,7 +260,9 @@ class Duties:
             await asyncio.wait(tasks)
         for duty in self._duties.values():
             if duty.task is not None and duty.lease is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await duty.lease.release()
+                # Bounded: a stop never waits on a Redis that does not answer (the lease then
+                # runs out by itself within its time); a suite run hung here once for good.
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(duty.lease.release(), timeout=duty.lease.lease_seconds)
                 log.info("duty_released", duty=duty.name)
             duty.task = None
