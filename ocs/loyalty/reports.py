@@ -82,29 +82,8 @@ class CounterView(Closed):
     value: int
 
 
-class ApplicationView(Closed):
-    application_id: int
-    rule_id: str
-    programme_id: str
-    member_id: str
-    line_id: str
-    trigger_id: str
-    trigger_kind: str
-    action: str
-    amount_micros: int
-    units: int
-    unit_kind: str | None
-    valid_until: int
-    cost_micros: int
-    at_seconds: int
-    committed_at_ms: int
-    credited_at_ms: int | None
-    state: str
-    outcome: str | None
-
-
 class ApplicationList(Closed):
-    applications: list[ApplicationView]
+    applications: list[queries.ApplicationRow]
     limit: int
     offset: int
 
@@ -114,7 +93,7 @@ class MemberView(Closed):
     kind: str
     segment: str | None
     counters: list[CounterView]
-    applications: list[ApplicationView]  # the oldest ``MAX_PAGE``: the list resource pages the rest
+    applications: list[queries.ApplicationRow]  # the oldest ``MAX_PAGE``: the list resource pages the rest
 
 
 class SegmentReport(Closed):
@@ -174,10 +153,6 @@ def rule_view(rule: Rule) -> RuleView:
         target=None if action.target is None else action.target.value,
         service=action.service,
     )
-
-
-def _application(row: queries.ApplicationRow) -> ApplicationView:
-    return ApplicationView.model_validate(row, from_attributes=True)
 
 
 def share(amount: int, weights: Mapping[str, int]) -> dict[str, int]:
@@ -247,7 +222,7 @@ class LoyaltyReports:
             kind=found.kind,
             segment=found.segment,
             counters=[CounterView(rule_id=item.rule_id, period=item.period, value=item.value) for item in counters],
-            applications=[_application(row) for row in applied],
+            applications=applied,
         )
 
     async def set_segment(self, customer_id: str, segment: str | None) -> MemberView:
@@ -267,7 +242,7 @@ class LoyaltyReports:
             rows = await queries.applications(
                 connection, member_id=member_id, programme_id=programme_id, limit=limit, offset=offset
             )
-        return ApplicationList(applications=[_application(row) for row in rows], limit=limit, offset=offset)
+        return ApplicationList(applications=rows, limit=limit, offset=offset)
 
     async def segments(self) -> SegmentReport:
         async with self.database.connect() as connection:
